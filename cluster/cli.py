@@ -1,0 +1,194 @@
+"""`cluster`: the operator CLI.
+
+cluster up [--engine vllm|sim] [--port 8000] [--detach] [--ask "question"]
+cluster down | status | logs [agent|router|engine] | models prepare
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster import local, procs
+from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _up(args: argparse.Namespace) -> int:
+    home = local.orchard_home()
+    existing = local.running_state(home)
+    if existing is not None:
+        console.print(f"Orchard is already running at [bold]{existing.url}[/] (model {existing.model}).")
+        _print_try(existing.url, existing.model)
+        return 0
+    config = local.LocalClusterConfig(
+        engine=args.engine, model=args.model, host=args.host, port=args.port,
+        max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
+        ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option), home=home,
+    )  # fmt: skip
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop_requested.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        with console.status("starting Orchard…") as status:
+            state = local.start(config, detached=args.detach, report=lambda m: _step(status, m))
+    except (local.LocalClusterError, ModelError) as exc:
+        err_console.print(f"[red]cluster up failed:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        local.stop(home)
+        err_console.print("interrupted; stopped everything that was started")
+        return 130
+    console.print(f"[green]Orchard is up[/] at [bold]{state.url}[/] — model [bold]{state.model}[/] "
+                  f"on the {state.engine} engine.")  # fmt: skip
+    _print_try(state.url, state.model)
+    if args.ask:
+        try:
+            answer = local.ask(state.url, state.model, args.ask)
+            console.print(f"[bold]Q:[/] {args.ask}\n[bold]A:[/] {answer['choices'][0]['message']['content']}")
+        except Exception as exc:  # shown, not fatal: the cluster stays up for the user to look at
+            err_console.print(f"[red]the test question failed:[/] {exc!r}")
+    if args.detach:
+        console.print("Running in the background; stop it with: cluster down")
+        return 0
+    console.print("Serving. Press Ctrl-C (or run `cluster down`) to stop.")
+    try:
+        while not stop_requested.wait(1.0):
+            if not (procs.alive(state.router_pid) and procs.alive(state.agent_pid)):
+                err_console.print(f"[red]a cluster process exited[/]; logs in {state.log_dir}")
+                break
+    except KeyboardInterrupt:
+        pass
+    console.print("stopping…")
+    local.stop(home)
+    console.print("stopped.")
+    return 0
+
+
+def _step(status: object, message: str) -> None:
+    console.print(f"  • {message}")
+
+
+def _print_try(url: str, model: str) -> None:
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+            % model)  # fmt: skip
+    console.print("Try it:")
+    console.print(f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+                  soft_wrap=True)  # fmt: skip
+
+
+def _down(_: argparse.Namespace) -> int:
+    stopped = local.stop(local.orchard_home())
+    if stopped:
+        console.print(f"stopped Orchard (pids {', '.join(map(str, stopped))}).")
+    else:
+        console.print("nothing to stop: no local Orchard cluster is running.")
+    return 0
+
+
+def _status(_: argparse.Namespace) -> int:
+    import httpx
+
+    state = local.running_state(local.orchard_home())
+    if state is None:
+        console.print("no local Orchard cluster is running (start one with: cluster up)")
+        return 1
+    try:
+        rows = httpx.get(state.url + "/orchard/workers", timeout=5).json()["workers"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        err_console.print(f"[red]the router at {state.url} did not answer:[/] {exc!r}")
+        return 1
+    table = Table(title=f"Orchard at {state.url}")
+    for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "in flight"):
+        table.add_column(column)
+    for row in rows:
+        memory = f"{row['memory_bytes'] / 2**30:.0f} GiB" if row["memory_bytes"] else "?"
+        table.add_row(row["worker_id"], row["address"], f"{row['chip']} / {row['os']}", memory, row["engine"],
+                      ", ".join(row["models"]), row["state"], str(row["inflight"]))  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    path = local.orchard_home() / "logs" / f"{args.which}.log"
+    if not path.exists():
+        err_console.print(f"no log at {path}")
+        return 1
+    console.print(procs.tail(path, args.lines), markup=False)
+    return 0
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    if args.name not in (BUNDLED_NAME, "bundled"):
+        err_console.print(f"only the bundled model ({BUNDLED_NAME}) is prepared by Orchard; "
+                          "give other models to the engine as a local path or hub id")  # fmt: skip
+        return 2
+    target = bundled_dir()
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    steps = ["loading tokenizer", "dequantizing", "writing safetensors", "fixing config"]
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console) as progress:  # fmt: skip
+            task = progress.add_task(f"preparing {BUNDLED_NAME}", total=len(steps))
+
+            def advance(message: str) -> None:
+                progress.update(task, advance=1, description=message)
+
+            folder = prepare_bundled(progress=advance)
+    except ModelError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        return 1
+    console.print(f"{BUNDLED_NAME} is ready at {folder}" + ("" if folder == target else f" ({target})"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cluster", description="Orchard: one OpenAI endpoint for a Mac lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="bring up the local cluster (router + one agent on this machine)")
+    up.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
+    up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--max-model-len", type=int, default=4096)
+    up.add_argument("--kv-cache-gib", type=float, default=1.0)
+    up.add_argument("--ready-timeout", type=float, default=900.0)
+    up.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    up.add_argument("--detach", action="store_true", help="leave it running in the background")
+    up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
+    up.set_defaults(func=_up)
+
+    sub.add_parser("down", help="stop the local cluster").set_defaults(func=_down)
+    sub.add_parser("status", help="show the workers").set_defaults(func=_status)
+    logs = sub.add_parser("logs", help="show a log of the local cluster")
+    logs.add_argument("which", nargs="?", choices=("agent", "router", "engine"), default="agent")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.set_defaults(func=_logs)
+
+    models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
+    prepare = models.add_parser("prepare", help="convert the bundled model into the cache (once)")
+    prepare.add_argument("name", nargs="?", default=BUNDLED_NAME)
+    prepare.set_defaults(func=_models_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Run the router: python -m cluster.router --listen 127.0.0.1:8000 --worker 127.0.0.1:50051 [...]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import uvicorn
+
+from cluster.router.app import RouterSettings, create_app
+from cluster.router.registry import Registry
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cluster.router")
+    parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT for the OpenAI endpoint")
+    parser.add_argument("--worker", action="append", required=True, help="agent gRPC address (repeat)")
+    parser.add_argument("--max-body-bytes", type=int, default=RouterSettings.max_body_bytes)
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--listen {args.listen!r}: expected HOST:PORT")
+    logging.basicConfig(
+        level=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(Registry(args.worker), RouterSettings(max_body_bytes=args.max_body_bytes))
+    uvicorn.run(app, host=host, port=int(port), log_level="warning", timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

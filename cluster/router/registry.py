@@ -1,0 +1,165 @@
+"""Live worker state for the router, fed by each agent's Info call and Watch stream.
+
+A worker whose stream breaks is not ready until it reconnects; reconnection backs off to a bounded interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from cluster.scheduler import WorkerView
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+INFO_DEADLINE_S = 5.0
+SAMPLE_STALE_S = 5.0
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 5.0
+
+
+@dataclass
+class WorkerHandle:
+    """One agent as the router knows it. Mutated only by the registry's tasks and the request path."""
+
+    address: str
+    channel: grpc.aio.Channel | None = None
+    stub: pb_grpc.WorkerStub | None = None
+    info: pb.InfoReply | None = None
+    sample: pb.LoadSample | None = None
+    sample_at: float = 0.0
+    connected: bool = False
+    inflight: int = 0
+    served: int = 0
+    failures: int = 0
+    suspect_until: float = 0.0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id if self.info and self.info.worker_id else self.address
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.info.models) if self.info else ()
+
+    def ready(self, now: float) -> bool:
+        return (
+            self.connected
+            and self.sample is not None
+            and self.sample.state == pb.ENGINE_STATE_READY
+            and now - self.sample_at < SAMPLE_STALE_S
+            and now >= self.suspect_until
+        )
+
+    def view(self, now: float) -> WorkerView:
+        sample = self.sample or pb.LoadSample()
+        return WorkerView(
+            worker_id=self.worker_id,
+            ready=self.ready(now),
+            inflight=self.inflight,
+            running=sample.running,
+            waiting=sample.waiting,
+            kv_cache_usage=sample.kv_cache_usage,
+        )
+
+    def state_name(self, now: float) -> str:
+        if not self.connected:
+            return "unreachable"
+        if self.sample is None:
+            return "connecting"
+        if now < self.suspect_until:
+            return "suspect"
+        name: str = pb.EngineState.Name(self.sample.state).removeprefix("ENGINE_STATE_").lower()
+        return name
+
+
+class Registry:
+    """Owns one channel and one watch task per worker address."""
+
+    def __init__(self, addresses: list[str], watch_interval_s: float = 1.0) -> None:
+        self.watch_interval_s = watch_interval_s
+        self.workers = {address: WorkerHandle(address) for address in addresses}
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
+        for handle in self.workers.values():
+            handle.channel = grpc.aio.insecure_channel(
+                handle.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+            )
+            handle.stub = pb_grpc.WorkerStub(handle.channel)
+            handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
+
+    async def stop(self) -> None:
+        for handle in self.workers.values():
+            if handle.task:
+                handle.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handle.task
+            if handle.channel is not None:
+                await handle.channel.close()
+
+    def views(self, model: str) -> list[WorkerView]:
+        now = time.monotonic()
+        return [h.view(now) for h in self.workers.values() if model in h.models]
+
+    def by_id(self, worker_id: str) -> WorkerHandle:
+        for handle in self.workers.values():
+            if handle.worker_id == worker_id:
+                return handle
+        raise KeyError(worker_id)
+
+    def models(self) -> dict[str, pb.ModelInfo]:
+        """Every model any known worker serves (ready or not), with the largest known context."""
+        found: dict[str, pb.ModelInfo] = {}
+        for handle in self.workers.values():
+            for model in handle.info.models if handle.info else ():
+                if model.name not in found or model.max_model_len > found[model.name].max_model_len:
+                    found[model.name] = model
+        return found
+
+    def ready_count(self) -> int:
+        now = time.monotonic()
+        return sum(h.ready(now) for h in self.workers.values())
+
+    def mark_suspect(self, handle: WorkerHandle, seconds: float = 2.0) -> None:
+        """Stop sending to a worker at once after a transport failure, until fresh samples say otherwise."""
+        handle.failures += 1
+        handle.suspect_until = time.monotonic() + seconds
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        self._changed.clear()
+
+    async def _follow(self, handle: WorkerHandle) -> None:
+        assert handle.stub is not None  # set by start()
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
+                stream = handle.stub.Watch(pb.WatchRequest(interval_seconds=self.watch_interval_s))
+                async for sample in stream:
+                    if not handle.connected:
+                        log.info("worker %s connected (%s)", handle.address, handle.worker_id)
+                    handle.connected, delay = True, RECONNECT_MIN_S
+                    handle.sample, handle.sample_at = sample, time.monotonic()
+                    if handle.info and any(m.max_model_len == 0 for m in handle.info.models):
+                        if sample.state == pb.ENGINE_STATE_READY:  # context length is known once ready
+                            handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
+                    self._changed.set()
+            except grpc.aio.AioRpcError as exc:
+                if handle.connected:
+                    log.warning("worker %s lost: %s", handle.address, exc.code().name)
+            handle.connected = False
+            self._changed.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)

@@ -1,0 +1,84 @@
+"""What the router reads from a request, validated once: model, stream, messages/prompt, limits.
+
+Everything else in the body passes through to the engine unchanged (tools, logprobs, response_format...).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cluster.router.errors import ApiError
+
+MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
+
+
+class _Passthrough(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ChatMessage(_Passthrough):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Common(_Passthrough):
+    model: str = Field(min_length=1, max_length=512)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    user: str | None = Field(default=None, max_length=256)
+
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def validate(body: dict[str, Any], kind: type[_Common]) -> _Common:
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "missing":
+            message = f"Missing required parameter: '{param}'."
+        else:
+            message = f"Invalid value for '{param}': {first['msg']}."
+        raise ApiError(400, message, param=param, code="invalid_value") from exc
+
+
+def check_limits(request: _Common, max_model_len: int) -> None:
+    """max_tokens must fit the model's context (or a sane ceiling when unknown)."""
+    wanted = request.requested_tokens()
+    limit = max_model_len or MAX_TOKENS_CEILING
+    if wanted is not None and wanted > limit:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise ApiError(
+            400,
+            f"'{param}' is {wanted}, more than the model's context length of {limit} tokens.",
+            param=param,
+            code="invalid_value",
+        )

@@ -1,0 +1,148 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Endpoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_UNSPECIFIED: _ClassVar[Endpoint]
+    ENDPOINT_CHAT_COMPLETIONS: _ClassVar[Endpoint]
+    ENDPOINT_COMPLETIONS: _ClassVar[Endpoint]
+
+class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_STATE_UNSPECIFIED: _ClassVar[EngineState]
+    ENGINE_STATE_STARTING: _ClassVar[EngineState]
+    ENGINE_STATE_READY: _ClassVar[EngineState]
+    ENGINE_STATE_RESTARTING: _ClassVar[EngineState]
+    ENGINE_STATE_STOPPING: _ClassVar[EngineState]
+    ENGINE_STATE_FAILED: _ClassVar[EngineState]
+ENDPOINT_UNSPECIFIED: Endpoint
+ENDPOINT_CHAT_COMPLETIONS: Endpoint
+ENDPOINT_COMPLETIONS: Endpoint
+ENGINE_STATE_UNSPECIFIED: EngineState
+ENGINE_STATE_STARTING: EngineState
+ENGINE_STATE_READY: EngineState
+ENGINE_STATE_RESTARTING: EngineState
+ENGINE_STATE_STOPPING: EngineState
+ENGINE_STATE_FAILED: EngineState
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("request_id", "endpoint", "body")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    endpoint: Endpoint
+    body: bytes
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
+
+class Final(_message.Message):
+    __slots__ = ("usage", "finish_reason", "engine_seconds")
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    usage: Usage
+    finish_reason: str
+    engine_seconds: float
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
+
+class GenerateReply(_message.Message):
+    __slots__ = ("chunk", "response", "final")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    response: bytes
+    final: Final
+    def __init__(self, chunk: _Optional[bytes] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "source", "max_model_len")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    max_model_len: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+
+class InfoReply(_message.Message):
+    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    CHIP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_URL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    hostname: str
+    os: str
+    chip: str
+    memory_bytes: int
+    engine: str
+    engine_version: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    max_concurrency: int
+    engine_url: str
+    agent_version: str
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("interval_seconds",)
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    interval_seconds: float
+    def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
+
+class LoadSample(_message.Message):
+    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    timestamp: float
+    state: EngineState
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    generation_tokens: int
+    prompt_tokens: int
+    agent_inflight: int
+    engine_restarts: int
+    state_detail: str
+    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ...) -> None: ...

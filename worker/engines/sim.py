@@ -1,0 +1,32 @@
+"""The `sim` engine adapter: runs worker/sim/server.py as the engine subprocess."""
+
+from __future__ import annotations
+
+import sys
+
+from worker.engines.base import EngineConfig, LaunchPlan
+
+SIM_OPTIONS = (
+    "seed",
+    "overhead-ms",
+    "prefill-ms-per-token",
+    "decode-ms-per-token",
+    "batch-slowdown",
+    "max-concurrency",
+)
+
+
+class SimEngine:
+    name = "sim"
+
+    def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
+        argv = [config.python or sys.executable, "-m", "worker.sim",
+                "--port", str(port), "--model", config.served_name]  # fmt: skip
+        for key, value in config.sim_options:
+            if key not in SIM_OPTIONS:
+                raise ValueError(f"unknown sim option {key!r}; known: {', '.join(SIM_OPTIONS)}")
+            argv += [f"--{key}", value]
+        return LaunchPlan(argv=tuple(argv), env=dict(config.env))
+
+    def version(self, config: EngineConfig) -> str:
+        return "orchard-sim 1"

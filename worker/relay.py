@@ -1,0 +1,74 @@
+"""Relaying one OpenAI request to the engine's local server, chunk by chunk.
+
+Each request gets its own HTTP stream; closing the iterator (gRPC cancel) closes that stream, which makes
+the engine abort the request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+DONE = b"[DONE]"
+
+
+class EngineError(Exception):
+    """The engine answered with an HTTP error; `body` is its (OpenAI-shaped) error JSON."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"engine answered HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Tally:
+    """What the relay learned on the way: usage and finish reason for the Final message."""
+
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str = ""
+    tokens_seen: bool = False
+
+    def observe(self, payload: dict[str, Any]) -> None:
+        if isinstance(payload.get("usage"), dict):
+            self.usage = payload["usage"]
+        for choice in payload.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            if choice.get("text") or delta.get("content") or delta.get("tool_calls") or choice.get("message"):
+                self.tokens_seen = True
+
+
+async def stream_chunks(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> AsyncIterator[bytes]:
+    """Yield each SSE `data:` payload from the engine, unchanged, until `[DONE]`."""
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise EngineError(response.status_code, await response.aread())
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, event: lines
+            payload = line[5:].strip().encode()
+            if payload == DONE:
+                return
+            try:
+                tally.observe(json.loads(payload))
+            except (ValueError, AttributeError):
+                pass  # not ours to judge: pass it on unchanged
+            yield payload
+
+
+async def whole_response(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> bytes:
+    response = await client.post(url, content=body, headers={"content-type": "application/json"})
+    if response.status_code != 200:
+        raise EngineError(response.status_code, response.content)
+    try:
+        tally.observe(response.json())
+    except ValueError:
+        pass
+    return response.content

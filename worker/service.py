@@ -1,0 +1,191 @@
+"""The agent's gRPC service: Generate (relay), Info (host facts) and Watch (load samples)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import httpx
+
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+from worker.hostinfo import HostFacts
+from worker.relay import EngineError, Tally, stream_chunks, whole_response
+from worker.supervisor import EngineSupervisor, State
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_PATHS = {
+    pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
+    pb.ENDPOINT_COMPLETIONS: "/v1/completions",
+}
+_STATES = {
+    State.STARTING: pb.ENGINE_STATE_STARTING,
+    State.READY: pb.ENGINE_STATE_READY,
+    State.RESTARTING: pb.ENGINE_STATE_RESTARTING,
+    State.STOPPING: pb.ENGINE_STATE_STOPPING,
+    State.STOPPED: pb.ENGINE_STATE_STOPPING,
+    State.FAILED: pb.ENGINE_STATE_FAILED,
+}
+# HTTP status of an engine error -> the gRPC code the router maps back.
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def error_body(message: str, kind: str, code: int) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+
+
+def usage_message(usage: dict[str, object]) -> pb.Usage:
+    def num(key: str) -> int:
+        value = usage.get(key)
+        return int(value) if isinstance(value, int | float) else 0
+
+    message = pb.Usage(
+        prompt_tokens=num("prompt_tokens"),
+        completion_tokens=num("completion_tokens"),
+        total_tokens=num("total_tokens"),
+    )
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        message.cached_prompt_tokens = details["cached_tokens"]
+    return message
+
+
+@dataclass(frozen=True)
+class ServiceIdentity:
+    worker_id: str
+    models: tuple[pb.ModelInfo, ...]
+    max_concurrency: int
+    engine_version: str
+    agent_version: str
+
+
+class WorkerService(pb_grpc.WorkerServicer):
+    """Relays requests to one supervised engine. Dependencies are injected; no globals."""
+
+    def __init__(
+        self,
+        supervisor: EngineSupervisor,
+        identity: ServiceIdentity,
+        host: HostFacts,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.supervisor = supervisor
+        self.identity = identity
+        self.host = host
+        self.http = http
+        self.inflight = 0
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateReply]:
+        path = _ENDPOINT_PATHS.get(request.endpoint)
+        if path is None:
+            await _abort(context, 400, "unknown endpoint", "invalid_request_error")
+            return
+        if not self.supervisor.ready:
+            detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"
+            await _abort(context, 503, detail, "service_unavailable")
+            return
+        try:
+            streaming = bool(json.loads(request.body).get("stream"))
+        except (ValueError, AttributeError):
+            await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
+            return
+        url = self.supervisor.url + path
+        tally = Tally()
+        started = time.monotonic()
+        self.inflight += 1
+        try:
+            if streaming:
+                async for payload in stream_chunks(self.http, url, request.body, tally):
+                    yield pb.GenerateReply(chunk=payload)
+            else:
+                yield pb.GenerateReply(response=await whole_response(self.http, url, request.body, tally))
+        except EngineError as exc:
+            kind = "invalid_request_error" if exc.status < 500 else "engine_error"
+            await _abort(context, exc.status, exc.body, kind)
+            return
+        except httpx.HTTPError as exc:
+            log.warning("request %s: engine connection failed: %r", request.request_id, exc)
+            await _abort(context, 503, f"engine connection failed: {exc!r}", "service_unavailable")
+            return
+        finally:
+            self.inflight -= 1
+        if tally.tokens_seen:
+            self.supervisor.note_token()
+        final = pb.Final(
+            usage=usage_message(tally.usage),
+            finish_reason=tally.finish_reason,
+            engine_seconds=time.monotonic() - started,
+        )
+        yield pb.GenerateReply(final=final)
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoReply:
+        return pb.InfoReply(
+            worker_id=self.identity.worker_id,
+            hostname=self.host.hostname,
+            os=self.host.os,
+            chip=self.host.chip,
+            memory_bytes=self.host.memory_bytes,
+            engine=self.supervisor.config.kind,
+            engine_version=self.identity.engine_version,
+            models=list(self.identity.models),
+            max_concurrency=self.identity.max_concurrency,
+            engine_url=self.supervisor.url,
+            agent_version=self.identity.agent_version,
+        )
+
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:
+        interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0
+        interval = min(max(interval, 0.05), 60.0)
+        while True:
+            yield await self.sample()
+            await asyncio.sleep(interval)
+
+    async def sample(self) -> pb.LoadSample:
+        sup = self.supervisor
+        sample = pb.LoadSample(
+            timestamp=time.time(),
+            state=_STATES[sup.state],
+            agent_inflight=self.inflight,
+            engine_restarts=sup.restarts,
+            state_detail="" if sup.ready else sup.detail,
+        )
+        load = await sup.stats()
+        if load is not None:
+            sample.running, sample.waiting = load.running, load.waiting
+            sample.kv_cache_usage = load.kv_cache_usage
+            sample.prefix_cache_queries = load.prefix_cache_queries
+            sample.prefix_cache_hits = load.prefix_cache_hits
+            sample.generation_tokens = load.generation_tokens
+            sample.prompt_tokens = load.prompt_tokens
+        return sample
+
+
+_HTTP_STATUS_KEY = "orchard-http-status"
+_ERROR_BODY_KEY = "orchard-error-bin"
+
+
+async def _abort(context: grpc.aio.ServicerContext, status: int, message: str | bytes, kind: str) -> None:
+    """End the call with a gRPC status whose trailers carry the OpenAI error body and HTTP status."""
+    body = message if isinstance(message, bytes) else error_body(message, kind, status)
+    code = _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+    text = message.decode(errors="replace")[:500] if isinstance(message, bytes) else message
+    context.set_trailing_metadata(((_HTTP_STATUS_KEY, str(status)), (_ERROR_BODY_KEY, body)))
+    context.set_code(code)
+    context.set_details(text)

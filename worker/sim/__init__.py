@@ -1,0 +1,1 @@
+"""The `sim` engine (see worker/sim/server.py)."""

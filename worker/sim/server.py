@@ -1,0 +1,253 @@
+"""The `sim` engine: a small OpenAI-compatible server whose answers cost time like a real engine's.
+
+Run: python -m worker.sim --port P --model NAME [--seed S --decode-ms ...]. It exposes the load metrics that
+vLLM exposes (same names on /metrics), so the agent scrapes both the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from worker.sim.timing import SimTiming, generate_words, render_chat, tokenize
+
+DEFAULT_MAX_TOKENS = 64
+MAX_MODEL_LEN = 8192
+
+
+@dataclass
+class SimState:
+    """Live counters of one sim engine; one per app, injected (no module globals)."""
+
+    model: str
+    timing: SimTiming
+    seed: int
+    running: int = 0
+    waiting: int = 0
+    slots: asyncio.Semaphore = field(init=False)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.timing.max_concurrency)
+        labels = ["model_name"]
+        self.g_running = Gauge("vllm:num_requests_running", "running", labels, registry=self.registry)
+        self.g_waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry)
+        self.g_kv = Gauge("vllm:kv_cache_usage_perc", "kv use", labels, registry=self.registry)
+        self.c_prompt = Counter("vllm:prompt_tokens", "prompt tokens", labels, registry=self.registry)
+        self.c_gen = Counter("vllm:generation_tokens", "gen tokens", labels, registry=self.registry)
+        self.c_pq = Counter("vllm:prefix_cache_queries", "prefix queries", labels, registry=self.registry)
+        self.c_ph = Counter("vllm:prefix_cache_hits", "prefix hits", labels, registry=self.registry)
+        for metric in (self.g_running, self.g_waiting, self.g_kv, self.c_prompt, self.c_gen, self.c_pq, self.c_ph):
+            metric.labels(self.model)
+
+    def publish(self) -> None:
+        self.g_running.labels(self.model).set(self.running)
+        self.g_waiting.labels(self.model).set(self.waiting)
+        self.g_kv.labels(self.model).set(min(1.0, self.running / self.timing.max_concurrency))
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One parsed request: what the sim needs to time and answer it."""
+
+    rid: str
+    kind: str  # "chat" or "text"
+    prompt: str
+    max_tokens: int
+    temperature: float
+    stream: bool
+    include_usage: bool
+
+
+def _parse_job(body: dict[str, Any], chat: bool) -> _Job:
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list")
+        prompt = render_chat(messages)
+    else:
+        raw = body.get("prompt")
+        prompt = raw if isinstance(raw, str) else " ".join(map(str, raw or []))
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError("'max_tokens' must be a positive integer")
+    temperature = body.get("temperature")
+    return _Job(
+        rid=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        kind="chat" if chat else "text",
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else float(temperature),
+        stream=bool(body.get("stream")),
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+    )
+
+
+def create_app(state: SimState) -> FastAPI:
+    app = FastAPI(title="orchard sim engine")
+
+    @app.get("/health")
+    async def health() -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        state.publish()
+        return PlainTextResponse(generate_latest(state.registry).decode())
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": state.model, "object": "model", "owned_by": "orchard-sim", "max_model_len": MAX_MODEL_LEN}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> JSONResponse | StreamingResponse:
+        return await _serve(request, chat=True)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> JSONResponse | StreamingResponse:
+        return await _serve(request, chat=False)
+
+    async def _serve(request: Request, chat: bool) -> JSONResponse | StreamingResponse:
+        try:
+            body = json.loads(await request.body())
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            job = _parse_job(body, chat)
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc))
+        if body.get("model") != state.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "model")
+        if job.stream:
+            return StreamingResponse(_stream(state, job), media_type="text/event-stream")
+        words: list[str] = []
+        async for word in _run(state, job):
+            words.append(word)
+        return JSONResponse(_full_response(state, job, words))
+
+    return app
+
+
+async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
+    """Wait for a slot, pay the prefill, then yield one word per decode step. Cancellation-safe."""
+    prompt_tokens = tokenize(job.prompt)
+    state.waiting += 1
+    try:
+        await state.slots.acquire()
+    finally:
+        state.waiting -= 1
+    state.running += 1
+    try:
+        state.c_prompt.labels(state.model).inc(len(prompt_tokens))
+        state.c_pq.labels(state.model).inc(len(prompt_tokens))
+        await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens)))
+        words = generate_words(job.prompt, job.max_tokens, state.seed, job.temperature)
+        for index, word in enumerate(words):
+            if index:
+                await asyncio.sleep(state.timing.decode_seconds(state.running))
+            state.c_gen.labels(state.model).inc()
+            yield word if index == 0 else " " + word
+    finally:
+        state.running -= 1
+        state.slots.release()
+
+
+def _usage(job: _Job, completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = len(tokenize(job.prompt))
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _full_response(state: SimState, job: _Job, words: list[str]) -> dict[str, Any]:
+    text = "".join(words)
+    if job.kind == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None}
+        obj = "text_completion"
+    choice["finish_reason"] = "length"
+    return {
+        "id": job.rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": state.model,
+        "choices": [choice],
+        "usage": _usage(job, len(words)),
+    }
+
+
+async def _stream(state: SimState, job: _Job) -> AsyncIterator[bytes]:
+    obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
+    created = int(time.time())
+
+    def frame(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        chunk: dict[str, Any] = {"id": job.rid, "object": obj, "created": created, "model": state.model}
+        chunk["choices"] = choices
+        if usage is not None:
+            chunk["usage"] = usage
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def choice(text: str, finish: str | None) -> dict[str, Any]:
+        if job.kind == "chat":
+            return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        return {"index": 0, "text": text, "finish_reason": finish}
+
+    if job.kind == "chat":
+        yield frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    count = 0
+    async for word in _run(state, job):
+        count += 1
+        yield frame([choice(word, None)])
+    yield frame([choice("", "length")])
+    if job.include_usage:
+        yield frame([], _usage(job, count))
+    yield b"data: [DONE]\n\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.sim", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    defaults = SimTiming()
+    parser.add_argument("--overhead-ms", type=float, default=defaults.overhead_ms)
+    parser.add_argument("--prefill-ms-per-token", type=float, default=defaults.prefill_ms_per_token)
+    parser.add_argument("--decode-ms-per-token", type=float, default=defaults.decode_ms_per_token)
+    parser.add_argument("--batch-slowdown", type=float, default=defaults.batch_slowdown)
+    parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
+    args = parser.parse_args(argv)
+    timing = SimTiming(
+        overhead_ms=args.overhead_ms,
+        prefill_ms_per_token=args.prefill_ms_per_token,
+        decode_ms_per_token=args.decode_ms_per_token,
+        batch_slowdown=args.batch_slowdown,
+        max_concurrency=args.max_concurrency,
+    )
+    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

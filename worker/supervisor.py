@@ -1,0 +1,262 @@
+"""Supervising one engine subprocess: an explicit state machine with deadlines and a terminal FAILED state.
+
+STARTING --(health ok + one real token before the deadline)--> READY
+READY --(process exits / health fails 3x)--> RESTARTING --(backoff)--> STARTING
+STARTING --(too many failed starts in a row)--> FAILED   (terminal; the agent reports it)
+any --stop()--> STOPPING --> STOPPED   (SIGTERM to the process group, SIGKILL after a grace period)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
+from worker.metrics import EngineLoad, parse_engine_metrics
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SupervisorPolicy:
+    ready_timeout_s: float = 600.0  # vLLM on 2 CPU cores needs a minute or two
+    health_interval_s: float = 2.0
+    health_failures_to_restart: int = 3
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_failed_starts: int = 5
+    stop_grace_s: float = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: an engine never outlives a killed agent
+
+
+class EngineSupervisor:
+    """start / wait_ready / url / stats / stop for one engine subprocess, with restarts."""
+
+    def __init__(
+        self,
+        adapter: EngineAdapter,
+        config: EngineConfig,
+        log_dir: Path,
+        policy: SupervisorPolicy | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.policy = policy or SupervisorPolicy()
+        self.log_path = log_dir / "engine.log"
+        self._fixed_port = port
+        self.port = 0
+        self.state = State.STOPPED
+        self.detail = "not started"
+        self.restarts = 0
+        self.last_token_at = 0.0
+        self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log_file: IO[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    async def start(self) -> None:
+        """Launch the engine and keep it alive in the background until stop()."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="engine-supervisor")
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """True once READY; False at the deadline or on a terminal state."""
+
+        async def _until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.state in (State.READY, State.FAILED, State.STOPPED))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_until(), timeout_s)
+        return self.ready
+
+    async def stats(self) -> EngineLoad | None:
+        if self.state is not State.READY:
+            return None
+        try:
+            response = await self._http.get(self.url + "/metrics", timeout=2.0)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return None
+        return parse_engine_metrics(response.text)
+
+    def note_token(self) -> None:
+        self.last_token_at = time.monotonic()
+
+    async def stop(self) -> None:
+        await self._set(State.STOPPING, "stopping")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._terminate()
+        await self._http.aclose()
+        await self._set(State.STOPPED, "stopped")
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    async def _set(self, state: State, detail: str) -> None:
+        async with self._changed:
+            if state is not self.state:
+                log.info("engine %s: %s (%s)", self.config.kind, state.value, detail)
+            self.state, self.detail = state, detail
+            self._changed.notify_all()
+
+    async def _run(self) -> None:
+        failed_starts = 0
+        backoff = self.policy.backoff_initial_s
+        while True:
+            await self._set(State.STARTING, "starting engine process")
+            ok = await self._launch_and_wait_ready()
+            if ok:
+                failed_starts, backoff = 0, self.policy.backoff_initial_s
+                await self._set(State.READY, "serving")
+                reason = await self._watch_health()
+            else:
+                failed_starts += 1
+                reason = self.detail
+            await self._terminate()
+            if failed_starts >= self.policy.max_failed_starts:
+                await self._set(State.FAILED, f"gave up after {failed_starts} failed starts: {reason}")
+                return
+            self.restarts += 1
+            await self._set(State.RESTARTING, f"{reason}; restarting in {backoff:.0f}s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.policy.backoff_max_s)
+
+    async def _launch_and_wait_ready(self) -> bool:
+        self.port = self._fixed_port or free_port()
+        try:
+            plan = self.adapter.plan(self.config, self.port)
+        except ValueError as exc:
+            self.detail = f"bad engine configuration: {exc}"
+            return False
+        await self._spawn(plan)
+        deadline = time.monotonic() + self.policy.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.returncode is not None:
+                code = None if self._proc is None else self._proc.returncode
+                self.detail = f"engine exited with code {code} while starting (see {self.log_path})"
+                return False
+            if await self._probe_token():
+                return True
+            await asyncio.sleep(1.0)
+        self.detail = f"engine not ready within {self.policy.ready_timeout_s:.0f}s (see {self.log_path})"
+        return False
+
+    async def _probe_token(self) -> bool:
+        """Healthy means a real token, not a live process or a working /v1/models."""
+        try:
+            health = await self._http.get(self.url + "/health", timeout=2.0)
+            if health.status_code != 200:
+                return False
+            body = {"model": self.config.served_name, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+            response = await self._http.post(self.url + "/v1/completions", json=body, timeout=60.0)
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 200:
+            return False
+        self.note_token()
+        return True
+
+    async def _watch_health(self) -> str:
+        """Returns why the engine stopped being healthy."""
+        assert self._proc is not None  # set by _spawn before READY
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._proc.wait(), self.policy.health_interval_s)
+                return f"engine exited with code {self._proc.returncode}"
+            except TimeoutError:
+                pass
+            try:
+                response = await self._http.get(self.url + "/health", timeout=self.policy.health_interval_s)
+                failures = 0 if response.status_code == 200 else failures + 1
+            except httpx.HTTPError:
+                failures += 1
+            if failures >= self.policy.health_failures_to_restart:
+                return f"engine failed {failures} health checks in a row"
+
+    async def _spawn(self, plan: LaunchPlan) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log_file is None:
+            self._log_file = await asyncio.to_thread(open, self.log_path, "ab")  # kept across restarts
+        self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(plan.argv)}\n".encode())
+        self._log_file.flush()
+        self._proc = await asyncio.create_subprocess_exec(
+            *plan.argv,
+            env={**os.environ, **plan.env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches the engine's children too
+            preexec_fn=_die_with_parent,
+        )
+        self.pid = self._proc.pid
+
+    async def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.policy.stop_grace_s)
+            except TimeoutError:
+                log.warning("engine pid %s ignored SIGTERM for %.0fs; killing", proc.pid, self.policy.stop_grace_s)
+        # Whatever is left in the group (the engine's own workers) goes too.
+        _signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            await proc.wait()
+        self.pid = None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
