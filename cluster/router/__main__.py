@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
     app = create_app(Registry(args.worker), RouterSettings(max_body_bytes=args.max_body_bytes))
     uvicorn.run(app, host=host, port=int(port), log_level="warning", timeout_graceful_shutdown=5)
 

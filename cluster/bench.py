@@ -1,0 +1,156 @@
+"""Benchmarks that print figures. Not tests: run them by hand and read the table.
+
+    python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+
+`overhead` brings up a local cluster, then sends the same streaming load to the engine directly and through
+router + agent, alternating, in one run; it prints throughput and time to first token for both and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+from cluster import local
+from cluster.models import BUNDLED_NAME
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    target: str
+    wall_s: float
+    output_tokens: int
+    ttfts: tuple[float, ...]
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        return self.output_tokens / self.wall_s if self.wall_s else 0.0
+
+    def ttft_pct(self, q: float) -> float:
+        ordered = sorted(self.ttfts)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _one_stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> tuple[float, int]:
+    started = time.perf_counter()
+    ttft, tokens = 0.0, 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    tokens += 1
+                    if not ttft:
+                        ttft = time.perf_counter() - started
+    return ttft, tokens
+
+
+async def run_round(target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int) -> RoundResult:
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        bodies = [
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Request {seed}-{i}: tell me a long story about orchards."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,  # vLLM: always produce max_tokens, so every round does the same work
+                "stream": True,
+            }
+            for i in range(concurrency)
+        ]
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_one_stream(client, url, b) for b in bodies), return_exceptions=True)
+        wall = time.perf_counter() - started
+    ok = [r for r in results if isinstance(r, tuple)]
+    return RoundResult(
+        target=target,
+        wall_s=wall,
+        output_tokens=sum(tokens for _, tokens in ok),
+        ttfts=tuple(ttft for ttft, _ in ok),
+        errors=len(results) - len(ok),
+    )
+
+
+def _engine_url(agent_address: str) -> str:
+    with grpc.insecure_channel(agent_address) as channel:
+        info: pb.InfoReply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=10)
+    return info.engine_url
+
+
+def _print_table(results: list[RoundResult]) -> None:
+    print(f"{'target':<8} {'round':>5} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}")
+    rounds: dict[str, int] = {}
+    for r in results:
+        rounds[r.target] = rounds.get(r.target, 0) + 1
+        print(
+            f"{r.target:<8} {rounds[r.target]:>5} {r.throughput:>9.1f} {r.ttft_pct(0.5) * 1000:>12.1f} "
+            f"{r.ttft_pct(0.99) * 1000:>12.1f} {r.errors:>6}"
+        )
+    direct = [r for r in results if r.target == "direct"]
+    routed = [r for r in results if r.target == "router"]
+    ratio = statistics.mean(r.throughput for r in routed) / statistics.mean(r.throughput for r in direct)
+    p50 = statistics.mean(r.ttft_pct(0.5) for r in routed) - statistics.mean(r.ttft_pct(0.5) for r in direct)
+    p99 = statistics.mean(r.ttft_pct(0.99) for r in routed) - statistics.mean(r.ttft_pct(0.99) for r in direct)
+    print(f"\nthroughput ratio router/direct: {ratio:.3f}")
+    print(f"added TTFT through router+agent: p50 {p50 * 1000:+.1f} ms, p99 {p99 * 1000:+.1f} ms")
+
+
+async def _overhead(args: argparse.Namespace) -> None:
+    home = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
+    model = BUNDLED_NAME if args.engine == "vllm" else "sim-model"
+    config = local.LocalClusterConfig(
+        engine=args.engine,
+        model=model,
+        port=args.port,
+        home=home,
+        kv_cache_gib=args.kv_cache_gib,
+        sim_options=(f"decode-ms-per-token={args.sim_decode_ms}", "max-concurrency=256"),
+    )
+    print(f"bringing up a local {args.engine} cluster (logs in {home / 'logs'})…")
+    state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
+    try:
+        engine = await asyncio.to_thread(_engine_url, state.agent_address)
+        print(f"engine {engine}, router {state.url}; {args.concurrency} concurrent streams x {args.max_tokens} tokens")
+        await run_round("warmup", engine, model, args.concurrency, args.max_tokens, seed=-1)
+        results = []
+        for i in range(args.rounds):
+            results.append(await run_round("direct", engine, model, args.concurrency, args.max_tokens, seed=2 * i))
+            results.append(await run_round("router", state.url, model, args.concurrency, args.max_tokens, 2 * i + 1))
+        _print_table(results)
+    finally:
+        await asyncio.to_thread(local.stop, home)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    overhead = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
+    overhead.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    overhead.add_argument("--concurrency", type=int, default=32)
+    overhead.add_argument("--max-tokens", type=int, default=128)
+    overhead.add_argument("--rounds", type=int, default=2)
+    overhead.add_argument("--port", type=int, default=8090)
+    overhead.add_argument("--kv-cache-gib", type=float, default=1.0)
+    overhead.add_argument("--sim-decode-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    asyncio.run(_overhead(args))
+
+
+if __name__ == "__main__":
+    main()

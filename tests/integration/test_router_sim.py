@@ -1,0 +1,154 @@
+"""Router + agent + sim engine as real processes on loopback: the request path, errors, cancellation,
+engine restarts. The sim engine's text is not checked for meaning here; the vLLM tests do that."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import SIM_MODEL, Cluster, engine_metric, wait_until
+
+
+@pytest.fixture
+def client(sim_cluster: Cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sim_cluster.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [SIM_MODEL]
+
+
+def test_stream_concatenation_equals_whole_answer_at_temperature_zero(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Tell me about apples."}]
+    whole = client.chat.completions.create(model=SIM_MODEL, messages=messages, temperature=0, max_tokens=20)
+    stream = client.chat.completions.create(
+        model=SIM_MODEL,
+        messages=messages,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 5
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert whole.usage is not None and whole.usage.completion_tokens == 20 and whole.usage.prompt_tokens > 0
+
+
+def test_stream_usage_only_when_asked(sim_cluster: Cluster) -> None:
+    body = {"model": SIM_MODEL, "prompt": "one two three", "max_tokens": 3, "stream": True}
+
+    def usage_chunks(extra: dict[str, object]) -> list[dict[str, object]]:
+        with httpx.stream("POST", sim_cluster.url + "/v1/completions", json={**body, **extra}, timeout=30) as r:
+            lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        return [c for c in map(json.loads, lines[:-1]) if c.get("usage")]
+
+    assert usage_chunks({}) == []
+    asked = usage_chunks({"stream_options": {"include_usage": True}})
+    assert len(asked) == 1 and asked[0]["usage"]["completion_tokens"] == 3
+
+
+def test_response_names_the_worker(sim_cluster: Cluster) -> None:
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
+    response = httpx.post(sim_cluster.url + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["x-orchard-worker"]
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"model": "sim-model", "messages": [', 400, None),
+    ("missing messages", json.dumps({"model": SIM_MODEL}).encode(), 400, "messages"),
+    ("empty messages", json.dumps({"model": SIM_MODEL, "messages": []}).encode(), 400, "messages"),
+    ("bad role", json.dumps({"model": SIM_MODEL, "messages": [{"role": "x", "content": "hi"}]}).encode(), 400, None),
+    (
+        "unknown model",
+        json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        404,
+        "model",
+    ),
+    (
+        "max_tokens -1",
+        json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "max_tokens 10^9",
+        json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "temperature 7",
+        json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7}).encode(),
+        400,
+        "temperature",
+    ),
+    ("a JSON array", b"[1, 2, 3]", 400, None),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_gets_openai_error(sim_cluster: Cluster, what: str, body: bytes, status: int, param: str) -> None:
+    response = httpx.post(
+        sim_cluster.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if param:
+        assert error["param"] == param
+    assert "Traceback" not in response.text
+
+
+def test_ten_megabyte_body_is_rejected_and_router_keeps_serving(sim_cluster: Cluster) -> None:
+    huge = json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}]})
+    response = httpx.post(sim_cluster.url + "/v1/chat/completions", content=huge, timeout=60)
+    assert response.status_code == 413
+    assert "exceeds" in response.json()["error"]["message"]
+    ok = httpx.post(
+        sim_cluster.url + "/v1/completions", json={"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}, timeout=30
+    )
+    assert ok.status_code == 200
+
+
+def test_unknown_route_is_openai_shaped_404(sim_cluster: Cluster) -> None:
+    response = httpx.get(sim_cluster.url + "/v1/nothing-here", timeout=10)
+    assert response.status_code == 404
+    assert response.json()["error"]["message"]
+
+
+def test_client_disconnect_aborts_the_engine_request(sim_cluster: Cluster) -> None:
+    engine = sim_cluster.engine_url()
+    body = {"model": SIM_MODEL, "prompt": "long story", "max_tokens": 5000, "stream": True}
+    with httpx.stream("POST", sim_cluster.url + "/v1/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()  # kept referenced: a dropped iterator closes the stream early
+        data = [line for line, _ in zip(lines, range(10), strict=False) if line.startswith("data: ")]
+        assert len(data) >= 4
+        assert engine_metric(engine, "vllm:num_requests_running") >= 1
+    # 5000 tokens at 2 ms each would run for 10 s; an aborted request leaves within a moment.
+    wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 5, "engine running == 0")
+    produced = engine_metric(engine, "vllm:generation_tokens_total")
+    time.sleep(0.5)
+    assert engine_metric(engine, "vllm:generation_tokens_total") == produced
+
+
+def test_killed_engine_is_restarted_and_requests_get_503_in_the_gap(sim_cluster: Cluster) -> None:
+    body = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 2}
+    url = sim_cluster.url + "/v1/completions"
+    old_pid = sim_cluster.engine_pid()
+    os.kill(old_pid, signal.SIGKILL)
+    during = httpx.post(url, json=body, timeout=30)
+    assert during.status_code == 503, during.text
+    assert during.json()["error"]["type"] == "service_unavailable"
+    wait_until(lambda: httpx.post(url, json=body, timeout=30).status_code == 200, 60, "a request to succeed again")
+    assert sim_cluster.engine_pid() != old_pid

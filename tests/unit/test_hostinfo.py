@@ -1,0 +1,29 @@
+"""Host-fact parsers on recorded command output (see fixtures/README.md for the formats' sources)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.hostinfo import parse_cpuinfo_model, parse_meminfo, parse_sw_vers, parse_sysctl_value
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_sw_vers_gives_product_and_version() -> None:
+    assert parse_sw_vers((FIXTURES / "sw_vers.txt").read_text()) == "macOS 15.3.1"
+
+
+def test_sysctl_bare_and_named_values() -> None:
+    assert parse_sysctl_value("68719476736\n") == "68719476736"  # sysctl -n hw.memsize
+    assert parse_sysctl_value("hw.memsize: 206158430208\n") == "206158430208"  # sysctl hw.memsize
+    assert parse_sysctl_value("machdep.cpu.brand_string: Apple M2 Ultra\n") == "Apple M2 Ultra"
+
+
+def test_linux_meminfo_and_cpuinfo() -> None:
+    assert parse_meminfo("MemTotal:       24682852 kB\nMemFree:  1 kB\n") == 24682852 * 1024
+    assert parse_cpuinfo_model("processor\t: 0\nmodel name\t: AMD EPYC 9B14\n") == "AMD EPYC 9B14"
+
+
+def test_this_machine_reads_without_error() -> None:
+    text = Path("/proc/meminfo").read_text()
+    assert parse_meminfo(text) > 1 << 30

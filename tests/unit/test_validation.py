@@ -1,0 +1,93 @@
+"""What the router accepts and how it phrases rejections (pure: no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.router.errors import ApiError, upstream_error
+from cluster.router.validation import (
+    MAX_TOKENS_CEILING,
+    ChatRequest,
+    CompletionRequest,
+    check_limits,
+    parse_body,
+    validate,
+)
+
+
+def chat(**extra: object) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def test_unknown_fields_pass_through_untouched() -> None:
+    body = chat(tools=[{"type": "function", "function": {"name": "f"}}], response_format={"type": "json_object"})
+    parsed = validate(body, ChatRequest)
+    assert parsed.model_extra is not None and parsed.model_extra["tools"][0]["function"]["name"] == "f"
+
+
+def test_malformed_json_is_400() -> None:
+    with pytest.raises(ApiError) as err:
+        parse_body(b'{"model": ')
+    assert err.value.status == 400 and "JSON" in err.value.message
+
+
+def test_body_must_be_an_object() -> None:
+    with pytest.raises(ApiError, match="JSON object"):
+        parse_body(b'"just a string"')
+
+
+def test_missing_messages_names_the_parameter() -> None:
+    with pytest.raises(ApiError) as err:
+        validate({"model": "m"}, ChatRequest)
+    assert err.value.param == "messages" and err.value.message == "Missing required parameter: 'messages'."
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_tokens", -1), ("max_tokens", 0), ("temperature", 2.5), ("top_p", 0), ("n", 0), ("stream", "yes")],
+)
+def test_out_of_range_numbers_are_400(field: str, value: object) -> None:
+    with pytest.raises(ApiError) as err:
+        validate(chat(**{field: value}), ChatRequest)
+    assert err.value.status == 400 and err.value.param == field
+
+
+def test_message_with_unknown_role_is_rejected() -> None:
+    with pytest.raises(ApiError) as err:
+        validate({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, ChatRequest)
+    assert err.value.param == "messages.0.role"
+
+
+def test_completion_prompt_forms() -> None:
+    for prompt in ("text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]):
+        assert validate({"model": "m", "prompt": prompt}, CompletionRequest).model == "m"
+    with pytest.raises(ApiError):
+        validate({"model": "m", "prompt": {"not": "ok"}}, CompletionRequest)
+
+
+def test_max_tokens_above_context_is_rejected_with_the_limit() -> None:
+    parsed = validate(chat(max_tokens=5000), ChatRequest)
+    with pytest.raises(ApiError) as err:
+        check_limits(parsed, 4096)
+    assert "4096" in err.value.message and err.value.param == "max_tokens"
+    check_limits(validate(chat(max_tokens=4096), ChatRequest), 4096)
+
+
+def test_unknown_context_length_still_has_a_ceiling() -> None:
+    with pytest.raises(ApiError):
+        check_limits(validate(chat(max_tokens=10**9), ChatRequest), 0)
+    check_limits(validate(chat(max_tokens=MAX_TOKENS_CEILING), ChatRequest), 0)
+
+
+def test_error_body_has_openai_shape() -> None:
+    body = ApiError(404, "no such model", param="model", code="model_not_found").body()
+    assert body == {
+        "error": {"message": "no such model", "type": "not_found_error", "param": "model", "code": "model_not_found"}
+    }
+
+
+def test_engine_errors_keep_their_message() -> None:
+    err = upstream_error(400, b'{"error": {"message": "min_p is not supported", "type": "BadRequestError"}}')
+    assert err.status == 400 and err.message == "min_p is not supported"
+    plain = upstream_error(500, b"Internal Server Error")
+    assert plain.status == 500 and plain.message == "Internal Server Error"
