@@ -109,7 +109,7 @@ def stop_cluster(cluster: Cluster) -> None:
 def sim_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Router + agent + sim engine (decode 2 ms/token) for behaviour that does not need real text."""
     tmp = tmp_path_factory.mktemp("sim-cluster")
-    options = ["--sim-option", "decode-ms-per-token=2", "--sim-option", "seed=7", "--max-model-len", "8192"]
+    options = ["--sim-option", "decode-ms-per-token=2", "--sim-option", "seed=7"]  # context length: learned
     cluster = start_cluster(tmp, "sim", SIM_MODEL, SIM_MODEL, options)
     yield cluster
     stop_cluster(cluster)

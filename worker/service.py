@@ -89,6 +89,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.host = host
         self.http = http
         self.inflight = 0
+        self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -144,11 +145,27 @@ class WorkerService(pb_grpc.WorkerServicer):
             memory_bytes=self.host.memory_bytes,
             engine=self.supervisor.config.kind,
             engine_version=self.identity.engine_version,
-            models=list(self.identity.models),
+            models=await self._models(),
             max_concurrency=self.identity.max_concurrency,
             engine_url=self.supervisor.url,
             agent_version=self.identity.agent_version,
         )
+
+    async def _models(self) -> list[pb.ModelInfo]:
+        """Configured models, with the context length the engine reports where none was configured."""
+        if self.supervisor.ready and any(m.max_model_len == 0 for m in self.identity.models):
+            try:
+                listing = (await self.http.get(self.supervisor.url + "/v1/models", timeout=5.0)).json()
+                for card in listing.get("data") or ():
+                    if isinstance(card.get("max_model_len"), int):
+                        self._context_lengths[card["id"]] = card["max_model_len"]
+            except (httpx.HTTPError, ValueError, AttributeError):
+                pass  # unknown stays 0; the router then applies its ceiling
+        models = []
+        for model in self.identity.models:
+            known = model.max_model_len or self._context_lengths.get(model.name, 0)
+            models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known))
+        return models
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0

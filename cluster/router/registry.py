@@ -146,15 +146,19 @@ class Registry:
         while True:
             try:
                 handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
+                info_when_ready = handle.sample is not None and handle.sample.state == pb.ENGINE_STATE_READY
                 stream = handle.stub.Watch(pb.WatchRequest(interval_seconds=self.watch_interval_s))
                 async for sample in stream:
                     if not handle.connected:
                         log.info("worker %s connected (%s)", handle.address, handle.worker_id)
                     handle.connected, delay = True, RECONNECT_MIN_S
                     handle.sample, handle.sample_at = sample, time.monotonic()
-                    if handle.info and any(m.max_model_len == 0 for m in handle.info.models):
-                        if sample.state == pb.ENGINE_STATE_READY:  # context length is known once ready
-                            handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
+                    if sample.state == pb.ENGINE_STATE_READY and not info_when_ready:
+                        # Ask again once the engine is ready: it then knows its context length.
+                        handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
+                        info_when_ready = True
+                    elif sample.state != pb.ENGINE_STATE_READY:
+                        info_when_ready = False
                     self._changed.set()
             except grpc.aio.AioRpcError as exc:
                 if handle.connected:

@@ -24,6 +24,15 @@ def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list().data] == [SIM_MODEL]
 
 
+def test_context_length_is_learned_from_the_engine(sim_cluster: Cluster) -> None:
+    """The agent was given no --max-model-len: it asks the engine once ready, and the router enforces it."""
+    cards = httpx.get(sim_cluster.url + "/v1/models", timeout=10).json()["data"]
+    assert cards[0]["max_model_len"] == 8192  # the sim engine's own limit
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 8193}
+    response = httpx.post(sim_cluster.url + "/v1/completions", json=body, timeout=10)
+    assert response.status_code == 400 and "8192" in response.json()["error"]["message"]
+
+
 def test_stream_concatenation_equals_whole_answer_at_temperature_zero(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Tell me about apples."}]
     whole = client.chat.completions.create(model=SIM_MODEL, messages=messages, temperature=0, max_tokens=20)
