@@ -51,30 +51,38 @@ def _up(args: argparse.Namespace) -> int:
         local.stop(home)
         err_console.print("interrupted; stopped everything that was started")
         return 130
-    console.print(f"[green]Orchard is up[/] at [bold]{state.url}[/] — model [bold]{state.model}[/] "
-                  f"on the {state.engine} engine.")  # fmt: skip
-    _print_try(state.url, state.model)
-    if args.ask:
-        try:
-            answer = local.ask(state.url, state.model, args.ask)
-            console.print(f"[bold]Q:[/] {args.ask}\n[bold]A:[/] {answer['choices'][0]['message']['content']}")
-        except Exception as exc:  # shown, not fatal: the cluster stays up for the user to look at
-            err_console.print(f"[red]the test question failed:[/] {exc!r}")
-    if args.detach:
-        console.print("Running in the background; stop it with: cluster down")
-        return 0
-    console.print("Serving. Press Ctrl-C (or run `cluster down`) to stop.")
     try:
+        _announce(state, args.ask)
+        if args.detach:
+            console.print("Running in the background; stop it with: cluster down")
+            return 0
+        console.print("Serving. Press Ctrl-C (or run `cluster down`) to stop.")
         while not stop_requested.wait(1.0):
             if not (procs.alive(state.router_pid) and procs.alive(state.agent_pid)):
                 err_console.print(f"[red]a cluster process exited[/]; logs in {state.log_dir}")
                 break
     except KeyboardInterrupt:
-        pass
+        if args.detach:
+            return 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     console.print("stopping…")
     local.stop(home)
     console.print("stopped.")
     return 0
+
+
+def _announce(state: local.LocalState, question: str | None) -> None:
+    console.print(
+        f"[green]Orchard is up[/] at [bold]{state.url}[/] — model [bold]{state.model}[/] on the {state.engine} engine."
+    )
+    _print_try(state.url, state.model)
+    if question:
+        try:
+            answer = local.ask(state.url, state.model, question)
+            console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {answer['choices'][0]['message']['content']}")
+        except Exception as exc:  # shown, not fatal: the cluster stays up for the user to look at
+            err_console.print(f"[red]the test question failed:[/] {exc!r}")
 
 
 def _step(status: object, message: str) -> None:

@@ -1,0 +1,73 @@
+"""`cluster up` in the foreground: Ctrl-C or `cluster down` from another shell stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import local, procs
+from tests.conftest import free_port, run_cli, wait_until
+
+
+def _start_foreground(home: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    argv = [sys.executable, "-m", "cluster.cli", "up", "--engine", "sim", "--model", "sim-model",
+            "--port", str(free_port())]  # fmt: skip
+    up = subprocess.Popen(argv, env={**os.environ, "ORCHARD_HOME": str(home)}, stdout=subprocess.PIPE, text=True)
+    state = wait_until(lambda: local.running_state(home) if (home / "local.json").exists() else None, 60, "state")
+    wait_until(lambda: procs.descendants(state.agent_pid), 30, "the engine process")
+    pids = [up.pid, state.router_pid, state.agent_pid, *procs.descendants(state.agent_pid)]
+    return up, pids
+
+
+def _wait_serving(up: subprocess.Popen[str]) -> str:
+    assert up.stdout is not None
+    lines = []
+    for line in up.stdout:
+        lines.append(line)
+        if line.startswith("Serving."):
+            return "".join(lines)
+    raise AssertionError("cluster up ended before serving:\n" + "".join(lines))
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "cluster down"])
+def test_foreground_up_stops_everything(tmp_path: Path, how: str) -> None:
+    up, pids = _start_foreground(tmp_path)
+    output = _wait_serving(up)
+    assert "Orchard is up at http://127.0.0.1:" in output and "curl -s" in output
+    if how == "ctrl-c":
+        up.send_signal(signal.SIGINT)
+    else:
+        down = run_cli(["down"], tmp_path, timeout_s=60)
+        assert down.returncode == 0 and "stopped Orchard" in down.stdout
+    assert up.wait(timeout=60) == 0
+    wait_until(lambda: not any(procs.alive(pid) for pid in pids), 10, "every process to exit")
+    assert not (tmp_path / "local.json").exists()
+
+
+def test_second_up_reports_the_running_cluster(tmp_path: Path) -> None:
+    up, _ = _start_foreground(tmp_path)
+    try:
+        _wait_serving(up)
+        again = run_cli(["up", "--engine", "sim", "--model", "sim-model"], tmp_path, timeout_s=60)
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        run_cli(["down"], tmp_path, timeout_s=60)
+        up.wait(timeout=60)
+
+
+def test_up_on_a_busy_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(["up", "--engine", "sim", "--model", "sim-model", "--port", str(port)], tmp_path, 60)
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "in use" in result.stderr
+    assert not (tmp_path / "local.json").exists()
