@@ -56,11 +56,19 @@ async def stream_chunks(client: httpx.AsyncClient, url: str, body: bytes, tally:
             payload = line[5:].strip().encode()
             if payload == DONE:
                 return
-            try:
-                tally.observe(json.loads(payload))
-            except (ValueError, AttributeError):
-                pass  # not ours to judge: pass it on unchanged
+            if _worth_parsing(payload):
+                try:
+                    tally.observe(json.loads(payload))
+                except (ValueError, AttributeError):
+                    pass  # not ours to judge: pass it on unchanged
+            else:
+                tally.tokens_seen = True  # a plain delta chunk: text arrived
             yield payload
+
+
+def _worth_parsing(payload: bytes) -> bool:
+    """Most chunks are plain deltas; only those that may carry usage or a finish reason need JSON parsing."""
+    return b'"usage"' in payload or b'"finish_reason":"' in payload or b'"finish_reason": "' in payload
 
 
 async def whole_response(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> bytes:
