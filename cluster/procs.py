@@ -6,18 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+from worker.lifetime import die_with_parent
 
 
 def spawn(argv: list[str], log_path: Path, *, tied_to_parent: bool, env: dict[str, str] | None = None) -> int:
@@ -34,7 +28,7 @@ def spawn(argv: list[str], log_path: Path, *, tied_to_parent: bool, env: dict[st
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, **(env or {})},
-            preexec_fn=_die_with_parent if tied_to_parent else None,
+            preexec_fn=die_with_parent if tied_to_parent else None,
         )
     return proc.pid
 

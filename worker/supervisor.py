@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO
 import httpx
 
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
+from worker.lifetime import die_with_parent
 from worker.metrics import EngineLoad, parse_engine_metrics
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: an engine never outlives a killed agent
 
 
 class EngineSupervisor:
@@ -236,7 +228,7 @@ class EngineSupervisor:
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches the engine's children too
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.pid = self._proc.pid
 
