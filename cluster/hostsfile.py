@@ -1,0 +1,208 @@
+"""The lab's hosts file (TOML): typed, frozen, validated once at load; errors name the file, line and key.
+
+    [router]            bind address and port of the OpenAI endpoint on the head node
+    [[hosts]]           one per Mac: address, ssh user/port/identity, name, python, engine, memory, labels
+    [[models]]          name clients use, source, engine args, and `replicas = N` or `hosts = [...]`
+
+See deploy/hosts.example.toml for every key with a comment.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENGINES = ("vllm", "mlx", "sim")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class HostsFileError(Exception):
+    """Invalid hosts file. str() is `FILE:LINE: message` — nothing is started when this is raised."""
+
+    def __init__(self, path: Path, line: int | None, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RouterSpec(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class HostSpec(_Strict):
+    address: str = Field(min_length=1)
+    name: str | None = Field(default=None, pattern=_NAME)
+    user: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    identity_file: str | None = None
+    python: str | None = None  # Orchard's interpreter on that host; default: `cluster up` installs one
+    orchard_dir: str = "~/.orchard"  # agent pidfile, logs and config on that host
+    agent_port: int = Field(default=50051, ge=1, le=65535)
+    engine: Literal["vllm", "mlx", "sim"] = "vllm"
+    memory_gb: float | None = Field(default=None, gt=0)  # overrides what the host reports
+    labels: tuple[str, ...] = Field(default=(), strict=False)  # TOML arrays are lists
+    sim_options: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.address
+
+
+class ModelSpec(_Strict):
+    name: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    engine_args: tuple[str, ...] = Field(default=(), strict=False)
+    replicas: int | None = Field(default=None, ge=1, le=1024)
+    hosts: tuple[str, ...] | None = Field(default=None, strict=False)
+    max_model_len: int | None = Field(default=None, ge=16)
+    policy: str | None = None
+
+    @model_validator(mode="after")
+    def _placement(self) -> ModelSpec:
+        if self.replicas is not None and self.hosts is not None:
+            raise ValueError("give either 'replicas' or 'hosts', not both")
+        return self
+
+
+class ClusterSpec(_Strict):
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    hosts: tuple[HostSpec, ...] = Field(min_length=1, strict=False)
+    models: tuple[ModelSpec, ...] = Field(min_length=1, strict=False)
+
+    def host(self, label: str) -> HostSpec:
+        for host in self.hosts:
+            if label in (host.name, host.address):
+                return host
+        raise KeyError(label)
+
+
+@dataclass
+class _Locator:
+    """Line numbers of tables and keys, found by scanning the text (tomllib keeps none)."""
+
+    tables: dict[tuple[str, int], int]  # ("hosts", 0) -> line of its header
+    keys: dict[tuple[str, int, str], int]  # ("hosts", 0, "address") -> line of that key
+
+    @classmethod
+    def scan(cls, text: str) -> _Locator:
+        tables: dict[tuple[str, int], int] = {}
+        keys: dict[tuple[str, int, str], int] = {}
+        counts: dict[str, int] = {}
+        current: tuple[str, int] = ("", 0)
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if match := re.match(r"^\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]", line):
+                name = match.group(1)
+                current = (name, counts.get(name, 0))
+                counts[name] = current[1] + 1
+                tables[current] = number
+            elif match := re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", line):
+                current = (match.group(1), 0)
+                tables[current] = number
+            elif match := re.match(r"^([A-Za-z0-9_-]+|\"[^\"]+\")\s*=", line):
+                keys.setdefault((current[0], current[1], match.group(1).strip('"')), number)
+        return cls(tables, keys)
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        """Best line for a pydantic error location like ("hosts", 1, "port")."""
+        if not loc:
+            return None
+        table = str(loc[0])
+        index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        key = next((str(part) for part in loc[1:] if isinstance(part, str)), None)
+        if key is not None and (table, index, key) in self.keys:
+            return self.keys[(table, index, key)]
+        if (table, index) in self.tables:
+            return self.tables[(table, index)]
+        return self.keys.get(("", 0, table))
+
+
+def _describe(error: Any) -> str:
+    loc = error["loc"]
+    where = ".".join(str(p) for p in loc)
+    key = next((str(p) for p in reversed(loc) if isinstance(p, str)), where)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}' in {_table_name(loc)}"
+    if kind == "missing":
+        return f"missing required key '{key}' in {_table_name(loc)}"
+    return f"'{where}': {error['msg']}"
+
+
+def _table_name(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 1 and isinstance(loc[1], int):
+        return f"[[{loc[0]}]] #{loc[1] + 1}"
+    return f"[{loc[0]}]" if len(loc) > 1 else "the file"
+
+
+def load(path: Path) -> ClusterSpec:
+    """Parse and validate a hosts file; raises HostsFileError naming file and line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise HostsFileError(path, None, f"cannot read: {exc.strerror}") from exc
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> ClusterSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        raise HostsFileError(path, int(match.group(1)) if match else None, f"not valid TOML: {exc}") from exc
+    locator = _Locator.scan(text)
+    for index, model in enumerate(data.get("models") or ()):
+        if isinstance(model, dict) and ({"mode", "backend"} & model.keys()):
+            key = "mode" if "mode" in model else "backend"
+            raise HostsFileError(
+                path,
+                locator.line_of(("models", index, key)),
+                f"model #{index + 1}: shard groups ('{key}') are not supported yet; "
+                "give 'replicas' or 'hosts' for a model that fits one host",
+            )
+    try:
+        spec = ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        # An unknown key is usually a typo of a "missing" one: name the typo first.
+        first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        raise HostsFileError(path, locator.line_of(tuple(first["loc"])), _describe(first)) from exc
+    _check_references(spec, locator, path)
+    return spec
+
+
+def _check_references(spec: ClusterSpec, locator: _Locator, path: Path) -> None:
+    seen: dict[str, int] = {}
+    for index, host in enumerate(spec.hosts):
+        for key, value in (("name", host.name), ("address", host.address)):
+            if value is None:
+                continue
+            ident = f"{host.address}:{host.agent_port}" if key == "address" else value
+            if ident in seen:
+                line = locator.line_of(("hosts", index, key))
+                raise HostsFileError(path, line, f"duplicate host {key} '{value}' (also host #{seen[ident] + 1})")
+            seen[ident] = index
+    labels = {h.name for h in spec.hosts if h.name} | {h.address for h in spec.hosts}
+    names: dict[str, int] = {}
+    for index, model in enumerate(spec.models):
+        if model.name in names:
+            line = locator.line_of(("models", index, "name"))
+            raise HostsFileError(
+                path, line, f"duplicate model name '{model.name}' (also model #{names[model.name] + 1})"
+            )
+        names[model.name] = index
+        for label in model.hosts or ():
+            if label not in labels:
+                line = locator.line_of(("models", index, "hosts"))
+                raise HostsFileError(path, line, f"model '{model.name}' is placed on unknown host '{label}'")
+        if model.hosts is not None and len(model.hosts) != len(set(model.hosts)):
+            line = locator.line_of(("models", index, "hosts"))
+            raise HostsFileError(path, line, f"model '{model.name}' lists a host twice")

@@ -1,0 +1,98 @@
+"""Hosts-file validation: every mistake names the file, the line and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.hostsfile import HostsFileError, load, parse
+from cluster.placement import PlacementError, plan
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """\
+[router]
+port = 8000
+
+[[hosts]]
+name = "a"
+address = "10.0.0.2"
+
+[[hosts]]
+name = "b"
+address = "10.0.0.3"
+memory_gb = 64
+
+[[models]]
+name = "m"
+source = "smollm2-135m-instruct"
+replicas = 2
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(HostsFileError) as err:
+        parse(text, Path("lab.toml"))
+    return str(err.value)
+
+
+def test_the_example_file_is_valid() -> None:
+    spec = load(REPO / "deploy" / "hosts.example.toml")
+    assert [h.label for h in spec.hosts] == ["studio-1", "mini-1"]
+    assert [(a.host.label, a.model.name) for a in plan(spec)] == [
+        ("studio-1", "smollm2-135m-instruct"),
+        ("mini-1", "smollm2-135m-instruct"),
+    ]
+
+
+def test_good_file_defaults() -> None:
+    spec = parse(GOOD, Path("lab.toml"))
+    assert spec.hosts[0].port == 22 and spec.hosts[0].engine == "vllm" and spec.router.port == 8000
+
+
+MISTAKES = [
+    ("unknown key", GOOD.replace('address = "10.0.0.3"', 'adress = "10.0.0.3"'),
+     "lab.toml:10: unknown key 'adress' in [[hosts]] #2"),
+    ("wrong type", GOOD.replace("port = 8000", 'port = "8000"'), "lab.toml:2: 'router.port': Input should be a valid integer"),
+    ("duplicate name", GOOD.replace('name = "b"', 'name = "a"'), "lab.toml:9: duplicate host name 'a' (also host #1)"),
+    ("duplicate address", GOOD.replace('"10.0.0.3"', '"10.0.0.2"'),
+     "lab.toml:10: duplicate host address '10.0.0.2' (also host #1)"),
+    ("unknown host", GOOD.replace("replicas = 2", 'hosts = ["a", "c"]'),
+     "lab.toml:16: model 'm' is placed on unknown host 'c'"),
+    ("missing address", GOOD.replace('address = "10.0.0.2"\n', ""), "lab.toml:4: missing required key 'address' in [[hosts]] #1"),
+    ("bad engine", GOOD.replace('memory_gb = 64', 'engine = "tgi"'), "lab.toml:11: 'hosts.1.engine': Input should be 'vllm', 'mlx' or 'sim'"),
+    ("both replicas and hosts", GOOD.replace("replicas = 2", 'replicas = 2\nhosts = ["a"]'),
+     "lab.toml:13: 'models.0': Value error, give either 'replicas' or 'hosts', not both"),
+    ("shard group", GOOD.replace("replicas = 2", 'mode = "pipeline"'),
+     "lab.toml:16: model #1: shard groups ('mode') are not supported yet"),
+    ("not TOML", GOOD.replace("[router]", "[router"), "lab.toml:1: not valid TOML"),
+    ("no models", GOOD.split("[[models]]")[0], "lab.toml: missing required key 'models' in the file"),
+    ("negative port", GOOD.replace("port = 8000", "port = -1"), "lab.toml:2: 'router.port': Input should be greater than or equal to 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "text", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistakes_name_file_line_and_key(what: str, text: str, message: str) -> None:
+    assert error_of(text).startswith(message)
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(HostsFileError, match="nope.toml: cannot read"):
+        load(tmp_path / "nope.toml")
+
+
+def test_replicas_take_the_largest_hosts_first() -> None:
+    spec = parse(GOOD.replace("replicas = 2", "replicas = 1"), Path("lab.toml"))
+    assert [a.host.label for a in plan(spec)] == ["b"]  # 64 GB beats unknown
+
+
+def test_too_many_replicas_say_how_many_hosts_are_missing() -> None:
+    spec = parse(GOOD.replace("replicas = 2", "replicas = 5"), Path("lab.toml"))
+    with pytest.raises(PlacementError, match=r"asks for 5 replica\(s\) but only 2 host\(s\) are free \(3 missing\)"):
+        plan(spec)
+
+
+def test_one_engine_per_host() -> None:
+    text = GOOD.replace("replicas = 2", 'hosts = ["a"]') + '\n[[models]]\nname = "n"\nsource = "x"\nhosts = ["a"]\n'
+    with pytest.raises(PlacementError, match="host 'a' is asked to serve both 'm' and 'n'"):
+        plan(parse(text, Path("lab.toml")))
