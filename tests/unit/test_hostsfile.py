@@ -50,7 +50,7 @@ def test_good_file_defaults() -> None:
     assert spec.hosts[0].port == 22 and spec.hosts[0].engine == "vllm" and spec.router.port == 8000
 
 
-MISTAKES = [
+MISTAKES = [  # noqa: E501 (each row: what, text, the exact message)
     ("unknown key", GOOD.replace('address = "10.0.0.3"', 'adress = "10.0.0.3"'),
      "lab.toml:10: unknown key 'adress' in [[hosts]] #2"),
     ("wrong type", GOOD.replace("port = 8000", 'port = "8000"'), "lab.toml:2: 'router.port': Input should be a valid integer"),
@@ -77,7 +77,7 @@ def test_mistakes_name_file_line_and_key(what: str, text: str, message: str) -> 
 
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(HostsFileError, match="nope.toml: cannot read"):
+    with pytest.raises(HostsFileError, match=r"nope\.toml: cannot read"):
         load(tmp_path / "nope.toml")
 
 
