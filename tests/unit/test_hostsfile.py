@@ -50,7 +50,7 @@ def test_good_file_defaults() -> None:
     assert spec.hosts[0].port == 22 and spec.hosts[0].engine == "vllm" and spec.router.port == 8000
 
 
-MISTAKES = [  # noqa: E501 (each row: what, text, the exact message)
+MISTAKES = [
     ("unknown key", GOOD.replace('address = "10.0.0.3"', 'adress = "10.0.0.3"'),
      "lab.toml:10: unknown key 'adress' in [[hosts]] #2"),
     ("wrong type", GOOD.replace("port = 8000", 'port = "8000"'), "lab.toml:2: 'router.port': Input should be a valid integer"),
