@@ -7,21 +7,27 @@ cluster down | status | logs [agent|router|engine] | models prepare
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from cluster import local, procs
+from cluster import hostsfile, lab, local, procs, remote
 from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
+from cluster.placement import PlacementError, plan
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _lab_up(args)
     home = local.orchard_home()
     existing = local.running_state(home)
     if existing is not None:
@@ -97,21 +103,83 @@ def _print_try(url: str, model: str) -> None:
                   soft_wrap=True)  # fmt: skip
 
 
+def _load_spec(path: Path) -> hostsfile.ClusterSpec | None:
+    try:
+        return hostsfile.load(path)
+    except hostsfile.HostsFileError as exc:
+        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        return None
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.file)
+    if spec is None:
+        return 2
+    home = local.orchard_home()
+    started = time.monotonic()
+    try:
+        outcomes = asyncio.run(
+            lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
+                   report=lambda m: console.print(f"  • {m}"))
+        )  # fmt: skip
+    except (PlacementError, lab.LabError) as exc:
+        err_console.print(f"[red]cluster up failed:[/] {exc}")
+        return 1
+    table = Table(title=f"Orchard lab from {args.file} ({time.monotonic() - started:.1f}s)")
+    for column in ("host", "address", "chip / OS", "memory", "engine", "models", "state"):
+        table.add_column(column)
+    for o in outcomes:
+        memory = f"{o.memory_bytes / 2**30:.0f} GiB" if o.memory_bytes else "?"
+        state = o.state if not o.reason else f"{o.state}: {o.reason}"
+        table.add_row(o.label, o.address, f"{o.chip} / {o.os}" if o.chip else "?", memory, o.engine,
+                      ", ".join(o.models), state)  # fmt: skip
+    console.print(table)
+    applied = lab.read_state(home)
+    ready = [o for o in outcomes if o.state == "ready"]
+    if applied is not None:
+        console.print(f"endpoint: [bold]{applied.url}[/] ({len(ready)} of {len(outcomes)} hosts serving)")
+    return 0 if ready else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.file)
+    if spec is None:
+        return 2
+    try:
+        assignments = plan(spec)
+    except PlacementError as exc:
+        err_console.print(f"[red]cannot place:[/] {exc}")
+        return 1
+    table = Table(title=f"placement for {args.file}")
+    for column in ("model", "host", "address", "engine", "memory"):
+        table.add_column(column)
+    for a in assignments:
+        memory = f"{a.host.memory_gb:.0f} GB" if a.host.memory_gb else "reported at up"
+        table.add_row(a.model.name, a.host.label, a.agent_address, a.host.engine, memory)
+    console.print(table)
+    return 0
+
+
 def _down(_: argparse.Namespace) -> int:
-    stopped = local.stop(local.orchard_home())
+    home = local.orchard_home()
+    if asyncio.run(lab.down(home, report=lambda m: console.print(f"  • {m}"))):
+        console.print("stopped the lab.")
+        return 0
+    stopped = local.stop(home)
     if stopped:
         console.print(f"stopped Orchard (pids {', '.join(map(str, stopped))}).")
     else:
-        console.print("nothing to stop: no local Orchard cluster is running.")
+        console.print("nothing to stop: no Orchard cluster is running.")
     return 0
 
 
 def _status(_: argparse.Namespace) -> int:
     import httpx
 
-    state = local.running_state(local.orchard_home())
+    home = local.orchard_home()
+    state = lab.read_state(home) or local.running_state(home)
     if state is None:
-        console.print("no local Orchard cluster is running (start one with: cluster up)")
+        console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
         return 1
     try:
         rows = httpx.get(state.url + "/orchard/workers", timeout=5).json()["workers"]
@@ -130,11 +198,35 @@ def _status(_: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    state = lab.read_state(local.orchard_home())
+    if state is not None and args.which not in ("router",):
+        return asyncio.run(_lab_logs(state, args))
     path = local.orchard_home() / "logs" / f"{args.which}.log"
     if not path.exists():
         err_console.print(f"no log at {path}")
         return 1
     console.print(procs.tail(path, args.lines), markup=False)
+    return 0
+
+
+async def _lab_logs(state: lab.LabState, args: argparse.Namespace) -> int:
+    spec = hostsfile.ClusterSpec.model_validate(state.spec)
+    try:
+        host = spec.host(args.which)
+    except KeyError:
+        names = ", ".join(h.label for h in spec.hosts)
+        err_console.print(f"no host '{args.which}' in the running lab (hosts: {names}; or 'router')")
+        return 2
+    try:
+        conn = await remote.connect(host)
+        async with conn:
+            async for line in remote.follow_log(conn, host, args.lines, args.follow):
+                console.print(line.rstrip("\n"), markup=False, highlight=False)
+    except remote.RemoteError as exc:
+        err_console.print(f"[red]{host.label}:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -167,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cluster", description="Orchard: one OpenAI endpoint for a Mac lab")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="bring up the local cluster (router + one agent on this machine)")
+    up = sub.add_parser("up", help="bring up a lab from a hosts file, or the local cluster without one")
+    up.add_argument("file", nargs="?", type=Path, help="hosts file (TOML); none: this machine, bundled model")
+    up.add_argument("--require-all", action="store_true", help="fail if any host cannot be brought up")
     up.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
     up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")
     up.add_argument("--host", default="127.0.0.1")
@@ -186,11 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
     up.set_defaults(func=_up)
 
-    sub.add_parser("down", help="stop the local cluster").set_defaults(func=_down)
+    plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
+    plan_cmd.add_argument("file", type=Path)
+    plan_cmd.set_defaults(func=_plan)
+    sub.add_parser("down", help="stop the lab or the local cluster").set_defaults(func=_down)
     sub.add_parser("status", help="show the workers").set_defaults(func=_status)
-    logs = sub.add_parser("logs", help="show a log of the local cluster")
-    logs.add_argument("which", nargs="?", choices=("agent", "router", "engine"), default="agent")
+    logs = sub.add_parser("logs", help="a host's agent log (lab), or agent|router|engine (local)")
+    logs.add_argument("which", nargs="?", default="agent", help="HOST, or agent|router|engine")
     logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=_logs)
 
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)

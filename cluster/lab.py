@@ -1,0 +1,180 @@
+"""`cluster up hosts.toml`: bring a lab up over SSH, reconcile on re-runs, and take it down again.
+
+Steps: plan (pure) → per host in parallel: connect, preflight, start or keep the agent → start or keep the
+router on the head → wait for the agents to be ready (deadline) → a table. The applied description is kept in
+~/.orchard/lab.json so that `down`, `status` and `logs` work without the file and after it was edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cluster import procs, remote
+from cluster.hostsfile import ClusterSpec, HostSpec
+from cluster.placement import Assignment, plan
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class HostOutcome:
+    label: str
+    address: str
+    state: str = "pending"  # started | running | stopped | unreachable | failed | idle
+    reason: str = ""
+    os: str = ""
+    chip: str = ""
+    memory_bytes: int = 0
+    engine: str = ""
+    models: list[str] = field(default_factory=list)
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class LabState:
+    spec: dict[str, Any]
+    router_pid: int
+    router_args: list[str]
+    url: str
+
+
+def state_path(home: Path) -> Path:
+    return home / "lab.json"
+
+
+def read_state(home: Path) -> LabState | None:
+    try:
+        return LabState(**json.loads(state_path(home).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+async def _bring_host(host: HostSpec, assignment: Assignment | None, report: Report) -> HostOutcome:
+    outcome = HostOutcome(host.label, host.address, engine=host.engine)
+    model_name = assignment.model.name if assignment else ""
+    try:
+        conn = await remote.connect(host)
+    except remote.RemoteError as exc:
+        outcome.state, outcome.reason = "unreachable", str(exc)
+        report(f"{host.label}: {exc}")
+        return outcome
+    async with conn:
+        try:
+            facts = await remote.preflight(conn, host)
+            outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
+            report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
+            if assignment is None:
+                stopped = await remote.stop_agent(conn, host)
+                outcome.state = "idle"
+                if stopped.get("was_running"):
+                    report(f"{host.label}: no model placed here any more; agent stopped")
+                return outcome
+            result = await remote.start_agent(conn, assignment)
+        except remote.RemoteError as exc:
+            outcome.state, outcome.reason = "failed", str(exc)
+            report(f"{host.label}: {exc}")
+            return outcome
+    outcome.models = [model_name]
+    outcome.pid = result.get("pid")
+    if result.get("status") == "failed":
+        outcome.state, outcome.reason = "failed", f"agent exited at start: {result.get('log', '')}"
+    else:
+        outcome.state = "started" if result.get("changed") else "running"
+        report(f"{host.label}: agent {outcome.state} (pid {outcome.pid}) serving {model_name}")
+    return outcome
+
+
+async def up(
+    spec: ClusterSpec, home: Path, *, require_all: bool, ready_timeout_s: float, report: Report
+) -> list[HostOutcome]:
+    assignments = plan(spec)
+    by_host = {a.host.label: a for a in assignments}
+    outcomes = await asyncio.gather(*(_bring_host(h, by_host.get(h.label), report) for h in spec.hosts))
+    failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
+    if failed and require_all:
+        raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
+    workers = [a.agent_address for a in assignments if by_host[a.host.label] is a]
+    url = _ensure_router(spec, home, workers, report)
+    await asyncio.to_thread(_wait_ready, url, [o for o in outcomes if o.state in ("started", "running")],
+                            ready_timeout_s, report)  # fmt: skip
+    return list(outcomes)
+
+
+class LabError(Exception):
+    """The lab could not be brought up as asked; the message says which hosts and why."""
+
+
+def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
+    listen = f"{spec.router.host}:{spec.router.port}"
+    args = [sys.executable, "-m", "cluster.router", "--listen", listen]
+    for address in workers:
+        args += ["--worker", address]
+    connect_host = "127.0.0.1" if spec.router.host in ("0.0.0.0", "::") else spec.router.host
+    url = f"http://{connect_host}:{spec.router.port}"
+    previous = read_state(home)
+    if previous and procs.alive(previous.router_pid) and previous.router_args == args:
+        report(f"router: running (pid {previous.router_pid}) at {url}")
+    else:
+        if previous and procs.alive(previous.router_pid):
+            procs.terminate_tree(previous.router_pid)
+            report("router: workers changed; restarting it")
+        pid = procs.spawn(args, home / "logs" / "router.log", tied_to_parent=False)
+        report(f"router: started (pid {pid}) at {url}")
+        previous = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router_args=args, url=url)
+    state = LabState(spec=spec.model_dump(mode="json"), router_pid=previous.router_pid, router_args=args, url=url)
+    home.mkdir(parents=True, exist_ok=True)
+    state_path(home).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    return url
+
+
+def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report) -> None:
+    waiting = {o.label for o in outcomes}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=3.0) as client:
+        while waiting and time.monotonic() < deadline:
+            try:
+                rows = client.get(url + "/orchard/workers").json()["workers"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                rows = []
+            for row in rows:
+                if row["worker_id"] in waiting and row["state"] == "ready":
+                    waiting.discard(row["worker_id"])
+                    report(f"{row['worker_id']}: ready")
+            time.sleep(0.5)
+    for outcome in outcomes:
+        if outcome.label in waiting:
+            outcome.state, outcome.reason = "not ready", f"no real token within {timeout_s:.0f}s"
+        else:
+            outcome.state = "ready"
+
+
+async def down(home: Path, report: Report) -> bool:
+    """Stop every agent of the applied description and the router; idempotent."""
+    state = read_state(home)
+    if state is None:
+        return False
+    spec = ClusterSpec.model_validate(state.spec)
+
+    async def _stop(host: HostSpec) -> None:
+        try:
+            conn = await remote.connect(host)
+            async with conn:
+                result = await remote.stop_agent(conn, host)
+            report(f"{host.label}: agent {'stopped' if result.get('was_running') else 'was not running'}")
+        except remote.RemoteError as exc:
+            report(f"{host.label}: {exc}")
+
+    await asyncio.gather(*(_stop(h) for h in spec.hosts))
+    procs.terminate_tree(state.router_pid)
+    report("router: stopped")
+    state_path(home).unlink(missing_ok=True)
+    return True

@@ -1,0 +1,143 @@
+"""Talking to one lab host over SSH (asyncssh): preflight, start/stop the agent daemon, read its log.
+
+Every remote call has a deadline; a host that cannot be reached is reported with the reason, never retried
+without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from cluster.hostsfile import HostSpec
+from cluster.placement import Assignment
+
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 60.0
+
+
+class RemoteError(Exception):
+    """One host failed a step; the message is what the operator needs to fix."""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    os: str
+    chip: str
+    memory_bytes: int
+    python: str
+    engines: dict[str, bool]
+
+
+def connect_options(host: HostSpec) -> dict[str, Any]:
+    """asyncssh options for a host (pure). Without known_hosts, asyncssh reads ~/.ssh/known_hosts."""
+    options: dict[str, Any] = {"port": host.port, "connect_timeout": CONNECT_TIMEOUT_S}
+    if not host.verify_host_key:
+        options["known_hosts"] = None
+    elif host.known_hosts:
+        options["known_hosts"] = os.path.expanduser(host.known_hosts)
+    if host.user:
+        options["username"] = host.user
+    if host.identity_file:
+        options["client_keys"] = [os.path.expanduser(host.identity_file)]
+    return options
+
+
+async def connect(host: HostSpec) -> asyncssh.SSHClientConnection:
+    options = connect_options(host)
+    try:
+        return await asyncssh.connect(host.address, **options)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise RemoteError(f"unreachable over SSH ({host.address}:{host.port}): {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def python_of(host: HostSpec) -> str:
+    return host.python or "python3"
+
+
+async def run_json(conn: asyncssh.SSHClientConnection, host: HostSpec, args: list[str]) -> dict[str, Any]:
+    """Run `python -m worker.daemon ARGS` on the host and parse its one JSON line."""
+    command = " ".join(shlex.quote(part) for part in [python_of(host), "-m", "worker.daemon", *args])
+    try:
+        result = await asyncio.wait_for(conn.run(command, check=False), COMMAND_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise RemoteError(f"`{args[0]}` did not finish within {COMMAND_TIMEOUT_S:.0f}s") from exc
+    if result.exit_status != 0:
+        stderr = str(result.stderr or "").strip().splitlines()
+        detail = stderr[-1] if stderr else f"exit status {result.exit_status}"
+        if result.exit_status == 127 or "No module named" in detail:
+            detail += f" (is Orchard installed at python = {python_of(host)!r}?)"
+        raise RemoteError(f"`worker.daemon {args[0]}` failed: {detail}")
+    try:
+        parsed: dict[str, Any] = json.loads(str(result.stdout).strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise RemoteError(f"`worker.daemon {args[0]}` printed no JSON: {result.stdout!r}") from exc
+    return parsed
+
+
+async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFacts:
+    facts = await run_json(conn, host, ["facts"])
+    engines = dict(facts.get("engines") or {})
+    if not engines.get(host.engine):
+        raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.get('python')})")
+    return HostFacts(
+        os=str(facts.get("os", "")),
+        chip=str(facts.get("chip", "")),
+        memory_bytes=int(facts.get("memory_bytes", 0)),
+        python=str(facts.get("python", "")),
+        engines=engines,
+    )
+
+
+def agent_args(assignment: Assignment) -> list[str]:
+    host, model = assignment.host, assignment.model
+    args = ["--listen", f"0.0.0.0:{host.agent_port}", "--engine", host.engine, "--model", model.source,
+            "--served-name", model.name, "--worker-id", host.label]  # fmt: skip
+    if model.max_model_len:
+        args += ["--max-model-len", str(model.max_model_len)]
+    for arg in model.engine_args:
+        args.append(f"--engine-arg={arg}")
+    for key, value in sorted(host.sim_options.items()):
+        args += ["--sim-option", f"{key}={value}"]
+    return args
+
+
+def config_hash(args: list[str]) -> str:
+    return hashlib.sha256("\0".join(args).encode()).hexdigest()[:16]
+
+
+async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment) -> dict[str, Any]:
+    args = agent_args(assignment)
+    host = assignment.host
+    return await run_json(conn, host, ["start", "--dir", host.orchard_dir, "--hash", config_hash(args), "--", *args])
+
+
+async def stop_agent(conn: asyncssh.SSHClientConnection, host: HostSpec) -> dict[str, Any]:
+    return await run_json(conn, host, ["stop", "--dir", host.orchard_dir])
+
+
+async def agent_status(conn: asyncssh.SSHClientConnection, host: HostSpec) -> dict[str, Any]:
+    return await run_json(conn, host, ["status", "--dir", host.orchard_dir])
+
+
+async def follow_log(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, lines: int, follow: bool
+) -> AsyncIterator[str]:
+    path = f"{host.orchard_dir.rstrip('/')}/logs/agent.log".replace("~", "$HOME", 1)
+    command = f'tail -n {int(lines)} {"-F " if follow else ""}"{path}"'
+    async with conn.create_process(command) as process:
+        async for line in process.stdout:
+            yield str(line)
