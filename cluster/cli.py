@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cluster import hostsfile, lab, local, procs, remote
 from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
 from cluster.placement import PlacementError, plan
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # no hard line breaks in messages (logs, pipes)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def _up(args: argparse.Namespace) -> int:
         with console.status("starting Orchard…") as status:
             state = local.start(config, detached=args.detach, report=lambda m: _step(status, m))
     except (local.LocalClusterError, ModelError) as exc:
-        err_console.print(f"[red]cluster up failed:[/] {exc}")
+        err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         local.stop(home)
@@ -107,7 +108,7 @@ def _load_spec(path: Path) -> hostsfile.ClusterSpec | None:
     try:
         return hostsfile.load(path)
     except hostsfile.HostsFileError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return None
 
 
@@ -123,7 +124,7 @@ def _lab_up(args: argparse.Namespace) -> int:
                    report=lambda m: console.print(f"  • {m}"))
         )  # fmt: skip
     except (PlacementError, lab.LabError) as exc:
-        err_console.print(f"[red]cluster up failed:[/] {exc}")
+        err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
         return 1
     table = Table(title=f"Orchard lab from {args.file} ({time.monotonic() - started:.1f}s)")
     for column in ("host", "address", "chip / OS", "memory", "engine", "models", "state"):
@@ -148,7 +149,7 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         assignments = plan(spec)
     except PlacementError as exc:
-        err_console.print(f"[red]cannot place:[/] {exc}")
+        err_console.print(f"[red]cannot place:[/] {escape(str(exc))}")
         return 1
     table = Table(title=f"placement for {args.file}")
     for column in ("model", "host", "address", "engine", "memory"):
@@ -223,7 +224,7 @@ async def _lab_logs(state: lab.LabState, args: argparse.Namespace) -> int:
             async for line in remote.follow_log(conn, host, args.lines, args.follow):
                 console.print(line.rstrip("\n"), markup=False, highlight=False)
     except remote.RemoteError as exc:
-        err_console.print(f"[red]{host.label}:[/] {exc}")
+        err_console.print(f"[red]{host.label}:[/] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         pass
@@ -249,7 +250,7 @@ def _models_prepare(args: argparse.Namespace) -> int:
 
             folder = prepare_bundled(progress=advance)
     except ModelError as exc:
-        err_console.print(f"[red]{exc}[/]")
+        err_console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     console.print(f"{BUNDLED_NAME} is ready at {folder}" + ("" if folder == target else f" ({target})"))
     return 0

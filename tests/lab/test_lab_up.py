@@ -1,0 +1,147 @@
+"""`cluster up hosts.toml` on three real SSH hosts (network namespaces with their own sshd).
+
+Two hosts run the sim engine (one model, two replicas), one runs the real vLLM engine with the bundled model.
+Traffic goes only to loopback and to the namespace addresses created here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from cluster import lab, procs
+from cluster.models import BUNDLED_NAME
+from tests.conftest import free_port, run_cli
+from tests.lab import netns
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+if reason := netns.available():
+    pytestmark.append(pytest.mark.skip(reason=reason))
+
+MODELS = f"""
+[[models]]
+name = "sim-model"
+source = "sim-model"
+hosts = ["h1", "h2"]
+
+[[models]]
+name = "{BUNDLED_NAME}"
+source = "{BUNDLED_NAME}"
+hosts = ["h3"]
+max_model_len = 2048
+engine_args = ["--dtype", "float32"]
+"""
+
+
+@dataclass
+class RunningLab:
+    net: netns.Lab
+    home: Path
+    hosts_file: Path
+    up_seconds: float
+    up_output: str
+    url: str
+
+    def agent_pids(self) -> dict[str, int]:
+        pids = {}
+        for host in self.net.hosts:
+            pidfile = host.orchard_dir / "agent.pid"
+            if pidfile.exists():
+                pids[f"h{host.index}"] = int(pidfile.read_text())
+        return pids
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
+    root = tmp_path_factory.mktemp("netlab")
+    with netns.lab(root / "net", 3) as net:
+        home = root / "home"
+        port = free_port()
+        hosts_file = root / "lab.toml"
+        hosts_file.write_text(net.hosts_toml(sys.executable, ["sim", "sim", "vllm"], MODELS, port))
+        started = time.monotonic()
+        result = run_cli(["up", str(hosts_file)], home, timeout_s=1200)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stdout + result.stderr
+        try:
+            yield RunningLab(net, home, hosts_file, elapsed, result.stdout, f"http://127.0.0.1:{port}")
+        finally:
+            run_cli(["down"], home, timeout_s=180)
+
+
+def test_all_agents_ready_and_the_router_lists_both_models(running: RunningLab) -> None:
+    assert running.up_output.count("ready") >= 3
+    models = {m["id"] for m in httpx.get(running.url + "/v1/models", timeout=10).json()["data"]}
+    assert models == {"sim-model", BUNDLED_NAME}
+    print(f"\ncluster up -> all ready: {running.up_seconds:.1f}s")
+
+
+def test_the_openai_sdk_gets_answers_from_both_engines(running: RunningLab) -> None:
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    answer = client.chat.completions.create(
+        model=BUNDLED_NAME,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=30,
+    )
+    assert "Paris" in (answer.choices[0].message.content or "")
+    sim = client.completions.create(model="sim-model", prompt="hello", max_tokens=4)
+    assert sim.usage is not None and sim.usage.completion_tokens == 4
+
+
+def test_two_replicas_both_serve(running: RunningLab) -> None:
+    body = {"model": "sim-model", "prompt": "spread me", "max_tokens": 40, "stream": True}
+    served_by: set[str] = set()
+    with httpx.Client(timeout=60) as client:
+        streams = [client.stream("POST", running.url + "/v1/completions", json=body) for _ in range(4)]
+        responses = [s.__enter__() for s in streams]  # four in flight at once: least-loaded spreads them
+        for stream, response in zip(streams, responses, strict=True):
+            served_by.add(response.headers["x-orchard-worker"])
+            response.read()
+            stream.__exit__(None, None, None)
+    assert served_by == {"h1", "h2"}
+
+
+def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
+    before = running.agent_pids()
+    state = lab.read_state(running.home)
+    assert state is not None
+    started = time.monotonic()
+    again = run_cli(["up", str(running.hosts_file)], running.home, timeout_s=600)
+    print(f"\ncluster up re-run with nothing changed: {time.monotonic() - started:.1f}s")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert running.agent_pids() == before
+    after = lab.read_state(running.home)
+    assert after is not None and after.router_pid == state.router_pid
+    assert "agent running" in again.stdout and "agent started" not in again.stdout
+
+
+def test_status_shows_every_host(running: RunningLab) -> None:
+    result = run_cli(["status"], running.home, timeout_s=60)
+    assert result.returncode == 0
+    for name in ("h1", "h2", "h3"):
+        assert name in result.stdout
+
+
+def test_logs_of_a_host_over_ssh(running: RunningLab) -> None:
+    result = run_cli(["logs", "h1", "-n", "5"], running.home, timeout_s=60)
+    assert result.returncode == 0 and "agent" in result.stdout
+
+
+def test_down_leaves_no_agent_in_any_namespace(running: RunningLab) -> None:
+    pids = running.agent_pids()
+    assert len(pids) == 3
+    result = run_cli(["down"], running.home, timeout_s=180)
+    assert result.returncode == 0 and "stopped the lab" in result.stdout
+    assert [p for p in pids.values() if procs.alive(p)] == []
+    for host in running.net.hosts:  # only sshd may remain in each namespace
+        assert netns.pids_in(host.namespace) == [host.sshd_pid]
+    again = run_cli(["down"], running.home, timeout_s=60)
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
