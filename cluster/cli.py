@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster import hostsfile, lab, local, procs, remote
+from cluster import hostsfile, lab, local, procs, remote, units
 from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
 from cluster.placement import PlacementError, plan
 
@@ -161,6 +161,24 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _units(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.file)
+    if spec is None:
+        return 2
+    assignment = next((a for a in plan(spec) if args.host in (a.host.label, a.host.address)), None)
+    if assignment is None:
+        err_console.print(f"no model is placed on host '{escape(args.host)}' in {args.file}")
+        return 2
+    host = assignment.host
+    program = [remote.python_of(host), "-m", "worker.agent", *remote.agent_args(assignment),
+               "--log-dir", f"{host.orchard_dir}/logs"]  # fmt: skip
+    if args.kind == "launchd":
+        sys.stdout.write(units.launchd_plist(program, host.orchard_dir).decode())
+    else:
+        sys.stdout.write(units.systemd_unit(program, host.orchard_dir))
+    return 0
+
+
 def _down(_: argparse.Namespace) -> int:
     home = local.orchard_home()
     if asyncio.run(lab.down(home, report=lambda m: console.print(f"  • {m}"))):
@@ -284,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
     plan_cmd.add_argument("file", type=Path)
     plan_cmd.set_defaults(func=_plan)
+    units_cmd = sub.add_parser("units", help="print a launchd plist or systemd unit that keeps a host's agent up")
+    units_cmd.add_argument("file", type=Path)
+    units_cmd.add_argument("host")
+    units_cmd.add_argument("--kind", choices=("launchd", "systemd"), default="launchd")
+    units_cmd.set_defaults(func=_units)
     sub.add_parser("down", help="stop the lab or the local cluster").set_defaults(func=_down)
     sub.add_parser("status", help="show the workers").set_defaults(func=_status)
     logs = sub.add_parser("logs", help="a host's agent log (lab), or agent|router|engine (local)")
