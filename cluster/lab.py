@@ -101,6 +101,8 @@ async def up(
     outcomes = await asyncio.gather(*(_bring_host(h, by_host.get(h.label), report) for h in spec.hosts))
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
+        started_now = {o.label for o in outcomes if o.state == "started"}
+        await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if by_host[a.host.label] is a]
     url = _ensure_router(spec, home, workers, report)
@@ -157,6 +159,16 @@ def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report:
             outcome.state = "ready"
 
 
+async def _stop_host(host: HostSpec, report: Report) -> None:
+    try:
+        conn = await remote.connect(host)
+        async with conn:
+            result = await remote.stop_agent(conn, host)
+        report(f"{host.label}: agent {'stopped' if result.get('was_running') else 'was not running'}")
+    except remote.RemoteError as exc:
+        report(f"{host.label}: {exc}")
+
+
 async def down(home: Path, report: Report) -> bool:
     """Stop every agent of the applied description and the router; idempotent."""
     state = read_state(home)
@@ -164,16 +176,7 @@ async def down(home: Path, report: Report) -> bool:
         return False
     spec = ClusterSpec.model_validate(state.spec)
 
-    async def _stop(host: HostSpec) -> None:
-        try:
-            conn = await remote.connect(host)
-            async with conn:
-                result = await remote.stop_agent(conn, host)
-            report(f"{host.label}: agent {'stopped' if result.get('was_running') else 'was not running'}")
-        except remote.RemoteError as exc:
-            report(f"{host.label}: {exc}")
-
-    await asyncio.gather(*(_stop(h) for h in spec.hosts))
+    await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts))
     procs.terminate_tree(state.router_pid)
     report("router: stopped")
     state_path(home).unlink(missing_ok=True)

@@ -114,14 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=("start", "stop", "status", "facts"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
-    parser.add_argument("agent_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])  # what follows `--` belongs to the agent, untouched
+    agent_args = argv[split + 1 :]
     folder = args.dir.expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     if args.action == "facts":
         result = facts()
     elif args.action == "start":
-        agent_args = args.agent_args[1:] if args.agent_args[:1] == ["--"] else args.agent_args
         result = start(folder, args.hash, agent_args)
     elif args.action == "stop":
         result = stop(folder)
