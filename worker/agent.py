@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cluster.models import BUNDLED_NAME, prepare_bundled
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.engines import ENGINES, adapter_for
@@ -67,10 +69,30 @@ class AgentConfig(BaseModel):
         )
 
 
+def bundled_defaults(config: AgentConfig, model_path: str) -> EngineConfig:
+    """The bundled name becomes its prepared folder. On vLLM it runs in fp32 unless told otherwise: its
+    weights are fp32 (dequantized Q4_1), and in bf16 this small, quantization-worn model meets greedy
+    near-ties that flip answers (measured: "L" and "The" both at logprob -1.93 after "What is the capital of
+    France?")."""
+    engine = config.engine_config()
+    extra = engine.extra_args
+    if config.engine == "vllm" and not any(a == "--dtype" or a.startswith("--dtype=") for a in extra):
+        extra = (*extra, "--dtype", "float32")
+    return dataclasses.replace(engine, model=model_path, extra_args=extra)
+
+
+async def _engine_config(config: AgentConfig) -> EngineConfig:
+    if config.engine == "sim" or config.model not in (BUNDLED_NAME, "bundled"):
+        return config.engine_config()
+    log.info("preparing the bundled model %s (once per host)", BUNDLED_NAME)
+    folder = await asyncio.to_thread(prepare_bundled)
+    return bundled_defaults(config, str(folder))
+
+
 async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then drain gRPC and stop the engine (terminate, then kill)."""
     adapter = adapter_for(config.engine)
-    engine_config = config.engine_config()
+    engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s)
     supervisor = EngineSupervisor(adapter, engine_config, config.log_dir, policy)
     host = await asyncio.to_thread(read_host_facts)

@@ -36,7 +36,6 @@ name = "{BUNDLED_NAME}"
 source = "{BUNDLED_NAME}"
 hosts = ["h3"]
 max_model_len = 2048
-engine_args = ["--dtype", "float32"]
 """
 
 
@@ -121,6 +120,18 @@ def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
     after = lab.read_state(running.home)
     assert after is not None and after.router_pid == state.router_pid
     assert "agent running" in again.stdout and "agent started" not in again.stdout
+
+
+def test_an_edited_file_restarts_only_what_changed(running: RunningLab) -> None:
+    before = running.agent_pids()
+    text = running.hosts_file.read_text()
+    running.hosts_file.write_text(text.replace('name = "h2"\n', 'name = "h2"\nsim_options = { seed = 3 }\n'))
+    result = run_cli(["up", str(running.hosts_file)], running.home, timeout_s=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = running.agent_pids()
+    assert after["h1"] == before["h1"] and after["h3"] == before["h3"]
+    assert after["h2"] != before["h2"]
+    assert "h2: agent started" in result.stdout
 
 
 def test_status_shows_every_host(running: RunningLab) -> None:
