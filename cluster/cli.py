@@ -121,7 +121,7 @@ def _lab_up(args: argparse.Namespace) -> int:
     try:
         outcomes = asyncio.run(
             lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
-                   report=lambda m: console.print(f"  • {m}"))
+                   report=lambda m: console.print(f"  • {escape(m)}"), install_service=args.install_service)
         )  # fmt: skip
     except (PlacementError, lab.LabError) as exc:
         err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
@@ -281,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring up a lab from a hosts file, or the local cluster without one")
     up.add_argument("file", nargs="?", type=Path, help="hosts file (TOML); none: this machine, bundled model")
     up.add_argument("--require-all", action="store_true", help="fail if any host cannot be brought up")
+    up.add_argument(
+        "--install-service",
+        action="store_true",
+        help="install each agent as a launchd (macOS) / systemd (Linux) user service: survives reboots",
+    )
     up.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
     up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")
     up.add_argument("--host", default="127.0.0.1")

@@ -58,7 +58,9 @@ def read_state(home: Path) -> LabState | None:
         return None
 
 
-async def _bring_host(host: HostSpec, assignment: Assignment | None, report: Report) -> HostOutcome:
+async def _bring_host(
+    host: HostSpec, assignment: Assignment | None, report: Report, install_service: bool = False
+) -> HostOutcome:
     outcome = HostOutcome(host.label, host.address, engine=host.engine)
     model_name = assignment.model.name if assignment else ""
     try:
@@ -78,7 +80,12 @@ async def _bring_host(host: HostSpec, assignment: Assignment | None, report: Rep
                 if stopped.get("was_running"):
                     report(f"{host.label}: no model placed here any more; agent stopped")
                 return outcome
-            result = await remote.start_agent(conn, assignment)
+            if install_service:
+                path = await remote.install_service(conn, assignment, facts.platform)
+                report(f"{host.label}: agent installed as a service ({path})")
+                result: dict[str, Any] = {"status": "started", "changed": True, "pid": None}
+            else:
+                result = await remote.start_agent(conn, assignment)
         except remote.RemoteError as exc:
             outcome.state, outcome.reason = "failed", str(exc)
             report(f"{host.label}: {exc}")
@@ -94,11 +101,19 @@ async def _bring_host(host: HostSpec, assignment: Assignment | None, report: Rep
 
 
 async def up(
-    spec: ClusterSpec, home: Path, *, require_all: bool, ready_timeout_s: float, report: Report
+    spec: ClusterSpec,
+    home: Path,
+    *,
+    require_all: bool,
+    ready_timeout_s: float,
+    report: Report,
+    install_service: bool = False,
 ) -> list[HostOutcome]:
     assignments = plan(spec)
     by_host = {a.host.label: a for a in assignments}
-    outcomes = await asyncio.gather(*(_bring_host(h, by_host.get(h.label), report) for h in spec.hosts))
+    outcomes = await asyncio.gather(
+        *(_bring_host(h, by_host.get(h.label), report, install_service) for h in spec.hosts)
+    )
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
         started_now = {o.label for o in outcomes if o.state == "started"}
@@ -164,6 +179,8 @@ async def _stop_host(host: HostSpec, report: Report) -> None:
         conn = await remote.connect(host)
         async with conn:
             result = await remote.stop_agent(conn, host)
+            if await remote.uninstall_service(conn):
+                report(f"{host.label}: agent service unloaded and removed")
         report(f"{host.label}: agent {'stopped' if result.get('was_running') else 'was not running'}")
     except remote.RemoteError as exc:
         report(f"{host.label}: {exc}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncssh
 
+from cluster import units
 from cluster.hostsfile import HostSpec
 from cluster.placement import Assignment
 
@@ -35,6 +36,7 @@ class HostFacts:
     memory_bytes: int
     python: str
     engines: dict[str, bool]
+    platform: str = "linux"
 
 
 def connect_options(host: HostSpec) -> dict[str, Any]:
@@ -99,6 +101,7 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
         memory_bytes=int(facts.get("memory_bytes", 0)),
         python=str(facts.get("python", "")),
         engines=engines,
+        platform=str(facts.get("platform", "linux")),
     )
 
 
@@ -141,3 +144,51 @@ async def follow_log(
     async with conn.create_process(command) as process:
         async for line in process.stdout:
             yield str(line)
+
+
+async def _shell(conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None) -> str:
+    try:
+        result = await asyncio.wait_for(conn.run(command, input=stdin, check=False), COMMAND_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise RemoteError(f"`{command[:60]}` did not finish within {COMMAND_TIMEOUT_S:.0f}s") from exc
+    if result.exit_status != 0:
+        lines = str(result.stderr or result.stdout or "").strip().splitlines()
+        raise RemoteError(f"`{command[:80]}` failed: {lines[-1] if lines else result.exit_status}")
+    return str(result.stdout)
+
+
+async def install_service(conn: asyncssh.SSHClientConnection, assignment: Assignment, platform: str) -> str:
+    """Install the agent as a launchd user agent (macOS) or systemd user unit (Linux) and load it, so it
+    survives reboots; the detached daemon, if any, is stopped first. Returns where the unit was written."""
+    host = assignment.host
+    home = (await _shell(conn, 'printf %s "$HOME"')).strip()
+    folder = host.orchard_dir.replace("~", home, 1)
+    program = [python_of(host), "-m", "worker.agent", *agent_args(assignment), "--log-dir", f"{folder}/logs"]
+    await stop_agent(conn, host)
+    if platform == "darwin":
+        path = f"{home}/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"
+        text = units.launchd_plist(program, folder).decode()
+        load = (f"launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; "
+                f"launchctl bootstrap gui/$(id -u) {shlex.quote(path)}")  # fmt: skip
+    else:
+        path = f"{home}/.config/systemd/user/{units.SYSTEMD_NAME}"
+        text = units.systemd_unit(program, folder)
+        load = f"systemctl --user daemon-reload && systemctl --user enable --now {units.SYSTEMD_NAME}"
+    directory = path.rsplit("/", 1)[0]
+    await _shell(
+        conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
+    )
+    await _shell(conn, load)
+    return path
+
+
+async def uninstall_service(conn: asyncssh.SSHClientConnection) -> bool:
+    """Unload and remove an agent service installed by install_service, if any. True if one was there."""
+    script = (
+        f'p="$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; '
+        f'u="$HOME/.config/systemd/user/{units.SYSTEMD_NAME}"; found=0; '
+        f'if [ -f "$p" ]; then launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; rm -f "$p"; found=1; fi; '
+        f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; rm -f "$u"; found=1; fi; '
+        "echo $found"
+    )
+    return (await _shell(conn, script)).strip() == "1"
