@@ -187,8 +187,10 @@ async def uninstall_service(conn: asyncssh.SSHClientConnection) -> bool:
     script = (
         f'p="$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; '
         f'u="$HOME/.config/systemd/user/{units.SYSTEMD_NAME}"; found=0; '
-        f'if [ -f "$p" ]; then launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; rm -f "$p"; found=1; fi; '
-        f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; rm -f "$u"; found=1; fi; '
+        f'if [ -f "$p" ]; then launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; '
+        'rm -f "$p"; found=1; fi; '
+        f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; '
+        'rm -f "$u"; found=1; fi; '
         "echo $found"
     )
     return (await _shell(conn, script)).strip() == "1"
