@@ -63,15 +63,21 @@ class Final(_message.Message):
     engine_seconds: float
     def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
 
+class Chunks(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, items: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class GenerateReply(_message.Message):
-    __slots__ = ("chunk", "response", "final")
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("chunks", "response", "final")
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
-    chunk: bytes
+    chunks: Chunks
     response: bytes
     final: Final
-    def __init__(self, chunk: _Optional[bytes] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
+    def __init__(self, chunks: _Optional[_Union[Chunks, _Mapping]] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

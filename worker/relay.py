@@ -6,8 +6,10 @@ the engine abort the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,7 @@ class Tally:
                 self.tokens_seen = True
 
 
-async def stream_chunks(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> AsyncIterator[bytes]:
+async def stream_chunks(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> AsyncGenerator[bytes, None]:
     """Yield each SSE `data:` payload from the engine, unchanged, until `[DONE]`."""
     headers = {"content-type": "application/json", "accept": "text/event-stream"}
     async with client.stream("POST", url, content=body, headers=headers) as response:
@@ -80,3 +82,51 @@ async def whole_response(client: httpx.AsyncClient, url: str, body: bytes, tally
     except ValueError:
         pass
     return response.content
+
+
+_END = object()
+
+
+async def coalesced(
+    source: AsyncGenerator[bytes, None], max_batch: int = 64, buffer: int = 1024
+) -> AsyncGenerator[list[bytes], None]:
+    """Yield the source's items in order, in lists of whatever arrived while the consumer was busy (≤ max_batch).
+
+    A reader task fills a bounded queue (backpressure at `buffer` items); `_END` ends it and an exception is
+    re-raised here. Closing this iterator (cancellation) cancels the reader, which closes the source.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=buffer)
+
+    async def read() -> None:
+        try:
+            async for item in source:
+                await queue.put(item)
+            await queue.put(_END)
+        except Exception as exc:  # handed to the consumer, who re-raises it
+            await queue.put(exc)
+        finally:
+            await source.aclose()  # a cancelled reader must close the engine stream now, not at GC
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            batch: list[bytes] = []
+            item = await queue.get()
+            while True:
+                if item is _END:
+                    if batch:
+                        yield batch
+                    return
+                if isinstance(item, Exception):
+                    if batch:
+                        yield batch
+                    raise item
+                batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= max_batch or queue.empty():
+                    break
+                item = queue.get_nowait()
+            yield batch
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader

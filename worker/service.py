@@ -15,7 +15,7 @@ import httpx
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.hostinfo import HostFacts
-from worker.relay import EngineError, Tally, stream_chunks, whole_response
+from worker.relay import EngineError, Tally, coalesced, stream_chunks, whole_response
 from worker.supervisor import EngineSupervisor, State
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.inflight += 1
         try:
             if streaming:
-                async for payload in stream_chunks(self.http, url, request.body, tally):
-                    yield pb.GenerateReply(chunk=payload)
+                async for batch in coalesced(stream_chunks(self.http, url, request.body, tally)):
+                    yield pb.GenerateReply(chunks=pb.Chunks(items=batch))
             else:
                 yield pb.GenerateReply(response=await whole_response(self.http, url, request.body, tally))
         except EngineError as exc:

@@ -216,9 +216,10 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
         try:
             reply = first
             while reply is not grpc.aio.EOF:
-                if reply.HasField("chunk"):
-                    if wants_usage or not _is_usage_only(reply.chunk):
-                        yield b"data: " + reply.chunk + b"\n\n"
+                if reply.HasField("chunks"):
+                    items = [c for c in reply.chunks.items if wants_usage or not _is_usage_only(c)]
+                    if items:  # one write for everything that arrived together
+                        yield b"".join(b"data: " + c + b"\n\n" for c in items)
                 elif reply.HasField("final"):
                     _count_tokens(metrics, model, reply.final.usage)
                 reply = await call.read()
