@@ -20,6 +20,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.router.errors import ApiError, upstream_error
@@ -154,7 +155,10 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
         headers = {WORKER_HEADER: handle.worker_id, "x-request-id": generate.request_id}
         if parsed.stream:
             relay = _relay_stream(handle, call, first, model, wants_usage)
-            return StreamingResponse(relay, media_type="text/event-stream", headers=headers)
+            # The background task runs even when the client left before the body started streaming.
+            return StreamingResponse(
+                relay, media_type="text/event-stream", headers=headers, background=BackgroundTask(call.cancel)
+            )
         return await _whole(handle, call, first, model, headers)
 
     async def _start(model: str, generate: pb.GenerateRequest) -> tuple[WorkerHandle, Any, pb.GenerateReply]:
@@ -172,10 +176,11 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                 continue
             handle.inflight += 1
             call = handle.stub.Generate(generate, timeout=settings.request_timeout_s)
+            # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
+            call.add_done_callback(lambda _call, h=handle: _release(h))
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as exc:
-                handle.inflight -= 1
                 last_error = _grpc_to_api(exc)
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     if _http_status(exc) is None:  # transport failure, not the agent's verdict
@@ -183,7 +188,6 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                     continue
                 raise last_error from exc
             if first is grpc.aio.EOF:
-                handle.inflight -= 1
                 raise ApiError(502, "the worker ended the response without any data")
             return handle, call, first
         if last_error is not None:
@@ -200,7 +204,6 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
             metrics.requests.labels(model, str(err.status)).inc()
             return err.response(headers)
         finally:
-            handle.inflight -= 1
             handle.served += 1
         body = first.response
         if final is not grpc.aio.EOF and final.HasField("final"):
@@ -231,7 +234,6 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
             yield b"data: [DONE]\n\n"
         finally:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
-            handle.inflight -= 1
             handle.served += 1
             metrics.requests.labels(model, status).inc()
 
@@ -249,6 +251,10 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"Request body exceeds the limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _release(handle: WorkerHandle) -> None:
+    handle.inflight -= 1
 
 
 def _http_status(exc: grpc.aio.AioRpcError) -> int | None:
