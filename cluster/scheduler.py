@@ -1,32 +1,44 @@
-"""Choosing a worker: pure functions over a snapshot of the registry (no I/O)."""
+"""Choosing a worker: pure functions over a snapshot of the registry (no I/O).
+
+`choose` dispatches to one policy module (cluster/routing/). The router owns the mutable routing state
+(round-robin turn, prefix index, session pins) and updates it after a decision; policies only read it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from cluster.routing import least_loaded, prefix, round_robin
+from cluster.routing.types import Decision, RequestView, RoutingState, WorkerView
+
+__all__ = ["POLICIES", "Decision", "RequestView", "RoutingState", "WorkerView", "choose", "pick"]
+
+POLICIES = ("prefix", "least_loaded", "round_robin")
 
 
-@dataclass(frozen=True)
-class WorkerView:
-    """What the scheduler sees of one worker at decision time."""
-
-    worker_id: str
-    ready: bool
-    inflight: int  # the router's own count of requests on this worker now
-    running: int = 0  # engine-reported
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
+def ready_workers(candidates: list[WorkerView], exclude: frozenset[str]) -> list[WorkerView]:
+    return [w for w in candidates if w.ready and w.worker_id not in exclude]
 
 
-@dataclass(frozen=True)
-class Decision:
-    worker_id: str
-    reason: str
+def choose(
+    policy: str,
+    request: RequestView,
+    candidates: list[WorkerView],
+    state: RoutingState,
+    now: float,
+    exclude: frozenset[str] = frozenset(),
+) -> Decision | None:
+    workers = ready_workers(candidates, exclude)
+    if not workers:
+        return None
+    if policy == "round_robin":
+        return round_robin.pick(workers, state.turn)
+    if policy == "least_loaded":
+        return least_loaded.pick(workers)
+    if policy == "prefix":
+        return prefix.pick(request, workers, state, now)
+    raise ValueError(f"unknown routing policy {policy!r}; choose one of: {', '.join(POLICIES)}")
 
 
 def pick(candidates: list[WorkerView], exclude: frozenset[str] = frozenset()) -> Decision | None:
-    """Least loaded ready worker: router in-flight first (fresh), then engine queue, then KV use."""
-    ready = [w for w in candidates if w.ready and w.worker_id not in exclude]
-    if not ready:
-        return None
-    best = min(ready, key=lambda w: (w.inflight, w.waiting, w.kv_cache_usage, w.worker_id))
-    return Decision(best.worker_id, "least_loaded")
+    """Least loaded ready worker (kept for callers that have no request view)."""
+    workers = ready_workers(candidates, exclude)
+    return least_loaded.pick(workers) if workers else None

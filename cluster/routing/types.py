@@ -1,0 +1,50 @@
+"""What routing policies see: snapshots of workers and of one request, the decision, and the bounded state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cluster.routing.prefix_index import PrefixIndex
+from cluster.routing.sessions import SessionPins
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What a policy sees of one worker at decision time."""
+
+    worker_id: str
+    ready: bool
+    inflight: int  # the router's own count of requests on this worker now
+    running: int = 0  # engine-reported
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prefill_chars_per_s: float = 0.0  # measured; 0 = unknown (treated as the fleet's median)
+
+    @property
+    def load(self) -> int:
+        return self.inflight + self.waiting
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What a policy sees of one request."""
+
+    model: str
+    session: str | None = None
+    block_hashes: tuple[int, ...] = ()
+    prompt_chars: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    worker_id: str
+    reason: str  # session | imbalance | prefix_hit | cost | least_loaded | round_robin
+
+
+@dataclass
+class RoutingState:
+    """Bounded state the policies read; owned and updated by the router."""
+
+    turn: int = 0
+    prefixes: PrefixIndex = field(default_factory=PrefixIndex)
+    sessions: SessionPins = field(default_factory=SessionPins)
