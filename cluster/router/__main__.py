@@ -10,6 +10,7 @@ import uvicorn
 
 from cluster.router.app import RouterSettings, create_app
 from cluster.router.registry import Registry
+from cluster.scheduler import POLICIES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT for the OpenAI endpoint")
     parser.add_argument("--worker", action="append", required=True, help="agent gRPC address (repeat)")
     parser.add_argument("--max-body-bytes", type=int, default=RouterSettings.max_body_bytes)
+    parser.add_argument("--policy", choices=POLICIES, default=RouterSettings.policy, help="routing policy")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
-    app = create_app(Registry(args.worker), RouterSettings(max_body_bytes=args.max_body_bytes))
+    app = create_app(Registry(args.worker), RouterSettings(policy=args.policy, max_body_bytes=args.max_body_bytes))
     uvicorn.run(app, host=host, port=int(port), log_level="warning", timeout_graceful_shutdown=5)
 
 

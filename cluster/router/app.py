@@ -26,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cluster.router.errors import ApiError, upstream_error
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.validation import ChatRequest, CompletionRequest, check_limits, parse_body, validate
-from cluster.scheduler import pick
+from cluster.routing.prefix_index import block_hashes
+from cluster.routing.prompt import render_for_routing
+from cluster.scheduler import Decision, RequestView, RoutingState, choose
 from proto import orchard_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ WORKER_HEADER = "x-orchard-worker"
 
 @dataclass(frozen=True)
 class RouterSettings:
+    policy: str = "prefix"  # prefix | least_loaded | round_robin
     max_body_bytes: int = 4 * 1024 * 1024
     max_attempts: int = 2  # a request that fails before its first byte is tried on one more worker
     request_timeout_s: float = 900.0
@@ -61,6 +64,7 @@ class RouterMetrics:
 def create_app(registry: Registry, settings: RouterSettings | None = None) -> FastAPI:
     settings = settings or RouterSettings()
     metrics = RouterMetrics()
+    routing = RoutingState()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -147,7 +151,10 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                 body=json.dumps(body).encode(),
             )
             started = time.monotonic()
-            handle, call, first = await _start(model, generate)
+            session = request.headers.get("x-session-id") or parsed.user
+            rendered = render_for_routing(body)
+            view = RequestView(model, session, block_hashes(rendered), len(rendered))
+            handle, call, first = await _start(view, generate)
         except ApiError as exc:
             metrics.requests.labels(model, str(exc.status)).inc()
             return exc.response()
@@ -161,15 +168,29 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
             )
         return await _whole(handle, call, first, model, headers)
 
-    async def _start(model: str, generate: pb.GenerateRequest) -> tuple[WorkerHandle, Any, pb.GenerateReply]:
+    def _decide(request: RequestView, tried: frozenset[str]) -> Decision | None:
+        now = time.monotonic()
+        for handle in registry.workers.values():
+            if not handle.connected:  # a worker that left (or restarts) has lost its cache
+                routing.prefixes.forget(handle.worker_id)
+        decision = choose(settings.policy, request, registry.views(request.model), routing, now, tried)
+        if decision is not None:
+            routing.turn += 1
+            routing.prefixes.record(decision.worker_id, request.block_hashes)
+            if request.session:
+                routing.sessions.pin(request.session, decision.worker_id, now)
+            metrics.decisions.labels(decision.reason).inc()
+        return decision
+
+    async def _start(request: RequestView, generate: pb.GenerateRequest) -> tuple[WorkerHandle, Any, pb.GenerateReply]:
         """Pick a worker and read the first reply; retry elsewhere if the worker fails before any byte."""
+        model = request.model
         tried: set[str] = set()
         last_error: ApiError | None = None
         for _ in range(settings.max_attempts):
-            decision = pick(registry.views(model), frozenset(tried))
+            decision = _decide(request, frozenset(tried))
             if decision is None:
                 break
-            metrics.decisions.labels(decision.reason).inc()
             handle = registry.by_id(decision.worker_id)
             tried.add(decision.worker_id)
             if handle.stub is None:
