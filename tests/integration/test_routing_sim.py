@@ -66,11 +66,8 @@ def test_a_session_keeps_its_worker(two_workers: str) -> None:
 def test_concurrent_misses_spread_over_both_workers(two_workers: str) -> None:
     """No shared prefix, no session: the cost rule counts requests in flight, so overlapping ones spread."""
     with httpx.Client(timeout=60) as client:
-        streams = [
-            client.stream("POST", two_workers + "/v1/chat/completions", json={**chat("short", f"q{i}"), "max_tokens": 60,
-                                                                              "stream": True})
-            for i in range(4)
-        ]  # fmt: skip
+        bodies = [{**chat("short", f"q{i}"), "max_tokens": 60, "stream": True} for i in range(4)]
+        streams = [client.stream("POST", two_workers + "/v1/chat/completions", json=body) for body in bodies]
         responses = [s.__enter__() for s in streams]
         seen = {r.headers["x-orchard-worker"] for r in responses}
         for stream, response in zip(streams, responses, strict=True):
