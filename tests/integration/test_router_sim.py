@@ -163,3 +163,13 @@ def test_killed_engine_is_restarted_and_requests_get_503_in_the_gap(sim_cluster:
     assert during.json()["error"]["type"] == "service_unavailable"
     wait_until(lambda: httpx.post(url, json=body, timeout=30).status_code == 200, 60, "a request to succeed again")
     assert sim_cluster.engine_pid() != old_pid
+
+
+def test_sim_prefix_cache_shows_in_engine_metrics_and_saves_prefill(sim_cluster: Cluster) -> None:
+    engine = sim_cluster.engine_url()
+    shared = "orchard " * 400  # 25 blocks of 16 tokens
+    hits_before = engine_metric(engine, "vllm:prefix_cache_hits_total")
+    for question in ("one", "two"):
+        body = {"model": SIM_MODEL, "prompt": shared + question, "max_tokens": 1}
+        assert httpx.post(sim_cluster.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    assert engine_metric(engine, "vllm:prefix_cache_hits_total") - hits_before == 400

@@ -27,3 +27,15 @@ def test_chat_rendering_keeps_text_parts() -> None:
     text = render_chat([{"role": "user", "content": [{"type": "text", "text": "hello"}]}])
     assert text == "user: hello\nassistant:"
     assert tokenize(text) == ["user:", "hello", "assistant:"]
+
+
+def test_prefix_cache_counts_cached_prefix_tokens_and_is_bounded() -> None:
+    from worker.sim.prefix_cache import PrefixCache
+
+    cache = PrefixCache(capacity_blocks=4, block_tokens=2)
+    assert cache.lookup_and_insert(["a", "b", "c", "d", "e"]) == 0  # 2 complete blocks stored
+    assert cache.lookup_and_insert(["a", "b", "c", "d", "x", "y"]) == 4
+    assert cache.lookup_and_insert(["z", "b"]) == 0  # different first block: nothing shared
+    cache.lookup_and_insert(["p", "q", "r", "s", "t", "u"])  # 3 more blocks: oldest evicted
+    assert len(cache) == 4
+    assert cache.lookup_and_insert(["a", "b"]) == 0

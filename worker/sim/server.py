@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from worker.sim.prefix_cache import PrefixCache
 from worker.sim.timing import SimTiming, generate_words, render_chat, tokenize
 
 DEFAULT_MAX_TOKENS = 64
@@ -40,6 +41,7 @@ class SimState:
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.timing.max_concurrency)
+        self.cache = PrefixCache(self.timing.kv_blocks)
         labels = ["model_name"]
         self.g_running = Gauge("vllm:num_requests_running", "running", labels, registry=self.registry)
         self.g_waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry)
@@ -54,7 +56,8 @@ class SimState:
     def publish(self) -> None:
         self.g_running.labels(self.model).set(self.running)
         self.g_waiting.labels(self.model).set(self.waiting)
-        self.g_kv.labels(self.model).set(min(1.0, self.running / self.timing.max_concurrency))
+        capacity = max(self.timing.kv_blocks, 1)
+        self.g_kv.labels(self.model).set(min(1.0, len(self.cache) / capacity))
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -155,9 +158,11 @@ async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
         state.waiting -= 1
     state.running += 1
     try:
+        cached = state.cache.lookup_and_insert(prompt_tokens)
         state.c_prompt.labels(state.model).inc(len(prompt_tokens))
         state.c_pq.labels(state.model).inc(len(prompt_tokens))
-        await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens)))
+        state.c_ph.labels(state.model).inc(cached)
+        await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens) - cached))
         words = generate_words(job.prompt, job.max_tokens, state.seed, job.temperature)
         for index, word in enumerate(words):
             if index:
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-ms-per-token", type=float, default=defaults.decode_ms_per_token)
     parser.add_argument("--batch-slowdown", type=float, default=defaults.batch_slowdown)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
+    parser.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="prefix-cache blocks (16 tokens)")
     args = parser.parse_args(argv)
     timing = SimTiming(
         overhead_ms=args.overhead_ms,
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         decode_ms_per_token=args.decode_ms_per_token,
         batch_slowdown=args.batch_slowdown,
         max_concurrency=args.max_concurrency,
+        kv_blocks=args.kv_blocks,
     )
     app = create_app(SimState(model=args.model, timing=timing, seed=args.seed))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

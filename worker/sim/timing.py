@@ -28,6 +28,7 @@ class SimTiming:
     decode_ms_per_token: float = 5.0
     batch_slowdown: float = 0.02
     max_concurrency: int = 64
+    kv_blocks: int = 4096  # prefix-cache capacity in blocks of 16 tokens (0: no prefix caching)
 
     def prefill_seconds(self, uncached_tokens: int) -> float:
         return (self.overhead_ms + uncached_tokens * self.prefill_ms_per_token) / 1000.0
