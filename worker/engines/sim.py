@@ -13,6 +13,7 @@ SIM_OPTIONS = (
     "decode-ms-per-token",
     "batch-slowdown",
     "max-concurrency",
+    "kv-blocks",
 )
 
 
