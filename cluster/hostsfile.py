@@ -66,7 +66,7 @@ class ModelSpec(_Strict):
     replicas: int | None = Field(default=None, ge=1, le=1024)
     hosts: tuple[str, ...] | None = Field(default=None, strict=False)
     max_model_len: int | None = Field(default=None, ge=16)
-    policy: str | None = None
+    policy: Literal["prefix", "least_loaded", "round_robin"] | None = None  # routing; default: the router's
 
     @model_validator(mode="after")
     def _placement(self) -> ModelSpec:

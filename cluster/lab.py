@@ -135,6 +135,9 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
     args = [sys.executable, "-m", "cluster.router", "--listen", listen]
     for address in workers:
         args += ["--worker", address]
+    for model in spec.models:
+        if model.policy:
+            args += ["--model-policy", f"{model.name}={model.policy}"]
     connect_host = "127.0.0.1" if spec.router.host in ("0.0.0.0", "::") else spec.router.host
     url = f"http://{connect_host}:{spec.router.port}"
     previous = read_state(home)

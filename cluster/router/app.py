@@ -39,6 +39,7 @@ WORKER_HEADER = "x-orchard-worker"
 @dataclass(frozen=True)
 class RouterSettings:
     policy: str = "prefix"  # prefix | least_loaded | round_robin
+    model_policies: tuple[tuple[str, str], ...] = ()  # per-model overrides
     max_body_bytes: int = 4 * 1024 * 1024
     max_attempts: int = 2  # a request that fails before its first byte is tried on one more worker
     request_timeout_s: float = 900.0
@@ -173,7 +174,8 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
         for handle in registry.workers.values():
             if not handle.connected:  # a worker that left (or restarts) has lost its cache
                 routing.prefixes.forget(handle.worker_id)
-        decision = choose(settings.policy, request, registry.views(request.model), routing, now, tried)
+        policy = dict(settings.model_policies).get(request.model, settings.policy)
+        decision = choose(policy, request, registry.views(request.model), routing, now, tried)
         if decision is not None:
             routing.turn += 1
             routing.prefixes.record(decision.worker_id, request.block_hashes)

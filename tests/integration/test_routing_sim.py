@@ -24,7 +24,17 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--worker-id", f"w{index}", "--log-dir", str(logs / f"w{index}")]  # fmt: skip
         pids.append(procs.spawn(argv, logs / f"agent{index}.log", tied_to_parent=True))
     port = free_port()
-    router = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{port}", "--policy", "prefix"]
+    router = [
+        sys.executable,
+        "-m",
+        "cluster.router",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--policy",
+        "round_robin",
+        "--model-policy",
+        f"{SIM_MODEL}=prefix",
+    ]  # fmt: skip  (the per-model override must win)
     for address in addresses:
         router += ["--worker", address]
     pids.append(procs.spawn(router, logs / "router.log", tied_to_parent=True))

@@ -67,6 +67,7 @@ MISTAKES = [
      "lab.toml:16: model #1: shard groups ('mode') are not supported yet"),
     ("not TOML", GOOD.replace("[router]", "[router"), "lab.toml:1: not valid TOML"),
     ("no models", GOOD.split("[[models]]")[0], "lab.toml: missing required key 'models' in the file"),
+    ("bad policy", GOOD.replace("replicas = 2", 'replicas = 2\npolicy = "fastest"'), "lab.toml:17: 'models.0.policy': Input should be 'prefix', 'least_loaded' or 'round_robin'"),
     ("negative port", GOOD.replace("port = 8000", "port = -1"), "lab.toml:2: 'router.port': Input should be greater than or equal to 1"),
 ]  # fmt: skip
 
