@@ -1,6 +1,7 @@
 """Benchmarks that print figures. Not tests: run them by hand and read the table.
 
     python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+    python -m cluster.bench decide [--workers 64]
 
 `overhead` brings up a local cluster, then sends the same streaming load to the engine directly and through
 router + agent, alternating, in one run; it prints throughput and time to first token for both and the ratios.
@@ -137,6 +138,45 @@ async def _overhead(args: argparse.Namespace) -> None:
         await asyncio.to_thread(local.stop, home)
 
 
+def decision_latency(workers: int, requests: int, groups: int, seed: int) -> list[float]:
+    """Seconds per routing decision (prefix policy, including the index update) on a warm index."""
+    import random
+
+    from cluster.routing.prefix_index import block_hashes
+    from cluster.scheduler import RequestView, RoutingState, WorkerView, choose
+
+    rng = random.Random(seed)
+    systems = [f"System prompt {g}: " + " ".join(rng.choice(("apple", "pear", "plum", "fig")) for _ in range(600))
+               for g in range(groups)]  # fmt: skip
+    views = [WorkerView(f"w{i}", True, inflight=rng.randint(0, 4), prefill_chars_per_s=rng.uniform(1e4, 4e4))
+             for i in range(workers)]  # fmt: skip
+    state = RoutingState()
+    prompts = [systems[rng.randrange(groups)] + f" user question {i}" for i in range(requests)]
+
+    def route(prompt: str) -> None:
+        request = RequestView("m", None, block_hashes(prompt), len(prompt))
+        decision = choose("prefix", request, views, state, now=0.0)
+        if decision is None:
+            raise RuntimeError("no worker chosen: every worker is ready in this benchmark")
+        state.prefixes.record(decision.worker_id, request.block_hashes)
+
+    for prompt in prompts[: requests // 2]:  # warm the index
+        route(prompt)
+    timings = []
+    for prompt in prompts[requests // 2 :]:
+        started = time.perf_counter()
+        route(prompt)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def _decide(args: argparse.Namespace) -> None:
+    timings = sorted(decision_latency(args.workers, args.requests, args.groups, args.seed))
+    p50, p99 = timings[len(timings) // 2], timings[int(len(timings) * 0.99)]
+    print(f"prefix policy, {args.workers} workers, {args.groups} prompt groups, warm index, {len(timings)} decisions")
+    print(f"decision incl. hashing and index update: p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,8 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     overhead.add_argument("--port", type=int, default=8090)
     overhead.add_argument("--kv-cache-gib", type=float, default=1.0)
     overhead.add_argument("--sim-decode-ms", type=float, default=5.0)
+    decide = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
+    decide.add_argument("--workers", type=int, default=64)
+    decide.add_argument("--requests", type=int, default=20000)
+    decide.add_argument("--groups", type=int, default=16)
+    decide.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(_overhead(args))
+    if args.command == "decide":
+        _decide(args)
+    else:
+        asyncio.run(_overhead(args))
 
 
 if __name__ == "__main__":
