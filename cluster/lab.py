@@ -8,17 +8,16 @@ router on the head → wait for the agents to be ready (deadline) → a table. T
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from cluster import procs, remote
+from cluster import procs, records, remote
 from cluster.hostsfile import ClusterSpec, HostSpec
 from cluster.placement import Assignment, plan
 
@@ -52,10 +51,7 @@ def state_path(home: Path) -> Path:
 
 
 def read_state(home: Path) -> LabState | None:
-    try:
-        return LabState(**json.loads(state_path(home).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return records.read(state_path(home), LabState)
 
 
 async def _bring_host(
@@ -152,7 +148,7 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
         previous = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router_args=args, url=url)
     state = LabState(spec=spec.model_dump(mode="json"), router_pid=previous.router_pid, router_args=args, url=url)
     home.mkdir(parents=True, exist_ok=True)
-    state_path(home).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    records.write(state_path(home), state)
     return url
 
 

@@ -6,20 +6,19 @@ or `cluster down`; with --detach it leaves them running and records their pids i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from cluster import procs
+from cluster import procs, records
 from cluster.models import BUNDLED_NAME, ModelError, prepare_bundled, resolve
 
 
@@ -69,10 +68,7 @@ def state_path(home: Path) -> Path:
 
 
 def read_state(home: Path) -> LocalState | None:
-    try:
-        return LocalState(**json.loads(state_path(home).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return records.read(state_path(home), LocalState)
 
 
 def running_state(home: Path) -> LocalState | None:
@@ -137,7 +133,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         agent_address=agent_address, supervisor_pid=None if detached else os.getpid(), log_dir=str(logs),
     )  # fmt: skip
     home.mkdir(parents=True, exist_ok=True)
-    state_path(home).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    records.write(state_path(home), state)
     try:
         _wait_ready(state, config.ready_timeout_s, report)
     except BaseException:
