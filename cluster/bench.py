@@ -2,6 +2,7 @@
 
     python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
     python -m cluster.bench decide [--workers 64]
+    python -m cluster.bench routing [--workers 4 --workload shared_prefix --rate 20 --requests 200]
 
 `overhead` brings up a local cluster, then sends the same streaming load to the engine directly and through
 router + agent, alternating, in one run; it prints throughput and time to first token for both and the ratios.
@@ -193,9 +194,34 @@ def main(argv: list[str] | None = None) -> None:
     decide.add_argument("--requests", type=int, default=20000)
     decide.add_argument("--groups", type=int, default=16)
     decide.add_argument("--seed", type=int, default=0)
+    routing = sub.add_parser("routing", help="every policy on a fresh sim fleet with the same seeded workload")
+    routing.add_argument("--workers", type=int, default=4)
+    routing.add_argument("--workload", action="append", choices=("shared_prefix", "multi_turn", "random"))
+    routing.add_argument("--policies", type=lambda s: s.split(","), default=["prefix", "least_loaded", "round_robin"])
+    routing.add_argument("--requests", type=int, default=200)
+    routing.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
+    routing.add_argument("--seed", type=int, default=0)
+    routing.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    routing.add_argument("--out", default="bench-results/routing.json")
     args = parser.parse_args(argv)
     if args.command == "decide":
         _decide(args)
+    elif args.command == "routing":
+        from cluster.bench_routing import RoutingBenchConfig
+        from cluster.bench_routing import main as routing_main
+
+        routing_main(
+            RoutingBenchConfig(
+                workers=args.workers,
+                workloads=tuple(args.workload or ["shared_prefix"]),
+                policies=tuple(args.policies),
+                requests=args.requests,
+                rate=args.rate,
+                seed=args.seed,
+                sim_options=tuple(args.sim_option),
+                out=Path(args.out),
+            )
+        )
     else:
         asyncio.run(_overhead(args))
 

@@ -42,6 +42,7 @@ class SimState:
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.timing.max_concurrency)
         self.cache = PrefixCache(self.timing.kv_blocks)
+        self.prefill_unit = asyncio.Lock()  # one compute unit: prefills queue behind each other
         labels = ["model_name"]
         self.g_running = Gauge("vllm:num_requests_running", "running", labels, registry=self.registry)
         self.g_waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry)
@@ -162,7 +163,8 @@ async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
         state.c_prompt.labels(state.model).inc(len(prompt_tokens))
         state.c_pq.labels(state.model).inc(len(prompt_tokens))
         state.c_ph.labels(state.model).inc(cached)
-        await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens) - cached))
+        async with state.prefill_unit:
+            await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens) - cached))
         words = generate_words(job.prompt, job.max_tokens, state.seed, job.temperature)
         for index, word in enumerate(words):
             if index:

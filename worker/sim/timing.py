@@ -20,8 +20,8 @@ _VOCAB = (
 
 @dataclass(frozen=True)
 class SimTiming:
-    """Costs in milliseconds. TTFT = overhead + prompt tokens x prefill; each later token costs
-    decode x (1 + batch_slowdown x (running - 1))."""
+    """Costs in milliseconds. TTFT = queue for the engine's one prefill unit + overhead + uncached prompt
+    tokens x prefill; each later token costs decode x (1 + batch_slowdown x (running - 1))."""
 
     overhead_ms: float = 2.0
     prefill_ms_per_token: float = 0.05
