@@ -59,7 +59,7 @@ def shared_prefix(
 
 
 def multi_turn(model: str, conversations: int, turns: int, seed: int, max_tokens: int = 32) -> list[Request]:
-    """Turn t of every conversation comes before turn t+1 of any, as users take turns; assistant replies are
+    """Turn t of every conversation comes before turn t+1 of any, in a shuffled order; assistant replies are
     synthetic (the same words for the same conversation and turn) so the workload does not depend on a run."""
     rng = random.Random(seed)
     histories: list[list[dict[str, str]]] = [
@@ -67,7 +67,9 @@ def multi_turn(model: str, conversations: int, turns: int, seed: int, max_tokens
     ]
     requests = []
     for _turn in range(turns):
-        for c, history in enumerate(histories):
+        order = list(enumerate(histories))
+        rng.shuffle(order)  # users do not take turns in a fixed order (a fixed order lets round robin pin them)
+        for c, history in order:
             history.append({"role": "user", "content": _text(rng, rng.randint(10, 40)) + "?"})
             requests.append(Request(_chat(model, list(history), max_tokens), session=f"conv-{c}", group=f"conv-{c}"))
             history.append({"role": "assistant", "content": _text(rng, max_tokens)})

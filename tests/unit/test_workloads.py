@@ -35,3 +35,10 @@ def test_random_prompts_share_nothing() -> None:
     requests = random_prompts("m", count=5, seed=0, words=(300, 400))
     firsts = {block_hashes(render_for_routing(r.body))[0] for r in requests}
     assert len(firsts) == 5
+
+
+def test_multi_turn_rounds_are_not_in_a_fixed_order() -> None:
+    requests = multi_turn("m", conversations=8, turns=3, seed=0)
+    rounds = [[r.session for r in requests[t * 8 : (t + 1) * 8]] for t in range(3)]
+    assert all(sorted(r) == sorted(rounds[0]) for r in rounds)  # each round has every conversation once
+    assert len({tuple(r) for r in rounds}) > 1  # in different orders
