@@ -39,6 +39,6 @@ def test_random_prompts_share_nothing() -> None:
 
 def test_multi_turn_rounds_are_not_in_a_fixed_order() -> None:
     requests = multi_turn("m", conversations=8, turns=3, seed=0)
-    rounds = [[r.session for r in requests[t * 8 : (t + 1) * 8]] for t in range(3)]
+    rounds = [[r.group for r in requests[t * 8 : (t + 1) * 8]] for t in range(3)]
     assert all(sorted(r) == sorted(rounds[0]) for r in rounds)  # each round has every conversation once
     assert len({tuple(r) for r in rounds}) > 1  # in different orders
