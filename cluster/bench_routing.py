@@ -25,6 +25,7 @@ import httpx
 
 from cluster import procs, workloads
 from cluster.bench import _engine_url
+from worker.supervisor import free_port
 
 MODEL = "sim-model"
 
@@ -62,16 +63,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_fleet(workers: int, policy: str, sim_options: list[str], logs: Path) -> tuple[str, list[int], list[str]]:
-    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(workers)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
     pids = []
     for index, address in enumerate(addresses):
         argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", "sim", "--model", MODEL,
@@ -79,7 +72,7 @@ def _start_fleet(workers: int, policy: str, sim_options: list[str], logs: Path) 
         for option in sim_options:
             argv += ["--sim-option", option]
         pids.append(procs.spawn(argv, logs / f"agent{index}.log", tied_to_parent=True))
-    port = _free_port()
+    port = free_port()
     router = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{port}", "--policy", policy]
     for address in addresses:
         router += ["--worker", address]

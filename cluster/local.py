@@ -20,6 +20,7 @@ import httpx
 
 from cluster import procs, records
 from cluster.models import BUNDLED_NAME, ModelError, prepare_bundled, resolve
+from worker.supervisor import free_port
 
 
 class LocalClusterError(Exception):
@@ -110,7 +111,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
             resolve(config.model)
     except ModelError as exc:
         raise LocalClusterError(str(exc)) from exc
-    agent_port = _free_port()
+    agent_port = free_port()
     agent_address = f"127.0.0.1:{agent_port}"
     agent_argv = [
         sys.executable, "-m", "worker.agent", "--listen", agent_address, "--engine", config.engine,
@@ -140,12 +141,6 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         stop(home)
         raise
     return state
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(state: LocalState, timeout_s: float, report: Report) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import pytest
 from cluster import procs
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from worker.supervisor import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_MODEL = "sim-model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

@@ -136,7 +136,8 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
     async def _handle(request: Request, endpoint: pb.Endpoint, kind: type[ChatRequest | CompletionRequest]) -> Response:
         model = "?"
         try:
-            body = parse_body(await _read_bounded(request, settings.max_body_bytes))
+            raw = await _read_bounded(request, settings.max_body_bytes)
+            body = parse_body(raw)
             parsed = validate(body, kind)
             model = parsed.model
             known = registry.models()
@@ -144,13 +145,11 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                 raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
             check_limits(parsed, known[model].max_model_len)
             wants_usage = bool((parsed.stream_options or {}).get("include_usage"))
-            if parsed.stream:  # usage always travels on the last chunk; dropped again if not asked for
+            if parsed.stream and not wants_usage:  # usage travels on the last chunk; dropped again below
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            generate = pb.GenerateRequest(
-                request_id=uuid.uuid4().hex,
-                endpoint=endpoint,
-                body=json.dumps(body).encode(),
-            )
+                raw = json.dumps(body).encode()
+            # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
+            generate = pb.GenerateRequest(request_id=uuid.uuid4().hex, endpoint=endpoint, body=raw)
             started = time.monotonic()
             session = request.headers.get("x-session-id") or parsed.user
             rendered = render_for_routing(body)
