@@ -3,6 +3,7 @@
     python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
     python -m cluster.bench decide [--workers 64]
     python -m cluster.bench routing [--workers 4 --workload shared_prefix --rate 20 --requests 200]
+    python -m cluster.bench calibrate --url http://127.0.0.1:8000 --model NAME
 
 `overhead` brings up a local cluster, then sends the same streaming load to the engine directly and through
 router + agent, alternating, in one run; it prints throughput and time to first token for both and the ratios.
@@ -149,7 +150,8 @@ def decision_latency(workers: int, requests: int, groups: int, seed: int) -> lis
     rng = random.Random(seed)
     systems = [f"System prompt {g}: " + " ".join(rng.choice(("apple", "pear", "plum", "fig")) for _ in range(600))
                for g in range(groups)]  # fmt: skip
-    views = [WorkerView(f"w{i}", True, inflight=rng.randint(0, 4), prefill_chars_per_s=rng.uniform(1e4, 4e4))
+    views = [WorkerView(f"w{i}", True, inflight=rng.randint(0, 4), prefill_tokens_per_s=rng.uniform(2e3, 8e3),
+                         decode_tokens_per_s=rng.uniform(20, 80))
              for i in range(workers)]  # fmt: skip
     state = RoutingState()
     prompts = [systems[rng.randrange(groups)] + f" user question {i}" for i in range(requests)]
@@ -203,8 +205,17 @@ def main(argv: list[str] | None = None) -> None:
     routing.add_argument("--seed", type=int, default=0)
     routing.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
     routing.add_argument("--out", default="bench-results/routing.json")
+    calibrate = sub.add_parser("calibrate", help="measure an engine's costs and print matching sim options")
+    calibrate.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
+    calibrate.add_argument("--model", required=True)
+    calibrate.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.command == "decide":
+    if args.command == "calibrate":
+        from cluster.calibrate import calibrate as run_calibration
+        from cluster.calibrate import report
+
+        print(report(asyncio.run(run_calibration(args.url.rstrip("/"), args.model, repeats=args.repeats))))
+    elif args.command == "decide":
         _decide(args)
     elif args.command == "routing":
         from cluster.bench_routing import RoutingBenchConfig

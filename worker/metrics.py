@@ -18,6 +18,11 @@ _COUNTERS = {
     "vllm:generation_tokens": "generation_tokens",
     "vllm:prompt_tokens": "prompt_tokens",
 }
+# Histograms whose running `_sum` (seconds) we read: time requests spent in prefill and in decode.
+_HISTOGRAM_SUMS = {
+    "vllm:request_prefill_time_seconds": "prefill_seconds",
+    "vllm:request_decode_time_seconds": "decode_seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,20 @@ class EngineLoad:
     prefix_cache_hits: int = 0
     generation_tokens: int = 0
     prompt_tokens: int = 0
+    prefill_seconds: float = 0.0  # cumulative, summed over requests
+    decode_seconds: float = 0.0
 
 
 def parse_engine_metrics(text: str) -> EngineLoad:
     """Sum each known metric over its label sets (one engine may serve several model names)."""
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        if family.name in _HISTOGRAM_SUMS:
+            field = _HISTOGRAM_SUMS[family.name]
+            for sample in family.samples:
+                if sample.name == family.name + "_sum":
+                    values[field] = values.get(field, 0.0) + sample.value
+            continue
         field = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
         if field is None:
             continue
@@ -50,4 +63,46 @@ def parse_engine_metrics(text: str) -> EngineLoad:
         prefix_cache_hits=int(values.get("prefix_cache_hits", 0)),
         generation_tokens=int(values.get("generation_tokens", 0)),
         prompt_tokens=int(values.get("prompt_tokens", 0)),
+        prefill_seconds=float(values.get("prefill_seconds", 0.0)),
+        decode_seconds=float(values.get("decode_seconds", 0.0)),
     )
+
+
+class RateMeter:
+    """Prefill and decode speed of one engine, from the deltas of its cumulative counters between scrapes.
+
+    prefill = prompt tokens actually computed (prompt - prefix-cache hits) / prefill seconds;
+    decode = generated tokens / decode seconds (one request's speed; batching shows up as a lower rate).
+    Each new measurement moves an exponential moving average. `epoch` names the engine process (its restart
+    count): a new epoch starts the deltas over; within one epoch a scrape older than the last one (two
+    watchers scraping at once) is ignored. 0.0 means "not measured yet".
+    """
+
+    def __init__(self, weight: float = 0.3, min_seconds: float = 0.005) -> None:
+        self.weight = weight
+        self.min_seconds = min_seconds
+        self.prefill_tokens_per_s = 0.0
+        self.decode_tokens_per_s = 0.0
+        self._last: EngineLoad | None = None
+        self._epoch = -1
+
+    def update(self, load: EngineLoad, epoch: int = 0) -> None:
+        if epoch != self._epoch:
+            self._epoch, self._last = epoch, load
+            return
+        last = self._last
+        assert last is not None  # set together with the epoch
+        computed = (load.prompt_tokens - load.prefix_cache_hits) - (last.prompt_tokens - last.prefix_cache_hits)
+        prefill_s = load.prefill_seconds - last.prefill_seconds
+        generated = load.generation_tokens - last.generation_tokens
+        decode_s = load.decode_seconds - last.decode_seconds
+        if min(computed, prefill_s, generated, decode_s) < 0:
+            return  # an older scrape finishing after a newer one
+        self._last = load
+        if computed > 0 and prefill_s >= self.min_seconds:
+            self.prefill_tokens_per_s = self._mix(self.prefill_tokens_per_s, computed / prefill_s)
+        if generated > 0 and decode_s >= self.min_seconds:
+            self.decode_tokens_per_s = self._mix(self.decode_tokens_per_s, generated / decode_s)
+
+    def _mix(self, old: float, new: float) -> float:
+        return new if old == 0.0 else old + self.weight * (new - old)

@@ -15,6 +15,7 @@ import httpx
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.hostinfo import HostFacts
+from worker.metrics import RateMeter
 from worker.relay import EngineError, Tally, coalesced, stream_chunks, whole_response
 from worker.supervisor import EngineSupervisor, State
 
@@ -89,6 +90,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.host = host
         self.http = http
         self.inflight = 0
+        self.rates = RateMeter()
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
     async def Generate(
@@ -191,6 +193,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             sample.prefix_cache_hits = load.prefix_cache_hits
             sample.generation_tokens = load.generation_tokens
             sample.prompt_tokens = load.prompt_tokens
+            self.rates.update(load, epoch=sup.restarts)
+        sample.prefill_tokens_per_s = self.rates.prefill_tokens_per_s
+        sample.decode_tokens_per_s = self.rates.decode_tokens_per_s
         return sample
 
 

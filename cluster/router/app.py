@@ -121,6 +121,8 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                 "memory_bytes": info.memory_bytes if info else 0, "inflight": handle.inflight,
                 "served": handle.served, "running": sample.running if sample else 0,
                 "waiting": sample.waiting if sample else 0,
+                "prefill_tokens_per_s": round(sample.prefill_tokens_per_s, 1) if sample else 0.0,
+                "decode_tokens_per_s": round(sample.decode_tokens_per_s, 1) if sample else 0.0,
                 "detail": sample.state_detail if sample else "",
             })  # fmt: skip
         return {"workers": rows}

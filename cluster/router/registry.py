@@ -68,6 +68,8 @@ class WorkerHandle:
             running=sample.running,
             waiting=sample.waiting,
             kv_cache_usage=sample.kv_cache_usage,
+            prefill_tokens_per_s=sample.prefill_tokens_per_s,
+            decode_tokens_per_s=sample.decode_tokens_per_s,
         )
 
     def state_name(self, now: float) -> str:

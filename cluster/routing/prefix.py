@@ -20,7 +20,8 @@ class PrefixPolicyConfig:
     imbalance_abs: int = 8
     imbalance_rel: float = 1.5
     match_threshold: float = 0.3
-    queue_cost_s: float = 0.05  # estimated seconds each request ahead adds
+    queue_cost_s: float = 0.05  # estimated seconds each request ahead adds on a worker of median decode speed
+    chars_per_token: float = 4.0  # to turn the rendered prompt's characters into tokens without a tokenizer
 
 
 DEFAULTS = PrefixPolicyConfig()
@@ -79,22 +80,36 @@ def _decide_prefix(
 def _decide_cost(
     request: RequestView, workers: list[WorkerView], state: RoutingState, config: PrefixPolicyConfig
 ) -> Decision:
-    """Uncached prompt ÷ that worker's measured prefill rate, plus its queue."""
-
-    known = [w.prefill_chars_per_s for w in workers if w.prefill_chars_per_s > 0]
-    fallback = statistics.median(known) if known else 1.0
-    best = min(
-        workers,
-        key=lambda w: (estimated_seconds(request, w, state, fallback, config.queue_cost_s), w.worker_id),
-    )
+    """Uncached prompt ÷ that worker's measured prefill rate, plus its queue at its measured decode speed."""
+    fleet = FleetRates.of(workers)
+    best = min(workers, key=lambda w: (estimated_seconds(request, w, state, fleet, config), w.worker_id))
     return Decision(best.worker_id, "cost")
 
 
+@dataclass(frozen=True)
+class FleetRates:
+    """Median measured rates, standing in for workers not measured yet (1.0 when nobody is)."""
+
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+
+    @classmethod
+    def of(cls, workers: list[WorkerView]) -> FleetRates:
+        prefill = [w.prefill_tokens_per_s for w in workers if w.prefill_tokens_per_s > 0]
+        decode = [w.decode_tokens_per_s for w in workers if w.decode_tokens_per_s > 0]
+        return cls(
+            prefill_tokens_per_s=statistics.median(prefill) if prefill else 1.0,
+            decode_tokens_per_s=statistics.median(decode) if decode else 1.0,
+        )
+
+
 def estimated_seconds(
-    request: RequestView, worker: WorkerView, state: RoutingState, fallback_rate: float, queue_cost_s: float
+    request: RequestView, worker: WorkerView, state: RoutingState, fleet: FleetRates, config: PrefixPolicyConfig
 ) -> float:
-    """Uncached prompt ÷ the worker's prefill rate, plus the requests ahead of it."""
+    """Seconds until this request's first token on `worker`: its uncached prompt at the worker's prefill rate,
+    plus the requests ahead of it, each costing `queue_cost_s` scaled by how fast this worker decodes."""
     cached_chars = state.prefixes.matched_blocks(worker.worker_id, request.block_hashes) * BLOCK_CHARS
-    uncached = max(request.prompt_chars - cached_chars, 0)
-    rate = worker.prefill_chars_per_s or fallback_rate
-    return uncached / rate + worker.load * queue_cost_s
+    uncached_tokens = max(request.prompt_chars - cached_chars, 0) / config.chars_per_token
+    prefill_rate = worker.prefill_tokens_per_s or fleet.prefill_tokens_per_s
+    slowness = fleet.decode_tokens_per_s / (worker.decode_tokens_per_s or fleet.decode_tokens_per_s)
+    return uncached_tokens / prefill_rate + worker.load * config.queue_cost_s * slowness

@@ -18,7 +18,9 @@ class WorkerView:
     running: int = 0  # engine-reported
     waiting: int = 0
     kv_cache_usage: float = 0.0
-    prefill_chars_per_s: float = 0.0  # measured; 0 = unknown (treated as the fleet's median)
+    # Measured by the worker's agent from its engine's counters; 0 = not measured yet (the fleet's median is used).
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
 
     @property
     def load(self) -> int:

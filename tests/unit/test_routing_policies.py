@@ -12,9 +12,15 @@ SYSTEM_A = "You are a careful assistant for the orchard lab. " * 40  # ~2k chars
 SYSTEM_B = "You answer questions about apple varieties only. " * 40
 
 
-def workers(*loads: int, rates: tuple[float, ...] = ()) -> list[WorkerView]:
+def workers(*loads: int, rates: tuple[float, ...] = (), decode: tuple[float, ...] = ()) -> list[WorkerView]:
     return [
-        WorkerView(f"w{i}", ready=True, inflight=load, prefill_chars_per_s=rates[i] if rates else 0.0)
+        WorkerView(
+            f"w{i}",
+            ready=True,
+            inflight=load,
+            prefill_tokens_per_s=rates[i] if rates else 0.0,
+            decode_tokens_per_s=decode[i] if decode else 0.0,
+        )
         for i, load in enumerate(loads)
     ]
 
@@ -49,6 +55,27 @@ def test_miss_goes_to_the_cheapest_worker_not_the_emptiest_tree() -> None:
 def test_cost_prefers_the_faster_worker_for_the_same_queue() -> None:
     decision = choose("prefix", request(SYSTEM_A), workers(1, 1, rates=(1000.0, 2000.0)), RoutingState(), now=0)
     assert decision is not None and decision.worker_id == "w1"
+
+
+def test_cost_prefers_the_faster_decoder_even_with_a_longer_queue() -> None:
+    # Same prefill speed; w1 decodes 4x faster, so its two requests ahead clear sooner than w0's one.
+    fleet = workers(1, 2, rates=(1000.0, 1000.0), decode=(25.0, 100.0))
+    decision = choose("prefix", request("short question"), fleet, RoutingState(), now=0)
+    assert decision is not None and (decision.worker_id, decision.reason) == ("w1", "cost")
+    same_speed = workers(1, 2, rates=(1000.0, 1000.0), decode=(50.0, 50.0))
+    decision = choose("prefix", request("short question"), same_speed, RoutingState(), now=0)
+    assert decision is not None and decision.worker_id == "w0"
+
+
+def test_unmeasured_workers_count_as_the_fleet_median() -> None:
+    # w1 has no measurement yet: it is costed at the median of the others (550 tok/s), which beats w0's
+    # 500 and w2's 600 behind a queue. Were it costed at 0 or "infinitely fast" it would lose or always win.
+    fleet = workers(0, 0, 5, rates=(500.0, 0.0, 600.0))
+    decision = choose("prefix", request(SYSTEM_A), fleet, RoutingState(), now=0)
+    assert decision is not None and (decision.worker_id, decision.reason) == ("w1", "cost")
+    fleet = workers(0, 0, 0, rates=(500.0, 0.0, 600.0))
+    decision = choose("prefix", request(SYSTEM_A), fleet, RoutingState(), now=0)
+    assert decision is not None and decision.worker_id == "w2"
 
 
 def test_imbalance_overrides_a_prefix_hit() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.sim.prefix_cache import PrefixCache
 from worker.sim.timing import SimTiming, generate_words, render_chat, tokenize
@@ -51,7 +51,12 @@ class SimState:
         self.c_gen = Counter("vllm:generation_tokens", "gen tokens", labels, registry=self.registry)
         self.c_pq = Counter("vllm:prefix_cache_queries", "prefix queries", labels, registry=self.registry)
         self.c_ph = Counter("vllm:prefix_cache_hits", "prefix hits", labels, registry=self.registry)
-        for metric in (self.g_running, self.g_waiting, self.g_kv, self.c_prompt, self.c_gen, self.c_pq, self.c_ph):
+        self.h_prefill = Histogram(
+            "vllm:request_prefill_time_seconds", "prefill time", labels, registry=self.registry
+        )
+        self.h_decode = Histogram("vllm:request_decode_time_seconds", "decode time", labels, registry=self.registry)
+        metrics = (self.g_running, self.g_waiting, self.g_kv, self.c_prompt, self.c_gen, self.c_pq, self.c_ph)
+        for metric in (*metrics, self.h_prefill, self.h_decode):
             metric.labels(self.model)
 
     def publish(self) -> None:
@@ -164,13 +169,19 @@ async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
         state.c_pq.labels(state.model).inc(len(prompt_tokens))
         state.c_ph.labels(state.model).inc(cached)
         async with state.prefill_unit:
+            began = time.perf_counter()
             await asyncio.sleep(state.timing.prefill_seconds(len(prompt_tokens) - cached))
+            state.h_prefill.labels(state.model).observe(time.perf_counter() - began)
         words = generate_words(job.prompt, job.max_tokens, state.seed, job.temperature)
-        for index, word in enumerate(words):
-            if index:
-                await asyncio.sleep(state.timing.decode_seconds(state.running))
-            state.c_gen.labels(state.model).inc()
-            yield word if index == 0 else " " + word
+        first_token_at = time.perf_counter()
+        try:
+            for index, word in enumerate(words):
+                if index:
+                    await asyncio.sleep(state.timing.decode_seconds(state.running))
+                state.c_gen.labels(state.model).inc()
+                yield word if index == 0 else " " + word
+        finally:
+            state.h_decode.labels(state.model).observe(time.perf_counter() - first_token_at)
     finally:
         state.running -= 1
         state.slots.release()
