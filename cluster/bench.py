@@ -180,6 +180,24 @@ def _decide(args: argparse.Namespace) -> None:
     print(f"decision incl. hashing and index update: p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
 
 
+def _word_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(",")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX words, got {text!r}") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return bounds
+
+
+def _worker_option(text: str) -> tuple[int, str]:
+    index, sep, option = text.partition(":")
+    if not sep or not index.isdigit() or "=" not in option:
+        raise argparse.ArgumentTypeError(f"expected INDEX:KEY=VALUE (e.g. 0:decode-ms-per-token=47), got {text!r}")
+    return int(index), option
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,14 +214,24 @@ def main(argv: list[str] | None = None) -> None:
     decide.add_argument("--requests", type=int, default=20000)
     decide.add_argument("--groups", type=int, default=16)
     decide.add_argument("--seed", type=int, default=0)
-    routing = sub.add_parser("routing", help="every policy on a fresh sim fleet with the same seeded workload")
+    routing = sub.add_parser("routing", help="every policy on one fleet with the same seeded workload")
     routing.add_argument("--workers", type=int, default=4)
+    routing.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    routing.add_argument("--model", default="", help="default: sim-model (sim) or the bundled model (vllm)")
     routing.add_argument("--workload", action="append", choices=("shared_prefix", "multi_turn", "random"))
     routing.add_argument("--policies", type=lambda s: s.split(","), default=["prefix", "least_loaded", "round_robin"])
     routing.add_argument("--requests", type=int, default=200)
     routing.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
     routing.add_argument("--seed", type=int, default=0)
-    routing.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    routing.add_argument("--max-tokens", type=int, default=32)
+    routing.add_argument("--system-words", type=_word_range, default=(750, 3000), metavar="MIN,MAX",
+                         help="shared_prefix system prompt length in words")  # fmt: skip
+    routing.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE", help="every sim worker")
+    routing.add_argument("--worker-sim-option", action="append", default=[], type=_worker_option,
+                         metavar="INDEX:KEY=VALUE", help="one sim worker (heterogeneous fleets)")  # fmt: skip
+    routing.add_argument("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
+    routing.add_argument("--kv-cache-gib", type=float, default=1.0)
+    routing.add_argument("--url", help="drive this OpenAI endpoint as it is (no fleet, one row per workload)")
     routing.add_argument("--out", default="bench-results/routing.json")
     calibrate = sub.add_parser("calibrate", help="measure an engine's costs and print matching sim options")
     calibrate.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
@@ -224,12 +252,20 @@ def main(argv: list[str] | None = None) -> None:
         routing_main(
             RoutingBenchConfig(
                 workers=args.workers,
+                engine=args.engine,
+                model=args.model,
                 workloads=tuple(args.workload or ["shared_prefix"]),
                 policies=tuple(args.policies),
                 requests=args.requests,
                 rate=args.rate,
                 seed=args.seed,
+                max_tokens=args.max_tokens,
+                system_words=args.system_words,
                 sim_options=tuple(args.sim_option),
+                worker_sim_options=tuple(args.worker_sim_option),
+                engine_args=tuple(args.engine_arg),
+                kv_cache_gib=args.kv_cache_gib,
+                url=args.url.rstrip("/") if args.url else None,
                 out=Path(args.out),
             )
         )

@@ -1,16 +1,21 @@
-"""Routing benchmark: the same seeded workload against a fresh sim fleet once per policy, in one invocation.
+"""Routing benchmark: the same seeded workload once per policy on one fleet, in one invocation.
 
     python -m cluster.bench routing --workers 4 --workload shared_prefix --rate 20 --requests 200
+    python -m cluster.bench routing --engine vllm --workers 2 ...        # real engines, bundled model
+    python -m cluster.bench routing --worker-sim-option 0:decode-ms-per-token=47 ...   # a faster worker
+    python -m cluster.bench routing --url http://HOST:PORT --model NAME  # any OpenAI endpoint as it is
 
-For each policy it starts N sim agents (empty caches) and a router, sends the workload open-loop (Poisson
-arrivals at --rate, seeded), then prints TTFT p50/p90/p99, inter-token latency p50, output tokens/s, request
-rate, the engines' own prefix-cache hit rate and the load spread (std/mean of in-flight per worker, sampled),
-and writes the rows as JSON.
+It starts N agents once (sim or vLLM). For each policy it empties every engine's prefix cache, starts a fresh
+router with that policy, sends the workload open-loop (Poisson arrivals at --rate, seeded) and stops the
+router. It prints TTFT p50/p90/p99, inter-token latency p50, output tokens/s, request rate, the engines' own
+prefix-cache hit rate over the run, the load spread (std/mean of in-flight per worker, sampled) and each
+worker's share of the requests; it writes the rows as JSON and, with matplotlib installed, a PNG chart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -18,28 +23,43 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
 from cluster import procs, workloads
 from cluster.bench import _engine_url
+from cluster.models import BUNDLED_NAME
+from worker.metrics import parse_engine_metrics
 from worker.supervisor import free_port
 
-MODEL = "sim-model"
+SIM_MODEL = "sim-model"
 
 
 @dataclass(frozen=True)
 class RoutingBenchConfig:
     workers: int = 4
+    engine: str = "sim"  # sim | vllm
+    model: str = ""  # default: sim-model for sim, the bundled model for vllm
     workloads: tuple[str, ...] = ("shared_prefix",)
     policies: tuple[str, ...] = ("prefix", "least_loaded", "round_robin")
     requests: int = 200
     rate: float = 20.0
     seed: int = 0
+    max_tokens: int = 32
+    system_words: tuple[int, int] = (750, 3000)  # shared_prefix system prompt length range
     sim_options: tuple[str, ...] = ()
+    worker_sim_options: tuple[tuple[int, str], ...] = ()  # (worker index, KEY=VALUE): heterogeneous fleets
+    engine_args: tuple[str, ...] = ()
+    kv_cache_gib: float = 1.0
+    url: str | None = None  # drive this endpoint as it is instead of starting a fleet
     out: Path = Path("bench-results/routing.json")
+
+    @property
+    def model_name(self) -> str:
+        return self.model or (SIM_MODEL if self.engine == "sim" else BUNDLED_NAME)
 
 
 @dataclass(frozen=True)
@@ -51,11 +71,13 @@ class PolicyResult:
     ttft_p50_ms: float
     ttft_p90_ms: float
     ttft_p99_ms: float
+    ttft_mean_ms: float
     itl_p50_ms: float
     output_tok_s: float
     request_rate: float
     prefix_hit_rate: float
     load_spread: float
+    share: dict[str, float] = field(default_factory=dict)  # worker id -> fraction of requests it served
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -63,33 +85,76 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _start_fleet(workers: int, policy: str, sim_options: list[str], logs: Path) -> tuple[str, list[int], list[str]]:
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
-    pids = []
-    for index, address in enumerate(addresses):
-        argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", "sim", "--model", MODEL,
-                "--worker-id", f"w{index}", "--log-dir", str(logs / f"w{index}")]  # fmt: skip
-        for option in sim_options:
-            argv += ["--sim-option", option]
-        pids.append(procs.spawn(argv, logs / f"agent{index}.log", tied_to_parent=True))
-    port = free_port()
-    router = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{port}", "--policy", policy]
-    for address in addresses:
-        router += ["--worker", address]
-    pids.append(procs.spawn(router, logs / "router.log", tied_to_parent=True))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+class Fleet:
+    """N agents started once; routers come and go per policy. Everything is tied to this process."""
+
+    def __init__(self, config: RoutingBenchConfig, logs: Path) -> None:
+        self.config, self.logs = config, logs
+        self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(config.workers)]
+        self.agent_pids: list[int] = []
+        self.engine_urls: list[str] = []
+
+    def start(self) -> None:
+        env = {"VLLM_SERVER_DEV_MODE": "1"}  # vLLM's POST /reset_prefix_cache (the sim has it always)
+        for index, address in enumerate(self.addresses):
+            argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", self.config.engine,
+                    "--model", self.config.model_name, "--worker-id", f"w{index}",
+                    "--kv-cache-gib", str(self.config.kv_cache_gib), "--log-dir", str(self.logs / f"w{index}")]  # fmt: skip
+            options = list(self.config.sim_options) + [o for i, o in self.config.worker_sim_options if i == index]
+            argv += [f"--sim-option={option}" for option in options]
+            argv += [f"--engine-arg={arg}" for arg in self.config.engine_args]
+            self.agent_pids.append(procs.spawn(argv, self.logs / f"agent{index}.log", tied_to_parent=True, env=env))
+
+    def stop(self) -> None:
+        for pid in self.agent_pids:
+            procs.terminate_tree(pid, grace_s=20)
+
+    @contextlib.contextmanager
+    def router(self, policy: str, timeout_s: float) -> Iterator[str]:
+        port = free_port()
+        argv = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{port}", "--policy", policy]
+        for address in self.addresses:
+            argv += ["--worker", address]
+        pid = procs.spawn(argv, self.logs / f"router-{policy}.log", tied_to_parent=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            rows = httpx.get(url + "/orchard/workers", timeout=2).json()["workers"]
-            if len(rows) == workers and all(r["state"] == "ready" for r in rows):
-                return url, pids, addresses
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.3)
-    for pid in pids:
-        procs.terminate_tree(pid)
-    raise RuntimeError(f"the sim fleet did not come up; logs in {logs}")
+            self._wait_ready(url, timeout_s)
+            if not self.engine_urls:
+                self.engine_urls = [_engine_url(address) for address in self.addresses]
+            yield url
+        finally:
+            procs.terminate_tree(pid)
+
+    def _wait_ready(self, url: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                rows = httpx.get(url + "/orchard/workers", timeout=2).json()["workers"]
+                if len(rows) == len(self.addresses) and all(r["state"] == "ready" for r in rows):
+                    return
+            if not all(procs.alive(pid) for pid in self.agent_pids):
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"the {self.config.engine} fleet did not come up; logs in {self.logs}")
+
+    def reset_caches(self) -> None:
+        for engine in self.engine_urls:
+            httpx.post(engine + "/reset_prefix_cache", timeout=30).raise_for_status()
+
+    def prefix_counters(self) -> tuple[int, int]:
+        return _prefix_counters(self.engine_urls)
+
+
+def _prefix_counters(urls: list[str]) -> tuple[int, int]:
+    """(hits, queries) summed over engines; (0, 0) where an endpoint exposes no vLLM metrics."""
+    hits = queries = 0
+    for url in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            response = httpx.get(url + "/metrics", timeout=5)
+            if response.status_code == 200:
+                load = parse_engine_metrics(response.text)
+                hits, queries = hits + load.prefix_cache_hits, queries + load.prefix_cache_queries
+    return hits, queries
 
 
 async def _one(client: httpx.AsyncClient, url: str, request: workloads.Request) -> tuple[float, list[float], int]:
@@ -110,25 +175,23 @@ async def _one(client: httpx.AsyncClient, url: str, request: workloads.Request) 
 async def _sample_spread(url: str, stop: asyncio.Event, samples: list[float]) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 rows = (await client.get(url + "/orchard/workers")).json()["workers"]
                 loads = [r["inflight"] for r in rows]
                 if sum(loads):
                     samples.append(statistics.pstdev(loads) / statistics.mean(loads))
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
             await asyncio.sleep(0.25)
 
 
 async def _drive(
-    url: str, requests: list[workloads.Request], rate: float, seed: int
-) -> tuple[list, float, list[float]]:
+    url: str, requests: list[workloads.Request], rate: float, seed: int, sample_spread: bool
+) -> tuple[list[tuple[float, list[float], int] | BaseException], float, list[float]]:
     rng = random.Random(seed)
     spread: list[float] = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample_spread(url, stop, spread))
+    sampler = asyncio.create_task(_sample_spread(url, stop, spread)) if sample_spread else None
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=limits) as client:
         started = time.perf_counter()
         tasks = []
         for request in requests:
@@ -137,69 +200,106 @@ async def _drive(
         results = await asyncio.gather(*tasks, return_exceptions=True)
         wall = time.perf_counter() - started
     stop.set()
-    await sampler
+    if sampler:
+        await sampler
     return results, wall, spread
 
 
-def _hit_rate(addresses: list[str]) -> float:
-    hits = queries = 0.0
-    for address in addresses:
-        text = httpx.get(_engine_url(address) + "/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith("vllm:prefix_cache_hits_total"):
-                hits += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("vllm:prefix_cache_queries_total"):
-                queries += float(line.rsplit(" ", 1)[1])
-    return hits / queries if queries else 0.0
+def _shares(url: str) -> dict[str, float]:
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+        rows = httpx.get(url + "/orchard/workers", timeout=5).json()["workers"]
+        total = sum(r["served"] for r in rows) or 1
+        return {r["worker_id"]: round(r["served"] / total, 3) for r in rows}
+    return {}
+
+
+def measure(
+    label: str, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig, url: str,
+    engine_urls: list[str], fleet: bool,
+) -> PolicyResult:  # fmt: skip
+    before = _prefix_counters(engine_urls)
+    results, wall, spread = asyncio.run(_drive(url, requests, config.rate, config.seed, sample_spread=fleet))
+    hits, queries = (after - first for after, first in zip(_prefix_counters(engine_urls), before, strict=True))
+    ok = [r for r in results if isinstance(r, tuple)]
+    ttfts = [r[0] * 1000 for r in ok]
+    gaps = [g * 1000 for r in ok for g in r[1]]
+    return PolicyResult(
+        policy=label, workload=workload, requests=len(requests), errors=len(results) - len(ok),
+        ttft_p50_ms=_pct(ttfts, 0.5), ttft_p90_ms=_pct(ttfts, 0.9), ttft_p99_ms=_pct(ttfts, 0.99),
+        ttft_mean_ms=statistics.mean(ttfts) if ttfts else float("nan"),
+        itl_p50_ms=_pct(gaps, 0.5), output_tok_s=sum(r[2] for r in ok) / wall, request_rate=len(ok) / wall,
+        prefix_hit_rate=hits / queries if queries else float("nan"),
+        load_spread=statistics.mean(spread) if spread else 0.0, share=_shares(url) if fleet else {},
+    )  # fmt: skip
 
 
 def run_policy(
-    policy: str, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig, logs: Path
+    fleet: Fleet, policy: str, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig
 ) -> PolicyResult:
-    url, pids, addresses = _start_fleet(config.workers, policy, list(config.sim_options), logs / policy)
-    try:
-        results, wall, spread = asyncio.run(_drive(url, requests, config.rate, config.seed))
-        ok = [r for r in results if isinstance(r, tuple)]
-        ttfts = [r[0] * 1000 for r in ok]
-        gaps = [g * 1000 for r in ok for g in r[1]]
-        tokens = sum(r[2] for r in ok)
-        return PolicyResult(
-            policy=policy, workload=workload, requests=len(requests), errors=len(results) - len(ok),
-            ttft_p50_ms=_pct(ttfts, 0.5), ttft_p90_ms=_pct(ttfts, 0.9), ttft_p99_ms=_pct(ttfts, 0.99),
-            itl_p50_ms=_pct(gaps, 0.5), output_tok_s=tokens / wall, request_rate=len(ok) / wall,
-            prefix_hit_rate=_hit_rate(addresses), load_spread=statistics.mean(spread) if spread else 0.0,
-        )  # fmt: skip
-    finally:
-        for pid in pids:
-            procs.terminate_tree(pid)
+    timeout = 900.0 if config.engine == "vllm" else 120.0  # a cold vLLM start compiles for minutes
+    with fleet.router(policy, timeout) as url:
+        fleet.reset_caches()
+        return measure(policy, workload, requests, config, url, fleet.engine_urls, fleet=True)
 
 
-def build(workload: str, count: int, seed: int) -> list[workloads.Request]:
+def build(workload: str, config: RoutingBenchConfig) -> list[workloads.Request]:
+    model, count, seed, max_tokens = config.model_name, config.requests, config.seed, config.max_tokens
     if workload == "shared_prefix":
-        return workloads.shared_prefix(MODEL, groups=max(2, count // 25), users=25, seed=seed)[:count]
+        groups = max(2, count // 25)
+        return workloads.shared_prefix(model, groups=groups, users=-(-count // groups), seed=seed,
+                                       system_words=config.system_words, max_tokens=max_tokens)[:count]  # fmt: skip
     if workload == "multi_turn":
-        return workloads.multi_turn(MODEL, conversations=max(2, count // 5), turns=5, seed=seed)[:count]
+        return workloads.multi_turn(model, conversations=max(2, count // 5), turns=5, seed=seed,
+                                    max_tokens=max_tokens)[:count]  # fmt: skip
     if workload == "random":
-        return workloads.random_prompts(MODEL, count, seed=seed)
+        return workloads.random_prompts(model, count, seed=seed, max_tokens=max_tokens)
     raise ValueError(f"unknown workload {workload!r}")
 
 
-def main(config: RoutingBenchConfig) -> None:
-    logs = Path(tempfile.mkdtemp(prefix="orchard-bench-routing-"))
-    rows: list[PolicyResult] = []
-    for workload in config.workloads:
-        requests = build(workload, config.requests, config.seed)
-        for policy in config.policies:
-            print(f"{workload} x {policy}: {len(requests)} requests at {config.rate}/s …", flush=True)
-            rows.append(run_policy(policy, workload, requests, config, logs / workload))
-    header = (f"{'workload':<14}{'policy':<14}{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'ITL p50':>9}{'tok/s':>9}"
-              f"{'req/s':>8}{'hit rate':>10}{'spread':>8}{'err':>5}")  # fmt: skip
+def print_table(rows: list[PolicyResult]) -> None:
+    header = (f"{'workload':<14}{'policy':<14}{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'mean':>9}{'ITL p50':>9}"
+              f"{'tok/s':>9}{'req/s':>8}{'hit rate':>10}{'spread':>8}{'err':>5}  share")  # fmt: skip
     print("\n" + header)
     for r in rows:
+        share = " ".join(f"{w}={s:.2f}" for w, s in sorted(r.share.items()))
         print(f"{r.workload:<14}{r.policy:<14}{r.ttft_p50_ms:>10.0f}{r.ttft_p90_ms:>9.0f}{r.ttft_p99_ms:>9.0f}"
-              f"{r.itl_p50_ms:>9.1f}{r.output_tok_s:>9.0f}{r.request_rate:>8.1f}{r.prefix_hit_rate:>10.2f}"
-              f"{r.load_spread:>8.2f}{r.errors:>5}")  # fmt: skip
+              f"{r.ttft_mean_ms:>9.0f}{r.itl_p50_ms:>9.1f}{r.output_tok_s:>9.1f}{r.request_rate:>8.2f}"
+              f"{r.prefix_hit_rate:>10.2f}{r.load_spread:>8.2f}{r.errors:>5}  {share}")  # fmt: skip
+
+
+def main(config: RoutingBenchConfig) -> list[PolicyResult]:
+    logs = Path(tempfile.mkdtemp(prefix="orchard-bench-routing-"))
+    rows: list[PolicyResult] = []
+    fleet = None if config.url else Fleet(config, logs)
+    try:
+        if fleet:
+            fleet.start()
+        for workload in config.workloads:
+            requests = build(workload, config)
+            if config.url:
+                print(f"{workload} x {config.url}: {len(requests)} requests at {config.rate}/s …", flush=True)
+                rows.append(measure("endpoint", workload, requests, config, config.url, [config.url], fleet=False))
+                continue
+            assert fleet is not None
+            for policy in config.policies:
+                print(f"{workload} x {policy}: {len(requests)} requests at {config.rate}/s …", flush=True)
+                rows.append(run_policy(fleet, policy, workload, requests, config))
+    finally:
+        if fleet:
+            fleet.stop()
+    print_table(rows)
     out = config.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    out.write_text(json.dumps({"config": _config_json(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     print(f"\n(times in ms) rows written to {out}; logs in {logs}")
+    from cluster.bench_chart import write_chart
+
+    chart = write_chart(rows, out.with_suffix(".png"), title=f"{config.workers} {config.engine} workers")
+    print(f"chart: {chart}" if chart else "chart: skipped (pip install matplotlib, or the 'bench' extra)")
+    return rows
+
+
+def _config_json(config: RoutingBenchConfig) -> dict[str, object]:
+    data = asdict(config)
+    data["out"] = str(config.out)
+    return data

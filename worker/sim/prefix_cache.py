@@ -30,6 +30,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def clear(self) -> None:
+        self._blocks.clear()
+
     def lookup_and_insert(self, tokens: Sequence[str]) -> int:
         hashes = token_block_hashes(tokens, self.block_tokens)
         cached = 0

@@ -121,6 +121,12 @@ def create_app(state: SimState) -> FastAPI:
         state.publish()
         return PlainTextResponse(generate_latest(state.registry).decode())
 
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> PlainTextResponse:
+        """Empty the prefix cache (vLLM has the same endpoint in its dev mode); benchmarks use it between runs."""
+        state.cache.clear()
+        return PlainTextResponse("")
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": state.model, "object": "model", "owned_by": "orchard-sim", "max_model_len": MAX_MODEL_LEN}
