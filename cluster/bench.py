@@ -4,6 +4,7 @@
     python -m cluster.bench decide [--workers 64]
     python -m cluster.bench routing [--workers 4 --workload shared_prefix --rate 20 --requests 200]
     python -m cluster.bench calibrate --url http://127.0.0.1:8000 --model NAME
+    python -m cluster.bench latency [--streams 64 --max-tokens 32 --rounds 3 --sim-option KEY=VALUE]
 
 `overhead` brings up a local cluster, then sends the same streaming load to the engine directly and through
 router + agent, alternating, in one run; it prints throughput and time to first token for both and the ratios.
@@ -237,8 +238,21 @@ def main(argv: list[str] | None = None) -> None:
     calibrate.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
     calibrate.add_argument("--model", required=True)
     calibrate.add_argument("--repeats", type=int, default=3)
+    latency = sub.add_parser("latency", help="per-chunk latency router + agent add (sim engine send stamps)")
+    latency.add_argument("--streams", type=int, default=64)
+    latency.add_argument("--max-tokens", type=int, default=32)
+    latency.add_argument("--rounds", type=int, default=3)
+    latency.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    latency.add_argument("--port", type=int, default=8091)
     args = parser.parse_args(argv)
-    if args.command == "calibrate":
+    if args.command == "latency":
+        from cluster import bench_latency
+
+        rounds = asyncio.run(
+            bench_latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option), args.port)
+        )
+        print(bench_latency.report(rounds))
+    elif args.command == "calibrate":
         from cluster.calibrate import calibrate as run_calibration
         from cluster.calibrate import report
 

@@ -14,6 +14,7 @@ SIM_OPTIONS = (
     "batch-slowdown",
     "max-concurrency",
     "kv-blocks",
+    "stamp-chunks",
 )
 
 

@@ -34,6 +34,7 @@ class SimState:
     model: str
     timing: SimTiming
     seed: int
+    stamp_chunks: bool = False  # add "orchard_sent_ns" (wall clock) to every streamed chunk, for latency studies
     running: int = 0
     waiting: int = 0
     slots: asyncio.Semaphore = field(init=False)
@@ -230,6 +231,8 @@ async def _stream(state: SimState, job: _Job) -> AsyncIterator[bytes]:
         chunk["choices"] = choices
         if usage is not None:
             chunk["usage"] = usage
+        if state.stamp_chunks:
+            chunk["orchard_sent_ns"] = time.time_ns()
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     def choice(text: str, finish: str | None) -> dict[str, Any]:
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-slowdown", type=float, default=defaults.batch_slowdown)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="prefix-cache blocks (16 tokens)")
+    parser.add_argument("--stamp-chunks", type=int, choices=(0, 1), default=0, help="1: send time in every chunk")
     args = parser.parse_args(argv)
     timing = SimTiming(
         overhead_ms=args.overhead_ms,
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         max_concurrency=args.max_concurrency,
         kv_blocks=args.kv_blocks,
     )
-    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed))
+    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed, stamp_chunks=bool(args.stamp_chunks)))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
