@@ -124,7 +124,7 @@ async def _overhead(args: argparse.Namespace) -> None:
         port=args.port,
         home=home,
         kv_cache_gib=args.kv_cache_gib,
-        sim_options=(f"decode-ms-per-token={args.sim_decode_ms}", "max-concurrency=256"),
+        sim_options=(f"decode-ms-per-token={args.sim_decode_ms}", "max-concurrency=256", *args.sim_option),
     )
     print(f"bringing up a local {args.engine} cluster (logs in {home / 'logs'})…")
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     overhead.add_argument("--port", type=int, default=8090)
     overhead.add_argument("--kv-cache-gib", type=float, default=1.0)
     overhead.add_argument("--sim-decode-ms", type=float, default=5.0)
+    overhead.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
     decide = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
     decide.add_argument("--workers", type=int, default=64)
     decide.add_argument("--requests", type=int, default=20000)

@@ -1,12 +1,13 @@
-"""Latency the router + agent add to each streamed chunk, measured per chunk with the sim engine's send stamps.
+"""Latency Orchard adds to each streamed chunk, measured per chunk with the sim engine's send stamps.
 
     python -m cluster.bench latency [--streams 64 --max-tokens 32 --rounds 3 --sim-option decode-ms-per-token=20]
 
 The sim engine (option stamp-chunks=1) writes its wall-clock send time into every chunk; the client notes when
-it receives that chunk. The same load goes to the engine directly and through router + agent, in alternating
-rounds; the difference of the one-way chunk latencies is what Orchard's streaming path adds (the router
-forwards chunks unchanged, so the stamp survives). Client, router, agent and engine share this machine's
-clock. Time to first token is reported too, but it also holds the engine's prefill queue, so it is noisier.
+it receives that chunk. The same load goes, in rotating rounds, to the engine directly (HTTP), to the agent
+directly (gRPC, as the router talks to it) and through the router (HTTP); chunks are forwarded unchanged, so
+the stamp survives every hop. agent - engine is what the agent adds, router - agent what the router adds.
+Client, router, agent and engine share this machine's clock. Time to first token (first content chunk) is
+reported too; it also holds the engine's prefill queue, so it is noisier.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 
 from cluster import local
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
 
 
 @dataclass(frozen=True)
@@ -42,38 +46,64 @@ def pct(values: tuple[float, ...] | list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> tuple[list[float], float]:
-    started = time.perf_counter()
-    latencies: list[float] = []
-    ttft = 0.0
+class _Chunks:
+    """Per-chunk one-way latency and time to the first content chunk of one stream."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.latencies: list[float] = []
+        self.ttft = 0.0
+
+    def observe(self, payload: bytes, received_ns: int) -> None:
+        chunk = json.loads(payload)
+        sent = chunk.get("orchard_sent_ns")
+        if sent is None:
+            raise RuntimeError("chunks carry no orchard_sent_ns: start the sim engine with stamp-chunks=1")
+        self.latencies.append((received_ns - sent) / 1e6)
+        if not self.ttft and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()):
+            self.ttft = (time.perf_counter() - self.started) * 1000
+
+
+async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> _Chunks:
+    seen = _Chunks()
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             received = time.time_ns()
-            if not line.startswith("data: {"):
-                continue
-            sent = json.loads(line[6:]).get("orchard_sent_ns")
-            if sent is None:
-                raise RuntimeError("chunks carry no orchard_sent_ns: start the sim engine with stamp-chunks=1")
-            latencies.append((received - sent) / 1e6)
-            if not ttft:
-                ttft = (time.perf_counter() - started) * 1000
-    return latencies, ttft
+            if line.startswith("data: {"):
+                seen.observe(line[6:].encode(), received)
+    return seen
+
+
+async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, object]) -> _Chunks:
+    seen = _Chunks()
+    request = pb.GenerateRequest(endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode())
+    async for reply in stub.Generate(request):
+        received = time.time_ns()
+        for item in reply.chunks.items if reply.HasField("chunks") else ():
+            seen.observe(item, received)
+    return seen
 
 
 async def run_round(target: str, url: str, model: str, streams: int, max_tokens: int, seed: int) -> LatencyRound:
+    """One round of `streams` concurrent streams; `url` is http://… (engine, router) or an agent's host:port."""
     limits = httpx.Limits(max_connections=streams * 2, max_keepalive_connections=streams * 2)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
-        bodies = [{"model": model, "messages": [{"role": "user", "content": f"round {seed} stream {i}"}],
-                   "max_tokens": max_tokens, "temperature": 0, "stream": True} for i in range(streams)]  # fmt: skip
-        started = time.perf_counter()
-        results = await asyncio.gather(*(_stream(client, url, b) for b in bodies), return_exceptions=True)
-        wall = time.perf_counter() - started
-    ok = [r for r in results if isinstance(r, tuple)]
+    bodies = [{"model": model, "messages": [{"role": "user", "content": f"round {seed} stream {i}"}],
+               "max_tokens": max_tokens, "temperature": 0, "stream": True} for i in range(streams)]  # fmt: skip
+    started = time.perf_counter()
+    if url.startswith("http"):
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+            results = await asyncio.gather(*(_http_stream(client, url, b) for b in bodies), return_exceptions=True)
+    else:
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = pb_grpc.WorkerStub(channel)
+            results = await asyncio.gather(*(_grpc_stream(stub, b) for b in bodies), return_exceptions=True)
+    wall = time.perf_counter() - started
+    ok = [r for r in results if isinstance(r, _Chunks)]
     return LatencyRound(
         target=target,
-        chunk_ms=tuple(v for latencies, _ in ok for v in latencies),
-        ttft_ms=tuple(ttft for _, ttft in ok),
+        chunk_ms=tuple(v for r in ok for v in r.latencies),
+        ttft_ms=tuple(r.ttft for r in ok),
         wall_s=wall,
         errors=len(results) - len(ok),
     )
@@ -95,11 +125,11 @@ async def measure(
         await run_round("warmup", state.url, "sim-model", streams, 4, seed=-1)
         results = []
         for i in range(rounds):
-            results.append(await run_round("direct", engine, "sim-model", streams, max_tokens, seed=i))
-            results.append(await run_round("router", state.url, "sim-model", streams, max_tokens, seed=i))
+            for target, url in (("engine", engine), ("agent", state.agent_address), ("router", state.url)):
+                results.append(await run_round(target, url, "sim-model", streams, max_tokens, seed=i))
         return results
     finally:
-        await asyncio.to_thread(local.stop, state)
+        await asyncio.to_thread(local.stop, home)
 
 
 def report(results: list[LatencyRound]) -> str:
@@ -107,13 +137,14 @@ def report(results: list[LatencyRound]) -> str:
     for r in results:
         lines.append(f"{r.target:<8}{r.chunks_per_s:>10.0f}{pct(r.chunk_ms, 0.5):>14.2f}{pct(r.chunk_ms, 0.9):>8.2f}"
                      f"{pct(r.chunk_ms, 0.99):>8.2f}{pct(r.ttft_ms, 0.5):>13.1f}{r.errors:>8}")  # fmt: skip
-    direct = [r for r in results if r.target == "direct"]
-    routed = [r for r in results if r.target == "router"]
 
-    def added(q: float) -> float:
-        return statistics.mean(pct(r.chunk_ms, q) for r in routed) - statistics.mean(pct(r.chunk_ms, q) for r in direct)
+    def mean_pct(target: str, q: float, field: str = "chunk_ms") -> float:
+        return statistics.mean(pct(getattr(r, field), q) for r in results if r.target == target)
 
-    ttft = statistics.mean(pct(r.ttft_ms, 0.5) for r in routed) - statistics.mean(pct(r.ttft_ms, 0.5) for r in direct)
-    lines.append(f"\nadded per chunk by router + agent: p50 {added(0.5):+.2f} ms, p90 {added(0.9):+.2f} ms, "
-                 f"p99 {added(0.99):+.2f} ms; added TTFT p50 {ttft:+.1f} ms")  # fmt: skip
+    pairs = (("agent", "engine", "agent"), ("router", "agent", "router"), ("router", "engine", "both"))
+    for upper, lower, who in pairs:
+        added = [mean_pct(upper, q) - mean_pct(lower, q) for q in (0.5, 0.9, 0.99)]
+        ttft = mean_pct(upper, 0.5, "ttft_ms") - mean_pct(lower, 0.5, "ttft_ms")
+        lines.append(f"added per chunk by {who:<7}({upper} - {lower}): p50 {added[0]:+.2f} ms, p90 {added[1]:+.2f} ms, "
+                     f"p99 {added[2]:+.2f} ms; TTFT p50 {ttft:+.1f} ms")  # fmt: skip
     return "\n".join(lines)

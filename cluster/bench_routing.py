@@ -99,7 +99,8 @@ class Fleet:
         for index, address in enumerate(self.addresses):
             argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", self.config.engine,
                     "--model", self.config.model_name, "--worker-id", f"w{index}",
-                    "--kv-cache-gib", str(self.config.kv_cache_gib), "--log-dir", str(self.logs / f"w{index}")]  # fmt: skip
+                    "--kv-cache-gib", str(self.config.kv_cache_gib),
+                    "--log-dir", str(self.logs / f"w{index}")]  # fmt: skip
             options = list(self.config.sim_options) + [o for i, o in self.config.worker_sim_options if i == index]
             argv += [f"--sim-option={option}" for option in options]
             argv += [f"--engine-arg={arg}" for arg in self.config.engine_args]

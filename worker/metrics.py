@@ -43,18 +43,18 @@ def parse_engine_metrics(text: str) -> EngineLoad:
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name in _HISTOGRAM_SUMS:
-            field = _HISTOGRAM_SUMS[family.name]
+            total = _HISTOGRAM_SUMS[family.name]
             for sample in family.samples:
                 if sample.name == family.name + "_sum":
-                    values[field] = values.get(field, 0.0) + sample.value
+                    values[total] = values.get(total, 0.0) + sample.value
             continue
-        field = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
-        if field is None:
+        name = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
+        if name is None:
             continue
         for sample in family.samples:
             if sample.name.endswith(("_created",)):
                 continue
-            values[field] = values.get(field, 0.0) + sample.value
+            values[name] = values.get(name, 0.0) + sample.value
     return EngineLoad(
         running=int(values.get("running", 0)),
         waiting=int(values.get("waiting", 0)),

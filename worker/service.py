@@ -16,7 +16,7 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter
-from worker.relay import EngineError, Tally, coalesced, stream_chunks, whole_response
+from worker.relay import EngineError, Tally, stream_batches, whole_response
 from worker.supervisor import EngineSupervisor, State
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.inflight += 1
         try:
             if streaming:
-                async for batch in coalesced(stream_chunks(self.http, url, request.body, tally)):
-                    yield pb.GenerateReply(chunks=pb.Chunks(items=batch))
+                batches = stream_batches(self.http, url, request.body, tally)
+                try:
+                    async for batch in batches:
+                        yield pb.GenerateReply(chunks=pb.Chunks(items=batch))
+                finally:
+                    await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
             else:
                 yield pb.GenerateReply(response=await whole_response(self.http, url, request.body, tally))
         except EngineError as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
-from worker.relay import Tally, _worth_parsing, coalesced
+from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, stream_batches
 
 
 def test_plain_delta_chunks_skip_parsing_but_usage_and_finish_do_not() -> None:
@@ -28,39 +28,48 @@ def test_tally_keeps_last_usage_and_finish_reason() -> None:
     assert tally.tokens_seen and tally.finish_reason == "length" and tally.usage["total_tokens"] == 5
 
 
-async def _items(
-    values: list[bytes], fail_at: int | None = None, closed: list[bool] | None = None
-) -> AsyncGenerator[bytes, None]:
-    try:
-        for index, value in enumerate(values):
-            if index == fail_at:
-                raise RuntimeError("engine went away")
-            yield value
-    finally:
-        if closed is not None:
-            closed.append(True)
+def test_sse_splitter_keeps_events_whole_across_reads() -> None:
+    splitter = SseSplitter()
+    assert splitter.feed(b'data: {"a": 1}\n\ndata: {"b"') == ([b'{"a": 1}'], False)
+    assert splitter.feed(b": 2}\n\n") == ([b'{"b": 2}'], False)  # the event completed by this read
+    assert splitter.feed(b"") == ([], False)
 
 
-async def test_coalescing_keeps_order_and_batches_what_is_buffered() -> None:
-    values = [str(i).encode() for i in range(200)]
-    batches = [batch async for batch in coalesced(_items(values), max_batch=64)]
-    assert [item for batch in batches for item in batch] == values
-    assert len(batches) < len(values) and max(len(b) for b in batches) <= 64
+def test_sse_splitter_batches_a_read_ignores_comments_and_stops_at_done() -> None:
+    splitter = SseSplitter()
+    read = b": keep-alive\r\n\r\ndata: one\r\n\r\nevent: x\ndata: two\n\ndata: [DONE]\n\ndata: late\n\n"
+    assert splitter.feed(read) == ([b"one", b"two"], True)
 
 
-async def test_coalescing_reraises_the_source_error_after_what_came_before() -> None:
-    seen: list[bytes] = []
-    with pytest.raises(RuntimeError, match="engine went away"):
-        async for batch in coalesced(_items([b"a", b"b", b"c"], fail_at=2)):
-            seen.extend(batch)
-    assert seen == [b"a", b"b"]
+def test_sse_splitter_refuses_an_endless_event() -> None:
+    splitter = SseSplitter(max_pending=1024)
+    with pytest.raises(EngineError):
+        splitter.feed(b"data: " + b"x" * 2048)
 
 
-async def test_closing_the_consumer_closes_the_source() -> None:
-    closed: list[bool] = []
-    stream = coalesced(_items([b"x"] * 10_000, closed=closed), buffer=8)
-    first = await stream.__anext__()
-    assert first
-    await stream.aclose()
-    await asyncio.sleep(0)
-    assert closed == [True]
+async def test_stream_batches_sends_one_batch_per_read_and_learns_the_usage() -> None:
+    reads = [
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {"choices": [{"delta": {"content": "b"}}]}\n\n',
+        b'data: {"choices": [], "usage": {"total_tokens": 5}}\n\ndata: [DONE]\n\n',
+    ]
+
+    async def body() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
+    tally = Tally()
+    async with httpx.AsyncClient(transport=transport) as client:
+        batches = [b async for b in stream_batches(client, "http://engine/v1/completions", b"{}", tally)]
+    assert [len(batch) for batch in batches] == [2, 1]
+    assert json.loads(batches[0][1]) == {"choices": [{"delta": {"content": "b"}}]}
+    assert tally.tokens_seen and tally.usage == {"total_tokens": 5}
+
+
+async def test_stream_batches_turns_an_engine_error_into_engine_error() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json={"error": {"message": "bad"}}))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(EngineError) as caught:
+            async for _ in stream_batches(client, "http://engine/v1/completions", b"{}", Tally()):
+                pass
+    assert caught.value.status == 400 and b"bad" in caught.value.body

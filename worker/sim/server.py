@@ -52,9 +52,7 @@ class SimState:
         self.c_gen = Counter("vllm:generation_tokens", "gen tokens", labels, registry=self.registry)
         self.c_pq = Counter("vllm:prefix_cache_queries", "prefix queries", labels, registry=self.registry)
         self.c_ph = Counter("vllm:prefix_cache_hits", "prefix hits", labels, registry=self.registry)
-        self.h_prefill = Histogram(
-            "vllm:request_prefill_time_seconds", "prefill time", labels, registry=self.registry
-        )
+        self.h_prefill = Histogram("vllm:request_prefill_time_seconds", "prefill time", labels, registry=self.registry)
         self.h_decode = Histogram("vllm:request_decode_time_seconds", "decode time", labels, registry=self.registry)
         metrics = (self.g_running, self.g_waiting, self.g_kv, self.c_prompt, self.c_gen, self.c_pq, self.c_ph)
         for metric in (*metrics, self.h_prefill, self.h_decode):
