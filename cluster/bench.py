@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     routing.add_argument("--max-tokens", type=int, default=32)
     routing.add_argument("--system-words", type=_word_range, default=(750, 3000), metavar="MIN,MAX",
                          help="shared_prefix system prompt length in words")  # fmt: skip
+    routing.add_argument("--groups", type=int, default=0, help="shared_prefix system prompts (default requests/25)")
     routing.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE", help="every sim worker")
     routing.add_argument("--worker-sim-option", action="append", default=[], type=_worker_option,
                          metavar="INDEX:KEY=VALUE", help="one sim worker (heterogeneous fleets)")  # fmt: skip
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=args.seed,
                 max_tokens=args.max_tokens,
                 system_words=args.system_words,
+                groups=args.groups,
                 sim_options=tuple(args.sim_option),
                 worker_sim_options=tuple(args.worker_sim_option),
                 engine_args=tuple(args.engine_arg),

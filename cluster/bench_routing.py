@@ -50,6 +50,7 @@ class RoutingBenchConfig:
     seed: int = 0
     max_tokens: int = 32
     system_words: tuple[int, int] = (750, 3000)  # shared_prefix system prompt length range
+    groups: int = 0  # shared_prefix system prompts (0: one per 25 requests, at least 2)
     sim_options: tuple[str, ...] = ()
     worker_sim_options: tuple[tuple[int, str], ...] = ()  # (worker index, KEY=VALUE): heterogeneous fleets
     engine_args: tuple[str, ...] = ()
@@ -246,7 +247,7 @@ def run_policy(
 def build(workload: str, config: RoutingBenchConfig) -> list[workloads.Request]:
     model, count, seed, max_tokens = config.model_name, config.requests, config.seed, config.max_tokens
     if workload == "shared_prefix":
-        groups = max(2, count // 25)
+        groups = config.groups or max(2, count // 25)
         return workloads.shared_prefix(model, groups=groups, users=-(-count // groups), seed=seed,
                                        system_words=config.system_words, max_tokens=max_tokens)[:count]  # fmt: skip
     if workload == "multi_turn":

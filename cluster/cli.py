@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster import hostsfile, lab, local, procs, remote, units
+from cluster import hostsfile, lab, local, procs, remote, sizing, units
 from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
 from cluster.placement import PlacementError, plan
 
@@ -146,17 +146,26 @@ def _plan(args: argparse.Namespace) -> int:
     spec = _load_spec(args.file)
     if spec is None:
         return 2
+    facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
     try:
-        assignments = plan(spec)
+        assignments = plan(spec, facts)
     except PlacementError as exc:
         err_console.print(f"[red]cannot place:[/] {escape(str(exc))}")
         return 1
     table = Table(title=f"placement for {args.file}")
-    for column in ("model", "host", "address", "engine", "memory"):
+    for column in ("model", "as", "host", "engine", "holds", "usable", "why"):
         table.add_column(column)
     for a in assignments:
-        memory = f"{a.host.memory_gb:.0f} GB" if a.host.memory_gb else "reported at up"
-        table.add_row(a.model.name, a.host.label, a.agent_address, a.host.engine, memory)
+        kind = "replica"
+        if a.group is not None:
+            g = a.group
+            kind = f"{g.name} {g.mode}/{g.backend} rank {a.rank} of {g.size}"
+            if (span := g.layer_range(a.rank)) is not None:
+                kind += f", layers {span[0]}–{span[1] - 1}"
+        usable = "reported at up" if a.usable_gb is None else f"{a.usable_gb:,.1f} GB"
+        holds = "?" if a.need_gb is None else f"{a.need_gb:,.1f} GB"
+        engine = a.group.backend if a.group else a.host.engine
+        table.add_row(a.model.name, kind, a.host.label, engine, holds, usable, a.why)
     console.print(table)
     return 0
 

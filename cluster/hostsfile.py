@@ -1,8 +1,10 @@
 """The lab's hosts file (TOML): typed, frozen, validated once at load; errors name the file, line and key.
 
     [router]            bind address and port of the OpenAI endpoint on the head node
+    [placement]         usable share of each host's memory, KV-cache reserve per model
     [[hosts]]           one per Mac: address, ssh user/port/identity, name, python, engine, memory, labels
-    [[models]]          name clients use, source, engine args, and `replicas = N` or `hosts = [...]`
+    [[models]]          name clients use, source, engine args, `replicas = N` or `hosts = [...]`, and for
+                        models bigger than one Mac a shard group: `mode`, `backend`, `transport`
 
 See deploy/hosts.example.toml for every key with a comment.
 """
@@ -38,6 +40,14 @@ class RouterSpec(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class PlacementSpec(_Strict):
+    # Share of a host's unified memory a model may use (vllm-metal's VLLM_METAL_MEMORY_FRACTION plays this role
+    # on the engine side; macOS keeps the rest for itself).
+    memory_fraction: float = Field(default=0.8, gt=0, le=1, strict=False)
+    # KV cache and activations, as a share of the weights, on top of them.
+    kv_reserve_fraction: float = Field(default=0.1, ge=0, le=10, strict=False)
+
+
 class HostSpec(_Strict):
     address: str = Field(min_length=1)
     name: str | None = Field(default=None, pattern=_NAME)
@@ -50,7 +60,10 @@ class HostSpec(_Strict):
     orchard_dir: str = "~/.orchard"  # agent pidfile, logs and config on that host
     agent_port: int = Field(default=50051, ge=1, le=65535)
     engine: Literal["vllm", "mlx", "sim"] = "vllm"
-    memory_gb: float | None = Field(default=None, gt=0)  # overrides what the host reports
+    memory_gb: float | None = Field(default=None, gt=0, strict=False)  # overrides what the host reports
+    memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)  # overrides [placement]
+    group_address: str | None = None  # shard-group traffic (e.g. a Thunderbolt bridge IP); default: address
+    group_port: int = Field(default=52100, ge=1, le=65535)  # first port of this host's shard-group ranks
     labels: tuple[str, ...] = Field(default=(), strict=False)  # TOML arrays are lists
     sim_options: dict[str, str | int | float] = Field(default_factory=dict)
 
@@ -67,16 +80,28 @@ class ModelSpec(_Strict):
     hosts: tuple[str, ...] | None = Field(default=None, strict=False)
     max_model_len: int | None = Field(default=None, ge=16)
     policy: Literal["prefix", "least_loaded", "round_robin"] | None = None  # routing; default: the router's
+    size_gb: float | None = Field(default=None, gt=0, strict=False)  # weights; default: measured from the files
+    kv_reserve_gb: float | None = Field(default=None, ge=0, strict=False)  # overrides [placement]
+    # A shard group: one replica spread over several hosts. Chosen by placement when the model fits no host;
+    # `mode` (and `hosts`) pin it.
+    mode: Literal["pipeline", "tensor"] | None = None
+    backend: Literal["mlx", "vllm"] | None = None  # default: the group's hosts' engine
+    transport: Literal["ring", "jaccl"] = "ring"  # MLX: ring over TCP (Ethernet or Thunderbolt IPs) | jaccl RDMA
 
     @model_validator(mode="after")
     def _placement(self) -> ModelSpec:
         if self.replicas is not None and self.hosts is not None:
             raise ValueError("give either 'replicas' or 'hosts', not both")
+        if self.mode is not None and self.hosts is not None and len(self.hosts) < 2:
+            raise ValueError(f"a {self.mode} group needs at least 2 hosts")
+        if self.mode == "tensor" and self.backend == "vllm":
+            raise ValueError("vllm-metal does not support tensor parallelism: use mode = 'pipeline' or backend = 'mlx'")
         return self
 
 
 class ClusterSpec(_Strict):
     router: RouterSpec = Field(default_factory=RouterSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
     hosts: tuple[HostSpec, ...] = Field(min_length=1, strict=False)
     models: tuple[ModelSpec, ...] = Field(min_length=1, strict=False)
 
@@ -162,15 +187,6 @@ def parse(text: str, path: Path) -> ClusterSpec:
         match = re.search(r"at line (\d+)", str(exc))
         raise HostsFileError(path, int(match.group(1)) if match else None, f"not valid TOML: {exc}") from exc
     locator = _Locator.scan(text)
-    for index, model in enumerate(data.get("models") or ()):
-        if isinstance(model, dict) and ({"mode", "backend"} & model.keys()):
-            key = "mode" if "mode" in model else "backend"
-            raise HostsFileError(
-                path,
-                locator.line_of(("models", index, key)),
-                f"model #{index + 1}: shard groups ('{key}') are not supported yet; "
-                "give 'replicas' or 'hosts' for a model that fits one host",
-            )
     try:
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:

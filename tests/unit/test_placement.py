@@ -1,0 +1,149 @@
+"""Placement by memory on hand-written lab descriptions: replicas, shard groups, layer splits, clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.hostsfile import parse
+from cluster.placement import Assignment, PlacementError, plan
+from cluster.sizing import ModelFacts
+
+# Two 512 GB Mac Studios and two 96 GB ones; 80 % usable: 409.6 GB and 76.8 GB.
+LAB = """\
+[[hosts]]
+name = "ultra-1"
+address = "10.0.0.2"
+memory_gb = 512
+
+[[hosts]]
+name = "ultra-2"
+address = "10.0.0.3"
+memory_gb = 512
+
+[[hosts]]
+name = "studio-1"
+address = "10.0.0.4"
+memory_gb = 96
+
+[[hosts]]
+name = "studio-2"
+address = "10.0.0.5"
+memory_gb = 96
+"""
+
+
+def model(name: str, size_gb: float, extra: str = "") -> str:
+    return f'\n[[models]]\nname = "{name}"\nsource = "org/{name}"\nsize_gb = {size_gb}\n{extra}'
+
+
+def placed(text: str, facts: dict[str, ModelFacts] | None = None) -> list[Assignment]:
+    return plan(parse(text, Path("lab.toml")), facts)
+
+
+def hosts_of(assignments: list[Assignment], name: str) -> list[str]:
+    return [a.host.label for a in assignments if a.model.name == name]
+
+
+def test_a_small_model_takes_the_smallest_host_that_holds_it() -> None:
+    [one] = placed(LAB + model("m30", 30))
+    assert one.host.label == "studio-1" and one.group is None
+    assert one.need_gb == pytest.approx(33.0) and one.usable_gb == pytest.approx(76.8)
+    assert "fits one host" in one.why
+
+
+def test_a_350_gb_model_fits_one_512_gb_mac() -> None:
+    [one] = placed(LAB + model("m350", 350))
+    assert one.host.label == "ultra-1" and one.group is None  # 385 GB needed, 409.6 usable
+
+
+def test_a_700_gb_model_becomes_a_pipeline_group_over_both_512_gb_macs() -> None:
+    facts = {"m700": ModelFacts(layers=80)}
+    group = placed(LAB + model("m700", 700), facts)
+    assert [(a.host.label, a.rank) for a in group] == [("ultra-1", 0), ("ultra-2", 1)]
+    plan_ = group[0].group
+    assert plan_ is not None and (plan_.mode, plan_.size, plan_.layers) == ("pipeline", 2, (40, 40))
+    assert [a.routed for a in group] == [True, False]  # the router talks to rank 0 only
+    assert sum(a.need_gb or 0 for a in group) == pytest.approx(770.0)
+    assert "more than any free host (410 GB usable): 2-host pipeline group" in group[0].why
+
+
+def test_a_model_too_big_for_the_whole_lab_says_how_much_is_missing() -> None:
+    with pytest.raises(PlacementError) as caught:
+        placed(LAB + model("m1200", 1200))
+    assert str(caught.value) == (
+        "model 'm1200' needs 1,320 GB (weights 1,200 GB + KV reserve 120 GB) but the 4 free host(s) hold "
+        "973 GB usable together: 347 GB missing"
+    )
+
+
+def test_several_models_large_first_and_small_ones_keep_off_the_big_hosts() -> None:
+    assignments = placed(LAB + model("m30", 30) + model("m700", 700) + model("m60", 60))
+    assert hosts_of(assignments, "m700") == ["ultra-1", "ultra-2"]
+    assert hosts_of(assignments, "m30") == ["studio-2"] and hosts_of(assignments, "m60") == ["studio-1"]
+
+
+def test_pipeline_layers_follow_each_hosts_memory() -> None:
+    text = LAB + model("m400", 400, 'hosts = ["ultra-1", "studio-1"]\nmode = "pipeline"\n')
+    group = placed(text, {"m400": ModelFacts(layers=30)})
+    plan_ = group[0].group
+    assert plan_ is not None and plan_.layers == (25, 5)  # 409.6 : 76.8 of 30 layers, largest remainder
+    assert [round(s, 3) for s in plan_.shares] == [0.842, 0.158]
+
+
+def test_a_pinned_group_that_is_too_small_is_refused() -> None:
+    text = LAB + model("m200", 200, 'hosts = ["studio-1", "studio-2"]\nmode = "pipeline"\n')
+    with pytest.raises(PlacementError, match=r"its pinned hosts hold 154 GB usable as a pipeline group \(66 GB missing\)"):
+        placed(text)
+
+
+SMOLLM2 = ModelFacts(weights_gb=0.54, layers=30, heads=9, kv_heads=3, hidden=576, intermediate=1536)
+SMALL_LAB = "".join(
+    f'\n[[hosts]]\nname = "h{i}"\naddress = "10.213.7.{10 + i}"\nengine = "mlx"\nmemory_gb = 24\n' for i in (1, 2, 3)
+)
+
+
+def test_a_three_host_tensor_group_when_heads_divide() -> None:
+    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "smollm2-135m-instruct"\nhosts = ["h1", "h2", "h3"]\nmode = "tensor"\n'
+    group = placed(text, {"s": SMOLLM2})
+    assert [(a.host.label, a.rank) for a in group] == [("h1", 0), ("h2", 1), ("h3", 2)]
+    plan_ = group[0].group
+    assert plan_ is not None and (plan_.mode, plan_.backend, plan_.transport) == ("tensor", "mlx", "ring")
+
+
+def test_a_two_host_tensor_group_is_refused_because_9_heads_do_not_divide() -> None:
+    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "smollm2-135m-instruct"\nhosts = ["h1", "h2"]\nmode = "tensor"\n'
+    with pytest.raises(PlacementError) as caught:
+        placed(text, {"s": SMOLLM2})
+    assert str(caught.value) == (
+        "model 's' cannot run as a 2-host tensor group: attention heads 9, KV heads 3 do not divide by 2 "
+        "(group sizes that divide: 3)"
+    )
+
+
+def test_tensor_mode_without_the_models_config_is_refused_not_guessed() -> None:
+    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "org/s"\nhosts = ["h1", "h2", "h3"]\nmode = "tensor"\n'
+    with pytest.raises(PlacementError, match="needs the model's config.json"):
+        placed(text)
+
+
+def test_a_group_needs_an_engine_that_shards() -> None:
+    text = LAB.replace('memory_gb = 96\n', 'memory_gb = 96\nengine = "sim"\n') + model(
+        "m100", 100, 'hosts = ["studio-1", "studio-2"]\nmode = "pipeline"\n'
+    )
+    with pytest.raises(PlacementError, match='groups run on mlx or vllm: set backend = "mlx" or "vllm"'):
+        placed(text)
+
+
+def test_unknown_sizes_keep_the_old_rule_largest_host_first() -> None:
+    text = LAB + '\n[[models]]\nname = "x"\nsource = "org/x"\nreplicas = 2\n'
+    assert hosts_of(placed(text), "x") == ["ultra-1", "ultra-2"]
+
+
+def test_reported_memory_is_used_when_the_file_gives_none() -> None:
+    text = SMALL_LAB.replace("memory_gb = 24\n", "") + model("m30", 30)
+    spec = parse(text, Path("lab.toml"))
+    assignments = plan(spec, memory_gb={"h1": 24, "h2": 24, "h3": 24})
+    assert hosts_of(assignments, "m30") == ["h1", "h2"]  # 33 GB > 19.2 usable: a 2-host pipeline group
+    assert "2-host pipeline group" in assignments[0].why
