@@ -161,7 +161,7 @@ def _plan(args: argparse.Namespace) -> int:
             g = a.group
             kind = f"{g.name} {g.mode}/{g.backend} rank {a.rank} of {g.size}"
             if (span := g.layer_range(a.rank)) is not None:
-                kind += f", layers {span[0]}–{span[1] - 1}"
+                kind += f", layers {span[0]}-{span[1] - 1}"
         usable = "reported at up" if a.usable_gb is None else f"{a.usable_gb:,.1f} GB"
         holds = "?" if a.need_gb is None else f"{a.need_gb:,.1f} GB"
         engine = a.group.backend if a.group else a.host.engine
@@ -179,7 +179,7 @@ def _units(args: argparse.Namespace) -> int:
         err_console.print(f"no model is placed on host '{escape(args.host)}' in {args.file}")
         return 2
     host = assignment.host
-    program = [remote.python_of(host), "-m", "worker.agent", *remote.agent_args(assignment),
+    program = [remote.python_of(host), "-m", "worker.agent", *remote.agent_args(assignment, spec),
                "--log-dir", f"{host.orchard_dir}/logs"]  # fmt: skip
     if args.kind == "launchd":
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir).decode())

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from cluster import procs, records, remote
+from cluster import procs, records, remote, sizing
 from cluster.hostsfile import ClusterSpec, HostSpec
-from cluster.placement import Assignment, plan
+from cluster.placement import Assignment, PlacementError, plan
 
 Report = Callable[[str], None]
 
@@ -54,22 +54,47 @@ def read_state(home: Path) -> LabState | None:
     return records.read(state_path(home), LabState)
 
 
-async def _bring_host(
-    host: HostSpec, assignment: Assignment | None, report: Report, install_service: bool = False
-) -> HostOutcome:
+@dataclass
+class _Probe:
+    """A host after connect + preflight: its outcome so far and the open connection (None if unreachable)."""
+
+    outcome: HostOutcome
+    conn: Any = None
+    platform: str = ""
+
+
+async def _probe(host: HostSpec, report: Report) -> _Probe:
     outcome = HostOutcome(host.label, host.address, engine=host.engine)
-    model_name = assignment.model.name if assignment else ""
     try:
         conn = await remote.connect(host)
     except remote.RemoteError as exc:
         outcome.state, outcome.reason = "unreachable", str(exc)
         report(f"{host.label}: {exc}")
+        return _Probe(outcome)
+    try:
+        facts = await remote.preflight(conn, host)
+    except remote.RemoteError as exc:
+        conn.close()
+        outcome.state, outcome.reason = "failed", str(exc)
+        report(f"{host.label}: {exc}")
+        return _Probe(outcome)
+    outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
+    report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
+    return _Probe(outcome, conn, facts.platform)
+
+
+async def _bring_host(
+    probe: _Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
+    install_service: bool = False,
+) -> HostOutcome:  # fmt: skip
+    outcome, conn = probe.outcome, probe.conn
+    if conn is None:
         return outcome
+    if assignment is not None and assignment.group is not None:
+        outcome.engine = f"{assignment.group.backend} ({assignment.group.name} rank {assignment.rank})"
+    model_name = assignment.model.name if assignment else ""
     async with conn:
         try:
-            facts = await remote.preflight(conn, host)
-            outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
-            report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
             if assignment is None:
                 stopped = await remote.stop_agent(conn, host)
                 outcome.state = "idle"
@@ -77,11 +102,11 @@ async def _bring_host(
                     report(f"{host.label}: no model placed here any more; agent stopped")
                 return outcome
             if install_service:
-                path = await remote.install_service(conn, assignment, facts.platform)
+                path = await remote.install_service(conn, assignment, probe.platform, spec)
                 report(f"{host.label}: agent installed as a service ({path})")
                 result: dict[str, Any] = {"status": "started", "changed": True, "pid": None}
             else:
-                result = await remote.start_agent(conn, assignment)
+                result = await remote.start_agent(conn, assignment, spec)
         except remote.RemoteError as exc:
             outcome.state, outcome.reason = "failed", str(exc)
             report(f"{host.label}: {exc}")
@@ -105,21 +130,45 @@ async def up(
     report: Report,
     install_service: bool = False,
 ) -> list[HostOutcome]:
-    assignments = plan(spec)
+    probes = await asyncio.gather(*(_probe(h, report) for h in spec.hosts))
+    memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
+    facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
+    try:
+        assignments = plan(spec, facts, memory)
+    except PlacementError:
+        for probe in probes:
+            if probe.conn is not None:
+                probe.conn.close()
+        raise
     by_host = {a.host.label: a for a in assignments}
     outcomes = await asyncio.gather(
-        *(_bring_host(h, by_host.get(h.label), report, install_service) for h in spec.hosts)
-    )
+        *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
+          for p, h in zip(probes, spec.hosts, strict=True))
+    )  # fmt: skip
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
         started_now = {o.label for o in outcomes if o.state == "started"}
         await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
-    workers = [a.agent_address for a in assignments if by_host[a.host.label] is a]
+    workers = [a.agent_address for a in assignments if a.routed]
     url = _ensure_router(spec, home, workers, report)
-    await asyncio.to_thread(_wait_ready, url, [o for o in outcomes if o.state in ("started", "running")],
-                            ready_timeout_s, report)  # fmt: skip
+    routed = {a.host.label for a in assignments if a.routed}
+    serving = [o for o in outcomes if o.state in ("started", "running")]
+    await asyncio.to_thread(_wait_ready, url, [o for o in serving if o.label in routed], ready_timeout_s, report)
+    _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
+
+
+def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:
+    """A group member is as ready as its group: what its rank 0 is (the router never talks to members)."""
+    leaders = {a.group.name: outcomes[a.host.label] for a in assignments if a.group is not None and a.rank == 0}
+    for a in assignments:
+        if a.group is None or a.rank == 0:
+            continue
+        member, leader = outcomes[a.host.label], leaders[a.group.name]
+        if member.state in ("started", "running"):
+            member.state = leader.state
+            member.reason = f"group {a.group.name}: {leader.reason}" if leader.reason else ""
 
 
 class LabError(Exception):

@@ -140,7 +140,7 @@ class _Planner:
             if need.total is not None and usable is not None and need.total > usable:
                 raise PlacementError(
                     f"model '{model.name}' needs {need.describe()} but host '{host.label}' has {_gb(usable)} usable; "
-                    f"pin more hosts with mode = \"pipeline\" to make a shard group"
+                    f'pin more hosts with mode = "pipeline" to make a shard group'
                 )
             self.replica(host, model, f"pinned; needs {_gb(need.total)} of {_gb(usable)} usable")
 
@@ -168,8 +168,7 @@ class _Planner:
         wanted = model.replicas or 1
         missing = wanted - replica
         return (
-            f"model '{model.name}' asks for {wanted} replica(s) but only {replica} host(s) are free "
-            f"({missing} missing)"
+            f"model '{model.name}' asks for {wanted} replica(s) but only {replica} host(s) are free ({missing} missing)"
         )
 
     # --- shard groups -------------------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ class _Planner:
                 biggest = _gb(self.usable(free[0])) if free else "0 GB"
                 why = f"needs {need.describe()}, more than any free host ({biggest} usable): {size}-host {mode} group"
                 if model.mode and need.total is not None and need.total <= (self.usable(free[0]) or 0.0):
-                    why = f"mode = \"{mode}\" asked: smallest {mode} group that holds {need.describe()}"
+                    why = f'mode = "{mode}" asked: smallest {mode} group that holds {need.describe()}'
                 self.group(model, replica, mode, hosts, why)
                 return
         raise PlacementError(
@@ -209,9 +208,7 @@ class _Planner:
         facts = self.facts.get(model.name, ModelFacts())
         divisors = facts.tensor_divisors()
         if "attention heads" not in divisors:
-            return (
-                f"tensor mode needs the model's config.json on this machine to check that its heads divide by {size}"
-            )
+            return f"tensor mode needs the model's config.json on this machine to check that its heads divide by {size}"
         bad = {name: value for name, value in divisors.items() if value % size}
         if not bad:
             return ""
@@ -237,8 +234,8 @@ class _Planner:
         self.group(model, 0, mode, hosts, f"pinned {mode} group")
 
     def group(self, model: ModelSpec, replica: int, mode: str, hosts: list[HostSpec], why: str) -> None:
-        engines = {h.engine for h in hosts}
-        backend = model.backend or (next(iter(engines)) if len(engines) == 1 else "")
+        engines: set[str] = {h.engine for h in hosts}
+        backend: str = model.backend or (engines.pop() if len(engines) == 1 else "")
         if backend not in ("mlx", "vllm"):
             found = ", ".join(f"{h.label}: {h.engine}" for h in hosts)
             raise PlacementError(
@@ -256,7 +253,9 @@ class _Planner:
         count = self.facts.get(model.name, ModelFacts()).layers
         if mode == "pipeline" and count is not None:
             if count < len(hosts):
-                raise PlacementError(f"model '{model.name}' has {count} layers: too few for {len(hosts)} pipeline ranks")
+                raise PlacementError(
+                    f"model '{model.name}' has {count} layers: too few for {len(hosts)} pipeline ranks"
+                )
             layers = _split_layers(count, shares)
         plan = GroupPlan(model.name, replica, mode, backend, model.transport, tuple(h.label for h in hosts),
                          shares, layers)  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any
 import asyncssh
 
 from cluster import units
-from cluster.hostsfile import HostSpec
+from cluster.hostsfile import ClusterSpec, HostSpec
 from cluster.placement import Assignment
 
 CONNECT_TIMEOUT_S = 10.0
@@ -105,10 +105,25 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
     )
 
 
-def agent_args(assignment: Assignment) -> list[str]:
-    host, model = assignment.host, assignment.model
-    args = ["--listen", f"0.0.0.0:{host.agent_port}", "--engine", host.engine, "--model", model.source,
+def agent_args(assignment: Assignment, spec: ClusterSpec | None = None) -> list[str]:
+    """The agent's command line on its host. A shard-group rank also gets every rank's group endpoint and
+    agent address (from `spec`), so its agent can write MLX's hostfile and watch the group."""
+    host, model, group = assignment.host, assignment.model, assignment.group
+    engine = group.backend if group else host.engine
+    args = ["--listen", f"0.0.0.0:{host.agent_port}", "--engine", engine, "--model", model.source,
             "--served-name", model.name, "--worker-id", host.label]  # fmt: skip
+    if group is not None:
+        if spec is None:
+            raise ValueError("a shard-group rank needs the cluster description for its peers")
+        members = [spec.host(label) for label in group.hosts]
+        args += ["--group-name", group.name, "--group-rank", str(assignment.rank), "--group-mode", group.mode,
+                 "--group-transport", group.transport]  # fmt: skip
+        for member in members:
+            args += ["--group-member", f"{member.group_address or member.address}:{member.group_port}"]
+        for member in members:
+            args += ["--group-peer", f"{member.address}:{member.agent_port}"]
+        if group.layers:
+            args += ["--group-layers", ",".join(map(str, group.layers))]
     if model.max_model_len:
         args += ["--max-model-len", str(model.max_model_len)]
     for arg in model.engine_args:
@@ -122,8 +137,8 @@ def config_hash(args: list[str]) -> str:
     return hashlib.sha256("\0".join(args).encode()).hexdigest()[:16]
 
 
-async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment) -> dict[str, Any]:
-    args = agent_args(assignment)
+async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec) -> dict[str, Any]:
+    args = agent_args(assignment, spec)
     host = assignment.host
     return await run_json(conn, host, ["start", "--dir", host.orchard_dir, "--hash", config_hash(args), "--", *args])
 
@@ -157,13 +172,15 @@ async def _shell(conn: asyncssh.SSHClientConnection, command: str, stdin: str | 
     return str(result.stdout)
 
 
-async def install_service(conn: asyncssh.SSHClientConnection, assignment: Assignment, platform: str) -> str:
+async def install_service(
+    conn: asyncssh.SSHClientConnection, assignment: Assignment, platform: str, spec: ClusterSpec
+) -> str:
     """Install the agent as a launchd user agent (macOS) or systemd user unit (Linux) and load it, so it
     survives reboots; the detached daemon, if any, is stopped first. Returns where the unit was written."""
     host = assignment.host
     home = (await _shell(conn, 'printf %s "$HOME"')).strip()
     folder = host.orchard_dir.replace("~", home, 1)
-    program = [python_of(host), "-m", "worker.agent", *agent_args(assignment), "--log-dir", f"{folder}/logs"]
+    program = [python_of(host), "-m", "worker.agent", *agent_args(assignment, spec), "--log-dir", f"{folder}/logs"]
     await stop_agent(conn, host)
     if platform == "darwin":
         path = f"{home}/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"

@@ -94,7 +94,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version")
+    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class InfoReply(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     ENGINE_URL_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     os: str
@@ -117,7 +118,24 @@ class InfoReply(_message.Message):
     max_concurrency: int
     engine_url: str
     agent_version: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    group: GroupInfo
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ...) -> None: ...
+
+class GroupInfo(_message.Message):
+    __slots__ = ("name", "rank", "size", "mode", "backend", "peers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    size: int
+    mode: str
+    backend: str
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., size: _Optional[int] = ..., mode: _Optional[str] = ..., backend: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("interval_seconds",)
@@ -126,7 +144,7 @@ class WatchRequest(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
 class LoadSample(_message.Message):
-    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail", "prefill_tokens_per_s", "decode_tokens_per_s")
+    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail", "prefill_tokens_per_s", "decode_tokens_per_s", "group_epoch", "agent_instance", "engine_crashes")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +159,9 @@ class LoadSample(_message.Message):
     STATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    GROUP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CRASHES_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     state: EngineState
     running: int
@@ -155,4 +176,7 @@ class LoadSample(_message.Message):
     state_detail: str
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
-    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ...) -> None: ...
+    group_epoch: str
+    agent_instance: str
+    engine_crashes: int
+    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ...) -> None: ...

@@ -28,7 +28,8 @@ from cluster.models import BUNDLED_NAME, prepare_bundled
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.engines import ENGINES, adapter_for
-from worker.engines.base import EngineConfig
+from worker.engines.base import EngineConfig, GroupRole
+from worker.group import GroupController
 from worker.hostinfo import read_host_facts
 from worker.service import ServiceIdentity, WorkerService
 from worker.supervisor import EngineSupervisor, State, SupervisorPolicy
@@ -57,9 +58,12 @@ class AgentConfig(BaseModel):
     ready_timeout_s: float = Field(default=600.0, gt=0)
     log_dir: Path = Path("~/.orchard/logs").expanduser()
     port_file: Path | None = None
+    group: GroupRole | None = None
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
+            group=self.group,
+            state_dir=str(self.log_dir.parent / "state"),
             kind=self.engine,
             model=self.model,
             served_name=self.served_name,
@@ -97,6 +101,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s)
     supervisor = EngineSupervisor(adapter, engine_config, config.log_dir, policy)
+    group = GroupController(config.group, supervisor) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
     model = pb.ModelInfo(name=config.served_name, source=config.model, max_model_len=config.max_model_len or 0)
     identity = ServiceIdentity(
@@ -111,7 +116,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=config.max_concurrency * 2),
     )
-    service = WorkerService(supervisor, identity, host, http)
+    service = WorkerService(supervisor, identity, host, http, group)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     pb_grpc.add_WorkerServicer_to_server(service, server)
@@ -123,12 +128,16 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     if config.port_file:
         config.port_file.write_text(f"{port}\n")
     log.info("agent %s listening on port %d, engine %s", config.worker_id, port, config.engine)
+    if group is not None:
+        await group.start()
     await supervisor.start()
     health_task = asyncio.create_task(_publish_health(supervisor, health_servicer))
     try:
         await stop.wait()
     finally:
         health_task.cancel()
+        if group is not None:
+            await group.stop()
         await server.stop(grace=5.0)
         await supervisor.stop()
         await http.aclose()
@@ -164,6 +173,16 @@ def _parse_args(argv: list[str] | None) -> AgentConfig:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--log-dir", type=Path, default=Path("~/.orchard/logs"))
     parser.add_argument("--port-file", type=Path, help="write the bound gRPC port here once listening")
+    grouping = parser.add_argument_group("shard group (one model replica over several hosts)")
+    grouping.add_argument("--group-name", help="e.g. llama-70b#1")
+    grouping.add_argument("--group-rank", type=int, default=0)
+    grouping.add_argument("--group-mode", choices=("tensor", "pipeline"), default="pipeline")
+    grouping.add_argument("--group-transport", choices=("ring", "jaccl"), default="ring")
+    grouping.add_argument("--group-member", action="append", default=[], metavar="IP:PORT",
+                          help="every rank's group endpoint, in rank order (repeat)")  # fmt: skip
+    grouping.add_argument("--group-peer", action="append", default=[], metavar="HOST:PORT",
+                          help="every rank's agent address, in rank order (repeat)")  # fmt: skip
+    grouping.add_argument("--group-layers", help="pipeline: layers per rank, rank order (e.g. 20,10)")
     args = parser.parse_args(argv)
     sim_options = []
     for item in args.sim_option:
@@ -181,6 +200,22 @@ def _parse_args(argv: list[str] | None) -> AgentConfig:
     }  # fmt: skip
     if args.worker_id:
         fields["worker_id"] = args.worker_id
+    if args.group_name:
+        if not args.group_member or len(args.group_member) != len(args.group_peer):
+            parser.error("a shard group needs one --group-member and one --group-peer per rank")
+        if not 0 <= args.group_rank < len(args.group_member):
+            parser.error(f"--group-rank {args.group_rank} is outside the group of {len(args.group_member)}")
+        try:
+            layers = tuple(int(n) for n in args.group_layers.split(",")) if args.group_layers else ()
+        except ValueError:
+            parser.error(f"--group-layers {args.group_layers!r}: expected numbers like 20,10")
+        if args.group_mode == "pipeline" and args.engine == "mlx" and len(layers) != len(args.group_member):
+            parser.error("an mlx pipeline group needs --group-layers with one number per rank")
+        fields["group"] = GroupRole(
+            name=args.group_name, rank=args.group_rank, mode=args.group_mode, backend=args.engine,
+            transport=args.group_transport, members=tuple(args.group_member), peers=tuple(args.group_peer),
+            layers=layers,
+        )  # fmt: skip
     try:
         return AgentConfig(**fields)
     except ValidationError as exc:

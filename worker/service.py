@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import httpx
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from worker.group import GroupController
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter
 from worker.relay import EngineError, Tally, stream_batches, whole_response
@@ -84,8 +86,11 @@ class WorkerService(pb_grpc.WorkerServicer):
         identity: ServiceIdentity,
         host: HostFacts,
         http: httpx.AsyncClient,
+        group: GroupController | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.group = group
+        self.instance = uuid.uuid4().hex[:12]
         self.identity = identity
         self.host = host
         self.http = http
@@ -155,7 +160,15 @@ class WorkerService(pb_grpc.WorkerServicer):
             max_concurrency=self.identity.max_concurrency,
             engine_url=self.supervisor.url,
             agent_version=self.identity.agent_version,
+            group=self._group_info(),
         )
+
+    def _group_info(self) -> pb.GroupInfo | None:
+        if self.group is None:
+            return None
+        role = self.group.role
+        return pb.GroupInfo(name=role.name, rank=role.rank, size=role.size, mode=role.mode, backend=role.backend,
+                            peers=list(role.peers))  # fmt: skip
 
     async def _models(self) -> list[pb.ModelInfo]:
         """Configured models, with the context length the engine reports where none was configured."""
@@ -188,6 +201,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             agent_inflight=self.inflight,
             engine_restarts=sup.restarts,
             state_detail="" if sup.ready else sup.detail,
+            agent_instance=self.instance,
+            engine_crashes=sup.crashes,
+            group_epoch=self.group.run_epoch if self.group else "",
         )
         load = await sup.stats()
         if load is not None:

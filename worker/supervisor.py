@@ -3,7 +3,11 @@
 STARTING --(health ok + one real token before the deadline)--> READY
 READY --(process exits / health fails 3x)--> RESTARTING --(backoff)--> STARTING
 STARTING --(too many failed starts in a row)--> FAILED   (terminal; the agent reports it)
+READY/STARTING --request_restart()--> RESTARTING --(at once)--> STARTING   (a shard group relaunching)
 any --stop()--> STOPPING --> STOPPED   (SIGTERM to the process group, SIGKILL after a grace period)
+
+Before each launch an optional gate may hold the engine back (a shard-group rank waits for its peers).
+A shard-group rank other than 0 serves no HTTP: it is ready once its process has stayed up for a moment.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -47,6 +52,8 @@ class SupervisorPolicy:
     backoff_max_s: float = 30.0
     max_failed_starts: int = 5
     stop_grace_s: float = 15.0
+    member_settle_s: float = 1.0  # a rank that serves no HTTP is ready after staying up this long
+    gate_poll_s: float = 0.25
 
 
 def free_port() -> int:
@@ -65,6 +72,7 @@ class EngineSupervisor:
         log_dir: Path,
         policy: SupervisorPolicy | None = None,
         port: int | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         self.adapter = adapter
         self.config = config
@@ -75,6 +83,10 @@ class EngineSupervisor:
         self.state = State.STOPPED
         self.detail = "not started"
         self.restarts = 0
+        self.crashes = 0  # restarts nobody asked for
+        self.gate = gate  # None = go; otherwise why the engine must wait before (re)launching
+        self._restart_reason: str | None = None
+        self._restart_event = asyncio.Event()
         self.last_token_at = 0.0
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -82,6 +94,7 @@ class EngineSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        self._serves_http = True
 
     @property
     def url(self) -> str:
@@ -96,6 +109,11 @@ class EngineSupervisor:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="engine-supervisor")
 
+    def request_restart(self, reason: str) -> None:
+        """Stop the engine now and launch it again at once (not counted as a crash, no backoff)."""
+        self._restart_reason = reason
+        self._restart_event.set()
+
     async def wait_ready(self, timeout_s: float) -> bool:
         """True once READY; False at the deadline or on a terminal state."""
 
@@ -108,7 +126,7 @@ class EngineSupervisor:
         return self.ready
 
     async def stats(self) -> EngineLoad | None:
-        if self.state is not State.READY:
+        if self.state is not State.READY or not self._serves_http:
             return None
         try:
             response = await self._http.get(self.url + "/metrics", timeout=2.0)
@@ -144,6 +162,7 @@ class EngineSupervisor:
         failed_starts = 0
         backoff = self.policy.backoff_initial_s
         while True:
+            await self._wait_gate()
             await self._set(State.STARTING, "starting engine process")
             ok = await self._launch_and_wait_ready()
             if ok:
@@ -151,16 +170,31 @@ class EngineSupervisor:
                 await self._set(State.READY, "serving")
                 reason = await self._watch_health()
             else:
-                failed_starts += 1
                 reason = self.detail
             await self._terminate()
+            self.restarts += 1
+            if self._restart_reason is not None:  # asked for: relaunch at once
+                reason, self._restart_reason = self._restart_reason, None
+                self._restart_event.clear()
+                await self._set(State.RESTARTING, reason)
+                continue
+            if not ok:
+                failed_starts += 1
+            self.crashes += 1
             if failed_starts >= self.policy.max_failed_starts:
                 await self._set(State.FAILED, f"gave up after {failed_starts} failed starts: {reason}")
                 return
-            self.restarts += 1
             await self._set(State.RESTARTING, f"{reason}; restarting in {backoff:.0f}s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.policy.backoff_max_s)
+
+    async def _wait_gate(self) -> None:
+        while self.gate is not None and (why := self.gate()) is not None:
+            if self.state is not State.STARTING or self.detail != why:
+                await self._set(State.STARTING, why)
+            await asyncio.sleep(self.policy.gate_poll_s)
+        self._restart_reason = None  # a request made while waiting is served by this launch
+        self._restart_event.clear()
 
     async def _launch_and_wait_ready(self) -> bool:
         self.port = self._fixed_port or free_port()
@@ -169,16 +203,24 @@ class EngineSupervisor:
         except ValueError as exc:
             self.detail = f"bad engine configuration: {exc}"
             return False
+        self._serves_http = plan.serves_http
         await self._spawn(plan)
-        deadline = time.monotonic() + self.policy.ready_timeout_s
+        started = time.monotonic()
+        deadline = started + self.policy.ready_timeout_s
         while time.monotonic() < deadline:
+            if self._restart_reason is not None:
+                self.detail = self._restart_reason
+                return False
             if self._proc is None or self._proc.returncode is not None:
                 code = None if self._proc is None else self._proc.returncode
                 self.detail = f"engine exited with code {code} while starting (see {self.log_path})"
                 return False
-            if await self._probe_token():
+            if not plan.serves_http:
+                if time.monotonic() - started >= self.policy.member_settle_s:
+                    return True
+            elif await self._probe_token():
                 return True
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25 if not plan.serves_http else 1.0)
         self.detail = f"engine not ready within {self.policy.ready_timeout_s:.0f}s (see {self.log_path})"
         return False
 
@@ -201,22 +243,35 @@ class EngineSupervisor:
         """Returns why the engine stopped being healthy."""
         assert self._proc is not None  # set by _spawn before READY
         failures = 0
-        while True:
-            try:
-                await asyncio.wait_for(self._proc.wait(), self.policy.health_interval_s)
-                return f"engine exited with code {self._proc.returncode}"
-            except TimeoutError:
-                pass
-            try:
-                response = await self._http.get(self.url + "/health", timeout=self.policy.health_interval_s)
-                failures = 0 if response.status_code == 200 else failures + 1
-            except httpx.HTTPError:
-                failures += 1
-            if failures >= self.policy.health_failures_to_restart:
-                return f"engine failed {failures} health checks in a row"
+        restart = asyncio.ensure_future(self._restart_event.wait())
+        try:
+            while True:
+                exited = asyncio.ensure_future(self._proc.wait())
+                done, _ = await asyncio.wait({exited, restart}, timeout=self.policy.health_interval_s,
+                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                if exited in done:
+                    return f"engine exited with code {self._proc.returncode}"
+                exited.cancel()
+                if restart in done:
+                    return self._restart_reason or "restart requested"
+                if self._serves_http:
+                    failures = await self._check_health(failures)
+                if failures >= self.policy.health_failures_to_restart:
+                    return f"engine failed {failures} health checks in a row"
+        finally:
+            restart.cancel()
+
+    async def _check_health(self, failures: int) -> int:
+        try:
+            response = await self._http.get(self.url + "/health", timeout=self.policy.health_interval_s)
+        except httpx.HTTPError:
+            return failures + 1
+        return 0 if response.status_code == 200 else failures + 1
 
     async def _spawn(self, plan: LaunchPlan) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in plan.files:
+            await asyncio.to_thread(_write_file, Path(path), text)
         if self._log_file is None:
             self._log_file = await asyncio.to_thread(open, self.log_path, "ab")  # kept across restarts
         self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(plan.argv)}\n".encode())
@@ -247,6 +302,11 @@ class EngineSupervisor:
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
         self.pid = None
+
+
+def _write_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

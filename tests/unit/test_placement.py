@@ -94,18 +94,26 @@ def test_pipeline_layers_follow_each_hosts_memory() -> None:
 
 def test_a_pinned_group_that_is_too_small_is_refused() -> None:
     text = LAB + model("m200", 200, 'hosts = ["studio-1", "studio-2"]\nmode = "pipeline"\n')
-    with pytest.raises(PlacementError, match=r"its pinned hosts hold 154 GB usable as a pipeline group \(66 GB missing\)"):
+    missing = r"its pinned hosts hold 154 GB usable as a pipeline group \(66 GB missing\)"
+    with pytest.raises(PlacementError, match=missing):
         placed(text)
 
 
 SMOLLM2 = ModelFacts(weights_gb=0.54, layers=30, heads=9, kv_heads=3, hidden=576, intermediate=1536)
+
+
+def smollm2_on(*hosts: str, mode: str = "tensor", source: str = "smollm2-135m-instruct") -> str:
+    listed = ", ".join(f'"{h}"' for h in hosts)
+    return f'\n[[models]]\nname = "s"\nsource = "{source}"\nhosts = [{listed}]\nmode = "{mode}"\n'
+
+
 SMALL_LAB = "".join(
     f'\n[[hosts]]\nname = "h{i}"\naddress = "10.213.7.{10 + i}"\nengine = "mlx"\nmemory_gb = 24\n' for i in (1, 2, 3)
 )
 
 
 def test_a_three_host_tensor_group_when_heads_divide() -> None:
-    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "smollm2-135m-instruct"\nhosts = ["h1", "h2", "h3"]\nmode = "tensor"\n'
+    text = SMALL_LAB + smollm2_on("h1", "h2", "h3")
     group = placed(text, {"s": SMOLLM2})
     assert [(a.host.label, a.rank) for a in group] == [("h1", 0), ("h2", 1), ("h3", 2)]
     plan_ = group[0].group
@@ -113,7 +121,7 @@ def test_a_three_host_tensor_group_when_heads_divide() -> None:
 
 
 def test_a_two_host_tensor_group_is_refused_because_9_heads_do_not_divide() -> None:
-    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "smollm2-135m-instruct"\nhosts = ["h1", "h2"]\nmode = "tensor"\n'
+    text = SMALL_LAB + smollm2_on("h1", "h2")
     with pytest.raises(PlacementError) as caught:
         placed(text, {"s": SMOLLM2})
     assert str(caught.value) == (
@@ -123,13 +131,13 @@ def test_a_two_host_tensor_group_is_refused_because_9_heads_do_not_divide() -> N
 
 
 def test_tensor_mode_without_the_models_config_is_refused_not_guessed() -> None:
-    text = SMALL_LAB + '\n[[models]]\nname = "s"\nsource = "org/s"\nhosts = ["h1", "h2", "h3"]\nmode = "tensor"\n'
-    with pytest.raises(PlacementError, match="needs the model's config.json"):
+    text = SMALL_LAB + smollm2_on("h1", "h2", "h3", source="org/s")
+    with pytest.raises(PlacementError, match=r"needs the model's config\.json"):
         placed(text)
 
 
 def test_a_group_needs_an_engine_that_shards() -> None:
-    text = LAB.replace('memory_gb = 96\n', 'memory_gb = 96\nengine = "sim"\n') + model(
+    text = LAB.replace("memory_gb = 96\n", 'memory_gb = 96\nengine = "sim"\n') + model(
         "m100", 100, 'hosts = ["studio-1", "studio-2"]\nmode = "pipeline"\n'
     )
     with pytest.raises(PlacementError, match='groups run on mlx or vllm: set backend = "mlx" or "vllm"'):

@@ -1,17 +1,20 @@
-"""Engine adapters: one small module per engine (vllm, sim)."""
+"""Engine adapters: one small module per engine (vllm, mlx, sim)."""
 
 from __future__ import annotations
 
 from worker.engines.base import EngineAdapter
+from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
 from worker.engines.vllm import VllmEngine
 
-ENGINES = ("vllm", "sim")
+ENGINES = ("vllm", "mlx", "sim")
 
 
 def adapter_for(kind: str) -> EngineAdapter:
     if kind == "vllm":
         return VllmEngine()
+    if kind == "mlx":
+        return MlxEngine()
     if kind == "sim":
         return SimEngine()
     raise ValueError(f"unknown engine {kind!r}; choose one of: {', '.join(ENGINES)}")

@@ -1,0 +1,118 @@
+"""The `mlx` engine process: mlx-lm's OpenAI server, on one host or as one rank of a shard group.
+
+    python -m worker.mlx_engine --model PATH --served-name NAME --port P [--pipeline-layers 15,15] [MLX_LM_ARGS]
+
+A shard group is MLX's own interface: the agent sets `MLX_RANK` and `MLX_HOSTFILE` (a ring hostfile,
+`[["ip:port"], ...]`, as `mlx.launch` writes it) and `--backend ring|jaccl`. mlx-lm's server then loads its
+shard with `sharded_load` (tensor parallel by default, pipeline with `--pipeline-layers`) and rank 0 answers
+HTTP while the other ranks follow its batches. Two things are added around mlx-lm 0.32's server:
+
+- requests name the model as clients do (`--served-name`); mlx-lm would otherwise try to load a model of that
+  name (and in a group, on rank 0 alone, which deadlocks the collectives);
+- llama has no pipeline support in mlx-lm 0.32, so its decoder gets mlx-lm's `PipelineMixin` and a pipelined
+  forward pass (the pattern of mlx-lm's own deepseek_v3: receive from the next rank, run the local layers,
+  send to the previous, all_gather the result), with the layers split as placement decided (by memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def _pipelined_llama(layers_per_rank: list[int] | None) -> None:
+    """Give mlx-lm's llama decoder pipeline support, splitting layers as `layers_per_rank` says (rank order)."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+    from mlx_lm.models.base import create_attention_mask
+    from mlx_lm.models.pipeline import PipelineMixin
+
+    if hasattr(llama.LlamaModel, "pipeline"):
+        return  # a newer mlx-lm has its own
+
+    class PipelinedLlamaModel(llama.LlamaModel):
+        pipeline_layers = PipelineMixin.pipeline_layers
+
+        def __init__(self, args: Any) -> None:
+            super().__init__(args)
+            self.pipeline_rank, self.pipeline_size, self.start_idx, self.end_idx = 0, 1, 0, None
+
+        def pipeline(self, group: Any, split: list[int] | None = None) -> None:
+            PipelineMixin.pipeline(self, group, split or layers_per_rank)
+
+        def __call__(self, inputs: Any, cache: Any = None, input_embeddings: Any = None) -> Any:
+            h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
+            rank, size = self.pipeline_rank, self.pipeline_size
+            layers = self.pipeline_layers
+            if cache is None:
+                cache = [None] * len(layers)
+            full = next((i for i, layer in enumerate(layers) if not layer.use_sliding), None)
+            sliding = next((i for i, layer in enumerate(layers) if layer.use_sliding), None)
+            full_mask = create_attention_mask(h, cache[full]) if full is not None else None
+            sliding_mask = (
+                create_attention_mask(h, cache[sliding], window_size=self.sliding_window)
+                if sliding is not None
+                else None
+            )
+            if rank < size - 1:  # the earlier layers live on the higher ranks
+                h = mx.distributed.recv_like(h, rank + 1)
+            for layer, layer_cache in zip(layers, cache, strict=True):
+                h = layer(h, sliding_mask if layer.use_sliding else full_mask, cache=layer_cache)
+            if rank != 0:
+                h = mx.distributed.send(h, (rank - 1) % size)
+                if cache[-1] is not None:
+                    cache[-1].keys = mx.depends(cache[-1].keys, h)
+            if size > 1:
+                h = mx.distributed.all_gather(h)[: h.shape[0]]
+            return self.norm(h)
+
+    llama.LlamaModel = PipelinedLlamaModel
+    llama.Model.layers = property(lambda self: self.model.pipeline_layers)  # caches for the local layers only
+
+
+def _serve_as(served_name: str) -> None:
+    """Requests say `model: <served name>`; map that to the loaded model (mlx-lm maps only 'default_model')."""
+    from mlx_lm import server
+
+    original = server.ModelProvider.__init__
+
+    def init(self: Any, cli_args: argparse.Namespace) -> None:
+        original(self, cli_args)
+        self._model_map[served_name] = cli_args.model
+        self._adapter_map[served_name] = cli_args.adapter_path
+        self._draft_model_map[served_name] = cli_args.draft_model
+
+    server.ModelProvider.__init__ = init
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.mlx_engine", description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--served-name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backend", choices=("ring", "jaccl"), default="ring", help="shard-group transport")
+    parser.add_argument("--pipeline-layers", help="pipeline group: layers per rank, rank order (e.g. 20,10)")
+    args, rest = parser.parse_known_args(argv)
+
+    import mlx.core as mx
+
+    if "MLX_RANK" in os.environ:
+        group = mx.distributed.init(strict=True, backend=args.backend)
+        print(f"mlx group: rank {group.rank()} of {group.size()} ({args.backend})", file=sys.stderr, flush=True)
+    layers = [int(n) for n in args.pipeline_layers.split(",")] if args.pipeline_layers else None
+    if layers:
+        _pipelined_llama(layers)
+    _serve_as(args.served_name)
+    from mlx_lm import server
+
+    sys.argv = ["mlx_lm.server", "--model", args.model, "--host", args.host, "--port", str(args.port)]
+    sys.argv += ["--pipeline"] if layers else []
+    sys.argv += rest
+    server.main()
+
+
+if __name__ == "__main__":
+    main()
