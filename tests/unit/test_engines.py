@@ -4,13 +4,15 @@ vllm.entrypoints.openai.api_server`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from worker.engines import adapter_for
-from worker.engines.base import EngineConfig
+from worker.engines.base import EngineConfig, GroupRole
+from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
 from worker.engines.vllm import VllmEngine
 
@@ -72,3 +74,43 @@ def test_sim_plan_passes_known_options_and_rejects_others() -> None:
 def test_unknown_engine_is_named() -> None:
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         adapter_for("tgi")
+
+
+def test_mlx_single_host_runs_mlx_lm_server_with_openblas_preloaded(tmp_path: Path) -> None:
+    blas = tmp_path / "libblas.so.3"
+    blas.write_bytes(b"")
+    plan = MlxEngine(platform="linux", openblas=blas).plan(config(kind="mlx"), port=9002)
+    assert plan.argv[:3] == (sys.executable, "-m", "worker.mlx_engine")
+    args = plan.argv[3:]
+    assert args[args.index("--served-name") + 1] == "smol" and args[args.index("--port") + 1] == "9002"
+    assert plan.env["LD_PRELOAD"] == str(blas) and "MLX_RANK" not in plan.env
+    assert plan.serves_http and plan.files == ()
+    on_mac = MlxEngine(platform="darwin", openblas=blas).plan(config(kind="mlx"), port=9002)
+    assert "LD_PRELOAD" not in on_mac.env  # Metal on a Mac; OpenBLAS only stands in for it on Linux CPUs
+
+
+def group_role(rank: int, mode: str = "tensor", transport: str = "ring") -> GroupRole:
+    members = ("10.0.0.2:52100", "10.0.0.3:52100", "10.0.0.4:52100")
+    peers = ("10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051")
+    layers = (10, 10, 10) if mode == "pipeline" else ()
+    return GroupRole("s#1", rank, mode, "mlx", transport, members, peers, layers)
+
+
+def test_mlx_group_rank_gets_mlx_rank_and_a_ring_hostfile(tmp_path: Path) -> None:
+    plan = MlxEngine(platform="linux").plan(config(kind="mlx", group=group_role(1), state_dir=str(tmp_path)), port=1)
+    assert plan.env["MLX_RANK"] == "1"
+    [(path, text)] = plan.files
+    assert plan.env["MLX_HOSTFILE"] == path == str(tmp_path / "mlx-group-s-1.json")
+    assert json.loads(text) == [["10.0.0.2:52100"], ["10.0.0.3:52100"], ["10.0.0.4:52100"]]  # MLX's ring format
+    assert not plan.serves_http  # rank 1 follows rank 0; only rank 0 answers HTTP
+    assert "--pipeline-layers" not in plan.argv and plan.argv[plan.argv.index("--backend") + 1] == "ring"
+
+
+def test_mlx_pipeline_rank_zero_serves_and_gets_the_layer_split() -> None:
+    plan = MlxEngine(platform="linux").plan(config(kind="mlx", group=group_role(0, "pipeline")), port=1)
+    assert plan.serves_http and plan.argv[plan.argv.index("--pipeline-layers") + 1] == "10,10,10"
+
+
+def test_mlx_jaccl_asks_for_mlx_own_hostfile_tool() -> None:
+    with pytest.raises(ValueError, match="mlx.distributed_config --backend jaccl"):
+        MlxEngine(platform="darwin").plan(config(kind="mlx", group=group_role(0, transport="jaccl")), port=1)
