@@ -112,5 +112,5 @@ def test_mlx_pipeline_rank_zero_serves_and_gets_the_layer_split() -> None:
 
 
 def test_mlx_jaccl_asks_for_mlx_own_hostfile_tool() -> None:
-    with pytest.raises(ValueError, match="mlx.distributed_config --backend jaccl"):
+    with pytest.raises(ValueError, match=r"mlx\.distributed_config --backend jaccl"):
         MlxEngine(platform="darwin").plan(config(kind="mlx", group=group_role(0, transport="jaccl")), port=1)
