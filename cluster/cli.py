@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="install each agent as a launchd (macOS) / systemd (Linux) user service: survives reboots",
     )
-    up.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
+    up.add_argument("--engine", choices=("vllm", "mlx", "sim"), default="vllm")
     up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)

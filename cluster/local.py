@@ -104,7 +104,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     if not _port_free(config.host, config.port):
         raise LocalClusterError(f"port {config.port} on {config.host} is in use; choose another with --port")
     served_name = config.model if config.model != "bundled" else BUNDLED_NAME
-    if config.engine == "vllm" and config.model in (BUNDLED_NAME, "bundled"):
+    if config.engine in ("vllm", "mlx") and config.model in (BUNDLED_NAME, "bundled"):
         prepare_bundled(progress=report)
     try:  # the agent resolves the bundled name itself; other sources are checked here, early
         if config.engine != "sim":

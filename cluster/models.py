@@ -86,6 +86,7 @@ def prepare_bundled(root: Path | None = None, progress: Progress | None = None) 
     """Convert the bundled GGUF into an HF folder once; later calls return at once."""
     folder = bundled_dir(root)
     if is_prepared(folder):
+        ensure_weight_index(folder)  # folders prepared before the index was written
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda _step: None)
@@ -97,6 +98,7 @@ def prepare_bundled(root: Path | None = None, progress: Progress | None = None) 
         staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}-", dir=folder.parent))
         try:
             _convert(gguf, staging, report)
+            ensure_weight_index(staging)
             (staging / _COMPLETE_MARKER).write_text("ok\n")
             if folder.exists():  # a half-written folder from a killed older version
                 shutil.rmtree(folder)
@@ -131,6 +133,22 @@ def _convert(gguf: Path, out: Path, report: Progress) -> None:
     tokenizer.save_pretrained(str(out))
     report("fixing config.json for vLLM and mlx-lm")
     fix_config(out / "config.json")
+
+
+def ensure_weight_index(folder: Path) -> None:
+    """Write `model.safetensors.index.json` for a single-file checkpoint if it has none: mlx-lm's pipeline
+    loading (`sharded_load`) reads it to find which file holds which layer. Atomic; readers never see half."""
+    index = folder / "model.safetensors.index.json"
+    weights = folder / "model.safetensors"
+    if index.exists() or not weights.exists():
+        return
+    with open(weights, "rb") as handle:  # safetensors: 8-byte little-endian header size, then JSON
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    names = sorted(name for name in header if name != "__metadata__")
+    body = {"metadata": {"total_size": weights.stat().st_size}, "weight_map": dict.fromkeys(names, weights.name)}
+    staging = index.with_suffix(f".tmp{os.getpid()}")
+    staging.write_text(json.dumps(body, indent=2) + "\n")
+    os.replace(staging, index)
 
 
 def fix_config(config_path: Path) -> None:

@@ -87,7 +87,7 @@ def start_cluster(tmp: Path, engine: str, model: str, served: str, extra_agent_a
     router_pid = procs.spawn(router, logs / "router.log", tied_to_parent=True)
     cluster = Cluster(f"http://127.0.0.1:{router_port}", address, agent_pid, router_pid, logs, served)
     try:
-        wait_until(lambda: router_ready(cluster.url), 900 if engine == "vllm" else 60, f"{engine} cluster")
+        wait_until(lambda: router_ready(cluster.url), 60 if engine == "sim" else 900, f"{engine} cluster")
     except TimeoutError:
         stop_cluster(cluster)
         raise AssertionError("cluster did not come up:\n" + procs.tail(logs / "agent.log", 40)) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.models import ModelError, fix_config, resolve
+from cluster.models import ModelError, ensure_weight_index, fix_config, resolve
 
 
 def test_config_fix_drops_quantization_and_lifts_rope_theta(tmp_path: Path) -> None:
@@ -38,3 +38,17 @@ def test_unprepared_bundled_model_says_how_to_prepare(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ORCHARD_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match="cluster models prepare"):
         resolve("smollm2-135m-instruct")
+
+
+def test_a_single_file_checkpoint_gets_the_weight_index_mlx_pipelines_read(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"model.layers.0.w": np.zeros(2, np.float32), "model.norm.weight": np.ones(2, np.float32)},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    ensure_weight_index(tmp_path)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"model.layers.0.w": "model.safetensors", "model.norm.weight": "model.safetensors"}
+    assert index["metadata"]["total_size"] == (tmp_path / "model.safetensors").stat().st_size
+    ensure_weight_index(tmp_path)  # idempotent
+    assert not list(tmp_path.glob("*.tmp*"))
