@@ -35,7 +35,7 @@ PROMPTS = [
     "Name three colours of apples.",
     "Write one sentence about orchards in spring.",
 ]
-MAX_TOKENS = 16
+MAX_TOKENS = 12
 
 
 def greedy(url: str) -> list[str]:
@@ -49,7 +49,7 @@ def greedy(url: str) -> list[str]:
     return answers
 
 
-def tokens_per_second(url: str, tokens: int = 48) -> float:
+def tokens_per_second(url: str, tokens: int = 24) -> float:
     client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300)
     started = time.perf_counter()
     reply = client.completions.create(model=BUNDLED_NAME, prompt="Once upon a time", max_tokens=tokens, temperature=0)
