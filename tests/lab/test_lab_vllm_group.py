@@ -55,7 +55,10 @@ def test_orchard_runs_the_groups_ray_cluster_and_vllm_cpu_refuses_ray(tmp_path: 
             assert [(r["worker_id"], r["state"] == "ready") for r in rows] == [("h1", False)]
         finally:
             run_cli(["down"], home, timeout_s=300)
-        for host in net.hosts:  # agents, rank processes and every Ray daemon are gone (raylets notice in seconds)
-            with contextlib.suppress(TimeoutError):
-                wait_until(lambda host=host: not netns.leftovers(host), 30, "Ray to wind down")
+        def wound_down() -> bool:
+            return not any(netns.leftovers(host) for host in net.hosts)
+
+        with contextlib.suppress(TimeoutError):  # raylets notice their head is gone within seconds
+            wait_until(wound_down, 30, "Ray to wind down")
+        for host in net.hosts:  # agents, rank processes and every Ray daemon are gone
             assert netns.leftovers(host) == []
