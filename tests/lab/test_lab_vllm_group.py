@@ -55,6 +55,7 @@ def test_orchard_runs_the_groups_ray_cluster_and_vllm_cpu_refuses_ray(tmp_path: 
             assert [(r["worker_id"], r["state"] == "ready") for r in rows] == [("h1", False)]
         finally:
             run_cli(["down"], home, timeout_s=300)
+
         def wound_down() -> bool:
             return not any(netns.leftovers(host) for host in net.hosts)
 
