@@ -7,6 +7,7 @@ name carries a random tag, and teardown removes namespaces, links and sshd proce
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 SUBNET = "10.213.7"  # only inside namespaces these tests create
 
@@ -28,6 +31,16 @@ def available() -> str | None:
         if not shutil.which(tool):
             return f"needs {tool} (apt-get install iproute2 openssh-server)"
     return None
+
+
+def marks(module: str, extra: str) -> list[pytest.MarkDecorator]:
+    """pytestmark for a slow lab test that also needs `module` (installed by Orchard's `extra`)."""
+    found = [pytest.mark.slow, pytest.mark.e2e]
+    if reason := available():
+        found.append(pytest.mark.skip(reason=reason))
+    elif importlib.util.find_spec(module) is None:
+        found.append(pytest.mark.skip(reason=f"needs {module} (the '{extra}' extra)"))
+    return found
 
 
 def _run(*argv: str) -> None:

@@ -22,13 +22,7 @@ from cluster.models import BUNDLED_NAME
 from tests.conftest import free_port, run_cli, start_cluster, stop_cluster, wait_until
 from tests.lab import netns
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-if reason := netns.available():
-    pytestmark.append(pytest.mark.skip(reason=reason))
-try:
-    import mlx_lm  # noqa: F401
-except ImportError:
-    pytestmark.append(pytest.mark.skip(reason="needs mlx[cpu] and mlx-lm (the 'mlx' extra)"))
+pytestmark = netns.marks("mlx_lm", "mlx")
 
 PROMPTS = [
     "What is the capital of France?",

