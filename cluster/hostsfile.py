@@ -64,6 +64,9 @@ class HostSpec(_Strict):
     memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)  # overrides [placement]
     group_address: str | None = None  # shard-group traffic (e.g. a Thunderbolt bridge IP); default: address
     group_port: int = Field(default=52100, ge=1, le=65535)  # first port of this host's shard-group ranks
+    # mlx jaccl (RDMA over Thunderbolt 5): this Mac's RDMA device towards each other host, by host name, as
+    # `mlx.distributed_config --backend jaccl` finds them, e.g. { studio-2 = "rdma_en5", studio-3 = "rdma_en4" }
+    rdma_devices: dict[str, str] = Field(default_factory=dict)
     labels: tuple[str, ...] = Field(default=(), strict=False)  # TOML arrays are lists
     sim_options: dict[str, str | int | float] = Field(default_factory=dict)
 

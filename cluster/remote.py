@@ -122,6 +122,10 @@ def agent_args(assignment: Assignment, spec: ClusterSpec | None = None) -> list[
             args += ["--group-member", f"{member.group_address or member.address}:{member.group_port}"]
         for member in members:
             args += ["--group-peer", f"{member.address}:{member.agent_port}"]
+        if group.transport == "jaccl":  # MLX_IBV_DEVICES: row i, column j = host i's device towards host j
+            for member in members:
+                row = [member.rdma_devices.get(peer.label, "") if peer is not member else "-" for peer in members]
+                args.append("--group-rdma=" + ",".join(row))
         if group.layers:
             args += ["--group-layers", ",".join(map(str, group.layers))]
     if model.max_model_len:

@@ -183,6 +183,8 @@ def _parse_args(argv: list[str] | None) -> AgentConfig:
     grouping.add_argument("--group-peer", action="append", default=[], metavar="HOST:PORT",
                           help="every rank's agent address, in rank order (repeat)")  # fmt: skip
     grouping.add_argument("--group-layers", help="pipeline: layers per rank, rank order (e.g. 20,10)")
+    grouping.add_argument("--group-rdma", action="append", default=[], metavar="DEV,DEV,...",
+                          help="jaccl: per rank, its RDMA device towards each rank ('-': itself)")  # fmt: skip
     args = parser.parse_args(argv)
     sim_options = []
     for item in args.sim_option:
@@ -211,10 +213,15 @@ def _parse_args(argv: list[str] | None) -> AgentConfig:
             parser.error(f"--group-layers {args.group_layers!r}: expected numbers like 20,10")
         if args.group_mode == "pipeline" and args.engine == "mlx" and len(layers) != len(args.group_member):
             parser.error("an mlx pipeline group needs --group-layers with one number per rank")
+        rdma = tuple(tuple(None if d == "-" else d for d in row.split(",")) for row in args.group_rdma)
+        if args.group_transport == "jaccl" and (
+            len(rdma) != len(args.group_member) or any(len(row) != len(args.group_member) for row in rdma)
+        ):
+            parser.error("jaccl needs --group-rdma with one row of one device per rank, for every rank")
         fields["group"] = GroupRole(
             name=args.group_name, rank=args.group_rank, mode=args.group_mode, backend=args.engine,
             transport=args.group_transport, members=tuple(args.group_member), peers=tuple(args.group_peer),
-            layers=layers,
+            layers=layers, rdma=rdma,
         )  # fmt: skip
     try:
         return AgentConfig(**fields)

@@ -4,6 +4,7 @@ vllm.entrypoints.openai.api_server`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -111,8 +112,17 @@ def test_mlx_pipeline_rank_zero_serves_and_gets_the_layer_split() -> None:
     assert plan.serves_http and plan.argv[plan.argv.index("--pipeline-layers") + 1] == "10,10,10"
 
 
-def test_mlx_jaccl_asks_for_mlx_own_hostfile_tool() -> None:
-    with pytest.raises(ValueError, match=r"mlx\.distributed_config --backend jaccl"):
+def test_mlx_jaccl_rank_gets_the_coordinator_and_the_rdma_device_matrix(tmp_path: Path) -> None:
+    matrix = ((None, "rdma_en5", "rdma_en4"), ("rdma_en5", None, "rdma_en3"), ("rdma_en4", "rdma_en3", None))
+    role = dataclasses.replace(group_role(2, transport="jaccl"), rdma=matrix)
+    plan = MlxEngine(platform="darwin").plan(config(kind="mlx", group=role, state_dir=str(tmp_path)), port=1)
+    assert plan.env["MLX_RANK"] == "2" and plan.env["MLX_JACCL_COORDINATOR"] == "10.0.0.2:52100"
+    [(path, text)] = plan.files
+    assert plan.env["MLX_IBV_DEVICES"] == path and "MLX_HOSTFILE" not in plan.env
+    assert json.loads(text) == [[None, "rdma_en5", "rdma_en4"], ["rdma_en5", None, "rdma_en3"],
+                                ["rdma_en4", "rdma_en3", None]]  # fmt: skip
+    assert plan.argv[plan.argv.index("--backend") + 1] == "jaccl"
+    with pytest.raises(ValueError, match="rdma_devices"):
         MlxEngine(platform="darwin").plan(config(kind="mlx", group=group_role(0, transport="jaccl")), port=1)
 
 

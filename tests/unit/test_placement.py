@@ -155,3 +155,23 @@ def test_reported_memory_is_used_when_the_file_gives_none() -> None:
     assignments = plan(spec, memory_gb={"h1": 24, "h2": 24, "h3": 24})
     assert hosts_of(assignments, "m30") == ["h1", "h2"]  # 33 GB > 19.2 usable: a 2-host pipeline group
     assert "2-host pipeline group" in assignments[0].why
+
+
+def test_a_group_ranks_agent_command_line_carries_the_whole_group(tmp_path: Path) -> None:
+    from cluster.remote import agent_args
+    from worker.agent import _parse_args
+
+    text = SMALL_LAB.replace('address = "10.213.7.12"', 'address = "10.213.7.12"\ngroup_address = "192.168.5.2"')
+    for i, peers in ((1, '{ h2 = "rdma_en5", h3 = "rdma_en4" }'), (2, '{ h1 = "rdma_en5", h3 = "rdma_en3" }'),
+                     (3, '{ h1 = "rdma_en4", h2 = "rdma_en3" }')):  # fmt: skip
+        text = text.replace(f'name = "h{i}"\n', f'name = "h{i}"\nrdma_devices = {peers}\n')
+    text += smollm2_on("h1", "h2", "h3", mode="pipeline").replace("\n[[models]]", '\n[[models]]\ntransport = "jaccl"')
+    spec = parse(text, Path("lab.toml"))
+    member = plan(spec, {"s": SMOLLM2})[1]
+    config = _parse_args(agent_args(member, spec))  # what the agent on h2 makes of it
+    role = config.group
+    assert role is not None and (role.name, role.rank, role.mode, role.backend) == ("s#1", 1, "pipeline", "mlx")
+    assert role.members == ("10.213.7.11:52100", "192.168.5.2:52100", "10.213.7.13:52100")  # group_address
+    assert role.peers == ("10.213.7.11:50051", "10.213.7.12:50051", "10.213.7.13:50051")  # agents
+    assert role.layers == (10, 10, 10) and role.transport == "jaccl"
+    assert role.rdma == ((None, "rdma_en5", "rdma_en4"), ("rdma_en5", None, "rdma_en3"), ("rdma_en4", "rdma_en3", None))

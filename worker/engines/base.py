@@ -21,6 +21,7 @@ class GroupRole:
     members: tuple[str, ...] = ()  # "ip:port" of every rank's group endpoint, rank order
     peers: tuple[str, ...] = ()  # every rank's agent gRPC address, rank order (to watch the group)
     layers: tuple[int, ...] = ()  # pipeline: layers per rank, rank order
+    rdma: tuple[tuple[str | None, ...], ...] = ()  # jaccl: RDMA device from rank i to rank j (None: itself)
 
     @property
     def size(self) -> int:

@@ -4,9 +4,11 @@ On macOS MLX computes on the GPU. On Linux `mlx[cpu]` runs the same code on the 
 reference BLAS, so when Debian's OpenBLAS is installed (`libopenblas0-pthread`) it is preloaded (a fp32
 matmul 50x faster, SmolLM2 prefill 20 -> 346 tok/s).
 
-A group rank gets MLX's own launch interface (what `mlx.launch` sets over SSH): `MLX_RANK` and
-`MLX_HOSTFILE`, a JSON list with one entry per rank; for the ring backend each entry lists that rank's
-"ip:port" (Ethernet or Thunderbolt-bridge addresses alike).
+A group rank gets MLX's own launch interface (what `mlx.launch` sets over SSH), per MLX's distributed docs:
+ring: `MLX_RANK` and `MLX_HOSTFILE`, a JSON list with one entry per rank, each that rank's "ip:port"
+(Ethernet or Thunderbolt-bridge addresses alike); jaccl (RDMA over Thunderbolt 5): `MLX_RANK`,
+`MLX_JACCL_COORDINATOR` (rank 0's ip:port) and `MLX_IBV_DEVICES`, the matrix of RDMA device names from each
+rank to each other rank (from the hosts file's `rdma_devices`, as `mlx.distributed_config` reports them).
 """
 
 from __future__ import annotations
@@ -49,14 +51,18 @@ class MlxEngine:
         if group is not None:
             if group.backend != "mlx":
                 raise ValueError(f"the mlx engine cannot run a {group.backend} group")
+            stem = str(Path(config.state_dir or ".") / f"mlx-group-{group.name.replace('#', '-')}")
+            env["MLX_RANK"] = str(group.rank)
             if group.transport == "jaccl":
-                raise ValueError(
-                    "the jaccl (RDMA over Thunderbolt 5) hostfile needs each Mac's RDMA devices: write it with "
-                    "`mlx.distributed_config --backend jaccl` and pass MLX_HOSTFILE; Orchard writes ring hostfiles"
-                )
-            hostfile = str(Path(config.state_dir or ".") / f"mlx-group-{group.name.replace('#', '-')}.json")
-            files = ((hostfile, ring_hostfile(group.members)),)
-            env.update({"MLX_RANK": str(group.rank), "MLX_HOSTFILE": hostfile})
+                # MLX's JACCL interface: rank 0's coordinator address and the RDMA device matrix.
+                if len(group.rdma) != group.size:
+                    raise ValueError("jaccl needs every host's rdma_devices towards the others (hosts file)")
+                files = ((stem + "-ibv.json", json.dumps([list(row) for row in group.rdma])),)
+                env.update({"MLX_JACCL_COORDINATOR": group.members[0], "MLX_IBV_DEVICES": files[0][0]})
+                env["MLX_METAL_FAST_SYNCH"] = "1"  # MLX's docs: critical for low-latency communication
+            else:
+                files = ((stem + ".json", ring_hostfile(group.members)),)
+                env["MLX_HOSTFILE"] = files[0][0]
             argv += ["--backend", group.transport]
             if group.mode == "pipeline":
                 argv += ["--pipeline-layers", ",".join(map(str, group.layers))]
