@@ -10,7 +10,7 @@ vLLM's own runtime does the work, as vllm-metal documents it: every host joins o
 with the resources the platform asks for), and rank 0 runs the OpenAI server with `--pipeline-parallel-size N
 --distributed-executor-backend ray`. Orchard owns the Ray cluster's life: the head runs as a child of rank 0's
 process and each member's `ray start --block` is the member's process, all in their agents' process groups, so
-stopping or relaunching the group stops Ray with it (Ray's files go to a folder of the group's own).
+stopping or relaunching the group stops Ray with it (the head's session files go to a folder of its own).
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def short_temp_dir(key: str) -> str:
 
 
 def member(args: argparse.Namespace) -> int:
-    temp_dir = args.temp_dir or short_temp_dir(args.head)
-    argv = ray_start(args.python, args.node_ip, args.resources, temp_dir, head_port=None, head=args.head)
+    # Ray takes a session folder only on the head; members use the session the head names.
+    argv = ray_start(args.python, args.node_ip, args.resources, "", head_port=None, head=args.head)
     os.execv(argv[0], argv)
     return 1  # not reached
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", help="member: the head's IP:PORT")
     parser.add_argument("--size", type=int, default=2, help="head: nodes to wait for")
     parser.add_argument("--resources", default="{}", help='Ray custom resources (vllm-metal: {"mlx": 1})')
-    parser.add_argument("--temp-dir", help="Ray's session files (default: /tmp/orchard-ray-<hash>)")
+    parser.add_argument("--temp-dir", help="head: Ray's session files (default: /tmp/orchard-ray-<hash>)")
     parser.add_argument("--python", default=sys.executable, help="the engine's interpreter (has vLLM and Ray)")
     args = parser.parse_args(argv)
     if args.role == "member" and not args.head:
