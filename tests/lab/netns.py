@@ -137,9 +137,15 @@ def _start_host(root: Path, bridge: str, tag: str, host: TestHost) -> None:
         str(root / f"sshd-h{host.index}.log"),
     )
     deadline = time.monotonic() + 10
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    host.sshd_pid = int(pidfile.read_text().strip())
+    written = ""
+    while not written and time.monotonic() < deadline:  # sshd creates the file, then writes its pid
+        with contextlib.suppress(FileNotFoundError):
+            written = pidfile.read_text().strip()
+        if not written:
+            time.sleep(0.05)
+    if not written:
+        raise RuntimeError(f"sshd for {host.namespace} wrote no pid to {pidfile} within 10 s")
+    host.sshd_pid = int(written)
 
 
 def pids_in(namespace: str) -> list[int]:
