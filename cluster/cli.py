@@ -18,9 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster import hostsfile, lab, local, procs, remote, sizing, units
-from cluster.models import BUNDLED_NAME, ModelError, bundled_dir, prepare_bundled
-from cluster.placement import PlacementError, plan
+from cluster.bringup import lab, local, remote, units
+from cluster.bringup.fleet import fetch_workers
+from cluster.placement import hostsfile, sizing
+from cluster.placement.plan import PlacementError, plan
+from proto.launch import ENGINE_KINDS, key_value
+from worker import procs
+from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
 
 # No hard line breaks in messages; tables piped to a file or a log get room instead of an 80-column wrap.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -48,7 +52,9 @@ def _up(args: argparse.Namespace) -> int:
         stop_requested.set()
         raise KeyboardInterrupt
 
+    # Our own handlers for both: a shell that starts jobs with SIGINT ignored must not make Ctrl-C a no-op.
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         with console.status("starting Orchard…") as status:
             state = local.start(config, detached=args.detach, report=lambda m: _step(status, m))
@@ -180,8 +186,7 @@ def _units(args: argparse.Namespace) -> int:
         err_console.print(f"no model is placed on host '{escape(args.host)}' in {args.file}")
         return 2
     host = assignment.host
-    program = [remote.python_of(host), "-m", "worker.agent", *remote.agent_args(assignment, spec),
-               "--log-dir", f"{host.orchard_dir}/logs"]  # fmt: skip
+    program = remote.agent_config(assignment, spec).command(remote.python_of(host))
     if args.kind == "launchd":
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir).decode())
     else:
@@ -210,22 +215,21 @@ def _status(_: argparse.Namespace) -> int:
     if state is None:
         console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
         return 1
-    try:
-        rows = httpx.get(state.url + "/orchard/workers", timeout=5).json()["workers"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        err_console.print(f"[red]the router at {state.url} did not answer:[/] {exc!r}")
+    with httpx.Client(timeout=5) as client:
+        rows = fetch_workers(client, state.url)
+    if not rows:
+        err_console.print(f"[red]the router at {state.url} did not answer[/] (see: cluster logs router)")
         return 1
     table = Table(title=f"Orchard at {state.url}")
     for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "in flight"):
         table.add_column(column)
     for row in rows:
-        memory = f"{row['memory_bytes'] / 2**30:.0f} GiB" if row["memory_bytes"] else "?"
-        engine = row["engine"]
-        if group := row.get("group"):
-            engine += f" ({group['name']}: {group['mode']} over {group['size']} hosts)"
-        state_text = row["state"] if not row.get("detail") else f"{row['state']}: {row['detail']}"
-        table.add_row(row["worker_id"], row["address"], f"{row['chip']} / {row['os']}", memory, engine,
-                      ", ".join(row["models"]), state_text, str(row["inflight"]))  # fmt: skip
+        memory = f"{row.memory_bytes / 2**30:.0f} GiB" if row.memory_bytes else "?"
+        engine = row.engine
+        if group := row.group:
+            engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
+        table.add_row(row.worker_id, row.address, f"{row.chip} / {row.os}", memory, engine, ", ".join(row.models),
+                      row.state_text, str(row.inflight))  # fmt: skip
     console.print(table)
     return 0
 
@@ -264,7 +268,7 @@ async def _lab_logs(state: lab.LabState, args: argparse.Namespace) -> int:
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
-    if args.name not in (BUNDLED_NAME, "bundled"):
+    if not is_bundled(args.name):
         err_console.print(f"only the bundled model ({BUNDLED_NAME}) is prepared by Orchard; "
                           "give other models to the engine as a local path or hub id")  # fmt: skip
         return 2
@@ -300,14 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="install each agent as a launchd (macOS) / systemd (Linux) user service: survives reboots",
     )
-    up.add_argument("--engine", choices=("vllm", "mlx", "sim"), default="vllm")
+    up.add_argument("--engine", choices=ENGINE_KINDS, default="vllm")
     up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--max-model-len", type=int, default=4096)
     up.add_argument("--kv-cache-gib", type=float, default=1.0)
     up.add_argument("--ready-timeout", type=float, default=900.0)
-    up.add_argument("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    up.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     up.add_argument(
         "--engine-arg",
         action="append",

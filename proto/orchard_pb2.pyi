@@ -21,6 +21,7 @@ class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENGINE_STATE_RESTARTING: _ClassVar[EngineState]
     ENGINE_STATE_STOPPING: _ClassVar[EngineState]
     ENGINE_STATE_FAILED: _ClassVar[EngineState]
+    ENGINE_STATE_STOPPED: _ClassVar[EngineState]
 ENDPOINT_UNSPECIFIED: Endpoint
 ENDPOINT_CHAT_COMPLETIONS: Endpoint
 ENDPOINT_COMPLETIONS: Endpoint
@@ -30,6 +31,7 @@ ENGINE_STATE_READY: EngineState
 ENGINE_STATE_RESTARTING: EngineState
 ENGINE_STATE_STOPPING: EngineState
 ENGINE_STATE_FAILED: EngineState
+ENGINE_STATE_STOPPED: EngineState
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "endpoint", "body")

@@ -15,10 +15,12 @@ import grpc
 import httpx
 import pytest
 
-from cluster import procs
+from cluster.bringup.fleet import Fleet
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from worker.supervisor import free_port
+from proto.launch import AgentConfig, RouterConfig
+from worker import procs
+from worker.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_MODEL = "sim-model"
@@ -59,12 +61,31 @@ def engine_metric(engine_url: str, name: str) -> float:
 
 @dataclass
 class Cluster:
-    url: str
-    agent_address: str
-    agent_pid: int
-    router_pid: int
-    log_dir: Path
-    model: str
+    """Router + agents (a Fleet) on loopback; `agents[0]` is the one most tests talk to."""
+
+    fleet: Fleet
+    router: RouterConfig
+    agents: tuple[AgentConfig, ...]
+
+    @property
+    def url(self) -> str:
+        return self.router.local_url
+
+    @property
+    def agent_address(self) -> str:
+        return self.agents[0].listen
+
+    @property
+    def model(self) -> str:
+        return self.agents[0].served_name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.fleet.logs
+
+    @property
+    def agent_pid(self) -> int:
+        return next(c.pid for c in self.fleet.children if c.name.startswith("agent"))
 
     def engine_url(self) -> str:
         return agent_info(self.agent_address).engine_url
@@ -76,35 +97,40 @@ class Cluster:
         return children[0]
 
 
-def start_cluster(tmp: Path, engine: str, model: str, served: str, extra_agent_args: list[str]) -> Cluster:
-    agent_port, router_port = free_port(), free_port()
-    address = f"127.0.0.1:{agent_port}"
-    logs = tmp / "logs"
-    agent = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", engine, "--model", model,
-             "--served-name", served, "--log-dir", str(logs), *extra_agent_args]  # fmt: skip
-    router = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{router_port}", "--worker", address]
-    agent_pid = procs.spawn(agent, logs / "agent.log", tied_to_parent=True)
-    router_pid = procs.spawn(router, logs / "router.log", tied_to_parent=True)
-    cluster = Cluster(f"http://127.0.0.1:{router_port}", address, agent_pid, router_pid, logs, served)
+def start_cluster(tmp: Path, agents: list[AgentConfig], **router: Any) -> Cluster:
+    """Start the agents and a router over them; wait until every worker is ready (a real token)."""
+    fleet = Fleet(tmp / "logs")
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=tuple(a.listen for a in agents), **router)
+    cluster = Cluster(fleet, config, tuple(agents))
     try:
-        wait_until(lambda: router_ready(cluster.url), 60 if engine == "sim" else 900, f"{engine} cluster")
-    except TimeoutError:
-        stop_cluster(cluster)
-        raise AssertionError("cluster did not come up:\n" + procs.tail(logs / "agent.log", 40)) from None
+        for index, agent in enumerate(agents):
+            fleet.start_agent(agent, name="agent" if len(agents) == 1 else f"agent-{index}")
+        fleet.start_router(config)
+        slow = any(a.engine != "sim" for a in agents)
+        fleet.wait_ready(config.local_url, len(agents), timeout_s=900 if slow else 60)
+    except BaseException as exc:
+        log = procs.tail(fleet.logs / "agent.log", 40) if (fleet.logs / "agent.log").exists() else ""
+        fleet.stop()
+        raise AssertionError(f"cluster did not come up: {exc}\n{log}") from None
     return cluster
 
 
+def agent_config(engine: str, model: str, logs: Path, served: str = "", **fields: Any) -> AgentConfig:
+    """An agent on a free loopback port (tests' common case)."""
+    return AgentConfig(listen=f"127.0.0.1:{free_port()}", engine=engine, model=model, served_name=served or model,
+                       log_dir=str(logs), **fields)  # fmt: skip
+
+
 def stop_cluster(cluster: Cluster) -> None:
-    for pid in (cluster.router_pid, cluster.agent_pid):
-        procs.terminate_tree(pid, grace_s=20)
+    cluster.fleet.stop()
 
 
 @pytest.fixture(scope="session")
 def sim_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Router + agent + sim engine (decode 2 ms/token) for behaviour that does not need real text."""
     tmp = tmp_path_factory.mktemp("sim-cluster")
-    options = ["--sim-option", "decode-ms-per-token=2", "--sim-option", "seed=7"]  # context length: learned
-    cluster = start_cluster(tmp, "sim", SIM_MODEL, SIM_MODEL, options)
+    options = (("decode-ms-per-token", "2"), ("seed", "7"))  # context length: learned
+    cluster = start_cluster(tmp, [agent_config("sim", SIM_MODEL, tmp / "logs", sim_options=options)])
     yield cluster
     stop_cluster(cluster)
 

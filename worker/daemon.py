@@ -1,6 +1,6 @@
 """Run the agent detached on a host, with a pidfile, logs and the hash of its configuration.
 
-Called by `cluster up/down/status/logs` over SSH, one JSON line out:
+Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by proto/daemon.py:
 
     python -m worker.daemon start  --dir ~/.orchard --hash H -- --listen 0.0.0.0:50051 --engine vllm ...
     python -m worker.daemon stop   --dir ~/.orchard
@@ -14,17 +14,17 @@ The agent survives the SSH session closing (own session, stdin from /dev/null, o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from proto.daemon import AgentStatus, HostFactsReply, StartReply, StopReply
+from proto.launch import AgentConfig, LaunchConfigError
+from worker import procs
 from worker.hostinfo import read_host_facts
 
 
@@ -33,74 +33,47 @@ def _pid(folder: Path) -> int | None:
         pid = int((folder / "agent.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid if not _is_zombie(pid) else None
+    return pid if procs.alive(pid) else None
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False  # no /proc (macOS): kill(0) is the answer
-
-
-def status(folder: Path) -> dict[str, object]:
+def status(folder: Path) -> AgentStatus:
     pid = _pid(folder)
     applied = (folder / "agent.hash").read_text().strip() if (folder / "agent.hash").exists() else ""
-    return {"status": "running" if pid else "stopped", "pid": pid, "hash": applied if pid else ""}
-
-
-def stop(folder: Path, grace_s: float = 30.0) -> dict[str, object]:
-    pid = _pid(folder)
     if pid is None:
-        (folder / "agent.pid").unlink(missing_ok=True)
-        return {"status": "stopped", "pid": None, "was_running": False}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)  # the agent stops its engine, then exits
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _pid(folder) is not None:
-        time.sleep(0.1)
-    if _pid(folder) is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        return AgentStatus(status="stopped")
+    return AgentStatus(status="running", pid=pid, hash=applied)
+
+
+def stop(folder: Path, grace_s: float = 30.0) -> StopReply:
+    pid = _pid(folder)
+    if pid is not None:
+        procs.terminate_tree(pid, grace_s)  # the agent stops its engine, then exits; then its group goes
     (folder / "agent.pid").unlink(missing_ok=True)
-    return {"status": "stopped", "pid": pid, "was_running": True}
+    return StopReply(pid=pid, was_running=pid is not None)
 
 
-def start(folder: Path, config_hash: str, agent_args: list[str]) -> dict[str, object]:
+def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     current = status(folder)
-    if current["status"] == "running" and current["hash"] == config_hash:
-        return {**current, "status": "running", "changed": False}
-    if current["status"] == "running":
+    if current.status == "running" and current.hash == config_hash:
+        return StartReply(status="running", pid=current.pid, hash=config_hash, changed=False)
+    if current.status == "running":
         stop(folder)
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
-    with open(folder / "logs" / "agent.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.agent", "--log-dir", str(folder / "logs"), *agent_args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the SSH session; stop() signals its whole group
-            cwd=folder,
-        )
-    (folder / "agent.pid").write_text(f"{proc.pid}\n")
+    logs = folder / "logs"
+    config = config.model_copy(update={"log_dir": str(logs)})
+    # Its own session: it survives the SSH session; stop() signals its whole group.
+    pid = procs.spawn(config.command(), logs / "agent.log", tied_to_parent=False, cwd=folder)
+    (folder / "agent.pid").write_text(f"{pid}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
     time.sleep(0.5)
-    if proc.poll() is not None:
-        tail = (folder / "logs" / "agent.log").read_text(errors="replace").splitlines()[-10:]
-        return {"status": "failed", "pid": None, "changed": True, "log": "\n".join(tail)}
-    return {"status": "started", "pid": proc.pid, "hash": config_hash, "changed": True}
+    if not procs.alive(pid):
+        return StartReply(status="failed", changed=True, log=procs.tail(logs / "agent.log", 10))
+    return StartReply(status="started", pid=pid, hash=config_hash, changed=True)
 
 
-def facts() -> dict[str, object]:
+def facts() -> HostFactsReply:
     host = read_host_facts()
     engines = {"sim": True, "vllm": _vllm_available(), "mlx": importlib.util.find_spec("mlx_lm") is not None}
-    return {**asdict(host), "python": sys.executable, "platform": sys.platform, "engines": engines}
+    return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines)
 
 
 def _vllm_available() -> bool:
@@ -120,15 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     agent_args = argv[split + 1 :]
     folder = args.dir.expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    result: BaseModel
     if args.action == "facts":
         result = facts()
     elif args.action == "start":
-        result = start(folder, args.hash, agent_args)
+        try:
+            config = AgentConfig.from_argv(agent_args)
+        except LaunchConfigError as exc:
+            parser.error(f"agent arguments after --: {exc}")
+        result = start(folder, args.hash, config)
     elif args.action == "stop":
         result = stop(folder)
     else:
         result = status(folder)
-    print(json.dumps(result))
+    print(result.model_dump_json())
 
 
 if __name__ == "__main__":

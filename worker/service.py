@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import grpc
 import httpx
 
+from proto import errors
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.group import GroupController
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter
 from worker.relay import EngineError, Tally, stream_batches, whole_response
-from worker.supervisor import EngineSupervisor, State
+from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +28,6 @@ _ENDPOINT_PATHS = {
     pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
     pb.ENDPOINT_COMPLETIONS: "/v1/completions",
 }
-_STATES = {
-    State.STARTING: pb.ENGINE_STATE_STARTING,
-    State.READY: pb.ENGINE_STATE_READY,
-    State.RESTARTING: pb.ENGINE_STATE_RESTARTING,
-    State.STOPPING: pb.ENGINE_STATE_STOPPING,
-    State.STOPPED: pb.ENGINE_STATE_STOPPING,
-    State.FAILED: pb.ENGINE_STATE_FAILED,
-}
-# HTTP status of an engine error -> the gRPC code the router maps back.
-_HTTP_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def error_body(message: str, kind: str, code: int) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
 
 def usage_message(usage: dict[str, object]) -> pb.Usage:
@@ -197,7 +175,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         sup = self.supervisor
         sample = pb.LoadSample(
             timestamp=time.time(),
-            state=_STATES[sup.state],
+            state=sup.state.to_wire(),
             agent_inflight=self.inflight,
             engine_restarts=sup.restarts,
             state_detail="" if sup.ready else sup.detail,
@@ -219,15 +197,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         return sample
 
 
-_HTTP_STATUS_KEY = "orchard-http-status"
-_ERROR_BODY_KEY = "orchard-error-bin"
-
-
 async def _abort(context: grpc.aio.ServicerContext, status: int, message: str | bytes, kind: str) -> None:
     """End the call with a gRPC status whose trailers carry the OpenAI error body and HTTP status."""
-    body = message if isinstance(message, bytes) else error_body(message, kind, status)
-    code = _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+    body = message if isinstance(message, bytes) else errors.openai_error(message, kind, status)
     text = message.decode(errors="replace")[:500] if isinstance(message, bytes) else message
-    context.set_trailing_metadata(((_HTTP_STATUS_KEY, str(status)), (_ERROR_BODY_KEY, body)))
-    context.set_code(code)
+    context.set_trailing_metadata(errors.trailers(status, body))
+    context.set_code(errors.grpc_code(status))
     context.set_details(text)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,20 +25,12 @@ from typing import IO
 
 import httpx
 
+from proto.states import EngineState
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
-from worker.lifetime import die_with_parent
 from worker.metrics import EngineLoad, parse_engine_metrics
+from worker.procs import die_with_parent, free_port
 
 log = logging.getLogger(__name__)
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -56,14 +46,8 @@ class SupervisorPolicy:
     gate_poll_s: float = 0.25
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EngineSupervisor:
-    """start / wait_ready / url / stats / stop for one engine subprocess, with restarts."""
+    """start / request_restart / url / stats / stop for one engine subprocess, with restarts."""
 
     def __init__(
         self,
@@ -80,7 +64,7 @@ class EngineSupervisor:
         self.log_path = log_dir / "engine.log"
         self._fixed_port = port
         self.port = 0
-        self.state = State.STOPPED
+        self.state = EngineState.STOPPED
         self.detail = "not started"
         self.restarts = 0
         self.crashes = 0  # restarts nobody asked for
@@ -92,7 +76,6 @@ class EngineSupervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Condition()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
         self._serves_http = True
 
@@ -102,7 +85,7 @@ class EngineSupervisor:
 
     @property
     def ready(self) -> bool:
-        return self.state is State.READY
+        return self.state is EngineState.READY
 
     async def start(self) -> None:
         """Launch the engine and keep it alive in the background until stop()."""
@@ -114,22 +97,12 @@ class EngineSupervisor:
         self._restart_reason = reason
         self._restart_event.set()
 
-    async def wait_ready(self, timeout_s: float) -> bool:
-        """True once READY; False at the deadline or on a terminal state."""
-
-        async def _until() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.state in (State.READY, State.FAILED, State.STOPPED))
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_until(), timeout_s)
-        return self.ready
-
     async def stats(self) -> EngineLoad | None:
-        if self.state is not State.READY or not self._serves_http:
+        path = self.adapter.metrics_path
+        if self.state is not EngineState.READY or not self._serves_http or path is None:
             return None
         try:
-            response = await self._http.get(self.url + "/metrics", timeout=2.0)
+            response = await self._http.get(self.url + path, timeout=2.0)
             response.raise_for_status()
         except httpx.HTTPError:
             return None
@@ -139,7 +112,7 @@ class EngineSupervisor:
         self.last_token_at = time.monotonic()
 
     async def stop(self) -> None:
-        await self._set(State.STOPPING, "stopping")
+        await self._set(EngineState.STOPPING, "stopping")
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -147,27 +120,25 @@ class EngineSupervisor:
             self._task = None
         await self._terminate()
         await self._http.aclose()
-        await self._set(State.STOPPED, "stopped")
+        await self._set(EngineState.STOPPED, "stopped")
 
     # -- internals -------------------------------------------------------------------------------------
 
-    async def _set(self, state: State, detail: str) -> None:
-        async with self._changed:
-            if state is not self.state:
-                log.info("engine %s: %s (%s)", self.config.kind, state.value, detail)
-            self.state, self.detail = state, detail
-            self._changed.notify_all()
+    async def _set(self, state: EngineState, detail: str) -> None:
+        if state is not self.state:
+            log.info("engine %s: %s (%s)", self.config.kind, state.value, detail)
+        self.state, self.detail = state, detail
 
     async def _run(self) -> None:
         failed_starts = 0
         backoff = self.policy.backoff_initial_s
         while True:
             await self._wait_gate()
-            await self._set(State.STARTING, "starting engine process")
+            await self._set(EngineState.STARTING, "starting engine process")
             ok = await self._launch_and_wait_ready()
             if ok:
                 failed_starts, backoff = 0, self.policy.backoff_initial_s
-                await self._set(State.READY, "serving")
+                await self._set(EngineState.READY, "serving")
                 reason = await self._watch_health()
             else:
                 reason = self.detail
@@ -176,22 +147,22 @@ class EngineSupervisor:
             if self._restart_reason is not None:  # asked for: relaunch at once
                 reason, self._restart_reason = self._restart_reason, None
                 self._restart_event.clear()
-                await self._set(State.RESTARTING, reason)
+                await self._set(EngineState.RESTARTING, reason)
                 continue
             if not ok:
                 failed_starts += 1
             self.crashes += 1
             if failed_starts >= self.policy.max_failed_starts:
-                await self._set(State.FAILED, f"gave up after {failed_starts} failed starts: {reason}")
+                await self._set(EngineState.FAILED, f"gave up after {failed_starts} failed starts: {reason}")
                 return
-            await self._set(State.RESTARTING, f"{reason}; restarting in {backoff:.0f}s")
+            await self._set(EngineState.RESTARTING, f"{reason}; restarting in {backoff:.0f}s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.policy.backoff_max_s)
 
     async def _wait_gate(self) -> None:
         while self.gate is not None and (why := self.gate()) is not None:
-            if self.state is not State.STARTING or self.detail != why:
-                await self._set(State.STARTING, why)
+            if self.state is not EngineState.STARTING or self.detail != why:
+                await self._set(EngineState.STARTING, why)
             await asyncio.sleep(self.policy.gate_poll_s)
         self._restart_reason = None  # a request made while waiting is served by this launch
         self._restart_event.clear()
@@ -227,7 +198,7 @@ class EngineSupervisor:
     async def _probe_token(self) -> bool:
         """Healthy means a real token, not a live process or a working /v1/models."""
         try:
-            health = await self._http.get(self.url + "/health", timeout=2.0)
+            health = await self._http.get(self.url + self.adapter.health_path, timeout=2.0)
             if health.status_code != 200:
                 return False
             body = {"model": self.config.served_name, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
@@ -263,7 +234,7 @@ class EngineSupervisor:
 
     async def _check_health(self, failures: int) -> int:
         try:
-            response = await self._http.get(self.url + "/health", timeout=self.policy.health_interval_s)
+            response = await self._http.get(self.url + self.adapter.health_path, timeout=self.policy.health_interval_s)
         except httpx.HTTPError:
             return failures + 1
         return 0 if response.status_code == 200 else failures + 1

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import grpc
 from fastapi.responses import JSONResponse
+
+from proto import errors
 
 _TYPES = {
     400: "invalid_request_error",
@@ -50,3 +53,18 @@ def upstream_error(status: int, body: bytes) -> ApiError:
         return ApiError(status, str(err["message"]), param=err.get("param"), code=str(code) if code else None)
     text = body.decode(errors="replace").strip()[:500] or f"engine error (HTTP {status})"
     return ApiError(status, text)
+
+
+def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
+    """A failed Generate as the client should see it: the engine's own error when the agent attached one,
+    otherwise what the transport failure means (503 unavailable, 504 timeout, 502 anything else)."""
+    metadata = exc.trailing_metadata()
+    status = errors.http_status(metadata)
+    if status is not None:
+        return upstream_error(status, errors.error_body(metadata))
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return ApiError(503, f"worker unavailable: {exc.details()}", code="worker_unavailable")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ApiError(504, "the worker did not finish in time", code="timeout")
+    return ApiError(502, f"worker error {code.name}: {exc.details()}", code="worker_error")

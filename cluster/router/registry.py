@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cluster.scheduler import WorkerView
+from cluster.router.rows import Reachability
+from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto.states import EngineState
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ class WorkerHandle:
     connected: bool = False
     inflight: int = 0
     served: int = 0
-    failures: int = 0
     suspect_until: float = 0.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -72,15 +73,14 @@ class WorkerHandle:
             decode_tokens_per_s=sample.decode_tokens_per_s,
         )
 
-    def state_name(self, now: float) -> str:
+    def state(self, now: float) -> EngineState | Reachability:
         if not self.connected:
-            return "unreachable"
+            return Reachability.UNREACHABLE
         if self.sample is None:
-            return "connecting"
+            return Reachability.CONNECTING
         if now < self.suspect_until:
-            return "suspect"
-        name: str = pb.EngineState.Name(self.sample.state).removeprefix("ENGINE_STATE_").lower()
-        return name
+            return Reachability.SUSPECT
+        return EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
 
 
 class Registry:
@@ -89,7 +89,6 @@ class Registry:
     def __init__(self, addresses: list[str], watch_interval_s: float = 1.0) -> None:
         self.watch_interval_s = watch_interval_s
         self.workers = {address: WorkerHandle(address) for address in addresses}
-        self._changed = asyncio.Event()
 
     async def start(self) -> None:
         """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
@@ -134,13 +133,7 @@ class Registry:
 
     def mark_suspect(self, handle: WorkerHandle, seconds: float = 2.0) -> None:
         """Stop sending to a worker at once after a transport failure, until fresh samples say otherwise."""
-        handle.failures += 1
         handle.suspect_until = time.monotonic() + seconds
-
-    async def wait_changed(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
-        self._changed.clear()
 
     async def _follow(self, handle: WorkerHandle) -> None:
         assert handle.stub is not None  # set by start()
@@ -161,11 +154,9 @@ class Registry:
                         info_when_ready = True
                     elif sample.state != pb.ENGINE_STATE_READY:
                         info_when_ready = False
-                    self._changed.set()
             except grpc.aio.AioRpcError as exc:
                 if handle.connected:
                     log.warning("worker %s lost: %s", handle.address, exc.code().name)
             handle.connected = False
-            self._changed.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)

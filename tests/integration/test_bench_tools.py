@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster import bench_latency
-from cluster.calibrate import calibrate, report
+from cluster.bench import latency
+from cluster.bench.calibrate import calibrate, report
 from tests.conftest import Cluster, free_port
 
-FAST = ("decode-ms-per-token=2", "overhead-ms=1", "prefill-ms-per-token=0.02")
+FAST = (("decode-ms-per-token", "2"), ("overhead-ms", "1"), ("prefill-ms-per-token", "0.02"))
 
 
 def test_latency_bench_measures_every_hop() -> None:
-    rounds = asyncio.run(bench_latency.measure(streams=2, max_tokens=4, rounds=1, sim_options=FAST, port=free_port()))
+    rounds = asyncio.run(latency.measure(streams=2, max_tokens=4, rounds=1, sim_options=FAST, port=free_port()))
     assert [r.target for r in rounds] == ["engine", "agent", "router"]
     for r in rounds:
         assert r.errors == 0 and len(r.chunk_ms) >= 2 * 4 and all(ms > 0 for ms in r.chunk_ms)
-    text = bench_latency.report(rounds)
+    text = latency.report(rounds)
     assert "added per chunk by router (router - agent)" in text and "added per chunk by agent" in text
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local, procs
+from cluster.bringup import local
 from tests.conftest import free_port, run_cli, wait_until
+from worker import procs
 
 
 def _start_foreground(home: Path) -> tuple[subprocess.Popen[str], list[int]]:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from cluster import procs
 from tests.conftest import free_port
+from worker import procs
 
 
 def daemon(*args: str) -> dict[str, object]:

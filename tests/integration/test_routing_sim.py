@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from cluster import procs
-from tests.conftest import SIM_MODEL, free_port, router_ready, wait_until
+from tests.conftest import SIM_MODEL, agent_config, start_cluster, stop_cluster
 
 SYSTEM = "You are the orchard's pruning expert; answer with care and cite the season. " * 30
 
@@ -17,35 +15,11 @@ SYSTEM = "You are the orchard's pruning expert; answer with care and cite the se
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("routing") / "logs"
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    pids = []
-    for index, address in enumerate(addresses):
-        argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", "sim", "--model", SIM_MODEL,
-                "--worker-id", f"w{index}", "--log-dir", str(logs / f"w{index}")]  # fmt: skip
-        pids.append(procs.spawn(argv, logs / f"agent{index}.log", tied_to_parent=True))
-    port = free_port()
-    router = [
-        sys.executable,
-        "-m",
-        "cluster.router",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--policy",
-        "round_robin",
-        "--model-policy",
-        f"{SIM_MODEL}=prefix",
-    ]  # fmt: skip  (the per-model override must win)
-    for address in addresses:
-        router += ["--worker", address]
-    pids.append(procs.spawn(router, logs / "router.log", tied_to_parent=True))
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: router_ready(url), 60, "router")
-    wait_until(
-        lambda: all(w["state"] == "ready" for w in httpx.get(url + "/orchard/workers").json()["workers"]), 60, "2 ready"
-    )
-    yield url
-    for pid in pids:
-        procs.terminate_tree(pid)
+    agents = [agent_config("sim", SIM_MODEL, logs / f"w{i}", worker_id=f"w{i}") for i in range(2)]
+    # round robin by default; the per-model override must win
+    cluster = start_cluster(logs.parent, agents, policy="round_robin", model_policies=((SIM_MODEL, "prefix"),))
+    yield cluster.url
+    stop_cluster(cluster)
 
 
 def served_by(url: str, body: dict[str, object], headers: dict[str, str] | None = None) -> str:

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from cluster.models import BUNDLED_NAME
-from tests.conftest import free_port, run_cli, start_cluster, stop_cluster, wait_until
+from tests.conftest import agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
 from tests.lab import netns
+from worker.models import BUNDLED_NAME
 
 pytestmark = netns.marks("mlx_lm", "mlx")
 
@@ -54,7 +54,8 @@ def tokens_per_second(url: str, tokens: int = 24) -> float:
 @pytest.fixture(scope="module")
 def single_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], float]]:
     """The reference: the same model on the mlx engine on one host, through the same router and agent."""
-    cluster = start_cluster(tmp_path_factory.mktemp("mlx-single"), "mlx", BUNDLED_NAME, BUNDLED_NAME, [])
+    tmp = tmp_path_factory.mktemp("mlx-single")
+    cluster = start_cluster(tmp, [agent_config("mlx", BUNDLED_NAME, tmp / "logs")])
     try:
         yield greedy(cluster.url), tokens_per_second(cluster.url)
     finally:
@@ -97,7 +98,7 @@ def group_lab(tmp: Path, hosts: int, mode: str) -> Iterator[GroupLab]:
 def rank_process(host: netns.TestHost) -> int:
     for pid in netns.pids_in(host.namespace):
         with contextlib.suppress(FileNotFoundError):
-            if b"worker.mlx_engine" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"worker.engines.programs.mlx_server" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
     raise AssertionError(f"no mlx rank process on {host.namespace}")
 

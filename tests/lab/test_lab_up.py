@@ -16,10 +16,11 @@ import httpx
 import openai
 import pytest
 
-from cluster import lab, procs
-from cluster.models import BUNDLED_NAME
+from cluster.bringup import lab
 from tests.conftest import free_port, run_cli
 from tests.lab import netns
+from worker import procs
+from worker.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 if reason := netns.available():

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from cluster.models import BUNDLED_NAME
 from tests.conftest import free_port, run_cli, wait_until
 from tests.lab import netns
+from worker.models import BUNDLED_NAME
 
 pytestmark = netns.marks("ray", "vllm")
 

@@ -1,14 +1,61 @@
-"""The agent's configuration: the bundled model's defaults and argument validation."""
+"""The launch configs (proto/launch.py): the one owner of the agent's and the router's command lines."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.agent import AgentConfig, _parse_args, bundled_defaults
+from proto.launch import AgentConfig, GroupRole, LaunchConfigError, RouterConfig
+from worker.agent import bundled_defaults
 
 
 def config(**extra: object) -> AgentConfig:
     return AgentConfig(engine="vllm", model="smollm2-135m-instruct", served_name="s", **extra)
+
+
+def every_agent_field() -> AgentConfig:
+    """No field at its default, so a flag dropped by to_argv or from_argv shows in the round trip."""
+    group = GroupRole(
+        name="big#1", rank=1, mode="pipeline", backend="mlx", transport="jaccl",
+        members=("10.0.0.2:52100", "10.0.0.3:52100"), peers=("10.0.0.2:50051", "10.0.0.3:50051"),
+        layers=(20, 10), rdma=((None, "rdma_en5"), ("", None)),
+    )  # fmt: skip
+    return AgentConfig(
+        listen="0.0.0.0:50099", engine="mlx", model="/models/big", served_name="big", worker_id="studio-2",
+        engine_args=("--dtype=float16", "--enforce-eager"), engine_python="/venv/bin/python", max_model_len=8192,
+        kv_cache_gib=2.5, sim_options=(("seed", "7"), ("kv-blocks", "600")), max_concurrency=12,
+        ready_timeout_s=123.5, log_dir="~/lab/logs", port_file="/tmp/port", group=group,
+    )  # fmt: skip
+
+
+def test_agent_config_round_trips_through_its_command_line() -> None:
+    original = every_agent_field()
+    defaults = AgentConfig(model="m")
+    changed = {name for name in AgentConfig.model_fields if getattr(original, name) != getattr(defaults, name)}
+    assert changed == set(AgentConfig.model_fields)  # the test covers every field
+    assert AgentConfig.from_argv(original.to_argv()) == original
+
+
+def test_router_config_round_trips_through_its_command_line() -> None:
+    original = RouterConfig(
+        listen="0.0.0.0:9000", workers=("10.0.0.2:50051", "10.0.0.3:50051"), policy="least_loaded",
+        model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")), max_body_bytes=1 << 20, max_attempts=3,
+        request_timeout_s=60.5,
+    )  # fmt: skip
+    defaults = RouterConfig(workers=("x:1",))
+    assert {n for n in RouterConfig.model_fields if getattr(original, n) != getattr(defaults, n)} == set(
+        RouterConfig.model_fields
+    )
+    assert RouterConfig.from_argv(original.to_argv()) == original
+
+
+def test_command_runs_the_program_with_the_given_interpreter() -> None:
+    command = every_agent_field().command("/Users/lab/orchard/.venv/bin/python")
+    assert command[:3] == ["/Users/lab/orchard/.venv/bin/python", "-m", "worker.agent"]
+    assert RouterConfig(workers=("a:1",)).command()[1:3] == ["-m", "cluster.router"]
+
+
+def test_served_name_defaults_to_the_model() -> None:
+    assert AgentConfig.from_argv(["--model", "org/model"]).served_name == "org/model"
 
 
 def test_bundled_model_runs_fp32_on_vllm_unless_told_otherwise() -> None:
@@ -18,13 +65,34 @@ def test_bundled_model_runs_fp32_on_vllm_unless_told_otherwise() -> None:
     assert chosen.extra_args == ("--dtype=bfloat16",)
 
 
-def test_sim_options_must_be_key_value(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        _parse_args(["--model", "m", "--engine", "sim", "--sim-option", "seed"])
-    assert "expected KEY=VALUE" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "m", "--engine", "sim", "--sim-option", "seed"], "expected KEY=VALUE"),
+        (["--model", "m", "--max-concurrency", "0"], "max_concurrency"),
+        (["--model", "m", "--engine", "cuda"], "invalid choice: 'cuda'"),
+        (["--model", "m", "--group-name", "g#1", "--group-member", "a:1"], "one --group-member and one --group-peer"),
+        (["--model", "m", "--group-name", "g", "--group-rank", "2", "--group-member", "a:1", "--group-peer", "a:2"],
+         "outside the group of 1"),
+    ],
+)  # fmt: skip
+def test_bad_agent_arguments_are_refused_with_the_flag_named(argv: list[str], message: str) -> None:
+    with pytest.raises(LaunchConfigError, match=message):
+        AgentConfig.from_argv(argv)
 
 
-def test_out_of_range_settings_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        _parse_args(["--model", "m", "--max-concurrency", "0"])
-    assert "max_concurrency" in capsys.readouterr().err
+def test_bad_router_arguments_are_refused() -> None:
+    with pytest.raises(LaunchConfigError, match="expected HOST:PORT"):
+        RouterConfig.from_argv(["--listen", "8000", "--worker", "a:1"])
+    with pytest.raises(LaunchConfigError, match="invalid choice"):
+        RouterConfig.from_argv(["--worker", "a:1", "--model-policy", "m=fastest"])
+    with pytest.raises(LaunchConfigError, match="required"):
+        RouterConfig.from_argv([])
+
+
+def test_the_agent_program_prints_usage_and_exits_2_on_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.agent import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", "m", "--max-concurrency", "0"])
+    assert stopped.value.code == 2 and "usage: orchard-worker" in capsys.readouterr().err

@@ -4,7 +4,6 @@ vllm.entrypoints.openai.api_server`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -66,7 +65,7 @@ def test_extra_engine_args_are_appended() -> None:
 
 def test_sim_plan_passes_known_options_and_rejects_others() -> None:
     plan = SimEngine().plan(config(kind="sim", sim_options=(("decode-ms-per-token", "3"),)), port=7)
-    assert plan.argv[1:3] == ("-m", "worker.sim")
+    assert plan.argv[1:3] == ("-m", "worker.engines.programs.sim")
     assert plan.argv[plan.argv.index("--decode-ms-per-token") + 1] == "3"
     with pytest.raises(ValueError, match="unknown sim option"):
         SimEngine().plan(config(kind="sim", sim_options=(("warp", "9"),)), port=7)
@@ -81,7 +80,7 @@ def test_mlx_single_host_runs_mlx_lm_server_with_openblas_preloaded(tmp_path: Pa
     blas = tmp_path / "libblas.so.3"
     blas.write_bytes(b"")
     plan = MlxEngine(platform="linux", openblas=blas).plan(config(kind="mlx"), port=9002)
-    assert plan.argv[:3] == (sys.executable, "-m", "worker.mlx_engine")
+    assert plan.argv[:3] == (sys.executable, "-m", "worker.engines.programs.mlx_server")
     args = plan.argv[3:]
     assert args[args.index("--served-name") + 1] == "smol" and args[args.index("--port") + 1] == "9002"
     assert plan.env["LD_PRELOAD"] == str(blas) and "MLX_RANK" not in plan.env
@@ -90,11 +89,15 @@ def test_mlx_single_host_runs_mlx_lm_server_with_openblas_preloaded(tmp_path: Pa
     assert "LD_PRELOAD" not in on_mac.env  # Metal on a Mac; OpenBLAS only stands in for it on Linux CPUs
 
 
-def group_role(rank: int, mode: str = "tensor", transport: str = "ring") -> GroupRole:
+Rdma = tuple[tuple[str | None, ...], ...]
+
+
+def group_role(rank: int, mode: str = "tensor", transport: str = "ring", rdma: Rdma = ()) -> GroupRole:
     members = ("10.0.0.2:52100", "10.0.0.3:52100", "10.0.0.4:52100")
     peers = ("10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051")
     layers = (10, 10, 10) if mode == "pipeline" else ()
-    return GroupRole("s#1", rank, mode, "mlx", transport, members, peers, layers)
+    return GroupRole(name="s#1", rank=rank, mode=mode, backend="mlx", transport=transport, members=members, peers=peers,
+                     layers=layers, rdma=rdma)  # fmt: skip
 
 
 def test_mlx_group_rank_gets_mlx_rank_and_a_ring_hostfile(tmp_path: Path) -> None:
@@ -114,7 +117,7 @@ def test_mlx_pipeline_rank_zero_serves_and_gets_the_layer_split() -> None:
 
 def test_mlx_jaccl_rank_gets_the_coordinator_and_the_rdma_device_matrix(tmp_path: Path) -> None:
     matrix = ((None, "rdma_en5", "rdma_en4"), ("rdma_en5", None, "rdma_en3"), ("rdma_en4", "rdma_en3", None))
-    role = dataclasses.replace(group_role(2, transport="jaccl"), rdma=matrix)
+    role = group_role(2, transport="jaccl", rdma=matrix)
     plan = MlxEngine(platform="darwin").plan(config(kind="mlx", group=role, state_dir=str(tmp_path)), port=1)
     assert plan.env["MLX_RANK"] == "2" and plan.env["MLX_JACCL_COORDINATOR"] == "10.0.0.2:52100"
     [(path, text)] = plan.files
@@ -123,19 +126,23 @@ def test_mlx_jaccl_rank_gets_the_coordinator_and_the_rdma_device_matrix(tmp_path
                                 ["rdma_en4", "rdma_en3", None]]  # fmt: skip
     assert plan.argv[plan.argv.index("--backend") + 1] == "jaccl"
     with pytest.raises(ValueError, match="rdma_devices"):
-        MlxEngine(platform="darwin").plan(config(kind="mlx", group=group_role(0, transport="jaccl")), port=1)
+        no_devices = ((None, "", ""), ("", None, ""), ("", "", None))
+        MlxEngine(platform="darwin").plan(
+            config(kind="mlx", group=group_role(0, "tensor", "jaccl", no_devices)), port=1
+        )
 
 
 def vllm_group(rank: int) -> GroupRole:
     members = ("10.0.0.2:52100", "10.0.0.3:52100")
-    return GroupRole("big#1", rank, "pipeline", "vllm", "ring", members, ("10.0.0.2:50051", "10.0.0.3:50051"), (20, 10))
+    peers = ("10.0.0.2:50051", "10.0.0.3:50051")
+    return GroupRole(name="big#1", rank=rank, backend="vllm", members=members, peers=peers, layers=(20, 10))
 
 
 def test_vllm_pipeline_group_rank_zero_runs_the_ray_head_and_the_server(tmp_path: Path) -> None:
     cfg = config(group=vllm_group(0), state_dir=str(tmp_path))
     plan = VllmEngine(platform="darwin").plan(cfg, port=9003)
     argv = list(plan.argv)
-    assert argv[:4] == [sys.executable, "-m", "worker.vllm_group", "head"]
+    assert argv[:4] == [sys.executable, "-m", "worker.engines.programs.vllm_group", "head"]
     assert argv[argv.index("--node-ip") + 1] == "10.0.0.2" and argv[argv.index("--ray-port") + 1] == "52100"
     assert argv[argv.index("--size") + 1] == "2" and argv[argv.index("--resources") + 1] == '{"mlx": 1}'
     assert argv[argv.index("--python") + 1].endswith(".venv-vllm-metal/bin/python")  # vLLM and Ray live there

@@ -14,7 +14,7 @@ PEERS = ("10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051")
 
 
 def controller(rank: int, tmp_path: Path) -> GroupController:
-    role = GroupRole("s#1", rank, "tensor", "mlx", "ring", ("a:1", "b:1", "c:1"), PEERS)
+    role = GroupRole(name="s#1", rank=rank, mode="tensor", backend="mlx", members=("a:1", "b:1", "c:1"), peers=PEERS)
     supervisor = EngineSupervisor(SimEngine(), EngineConfig("sim", "m", "m"), tmp_path)
     return GroupController(role, supervisor)
 

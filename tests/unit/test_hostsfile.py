@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.hostsfile import HostsFileError, load, parse
-from cluster.placement import PlacementError, plan
+from cluster.placement.hostsfile import HostsFileError, load, parse
+from cluster.placement.plan import PlacementError, plan
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.hostsfile import parse
-from cluster.placement import Assignment, PlacementError, plan
-from cluster.sizing import ModelFacts
+from cluster.placement.hostsfile import parse
+from cluster.placement.plan import Assignment, PlacementError, plan
+from cluster.placement.sizing import ModelFacts
+from proto.launch import AgentConfig
 
 # Two 512 GB Mac Studios and two 96 GB ones; 80 % usable: 409.6 GB and 76.8 GB.
 LAB = """\
@@ -158,8 +159,7 @@ def test_reported_memory_is_used_when_the_file_gives_none() -> None:
 
 
 def test_a_group_ranks_agent_command_line_carries_the_whole_group(tmp_path: Path) -> None:
-    from cluster.remote import agent_args
-    from worker.agent import _parse_args
+    from cluster.bringup.remote import agent_config
 
     text = SMALL_LAB.replace('address = "10.213.7.12"', 'address = "10.213.7.12"\ngroup_address = "192.168.5.2"')
     for i, peers in ((1, '{ h2 = "rdma_en5", h3 = "rdma_en4" }'), (2, '{ h1 = "rdma_en5", h3 = "rdma_en3" }'),
@@ -168,7 +168,7 @@ def test_a_group_ranks_agent_command_line_carries_the_whole_group(tmp_path: Path
     text += smollm2_on("h1", "h2", "h3", mode="pipeline").replace("\n[[models]]", '\n[[models]]\ntransport = "jaccl"')
     spec = parse(text, Path("lab.toml"))
     member = plan(spec, {"s": SMOLLM2})[1]
-    config = _parse_args(agent_args(member, spec))  # what the agent on h2 makes of it
+    config = AgentConfig.from_argv(agent_config(member, spec).to_argv())  # what the agent on h2 makes of it
     role = config.group
     assert role is not None and (role.name, role.rank, role.mode, role.backend) == ("s#1", 1, "pipeline", "mlx")
     assert role.members == ("10.213.7.11:52100", "192.168.5.2:52100", "10.213.7.13:52100")  # group_address

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.routing.choose import RequestView, RoutingState, WorkerView, choose
 from cluster.routing.prefix_index import BLOCK_CHARS, PrefixIndex, WorkerPrefixes, block_hashes
 from cluster.routing.sessions import SessionPins
-from cluster.scheduler import RequestView, RoutingState, WorkerView, choose
 
 SYSTEM_A = "You are a careful assistant for the orchard lab. " * 40  # ~2k chars: 7 full blocks
 SYSTEM_B = "You answer questions about apple varieties only. " * 40

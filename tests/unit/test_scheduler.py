@@ -1,8 +1,12 @@
-"""Worker choice on hand-made snapshots."""
+"""Worker choice (least loaded) on hand-made snapshots."""
 
 from __future__ import annotations
 
-from cluster.scheduler import WorkerView, pick
+from cluster.routing.choose import Decision, RequestView, RoutingState, WorkerView, choose
+
+
+def pick(views: list[WorkerView], exclude: frozenset[str] = frozenset()) -> Decision | None:
+    return choose("least_loaded", RequestView("m", None, (), 0), views, RoutingState(), 0.0, exclude)
 
 
 def test_no_ready_worker_gives_none() -> None:

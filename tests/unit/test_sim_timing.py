@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.sim.timing import SimTiming, generate_words, render_chat, tokenize
+from worker.engines.programs.sim.timing import SimTiming, generate_words, render_chat, tokenize
 
 
 def test_prefill_cost_grows_with_uncached_tokens() -> None:
@@ -30,7 +30,7 @@ def test_chat_rendering_keeps_text_parts() -> None:
 
 
 def test_prefix_cache_counts_cached_prefix_tokens_and_is_bounded() -> None:
-    from worker.sim.prefix_cache import PrefixCache
+    from worker.engines.programs.sim.prefix_cache import PrefixCache
 
     cache = PrefixCache(capacity_blocks=4, block_tokens=2)
     assert cache.lookup_and_insert(["a", "b", "c", "d", "e"]) == 0  # 2 complete blocks stored

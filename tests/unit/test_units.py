@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import plistlib
 
-from cluster.units import LAUNCHD_LABEL, launchd_plist, systemd_unit
+from cluster.bringup.units import LAUNCHD_LABEL, launchd_plist, systemd_unit
 
 PROGRAM = ["/Users/lab/orchard/.venv/bin/python", "-m", "worker.agent", "--listen", "0.0.0.0:50051"]
 # launchd.plist(5): the keys a LaunchAgent may use that we rely on, with their types.

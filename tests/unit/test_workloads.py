@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cluster.bench.workloads import multi_turn, random_prompts, shared_prefix
 from cluster.routing.prefix_index import block_hashes
 from cluster.routing.prompt import render_for_routing
-from cluster.workloads import multi_turn, random_prompts, shared_prefix
 
 
 def test_same_seed_same_requests_other_seed_others() -> None:

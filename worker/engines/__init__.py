@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from proto.launch import ENGINE_KINDS
 from worker.engines.base import EngineAdapter
 from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
 from worker.engines.vllm import VllmEngine
 
-ENGINES = ("vllm", "mlx", "sim")
+ENGINES = ENGINE_KINDS
 
 
 def adapter_for(kind: str) -> EngineAdapter:

@@ -1,6 +1,7 @@
-"""What every engine adapter provides: a command line and environment for a subprocess on 127.0.0.1.
+"""What every engine adapter provides: how to launch the engine on 127.0.0.1 (a command line, environment and
+files), where its health and metrics are, how to empty its prefix cache, and its version.
 
-The supervisor (worker/supervisor.py) owns the lifecycle; adapters only describe how to launch.
+The supervisor (worker/supervisor.py) owns the lifecycle; adapters only describe the engine.
 """
 
 from __future__ import annotations
@@ -8,24 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import httpx
 
-@dataclass(frozen=True)
-class GroupRole:
-    """This engine's place in a shard group (one model replica over several hosts)."""
-
-    name: str  # e.g. "llama-70b#1"
-    rank: int
-    mode: str  # tensor | pipeline
-    backend: str  # mlx | vllm
-    transport: str = "ring"  # mlx: ring | jaccl
-    members: tuple[str, ...] = ()  # "ip:port" of every rank's group endpoint, rank order
-    peers: tuple[str, ...] = ()  # every rank's agent gRPC address, rank order (to watch the group)
-    layers: tuple[int, ...] = ()  # pipeline: layers per rank, rank order
-    rdma: tuple[tuple[str | None, ...], ...] = ()  # jaccl: RDMA device from rank i to rank j (None: itself)
-
-    @property
-    def size(self) -> int:
-        return len(self.members)
+from proto.launch import GroupRole
 
 
 @dataclass(frozen=True)
@@ -51,12 +37,12 @@ class LaunchPlan:
     env: dict[str, str]
     files: tuple[tuple[str, str], ...] = ()  # (path, text) the supervisor writes before each start
     serves_http: bool = True  # False for shard-group ranks other than 0: they follow rank 0, answer nothing
-    health_path: str = "/health"
-    metrics_path: str = "/metrics"
 
 
 class EngineAdapter(Protocol):
     name: str
+    health_path: str  # answers 200 once the server is up (readiness still needs a real token)
+    metrics_path: str | None  # Prometheus text with vLLM's metric names; None: the engine exports none
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         """The subprocess to start so that it serves OpenAI on 127.0.0.1:port."""
@@ -65,3 +51,17 @@ class EngineAdapter(Protocol):
     def version(self, config: EngineConfig) -> str:
         """The engine's version, for Info (best effort, no subprocess)."""
         ...
+
+    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
+        """Empty the running engine's prefix cache (benchmarks start every policy cold). Raises
+        EngineFeatureMissing where the engine has no such control, httpx.HTTPError when the call fails."""
+        ...
+
+
+class EngineFeatureMissing(Exception):
+    """The engine cannot do what was asked (e.g. mlx-lm's server cannot reset its prefix cache)."""
+
+
+async def post_reset(http: httpx.AsyncClient, url: str) -> None:
+    """vLLM's `POST /reset_prefix_cache` (needs VLLM_SERVER_DEV_MODE=1 on vLLM; the sim has it always)."""
+    (await http.post(url + "/reset_prefix_cache", timeout=30.0)).raise_for_status()

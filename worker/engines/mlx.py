@@ -18,7 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from worker.engines.base import EngineConfig, LaunchPlan
+import httpx
+
+from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan
 
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 
@@ -29,13 +31,15 @@ def ring_hostfile(members: tuple[str, ...]) -> str:
 
 class MlxEngine:
     name = "mlx"
+    health_path = "/health"
+    metrics_path: str | None = None  # mlx-lm's server has no /metrics
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform
         self.openblas = openblas
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
-        argv = [config.python or sys.executable, "-m", "worker.mlx_engine", "--model", config.model,
+        argv = [config.python or sys.executable, "-m", "worker.engines.programs.mlx_server", "--model", config.model,
                 "--served-name", config.served_name, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         env: dict[str, str] = {}
         if Path(config.model).exists():
@@ -55,7 +59,7 @@ class MlxEngine:
             env["MLX_RANK"] = str(group.rank)
             if group.transport == "jaccl":
                 # MLX's JACCL interface: rank 0's coordinator address and the RDMA device matrix.
-                if len(group.rdma) != group.size:
+                if any(device == "" for row in group.rdma for device in row):
                     raise ValueError("jaccl needs every host's rdma_devices towards the others (hosts file)")
                 files = ((stem + "-ibv.json", json.dumps([list(row) for row in group.rdma])),)
                 env.update({"MLX_JACCL_COORDINATOR": group.members[0], "MLX_IBV_DEVICES": files[0][0]})
@@ -76,3 +80,6 @@ class MlxEngine:
             return f"mlx-lm {importlib.metadata.version('mlx-lm')}"
         except importlib.metadata.PackageNotFoundError:
             return "mlx-lm not installed"
+
+    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
+        raise EngineFeatureMissing("mlx-lm's server cannot empty its prefix cache")

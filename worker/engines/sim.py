@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from worker.engines.base import EngineConfig, LaunchPlan
+import httpx
+
+from worker.engines.base import EngineConfig, LaunchPlan, post_reset
 
 SIM_OPTIONS = (
     "seed",
@@ -20,9 +22,11 @@ SIM_OPTIONS = (
 
 class SimEngine:
     name = "sim"
+    health_path = "/health"
+    metrics_path: str | None = "/metrics"
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
-        argv = [config.python or sys.executable, "-m", "worker.sim",
+        argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",
                 "--port", str(port), "--model", config.served_name]  # fmt: skip
         for key, value in config.sim_options:
             if key not in SIM_OPTIONS:
@@ -32,3 +36,6 @@ class SimEngine:
 
     def version(self, config: EngineConfig) -> str:
         return "orchard-sim 1"
+
+    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
+        await post_reset(http, url)

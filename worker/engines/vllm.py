@@ -12,13 +12,17 @@ import os
 import sys
 from pathlib import Path
 
-from worker.engines.base import EngineConfig, LaunchPlan
+import httpx
+
+from worker.engines.base import EngineConfig, LaunchPlan, post_reset
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
 
 
 class VllmEngine:
     name = "vllm"
+    health_path = "/health"
+    metrics_path: str | None = "/metrics"
 
     def __init__(self, platform: str = sys.platform) -> None:
         self.platform = platform
@@ -51,7 +55,8 @@ class VllmEngine:
         env["VLLM_HOST_IP"] = node_ip
         if self.platform == "darwin":
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # Ray refuses multi-node macOS clusters otherwise
-        launcher = [sys.executable, "-m", "worker.vllm_group"]  # Orchard's; vLLM and Ray run from --python
+        # Orchard's launcher runs here; vLLM and Ray run from --python.
+        launcher = [sys.executable, "-m", "worker.engines.programs.vllm_group"]
         common = ["--node-ip", node_ip, "--resources", resources, "--python", self.python(config)]
         if group.rank != 0:
             head = group.members[0]
@@ -100,6 +105,9 @@ class VllmEngine:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return "unknown (engine runs from another venv)"
+
+    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
+        await post_reset(http, url)
 
 
 def _pipeline_size(argv: list[str]) -> int:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from cluster.routing import least_loaded, prefix, round_robin
 from cluster.routing.types import Decision, RequestView, RoutingState, WorkerView
+from proto.launch import POLICIES, Policy
 
-__all__ = ["POLICIES", "Decision", "RequestView", "RoutingState", "WorkerView", "choose", "pick"]
-
-POLICIES = ("prefix", "least_loaded", "round_robin")
+__all__ = ["POLICIES", "Decision", "Policy", "RequestView", "RoutingState", "WorkerView", "choose"]
 
 
 def ready_workers(candidates: list[WorkerView], exclude: frozenset[str]) -> list[WorkerView]:
@@ -36,9 +35,3 @@ def choose(
     if policy == "prefix":
         return prefix.pick(request, workers, state, now)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of: {', '.join(POLICIES)}")
-
-
-def pick(candidates: list[WorkerView], exclude: frozenset[str] = frozenset()) -> Decision | None:
-    """Least loaded ready worker (kept for callers that have no request view)."""
-    workers = ready_workers(candidates, exclude)
-    return least_loaded.pick(workers) if workers else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import statistics
 import time
 import uuid
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from worker.sim.timing import SimTiming
+from cluster.bench.client import sse_chunks
+from worker.engines.programs.sim.timing import SimTiming
 
 _FILLER = "apple pear plum cherry quince blossom branch root soil rain frost prune graft harvest ladder basket"
 
@@ -63,17 +63,10 @@ async def timed_stream(client: httpx.AsyncClient, url: str, model: str, prompt: 
     started = time.perf_counter()
     stamps: list[float] = []
     usage: dict[str, int] = {}
-    async with client.stream("POST", url + "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread()).decode()[:300]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if any(c.get("text") for c in chunk.get("choices") or ()):
-                stamps.append(time.perf_counter())
+    async for arrival in sse_chunks(client, url, "/v1/completions", body):
+        usage = arrival.chunk.get("usage") or usage
+        if arrival.has_text:
+            stamps.append(arrival.at)
     if not stamps or not usage:
         raise RuntimeError(f"{url} streamed no tokens or no usage")
     return StreamTiming(

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cluster.hostsfile import ClusterSpec, HostSpec, ModelSpec
-from cluster.sizing import ModelFacts
+from cluster.placement.hostsfile import ClusterSpec, HostSpec, ModelSpec
+from cluster.placement.sizing import ModelFacts
 
 
 class PlacementError(Exception):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.models import BUNDLED_NAME, bundled_dir, is_prepared
+from worker.models import bundled_dir, is_bundled, is_prepared
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelFacts:
 
 def local_folder(source: str) -> Path | None:
     """The folder holding this source's files on this machine, if any (bundled, a path, or the HF cache)."""
-    if source in (BUNDLED_NAME, "bundled"):
+    if is_bundled(source):
         folder = bundled_dir()
         return folder if is_prepared(folder) else None
     if source.startswith(("/", "./", "../", "~")):

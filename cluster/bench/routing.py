@@ -20,7 +20,6 @@ import itertools
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,12 +27,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
 
-from cluster import procs, workloads
-from cluster.bench import _engine_url
-from cluster.models import BUNDLED_NAME
+from cluster.bench import workloads
+from cluster.bench.chart import write_chart
+from cluster.bench.client import engine_url, pct, sse_chunks
+from cluster.bringup.fleet import Fleet, fetch_workers
+from cluster.router.rows import WorkersReply
+from proto.launch import AgentConfig, Policy, RouterConfig
+from worker.engines import adapter_for
 from worker.metrics import parse_engine_metrics
-from worker.supervisor import free_port
+from worker.models import BUNDLED_NAME
+from worker.procs import free_port
 
 SIM_MODEL = "sim-model"
 
@@ -44,15 +49,15 @@ class RoutingBenchConfig:
     engine: str = "sim"  # sim | vllm
     model: str = ""  # default: sim-model for sim, the bundled model for vllm
     workloads: tuple[str, ...] = ("shared_prefix",)
-    policies: tuple[str, ...] = ("prefix", "least_loaded", "round_robin")
+    policies: tuple[Policy, ...] = ("prefix", "least_loaded", "round_robin")
     requests: int = 200
     rate: float = 20.0
     seed: int = 0
     max_tokens: int = 32
     system_words: tuple[int, int] = (750, 3000)  # shared_prefix system prompt length range
     groups: int = 0  # shared_prefix system prompts (0: one per 25 requests, at least 2)
-    sim_options: tuple[str, ...] = ()
-    worker_sim_options: tuple[tuple[int, str], ...] = ()  # (worker index, KEY=VALUE): heterogeneous fleets
+    sim_options: tuple[tuple[str, str], ...] = ()
+    worker_sim_options: tuple[tuple[int, tuple[str, str]], ...] = ()  # (worker index, KEY=VALUE): heterogeneous fleets
     engine_args: tuple[str, ...] = ()
     kv_cache_gib: float = 1.0
     url: str | None = None  # drive this endpoint as it is instead of starting a fleet
@@ -81,67 +86,53 @@ class PolicyResult:
     share: dict[str, float] = field(default_factory=dict)  # worker id -> fraction of requests it served
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-class Fleet:
+class BenchFleet:
     """N agents started once; routers come and go per policy. Everything is tied to this process."""
 
     def __init__(self, config: RoutingBenchConfig, logs: Path) -> None:
-        self.config, self.logs = config, logs
-        self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(config.workers)]
-        self.agent_pids: list[int] = []
+        self.config = config
+        # vLLM's POST /reset_prefix_cache needs dev mode (the sim has it always).
+        self.fleet = Fleet(logs, env={"VLLM_SERVER_DEV_MODE": "1"})
+        self.agents = [self._agent(index) for index in range(config.workers)]
         self.engine_urls: list[str] = []
 
+    def _agent(self, index: int) -> AgentConfig:
+        config = self.config
+        options = config.sim_options + tuple(o for i, o in config.worker_sim_options if i == index)
+        return AgentConfig(
+            listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model_name, worker_id=f"w{index}",
+            kv_cache_gib=config.kv_cache_gib, log_dir=str(self.fleet.logs / f"w{index}"), sim_options=options,
+            engine_args=config.engine_args,
+        )  # fmt: skip
+
     def start(self) -> None:
-        env = {"VLLM_SERVER_DEV_MODE": "1"}  # vLLM's POST /reset_prefix_cache (the sim has it always)
-        for index, address in enumerate(self.addresses):
-            argv = [sys.executable, "-m", "worker.agent", "--listen", address, "--engine", self.config.engine,
-                    "--model", self.config.model_name, "--worker-id", f"w{index}",
-                    "--kv-cache-gib", str(self.config.kv_cache_gib),
-                    "--log-dir", str(self.logs / f"w{index}")]  # fmt: skip
-            options = list(self.config.sim_options) + [o for i, o in self.config.worker_sim_options if i == index]
-            argv += [f"--sim-option={option}" for option in options]
-            argv += [f"--engine-arg={arg}" for arg in self.config.engine_args]
-            self.agent_pids.append(procs.spawn(argv, self.logs / f"agent{index}.log", tied_to_parent=True, env=env))
+        for agent in self.agents:
+            self.fleet.start_agent(agent, name=f"agent-{agent.worker_id}")
 
     def stop(self) -> None:
-        for pid in self.agent_pids:
-            procs.terminate_tree(pid, grace_s=20)
+        self.fleet.stop()
 
     @contextlib.contextmanager
-    def router(self, policy: str, timeout_s: float) -> Iterator[str]:
-        port = free_port()
-        argv = [sys.executable, "-m", "cluster.router", "--listen", f"127.0.0.1:{port}", "--policy", policy]
-        for address in self.addresses:
-            argv += ["--worker", address]
-        pid = procs.spawn(argv, self.logs / f"router-{policy}.log", tied_to_parent=True)
-        url = f"http://127.0.0.1:{port}"
+    def router(self, policy: Policy, timeout_s: float) -> Iterator[str]:
+        config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=tuple(a.listen for a in self.agents),
+                              policy=policy)  # fmt: skip
+        child = self.fleet.start_router(config, name=f"router-{policy}")
         try:
-            self._wait_ready(url, timeout_s)
+            self.fleet.wait_ready(config.local_url, len(self.agents), timeout_s)
             if not self.engine_urls:
-                self.engine_urls = [_engine_url(address) for address in self.addresses]
-            yield url
+                self.engine_urls = [engine_url(agent.listen) for agent in self.agents]
+            yield config.local_url
         finally:
-            procs.terminate_tree(pid)
-
-    def _wait_ready(self, url: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                rows = httpx.get(url + "/orchard/workers", timeout=2).json()["workers"]
-                if len(rows) == len(self.addresses) and all(r["state"] == "ready" for r in rows):
-                    return
-            if not all(procs.alive(pid) for pid in self.agent_pids):
-                break
-            time.sleep(0.5)
-        raise RuntimeError(f"the {self.config.engine} fleet did not come up; logs in {self.logs}")
+            self.fleet.stop(child)
 
     def reset_caches(self) -> None:
-        for engine in self.engine_urls:
-            httpx.post(engine + "/reset_prefix_cache", timeout=30).raise_for_status()
+        adapter = adapter_for(self.config.engine)
+
+        async def reset_all() -> None:
+            async with httpx.AsyncClient() as http:
+                await asyncio.gather(*(adapter.reset_prefix_cache(http, url) for url in self.engine_urls))
+
+        asyncio.run(reset_all())
 
     def prefix_counters(self) -> tuple[int, int]:
         return _prefix_counters(self.engine_urls)
@@ -162,12 +153,7 @@ def _prefix_counters(urls: list[str]) -> tuple[int, int]:
 async def _one(client: httpx.AsyncClient, url: str, request: workloads.Request) -> tuple[float, list[float], int]:
     headers = {"x-session-id": request.session} if request.session else {}
     started = time.perf_counter()
-    stamps: list[float] = []
-    async with client.stream("POST", url + "/v1/chat/completions", json=request.body, headers=headers) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {") and '"content"' in line and '"content": ""' not in line:
-                stamps.append(time.perf_counter())
+    stamps = [a.at async for a in sse_chunks(client, url, "/v1/chat/completions", request.body, headers) if a.has_text]
     if not stamps:
         raise RuntimeError("no tokens")
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
@@ -177,9 +163,9 @@ async def _one(client: httpx.AsyncClient, url: str, request: workloads.Request) 
 async def _sample_spread(url: str, stop: asyncio.Event, samples: list[float]) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
         while not stop.is_set():
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                rows = (await client.get(url + "/orchard/workers")).json()["workers"]
-                loads = [r["inflight"] for r in rows]
+            with contextlib.suppress(httpx.HTTPError, ValidationError):
+                reply = WorkersReply.model_validate_json((await client.get(url + "/orchard/workers")).content)
+                loads = [row.inflight for row in reply.workers]
                 if sum(loads):
                     samples.append(statistics.pstdev(loads) / statistics.mean(loads))
             await asyncio.sleep(0.25)
@@ -208,11 +194,10 @@ async def _drive(
 
 
 def _shares(url: str) -> dict[str, float]:
-    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-        rows = httpx.get(url + "/orchard/workers", timeout=5).json()["workers"]
-        total = sum(r["served"] for r in rows) or 1
-        return {r["worker_id"]: round(r["served"] / total, 3) for r in rows}
-    return {}
+    with httpx.Client(timeout=5) as client:
+        rows = fetch_workers(client, url)
+    total = sum(row.served for row in rows) or 1
+    return {row.worker_id: round(row.served / total, 3) for row in rows}
 
 
 def measure(
@@ -227,16 +212,16 @@ def measure(
     gaps = [g * 1000 for r in ok for g in r[1]]
     return PolicyResult(
         policy=label, workload=workload, requests=len(requests), errors=len(results) - len(ok),
-        ttft_p50_ms=_pct(ttfts, 0.5), ttft_p90_ms=_pct(ttfts, 0.9), ttft_p99_ms=_pct(ttfts, 0.99),
+        ttft_p50_ms=pct(ttfts, 0.5), ttft_p90_ms=pct(ttfts, 0.9), ttft_p99_ms=pct(ttfts, 0.99),
         ttft_mean_ms=statistics.mean(ttfts) if ttfts else float("nan"),
-        itl_p50_ms=_pct(gaps, 0.5), output_tok_s=sum(r[2] for r in ok) / wall, request_rate=len(ok) / wall,
+        itl_p50_ms=pct(gaps, 0.5), output_tok_s=sum(r[2] for r in ok) / wall, request_rate=len(ok) / wall,
         prefix_hit_rate=hits / queries if queries else float("nan"),
         load_spread=statistics.mean(spread) if spread else 0.0, share=_shares(url) if fleet else {},
     )  # fmt: skip
 
 
 def run_policy(
-    fleet: Fleet, policy: str, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig
+    fleet: BenchFleet, policy: Policy, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig
 ) -> PolicyResult:
     timeout = 900.0 if config.engine == "vllm" else 120.0  # a cold vLLM start compiles for minutes
     with fleet.router(policy, timeout) as url:
@@ -272,7 +257,7 @@ def print_table(rows: list[PolicyResult]) -> None:
 def main(config: RoutingBenchConfig) -> list[PolicyResult]:
     logs = Path(tempfile.mkdtemp(prefix="orchard-bench-routing-"))
     rows: list[PolicyResult] = []
-    fleet = None if config.url else Fleet(config, logs)
+    fleet = None if config.url else BenchFleet(config, logs)
     try:
         if fleet:
             fleet.start()
@@ -294,8 +279,6 @@ def main(config: RoutingBenchConfig) -> list[PolicyResult]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": _config_json(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     print(f"\n(times in ms) rows written to {out}; logs in {logs}")
-    from cluster.bench_chart import write_chart
-
     chart = write_chart(rows, out.with_suffix(".png"), title=f"{config.workers} {config.engine} workers")
     print(f"chart: {chart}" if chart else "chart: skipped (pip install matplotlib, or the 'bench' extra)")
     return rows

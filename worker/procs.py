@@ -1,20 +1,39 @@
-"""Starting and stopping our own child processes: own process group, logs to a file, terminate-then-kill."""
+"""Our own child processes, for the agent (engines) and the head (agents, routers): start in a new session with
+logs to a file, tie to the parent's life, check alive, terminate-then-kill a tree, pick a free port."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from worker.lifetime import die_with_parent
+
+def die_with_parent() -> None:
+    """Run in a child between fork and exec: on Linux the child gets SIGTERM when its parent dies
+    (PR_SET_PDEATHSIG), so a killed parent never leaves an engine or agent behind. No-op elsewhere."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def spawn(argv: list[str], log_path: Path, *, tied_to_parent: bool, env: dict[str, str] | None = None) -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(
+    argv: list[str], log_path: Path, *, tied_to_parent: bool, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Start argv in a new session with stdout+stderr appended to log_path; returns its pid.
 
     tied_to_parent: the child gets SIGTERM if this process dies (Linux), so nothing is left behind.
@@ -29,6 +48,7 @@ def spawn(argv: list[str], log_path: Path, *, tied_to_parent: bool, env: dict[st
             start_new_session=True,
             env={**os.environ, **(env or {})},
             preexec_fn=die_with_parent if tied_to_parent else None,
+            cwd=cwd,
         )
     return proc.pid
 

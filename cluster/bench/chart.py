@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cluster.bench_routing import PolicyResult
+from typing import Protocol
 
 
-def write_chart(rows: list[PolicyResult], path: Path, title: str) -> Path | None:
+class ChartRow(Protocol):
+    """What the chart reads of one benchmark row (cluster.bench.routing.PolicyResult)."""
+
+    @property
+    def workload(self) -> str: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def ttft_p50_ms(self) -> float: ...
+    @property
+    def ttft_p90_ms(self) -> float: ...
+    @property
+    def ttft_p99_ms(self) -> float: ...
+    @property
+    def output_tok_s(self) -> float: ...
+    @property
+    def prefix_hit_rate(self) -> float: ...
+
+
+def write_chart(rows: Sequence[ChartRow], path: Path, title: str) -> Path | None:
     """Write the chart; None when matplotlib is not installed (it is an optional extra)."""
     try:
         import matplotlib

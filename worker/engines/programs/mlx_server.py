@@ -1,6 +1,7 @@
 """The `mlx` engine process: mlx-lm's OpenAI server, on one host or as one rank of a shard group.
 
-    python -m worker.mlx_engine --model PATH --served-name NAME --port P [--pipeline-layers 15,15] [MLX_LM_ARGS]
+    python -m worker.engines.programs.mlx_server --model PATH --served-name NAME --port P \
+        [--pipeline-layers 15,15] [MLX_LM_ARGS]
 
 A shard group is MLX's own interface: the agent sets `MLX_RANK` and `MLX_HOSTFILE` (a ring hostfile,
 `[["ip:port"], ...]`, as `mlx.launch` writes it) and `--backend ring|jaccl`. mlx-lm's server then loads its
@@ -88,7 +89,7 @@ def _serve_as(served_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.mlx_engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.engines.programs.mlx_server", description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,7 +1,8 @@
 """One rank of a vLLM pipeline-parallel group over Ray, as the agent's engine process.
 
-    python -m worker.vllm_group head --node-ip IP --ray-port P --size N [--python PY] -- VLLM_SERVER_ARGS
-    python -m worker.vllm_group member --node-ip IP --head IP0:P [--python PY]
+    python -m worker.engines.programs.vllm_group head --node-ip IP --ray-port P --size N [--python PY] \
+        -- VLLM_SERVER_ARGS
+    python -m worker.engines.programs.vllm_group member --node-ip IP --head IP0:P [--python PY]
 
 `--python` is the engine's interpreter (on a Mac, vllm-metal's own venv, which holds vLLM and Ray); this
 launcher runs from Orchard's.
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--" in argv:
         split = argv.index("--")
         argv, vllm_args = argv[:split], argv[split + 1 :]
-    parser = argparse.ArgumentParser(prog="python -m worker.vllm_group", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.engines.programs.vllm_group", description=__doc__)
     parser.add_argument("role", choices=("head", "member"))
     parser.add_argument("--node-ip", required=True, help="this host's address in the group")
     parser.add_argument("--ray-port", type=int, default=6379)

@@ -8,7 +8,6 @@ router on the head → wait for the agents to be ready (deadline) → a table. T
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
-from cluster import procs, records, remote, sizing
-from cluster.hostsfile import ClusterSpec, HostSpec
-from cluster.placement import Assignment, PlacementError, plan
+from cluster.bringup import records, remote
+from cluster.bringup.fleet import fetch_workers
+from cluster.placement import sizing
+from cluster.placement.hostsfile import ClusterSpec, HostSpec
+from cluster.placement.plan import Assignment, PlacementError, plan
+from proto.daemon import StartReply
+from proto.launch import RouterConfig
+from worker import procs
 
 Report = Callable[[str], None]
 
@@ -38,11 +43,14 @@ class HostOutcome:
     pid: int | None = None
 
 
-@dataclass(frozen=True)
-class LabState:
+class LabState(BaseModel):
+    """What `cluster up hosts.toml` applied, so that down/status/logs work without the file."""
+
+    model_config = ConfigDict(frozen=True)
+
     spec: dict[str, Any]
     router_pid: int
-    router_args: list[str]
+    router: RouterConfig
     url: str
 
 
@@ -98,13 +106,13 @@ async def _bring_host(
             if assignment is None:
                 stopped = await remote.stop_agent(conn, host)
                 outcome.state = "idle"
-                if stopped.get("was_running"):
+                if stopped.was_running:
                     report(f"{host.label}: no model placed here any more; agent stopped")
                 return outcome
             if install_service:
                 path = await remote.install_service(conn, assignment, probe.platform, spec)
                 report(f"{host.label}: agent installed as a service ({path})")
-                result: dict[str, Any] = {"status": "started", "changed": True, "pid": None}
+                result = StartReply(status="started", changed=True)
             else:
                 result = await remote.start_agent(conn, assignment, spec)
         except remote.RemoteError as exc:
@@ -112,11 +120,11 @@ async def _bring_host(
             report(f"{host.label}: {exc}")
             return outcome
     outcome.models = [model_name]
-    outcome.pid = result.get("pid")
-    if result.get("status") == "failed":
-        outcome.state, outcome.reason = "failed", f"agent exited at start: {result.get('log', '')}"
+    outcome.pid = result.pid
+    if result.status == "failed":
+        outcome.state, outcome.reason = "failed", f"agent exited at start: {result.log}"
     else:
-        outcome.state = "started" if result.get("changed") else "running"
+        outcome.state = "started" if result.changed else "running"
         report(f"{host.label}: agent {outcome.state} (pid {outcome.pid}) serving {model_name}")
     return outcome
 
@@ -175,29 +183,26 @@ class LabError(Exception):
     """The lab could not be brought up as asked; the message says which hosts and why."""
 
 
+def router_config(spec: ClusterSpec, workers: list[str]) -> RouterConfig:
+    policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
+    return RouterConfig(listen=f"{spec.router.host}:{spec.router.port}", workers=tuple(workers),
+                        model_policies=policies)  # fmt: skip
+
+
 def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
-    listen = f"{spec.router.host}:{spec.router.port}"
-    args = [sys.executable, "-m", "cluster.router", "--listen", listen]
-    for address in workers:
-        args += ["--worker", address]
-    for model in spec.models:
-        if model.policy:
-            args += ["--model-policy", f"{model.name}={model.policy}"]
-    connect_host = "127.0.0.1" if spec.router.host in ("0.0.0.0", "::") else spec.router.host
-    url = f"http://{connect_host}:{spec.router.port}"
+    config = router_config(spec, workers)
+    url = config.local_url
     previous = read_state(home)
-    if previous and procs.alive(previous.router_pid) and previous.router_args == args:
-        report(f"router: running (pid {previous.router_pid}) at {url}")
+    pid = previous.router_pid if previous else 0
+    if previous and procs.alive(pid) and previous.router == config:
+        report(f"router: running (pid {pid}) at {url}")
     else:
-        if previous and procs.alive(previous.router_pid):
-            procs.terminate_tree(previous.router_pid)
+        if previous and procs.alive(pid):
+            procs.terminate_tree(pid)
             report("router: workers changed; restarting it")
-        pid = procs.spawn(args, home / "logs" / "router.log", tied_to_parent=False)
+        pid = procs.spawn(config.command(), home / "logs" / "router.log", tied_to_parent=False)
         report(f"router: started (pid {pid}) at {url}")
-        previous = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router_args=args, url=url)
-    state = LabState(spec=spec.model_dump(mode="json"), router_pid=previous.router_pid, router_args=args, url=url)
-    home.mkdir(parents=True, exist_ok=True)
-    records.write(state_path(home), state)
+    records.write(state_path(home), LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=url))
     return url
 
 
@@ -206,14 +211,10 @@ def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=3.0) as client:
         while waiting and time.monotonic() < deadline:
-            try:
-                rows = client.get(url + "/orchard/workers").json()["workers"]
-            except (httpx.HTTPError, ValueError, KeyError):
-                rows = []
-            for row in rows:
-                if row["worker_id"] in waiting and row["state"] == "ready":
-                    waiting.discard(row["worker_id"])
-                    report(f"{row['worker_id']}: ready")
+            for row in fetch_workers(client, url):
+                if row.worker_id in waiting and row.ready:
+                    waiting.discard(row.worker_id)
+                    report(f"{row.worker_id}: ready")
             time.sleep(0.5)
     for outcome in outcomes:
         if outcome.label in waiting:
@@ -229,7 +230,7 @@ async def _stop_host(host: HostSpec, report: Report) -> None:
             result = await remote.stop_agent(conn, host)
             if await remote.uninstall_service(conn):
                 report(f"{host.label}: agent service unloaded and removed")
-        report(f"{host.label}: agent {'stopped' if result.get('was_running') else 'was not running'}")
+        report(f"{host.label}: agent {'stopped' if result.was_running else 'was not running'}")
     except remote.RemoteError as exc:
         report(f"{host.label}: {exc}")
 

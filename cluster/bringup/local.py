@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
-from cluster import procs, records
-from cluster.models import BUNDLED_NAME, ModelError, prepare_bundled, resolve
-from worker.supervisor import free_port
+from cluster.bringup import records
+from cluster.bringup.fleet import Fleet, FleetError
+from proto.launch import AgentConfig, RouterConfig
+from worker import procs
+from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
+from worker.procs import free_port
 
 
 class LocalClusterError(Exception):
@@ -40,7 +43,7 @@ class LocalClusterConfig:
     max_model_len: int = 4096
     kv_cache_gib: float = 1.0
     ready_timeout_s: float = 900.0
-    sim_options: tuple[str, ...] = ()
+    sim_options: tuple[tuple[str, str], ...] = ()
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
 
@@ -49,8 +52,11 @@ class LocalClusterConfig:
         return f"http://{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class LocalState:
+class LocalState(BaseModel):
+    """What a local `cluster up` started (~/.orchard/local.json)."""
+
+    model_config = ConfigDict(frozen=True)
+
     url: str
     model: str
     engine: str
@@ -100,83 +106,47 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     """Start agent and router, wait until a real token came through, record the state. Raises
     LocalClusterError (after stopping what it started) on any failure."""
     home = config.home
-    logs = home / "logs"
     if not _port_free(config.host, config.port):
         raise LocalClusterError(f"port {config.port} on {config.host} is in use; choose another with --port")
-    served_name = config.model if config.model != "bundled" else BUNDLED_NAME
-    if config.engine in ("vllm", "mlx") and config.model in (BUNDLED_NAME, "bundled"):
+    if config.engine in ("vllm", "mlx") and is_bundled(config.model):
         prepare_bundled(progress=report)
     try:  # the agent resolves the bundled name itself; other sources are checked here, early
         if config.engine != "sim":
             resolve(config.model)
     except ModelError as exc:
         raise LocalClusterError(str(exc)) from exc
-    agent_port = free_port()
-    agent_address = f"127.0.0.1:{agent_port}"
-    agent_argv = [
-        sys.executable, "-m", "worker.agent", "--listen", agent_address, "--engine", config.engine,
-        "--model", config.model, "--served-name", served_name, "--log-dir", str(logs),
-        "--max-model-len", str(config.max_model_len), "--kv-cache-gib", str(config.kv_cache_gib),
-        "--ready-timeout", str(config.ready_timeout_s),
-    ]  # fmt: skip
-    for option in config.sim_options:
-        agent_argv += ["--sim-option", option]
-    for arg in config.engine_args:
-        agent_argv.append(f"--engine-arg={arg}")
-    router_argv = [sys.executable, "-m", "cluster.router", "--listen", f"{config.host}:{config.port}",
-                   "--worker", agent_address]  # fmt: skip
-    report(f"starting worker agent ({config.engine} engine, model {served_name})")
-    agent_pid = procs.spawn(agent_argv, logs / "agent.log", tied_to_parent=not detached)
+    agent, router = launch_configs(config)
+    fleet = Fleet(home / "logs", tied_to_parent=not detached)
+    report(f"starting worker agent ({config.engine} engine, model {agent.served_name})")
+    agent_child = fleet.start_agent(agent)
     report(f"starting router on {config.url}")
-    router_pid = procs.spawn(router_argv, logs / "router.log", tied_to_parent=not detached)
+    router_child = fleet.start_router(router)
     state = LocalState(
-        url=config.url, model=served_name, engine=config.engine, router_pid=router_pid, agent_pid=agent_pid,
-        agent_address=agent_address, supervisor_pid=None if detached else os.getpid(), log_dir=str(logs),
+        url=config.url, model=agent.served_name, engine=config.engine, router_pid=router_child.pid,
+        agent_pid=agent_child.pid, agent_address=agent.listen, supervisor_pid=None if detached else os.getpid(),
+        log_dir=str(fleet.logs),
     )  # fmt: skip
-    home.mkdir(parents=True, exist_ok=True)
     records.write(state_path(home), state)
     try:
-        _wait_ready(state, config.ready_timeout_s, report)
+        fleet.wait_ready(config.url, workers=1, timeout_s=config.ready_timeout_s, report=report)
+    except FleetError as exc:
+        stop(home)
+        raise LocalClusterError(str(exc)) from None
     except BaseException:
         stop(home)
         raise
     return state
 
 
-def _wait_ready(state: LocalState, timeout_s: float, report: Report) -> None:
-    deadline = time.monotonic() + timeout_s
-    logs = Path(state.log_dir)
-    last_detail = ""
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            for pid, name in ((state.agent_pid, "agent"), (state.router_pid, "router")):
-                if not procs.alive(pid):
-                    log = logs / f"{name}.log"
-                    raise LocalClusterError(f"the {name} exited during start-up; last lines of {log}:\n"
-                                            + procs.tail(log))  # fmt: skip
-            detail = _worker_detail(client, state.url)
-            if detail == "ready":
-                return
-            if detail and detail != last_detail:
-                report(f"worker: {detail}")
-                last_detail = detail
-            if detail.startswith("failed"):
-                raise LocalClusterError(f"the engine failed to start; see {logs / 'engine.log'}:\n"
-                                        + procs.tail(logs / "engine.log"))  # fmt: skip
-            time.sleep(0.5)
-    raise LocalClusterError(f"not ready within {timeout_s:.0f}s; see the logs in {logs}")
-
-
-def _worker_detail(client: httpx.Client, url: str) -> str:
-    try:
-        rows = client.get(url + "/orchard/workers").json()["workers"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return ""
-    if not rows:
-        return ""
-    row = rows[0]
-    state = str(row.get("state", ""))
-    return state if state == "ready" or not row.get("detail") else f"{state} ({row['detail']})"
+def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfig]:
+    """The agent's and the router's configuration for this local cluster (pure, but for a free port)."""
+    served = BUNDLED_NAME if is_bundled(config.model) else config.model
+    agent = AgentConfig(
+        listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model, served_name=served,
+        log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
+        ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
+    )  # fmt: skip
+    return agent, RouterConfig(listen=f"{config.host}:{config.port}", workers=(agent.listen,))
 
 
 def stop(home: Path, grace_s: float = 30.0) -> list[int]:

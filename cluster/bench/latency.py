@@ -19,11 +19,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 
-from cluster import local
+from cluster.bench.client import engine_url, pct, sse_chunks
+from cluster.bringup import local
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 
@@ -41,11 +43,6 @@ class LatencyRound:
         return len(self.chunk_ms) / self.wall_s if self.wall_s else 0.0
 
 
-def pct(values: tuple[float, ...] | list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 class _Chunks:
     """Per-chunk one-way latency and time to the first content chunk of one stream."""
 
@@ -54,8 +51,7 @@ class _Chunks:
         self.latencies: list[float] = []
         self.ttft = 0.0
 
-    def observe(self, payload: bytes, received_ns: int) -> None:
-        chunk = json.loads(payload)
+    def observe(self, chunk: dict[str, Any], received_ns: int) -> None:
         sent = chunk.get("orchard_sent_ns")
         if sent is None:
             raise RuntimeError("chunks carry no orchard_sent_ns: start the sim engine with stamp-chunks=1")
@@ -64,24 +60,20 @@ class _Chunks:
             self.ttft = (time.perf_counter() - self.started) * 1000
 
 
-async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> _Chunks:
+async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> _Chunks:
     seen = _Chunks()
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            received = time.time_ns()
-            if line.startswith("data: {"):
-                seen.observe(line[6:].encode(), received)
+    async for arrival in sse_chunks(client, url, "/v1/chat/completions", body):
+        seen.observe(arrival.chunk, arrival.wall_ns)
     return seen
 
 
-async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, object]) -> _Chunks:
+async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, Any]) -> _Chunks:
     seen = _Chunks()
     request = pb.GenerateRequest(endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode())
     async for reply in stub.Generate(request):
         received = time.time_ns()
         for item in reply.chunks.items if reply.HasField("chunks") else ():
-            seen.observe(item, received)
+            seen.observe(json.loads(item), received)
     return seen
 
 
@@ -110,17 +102,15 @@ async def run_round(target: str, url: str, model: str, streams: int, max_tokens:
 
 
 async def measure(
-    streams: int, max_tokens: int, rounds: int, sim_options: tuple[str, ...], port: int
+    streams: int, max_tokens: int, rounds: int, sim_options: tuple[tuple[str, str], ...], port: int
 ) -> list[LatencyRound]:
-    from cluster.bench import _engine_url
-
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-latency-"))
-    options = ("stamp-chunks=1", "max-concurrency=256", *sim_options)
+    options = (("stamp-chunks", "1"), ("max-concurrency", "256"), *sim_options)
     config = local.LocalClusterConfig(engine="sim", model="sim-model", port=port, home=home, sim_options=options)
-    print(f"bringing up a local sim cluster ({' '.join(options)}; logs in {home / 'logs'})…")
+    print(f"bringing up a local sim cluster ({' '.join(f'{k}={v}' for k, v in options)}; logs in {home / 'logs'})…")
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
     try:
-        engine = await asyncio.to_thread(_engine_url, state.agent_address)
+        engine = await asyncio.to_thread(engine_url, state.agent_address)
         print(f"engine {engine}, router {state.url}; {streams} concurrent streams x {max_tokens} tokens")
         await run_round("warmup", state.url, "sim-model", streams, 4, seed=-1)
         results = []

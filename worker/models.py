@@ -36,6 +36,11 @@ class ResolvedModel:
     bundled: bool
 
 
+def is_bundled(source: str) -> bool:
+    """The bundled model, by its name or the alias `bundled`."""
+    return source in (BUNDLED_NAME, "bundled")
+
+
 def cache_root() -> Path:
     """Where prepared models live: $ORCHARD_CACHE, else $XDG_CACHE_HOME/orchard, else ~/.cache/orchard."""
     if env := os.environ.get("ORCHARD_CACHE"):
@@ -66,7 +71,7 @@ def find_bundled_gguf() -> Path:
 
 def resolve(source: str, *, served_name: str | None = None) -> ResolvedModel:
     """Map a model source to what the engine loads. Local paths and hub ids pass through unchanged."""
-    if source in (BUNDLED_NAME, "bundled"):
+    if is_bundled(source):
         folder = bundled_dir()
         if not is_prepared(folder):
             raise ModelError(f"the bundled model is not prepared yet at {folder}; run: cluster models prepare")

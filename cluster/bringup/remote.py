@@ -8,35 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shlex
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
+from pydantic import BaseModel, ValidationError
 
-from cluster import units
-from cluster.hostsfile import ClusterSpec, HostSpec
-from cluster.placement import Assignment
+from cluster.bringup import units
+from cluster.placement.hostsfile import ClusterSpec, HostSpec
+from cluster.placement.plan import Assignment, GroupPlan
+from proto.daemon import HostFactsReply, StartReply, StopReply
+from proto.launch import AgentConfig, GroupRole
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
+R = TypeVar("R", bound=BaseModel)
 
 
 class RemoteError(Exception):
     """One host failed a step; the message is what the operator needs to fix."""
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    os: str
-    chip: str
-    memory_bytes: int
-    python: str
-    engines: dict[str, bool]
-    platform: str = "linux"
 
 
 def connect_options(host: HostSpec) -> dict[str, Any]:
@@ -70,8 +62,8 @@ def python_of(host: HostSpec) -> str:
     return host.python or "python3"
 
 
-async def run_json(conn: asyncssh.SSHClientConnection, host: HostSpec, args: list[str]) -> dict[str, Any]:
-    """Run `python -m worker.daemon ARGS` on the host and parse its one JSON line."""
+async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: list[str], reply: type[R]) -> R:
+    """Run `python -m worker.daemon ARGS` on the host and parse its one JSON line as `reply`."""
     command = " ".join(shlex.quote(part) for part in [python_of(host), "-m", "worker.daemon", *args])
     try:
         result = await asyncio.wait_for(conn.run(command, check=False), COMMAND_TIMEOUT_S)
@@ -83,76 +75,59 @@ async def run_json(conn: asyncssh.SSHClientConnection, host: HostSpec, args: lis
         if result.exit_status == 127 or "No module named" in detail:
             detail += f" (is Orchard installed at python = {python_of(host)!r}?)"
         raise RemoteError(f"`worker.daemon {args[0]}` failed: {detail}")
+    lines = str(result.stdout).strip().splitlines()
     try:
-        parsed: dict[str, Any] = json.loads(str(result.stdout).strip().splitlines()[-1])
-    except (ValueError, IndexError) as exc:
-        raise RemoteError(f"`worker.daemon {args[0]}` printed no JSON: {result.stdout!r}") from exc
-    return parsed
+        return reply.model_validate_json(lines[-1])
+    except (ValidationError, IndexError) as exc:
+        raise RemoteError(f"`worker.daemon {args[0]}` printed no {reply.__name__}: {result.stdout!r}") from exc
 
 
-async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFacts:
-    facts = await run_json(conn, host, ["facts"])
-    engines = dict(facts.get("engines") or {})
-    if not engines.get(host.engine):
-        raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.get('python')})")
-    return HostFacts(
-        os=str(facts.get("os", "")),
-        chip=str(facts.get("chip", "")),
-        memory_bytes=int(facts.get("memory_bytes", 0)),
-        python=str(facts.get("python", "")),
-        engines=engines,
-        platform=str(facts.get("platform", "linux")),
-    )
+async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFactsReply:
+    facts = await run_daemon(conn, host, ["facts"], HostFactsReply)
+    if not facts.engines.get(host.engine):
+        raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.python})")
+    return facts
 
 
-def agent_args(assignment: Assignment, spec: ClusterSpec | None = None) -> list[str]:
-    """The agent's command line on its host. A shard-group rank also gets every rank's group endpoint and
-    agent address (from `spec`), so its agent can write MLX's hostfile and watch the group."""
-    host, model, group = assignment.host, assignment.model, assignment.group
-    engine = group.backend if group else host.engine
-    args = ["--listen", f"0.0.0.0:{host.agent_port}", "--engine", engine, "--model", model.source,
-            "--served-name", model.name, "--worker-id", host.label]  # fmt: skip
-    if group is not None:
-        if spec is None:
-            raise ValueError("a shard-group rank needs the cluster description for its peers")
-        members = [spec.host(label) for label in group.hosts]
-        args += ["--group-name", group.name, "--group-rank", str(assignment.rank), "--group-mode", group.mode,
-                 "--group-transport", group.transport]  # fmt: skip
-        for member in members:
-            args += ["--group-member", f"{member.group_address or member.address}:{member.group_port}"]
-        for member in members:
-            args += ["--group-peer", f"{member.address}:{member.agent_port}"]
-        if group.transport == "jaccl":  # MLX_IBV_DEVICES: row i, column j = host i's device towards host j
-            for member in members:
-                row = [member.rdma_devices.get(peer.label, "") if peer is not member else "-" for peer in members]
-                args.append("--group-rdma=" + ",".join(row))
-        if group.layers:
-            args += ["--group-layers", ",".join(map(str, group.layers))]
-    if model.max_model_len:
-        args += ["--max-model-len", str(model.max_model_len)]
-    for arg in model.engine_args:
-        args.append(f"--engine-arg={arg}")
-    for key, value in sorted(host.sim_options.items()):
-        args += ["--sim-option", f"{key}={value}"]
-    return args
+def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
+    """The agent's configuration on its host. A shard-group rank also gets every rank's group endpoint and
+    agent address, so its agent can write MLX's hostfile and watch the group."""
+    host, model = assignment.host, assignment.model
+    group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
+    return AgentConfig(
+        listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
+        served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
+        engine_args=tuple(model.engine_args), sim_options=tuple(sorted(host.sim_options.items())),
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group,
+    )  # fmt: skip
 
 
-def config_hash(args: list[str]) -> str:
-    return hashlib.sha256("\0".join(args).encode()).hexdigest()[:16]
+def _group_role(group: GroupPlan, rank: int, spec: ClusterSpec) -> GroupRole:
+    members = [spec.host(label) for label in group.hosts]
+    rdma: tuple[tuple[str | None, ...], ...] = ()
+    if group.transport == "jaccl":  # MLX_IBV_DEVICES: row i, column j = host i's device towards host j
+        rdma = tuple(tuple(None if peer is member else member.rdma_devices.get(peer.label, "") for peer in members)
+                     for member in members)  # fmt: skip
+    return GroupRole(
+        name=group.name, rank=rank, mode=group.mode, backend=group.backend, transport=group.transport,
+        members=tuple(f"{m.group_address or m.address}:{m.group_port}" for m in members),
+        peers=tuple(f"{m.address}:{m.agent_port}" for m in members), layers=group.layers or (), rdma=rdma,
+    )  # fmt: skip
 
 
-async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec) -> dict[str, Any]:
-    args = agent_args(assignment, spec)
+def config_hash(config: AgentConfig) -> str:
+    return hashlib.sha256("\0".join(config.to_argv()).encode()).hexdigest()[:16]
+
+
+async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec) -> StartReply:
+    config = agent_config(assignment, spec)
     host = assignment.host
-    return await run_json(conn, host, ["start", "--dir", host.orchard_dir, "--hash", config_hash(args), "--", *args])
+    args = ["start", "--dir", host.orchard_dir, "--hash", config_hash(config), "--", *config.to_argv()]
+    return await run_daemon(conn, host, args, StartReply)
 
 
-async def stop_agent(conn: asyncssh.SSHClientConnection, host: HostSpec) -> dict[str, Any]:
-    return await run_json(conn, host, ["stop", "--dir", host.orchard_dir])
-
-
-async def agent_status(conn: asyncssh.SSHClientConnection, host: HostSpec) -> dict[str, Any]:
-    return await run_json(conn, host, ["status", "--dir", host.orchard_dir])
+async def stop_agent(conn: asyncssh.SSHClientConnection, host: HostSpec) -> StopReply:
+    return await run_daemon(conn, host, ["stop", "--dir", host.orchard_dir], StopReply)
 
 
 async def follow_log(
@@ -184,7 +159,8 @@ async def install_service(
     host = assignment.host
     home = (await _shell(conn, 'printf %s "$HOME"')).strip()
     folder = host.orchard_dir.replace("~", home, 1)
-    program = [python_of(host), "-m", "worker.agent", *agent_args(assignment, spec), "--log-dir", f"{folder}/logs"]
+    config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs"})
+    program = config.command(python_of(host))
     await stop_agent(conn, host)
     if platform == "darwin":
         path = f"{home}/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"

@@ -1,7 +1,7 @@
 """The `sim` engine: a small OpenAI-compatible server whose answers cost time like a real engine's.
 
-Run: python -m worker.sim --port P --model NAME [--seed S --decode-ms ...]. It exposes the load metrics that
-vLLM exposes (same names on /metrics), so the agent scrapes both the same way.
+Run: python -m worker.engines.programs.sim --port P --model NAME [--seed S --decode-ms ...]. It exposes the load
+metrics that vLLM exposes (same names on /metrics), so the agent scrapes both the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from worker.sim.prefix_cache import PrefixCache
-from worker.sim.timing import SimTiming, generate_words, render_chat, tokenize
+from worker.engines.programs.sim.prefix_cache import PrefixCache
+from worker.engines.programs.sim.timing import SimTiming, generate_words, render_chat, tokenize
 
 DEFAULT_MAX_TOKENS = 64
 MAX_MODEL_LEN = 8192
@@ -251,7 +251,7 @@ async def _stream(state: SimState, job: _Job) -> AsyncIterator[bytes]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.engines.programs.sim", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", required=True)

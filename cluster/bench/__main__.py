@@ -1,0 +1,120 @@
+"""Benchmarks that print figures. Not tests: run them by hand and read the table.
+
+    python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+    python -m cluster.bench decide [--workers 64]
+    python -m cluster.bench routing [--workers 4 --workload shared_prefix --rate 20 --requests 200]
+    python -m cluster.bench calibrate --url http://127.0.0.1:8000 --model NAME
+    python -m cluster.bench latency [--streams 64 --max-tokens 32 --rounds 3 --sim-option KEY=VALUE]
+
+Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from cluster.bench import calibrate, decide, latency, overhead, routing
+from proto.launch import key_value
+
+
+def _word_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(",")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX words, got {text!r}") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return bounds
+
+
+def _worker_option(text: str) -> tuple[int, tuple[str, str]]:
+    index, sep, option = text.partition(":")
+    if not sep or not index.isdigit() or "=" not in option:
+        raise argparse.ArgumentTypeError(f"expected INDEX:KEY=VALUE (e.g. 0:decode-ms-per-token=47), got {text!r}")
+    return int(index), key_value(option)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    overhead_cmd = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
+    overhead_cmd.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    overhead_cmd.add_argument("--concurrency", type=int, default=32)
+    overhead_cmd.add_argument("--max-tokens", type=int, default=128)
+    overhead_cmd.add_argument("--rounds", type=int, default=2)
+    overhead_cmd.add_argument("--port", type=int, default=8090)
+    overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
+    overhead_cmd.add_argument("--sim-option", action="append", type=key_value, default=[("decode-ms-per-token", "5")],
+                          metavar="KEY=VALUE", help="sim option (repeat; default decode-ms-per-token=5)")  # fmt: skip
+    decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
+    decide_cmd.add_argument("--workers", type=int, default=64)
+    decide_cmd.add_argument("--requests", type=int, default=20000)
+    decide_cmd.add_argument("--groups", type=int, default=16)
+    decide_cmd.add_argument("--seed", type=int, default=0)
+    routing_cmd = sub.add_parser("routing", help="every policy on one fleet with the same seeded workload")
+    routing_cmd.add_argument("--workers", type=int, default=4)
+    routing_cmd.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    routing_cmd.add_argument("--model", default="", help="default: sim-model (sim) or the bundled model (vllm)")
+    routing_cmd.add_argument("--workload", action="append", choices=("shared_prefix", "multi_turn", "random"))
+    routing_cmd.add_argument(
+        "--policies", type=lambda s: s.split(","), default=["prefix", "least_loaded", "round_robin"]
+    )
+    routing_cmd.add_argument("--requests", type=int, default=200)
+    routing_cmd.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
+    routing_cmd.add_argument("--seed", type=int, default=0)
+    routing_cmd.add_argument("--max-tokens", type=int, default=32)
+    routing_cmd.add_argument("--system-words", type=_word_range, default=(750, 3000), metavar="MIN,MAX",
+                         help="shared_prefix system prompt length in words")  # fmt: skip
+    routing_cmd.add_argument("--groups", type=int, default=0, help="shared_prefix system prompts (default requests/25)")
+    routing_cmd.add_argument(
+        "--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE", help="every sim worker"
+    )
+    routing_cmd.add_argument("--worker-sim-option", action="append", default=[], type=_worker_option,
+                         metavar="INDEX:KEY=VALUE", help="one sim worker (heterogeneous fleets)")  # fmt: skip
+    routing_cmd.add_argument("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
+    routing_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
+    routing_cmd.add_argument("--url", help="drive this OpenAI endpoint as it is (no fleet, one row per workload)")
+    routing_cmd.add_argument("--out", default="bench-results/routing.json")
+    calibrate_cmd = sub.add_parser("calibrate", help="measure an engine's costs and print matching sim options")
+    calibrate_cmd.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
+    calibrate_cmd.add_argument("--model", required=True)
+    calibrate_cmd.add_argument("--repeats", type=int, default=3)
+    latency_cmd = sub.add_parser("latency", help="per-chunk latency router + agent add (sim engine send stamps)")
+    latency_cmd.add_argument("--streams", type=int, default=64)
+    latency_cmd.add_argument("--max-tokens", type=int, default=32)
+    latency_cmd.add_argument("--rounds", type=int, default=3)
+    latency_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    latency_cmd.add_argument("--port", type=int, default=8091)
+    args = parser.parse_args(argv)
+    if args.command == "latency":
+        rounds = asyncio.run(latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option),
+                                             args.port))  # fmt: skip
+        print(latency.report(rounds))
+    elif args.command == "calibrate":
+        result = asyncio.run(calibrate.calibrate(args.url.rstrip("/"), args.model, repeats=args.repeats))
+        print(calibrate.report(result))
+    elif args.command == "decide":
+        decide.report(args.workers, args.requests, args.groups, args.seed)
+    elif args.command == "routing":
+        routing.main(routing_config(args))
+    else:
+        asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
+                                      args.kv_cache_gib, tuple(args.sim_option)))  # fmt: skip
+
+
+def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:
+    return routing.RoutingBenchConfig(
+        workers=args.workers, engine=args.engine, model=args.model, workloads=tuple(args.workload or ["shared_prefix"]),
+        policies=tuple(args.policies), requests=args.requests, rate=args.rate, seed=args.seed,
+        max_tokens=args.max_tokens, system_words=args.system_words, groups=args.groups,
+        sim_options=tuple(args.sim_option), worker_sim_options=tuple(args.worker_sim_option),
+        engine_args=tuple(args.engine_arg), kv_cache_gib=args.kv_cache_gib,
+        url=args.url.rstrip("/") if args.url else None, out=Path(args.out),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

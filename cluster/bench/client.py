@@ -1,0 +1,55 @@
+"""What every benchmark shares: a timed SSE reader, percentiles, and asking an agent where its engine is."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One SSE data chunk and when it arrived (perf_counter for intervals, wall clock for the sim's stamps)."""
+
+    at: float
+    wall_ns: int
+    chunk: dict[str, Any]
+
+    @property
+    def has_text(self) -> bool:
+        """A chat delta or a completion that carries generated text."""
+        return any((c.get("delta") or {}).get("content") or c.get("text") for c in self.chunk.get("choices") or ())
+
+
+async def sse_chunks(
+    client: httpx.AsyncClient, url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> AsyncIterator[Arrival]:
+    """POST a streaming request and yield every JSON chunk as it arrives; raises on a non-200 answer."""
+    async with client.stream("POST", url + path, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread()).decode()[:300]}")
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                at, wall = time.perf_counter(), time.time_ns()
+                yield Arrival(at, wall, json.loads(line[6:]))
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (nearest rank below); NaN for no values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def engine_url(agent_address: str) -> str:
+    """The engine URL an agent reports in Info (benchmarks compare it with the path through Orchard)."""
+    with grpc.insecure_channel(agent_address) as channel:
+        info: pb.InfoReply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=10)
+    return info.engine_url

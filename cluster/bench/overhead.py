@@ -1,0 +1,117 @@
+"""Router + agent overhead: the same streaming load to the engine directly and through Orchard, alternating
+rounds in one run; prints throughput and time to first token for both and the ratios.
+
+    python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cluster.bench.client import engine_url, pct, sse_chunks
+from cluster.bringup import local
+from worker.models import BUNDLED_NAME
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    target: str
+    wall_s: float
+    output_tokens: int
+    ttfts: tuple[float, ...]
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        return self.output_tokens / self.wall_s if self.wall_s else 0.0
+
+    def ttft_pct(self, q: float) -> float:
+        return pct(self.ttfts, q)
+
+
+async def _one_stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> tuple[float, int]:
+    started = time.perf_counter()
+    ttft, tokens = 0.0, 0
+    async for arrival in sse_chunks(client, url, "/v1/chat/completions", body):
+        if arrival.has_text:
+            tokens += 1
+            ttft = ttft or arrival.at - started
+    return ttft, tokens
+
+
+async def run_round(target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int) -> RoundResult:
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        bodies = [
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Request {seed}-{i}: tell me a long story about orchards."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,  # vLLM: always produce max_tokens, so every round does the same work
+                "stream": True,
+            }
+            for i in range(concurrency)
+        ]
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_one_stream(client, url, b) for b in bodies), return_exceptions=True)
+        wall = time.perf_counter() - started
+    ok = [r for r in results if isinstance(r, tuple)]
+    return RoundResult(
+        target=target,
+        wall_s=wall,
+        output_tokens=sum(tokens for _, tokens in ok),
+        ttfts=tuple(ttft for ttft, _ in ok),
+        errors=len(results) - len(ok),
+    )
+
+
+def _print_table(results: list[RoundResult]) -> None:
+    print(f"{'target':<8} {'round':>5} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}")
+    rounds: dict[str, int] = {}
+    for r in results:
+        rounds[r.target] = rounds.get(r.target, 0) + 1
+        print(
+            f"{r.target:<8} {rounds[r.target]:>5} {r.throughput:>9.1f} {r.ttft_pct(0.5) * 1000:>12.1f} "
+            f"{r.ttft_pct(0.99) * 1000:>12.1f} {r.errors:>6}"
+        )
+    direct = [r for r in results if r.target == "direct"]
+    routed = [r for r in results if r.target == "router"]
+    ratio = statistics.mean(r.throughput for r in routed) / statistics.mean(r.throughput for r in direct)
+    p50 = statistics.mean(r.ttft_pct(0.5) for r in routed) - statistics.mean(r.ttft_pct(0.5) for r in direct)
+    p99 = statistics.mean(r.ttft_pct(0.99) for r in routed) - statistics.mean(r.ttft_pct(0.99) for r in direct)
+    print(f"\nthroughput ratio router/direct: {ratio:.3f}")
+    print(f"added TTFT through router+agent: p50 {p50 * 1000:+.1f} ms, p99 {p99 * 1000:+.1f} ms")
+
+
+async def overhead(
+    engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
+    sim_options: tuple[tuple[str, str], ...],
+) -> None:  # fmt: skip
+    """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
+    home = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
+    model = BUNDLED_NAME if engine_kind == "vllm" else "sim-model"
+    options = (("max-concurrency", "256"), *sim_options)
+    config = local.LocalClusterConfig(
+        engine=engine_kind, model=model, port=port, home=home, kv_cache_gib=kv_cache_gib, sim_options=options
+    )
+    print(f"bringing up a local {engine_kind} cluster (logs in {home / 'logs'})…")
+    state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
+    try:
+        engine = await asyncio.to_thread(engine_url, state.agent_address)
+        print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens")
+        await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1)
+        results = []
+        for i in range(rounds):
+            results.append(await run_round("direct", engine, model, concurrency, max_tokens, seed=2 * i))
+            results.append(await run_round("router", state.url, model, concurrency, max_tokens, 2 * i + 1))
+        _print_table(results)
+    finally:
+        await asyncio.to_thread(local.stop, home)

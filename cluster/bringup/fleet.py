@@ -1,0 +1,101 @@
+"""Agents and routers as child processes of this one: start them from their typed configs, wait until their
+workers are ready, stop them. `cluster up` (local), the benchmarks and the tests all launch through this.
+
+Ready means what the router reports in /orchard/workers: every expected worker's engine produced a real token.
+A child that exits, or an engine that reaches its terminal FAILED state, ends the wait with the log's tail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+
+from cluster.router.rows import WorkerRow, WorkersReply
+from proto.launch import AgentConfig, RouterConfig
+from proto.states import EngineState
+from worker import procs
+
+Report = Callable[[str], None]
+
+
+class FleetError(Exception):
+    """A child exited or never became ready; the message says which and ends with its log's last lines."""
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str  # "agent", "agent-w1", "router", ...
+    pid: int
+    log: Path
+
+
+@dataclass
+class Fleet:
+    """Children spawned in their own sessions with logs under `logs`. tied_to_parent: they get SIGTERM when
+    this process dies (Linux), so a crashed launcher leaves nothing behind; a detached `cluster up` unties."""
+
+    logs: Path
+    tied_to_parent: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    children: list[Child] = field(default_factory=list)
+
+    def start_agent(self, config: AgentConfig, name: str = "agent") -> Child:
+        return self._spawn(name, config.command())
+
+    def start_router(self, config: RouterConfig, name: str = "router") -> Child:
+        return self._spawn(name, config.command())
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        log = self.logs / f"{name}.log"
+        pid = procs.spawn(argv, log, tied_to_parent=self.tied_to_parent, env=self.env)
+        child = Child(name, pid, log)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child | None = None, grace_s: float = 20.0) -> None:
+        """Stop one child, or every child (routers first, so no request reaches a stopping agent)."""
+        targets = [child] if child else sorted(self.children, key=lambda c: not c.name.startswith("router"))
+        for target in targets:
+            procs.terminate_tree(target.pid, grace_s)
+            if target in self.children:
+                self.children.remove(target)
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            if not procs.alive(child.pid):
+                raise FleetError(f"the {child.name} exited; last lines of {child.log}:\n{procs.tail(child.log)}")
+
+    def wait_ready(self, url: str, workers: int, timeout_s: float, report: Report | None = None) -> list[WorkerRow]:
+        """Poll the router at `url` until `workers` workers are ready; their rows. Raises FleetError."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                self.check_alive()
+                rows = fetch_workers(client, url)
+                if len(rows) >= workers and all(row.ready for row in rows):
+                    return rows
+                progress = "; ".join(f"{row.worker_id}: {row.state_text}" for row in rows if not row.ready)
+                if report and progress and progress != last:
+                    report(progress)
+                    last = progress
+                if failed := [row for row in rows if row.state is EngineState.FAILED]:
+                    raise FleetError(f"worker {failed[0].worker_id}: the engine failed to start: {failed[0].detail}"
+                                     f"\nsee the engine log in {self.logs}")  # fmt: skip
+                time.sleep(0.25)
+        raise FleetError(f"not ready within {timeout_s:.0f}s; see the logs in {self.logs}")
+
+
+def fetch_workers(client: httpx.Client, url: str) -> list[WorkerRow]:
+    """The router's /orchard/workers rows; [] while it does not answer yet."""
+    try:
+        response = client.get(url + "/orchard/workers")
+        response.raise_for_status()
+        return WorkersReply.model_validate_json(response.content).workers
+    except (httpx.HTTPError, ValidationError):
+        return []

@@ -1,0 +1,168 @@
+"""Forwarding one admitted request: pick a worker, open Generate, retry elsewhere on a failure before the first
+byte, then relay the engine's reply unchanged (SSE chunks or the whole body) with usage and error handling.
+
+A client that goes away cancels the gRPC call; the agent then closes its engine stream and the engine aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from fastapi.responses import Response
+
+from cluster.router.errors import ApiError, from_grpc
+from cluster.router.intake import Incoming
+from cluster.router.metrics import RouterMetrics
+from cluster.router.registry import Registry, WorkerHandle
+from cluster.routing.choose import Decision, RequestView, RoutingState, choose
+from proto import errors
+from proto import orchard_pb2 as pb
+from proto.launch import RouterConfig
+
+
+@dataclass
+class Started:
+    """A Generate call that produced its first reply on `handle`."""
+
+    handle: WorkerHandle
+    call: Any  # grpc.aio.UnaryStreamCall
+    first: pb.GenerateReply
+
+
+_WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class Forwarder:
+    """Owns the routing state; the registry, metrics and config are injected."""
+
+    def __init__(self, registry: Registry, config: RouterConfig, metrics: RouterMetrics) -> None:
+        self.registry, self.config, self.metrics = registry, config, metrics
+        self.routing = RoutingState()
+        self.policies = dict(config.model_policies)
+
+    def decide(self, request: RequestView, tried: frozenset[str]) -> Decision | None:
+        """The policy's choice among ready workers not yet tried; recorded in the routing state."""
+        now = time.monotonic()
+        for handle in self.registry.workers.values():
+            if not handle.connected:  # a worker that left (or restarts) has lost its cache
+                self.routing.prefixes.forget(handle.worker_id)
+        policy = self.policies.get(request.model, self.config.policy)
+        decision = choose(policy, request, self.registry.views(request.model), self.routing, now, tried)
+        if decision is not None:
+            self.routing.turn += 1
+            self.routing.prefixes.record(decision.worker_id, request.block_hashes)
+            if request.session:
+                self.routing.sessions.pin(request.session, decision.worker_id, now)
+            self.metrics.decisions.labels(decision.reason).inc()
+        return decision
+
+    async def start(self, incoming: Incoming) -> Started:
+        """Pick a worker and read the first reply; try one more worker if one fails before any byte."""
+        tried: set[str] = set()
+        last_error: ApiError | None = None
+        generate = incoming.generate_request()
+        for _ in range(self.config.max_attempts):
+            decision = self.decide(incoming.view, frozenset(tried))
+            if decision is None:
+                break
+            handle = self.registry.by_id(decision.worker_id)
+            tried.add(decision.worker_id)
+            if handle.stub is None:
+                continue
+            handle.inflight += 1
+            call = handle.stub.Generate(generate, timeout=self.config.request_timeout_s)
+            # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
+            call.add_done_callback(lambda _call, h=handle: _release(h))
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                last_error = from_grpc(exc)
+                if exc.code() not in _WORTH_ANOTHER_WORKER:
+                    raise last_error from exc
+                if errors.http_status(exc.trailing_metadata()) is None:  # transport, not the agent's verdict
+                    self.registry.mark_suspect(handle)
+                continue
+            if first is grpc.aio.EOF:
+                raise ApiError(502, "the worker ended the response without any data")
+            return Started(handle, call, first)
+        if last_error is not None:
+            raise last_error
+        raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
+                       code="no_worker")  # fmt: skip
+
+    async def whole(self, started: Started, model: str, headers: dict[str, str]) -> Response:
+        """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
+        try:
+            final = await started.call.read()
+        except grpc.aio.AioRpcError as exc:
+            err = from_grpc(exc)
+            self.metrics.requests.labels(model, str(err.status)).inc()
+            return err.response(headers)
+        finally:
+            started.handle.served += 1
+        body = started.first.response
+        if final is not grpc.aio.EOF and final.HasField("final"):
+            body = fill_usage(body, final.final.usage)
+            self.metrics.count_tokens(model, final.final.usage)
+        self.metrics.requests.labels(model, "200").inc()
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def relay(self, started: Started, model: str, wants_usage: bool) -> AsyncIterator[bytes]:
+        """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
+        status = "200"
+        call = started.call
+        try:
+            reply = started.first
+            while reply is not grpc.aio.EOF:
+                if reply.HasField("chunks"):
+                    items = [c for c in reply.chunks.items if wants_usage or not is_usage_only(c)]
+                    if items:  # one write for everything that arrived together
+                        yield b"".join(b"data: " + c + b"\n\n" for c in items)
+                elif reply.HasField("final"):
+                    self.metrics.count_tokens(model, reply.final.usage)
+                reply = await call.read()
+            yield b"data: [DONE]\n\n"
+        except grpc.aio.AioRpcError as exc:
+            err = from_grpc(exc)
+            status = str(err.status)
+            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            call.cancel()  # no-op when finished; aborts the engine request when the client left
+            started.handle.served += 1
+            self.metrics.requests.labels(model, status).inc()
+
+
+def _release(handle: WorkerHandle) -> None:
+    handle.inflight -= 1
+
+
+def is_usage_only(chunk: bytes) -> bool:
+    if b'"usage"' not in chunk:
+        return False
+    try:
+        payload = json.loads(chunk)
+    except ValueError:
+        return False
+    return not payload.get("choices") and payload.get("usage") is not None
+
+
+def fill_usage(body: bytes, usage: pb.Usage) -> bytes:
+    """The engine's usage stays as it is; a body without one gets ours."""
+    if b'"usage"' in body and b'"usage": null' not in body and b'"usage":null' not in body:
+        return body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    payload["usage"] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    return json.dumps(payload).encode()

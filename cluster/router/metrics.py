@@ -1,0 +1,31 @@
+"""The router's own Prometheus metrics (one registry per app, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from proto import orchard_pb2 as pb
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "orchard_requests", "requests by model and HTTP status", ["model", "status"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "orchard_time_to_first_byte_seconds", "router-side time to first byte", ["model"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+        self.decisions = Counter(
+            "orchard_routing_decisions", "scheduler decisions by reason", ["reason"], registry=self.registry
+        )
+        self.tokens = Counter("orchard_tokens", "tokens by model and kind", ["model", "kind"], registry=self.registry)
+
+    def count_tokens(self, model: str, usage: pb.Usage) -> None:
+        self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()

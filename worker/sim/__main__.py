@@ -1,4 +1,0 @@
-from worker.sim.server import main
-
-if __name__ == "__main__":
-    main()
