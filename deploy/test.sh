@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: install (dev extras), lint, type-check, then pytest.
+# The whole test suite, as CI runs it: system packages (as root on Debian/Ubuntu), install (dev extras), lint,
+# type-check, then pytest.
 #   bash deploy/test.sh [pytest args...]     e.g. bash deploy/test.sh -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash deploy/system-packages.sh install
 bash deploy/setup.sh --dev
 echo "==> ruff"
 .venv/bin/ruff check .
@@ -10,4 +12,10 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
-.venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+need="$(bash deploy/system-packages.sh missing)"
+if [ "$(id -u)" != 0 ] || [ -n "$need" ]; then
+  echo "note: the lab tests (tests/lab) were skipped; they need root${need:+ and these packages: $need}"
+fi
+exit "$status"

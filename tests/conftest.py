@@ -15,7 +15,8 @@ import grpc
 import httpx
 import pytest
 
-from cluster.bringup.fleet import Fleet
+from cluster.bringup.fleet import Fleet, fetch_workers
+from cluster.router.rows import WorkerRow
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import AgentConfig, RouterConfig
@@ -41,6 +42,12 @@ def router_ready(url: str) -> bool:
         return httpx.get(url + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def workers(url: str) -> list[WorkerRow]:
+    """The router's /orchard/workers rows, typed ([] while it does not answer)."""
+    with httpx.Client(timeout=5) as client:
+        return fetch_workers(client, url)
 
 
 def agent_info(address: str) -> pb.InfoReply:

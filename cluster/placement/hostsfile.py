@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ENGINES = ("vllm", "mlx", "sim")
+from proto.launch import EngineKind
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -59,7 +60,7 @@ class HostSpec(_Strict):
     python: str | None = None  # Orchard's interpreter on that host; default: `cluster up` installs one
     orchard_dir: str = "~/.orchard"  # agent pidfile, logs and config on that host
     agent_port: int = Field(default=50051, ge=1, le=65535)
-    engine: Literal["vllm", "mlx", "sim"] = "vllm"
+    engine: EngineKind = "vllm"
     memory_gb: float | None = Field(default=None, gt=0, strict=False)  # overrides what the host reports
     memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)  # overrides [placement]
     group_address: str | None = None  # shard-group traffic (e.g. a Thunderbolt bridge IP); default: address

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from cluster.bench.routing import RoutingBenchConfig, main
 
-FAST = ("decode-ms-per-token=1", "prefill-ms-per-token=0.05", "overhead-ms=2")
+FAST = (("decode-ms-per-token", "1"), ("prefill-ms-per-token", "0.05"), ("overhead-ms", "2"))
 
 
 def test_two_policies_on_one_heterogeneous_sim_fleet(tmp_path: Path) -> None:
     out = tmp_path / "routing.json"
     config = RoutingBenchConfig(workers=2, requests=8, rate=20.0, policies=("prefix", "round_robin"),
-                                sim_options=FAST, worker_sim_options=((0, "decode-ms-per-token=0.5"),),
+                                sim_options=FAST, worker_sim_options=((0, ("decode-ms-per-token", "0.5")),),
                                 system_words=(200, 400), out=out)  # fmt: skip
     rows = main(config)
     assert [(r.policy, r.requests, r.errors) for r in rows] == [("prefix", 8, 0), ("round_robin", 8, 0)]
@@ -24,7 +24,7 @@ def test_two_policies_on_one_heterogeneous_sim_fleet(tmp_path: Path) -> None:
         assert 0.0 < row.prefix_hit_rate < 1.0
     assert rows[1].share == {"w0": 0.5, "w1": 0.5}  # round robin alternates
     saved = json.loads(out.read_text())
-    assert saved["config"]["worker_sim_options"] == [[0, "decode-ms-per-token=0.5"]] and len(saved["rows"]) == 2
+    assert saved["config"]["worker_sim_options"] == [[0, ["decode-ms-per-token", "0.5"]]] and len(saved["rows"]) == 2
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 

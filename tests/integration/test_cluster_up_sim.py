@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,14 +17,36 @@ from tests.conftest import free_port, run_cli, wait_until
 from worker import procs
 
 
-def _start_foreground(home: Path) -> tuple[subprocess.Popen[str], list[int]]:
+@dataclass
+class Foreground:
+    up: subprocess.Popen[str]
+    pids: list[int]  # cluster up, router, agent, engine
+
+
+def _ignore_sigint() -> None:
+    # The worst case for Ctrl-C: a parent shell that starts background jobs with SIGINT ignored. `cluster up`
+    # must install its own handler rather than inherit this disposition.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture
+def foreground(tmp_path: Path) -> Iterator[Foreground]:
+    """A foreground `cluster up --engine sim`; whatever the test does, everything it started is stopped after."""
     argv = [sys.executable, "-m", "cluster.cli", "up", "--engine", "sim", "--model", "sim-model",
             "--port", str(free_port())]  # fmt: skip
-    up = subprocess.Popen(argv, env={**os.environ, "ORCHARD_HOME": str(home)}, stdout=subprocess.PIPE, text=True)
-    state = wait_until(lambda: local.running_state(home) if (home / "local.json").exists() else None, 60, "state")
-    wait_until(lambda: procs.descendants(state.agent_pid), 30, "the engine process")
-    pids = [up.pid, state.router_pid, state.agent_pid, *procs.descendants(state.agent_pid)]
-    return up, pids
+    up = subprocess.Popen(argv, env={**os.environ, "ORCHARD_HOME": str(tmp_path)}, stdout=subprocess.PIPE,
+                          text=True, preexec_fn=_ignore_sigint)  # fmt: skip
+    pids = [up.pid]
+    try:
+        state = wait_until(lambda: local.running_state(tmp_path), 60, "state")
+        wait_until(lambda: procs.descendants(state.agent_pid), 30, "the engine process")
+        pids += [state.router_pid, state.agent_pid, *procs.descendants(state.agent_pid)]
+        yield Foreground(up, pids)
+    finally:
+        run_cli(["down"], tmp_path, timeout_s=60)
+        for pid in pids:
+            procs.terminate_tree(pid, grace_s=5)
+        up.wait(timeout=10)
 
 
 def _wait_serving(up: subprocess.Popen[str]) -> str:
@@ -36,8 +60,8 @@ def _wait_serving(up: subprocess.Popen[str]) -> str:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "cluster down"])
-def test_foreground_up_stops_everything(tmp_path: Path, how: str) -> None:
-    up, pids = _start_foreground(tmp_path)
+def test_foreground_up_stops_everything(tmp_path: Path, foreground: Foreground, how: str) -> None:
+    up, pids = foreground.up, foreground.pids
     output = _wait_serving(up)
     assert "Orchard is up at http://127.0.0.1:" in output and "curl -s" in output
     if how == "ctrl-c":
@@ -50,15 +74,10 @@ def test_foreground_up_stops_everything(tmp_path: Path, how: str) -> None:
     assert not (tmp_path / "local.json").exists()
 
 
-def test_second_up_reports_the_running_cluster(tmp_path: Path) -> None:
-    up, _ = _start_foreground(tmp_path)
-    try:
-        _wait_serving(up)
-        again = run_cli(["up", "--engine", "sim", "--model", "sim-model"], tmp_path, timeout_s=60)
-        assert again.returncode == 0 and "already running" in again.stdout
-    finally:
-        run_cli(["down"], tmp_path, timeout_s=60)
-        up.wait(timeout=60)
+def test_second_up_reports_the_running_cluster(tmp_path: Path, foreground: Foreground) -> None:
+    _wait_serving(foreground.up)
+    again = run_cli(["up", "--engine", "sim", "--model", "sim-model"], tmp_path, timeout_s=60)
+    assert again.returncode == 0 and "already running" in again.stdout
 
 
 def test_up_on_a_busy_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> None:

@@ -2,38 +2,53 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypeVar
 
+from pydantic import BaseModel
+
+from proto.daemon import AgentStatus, StartReply, StopReply
+from proto.launch import AgentConfig
 from tests.conftest import free_port
 from worker import procs
 
+R = TypeVar("R", bound=BaseModel)
 
-def daemon(*args: str) -> dict[str, object]:
+
+def daemon(reply: type[R], *args: str) -> R:
+    """Run `python -m worker.daemon ARGS` as the head does over SSH and read its one typed line."""
     out = subprocess.run([sys.executable, "-m", "worker.daemon", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return reply.model_validate_json(out.stdout.strip().splitlines()[-1])
 
 
 def test_start_is_idempotent_for_the_same_hash_and_restarts_on_a_new_one(tmp_path: Path) -> None:
     folder = str(tmp_path / "orchard")
-    agent = ["--listen", f"127.0.0.1:{free_port()}", "--engine", "sim", "--model", "m", "--served-name", "m"]
-    first = daemon("start", "--dir", folder, "--hash", "aaa", "--", *agent)
+    agent = AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model="m").to_argv()
+    first = daemon(StartReply, "start", "--dir", folder, "--hash", "aaa", "--", *agent)
     try:
-        assert first["status"] == "started" and (tmp_path / "orchard" / "agent.pid").exists()
-        same = daemon("start", "--dir", folder, "--hash", "aaa", "--", *agent)
-        assert same["pid"] == first["pid"] and same["changed"] is False
-        other = daemon("start", "--dir", folder, "--hash", "bbb", "--", *agent)
-        assert other["pid"] != first["pid"] and other["changed"] is True
+        assert first.status == "started" and (tmp_path / "orchard" / "agent.pid").exists()
+        assert (tmp_path / "orchard" / "logs" / "agent.log").exists()  # the daemon's own log folder, not ~
+        same = daemon(StartReply, "start", "--dir", folder, "--hash", "aaa", "--", *agent)
+        assert same.pid == first.pid and same.changed is False
+        other = daemon(StartReply, "start", "--dir", folder, "--hash", "bbb", "--", *agent)
+        assert other.pid != first.pid and other.changed is True
         time.sleep(0.2)
-        assert not procs.alive(int(str(first["pid"])))
-        assert daemon("status", "--dir", folder)["status"] == "running"
+        assert not procs.alive(first.pid)
+        assert daemon(AgentStatus, "status", "--dir", folder).status == "running"
     finally:
-        stopped = daemon("stop", "--dir", folder)
-    assert stopped["was_running"] is True
-    assert daemon("status", "--dir", folder)["status"] == "stopped"
-    assert daemon("stop", "--dir", folder)["was_running"] is False
+        stopped = daemon(StopReply, "stop", "--dir", folder)
+    assert stopped.was_running is True
+    assert daemon(AgentStatus, "status", "--dir", folder).status == "stopped"
+    assert daemon(StopReply, "stop", "--dir", folder).was_running is False
+
+
+def test_start_refuses_bad_agent_arguments_before_starting_anything(tmp_path: Path) -> None:
+    folder = tmp_path / "orchard"
+    argv = [sys.executable, "-m", "worker.daemon", "start", "--dir", str(folder), "--", "--engine", "sim"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--model" in out.stderr
+    assert not (folder / "agent.pid").exists()

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SIM_MODEL, Cluster, engine_metric, wait_until
+from tests.conftest import SIM_MODEL, Cluster, engine_metric, wait_until, workers
 
 
 @pytest.fixture
@@ -149,8 +149,7 @@ def test_client_disconnect_aborts_the_engine_request(sim_cluster: Cluster) -> No
     produced = engine_metric(engine, "vllm:generation_tokens_total")
     time.sleep(0.5)
     assert engine_metric(engine, "vllm:generation_tokens_total") == produced
-    workers = lambda: httpx.get(sim_cluster.url + "/orchard/workers", timeout=5).json()["workers"]  # noqa: E731
-    wait_until(lambda: workers()[0]["inflight"] == 0, 5, "the router's in-flight count to return to 0")
+    wait_until(lambda: workers(sim_cluster.url)[0].inflight == 0, 5, "the router's in-flight count to return to 0")
 
 
 def test_killed_engine_is_restarted_and_requests_get_503_in_the_gap(sim_cluster: Cluster) -> None:

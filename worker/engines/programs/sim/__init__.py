@@ -1,1 +1,1 @@
-"""The `sim` engine (see worker/sim/server.py)."""
+"""The `sim` engine (server.py): an OpenAI-compatible server whose answers cost time like a real engine's."""

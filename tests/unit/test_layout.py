@@ -1,0 +1,78 @@
+"""The layout reads like the architecture: who may import whom, no import circles, and packages that say
+what they own. Read from the source with `ast`, so it holds for every module, run or not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("cluster", "worker", "proto")
+# Which top-level package may import which (besides itself): the head uses the hosts' code, never back.
+ALLOWED = {"proto": set(), "worker": {"proto"}, "cluster": {"worker", "proto"}}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            if "_pb2" in path.name:
+                continue
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            found[name] = path
+    return found
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Our modules that `path` imports (`from a.b import c` counts a.b.c when that is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in known}
+
+
+GRAPH = {name: imports_of(path, set(modules())) for name, path in modules().items()}
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_follow_the_layers(module: str) -> None:
+    top = module.split(".")[0]
+    foreign = {other for other in GRAPH[module] if other.split(".")[0] not in ALLOWED[top] | {top}}
+    assert not foreign, f"{module} imports {sorted(foreign)}"
+
+
+def test_no_import_circle() -> None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in visiting:
+            raise AssertionError("import circle: " + " -> ".join([*visiting[visiting.index(name) :], name]))
+        if name in done:
+            return
+        visiting.append(name)
+        for other in sorted(GRAPH[name]):
+            if other != name.rpartition(".")[0]:  # a module importing its own package's __init__ is no circle
+                visit(other)
+        visiting.pop()
+        done.add(name)
+
+    for name in sorted(GRAPH):
+        visit(name)
+
+
+def test_cluster_root_holds_only_the_cli_and_packages() -> None:
+    files = {p.name for p in (REPO / "cluster").glob("*.py")}
+    assert files == {"__init__.py", "cli.py"}
+
+
+@pytest.mark.parametrize("package", sorted(str(p.parent.relative_to(REPO)) for p in REPO.glob("*/**/__init__.py")
+                                           if p.parts[len(REPO.parts)] in PACKAGES))  # fmt: skip
+def test_every_package_says_what_it_owns(package: str) -> None:
+    assert ast.get_docstring(ast.parse((REPO / package / "__init__.py").read_text())), package
