@@ -14,15 +14,16 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cluster.bringup import lab, local, remote, units
-from cluster.bringup.fleet import fetch_workers
+from cluster.bringup.fleet import read_workers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan
-from proto.launch import ENGINE_KINDS, key_value
+from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
 
@@ -186,7 +187,11 @@ def _units(args: argparse.Namespace) -> int:
         err_console.print(f"no model is placed on host '{escape(args.host)}' in {args.file}")
         return 2
     host = assignment.host
-    program = remote.agent_config(assignment, spec).command(remote.python_of(host))
+    try:
+        program = remote.agent_config(assignment, spec).command(remote.python_of(host))
+    except LaunchConfigError as exc:
+        err_console.print(f"[red]cannot describe the agent on {escape(host.label)}:[/] {escape(str(exc))}")
+        return 2
     if args.kind == "launchd":
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir).decode())
     else:
@@ -215,10 +220,14 @@ def _status(_: argparse.Namespace) -> int:
     if state is None:
         console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
         return 1
-    with httpx.Client(timeout=5) as client:
-        rows = fetch_workers(client, state.url)
-    if not rows:
-        err_console.print(f"[red]the router at {state.url} did not answer[/] (see: cluster logs router)")
+    try:
+        with httpx.Client(timeout=5) as client:
+            rows = read_workers(client, state.url)
+    except (httpx.HTTPError, ValidationError) as exc:
+        reason = escape(str(exc).splitlines()[0])
+        err_console.print(
+            f"[red]the router at {state.url} did not answer as expected:[/] {reason} (cluster logs router)"
+        )
         return 1
     table = Table(title=f"Orchard at {state.url}")
     for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "in flight"):

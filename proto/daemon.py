@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class _Reply(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # extra="ignore": a host running a newer daemon may say more than this head knows.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class AgentStatus(_Reply):

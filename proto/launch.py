@@ -12,7 +12,7 @@ import argparse
 import sys
 import uuid
 from pathlib import Path
-from typing import Literal, NoReturn, TypeVar, get_args
+from typing import Any, Literal, NoReturn, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,11 +26,19 @@ ROUTER_MODULE = "cluster.router"
 
 
 class LaunchConfigError(ValueError):
-    """A command line that does not describe a valid configuration; the message says which flag and why."""
+    """A configuration that is not valid; the message names the flag or setting and says why."""
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def checked(cls, **fields: Any) -> Self:
+        """Build from fields, raising LaunchConfigError (one line naming the setting) instead of pydantic's."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise LaunchConfigError(_first_error(exc)) from None
 
 
 class GroupRole(_Frozen):
@@ -119,13 +127,13 @@ class AgentConfig(_Frozen):
             "listen": args.listen, "engine": args.engine, "model": args.model,
             "served_name": args.served_name or "", "engine_args": tuple(args.engine_arg),
             "engine_python": args.engine_python, "max_model_len": args.max_model_len,
-            "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(_pairs("--sim-option", args.sim_option)),
+            "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(args.sim_option),
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
             "log_dir": args.log_dir, "port_file": args.port_file, "group": _group_from(args),
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
-        return _build(cls, fields)
+        return cls.checked(**fields)
 
 
 class RouterConfig(_Frozen):
@@ -176,20 +184,13 @@ class RouterConfig(_Frozen):
     @classmethod
     def from_argv(cls, argv: list[str]) -> RouterConfig:
         args = _parse(_router_parser(), argv)
-        for model, policy in _pairs("--model-policy", args.model_policy, sep_from_right=True):
-            if policy not in POLICIES:
-                raise LaunchConfigError(f"--model-policy {model}={policy}: invalid choice: {policy!r} "
-                                        f"(choose from {', '.join(POLICIES)})")  # fmt: skip
         fields = {
             "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
-            "model_policies": tuple(_pairs("--model-policy", args.model_policy, sep_from_right=True)),
+            "model_policies": tuple(args.model_policy),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
             "request_timeout_s": args.request_timeout,
         }  # fmt: skip
-        return _build(cls, fields)
-
-
-_Config = TypeVar("_Config", AgentConfig, RouterConfig)
+        return cls.checked(**fields)
 
 
 # -- parsing --------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _agent_parser() -> argparse.ArgumentParser:
     add("--engine-python", help="interpreter that runs the engine (vllm-metal venv on macOS)")
     add("--max-model-len", type=int)
     add("--kv-cache-gib", type=float, help="vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE)")
-    add("--sim-option", action="append", default=[], metavar="KEY=VALUE")
+    add("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     add("--max-concurrency", type=int, default=64)
     add("--ready-timeout", type=float, default=600.0)
     add("--log-dir", default="~/.orchard/logs")
@@ -238,7 +239,14 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--listen", default="127.0.0.1:8000", help="HOST:PORT for the OpenAI endpoint")
     add("--worker", action="append", required=True, help="agent gRPC address (repeat)")
     add("--policy", choices=POLICIES, default="prefix", help="routing policy")
-    add("--model-policy", action="append", default=[], metavar="MODEL=POLICY", help="one model's policy (repeat)")
+    add(
+        "--model-policy",
+        action="append",
+        default=[],
+        type=_model_policy,
+        metavar="MODEL=POLICY",
+        help="one model's policy (repeat)",
+    )
     add("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     add("--max-attempts", type=int, default=2)
     add("--request-timeout", type=float, default=900.0)
@@ -256,28 +264,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-def _build(kind: type[_Config], fields: dict[str, object]) -> _Config:
-    try:
-        return kind.model_validate(fields)
-    except ValidationError as exc:
-        raise LaunchConfigError(_first_error(exc)) from None
-
-
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
-
-
-def _pairs(flag: str, items: list[str], *, sep_from_right: bool = False) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.rpartition("=") if sep_from_right else item.partition("=")
-        if not sep or not key:
-            raise LaunchConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -286,6 +277,15 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _model_policy(text: str) -> tuple[str, str]:
+    model, sep, policy = text.rpartition("=")  # a model name may hold '='; a policy never does
+    if not sep or not model:
+        raise argparse.ArgumentTypeError(f"expected MODEL=POLICY, got {text!r}")
+    if policy not in POLICIES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {policy!r} (choose from {', '.join(POLICIES)})")
+    return model, policy
 
 
 def _optional(flag: str, value: object) -> list[str]:

@@ -24,6 +24,9 @@ class EngineState(enum.Enum):
 
     @classmethod
     def from_wire(cls, value: pb.EngineState) -> EngineState | None:
-        """None for ENGINE_STATE_UNSPECIFIED (an agent that has not said)."""
-        name = pb.EngineState.Name(value).removeprefix("ENGINE_STATE_")
-        return None if name == "UNSPECIFIED" else cls[name]
+        """None for ENGINE_STATE_UNSPECIFIED (an agent that has not said) or a state newer than this code."""
+        try:
+            name = pb.EngineState.Name(value).removeprefix("ENGINE_STATE_")
+        except ValueError:
+            return None
+        return cls.__members__.get(name)

@@ -24,7 +24,7 @@ import grpc
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from worker.engines.base import GroupRole
+from proto.launch import GroupRole
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)

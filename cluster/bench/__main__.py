@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     overhead_cmd.add_argument("--rounds", type=int, default=2)
     overhead_cmd.add_argument("--port", type=int, default=8090)
     overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
-    overhead_cmd.add_argument("--sim-option", action="append", type=key_value, default=[("decode-ms-per-token", "5")],
-                          metavar="KEY=VALUE", help="sim option (repeat; default decode-ms-per-token=5)")  # fmt: skip
+    overhead_cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
+    overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
     decide_cmd.add_argument("--workers", type=int, default=64)
     decide_cmd.add_argument("--requests", type=int, default=20000)
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "routing":
         routing.main(routing_config(args))
     else:
+        options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
         asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
-                                      args.kv_cache_gib, tuple(args.sim_option)))  # fmt: skip
+                                      args.kv_cache_gib, options))  # fmt: skip
 
 
 def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:

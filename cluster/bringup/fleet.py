@@ -86,16 +86,26 @@ class Fleet:
                     last = progress
                 if failed := [row for row in rows if row.state is EngineState.FAILED]:
                     raise FleetError(f"worker {failed[0].worker_id}: the engine failed to start: {failed[0].detail}"
-                                     f"\nsee the engine log in {self.logs}")  # fmt: skip
+                                     + self._engine_log_tail())  # fmt: skip
                 time.sleep(0.25)
         raise FleetError(f"not ready within {timeout_s:.0f}s; see the logs in {self.logs}")
 
+    def _engine_log_tail(self) -> str:
+        """The engine log written last: the failed engine's, which just gave up."""
+        logs = sorted(self.logs.rglob("engine.log"), key=lambda p: p.stat().st_mtime)
+        return f"\nlast lines of {logs[-1]}:\n{procs.tail(logs[-1])}" if logs else ""
+
+
+def read_workers(client: httpx.Client, url: str) -> list[WorkerRow]:
+    """The router's /orchard/workers rows. Raises httpx.HTTPError or pydantic's ValidationError."""
+    response = client.get(url + "/orchard/workers")
+    response.raise_for_status()
+    return WorkersReply.model_validate_json(response.content).workers
+
 
 def fetch_workers(client: httpx.Client, url: str) -> list[WorkerRow]:
-    """The router's /orchard/workers rows; [] while it does not answer yet."""
+    """The rows, or [] while the router does not answer (yet): for loops that wait."""
     try:
-        response = client.get(url + "/orchard/workers")
-        response.raise_for_status()
-        return WorkersReply.model_validate_json(response.content).workers
+        return read_workers(client, url)
     except (httpx.HTTPError, ValidationError):
         return []

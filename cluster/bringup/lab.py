@@ -9,31 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from cluster.bringup import records, remote
-from cluster.bringup.fleet import fetch_workers
+from cluster.bringup.fleet import Fleet, Report, fetch_workers
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan
 from proto.daemon import StartReply
-from proto.launch import RouterConfig
+from proto.launch import LaunchConfigError, RouterConfig
 from worker import procs
 
-Report = Callable[[str], None]
+# A host's bring-up, as the `cluster up` table shows it (its engine's own state is proto.states.EngineState).
+HostState = Literal["pending", "started", "running", "ready", "not ready", "unreachable", "failed", "idle"]
 
 
 @dataclass
 class HostOutcome:
     label: str
     address: str
-    state: str = "pending"  # started | running | stopped | unreachable | failed | idle
+    state: HostState = "pending"
     reason: str = ""
     os: str = ""
     chip: str = ""
@@ -52,6 +52,15 @@ class LabState(BaseModel):
     router_pid: int
     router: RouterConfig
     url: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_router_args(cls, data: Any) -> Any:
+        """A lab.json written before RouterConfig kept the router's argv; read it, so `down` still finds it."""
+        if isinstance(data, dict) and "router_args" in data and "router" not in data:
+            args = data["router_args"]
+            data = {**{k: v for k, v in data.items() if k != "router_args"}, "router": RouterConfig.from_argv(args[3:])}
+        return data
 
 
 def state_path(home: Path) -> Path:
@@ -115,7 +124,7 @@ async def _bring_host(
                 result = StartReply(status="started", changed=True)
             else:
                 result = await remote.start_agent(conn, assignment, spec)
-        except remote.RemoteError as exc:
+        except (remote.RemoteError, LaunchConfigError) as exc:
             outcome.state, outcome.reason = "failed", str(exc)
             report(f"{host.label}: {exc}")
             return outcome
@@ -200,7 +209,7 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
         if previous and procs.alive(pid):
             procs.terminate_tree(pid)
             report("router: workers changed; restarting it")
-        pid = procs.spawn(config.command(), home / "logs" / "router.log", tied_to_parent=False)
+        pid = Fleet(home / "logs", tied_to_parent=False).start_router(config).pid  # outlives `cluster up`
         report(f"router: started (pid {pid}) at {url}")
     records.write(state_path(home), LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=url))
     return url

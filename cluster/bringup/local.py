@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from cluster.bringup import records
-from cluster.bringup.fleet import Fleet, FleetError
-from proto.launch import AgentConfig, RouterConfig
+from cluster.bringup.fleet import Fleet, FleetError, Report
+from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
 from worker.procs import free_port
@@ -36,7 +35,7 @@ def orchard_home() -> Path:
 
 @dataclass(frozen=True)
 class LocalClusterConfig:
-    engine: str = "vllm"
+    engine: EngineKind = "vllm"
     model: str = BUNDLED_NAME
     host: str = "127.0.0.1"
     port: int = 8000
@@ -46,10 +45,6 @@ class LocalClusterConfig:
     sim_options: tuple[tuple[str, str], ...] = ()
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 class LocalState(BaseModel):
@@ -99,9 +94,6 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-Report = Callable[[str], None]
-
-
 def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> LocalState:
     """Start agent and router, wait until a real token came through, record the state. Raises
     LocalClusterError (after stopping what it started) on any failure."""
@@ -115,20 +107,23 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
             resolve(config.model)
     except ModelError as exc:
         raise LocalClusterError(str(exc)) from exc
-    agent, router = launch_configs(config)
+    try:
+        agent, router = launch_configs(config)
+    except LaunchConfigError as exc:
+        raise LocalClusterError(str(exc)) from None
     fleet = Fleet(home / "logs", tied_to_parent=not detached)
     report(f"starting worker agent ({config.engine} engine, model {agent.served_name})")
     agent_child = fleet.start_agent(agent)
-    report(f"starting router on {config.url}")
+    report(f"starting router on {router.local_url}")
     router_child = fleet.start_router(router)
     state = LocalState(
-        url=config.url, model=agent.served_name, engine=config.engine, router_pid=router_child.pid,
+        url=router.local_url, model=agent.served_name, engine=config.engine, router_pid=router_child.pid,
         agent_pid=agent_child.pid, agent_address=agent.listen, supervisor_pid=None if detached else os.getpid(),
         log_dir=str(fleet.logs),
     )  # fmt: skip
     records.write(state_path(home), state)
     try:
-        fleet.wait_ready(config.url, workers=1, timeout_s=config.ready_timeout_s, report=report)
+        fleet.wait_ready(router.local_url, workers=1, timeout_s=config.ready_timeout_s, report=report)
     except FleetError as exc:
         stop(home)
         raise LocalClusterError(str(exc)) from None
@@ -141,12 +136,12 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
 def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfig]:
     """The agent's and the router's configuration for this local cluster (pure, but for a free port)."""
     served = BUNDLED_NAME if is_bundled(config.model) else config.model
-    agent = AgentConfig(
+    agent = AgentConfig.checked(
         listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model, served_name=served,
         log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
     )  # fmt: skip
-    return agent, RouterConfig(listen=f"{config.host}:{config.port}", workers=(agent.listen,))
+    return agent, RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,))
 
 
 def stop(home: Path, grace_s: float = 30.0) -> list[int]:

@@ -91,13 +91,14 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
 
 def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
     """The agent's configuration on its host. A shard-group rank also gets every rank's group endpoint and
-    agent address, so its agent can write MLX's hostfile and watch the group."""
+    agent address, so its agent can write MLX's hostfile and watch the group. Raises LaunchConfigError."""
     host, model = assignment.host, assignment.model
     group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
-    return AgentConfig(
+    sim_options = host.sim_options.items()  # the hosts file allows numbers; the command line carries text
+    return AgentConfig.checked(
         listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
-        engine_args=tuple(model.engine_args), sim_options=tuple(sorted(host.sim_options.items())),
+        engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group,
     )  # fmt: skip
 
@@ -108,7 +109,7 @@ def _group_role(group: GroupPlan, rank: int, spec: ClusterSpec) -> GroupRole:
     if group.transport == "jaccl":  # MLX_IBV_DEVICES: row i, column j = host i's device towards host j
         rdma = tuple(tuple(None if peer is member else member.rdma_devices.get(peer.label, "") for peer in members)
                      for member in members)  # fmt: skip
-    return GroupRole(
+    return GroupRole.checked(
         name=group.name, rank=rank, mode=group.mode, backend=group.backend, transport=group.transport,
         members=tuple(f"{m.group_address or m.address}:{m.group_port}" for m in members),
         peers=tuple(f"{m.address}:{m.agent_port}" for m in members), layers=group.layers or (), rdma=rdma,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from proto.launch import EngineKind
+from proto.launch import EngineKind, Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -83,7 +83,7 @@ class ModelSpec(_Strict):
     replicas: int | None = Field(default=None, ge=1, le=1024)
     hosts: tuple[str, ...] | None = Field(default=None, strict=False)
     max_model_len: int | None = Field(default=None, ge=16)
-    policy: Literal["prefix", "least_loaded", "round_robin"] | None = None  # routing; default: the router's
+    policy: Policy | None = None  # routing; default: the router's
     size_gb: float | None = Field(default=None, gt=0, strict=False)  # weights; default: measured from the files
     kv_reserve_gb: float | None = Field(default=None, ge=0, strict=False)  # overrides [placement]
     # A shard group: one replica spread over several hosts. Chosen by placement when the model fits no host;

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.router.errors import ApiError
 from cluster.router.forwarding import Forwarder
-from cluster.router.intake import Incoming, Kind, read_incoming
+from cluster.router.intake import Incoming, Kind, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
@@ -56,11 +56,12 @@ def create_app(registry: Registry, config: RouterConfig, steps: Sequence[Admissi
     async def handle(request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
         model = "?"
         try:
-            incoming = await read_incoming(request, endpoint, kind, registry.models(), config.max_body_bytes)
-            model = incoming.model
+            parsed = await read_request(request, kind, config.max_body_bytes)
+            model = parsed.model
+            started_at = time.monotonic()
+            incoming = for_model(parsed, endpoint, registry.models(), request.headers.get("x-session-id"))
             for step in steps:
                 await step(incoming, request)
-            started_at = time.monotonic()
             started = await forwarder.start(incoming)
         except ApiError as exc:
             metrics.requests.labels(model, str(exc.status)).inc()

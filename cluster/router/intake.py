@@ -1,5 +1,6 @@
-"""A request's way in: read the body (bounded), parse, validate, check it fits the model, and describe it for
-routing. Everything after this (admission steps, routing, forwarding) reads the one `Incoming` it returns."""
+"""A request's way in: read the body (bounded), parse and validate it (`read_request`), check it against its
+model and describe it for routing (`for_model`). Everything after this (admission steps, routing, forwarding)
+reads the one `Incoming` it returns."""
 
 from __future__ import annotations
 
@@ -37,24 +38,39 @@ class Incoming:
 Kind = type[ChatRequest] | type[CompletionRequest]
 
 
-async def read_incoming(
-    request: Request, endpoint: pb.Endpoint, kind: Kind, models: dict[str, pb.ModelInfo], max_body_bytes: int
-) -> Incoming:
-    """Raises ApiError (OpenAI's shape, the right status) for anything the router itself can refuse."""
+@dataclass(frozen=True)
+class Parsed:
+    """A body that is valid JSON of the right shape; the model it names is not checked yet."""
+
+    raw: bytes
+    body: dict[str, Any]
+    fields: ChatRequest | CompletionRequest
+
+    @property
+    def model(self) -> str:
+        return self.fields.model
+
+
+async def read_request(request: Request, kind: Kind, max_body_bytes: int) -> Parsed:
+    """Read (bounded), parse and validate. Raises ApiError (OpenAI's shape, the right status)."""
     raw = await read_bounded(request, max_body_bytes)
     body = parse_body(raw)
-    parsed = validate(body, kind)
-    if parsed.model not in models:
-        raise ApiError(404, f"The model `{parsed.model}` does not exist.", param="model", code="model_not_found")
-    check_limits(parsed, models[parsed.model].max_model_len)
-    wants_usage = bool((parsed.stream_options or {}).get("include_usage"))
-    if parsed.stream and not wants_usage:  # usage travels on the last chunk; the relay drops it again
+    return Parsed(raw, body, validate(body, kind))
+
+
+def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.ModelInfo], session: str | None) -> Incoming:
+    """Check the request against its model (known, fits the context) and describe it for routing."""
+    raw, body, fields = request.raw, request.body, request.fields
+    if fields.model not in models:
+        raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
+    check_limits(fields, models[fields.model].max_model_len)
+    wants_usage = bool((fields.stream_options or {}).get("include_usage"))
+    if fields.stream and not wants_usage:  # usage travels on the last chunk; the relay drops it again
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         raw = json.dumps(body).encode()
     # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
-    session = request.headers.get("x-session-id") or parsed.user
-    return Incoming(uuid.uuid4().hex, endpoint, parsed.model, parsed.stream, wants_usage, raw,
-                    routing_view(parsed.model, session, body))  # fmt: skip
+    view = routing_view(fields.model, session or fields.user, body)
+    return Incoming(uuid.uuid4().hex, endpoint, fields.model, fields.stream, wants_usage, raw, view)
 
 
 def routing_view(model: str, session: str | None, body: dict[str, Any]) -> RequestView:

@@ -55,7 +55,7 @@ class WorkerHandle:
         return (
             self.connected
             and self.sample is not None
-            and self.sample.state == pb.ENGINE_STATE_READY
+            and _is_ready(self.sample)
             and now - self.sample_at < SAMPLE_STALE_S
             and now >= self.suspect_until
         )
@@ -141,18 +141,19 @@ class Registry:
         while True:
             try:
                 handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
-                info_when_ready = handle.sample is not None and handle.sample.state == pb.ENGINE_STATE_READY
+                info_when_ready = handle.sample is not None and _is_ready(handle.sample)
                 stream = handle.stub.Watch(pb.WatchRequest(interval_seconds=self.watch_interval_s))
                 async for sample in stream:
                     if not handle.connected:
                         log.info("worker %s connected (%s)", handle.address, handle.worker_id)
                     handle.connected, delay = True, RECONNECT_MIN_S
                     handle.sample, handle.sample_at = sample, time.monotonic()
-                    if sample.state == pb.ENGINE_STATE_READY and not info_when_ready:
+                    ready = _is_ready(sample)
+                    if ready and not info_when_ready:
                         # Ask again once the engine is ready: it then knows its context length.
                         handle.info = await handle.stub.Info(pb.InfoRequest(), timeout=INFO_DEADLINE_S)
                         info_when_ready = True
-                    elif sample.state != pb.ENGINE_STATE_READY:
+                    elif not ready:
                         info_when_ready = False
             except grpc.aio.AioRpcError as exc:
                 if handle.connected:
@@ -160,3 +161,7 @@ class Registry:
             handle.connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+def _is_ready(sample: pb.LoadSample) -> bool:
+    return EngineState.from_wire(sample.state) is EngineState.READY

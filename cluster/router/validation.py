@@ -6,7 +6,7 @@ Everything else in the body passes through to the engine unchanged (tools, logpr
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
@@ -47,6 +47,9 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
+R = TypeVar("R", bound=_Common)
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
@@ -57,7 +60,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def validate(body: dict[str, Any], kind: type[_Common]) -> _Common:
+def validate(body: dict[str, Any], kind: type[R]) -> R:
     try:
         return kind.model_validate(body)
     except ValidationError as exc:

@@ -51,12 +51,14 @@ class UpCluster:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     home = tmp_path_factory.mktemp("orchard-home")
-    result = run_cli(["up", "--detach", "--port", str(free_port())], home)
-    assert result.returncode == 0, result.stdout + result.stderr
-    state = local.read_state(home)
-    assert state is not None
-    yield UpCluster(home, state, result.stdout)
-    run_cli(["down"], home, timeout_s=120)
+    try:  # `down` whatever `up` did: nothing outlives the tests
+        result = run_cli(["up", "--detach", "--port", str(free_port())], home)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = local.read_state(home)
+        assert state is not None
+        yield UpCluster(home, state, result.stdout)
+    finally:
+        run_cli(["down"], home, timeout_s=120)
 
 
 def test_up_prints_the_endpoint_and_a_curl_line(up: UpCluster) -> None:

@@ -30,12 +30,12 @@ def test_unreachable_host_is_reported_and_the_rest_serve(tmp_path: Path) -> None
         hosts_file = tmp_path / "lab.toml"
         hosts_file.write_text(net.hosts_toml(sys.executable, ["sim"] * 3, MODELS, port))
         home = tmp_path / "home"
-        strict = run_cli(["up", "--require-all", str(hosts_file)], home, timeout_s=300)
-        assert strict.returncode == 1
-        assert "--require-all: h3: unreachable over SSH (10.213.7.13:22)" in strict.stderr
-        for host in net.hosts[:2]:  # what the failed run started, it stopped again
-            assert netns.pids_in(host.namespace) == [host.sshd_pid]
-        try:
+        try:  # `down` whatever `up` did: nothing outlives the test
+            strict = run_cli(["up", "--require-all", str(hosts_file)], home, timeout_s=300)
+            assert strict.returncode == 1
+            assert "--require-all: h3: unreachable over SSH (10.213.7.13:22)" in strict.stderr
+            for host in net.hosts[:2]:  # what the failed run started, it stopped again
+                assert netns.pids_in(host.namespace) == [host.sshd_pid]
             result = run_cli(["up", str(hosts_file)], home, timeout_s=300)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "h3: unreachable over SSH" in result.stdout

@@ -67,10 +67,10 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
         hosts_file = root / "lab.toml"
         hosts_file.write_text(net.hosts_toml(sys.executable, ["sim", "sim", "vllm"], MODELS, port))
         started = time.monotonic()
-        result = run_cli(["up", str(hosts_file)], home, timeout_s=1200)
-        elapsed = time.monotonic() - started
-        assert result.returncode == 0, result.stdout + result.stderr
-        try:
+        try:  # `down` whatever `up` did: a half-started lab must not outlive the test
+            result = run_cli(["up", str(hosts_file)], home, timeout_s=1200)
+            elapsed = time.monotonic() - started
+            assert result.returncode == 0, result.stdout + result.stderr
             yield RunningLab(net, home, hosts_file, elapsed, result.stdout, f"http://127.0.0.1:{port}")
         finally:
             run_cli(["down"], home, timeout_s=180)

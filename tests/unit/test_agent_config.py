@@ -96,3 +96,10 @@ def test_the_agent_program_prints_usage_and_exits_2_on_bad_arguments(capsys: pyt
     with pytest.raises(SystemExit) as stopped:
         main(["--model", "m", "--max-concurrency", "0"])
     assert stopped.value.code == 2 and "usage: orchard-worker" in capsys.readouterr().err
+
+
+def test_engine_states_cross_the_wire_and_unknown_ones_read_as_none() -> None:
+    from proto.states import EngineState
+
+    assert all(EngineState.from_wire(state.to_wire()) is state for state in EngineState)
+    assert EngineState.from_wire(0) is None and EngineState.from_wire(99) is None

@@ -175,3 +175,15 @@ def test_a_group_ranks_agent_command_line_carries_the_whole_group(tmp_path: Path
     assert role.peers == ("10.213.7.11:50051", "10.213.7.12:50051", "10.213.7.13:50051")  # agents
     assert role.layers == (10, 10, 10) and role.transport == "jaccl"
     assert role.rdma == ((None, "rdma_en5", "rdma_en4"), ("rdma_en5", None, "rdma_en3"), ("rdma_en4", "rdma_en3", None))
+
+
+def test_a_hosts_files_numeric_sim_options_reach_the_agent_as_text() -> None:
+    from cluster.bringup.remote import agent_config
+
+    text = LAB.replace(
+        'name = "studio-1"\n', 'name = "studio-1"\nengine = "sim"\nsim_options = { seed = 3, kv-blocks = 600 }\n'
+    )
+    spec = parse(text + model("m30", 30), Path("lab.toml"))
+    [one] = plan(spec)
+    config = AgentConfig.from_argv(agent_config(one, spec).to_argv())
+    assert config.sim_options == (("kv-blocks", "600"), ("seed", "3")) and config.worker_id == "studio-1"

@@ -9,8 +9,6 @@ from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
 from worker.engines.vllm import VllmEngine
 
-ENGINES = ENGINE_KINDS
-
 
 def adapter_for(kind: str) -> EngineAdapter:
     if kind == "vllm":
@@ -19,4 +17,4 @@ def adapter_for(kind: str) -> EngineAdapter:
         return MlxEngine()
     if kind == "sim":
         return SimEngine()
-    raise ValueError(f"unknown engine {kind!r}; choose one of: {', '.join(ENGINES)}")
+    raise ValueError(f"unknown engine {kind!r}; choose one of: {', '.join(ENGINE_KINDS)}")

@@ -1,4 +1,5 @@
-"""The `mlx` engine: mlx-lm's OpenAI server (worker/mlx_engine.py), on one host or as a shard-group rank.
+"""The `mlx` engine: mlx-lm's OpenAI server (worker/engines/programs/mlx_server.py), on one host or as a
+shard-group rank.
 
 On macOS MLX computes on the GPU. On Linux `mlx[cpu]` runs the same code on the CPU; its wheel ships netlib's
 reference BLAS, so when Debian's OpenBLAS is installed (`libopenblas0-pthread`) it is preloaded (a fp32

@@ -1,4 +1,4 @@
-"""The `sim` engine adapter: runs worker/sim/server.py as the engine subprocess."""
+"""The `sim` engine adapter: runs worker/engines/programs/sim/server.py as the engine subprocess."""
 
 from __future__ import annotations
 
