@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cluster.bringup import lab, local, remote, units
 from cluster.bringup.fleet import read_workers
+from cluster.gateway import admin
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
@@ -347,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=_logs)
 
+    admin.add_commands(sub, local.orchard_home, console)
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
     prepare = models.add_parser("prepare", help="convert the bundled model into the cache (once)")
     prepare.add_argument("name", nargs="?", default=BUNDLED_NAME)

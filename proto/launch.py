@@ -146,6 +146,9 @@ class RouterConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
     request_timeout_s: float = Field(default=900.0, gt=0)
+    gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
+    no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
+    max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
 
     @model_validator(mode="after")
     def _listen_has_port(self) -> RouterConfig:
@@ -163,6 +166,10 @@ class RouterConfig(_Frozen):
         return int(self.listen.rpartition(":")[2])
 
     @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
     def local_url(self) -> str:
         """Where a client on this machine reaches it (a wildcard address is reached on loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host
@@ -171,7 +178,9 @@ class RouterConfig(_Frozen):
     def to_argv(self) -> list[str]:
         argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
                 "--max-attempts", str(self.max_attempts),
-                "--request-timeout", repr(self.request_timeout_s)]  # fmt: skip
+                "--request-timeout", repr(self.request_timeout_s), "--max-queue", str(self.max_queue)]  # fmt: skip
+        argv += _optional("--gateway-db", self.gateway_db)
+        argv += ["--no-auth"] if self.no_auth else []
         for address in self.workers:
             argv += ["--worker", address]
         for model, policy in self.model_policies:
@@ -188,7 +197,8 @@ class RouterConfig(_Frozen):
             "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
             "model_policies": tuple(args.model_policy),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
-            "request_timeout_s": args.request_timeout,
+            "request_timeout_s": args.request_timeout, "gateway_db": args.gateway_db, "no_auth": args.no_auth,
+            "max_queue": args.max_queue,
         }  # fmt: skip
         return cls.checked(**fields)
 
@@ -250,6 +260,9 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     add("--max-attempts", type=int, default=2)
     add("--request-timeout", type=float, default=900.0)
+    add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")
+    add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")
+    add("--max-queue", type=int, default=256, help="requests that may wait per model when workers are busy")
     return parser
 
 
@@ -269,6 +282,11 @@ def _first_error(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach an address like this."""
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 def key_value(text: str) -> tuple[str, str]:

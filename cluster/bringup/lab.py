@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from cluster.bringup import records, remote
 from cluster.bringup.fleet import Fleet, Report, fetch_workers
+from cluster.gateway.gateway import refuse_open
+from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan
 from proto.daemon import StartReply
-from proto.launch import LaunchConfigError, RouterConfig
+from proto.launch import LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
 
 # A host's bring-up, as the `cluster up` table shows it (its engine's own state is proto.states.EngineState).
@@ -147,6 +149,9 @@ async def up(
     report: Report,
     install_service: bool = False,
 ) -> list[HostOutcome]:
+    router = spec.router
+    if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
+        raise LabError(why)
     probes = await asyncio.gather(*(_probe(h, report) for h in spec.hosts))
     memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
     facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
@@ -192,14 +197,17 @@ class LabError(Exception):
     """The lab could not be brought up as asked; the message says which hosts and why."""
 
 
-def router_config(spec: ClusterSpec, workers: list[str]) -> RouterConfig:
+def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:
     policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
-    return RouterConfig(listen=f"{spec.router.host}:{spec.router.port}", workers=tuple(workers),
-                        model_policies=policies)  # fmt: skip
+    router = spec.router
+    return RouterConfig.checked(
+        listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
+        gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
+    )  # fmt: skip
 
 
 def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
-    config = router_config(spec, workers)
+    config = router_config(spec, workers, home)
     url = config.local_url
     previous = read_state(home)
     pid = previous.router_pid if previous else 0

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cluster.bringup import records
 from cluster.bringup.fleet import Fleet, FleetError, Report
+from cluster.gateway.store import db_path
 from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
@@ -141,7 +142,9 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
     )  # fmt: skip
-    return agent, RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,))
+    router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
+                                  gateway_db=str(db_path(config.home)))  # fmt: skip
+    return agent, router
 
 
 def stop(home: Path, grace_s: float = 30.0) -> list[int]:

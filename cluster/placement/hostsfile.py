@@ -39,6 +39,8 @@ class _Strict(BaseModel):
 class RouterSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    no_auth: bool = False  # serve beyond loopback without API keys (the router warns at every start)
+    max_queue: int = Field(default=256, ge=0, le=100_000)  # requests that may wait per model
 
 
 class PlacementSpec(_Strict):

@@ -8,12 +8,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 
+from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.router.app import create_app
 from cluster.router.registry import Registry
 from proto.launch import LaunchConfigError, RouterConfig, usage
+
+log = logging.getLogger("orchard.router")
+
+
+def gateway_for(config: RouterConfig, registry: Registry) -> Gateway:
+    """The gateway this router runs with; refuses (exit 2) to serve beyond loopback without keys."""
+    db = Path(config.gateway_db).expanduser() if config.gateway_db else None
+    if config.no_auth:
+        log.warning("started with --no-auth: anyone who reaches %s may use every model", config.listen)
+    if why := refuse_open(config.listen, config.loopback, config.no_auth, db):
+        sys.stderr.write(f"python -m cluster.router: {why}\n")
+        raise SystemExit(2)
+    require = not config.loopback and not config.no_auth
+    return Gateway(db, registry.capacity, require_auth=require, max_queue=config.max_queue, open_ok=config.no_auth)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
-    app = create_app(Registry(list(config.workers)), config)
+    registry = Registry(list(config.workers))
+    app = create_app(registry, config, gateway_for(config, registry))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
 
 

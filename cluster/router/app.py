@@ -1,16 +1,16 @@
 """The router's HTTP surface: /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics and the
 operator's /orchard/workers.
 
-Each request goes through one pipeline: intake (read, validate, fit the model) → admission steps → forward
-(pick a worker, Generate, relay). Admission steps are where the team gateway plugs in (keys, limits, queue):
-each is an async callable that may refuse a request by raising ApiError.
+Each request goes through one pipeline: intake (read, validate, fit the model) → the gateway (key, limits,
+fair admission queue) → forward (pick a worker with a free slot, Generate, relay) → the gateway again when it
+ends (free the slot, reconcile tokens, record usage).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,9 +19,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.gateway.gateway import CHARS_PER_TOKEN, Ask, Gateway, Outcome, Pass, Refusal
 from cluster.router.errors import ApiError
-from cluster.router.forwarding import Forwarder
-from cluster.router.intake import Incoming, Kind, for_model, read_request
+from cluster.router.forwarding import Ended, Forwarder
+from cluster.router.intake import Incoming, Kind, Parsed, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
@@ -33,25 +34,27 @@ log = logging.getLogger(__name__)
 
 WORKER_HEADER = "x-orchard-worker"
 
-AdmissionStep = Callable[[Incoming, Request], Awaitable[None]]
 
-
-def create_app(registry: Registry, config: RouterConfig, steps: Sequence[AdmissionStep] = ()) -> FastAPI:
-    """The router app over a registry (started and stopped with the app) and its admission steps."""
+def create_app(registry: Registry, config: RouterConfig, gateway: Gateway | None = None) -> FastAPI:
+    """The router app over a registry and a gateway (both started and stopped with the app)."""
     metrics = RouterMetrics()
     forwarder = Forwarder(registry, config, metrics)
+    gateway = gateway or Gateway(None, registry.capacity, require_auth=False, max_queue=config.max_queue)
+    gateway.on_usage = metrics.count_usage
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        await gateway.start()
         try:
             yield
         finally:
+            await gateway.stop()
             await registry.stop()
 
     app = FastAPI(title="Orchard", lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    _add_operator_routes(app, registry, metrics)
+    _add_operator_routes(app, registry, metrics, gateway)
 
     async def handle(request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
         model = "?"
@@ -60,20 +63,30 @@ def create_app(registry: Registry, config: RouterConfig, steps: Sequence[Admissi
             model = parsed.model
             started_at = time.monotonic()
             incoming = for_model(parsed, endpoint, registry.models(), request.headers.get("x-session-id"))
-            for step in steps:
-                await step(incoming, request)
-            started = await forwarder.start(incoming)
+            granted = await gateway.admit(_ask(incoming, parsed, request), config.request_timeout_s)
+        except (ApiError, Refusal) as exc:
+            error = _api_error(exc)
+            metrics.requests.labels(model, str(error.status)).inc()
+            return error.response(exc.headers if isinstance(exc, Refusal) else None)
+        except TimeoutError:
+            metrics.requests.labels(model, "504").inc()
+            return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
+        ending = _Ending(gateway, granted, incoming, started_at)
+        try:
+            started = await forwarder.start(incoming, config.request_timeout_s - (time.monotonic() - started_at))
         except ApiError as exc:
             metrics.requests.labels(model, str(exc.status)).inc()
-            return exc.response()
-        metrics.ttft.labels(model).observe(time.monotonic() - started_at)
-        headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id}
+            ending(Ended(exc.status, "", pb.Usage(), counted=True))
+            return exc.response(granted.headers)
+        ending.first_byte = time.monotonic()
+        metrics.ttft.labels(model).observe(ending.first_byte - started_at)
+        headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id, **granted.headers}
         if not incoming.stream:
-            return await forwarder.whole(started, model, headers)
-        relay = forwarder.relay(started, model, incoming.wants_usage)
+            return await forwarder.whole(started, model, headers, ending)
+        relay = forwarder.relay(started, model, incoming.wants_usage, ending)
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
-                                 background=BackgroundTask(started.call.cancel))  # fmt: skip
+                                 background=BackgroundTask(ending.close, started.call))  # fmt: skip
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -84,6 +97,43 @@ def create_app(registry: Registry, config: RouterConfig, steps: Sequence[Admissi
         return await handle(request, pb.ENDPOINT_COMPLETIONS, CompletionRequest)
 
     return app
+
+
+def _ask(incoming: Incoming, parsed: Parsed, request: Request) -> Ask:
+    fields = parsed.fields
+    return Ask(incoming.request_id, incoming.model, request.headers.get("authorization"),
+               incoming.view.prompt_chars, fields.requested_tokens())  # fmt: skip
+
+
+def _api_error(exc: ApiError | Refusal) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    return ApiError(exc.status, exc.message, code=exc.code)
+
+
+class _Ending:
+    """Ends a request at the gateway exactly once, however it ends (done, failed, client gone)."""
+
+    def __init__(self, gateway: Gateway, granted: Pass, incoming: Incoming, started_at: float) -> None:
+        self.gateway, self.granted, self.incoming, self.started_at = gateway, granted, incoming, started_at
+        self.first_byte: float | None = None
+        self.done = False
+
+    def __call__(self, ended: Ended) -> None:
+        if self.done:
+            return
+        self.done = True
+        usage = ended.usage
+        # Cut short before the engine's count: the prompt as estimated at admission.
+        prompt = usage.prompt_tokens if ended.counted else self.incoming.view.prompt_chars // CHARS_PER_TOKEN
+        ttft = self.first_byte - self.started_at if self.first_byte is not None else None
+        outcome = Outcome(ended.status, ended.worker or None, prompt, usage.completion_tokens,
+                          usage.cached_prompt_tokens, ttft)  # fmt: skip
+        self.gateway.finish(self.granted, outcome)
+
+    def close(self, call: Any) -> None:
+        call.cancel()  # no-op when finished; aborts the engine request when the client left
+        self(Ended(499, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -101,7 +151,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return ApiError(500, f"internal router error: {type(exc).__name__}").response()
 
 
-def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetrics) -> None:
+def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
         ready = registry.ready_count()
@@ -113,17 +163,26 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         return PlainTextResponse(metrics.exposition())
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    async def list_models(request: Request) -> Response:
+        try:
+            gateway.authenticate(request.headers.get("authorization"))
+        except Refusal as exc:
+            return _api_error(exc).response()
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "orchard", "max_model_len": m.max_model_len}
             for name, m in sorted(registry.models().items())
         ]
-        return {"object": "list", "data": data}
+        return JSONResponse({"object": "list", "data": data})
 
     @app.get("/orchard/workers")
-    async def workers() -> WorkersReply:
+    async def workers(request: Request) -> Response:
+        try:
+            gateway.check_admin(request.headers.get("authorization"))
+        except Refusal as exc:
+            return _api_error(exc).response()
         now = time.monotonic()
-        return WorkersReply(workers=[worker_row(handle, now) for handle in registry.workers.values()])
+        reply = WorkersReply(workers=[worker_row(handle, now) for handle in registry.workers.values()])
+        return Response(reply.model_dump_json(), media_type="application/json")
 
 
 def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:

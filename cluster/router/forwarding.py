@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,19 @@ class Started:
     handle: WorkerHandle
     call: Any  # grpc.aio.UnaryStreamCall
     first: pb.GenerateReply
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a forwarded request ended, for usage accounting: HTTP status and the engine's token counts."""
+
+    status: int
+    worker: str
+    usage: pb.Usage
+    counted: bool  # False: the stream was cut before the engine's count came (tokens counted by the relay)
+
+
+OnEnd = Callable[[Ended], None]
 
 
 _WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -61,7 +74,7 @@ class Forwarder:
             self.metrics.decisions.labels(decision.reason).inc()
         return decision
 
-    async def start(self, incoming: Incoming) -> Started:
+    async def start(self, incoming: Incoming, timeout_s: float) -> Started:
         """Pick a worker and read the first reply; try one more worker if one fails before any byte."""
         tried: set[str] = set()
         last_error: ApiError | None = None
@@ -75,7 +88,7 @@ class Forwarder:
             if handle.stub is None:
                 continue
             handle.inflight += 1
-            call = handle.stub.Generate(generate, timeout=self.config.request_timeout_s)
+            call = handle.stub.Generate(generate, timeout=timeout_s)
             # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
             call.add_done_callback(lambda _call, h=handle: _release(h))
             try:
@@ -95,47 +108,56 @@ class Forwarder:
         raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
                        code="no_worker")  # fmt: skip
 
-    async def whole(self, started: Started, model: str, headers: dict[str, str]) -> Response:
+    async def whole(self, started: Started, model: str, headers: dict[str, str], on_end: OnEnd) -> Response:
         """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
+        worker = started.handle.worker_id
         try:
             final = await started.call.read()
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
             self.metrics.requests.labels(model, str(err.status)).inc()
+            on_end(Ended(err.status, worker, pb.Usage(), counted=True))
             return err.response(headers)
         finally:
             started.handle.served += 1
-        body = started.first.response
+        body, usage = started.first.response, pb.Usage()
         if final is not grpc.aio.EOF and final.HasField("final"):
-            body = fill_usage(body, final.final.usage)
-            self.metrics.count_tokens(model, final.final.usage)
+            usage = final.final.usage
+            body = fill_usage(body, usage)
+            self.metrics.count_tokens(model, usage)
         self.metrics.requests.labels(model, "200").inc()
+        on_end(Ended(200, worker, usage, counted=True))
         return Response(body, media_type="application/json", headers=headers)
 
-    async def relay(self, started: Started, model: str, wants_usage: bool) -> AsyncIterator[bytes]:
+    async def relay(self, started: Started, model: str, wants_usage: bool, on_end: OnEnd) -> AsyncIterator[bytes]:
         """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
-        status = "200"
-        call = started.call
+        status, call = 200, started.call
+        usage, counted, chunks = pb.Usage(), False, 0
         try:
             reply = started.first
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
                     items = [c for c in reply.chunks.items if wants_usage or not is_usage_only(c)]
+                    chunks += len(reply.chunks.items)
                     if items:  # one write for everything that arrived together
                         yield b"".join(b"data: " + c + b"\n\n" for c in items)
                 elif reply.HasField("final"):
-                    self.metrics.count_tokens(model, reply.final.usage)
+                    usage, counted = reply.final.usage, True
+                    self.metrics.count_tokens(model, usage)
                 reply = await call.read()
             yield b"data: [DONE]\n\n"
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
-            status = str(err.status)
+            status = err.status
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
             started.handle.served += 1
-            self.metrics.requests.labels(model, status).inc()
+            self.metrics.requests.labels(model, str(status)).inc()
+            if not counted:  # cut short: one token per streamed chunk is what the engine produced
+                usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
+            on_end(Ended(status, started.handle.worker_id, usage, counted))
 
 
 def _release(handle: WorkerHandle) -> None:

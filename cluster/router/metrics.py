@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from cluster.gateway.usage import UsageRow
 from proto import orchard_pb2 as pb
 
 
@@ -22,6 +23,19 @@ class RouterMetrics:
             "orchard_routing_decisions", "scheduler decisions by reason", ["reason"], registry=self.registry
         )
         self.tokens = Counter("orchard_tokens", "tokens by model and kind", ["model", "kind"], registry=self.registry)
+        self.team_requests = Counter(
+            "orchard_team_requests", "requests by team, model and HTTP status", ["team", "model", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.team_tokens = Counter(
+            "orchard_team_tokens", "tokens by team, model and kind", ["team", "model", "kind"], registry=self.registry
+        )
+
+    def count_usage(self, row: UsageRow) -> None:
+        team = row.team or "-"
+        self.team_requests.labels(team, row.model, str(row.status)).inc()
+        self.team_tokens.labels(team, row.model, "prompt").inc(row.prompt_tokens)
+        self.team_tokens.labels(team, row.model, "completion").inc(row.completion_tokens)
 
     def count_tokens(self, model: str, usage: pb.Usage) -> None:
         self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)

@@ -25,6 +25,7 @@ INFO_DEADLINE_S = 5.0
 SAMPLE_STALE_S = 5.0
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
+DEFAULT_SLOTS = 64  # an agent that does not say how many requests it takes at once
 
 
 @dataclass
@@ -46,6 +47,10 @@ class WorkerHandle:
     @property
     def worker_id(self) -> str:
         return self.info.worker_id if self.info and self.info.worker_id else self.address
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.info.max_concurrency if self.info and self.info.max_concurrency else DEFAULT_SLOTS
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -109,8 +114,17 @@ class Registry:
                 await handle.channel.close()
 
     def views(self, model: str) -> list[WorkerView]:
+        """The model's workers; those with a free slot only, when any has one (the admission queue keeps the
+        total in bounds, so a full worker is chosen only while another's slot is being handed over)."""
         now = time.monotonic()
-        return [h.view(now) for h in self.workers.values() if model in h.models]
+        serving = [h for h in self.workers.values() if model in h.models]
+        free = [h for h in serving if h.inflight < h.max_concurrency]
+        return [h.view(now) for h in (free or serving)]
+
+    def capacity(self, model: str) -> int:
+        """Requests the model's ready workers take at once: the sum of their slots (each agent's setting)."""
+        now = time.monotonic()
+        return sum(h.max_concurrency for h in self.workers.values() if model in h.models and h.ready(now))
 
     def by_id(self, worker_id: str) -> WorkerHandle:
         for handle in self.workers.values():

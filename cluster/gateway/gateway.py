@@ -1,0 +1,244 @@
+"""The team gateway: who is asking (API key → team), may they (models, rate limits, monthly quota), when do
+they go (the fair admission queue), and what did they use (usage rows, reconciled limits).
+
+Decisions are the pure parts (limits.py, queue.py); this class holds their state, the database snapshot and the
+clock, and does I/O only at its edges: reading keys every REFRESH_S, writing usage rows every usage.FLUSH_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.gateway import keys, store, usage
+from cluster.gateway.keys import Key, Snapshot, Team
+from cluster.gateway.limits import Limiter, Refused, Subject, duration
+from cluster.gateway.queue import Admission, NoCapacity, QueueFull
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 0.5  # a revoked key or a new limit takes effect within this (and one request)
+DEFAULT_MAX_TOKENS = 256  # reserved for a request that does not say (reconciled at the end)
+CHARS_PER_TOKEN = 4  # prompt estimate at admission (reconciled with the engine's count at the end)
+
+
+NO_KEY = ("You didn't provide an API key. Send it as `Authorization: Bearer KEY` (an admin creates one with "
+          "`cluster keys create --team NAME`).")  # fmt: skip
+
+
+class Refusal(Exception):
+    """The gateway says no: an OpenAI-shaped error with its status, code and headers (Retry-After, limits)."""
+
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What the gateway reads of a request."""
+
+    request_id: str
+    model: str
+    authorization: str | None
+    prompt_chars: int
+    max_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """An admitted request: who it counts against and what it reserved; `headers` go on the response."""
+
+    ask: Ask
+    key: Key | None
+    team: str | None
+    subjects: tuple[Subject, ...]
+    reserved: int
+    headers: dict[str, str]
+    admitted_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    worker: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float | None
+
+
+class Gateway:
+    def __init__(
+        self, db: Path | None, capacity: Callable[[str], int], *, require_auth: bool, max_queue: int = 256,
+        open_ok: bool = False, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.db = db
+        self.require_auth = require_auth  # listening beyond loopback: auth even before the first key exists
+        self.open_ok = open_ok  # --no-auth: never ask for a key
+        self.clock = clock
+        self.snapshot = Snapshot()
+        self.limiter = Limiter()
+        self.admission = Admission(capacity, max_queue)
+        self.rows: list[usage.UsageRow] = []
+        self._conn: sqlite3.Connection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_usage: Callable[[usage.UsageRow], None] | None = None  # metrics hook
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.db is not None:
+            self._conn = await asyncio.to_thread(store.connect, self.db)
+            await self.refresh()
+            self._tasks = [asyncio.create_task(self._every(REFRESH_S, self.refresh), name="gateway refresh"),
+                           asyncio.create_task(self._every(usage.FLUSH_S, self.flush), name="usage flush")]  # fmt: skip
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()  # SIGTERM: every finished request's row is written
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _every(self, seconds: float, action: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a locked or broken database must not stop the router
+                log.exception("gateway %s failed", getattr(action, "__name__", action))
+
+    async def refresh(self) -> None:
+        """Re-read keys and teams; at a new month, start the ledger from the database's totals."""
+        conn, now = self._conn, self.clock()
+        if conn is None:
+            return
+        self.snapshot = await asyncio.to_thread(keys.load_snapshot, conn)
+        month = keys.month_start(now)
+        if self.limiter.ledger.month != month:
+            by_key, by_team = await asyncio.to_thread(keys.month_tokens, conn, now)
+            ledger = self.limiter.ledger
+            ledger.month = month
+            ledger.used = {**{("key", k): v for k, v in by_key.items()}, **{("team", t): v for t, v in by_team.items()}}
+        self.admission.dispatch_all()  # workers may have come or gone
+
+    async def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        if rows and self._conn is not None:
+            await asyncio.to_thread(usage.write, self._conn, rows)
+
+    # -- the request path --------------------------------------------------------------------------------
+
+    @property
+    def auth_on(self) -> bool:
+        # Any key, even a revoked one: revoking the last key must not open the endpoint again.
+        return not self.open_ok and (self.require_auth or bool(self.snapshot.keys))
+
+    def authenticate(self, authorization: str | None) -> Key | None:
+        """The caller's key (None while auth is off); raises Refusal 401 for a missing or bad one."""
+        if not self.auth_on:
+            return None
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Refusal(401, NO_KEY, "invalid_api_key")
+        key = self.snapshot.find(secret.strip())
+        if key is None or not key.usable(self.clock()):
+            why = "revoked" if key and key.revoked else "expired" if key else "not known"
+            raise Refusal(401, f"Incorrect API key provided: the key is {why}.", "invalid_api_key")
+        return key
+
+    def check_admin(self, authorization: str | None) -> None:
+        key = self.authenticate(authorization)
+        if key is not None and not key.admin:
+            raise Refusal(403, "This endpoint needs an admin key (`cluster keys create --admin`).", "admin_required")
+
+    async def admit(self, ask: Ask, timeout_s: float) -> Pass:
+        """Authenticate, check the model and the limits, then wait for a slot. Raises Refusal."""
+        key = self.authenticate(ask.authorization)
+        team = self.snapshot.teams.get(key.team) if key else None
+        if key is not None:
+            self._check_model(ask.model, key, team)
+        subjects = self._subjects(key, team)
+        cost = ask.prompt_chars // CHARS_PER_TOKEN + (ask.max_tokens or DEFAULT_MAX_TOKENS)
+        now = self.clock()
+        verdict = self.limiter.admit(list(subjects), cost, now, keys.month_end(now))
+        if isinstance(verdict, Refused):
+            wait = verdict.retry_after_s
+            raise Refusal(429, f"Rate limit reached: {verdict.limit}. Retry after {duration(wait)}.",
+                          "rate_limit_exceeded", {"retry-after": str(max(1, math.ceil(wait)))})  # fmt: skip
+        granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers(), now)
+        try:
+            await self.admission.acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
+        except NoCapacity:
+            self._settle(granted, 0)
+            raise Refusal(503, f"No ready worker serves `{ask.model}` right now; try again shortly.", "no_worker",
+                          verdict.headers()) from None  # fmt: skip
+        except QueueFull:
+            self._settle(granted, 0)
+            raise Refusal(429, f"The queue for `{ask.model}` is full; retry shortly.", "queue_full",
+                          {"retry-after": "1", **verdict.headers()}) from None  # fmt: skip
+        except BaseException:  # the client left while queued, or the deadline passed
+            self._settle(granted, 0)
+            raise
+        return granted
+
+    def finish(self, granted: Pass, outcome: Outcome) -> None:
+        """The request ended (however): free its slot, reconcile its tokens, record its usage row."""
+        self.admission.release(granted.ask.model)
+        used = outcome.prompt_tokens + outcome.completion_tokens
+        self._settle(granted, used)
+        now = self.clock()
+        row = usage.UsageRow(
+            now, granted.ask.request_id, granted.key.id if granted.key else None, granted.team, granted.ask.model,
+            outcome.worker, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
+            outcome.ttft_s, now - granted.admitted_at,
+        )  # fmt: skip
+        if self.db is not None:
+            self.rows.append(row)
+            if len(self.rows) >= usage.MAX_BUFFER:
+                asyncio.get_running_loop().create_task(self.flush())
+        if self.on_usage is not None:
+            self.on_usage(row)
+
+    def _settle(self, granted: Pass, used: int) -> None:
+        self.limiter.settle(list(granted.subjects), granted.reserved, used, self.clock())
+
+    def _check_model(self, model: str, key: Key, team: Team | None) -> None:
+        for allowed in (key.limits.models, team.limits.models if team else None):
+            if allowed is not None and model not in allowed:
+                raise Refusal(403, f"This key may not use the model `{model}`.", "model_not_allowed")
+
+    @staticmethod
+    def _subjects(key: Key | None, team: Team | None) -> tuple[Subject, ...]:
+        found = []
+        if key is not None:
+            found.append(Subject("key", key.id, key.limits.rpm, key.limits.tpm, key.limits.monthly_tokens))
+        if team is not None:
+            limits = team.limits
+            found.append(Subject("team", team.name, limits.rpm, limits.tpm, limits.monthly_tokens))
+        return tuple(found)
+
+
+def refuse_open(listen: str, loopback: bool, no_auth: bool, db: Path | None) -> str | None:
+    """Why a router must not start (beyond loopback, no API key, no --no-auth), or None when it may."""
+    if loopback or no_auth:
+        return None
+    if db is not None and db.exists():
+        with contextlib.closing(store.connect(db)) as conn:
+            if keys.key_count(conn):
+                return None
+    return (f"refusing to serve on {listen} without API keys: anyone who reaches it could use every model. "
+            "Create a key first (`cluster keys create --team NAME --admin`), or start the router with --no-auth "
+            "(`no_auth = true` under [router] in a hosts file) to serve it open anyway.")  # fmt: skip
