@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
@@ -21,7 +22,8 @@ from rich.table import Table
 
 from cluster.bringup import lab, local, remote, units
 from cluster.bringup.fleet import read_workers
-from cluster.gateway import admin
+from cluster.gateway import admin, keys, store
+from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
@@ -92,10 +94,18 @@ def _announce(state: local.LocalState, question: str | None) -> None:
     console.print(
         f"[green]Orchard is up[/] at [bold]{state.url}[/] — model [bold]{state.model}[/] on the {state.engine} engine."
     )
+    home = local.orchard_home()
+    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+        people_keys = keys.key_count(conn)
+    if people_keys:
+        console.print(f"API keys are on ({people_keys} active): send `Authorization: Bearer KEY`.")
+    else:
+        console.print("Open to anyone on this machine: no API key exists yet. `cluster keys create --team NAME` "
+                      "creates one, and from then on every request needs a key.")  # fmt: skip
     _print_try(state.url, state.model)
     if question:
         try:
-            answer = local.ask(state.url, state.model, question)
+            answer = local.ask(state.url, state.model, question, operator_headers(home))
             console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {answer['choices'][0]['message']['content']}")
         except Exception as exc:  # shown, not fatal: the cluster stays up for the user to look at
             err_console.print(f"[red]the test question failed:[/] {exc!r}")
@@ -222,7 +232,7 @@ def _status(_: argparse.Namespace) -> int:
         console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
         return 1
     try:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, headers=operator_headers(home)) as client:
             rows = read_workers(client, state.url)
     except (httpx.HTTPError, ValidationError) as exc:
         reason = escape(str(exc).splitlines()[0])

@@ -70,11 +70,15 @@ class Fleet:
             if not procs.alive(child.pid):
                 raise FleetError(f"the {child.name} exited; last lines of {child.log}:\n{procs.tail(child.log)}")
 
-    def wait_ready(self, url: str, workers: int, timeout_s: float, report: Report | None = None) -> list[WorkerRow]:
-        """Poll the router at `url` until `workers` workers are ready; their rows. Raises FleetError."""
+    def wait_ready(
+        self, url: str, workers: int, timeout_s: float, report: Report | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> list[WorkerRow]:  # fmt: skip
+        """Poll the router at `url` until `workers` workers are ready; their rows. Raises FleetError.
+        `headers`: an operator key, where the router asks for one."""
         deadline = time.monotonic() + timeout_s
         last = ""
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, headers=headers) as client:
             while time.monotonic() < deadline:
                 self.check_alive()
                 rows = fetch_workers(client, url)

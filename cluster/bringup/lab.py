@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from cluster.bringup import records, remote
 from cluster.bringup.fleet import Fleet, Report, fetch_workers
 from cluster.gateway.gateway import refuse_open
+from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
@@ -176,7 +177,8 @@ async def up(
     url = _ensure_router(spec, home, workers, report)
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
-    await asyncio.to_thread(_wait_ready, url, [o for o in serving if o.label in routed], ready_timeout_s, report)
+    waiting = [o for o in serving if o.label in routed]
+    await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, operator_headers(home))
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
 
@@ -223,10 +225,12 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
     return url
 
 
-def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report) -> None:
+def _wait_ready(
+    url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report, headers: dict[str, str]
+) -> None:
     waiting = {o.label for o in outcomes}
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=3.0) as client:
+    with httpx.Client(timeout=3.0, headers=headers) as client:
         while waiting and time.monotonic() < deadline:
             for row in fetch_workers(client, url):
                 if row.worker_id in waiting and row.ready:

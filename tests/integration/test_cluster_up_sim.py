@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cluster.bringup import local
@@ -91,3 +92,26 @@ def test_up_on_a_busy_port_fails_clearly_and_starts_nothing(tmp_path: Path) -> N
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "in use" in result.stderr
     assert not (tmp_path / "local.json").exists()
+
+
+def test_local_cluster_is_open_until_a_key_exists_and_status_still_works(
+    tmp_path: Path, foreground: Foreground
+) -> None:
+    output = _wait_serving(foreground.up)
+    assert "Open to anyone on this machine: no API key exists yet" in output
+    state = local.running_state(tmp_path)
+    assert state is not None
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 2}
+    assert httpx.post(state.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    created = run_cli(["keys", "create", "--team", "ml"], tmp_path, timeout_s=60)
+    assert created.returncode == 0 and created.stdout.startswith("sk-orch-")
+    key = created.stdout.strip()
+    wait_until(lambda: httpx.post(state.url + "/v1/completions", json=body, timeout=30).status_code == 401, 5,
+               "the new key to switch auth on", interval_s=0.1)  # fmt: skip
+    with_key = httpx.post(state.url + "/v1/completions", json=body, headers={"authorization": f"Bearer {key}"},
+                          timeout=30)  # fmt: skip
+    assert with_key.status_code == 200
+    status = run_cli(["status"], tmp_path, timeout_s=60)  # the head's own operator key
+    assert status.returncode == 0 and "ready" in status.stdout
+    listed = run_cli(["keys", "list"], tmp_path, timeout_s=60)
+    assert listed.returncode == 0 and "ml" in listed.stdout and key not in listed.stdout
