@@ -15,7 +15,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from cluster.bench import calibrate, decide, latency, overhead, routing
+from cluster.bench import calibrate, decide, fairness, gateway, latency, overhead, routing
 from proto.launch import key_value
 
 
@@ -88,6 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     latency_cmd.add_argument("--rounds", type=int, default=3)
     latency_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     latency_cmd.add_argument("--port", type=int, default=8091)
+    fairness_cmd = sub.add_parser("fairness", help="two teams on a saturated sim fleet through the fair queue")
+    fairness_cmd.add_argument("--workers", type=int, default=2)
+    fairness_cmd.add_argument("--slots", type=int, default=4, help="each agent's concurrency cap")
+    fairness_cmd.add_argument("--rate-b", type=float, default=2.0, help="team B's requests/s (A sends 10x)")
+    fairness_cmd.add_argument("--seconds", type=float, default=20.0, help="per scenario")
+    fairness_cmd.add_argument("--max-tokens", type=int, default=16)
+    fairness_cmd.add_argument("--seed", type=int, default=0)
+    gateway_cmd = sub.add_parser("gateway", help="the gateway's cost: keys, limits and usage on vs off")
+    gateway_cmd.add_argument("--concurrency", type=int, default=32)
+    gateway_cmd.add_argument("--max-tokens", type=int, default=64)
+    gateway_cmd.add_argument("--rounds", type=int, default=3)
+    gateway_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                             help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "latency":
         rounds = asyncio.run(latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option),
@@ -98,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
         print(calibrate.report(result))
     elif args.command == "decide":
         decide.report(args.workers, args.requests, args.groups, args.seed)
+    elif args.command == "gateway":
+        gateway.run(args.concurrency, args.max_tokens, args.rounds, (*gateway.FAST, *args.sim_option))
+    elif args.command == "fairness":
+        config = fairness.FairnessConfig(workers=args.workers, slots=args.slots, rate_b=args.rate_b,
+                                         seconds=args.seconds, max_tokens=args.max_tokens, seed=args.seed)  # fmt: skip
+        print(fairness.report(fairness.run(config)))
     elif args.command == "routing":
         routing.main(routing_config(args))
     else:

@@ -36,17 +36,22 @@ class RoundResult:
         return pct(self.ttfts, q)
 
 
-async def _one_stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> tuple[float, int]:
+async def _one_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, object], headers: dict[str, str] | None
+) -> tuple[float, int]:
     started = time.perf_counter()
     ttft, tokens = 0.0, 0
-    async for arrival in sse_chunks(client, url, "/v1/chat/completions", body):
+    async for arrival in sse_chunks(client, url, "/v1/chat/completions", body, headers):
         if arrival.has_text:
             tokens += 1
             ttft = ttft or arrival.at - started
     return ttft, tokens
 
 
-async def run_round(target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int) -> RoundResult:
+async def run_round(
+    target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int,
+    headers: dict[str, str] | None = None,
+) -> RoundResult:  # fmt: skip
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         bodies = [
@@ -61,7 +66,7 @@ async def run_round(target: str, url: str, model: str, concurrency: int, max_tok
             for i in range(concurrency)
         ]
         started = time.perf_counter()
-        results = await asyncio.gather(*(_one_stream(client, url, b) for b in bodies), return_exceptions=True)
+        results = await asyncio.gather(*(_one_stream(client, url, b, headers) for b in bodies), return_exceptions=True)
         wall = time.perf_counter() - started
     ok = [r for r in results if isinstance(r, tuple)]
     return RoundResult(
@@ -73,7 +78,8 @@ async def run_round(target: str, url: str, model: str, concurrency: int, max_tok
     )
 
 
-def _print_table(results: list[RoundResult]) -> None:
+def print_table(results: list[RoundResult], base: str = "direct", other: str = "router",
+                what: str = "router+agent") -> None:  # fmt: skip
     print(f"{'target':<8} {'round':>5} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}")
     rounds: dict[str, int] = {}
     for r in results:
@@ -82,13 +88,13 @@ def _print_table(results: list[RoundResult]) -> None:
             f"{r.target:<8} {rounds[r.target]:>5} {r.throughput:>9.1f} {r.ttft_pct(0.5) * 1000:>12.1f} "
             f"{r.ttft_pct(0.99) * 1000:>12.1f} {r.errors:>6}"
         )
-    direct = [r for r in results if r.target == "direct"]
-    routed = [r for r in results if r.target == "router"]
+    direct = [r for r in results if r.target == base]
+    routed = [r for r in results if r.target == other]
     ratio = statistics.mean(r.throughput for r in routed) / statistics.mean(r.throughput for r in direct)
     p50 = statistics.mean(r.ttft_pct(0.5) for r in routed) - statistics.mean(r.ttft_pct(0.5) for r in direct)
     p99 = statistics.mean(r.ttft_pct(0.99) for r in routed) - statistics.mean(r.ttft_pct(0.99) for r in direct)
-    print(f"\nthroughput ratio router/direct: {ratio:.3f}")
-    print(f"added TTFT through router+agent: p50 {p50 * 1000:+.1f} ms, p99 {p99 * 1000:+.1f} ms")
+    print(f"\nthroughput ratio {other}/{base}: {ratio:.3f}")
+    print(f"added TTFT by {what}: p50 {p50 * 1000:+.1f} ms, p99 {p99 * 1000:+.1f} ms")
 
 
 async def overhead(
@@ -112,6 +118,6 @@ async def overhead(
         for i in range(rounds):
             results.append(await run_round("direct", engine, model, concurrency, max_tokens, seed=2 * i))
             results.append(await run_round("router", state.url, model, concurrency, max_tokens, 2 * i + 1))
-        _print_table(results)
+        print_table(results)
     finally:
         await asyncio.to_thread(local.stop, home)

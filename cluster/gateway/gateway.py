@@ -14,8 +14,10 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cluster.gateway import keys, store, usage
 from cluster.gateway.keys import Key, Snapshot, Team
@@ -24,6 +26,7 @@ from cluster.gateway.queue import Admission, NoCapacity, QueueFull
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
 REFRESH_S = 0.5  # a revoked key or a new limit takes effect within this (and one request)
 DEFAULT_MAX_TOKENS = 256  # reserved for a request that does not say (reconciled at the end)
 CHARS_PER_TOKEN = 4  # prompt estimate at admission (reconciled with the engine's count at the end)
@@ -89,6 +92,8 @@ class Gateway:
         self.admission = Admission(capacity, max_queue)
         self.rows: list[usage.UsageRow] = []
         self._conn: sqlite3.Connection | None = None
+        # One thread owns the database connection (sqlite3 objects stay in their thread): every call is serial.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._tasks: list[asyncio.Task[None]] = []
         self.on_usage: Callable[[usage.UsageRow], None] | None = None  # metrics hook
 
@@ -96,7 +101,7 @@ class Gateway:
 
     async def start(self) -> None:
         if self.db is not None:
-            self._conn = await asyncio.to_thread(store.connect, self.db)
+            self._conn = await self._in_db(store.connect, self.db)
             await self.refresh()
             self._tasks = [asyncio.create_task(self._every(REFRESH_S, self.refresh), name="gateway refresh"),
                            asyncio.create_task(self._every(usage.FLUSH_S, self.flush), name="usage flush")]  # fmt: skip
@@ -108,7 +113,11 @@ class Gateway:
                 await task
         await self.flush()  # SIGTERM: every finished request's row is written
         if self._conn is not None:
-            self._conn.close()
+            await self._in_db(self._conn.close)
+        self._db_thread.shutdown(wait=True)
+
+    async def _in_db(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     async def _every(self, seconds: float, action: Callable[[], object]) -> None:
         while True:
@@ -125,10 +134,10 @@ class Gateway:
         conn, now = self._conn, self.clock()
         if conn is None:
             return
-        self.snapshot = await asyncio.to_thread(keys.load_snapshot, conn)
+        self.snapshot = await self._in_db(keys.load_snapshot, conn)
         month = keys.month_start(now)
         if self.limiter.ledger.month != month:
-            by_key, by_team = await asyncio.to_thread(keys.month_tokens, conn, now)
+            by_key, by_team = await self._in_db(keys.month_tokens, conn, now)
             ledger = self.limiter.ledger
             ledger.month = month
             ledger.used = {**{("key", k): v for k, v in by_key.items()}, **{("team", t): v for t, v in by_team.items()}}
@@ -137,7 +146,7 @@ class Gateway:
     async def flush(self) -> None:
         rows, self.rows = self.rows, []
         if rows and self._conn is not None:
-            await asyncio.to_thread(usage.write, self._conn, rows)
+            await self._in_db(usage.write, self._conn, rows)
 
     # -- the request path --------------------------------------------------------------------------------
 

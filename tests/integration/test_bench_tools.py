@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.bench import latency
+import pytest
+
+from cluster.bench import fairness, gateway, latency
 from cluster.bench.calibrate import calibrate, report
 from tests.conftest import Cluster, free_port
 
@@ -26,3 +28,20 @@ def test_calibration_against_a_running_endpoint(sim_cluster: Cluster) -> None:
     assert result.overhead_ms > 0 and result.decode_ms_per_token > 0 and len(result.points) == 2
     assert result.points[0][0] < result.points[1][0]  # the engine's own token counts, from usage
     assert "--sim-option prefill-ms-per-token=" in report(result)
+
+
+def test_fairness_bench_runs_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    config = fairness.FairnessConfig(workers=1, slots=2, rate_b=2.0, seconds=2.0, max_tokens=4)
+    rows = fairness.run(config)
+    expected = [("B alone", "B"), ("A alone (10x)", "A"), ("A 10x + B", "A"), ("A 10x + B", "B"),
+                ("weights 2:1", "A"), ("weights 2:1", "B")]  # fmt: skip
+    assert [(r.scenario, r.team) for r in rows] == expected
+    assert all(r.requests > 0 and r.tokens_per_s > 0 for r in rows)
+    assert "served tokens A:B at weights 2:1" in fairness.report(rows)
+
+
+def test_gateway_bench_compares_gated_and_open_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    gateway.run(concurrency=4, max_tokens=4, rounds=1, sim_options=gateway.FAST)
+    out = capsys.readouterr().out
+    assert "throughput ratio gated/open:" in out and "added TTFT by the gateway" in out
+    assert out.count("gated ") >= 1 and out.count("open ") >= 1

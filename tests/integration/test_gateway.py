@@ -216,3 +216,18 @@ def test_router_beyond_loopback_without_keys_refuses_to_start(tmp_path: Path) ->
     assert (
         "refusing to serve on 0.0.0.0" in result.stderr and "cluster keys create --team NAME --admin" in result.stderr
     )
+
+
+def test_usage_rows_survive_a_router_sigterm(tmp_path: Path) -> None:
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=(("decode-ms-per-token", "1"),))
+    cluster = start_cluster(tmp_path, [agent], gateway_db=str(tmp_path / "gateway.db"))
+    try:
+        client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        for _ in range(3):
+            chat(client)
+        router = next(c for c in cluster.fleet.children if c.name == "router")
+        cluster.fleet.stop(router)  # SIGTERM right away: before the next one-second flush
+    finally:
+        stop_cluster(cluster)
+    with sqlite3.connect(tmp_path / "gateway.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM usage WHERE status = 200").fetchone()[0] == 3
