@@ -132,3 +132,26 @@ def test_keys_are_stored_hashed_and_found_only_by_their_secret(tmp_path: Path) -
         assert found is not None and not found.usable(now=0.0)
         with pytest.raises(keys.KeyError_, match="no key with id"):
             keys.revoke_key(conn, "key_nope")
+
+
+async def test_the_gateway_refuses_a_missing_unknown_or_expired_key_with_401(tmp_path: Path) -> None:
+    from cluster.gateway.gateway import Ask, Gateway, Refusal
+
+    now = [1_000.0]
+    with store.connect(tmp_path / "gateway.db") as conn:
+        _, secret = keys.create_key(conn, "ml", keys.Limits(), admin=False, expires=1_500.0)
+    gateway = Gateway(tmp_path / "gateway.db", capacity=lambda model: 4, require_auth=False, clock=lambda: now[0])
+    await gateway.start()
+    try:
+        ask = Ask("r1", "m", f"Bearer {secret}", prompt_chars=40, max_tokens=8)
+        granted = await gateway.admit(ask, timeout_s=1)
+        assert granted.team == "ml" and granted.reserved == 18
+        for authorization, why in ((None, "didn't provide"), ("Bearer sk-orch-nope", "not known")):
+            with pytest.raises(Refusal, match=why) as caught:
+                gateway.authenticate(authorization)
+            assert caught.value.status == 401 and caught.value.code == "invalid_api_key"
+        now[0] = 2_000.0
+        with pytest.raises(Refusal, match="expired"):
+            gateway.authenticate(f"Bearer {secret}")
+    finally:
+        await gateway.stop()
