@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict
 
 from cluster.bringup import records
 from cluster.bringup.fleet import Fleet, FleetError, Report
+from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
-from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig
+from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
 from worker.procs import free_port
@@ -100,6 +101,8 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     """Start agent and router, wait until a real token came through, record the state. Raises
     LocalClusterError (after stopping what it started) on any failure."""
     home = config.home
+    if why := refuse_open(f"{config.host}:{config.port}", is_loopback(config.host), False, db_path(home)):
+        raise LocalClusterError(why)
     if not _port_free(config.host, config.port):
         raise LocalClusterError(f"port {config.port} on {config.host} is in use; choose another with --port")
     if config.engine in ("vllm", "mlx") and is_bundled(config.model):

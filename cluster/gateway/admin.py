@@ -68,35 +68,47 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], home:
 
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rpm", type=_count, help="requests per minute")
-    parser.add_argument("--tpm", type=_count, help="tokens per minute (prompt + completion)")
-    parser.add_argument("--monthly-tokens", type=_count, help="tokens per calendar month (UTC)")
-    parser.add_argument("--models", type=_models, help="the models it may use, comma-separated (default: all)")
+    parser.add_argument("--rpm", type=_count, help="requests per minute (0: no limit)")
+    parser.add_argument("--tpm", type=_count, help="tokens per minute, prompt + completion (0: no limit)")
+    parser.add_argument("--monthly-tokens", type=_count, help="tokens per calendar month, UTC (0: no limit)")
+    parser.add_argument("--models", type=_models, help="the models it may use, comma-separated ('all': every one)")
+
+
+NO_LIMIT: frozenset[str] = frozenset({"*"})  # --models all
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 for no limit), got {text!r}")
     return int(text)
 
 
 def _models(text: str) -> frozenset[str]:
+    if text.strip() == "all":
+        return NO_LIMIT
     models = frozenset(m.strip() for m in text.split(",") if m.strip())
     if not models:
-        raise argparse.ArgumentTypeError("expected model names separated by commas")
+        raise argparse.ArgumentTypeError("expected model names separated by commas, or 'all'")
     return models
 
 
+def _stored(value: object) -> object:
+    """A flag's value as the database keeps it: 0 and 'all' mean no limit (NULL)."""
+    return None if value == 0 or value == NO_LIMIT else value
+
+
 def _date(text: str) -> float:
+    """A moment in UTC; a date alone means through the end of that day."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date like 2027-01-31 or 2027-01-31T18:00, got {text!r}") from None
-    return moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+    stamp = moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+    return stamp + 86_400 if "T" not in text and " " not in text.strip() else stamp
 
 
 def _limit_changes(args: argparse.Namespace) -> dict[str, object]:
-    return {name: getattr(args, name) for name in ("rpm", "tpm", "monthly_tokens", "models")
+    return {name: _stored(getattr(args, name)) for name in ("rpm", "tpm", "monthly_tokens", "models")
             if getattr(args, name) is not None}  # fmt: skip
 
 
@@ -122,7 +134,11 @@ class _Admin:
             yield conn
 
     def create(self, args: argparse.Namespace) -> int:
-        limits = keys.Limits(args.rpm, args.tpm, args.monthly_tokens, args.models)
+        if args.team == keys.OPERATOR_TEAM:
+            self.console.print(f"[red]the team name {keys.OPERATOR_TEAM} is the head's own; choose another[/]")
+            return 2
+        fields = (_stored(args.rpm), _stored(args.tpm), _stored(args.monthly_tokens), _stored(args.models))
+        limits = keys.Limits(*fields)  # type: ignore[arg-type]
         with self._db() as conn:
             key, secret = keys.create_key(conn, args.team, limits, admin=args.admin, expires=args.expires,
                                           weight=args.weight)  # fmt: skip

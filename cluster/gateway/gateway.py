@@ -50,7 +50,6 @@ class Ask:
 
     request_id: str
     model: str
-    authorization: str | None
     prompt_chars: int
     max_tokens: int | None
 
@@ -96,6 +95,7 @@ class Gateway:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._tasks: list[asyncio.Task[None]] = []
         self.on_usage: Callable[[usage.UsageRow], None] | None = None  # metrics hook
+        self._flushing: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -103,18 +103,21 @@ class Gateway:
         if self.db is not None:
             self._conn = await self._in_db(store.connect, self.db)
             await self.refresh()
-            self._tasks = [asyncio.create_task(self._every(REFRESH_S, self.refresh), name="gateway refresh"),
-                           asyncio.create_task(self._every(usage.FLUSH_S, self.flush), name="usage flush")]  # fmt: skip
+            self._tasks.append(asyncio.create_task(self._every(usage.FLUSH_S, self.flush), name="usage flush"))
+        # Also without a database: workers come and go, and the queue must hear of it.
+        self._tasks.append(asyncio.create_task(self._every(REFRESH_S, self.refresh), name="gateway refresh"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.flush()  # SIGTERM: every finished request's row is written
-        if self._conn is not None:
-            await self._in_db(self._conn.close)
-        self._db_thread.shutdown(wait=True)
+        try:
+            await self.flush()  # SIGTERM: every finished request's row is written
+        finally:
+            if self._conn is not None:
+                await self._in_db(self._conn.close)
+            self._db_thread.shutdown(wait=True)
 
     async def _in_db(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -132,6 +135,7 @@ class Gateway:
     async def refresh(self) -> None:
         """Re-read keys and teams; at a new month, start the ledger from the database's totals."""
         conn, now = self._conn, self.clock()
+        self.admission.dispatch_all()  # workers may have come or gone
         if conn is None:
             return
         self.snapshot = await self._in_db(keys.load_snapshot, conn)
@@ -141,12 +145,15 @@ class Gateway:
             ledger = self.limiter.ledger
             ledger.month = month
             ledger.used = {**{("key", k): v for k, v in by_key.items()}, **{("team", t): v for t, v in by_team.items()}}
-        self.admission.dispatch_all()  # workers may have come or gone
 
     async def flush(self) -> None:
         rows, self.rows = self.rows, []
         if rows and self._conn is not None:
-            await self._in_db(usage.write, self._conn, rows)
+            try:
+                await self._in_db(usage.write, self._conn, rows)
+            except Exception:
+                self.rows = (rows + self.rows)[-usage.MAX_BUFFER :]  # kept for the next try, bounded
+                raise
 
     # -- the request path --------------------------------------------------------------------------------
 
@@ -174,9 +181,9 @@ class Gateway:
         if key is not None and not key.admin:
             raise Refusal(403, "This endpoint needs an admin key (`cluster keys create --admin`).", "admin_required")
 
-    async def admit(self, ask: Ask, timeout_s: float) -> Pass:
-        """Authenticate, check the model and the limits, then wait for a slot. Raises Refusal."""
-        key = self.authenticate(ask.authorization)
+    async def admit(self, ask: Ask, key: Key | None, timeout_s: float) -> Pass:
+        """Check the model and the limits for the (authenticated) key, then wait for a slot. Raises Refusal,
+        TimeoutError past the deadline."""
         team = self.snapshot.teams.get(key.team) if key else None
         if key is not None:
             self._check_model(ask.model, key, team)
@@ -186,8 +193,9 @@ class Gateway:
         verdict = self.limiter.admit(list(subjects), cost, now, keys.month_end(now))
         if isinstance(verdict, Refused):
             wait = verdict.retry_after_s
-            raise Refusal(429, f"Rate limit reached: {verdict.limit}. Retry after {duration(wait)}.",
-                          "rate_limit_exceeded", {"retry-after": str(max(1, math.ceil(wait)))})  # fmt: skip
+            what = "Quota exceeded" if verdict.code == "insufficient_quota" else "Rate limit reached"
+            raise Refusal(429, f"{what}: {verdict.limit}. Retry after {duration(wait)}.", verdict.code,
+                          {"retry-after": str(max(1, math.ceil(wait)))})  # fmt: skip
         granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers(), now)
         try:
             await self.admission.acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
@@ -217,8 +225,8 @@ class Gateway:
         )  # fmt: skip
         if self.db is not None:
             self.rows.append(row)
-            if len(self.rows) >= usage.MAX_BUFFER:
-                asyncio.get_running_loop().create_task(self.flush())
+            if len(self.rows) >= usage.MAX_BUFFER and (self._flushing is None or self._flushing.done()):
+                self._flushing = asyncio.get_running_loop().create_task(self.flush())
         if self.on_usage is not None:
             self.on_usage(row)
 

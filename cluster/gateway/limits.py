@@ -49,6 +49,7 @@ class Subject:
 class Refused:
     limit: str  # e.g. "requests per minute (rpm) of team 'ml'"
     retry_after_s: float
+    code: str = "rate_limit_exceeded"  # OpenAI's; a spent monthly quota is "insufficient_quota"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Limiter:
                 takes.append((bucket, min(amount, bucket.capacity)))
             quota = subject.monthly_tokens
             if quota is not None and self.ledger.spent(subject) + tokens > quota:
-                return Refused(f"monthly token quota of {subject.scope} '{subject.name}': {quota}", month_end - now)
+                what = f"monthly token quota of {subject.scope} '{subject.name}': {quota}"
+                return Refused(what, month_end - now, "insufficient_quota")
         for bucket, amount in takes:
             bucket.level -= amount
         for subject in subjects:
@@ -141,7 +143,8 @@ class Limiter:
             self.ledger.used[ident] = self.ledger.used.get(ident, 0) + used
             if subject.tpm is not None:
                 bucket = self._bucket(subject, "tokens", subject.tpm, now)
-                bucket.level = min(bucket.capacity, bucket.level + reserved - used)
+                taken = min(reserved, bucket.capacity)  # what admit took (a reservation is capped at the bucket)
+                bucket.level = min(bucket.capacity, bucket.level + taken - used)
 
     def _headroom(self, subjects: list[Subject], now: float) -> Headroom:
         def tightest(kind: str, attr: str) -> tuple[int, int, float] | None:

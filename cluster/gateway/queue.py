@@ -113,9 +113,9 @@ class Admission:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(model)  # granted just as we gave up: hand the slot on
-            else:
+            elif not waiter.done():
                 waiter.cancel()
                 queue.remove(entry)
             raise
@@ -127,6 +127,11 @@ class Admission:
     def dispatch(self, model: str) -> None:
         """Let waiters through while there are free slots (also called when workers come and go)."""
         queue = self.queues.get(model)
+        if queue and self.capacity(model) == 0:  # the last worker went: nothing will free a slot
+            while (waiter := queue.pop()) is not None:
+                if not waiter.done():
+                    waiter.set_exception(NoCapacity())
+            return
         while queue and self.active.get(model, 0) < self.capacity(model):
             waiter = queue.pop()
             if waiter is None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MIGRATIONS: tuple[str, ...] = (
@@ -66,24 +67,38 @@ def connect(path: Path, *, upgrade_to: int = SCHEMA_VERSION) -> sqlite3.Connecti
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # never world-readable, not even for a moment
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)  # autocommit; transactions are explicit
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+    _with_retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+    conn.execute("PRAGMA foreign_keys=ON")
     migrate(conn, upgrade_to)
     return conn
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Run the migrations between the database's version and `target`; returns the version reached."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"gateway.db has schema {version}, newer than this Orchard ({SCHEMA_VERSION}); upgrade it")
-    for index in range(version, target):
-        with transaction(conn):
-            for statement in _statements(MIGRATIONS[index]):
+    while True:
+        with transaction(conn):  # the version is read under the write lock: two processes cannot both migrate
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"gateway.db has schema {version}, newer than this Orchard ({SCHEMA_VERSION})")
+            if version >= target:
+                return version
+            for statement in _statements(MIGRATIONS[version]):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {index + 1}")
-    return max(version, target)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def _with_retry(action: Callable[[], object], deadline_s: float = 10.0) -> None:
+    """Switching a new file to WAL takes a lock SQLite's busy handler does not wait for: retry, bounded."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > end:
+                raise
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import CHARS_PER_TOKEN, Ask, Gateway, Outcome, Pass, Refusal
 from cluster.router.errors import ApiError
-from cluster.router.forwarding import Ended, Forwarder
-from cluster.router.intake import Incoming, Kind, Parsed, for_model, read_request
+from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
+from cluster.router.intake import Incoming, Kind, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
@@ -56,53 +57,70 @@ def create_app(registry: Registry, config: RouterConfig, gateway: Gateway | None
     _add_error_handlers(app)
     _add_operator_routes(app, registry, metrics, gateway)
 
-    async def handle(request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
-        model = "?"
-        try:
-            parsed = await read_request(request, kind, config.max_body_bytes)
-            model = parsed.model
-            started_at = time.monotonic()
-            incoming = for_model(parsed, endpoint, registry.models(), request.headers.get("x-session-id"))
-            granted = await gateway.admit(_ask(incoming, parsed, request), config.request_timeout_s)
-        except (ApiError, Refusal) as exc:
-            error = _api_error(exc)
-            metrics.requests.labels(model, str(error.status)).inc()
-            return error.response(exc.headers if isinstance(exc, Refusal) else None)
-        except TimeoutError:
-            metrics.requests.labels(model, "504").inc()
-            return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
-        ending = _Ending(gateway, granted, incoming, started_at)
-        try:
-            started = await forwarder.start(incoming, config.request_timeout_s - (time.monotonic() - started_at))
-        except ApiError as exc:
-            metrics.requests.labels(model, str(exc.status)).inc()
-            ending(Ended(exc.status, "", pb.Usage(), counted=True))
-            return exc.response(granted.headers)
-        ending.first_byte = time.monotonic()
-        metrics.ttft.labels(model).observe(ending.first_byte - started_at)
-        headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id, **granted.headers}
-        if not incoming.stream:
-            return await forwarder.whole(started, model, headers, ending)
-        relay = forwarder.relay(started, model, incoming.wants_usage, ending)
-        # The background task runs even when the client left before the body started streaming.
-        return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
-                                 background=BackgroundTask(ending.close, started.call))  # fmt: skip
+    pipeline = _Pipeline(registry, config, metrics, forwarder, gateway)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        return await handle(request, pb.ENDPOINT_CHAT_COMPLETIONS, ChatRequest)
+        return await pipeline.handle(request, pb.ENDPOINT_CHAT_COMPLETIONS, ChatRequest)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await handle(request, pb.ENDPOINT_COMPLETIONS, CompletionRequest)
+        return await pipeline.handle(request, pb.ENDPOINT_COMPLETIONS, CompletionRequest)
 
     return app
 
 
-def _ask(incoming: Incoming, parsed: Parsed, request: Request) -> Ask:
-    fields = parsed.fields
-    return Ask(incoming.request_id, incoming.model, request.headers.get("authorization"),
-               incoming.view.prompt_chars, fields.requested_tokens())  # fmt: skip
+@dataclass
+class _Pipeline:
+    """One request's way through the router: key → intake → admission → forward → the end, accounted once."""
+
+    registry: Registry
+    config: RouterConfig
+    metrics: RouterMetrics
+    forwarder: Forwarder
+    gateway: Gateway
+
+    async def handle(self, request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
+        model = "?"
+        try:
+            key = self.gateway.authenticate(request.headers.get("authorization"))  # before reading anything
+            parsed = await read_request(request, kind, self.config.max_body_bytes)
+            model = parsed.model
+            started_at = time.monotonic()
+            incoming = for_model(parsed, endpoint, self.registry.models(), request.headers.get("x-session-id"))
+            ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
+            granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
+        except (ApiError, Refusal) as exc:
+            error = _api_error(exc)
+            self.metrics.requests.labels(model, str(error.status)).inc()
+            return error.response(exc.headers if isinstance(exc, Refusal) else None)
+        except TimeoutError:
+            self.metrics.requests.labels(model, "504").inc()
+            return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
+        ending = _Ending(self.gateway, granted, incoming, started_at)
+        try:
+            return await self._forward(incoming, granted, ending, started_at)
+        except BaseException:  # whatever went wrong, the slot and the reservation are given back
+            ending(Ended(500, "", pb.Usage(), counted=True))
+            raise
+
+    async def _forward(self, incoming: Incoming, granted: Pass, ending: _Ending, started_at: float) -> Response:
+        model, remaining = incoming.model, self.config.request_timeout_s - (time.monotonic() - started_at)
+        try:
+            started = await self.forwarder.start(incoming, remaining)
+        except ApiError as exc:
+            self.metrics.requests.labels(model, str(exc.status)).inc()
+            ending(Ended(exc.status, "", pb.Usage(), counted=True))
+            return exc.response(granted.headers)
+        ending.first_byte = time.monotonic()
+        self.metrics.ttft.labels(model).observe(ending.first_byte - started_at)
+        headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id, **granted.headers}
+        if not incoming.stream:
+            return await self.forwarder.whole(started, model, headers, ending)
+        relay = self.forwarder.relay(started, model, incoming.wants_usage, ending)
+        # The background task runs even when the client left before the body started streaming.
+        return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
+                                 background=BackgroundTask(ending.close, started.call))  # fmt: skip
 
 
 def _api_error(exc: ApiError | Refusal) -> ApiError:
@@ -133,7 +151,7 @@ class _Ending:
 
     def close(self, call: Any) -> None:
         call.cancel()  # no-op when finished; aborts the engine request when the client left
-        self(Ended(499, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
+        self(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

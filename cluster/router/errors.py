@@ -12,7 +12,7 @@ from proto import errors
 
 _TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # OpenAI's own type for a bad key (code invalid_api_key)
     403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",

@@ -47,6 +47,7 @@ class Ended:
 OnEnd = Callable[[Ended], None]
 
 
+CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response went out with it)
 _WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -132,28 +133,31 @@ class Forwarder:
     async def relay(self, started: Started, model: str, wants_usage: bool, on_end: OnEnd) -> AsyncIterator[bytes]:
         """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
         status, call = 200, started.call
-        usage, counted, chunks = pb.Usage(), False, 0
+        usage, counted, chunks, ended = pb.Usage(), False, 0, False
         try:
             reply = started.first
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
-                    items = [c for c in reply.chunks.items if wants_usage or not is_usage_only(c)]
-                    chunks += len(reply.chunks.items)
+                    tokens = [c for c in reply.chunks.items if not is_usage_only(c)]
+                    items = reply.chunks.items if wants_usage else tokens
+                    chunks += len(tokens)
                     if items:  # one write for everything that arrived together
                         yield b"".join(b"data: " + c + b"\n\n" for c in items)
                 elif reply.HasField("final"):
                     usage, counted = reply.final.usage, True
                     self.metrics.count_tokens(model, usage)
                 reply = await call.read()
+            ended = True
             yield b"data: [DONE]\n\n"
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
-            status = err.status
+            status, ended = err.status, True
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
             started.handle.served += 1
+            status = status if ended else CLIENT_CLOSED
             self.metrics.requests.labels(model, str(status)).inc()
             if not counted:  # cut short: one token per streamed chunk is what the engine produced
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)

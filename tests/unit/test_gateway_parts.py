@@ -143,8 +143,8 @@ async def test_the_gateway_refuses_a_missing_unknown_or_expired_key_with_401(tmp
     gateway = Gateway(tmp_path / "gateway.db", capacity=lambda model: 4, require_auth=False, clock=lambda: now[0])
     await gateway.start()
     try:
-        ask = Ask("r1", "m", f"Bearer {secret}", prompt_chars=40, max_tokens=8)
-        granted = await gateway.admit(ask, timeout_s=1)
+        key = gateway.authenticate(f"Bearer {secret}")
+        granted = await gateway.admit(Ask("r1", "m", prompt_chars=40, max_tokens=8), key, timeout_s=1)
         assert granted.team == "ml" and granted.reserved == 18
         for authorization, why in ((None, "didn't provide"), ("Bearer sk-orch-nope", "not known")):
             with pytest.raises(Refusal, match=why) as caught:
@@ -155,3 +155,55 @@ async def test_the_gateway_refuses_a_missing_unknown_or_expired_key_with_401(tmp
             gateway.authenticate(f"Bearer {secret}")
     finally:
         await gateway.stop()
+
+
+def test_a_request_larger_than_its_tpm_reservation_pays_for_what_it_used() -> None:
+    limiter = Limiter()
+    tight = Subject("key", "k", rpm=None, tpm=1000, monthly_tokens=None)
+    limiter.admit([tight], 100_000, now=0.0, month_end=1e9)  # takes the whole bucket (1000), reserves 100k
+    limiter.settle([tight], reserved=100_000, used=4_000, now=0.0)  # used 4x the bucket: it owes 3000
+    refused = limiter.admit([tight], 10, now=60.0, month_end=1e9)  # one minute refills 1000: still short
+    assert isinstance(refused, Refused) and refused.code == "rate_limit_exceeded"
+
+
+def test_a_spent_monthly_quota_is_openais_insufficient_quota() -> None:
+    limiter = Limiter()
+    refused = limiter.admit([TEAM], 6000, now=0.0, month_end=10.0)
+    assert isinstance(refused, Refused) and refused.code == "insufficient_quota"
+
+
+async def test_waiters_are_told_at_once_when_the_last_worker_goes() -> None:
+    from cluster.gateway.queue import NoCapacity
+
+    capacity = [1]
+    admission = Admission(capacity=lambda model: capacity[0], max_queue=4)
+    await admission.acquire("m", "a", 1.0, 1.0, timeout_s=1)
+    waiter = asyncio.create_task(admission.acquire("m", "b", 1.0, 1.0, timeout_s=30))
+    await asyncio.sleep(0.05)
+    capacity[0] = 0
+    admission.dispatch_all()
+    with pytest.raises(NoCapacity):
+        await asyncio.wait_for(waiter, 1)
+    with pytest.raises(NoCapacity):
+        await admission.acquire("m", "c", 1.0, 1.0, timeout_s=1)
+
+
+def test_two_processes_opening_a_new_database_at_once_both_get_the_schema(tmp_path: Path) -> None:
+    import threading
+
+    path, errors = tmp_path / "gateway.db", []
+
+    def open_it() -> None:
+        try:
+            store.connect(path).close()
+        except Exception as exc:  # what the race used to raise: "table teams already exists"
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with store.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
