@@ -183,7 +183,17 @@ class Gateway:
 
     async def admit(self, ask: Ask, key: Key | None, timeout_s: float) -> Pass:
         """Check the model and the limits for the (authenticated) key, then wait for a slot. Raises Refusal,
-        TimeoutError past the deadline."""
+        TimeoutError past the deadline. A refusal is recorded as a usage row too (who was turned away)."""
+        try:
+            return await self._admit(ask, key, timeout_s)
+        except Refusal as refusal:
+            self._record(usage.refused_row(self.clock(), ask.request_id, key, ask.model, refusal.status))
+            raise
+        except TimeoutError:
+            self._record(usage.refused_row(self.clock(), ask.request_id, key, ask.model, 504))
+            raise
+
+    async def _admit(self, ask: Ask, key: Key | None, timeout_s: float) -> Pass:
         team = self.snapshot.teams.get(key.team) if key else None
         if key is not None:
             self._check_model(ask.model, key, team)
@@ -223,6 +233,9 @@ class Gateway:
             outcome.worker, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
             outcome.ttft_s, now - granted.admitted_at,
         )  # fmt: skip
+        self._record(row)
+
+    def _record(self, row: usage.UsageRow) -> None:
         if self.db is not None:
             self.rows.append(row)
             if len(self.rows) >= usage.MAX_BUFFER and (self._flushing is None or self._flushing.done()):

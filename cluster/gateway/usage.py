@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import astuple, dataclass
 
+from cluster.gateway.keys import Key
 from cluster.gateway.store import transaction
 
 FLUSH_S = 1.0
@@ -28,6 +29,12 @@ class UsageRow:
     status: int
     ttft_s: float | None
     duration_s: float
+
+
+def refused_row(at: float, request_id: str, key: Key | None, model: str, status: int) -> UsageRow:
+    """A request the gateway turned away (403, 429, 503, 504): no tokens, no worker."""
+    return UsageRow(at, request_id, key.id if key else None, key.team if key else None, model, None, 0, 0, 0,
+                    status, None, 0.0)  # fmt: skip
 
 
 def write(conn: sqlite3.Connection, rows: list[UsageRow]) -> None:

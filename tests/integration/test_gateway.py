@@ -152,6 +152,12 @@ def test_requests_per_minute_count_down_then_429_with_retry_after(lab: GatedLab)
         chat(client)
     assert caught.value.code == "rate_limit_exceeded" and "(rpm) of key" in caught.value.message
     assert int(caught.value.response.headers["retry-after"]) >= 1
+    key_id = _key_id(lab, key)
+
+    def refused_rows() -> list[sqlite3.Row]:
+        return [r for r in lab.rows() if r["key_id"] == key_id and r["status"] == 429]
+
+    wait_until(refused_rows, 5, "the refusal's usage row", interval_s=0.2)  # admins see who was throttled
 
 
 def _known_no_spend(lab: GatedLab, key: str) -> bool:
