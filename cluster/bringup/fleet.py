@@ -84,7 +84,9 @@ class Fleet:
                 rows = fetch_workers(client, url)
                 if len(rows) >= workers and all(row.ready for row in rows):
                     return rows
-                progress = "; ".join(f"{row.worker_id}: {row.state_text}" for row in rows if not row.ready)
+                # Engine states only: "unreachable" while an agent is still starting is expected, not news.
+                starting = [row for row in rows if not row.ready and isinstance(row.state, EngineState)]
+                progress = "; ".join(f"{row.worker_id}: {row.state_text}" for row in starting)
                 if report and progress and progress != last:
                     report(progress)
                     last = progress
