@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 import threading
@@ -95,7 +94,7 @@ def _announce(state: local.LocalState, question: str | None) -> None:
         f"[green]Orchard is up[/] at [bold]{state.url}[/] — model [bold]{state.model}[/] on the {state.engine} engine."
     )
     home = local.orchard_home()
-    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+    with store.opened(store.db_path(home)) as conn:
         people_keys = keys.key_count(conn)
     if people_keys:
         console.print(f"API keys are on ({people_keys} active): send `Authorization: Bearer KEY`.")

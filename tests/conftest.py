@@ -37,13 +37,6 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def router_ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def workers(url: str) -> list[WorkerRow]:
     """The router's /orchard/workers rows, typed ([] while it does not answer)."""
     with httpx.Client(timeout=5) as client:

@@ -14,7 +14,6 @@ Scenarios, each on the same fleet and router (seeded Poisson arrivals, streaming
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import tempfile
 import time
@@ -146,7 +145,7 @@ async def weighted(url: str, secret: dict[str, str], cfg: FairnessConfig) -> lis
 
 def run(cfg: FairnessConfig) -> list[Row]:
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-fairness-"))
-    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+    with store.opened(store.db_path(home)) as conn:
         secret = {team: keys.create_key(conn, team, keys.Limits(), admin=False, expires=None)[1] for team in "AB"}
     fleet = Fleet(home / "logs")
     agents = [AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model=MODEL, worker_id=f"w{i}",
@@ -163,7 +162,7 @@ def run(cfg: FairnessConfig) -> list[Row]:
         print(f"{cfg.workers} sim workers x {cfg.slots} slots; B at {cfg.rate_b}/s, A at {cfg.rate_b * 10}/s; "
               f"{cfg.seconds:.0f} s per scenario (logs in {home / 'logs'})", flush=True)  # fmt: skip
         rows = asyncio.run(scenarios(router.local_url, secret, cfg))
-        with contextlib.closing(store.connect(store.db_path(home))) as conn:
+        with store.opened(store.db_path(home)) as conn:
             keys.set_team(conn, "A", {"weight": 2.0})
         time.sleep(1.0)  # the router reads the new weight within 0.5 s
         rows += asyncio.run(weighted(router.local_url, secret, cfg))

@@ -7,7 +7,6 @@ through one without (open: no key database), alternating rounds in one run, on o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ FAST = (("decode-ms-per-token", "5"), ("overhead-ms", "1"), ("prefill-ms-per-tok
 
 def run(concurrency: int, max_tokens: int, rounds: int, sim_options: tuple[tuple[str, str], ...]) -> None:
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-gateway-"))
-    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+    with store.opened(store.db_path(home)) as conn:
         # Limits that never bind but are checked on every request: rpm, tpm and a monthly quota.
         limits = keys.Limits(rpm=1_000_000, tpm=1_000_000_000, monthly_tokens=10**12)
         keys.set_team(conn, "bench", {"rpm": 1_000_000, "tpm": 1_000_000_000})

@@ -130,7 +130,7 @@ class _Admin:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        with contextlib.closing(store.connect(store.db_path(self.home()))) as conn:
+        with store.opened(store.db_path(self.home())) as conn:
             yield conn
 
     def create(self, args: argparse.Namespace) -> int:

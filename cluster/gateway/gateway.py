@@ -13,7 +13,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,7 @@ class Pass:
 class Outcome:
     status: int
     worker: str | None
-    prompt_tokens: int
+    prompt_tokens: int | None  # None: cut short before the engine said (the admission estimate stands in)
     completion_tokens: int
     cached_tokens: int
     ttft_s: float | None
@@ -122,13 +122,11 @@ class Gateway:
     async def _in_db(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
-    async def _every(self, seconds: float, action: Callable[[], object]) -> None:
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
+                await action()
             except Exception:  # a locked or broken database must not stop the router
                 log.exception("gateway %s failed", getattr(action, "__name__", action))
 
@@ -159,9 +157,7 @@ class Gateway:
 
     @property
     def auth_on(self) -> bool:
-        # Any key, even a revoked one: revoking the last key must not open the endpoint again.
-        people = any(key.team != keys.OPERATOR_TEAM for key in self.snapshot.keys.values())
-        return not self.open_ok and (self.require_auth or people)
+        return not self.open_ok and (self.require_auth or self.snapshot.people)
 
     def authenticate(self, authorization: str | None) -> Key | None:
         """The caller's key (None while auth is off); raises Refusal 401 for a missing or bad one."""
@@ -225,12 +221,14 @@ class Gateway:
     def finish(self, granted: Pass, outcome: Outcome) -> None:
         """The request ended (however): free its slot, reconcile its tokens, record its usage row."""
         self.admission.release(granted.ask.model)
-        used = outcome.prompt_tokens + outcome.completion_tokens
-        self._settle(granted, used)
+        prompt = outcome.prompt_tokens
+        if prompt is None:
+            prompt = granted.ask.prompt_chars // CHARS_PER_TOKEN
+        self._settle(granted, prompt + outcome.completion_tokens)
         now = self.clock()
         row = usage.UsageRow(
             now, granted.ask.request_id, granted.key.id if granted.key else None, granted.team, granted.ask.model,
-            outcome.worker, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
+            outcome.worker, prompt, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
             outcome.ttft_s, now - granted.admitted_at,
         )  # fmt: skip
         self._record(row)
@@ -267,7 +265,7 @@ def refuse_open(listen: str, loopback: bool, no_auth: bool, db: Path | None) -> 
     if loopback or no_auth:
         return None
     if db is not None and db.exists():
-        with contextlib.closing(store.connect(db)) as conn:
+        with store.opened(db) as conn:
             if keys.key_count(conn):
                 return None
     return (f"refusing to serve on {listen} without API keys: anyone who reaches it could use every model. "

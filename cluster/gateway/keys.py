@@ -6,7 +6,6 @@ bits needs no slow hash), and the router compares hashes in constant time.
 from __future__ import annotations
 
 import calendar
-import contextlib
 import hashlib
 import hmac
 import os
@@ -68,6 +67,8 @@ class Snapshot:
 
     keys: dict[str, Key] = field(default_factory=dict)  # by hash
     teams: dict[str, Team] = field(default_factory=dict)
+    # Any key made by a person, even a revoked one (revoking the last key must not open the endpoint again).
+    people: bool = False
 
     def find(self, secret: str) -> Key | None:
         digest = hash_secret(secret)
@@ -163,7 +164,7 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
                          row["revoked"], row["created"], row["last_used"])
         for row in conn.execute("SELECT * FROM keys")
     }  # fmt: skip
-    return Snapshot(keys, teams)
+    return Snapshot(keys, teams, any(key.team != OPERATOR_TEAM for key in keys.values()))
 
 
 def key_count(conn: sqlite3.Connection) -> int:
@@ -208,6 +209,6 @@ def month_tokens(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], 
 
 def operator_headers(home: Path) -> dict[str, str]:
     """Headers that let the head's own tools (status, waiting for workers, --ask) past the gateway."""
-    with contextlib.closing(store.connect(store.db_path(home))) as conn:
+    with store.opened(store.db_path(home)) as conn:
         secret = operator_secret(conn, store.operator_key_path(home))
     return {"authorization": f"Bearer {secret}"}

@@ -60,6 +60,13 @@ def operator_key_path(home: Path) -> Path:
     return home / "operator.key"
 
 
+@contextlib.contextmanager
+def opened(db: Path) -> Iterator[sqlite3.Connection]:
+    """The database at `db`, connected and migrated, closed afterwards (for the CLI and one-off reads)."""
+    with contextlib.closing(connect(db)) as conn:
+        yield conn
+
+
 def connect(path: Path, *, upgrade_to: int = SCHEMA_VERSION) -> sqlite3.Connection:
     """Open (creating it 0600 if need be) and migrate up to `upgrade_to`."""
     path.parent.mkdir(parents=True, exist_ok=True)

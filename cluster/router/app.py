@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.gateway.gateway import CHARS_PER_TOKEN, Ask, Gateway, Outcome, Pass, Refusal
+from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
 from cluster.router.errors import ApiError
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Kind, for_model, read_request
@@ -97,7 +97,7 @@ class _Pipeline:
         except TimeoutError:
             self.metrics.requests.labels(model, "504").inc()
             return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
-        ending = _Ending(self.gateway, granted, incoming, started_at)
+        ending = _Ending(self.gateway, granted, started_at)
         try:
             return await self._forward(incoming, granted, ending, started_at)
         except BaseException:  # whatever went wrong, the slot and the reservation are given back
@@ -132,8 +132,8 @@ def _api_error(exc: ApiError | Refusal) -> ApiError:
 class _Ending:
     """Ends a request at the gateway exactly once, however it ends (done, failed, client gone)."""
 
-    def __init__(self, gateway: Gateway, granted: Pass, incoming: Incoming, started_at: float) -> None:
-        self.gateway, self.granted, self.incoming, self.started_at = gateway, granted, incoming, started_at
+    def __init__(self, gateway: Gateway, granted: Pass, started_at: float) -> None:
+        self.gateway, self.granted, self.started_at = gateway, granted, started_at
         self.first_byte: float | None = None
         self.done = False
 
@@ -142,8 +142,7 @@ class _Ending:
             return
         self.done = True
         usage = ended.usage
-        # Cut short before the engine's count: the prompt as estimated at admission.
-        prompt = usage.prompt_tokens if ended.counted else self.incoming.view.prompt_chars // CHARS_PER_TOKEN
+        prompt = usage.prompt_tokens if ended.counted else None  # None: the gateway's admission estimate
         ttft = self.first_byte - self.started_at if self.first_byte is not None else None
         outcome = Outcome(ended.status, ended.worker or None, prompt, usage.completion_tokens,
                           usage.cached_prompt_tokens, ttft)  # fmt: skip
