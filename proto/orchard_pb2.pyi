@@ -66,10 +66,12 @@ class Final(_message.Message):
     def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
 
 class Chunks(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "usage")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, items: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, items: _Optional[_Iterable[bytes]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
     __slots__ = ("chunks", "response", "final")

@@ -2,6 +2,10 @@
 
 Each request gets its own HTTP stream; closing the iterator (gRPC cancel) closes that stream, which makes
 the engine abort the request.
+
+Where the engine can report running token counts (vLLM's `stream_options.continuous_usage_stats`), the agent
+asks for them on every stream so that a stream cut short is still billed as the engine counted; the counts are
+taken out of the payloads again unless the client asked for them itself.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ class EngineError(Exception):
 
 @dataclass
 class Tally:
-    """What the relay learned on the way: usage and finish reason for the Final message."""
+    """What the relay learned on the way: usage (running, then final) and finish reason for the Final message.
+
+    `strip_running`: the agent asked the engine for running counts the client did not ask for; they are read
+    here and removed from the payloads before they travel on."""
 
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str = ""
     tokens_seen: bool = False
+    strip_running: bool = False
 
     def observe(self, payload: dict[str, Any]) -> None:
         if isinstance(payload.get("usage"), dict):
@@ -58,8 +66,7 @@ async def stream_batches(
         events = SseSplitter()
         async for raw in response.aiter_raw():
             batch, done = events.feed(raw)
-            for payload in batch:
-                _observe(payload, tally)
+            batch = [_observe(payload, tally) for payload in batch]
             if batch:
                 yield batch
             if done:
@@ -91,14 +98,29 @@ class SseSplitter:
         return payloads, False
 
 
-def _observe(payload: bytes, tally: Tally) -> None:
-    if _worth_parsing(payload):
-        try:
-            tally.observe(json.loads(payload))
-        except (ValueError, AttributeError):
-            pass  # not ours to judge: pass it on unchanged
-    else:
+def _observe(payload: bytes, tally: Tally) -> bytes:
+    """Note what the payload says; return it unchanged, or without the running count the client did not ask for."""
+    if not _worth_parsing(payload):
         tally.tokens_seen = True  # a plain delta chunk: text arrived
+        return payload
+    try:
+        chunk = json.loads(payload)
+        tally.observe(chunk)
+    except (ValueError, AttributeError):
+        return payload  # not ours to judge: pass it on unchanged
+    if tally.strip_running and chunk.get("choices") and "usage" in chunk:
+        del chunk["usage"]  # a running count; the final usage-only chunk (no choices) stays
+        return json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
+    return payload
+
+
+def ask_running_usage(body: dict[str, Any]) -> bool:
+    """Ask the engine for running counts on this stream (in place); True if the client had not asked itself."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    asked = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
+    body["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
+    return not asked
 
 
 def _worth_parsing(payload: bytes) -> bool:

@@ -19,7 +19,7 @@ from proto import orchard_pb2_grpc as pb_grpc
 from worker.group import GroupController
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter
-from worker.relay import EngineError, Tally, stream_batches, whole_response
+from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -88,24 +88,29 @@ class WorkerService(pb_grpc.WorkerServicer):
             await _abort(context, 503, detail, "service_unavailable")
             return
         try:
-            streaming = bool(json.loads(request.body).get("stream"))
+            payload = json.loads(request.body)
+            streaming = bool(payload.get("stream"))
         except (ValueError, AttributeError):
             await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
             return
         url = self.supervisor.url + path
-        tally = Tally()
+        tally, body = Tally(), request.body
+        if streaming and self.supervisor.adapter.running_usage:
+            tally.strip_running = ask_running_usage(payload)
+            body = json.dumps(payload).encode()
         started = time.monotonic()
         self.inflight += 1
         try:
             if streaming:
-                batches = stream_batches(self.http, url, request.body, tally)
+                batches = stream_batches(self.http, url, body, tally)
                 try:
                     async for batch in batches:
-                        yield pb.GenerateReply(chunks=pb.Chunks(items=batch))
+                        running = usage_message(tally.usage) if tally.usage else None
+                        yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
                 finally:
                     await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
             else:
-                yield pb.GenerateReply(response=await whole_response(self.http, url, request.body, tally))
+                yield pb.GenerateReply(response=await whole_response(self.http, url, body, tally))
         except EngineError as exc:
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
             await _abort(context, exc.status, exc.body, kind)

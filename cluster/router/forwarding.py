@@ -41,7 +41,7 @@ class Ended:
     status: int
     worker: str
     usage: pb.Usage
-    counted: bool  # False: the stream was cut before the engine's count came (tokens counted by the relay)
+    counted: bool  # False: the engine's count never came (tokens counted by the relay, the prompt estimated)
 
 
 OnEnd = Callable[[Ended], None]
@@ -138,6 +138,8 @@ class Forwarder:
             reply = started.first
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
+                    if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
+                        usage, counted = reply.chunks.usage, True
                     tokens = [c for c in reply.chunks.items if not is_usage_only(c)]
                     items = reply.chunks.items if wants_usage else tokens
                     chunks += len(tokens)
@@ -159,8 +161,10 @@ class Forwarder:
             started.handle.served += 1
             status = status if ended else CLIENT_CLOSED
             self.metrics.requests.labels(model, str(status)).inc()
-            if not counted:  # cut short: one token per streamed chunk is what the engine produced
+            if not counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
+            elif not ended:
+                self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
             on_end(Ended(status, started.handle.worker_id, usage, counted))
 
 

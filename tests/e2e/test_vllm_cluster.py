@@ -6,6 +6,7 @@ One cluster serves the whole module; the last test takes it down and checks that
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,16 +173,30 @@ def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tm
         stop_cluster(piped)
 
 
-def test_client_disconnect_aborts_the_vllm_request(up: UpCluster) -> None:
+def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(up: UpCluster) -> None:
     engine = up.engine_url
+    prompted, generated = (engine_metric(engine, n) for n in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"))
     body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
         lines = response.iter_lines()  # kept referenced: a dropped iterator closes the stream early
         data = [line for line, _ in zip(lines, range(12), strict=False) if line.startswith("data: ")]
         assert len(data) >= 5
+        assert "usage" not in json.loads(data[-1][6:])  # the agent's running counts are not the client's
         assert engine_metric(engine, "vllm:num_requests_running") == 1
     wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 15, "vLLM running == 0")
+    # The usage row holds the engine's own count (its counters moved by this request alone), not an estimate.
+    prompted = engine_metric(engine, "vllm:prompt_tokens_total") - prompted
+    generated = engine_metric(engine, "vllm:generation_tokens_total") - generated
+    row = wait_until(lambda: _last_row(up.home, 499), 5, "the cut request's usage row")
+    assert row["prompt_tokens"] == prompted
+    assert len(data) <= row["completion_tokens"] <= generated <= row["completion_tokens"] + 5
+
+
+def _last_row(home: Path, status: int) -> sqlite3.Row | None:
+    with sqlite3.connect(home / "gateway.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM usage WHERE status = ? ORDER BY id DESC", (status,)).fetchone()
 
 
 def test_down_leaves_no_process_behind(up: UpCluster) -> None:

@@ -212,6 +212,8 @@ def test_a_stream_cut_by_the_client_is_still_accounted(lab: GatedLab) -> None:
     wait_until(lambda: [r for r in lab.rows() if r["key_id"] == key_id], 5, "the cut request's row", interval_s=0.2)
     [row] = [r for r in lab.rows() if r["key_id"] == key_id]
     assert row["status"] == 499 and 10 <= row["completion_tokens"] < 400  # what streamed before the client left
+    whole = lab.client(key).completions.create(model=SIM_MODEL, prompt="go on", max_tokens=1)
+    assert whole.usage is not None and row["prompt_tokens"] == whole.usage.prompt_tokens  # the engine's, no guess
 
 
 def test_router_beyond_loopback_without_keys_refuses_to_start(tmp_path: Path) -> None:

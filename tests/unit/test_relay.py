@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, stream_batches
+from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, ask_running_usage, stream_batches
 
 
 def test_plain_delta_chunks_skip_parsing_but_usage_and_finish_do_not() -> None:
@@ -73,3 +73,33 @@ async def test_stream_batches_turns_an_engine_error_into_engine_error() -> None:
             async for _ in stream_batches(client, "http://engine/v1/completions", b"{}", Tally()):
                 pass
     assert caught.value.status == 400 and b"bad" in caught.value.body
+
+
+async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_did_not_ask_for() -> None:
+    reads = [
+        b'data: {"choices":[{"delta":{"content":"\xc3\xa9"}}],"usage":{"prompt_tokens":7,"completion_tokens":1}}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\ndata: [DONE]\n\n',
+    ]
+
+    async def body() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
+    tally = Tally(strip_running=True)
+    seen = []
+    async with httpx.AsyncClient(transport=transport) as client:
+        async for batch in stream_batches(client, "http://engine/v1/chat/completions", b"{}", tally):
+            seen.append((batch, dict(tally.usage)))
+    (first, running), (last, final) = seen
+    assert first == ['{"choices":[{"delta":{"content":"é"}}]}'.encode()]  # count gone, text intact
+    assert running == {"prompt_tokens": 7, "completion_tokens": 1}  # but read on the way
+    assert json.loads(last[0])["usage"] == final == {"prompt_tokens": 7, "completion_tokens": 2}  # final stays
+
+
+def test_running_counts_are_asked_for_and_kept_when_the_client_asked_too() -> None:
+    plain: dict[str, object] = {"stream": True}
+    assert ask_running_usage(plain) is True  # ours: strip them again
+    assert plain["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    theirs: dict[str, object] = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    assert ask_running_usage(theirs) is False

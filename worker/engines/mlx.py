@@ -34,6 +34,7 @@ class MlxEngine:
     name = "mlx"
     health_path = "/health"
     metrics_path: str | None = None  # mlx-lm's server has no /metrics
+    running_usage = False  # mlx-lm reports usage only at the end of a stream
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform

@@ -24,6 +24,7 @@ class SimEngine:
     name = "sim"
     health_path = "/health"
     metrics_path: str | None = "/metrics"
+    running_usage = True  # stream_options.continuous_usage_stats, as vLLM
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",

@@ -23,6 +23,7 @@ class VllmEngine:
     name = "vllm"
     health_path = "/health"
     metrics_path: str | None = "/metrics"
+    running_usage = True  # stream_options.continuous_usage_stats
 
     def __init__(self, platform: str = sys.platform) -> None:
         self.platform = platform

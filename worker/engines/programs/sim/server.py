@@ -82,6 +82,7 @@ class _Job:
     temperature: float
     stream: bool
     include_usage: bool
+    running_usage: bool  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
 
 
 def _parse_job(body: dict[str, Any], chat: bool) -> _Job:
@@ -97,6 +98,7 @@ def _parse_job(body: dict[str, Any], chat: bool) -> _Job:
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError("'max_tokens' must be a positive integer")
     temperature = body.get("temperature")
+    options = body.get("stream_options") or {}
     return _Job(
         rid=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
         kind="chat" if chat else "text",
@@ -104,7 +106,8 @@ def _parse_job(body: dict[str, Any], chat: bool) -> _Job:
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else float(temperature),
         stream=bool(body.get("stream")),
-        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        include_usage=bool(options.get("include_usage")),
+        running_usage=bool(options.get("include_usage") and options.get("continuous_usage_stats")),
     )
 
 
@@ -238,13 +241,16 @@ async def _stream(state: SimState, job: _Job) -> AsyncIterator[bytes]:
             return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
         return {"index": 0, "text": text, "finish_reason": finish}
 
+    def running(count: int) -> dict[str, int] | None:
+        return _usage(job, count) if job.running_usage else None
+
     if job.kind == "chat":
-        yield frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        yield frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], running(0))
     count = 0
     async for word in _run(state, job):
         count += 1
-        yield frame([choice(word, None)])
-    yield frame([choice("", "length")])
+        yield frame([choice(word, None)], running(count))
+    yield frame([choice("", "length")], running(count))
     if job.include_usage:
         yield frame([], _usage(job, count))
     yield b"data: [DONE]\n\n"
