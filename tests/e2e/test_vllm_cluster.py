@@ -175,7 +175,8 @@ def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tm
 
 def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(up: UpCluster) -> None:
     engine = up.engine_url
-    prompted, generated = (engine_metric(engine, n) for n in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"))
+    counters = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+    prompted, generated = (engine_metric(engine, name) for name in counters)
     body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
@@ -186,8 +187,7 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(u
         assert engine_metric(engine, "vllm:num_requests_running") == 1
     wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 15, "vLLM running == 0")
     # The usage row holds the engine's own count (its counters moved by this request alone), not an estimate.
-    prompted = engine_metric(engine, "vllm:prompt_tokens_total") - prompted
-    generated = engine_metric(engine, "vllm:generation_tokens_total") - generated
+    prompted, generated = (engine_metric(engine, name) - before for name, before in zip(counters, (prompted, generated)))
     row = wait_until(lambda: _last_row(up.home, 499), 5, "the cut request's usage row")
     assert row["prompt_tokens"] == prompted
     assert len(data) <= row["completion_tokens"] <= generated <= row["completion_tokens"] + 5
