@@ -176,7 +176,7 @@ def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tm
 def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(up: UpCluster) -> None:
     engine = up.engine_url
     counters = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total")
-    prompted, generated = (engine_metric(engine, name) for name in counters)
+    before = [engine_metric(engine, name) for name in counters]
     body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
@@ -187,7 +187,7 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(u
         assert engine_metric(engine, "vllm:num_requests_running") == 1
     wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 15, "vLLM running == 0")
     # The usage row holds the engine's own count (its counters moved by this request alone), not an estimate.
-    prompted, generated = (engine_metric(engine, name) - before for name, before in zip(counters, (prompted, generated)))
+    prompted, generated = (engine_metric(engine, name) - was for name, was in zip(counters, before, strict=True))
     row = wait_until(lambda: _last_row(up.home, 499), 5, "the cut request's usage row")
     assert row["prompt_tokens"] == prompted
     assert len(data) <= row["completion_tokens"] <= generated <= row["completion_tokens"] + 5
