@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from cluster.gateway import keys, store, usage
 from cluster.gateway.keys import Key, Snapshot, Team
 from cluster.gateway.limits import Limiter, Refused, Subject, duration
-from cluster.gateway.queue import Admission, NoCapacity, QueueFull
+from cluster.gateway.queue import Admission, Capacity, NoCapacity, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Outcome:
 
 class Gateway:
     def __init__(
-        self, db: Path | None, capacity: Callable[[str], int], *, require_auth: bool, max_queue: int = 256,
+        self, db: Path | None, capacity: Callable[[str], Capacity], *, require_auth: bool, max_queue: int = 256,
         open_ok: bool = False, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.db = db
@@ -220,7 +220,7 @@ class Gateway:
 
     def finish(self, granted: Pass, outcome: Outcome) -> None:
         """The request ended (however): free its slot, reconcile its tokens, record its usage row."""
-        self.admission.release(granted.ask.model)
+        self.admission.release(granted.ask.model, granted.team or "")
         prompt = outcome.prompt_tokens
         if prompt is None:
             prompt = granted.ask.prompt_chars // CHARS_PER_TOKEN

@@ -5,6 +5,11 @@ A request of cost c from a team of weight w gets the tag start = max(virtual tim
 finish = start + c / w; the smallest start goes first and advances the virtual time. A team that was idle
 starts at the current virtual time, so a backlog elsewhere cannot starve it, and backlogged teams share in
 proportion to their weights.
+
+Slots are not preempted, so a fair queue alone still makes a light team wait for the next slot a heavy team
+frees. Each model therefore has a few spare slots (one per ready worker) lent only to a team holding less than
+its weighted share of the slots: a light team starts at once beside a heavy team's backlog, and a team alone,
+or at its share, never goes past the workers' caps.
 """
 
 from __future__ import annotations
@@ -36,18 +41,33 @@ class _Entry(Generic[T]):
     gone: bool = field(default=False, compare=False)
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    team: str
+    weight: float
+    granted: asyncio.Future[None]
+
+
 class FairQueue(Generic[T]):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.vtime = 0.0
         self._finish: dict[str, float] = {}  # per team: its last finish tag (pruned once the past)
         self._queued: dict[str, int] = {}
+        self._weights: dict[str, float] = {}
         self._heap: list[_Entry[T]] = []
         self._count = 0
         self._seq = itertools.count()
 
     def __len__(self) -> int:
         return self._count
+
+    def queued(self, team: str) -> int:
+        return self._queued.get(team, 0)
+
+    def weights(self) -> dict[str, float]:
+        """The weight of every team with a request waiting (as given with its newest request)."""
+        return {team: self._weights[team] for team in self._queued}
 
     def push(self, team: str, weight: float, cost: float, item: T) -> _Entry[T]:
         if self._count >= self.limit:
@@ -58,6 +78,7 @@ class FairQueue(Generic[T]):
         heapq.heappush(self._heap, entry)
         self._count += 1
         self._queued[team] = self._queued.get(team, 0) + 1
+        self._weights[team] = weight
         return entry
 
     def remove(self, entry: _Entry[T]) -> None:
@@ -81,64 +102,120 @@ class FairQueue(Generic[T]):
         self._queued[team] -= 1
         if not self._queued[team]:
             del self._queued[team]
+            del self._weights[team]
         # Bounded: an idle team whose tag the virtual time has passed needs no tag (max() gives vtime anyway).
         for idle in [t for t, finish in self._finish.items() if t not in self._queued and finish <= self.vtime]:
             del self._finish[idle]
 
 
-class Admission:
-    """Per model: at most `capacity(model)` requests in flight (the sum of its ready workers' slots); the rest
-    wait in a bounded fair queue and are let through as slots free."""
+@dataclass(frozen=True)
+class Capacity:
+    """What a model's ready workers take at once: the sum of their slots, and spare slots (one per worker)."""
 
-    def __init__(self, capacity: Callable[[str], int], max_queue: int) -> None:
+    slots: int
+    spare: int = 0
+
+
+@dataclass
+class _Holding:
+    """Per model: requests in flight, by team, and each busy team's weight (both pruned at zero)."""
+
+    total: int = 0
+    teams: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def take(self, team: str, weight: float) -> None:
+        self.total += 1
+        self.teams[team] = self.teams.get(team, 0) + 1
+        self.weights[team] = weight
+
+    def give(self, team: str) -> None:
+        self.total = max(self.total - 1, 0)
+        left = self.teams.get(team, 0) - 1
+        if left > 0:
+            self.teams[team] = left
+        else:
+            self.teams.pop(team, None)
+            self.weights.pop(team, None)
+
+
+class Admission:
+    """Per model: at most `capacity(model).slots` requests in flight (the sum of its ready workers' slots), plus
+    the spare slots for teams below their share; the rest wait in a bounded fair queue and go as slots free."""
+
+    def __init__(self, capacity: Callable[[str], Capacity], max_queue: int) -> None:
         self.capacity = capacity
         self.max_queue = max_queue
-        self.active: dict[str, int] = {}
-        self.queues: dict[str, FairQueue[asyncio.Future[None]]] = {}
+        self.holding: dict[str, _Holding] = {}
+        self.queues: dict[str, FairQueue[_Waiter]] = {}
 
     def waiting(self, model: str) -> int:
         queue = self.queues.get(model)
         return len(queue) if queue else 0
 
+    def active(self, model: str) -> int:
+        holding = self.holding.get(model)
+        return holding.total if holding else 0
+
     async def acquire(self, model: str, team: str, weight: float, cost: float, timeout_s: float) -> None:
         """Return once the request holds a slot. Raises NoCapacity, QueueFull, or TimeoutError past `timeout_s`."""
-        if self.capacity(model) == 0:
+        capacity = self.capacity(model)
+        if capacity.slots == 0:
             raise NoCapacity
         queue = self.queues.setdefault(model, FairQueue(self.max_queue))
-        if not queue and self.active.get(model, 0) < self.capacity(model):
-            self.active[model] = self.active.get(model, 0) + 1
+        holding = self.holding.setdefault(model, _Holding())
+        if (not queue and holding.total < capacity.slots) or self._lend(holding, queue, capacity, team, weight):
+            holding.take(team, weight)
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(team, weight, asyncio.get_running_loop().create_future())
         entry = queue.push(team, weight, cost, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            await asyncio.wait_for(asyncio.shield(waiter.granted), timeout_s)
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(model)  # granted just as we gave up: hand the slot on
-            elif not waiter.done():
-                waiter.cancel()
+            granted = waiter.granted
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
+                self.release(model, team)  # granted just as we gave up: hand the slot on
+            elif not granted.done():
+                granted.cancel()
                 queue.remove(entry)
             raise
 
-    def release(self, model: str) -> None:
-        self.active[model] = max(self.active.get(model, 0) - 1, 0)
+    @staticmethod
+    def _lend(holding: _Holding, queue: FairQueue[_Waiter], capacity: Capacity, team: str, weight: float) -> bool:
+        """A spare slot, for a team that would still hold no more than its weighted share of the slots."""
+        if holding.total >= capacity.slots + capacity.spare or queue.queued(team):
+            return False
+        weights = {**holding.weights, **queue.weights(), team: weight}
+        share = capacity.slots * weight / sum(weights.values())
+        return holding.teams.get(team, 0) + 1 <= share
+
+    def release(self, model: str, team: str) -> None:
+        holding = self.holding.get(model)
+        if holding is not None:
+            holding.give(team)
+            if not holding.total:
+                del self.holding[model]
         self.dispatch(model)
 
     def dispatch(self, model: str) -> None:
         """Let waiters through while there are free slots (also called when workers come and go)."""
         queue = self.queues.get(model)
-        if queue and self.capacity(model) == 0:  # the last worker went: nothing will free a slot
-            while (waiter := queue.pop()) is not None:
-                if not waiter.done():
-                    waiter.set_exception(NoCapacity())
+        if not queue:
             return
-        while queue and self.active.get(model, 0) < self.capacity(model):
+        capacity = self.capacity(model)
+        if capacity.slots == 0:  # the last worker went: nothing will free a slot
+            while (waiter := queue.pop()) is not None:
+                if not waiter.granted.done():
+                    waiter.granted.set_exception(NoCapacity())
+            return
+        holding = self.holding.setdefault(model, _Holding())
+        while queue and holding.total < capacity.slots:
             waiter = queue.pop()
             if waiter is None:
                 break
-            if not waiter.done():
-                self.active[model] = self.active.get(model, 0) + 1
-                waiter.set_result(None)
+            if not waiter.granted.done():
+                holding.take(waiter.team, waiter.weight)
+                waiter.granted.set_result(None)
 
     def dispatch_all(self) -> None:
         for model in list(self.queues):

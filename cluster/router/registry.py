@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cluster.gateway.queue import Capacity
 from cluster.router.rows import Reachability
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
@@ -114,17 +115,20 @@ class Registry:
                 await handle.channel.close()
 
     def views(self, model: str) -> list[WorkerView]:
-        """The model's workers; those with a free slot only, when any has one (the admission queue keeps the
-        total in bounds, so a full worker is chosen only while another's slot is being handed over)."""
+        """The model's workers; those with a free slot only, when any has one; else those not yet over their cap
+        (a spare slot the admission queue lent, one per worker); else all (a slot being handed over)."""
         now = time.monotonic()
         serving = [h for h in self.workers.values() if model in h.models]
         free = [h for h in serving if h.inflight < h.max_concurrency]
-        return [h.view(now) for h in (free or serving)]
+        spare = [h for h in serving if h.inflight <= h.max_concurrency]
+        return [h.view(now) for h in (free or spare or serving)]
 
-    def capacity(self, model: str) -> int:
-        """Requests the model's ready workers take at once: the sum of their slots (each agent's setting)."""
+    def capacity(self, model: str) -> Capacity:
+        """Requests the model's ready workers take at once: the sum of their slots (each agent's setting), and
+        one spare slot per worker for the fair queue to lend to a team below its share."""
         now = time.monotonic()
-        return sum(h.max_concurrency for h in self.workers.values() if model in h.models and h.ready(now))
+        ready = [h for h in self.workers.values() if model in h.models and h.ready(now)]
+        return Capacity(slots=sum(h.max_concurrency for h in ready), spare=len(ready))
 
     def by_id(self, worker_id: str) -> WorkerHandle:
         for handle in self.workers.values():

@@ -11,7 +11,7 @@ import pytest
 
 from cluster.gateway import keys, store
 from cluster.gateway.limits import Headroom, Limiter, Refused, Subject, duration
-from cluster.gateway.queue import Admission, FairQueue, QueueFull
+from cluster.gateway.queue import Admission, Capacity, FairQueue, QueueFull
 
 KEY = Subject("key", "k1", rpm=2, tpm=1000, monthly_tokens=None)
 TEAM = Subject("team", "ml", rpm=None, tpm=None, monthly_tokens=5000)
@@ -91,16 +91,47 @@ def test_fair_queue_is_bounded_and_forgets_waiters_that_left() -> None:
 
 
 async def test_admission_lets_requests_through_as_slots_free() -> None:
-    admission = Admission(capacity=lambda model: 1, max_queue=4)
+    admission = Admission(capacity=lambda model: Capacity(1), max_queue=4)
     await admission.acquire("m", "a", 1.0, 1.0, timeout_s=1)
     waiter = asyncio.create_task(admission.acquire("m", "a", 1.0, 1.0, timeout_s=5))
     await asyncio.sleep(0.05)
     assert not waiter.done() and admission.waiting("m") == 1
-    admission.release("m")
+    admission.release("m", "a")
     await asyncio.wait_for(waiter, 1)
     with pytest.raises(TimeoutError):
         await admission.acquire("m", "b", 1.0, 1.0, timeout_s=0.05)
-    assert admission.waiting("m") == 0 and admission.active["m"] == 1  # the timed-out waiter left the queue
+    assert admission.waiting("m") == 0 and admission.active("m") == 1  # the timed-out waiter left the queue
+
+
+async def test_a_spare_slot_goes_to_a_team_below_its_share_never_to_a_team_alone() -> None:
+    admission = Admission(capacity=lambda model: Capacity(slots=2, spare=1), max_queue=8)
+    for _ in range(2):
+        await admission.acquire("m", "heavy", 1.0, 1.0, timeout_s=1)
+    heavy_third = asyncio.create_task(admission.acquire("m", "heavy", 1.0, 1.0, timeout_s=5))
+    await asyncio.sleep(0.02)
+    assert not heavy_third.done()  # alone, heavy holds its whole share: it waits for a slot, no spare
+    await admission.acquire("m", "light", 1.0, 1.0, timeout_s=0.05)  # below its share (1 of 2): lent at once
+    assert admission.active("m") == 3
+    light_second = asyncio.create_task(admission.acquire("m", "light", 1.0, 1.0, timeout_s=5))
+    await asyncio.sleep(0.02)
+    assert not light_second.done()  # the spare is taken; light now queues like anyone
+    admission.release("m", "heavy")  # 2 in flight again: nothing goes past the slots
+    assert admission.active("m") == 2 and admission.waiting("m") == 2
+    admission.release("m", "light")  # 1 in flight: the fair queue's next gets the slot
+    await asyncio.sleep(0)
+    assert admission.active("m") == 2 and admission.waiting("m") == 1
+    for task in (heavy_third, light_second):
+        task.cancel()
+    await asyncio.gather(heavy_third, light_second, return_exceptions=True)
+
+
+async def test_the_share_that_decides_lending_is_weighted() -> None:
+    admission = Admission(capacity=lambda model: Capacity(slots=3, spare=1), max_queue=8)
+    for _ in range(3):
+        await admission.acquire("m", "a", 1.0, 1.0, timeout_s=1)
+    with pytest.raises(TimeoutError):  # weight 0.2 against 1: share 0.5 of a slot, less than one request
+        await admission.acquire("m", "b", 0.2, 1.0, timeout_s=0.05)
+    await admission.acquire("m", "b", 1.0, 1.0, timeout_s=0.05)  # weight 1: share 1.5, lent
 
 
 def test_a_database_made_by_the_first_schema_upgrades_in_place(tmp_path: Path) -> None:
@@ -140,7 +171,8 @@ async def test_the_gateway_refuses_a_missing_unknown_or_expired_key_with_401(tmp
     now = [1_000.0]
     with store.connect(tmp_path / "gateway.db") as conn:
         _, secret = keys.create_key(conn, "ml", keys.Limits(), admin=False, expires=1_500.0)
-    gateway = Gateway(tmp_path / "gateway.db", capacity=lambda model: 4, require_auth=False, clock=lambda: now[0])
+    db = tmp_path / "gateway.db"
+    gateway = Gateway(db, capacity=lambda model: Capacity(4), require_auth=False, clock=lambda: now[0])
     await gateway.start()
     try:
         key = gateway.authenticate(f"Bearer {secret}")
@@ -176,7 +208,7 @@ async def test_waiters_are_told_at_once_when_the_last_worker_goes() -> None:
     from cluster.gateway.queue import NoCapacity
 
     capacity = [1]
-    admission = Admission(capacity=lambda model: capacity[0], max_queue=4)
+    admission = Admission(capacity=lambda model: Capacity(capacity[0]), max_queue=4)
     await admission.acquire("m", "a", 1.0, 1.0, timeout_s=1)
     waiter = asyncio.create_task(admission.acquire("m", "b", 1.0, 1.0, timeout_s=30))
     await asyncio.sleep(0.05)
