@@ -1,6 +1,7 @@
 """`cluster`: the operator CLI.
 
 cluster up [--engine vllm|sim] [--port 8000] [--detach] [--ask "question"]
+cluster install HOSTS | up HOSTS | plan HOSTS | units HOSTS HOST
 cluster down | status | logs [agent|router|engine] | models prepare
 """
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.bringup import lab, local, remote, units
+from cluster.bringup import install, lab, local, remote, units
 from cluster.bringup.fleet import read_workers
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
@@ -123,11 +124,40 @@ def _print_try(url: str, model: str) -> None:
 
 
 def _load_spec(path: Path) -> hostsfile.ClusterSpec | None:
+    """The hosts file, with the interpreter `cluster install` recorded for hosts that name none."""
     try:
-        return hostsfile.load(path)
+        return install.with_installed(hostsfile.load(path), local.orchard_home())
     except hostsfile.HostsFileError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return None
+
+
+def _install(args: argparse.Namespace) -> int:
+    try:
+        spec = hostsfile.load(args.file)
+    except hostsfile.HostsFileError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 2
+    if args.wheelhouse is not None and not args.wheelhouse.is_dir():
+        err_console.print(f"[red]error:[/] --wheelhouse {escape(str(args.wheelhouse))} is not a folder")
+        return 2
+    house = sorted(args.wheelhouse.glob("*.whl")) if args.wheelhouse is not None else None
+    report = lambda m: console.print(f"  • {escape(m)}")  # noqa: E731
+    try:
+        rows = asyncio.run(
+            install.install(spec, local.orchard_home(), house, args.extras, args.with_vllm_metal, report)
+        )
+    except install.InstallError as exc:
+        err_console.print(f"[red]cluster install failed:[/] {escape(str(exc))}")
+        return 1
+    table = Table(title=f"Orchard install from {args.file}")
+    for column in ("host", "python", "venv", "orchard", "engines"):
+        table.add_column(column)
+    for row in rows:
+        state = row.orchard if not row.reason else f"{row.orchard}: {row.reason}"
+        table.add_row(row.label, row.python, row.venv, state, row.engines)
+    console.print(table)
+    return 0 if all(row.orchard != "failed" for row in rows) else 1
 
 
 def _lab_up(args: argparse.Namespace) -> int:
@@ -341,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
     up.set_defaults(func=_up)
 
+    inst = sub.add_parser("install", help="make every host of a hosts file ready: Python, venv, this Orchard build")
+    inst.add_argument("file", type=Path)
+    inst.add_argument("--wheelhouse", type=Path, help="folder of wheels the hosts install from instead of PyPI")
+    inst.add_argument("--extras", help="Orchard extras to install (default: mlx on macOS, none on Linux)")
+    inst.add_argument("--with-vllm-metal", action="store_true",
+                      help="macOS: also run vllm-metal's installer (~/.venv-vllm-metal) and add Ray to it")  # fmt: skip
+    inst.set_defaults(func=_install)
     plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
     plan_cmd.add_argument("file", type=Path)
     plan_cmd.set_defaults(func=_plan)

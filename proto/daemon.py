@@ -50,3 +50,5 @@ class HostFactsReply(_Reply):
     python: str
     platform: str
     engines: dict[str, bool]
+    orchard_version: str = ""  # "" from a daemon older than these fields
+    build: str = ""  # proto.build.digest(): equal on head and host when both run the same code

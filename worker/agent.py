@@ -21,6 +21,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from proto import build
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import AgentConfig, LaunchConfigError, usage
@@ -33,7 +34,6 @@ from worker.models import BUNDLED_NAME, is_bundled, prepare_bundled
 from worker.service import ServiceIdentity, WorkerService
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
-AGENT_VERSION = "0.1.0"
 SERVICE_NAME = "orchard.v1.Worker"
 log = logging.getLogger("orchard.worker")
 
@@ -88,7 +88,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         models=(model,),
         max_concurrency=config.max_concurrency,
         engine_version=adapter.version(engine_config),
-        agent_version=AGENT_VERSION,
+        agent_version=build.describe(),
     )
     # Long streams: no per-request timeout on the engine side; connect quickly or fail.
     http = httpx.AsyncClient(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from proto import build
 from proto.daemon import AgentStatus, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, LaunchConfigError
 from worker import procs
@@ -73,7 +74,8 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
 def facts() -> HostFactsReply:
     host = read_host_facts()
     engines = {"sim": True, "vllm": _vllm_available(), "mlx": importlib.util.find_spec("mlx_lm") is not None}
-    return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines)
+    return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines,
+                          orchard_version=build.version(), build=build.digest())  # fmt: skip
 
 
 def _vllm_available() -> bool:

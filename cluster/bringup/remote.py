@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
+from proto import build
 from proto.daemon import HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, GroupRole
 
@@ -62,9 +63,16 @@ def python_of(host: HostSpec) -> str:
     return host.python or "python3"
 
 
+def shell_path(path: str) -> str:
+    """A path for a remote shell command line: quoted, with a leading `~/` left for the shell to expand."""
+    if path == "~" or path.startswith("~/"):
+        return '"$HOME"' + (shlex.quote(path[1:]) if len(path) > 1 else "")
+    return shlex.quote(path)
+
+
 async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: list[str], reply: type[R]) -> R:
     """Run `python -m worker.daemon ARGS` on the host and parse its one JSON line as `reply`."""
-    command = " ".join(shlex.quote(part) for part in [python_of(host), "-m", "worker.daemon", *args])
+    command = " ".join([shell_path(python_of(host)), *(shlex.quote(part) for part in ["-m", "worker.daemon", *args])])
     try:
         result = await asyncio.wait_for(conn.run(command, check=False), COMMAND_TIMEOUT_S)
     except TimeoutError as exc:
@@ -84,6 +92,10 @@ async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: l
 
 async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFactsReply:
     facts = await run_daemon(conn, host, ["facts"], HostFactsReply)
+    if facts.build != build.digest():
+        theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
+        raise RemoteError(f"runs {theirs}, not this head's {build.describe()}: run `cluster install` with this "
+                          "hosts file to install the head's build there")  # fmt: skip
     if not facts.engines.get(host.engine):
         raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.python})")
     return facts

@@ -123,6 +123,7 @@ def _start_host(root: Path, bridge: str, tag: str, host: TestHost) -> None:
         f"Port 22\nListenAddress {host.address}\nHostKey {root / 'host_ed25519'}\nPidFile {pidfile}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\n"  # as a Mac with Remote Login on: `cluster install` copies over SFTP
         f"SetEnv PATH={os.environ.get('PATH', '/usr/bin:/bin')}\n"
     )
     _run(

