@@ -71,14 +71,18 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     return StartReply(status="started", pid=pid, hash=config_hash, changed=True)
 
 
-def facts() -> HostFactsReply:
+def facts(engine_python: str | None = None) -> HostFactsReply:
     host = read_host_facts()
-    engines = {"sim": True, "vllm": _vllm_available(), "mlx": importlib.util.find_spec("mlx_lm") is not None}
+    engines = {"sim": True, "vllm": _vllm_available(engine_python),
+               "mlx": importlib.util.find_spec("mlx_lm") is not None}  # fmt: skip
     return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines,
                           orchard_version=build.version(), build=build.digest())  # fmt: skip
 
 
-def _vllm_available() -> bool:
+def _vllm_available(engine_python: str | None) -> bool:
+    """vLLM runs from the host's engine_python when one is set, else from vllm-metal's default venv on a Mac."""
+    if engine_python:
+        return Path(engine_python).expanduser().exists()
     if sys.platform == "darwin":
         return (Path("~/.venv-vllm-metal/bin/python").expanduser()).exists()
     return importlib.util.find_spec("vllm") is not None
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=("start", "stop", "status", "facts"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
+    parser.add_argument("--engine-python", help="facts: the vLLM engine's interpreter on this host")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # what follows `--` belongs to the agent, untouched
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     result: BaseModel
     if args.action == "facts":
-        result = facts()
+        result = facts(args.engine_python)
     elif args.action == "start":
         try:
             config = AgentConfig.from_argv(agent_args)

@@ -91,7 +91,8 @@ async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: l
 
 
 async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFactsReply:
-    facts = await run_daemon(conn, host, ["facts"], HostFactsReply)
+    engine_python = ["--engine-python", host.engine_python] if host.engine_python else []
+    facts = await run_daemon(conn, host, ["facts", *engine_python], HostFactsReply)
     if facts.build != build.digest():
         theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
         raise RemoteError(f"runs {theirs}, not this head's {build.describe()}: run `cluster install` with this "
@@ -111,6 +112,7 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
         listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
         engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
+        engine_python=host.engine_python,
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group,
     )  # fmt: skip
 

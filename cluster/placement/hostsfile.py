@@ -59,7 +59,8 @@ class HostSpec(_Strict):
     identity_file: str | None = None
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts
     verify_host_key: bool = True  # false only for throw-away test hosts
-    python: str | None = None  # Orchard's interpreter on that host; default: `cluster up` installs one
+    python: str | None = None  # Orchard's interpreter on that host; default: the one `cluster install` made
+    engine_python: str | None = None  # the vLLM engine's interpreter; default on a Mac: ~/.venv-vllm-metal
     orchard_dir: str = "~/.orchard"  # agent pidfile, logs and config on that host
     agent_port: int = Field(default=50051, ge=1, le=65535)
     engine: EngineKind = "vllm"

@@ -75,3 +75,13 @@ def test_a_tilde_path_is_left_for_the_remote_shell_to_expand() -> None:
     assert shell_path("/opt/my python/bin/python") == "'/opt/my python/bin/python'"
     home = subprocess.run(["sh", "-c", f"printf %s {shell_path('~/a b')}"], capture_output=True, text=True).stdout
     assert home == str(Path.home() / "a b")
+
+
+def test_facts_look_for_vllm_at_the_hosts_engine_python(tmp_path: Path) -> None:
+    from worker import daemon
+
+    python = tmp_path / "venv-vllm-metal" / "bin" / "python"
+    assert daemon.facts(str(python)).engines["vllm"] is False
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    assert daemon.facts(str(python)).engines["vllm"] is True

@@ -187,3 +187,21 @@ def test_a_hosts_files_numeric_sim_options_reach_the_agent_as_text() -> None:
     [one] = plan(spec)
     config = AgentConfig.from_argv(agent_config(one, spec).to_argv())
     assert config.sim_options == (("kv-blocks", "600"), ("seed", "3")) and config.worker_id == "studio-1"
+
+
+def test_a_hosts_engine_python_reaches_the_agent_and_the_engine_expands_it() -> None:
+    from cluster.bringup.remote import agent_config
+    from worker.engines.base import EngineConfig
+    from worker.engines.vllm import VllmEngine
+
+    text = LAB.replace(
+        'name = "studio-1"\n', 'name = "studio-1"\nengine_python = "~/src/vllm-metal/.venv-vllm-metal/bin/python"\n'
+    )
+    spec = parse(text + model("m30", 30), Path("lab.toml"))
+    [one] = plan(spec)
+    config = AgentConfig.from_argv(agent_config(one, spec).to_argv())
+    assert config.engine_python == "~/src/vllm-metal/.venv-vllm-metal/bin/python"
+    engine = VllmEngine(platform="darwin")
+    python = engine.python(EngineConfig(kind="vllm", model="m", served_name="m", python=config.engine_python))
+    assert python == str(Path.home() / "src/vllm-metal/.venv-vllm-metal/bin/python")
+    assert engine.python(EngineConfig(kind="vllm", model="m", served_name="m")).endswith("/.venv-vllm-metal/bin/python")

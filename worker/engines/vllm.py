@@ -30,7 +30,7 @@ class VllmEngine:
 
     def python(self, config: EngineConfig) -> str:
         if config.python:
-            return config.python
+            return str(Path(config.python).expanduser())
         if self.platform == "darwin":
             return str(DEFAULT_METAL_VENV.expanduser() / "bin" / "python")
         return sys.executable
