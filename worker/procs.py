@@ -4,6 +4,7 @@ logs to a file, tie to the parent's life, check alive, terminate-then-kill a tre
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -93,6 +94,32 @@ def terminate_tree(pid: int, grace_s: float = 20.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def record(path: Path, pid: int) -> None:
+    """Note a process group we lead (pid and start time), so the next agent can end it if we die first."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": pid, "started": psutil.Process(pid).create_time()}))
+
+
+def reap_recorded(path: Path, grace_s: float = 10.0) -> int | None:
+    """End the process group a previous agent recorded at `path`, if it still runs (the same process, not a
+    reused pid); forget the record. Returns the pid that was ended. Where the OS cannot tie a child's life to
+    its parent (macOS), this is what frees the Mac's memory from an engine whose agent was killed."""
+    try:
+        noted = json.loads(path.read_text())
+        proc = psutil.Process(int(noted["pid"]))
+        same = abs(proc.create_time() - float(noted["started"])) < 0.01
+    except (OSError, ValueError, KeyError, TypeError, psutil.NoSuchProcess):
+        same = False
+        proc = None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if not same or proc is None:
+        return None
+    terminate_tree(proc.pid, grace_s)
+    return proc.pid
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import IO
 import httpx
 
 from proto.states import EngineState
+from worker import procs, tether
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
 from worker.metrics import EngineLoad, parse_engine_metrics
 from worker.procs import die_with_parent, free_port
@@ -57,8 +59,12 @@ class EngineSupervisor:
         policy: SupervisorPolicy | None = None,
         port: int | None = None,
         gate: Callable[[], str | None] | None = None,
+        platform: str = sys.platform,
     ) -> None:
         self.adapter = adapter
+        # Linux ends the engine with the agent (PR_SET_PDEATHSIG); elsewhere the tether does.
+        self.tethered = not platform.startswith("linux")
+        self.pid_record = log_dir / "engine.pid"
         self.config = config
         self.policy = policy or SupervisorPolicy()
         self.log_path = log_dir / "engine.log"
@@ -132,6 +138,9 @@ class EngineSupervisor:
     async def _run(self) -> None:
         failed_starts = 0
         backoff = self.policy.backoff_initial_s
+        orphan = await asyncio.to_thread(procs.reap_recorded, self.pid_record)
+        if orphan is not None:  # a previous agent died without stopping its engine
+            log.warning("ended engine pid %s left running by a previous agent", orphan)
         while True:
             await self._wait_gate()
             await self._set(EngineState.STARTING, "starting engine process")
@@ -247,8 +256,9 @@ class EngineSupervisor:
             self._log_file = await asyncio.to_thread(open, self.log_path, "ab")  # kept across restarts
         self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(plan.argv)}\n".encode())
         self._log_file.flush()
+        argv = tether.wrap(plan.argv) if self.tethered else list(plan.argv)
         self._proc = await asyncio.create_subprocess_exec(
-            *plan.argv,
+            *argv,
             env={**os.environ, **plan.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
@@ -257,6 +267,7 @@ class EngineSupervisor:
             preexec_fn=die_with_parent,
         )
         self.pid = self._proc.pid
+        await asyncio.to_thread(procs.record, self.pid_record, self.pid)
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
@@ -273,6 +284,8 @@ class EngineSupervisor:
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
         self.pid = None
+        with contextlib.suppress(OSError):
+            self.pid_record.unlink()
 
 
 def _write_file(path: Path, text: str) -> None:

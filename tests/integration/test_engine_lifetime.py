@@ -1,0 +1,86 @@
+"""An engine never outlives its agent: on macOS through the tether (no PR_SET_PDEATHSIG there), and on any OS
+through the pid record the next agent reaps. Real processes; the darwin path runs here because the tether uses
+only what macOS has (getppid, killpg)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import wait_until
+from worker import procs, tether
+from worker.engines.base import EngineConfig
+from worker.engines.sim import SimEngine
+from worker.supervisor import EngineSupervisor, SupervisorPolicy
+
+# A stand-in agent: starts the tether in its own session (as the supervisor does), prints the pids, waits.
+AGENT = """
+import subprocess, sys, time
+from worker import tether
+proc = subprocess.Popen(tether.wrap(["sleep", "300"]), start_new_session=True)
+time.sleep(1.0)
+import psutil
+print(proc.pid, *[c.pid for c in psutil.Process(proc.pid).children()], flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_tether_ends_the_engine_when_its_agent_is_killed() -> None:
+    agent = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout is not None
+        tether_pid, engine_pid = map(int, agent.stdout.readline().split())
+        assert procs.alive(engine_pid) and "sleep" in psutil.Process(engine_pid).name()
+        agent.kill()  # kill -9: no clean-up code runs in the agent
+        agent.wait()
+        wait_until(lambda: not procs.alive(engine_pid) and not procs.alive(tether_pid), 15, "engine and tether gone")
+    finally:
+        agent.kill()
+
+
+def test_the_tether_passes_signals_on_and_returns_the_engines_status() -> None:
+    done = subprocess.run(tether.wrap([sys.executable, "-c", "raise SystemExit(3)"]), timeout=60)
+    assert done.returncode == 3
+    running = subprocess.Popen(tether.wrap(["sleep", "300"]))
+    time.sleep(1.0)
+    [engine] = psutil.Process(running.pid).children()
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=30) == 128 + signal.SIGTERM
+    wait_until(lambda: not procs.alive(engine.pid), 10, "the engine ended by the passed-on SIGTERM")
+
+
+def test_an_engine_left_by_a_dead_agent_is_reaped_at_the_next_start(tmp_path: Path) -> None:
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    record = tmp_path / "engine.pid"
+    procs.record(record, orphan.pid)
+    other = tmp_path / "other.pid"  # a record whose pid now belongs to another process: left alone
+    other.write_text(f'{{"pid": {os.getpid()}, "started": 1.0}}')
+    assert procs.reap_recorded(other) is None and procs.alive(os.getpid()) and not other.exists()
+    assert procs.reap_recorded(record, grace_s=5) == orphan.pid
+    orphan.wait(timeout=10)
+    assert not record.exists() and procs.reap_recorded(record) is None
+
+
+async def test_a_supervisor_on_macos_runs_its_engine_tethered(tmp_path: Path) -> None:
+    policy = SupervisorPolicy(ready_timeout_s=60, stop_grace_s=5)
+    supervisor = EngineSupervisor(SimEngine(), EngineConfig("sim", "m", "m"), tmp_path, policy, platform="darwin")
+    await supervisor.start()
+    try:
+        for _ in range(600):
+            if supervisor.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert supervisor.ready and supervisor.pid is not None
+        assert psutil.Process(supervisor.pid).cmdline()[1:3] == ["-m", "worker.tether"]
+        assert (tmp_path / "engine.pid").exists()
+        tree = [supervisor.pid, *procs.descendants(supervisor.pid)]
+    finally:
+        await supervisor.stop()
+    assert not [p for p in tree if procs.alive(p)] and not (tmp_path / "engine.pid").exists()
