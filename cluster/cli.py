@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import signal
 import sys
 import threading
@@ -233,7 +234,8 @@ def _units(args: argparse.Namespace) -> int:
         err_console.print(f"[red]cannot describe the agent on {escape(host.label)}:[/] {escape(str(exc))}")
         return 2
     if args.kind == "launchd":
-        sys.stdout.write(units.launchd_plist(program, host.orchard_dir).decode())
+        user = host.user or getpass.getuser()  # the SSH user: the LaunchDaemon runs as that user
+        sys.stdout.write(units.launchd_plist(program, host.orchard_dir, user=user).decode())
     else:
         sys.stdout.write(units.systemd_unit(program, host.orchard_dir))
     return 0

@@ -26,6 +26,7 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import AgentConfig, LaunchConfigError, usage
 from proto.states import EngineState
+from worker import procs
 from worker.engines import adapter_for
 from worker.engines.base import EngineConfig
 from worker.group import GroupController
@@ -74,6 +75,14 @@ async def _engine_config(config: AgentConfig) -> EngineConfig:
     return bundled_defaults(config, str(folder))
 
 
+def keep_awake(platform: str, agent_pid: int) -> list[str] | None:
+    """A headless Mac idle-sleeps and stops answering; `caffeinate` holds it awake until the agent exits
+    (-w): -i idle sleep, -m disk sleep, -s system sleep on AC power. None where there is nothing to do."""
+    if platform != "darwin":
+        return None
+    return ["/usr/bin/caffeinate", "-ims", "-w", str(agent_pid)]
+
+
 async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then drain gRPC and stop the engine (terminate, then kill)."""
     adapter = adapter_for(config.engine)
@@ -104,6 +113,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     if port == 0:
         raise SystemExit(f"orchard-worker: cannot listen on {config.listen}")
     await server.start()
+    if awake := keep_awake(sys.platform, os.getpid()):
+        procs.spawn(awake, config.log_path / "caffeinate.log", tied_to_parent=False)
     if config.port_file:
         await asyncio.to_thread(Path(config.port_file).write_text, f"{port}\n")
     log.info("agent %s listening on port %d, engine %s", config.worker_id, port, config.engine)

@@ -205,7 +205,7 @@ async def _install(
     row.venv = venv
     facts = await _facts(conn, python)
     if facts is None:  # no venv yet, or one without Orchard
-        chosen = choose_python(parse_probe(await _run(conn, PROBE_SCRIPT)))
+        chosen = choose_python(parse_probe(await _run(conn, remote.posix(PROBE_SCRIPT))))
         row.python = f"{chosen.path} {chosen.text}"
         report(f"{host.label}: Python {chosen.text} at {chosen.path}; making {venv}")
         await _run(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")

@@ -63,6 +63,12 @@ def python_of(host: HostSpec) -> str:
     return host.python or "python3"
 
 
+def posix(script: str) -> str:
+    """Run a script under /bin/sh whatever the login shell is (zsh on a Mac does not split `$S` into words
+    and aborts on a glob that matches nothing)."""
+    return "/bin/sh -c " + shlex.quote(script)
+
+
 def shell_path(path: str) -> str:
     """A path for a remote shell command line: quoted, with a leading `~/` left for the shell to expand."""
     if path == "~" or path.startswith("~/"):
@@ -169,19 +175,21 @@ async def _shell(conn: asyncssh.SSHClientConnection, command: str, stdin: str | 
 async def install_service(
     conn: asyncssh.SSHClientConnection, assignment: Assignment, platform: str, spec: ClusterSpec
 ) -> str:
-    """Install the agent as a launchd user agent (macOS) or systemd user unit (Linux) and load it, so it
-    survives reboots; the detached daemon, if any, is stopped first. Returns where the unit was written."""
+    """Install the agent as a LaunchDaemon running as the SSH user (macOS: starts at boot with nobody logged in;
+    needs root or passwordless sudo) or a systemd user unit (Linux) and load it, so it survives reboots; the
+    detached daemon, if any, is stopped first. Returns where the unit was written."""
     host = assignment.host
     home = (await _shell(conn, 'printf %s "$HOME"')).strip()
     folder = host.orchard_dir.replace("~", home, 1)
     config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs"})
-    program = config.command(python_of(host))
+    python = python_of(host)
+    program = config.command(home + python[1:] if python.startswith("~/") else python)
     await stop_agent(conn, host)
     if platform == "darwin":
-        path = f"{home}/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"
-        text = units.launchd_plist(program, folder).decode()
-        load = (f"launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; "
-                f"launchctl bootstrap gui/$(id -u) {shlex.quote(path)}")  # fmt: skip
+        user = (await _shell(conn, "id -un")).strip()
+        path = f"{folder}/{units.LAUNCHD_LABEL}.plist"  # staged; the load script installs it as root's
+        text = units.launchd_plist(program, folder, {"HOME": home}, user=user).decode()
+        load = posix(_old_launch_agent_gone() + units.launchd_load_script(path))
     else:
         path = f"{home}/.config/systemd/user/{units.SYSTEMD_NAME}"
         text = units.systemd_unit(program, folder)
@@ -191,16 +199,23 @@ async def install_service(
         conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
     )
     await _shell(conn, load)
-    return path
+    return f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist" if platform == "darwin" else path
+
+
+def _old_launch_agent_gone() -> str:
+    """Orchard used to install a LaunchAgent; one left from then would start a second agent at login."""
+    return (f'launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} >/dev/null 2>&1; '
+            f'rm -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; ')  # fmt: skip
 
 
 async def uninstall_service(conn: asyncssh.SSHClientConnection) -> bool:
     """Unload and remove an agent service installed by install_service, if any. True if one was there."""
+    if (await _shell(conn, "uname -s")).strip() == "Darwin":
+        had_agent = await _shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
+                                       + _old_launch_agent_gone() + "true")  # fmt: skip
+        return (await _shell(conn, posix(units.launchd_unload_script()))).strip() == "1" or had_agent.strip() == "1"
     script = (
-        f'p="$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; '
         f'u="$HOME/.config/systemd/user/{units.SYSTEMD_NAME}"; found=0; '
-        f'if [ -f "$p" ]; then launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} 2>/dev/null; '
-        'rm -f "$p"; found=1; fi; '
         f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; '
         'rm -f "$u"; found=1; fi; '
         "echo $found"

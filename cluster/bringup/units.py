@@ -2,7 +2,12 @@
 
 Pure text/bytes; `cluster units FILE HOST` prints the one for a host. Keys follow Apple's launchd.plist(5)
 (Label, ProgramArguments, RunAtLoad, KeepAlive, WorkingDirectory, StandardOutPath, StandardErrorPath,
-EnvironmentVariables, ProcessType, ThrottleInterval) and systemd.service(5).
+EnvironmentVariables, ProcessType, ThrottleInterval, UserName) and systemd.service(5).
+
+On a Mac the agent is a LaunchDaemon running as the lab user, not a LaunchAgent: a LaunchAgent starts only
+after someone logs in at the screen (`launchctl bootstrap gui/UID` over SSH fails with 125 on a headless
+Mac), and macOS 15's Local Network Privacy (Apple TN3179) drops a LaunchAgent's LAN connections while it
+exempts launchd daemons, which the group peers, Ray and the MLX ring need.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ LAUNCHD_LABEL = "ai.orchard.agent"
 SYSTEMD_NAME = "orchard-agent.service"
 
 
-def launchd_plist(program: list[str], orchard_dir: str, env: dict[str, str] | None = None) -> bytes:
-    """A user LaunchAgent (~/Library/LaunchAgents/ai.orchard.agent.plist), loaded with
-    `launchctl bootstrap gui/$(id -u) <plist>`. KeepAlive restarts the agent if it exits."""
-    plist = {
+LAUNCH_DAEMONS = "/Library/LaunchDaemons"
+
+
+def launchd_plist(
+    program: list[str], orchard_dir: str, env: dict[str, str] | None = None, user: str | None = None
+) -> bytes:
+    """The agent's launchd job. With `user`: a LaunchDaemon (/Library/LaunchDaemons/ai.orchard.agent.plist,
+    `launchctl bootstrap system …`) that runs as that user from boot; KeepAlive restarts it if it exits."""
+    plist: dict[str, object] = {
         "Label": LAUNCHD_LABEL,
         "ProgramArguments": program,
         "RunAtLoad": True,
@@ -29,7 +39,44 @@ def launchd_plist(program: list[str], orchard_dir: str, env: dict[str, str] | No
         "ProcessType": "Interactive",  # not throttled like Background jobs: it serves requests
         "ThrottleInterval": 10,
     }
+    if user:
+        plist["UserName"] = user
     return plistlib.dumps(plist)
+
+
+def _root_prefix() -> str:
+    return ('S=""; [ "$(id -u)" = 0 ] || S="sudo -n"; '
+            '$S true 2>/dev/null || { echo "installing the LaunchDaemon needs root: connect as an admin, or give '
+            '$(id -un) sudo without a password (sudo -n)" >&2; exit 77; }; ')  # fmt: skip
+
+
+def launchd_load_script(staged: str, label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEMONS) -> str:
+    """POSIX sh (macOS /bin/sh is bash 3.2): put the staged plist in place (root:wheel, 644) and (re)load it.
+
+    `bootout` returns before launchd has let go of the job, and a `bootstrap` meanwhile fails with 5
+    (Input/output error) for a few seconds; so wait until `launchctl print` no longer knows the job, then
+    bootstrap, retrying on 5 for up to ten seconds. Other exits are reported as they are."""
+    target = f"{daemons}/{label}.plist"
+    return (
+        _root_prefix() + f"$S install -m 644 -o root -g wheel {shlex.quote(staged)} {shlex.quote(target)} || exit 1; "
+        f"$S launchctl bootout system/{label} >/dev/null 2>&1; "
+        f"n=0; while $S launchctl print system/{label} >/dev/null 2>&1; do n=$((n+1)); "
+        f'if [ $n -ge 50 ]; then echo "launchd still holds {label} 10 s after bootout" >&2; exit 1; fi; '
+        "sleep 0.2; done; "
+        f"n=0; while :; do out=$($S launchctl bootstrap system {shlex.quote(target)} 2>&1) && break; code=$?; "
+        'n=$((n+1)); if [ "$code" != 5 ] || [ $n -ge 25 ]; then '
+        'echo "launchctl bootstrap failed ($code): $out" >&2; exit $code; fi; sleep 0.4; done'
+    )
+
+
+def launchd_unload_script(label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEMONS) -> str:
+    """POSIX sh: unload and remove the LaunchDaemon if there is one; prints 1 if there was, else 0."""
+    target = f"{daemons}/{label}.plist"
+    return (
+        f"if [ ! -f {shlex.quote(target)} ]; then echo 0; exit 0; fi; "
+        + _root_prefix()
+        + f"$S launchctl bootout system/{label} >/dev/null 2>&1; $S rm -f {shlex.quote(target)}; echo 1"
+    )
 
 
 def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | None = None) -> str:
