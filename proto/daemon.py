@@ -47,6 +47,7 @@ class HostFactsReply(_Reply):
     os: str
     chip: str
     memory_bytes: int
+    usable_memory_bytes: int = 0  # Metal's recommended working set (macOS); 0: not reported
     python: str
     platform: str
     engines: dict[str, bool]

@@ -6,6 +6,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ class HostFacts:
     os: str
     chip: str
     memory_bytes: int
+    usable_memory_bytes: int = 0  # Metal's recommended working set on a Mac (0: not reported)
 
 
 def parse_meminfo(text: str) -> int:
@@ -50,6 +52,23 @@ def parse_sw_vers(text: str) -> str:
     return f"{fields.get('ProductName', 'macOS')} {fields.get('ProductVersion', '?')}".strip()
 
 
+def parse_metal_working_set(info: Mapping[str, object]) -> int:
+    """Bytes from MLX's `device_info()` (keys: architecture, max_buffer_size, max_recommended_working_set_size,
+    memory_size, resource_limit): what Metal recommends a process keeps resident, about 3/4 of RAM on large
+    Macs. 0 when the key is missing (MLX on CPU reports only architecture and device_name)."""
+    value = info.get("max_recommended_working_set_size")
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+
+
+def read_metal_working_set() -> int:
+    try:
+        import mlx.core as mx  # on a Mac the agent's venv has MLX (the `mlx` extra)
+    except ImportError:
+        return 0
+    info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    return parse_metal_working_set(info)
+
+
 def _run(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=5, check=True).stdout
 
@@ -63,6 +82,7 @@ def read_host_facts() -> HostFacts:
             os=parse_sw_vers(_run(["sw_vers"])),
             chip=parse_sysctl_value(_run(["sysctl", "-n", "machdep.cpu.brand_string"])),
             memory_bytes=int(parse_sysctl_value(_run(["sysctl", "-n", "hw.memsize"]))),
+            usable_memory_bytes=read_metal_working_set(),
         )
     return HostFacts(
         hostname=hostname,

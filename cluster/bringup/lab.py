@@ -41,6 +41,7 @@ class HostOutcome:
     os: str = ""
     chip: str = ""
     memory_bytes: int = 0
+    usable_memory_bytes: int = 0
     engine: str = ""
     models: list[str] = field(default_factory=list)
     pid: int | None = None
@@ -99,6 +100,7 @@ async def _probe(host: HostSpec, report: Report) -> _Probe:
         report(f"{host.label}: {exc}")
         return _Probe(outcome)
     outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
+    outcome.usable_memory_bytes = facts.usable_memory_bytes
     report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
     return _Probe(outcome, conn, facts.platform)
 
@@ -157,7 +159,8 @@ async def up(
     memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
     facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
     try:
-        assignments = plan(spec, facts, memory)
+        usable = {p.outcome.label: p.outcome.usable_memory_bytes / 1e9 for p in probes if p.outcome.usable_memory_bytes}
+        assignments = plan(spec, facts, memory, usable)
     except PlacementError:
         for probe in probes:
             if probe.conn is not None:

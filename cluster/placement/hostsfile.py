@@ -43,10 +43,14 @@ class RouterSpec(_Strict):
     max_queue: int = Field(default=256, ge=0, le=100_000)  # requests that may wait per model
 
 
+DEFAULT_MEMORY_FRACTION = 0.75  # Metal's recommended working set is about 3/4 of RAM on large Macs
+
+
 class PlacementSpec(_Strict):
     # Share of a host's unified memory a model may use (vllm-metal's VLLM_METAL_MEMORY_FRACTION plays this role
-    # on the engine side; macOS keeps the rest for itself).
-    memory_fraction: float = Field(default=0.8, gt=0, le=1, strict=False)
+    # on the engine side; macOS keeps the rest for itself). Unset: the Mac's own report of Metal's recommended
+    # working set, else DEFAULT_MEMORY_FRACTION.
+    memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)
     # KV cache and activations, as a share of the weights, on top of them.
     kv_reserve_fraction: float = Field(default=0.1, ge=0, le=10, strict=False)
 

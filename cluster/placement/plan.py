@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cluster.placement.hostsfile import ClusterSpec, HostSpec, ModelSpec
+from cluster.placement.hostsfile import DEFAULT_MEMORY_FRACTION, ClusterSpec, HostSpec, ModelSpec
 from cluster.placement.sizing import ModelFacts
 
 
@@ -95,16 +95,24 @@ def _gb(value: float | None) -> str:
 
 
 class _Planner:
-    def __init__(self, spec: ClusterSpec, facts: Mapping[str, ModelFacts], memory_gb: Mapping[str, float]) -> None:
-        self.spec, self.facts, self.memory_gb = spec, facts, memory_gb
+    def __init__(
+        self, spec: ClusterSpec, facts: Mapping[str, ModelFacts], memory_gb: Mapping[str, float],
+        usable_gb: Mapping[str, float],
+    ) -> None:  # fmt: skip
+        self.spec, self.facts, self.memory_gb, self.usable_gb = spec, facts, memory_gb, usable_gb
         self.taken: dict[str, str] = {}  # host label -> model name
         self.out: list[Assignment] = []
 
     def usable(self, host: HostSpec) -> float | None:
+        """The hosts file's figures where it gives them; else the Mac's own report; else a default share."""
+        fraction = host.memory_fraction or self.spec.placement.memory_fraction
+        reported = self.usable_gb.get(host.label)
+        if fraction is None and host.memory_gb is None and reported:
+            return reported
         memory = host.memory_gb or self.memory_gb.get(host.label)
         if memory is None:
             return None
-        return memory * (host.memory_fraction or self.spec.placement.memory_fraction)
+        return memory * (fraction or DEFAULT_MEMORY_FRACTION)
 
     def need(self, model: ModelSpec) -> _Need:
         weights = model.size_gb or self.facts.get(model.name, ModelFacts()).weights_gb
@@ -287,10 +295,12 @@ def plan(
     spec: ClusterSpec,
     facts: Mapping[str, ModelFacts] | None = None,
     memory_gb: Mapping[str, float] | None = None,
+    usable_gb: Mapping[str, float] | None = None,
 ) -> list[Assignment]:
-    """Assignments for every model. `facts` (by model name) come from the model files, `memory_gb` (by host
-    label) from the hosts' own reports; the hosts file's `size_gb` and `memory_gb` take precedence."""
-    planner = _Planner(spec, facts or {}, memory_gb or {})
+    """Assignments for every model. `facts` (by model name) come from the model files, `memory_gb` and
+    `usable_gb` (by host label) from the hosts' own reports (usable: Metal's recommended working set); the
+    hosts file's `size_gb`, `memory_gb` and `memory_fraction` take precedence."""
+    planner = _Planner(spec, facts or {}, memory_gb or {}, usable_gb or {})
     for model in spec.models:
         if model.hosts is not None:
             if model.mode is not None:

@@ -11,8 +11,12 @@ from cluster.placement.plan import Assignment, PlacementError, plan
 from cluster.placement.sizing import ModelFacts
 from proto.launch import AgentConfig
 
-# Two 512 GB Mac Studios and two 96 GB ones; 80 % usable: 409.6 GB and 76.8 GB.
+# Two 512 GB Mac Studios and two 96 GB ones; 80 % usable (set here: the default follows the Mac's report):
+# 409.6 GB and 76.8 GB.
 LAB = """\
+[placement]
+memory_fraction = 0.8
+
 [[hosts]]
 name = "ultra-1"
 address = "10.0.0.2"
@@ -205,3 +209,18 @@ def test_a_hosts_engine_python_reaches_the_agent_and_the_engine_expands_it() -> 
     python = engine.python(EngineConfig(kind="vllm", model="m", served_name="m", python=config.engine_python))
     assert python == str(Path.home() / "src/vllm-metal/.venv-vllm-metal/bin/python")
     assert engine.python(EngineConfig(kind="vllm", model="m", served_name="m")).endswith("/.venv-vllm-metal/bin/python")
+
+
+def test_usable_memory_is_the_macs_own_report_unless_the_hosts_file_says() -> None:
+    memory, metal = {"a": 96.0, "b": 64.0}, {"a": 72.0}  # Metal recommends 72 of a's 96 GB; b reports none
+
+    def usable(host: str, a_extra: str = "") -> float | None:
+        text = (f'[[hosts]]\nname = "a"\naddress = "10.0.0.2"\n{a_extra}\n'
+                '[[hosts]]\nname = "b"\naddress = "10.0.0.3"\n' + model("m", 1, f'hosts = ["{host}"]'))  # fmt: skip
+        [one] = plan(parse(text, Path("lab.toml")), None, memory, metal)
+        return one.usable_gb
+
+    assert usable("a") == pytest.approx(72.0)  # the Mac's own figure
+    assert usable("b") == pytest.approx(48.0)  # no report: 64 GB x the 0.75 default
+    assert usable("a", "memory_fraction = 0.5") == pytest.approx(48.0)  # the hosts file wins
+    assert usable("a", "memory_gb = 80") == pytest.approx(60.0)
