@@ -40,6 +40,20 @@ class StopReply(_Reply):
     was_running: bool
 
 
+class GroupCheckReply(_Reply):
+    """`groupcheck`: what a vLLM shard group over Ray needs from each member host (vllm-metal's
+    docs/distributed.md): the hostname resolving to the group address, Ray in the engine's venv, matching
+    Python versions, and a firewall that lets the group's ports through."""
+
+    hostname: str
+    hostname_addresses: list[str]  # what the hostname resolves to here
+    engine_python: str
+    python_version: str = ""  # of the engine's interpreter; "" when it does not run
+    ray_version: str = ""  # "" when Ray does not import there
+    firewall: Literal["off", "allows", "blocks", "unknown", "none"] = "none"  # none: no macOS firewall
+    firewall_detail: str = ""
+
+
 class HostFactsReply(_Reply):
     """`facts`: what preflight and placement need to know about a host."""
 

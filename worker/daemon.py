@@ -6,6 +6,7 @@ Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by pr
     python -m worker.daemon stop   --dir ~/.orchard
     python -m worker.daemon status --dir ~/.orchard
     python -m worker.daemon facts                     # host facts for preflight
+    python -m worker.daemon groupcheck                # what a vLLM group over Ray needs from this host
 
 `start` with the same hash while the agent runs changes nothing; with another hash it restarts the agent.
 The agent survives the SSH session closing (own session, stdin from /dev/null, output to logs/agent.log).
@@ -15,18 +16,24 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from proto import build
-from proto.daemon import AgentStatus, HostFactsReply, StartReply, StopReply
+from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, LaunchConfigError
 from worker import procs
-from worker.hostinfo import read_host_facts
+from worker.engines.base import EngineConfig
+from worker.engines.vllm import VllmEngine
+from worker.hostinfo import SOCKETFILTERFW, parse_firewall, read_host_facts
 
 
 def _pid(folder: Path) -> int | None:
@@ -79,6 +86,39 @@ def facts(engine_python: str | None = None) -> HostFactsReply:
                           orchard_version=build.version(), build=build.digest())  # fmt: skip
 
 
+def groupcheck(
+    engine_python: str | None, run: Callable[[list[str]], str] | None = None, platform: str = sys.platform
+) -> GroupCheckReply:
+    """What a vLLM group over Ray needs from this host; `run` (argv → stdout, raising OSError or
+    CalledProcessError) is injectable so the darwin branch is tested on fixtures."""
+    run = run or _output
+    python = VllmEngine(platform).python(EngineConfig(kind="vllm", model="", served_name="", python=engine_python))
+    hostname = socket.gethostname()
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(hostname, None, socket.AF_INET)})
+    except OSError:
+        addresses = []
+    reply: dict[str, Any] = {"hostname": hostname, "hostname_addresses": addresses, "engine_python": python}
+    for key, code in (("python_version", "import platform; print(platform.python_version())"),
+                      ("ray_version", "import ray; print(ray.__version__)")):  # fmt: skip
+        try:
+            reply[key] = run([python, "-c", code]).strip()
+        except (OSError, subprocess.SubprocessError):
+            reply[key] = ""
+    if platform == "darwin":
+        try:
+            state = run([SOCKETFILTERFW, "--getglobalstate"])
+            app = run([SOCKETFILTERFW, "--getappblocked", python]) if "State = 0" not in state else ""
+            reply["firewall"], reply["firewall_detail"] = parse_firewall(state, app)
+        except (OSError, subprocess.SubprocessError) as exc:
+            reply["firewall"], reply["firewall_detail"] = "unknown", str(exc)
+    return GroupCheckReply(**reply)
+
+
+def _output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 def _vllm_available(engine_python: str | None) -> bool:
     """vLLM runs from the host's engine_python when one is set, else from vllm-metal's default venv on a Mac."""
     if engine_python:
@@ -90,7 +130,7 @@ def _vllm_available(engine_python: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.daemon")
-    parser.add_argument("action", choices=("start", "stop", "status", "facts"))
+    parser.add_argument("action", choices=("start", "stop", "status", "facts", "groupcheck"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
     parser.add_argument("--engine-python", help="facts: the vLLM engine's interpreter on this host")
@@ -103,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     result: BaseModel
     if args.action == "facts":
         result = facts(args.engine_python)
+    elif args.action == "groupcheck":
+        result = groupcheck(args.engine_python)
     elif args.action == "start":
         try:
             config = AgentConfig.from_argv(agent_args)

@@ -69,6 +69,23 @@ def read_metal_working_set() -> int:
     return parse_metal_working_set(info)
 
 
+SOCKETFILTERFW = "/usr/libexec/ApplicationFirewall/socketfilterfw"
+
+
+def parse_firewall(global_state: str, app_state: str) -> tuple[str, str]:
+    """macOS Application Firewall, from `socketfilterfw --getglobalstate` ("Firewall is enabled. (State = 1)" /
+    "Firewall is disabled. (State = 0)") and `--getappblocked PATH` ("… is permitted" / "… is blocked"):
+    ("off" | "allows" | "blocks" | "unknown", what it said)."""
+    said = " ".join(f"{global_state.strip()} {app_state.strip()}".split())
+    if "State = 0" in global_state or "disabled" in global_state.lower():
+        return "off", said
+    if "State = " not in global_state and "enabled" not in global_state.lower():
+        return "unknown", said
+    if "permitted" in app_state.lower():
+        return "allows", said
+    return "blocks", said  # enabled, and the engine's interpreter is blocked or not listed
+
+
 def _run(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=5, check=True).stdout
 

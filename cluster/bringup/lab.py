@@ -16,7 +16,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import records, remote
+from cluster.bringup import groupcheck, records, remote
 from cluster.bringup.fleet import Fleet, Report, fetch_workers
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
@@ -166,6 +166,7 @@ async def up(
             if probe.conn is not None:
                 probe.conn.close()
         raise
+    await _check_groups(assignments, {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}, report)
     by_host = {a.host.label: a for a in assignments}
     outcomes = await asyncio.gather(
         *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
@@ -184,6 +185,34 @@ async def up(
     await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, operator_headers(home))
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
+
+
+async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
+    """vLLM groups whose members lack what Ray needs fail before anything starts, every member saying why."""
+    groups = {a.group.name: a.group for a in assignments if a.group is not None and a.group.backend == "vllm"}
+    for group in groups.values():
+        reachable = {label: probes[label] for label in group.hosts if probes[label].conn is not None}
+        if len(reachable) < len(group.hosts):
+            continue  # an unreachable member already fails the group
+        hosts = {a.host.label: a.host for a in assignments}
+        try:
+            replies = await asyncio.gather(
+                *(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items())
+            )
+        except remote.RemoteError as exc:
+            failure = str(exc)
+        else:
+            members = {label: groupcheck.Member(hosts[label], p.platform, reply)
+                       for (label, p), reply in zip(reachable.items(), replies, strict=True)}  # fmt: skip
+            found = groupcheck.problems(group, members)
+            failure = "; ".join(f"{label}: {', '.join(issues)}" for label, issues in found.items())
+        if not failure:
+            continue
+        report(f"group {group.name} cannot start: {failure}")
+        for probe in reachable.values():
+            probe.outcome.state, probe.outcome.reason = "failed", f"group {group.name} cannot start: {failure}"
+            probe.conn.close()
+            probe.conn = None
 
 
 def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:

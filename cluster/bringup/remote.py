@@ -20,7 +20,7 @@ from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
 from proto import build
-from proto.daemon import HostFactsReply, StartReply, StopReply
+from proto.daemon import GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, GroupRole
 
 CONNECT_TIMEOUT_S = 10.0
@@ -106,6 +106,11 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
     if not facts.engines.get(host.engine):
         raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.python})")
     return facts
+
+
+async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> GroupCheckReply:
+    engine_python = ["--engine-python", host.engine_python] if host.engine_python else []
+    return await run_daemon(conn, host, ["groupcheck", *engine_python], GroupCheckReply)
 
 
 def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:

@@ -56,6 +56,8 @@ class VllmEngine:
         env["VLLM_HOST_IP"] = node_ip
         if self.platform == "darwin":
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # Ray refuses multi-node macOS clusters otherwise
+        # Ray refuses a node whose Python differs by patch level; preflight checks that the minor ones match.
+        env["RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"] = "minor"
         # Orchard's launcher runs here; vLLM and Ray run from --python.
         launcher = [sys.executable, "-m", "worker.engines.programs.vllm_group"]
         common = ["--node-ip", node_ip, "--resources", resources, "--python", self.python(config)]
