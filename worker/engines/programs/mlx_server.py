@@ -10,9 +10,12 @@ HTTP while the other ranks follow its batches. Two things are added around mlx-l
 
 - requests name the model as clients do (`--served-name`); mlx-lm would otherwise try to load a model of that
   name (and in a group, on rank 0 alone, which deadlocks the collectives);
-- llama has no pipeline support in mlx-lm 0.32, so its decoder gets mlx-lm's `PipelineMixin` and a pipelined
-  forward pass (the pattern of mlx-lm's own deepseek_v3: receive from the next rank, run the local layers,
-  send to the previous, all_gather the result), with the layers split as placement decided (by memory).
+- every architecture with mlx-lm's `PipelineMixin` (qwen2, qwen3_moe, deepseek_v2/v3, glm4_moe, …) splits its
+  layers as placement decided (by memory, so the smaller Mac of a mixed pair holds fewer), not evenly: older
+  mlx-lm releases take no split at all, so the mixin's `pipeline` is replaced by one that does;
+- llama has no pipeline support in mlx-lm, so its decoder gets the mixin and a pipelined forward pass (the
+  pattern of mlx-lm's own deepseek_v3: receive from the next rank, run the local layers, send to the previous,
+  all_gather the result).
 """
 
 from __future__ import annotations
@@ -21,6 +24,33 @@ import argparse
 import os
 import sys
 from typing import Any
+
+
+def rank_layers(split: list[int], rank: int) -> tuple[int, int]:
+    """[start, end) of the layers `rank` runs, mlx-lm's convention: rank 0 holds the last layers."""
+    start = sum(split[rank + 1 :])
+    return start, start + split[rank]
+
+
+def even_split(layers: int, size: int) -> list[int]:
+    base, extra = divmod(layers, size)
+    return [base + (1 if r < extra else 0) for r in range(size)]
+
+
+def _planned_split(layers_per_rank: list[int]) -> None:
+    """Every PipelineMixin model splits as planned (the server calls `pipeline(group)` with no split)."""
+    from mlx_lm.models.pipeline import PipelineMixin
+
+    def pipeline(self: Any, group: Any, split: list[int] | None = None) -> None:
+        split = list(split or layers_per_rank or even_split(len(self.layers), group.size()))
+        if len(split) != group.size() or sum(split) != len(self.layers) or min(split) < 1:
+            raise ValueError(f"layer split {split} does not fit {len(self.layers)} layers on {group.size()} ranks")
+        self.pipeline_rank, self.pipeline_size = group.rank(), group.size()
+        self.start_idx, self.end_idx = rank_layers(split, self.pipeline_rank)
+        self.layers = self.layers[: self.end_idx]
+        self.layers[: self.start_idx] = [None] * self.start_idx  # layer numbers stay as the weights name them
+
+    PipelineMixin.pipeline = pipeline
 
 
 def _pipelined_llama(layers_per_rank: list[int] | None) -> None:
@@ -41,7 +71,7 @@ def _pipelined_llama(layers_per_rank: list[int] | None) -> None:
             self.pipeline_rank, self.pipeline_size, self.start_idx, self.end_idx = 0, 1, 0, None
 
         def pipeline(self, group: Any, split: list[int] | None = None) -> None:
-            PipelineMixin.pipeline(self, group, split or layers_per_rank)
+            PipelineMixin.pipeline(self, group, split or layers_per_rank)  # the planned split (_planned_split)
 
         def __call__(self, inputs: Any, cache: Any = None, input_embeddings: Any = None) -> Any:
             h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
@@ -105,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mlx group: rank {group.rank()} of {group.size()} ({args.backend})", file=sys.stderr, flush=True)
     layers = [int(n) for n in args.pipeline_layers.split(",")] if args.pipeline_layers else None
     if layers:
+        _planned_split(layers)
         _pipelined_llama(layers)
     _serve_as(args.served_name)
     from mlx_lm import server
