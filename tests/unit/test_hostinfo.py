@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pytest
 
 from worker.hostinfo import parse_cpuinfo_model, parse_meminfo, parse_sw_vers, parse_sysctl_value
 
@@ -24,9 +27,17 @@ def test_linux_meminfo_and_cpuinfo() -> None:
     assert parse_cpuinfo_model("processor\t: 0\nmodel name\t: AMD EPYC 9B14\n") == "AMD EPYC 9B14"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/meminfo")
 def test_this_machine_reads_without_error() -> None:
     text = Path("/proc/meminfo").read_text()
     assert parse_meminfo(text) > 1 << 30
+
+
+def test_this_machines_facts_read_on_any_os() -> None:
+    from worker.hostinfo import read_host_facts
+
+    facts = read_host_facts()  # sysctl and sw_vers on a Mac, /proc on Linux
+    assert facts.memory_bytes > 1 << 30 and facts.chip and facts.hostname
 
 
 def test_metal_working_set_from_mlxs_device_info() -> None:

@@ -1,0 +1,45 @@
+"""One agent on the mlx engine (mlx-lm's server, MLX on this machine's CPU or a Mac's GPU) with the bundled
+model, through the router, with the official openai SDK. The macOS CI workflow runs this on Apple Silicon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster
+from worker.models import BUNDLED_NAME
+
+pytestmark = [pytest.mark.slow, pytest.mark.mlx]
+pytest.importorskip("mlx_lm", reason="the mlx engine needs the `mlx` extra (mlx, mlx-lm)")
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def mlx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("mlx")
+    cluster = start_cluster(tmp, [agent_config("mlx", BUNDLED_NAME, tmp / "logs")])
+    yield cluster
+    stop_cluster(cluster)
+
+
+def client(cluster: Cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_greedy_chat_answers_from_the_bundled_model(mlx_cluster: Cluster) -> None:
+    answer = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0,
+                                                         max_tokens=30)  # fmt: skip
+    assert "Paris" in (answer.choices[0].message.content or "")
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+def test_a_stream_adds_up_to_the_whole_answer(mlx_cluster: Cluster) -> None:
+    whole = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0,
+                                                        max_tokens=20)  # fmt: skip
+    stream = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0,
+                                                         max_tokens=20, stream=True)  # fmt: skip
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) > 3 and "".join(pieces) == whole.choices[0].message.content
