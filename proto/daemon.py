@@ -47,10 +47,12 @@ class GroupCheckReply(_Reply):
 
     hostname: str
     hostname_addresses: list[str]  # what the hostname resolves to here
+    group_addresses: list[str] = []  # what the member's group address resolves to here (a name, or the IP)
     engine_python: str
     python_version: str = ""  # of the engine's interpreter; "" when it does not run
     ray_version: str = ""  # "" when Ray does not import there
-    firewall: Literal["off", "allows", "blocks", "unknown", "none"] = "none"  # none: no macOS firewall
+    # none: no macOS firewall; unlisted: on, and it has no rule for the engine's interpreter
+    firewall: Literal["off", "allows", "blocks", "unlisted", "unknown", "none"] = "none"
     firewall_detail: str = ""
 
 

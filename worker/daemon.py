@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -87,18 +88,18 @@ def facts(engine_python: str | None = None) -> HostFactsReply:
 
 
 def groupcheck(
-    engine_python: str | None, run: Callable[[list[str]], str] | None = None, platform: str = sys.platform
+    engine_python: str | None,
+    group_address: str | None = None,
+    run: Callable[[list[str]], str] | None = None,
+    platform: str = sys.platform,
 ) -> GroupCheckReply:
     """What a vLLM group over Ray needs from this host; `run` (argv → stdout, raising OSError or
     CalledProcessError) is injectable so the darwin branch is tested on fixtures."""
     run = run or _output
     python = VllmEngine(platform).python(EngineConfig(kind="vllm", model="", served_name="", python=engine_python))
     hostname = socket.gethostname()
-    try:
-        addresses = sorted({info[4][0] for info in socket.getaddrinfo(hostname, None, socket.AF_INET)})
-    except OSError:
-        addresses = []
-    reply: dict[str, Any] = {"hostname": hostname, "hostname_addresses": addresses, "engine_python": python}
+    reply: dict[str, Any] = {"hostname": hostname, "hostname_addresses": _resolve(hostname), "engine_python": python,
+                             "group_addresses": _resolve(group_address) if group_address else []}  # fmt: skip
     for key, code in (("python_version", "import platform; print(platform.python_version())"),
                       ("ray_version", "import ray; print(ray.__version__)")):  # fmt: skip
         try:
@@ -108,15 +109,23 @@ def groupcheck(
     if platform == "darwin":
         try:
             state = run([SOCKETFILTERFW, "--getglobalstate"])
-            app = run([SOCKETFILTERFW, "--getappblocked", python]) if "State = 0" not in state else ""
+            real = os.path.realpath(python)  # the firewall rules name the real interpreter, not a venv's link
+            app = run([SOCKETFILTERFW, "--getappblocked", real]) if "State = 0" not in state else ""
             reply["firewall"], reply["firewall_detail"] = parse_firewall(state, app)
         except (OSError, subprocess.SubprocessError) as exc:
             reply["firewall"], reply["firewall_detail"] = "unknown", str(exc)
     return GroupCheckReply(**reply)
 
 
+def _resolve(name: str) -> list[str]:
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(name, None, socket.AF_INET)})
+    except OSError:
+        return []
+
+
 def _output(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
 
 
 def _vllm_available(engine_python: str | None) -> bool:
@@ -133,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=("start", "stop", "status", "facts", "groupcheck"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
-    parser.add_argument("--engine-python", help="facts: the vLLM engine's interpreter on this host")
+    parser.add_argument("--engine-python", help="facts, groupcheck: the vLLM engine's interpreter on this host")
+    parser.add_argument("--group-address", help="groupcheck: this member's group address")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # what follows `--` belongs to the agent, untouched
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "facts":
         result = facts(args.engine_python)
     elif args.action == "groupcheck":
-        result = groupcheck(args.engine_python)
+        result = groupcheck(args.engine_python, args.group_address)
     elif args.action == "start":
         try:
             config = AgentConfig.from_argv(agent_args)

@@ -63,9 +63,10 @@ def parse_metal_working_set(info: Mapping[str, object]) -> int:
 def read_metal_working_set() -> int:
     try:
         import mlx.core as mx  # on a Mac the agent's venv has MLX (the `mlx` extra)
-    except ImportError:
+
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    except Exception:  # no MLX, or Metal cannot answer: the figure is optional, the host facts are not
         return 0
-    info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
     return parse_metal_working_set(info)
 
 
@@ -73,17 +74,21 @@ SOCKETFILTERFW = "/usr/libexec/ApplicationFirewall/socketfilterfw"
 
 
 def parse_firewall(global_state: str, app_state: str) -> tuple[str, str]:
-    """macOS Application Firewall, from `socketfilterfw --getglobalstate` ("Firewall is enabled. (State = 1)" /
-    "Firewall is disabled. (State = 0)") and `--getappblocked PATH` ("… is permitted" / "… is blocked"):
-    ("off" | "allows" | "blocks" | "unknown", what it said)."""
+    """macOS Application Firewall, from `socketfilterfw --getglobalstate` ("Firewall is enabled. (State = 1)",
+    "(State = 2)" when it blocks all incoming connections, "Firewall is disabled. (State = 0)") and
+    `--getappblocked PATH` ("… is permitted" / "… is blocked" / "… is not part of the firewall"):
+    ("off" | "allows" | "blocks" | "unlisted" | "unknown", what it said)."""
     said = " ".join(f"{global_state.strip()} {app_state.strip()}".split())
+    app = app_state.lower()
     if "State = 0" in global_state or "disabled" in global_state.lower():
         return "off", said
     if "State = " not in global_state and "enabled" not in global_state.lower():
         return "unknown", said
-    if "permitted" in app_state.lower():
+    if "State = 2" in global_state or "blocked" in app:
+        return "blocks", said
+    if "permitted" in app:
         return "allows", said
-    return "blocks", said  # enabled, and the engine's interpreter is blocked or not listed
+    return "unlisted", said
 
 
 def _run(argv: list[str]) -> str:

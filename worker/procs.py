@@ -97,29 +97,43 @@ def _reap(pid: int) -> None:
 
 
 def record(path: Path, pid: int) -> None:
-    """Note a process group we lead (pid and start time), so the next agent can end it if we die first."""
+    """Note a process group we lead and who leads us (pids and start times), so that the next agent can end
+    the group if we die first."""
     with contextlib.suppress(psutil.NoSuchProcess):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": pid, "started": psutil.Process(pid).create_time()}))
+        owner = os.getpid()
+        path.write_text(json.dumps({"pid": pid, "started": psutil.Process(pid).create_time(),
+                                    "owner": owner, "owner_started": psutil.Process(owner).create_time()}))  # fmt: skip
 
 
 def reap_recorded(path: Path, grace_s: float = 10.0) -> int | None:
-    """End the process group a previous agent recorded at `path`, if it still runs (the same process, not a
-    reused pid); forget the record. Returns the pid that was ended. Where the OS cannot tie a child's life to
-    its parent (macOS), this is what frees the Mac's memory from an engine whose agent was killed."""
+    """End the process group a dead agent recorded at `path`, if it still runs (the same process, not a reused
+    pid), and forget the record; a group whose agent lives is left alone. Returns the pid that was ended.
+    Where the OS cannot tie a child's life to its parent (macOS), this frees the Mac's memory from an engine
+    whose agent was killed."""
     try:
         noted = json.loads(path.read_text())
-        proc = psutil.Process(int(noted["pid"]))
-        same = abs(proc.create_time() - float(noted["started"])) < 0.01
-    except (OSError, ValueError, KeyError, TypeError, psutil.NoSuchProcess):
-        same = False
-        proc = None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(noted, dict) or _same(noted.get("owner"), noted.get("owner_started")):
+        return None  # its agent still runs (another agent on the same folder): not ours to end
     with contextlib.suppress(OSError):
         path.unlink()
-    if not same or proc is None:
+    if not _same(noted.get("pid"), noted.get("started")):
         return None
-    terminate_tree(proc.pid, grace_s)
-    return proc.pid
+    pid = int(noted["pid"])
+    terminate_tree(pid, grace_s)
+    return pid
+
+
+def _same(pid: object, started: object) -> bool:
+    """The process `pid` runs and is the one that started at `started` (not a reused pid)."""
+    if not isinstance(pid, int) or not isinstance(started, int | float):
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - float(started)) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -124,7 +124,8 @@ def ask_running_usage(body: dict[str, Any]) -> bool:
 
 
 def _worth_parsing(payload: bytes) -> bool:
-    """Most chunks are plain deltas; only those that may carry usage or a finish reason need JSON parsing."""
+    """Only chunks that may carry usage or a finish reason need JSON parsing. With running counts (vLLM, the
+    sim) that is every chunk; mlx-lm's plain deltas still skip it."""
     return b'"usage"' in payload or b'"finish_reason":"' in payload or b'"finish_reason": "' in payload
 
 

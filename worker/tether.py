@@ -20,12 +20,13 @@ GRACE_S = 10.0
 
 
 def wrap(argv: list[str] | tuple[str, ...], python: str = sys.executable) -> list[str]:
-    """The command line that runs argv tethered to the caller."""
-    return [python, "-m", "worker.tether", "--", *argv]
+    """The command line that runs argv tethered to the caller (named by pid: it may die before we look)."""
+    return [python, "-m", "worker.tether", "--parent", str(os.getpid()), "--", *argv]
 
 
-def run(argv: list[str], poll_s: float = POLL_S, grace_s: float = GRACE_S) -> int:
-    parent = os.getppid()
+def run(argv: list[str], parent: int, poll_s: float = POLL_S, grace_s: float = GRACE_S) -> int:
+    if os.getppid() != parent:  # the agent died while we started: start nothing
+        return 1
     child = subprocess.Popen(argv)  # same process group as the tether: the group is the engine's
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
@@ -56,11 +57,14 @@ def _status(code: int) -> int:
 
 def main() -> None:
     argv = sys.argv[1:]
+    parent = os.getppid()
+    if argv[:1] == ["--parent"] and len(argv) > 1 and argv[1].isdigit():
+        parent, argv = int(argv[1]), argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        sys.exit("usage: python -m worker.tether -- COMMAND [ARG…]")
-    sys.exit(run(argv))
+        sys.exit("usage: python -m worker.tether [--parent PID] -- COMMAND [ARG…]")
+    sys.exit(run(argv, parent))
 
 
 if __name__ == "__main__":

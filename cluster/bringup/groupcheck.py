@@ -42,7 +42,8 @@ def _own(member: Member) -> list[str]:
     report, host, python = member.report, member.host, member.report.engine_python
     issues = []
     address = host.group_address or host.address
-    if member.platform == "darwin" and address not in report.hostname_addresses:
+    group_ips = set(report.group_addresses or [address])  # a name resolved on the member itself
+    if member.platform == "darwin" and not group_ips & set(report.hostname_addresses):
         resolved = ", ".join(report.hostname_addresses) or "nothing"
         issues.append(f"hostname '{report.hostname}' resolves to {resolved}, not its group address {address}: add "
                       f"'{address} {report.hostname}' to /etc/hosts (gloo hangs at rendezvous otherwise)")  # fmt: skip
@@ -51,9 +52,11 @@ def _own(member: Member) -> list[str]:
     elif not report.ray_version:
         issues.append(f"Ray is not installed in the engine's venv: run `{python} -m pip install ray`, or "
                       "`cluster install --with-vllm-metal`")  # fmt: skip
-    if report.firewall == "blocks":
-        issues.append(f"the macOS firewall blocks {python} ({report.firewall_detail}): "
-                      f"`sudo {_FW} --add {python} --unblockapp {python}`, or turn the firewall off")  # fmt: skip
+    if report.firewall in ("blocks", "unlisted"):
+        what = "blocks" if report.firewall == "blocks" else "has no rule for"
+        issues.append(f"the macOS firewall {what} the engine's interpreter ({report.firewall_detail}): "
+                      f"`sudo {_FW} --add {python} --unblockapp {python}` (its real path), or turn the firewall "
+                      "off")  # fmt: skip
     return issues
 
 

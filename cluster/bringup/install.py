@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +106,17 @@ def pip_commands(python: str, wheel: str, extras: str, wheelhouse: str | None) -
 
 def vllm_metal_commands() -> list[str]:
     """vllm-metal's own installer (into ~/.venv-vllm-metal), then Ray in that venv: its installer leaves Ray
-    out and vLLM's pipeline groups need it."""
+    out and vLLM's pipeline groups need it. Under /bin/sh with `set -e`: a failed download stops here (a
+    `curl | bash` pipe would run nothing and succeed)."""
+    fetch_and_run = (f'set -e; f=$(mktemp); trap \'rm -f "$f"\' EXIT; curl -fsSL {VLLM_METAL_INSTALLER} -o "$f"; '
+                     'bash "$f"')  # fmt: skip
     return [
-        f"curl -fsSL {VLLM_METAL_INSTALLER} | bash",
+        remote.posix(fetch_and_run),
         f'"{VLLM_METAL_VENV}/bin/python" -m pip install --disable-pip-version-check -q "ray>=2.40"',
     ]
+
+
+VLLM_METAL_READY = f'"{VLLM_METAL_VENV}/bin/python" -c "import vllm, ray" >/dev/null 2>&1'  # then nothing to do
 
 
 # -- the head's records ---------------------------------------------------------------------------------------
@@ -157,18 +165,32 @@ class HostInstall:
 
 
 def build_wheel(out: Path) -> Path:
-    """The wheel of the Orchard this head runs, built from its source checkout (no network: no isolation)."""
+    """The wheel of the Orchard this head runs, built from a clean copy of its source checkout (a stale
+    `build/` folder would carry deleted modules along) without network (no build isolation), and checked to
+    hold exactly the head's build."""
     root = Path(build.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():
         raise InstallError(f"`cluster install` builds the head's wheel from Orchard's source checkout; {root} "
                            "has no pyproject.toml")  # fmt: skip
+    source = out / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in build.PACKAGES:
+        shutil.copytree(root / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     wheels = sorted(out.glob("orchard-*.whl"))
     if result.returncode != 0 or not wheels:
         raise InstallError(f"building the wheel failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    unpacked = out / "unpacked"
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        wheel.extractall(unpacked)
+    if build.digest(unpacked) != build.digest():
+        raise InstallError("the wheel does not hold the head's build: a source file lies outside a package "
+                           "(a folder without __init__.py?)")  # fmt: skip
     return wheels[-1]
 
 
@@ -199,22 +221,32 @@ async def _install(
     extras: str | None, vllm_metal: bool, report: Callable[[str], None],
 ) -> InstalledHost:  # fmt: skip
     home = (await _run(conn, 'printf %s "$HOME"')).strip()
-    folder = host.orchard_dir.replace("~", home, 1) if host.orchard_dir.startswith("~") else host.orchard_dir
-    venv = f"{folder.rstrip('/')}/venv"
-    python = f"{venv}/bin/python"
+    folder = _expand(host.orchard_dir, home)
+    if host.python:  # the hosts file names Orchard's interpreter there: install into it, make nothing
+        python = _expand(host.python, home)
+        if "missing" in await _run(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
+            raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
+                               "so that cluster install makes a venv")  # fmt: skip
+        venv = str(Path(python).parent.parent)
+    else:
+        venv = f"{folder.rstrip('/')}/venv"
+        python = f"{venv}/bin/python"
     row.venv = venv
     facts = await _facts(conn, python)
-    if facts is None:  # no venv yet, or one without Orchard
+    if facts is None and not host.python:  # no venv yet, or one without Orchard
         chosen = choose_python(parse_probe(await _run(conn, remote.posix(PROBE_SCRIPT))))
         row.python = f"{chosen.path} {chosen.text}"
         report(f"{host.label}: Python {chosen.text} at {chosen.path}; making {venv}")
         await _run(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
     else:
-        row.python = facts.python
+        row.python = facts.python if facts else python  # a named interpreter without Orchard yet
     if vllm_metal and (facts.platform if facts else await _platform(conn)) == "darwin":
-        report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
-        for command in vllm_metal_commands():
-            await _run(conn, command, INSTALL_TIMEOUT_S)
+        if "ready" in await _run(conn, f"{VLLM_METAL_READY} && echo ready || true"):
+            report(f"{host.label}: vllm-metal and Ray already in ~/.venv-vllm-metal")
+        else:
+            report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
+            for command in vllm_metal_commands():
+                await _run(conn, command, INSTALL_TIMEOUT_S)
     if facts is not None and facts.build == build.digest():
         row.orchard = "unchanged"
     else:
@@ -247,8 +279,16 @@ async def _copy_and_pip(
         await _run(conn, command, INSTALL_TIMEOUT_S)
 
 
+def _expand(path: str, home: str) -> str:
+    return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
 async def _facts(conn: asyncssh.SSHClientConnection, python: str) -> HostFactsReply | None:
-    result = await conn.run(f"{shlex.quote(python)} -m worker.daemon facts", check=False)
+    command = f"{shlex.quote(python)} -m worker.daemon facts"
+    try:
+        result = await asyncio.wait_for(conn.run(command, check=False), remote.COMMAND_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise InstallError(f"`{command}` did not answer within {remote.COMMAND_TIMEOUT_S:.0f}s") from exc
     if result.exit_status != 0:
         return None
     try:

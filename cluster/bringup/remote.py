@@ -101,16 +101,20 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
     facts = await run_daemon(conn, host, ["facts", *engine_python], HostFactsReply)
     if facts.build != build.digest():
         theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
-        raise RemoteError(f"runs {theirs}, not this head's {build.describe()}: run `cluster install` with this "
-                          "hosts file to install the head's build there")  # fmt: skip
+        raise RemoteError(f"{facts.python} runs {theirs}, not this head's {build.describe()}: run `cluster "
+                          "install` with this hosts file to install the head's build there")  # fmt: skip
     if not facts.engines.get(host.engine):
-        raise RemoteError(f"engine '{host.engine}' is not available on this host ({facts.python})")
+        hint = {"vllm": "on a Mac: `cluster install --with-vllm-metal`; on Linux: `cluster install --extras vllm`",
+                "mlx": "`cluster install --extras mlx`"}.get(host.engine, "")  # fmt: skip
+        where = f"engine '{host.engine}' is not available on this host ({facts.python})"
+        raise RemoteError(f"{where}: {hint}" if hint else where)
     return facts
 
 
 async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> GroupCheckReply:
     engine_python = ["--engine-python", host.engine_python] if host.engine_python else []
-    return await run_daemon(conn, host, ["groupcheck", *engine_python], GroupCheckReply)
+    address = ["--group-address", host.group_address or host.address]
+    return await run_daemon(conn, host, ["groupcheck", *engine_python, *address], GroupCheckReply)
 
 
 def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
@@ -166,11 +170,13 @@ async def follow_log(
             yield str(line)
 
 
-async def _shell(conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None) -> str:
+async def _shell(
+    conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None, timeout_s: float = COMMAND_TIMEOUT_S
+) -> str:
     try:
-        result = await asyncio.wait_for(conn.run(command, input=stdin, check=False), COMMAND_TIMEOUT_S)
+        result = await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout_s)
     except TimeoutError as exc:
-        raise RemoteError(f"`{command[:60]}` did not finish within {COMMAND_TIMEOUT_S:.0f}s") from exc
+        raise RemoteError(f"`{command[:60]}` did not finish within {timeout_s:.0f}s") from exc
     if result.exit_status != 0:
         lines = str(result.stderr or result.stdout or "").strip().splitlines()
         raise RemoteError(f"`{command[:80]}` failed: {lines[-1] if lines else result.exit_status}")
@@ -203,7 +209,7 @@ async def install_service(
     await _shell(
         conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
     )
-    await _shell(conn, load)
+    await _shell(conn, load, timeout_s=units.EXIT_TIMEOUT_S + 60)  # launchd may take that long to let go
     return f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist" if platform == "darwin" else path
 
 

@@ -20,6 +20,7 @@ SYSTEMD_NAME = "orchard-agent.service"
 
 
 LAUNCH_DAEMONS = "/Library/LaunchDaemons"
+EXIT_TIMEOUT_S = 30  # launchd's SIGKILL after SIGTERM; the reload below waits a little longer than this
 
 
 def launchd_plist(
@@ -41,6 +42,7 @@ def launchd_plist(
     }
     if user:
         plist["UserName"] = user
+        plist["ExitTimeOut"] = EXIT_TIMEOUT_S  # the agent drains gRPC and stops its engine before it exits
     return plistlib.dumps(plist)
 
 
@@ -61,7 +63,8 @@ def launchd_load_script(staged: str, label: str = LAUNCHD_LABEL, daemons: str = 
         _root_prefix() + f"$S install -m 644 -o root -g wheel {shlex.quote(staged)} {shlex.quote(target)} || exit 1; "
         f"$S launchctl bootout system/{label} >/dev/null 2>&1; "
         f"n=0; while $S launchctl print system/{label} >/dev/null 2>&1; do n=$((n+1)); "
-        f'if [ $n -ge 50 ]; then echo "launchd still holds {label} 10 s after bootout" >&2; exit 1; fi; '
+        f"if [ $n -ge {EXIT_TIMEOUT_S * 5 + 25} ]; then "
+        f'echo "launchd still holds {label} {EXIT_TIMEOUT_S + 5} s after bootout" >&2; exit 1; fi; '
         "sleep 0.2; done; "
         f"n=0; while :; do out=$($S launchctl bootstrap system {shlex.quote(target)} 2>&1) && break; code=$?; "
         'n=$((n+1)); if [ "$code" != 5 ] || [ $n -ge 25 ]; then '

@@ -133,7 +133,7 @@ class Forwarder:
     async def relay(self, started: Started, model: str, wants_usage: bool, on_end: OnEnd) -> AsyncIterator[bytes]:
         """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
         status, call = 200, started.call
-        usage, counted, chunks, ended = pb.Usage(), False, 0, False
+        usage, counted, chunks, ended, metered = pb.Usage(), False, 0, False, False
         try:
             reply = started.first
             while reply is not grpc.aio.EOF:
@@ -146,7 +146,7 @@ class Forwarder:
                     if items:  # one write for everything that arrived together
                         yield b"".join(b"data: " + c + b"\n\n" for c in items)
                 elif reply.HasField("final"):
-                    usage, counted = reply.final.usage, True
+                    usage, counted, metered = reply.final.usage, True, True
                     self.metrics.count_tokens(model, usage)
                 reply = await call.read()
             ended = True
@@ -163,7 +163,7 @@ class Forwarder:
             self.metrics.requests.labels(model, str(status)).inc()
             if not counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
-            elif not ended:
+            elif not metered:
                 self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
             on_end(Ended(status, started.handle.worker_id, usage, counted))
 

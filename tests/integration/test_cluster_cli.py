@@ -34,11 +34,11 @@ def test_plan_shows_the_placement_and_starts_nothing(tmp_path: Path) -> None:
     path.write_text(GOOD)
     result = run_cli(["plan", str(path)], tmp_path / "home", timeout_s=60)
     assert result.returncode == 0, result.stderr
-    assert "replica" in result.stdout and "76.8 GB" in result.stdout  # 96 GB x 0.8 usable
+    assert "replica" in result.stdout and "72.0 GB" in result.stdout  # 96 GB x 0.75: no report, no fraction set
     assert not (tmp_path / "home").exists()
 
 
-LAB = "".join(
+LAB = "[placement]\nmemory_fraction = 0.8\n\n" + "".join(
     f'[[hosts]]\nname = "{name}"\naddress = "10.0.0.{i}"\nmemory_gb = {gb}\n\n'
     for i, (name, gb) in enumerate((("ultra-1", 512), ("ultra-2", 512), ("studio-1", 96), ("studio-2", 96)), 2)
 )

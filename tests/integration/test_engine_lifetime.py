@@ -5,11 +5,11 @@ only what macOS has (getppid, killpg)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -20,13 +20,16 @@ from worker.engines.base import EngineConfig
 from worker.engines.sim import SimEngine
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
+GONE = 2**22 + 7  # above Linux's largest pid (pid_max 4194304) and macOS's (99998): never a live process
 # A stand-in agent: starts the tether in its own session (as the supervisor does), prints the pids, waits.
 AGENT = """
 import subprocess, sys, time
 from worker import tether
 proc = subprocess.Popen(tether.wrap(["sleep", "300"]), start_new_session=True)
-time.sleep(1.0)
 import psutil
+deadline = time.monotonic() + 30
+while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(proc.pid, *[c.pid for c in psutil.Process(proc.pid).children()], flush=True)
 time.sleep(300)
 """
@@ -49,8 +52,7 @@ def test_the_tether_passes_signals_on_and_returns_the_engines_status() -> None:
     done = subprocess.run(tether.wrap([sys.executable, "-c", "raise SystemExit(3)"]), timeout=60)
     assert done.returncode == 3
     running = subprocess.Popen(tether.wrap(["sleep", "300"]))
-    time.sleep(1.0)
-    [engine] = psutil.Process(running.pid).children()
+    [engine] = wait_until(lambda: psutil.Process(running.pid).children(), 30, "the tether's engine")
     running.send_signal(signal.SIGTERM)
     assert running.wait(timeout=30) == 128 + signal.SIGTERM
     wait_until(lambda: not procs.alive(engine.pid), 10, "the engine ended by the passed-on SIGTERM")
@@ -59,9 +61,13 @@ def test_the_tether_passes_signals_on_and_returns_the_engines_status() -> None:
 def test_an_engine_left_by_a_dead_agent_is_reaped_at_the_next_start(tmp_path: Path) -> None:
     orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
     record = tmp_path / "engine.pid"
-    procs.record(record, orphan.pid)
+    procs.record(record, orphan.pid)  # recorded by this process, which lives: another agent leaves it alone
+    assert procs.reap_recorded(record) is None and procs.alive(orphan.pid) and record.exists()
+    noted = json.loads(record.read_text()) | {"owner": GONE, "owner_started": 1.0}  # now its agent is dead
+    assert not procs.alive(GONE)
+    record.write_text(json.dumps(noted))
     other = tmp_path / "other.pid"  # a record whose pid now belongs to another process: left alone
-    other.write_text(f'{{"pid": {os.getpid()}, "started": 1.0}}')
+    other.write_text(json.dumps({"pid": os.getpid(), "started": 1.0, "owner": GONE, "owner_started": 1.0}))
     assert procs.reap_recorded(other) is None and procs.alive(os.getpid()) and not other.exists()
     assert procs.reap_recorded(record, grace_s=5) == orphan.pid
     orphan.wait(timeout=10)
@@ -78,7 +84,7 @@ async def test_a_supervisor_on_macos_runs_its_engine_tethered(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.1)
         assert supervisor.ready and supervisor.pid is not None
-        assert psutil.Process(supervisor.pid).cmdline()[1:3] == ["-m", "worker.tether"]
+        assert psutil.Process(supervisor.pid).cmdline()[1:5] == ["-m", "worker.tether", "--parent", str(os.getpid())]
         assert (tmp_path / "engine.pid").exists()
         tree = [supervisor.pid, *procs.descendants(supervisor.pid)]
     finally:

@@ -114,3 +114,14 @@ def test_a_host_running_other_code_is_refused_with_the_way_out(installed: Instal
     finally:
         init.write_text(original)
         run_cli(["down"], installed.home, timeout_s=180)
+
+
+def test_a_hosts_file_python_is_where_install_goes_and_must_exist(installed: Installed, tmp_path: Path) -> None:
+    named = tmp_path / "named.toml"
+    text = installed.hosts_file.read_text().replace("orchard_dir =", 'python = "/nope/bin/python"\norchard_dir =')
+    named.write_text(text)
+    result = run_cli(["install", str(named), "--wheelhouse", str(installed.wheelhouse)], installed.home, timeout_s=300)
+    assert result.returncode == 1 and "python = '/nope/bin/python' is not there" in result.stdout
+    named.write_text(text.replace("/nope/bin/python", str(installed.venv_python)))  # the venv install made
+    again = run_cli(["install", str(named), "--wheelhouse", str(installed.wheelhouse)], installed.home, timeout_s=300)
+    assert again.returncode == 0 and "unchanged" in again.stdout, again.stdout

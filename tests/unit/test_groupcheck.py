@@ -5,6 +5,7 @@ Apple's socketfilterfw(8) does ("Firewall is enabled. (State = 1)", "… is perm
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -22,9 +23,10 @@ ENGINE = "/Users/lab/.venv-vllm-metal/bin/python"
 
 
 def report(hostname: str, addresses: list[str], python: str = "3.12.8", ray: str = "2.49.0",
-           firewall: str = "off") -> GroupCheckReply:  # fmt: skip
+           firewall: str = "off", group: list[str] | None = None) -> GroupCheckReply:  # fmt: skip
     return GroupCheckReply(hostname=hostname, hostname_addresses=addresses, engine_python=ENGINE,
-                           python_version=python, ray_version=ray, firewall=firewall)  # fmt: skip
+                           python_version=python, ray_version=ray, firewall=firewall,
+                           group_addresses=group or [])  # fmt: skip
 
 
 def members(r1: GroupCheckReply, r2: GroupCheckReply, platform: str = "darwin") -> dict[str, Member]:
@@ -43,6 +45,9 @@ def test_a_local_name_resolving_to_loopback_is_named_with_the_fix() -> None:
     [issue] = found["s1"]
     assert "resolves to 127.0.0.1, not its group address 10.0.5.2" in issue and "'10.0.5.2 s1.local'" in issue
     assert "s2" not in found
+    by_name = members(report("s1", ["10.0.5.2"]), report("s2", ["10.0.0.3"], group=["10.0.0.3"]))
+    by_name["s2"] = Member(HostSpec(address="s2.lab.example", name="s2"), "darwin", by_name["s2"].report)
+    assert problems(GROUP, by_name) == {}  # a group address given as a name: resolved on the member
     linux = problems(GROUP, members(report("s1", ["127.0.0.1"]), report("s2", ["127.0.0.1"]), platform="linux"))
     assert linux == {}  # Linux members get VLLM_HOST_IP; the rule is vllm-metal's, for Macs
 
@@ -60,15 +65,18 @@ def test_missing_ray_and_differing_pythons_are_named_per_host() -> None:
 
 
 def test_a_blocking_firewall_is_named_with_the_command_that_opens_it() -> None:
-    found = problems(GROUP, members(report("s1", ["10.0.5.2"], firewall="blocks"), report("s2", ["10.0.0.3"])))
-    assert f"socketfilterfw --add {ENGINE} --unblockapp {ENGINE}" in found["s1"][0]
+    found = problems(GROUP, members(report("s1", ["10.0.5.2"], firewall="blocks"),
+                                    report("s2", ["10.0.0.3"], firewall="unlisted")))  # fmt: skip
+    assert f"socketfilterfw --add {ENGINE} --unblockapp {ENGINE}" in found["s1"][0] and "blocks" in found["s1"][0]
+    assert "has no rule for" in found["s2"][0]
 
 
 @pytest.mark.parametrize(("state", "app", "verdict"), [
     ("Firewall is disabled. (State = 0)\n", "", "off"),
     ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is permitted\n", "allows"),
     ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is blocked\n", "blocks"),
-    ("Firewall is enabled. (State = 2)\n", "", "blocks"),  # block all: nothing is listed as permitted
+    ("Firewall is enabled. (State = 2)\n", f"The application {ENGINE} is permitted\n", "blocks"),  # block all
+    ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is not part of the firewall\n", "unlisted"),
     ("socketfilterfw: unrecognized\n", "", "unknown"),
 ])  # fmt: skip
 def test_the_firewall_as_socketfilterfw_reports_it(state: str, app: str, verdict: str) -> None:
@@ -86,7 +94,9 @@ def test_the_daemons_darwin_check_asks_the_engine_venv_and_the_firewall() -> Non
             return "3.12.8\n"
         return "Firewall is enabled. (State = 1)\n" if argv[1] == "--getglobalstate" else f"{ENGINE} is blocked\n"
 
-    reply = daemon.groupcheck(None, run=run, platform="darwin")
+    reply = daemon.groupcheck(None, "127.0.0.1", run=run, platform="darwin")
     assert reply.engine_python.endswith("/.venv-vllm-metal/bin/python")  # vllm-metal's default venv
     assert (reply.python_version, reply.ray_version, reply.firewall) == ("3.12.8", "", "blocks")
-    assert asked[-1] == ["/usr/libexec/ApplicationFirewall/socketfilterfw", "--getappblocked", reply.engine_python]
+    assert reply.group_addresses == ["127.0.0.1"]
+    real = os.path.realpath(reply.engine_python)  # the firewall's rules name the real interpreter
+    assert asked[-1] == ["/usr/libexec/ApplicationFirewall/socketfilterfw", "--getappblocked", real]

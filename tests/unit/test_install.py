@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,9 @@ def test_the_probe_runs_in_a_posix_shell_and_finds_this_python() -> None:
     assert found, out
     chosen = install.choose_python(found)
     assert chosen.version[:2] >= (3, 11) and Path(chosen.path).exists()
-    assert sys.version_info[:2] >= (3, 11)
+    version = subprocess.run([chosen.path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True, timeout=60).stdout  # fmt: skip
+    assert version.strip() == str(chosen.version[:2])  # the probe reported what the interpreter is
 
 
 def test_pip_installs_dependencies_then_forces_this_exact_build() -> None:
@@ -52,10 +53,18 @@ def test_pip_installs_dependencies_then_forces_this_exact_build() -> None:
     assert all("--no-index --find-links /w" in c for c in offline) and offline[0].endswith("/w/o.whl")
 
 
-def test_vllm_metal_is_installed_by_its_own_installer_then_given_ray() -> None:
+def test_vllm_metal_is_installed_by_its_own_installer_then_given_ray(tmp_path: Path) -> None:
     first, second = install.vllm_metal_commands()
-    assert first == f"curl -fsSL {install.VLLM_METAL_INSTALLER} | bash"
+    assert first.startswith("/bin/sh -c ") and install.VLLM_METAL_INSTALLER in first
     assert second.startswith('"$HOME/.venv-vllm-metal/bin/python" -m pip install') and "ray" in second
+    # A failed download stops the step (a `curl | bash` pipe would run nothing and succeed): a fake curl fails.
+    (tmp_path / "curl").write_text("#!/bin/sh\necho 'curl: (6) Could not resolve host' >&2\nexit 6\n")
+    (tmp_path / "curl").chmod(0o755)
+    (tmp_path / "bash").write_text('#!/bin/sh\necho ran > "$HOME/ran"\n')
+    (tmp_path / "bash").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["sh", "-c", first], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 6 and "Could not resolve host" in done.stderr and not (tmp_path / "ran").exists()
 
 
 def test_the_recorded_interpreter_fills_in_only_hosts_that_name_none(tmp_path: Path) -> None:

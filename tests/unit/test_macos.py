@@ -90,6 +90,7 @@ def test_the_agent_is_a_launchdaemon_running_as_the_lab_user(tmp_path: Path) -> 
     plist = plistlib.loads(staged_plist(tmp_path).read_bytes())
     assert plist["UserName"] == "lab" and plist["EnvironmentVariables"] == {"HOME": "/Users/lab"}
     assert plist["RunAtLoad"] is True and plist["Label"] == units.LAUNCHD_LABEL
+    assert plist["ExitTimeOut"] == units.EXIT_TIMEOUT_S  # launchd(8) waits this long before SIGKILL
 
 
 def test_a_first_load_installs_root_owned_and_bootstraps_the_system_domain(mac: Mac, tmp_path: Path) -> None:

