@@ -88,14 +88,18 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "max_model_len")
+    __slots__ = ("name", "source", "max_model_len", "unsupported", "engine")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     max_model_len: int
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    unsupported: _containers.RepeatedScalarFieldContainer[str]
+    engine: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class InfoReply(_message.Message):
     __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group")

@@ -164,9 +164,11 @@ class WorkerService(pb_grpc.WorkerServicer):
             except (httpx.HTTPError, ValueError, AttributeError):
                 pass  # unknown stays 0; the router then applies its ceiling
         models = []
+        adapter = self.supervisor.adapter
         for model in self.identity.models:
             known = model.max_model_len or self._context_lengths.get(model.name, 0)
-            models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known))
+            models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known,
+                                       unsupported=adapter.unsupported, engine=adapter.name))  # fmt: skip
         return models
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:

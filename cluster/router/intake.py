@@ -12,7 +12,14 @@ from typing import Any
 from fastapi import Request
 
 from cluster.router.errors import ApiError
-from cluster.router.validation import ChatRequest, CompletionRequest, check_limits, parse_body, validate
+from cluster.router.validation import (
+    ChatRequest,
+    CompletionRequest,
+    check_capabilities,
+    check_limits,
+    parse_body,
+    validate,
+)
 from cluster.routing.choose import RequestView
 from cluster.routing.prefix_index import block_hashes
 from cluster.routing.prompt import render_for_routing
@@ -64,6 +71,7 @@ def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.Model
     if fields.model not in models:
         raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
     check_limits(fields, models[fields.model].max_model_len)
+    check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))
     if fields.stream and not wants_usage:  # usage travels on the last chunk; the relay drops it again
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

@@ -141,8 +141,17 @@ class Registry:
         found: dict[str, pb.ModelInfo] = {}
         for handle in self.workers.values():
             for model in handle.info.models if handle.info else ():
-                if model.name not in found or model.max_model_len > found[model.name].max_model_len:
-                    found[model.name] = model
+                seen = found.get(model.name)
+                if seen is None:
+                    found[model.name] = pb.ModelInfo(name=model.name, source=model.source,
+                                                     max_model_len=model.max_model_len,
+                                                     unsupported=model.unsupported, engine=model.engine)  # fmt: skip
+                    continue
+                seen.max_model_len = max(seen.max_model_len, model.max_model_len)
+                # A request may land on any of them: what one engine cannot honour, the model cannot.
+                seen.unsupported[:] = sorted(set(seen.unsupported) | set(model.unsupported))
+                engines = sorted(set(seen.engine.split(", ")) | {model.engine} - {""})
+                seen.engine = ", ".join(engines)
         return found
 
     def ready_count(self) -> int:

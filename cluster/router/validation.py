@@ -6,6 +6,7 @@ Everything else in the body passes through to the engine unchanged (tools, logpr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -71,6 +72,31 @@ def validate(body: dict[str, Any], kind: type[R]) -> R:
         else:
             message = f"Invalid value for '{param}': {first['msg']}."
         raise ApiError(400, message, param=param, code="invalid_value") from exc
+
+
+def _asks_for(body: dict[str, Any], param: str) -> bool:
+    """Whether the body uses `param` in a way that changes the answer (n=1, text format, no tools do not)."""
+    value = body.get(param)
+    if param == "n":
+        return isinstance(value, int) and value > 1
+    if param == "response_format":
+        return isinstance(value, dict) and value.get("type", "text") != "text"
+    if param == "logprobs":
+        return bool(value) or body.get("top_logprobs") is not None
+    return bool(value)
+
+
+def check_capabilities(body: dict[str, Any], unsupported: Sequence[str], engine: str) -> None:
+    """400 naming the parameter and the engine for what the model's engine cannot honour (not a wrong answer)."""
+    for param in unsupported:
+        if _asks_for(body, param):
+            raise ApiError(
+                400,
+                f"'{param}' is not supported for this model: it runs on the {engine or 'its'} engine, which "
+                f"cannot honour it.{' Send separate requests instead.' if param == 'n' else ''}",
+                param=param,
+                code="unsupported_parameter",
+            )
 
 
 def check_limits(request: _Common, max_model_len: int) -> None:

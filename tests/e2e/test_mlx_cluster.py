@@ -43,3 +43,11 @@ def test_a_stream_adds_up_to_the_whole_answer(mlx_cluster: Cluster) -> None:
                                                          max_tokens=20, stream=True)  # fmt: skip
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert len([p for p in pieces if p]) > 3 and "".join(pieces) == whole.choices[0].message.content
+
+
+def test_n_and_response_format_are_refused_not_faked(mlx_cluster: Cluster) -> None:
+    for extra, param in (({"n": 2}, "n"), ({"response_format": {"type": "json_object"}}, "response_format")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=8,
+                                                        **extra)  # fmt: skip
+        assert caught.value.param == param and "mlx engine" in caught.value.message

@@ -172,3 +172,16 @@ def test_sim_prefix_cache_shows_in_engine_metrics_and_saves_prefill(sim_cluster:
         body = {"model": SIM_MODEL, "prompt": shared + question, "max_tokens": 1}
         assert httpx.post(sim_cluster.url + "/v1/completions", json=body, timeout=30).status_code == 200
     assert engine_metric(engine, "vllm:prefix_cache_hits_total") - hits_before == 400
+
+
+def test_what_the_sim_engine_cannot_honour_is_a_400_not_a_wrong_answer(client: openai.OpenAI) -> None:
+    question = [{"role": "user", "content": "two answers please"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=SIM_MODEL, messages=question, n=2, max_tokens=4)
+    assert caught.value.status_code == 400 and caught.value.param == "n" and "sim engine" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=SIM_MODEL, messages=question, max_tokens=4,
+                                       response_format={"type": "json_object"})  # fmt: skip
+    assert caught.value.param == "response_format"
+    one = client.chat.completions.create(model=SIM_MODEL, messages=question, n=1, max_tokens=4)
+    assert len(one.choices) == 1  # n=1 is what the engine does anyway

@@ -9,6 +9,7 @@ from cluster.router.validation import (
     MAX_TOKENS_CEILING,
     ChatRequest,
     CompletionRequest,
+    check_capabilities,
     check_limits,
     parse_body,
     validate,
@@ -91,3 +92,24 @@ def test_engine_errors_keep_their_message() -> None:
     assert err.status == 400 and err.message == "min_p is not supported"
     plain = upstream_error(500, b"Internal Server Error")
     assert plain.status == 500 and plain.message == "Internal Server Error"
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"n": 2}, "n"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+])  # fmt: skip
+def test_what_the_engine_cannot_honour_is_refused_naming_parameter_and_engine(extra: dict, param: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        check_capabilities(chat(**extra), ("n", "response_format", "logprobs", "tools"), "sim")
+    error = caught.value
+    assert error.status == 400 and error.body()["error"]["param"] == param
+    assert error.body()["error"]["code"] == "unsupported_parameter" and "sim engine" in error.body()["error"]["message"]
+
+
+def test_harmless_uses_of_those_parameters_pass() -> None:
+    for body in (chat(n=1), chat(response_format={"type": "text"}), chat(logprobs=False), chat(tools=[])):
+        check_capabilities(body, ("n", "response_format", "logprobs", "tools"), "mlx")
+    check_capabilities(chat(n=4, response_format={"type": "json_object"}), (), "vllm")  # vLLM honours both

@@ -44,6 +44,7 @@ class EngineAdapter(Protocol):
     health_path: str  # answers 200 once the server is up (readiness still needs a real token)
     metrics_path: str | None  # Prometheus text with vLLM's metric names; None: the engine exports none
     running_usage: bool  # streams can carry running token counts (vLLM's continuous_usage_stats)
+    unsupported: tuple[str, ...]  # request parameters it cannot honour (the router refuses them: 400)
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         """The subprocess to start so that it serves OpenAI on 127.0.0.1:port."""

@@ -35,6 +35,8 @@ class MlxEngine:
     health_path = "/health"
     metrics_path: str | None = None  # mlx-lm's server has no /metrics
     running_usage = False  # mlx-lm reports usage only at the end of a stream
+    # mlx-lm's server answers n > 1 with one choice and ignores response_format: refused, not faked
+    unsupported: tuple[str, ...] = ("n", "response_format")
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform

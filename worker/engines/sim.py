@@ -25,6 +25,7 @@ class SimEngine:
     health_path = "/health"
     metrics_path: str | None = "/metrics"
     running_usage = True  # stream_options.continuous_usage_stats, as vLLM
+    unsupported: tuple[str, ...] = ("n", "response_format", "logprobs", "tools")  # it times, it does not think
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",

@@ -24,6 +24,7 @@ class VllmEngine:
     health_path = "/health"
     metrics_path: str | None = "/metrics"
     running_usage = True  # stream_options.continuous_usage_stats
+    unsupported: tuple[str, ...] = ()
 
     def __init__(self, platform: str = sys.platform) -> None:
         self.platform = platform
