@@ -27,6 +27,7 @@ from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import AgentConfig, LaunchConfigError, usage
 from proto.states import EngineState
 from worker import procs
+from worker.context import PromptGuard, context_of
 from worker.engines import adapter_for
 from worker.engines.base import EngineConfig
 from worker.group import GroupController
@@ -75,6 +76,14 @@ async def _engine_config(config: AgentConfig) -> EngineConfig:
     return bundled_defaults(config, str(folder))
 
 
+def prompt_guard(engine_checks: bool, model: str, ceiling: int | None) -> PromptGuard | None:
+    """A guard where the engine lets over-long prompts through and the model folder gives tokenizer and context."""
+    if engine_checks or not (Path(model) / "config.json").exists():
+        return None
+    context = context_of(model, ceiling)
+    return PromptGuard(model, context) if context else None
+
+
 def keep_awake(platform: str, agent_pid: int) -> list[str] | None:
     """A headless Mac idle-sleeps and stops answering; `caffeinate` holds it awake until the agent exits
     (-w): -i idle sleep, -m disk sleep, -s system sleep on AC power. None where there is nothing to do."""
@@ -91,7 +100,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy)
     group = GroupController(config.group, supervisor) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
-    model = pb.ModelInfo(name=config.served_name, source=config.model, max_model_len=config.max_model_len or 0)
+    guard = prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
+    context = guard.context if guard else config.max_model_len or 0
+    model = pb.ModelInfo(name=config.served_name, source=config.model, max_model_len=context)
     identity = ServiceIdentity(
         worker_id=config.worker_id,
         models=(model,),
@@ -104,7 +115,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=config.max_concurrency * 2),
     )
-    service = WorkerService(supervisor, identity, host, http, group)
+    service = WorkerService(supervisor, identity, host, http, group, guard)
+    if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
+        asyncio.get_running_loop().run_in_executor(None, guard.load)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     pb_grpc.add_WorkerServicer_to_server(service, server)

@@ -16,6 +16,7 @@ import httpx
 from proto import errors
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter
@@ -65,8 +66,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         host: HostFacts,
         http: httpx.AsyncClient,
         group: GroupController | None = None,
+        guard: PromptGuard | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.guard = guard  # for engines that let an over-long prompt through (mlx-lm)
         self.group = group
         self.instance = uuid.uuid4().hex[:12]
         self.identity = identity
@@ -92,6 +95,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             streaming = bool(payload.get("stream"))
         except (ValueError, AttributeError):
             await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
+            return
+        if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
+            await _abort(context, 400, too_long, "invalid_request_error")
             return
         url = self.supervisor.url + path
         tally, body = Tally(), request.body

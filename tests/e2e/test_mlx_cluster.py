@@ -51,3 +51,14 @@ def test_n_and_response_format_are_refused_not_faked(mlx_cluster: Cluster) -> No
             client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=8,
                                                         **extra)  # fmt: skip
         assert caught.value.param == param and "mlx engine" in caught.value.message
+
+
+def test_an_over_long_prompt_is_openais_400_not_a_hang(mlx_cluster: Cluster) -> None:
+    cards = client(mlx_cluster).models.list().data
+    assert cards[0].model_extra and cards[0].model_extra["max_model_len"] == 8192  # from the model's config.json
+    long = [{"role": "user", "content": "word " * 9000}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=long, max_tokens=8)
+    assert "maximum context length is 8192 tokens" in caught.value.message
+    after = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=4)
+    assert after.choices[0].message.content  # the engine never saw it: still serving

@@ -45,6 +45,7 @@ class EngineAdapter(Protocol):
     metrics_path: str | None  # Prometheus text with vLLM's metric names; None: the engine exports none
     running_usage: bool  # streams can carry running token counts (vLLM's continuous_usage_stats)
     unsupported: tuple[str, ...]  # request parameters it cannot honour (the router refuses them: 400)
+    checks_context: bool  # answers an over-long prompt with 400 itself (else the agent's PromptGuard does)
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         """The subprocess to start so that it serves OpenAI on 127.0.0.1:port."""

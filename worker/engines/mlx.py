@@ -37,6 +37,7 @@ class MlxEngine:
     running_usage = False  # mlx-lm reports usage only at the end of a stream
     # mlx-lm's server answers n > 1 with one choice and ignores response_format: refused, not faked
     unsupported: tuple[str, ...] = ("n", "response_format")
+    checks_context = False  # mlx-lm starts on an over-long prompt and hangs
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform

@@ -26,6 +26,7 @@ class SimEngine:
     metrics_path: str | None = "/metrics"
     running_usage = True  # stream_options.continuous_usage_stats, as vLLM
     unsupported: tuple[str, ...] = ("n", "response_format", "logprobs", "tools")  # it times, it does not think
+    checks_context = False  # and it has no tokenizer for the agent to count with: load studies only
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",

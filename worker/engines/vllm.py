@@ -25,6 +25,7 @@ class VllmEngine:
     metrics_path: str | None = "/metrics"
     running_usage = True  # stream_options.continuous_usage_stats
     unsupported: tuple[str, ...] = ()
+    checks_context = True
 
     def __init__(self, platform: str = sys.platform) -> None:
         self.platform = platform
