@@ -53,6 +53,7 @@ def engine_config(config: AgentConfig) -> EngineConfig:
         kv_cache_gib=config.kv_cache_gib,
         python=config.engine_python,
         sim_options=config.sim_options,
+        max_concurrency=config.max_concurrency,
     )
 
 
@@ -106,14 +107,14 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     identity = ServiceIdentity(
         worker_id=config.worker_id,
         models=(model,),
-        max_concurrency=config.max_concurrency,
+        max_concurrency=adapter.capacity(engine_config),  # what the router lets through to this worker
         engine_version=adapter.version(engine_config),
         agent_version=build.describe(),
     )
     # Long streams: no per-request timeout on the engine side; connect quickly or fail.
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=config.max_concurrency * 2),
+        limits=httpx.Limits(max_connections=adapter.capacity(engine_config) * 2),
     )
     service = WorkerService(supervisor, identity, host, http, group, guard)
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time

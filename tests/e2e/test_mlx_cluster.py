@@ -4,6 +4,7 @@ model, through the router, with the official openai SDK. The macOS CI workflow r
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -62,3 +63,18 @@ def test_an_over_long_prompt_is_openais_400_not_a_hang(mlx_cluster: Cluster) -> 
     assert "maximum context length is 8192 tokens" in caught.value.message
     after = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=4)
     assert after.choices[0].message.content  # the engine never saw it: still serving
+
+
+def test_32_concurrent_streams_all_answer(mlx_cluster: Cluster) -> None:
+    """mlx-lm's server alone drops connections at this load; the router's admission queue holds the excess
+    to the agent's slots (--max-concurrency), so every stream is answered."""
+
+    def one(i: int) -> str:
+        stream = client(mlx_cluster).chat.completions.create(
+            model=BUNDLED_NAME, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=12, stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(32)))
+    assert len(answers) == 32 and all(answers)

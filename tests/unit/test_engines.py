@@ -167,3 +167,22 @@ def test_vllm_cpu_pipeline_on_one_host_binds_one_cpu_set_per_stage() -> None:
     assert "|" in plan.env["VLLM_CPU_OMP_THREADS_BIND"]
     with pytest.raises(ValueError, match="needs at least 4 CPUs"):
         cpu_bind(4, [0, 1])
+
+
+def test_the_agent_declares_the_engines_real_batch_and_mlx_batches_what_it_lets_in() -> None:
+    from worker.engines.mlx import MlxEngine
+    from worker.engines.sim import SimEngine
+
+    def config(kind: str, cap: int, *extra: str, sim: tuple[tuple[str, str], ...] = ()) -> EngineConfig:
+        return EngineConfig(kind=kind, model="m", served_name="m", extra_args=extra, max_concurrency=cap,
+                            sim_options=sim)  # fmt: skip
+
+    mlx = MlxEngine(platform="darwin")
+    assert mlx.capacity(config("mlx", 48)) == 48
+    argv = mlx.plan(config("mlx", 48), 9000).argv
+    assert argv[argv.index("--decode-concurrency") + 1] == "48"  # mlx-lm decodes as many as the agent lets in
+    assert mlx.capacity(config("mlx", 48, "--decode-concurrency", "8")) == 8  # the admin's flag wins, and binds
+    assert mlx.plan(config("mlx", 48, "--decode-concurrency=8"), 9000).argv.count("--decode-concurrency=8") == 1
+    vllm = VllmEngine(platform="linux")
+    assert vllm.capacity(config("vllm", 64, "--max-num-seqs", "16")) == 16 and vllm.capacity(config("vllm", 64)) == 64
+    assert SimEngine().capacity(config("sim", 64, sim=(("max-concurrency", "4"),))) == 4

@@ -29,6 +29,7 @@ class EngineConfig:
     sim_options: tuple[tuple[str, str], ...] = field(default=())
     group: GroupRole | None = None
     state_dir: str = ""  # where the agent keeps files the engine reads (the group's hostfile)
+    max_concurrency: int | None = None  # what the agent lets in at once: the engine's batch where it has a flag
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class EngineAdapter(Protocol):
         """The engine's version, for Info (best effort, no subprocess)."""
         ...
 
+    def capacity(self, config: EngineConfig) -> int:
+        """Requests the engine takes at once: the agent's cap, or less where the engine args set a smaller
+        batch (vLLM's --max-num-seqs, mlx-lm's --decode-concurrency). More would queue inside the engine,
+        unfairly, or (mlx-lm) fail to connect; the agent declares this and the router holds the rest."""
+        ...
+
     async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
         """Empty the running engine's prefix cache (benchmarks start every policy cold). Raises
         EngineFeatureMissing where the engine has no such control, httpx.HTTPError when the call fails."""
@@ -63,6 +70,22 @@ class EngineAdapter(Protocol):
 
 class EngineFeatureMissing(Exception):
     """The engine cannot do what was asked (e.g. mlx-lm's server cannot reset its prefix cache)."""
+
+
+def flag_value(argv: tuple[str, ...] | list[str], flag: str) -> int | None:
+    """The integer after `flag` (or in `flag=N`) in an engine's extra args, if given."""
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv) and argv[index + 1].isdigit():
+            return int(argv[index + 1])
+        if arg.startswith(flag + "=") and arg.split("=", 1)[1].isdigit():
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+def capped(config: EngineConfig, flag: str, default: int) -> int:
+    given = flag_value(config.extra_args, flag)
+    wanted = config.max_concurrency or default
+    return min(wanted, given) if given else wanted
 
 
 async def post_reset(http: httpx.AsyncClient, url: str) -> None:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan
+from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan, capped, flag_value
 
+MLX_DECODE_CONCURRENCY = 32  # mlx-lm's server default
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 
 
@@ -38,6 +39,9 @@ class MlxEngine:
     # mlx-lm's server answers n > 1 with one choice and ignores response_format: refused, not faked
     unsupported: tuple[str, ...] = ("n", "response_format")
     checks_context = False  # mlx-lm starts on an over-long prompt and hangs
+
+    def capacity(self, config: EngineConfig) -> int:
+        return capped(config, "--decode-concurrency", MLX_DECODE_CONCURRENCY)
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform
@@ -75,6 +79,8 @@ class MlxEngine:
             argv += ["--backend", group.transport]
             if group.mode == "pipeline":
                 argv += ["--pipeline-layers", ",".join(map(str, group.layers))]
+        if flag_value(config.extra_args, "--decode-concurrency") is None:
+            argv += ["--decode-concurrency", str(self.capacity(config))]  # mlx-lm's batch = the agent's slots
         argv += list(config.extra_args)
         env.update(dict(config.env))
         serves = group is None or group.rank == 0

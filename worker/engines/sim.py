@@ -28,6 +28,11 @@ class SimEngine:
     unsupported: tuple[str, ...] = ("n", "response_format", "logprobs", "tools")  # it times, it does not think
     checks_context = False  # and it has no tokenizer for the agent to count with: load studies only
 
+    def capacity(self, config: EngineConfig) -> int:
+        wanted = config.max_concurrency or 64
+        given = dict(config.sim_options).get("max-concurrency", "")
+        return min(wanted, int(given)) if given.isdigit() else wanted
+
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",
                 "--port", str(port), "--model", config.served_name]  # fmt: skip

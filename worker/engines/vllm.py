@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from worker.engines.base import EngineConfig, LaunchPlan, post_reset
+from worker.engines.base import EngineConfig, LaunchPlan, capped, post_reset
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
 
@@ -36,6 +36,9 @@ class VllmEngine:
         if self.platform == "darwin":
             return str(DEFAULT_METAL_VENV.expanduser() / "bin" / "python")
         return sys.executable
+
+    def capacity(self, config: EngineConfig) -> int:
+        return capped(config, "--max-num-seqs", config.max_concurrency or 64)
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         single = self._single(config, port)
