@@ -3,13 +3,17 @@ model, through the router, with the official openai SDK. The macOS CI workflow r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
+import psutil
 import pytest
 
-from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster
+from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster, wait_until
+from worker import procs
 from worker.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
@@ -78,3 +82,32 @@ def test_32_concurrent_streams_all_answer(mlx_cluster: Cluster) -> None:
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(one, range(32)))
     assert len(answers) == 32 and all(answers)
+
+
+def _engine_busy(cluster: Cluster) -> float:
+    """CPU seconds the engine process tree uses over half a second (mlx-lm publishes no running count)."""
+    tree = [psutil.Process(pid) for pid in procs.descendants(cluster.agent_pid)]  # the engine and its children
+    before = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
+    time.sleep(0.5)
+    return sum(p.cpu_times().user + p.cpu_times().system for p in tree) - before
+
+
+def test_a_client_that_leaves_stops_the_generation(mlx_cluster: Cluster) -> None:
+    body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 4000, "stream": True}
+    with httpx.stream("POST", mlx_cluster.url + "/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        assert len([line for line, _ in zip(lines, range(8), strict=False) if line.startswith("data: ")]) >= 4
+        assert _engine_busy(mlx_cluster) > 0.2  # generating
+    started = time.monotonic()
+    wait_until(lambda: _engine_busy(mlx_cluster) < 0.05, 10, "the mlx engine idle after the client left")
+    print(f"\nmlx engine idle {time.monotonic() - started:.1f}s after the client left")
+
+
+def test_streams_never_split_a_multibyte_character(mlx_cluster: Cluster) -> None:
+    prompt = "🍎🍐🍊🍋🍌🍉🍇🍓🫐🍈🍒🍑🥭🍍🥥🥝 " * 3
+    ask = {"model": BUNDLED_NAME, "prompt": prompt, "max_tokens": 48, "temperature": 0}
+    whole = client(mlx_cluster).completions.create(**ask).choices[0].text
+    stream = client(mlx_cluster).completions.create(**ask, stream=True)
+    pieces = [c.choices[0].text for c in stream if c.choices]
+    assert any(ord(ch) > 0xFFFF for ch in whole), whole  # the model answered in emoji: 4-byte characters
+    assert "".join(pieces) == whole  # a chunk ending inside a character would show as U+FFFD here only
