@@ -1,4 +1,5 @@
-"""Reading an engine's Prometheus /metrics into the load fields of a LoadSample."""
+"""An engine's load for a LoadSample: read from its Prometheus /metrics, or, for engines that publish none
+(mlx-lm), counted by the agent from the requests it relays."""
 
 from __future__ import annotations
 
@@ -66,6 +67,26 @@ def parse_engine_metrics(text: str) -> EngineLoad:
         prefill_seconds=float(values.get("prefill_seconds", 0.0)),
         decode_seconds=float(values.get("decode_seconds", 0.0)),
     )
+
+
+class TrafficMeter:
+    """The same counters as vLLM's, kept by the agent from the traffic it relays: prompt and generated tokens
+    (the engine's usage), time to the first chunk as prefill time, the rest as decode time."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = self.generation_tokens = 0
+        self.prefill_seconds = self.decode_seconds = 0.0
+
+    def observe(self, prompt_tokens: int, completion_tokens: int, first_s: float, total_s: float) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += completion_tokens
+        self.prefill_seconds += first_s
+        self.decode_seconds += max(total_s - first_s, 0.0)
+
+    def load(self, running: int) -> EngineLoad:
+        return EngineLoad(running=running, generation_tokens=self.generation_tokens,
+                          prompt_tokens=self.prompt_tokens, prefill_seconds=self.prefill_seconds,
+                          decode_seconds=self.decode_seconds)  # fmt: skip
 
 
 class RateMeter:

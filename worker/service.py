@@ -19,7 +19,7 @@ from proto import orchard_pb2_grpc as pb_grpc
 from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.hostinfo import HostFacts
-from worker.metrics import RateMeter
+from worker.metrics import RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
 from worker.supervisor import EngineSupervisor
 
@@ -77,6 +77,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.http = http
         self.inflight = 0
         self.rates = RateMeter()
+        self.traffic = TrafficMeter()  # load figures for engines without /metrics
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
     async def Generate(
@@ -100,7 +101,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             await _abort(context, 400, too_long, "invalid_request_error")
             return
         url = self.supervisor.url + path
-        tally, body = Tally(), request.body
+        tally, body, first_at = Tally(), request.body, 0.0
         if streaming and self.supervisor.adapter.running_usage:
             tally.strip_running = ask_running_usage(payload)
             body = json.dumps(payload).encode()
@@ -111,6 +112,7 @@ class WorkerService(pb_grpc.WorkerServicer):
                 batches = stream_batches(self.http, url, body, tally)
                 try:
                     async for batch in batches:
+                        first_at = first_at or time.monotonic()
                         running = usage_message(tally.usage) if tally.usage else None
                         yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
                 finally:
@@ -134,6 +136,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             finish_reason=tally.finish_reason,
             engine_seconds=time.monotonic() - started,
         )
+        if streaming and first_at:  # a whole answer has no first token to time
+            self.traffic.observe(final.usage.prompt_tokens, final.usage.completion_tokens, first_at - started,
+                                 final.engine_seconds)  # fmt: skip
         yield pb.GenerateReply(final=final)
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoReply:
@@ -197,6 +202,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             group_epoch=self.group.run_epoch if self.group else "",
         )
         load = await sup.stats()
+        if load is None and sup.adapter.metrics_path is None and sup.ready:
+            load = self.traffic.load(running=self.inflight)  # what the agent saw pass
         if load is not None:
             sample.running, sample.waiting = load.running, load.waiting
             sample.kv_cache_usage = load.kv_cache_usage

@@ -12,7 +12,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster, wait_until
+from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster, wait_until, workers
 from worker import procs
 from worker.models import BUNDLED_NAME
 
@@ -111,3 +111,14 @@ def test_streams_never_split_a_multibyte_character(mlx_cluster: Cluster) -> None
     pieces = [c.choices[0].text for c in stream if c.choices]
     assert any(ord(ch) > 0xFFFF for ch in whole), whole  # the model answered in emoji: 4-byte characters
     assert "".join(pieces) == whole  # a chunk ending inside a character would show as U+FFFD here only
+
+
+def test_mlx_workers_report_speeds_measured_from_their_traffic(mlx_cluster: Cluster) -> None:
+    for _ in range(3):  # mlx-lm has no /metrics: the agent counts what it relays
+        stream = client(mlx_cluster).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=16,
+                                                             stream=True)  # fmt: skip
+        assert [c for c in stream]
+    [row] = wait_until(lambda: [w for w in workers(mlx_cluster.url) if w.decode_tokens_per_s > 0], 10,
+                       "a measured decode rate")  # fmt: skip
+    assert row.decode_tokens_per_s > 0 and row.prefill_tokens_per_s > 0
+    print(f"\nmlx worker: prefill {row.prefill_tokens_per_s:.0f} tok/s, decode {row.decode_tokens_per_s:.1f} tok/s")

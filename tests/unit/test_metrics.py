@@ -57,3 +57,14 @@ def test_a_restarted_engine_starts_the_deltas_over_and_late_scrapes_are_ignored(
     meter.update(fresh, epoch=1)  # new engine process: its counters restart at 0; this is its baseline
     meter.update(replace(fresh, prompt_tokens=110, prefill_seconds=0.3), epoch=1)  # 500 tok/s on the new engine
     assert abs(meter.prefill_tokens_per_s - (1000.0 + 0.3 * (500.0 - 1000.0))) < 1e-9
+
+
+def test_traffic_the_agent_relays_gives_rates_like_an_engines_counters() -> None:
+    from worker.metrics import RateMeter, TrafficMeter
+
+    traffic, rates = TrafficMeter(), RateMeter()
+    rates.update(traffic.load(running=0))
+    traffic.observe(prompt_tokens=100, completion_tokens=20, first_s=0.5, total_s=2.5)
+    rates.update(traffic.load(running=1))
+    assert rates.prefill_tokens_per_s == 200.0 and rates.decode_tokens_per_s == 10.0
+    assert traffic.load(running=3).running == 3
