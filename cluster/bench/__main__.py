@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     overhead_cmd = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
-    overhead_cmd.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    overhead_cmd.add_argument("--engine", choices=("sim", "vllm", "mlx"), default="sim")
     overhead_cmd.add_argument("--concurrency", type=int, default=32)
     overhead_cmd.add_argument("--max-tokens", type=int, default=128)
     overhead_cmd.add_argument("--rounds", type=int, default=2)

@@ -1,7 +1,7 @@
 """Router + agent overhead: the same streaming load to the engine directly and through Orchard, alternating
 rounds in one run; prints throughput and time to first token for both and the ratios.
 
-    python -m cluster.bench overhead [--engine sim|vllm] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+    python -m cluster.bench overhead [--engine sim|vllm|mlx] [--concurrency 32] [--max-tokens 128] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def overhead(
 ) -> None:  # fmt: skip
     """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
-    model = BUNDLED_NAME if engine_kind == "vllm" else "sim-model"
+    model = "sim-model" if engine_kind == "sim" else BUNDLED_NAME
     options = (("max-concurrency", "256"), *sim_options)
     config = local.LocalClusterConfig(
         engine=engine_kind, model=model, port=port, home=home, kv_cache_gib=kv_cache_gib, sim_options=options

@@ -6,8 +6,9 @@
 A shard group is MLX's own interface: the agent sets `MLX_RANK` and `MLX_HOSTFILE` (a ring hostfile,
 `[["ip:port"], ...]`, as `mlx.launch` writes it) and `--backend ring|jaccl`. mlx-lm's server then loads its
 shard with `sharded_load` (tensor parallel by default, pipeline with `--pipeline-layers`) and rank 0 answers
-HTTP while the other ranks follow its batches. Two things are added around mlx-lm 0.32's server:
+HTTP while the other ranks follow its batches. Around mlx-lm's server:
 
+- the listen backlog is deep enough for every slot the agent may open at once (socketserver's is 5);
 - requests name the model as clients do (`--served-name`); mlx-lm would otherwise try to load a model of that
   name (and in a group, on rank 0 alone, which deadlocks the collectives);
 - every architecture with mlx-lm's `PipelineMixin` (qwen2, qwen3_moe, deepseek_v2/v3, glm4_moe, …) splits its
@@ -103,6 +104,14 @@ def _pipelined_llama(layers_per_rank: list[int] | None) -> None:
     llama.Model.layers = property(lambda self: self.model.pipeline_layers)  # caches for the local layers only
 
 
+def _deep_backlog(connections: int) -> None:
+    """mlx-lm's server is a ThreadingHTTPServer with socketserver's listen backlog of 5: a burst of streams
+    opened at once gets connections reset (32 at once failed part of them). The agent opens at most its slots."""
+    from http.server import ThreadingHTTPServer
+
+    ThreadingHTTPServer.request_queue_size = max(connections, 5)
+
+
 def _serve_as(served_name: str) -> None:
     """Requests say `model: <served name>`; map that to the loaded model (mlx-lm maps only 'default_model')."""
     from mlx_lm import server
@@ -126,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", choices=("ring", "jaccl"), default="ring", help="shard-group transport")
     parser.add_argument("--pipeline-layers", help="pipeline group: layers per rank, rank order (e.g. 20,10)")
+    parser.add_argument("--backlog", type=int, default=256, help="listen backlog: connections that may wait")
     args, rest = parser.parse_known_args(argv)
 
     import mlx.core as mx
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         _planned_split(layers)
         _pipelined_llama(layers)
     _serve_as(args.served_name)
+    _deep_backlog(args.backlog)
     from mlx_lm import server
 
     sys.argv = ["mlx_lm.server", "--model", args.model, "--host", args.host, "--port", str(args.port)]
