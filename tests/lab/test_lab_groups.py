@@ -11,9 +11,11 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -123,3 +125,28 @@ def test_two_host_pipeline_group_answers_like_one_host(tmp_path: Path, single_ho
     with group_lab(tmp_path, 2, "pipeline") as lab:
         assert greedy(lab.url) == reference
         print(f"\nmlx tokens/s: one host {single_rate:.1f}, 2-host pipeline group {tokens_per_second(lab.url):.1f}")
+        streams_and_a_disconnect(lab.url, reference)
+
+
+def streams_and_a_disconnect(url: str, reference: list[str]) -> None:
+    """The core of the client battery through a group: a stream adds up to the greedy answer, 16 streams at
+    once all answer, and a client that leaves does not keep the group busy (the next answer comes as usual)."""
+    client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300, max_retries=0)
+    ask = {"model": BUNDLED_NAME, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": MAX_TOKENS,
+           "temperature": 0}  # fmt: skip
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    assert "".join(pieces) == reference[0]
+
+    def one(_: int) -> str:
+        stream = client.chat.completions.create(**ask, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(one, range(16))) == [reference[0]] * 16
+    body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        assert len([line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data: ")]) >= 3
+    started = time.monotonic()
+    assert greedy(url)[:1] == reference[:1]
+    assert time.monotonic() - started < 60  # not behind the 2,000 tokens of the stream that was left
