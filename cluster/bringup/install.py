@@ -220,11 +220,11 @@ async def _install(
     conn: asyncssh.SSHClientConnection, host: HostSpec, row: HostInstall, wheel: Path, wheelhouse: list[Path] | None,
     extras: str | None, vllm_metal: bool, report: Callable[[str], None],
 ) -> InstalledHost:  # fmt: skip
-    home = (await _run(conn, 'printf %s "$HOME"')).strip()
+    home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
     folder = _expand(host.orchard_dir, home)
     if host.python:  # the hosts file names Orchard's interpreter there: install into it, make nothing
         python = _expand(host.python, home)
-        if "missing" in await _run(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
+        if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
             raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
                                "so that cluster install makes a venv")  # fmt: skip
         venv = str(Path(python).parent.parent)
@@ -234,19 +234,19 @@ async def _install(
     row.venv = venv
     facts = await _facts(conn, python)
     if facts is None and not host.python:  # no venv yet, or one without Orchard
-        chosen = choose_python(parse_probe(await _run(conn, remote.posix(PROBE_SCRIPT))))
+        chosen = choose_python(parse_probe(await remote.shell(conn, remote.posix(PROBE_SCRIPT))))
         row.python = f"{chosen.path} {chosen.text}"
         report(f"{host.label}: Python {chosen.text} at {chosen.path}; making {venv}")
-        await _run(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
+        await remote.shell(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
     else:
         row.python = facts.python if facts else python  # a named interpreter without Orchard yet
     if vllm_metal and (facts.platform if facts else await _platform(conn)) == "darwin":
-        if "ready" in await _run(conn, f"{VLLM_METAL_READY} && echo ready || true"):
+        if "ready" in await remote.shell(conn, f"{VLLM_METAL_READY} && echo ready || true"):
             report(f"{host.label}: vllm-metal and Ray already in ~/.venv-vllm-metal")
         else:
             report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
             for command in vllm_metal_commands():
-                await _run(conn, command, INSTALL_TIMEOUT_S)
+                await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
     if facts is not None and facts.build == build.digest():
         row.orchard = "unchanged"
     else:
@@ -264,7 +264,7 @@ async def _copy_and_pip(
     wheelhouse: list[Path] | None, extras: str | None, report: Callable[[str], None],
 ) -> None:  # fmt: skip
     target = f"{folder.rstrip('/')}/wheels"
-    await _run(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
+    await remote.shell(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
     files = [wheel, *(wheelhouse or [])]
     report(f"{host.label}: copying {len(files)} wheel(s) over SFTP")
     async with conn.start_sftp_client() as sftp:
@@ -276,7 +276,7 @@ async def _copy_and_pip(
     remote_wheel = f"{target}/{wheel.name}"
     offline = target if wheelhouse is not None else None
     for command in pip_commands(shlex.quote(python), remote_wheel, chosen, offline):
-        await _run(conn, command, INSTALL_TIMEOUT_S)
+        await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
 
 
 def _expand(path: str, home: str) -> str:
@@ -298,18 +298,7 @@ async def _facts(conn: asyncssh.SSHClientConnection, python: str) -> HostFactsRe
 
 
 async def _platform(conn: asyncssh.SSHClientConnection) -> str:
-    return "darwin" if (await _run(conn, "uname -s")).strip() == "Darwin" else "linux"
-
-
-async def _run(conn: asyncssh.SSHClientConnection, command: str, timeout_s: float = remote.COMMAND_TIMEOUT_S) -> str:
-    try:
-        result = await asyncio.wait_for(conn.run(command, check=False), timeout_s)
-    except TimeoutError as exc:
-        raise InstallError(f"`{command[:60]}…` did not finish within {timeout_s:.0f}s") from exc
-    if result.exit_status != 0:
-        lines = str(result.stderr or result.stdout or "").strip().splitlines()
-        raise InstallError(f"`{command[:80]}` failed: {lines[-1] if lines else f'exit {result.exit_status}'}")
-    return str(result.stdout)
+    return "darwin" if (await remote.shell(conn, "uname -s")).strip() == "Darwin" else "linux"
 
 
 async def install(

@@ -170,7 +170,7 @@ async def follow_log(
             yield str(line)
 
 
-async def _shell(
+async def shell(
     conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None, timeout_s: float = COMMAND_TIMEOUT_S
 ) -> str:
     try:
@@ -179,7 +179,7 @@ async def _shell(
         raise RemoteError(f"`{command[:60]}` did not finish within {timeout_s:.0f}s") from exc
     if result.exit_status != 0:
         lines = str(result.stderr or result.stdout or "").strip().splitlines()
-        raise RemoteError(f"`{command[:80]}` failed: {lines[-1] if lines else result.exit_status}")
+        raise RemoteError(f"`{command[:80]}` failed: {lines[-1] if lines else f'exit {result.exit_status}'}")
     return str(result.stdout)
 
 
@@ -190,14 +190,14 @@ async def install_service(
     needs root or passwordless sudo) or a systemd user unit (Linux) and load it, so it survives reboots; the
     detached daemon, if any, is stopped first. Returns where the unit was written."""
     host = assignment.host
-    home = (await _shell(conn, 'printf %s "$HOME"')).strip()
+    home = (await shell(conn, 'printf %s "$HOME"')).strip()
     folder = host.orchard_dir.replace("~", home, 1)
     config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs"})
     python = python_of(host)
     program = config.command(home + python[1:] if python.startswith("~/") else python)
     await stop_agent(conn, host)
     if platform == "darwin":
-        user = (await _shell(conn, "id -un")).strip()
+        user = (await shell(conn, "id -un")).strip()
         path = f"{folder}/{units.LAUNCHD_LABEL}.plist"  # staged; the load script installs it as root's
         text = units.launchd_plist(program, folder, {"HOME": home}, user=user).decode()
         load = posix(_old_launch_agent_gone() + units.launchd_load_script(path))
@@ -206,10 +206,10 @@ async def install_service(
         text = units.systemd_unit(program, folder)
         load = f"systemctl --user daemon-reload && systemctl --user enable --now {units.SYSTEMD_NAME}"
     directory = path.rsplit("/", 1)[0]
-    await _shell(
+    await shell(
         conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
     )
-    await _shell(conn, load, timeout_s=units.EXIT_TIMEOUT_S + 60)  # launchd may take that long to let go
+    await shell(conn, load, timeout_s=units.EXIT_TIMEOUT_S + 60)  # launchd may take that long to let go
     return f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist" if platform == "darwin" else path
 
 
@@ -221,14 +221,14 @@ def _old_launch_agent_gone() -> str:
 
 async def uninstall_service(conn: asyncssh.SSHClientConnection) -> bool:
     """Unload and remove an agent service installed by install_service, if any. True if one was there."""
-    if (await _shell(conn, "uname -s")).strip() == "Darwin":
-        had_agent = await _shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
+    if (await shell(conn, "uname -s")).strip() == "Darwin":
+        had_agent = await shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
                                        + _old_launch_agent_gone() + "true")  # fmt: skip
-        return (await _shell(conn, posix(units.launchd_unload_script()))).strip() == "1" or had_agent.strip() == "1"
+        return (await shell(conn, posix(units.launchd_unload_script()))).strip() == "1" or had_agent.strip() == "1"
     script = (
         f'u="$HOME/.config/systemd/user/{units.SYSTEMD_NAME}"; found=0; '
         f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; '
         'rm -f "$u"; found=1; fi; '
         "echo $found"
     )
-    return (await _shell(conn, script)).strip() == "1"
+    return (await shell(conn, script)).strip() == "1"
