@@ -101,20 +101,21 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy)
     group = GroupController(config.group, supervisor) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
+    slots = adapter.capacity(engine_config)
     guard = prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
     context = guard.context if guard else config.max_model_len or 0
     model = pb.ModelInfo(name=config.served_name, source=config.model, max_model_len=context)
     identity = ServiceIdentity(
         worker_id=config.worker_id,
         models=(model,),
-        max_concurrency=adapter.capacity(engine_config),  # what the router lets through to this worker
+        max_concurrency=slots,  # what the router lets through to this worker
         engine_version=adapter.version(engine_config),
         agent_version=build.describe(),
     )
     # Long streams: no per-request timeout on the engine side; connect quickly or fail.
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=adapter.capacity(engine_config) * 2),
+        limits=httpx.Limits(max_connections=slots * 2),
     )
     service = WorkerService(supervisor, identity, host, http, group, guard)
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time

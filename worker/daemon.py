@@ -96,7 +96,7 @@ def groupcheck(
     """What a vLLM group over Ray needs from this host; `run` (argv → stdout, raising OSError or
     CalledProcessError) is injectable so the darwin branch is tested on fixtures."""
     run = run or _output
-    python = VllmEngine(platform).python(EngineConfig(kind="vllm", model="", served_name="", python=engine_python))
+    python = _engine_interpreter(engine_python, platform)
     hostname = socket.gethostname()
     reply: dict[str, Any] = {"hostname": hostname, "hostname_addresses": _resolve(hostname), "engine_python": python,
                              "group_addresses": _resolve(group_address) if group_address else []}  # fmt: skip
@@ -129,12 +129,15 @@ def _output(argv: list[str]) -> str:
 
 
 def _vllm_available(engine_python: str | None) -> bool:
-    """vLLM runs from the host's engine_python when one is set, else from vllm-metal's default venv on a Mac."""
-    if engine_python:
-        return Path(engine_python).expanduser().exists()
-    if sys.platform == "darwin":
-        return (Path("~/.venv-vllm-metal/bin/python").expanduser()).exists()
+    """vLLM runs from the interpreter the vllm engine would use: the host's engine_python, vllm-metal's venv on
+    a Mac, else this one (where it must import)."""
+    if engine_python or sys.platform == "darwin":
+        return Path(_engine_interpreter(engine_python, sys.platform)).exists()
     return importlib.util.find_spec("vllm") is not None
+
+
+def _engine_interpreter(engine_python: str | None, platform: str) -> str:
+    return VllmEngine(platform).python(EngineConfig(kind="vllm", model="", served_name="", python=engine_python))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
 from proto.daemon import GroupCheckReply
+from worker.hostinfo import SOCKETFILTERFW
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,9 @@ def _own(member: Member) -> list[str]:
     if report.firewall in ("blocks", "unlisted"):
         what = "blocks" if report.firewall == "blocks" else "has no rule for"
         issues.append(f"the macOS firewall {what} the engine's interpreter ({report.firewall_detail}): "
-                      f"`sudo {_FW} --add {python} --unblockapp {python}` (its real path), or turn the firewall "
-                      "off")  # fmt: skip
+                      f"`sudo {SOCKETFILTERFW} --add {python} --unblockapp {python}` (its real path), or turn "
+                      "the firewall off")  # fmt: skip
     return issues
-
-
-_FW = "/usr/libexec/ApplicationFirewall/socketfilterfw"
 
 
 def _mismatches(group: GroupPlan, members: Mapping[str, Member]) -> list[tuple[str, str]]:

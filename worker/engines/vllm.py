@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from worker.engines.base import EngineConfig, LaunchPlan, capped, post_reset
+from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
 
@@ -38,7 +38,7 @@ class VllmEngine:
         return sys.executable
 
     def capacity(self, config: EngineConfig) -> int:
-        return capped(config, "--max-num-seqs", config.max_concurrency or 64)
+        return capped(config, flag_value(config.extra_args, "--max-num-seqs"))
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
         single = self._single(config, port)
