@@ -223,16 +223,8 @@ async def _install(
 ) -> InstalledHost:  # fmt: skip
     home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
     folder = remote.expand_home(host.orchard_dir, home)
-    if host.python:  # the hosts file names Orchard's interpreter there: install into it, make nothing
-        python = remote.expand_home(host.python, home)
-        if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
-            raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
-                               "so that cluster install makes a venv")  # fmt: skip
-        venv = str(Path(python).parent.parent)
-    else:
-        venv = f"{folder.rstrip('/')}/venv"
-        python = f"{venv}/bin/python"
-    row.venv = venv
+    python = await _target(conn, host, home, folder)
+    row.venv = venv = str(Path(python).parent.parent)
     facts = await _facts(conn, python)
     if facts is None and not host.python:  # no venv yet, or one without Orchard
         chosen = choose_python(parse_probe(await remote.shell(conn, remote.posix(PROBE_SCRIPT))))
@@ -241,7 +233,8 @@ async def _install(
         await remote.shell(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
     else:
         row.python = facts.python if facts else python  # a named interpreter without Orchard yet
-    if vllm_metal and (facts.platform if facts else await _platform(conn)) == "darwin":
+    platform = facts.platform if facts else await _platform(conn)
+    if vllm_metal and platform == "darwin":
         if "ready" in await remote.shell(conn, f"{VLLM_METAL_READY} && echo ready || true"):
             report(f"{host.label}: vllm-metal and Ray already in ~/.venv-vllm-metal")
         else:
@@ -251,7 +244,8 @@ async def _install(
     if facts is not None and facts.build == build.digest():
         row.orchard = "unchanged"
     else:
-        await _copy_and_pip(conn, host, folder, python, wheel, wheelhouse, extras, report)
+        wanted = DEFAULT_EXTRAS.get(platform, "") if extras is None else extras
+        await _copy_and_pip(conn, host, folder, python, wheel, wheelhouse, wanted, report)
         facts = await _facts(conn, python)
         if facts is None or facts.build != build.digest():
             raise InstallError(f"installed, but {python} does not run the head's build {build.digest()}")
@@ -260,9 +254,20 @@ async def _install(
     return InstalledHost(python=python, version=facts.orchard_version, build=facts.build, at=time.time())
 
 
+async def _target(conn: asyncssh.SSHClientConnection, host: HostSpec, home: str, folder: str) -> str:
+    """The interpreter to install into: the hosts file's `python` (which must exist), else orchard_dir's venv."""
+    if not host.python:
+        return f"{folder.rstrip('/')}/venv/bin/python"
+    python = remote.expand_home(host.python, home)
+    if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
+        raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
+                           "so that cluster install makes a venv")  # fmt: skip
+    return python
+
+
 async def _copy_and_pip(
     conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, python: str, wheel: Path,
-    wheelhouse: list[Path] | None, extras: str | None, report: Callable[[str], None],
+    wheelhouse: list[Path] | None, extras: str, report: Callable[[str], None],
 ) -> None:  # fmt: skip
     target = f"{folder.rstrip('/')}/wheels"
     await remote.shell(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
@@ -270,13 +275,11 @@ async def _copy_and_pip(
     report(f"{host.label}: copying {len(files)} wheel(s) over SFTP")
     async with conn.start_sftp_client() as sftp:
         await sftp.put([str(f) for f in files], target)
-    platform = await _platform(conn)
-    chosen = DEFAULT_EXTRAS.get(platform, "") if extras is None else extras
     where = "offline, from the wheelhouse" if wheelhouse is not None else "PyPI"
-    report(f"{host.label}: pip install orchard[{chosen}] ({where})")
+    report(f"{host.label}: pip install orchard[{extras}] ({where})")
     remote_wheel = f"{target}/{wheel.name}"
     offline = target if wheelhouse is not None else None
-    for command in pip_commands(shlex.quote(python), remote_wheel, chosen, offline):
+    for command in pip_commands(shlex.quote(python), remote_wheel, extras, offline):
         await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
 
 
