@@ -14,6 +14,9 @@ HTTP while the other ranks follow its batches. Around mlx-lm's server:
 - every architecture with mlx-lm's `PipelineMixin` (qwen2, qwen3_moe, deepseek_v2/v3, glm4_moe, …) splits its
   layers as placement decided (by memory, so the smaller Mac of a mixed pair holds fewer), not evenly: older
   mlx-lm releases take no split at all, so the mixin's `pipeline` is replaced by one that does;
+- stop strings end the answer where they first occur in the text, as vLLM and OpenAI do: mlx-lm matches them
+  as token ids (so " Paris" never matches "Paris") and strips them from the text without stopping, which
+  answered stop=["Paris"] with "The capital of France is ." — here the text is cut, the generation cancelled;
 - llama has no pipeline support in mlx-lm, so its decoder gets the mixin and a pipelined forward pass (the
   pattern of mlx-lm's own deepseek_v3: receive from the next rank, run the local layers, send to the previous,
   all_gather the result).
@@ -22,8 +25,10 @@ HTTP while the other ranks follow its batches. Around mlx-lm's server:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -112,6 +117,45 @@ def _deep_backlog(connections: int) -> None:
     ThreadingHTTPServer.request_queue_size = max(connections, 5)
 
 
+def cut_at_stops(responses: Iterable[Any], words: list[str], cancel: Callable[[], None]) -> Iterator[Any]:
+    """mlx-lm's responses (dataclasses with `text` and `finish_reason`) up to the first stop string: text that
+    may begin one is held back until it cannot; at a match the text before it is the last, the generation is
+    cancelled and the iteration ends (the server then reports finish_reason "stop", with the tokens so far)."""
+    held = ""
+    keep = max(len(w) for w in words) - 1
+    for response in responses:
+        pending = held + response.text
+        hits = [i for i in (pending.find(w) for w in words) if i >= 0]
+        if hits:
+            cancel()
+            yield dataclasses.replace(response, text=pending[: min(hits)], finish_reason=None)
+            return
+        if response.finish_reason == "length":  # the server flushes the text of a "length" end
+            yield dataclasses.replace(response, text=pending)
+            return
+        if response.finish_reason is not None:  # but drops that of a "stop" end: send it as text, then end
+            yield dataclasses.replace(response, text=pending, finish_reason=None)
+            return
+        cut = next((i for i in range(max(0, len(pending) - keep), len(pending))
+                    if any(w.startswith(pending[i:]) for w in words)), len(pending))  # fmt: skip
+        held = pending[cut:]
+        yield dataclasses.replace(response, text=pending[:cut])
+
+
+def _text_stops() -> None:
+    """Stop strings matched on the text (cut_at_stops), not by mlx-lm's token-id matcher and text stripping."""
+    from mlx_lm import server
+
+    original = server.ResponseGenerator.generate
+
+    def generate(self: Any, request: Any, args: Any, progress_callback: Any = None) -> tuple[Any, Iterator[Any]]:
+        words = [w for w in args.stop_words if w]
+        ctx, responses = original(self, request, dataclasses.replace(args, stop_words=[]), progress_callback)
+        return ctx, cut_at_stops(responses, words, ctx.stop) if words else responses
+
+    server.ResponseGenerator.generate = generate
+
+
 def _serve_as(served_name: str) -> None:
     """Requests say `model: <served name>`; map that to the loaded model (mlx-lm maps only 'default_model')."""
     from mlx_lm import server
@@ -148,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         _planned_split(layers)
         _pipelined_llama(layers)
     _serve_as(args.served_name)
+    _text_stops()
     _deep_backlog(args.backlog)
     from mlx_lm import server
 

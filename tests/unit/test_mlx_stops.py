@@ -1,0 +1,48 @@
+"""Stop strings on mlx-lm's responses, matched on the text however the tokens split it (cut_at_stops)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.engines.programs.mlx_server import cut_at_stops
+
+
+@dataclass
+class Piece:  # the fields of mlx-lm's server Response that cut_at_stops reads
+    text: str
+    finish_reason: str | None = None
+
+
+def run(texts: list[str], words: list[str], end: str | None = "length") -> tuple[list[Piece], int]:
+    cancels: list[int] = []
+    pieces = [Piece(t) for t in texts[:-1]] + [Piece(texts[-1], end)]
+    out = list(cut_at_stops(pieces, words, lambda: cancels.append(1)))
+    return out, len(cancels)
+
+
+def test_a_stop_inside_a_token_cuts_the_text_before_it_and_cancels() -> None:
+    out, cancels = run(["The", " capital", " is", " Paris", ".", " It"], ["Paris"])
+    assert "".join(p.text for p in out) == "The capital is "
+    assert out[-1].finish_reason is None and cancels == 1  # the server then ends with finish_reason "stop"
+    assert len(out) == 4  # one response per token consumed: the server counts them as completion tokens
+
+
+def test_a_stop_split_across_tokens_is_held_back_not_streamed() -> None:
+    out, cancels = run(["I say Pa", "r", "is now"], ["Paris"])
+    assert [p.text for p in out] == ["I say ", "", ""] and cancels == 1
+
+
+def test_held_text_that_turns_out_not_to_stop_is_sent_in_order() -> None:
+    out, cancels = run(["a Pa", "rty", " ok"], ["Paris"])
+    assert [p.text for p in out] == ["a ", "Party", " ok"] and out[-1].finish_reason == "length"
+    assert cancels == 0
+
+
+def test_the_earliest_of_several_stops_wins() -> None:
+    out, _ = run(["one two three"], ["three", "two"])
+    assert out[0].text == "one "
+
+
+def test_held_text_at_the_end_of_sequence_is_not_lost() -> None:
+    out, cancels = run(["say Pa", ""], ["Paris"], end="stop")  # the model ended (EOS) on a partial match
+    assert "".join(p.text for p in out) == "say Pa" and out[-1].finish_reason is None and cancels == 0
