@@ -1,31 +1,22 @@
-"""The embedded default cluster (`cluster up`, real vLLM engine, bundled model) through the openai SDK.
+"""What only the vLLM engine and `cluster up` have: its printout, usage equal to the engine's own counts, vLLM's
+own rejections, pipeline parallel, billing a cut request from the engine's counters, and `down`.
 
-One cluster serves the whole module; the last test takes it down and checks that no process is left.
+The client battery every engine passes is test_client_battery.py; the `up` cluster is shared with it
+(tests/e2e/conftest.py), and the last test here takes it down and checks that no process is left.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from cluster.bringup import local
-from tests.conftest import (
-    agent_config,
-    agent_info,
-    engine_metric,
-    free_port,
-    run_cli,
-    start_cluster,
-    stop_cluster,
-    wait_until,
-)
+from tests.conftest import agent_config, engine_metric, run_cli, start_cluster, stop_cluster, wait_until
+from tests.e2e.conftest import UpCluster
 from worker import procs
 from worker.models import BUNDLED_NAME
 
@@ -34,69 +25,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@dataclass
-class UpCluster:
-    home: Path
-    state: local.LocalState
-    up_output: str
-
-    @property
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.state.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-    @property
-    def engine_url(self) -> str:
-        return agent_info(self.state.agent_address).engine_url
-
-
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
-    home = tmp_path_factory.mktemp("orchard-home")
-    try:  # `down` whatever `up` did: nothing outlives the tests
-        result = run_cli(["up", "--detach", "--port", str(free_port())], home)
-        assert result.returncode == 0, result.stdout + result.stderr
-        state = local.read_state(home)
-        assert state is not None
-        yield UpCluster(home, state, result.stdout)
-    finally:
-        run_cli(["down"], home, timeout_s=120)
-
-
 def test_up_prints_the_endpoint_and_a_curl_line(up: UpCluster) -> None:
     assert up.state.url in up.up_output
     assert "curl -s " + up.state.url + "/v1/chat/completions" in up.up_output
-
-
-def test_models_lists_the_bundled_model(up: UpCluster) -> None:
-    models = up.client.models.list().data
-    assert [m.id for m in models] == [BUNDLED_NAME]
-
-
-def test_greedy_chat_knows_the_capital_of_france(up: UpCluster) -> None:
-    answer = up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0, max_tokens=40)
-    assert "Paris" in (answer.choices[0].message.content or "")
-
-
-def test_stream_concatenation_equals_whole_answer(up: UpCluster) -> None:
-    whole = up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0, max_tokens=40)
-    stream = up.client.chat.completions.create(
-        model=BUNDLED_NAME,
-        messages=QUESTION,
-        temperature=0,
-        max_tokens=40,
-        stream=True,
-    )
-    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
-    assert len([p for p in pieces if p]) > 3
-    assert "".join(pieces) == whole.choices[0].message.content
-
-
-def test_completions_endpoint(up: UpCluster) -> None:
-    result = up.client.completions.create(
-        model=BUNDLED_NAME, prompt="The capital of France is", temperature=0, max_tokens=8
-    )
-    assert result.choices[0].text.strip()
-    assert result.usage is not None and result.usage.completion_tokens > 0
 
 
 def test_usage_is_positive_and_matches_the_engine(up: UpCluster) -> None:
@@ -111,43 +42,11 @@ def test_usage_is_positive_and_matches_the_engine(up: UpCluster) -> None:
     assert len(usage) == 1 and usage[0].prompt_tokens == direct["usage"]["prompt_tokens"]
 
 
-def test_logprobs_pass_through_unchanged(up: UpCluster) -> None:
-    answer = up.client.chat.completions.create(
-        model=BUNDLED_NAME,
-        messages=QUESTION,
-        temperature=0,
-        max_tokens=4,
-        logprobs=True,
-        top_logprobs=2,
-    )
-    content = answer.choices[0].logprobs.content
-    assert content and len(content[0].top_logprobs) == 2
-
-
 def test_engine_rejection_comes_back_as_its_own_openai_error(up: UpCluster) -> None:
     body = {"model": BUNDLED_NAME, "messages": QUESTION, "logprobs": True, "top_logprobs": 1000}
     response = httpx.post(up.state.url + "/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400
     assert "greater than max allowed" in response.json()["error"]["message"]  # vLLM's own words
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "needle"),
-    [
-        (b"{not json", 400, "JSON"),
-        (json.dumps({"model": BUNDLED_NAME}).encode(), 400, "messages"),
-        (json.dumps({"model": "gpt-17", "messages": QUESTION}).encode(), 404, "gpt-17"),
-        (json.dumps({"model": BUNDLED_NAME, "messages": QUESTION, "max_tokens": -1}).encode(), 400, "max_tokens"),
-        (json.dumps({"model": BUNDLED_NAME, "messages": QUESTION, "max_tokens": 10**9}).encode(), 400, "4096"),
-    ],
-    ids=["malformed", "missing-messages", "unknown-model", "negative-max-tokens", "huge-max-tokens"],
-)
-def test_bad_input_then_still_serving(up: UpCluster, body: bytes, status: int, needle: str) -> None:
-    response = httpx.post(up.state.url + "/v1/chat/completions", content=body, timeout=60)
-    assert response.status_code == status
-    assert needle in response.json()["error"]["message"]
-    ok = up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, max_tokens=2)
-    assert ok.choices[0].finish_reason in ("length", "stop")
 
 
 PROMPTS = ["What is the capital of France?", "Name three colours of apples.", "Say hello in French."]
@@ -173,10 +72,11 @@ def test_pipeline_parallel_on_one_host_answers_like_one_engine(up: UpCluster, tm
         stop_cluster(piped)
 
 
-def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(up: UpCluster) -> None:
+def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count_once(up: UpCluster) -> None:
     engine = up.engine_url
     counters = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total")
     before = [engine_metric(engine, name) for name in counters]
+    routed_before = engine_metric(up.url, "orchard_tokens_total")  # the router's /metrics, prompt + completion
     body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
@@ -191,6 +91,9 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count(u
     row = wait_until(lambda: _last_row(up.home, 499), 5, "the cut request's usage row")
     assert row["prompt_tokens"] == prompted
     assert len(data) <= row["completion_tokens"] <= generated <= row["completion_tokens"] + 5
+    # ... and the router's token counter took that count once (running counts are not added up per chunk).
+    routed = engine_metric(up.url, "orchard_tokens_total") - routed_before
+    assert routed == row["prompt_tokens"] + row["completion_tokens"]
 
 
 def _last_row(home: Path, status: int) -> sqlite3.Row | None:
@@ -199,8 +102,9 @@ def _last_row(home: Path, status: int) -> sqlite3.Row | None:
         return conn.execute("SELECT * FROM usage WHERE status = ? ORDER BY id DESC", (status,)).fetchone()
 
 
+@pytest.mark.takes_down
 def test_down_leaves_no_process_behind(up: UpCluster) -> None:
-    """Runs last in this module: it takes the shared cluster down."""
+    """Runs after every other e2e test (`takes_down`): it takes the shared cluster down."""
     pids = [up.state.router_pid, up.state.agent_pid]
     pids += procs.descendants(up.state.agent_pid) + procs.descendants(up.state.router_pid)
     assert len(pids) >= 3  # router, agent, and the vLLM engine (with its own workers)

@@ -48,7 +48,7 @@ def test_there_is_a_macos_workflow_on_apple_silicon() -> None:
     [job] = workflow["jobs"].values()
     assert job["runs-on"].startswith("macos-") and int(job["runs-on"].split("-")[1]) >= 14  # arm64 runners
     runs = " ".join(step.get("run", "") for step in job["steps"])
-    assert "deploy/setup.sh --dev" in runs and "tests/e2e/test_mlx_cluster.py" in runs and '-m "not e2e"' in runs
+    assert "deploy/setup.sh --dev" in runs and "tests/e2e/test_client_battery.py" in runs and '-m "not e2e"' in runs
 
 
 @pytest.mark.skipif(

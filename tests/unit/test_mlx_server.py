@@ -1,10 +1,15 @@
-"""Stop strings on mlx-lm's responses, matched on the text however the tokens split it (cut_at_stops)."""
+"""What the mlx engine program adds around mlx-lm's server: stop strings matched on the text however the tokens
+split it (cut_at_stops), and a listen backlog deep enough for a burst of connections (_deep_backlog)."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.engines.programs.mlx_server import cut_at_stops
+import pytest
+
+from worker.engines.programs.mlx_server import _deep_backlog, cut_at_stops
 
 
 @dataclass
@@ -46,3 +51,27 @@ def test_the_earliest_of_several_stops_wins() -> None:
 def test_held_text_at_the_end_of_sequence_is_not_lost() -> None:
     out, cancels = run(["say Pa", ""], ["Paris"], end="stop")  # the model ended (EOS) on a partial match
     assert "".join(p.text for p in out) == "say Pa" and out[-1].finish_reason is None and cancels == 0
+
+
+def _connects(count: int) -> int:
+    """How many of `count` connections a server that has not accepted any yet completes within 0.3 s each."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # listening, never accepting
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            try:
+                opened.append(socket.create_connection(server.server_address[:2], timeout=0.3))
+            except OSError:  # the kernel's accept queue is full: the handshake is not answered
+                break
+        return len(opened)
+    finally:
+        for sock in opened:
+            sock.close()
+        server.server_close()
+
+
+def test_a_burst_of_connections_waits_in_the_backlog_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ThreadingHTTPServer, "request_queue_size", ThreadingHTTPServer.request_queue_size)
+    assert _connects(24) < 24  # socketserver's backlog of 5: a burst beyond it is not taken
+    _deep_backlog(64)
+    assert _connects(24) == 24

@@ -1,0 +1,77 @@
+"""The e2e clusters, one per engine, shared by the client battery
+(test_client_battery.py) and the engine-specific modules.
+
+`cluster up` (the README's first command: vLLM, the bundled model) and an mlx cluster are each started
+once for this package (and stopped after its last test). A test marked `takes_down` stops a shared
+cluster, so it is moved after every other test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from cluster.bringup import local
+from tests.conftest import Cluster, agent_config, agent_info, free_port, run_cli, start_cluster, stop_cluster
+from worker.models import BUNDLED_NAME
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move this package's `takes_down` tests after its others (a stable sort: the order is otherwise kept)."""
+    here = [i for i, item in enumerate(items) if HERE in item.path.parents]
+    ours = sorted((items[i] for i in here), key=lambda item: item.get_closest_marker("takes_down") is not None)
+    for i, item in zip(here, ours, strict=True):
+        items[i] = item
+
+
+def client_of(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@dataclass
+class UpCluster:
+    """What `cluster up --detach` started: its home (state, logs, gateway.db) and what it printed."""
+
+    home: Path
+    state: local.LocalState
+    up_output: str
+
+    @property
+    def url(self) -> str:
+        return self.state.url
+
+    @property
+    def client(self) -> openai.OpenAI:
+        return client_of(self.url)
+
+    @property
+    def engine_url(self) -> str:
+        return agent_info(self.state.agent_address).engine_url
+
+
+@pytest.fixture(scope="package")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
+    home = tmp_path_factory.mktemp("orchard-home")
+    try:  # `down` whatever `up` did: nothing outlives the tests
+        result = run_cli(["up", "--detach", "--port", str(free_port())], home)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = local.read_state(home)
+        assert state is not None
+        yield UpCluster(home, state, result.stdout)
+    finally:
+        run_cli(["down"], home, timeout_s=120)
+
+
+@pytest.fixture(scope="package")
+def mlx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    pytest.importorskip("mlx_lm", reason="the mlx engine needs the `mlx` extra (mlx, mlx-lm)")
+    tmp = tmp_path_factory.mktemp("mlx")
+    cluster = start_cluster(tmp, [agent_config("mlx", BUNDLED_NAME, tmp / "logs")])
+    yield cluster
+    stop_cluster(cluster)
