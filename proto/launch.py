@@ -146,6 +146,7 @@ class RouterConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
     request_timeout_s: float = Field(default=900.0, gt=0)
+    accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
@@ -178,7 +179,8 @@ class RouterConfig(_Frozen):
     def to_argv(self) -> list[str]:
         argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
                 "--max-attempts", str(self.max_attempts),
-                "--request-timeout", repr(self.request_timeout_s), "--max-queue", str(self.max_queue)]  # fmt: skip
+                "--request-timeout", repr(self.request_timeout_s), "--accept-timeout", repr(self.accept_timeout_s),
+                "--max-queue", str(self.max_queue)]  # fmt: skip
         argv += _optional("--gateway-db", self.gateway_db)
         argv += ["--no-auth"] if self.no_auth else []
         for address in self.workers:
@@ -197,7 +199,8 @@ class RouterConfig(_Frozen):
             "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
             "model_policies": tuple(args.model_policy),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
-            "request_timeout_s": args.request_timeout, "gateway_db": args.gateway_db, "no_auth": args.no_auth,
+            "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
+            "gateway_db": args.gateway_db, "no_auth": args.no_auth,
             "max_queue": args.max_queue,
         }  # fmt: skip
         return cls.checked(**fields)
@@ -260,6 +263,12 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     add("--max-attempts", type=int, default=2)
     add("--request-timeout", type=float, default=900.0)
+    add(
+        "--accept-timeout",
+        type=float,
+        default=3.0,
+        help="seconds a worker has to accept a request before the router tries another (a hung host)",
+    )
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")
     add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")
     add("--max-queue", type=int, default=256, help="requests that may wait per model when workers are busy")

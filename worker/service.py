@@ -83,6 +83,7 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateReply]:
+        await context.send_initial_metadata(())  # accepted: the router's accept deadline tells a hung host apart
         path = _ENDPOINT_PATHS.get(request.endpoint)
         if path is None:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")

@@ -177,6 +177,9 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
+        now = time.monotonic()
+        for handle in registry.workers.values():
+            metrics.breaker.labels(handle.address).set(handle.breaker.state(now).gauge)
         return PlainTextResponse(metrics.exposition())
 
     @app.get("/v1/models")
@@ -215,4 +218,5 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         served=handle.served, running=sample.running, waiting=sample.waiting,
         prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
         decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), detail=sample.state_detail, group=group,
+        breaker=handle.breaker.state(now).value,
     )  # fmt: skip

@@ -1,11 +1,14 @@
 """Forwarding one admitted request: pick a worker, open Generate, retry elsewhere on a failure before the first
-byte, then relay the engine's reply unchanged (SSE chunks or the whole body) with usage and error handling.
+byte (a transport error, or a worker that does not accept the call within the accept deadline: agents accept at
+once, so a hung or sleeping host is passed over in seconds, however long the prompt takes), then relay the
+engine's reply unchanged (SSE chunks or the whole body) with usage and error handling.
 
 A client that goes away cancels the gRPC call; the agent then closes its engine stream and the engine aborts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -89,18 +92,29 @@ class Forwarder:
             if handle.stub is None:
                 continue
             handle.inflight += 1
+            self.registry.attempt(handle)
             call = handle.stub.Generate(generate, timeout=timeout_s)
             # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
             call.add_done_callback(lambda _call, h=handle: _release(h))
             try:
+                await asyncio.wait_for(call.initial_metadata(), self.config.accept_timeout_s)
                 first = await call.read()
+            except TimeoutError:
+                call.cancel()
+                self.registry.failed(handle)
+                last_error = ApiError(504, f"Worker {decision.worker_id} did not accept the request within "
+                                      f"{self.config.accept_timeout_s:g} s.", code="timeout")  # fmt: skip
+                continue
             except grpc.aio.AioRpcError as exc:
                 last_error = from_grpc(exc)
+                if errors.http_status(exc.trailing_metadata()) is None:  # transport, not the agent's verdict
+                    self.registry.failed(handle)
+                else:
+                    self.registry.succeeded(handle)
                 if exc.code() not in _WORTH_ANOTHER_WORKER:
                     raise last_error from exc
-                if errors.http_status(exc.trailing_metadata()) is None:  # transport, not the agent's verdict
-                    self.registry.mark_suspect(handle)
                 continue
+            self.registry.succeeded(handle)
             if first is grpc.aio.EOF:
                 raise ApiError(502, "the worker ended the response without any data")
             return Started(handle, call, first)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cluster.gateway.usage import UsageRow
 from proto import orchard_pb2 as pb
@@ -30,6 +30,11 @@ class RouterMetrics:
         self.team_tokens = Counter(
             "orchard_team_tokens", "tokens by team, model and kind", ["team", "model", "kind"], registry=self.registry
         )
+
+        self.breaker = Gauge(
+            "orchard_worker_breaker_state", "each worker's circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["worker"], registry=self.registry,
+        )  # fmt: skip
 
     def count_usage(self, row: UsageRow) -> None:
         team = row.team or "-"

@@ -1,6 +1,9 @@
-"""Live worker state for the router, fed by each agent's Info call and Watch stream.
+"""Live worker state for the router, fed by each agent's Info call and Watch stream, and each worker's circuit
+breaker, fed by the request path.
 
-A worker whose stream breaks is not ready until it reconnects; reconnection backs off to a bounded interval.
+A worker whose stream breaks is not ready until it reconnects; reconnection backs off to at most a second, so a
+returning agent is used within about a second of its readiness. gRPC keepalive pings find a host that went
+silent (asleep, unplugged, stopped) within seconds, even with no request in flight.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from cluster.gateway.queue import Capacity
+from cluster.router.breaker import Breaker, BreakerState
 from cluster.router.rows import Reachability
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
@@ -25,7 +29,16 @@ log = logging.getLogger(__name__)
 INFO_DEADLINE_S = 5.0
 SAMPLE_STALE_S = 5.0
 RECONNECT_MIN_S = 0.2
-RECONNECT_MAX_S = 5.0
+RECONNECT_MAX_S = 1.0
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 5_000),  # a ping every 5 s; no answer within 3 s: the connection is dead
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),  # gRPC's own default backs off up to 120 s
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
 DEFAULT_SLOTS = 64  # an agent that does not say how many requests it takes at once
 
 
@@ -42,7 +55,7 @@ class WorkerHandle:
     connected: bool = False
     inflight: int = 0
     served: int = 0
-    suspect_until: float = 0.0
+    breaker: Breaker = field(default_factory=Breaker)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -63,7 +76,7 @@ class WorkerHandle:
             and self.sample is not None
             and _is_ready(self.sample)
             and now - self.sample_at < SAMPLE_STALE_S
-            and now >= self.suspect_until
+            and self.breaker.allows(now)
         )
 
     def view(self, now: float) -> WorkerView:
@@ -84,7 +97,7 @@ class WorkerHandle:
             return Reachability.UNREACHABLE
         if self.sample is None:
             return Reachability.CONNECTING
-        if now < self.suspect_until:
+        if self.breaker.state(now) is BreakerState.OPEN:
             return Reachability.SUSPECT
         return EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
 
@@ -100,9 +113,7 @@ class Registry:
     async def start(self) -> None:
         """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
         for handle in self.workers.values():
-            handle.channel = grpc.aio.insecure_channel(
-                handle.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-            )
+            handle.channel = grpc.aio.insecure_channel(handle.address, options=list(CHANNEL_OPTIONS))
             handle.stub = pb_grpc.WorkerStub(handle.channel)
             handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
 
@@ -168,9 +179,20 @@ class Registry:
         now = time.monotonic()
         return sum(h.ready(now) for h in self.workers.values())
 
-    def mark_suspect(self, handle: WorkerHandle, seconds: float = 2.0) -> None:
-        """Stop sending to a worker at once after a transport failure, until fresh samples say otherwise."""
-        handle.suspect_until = time.monotonic() + seconds
+    def attempt(self, handle: WorkerHandle) -> None:
+        handle.breaker.on_attempt(time.monotonic())
+
+    def failed(self, handle: WorkerHandle) -> None:
+        """A transport failure or an accept deadline missed (not the agent's own verdict, such as a 400)."""
+        was = handle.breaker.state(time.monotonic())
+        handle.breaker.on_failure(time.monotonic())
+        if handle.breaker.state(time.monotonic()) is not was:
+            log.warning("worker %s: circuit breaker open (%d failures)", handle.address, handle.breaker.failures)
+
+    def succeeded(self, handle: WorkerHandle) -> None:
+        if handle.breaker.opened_at is not None:
+            log.info("worker %s: circuit breaker closed", handle.address)
+        handle.breaker.on_success()
 
     async def _follow(self, handle: WorkerHandle) -> None:
         assert handle.stub is not None  # set by start()
@@ -183,6 +205,7 @@ class Registry:
                 async for sample in stream:
                     if not handle.connected:
                         log.info("worker %s connected (%s)", handle.address, handle.worker_id)
+                        handle.breaker.on_reconnect()  # what it said before it left is not trusted
                     handle.connected, delay = True, RECONNECT_MIN_S
                     handle.sample, handle.sample_at = sample, time.monotonic()
                     ready = _is_ready(sample)

@@ -14,7 +14,7 @@ from proto.states import EngineState
 class Reachability(enum.Enum):
     UNREACHABLE = "unreachable"  # the agent's stream is down
     CONNECTING = "connecting"  # connected, no load sample yet
-    SUSPECT = "suspect"  # a transport failure just now; not sent to until fresh samples come
+    SUSPECT = "suspect"  # its circuit breaker is open: failures just now; probed again after a cool-down
 
 
 class GroupRow(BaseModel):
@@ -45,6 +45,7 @@ class WorkerRow(BaseModel):
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     detail: str = ""
+    breaker: str = "closed"  # cluster.router.breaker.BreakerState: closed, open, half-open
     group: GroupRow | None = None
 
     @property
