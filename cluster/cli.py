@@ -272,7 +272,7 @@ def _status(_: argparse.Namespace) -> int:
         )
         return 1
     table = Table(title=f"Orchard at {state.url}")
-    for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "in flight"):
+    for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "breaker", "in flight"):
         table.add_column(column)
     for row in rows:
         memory = f"{row.memory_bytes / 2**30:.0f} GiB" if row.memory_bytes else "?"
@@ -280,7 +280,7 @@ def _status(_: argparse.Namespace) -> int:
         if group := row.group:
             engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
         table.add_row(row.worker_id, row.address, f"{row.chip} / {row.os}", memory, engine, ", ".join(row.models),
-                      row.state_text, str(row.inflight))  # fmt: skip
+                      row.state_text, row.breaker, str(row.inflight))  # fmt: skip
     console.print(table)
     return 0
 

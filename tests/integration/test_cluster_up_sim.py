@@ -112,6 +112,6 @@ def test_local_cluster_is_open_until_a_key_exists_and_status_still_works(
                           timeout=30)  # fmt: skip
     assert with_key.status_code == 200
     status = run_cli(["status"], tmp_path, timeout_s=60)  # the head's own operator key
-    assert status.returncode == 0 and "ready" in status.stdout
+    assert status.returncode == 0 and "ready" in status.stdout and "closed" in status.stdout  # the breaker
     listed = run_cli(["keys", "list"], tmp_path, timeout_s=60)
     assert listed.returncode == 0 and "ml" in listed.stdout and key not in listed.stdout
