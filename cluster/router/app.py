@@ -8,9 +8,11 @@ ends (free the slot, reconcile tokens, record usage).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +101,12 @@ class _Pipeline:
             return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
         ending = _Ending(self.gateway, granted, started_at)
         try:
-            return await self._forward(incoming, granted, ending, started_at)
+            response = await _unless_client_leaves(request, self._forward(incoming, granted, ending, started_at))
+            if response is None:  # gone before the answer (or a stream's first byte): the engine's work is cancelled
+                self.metrics.requests.labels(model, str(CLIENT_CLOSED)).inc()
+                ending(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))
+                return Response(status_code=CLIENT_CLOSED)
+            return response
         except BaseException:  # whatever went wrong, the slot and the reservation are given back
             ending(Ended(500, "", pb.Usage(), counted=True))
             raise
@@ -121,6 +128,23 @@ class _Pipeline:
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
                                  background=BackgroundTask(ending.close, started.call))  # fmt: skip
+
+
+CLIENT_POLL_S = 0.5
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> Response | None:
+    """`work`'s response, or None once the client has gone: `work` is then cancelled, which cancels its Generate
+    call, and the agent aborts the engine request. A whole (non-streamed) answer is all first byte, so without
+    this a client that left would hold its engine slot until the answer was done."""
+    task = asyncio.ensure_future(work)
+    while not (await asyncio.wait({task}, timeout=CLIENT_POLL_S))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+    return task.result()
 
 
 def _api_error(exc: ApiError | Refusal) -> ApiError:

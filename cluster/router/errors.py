@@ -24,6 +24,9 @@ _TYPES = {
 }
 
 
+RETRY_AFTER_S = 2
+
+
 class ApiError(Exception):
     """Raised anywhere in request handling; turned into an OpenAI error response at the edge."""
 
@@ -39,6 +42,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = dict(headers or {})
+        if self.status in (429, 503) and not any(h.lower() == "retry-after" for h in headers):
+            headers["retry-after"] = str(RETRY_AFTER_S)  # no worker now: an engine restarts or a host returns
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 

@@ -152,13 +152,25 @@ def test_client_disconnect_aborts_the_engine_request(sim_cluster: Cluster) -> No
     wait_until(lambda: workers(sim_cluster.url)[0].inflight == 0, 5, "the router's in-flight count to return to 0")
 
 
+def test_a_client_that_leaves_a_whole_answer_frees_its_engine_slot(sim_cluster: Cluster) -> None:
+    """Not streamed: the answer is all first byte, so the router watches the client while it waits."""
+    engine = sim_cluster.engine_url()
+    body = {"model": SIM_MODEL, "prompt": "long story", "max_tokens": 5000}  # 10 s of decoding
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(sim_cluster.url + "/v1/completions", json=body, timeout=1.0)  # the client gives up
+    left = time.monotonic()
+    wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 3, "engine running == 0")
+    print(f"\nengine slot free {time.monotonic() - left:.2f} s after the client left a whole answer")
+    wait_until(lambda: workers(sim_cluster.url)[0].inflight == 0, 5, "the router's in-flight count to return to 0")
+
+
 def test_killed_engine_is_restarted_and_requests_get_503_in_the_gap(sim_cluster: Cluster) -> None:
     body = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 2}
     url = sim_cluster.url + "/v1/completions"
     old_pid = sim_cluster.engine_pid()
     os.kill(old_pid, signal.SIGKILL)
     during = httpx.post(url, json=body, timeout=30)
-    assert during.status_code == 503, during.text
+    assert during.status_code == 503 and during.headers["retry-after"] == "2", during.text
     assert during.json()["error"]["type"] == "service_unavailable"
     wait_until(lambda: httpx.post(url, json=body, timeout=30).status_code == 200, 60, "a request to succeed again")
     assert sim_cluster.engine_pid() != old_pid

@@ -155,8 +155,16 @@ def create_app(state: SimState) -> FastAPI:
         if job.stream:
             return StreamingResponse(_stream(state, job), media_type="text/event-stream")
         words: list[str] = []
-        async for word in _run(state, job):
-            words.append(word)
+
+        async def run() -> None:
+            words.extend([word async for word in _run(state, job)])
+
+        task = asyncio.ensure_future(run())
+        while not (await asyncio.wait({task}, timeout=0.25))[0]:
+            if await request.is_disconnected():  # as vLLM does: a client that left frees its slot
+                task.cancel()
+                return _error(499, "the client closed the connection")
+        await task
         return JSONResponse(_full_response(state, job, words))
 
     return app
