@@ -27,6 +27,7 @@ from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan
+from cluster.router.rows import WorkerRow
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
@@ -285,6 +286,41 @@ def _status(_: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    """Stop new work on one worker and wait (bounded) until what it runs has finished; or resume it."""
+    import httpx
+
+    home = local.orchard_home()
+    state = lab.read_state(home) or local.running_state(home)
+    if state is None:
+        console.print("no Orchard cluster is running")
+        return 1
+    draining = args.command == "drain"
+    with httpx.Client(timeout=10, headers=operator_headers(home)) as client:
+        try:
+            answer = client.post(state.url + "/orchard/drain", json={"worker": args.worker, "draining": draining})
+        except httpx.HTTPError as exc:
+            err_console.print(f"[red]the router at {state.url} did not answer:[/] {escape(str(exc))}")
+            return 1
+        if answer.status_code != 200:
+            err_console.print(f"[red]{escape(answer.json()['error']['message'])}[/]")
+            return 1
+        row = WorkerRow.model_validate_json(answer.content)
+        if not draining:
+            console.print(f"{row.worker_id}: taking requests again")
+            return 0
+        console.print(f"{row.worker_id}: draining, no new requests; waiting for {row.inflight} in flight")
+        deadline = time.monotonic() + args.timeout
+        while row.inflight and time.monotonic() < deadline:
+            time.sleep(0.5)
+            row = next((r for r in read_workers(client, state.url) if r.address == row.address), row)
+    if row.inflight:
+        console.print(f"{row.worker_id}: still {row.inflight} in flight after {args.timeout:g} s (it stays draining)")
+        return 1
+    console.print(f"{row.worker_id}: drained, idle (undo with: cluster undrain {args.worker})")
+    return 0
+
+
 def _logs(args: argparse.Namespace) -> int:
     state = lab.read_state(local.orchard_home())
     if state is not None and args.which not in ("router",):
@@ -390,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     units_cmd.set_defaults(func=_units)
     sub.add_parser("down", help="stop the lab or the local cluster").set_defaults(func=_down)
     sub.add_parser("status", help="show the workers").set_defaults(func=_status)
+    drain = sub.add_parser("drain", help="take a worker out for maintenance: no new requests, running ones finish")
+    drain.add_argument("worker", help="a worker id (a lab host's name), address or host")
+    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it to be idle")
+    drain.set_defaults(func=_drain)
+    undrain = sub.add_parser("undrain", help="let a drained worker take requests again")
+    undrain.add_argument("worker", help="a worker id (a lab host's name), address or host")
+    undrain.set_defaults(func=_drain)
     logs = sub.add_parser("logs", help="a host's agent log (lab), or agent|router|engine (local)")
     logs.add_argument("which", nargs="?", default="agent", help="HOST, or agent|router|engine")
     logs.add_argument("-n", "--lines", type=int, default=50)

@@ -50,6 +50,11 @@ class WorkerStub:
                 request_serializer=proto_dot_orchard__pb2.WatchRequest.SerializeToString,
                 response_deserializer=proto_dot_orchard__pb2.LoadSample.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/orchard.v1.Worker/Drain',
+                request_serializer=proto_dot_orchard__pb2.DrainRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.DrainReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -79,6 +84,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Stop taking new requests (draining) or take them again; requests in flight finish either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=proto_dot_orchard__pb2.WatchRequest.FromString,
                     response_serializer=proto_dot_orchard__pb2.LoadSample.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=proto_dot_orchard__pb2.DrainRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.DrainReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +197,33 @@ class Worker:
             '/orchard.v1.Worker/Watch',
             proto_dot_orchard__pb2.WatchRequest.SerializeToString,
             proto_dot_orchard__pb2.LoadSample.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.Worker/Drain',
+            proto_dot_orchard__pb2.DrainRequest.SerializeToString,
+            proto_dot_orchard__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.host = host
         self.http = http
         self.inflight = 0
+        self.draining = False  # cluster drain: no new requests; those in flight finish
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
@@ -87,6 +88,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         path = _ENDPOINT_PATHS.get(request.endpoint)
         if path is None:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")
+            return
+        if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
+            await _abort(context, 503, "this worker is draining", "service_unavailable")
             return
         if not self.supervisor.ready:
             detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"
@@ -183,6 +187,12 @@ class WorkerService(pb_grpc.WorkerServicer):
                                        unsupported=adapter.unsupported, engine=adapter.name))  # fmt: skip
         return models
 
+    async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainReply:
+        if request.draining != self.draining:
+            log.info("%s: %s", "draining" if request.draining else "taking requests again", self.identity.worker_id)
+        self.draining = request.draining
+        return pb.DrainReply(draining=self.draining, inflight=self.inflight)
+
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0
         interval = min(max(interval, 0.05), 60.0)
@@ -196,6 +206,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             timestamp=time.time(),
             state=sup.state.to_wire(),
             agent_inflight=self.inflight,
+            draining=self.draining,
             engine_restarts=sup.restarts,
             state_detail="" if sup.ready else sup.detail,
             agent_instance=self.instance,

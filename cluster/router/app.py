@@ -17,8 +17,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -228,6 +230,30 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         reply = WorkersReply(workers=[worker_row(handle, now) for handle in registry.workers.values()])
         return Response(reply.model_dump_json(), media_type="application/json")
 
+    @app.post("/orchard/drain")
+    async def drain(request: Request) -> Response:
+        """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
+        try:
+            gateway.check_admin(request.headers.get("authorization"))
+            ask = DrainAsk.model_validate_json(await request.body())
+        except Refusal as exc:
+            return _api_error(exc).response()
+        except ValidationError as exc:
+            return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
+        handle = registry.find(ask.worker)
+        if handle is None:
+            return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()
+        try:
+            await registry.drain(handle, ask.draining)
+        except grpc.aio.AioRpcError as exc:
+            return ApiError(503, f"worker {handle.address} did not answer: {exc.code().name}").response()
+        return Response(worker_row(handle, time.monotonic()).model_dump_json(), media_type="application/json")
+
+
+class DrainAsk(BaseModel):
+    worker: str  # id, address or host
+    draining: bool = True
+
 
 def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
     """One worker as operators see it."""
@@ -242,5 +268,5 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         served=handle.served, running=sample.running, waiting=sample.waiting,
         prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
         decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), detail=sample.state_detail, group=group,
-        breaker=handle.breaker.state(now).value,
+        breaker=handle.breaker.state(now).value, draining=sample.draining,
     )  # fmt: skip

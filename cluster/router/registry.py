@@ -75,6 +75,7 @@ class WorkerHandle:
             self.connected
             and self.sample is not None
             and _is_ready(self.sample)
+            and not self.sample.draining
             and now - self.sample_at < SAMPLE_STALE_S
             and self.breaker.allows(now)
         )
@@ -178,6 +179,21 @@ class Registry:
     def ready_count(self) -> int:
         now = time.monotonic()
         return sum(h.ready(now) for h in self.workers.values())
+
+    def find(self, name: str) -> WorkerHandle | None:
+        """A worker by its id (a lab host's name), its address, or its address's host."""
+        for handle in self.workers.values():
+            if name in (handle.worker_id, handle.address, handle.address.rpartition(":")[0]):
+                return handle
+        return None
+
+    async def drain(self, handle: WorkerHandle, draining: bool) -> pb.DrainReply:
+        """Ask the agent itself (so a restarted router still knows), and stop choosing it at once."""
+        assert handle.stub is not None  # set by start()
+        reply: pb.DrainReply = await handle.stub.Drain(pb.DrainRequest(draining=draining), timeout=INFO_DEADLINE_S)
+        if handle.sample is not None:
+            handle.sample.draining = reply.draining
+        return reply
 
     def attempt(self, handle: WorkerHandle) -> None:
         handle.breaker.on_attempt(time.monotonic())

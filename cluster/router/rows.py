@@ -45,6 +45,7 @@ class WorkerRow(BaseModel):
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     detail: str = ""
+    draining: bool = False  # cluster drain: takes no new requests
     breaker: str = "closed"  # cluster.router.breaker.BreakerState: closed, open, half-open
     group: GroupRow | None = None
 
@@ -55,7 +56,8 @@ class WorkerRow(BaseModel):
     @property
     def state_text(self) -> str:
         """`ready`, or the state with why (e.g. `starting: loading weights`)."""
-        return self.state.value if self.ready or not self.detail else f"{self.state.value}: {self.detail}"
+        text = self.state.value if self.ready or not self.detail else f"{self.state.value}: {self.detail}"
+        return text + ", draining" if self.draining else text
 
 
 class WorkersReply(BaseModel):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,36 @@ def test_local_cluster_is_open_until_a_key_exists_and_status_still_works(
     assert status.returncode == 0 and "ready" in status.stdout and "closed" in status.stdout  # the breaker
     listed = run_cli(["keys", "list"], tmp_path, timeout_s=60)
     assert listed.returncode == 0 and "ml" in listed.stdout and key not in listed.stdout
+
+
+def test_drain_lets_the_running_stream_finish_refuses_new_work_then_undrain(
+    tmp_path: Path, foreground: Foreground
+) -> None:
+    _wait_serving(foreground.up)
+    state = local.running_state(tmp_path)
+    assert state is not None
+    body = {"model": "sim-model", "prompt": "a long story", "max_tokens": 120, "stream": True}
+    with httpx.stream("POST", state.url + "/v1/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # running on the one worker
+        drained: list[subprocess.CompletedProcess[str]] = []
+        waiter = threading.Thread(target=lambda: drained.append(run_cli(["drain", "127.0.0.1"], tmp_path, 60)))
+        waiter.start()
+        refused = wait_until(lambda: _refused(state.url), 10, "new requests refused while draining")
+        assert refused.headers["retry-after"] and "No ready worker" in refused.json()["error"]["message"]
+        rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and "error" not in "".join(rest)  # the stream finished whole
+    waiter.join(60)
+    assert drained[0].returncode == 0 and "drained, idle" in drained[0].stdout, drained[0].stdout
+    status = run_cli(["status"], tmp_path, timeout_s=60)
+    assert "draining" in status.stdout
+    assert run_cli(["undrain", "127.0.0.1"], tmp_path, 60).returncode == 0
+    short = {"model": "sim-model", "prompt": "hi", "max_tokens": 2}
+    wait_until(lambda: httpx.post(state.url + "/v1/completions", json=short, timeout=30).status_code == 200, 10,
+               "requests served again after undrain")  # fmt: skip
+
+
+def _refused(url: str) -> httpx.Response | None:
+    response = httpx.post(url + "/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 2},
+                          timeout=30)  # fmt: skip
+    return response if response.status_code == 503 else None
