@@ -21,13 +21,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.bringup import install, lab, local, remote, units
-from cluster.bringup.fleet import read_workers
+from cluster.bringup import drain, install, lab, local, remote, units
+from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan
-from cluster.router.rows import WorkerRow
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
@@ -242,8 +241,9 @@ def _units(args: argparse.Namespace) -> int:
     return 0
 
 
-def _down(_: argparse.Namespace) -> int:
+def _down(args: argparse.Namespace) -> int:
     home = local.orchard_home()
+    _drain_all(home, args.drain_timeout)
     if asyncio.run(lab.down(home, report=lambda m: console.print(f"  • {m}"))):
         console.print("stopped the lab.")
         return 0
@@ -298,27 +298,41 @@ def _drain(args: argparse.Namespace) -> int:
     draining = args.command == "drain"
     with httpx.Client(timeout=10, headers=operator_headers(home)) as client:
         try:
-            answer = client.post(state.url + "/orchard/drain", json={"worker": args.worker, "draining": draining})
-        except httpx.HTTPError as exc:
-            err_console.print(f"[red]the router at {state.url} did not answer:[/] {escape(str(exc))}")
+            row = drain.set_draining(client, state.url, args.worker, draining)
+        except drain.DrainError as exc:
+            err_console.print(f"[red]{escape(str(exc))}[/]")
             return 1
-        if answer.status_code != 200:
-            err_console.print(f"[red]{escape(answer.json()['error']['message'])}[/]")
-            return 1
-        row = WorkerRow.model_validate_json(answer.content)
         if not draining:
             console.print(f"{row.worker_id}: taking requests again")
             return 0
         console.print(f"{row.worker_id}: draining, no new requests; waiting for {row.inflight} in flight")
-        deadline = time.monotonic() + args.timeout
-        while row.inflight and time.monotonic() < deadline:
-            time.sleep(0.5)
-            row = next((r for r in read_workers(client, state.url) if r.address == row.address), row)
-    if row.inflight:
-        console.print(f"{row.worker_id}: still {row.inflight} in flight after {args.timeout:g} s (it stays draining)")
+        left = drain.wait_idle(client, state.url, {row.address}, args.timeout)
+    if left:
+        console.print(f"{row.worker_id}: still {left} in flight after {args.timeout:g} s (it stays draining)")
         return 1
     console.print(f"{row.worker_id}: drained, idle (undo with: cluster undrain {args.worker})")
     return 0
+
+
+def _drain_all(home: Path, timeout_s: float) -> None:
+    """Before `down`: every worker takes no new requests, and those running get up to `timeout_s` to finish."""
+    import httpx
+
+    state = lab.read_state(home) or local.running_state(home)
+    if state is None or timeout_s <= 0:
+        return
+    with httpx.Client(timeout=5, headers=operator_headers(home)) as client:
+        rows = fetch_workers(client, state.url)
+        busy = sum(r.inflight for r in rows)
+        for row in rows:
+            try:
+                drain.set_draining(client, state.url, row.address)
+            except drain.DrainError:
+                continue  # an agent that does not answer has nothing to finish
+        if busy:
+            console.print(f"  • draining: waiting up to {timeout_s:g} s for {busy} request(s) in flight")
+            left = drain.wait_idle(client, state.url, {r.address for r in rows}, timeout_s)
+            console.print(f"  • {'all finished' if not left else f'{left} still running: cut'}")
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -424,12 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     units_cmd.add_argument("host")
     units_cmd.add_argument("--kind", choices=("launchd", "systemd"), default="launchd")
     units_cmd.set_defaults(func=_units)
-    sub.add_parser("down", help="stop the lab or the local cluster").set_defaults(func=_down)
+    down = sub.add_parser("down", help="stop the lab or the local cluster (requests in flight may finish first)")
+    down.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds requests in flight get to finish before everything stops (0: stop now)",
+    )
+    down.set_defaults(func=_down)
     sub.add_parser("status", help="show the workers").set_defaults(func=_status)
-    drain = sub.add_parser("drain", help="take a worker out for maintenance: no new requests, running ones finish")
-    drain.add_argument("worker", help="a worker id (a lab host's name), address or host")
-    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it to be idle")
-    drain.set_defaults(func=_drain)
+    drain_cmd = sub.add_parser("drain", help="take a worker out for maintenance: no new requests, running ones finish")
+    drain_cmd.add_argument("worker", help="a worker id (a lab host's name), address or host")
+    drain_cmd.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it to be idle")
+    drain_cmd.set_defaults(func=_drain)
     undrain = sub.add_parser("undrain", help="let a drained worker take requests again")
     undrain.add_argument("worker", help="a worker id (a lab host's name), address or host")
     undrain.set_defaults(func=_drain)

@@ -149,3 +149,20 @@ def _refused(url: str) -> httpx.Response | None:
     response = httpx.post(url + "/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 2},
                           timeout=30)  # fmt: skip
     return response if response.status_code == 503 else None
+
+
+def test_down_lets_a_running_stream_finish_first(tmp_path: Path, foreground: Foreground) -> None:
+    _wait_serving(foreground.up)
+    state = local.running_state(tmp_path)
+    assert state is not None
+    body = {"model": "sim-model", "prompt": "a long story", "max_tokens": 60, "stream": True}
+    with httpx.stream("POST", state.url + "/v1/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        downs: list[subprocess.CompletedProcess[str]] = []
+        stopper = threading.Thread(target=lambda: downs.append(run_cli(["down"], tmp_path, 90)))
+        stopper.start()
+        rest = [line for line in lines if line.startswith("data: ")]
+    stopper.join(90)
+    assert rest[-1] == "data: [DONE]" and "error" not in "".join(rest)  # not cut by the stop
+    assert downs[0].returncode == 0 and "all finished" in downs[0].stdout, downs[0].stdout
