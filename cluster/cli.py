@@ -255,13 +255,19 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(home: Path) -> lab.LabState | local.LocalState | None:
+    """The lab or local cluster running from `home`, or None (said on the console)."""
+    state = lab.read_state(home) or local.running_state(home)
+    if state is None:
+        console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
+    return state
+
+
 def _status(_: argparse.Namespace) -> int:
     import httpx
 
     home = local.orchard_home()
-    state = lab.read_state(home) or local.running_state(home)
-    if state is None:
-        console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
+    if (state := _running(home)) is None:
         return 1
     try:
         with httpx.Client(timeout=5, headers=operator_headers(home)) as client:
@@ -291,9 +297,7 @@ def _drain(args: argparse.Namespace) -> int:
     import httpx
 
     home = local.orchard_home()
-    state = lab.read_state(home) or local.running_state(home)
-    if state is None:
-        console.print("no Orchard cluster is running")
+    if (state := _running(home)) is None:
         return 1
     draining = args.command == "drain"
     with httpx.Client(timeout=10, headers=operator_headers(home)) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,13 +122,8 @@ def test_local_cluster_is_open_until_a_key_exists_and_status_still_works(
 def test_drain_lets_the_running_stream_finish_refuses_new_work_then_undrain(
     tmp_path: Path, foreground: Foreground
 ) -> None:
-    _wait_serving(foreground.up)
-    state = local.running_state(tmp_path)
-    assert state is not None
-    body = {"model": "sim-model", "prompt": "a long story", "max_tokens": 120, "stream": True}
-    with httpx.stream("POST", state.url + "/v1/completions", json=body, timeout=60) as stream:
-        lines = stream.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))  # running on the one worker
+    state = _serving(tmp_path, foreground)
+    with _long_stream(state.url, 120) as lines:
         drained: list[subprocess.CompletedProcess[str]] = []
         waiter = threading.Thread(target=lambda: drained.append(run_cli(["drain", "127.0.0.1"], tmp_path, 60)))
         waiter.start()
@@ -152,13 +148,8 @@ def _refused(url: str) -> httpx.Response | None:
 
 
 def test_down_lets_a_running_stream_finish_first(tmp_path: Path, foreground: Foreground) -> None:
-    _wait_serving(foreground.up)
-    state = local.running_state(tmp_path)
-    assert state is not None
-    body = {"model": "sim-model", "prompt": "a long story", "max_tokens": 60, "stream": True}
-    with httpx.stream("POST", state.url + "/v1/completions", json=body, timeout=60) as stream:
-        lines = stream.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))
+    state = _serving(tmp_path, foreground)
+    with _long_stream(state.url, 60) as lines:
         downs: list[subprocess.CompletedProcess[str]] = []
         stopper = threading.Thread(target=lambda: downs.append(run_cli(["down"], tmp_path, 90)))
         stopper.start()
@@ -166,3 +157,20 @@ def test_down_lets_a_running_stream_finish_first(tmp_path: Path, foreground: For
     stopper.join(90)
     assert rest[-1] == "data: [DONE]" and "error" not in "".join(rest)  # not cut by the stop
     assert downs[0].returncode == 0 and "all finished" in downs[0].stdout, downs[0].stdout
+
+
+def _serving(home: Path, foreground: Foreground) -> local.LocalState:
+    _wait_serving(foreground.up)
+    state = local.running_state(home)
+    assert state is not None
+    return state
+
+
+@contextlib.contextmanager
+def _long_stream(url: str, tokens: int) -> Iterator[Iterator[str]]:
+    """A stream running on the one worker (its first chunk read): its remaining lines."""
+    body = {"model": "sim-model", "prompt": "a long story", "max_tokens": tokens, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        yield lines
