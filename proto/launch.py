@@ -87,6 +87,7 @@ class AgentConfig(_Frozen):
     sim_options: tuple[tuple[str, str], ...] = ()
     max_concurrency: int = Field(default=64, ge=1, le=4096)
     ready_timeout_s: float = Field(default=600.0, gt=0)
+    stall_timeout_s: float = Field(default=120.0, gt=0)  # requests in flight, no token this long: hung, restart
     log_dir: str = "~/.orchard/logs"  # on the agent's host; `~` expands there
     port_file: str | None = None
     group: GroupRole | None = None
@@ -106,7 +107,7 @@ class AgentConfig(_Frozen):
         argv = ["--listen", self.listen, "--engine", self.engine, "--model", self.model,
                 "--served-name", self.served_name, "--worker-id", self.worker_id,
                 "--max-concurrency", str(self.max_concurrency), "--ready-timeout", repr(self.ready_timeout_s),
-                "--log-dir", self.log_dir]  # fmt: skip
+                "--stall-timeout", repr(self.stall_timeout_s), "--log-dir", self.log_dir]  # fmt: skip
         argv += [f"--engine-arg={arg}" for arg in self.engine_args]
         argv += _optional("--engine-python", self.engine_python)
         argv += _optional("--max-model-len", self.max_model_len)
@@ -129,7 +130,8 @@ class AgentConfig(_Frozen):
             "engine_python": args.engine_python, "max_model_len": args.max_model_len,
             "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(args.sim_option),
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
-            "log_dir": args.log_dir, "port_file": args.port_file, "group": _group_from(args),
+            "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
+            "group": _group_from(args),
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
@@ -229,6 +231,12 @@ def _agent_parser() -> argparse.ArgumentParser:
     add("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     add("--max-concurrency", type=int, default=64)
     add("--ready-timeout", type=float, default=600.0)
+    add(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="seconds an engine with requests in flight may produce no token before it is restarted as hung",
+    )
     add("--log-dir", default="~/.orchard/logs")
     add("--port-file", help="write the bound gRPC port here once listening")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")

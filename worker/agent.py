@@ -97,7 +97,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then drain gRPC and stop the engine (terminate, then kill)."""
     adapter = adapter_for(config.engine)
     engine_config = await _engine_config(config)
-    policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s)
+    policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s, stall_timeout_s=config.stall_timeout_s)
     supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy)
     group = GroupController(config.group, supervisor) if config.group else None
     host = await asyncio.to_thread(read_host_facts)

@@ -76,6 +76,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.host = host
         self.http = http
         self.inflight = 0
+        self.streams = 0  # streams in flight: their chunks are the progress the stall watchdog sees
+        self.supervisor.inflight = lambda: self.streams
         self.draining = False  # cluster drain: no new requests; those in flight finish
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
@@ -115,12 +117,16 @@ class WorkerService(pb_grpc.WorkerServicer):
         try:
             if streaming:
                 batches = stream_batches(self.http, url, body, tally)
+                self.streams += 1
+                self.supervisor.note_token()  # a new stream is not a stalled one
                 try:
                     async for batch in batches:
+                        self.supervisor.note_token()
                         first_at = first_at or time.monotonic()
                         running = usage_message(tally.usage) if tally.usage else None
                         yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
                 finally:
+                    self.streams -= 1
                     await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
             else:
                 yield pb.GenerateReply(response=await whole_response(self.http, url, body, tally))

@@ -1,7 +1,8 @@
 """Supervising one engine subprocess: an explicit state machine with deadlines and a terminal FAILED state.
 
 STARTING --(health ok + one real token before the deadline)--> READY
-READY --(process exits / health fails 3x)--> RESTARTING --(backoff)--> STARTING
+READY --(process exits / health fails 3x / streams in flight, no token for stall_timeout_s)--> RESTARTING
+      --(backoff)--> STARTING
 STARTING --(too many failed starts in a row)--> FAILED   (terminal; the agent reports it)
 READY/STARTING --request_restart()--> RESTARTING --(at once)--> STARTING   (a shard group relaunching)
 any --stop()--> STOPPING --> STOPPED   (SIGTERM to the process group, SIGKILL after a grace period)
@@ -38,12 +39,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SupervisorPolicy:
     ready_timeout_s: float = 600.0  # vLLM on 2 CPU cores needs a minute or two
+    stall_timeout_s: float = 120.0  # health answers but nothing advances (a collective waiting on a lost peer)
     health_interval_s: float = 2.0
     health_failures_to_restart: int = 3
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     max_failed_starts: int = 5
     stop_grace_s: float = 15.0
+    hung_grace_s: float = 2.0  # an engine that failed its health checks or stalled will not finish its requests
     member_settle_s: float = 1.0  # a rank that serves no HTTP is ready after staying up this long
     gate_poll_s: float = 0.25
 
@@ -78,6 +81,9 @@ class EngineSupervisor:
         self._restart_reason: str | None = None
         self._restart_event = asyncio.Event()
         self.last_token_at = 0.0
+        # Streams the agent relays now (set by the service). Only streams: a whole answer shows no progress
+        # until it is done, so a long one would look hung.
+        self.inflight: Callable[[], int] = lambda: 0
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -115,7 +121,11 @@ class EngineSupervisor:
         return parse_engine_metrics(response.text)
 
     def note_token(self) -> None:
+        """Progress: a token relayed, or a request started (an idle engine is not stalled)."""
         self.last_token_at = time.monotonic()
+
+    def stalled(self) -> bool:
+        return self.inflight() > 0 and time.monotonic() - self.last_token_at > self.policy.stall_timeout_s
 
     async def stop(self) -> None:
         await self._set(EngineState.STOPPING, "stopping")
@@ -148,10 +158,10 @@ class EngineSupervisor:
             if ok:
                 failed_starts, backoff = 0, self.policy.backoff_initial_s
                 await self._set(EngineState.READY, "serving")
-                reason = await self._watch_health()
+                reason, hung = await self._watch_health()
             else:
-                reason = self.detail
-            await self._terminate()
+                reason, hung = self.detail, False
+            await self._terminate(self.policy.hung_grace_s if hung else self.policy.stop_grace_s)
             self.restarts += 1
             if self._restart_reason is not None:  # asked for: relaunch at once
                 reason, self._restart_reason = self._restart_reason, None
@@ -219,8 +229,8 @@ class EngineSupervisor:
         self.note_token()
         return True
 
-    async def _watch_health(self) -> str:
-        """Returns why the engine stopped being healthy."""
+    async def _watch_health(self) -> tuple[str, bool]:
+        """Why the engine stopped being healthy, and whether it is hung (unresponsive, or stalled with work)."""
         assert self._proc is not None  # set by _spawn before READY
         failures = 0
         restart = asyncio.ensure_future(self._restart_event.wait())
@@ -230,14 +240,17 @@ class EngineSupervisor:
                 done, _ = await asyncio.wait({exited, restart}, timeout=self.policy.health_interval_s,
                                              return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 if exited in done:
-                    return f"engine exited with code {self._proc.returncode}"
+                    return f"engine exited with code {self._proc.returncode}", False
                 exited.cancel()
                 if restart in done:
-                    return self._restart_reason or "restart requested"
+                    return self._restart_reason or "restart requested", False
                 if self._serves_http:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
-                    return f"engine failed {failures} health checks in a row"
+                    return f"engine failed {failures} health checks in a row", True
+                if self.stalled():
+                    return f"engine hung: {self.inflight()} stream(s) in flight, no token for " \
+                           f"{self.policy.stall_timeout_s:.0f}s", True  # fmt: skip
         finally:
             restart.cancel()
 
@@ -269,16 +282,18 @@ class EngineSupervisor:
         self.pid = self._proc.pid
         await asyncio.to_thread(procs.record, self.pid_record, self.pid)
 
-    async def _terminate(self) -> None:
+    async def _terminate(self, grace_s: float | None = None) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        grace = self.policy.stop_grace_s if grace_s is None else grace_s
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGCONT)  # a stopped (hung) engine takes its SIGTERM only when continued
             try:
-                await asyncio.wait_for(proc.wait(), self.policy.stop_grace_s)
+                await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
-                log.warning("engine pid %s ignored SIGTERM for %.0fs; killing", proc.pid, self.policy.stop_grace_s)
+                log.warning("engine pid %s ignored SIGTERM for %.0fs; killing", proc.pid, grace)
         # Whatever is left in the group (the engine's own workers) goes too.
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

@@ -80,6 +80,7 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count_o
     body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
+        request_id = response.headers["x-request-id"]
         lines = response.iter_lines()  # kept referenced: a dropped iterator closes the stream early
         data = [line for line, _ in zip(lines, range(12), strict=False) if line.startswith("data: ")]
         assert len(data) >= 5
@@ -88,7 +89,8 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count_o
     wait_until(lambda: engine_metric(engine, "vllm:num_requests_running") == 0, 15, "vLLM running == 0")
     # The usage row holds the engine's own count (its counters moved by this request alone), not an estimate.
     prompted, generated = (engine_metric(engine, name) - was for name, was in zip(counters, before, strict=True))
-    row = wait_until(lambda: _last_row(up.home, 499), 5, "the cut request's usage row")
+    row = wait_until(lambda: _row(up.home, request_id), 5, "the cut request's usage row")
+    assert row["status"] == 499
     assert row["prompt_tokens"] == prompted
     assert len(data) <= row["completion_tokens"] <= generated <= row["completion_tokens"] + 5
     # ... and the router's token counter took that count once (running counts are not added up per chunk).
@@ -96,10 +98,11 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count_o
     assert routed == row["prompt_tokens"] + row["completion_tokens"]
 
 
-def _last_row(home: Path, status: int) -> sqlite3.Row | None:
+def _row(home: Path, request_id: str) -> sqlite3.Row | None:
+    """This request's usage row (the battery's tests cut requests on the same cluster too)."""
     with sqlite3.connect(home / "gateway.db") as conn:
         conn.row_factory = sqlite3.Row
-        return conn.execute("SELECT * FROM usage WHERE status = ? ORDER BY id DESC", (status,)).fetchone()
+        return conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone()
 
 
 @pytest.mark.takes_down

@@ -24,6 +24,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.conftest import workers as rows
+from worker import procs
 
 ACCEPT_S = 1.0
 
@@ -98,3 +99,25 @@ def _engine_healthy(address: str) -> bool:
         return bool(url) and httpx.get(url + "/health", timeout=2).status_code == 200
     except Exception:  # not up yet: gRPC or HTTP refuses
         return False
+
+
+def test_an_engine_that_stops_advancing_is_restarted_and_its_stream_ends_with_an_error(tmp_path: Path) -> None:
+    """The engine answers /health but its requests stop advancing (a collective waiting on a lost peer): with
+    streams in flight and no token for --stall-timeout, the agent restarts it; no stream hangs."""
+    options = (("decode-ms-per-token", "2"), ("hang-after-tokens", "5"))
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=options, stall_timeout_s=2.0)
+    cluster = start_cluster(tmp_path, [agent])
+    try:
+        engine = cluster.engine_pid()
+        body = {"model": SIM_MODEL, "prompt": "story", "max_tokens": 50, "stream": True}
+        started = time.monotonic()
+        with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=60) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        took = time.monotonic() - started
+        assert events[-1] == "data: [DONE]" and '"error"' in events[-2], events[-3:]  # an error event, not a cut
+        assert len(events) >= 5 and took < 2.0 + 2.0 + 2.0 + 2  # stall timeout, a health tick, the hung grace, slack
+        wait_until(lambda: [pid for pid in procs.descendants(cluster.agent_pid)[:1] if pid != engine], 30,
+                   "a new engine process")  # fmt: skip
+        assert "engine hung" in (cluster.log_dir / "agent.log").read_text()
+    finally:
+        stop_cluster(cluster)

@@ -17,6 +17,7 @@ SIM_OPTIONS = (
     "max-concurrency",
     "kv-blocks",
     "stamp-chunks",
+    "hang-after-tokens",
 )
 
 

@@ -35,6 +35,7 @@ class SimState:
     timing: SimTiming
     seed: int
     stamp_chunks: bool = False  # add "orchard_sent_ns" (wall clock) to every streamed chunk, for latency studies
+    hang_after_tokens: int = 0  # fault injection: every request stops advancing after this many (0: never)
     running: int = 0
     waiting: int = 0
     slots: asyncio.Semaphore = field(init=False)
@@ -194,6 +195,8 @@ async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
             for index, word in enumerate(words):
                 if index:
                     await asyncio.sleep(state.timing.decode_seconds(state.running))
+                if state.hang_after_tokens and index >= state.hang_after_tokens:
+                    await asyncio.Event().wait()  # hung as a lost collective peer leaves it; /health still answers
                 state.c_gen.labels(state.model).inc()
                 yield word if index == 0 else " " + word
         finally:
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
     parser.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="prefix-cache blocks (16 tokens)")
     parser.add_argument("--stamp-chunks", type=int, choices=(0, 1), default=0, help="1: send time in every chunk")
+    parser.add_argument("--hang-after-tokens", type=int, default=0, help="fault injection: hang every request there")
     args = parser.parse_args(argv)
     timing = SimTiming(
         overhead_ms=args.overhead_ms,
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         max_concurrency=args.max_concurrency,
         kv_blocks=args.kv_blocks,
     )
-    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed, stamp_chunks=bool(args.stamp_chunks)))
+    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed, stamp_chunks=bool(args.stamp_chunks),
+                              hang_after_tokens=args.hang_after_tokens))  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
