@@ -310,7 +310,11 @@ def _drain(args: argparse.Namespace) -> int:
             console.print(f"{row.worker_id}: taking requests again")
             return 0
         console.print(f"{row.worker_id}: draining, no new requests; waiting for {row.inflight} in flight")
-        left = drain.wait_idle(client, state.url, {row.address}, args.timeout)
+        try:
+            left = drain.wait_idle(client, state.url, {row.address}, args.timeout)
+        except drain.DrainError as exc:
+            err_console.print(f"[red]{escape(str(exc))}[/]")
+            return 1
     if left:
         console.print(f"{row.worker_id}: still {left} in flight after {args.timeout:g} s (it stays draining)")
         return 1
@@ -335,7 +339,11 @@ def _drain_all(home: Path, timeout_s: float) -> None:
                 continue  # an agent that does not answer has nothing to finish
         if busy:
             console.print(f"  • draining: waiting up to {timeout_s:g} s for {busy} request(s) in flight")
-            left = drain.wait_idle(client, state.url, {r.address for r in rows}, timeout_s)
+            try:
+                left = drain.wait_idle(client, state.url, {r.address for r in rows}, timeout_s)
+            except drain.DrainError as exc:
+                console.print(f"  • {escape(str(exc))}: stopping now")
+                return
             console.print(f"  • {'all finished' if not left else f'{left} still running: cut'}")
 
 

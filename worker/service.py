@@ -91,9 +91,6 @@ class WorkerService(pb_grpc.WorkerServicer):
         if path is None:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")
             return
-        if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
-            await _abort(context, 503, "this worker is draining", "service_unavailable")
-            return
         if not self.supervisor.ready:
             detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"
             await _abort(context, 503, detail, "service_unavailable")
@@ -112,13 +109,18 @@ class WorkerService(pb_grpc.WorkerServicer):
         if streaming and self.supervisor.adapter.running_usage:
             tally.strip_running = ask_running_usage(payload)
             body = json.dumps(payload).encode()
+        # Checked with no await before counting it in flight, so a drain that read inflight 0 saw every request.
+        if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
+            await _abort(context, 503, "this worker is draining", "service_unavailable")
+            return
         started = time.monotonic()
         self.inflight += 1
         try:
             if streaming:
                 batches = stream_batches(self.http, url, body, tally)
+                if self.streams == 0:
+                    self.supervisor.note_token()  # busy from now: an idle engine is not stalled
                 self.streams += 1
-                self.supervisor.note_token()  # a new stream is not a stalled one
                 try:
                     async for batch in batches:
                         self.supervisor.note_token()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 
 import httpx
+from pydantic import ValidationError
 
-from cluster.bringup.fleet import fetch_workers
+from cluster.bringup.fleet import read_workers
 from cluster.router.rows import WorkerRow
 
 
@@ -30,7 +31,11 @@ def wait_idle(client: httpx.Client, url: str, addresses: set[str], timeout_s: fl
     """Requests still in flight on those workers when they finished, or when `timeout_s` ran out."""
     deadline = time.monotonic() + timeout_s
     while True:
-        busy = sum(r.inflight for r in fetch_workers(client, url) if r.address in addresses)
+        try:
+            rows = read_workers(client, url)
+        except (httpx.HTTPError, ValidationError) as exc:  # not "idle": we cannot tell
+            raise DrainError(f"the router at {url} stopped answering: {exc}") from None
+        busy = sum(r.inflight for r in rows if r.address in addresses)
         if busy == 0 or time.monotonic() >= deadline:
             return busy
         time.sleep(0.5)

@@ -140,13 +140,20 @@ async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> 
     call, and the agent aborts the engine request. A whole (non-streamed) answer is all first byte, so without
     this a client that left would hold its engine slot until the answer was done."""
     task = asyncio.ensure_future(work)
-    while not (await asyncio.wait({task}, timeout=CLIENT_POLL_S))[0]:
-        if await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return None
-    return task.result()
+    try:
+        while not (await asyncio.wait({task}, timeout=CLIENT_POLL_S))[0]:
+            if await request.is_disconnected() and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # the handler itself is cancelled
+                    raise asyncio.CancelledError
+                return None
+        # Done, even if the client left meanwhile: Starlette then sends nothing and still runs the response's
+        # background (which ends a stream's Generate call); dropping the response would leave that call open.
+        return task.result()
+    finally:
+        task.cancel()  # a no-op once done; ends the work if this handler is cancelled
 
 
 def _api_error(exc: ApiError | Refusal) -> ApiError:
@@ -240,9 +247,14 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
             return _api_error(exc).response()
         except ValidationError as exc:
             return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
-        handle = registry.find(ask.worker)
-        if handle is None:
+        found = registry.find(ask.worker)
+        if not found:
             return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()
+        if len(found) > 1:
+            names = ", ".join(sorted(h.worker_id for h in found))
+            return ApiError(409, f"`{ask.worker}` names {len(found)} workers ({names}); give one of those",
+                            code="ambiguous_worker").response()  # fmt: skip
+        handle = found[0]
         try:
             await registry.drain(handle, ask.draining)
         except grpc.aio.AioRpcError as exc:

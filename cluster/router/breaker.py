@@ -57,6 +57,10 @@ class Breaker:
             self.opened_at = now
         self.probing = False
 
+    def on_abandoned(self) -> None:
+        """The attempt ended with no verdict (the client left, the request was cancelled): the probe may go again."""
+        self.probing = False
+
     def on_reconnect(self) -> None:
         """The agent's stream came back (a restarted agent, a host back on the network): start afresh."""
         self.on_success()

@@ -54,6 +54,13 @@ CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response wen
 _WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def _transport_failure(exc: grpc.aio.AioRpcError) -> bool:
+    """The worker or the network failed — not the agent's verdict (a 400), nor the request's own deadline."""
+    if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return False
+    return errors.http_status(exc.trailing_metadata()) is None
+
+
 class Forwarder:
     """Owns the routing state; the registry, metrics and config are injected."""
 
@@ -98,6 +105,7 @@ class Forwarder:
             call.add_done_callback(lambda _call, h=handle: _release(h))
             try:
                 await asyncio.wait_for(call.initial_metadata(), self.config.accept_timeout_s)
+                self.registry.succeeded(handle)  # it accepted: the host is alive, however long the prompt takes
                 first = await call.read()
             except TimeoutError:
                 call.cancel()
@@ -107,14 +115,15 @@ class Forwarder:
                 continue
             except grpc.aio.AioRpcError as exc:
                 last_error = from_grpc(exc)
-                if errors.http_status(exc.trailing_metadata()) is None:  # transport, not the agent's verdict
+                if _transport_failure(exc):
                     self.registry.failed(handle)
-                else:
-                    self.registry.succeeded(handle)
                 if exc.code() not in _WORTH_ANOTHER_WORKER:
                     raise last_error from exc
                 continue
-            self.registry.succeeded(handle)
+            except BaseException:  # cancelled (the client left): no verdict on the worker; end the call now
+                call.cancel()
+                handle.breaker.on_abandoned()
+                raise
             if first is grpc.aio.EOF:
                 raise ApiError(502, "the worker ended the response without any data")
             return Started(handle, call, first)

@@ -180,12 +180,11 @@ class Registry:
         now = time.monotonic()
         return sum(h.ready(now) for h in self.workers.values())
 
-    def find(self, name: str) -> WorkerHandle | None:
-        """A worker by its id (a lab host's name), its address, or its address's host."""
-        for handle in self.workers.values():
-            if name in (handle.worker_id, handle.address, handle.address.rpartition(":")[0]):
-                return handle
-        return None
+    def find(self, name: str) -> list[WorkerHandle]:
+        """The workers a name means: its id (a lab host's name), its address, or its address's host (several
+        agents on one machine share that)."""
+        exact = [h for h in self.workers.values() if name in (h.worker_id, h.address)]
+        return exact or [h for h in self.workers.values() if h.address.rpartition(":")[0] == name]
 
     async def drain(self, handle: WorkerHandle, draining: bool) -> pb.DrainReply:
         """Ask the agent itself (so a restarted router still knows), and stop choosing it at once."""

@@ -45,3 +45,10 @@ def test_a_reconnected_agent_starts_closed() -> None:
     breaker = opened()
     breaker.on_reconnect()
     assert breaker.state(0) is BreakerState.CLOSED and breaker.allows(0)
+
+
+def test_an_abandoned_probe_lets_the_next_one_go() -> None:
+    breaker = opened()
+    breaker.on_attempt(COOL_DOWN_S)
+    breaker.on_abandoned()  # the client left mid-probe: no verdict on the worker
+    assert breaker.state(COOL_DOWN_S) is BreakerState.HALF_OPEN and breaker.allows(COOL_DOWN_S)
