@@ -149,6 +149,7 @@ class RouterConfig(_Frozen):
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
     request_timeout_s: float = Field(default=900.0, gt=0)
     accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
+    shutdown_grace_s: float = Field(default=60.0, ge=0)  # after SIGTERM: streams in flight get this to finish
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
@@ -182,6 +183,7 @@ class RouterConfig(_Frozen):
         argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
                 "--max-attempts", str(self.max_attempts),
                 "--request-timeout", repr(self.request_timeout_s), "--accept-timeout", repr(self.accept_timeout_s),
+                "--shutdown-grace", repr(self.shutdown_grace_s),
                 "--max-queue", str(self.max_queue)]  # fmt: skip
         argv += _optional("--gateway-db", self.gateway_db)
         argv += ["--no-auth"] if self.no_auth else []
@@ -202,6 +204,7 @@ class RouterConfig(_Frozen):
             "model_policies": tuple(args.model_policy),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
             "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
+            "shutdown_grace_s": args.shutdown_grace,
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
             "max_queue": args.max_queue,
         }  # fmt: skip
@@ -276,6 +279,12 @@ def _router_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="seconds a worker has to accept a request before the router tries another (a hung host)",
+    )
+    add(
+        "--shutdown-grace",
+        type=float,
+        default=60.0,
+        help="seconds requests in flight get to finish after SIGTERM (the listener closes at once)",
     )
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")
     add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from proto import build
 from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, LaunchConfigError
-from worker import procs
+from worker import keeper, procs
 from worker.engines.base import EngineConfig
 from worker.engines.vllm import VllmEngine
 from worker.hostinfo import SOCKETFILTERFW, parse_firewall, read_host_facts
@@ -69,8 +69,10 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
         stop(folder)
     logs = folder / "logs"
     config = config.model_copy(update={"log_dir": str(logs)})
-    # Its own session: it survives the SSH session; stop() signals its whole group.
-    pid = procs.spawn(config.command(), logs / "agent.log", tied_to_parent=False, cwd=folder)
+    # Its own session: it survives the SSH session; stop() signals its whole group. The keeper restarts an
+    # agent that dies (hosts with the agent as a launchd/systemd service have their service manager for that).
+    argv = keeper.wrap("agent", config.command())
+    pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
     (folder / "agent.pid").write_text(f"{pid}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
     time.sleep(0.5)

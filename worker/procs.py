@@ -91,6 +91,12 @@ def terminate_tree(pid: int, grace_s: float = 20.0) -> None:
     _reap(pid)
 
 
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (a keeper and its child); gone already is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from cluster.router.rows import WorkerRow, WorkersReply
 from proto.launch import AgentConfig, RouterConfig
 from proto.states import EngineState
-from worker import procs
+from worker import keeper, procs
 
 Report = Callable[[str], None]
 
@@ -37,10 +37,12 @@ class Child:
 @dataclass
 class Fleet:
     """Children spawned in their own sessions with logs under `logs`. tied_to_parent: they get SIGTERM when
-    this process dies (Linux), so a crashed launcher leaves nothing behind; a detached `cluster up` unties."""
+    this process dies (Linux), so a crashed launcher leaves nothing behind; a detached `cluster up` unties.
+    A child's pid is its keeper's when `keep`: stopping it (its group) stops both."""
 
     logs: Path
     tied_to_parent: bool = True
+    keep: bool = False  # run each child under worker.keeper, which starts it again if it dies
     env: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
 
@@ -52,6 +54,7 @@ class Fleet:
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
         log = self.logs / f"{name}.log"
+        argv = keeper.wrap(name, argv) if self.keep else argv
         pid = procs.spawn(argv, log, tied_to_parent=self.tied_to_parent, env=self.env)
         child = Child(name, pid, log)
         self.children.append(child)

@@ -8,13 +8,14 @@ router on the head → wait for the agents to be ready (deadline) → a table. T
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from cluster.bringup import groupcheck, records, remote
 from cluster.bringup.fleet import Fleet, Report, fetch_workers
@@ -24,6 +25,8 @@ from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan
+from cluster.router.rows import WorkerRow, WorkersReply
+from proto import build
 from proto.daemon import StartReply
 from proto.launch import LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
@@ -56,6 +59,7 @@ class LabState(BaseModel):
     router_pid: int
     router: RouterConfig
     url: str
+    build: str = ""  # the Orchard build the router runs: another one (an upgrade) is handed over to
 
     @model_validator(mode="before")
     @classmethod
@@ -242,19 +246,66 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
 
 def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
     config = router_config(spec, workers, home)
-    url = config.local_url
     previous = read_state(home)
-    pid = previous.router_pid if previous else 0
-    if previous and procs.alive(pid) and previous.router == config:
-        report(f"router: running (pid {pid}) at {url}")
+    if previous and procs.alive(previous.router_pid) and previous.router == config and previous.build == build.digest():
+        report(f"router: running (pid {previous.router_pid}) at {config.local_url}")
+        pid = previous.router_pid
+    elif previous and procs.alive(previous.router_pid):
+        pid = hand_over(previous.router_pid, config, home, report)
     else:
-        if previous and procs.alive(pid):
-            procs.terminate_tree(pid)
-            report("router: workers changed; restarting it")
-        pid = Fleet(home / "logs", tied_to_parent=False).start_router(config).pid  # outlives `cluster up`
-        report(f"router: started (pid {pid}) at {url}")
-    records.write(state_path(home), LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=url))
-    return url
+        pid = _start_router(config, home)
+        report(f"router: started (pid {pid}) at {config.local_url}")
+    state = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=config.local_url,
+                     build=build.digest())  # fmt: skip
+    records.write(state_path(home), state)
+    return config.local_url
+
+
+def _start_router(config: RouterConfig, home: Path) -> int:
+    """A router that outlives `cluster up`, kept running (restarted if it dies) by its keeper."""
+    return Fleet(home / "logs", tied_to_parent=False, keep=True).start_router(config).pid
+
+
+def restart_router(home: Path, report: Report) -> None:
+    """A planned restart of the lab's router (after an upgrade, or to clear its state): refuses no request."""
+    state = read_state(home)
+    if state is None or not procs.alive(state.router_pid):
+        raise LabError("no lab router is running (start the lab with: cluster up hosts.toml)")
+    pid = hand_over(state.router_pid, state.router, home, report)
+    records.write(state_path(home), state.model_copy(update={"router_pid": pid, "build": build.digest()}))
+
+
+def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
+    """Start the new router beside the old one (SO_REUSEPORT), wait until it sees the workers the old one sees
+    ready, then SIGTERM the old one: it closes its listener and finishes its streams (--shutdown-grace)."""
+    pid = _start_router(config, home)
+    report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
+    with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
+        ready_before = sum(row.ready for row in fetch_workers(client, config.local_url))
+        deadline = time.monotonic() + HAND_OVER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not procs.alive(pid):
+                raise LabError(f"the new router exited; see {home / 'logs' / 'router.log'} (the old one still runs)")
+            rows = _rows_of(client, config.local_url, pid)
+            if rows is not None and sum(row.ready for row in rows) >= min(ready_before, len(rows)):
+                break
+            time.sleep(0.2)
+    procs.signal_group(old_pid, signal.SIGTERM)
+    return pid
+
+
+HAND_OVER_TIMEOUT_S = 30.0
+
+
+def _rows_of(client: httpx.Client, url: str, pid: int) -> list[WorkerRow] | None:
+    """The workers as the router with this pid sees them, or None if another router answered (a new
+    connection each time, so the kernel spreads them over both)."""
+    try:
+        response = client.get(url + "/orchard/workers", headers={"connection": "close"})
+        reply = WorkersReply.model_validate_json(response.raise_for_status().content)
+    except (httpx.HTTPError, ValidationError):
+        return None
+    return reply.workers if reply.router_pid == pid else None
 
 
 def _wait_ready(

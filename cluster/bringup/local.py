@@ -116,7 +116,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         agent, router = launch_configs(config)
     except LaunchConfigError as exc:
         raise LocalClusterError(str(exc)) from None
-    fleet = Fleet(home / "logs", tied_to_parent=not detached)
+    fleet = Fleet(home / "logs", tied_to_parent=not detached, keep=True)
     report(f"starting worker agent ({config.engine} engine, model {agent.served_name})")
     agent_child = fleet.start_agent(agent)
     report(f"starting router on {router.local_url}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -45,7 +46,29 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
     registry = Registry(list(config.workers))
     app = create_app(registry, config, gateway_for(config, registry))
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
+    grace = max(1, round(config.shutdown_grace_s))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace))
+    server.run(sockets=[listening_socket(config.host, config.port)])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The endpoint's socket, bound with SO_REUSEPORT: a new router (an edited hosts file, an upgrade) binds
+    beside the running one and takes new connections before the old one closes its listener and finishes its
+    streams, so a planned restart refuses nothing. The kernel lets only the same user share the port (Linux);
+    a stray bind by anyone else still fails."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        sys.stderr.write(f"python -m cluster.router: cannot listen on {host}:{port}: {exc.strerror}\n")
+        raise SystemExit(1) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

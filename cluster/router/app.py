@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -234,7 +235,8 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         except Refusal as exc:
             return _api_error(exc).response()
         now = time.monotonic()
-        reply = WorkersReply(workers=[worker_row(handle, now) for handle in registry.workers.values()])
+        rows = [worker_row(handle, now) for handle in registry.workers.values()]
+        reply = WorkersReply(workers=rows, router_pid=os.getpid())
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/orchard/drain")

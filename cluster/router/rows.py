@@ -62,3 +62,4 @@ class WorkerRow(BaseModel):
 
 class WorkersReply(BaseModel):
     workers: list[WorkerRow]
+    router_pid: int = 0  # which router answered: during a hand-over two share the port

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
+from cluster.bringup import lab, local
 from tests.conftest import (
     SIM_MODEL,
     Cluster,
     agent_config,
     agent_info,
     engine_metric,
+    free_port,
+    run_cli,
     start_cluster,
     stop_cluster,
     wait_until,
@@ -120,4 +125,78 @@ def test_an_engine_that_stops_advancing_is_restarted_and_its_stream_ends_with_an
                    "a new engine process")  # fmt: skip
         assert "engine hung" in (cluster.log_dir / "agent.log").read_text()
     finally:
+        stop_cluster(cluster)
+
+
+def _answers(url: str) -> bool:
+    """A whole chat answer through the router, on a new connection (the kernel picks among routers on the port)."""
+    body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    try:
+        return httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _kept_child(keeper_pid: int) -> int:
+    """The process a keeper runs (its one direct child)."""
+    return wait_until(lambda: next(iter(psutil.Process(keeper_pid).children()), None), 10, "the kept child").pid
+
+
+def test_a_killed_agent_and_a_killed_router_come_back_within_10_s(tmp_path: Path) -> None:
+    """kill -9 on a detached local cluster's agent, then its router: each keeper starts its child again."""
+    up = run_cli(
+        ["up", "--engine", "sim", "--model", "sim-model", "--port", str(free_port()), "--detach"], tmp_path, 120
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = local.running_state(tmp_path)
+    assert state is not None
+    try:
+        for which, keeper_pid in (("agent", state.agent_pid), ("router", state.router_pid)):
+            victim = _kept_child(keeper_pid)
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_until(lambda: _answers(state.url), 15, f"answers again after the {which} was killed")
+            took = time.monotonic() - killed_at
+            print(f"\n{which} killed: answering again after {took:.1f} s")
+            assert took < 10 and _kept_child(keeper_pid) != victim
+        assert "starting it again" in (tmp_path / "logs" / "agent.log").read_text()
+    finally:
+        run_cli(["down"], tmp_path, 60)
+    assert not procs.alive(state.agent_pid) and not procs.alive(state.router_pid)  # a stop is not a crash
+
+
+def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_path: Path) -> None:
+    options = (("decode-ms-per-token", "10"),)
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs-agent", sim_options=options)
+    cluster = start_cluster(tmp_path, [agent])
+    old = cluster.fleet.children[-1].pid  # the router
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            results.append(_answers(cluster.url))
+
+    body = {"model": SIM_MODEL, "prompt": "a long one", "max_tokens": 400, "stream": True}
+    new = 0
+    try:
+        with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=60) as long_stream:
+            lines = long_stream.iter_lines()
+            assert next(lines).startswith("data:")  # the old router is streaming it
+            thread = threading.Thread(target=hammer)
+            thread.start()
+            time.sleep(0.5)
+            new = lab.hand_over(old, cluster.router, tmp_path, report=print)
+            time.sleep(1.0)
+            stop.set()
+            thread.join()
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in "".join(rest).replace(" ", "")
+        wait_until(lambda: not procs.alive(old), 10, "the old router to exit after its stream")
+        print(f"\nhand-over: {results.count(True)} of {len(results)} requests answered, none refused")
+        assert results and all(results) and _answers(cluster.url)
+    finally:
+        stop.set()
+        if new:
+            procs.terminate_tree(new, 5)
         stop_cluster(cluster)

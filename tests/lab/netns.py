@@ -1,36 +1,17 @@
-"""Test hosts: network namespaces joined by a bridge, each with its own address and its own sshd.
-
-Needs root, iproute2 and openssh-server (`.ci/run` installs them). Key-only auth with a key made here. Every
-name carries a random tag, and teardown removes namespaces, links and sshd processes whatever happened.
-"""
+"""Test hosts: the namespace lab of cluster/bench/netlab.py (network namespaces with their own sshd), plus the
+pytest marks of the lab tests. Needs root, iproute2 and openssh-server (`.ci/run` installs them)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
-import secrets
-import shutil
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-SUBNET = "10.213.7"  # only inside namespaces these tests create
+from cluster.bench.netlab import SUBNET, Lab, LabHost, available, lab, leftovers, pids_in
 
+TestHost = LabHost  # the name the lab tests know it by
 
-def available() -> str | None:
-    """None when the lab can be built here, else why not."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    for tool in ("ip", "/usr/sbin/sshd", "ssh-keygen"):
-        if not shutil.which(tool):
-            return f"needs {tool} (apt-get install iproute2 openssh-server)"
-    return None
+__all__ = ["SUBNET", "Lab", "LabHost", "TestHost", "available", "lab", "leftovers", "marks", "pids_in"]
 
 
 def marks(module: str, extra: str) -> list[pytest.MarkDecorator]:
@@ -41,137 +22,3 @@ def marks(module: str, extra: str) -> list[pytest.MarkDecorator]:
     elif importlib.util.find_spec(module) is None:
         found.append(pytest.mark.skip(reason=f"needs {module} (the '{extra}' extra)"))
     return found
-
-
-def _run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True)
-
-
-@dataclass
-class TestHost:
-    index: int
-    namespace: str
-    address: str
-    sshd_pid: int = 0
-    orchard_dir: Path = field(default_factory=Path)
-
-    def stop_sshd(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.sshd_pid, signal.SIGTERM)
-        time.sleep(0.2)
-
-
-@dataclass
-class Lab:
-    root: Path
-    tag: str
-    bridge: str
-    identity_file: Path
-    known_hosts: Path
-    hosts: list[TestHost]
-
-    def hosts_toml(self, python: str, engines: list[str], models: str, router_port: int) -> str:
-        lines = [f'[router]\nhost = "127.0.0.1"\nport = {router_port}\n']
-        for host, engine in zip(self.hosts, engines, strict=True):
-            lines.append(
-                f'[[hosts]]\nname = "h{host.index}"\naddress = "{host.address}"\nuser = "root"\n'
-                f'identity_file = "{self.identity_file}"\nknown_hosts = "{self.known_hosts}"\n'
-                f'python = "{python}"\norchard_dir = "{host.orchard_dir}"\nengine = "{engine}"\n'
-            )
-        return "\n".join(lines) + "\n" + models
-
-
-@contextlib.contextmanager
-def lab(root: Path, count: int) -> Iterator[Lab]:
-    tag = secrets.token_hex(2)
-    bridge = f"ob{tag}"
-    root.mkdir(parents=True, exist_ok=True)
-    key, host_key = root / "id_ed25519", root / "host_ed25519"
-    for path in (key, host_key):
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path))
-    (root / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
-    host_pub = Path(f"{host_key}.pub").read_text().split()
-    hosts = [TestHost(i, f"orch{tag}h{i}", f"{SUBNET}.{10 + i}") for i in range(1, count + 1)]
-    Path("/run/sshd").mkdir(exist_ok=True)
-    try:
-        _run("ip", "link", "add", bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", bridge)
-        _run("ip", "link", "set", bridge, "up")
-        for host in hosts:
-            _start_host(root, bridge, tag, host)
-        (root / "known_hosts").write_text("".join(f"{h.address} {host_pub[0]} {host_pub[1]}\n" for h in hosts))
-        yield Lab(root, tag, bridge, key, root / "known_hosts", hosts)
-    finally:
-        for host in hosts:
-            _kill_namespace(host)
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _run("ip", "link", "del", bridge)
-
-
-def _start_host(root: Path, bridge: str, tag: str, host: TestHost) -> None:
-    veth = f"ov{tag}{host.index}"
-    _run("ip", "netns", "add", host.namespace)
-    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
-    _run("ip", "link", "set", veth, "master", bridge, "up")
-    _run("ip", "-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
-    _run("ip", "-n", host.namespace, "link", "set", "eth0", "up")
-    _run("ip", "-n", host.namespace, "link", "set", "lo", "up")
-    host.orchard_dir = root / f"h{host.index}-orchard"
-    config = root / f"sshd-h{host.index}.conf"
-    pidfile = root / f"sshd-h{host.index}.pid"
-    config.write_text(
-        f"Port 22\nListenAddress {host.address}\nHostKey {root / 'host_ed25519'}\nPidFile {pidfile}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "Subsystem sftp internal-sftp\n"  # as a Mac with Remote Login on: `cluster install` copies over SFTP
-        f"SetEnv PATH={os.environ.get('PATH', '/usr/bin:/bin')}\n"
-    )
-    _run(
-        "ip",
-        "netns",
-        "exec",
-        host.namespace,
-        "/usr/sbin/sshd",
-        "-f",
-        str(config),
-        "-E",
-        str(root / f"sshd-h{host.index}.log"),
-    )
-    deadline = time.monotonic() + 10
-    written = ""
-    while not written and time.monotonic() < deadline:  # sshd creates the file, then writes its pid
-        with contextlib.suppress(FileNotFoundError):
-            written = pidfile.read_text().strip()
-        if not written:
-            time.sleep(0.05)
-    if not written:
-        raise RuntimeError(f"sshd for {host.namespace} wrote no pid to {pidfile} within 10 s")
-    host.sshd_pid = int(written)
-
-
-def pids_in(namespace: str) -> list[int]:
-    result = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
-    return [int(p) for p in result.stdout.split()]
-
-
-def leftovers(host: TestHost) -> list[str]:
-    """Command lines of the processes in a host's namespace other than its sshd (for assertion messages)."""
-    found = []
-    for pid in pids_in(host.namespace):
-        if pid == host.sshd_pid:
-            continue
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
-    return found
-
-
-def _kill_namespace(host: TestHost) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_in(host.namespace):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while pids_in(host.namespace) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    with contextlib.suppress(subprocess.CalledProcessError):
-        _run("ip", "netns", "del", host.namespace)
