@@ -150,6 +150,7 @@ class RouterConfig(_Frozen):
     request_timeout_s: float = Field(default=900.0, gt=0)
     accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
     shutdown_grace_s: float = Field(default=60.0, ge=0)  # after SIGTERM: streams in flight get this to finish
+    handover: str = ""  # a unix socket path: take the running router's listener there, and offer ours
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
@@ -186,6 +187,7 @@ class RouterConfig(_Frozen):
                 "--shutdown-grace", repr(self.shutdown_grace_s),
                 "--max-queue", str(self.max_queue)]  # fmt: skip
         argv += _optional("--gateway-db", self.gateway_db)
+        argv += _optional("--handover", self.handover or None)
         argv += ["--no-auth"] if self.no_auth else []
         for address in self.workers:
             argv += ["--worker", address]
@@ -204,7 +206,7 @@ class RouterConfig(_Frozen):
             "model_policies": tuple(args.model_policy),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
             "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
-            "shutdown_grace_s": args.shutdown_grace,
+            "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
             "max_queue": args.max_queue,
         }  # fmt: skip
@@ -286,6 +288,7 @@ def _router_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds requests in flight get to finish after SIGTERM (the listener closes at once)",
     )
+    add("--handover", help="unix socket where a restarted router takes this one's listening socket (planned restart)")
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")
     add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")
     add("--max-queue", type=int, default=256, help="requests that may wait per model when workers are busy")

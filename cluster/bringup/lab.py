@@ -17,7 +17,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from cluster.bringup import groupcheck, records, remote
+from cluster.bringup import drain, groupcheck, records, remote
 from cluster.bringup.fleet import Fleet, Report, fetch_workers
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
@@ -172,6 +172,7 @@ async def up(
         raise
     await _check_groups(assignments, {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}, report)
     by_host = {a.host.label: a for a in assignments}
+    await _drain_changed(probes, spec, by_host, home, report)
     outcomes = await asyncio.gather(
         *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
           for p, h in zip(probes, spec.hosts, strict=True))
@@ -189,6 +190,54 @@ async def up(
     await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, operator_headers(home))
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
+
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+async def _drain_changed(
+    probes: list[_Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path, report: Report
+) -> None:
+    """Agents about to be restarted (their configuration changed) or stopped (nothing placed there any more)
+    take no new requests first, and those running get DRAIN_TIMEOUT_S to finish: an edited file cuts no one."""
+    state = read_state(home)
+    if state is None or not procs.alive(state.router_pid):
+        return
+
+    async def changing(probe: _Probe, host: HostSpec) -> bool:
+        if probe.conn is None:
+            return False
+        try:
+            status = await remote.agent_status(probe.conn, host)
+        except remote.RemoteError:
+            return False
+        assignment = by_host.get(host.label)
+        new_hash = remote.config_hash(remote.agent_config(assignment, spec)) if assignment else None
+        return status.status == "running" and status.hash != new_hash
+
+    found = await asyncio.gather(*(changing(p, h) for p, h in zip(probes, spec.hosts, strict=True)))
+    labels = [h.label for h, change in zip(spec.hosts, found, strict=True) if change]
+    if labels:
+        await asyncio.to_thread(_drain, state.url, labels, home, report)
+
+
+def _drain(url: str, labels: list[str], home: Path, report: Report) -> None:
+    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
+        addresses = set()
+        for label in labels:
+            try:
+                addresses.add(drain.set_draining(client, url, label).address)
+            except drain.DrainError as exc:  # not routed (a group member) or not answering: nothing to wait for
+                report(f"{label}: not drained before its restart: {exc}")
+        if not addresses:
+            return
+        report(f"draining {', '.join(labels)} before restarting: up to {DRAIN_TIMEOUT_S:g} s for requests in flight")
+        try:
+            left = drain.wait_idle(client, url, addresses, DRAIN_TIMEOUT_S)
+        except drain.DrainError as exc:
+            report(f"{exc}: restarting now")
+            return
+        report("drained" if not left else f"{left} request(s) still running: cut by the restart")
 
 
 async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
@@ -241,6 +290,7 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
     return RouterConfig.checked(
         listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
+        handover=str(home / "router.sock"),
     )  # fmt: skip
 
 
@@ -250,8 +300,12 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
     if previous and procs.alive(previous.router_pid) and previous.router == config and previous.build == build.digest():
         report(f"router: running (pid {previous.router_pid}) at {config.local_url}")
         pid = previous.router_pid
-    elif previous and procs.alive(previous.router_pid):
+    elif previous and procs.alive(previous.router_pid) and previous.router.handover:
         pid = hand_over(previous.router_pid, config, home, report)
+    elif previous and procs.alive(previous.router_pid):  # an older router that cannot hand its socket over
+        procs.terminate_tree(previous.router_pid)
+        pid = _start_router(config, home)
+        report(f"router: restarted (pid {pid}) at {config.local_url}")
     else:
         pid = _start_router(config, home)
         report(f"router: started (pid {pid}) at {config.local_url}")
@@ -276,9 +330,9 @@ def restart_router(home: Path, report: Report) -> None:
 
 
 def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
-    """Start the new router beside the old one (SO_REUSEPORT), wait until it sees the workers the old one sees
-    ready, then SIGTERM the old one: it closes its listener and finishes its streams (--shutdown-grace)."""
-    pid = _start_router(config, home)
+    """Start the new router on the old one's listening socket (cluster.router.handover), wait until it sees the
+    workers the old one sees ready, then SIGTERM the old one: it stops accepting and finishes its streams."""
+    started, pid = time.monotonic(), _start_router(config, home)
     report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
     with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
         ready_before = sum(row.ready for row in fetch_workers(client, config.local_url))
@@ -290,7 +344,10 @@ def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) ->
             if rows is not None and sum(row.ready for row in rows) >= min(ready_before, len(rows)):
                 break
             time.sleep(0.2)
+        else:
+            report(f"router: the new one did not see {ready_before} ready worker(s) within {HAND_OVER_TIMEOUT_S:g} s")
     procs.signal_group(old_pid, signal.SIGTERM)
+    report(f"router: handed over in {time.monotonic() - started:.1f} s")
     return pid
 
 
@@ -305,7 +362,7 @@ def _rows_of(client: httpx.Client, url: str, pid: int) -> list[WorkerRow] | None
         reply = WorkersReply.model_validate_json(response.raise_for_status().content)
     except (httpx.HTTPError, ValidationError):
         return None
-    return reply.workers if reply.router_pid == pid else None
+    return reply.workers if reply.router_pid in (pid, *procs.descendants(pid)) else None  # pid: its keeper
 
 
 def _wait_ready(

@@ -20,7 +20,7 @@ from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
 from proto import build
-from proto.daemon import GroupCheckReply, HostFactsReply, StartReply, StopReply
+from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, GroupRole
 
 CONNECT_TIMEOUT_S = 10.0
@@ -161,6 +161,10 @@ async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment
     host = assignment.host
     args = ["start", "--dir", host.orchard_dir, "--hash", config_hash(config), "--", *config.to_argv()]
     return await run_daemon(conn, host, args, StartReply)
+
+
+async def agent_status(conn: asyncssh.SSHClientConnection, host: HostSpec) -> AgentStatus:
+    return await run_daemon(conn, host, ["status", "--dir", host.orchard_dir], AgentStatus)
 
 
 async def stop_agent(conn: asyncssh.SSHClientConnection, host: HostSpec) -> StopReply:

@@ -5,6 +5,7 @@ Its command line is `proto.launch.RouterConfig`'s (the one owner); launchers bui
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from cluster.gateway.gateway import Gateway, refuse_open
+from cluster.router import handover
 from cluster.router.app import create_app
 from cluster.router.registry import Registry
 from proto.launch import LaunchConfigError, RouterConfig, usage
@@ -46,29 +48,28 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
     registry = Registry(list(config.workers))
     app = create_app(registry, config, gateway_for(config, registry))
-    grace = max(1, round(config.shutdown_grace_s))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace))
-    server.run(sockets=[listening_socket(config.host, config.port)])
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The endpoint's socket, bound with SO_REUSEPORT: a new router (an edited hosts file, an upgrade) binds
-    beside the running one and takes new connections before the old one closes its listener and finishes its
-    streams, so a planned restart refuses nothing. The kernel lets only the same user share the port (Linux);
-    a stray bind by anyone else still fails."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host.strip("[]"), port))
+        sock = handover.listener(config.host, config.port, config.handover)
     except OSError as exc:
-        sock.close()
-        sys.stderr.write(f"python -m cluster.router: cannot listen on {host}:{port}: {exc.strerror}\n")
+        sys.stderr.write(f"python -m cluster.router: cannot listen on {config.listen}: {exc.strerror}\n")
         raise SystemExit(1) from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    if config.handover:
+        handover.offer(Path(config.handover).expanduser(), sock)
+    grace = max(1, round(config.shutdown_grace_s))
+    _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace)).run(sockets=[sock])
+
+
+LINGER_S = 0.5
+
+
+class _Server(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting first, then give connections accepted a moment ago the time to send their request
+        before idle ones are closed: a client connecting during a restart gets its answer, not a hang-up."""
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(LINGER_S)
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

@@ -129,12 +129,17 @@ def test_an_engine_that_stops_advancing_is_restarted_and_its_stream_ends_with_an
 
 
 def _answers(url: str) -> bool:
-    """A whole chat answer through the router, on a new connection (the kernel picks among routers on the port)."""
+    return _answer(url) == "200"
+
+
+def _answer(url: str) -> str:
+    """A whole chat answer through the router, on a new connection (the kernel picks among routers on the port):
+    its status, or the error that stopped it."""
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     try:
-        return httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
-    except httpx.HTTPError:
-        return False
+        return str(httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code)
+    except httpx.HTTPError as exc:
+        return repr(exc)
 
 
 def _kept_child(keeper_pid: int) -> int:
@@ -168,14 +173,14 @@ def test_a_killed_agent_and_a_killed_router_come_back_within_10_s(tmp_path: Path
 def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_path: Path) -> None:
     options = (("decode-ms-per-token", "10"),)
     agent = agent_config("sim", SIM_MODEL, tmp_path / "logs-agent", sim_options=options)
-    cluster = start_cluster(tmp_path, [agent])
+    cluster = start_cluster(tmp_path, [agent], handover=str(tmp_path / "router.sock"))
     old = cluster.fleet.children[-1].pid  # the router
-    results: list[bool] = []
+    results: list[str] = []
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
-            results.append(_answers(cluster.url))
+            results.append(_answer(cluster.url))
 
     body = {"model": SIM_MODEL, "prompt": "a long one", "max_tokens": 400, "stream": True}
     new = 0
@@ -183,18 +188,24 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
         with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=60) as long_stream:
             lines = long_stream.iter_lines()
             assert next(lines).startswith("data:")  # the old router is streaming it
-            thread = threading.Thread(target=hammer)
-            thread.start()
+            threads = [threading.Thread(target=hammer) for _ in range(4)]
+            for thread in threads:
+                thread.start()
             time.sleep(0.5)
-            new = lab.hand_over(old, cluster.router, tmp_path, report=print)
+            said: list[str] = []
+            new = lab.hand_over(old, cluster.router, tmp_path, report=said.append)
             time.sleep(1.0)
             stop.set()
-            thread.join()
+            for thread in threads:
+                thread.join()
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in "".join(rest).replace(" ", "")
         wait_until(lambda: not procs.alive(old), 10, "the old router to exit after its stream")
-        print(f"\nhand-over: {results.count(True)} of {len(results)} requests answered, none refused")
-        assert results and all(results) and _answers(cluster.url)
+        print(f"\nhand-over: {results.count('200')} of {len(results)} requests answered; {said[-1]}")
+        handed = float(said[-1].split(" in ")[1].split(" s")[0])
+        assert handed < 10, said  # the new router saw the worker ready in seconds
+        assert "took over the listening socket" in (tmp_path / "logs" / "router.log").read_text()
+        assert results and set(results) == {"200"} and _answers(cluster.url), results
     finally:
         stop.set()
         if new:

@@ -7,6 +7,7 @@ Traffic goes only to loopback and to the namespace addresses created here.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,12 +124,29 @@ def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
     assert "agent running" in again.stdout and "agent started" not in again.stdout
 
 
-def test_an_edited_file_restarts_only_what_changed(running: RunningLab) -> None:
+def _long_stream(url: str, ends: list[tuple[str, str]]) -> None:
+    """A ~14 s sim stream; records (worker, last data line)."""
+    body = {"model": "sim-model", "prompt": "keep going", "max_tokens": 150, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data:")]
+        ends.append((response.headers.get("x-orchard-worker", ""), lines[-1] if lines else ""))
+
+
+def test_an_edited_file_restarts_only_what_changed_after_draining_it(running: RunningLab) -> None:
     before = running.agent_pids()
+    ends: list[tuple[str, str]] = []
+    streams = [threading.Thread(target=_long_stream, args=(running.url, ends)) for _ in range(4)]
+    for thread in streams:  # spread over h1 and h2 by the router
+        thread.start()
+    time.sleep(1.0)
     text = running.hosts_file.read_text()
     running.hosts_file.write_text(text.replace('name = "h2"\n', 'name = "h2"\nsim_options = { seed = 3 }\n'))
     result = run_cli(["up", str(running.hosts_file)], running.home, timeout_s=600)
+    for thread in streams:
+        thread.join(timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "draining h2 before restarting" in result.stdout and "drained" in result.stdout, result.stdout
+    assert "h2" in {worker for worker, _ in ends} and [last for _, last in ends] == ["data: [DONE]"] * 4, ends
     after = running.agent_pids()
     assert after["h1"] == before["h1"] and after["h3"] == before["h3"]
     assert after["h2"] != before["h2"]

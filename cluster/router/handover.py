@@ -1,0 +1,83 @@
+"""The endpoint's listening socket, and how a new router takes it over from the running one.
+
+A planned restart (an edited hosts file, an upgrade) must refuse nothing. Two routers bound side by side with
+SO_REUSEPORT each have their own accept queue on Linux, and connections waiting in the old one's are reset when
+it closes; so instead the running router offers its listening socket itself (SCM_RIGHTS over a unix socket
+that only its user can open), the new one accepts on the very same socket, and when the old one is told to
+stop it only drops its own descriptor: one queue, nothing in it lost. macOS and Linux both pass descriptors so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+log = logging.getLogger("orchard.router")
+
+_GREETING = b"orchard-router-listener"
+BACKLOG = 2048
+
+
+def listener(host: str, port: int, handover: str) -> socket.socket:
+    """The running router's socket when one offers it at `handover`, else a newly bound one. Raises OSError."""
+    host = host.strip("[]")
+    if handover and (taken := take(Path(handover))) is not None:
+        if _bound_to(taken, host, port):
+            log.info("took over the listening socket of the router running before")
+            return taken
+        taken.close()  # the running router listens elsewhere (the address was edited): bind ours
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(BACKLOG)
+    return sock
+
+
+def _bound_to(sock: socket.socket, host: str, port: int) -> bool:
+    bound_host, bound_port = sock.getsockname()[:2]
+    return bool(bound_port == port and bound_host == host)
+
+
+def take(path: Path) -> socket.socket | None:
+    """The listening socket offered at `path`, or None when no router offers one there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.settimeout(5)
+        try:
+            unix.connect(str(path))
+            message, fds, _flags, _addr = socket.recv_fds(unix, len(_GREETING), 1)
+        except OSError:
+            return None
+    if message != _GREETING or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+def offer(path: Path, sock: socket.socket) -> None:
+    """Offer `sock` at `path` to the next router, from a daemon thread, for as long as this process runs."""
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = os.umask(0o177)  # 0600: only this user may take the endpoint's socket
+    try:
+        path.unlink(missing_ok=True)
+        unix.bind(str(path))
+    finally:
+        os.umask(mask)
+    unix.listen(4)
+    threading.Thread(target=_serve, args=(unix, sock), name="handover", daemon=True).start()
+
+
+def _serve(unix: socket.socket, sock: socket.socket) -> None:
+    while True:
+        conn, _ = unix.accept()
+        with conn, contextlib.suppress(OSError):
+            socket.send_fds(conn, [_GREETING], [sock.fileno()])
+            log.info("handed the listening socket to a new router")
