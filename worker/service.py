@@ -77,7 +77,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.http = http
         self.inflight = 0
         self.streams = 0  # streams in flight: their chunks are the progress the stall watchdog sees
-        self.supervisor.inflight = lambda: self.streams
+        self.supervisor.inflight = self._watched
         self.draining = False  # cluster drain: no new requests; those in flight finish
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
@@ -114,12 +114,12 @@ class WorkerService(pb_grpc.WorkerServicer):
             await _abort(context, 503, "this worker is draining", "service_unavailable")
             return
         started = time.monotonic()
+        if self._watched() == 0:
+            self.supervisor.note_token()  # busy from now: an idle engine is not stalled
         self.inflight += 1
         try:
             if streaming:
                 batches = stream_batches(self.http, url, body, tally)
-                if self.streams == 0:
-                    self.supervisor.note_token()  # busy from now: an idle engine is not stalled
                 self.streams += 1
                 try:
                     async for batch in batches:
@@ -194,6 +194,11 @@ class WorkerService(pb_grpc.WorkerServicer):
             models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known,
                                        unsupported=adapter.unsupported, engine=adapter.name))  # fmt: skip
         return models
+
+    def _watched(self) -> int:
+        """Requests the stall watchdog follows: streams (each token is progress), and whole answers too where
+        the engine counts the tokens it generates (without that count a long answer would look hung)."""
+        return self.inflight if self.supervisor.adapter.metrics_path else self.streams
 
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainReply:
         if request.draining != self.draining:

@@ -83,7 +83,8 @@ class EngineSupervisor:
         self.last_token_at = 0.0
         # Streams the agent relays now (set by the service). Only streams: a whole answer shows no progress
         # until it is done, so a long one would look hung.
-        self.inflight: Callable[[], int] = lambda: 0
+        self.inflight: Callable[[], int] = lambda: 0  # requests the stall watchdog can see progress on
+        self._generated_seen = -1
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -126,6 +127,17 @@ class EngineSupervisor:
 
     def stalled(self) -> bool:
         return self.inflight() > 0 and time.monotonic() - self.last_token_at > self.policy.stall_timeout_s
+
+    async def _counted_progress(self) -> bool:
+        """Whole (non-streamed) answers relay no token until they end: the engine's own generated-token counter
+        moving since the last look is progress too (engines that export one: vLLM, the sim)."""
+        load = await self.stats()
+        if load is None:
+            return False
+        moved, self._generated_seen = load.generation_tokens != self._generated_seen, load.generation_tokens
+        if moved:
+            self.note_token()
+        return moved
 
     async def stop(self) -> None:
         await self._set(EngineState.STOPPING, "stopping")
@@ -248,8 +260,8 @@ class EngineSupervisor:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
-                if self.stalled():
-                    return f"engine hung: {self.inflight()} stream(s) in flight, no token for " \
+                if self.stalled() and not await self._counted_progress():
+                    return f"engine hung: {self.inflight()} request(s) in flight, no token for " \
                            f"{self.policy.stall_timeout_s:.0f}s", True  # fmt: skip
         finally:
             restart.cancel()

@@ -124,6 +124,31 @@ def test_an_engine_that_stops_advancing_is_restarted_and_its_stream_ends_with_an
         wait_until(lambda: [pid for pid in procs.descendants(cluster.agent_pid)[:1] if pid != engine], 30,
                    "a new engine process")  # fmt: skip
         assert "engine hung" in (cluster.log_dir / "agent.log").read_text()
+        wait_until(lambda: _row_ready(cluster), 30, "the restarted engine to be ready")
+        whole = {"model": SIM_MODEL, "prompt": "story", "max_tokens": 50}  # hangs the same way, not streamed
+        started = time.monotonic()
+        answer = httpx.post(cluster.url + "/v1/completions", json=whole, timeout=60)
+        took = time.monotonic() - started
+        print(f"\nhung whole answer: HTTP {answer.status_code} after {took:.1f} s")
+        assert answer.status_code in (502, 503) and "error" in answer.json() and took < 2.0 + 2.0 + 2.0 + 2
+    finally:
+        stop_cluster(cluster)
+
+
+def _row_ready(cluster: Cluster) -> bool:
+    return all(row.ready for row in rows(cluster.url))
+
+
+def test_a_slow_whole_answer_that_advances_is_not_taken_for_a_hung_engine(tmp_path: Path) -> None:
+    """No token is relayed until a whole answer ends, but the engine's generated-token counter moves."""
+    options = (("decode-ms-per-token", "40"),)
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=options, stall_timeout_s=1.0)
+    cluster = start_cluster(tmp_path, [agent])
+    try:
+        whole = {"model": SIM_MODEL, "prompt": "story", "max_tokens": 100}  # ~4 s: four stall timeouts
+        answer = httpx.post(cluster.url + "/v1/completions", json=whole, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 100
+        assert "engine hung" not in (cluster.log_dir / "agent.log").read_text()
     finally:
         stop_cluster(cluster)
 
