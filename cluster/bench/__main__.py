@@ -5,6 +5,8 @@
     python -m cluster.bench routing [--workers 4 --workload shared_prefix --rate 20 --requests 200]
     python -m cluster.bench calibrate --url http://127.0.0.1:8000 --model NAME
     python -m cluster.bench latency [--streams 64 --max-tokens 32 --rounds 3 --sim-option KEY=VALUE]
+    python -m cluster.bench chaos [--streams 64 --settle 10 --faults kill-engine,drain --max-tokens 64
+                                   --sim-decode-ms 50]   (root: a lab of 3 SSH hosts in network namespaces)
 
 Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
 """
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 from pathlib import Path
 
-from cluster.bench import calibrate, decide, fairness, gateway, latency, overhead, routing
+from rich.console import Console
+
+from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, netlab, overhead, routing
 from proto.launch import key_value
 
 
@@ -35,6 +41,50 @@ def _worker_option(text: str) -> tuple[int, tuple[str, str]]:
     if not sep or not index.isdigit() or "=" not in option:
         raise argparse.ArgumentTypeError(f"expected INDEX:KEY=VALUE (e.g. 0:decode-ms-per-token=47), got {text!r}")
     return int(index), key_value(option)
+
+
+def _faults(text: str) -> tuple[str, ...]:
+    chosen = tuple(f.strip() for f in text.split(",") if f.strip())
+    if unknown := [f for f in chosen if f not in chaos.FAULTS]:
+        raise argparse.ArgumentTypeError(f"unknown fault {', '.join(unknown)}; known: {','.join(chaos.FAULTS)}")
+    return chosen
+
+
+def _chaos_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("chaos", help="faults injected into a namespace lab under load (needs root)")
+    cmd.add_argument("--streams", type=int, default=64, help="concurrent streaming requests (closed loops)")
+    cmd.add_argument("--settle", type=float, default=10.0, help="seconds of calm before and after each fault")
+    cmd.add_argument("--faults", type=_faults, default=chaos.FAULTS, metavar="A,B",
+                     help=f"a comma list, run in the order given, from: {','.join(chaos.FAULTS)}")  # fmt: skip
+    cmd.add_argument("--max-tokens", type=int, default=64)
+    cmd.add_argument("--sim-decode-ms", type=float, default=50.0, help="per token: a stream lasts a few seconds")
+    cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    cmd.add_argument("--deadline", type=float, default=60.0, help="a request not done within it counts as hung")
+    cmd.add_argument("--stop-seconds", type=float, default=20.0, help="how long the agent stays SIGSTOPped")
+    cmd.add_argument("--link-seconds", type=float, default=15.0, help="how long the host's link stays down")
+    cmd.add_argument("--recovery-timeout", type=float, default=60.0)
+
+
+def _chaos(args: argparse.Namespace) -> None:
+    if reason := netlab.available():
+        sys.exit(f"python -m cluster.bench chaos {reason}")
+    config = chaos.ChaosConfig(
+        streams=args.streams, settle_s=args.settle, faults=args.faults, max_tokens=args.max_tokens,
+        sim_options=(("decode-ms-per-token", f"{args.sim_decode_ms:g}"), *args.sim_option),
+        deadline_s=args.deadline, stop_s=args.stop_seconds, link_s=args.link_seconds,
+        recovery_timeout_s=args.recovery_timeout,
+    )  # fmt: skip
+
+    def _stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM tears the lab down like Ctrl-C
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        chaos.run(config, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+    except (chaos.ChaosError, RuntimeError) as exc:  # the lab's own failures are RuntimeErrors
+        sys.exit(f"python -m cluster.bench chaos: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("python -m cluster.bench chaos: interrupted (the lab was taken down)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,8 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     gateway_cmd.add_argument("--rounds", type=int, default=3)
     gateway_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                              help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01")  # fmt: skip
+    _chaos_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "latency":
+    if args.command == "chaos":
+        _chaos(args)
+    elif args.command == "latency":
         rounds = asyncio.run(latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option),
                                              args.port))  # fmt: skip
         print(latency.report(rounds))

@@ -11,18 +11,24 @@ one at a time, `--settle` seconds apart: kill -9 h1's engine; kill -9 h2's agent
 undrain; a planned router restart (`cluster.bringup.lab.restart_router`). A host not back within
 `--recovery-timeout` is repaired as an operator would, with `cluster up hosts.toml` again.
 
-Per fault, the requests that started in its window (fault start to fault end + recovery): sent, succeeded,
-failed before the first byte (an HTTP error or no answer), ended mid-stream with an error event, cut (the body
-stopped without an error event or [DONE]), hung (not finished within `--deadline`), and the seconds from the
-fault's end until the router lists the host ready with a closed breaker and it gave a first byte to a request
-started after that end. No router counter says which requests were retried: "retried ≈" is the routing
-decisions counted on /metrics during the window beyond one per request that got a first byte (an estimate that
-also counts the tries of requests that failed; none for the router restart, whose two routers both answer).
+Per fault, the requests that started in its window (fault start to fault end + recovery) or were in flight when
+it struck (a stream a kill cuts started before it): sent, succeeded, failed before the first byte (an HTTP error
+or no answer), ended mid-stream with an error event, cut (the body stopped without an error event or [DONE]), hung
+(not finished within `--deadline`), and the seconds from the fault's end until the router lists the host ready
+with a closed breaker and it gave a first byte to a request started after that end. No router counter says which
+requests were retried: "retried ≈" is the routing decisions counted on /metrics during the window beyond one per
+request started then that got a first byte (an estimate that also counts the tries of requests that failed; none
+for the router restart, whose two routers both answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
 import os
 import signal
 import subprocess
@@ -52,6 +58,7 @@ TARGETS = {"kill-engine": "h1", "kill-agent": "h2", "stop-agent": "h3", "cut-lin
            "restart-router": ""}  # fmt: skip  # "": the router, every worker
 AGENT_MODULE, ENGINE_MODULE = "worker.agent", "worker.engines.programs.sim"
 MODEL, HOSTS = "sim-model", 3
+SUBNET = "10.213.9"  # not the lab tests' subnet: both may run on one machine
 CALM = "between faults"
 FAILURE_PAUSE_S = 0.5  # a loop whose request failed waits this long: a refusing router is not a busy loop
 DECISIONS = "orchard_routing_decisions_total"
@@ -82,6 +89,7 @@ class RequestRecord:
     outcome: Outcome
     worker: str = ""  # the x-orchard-worker header ("" without an answer)
     status: int = 0  # HTTP status (0: no answer at all)
+    first_byte: float = 0.0  # when the answer began (0: it never did)
 
 
 @dataclass(frozen=True)
@@ -106,25 +114,17 @@ class TallyRow:
     error_event: int
     cut: int
     hung: int
+    slowest_s: float  # the longest request: a stream a stopped host froze shows here
     recovery: str
 
 
-# --- pure: which process, which window, the table ---------------------------------------------------------------
+# --- pure: which window, the table ----------------------------------------------------------------------------------
 
 
-def runs_module(argv: Sequence[str], module: str) -> bool:
-    """True when `argv` is a Python running `-m module`: the interpreter's own first -m, not one in the argv it
-    passes on (the keeper `python -m worker.keeper -- python -m worker.agent …` is not the agent)."""
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg == "-m":
-            return argv[i + 1 : i + 2] == [module]
-        if arg in ("-c", "--") or not arg.startswith("-"):
-            return False
-    return False
-
-
-def window_of(started: float, windows: Sequence[FaultWindow]) -> FaultWindow | None:
-    return next((w for w in windows if w.start <= started < w.until), None)
+def window_of(record: RequestRecord, windows: Sequence[FaultWindow]) -> FaultWindow | None:
+    """The fault whose window (start to end + recovery) the request started in, or that struck it in flight."""
+    started = next((w for w in windows if w.start <= record.started < w.until), None)
+    return started or next((w for w in windows if record.started < w.start < record.ended), None)
 
 
 def counter_increase(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
@@ -132,7 +132,7 @@ def counter_increase(samples: Sequence[tuple[float, float]], start: float, end: 
     inside = [v for t, v in samples if start <= t < end]
     before = [v for t, v in samples if t < start]
     values = before[-1:] + inside
-    return sum(b - a if b >= a else b for a, b in zip(values, values[1:], strict=False))
+    return sum(b - a if b >= a else b for a, b in itertools.pairwise(values))
 
 
 def healthy(rows: Sequence[WorkerRow], worker: str, hosts: int = HOSTS) -> bool:
@@ -142,46 +142,357 @@ def healthy(rows: Sequence[WorkerRow], worker: str, hosts: int = HOSTS) -> bool:
     return bool(wanted) and len(fine) == len(wanted) and (worker != "" or len(fine) == hosts)
 
 
-def _row(name: str, host: str, records: Sequence[RequestRecord], extra: float | None, recovery: str) -> TallyRow:
+def _row(name: str, host: str, records: Sequence[RequestRecord], retried: int | None, recovery: str) -> TallyRow:
     count = {o: sum(r.outcome == o for r in records) for o in ("ok", "refused", "error_event", "cut", "hung")}
-    answered = sum(1 for r in records if r.worker)
-    retried = None if extra is None else max(0, round(extra) - answered)
+    slowest = max((r.ended - r.started for r in records), default=0.0)
     return TallyRow(name, host, len(records), count["ok"], retried, count["refused"], count["error_event"],
-                    count["cut"], count["hung"], recovery)  # fmt: skip
+                    count["cut"], count["hung"], slowest, recovery)  # fmt: skip
+
+
+def _extra(decided: float, records: Sequence[RequestRecord]) -> int:
+    """Routing decisions beyond one per request that got a first byte (those `records` started meanwhile)."""
+    return max(0, round(decided) - sum(1 for r in records if r.worker))
 
 
 def tally(
     records: Sequence[RequestRecord], windows: Sequence[FaultWindow], decisions: Sequence[tuple[float, float]],
     recovery_timeout_s: float,
 ) -> list[TallyRow]:  # fmt: skip
-    """One row per fault (requests started in its window), one for the rest ("between faults"), then totals."""
-    rows, calm = [], [r for r in records if window_of(r.started, windows) is None]
+    """One row per fault (the requests it struck or that started in its window), one for the rest ("between
+    faults"), then totals. `decisions`: the router's routing-decision counter sampled as (time, value)."""
+    rows = []
     for w in windows:
-        mine = [r for r in records if window_of(r.started, windows) is w]
-        extra = None if w.fault == "restart-router" else counter_increase(decisions, w.start, w.until)
+        retried = None  # the restart's two routers both answer /metrics: no estimate
+        if w.fault != "restart-router":
+            started = [r for r in records if w.start <= r.started < w.until]
+            retried = _extra(counter_increase(decisions, w.start, w.until), started)
         back = f"{w.recovery_s:.1f} s" if w.recovery_s is not None else f"not within {recovery_timeout_s:g} s"
-        rows.append(_row(w.fault, w.host or "router", mine, extra, back))
-    first = min((t for t, _ in decisions), default=0.0)
-    gaps = [(a.until, b.start) for a, b in zip(windows, windows[1:], strict=False)]
-    edges = [(first, windows[0].start if windows else float("inf")), *gaps]
-    edges.append((windows[-1].until, float("inf"))) if windows else None
-    rows.append(_row(CALM, "", calm, sum(counter_increase(decisions, a, b) for a, b in edges), ""))
-    known = [r.retried for r in rows if r.retried is not None]
-    total = _row("total", "", records, None, "")
-    return [*rows, TallyRow(**{**total.__dict__, "retried": sum(known)})]
+        mine = [r for r in records if window_of(r, windows) is w]
+        rows.append(_row(w.fault, w.host or "router", mine, retried, back))
+    edges = [-math.inf, *(t for w in windows for t in (w.start, w.until)), math.inf]
+    calm_spans = list(zip(edges[::2], edges[1::2], strict=True))  # before, between and after the windows
+    started = [r for r in records if any(a <= r.started < b for a, b in calm_spans)]
+    retried = _extra(sum(counter_increase(decisions, a, b) for a, b in calm_spans), started)
+    rows.append(_row(CALM, "", [r for r in records if window_of(r, windows) is None], retried, ""))
+    return [*rows, _row("total", "", records, sum(r.retried or 0 for r in rows), "")]
+
+
+COLUMNS = ("fault", "host", "sent", "succeeded", "retried ≈", "failed before 1st byte", "error event mid-stream",
+           "cut, no error event", "hung", "slowest", "serving again after")  # fmt: skip
 
 
 def table(rows: Sequence[TallyRow], title: str) -> Table:
     out = Table(title=title)
-    for column in ("fault", "host", "sent", "succeeded", "retried ≈", "failed before 1st byte",
-                   "error event mid-stream", "cut (no error event)", "hung", "host serving again after"):  # fmt: skip
+    for column in COLUMNS:
         out.add_column(column, justify="left" if column in ("fault", "host") else "right")
     for r in rows:
-        retried = "?" if r.retried is None else str(r.retried)
-        out.add_row(r.fault, r.host, str(r.sent), str(r.succeeded), retried, str(r.refused), str(r.error_event),
-                    str(r.cut), str(r.hung), r.recovery, end_section=r.fault == CALM)  # fmt: skip
+        counts = [r.sent, r.succeeded, "?" if r.retried is None else r.retried, r.refused, r.error_event, r.cut, r.hung]
+        cells = [r.fault, r.host, *map(str, counts), f"{r.slowest_s:.1f} s", r.recovery]
+        out.add_row(*cells, end_section=r.fault == CALM)
     return out
 
 
 def _decisions_total(exposition: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(DECISIONS))
+
+
+# --- load: closed loops of streaming requests -----------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """`streams` closed loops of streaming chat requests through the router; every request's record, and every
+    first byte as (request start, worker) as it arrives (recovery waits on those)."""
+
+    url: str
+    config: ChaosConfig
+    records: list[RequestRecord] = field(default_factory=list)
+    first_bytes: list[tuple[float, str]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        limits = httpx.Limits(max_connections=self.config.streams + 8, max_keepalive_connections=self.config.streams)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.config.deadline_s + 5), limits=limits) as client:
+            await asyncio.gather(*(self._loop(client, stream) for stream in range(self.config.streams)))
+
+    def served_since(self, worker: str, since: float) -> bool:
+        return any(started >= since and worker in ("", who) for started, who in reversed(self.first_bytes))
+
+    async def _loop(self, client: httpx.AsyncClient, stream: int) -> None:
+        sent = 0
+        while not self.stopping.is_set():
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"chaos stream {stream} turn {sent}"}],
+                    "max_tokens": self.config.max_tokens, "temperature": 0, "stream": True}  # fmt: skip
+            record = await self._one(client, body)
+            self.records.append(record)
+            sent += 1
+            if record.outcome != "ok":
+                await asyncio.sleep(FAILURE_PAUSE_S)
+
+    async def _one(self, client: httpx.AsyncClient, body: dict[str, object]) -> RequestRecord:
+        started, worker, status, first_byte = time.monotonic(), "", 0, 0.0
+        outcome: Outcome = "refused"
+        try:
+            async with asyncio.timeout(self.config.deadline_s):
+                async with client.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
+                    status, worker = response.status_code, response.headers.get(WORKER_HEADER, "")
+                    if status != 200:
+                        await response.aread()
+                        return RequestRecord(started, time.monotonic(), "refused", worker, status)
+                    first_byte, outcome = time.monotonic(), "cut"
+                    self.first_bytes.append((started, worker))  # the router answers once its worker has
+                    outcome = await _read_events(response)
+        except TimeoutError:
+            outcome = "hung"
+        except httpx.HTTPError:
+            pass  # no answer ("refused") or a body that stopped ("cut"), as `outcome` already says
+        return RequestRecord(started, time.monotonic(), outcome, worker, status, first_byte)
+
+
+async def _read_events(response: httpx.Response) -> Outcome:
+    """ok: [DONE] after content; error_event: a `data:` line carrying an error; cut: the body just stopped."""
+    errored = False
+    async for line in response.aiter_lines():
+        if line == "data: [DONE]":
+            return "error_event" if errored else "ok"
+        if line.startswith("data: {") and '"error"' in line[:20]:
+            errored = True
+    return "error_event" if errored else "cut"
+
+
+# --- faults ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chaos:
+    """The lab under load: injects one fault, waits for the host to serve again, repairs it if it does not."""
+
+    net: netlab.Lab
+    home: Path
+    hosts_file: Path
+    url: str
+    config: ChaosConfig
+    load: Load
+    say: Console
+    headers: dict[str, str]
+    routers: list[int]  # every router pid seen, for the teardown
+
+    def host(self, label: str) -> netlab.LabHost:
+        return next(h for h in self.net.hosts if f"h{h.index}" == label)
+
+    def pid_of(self, label: str, module: str) -> int:
+        found = netlab.running(self.host(label), module)
+        if len(found) != 1:
+            raise ChaosError(f"{len(found)} processes run `-m {module}` in {label}, not 1")
+        return found[0]
+
+    async def inject(self, fault: str) -> FaultWindow:
+        label = TARGETS[fault]
+        self.say.print(f"[bold]{fault}[/] {label or 'router'}")
+        start, note = time.monotonic(), ""
+        if fault in ("kill-engine", "kill-agent"):
+            os.kill(self.pid_of(label, ENGINE_MODULE if fault == "kill-engine" else AGENT_MODULE), signal.SIGKILL)
+        elif fault == "stop-agent":
+            await self._stopped(self.pid_of(label, AGENT_MODULE))
+        elif fault == "cut-link":
+            await self._unplugged(self.host(label))
+        elif fault == "drain":
+            note = await asyncio.to_thread(self._drained, label)
+        else:
+            await asyncio.to_thread(self._restart_router)
+        end = time.monotonic()
+        recovery = await self.recovery(label, end)
+        if recovery is None:
+            note = (note + "; " if note else "") + await self.repair(label)
+        return FaultWindow(fault, label, start, end, time.monotonic() if recovery is None else end + recovery,
+                           recovery, note)  # fmt: skip
+
+    async def _stopped(self, pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.config.stop_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    async def _unplugged(self, host: netlab.LabHost) -> None:
+        await asyncio.to_thread(self.net.set_link, host, False)
+        try:
+            await asyncio.sleep(self.config.link_s)
+        finally:
+            await asyncio.to_thread(self.net.set_link, host, True)
+
+    def _drained(self, label: str) -> str:
+        """`cluster drain` (until idle, bounded) then `cluster undrain`; what was left in flight, if anything."""
+        with httpx.Client(timeout=10, headers=self.headers) as client:
+            row = drain.set_draining(client, self.url, label, True)
+            left = drain.wait_idle(client, self.url, {row.address}, self.config.recovery_timeout_s)
+            drain.set_draining(client, self.url, label, False)
+        return f"{left} still in flight at undrain" if left else ""
+
+    def _restart_router(self) -> None:
+        restart = getattr(lab, "restart_router", None)  # planned hand-over, cluster/bringup/lab.py
+        if restart is None:
+            raise ChaosError("cluster.bringup.lab.restart_router does not exist yet")
+        restart(self.home, lambda m: self.say.print(f"  • {m}"))
+        if state := lab.read_state(self.home):
+            self.routers.append(state.router_pid)
+
+    async def recovery(self, label: str, since: float) -> float | None:
+        """Seconds from `since` until the router lists the host healthy and it gave a newer request its first
+        byte (for "", the router: every worker healthy and any answer); None past the recovery timeout."""
+        deadline = since + self.config.recovery_timeout_s
+        async with httpx.AsyncClient(timeout=2.0, headers=self.headers) as client:
+            while time.monotonic() < deadline:
+                if self.load.served_since(label, since) and healthy(await _rows(client, self.url), label):
+                    return time.monotonic() - since
+                await asyncio.sleep(0.25)
+        return None
+
+    async def repair(self, label: str) -> str:
+        """What an operator does when a host stays away: `cluster up hosts.toml` again; says how it went."""
+        self.say.print(f"  • {label or 'router'} not back within {self.config.recovery_timeout_s:g} s: cluster up")
+        started = time.monotonic()
+        result = await asyncio.to_thread(cli, self.home, "up", str(self.hosts_file))
+        back = await self.recovery(label, time.monotonic())
+        took = time.monotonic() - started
+        state = "serving" if back is not None else "still not serving"
+        return f"not back by itself; `cluster up` (exit {result.returncode}) → {state} after {took:.1f} s"
+
+
+async def _rows(client: httpx.AsyncClient, url: str) -> list[WorkerRow]:
+    try:
+        answer = await client.get(url + "/orchard/workers")
+        return WorkersReply.model_validate_json(answer.content).workers if answer.status_code == 200 else []
+    except (httpx.HTTPError, ValidationError):
+        return []
+
+
+async def _sample_decisions(url: str, headers: dict[str, str], into: list[tuple[float, float]], stop: asyncio.Event):
+    async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
+        while not stop.is_set():
+            try:
+                answer = await client.get(url + "/metrics")
+                if answer.status_code == 200:
+                    into.append((time.monotonic(), _decisions_total(answer.text)))
+            except httpx.HTTPError:
+                pass  # the router restarts: no sample
+            await asyncio.sleep(0.5)
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
+MODELS = f"""
+[[models]]
+name = "{MODEL}"
+source = "{MODEL}"
+replicas = {HOSTS}
+"""
+
+
+@dataclass(frozen=True)
+class ChaosRun:
+    windows: list[FaultWindow]
+    records: list[RequestRecord]
+    decisions: list[tuple[float, float]]
+    notes: list[str]
+
+
+def cli(home: Path, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """`cluster ARGS` as an operator runs it, against the lab's ORCHARD_HOME."""
+    env = {**os.environ, "ORCHARD_HOME": str(home)}
+    command = [sys.executable, "-m", "cluster.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def run(config: ChaosConfig, say: Console) -> list[TallyRow]:
+    """Build the lab, bring it up, drive it through the faults, take everything down again; the table's rows."""
+    root = Path(tempfile.mkdtemp(prefix="orchard-chaos-"))
+    previous = os.environ.get("ORCHARD_HOME")
+    os.environ["ORCHARD_HOME"] = str(root / "home")  # whatever reads it in this process: never ~/.orchard
+    try:
+        with netlab.lab(root / "net", HOSTS, SUBNET) as net:
+            done = _in_lab(net, root, config, say)
+    finally:
+        if previous is None:
+            os.environ.pop("ORCHARD_HOME", None)
+        else:
+            os.environ["ORCHARD_HOME"] = previous
+    rows = tally(done.records, done.windows, done.decisions, config.recovery_timeout_s)
+    options = " ".join(f"{k}={v}" for k, v in config.sim_options)
+    say.print(table(rows, f"chaos: {config.streams} streams, {config.max_tokens} tokens ({options})"))
+    for note in done.notes:
+        say.print(f"• {note}")
+    (root / "chaos.json").write_text(json.dumps(dataclasses.asdict(done)))  # monotonic seconds, for a closer look
+    say.print(f"logs, and every request in chaos.json: {root}")
+    return rows
+
+
+def _in_lab(net: netlab.Lab, root: Path, config: ChaosConfig, say: Console) -> ChaosRun:
+    home, hosts_file = root / "home", root / "lab.toml"
+    port, options = free_port(), dict(config.sim_options)
+    hosts_file.write_text(net.hosts_toml(sys.executable, ["sim"] * HOSTS, MODELS, port, options))
+    routers: list[int] = []
+    try:
+        say.print(f"cluster up {hosts_file} ({HOSTS} namespace hosts over SSH)…")
+        started = time.monotonic()
+        up = cli(home, "up", str(hosts_file))
+        state = lab.read_state(home)
+        if state is not None:
+            routers.append(state.router_pid)
+        if up.returncode != 0 or state is None:
+            raise ChaosError(f"cluster up failed (exit {up.returncode}): {(up.stdout + up.stderr)[-2000:]}")
+        say.print(f"  • all ready after {time.monotonic() - started:.1f} s; router at {state.url}")
+        return asyncio.run(drive(Chaos(net, home, hosts_file, state.url, config, Load(state.url, config), say,
+                                       operator_headers(home), routers)))  # fmt: skip
+    finally:
+        _teardown(home, routers, say)
+
+
+async def drive(chaos: Chaos) -> ChaosRun:
+    """Load for the whole run; calm for --settle seconds, then each fault, each followed by --settle calm."""
+    config, say, stop = chaos.config, chaos.say, asyncio.Event()
+    decisions: list[tuple[float, float]] = []
+    tasks = [asyncio.create_task(chaos.load.run()),
+             asyncio.create_task(_sample_decisions(chaos.url, chaos.headers, decisions, stop))]  # fmt: skip
+    windows: list[FaultWindow] = []
+    notes = ["retried ≈: routing decisions beyond one per answered request, from the router's /metrics (no "
+             "counter says which requests were retried)"]  # fmt: skip
+    try:
+        say.print(f"{config.streams} streams running; {config.settle_s:g} s calm first")
+        await asyncio.sleep(config.settle_s)
+        for fault in config.faults:
+            try:
+                window = await chaos.inject(fault)
+            except (ChaosError, drain.DrainError, lab.LabError, OSError) as exc:
+                notes.append(f"{fault}: skipped, {exc}")
+                say.print(f"  • skipped: {exc}")
+                continue
+            windows.append(window)
+            back = "not by itself" if window.recovery_s is None else f"after {window.recovery_s:.1f} s"
+            say.print(f"  • serving again {back}" + (f" ({window.note})" if window.note else ""))
+            if window.note:
+                notes.append(f"{fault}: {window.note}")
+            await asyncio.sleep(config.settle_s)
+    finally:
+        chaos.load.stopping.set()
+        stop.set()
+        _, late = await asyncio.wait(tasks, timeout=config.deadline_s + 5)  # each request ends within its deadline
+        for task in late:
+            task.cancel()
+    return ChaosRun(windows, list(chaos.load.records), decisions, notes)
+
+
+def _teardown(home: Path, routers: list[int], say: Console) -> None:
+    """`cluster down` without draining; then no router this run saw may outlive it (namespaces go with the lab)."""
+    state = lab.read_state(home)
+    if state is not None:
+        routers.append(state.router_pid)
+    try:
+        down = cli(home, "down", "--drain-timeout", "0", timeout_s=180)
+        say.print(f"cluster down: exit {down.returncode}")
+    except subprocess.TimeoutExpired:
+        say.print("cluster down: no answer within 180 s; stopping what is left")
+    for pid in set(routers):
+        if procs.alive(pid):
+            procs.terminate_tree(pid, grace_s=5)

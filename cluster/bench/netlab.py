@@ -14,11 +14,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUBNET = "10.213.7"  # only inside namespaces this module creates
+SUBNET = "10.213.7"  # only inside namespaces this module creates; one lab per subnet on a machine
 
 
 def available() -> str | None:
@@ -87,9 +87,18 @@ class Lab:
         _run("ip", "link", "set", self.veth(host), "up" if up else "down")
 
 
+def _bridge_on(subnet: str) -> str | None:
+    """The link that already holds `subnet`.1 (another lab's bridge), if any."""
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    return next((line.split()[1] for line in shown.splitlines() if f" {subnet}.1/" in line), None)
+
+
 @contextlib.contextmanager
-def lab(root: Path, count: int) -> Iterator[Lab]:
-    """`count` hosts h1..hN at SUBNET.11.. with sshd; on exit every process in them is killed, every link gone."""
+def lab(root: Path, count: int, subnet: str = SUBNET) -> Iterator[Lab]:
+    """`count` hosts h1..hN at `subnet`.11.. with sshd; on exit every process in them is killed, every link gone.
+    Raises RuntimeError when another lab holds the subnet (two would answer for the same addresses)."""
+    if (other := _bridge_on(subnet)) is not None:
+        raise RuntimeError(f"{subnet}.0/24 is taken by {other} (another lab running?); use another subnet")
     tag = secrets.token_hex(2)
     bridge = f"ob{tag}"
     root.mkdir(parents=True, exist_ok=True)
@@ -98,11 +107,11 @@ def lab(root: Path, count: int) -> Iterator[Lab]:
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path))
     (root / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
     host_pub = Path(f"{host_key}.pub").read_text().split()
-    hosts = [LabHost(i, f"orch{tag}h{i}", f"{SUBNET}.{10 + i}") for i in range(1, count + 1)]
+    hosts = [LabHost(i, f"orch{tag}h{i}", f"{subnet}.{10 + i}") for i in range(1, count + 1)]
     Path("/run/sshd").mkdir(exist_ok=True)
     try:
         _run("ip", "link", "add", bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", bridge)
+        _run("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
         _run("ip", "link", "set", bridge, "up")
         for host in hosts:
             _start_host(root, bridge, tag, host)
@@ -167,6 +176,27 @@ def argv_of(pid: int) -> list[str]:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0")
         return [part.decode(errors="replace") for part in raw.split(b"\0")] if raw else []
     return []
+
+
+def runs_module(argv: Sequence[str], module: str) -> bool:
+    """True when `argv` is a Python running `-m module`: the interpreter's own -m, not one in the argv it passes
+    on (a keeper, `python -m worker.keeper … -- python -m worker.agent …`, is not the agent)."""
+    i = 1
+    while i < len(argv):
+        if argv[i] == "-m":
+            return list(argv[i + 1 : i + 2]) == [module]
+        if argv[i] in ("-X", "-W"):  # interpreter options with a value
+            i += 2
+            continue
+        if not argv[i].startswith("-") or argv[i] in ("-", "-c", "--"):
+            return False
+        i += 1
+    return False
+
+
+def running(host: LabHost, module: str) -> list[int]:
+    """Pids of the processes in the host's namespace that run `python -m module`."""
+    return [pid for pid in pids_in(host.namespace) if runs_module(argv_of(pid), module)]
 
 
 def leftovers(host: LabHost) -> list[str]:

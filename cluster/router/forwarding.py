@@ -95,6 +95,8 @@ class Forwarder:
             if decision is None:
                 break
             handle = self.registry.by_id(decision.worker_id)
+            if tried:
+                self.metrics.retries.labels(incoming.model).inc()
             tried.add(decision.worker_id)
             if handle.stub is None:
                 continue

@@ -22,6 +22,12 @@ class RouterMetrics:
         self.decisions = Counter(
             "orchard_routing_decisions", "scheduler decisions by reason", ["reason"], registry=self.registry
         )
+        self.retries = Counter(
+            "orchard_retries",
+            "requests sent to another worker after one failed before the first byte",
+            ["model"],
+            registry=self.registry,
+        )
         self.tokens = Counter("orchard_tokens", "tokens by model and kind", ["model", "kind"], registry=self.registry)
         self.team_requests = Counter(
             "orchard_team_requests", "requests by team, model and HTTP status", ["team", "model", "status"],
