@@ -150,6 +150,7 @@ class RouterConfig(_Frozen):
     request_timeout_s: float = Field(default=900.0, gt=0)
     accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
     shutdown_grace_s: float = Field(default=60.0, ge=0)  # after SIGTERM: streams in flight get this to finish
+    gap_timeout_s: float = Field(default=10.0, gt=0)  # agents send at least a heartbeat every 2 s; else hung
     handover: str = ""  # a unix socket path: take the running router's listener there, and offer ours
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
@@ -184,7 +185,7 @@ class RouterConfig(_Frozen):
         argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
                 "--max-attempts", str(self.max_attempts),
                 "--request-timeout", repr(self.request_timeout_s), "--accept-timeout", repr(self.accept_timeout_s),
-                "--shutdown-grace", repr(self.shutdown_grace_s),
+                "--shutdown-grace", repr(self.shutdown_grace_s), "--gap-timeout", repr(self.gap_timeout_s),
                 "--max-queue", str(self.max_queue)]  # fmt: skip
         argv += _optional("--gateway-db", self.gateway_db)
         argv += _optional("--handover", self.handover or None)
@@ -207,6 +208,7 @@ class RouterConfig(_Frozen):
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
             "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
             "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
+            "gap_timeout_s": args.gap_timeout,
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
             "max_queue": args.max_queue,
         }  # fmt: skip
@@ -287,6 +289,12 @@ def _router_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds requests in flight get to finish after SIGTERM (the listener closes at once)",
+    )
+    add(
+        "--gap-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a worker may send nothing (agents send a heartbeat every 2 s) before its call is taken for hung",
     )
     add("--handover", help="unix socket where a restarted router takes this one's listening socket (planned restart)")
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")

@@ -34,14 +34,16 @@ ENGINE_STATE_FAILED: EngineState
 ENGINE_STATE_STOPPED: EngineState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "endpoint", "body")
+    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: Endpoint
     body: bytes
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
+    heartbeat_seconds: float
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")
@@ -74,14 +76,20 @@ class Chunks(_message.Message):
     def __init__(self, items: _Optional[_Iterable[bytes]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
-    __slots__ = ("chunks", "response", "final")
+    __slots__ = ("chunks", "response", "final", "heartbeat")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     chunks: Chunks
     response: bytes
     final: Final
-    def __init__(self, chunks: _Optional[_Union[Chunks, _Mapping]] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
+    heartbeat: Heartbeat
+    def __init__(self, chunks: _Optional[_Union[Chunks, _Mapping]] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -18,6 +18,7 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.context import PromptGuard
 from worker.group import GroupController
+from worker.heartbeat import HEARTBEAT_S, once, with_heartbeats
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
@@ -25,6 +26,7 @@ from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
+ALIVE = pb.GenerateReply(heartbeat=pb.Heartbeat())
 _ENDPOINT_PATHS = {
     pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
     pb.ENDPOINT_COMPLETIONS: "/v1/completions",
@@ -113,7 +115,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
             await _abort(context, 503, "this worker is draining", "service_unavailable")
             return
-        started = time.monotonic()
+        started, beat = time.monotonic(), request.heartbeat_seconds or HEARTBEAT_S
         if self._watched() == 0:
             self.supervisor.note_token()  # busy from now: an idle engine is not stalled
         self.inflight += 1
@@ -122,7 +124,10 @@ class WorkerService(pb_grpc.WorkerServicer):
                 batches = stream_batches(self.http, url, body, tally)
                 self.streams += 1
                 try:
-                    async for batch in batches:
+                    async for batch in with_heartbeats(batches, beat):
+                        if batch is None:
+                            yield ALIVE
+                            continue
                         self.supervisor.note_token()
                         first_at = first_at or time.monotonic()
                         running = usage_message(tally.usage) if tally.usage else None
@@ -131,7 +136,8 @@ class WorkerService(pb_grpc.WorkerServicer):
                     self.streams -= 1
                     await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
             else:
-                yield pb.GenerateReply(response=await whole_response(self.http, url, body, tally))
+                async for whole in with_heartbeats(once(whole_response(self.http, url, body, tally)), beat):
+                    yield ALIVE if whole is None else pb.GenerateReply(response=whole)
         except EngineError as exc:
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
             await _abort(context, exc.status, exc.body, kind)

@@ -15,10 +15,10 @@ Per fault, the requests that started in its window (fault start to fault end + r
 it struck (a stream a kill cuts started before it): sent, succeeded, failed before the first byte (an HTTP error
 or no answer), ended mid-stream with an error event, cut (the body stopped without an error event or [DONE]), hung
 (not finished within `--deadline`), and the seconds from the fault's end until the router lists the host ready
-with a closed breaker and it gave a first byte to a request started after that end. No router counter says which
-requests were retried: "retried ≈" is the routing decisions counted on /metrics during the window beyond one per
-request started then that got a first byte (an estimate that also counts the tries of requests that failed; none
-for the router restart, whose two routers both answer).
+with a closed breaker and it gave a first byte to a request started after that end. "retried" is how much the
+router's orchard_retries_total (requests sent to another worker after one failed before the first byte) grew
+during the window, each router counted on its own (a restart's new router starts from 0). The arithmetic, pure
+over what the run recorded, is in cluster/bench/chaos_tally.py.
 """
 
 from __future__ import annotations
@@ -26,26 +26,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
 
-from cluster.bench import netlab
+from cluster.bench import chaos_tally, netlab
+from cluster.bench.chaos_tally import FaultWindow, Outcome, RequestRecord, RetrySample, TallyRow
 from cluster.bringup import drain, lab
 from cluster.gateway.keys import operator_headers
 from cluster.router.app import WORKER_HEADER
@@ -59,10 +55,7 @@ TARGETS = {"kill-engine": "h1", "kill-agent": "h2", "stop-agent": "h3", "cut-lin
 AGENT_MODULE, ENGINE_MODULE = "worker.agent", "worker.engines.programs.sim"
 MODEL, HOSTS = "sim-model", 3
 SUBNET = "10.213.9"  # not the lab tests' subnet: both may run on one machine
-CALM = "between faults"
 FAILURE_PAUSE_S = 0.5  # a loop whose request failed waits this long: a refusing router is not a busy loop
-DECISIONS = "orchard_routing_decisions_total"
-Outcome = Literal["ok", "refused", "error_event", "cut", "hung"]
 
 
 class ChaosError(Exception):
@@ -80,120 +73,6 @@ class ChaosConfig:
     stop_s: float = 20.0
     link_s: float = 15.0
     recovery_timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    started: float  # time.monotonic()
-    ended: float
-    outcome: Outcome
-    worker: str = ""  # the x-orchard-worker header ("" without an answer)
-    status: int = 0  # HTTP status (0: no answer at all)
-    first_byte: float = 0.0  # when the answer began (0: it never did)
-
-
-@dataclass(frozen=True)
-class FaultWindow:
-    fault: str
-    host: str  # "" for the router
-    start: float
-    end: float  # when the fault was lifted (== start for a kill)
-    until: float  # end + recovery, or when waiting for it gave up (after a repair)
-    recovery_s: float | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class TallyRow:
-    fault: str
-    host: str
-    sent: int
-    succeeded: int
-    retried: int | None
-    refused: int
-    error_event: int
-    cut: int
-    hung: int
-    slowest_s: float  # the longest request: a stream a stopped host froze shows here
-    recovery: str
-
-
-# --- pure: which window, the table ----------------------------------------------------------------------------------
-
-
-def window_of(record: RequestRecord, windows: Sequence[FaultWindow]) -> FaultWindow | None:
-    """The fault whose window (start to end + recovery) the request started in, or that struck it in flight."""
-    started = next((w for w in windows if w.start <= record.started < w.until), None)
-    return started or next((w for w in windows if record.started < w.start < record.ended), None)
-
-
-def counter_increase(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
-    """How much a counter sampled as (time, value) grew in [start, end); a drop is a restart from 0."""
-    inside = [v for t, v in samples if start <= t < end]
-    before = [v for t, v in samples if t < start]
-    values = before[-1:] + inside
-    return sum(b - a if b >= a else b for a, b in itertools.pairwise(values))
-
-
-def healthy(rows: Sequence[WorkerRow], worker: str, hosts: int = HOSTS) -> bool:
-    """The worker (every one, for "") is ready, its breaker closed and it takes requests."""
-    wanted = [r for r in rows if worker in ("", r.worker_id)]
-    fine = [r for r in wanted if r.ready and r.breaker == "closed" and not r.draining]
-    return bool(wanted) and len(fine) == len(wanted) and (worker != "" or len(fine) == hosts)
-
-
-def _row(name: str, host: str, records: Sequence[RequestRecord], retried: int | None, recovery: str) -> TallyRow:
-    count = {o: sum(r.outcome == o for r in records) for o in ("ok", "refused", "error_event", "cut", "hung")}
-    slowest = max((r.ended - r.started for r in records), default=0.0)
-    return TallyRow(name, host, len(records), count["ok"], retried, count["refused"], count["error_event"],
-                    count["cut"], count["hung"], slowest, recovery)  # fmt: skip
-
-
-def _extra(decided: float, records: Sequence[RequestRecord]) -> int:
-    """Routing decisions beyond one per request that got a first byte (those `records` started meanwhile)."""
-    return max(0, round(decided) - sum(1 for r in records if r.worker))
-
-
-def tally(
-    records: Sequence[RequestRecord], windows: Sequence[FaultWindow], decisions: Sequence[tuple[float, float]],
-    recovery_timeout_s: float,
-) -> list[TallyRow]:  # fmt: skip
-    """One row per fault (the requests it struck or that started in its window), one for the rest ("between
-    faults"), then totals. `decisions`: the router's routing-decision counter sampled as (time, value)."""
-    rows = []
-    for w in windows:
-        retried = None  # the restart's two routers both answer /metrics: no estimate
-        if w.fault != "restart-router":
-            started = [r for r in records if w.start <= r.started < w.until]
-            retried = _extra(counter_increase(decisions, w.start, w.until), started)
-        back = f"{w.recovery_s:.1f} s" if w.recovery_s is not None else f"not within {recovery_timeout_s:g} s"
-        mine = [r for r in records if window_of(r, windows) is w]
-        rows.append(_row(w.fault, w.host or "router", mine, retried, back))
-    edges = [-math.inf, *(t for w in windows for t in (w.start, w.until)), math.inf]
-    calm_spans = list(zip(edges[::2], edges[1::2], strict=True))  # before, between and after the windows
-    started = [r for r in records if any(a <= r.started < b for a, b in calm_spans)]
-    retried = _extra(sum(counter_increase(decisions, a, b) for a, b in calm_spans), started)
-    rows.append(_row(CALM, "", [r for r in records if window_of(r, windows) is None], retried, ""))
-    return [*rows, _row("total", "", records, sum(r.retried or 0 for r in rows), "")]
-
-
-COLUMNS = ("fault", "host", "sent", "succeeded", "retried ≈", "failed before 1st byte", "error event mid-stream",
-           "cut, no error event", "hung", "slowest", "serving again after")  # fmt: skip
-
-
-def table(rows: Sequence[TallyRow], title: str) -> Table:
-    out = Table(title=title)
-    for column in COLUMNS:
-        out.add_column(column, justify="left" if column in ("fault", "host") else "right")
-    for r in rows:
-        counts = [r.sent, r.succeeded, "?" if r.retried is None else r.retried, r.refused, r.error_event, r.cut, r.hung]
-        cells = [r.fault, r.host, *map(str, counts), f"{r.slowest_s:.1f} s", r.recovery]
-        out.add_row(*cells, end_section=r.fault == CALM)
-    return out
-
-
-def _decisions_total(exposition: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(DECISIONS))
 
 
 # --- load: closed loops of streaming requests -----------------------------------------------------------------------
@@ -344,7 +223,8 @@ class Chaos:
         deadline = since + self.config.recovery_timeout_s
         async with httpx.AsyncClient(timeout=2.0, headers=self.headers) as client:
             while time.monotonic() < deadline:
-                if self.load.served_since(label, since) and healthy(await _rows(client, self.url), label):
+                served = self.load.served_since(label, since)
+                if served and chaos_tally.healthy(await _rows(client, self.url), label, HOSTS):
                     return time.monotonic() - since
                 await asyncio.sleep(0.25)
         return None
@@ -368,16 +248,25 @@ async def _rows(client: httpx.AsyncClient, url: str) -> list[WorkerRow]:
         return []
 
 
-async def _sample_decisions(url: str, headers: dict[str, str], into: list[tuple[float, float]], stop: asyncio.Event):
-    async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
+async def _sample_retries(url: str, headers: dict[str, str], into: list[RetrySample], stop: asyncio.Event) -> None:
+    """The retry counter every half second, with the pid of the router that answered. During a restart both
+    routers answer: the pid /orchard/workers gives before and after /metrics, on one kept-alive connection, must
+    match, or the sample is dropped."""
+    async with httpx.AsyncClient(timeout=2.0, headers=headers, limits=httpx.Limits(max_connections=1)) as client:
         while not stop.is_set():
             try:
-                answer = await client.get(url + "/metrics")
-                if answer.status_code == 200:
-                    into.append((time.monotonic(), _decisions_total(answer.text)))
-            except httpx.HTTPError:
+                pid = await _router_pid(client, url)
+                answer = (await client.get(url + "/metrics")).raise_for_status()
+                if pid == await _router_pid(client, url):
+                    into.append(RetrySample(time.monotonic(), pid, chaos_tally.retries_total(answer.text)))
+            except (httpx.HTTPError, ValidationError):
                 pass  # the router restarts: no sample
             await asyncio.sleep(0.5)
+
+
+async def _router_pid(client: httpx.AsyncClient, url: str) -> int:
+    answer = (await client.get(url + "/orchard/workers")).raise_for_status()
+    return WorkersReply.model_validate_json(answer.content).router_pid
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -394,7 +283,7 @@ replicas = {HOSTS}
 class ChaosRun:
     windows: list[FaultWindow]
     records: list[RequestRecord]
-    decisions: list[tuple[float, float]]
+    retries: list[RetrySample]
     notes: list[str]
 
 
@@ -418,9 +307,9 @@ def run(config: ChaosConfig, say: Console) -> list[TallyRow]:
             os.environ.pop("ORCHARD_HOME", None)
         else:
             os.environ["ORCHARD_HOME"] = previous
-    rows = tally(done.records, done.windows, done.decisions, config.recovery_timeout_s)
+    rows = chaos_tally.tally(done.records, done.windows, done.retries, config.recovery_timeout_s)
     options = " ".join(f"{k}={v}" for k, v in config.sim_options)
-    say.print(table(rows, f"chaos: {config.streams} streams, {config.max_tokens} tokens ({options})"))
+    say.print(chaos_tally.table(rows, f"chaos: {config.streams} streams, {config.max_tokens} tokens ({options})"))
     for note in done.notes:
         say.print(f"• {note}")
     (root / "chaos.json").write_text(json.dumps(dataclasses.asdict(done)))  # monotonic seconds, for a closer look
@@ -452,12 +341,14 @@ def _in_lab(net: netlab.Lab, root: Path, config: ChaosConfig, say: Console) -> C
 async def drive(chaos: Chaos) -> ChaosRun:
     """Load for the whole run; calm for --settle seconds, then each fault, each followed by --settle calm."""
     config, say, stop = chaos.config, chaos.say, asyncio.Event()
-    decisions: list[tuple[float, float]] = []
+    retries: list[RetrySample] = []
     tasks = [asyncio.create_task(chaos.load.run()),
-             asyncio.create_task(_sample_decisions(chaos.url, chaos.headers, decisions, stop))]  # fmt: skip
+             asyncio.create_task(_sample_retries(chaos.url, chaos.headers, retries, stop))]  # fmt: skip
     windows: list[FaultWindow] = []
-    notes = ["retried ≈: routing decisions beyond one per answered request, from the router's /metrics (no "
-             "counter says which requests were retried)"]  # fmt: skip
+    notes = [
+        "retried: requests the router sent to another worker after one failed before the first byte, the increase"
+        " of orchard_retries_total in the window (each router's from its own start; ?: no router sampled)"
+    ]
     try:
         say.print(f"{config.streams} streams running; {config.settle_s:g} s calm first")
         await asyncio.sleep(config.settle_s)
@@ -480,7 +371,7 @@ async def drive(chaos: Chaos) -> ChaosRun:
         _, late = await asyncio.wait(tasks, timeout=config.deadline_s + 5)  # each request ends within its deadline
         for task in late:
             task.cancel()
-    return ChaosRun(windows, list(chaos.load.records), decisions, notes)
+    return ChaosRun(windows, list(chaos.load.records), retries, notes)
 
 
 def _teardown(home: Path, routers: list[int], say: Console) -> None:

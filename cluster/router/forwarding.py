@@ -50,6 +50,7 @@ class Ended:
 OnEnd = Callable[[Ended], None]
 
 
+HEARTBEATS_PER_GAP = 4  # an agent's heartbeat may come late three times over before the gap deadline passes
 CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response went out with it)
 _WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -59,6 +60,10 @@ def _transport_failure(exc: grpc.aio.AioRpcError) -> bool:
     if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return False
     return errors.http_status(exc.trailing_metadata()) is None
+
+
+class _Silent(Exception):
+    """A worker sent nothing within a deadline (accept, or the gap between messages); the message says which."""
 
 
 class Forwarder:
@@ -90,6 +95,7 @@ class Forwarder:
         tried: set[str] = set()
         last_error: ApiError | None = None
         generate = incoming.generate_request()
+        generate.heartbeat_seconds = self.config.gap_timeout_s / HEARTBEATS_PER_GAP
         for _ in range(self.config.max_attempts):
             decision = self.decide(incoming.view, frozenset(tried))
             if decision is None:
@@ -106,14 +112,13 @@ class Forwarder:
             # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
             call.add_done_callback(lambda _call, h=handle: _release(h))
             try:
-                await asyncio.wait_for(call.initial_metadata(), self.config.accept_timeout_s)
+                await self._accepted(call, decision.worker_id)
                 self.registry.succeeded(handle)  # it accepted: the host is alive, however long the prompt takes
-                first = await call.read()
-            except TimeoutError:
+                first = await self.next_reply(call, decision.worker_id)
+            except _Silent as exc:
                 call.cancel()
                 self.registry.failed(handle)
-                last_error = ApiError(504, f"Worker {decision.worker_id} did not accept the request within "
-                                      f"{self.config.accept_timeout_s:g} s.", code="timeout")  # fmt: skip
+                last_error = ApiError(504, str(exc), code="timeout")
                 continue
             except grpc.aio.AioRpcError as exc:
                 last_error = from_grpc(exc)
@@ -134,11 +139,36 @@ class Forwarder:
         raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
                        code="no_worker")  # fmt: skip
 
+    async def _accepted(self, call: Any, worker: str) -> None:
+        try:
+            await asyncio.wait_for(call.initial_metadata(), self.config.accept_timeout_s)
+        except TimeoutError:
+            raise _Silent(
+                f"Worker {worker} did not accept the request within {self.config.accept_timeout_s:g} s."
+            ) from None
+
+    async def next_reply(self, call: Any, worker: str) -> Any:
+        """The call's next reply other than a heartbeat (or EOF). Raises _Silent when the agent sends nothing at
+        all for the gap deadline: its host hangs or is cut off, however long the engine itself may take."""
+        while True:
+            try:
+                async with asyncio.timeout(self.config.gap_timeout_s):  # no task per read, unlike wait_for
+                    reply = await call.read()
+            except TimeoutError:
+                raise _Silent(
+                    f"Worker {worker} stopped answering (nothing for {self.config.gap_timeout_s:g} s)."
+                ) from None
+            if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
+                return reply
+
     async def whole(self, started: Started, model: str, headers: dict[str, str], on_end: OnEnd) -> Response:
         """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
         worker = started.handle.worker_id
         try:
-            final = await started.call.read()
+            final = await self.next_reply(started.call, worker)
+        except _Silent:  # the answer is here; only its token count is missing
+            started.call.cancel()
+            final = grpc.aio.EOF
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
             self.metrics.requests.labels(model, str(err.status)).inc()
@@ -173,11 +203,11 @@ class Forwarder:
                 elif reply.HasField("final"):
                     usage, counted, metered = reply.final.usage, True, True
                     self.metrics.count_tokens(model, usage)
-                reply = await call.read()
+                reply = await self.next_reply(call, started.handle.worker_id)
             ended = True
             yield b"data: [DONE]\n\n"
-        except grpc.aio.AioRpcError as exc:
-            err = from_grpc(exc)
+        except (grpc.aio.AioRpcError, _Silent) as exc:
+            err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else ApiError(504, str(exc), code="timeout")
             status, ended = err.status, True
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"

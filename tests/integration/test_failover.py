@@ -237,3 +237,29 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
         if new:
             procs.terminate_tree(new, 5)
         stop_cluster(cluster)
+
+
+def test_heartbeats_carry_a_long_silent_wait_and_a_stopped_agent_ends_its_stream_within_the_gap(
+    tmp_path: Path,
+) -> None:
+    """The gap deadline (1 s here) never cuts an engine that is slow to start (2.5 s to the first token: the
+    agent's heartbeats cover it), and ends a stream whose agent stops (SIGSTOP) with an error event."""
+    options = (("overhead-ms", "2500"), ("decode-ms-per-token", "50"))
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=options)
+    cluster = start_cluster(tmp_path, [agent], gap_timeout_s=1.0)
+    try:
+        whole = {"model": SIM_MODEL, "prompt": "slow to start", "max_tokens": 4}
+        assert httpx.post(cluster.url + "/v1/completions", json=whole, timeout=30).status_code == 200
+        body = {**whole, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=30) as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            events = [next(lines)]
+            os.kill(cluster.agent_pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            events += list(lines)
+        took = time.monotonic() - stopped_at
+        print(f"\nstopped agent: its stream ended with an error event {took:.1f} s later")
+        assert events[-1] == "data: [DONE]" and "stopped answering" in events[-2] and took < 4, events[-3:]
+    finally:
+        os.kill(cluster.agent_pid, signal.SIGCONT)
+        stop_cluster(cluster)

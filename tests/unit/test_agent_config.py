@@ -40,7 +40,7 @@ def test_router_config_round_trips_through_its_command_line() -> None:
         listen="0.0.0.0:9000", workers=("10.0.0.2:50051", "10.0.0.3:50051"), policy="least_loaded",
         model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")), max_body_bytes=1 << 20, max_attempts=3,
         request_timeout_s=60.5, accept_timeout_s=1.5, gateway_db="/root/.orchard/gateway.db", no_auth=True,
-        max_queue=12,
+        max_queue=12, shutdown_grace_s=5.0, gap_timeout_s=4.5, handover="/root/.orchard/router.sock",
     )  # fmt: skip
     defaults = RouterConfig(workers=("x:1",))
     assert {n for n in RouterConfig.model_fields if getattr(original, n) != getattr(defaults, n)} == set(

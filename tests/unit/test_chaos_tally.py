@@ -1,10 +1,22 @@
 """The chaos benchmark's arithmetic, on made-up requests: which fault a request belongs to, what each row counts,
-how the retry estimate reads the router's counter, and which process is the agent."""
+how the retries column reads the router's retry counter (across a router restart too), and which process is the
+agent."""
 
 from __future__ import annotations
 
-from cluster.bench.chaos import CALM, FaultWindow, RequestRecord, counter_increase, healthy, tally, window_of
+from cluster.bench.chaos_tally import (
+    CALM,
+    FaultWindow,
+    RequestRecord,
+    RetrySample,
+    counter_increase,
+    healthy,
+    retries_total,
+    tally,
+    window_of,
+)
 from cluster.bench.netlab import runs_module
+from cluster.router.metrics import RouterMetrics
 from cluster.router.rows import Reachability, WorkerRow
 from proto.states import EngineState
 
@@ -65,25 +77,43 @@ def test_rows_come_in_fault_order_then_calm_then_total_and_a_lost_host_says_so()
     assert rows[2].sent == 0
 
 
-def test_router_restart_row_names_the_router_and_has_no_retry_estimate() -> None:
+def retries(*samples: tuple[float, float], router_pid: int = 7) -> list[RetrySample]:
+    return [RetrySample(at, router_pid, value) for at, value in samples]
+
+
+def test_retried_is_the_retry_counters_increase_over_the_window() -> None:
+    samples = retries((8.5, 0.0), (9.5, 1.0), (10.5, 2.0), (12.0, 5.0), (13.5, 6.0), (20.0, 11.0))
+    rows = {r.fault: r for r in tally([ok(11.0), ok(15.0)], [KILL], samples, recovery_timeout_s=60)}
+    assert rows["kill-engine"].retried == 5  # from 1 (the last sample before the kill) to 6
+    assert rows[CALM].retried == 1 + 5  # 0 -> 1 before it, 6 -> 11 after it
+    assert rows["total"].retried == 11
+
+
+def test_a_router_restart_counts_each_routers_retries_from_its_own_start() -> None:
     restart = FaultWindow("restart-router", "", start=10.0, end=12.0, until=13.0, recovery_s=1.0)
-    rows = tally([ok(11.0)], [restart], [(9.0, 100.0), (12.5, 5.0)], recovery_timeout_s=60)
-    assert rows[0].host == "router" and rows[0].retried is None
+    old = retries((9.0, 4.0), (11.0, 5.0), (11.6, 6.0), router_pid=1)
+    new = retries((11.3, 2.0), (12.5, 3.0), (20.0, 4.0), router_pid=2)  # both answer /metrics, in turn
+    samples = sorted([*old, *new], key=lambda s: s.at)
+    rows = tally([ok(11.0)], [restart], samples, recovery_timeout_s=60)
+    assert rows[0].host == "router"
+    assert rows[0].retried == 2 + 3  # the old router's 4 -> 6, the new one's 0 (its start) -> 3
+    assert rows[1].retried == 4 + 1  # the old router's first 4 before, the new one's 3 -> 4 after
 
 
-def test_retries_are_decisions_beyond_one_per_answered_request_started_meanwhile() -> None:
-    struck = RequestRecord(9.0, 10.5, "error_event", "h1", 200)  # routed before the window: its decision too
-    records = [struck, ok(11.0, "h2"), ok(11.5, "h3"), ok(12.0, "h2"), RequestRecord(12.5, 12.6, "refused", "", 503)]
-    decisions = [(8.5, 99.0), (9.5, 100.0), (10.5, 101.0), (12.0, 104.0), (13.5, 105.0), (20.0, 110.0)]
-    rows = {r.fault: r for r in tally(records, [KILL], decisions, recovery_timeout_s=60)}
-    assert rows["kill-engine"].retried == 2  # 5 decisions in the window, 3 requests started then answered
-    assert rows[CALM].retried == 5  # 6 decisions outside it, one for the struck request
-    assert rows["total"].retried == 7
+def test_a_window_no_router_answered_in_shows_no_retry_count() -> None:
+    samples = retries((9.0, 5.0), (20.0, 8.0))  # the router was silent from 10 to 14
+    rows = tally([ok(11.0)], [KILL], samples, recovery_timeout_s=60)
+    assert rows[0].retried is None
+    assert rows[1].retried == 5 + 3 and rows[2].retried == 8  # 5 -> 8 counted once the router answered again
 
 
-def test_the_estimate_is_never_negative() -> None:
-    rows = tally([ok(11.0), ok(12.0)], [KILL], [(9.0, 50.0), (13.0, 51.0)], recovery_timeout_s=60)
-    assert rows[0].retried == 0
+def test_retries_are_read_from_the_routers_exposition_summed_over_models() -> None:
+    metrics = RouterMetrics()
+    assert retries_total(metrics.exposition()) == 0  # no retry yet: no sample line at all
+    metrics.retries.labels("sim-model").inc(3)
+    metrics.retries.labels("other model").inc()
+    metrics.decisions.labels("least_loaded").inc(40)
+    assert retries_total(metrics.exposition()) == 4  # neither orchard_retries_created nor other counters
 
 
 def test_a_counter_that_drops_restarted_from_zero() -> None:
@@ -96,13 +126,13 @@ def test_a_counter_that_drops_restarted_from_zero() -> None:
 
 def test_a_host_serves_again_when_ready_with_a_closed_breaker_and_not_draining() -> None:
     three = [row("h1"), row("h2"), row("h3")]
-    assert healthy(three, "h2") and healthy(three, "")
-    assert not healthy([row("h1"), row("h2", breaker="half-open"), row("h3")], "h2")
-    assert not healthy([row("h1"), row("h2", draining=True), row("h3")], "h2")
-    assert not healthy([row("h1"), row("h2", ready=False), row("h3")], "h2")
-    assert healthy([row("h1"), row("h2", ready=False), row("h3")], "h1")
-    assert not healthy([row("h1"), row("h2")], "")  # the router: every one of the three
-    assert not healthy([], "h1")
+    assert healthy(three, "h2", hosts=3) and healthy(three, "", hosts=3)
+    assert not healthy([row("h1"), row("h2", breaker="half-open"), row("h3")], "h2", hosts=3)
+    assert not healthy([row("h1"), row("h2", draining=True), row("h3")], "h2", hosts=3)
+    assert not healthy([row("h1"), row("h2", ready=False), row("h3")], "h2", hosts=3)
+    assert healthy([row("h1"), row("h2", ready=False), row("h3")], "h1", hosts=3)
+    assert not healthy([row("h1"), row("h2")], "", hosts=3)  # the router: every one of the three
+    assert not healthy([], "h1", hosts=3)
 
 
 def test_the_agent_is_the_process_running_worker_agent_never_its_keeper() -> None:
