@@ -63,6 +63,7 @@ def _chaos_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd.add_argument("--stop-seconds", type=float, default=20.0, help="how long the agent stays SIGSTOPped")
     cmd.add_argument("--link-seconds", type=float, default=15.0, help="how long the host's link stays down")
     cmd.add_argument("--recovery-timeout", type=float, default=60.0)
+    cmd.add_argument("--vllm", action="store_true", help="h3 runs the real vLLM engine on the bundled model")
 
 
 def _chaos(args: argparse.Namespace) -> None:
@@ -72,7 +73,7 @@ def _chaos(args: argparse.Namespace) -> None:
         streams=args.streams, settle_s=args.settle, faults=args.faults, max_tokens=args.max_tokens,
         sim_options=(("decode-ms-per-token", f"{args.sim_decode_ms:g}"), *args.sim_option),
         deadline_s=args.deadline, stop_s=args.stop_seconds, link_s=args.link_seconds,
-        recovery_timeout_s=args.recovery_timeout,
+        recovery_timeout_s=args.recovery_timeout, vllm=args.vllm,
     )  # fmt: skip
 
     def _stop(_signum: int, _frame: object) -> None:

@@ -47,6 +47,7 @@ from cluster.gateway.keys import operator_headers
 from cluster.router.app import WORKER_HEADER
 from cluster.router.rows import WorkerRow, WorkersReply
 from worker import procs
+from worker.models import BUNDLED_NAME
 from worker.procs import free_port
 
 FAULTS = ("kill-engine", "kill-agent", "stop-agent", "cut-link", "drain", "restart-router")
@@ -73,6 +74,15 @@ class ChaosConfig:
     stop_s: float = 20.0
     link_s: float = 15.0
     recovery_timeout_s: float = 60.0
+    vllm: bool = False  # h3 runs the real vLLM engine; the model is then the bundled one (the sims serve its name)
+
+    @property
+    def model(self) -> str:
+        return BUNDLED_NAME if self.vllm else MODEL
+
+    @property
+    def engines(self) -> list[str]:
+        return ["sim", "sim", "vllm"] if self.vllm else ["sim"] * HOSTS
 
 
 # --- load: closed loops of streaming requests -----------------------------------------------------------------------
@@ -100,8 +110,9 @@ class Load:
     async def _loop(self, client: httpx.AsyncClient, stream: int) -> None:
         sent = 0
         while not self.stopping.is_set():
-            body = {"model": MODEL, "messages": [{"role": "user", "content": f"chaos stream {stream} turn {sent}"}],
-                    "max_tokens": self.config.max_tokens, "temperature": 0, "stream": True}  # fmt: skip
+            ask = [{"role": "user", "content": f"chaos stream {stream} turn {sent}"}]
+            body = {"model": self.config.model, "messages": ask, "max_tokens": self.config.max_tokens,
+                    "temperature": 0, "stream": True}  # fmt: skip
             record = await self._one(client, body)
             self.records.append(record)
             sent += 1
@@ -271,12 +282,11 @@ async def _router_pid(client: httpx.AsyncClient, url: str) -> int:
 
 # --- the run --------------------------------------------------------------------------------------------------------
 
-MODELS = f"""
-[[models]]
-name = "{MODEL}"
-source = "{MODEL}"
-replicas = {HOSTS}
-"""
+
+def models_toml(config: ChaosConfig) -> str:
+    """One model, a replica on every host (a real vLLM context length when h3 runs vLLM)."""
+    length = "max_model_len = 2048\n" if config.vllm else ""
+    return f'[[models]]\nname = "{config.model}"\nsource = "{config.model}"\nreplicas = {HOSTS}\n{length}'
 
 
 @dataclass(frozen=True)
@@ -320,7 +330,7 @@ def run(config: ChaosConfig, say: Console) -> list[TallyRow]:
 def _in_lab(net: netlab.Lab, root: Path, config: ChaosConfig, say: Console) -> ChaosRun:
     home, hosts_file = root / "home", root / "lab.toml"
     port, options = free_port(), dict(config.sim_options)
-    hosts_file.write_text(net.hosts_toml(sys.executable, ["sim"] * HOSTS, MODELS, port, options))
+    hosts_file.write_text(net.hosts_toml(sys.executable, config.engines, models_toml(config), port, options))
     routers: list[int] = []
     try:
         say.print(f"cluster up {hosts_file} ({HOSTS} namespace hosts over SSH)…")
