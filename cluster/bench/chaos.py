@@ -191,11 +191,11 @@ class Chaos:
         else:
             await asyncio.to_thread(self._restart_router)
         end = time.monotonic()
-        recovery = await self.recovery(label, end)
+        ready, recovery = await self.recovery(label, end)
         if recovery is None:
             note = (note + "; " if note else "") + await self.repair(label)
         return FaultWindow(fault, label, start, end, time.monotonic() if recovery is None else end + recovery,
-                           recovery, note)  # fmt: skip
+                           recovery, note, ready_s=ready)  # fmt: skip
 
     async def _stopped(self, pid: int) -> None:
         os.kill(pid, signal.SIGSTOP)
@@ -228,24 +228,28 @@ class Chaos:
         if state := lab.read_state(self.home):
             self.routers.append(state.router_pid)
 
-    async def recovery(self, label: str, since: float) -> float | None:
-        """Seconds from `since` until the router lists the host healthy and it gave a newer request its first
-        byte (for "", the router: every worker healthy and any answer); None past the recovery timeout."""
-        deadline = since + self.config.recovery_timeout_s
+    async def recovery(self, label: str, since: float) -> tuple[float | None, float | None]:
+        """Seconds from `since` until the router lists the host healthy (ready), and until, healthy, it also gave
+        a newer request its first byte (served: that waits for the router to send it one, so it includes the
+        closed loops' own pace); for "", the router: every worker healthy and any answer. None: not within the
+        recovery timeout."""
+        deadline, ready = since + self.config.recovery_timeout_s, None
         async with httpx.AsyncClient(timeout=2.0, headers=self.headers) as client:
             while time.monotonic() < deadline:
                 served = self.load.served_since(label, since)
-                if served and chaos_tally.healthy(await _rows(client, self.url), label, HOSTS):
-                    return time.monotonic() - since
+                if chaos_tally.healthy(await _rows(client, self.url), label, HOSTS):
+                    ready = ready if ready is not None else time.monotonic() - since
+                    if served:
+                        return ready, time.monotonic() - since
                 await asyncio.sleep(0.25)
-        return None
+        return ready, None
 
     async def repair(self, label: str) -> str:
         """What an operator does when a host stays away: `cluster up hosts.toml` again; says how it went."""
         self.say.print(f"  • {label or 'router'} not back within {self.config.recovery_timeout_s:g} s: cluster up")
         started = time.monotonic()
         result = await asyncio.to_thread(cli, self.home, "up", str(self.hosts_file))
-        back = await self.recovery(label, time.monotonic())
+        _, back = await self.recovery(label, time.monotonic())
         took = time.monotonic() - started
         state = "serving" if back is not None else "still not serving"
         return f"not back by itself; `cluster up` (exit {result.returncode}) → {state} after {took:.1f} s"
@@ -371,7 +375,8 @@ async def drive(chaos: Chaos) -> ChaosRun:
                 continue
             windows.append(window)
             back = "not by itself" if window.recovery_s is None else f"after {window.recovery_s:.1f} s"
-            say.print(f"  • serving again {back}" + (f" ({window.note})" if window.note else ""))
+            ready = "" if window.ready_s is None else f" (ready after {window.ready_s:.1f} s)"
+            say.print(f"  • serving again {back}{ready}" + (f" ({window.note})" if window.note else ""))
             if window.note:
                 notes.append(f"{fault}: {window.note}")
             await asyncio.sleep(config.settle_s)

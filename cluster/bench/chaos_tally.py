@@ -38,8 +38,9 @@ class FaultWindow:
     start: float
     end: float  # when the fault was lifted (== start for a kill)
     until: float  # end + recovery, or when waiting for it gave up (after a repair)
-    recovery_s: float | None
+    recovery_s: float | None  # until healthy and it served a request started after `end`
     note: str = ""
+    ready_s: float | None = None  # until the router listed it healthy again (ready, breaker closed, not draining)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def tally(
     rows = []
     for w in windows:
         back = f"{w.recovery_s:.1f} s" if w.recovery_s is not None else f"not within {recovery_timeout_s:g} s"
+        back = back if w.ready_s is None else f"{w.ready_s:.1f} s · {back}"
         mine = [r for r in records if window_of(r, windows) is w]
         rows.append(_row(w.fault, w.host or "router", mine, retries_in(retries, w.start, w.until), back))
     edges = [-math.inf, *(t for w in windows for t in (w.start, w.until)), math.inf]
@@ -131,7 +133,7 @@ def tally(
 
 
 COLUMNS = ("fault", "host", "sent", "succeeded", "retried", "failed before 1st byte", "error event mid-stream",
-           "cut, no error event", "hung", "slowest", "serving again after")  # fmt: skip
+           "cut, no error event", "hung", "slowest", "ready · served again after")  # fmt: skip
 
 
 def table(rows: Sequence[TallyRow], title: str) -> Table:

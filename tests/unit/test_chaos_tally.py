@@ -146,3 +146,9 @@ def test_the_agent_is_the_process_running_worker_agent_never_its_keeper() -> Non
     assert not runs_module(["/usr/bin/python3", "script.py", "-m", "worker.agent"], "worker.agent")
     assert not runs_module(["/usr/bin/python3", "-m", "worker.engines.programs.sim"], "worker.agent")
     assert not runs_module([], "worker.agent")
+
+
+def test_the_recovery_shows_when_the_router_listed_it_ready_then_when_it_served() -> None:
+    ready_first = FaultWindow("kill-engine", "h1", start=10.0, end=10.0, until=18.8, recovery_s=8.8, ready_s=3.2)
+    row = tally([], [ready_first], [], recovery_timeout_s=60)[0]
+    assert row.recovery == "3.2 s · 8.8 s"
