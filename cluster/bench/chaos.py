@@ -56,6 +56,8 @@ TARGETS = {"kill-engine": "h1", "kill-agent": "h2", "stop-agent": "h3", "cut-lin
 AGENT_MODULE, ENGINE_MODULE = "worker.agent", "worker.engines.programs.sim"
 MODEL, HOSTS = "sim-model", 3
 SUBNET = "10.213.9"  # not the lab tests' subnet: both may run on one machine
+KILLS = ("kill-engine", "kill-agent")
+NOTICE_S = 5.0  # a kill the router has not noticed by then: it never listed the host down
 FAILURE_PAUSE_S = 0.5  # a loop whose request failed waits this long: a refusing router is not a busy loop
 
 
@@ -180,7 +182,7 @@ class Chaos:
         label = TARGETS[fault]
         self.say.print(f"[bold]{fault}[/] {label or 'router'}")
         start, note = time.monotonic(), ""
-        if fault in ("kill-engine", "kill-agent"):
+        if fault in KILLS:
             os.kill(self.pid_of(label, ENGINE_MODULE if fault == "kill-engine" else AGENT_MODULE), signal.SIGKILL)
         elif fault == "stop-agent":
             await self._stopped(self.pid_of(label, AGENT_MODULE))
@@ -191,7 +193,7 @@ class Chaos:
         else:
             await asyncio.to_thread(self._restart_router)
         end = time.monotonic()
-        ready, recovery = await self.recovery(label, end)
+        ready, recovery = await self.recovery(label, end, seen_down=fault not in KILLS)
         if recovery is None:
             note = (note + "; " if note else "") + await self.repair(label)
         return FaultWindow(fault, label, start, end, time.monotonic() if recovery is None else end + recovery,
@@ -228,16 +230,19 @@ class Chaos:
         if state := lab.read_state(self.home):
             self.routers.append(state.router_pid)
 
-    async def recovery(self, label: str, since: float) -> tuple[float | None, float | None]:
+    async def recovery(self, label: str, since: float, seen_down: bool = True) -> tuple[float | None, float | None]:
         """Seconds from `since` until the router lists the host healthy (ready), and until, healthy, it also gave
         a newer request its first byte (served: that waits for the router to send it one, so it includes the
         closed loops' own pace); for "", the router: every worker healthy and any answer. None: not within the
-        recovery timeout."""
+        recovery timeout. After a kill (`seen_down` False) the router lists the host ready until it notices, so
+        ready counts only once it was seen unhealthy (or NOTICE_S passed without that)."""
         deadline, ready = since + self.config.recovery_timeout_s, None
         async with httpx.AsyncClient(timeout=2.0, headers=self.headers) as client:
             while time.monotonic() < deadline:
                 served = self.load.served_since(label, since)
-                if chaos_tally.healthy(await _rows(client, self.url), label, HOSTS):
+                healthy = chaos_tally.healthy(await _rows(client, self.url), label, HOSTS)
+                seen_down = seen_down or not healthy or time.monotonic() - since > NOTICE_S
+                if healthy and seen_down:
                     ready = ready if ready is not None else time.monotonic() - since
                     if served:
                         return ready, time.monotonic() - since
