@@ -201,6 +201,7 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
     agent = agent_config("sim", SIM_MODEL, tmp_path / "logs-agent", sim_options=options)
     cluster = start_cluster(tmp_path, [agent], handover=str(tmp_path / "router.sock"))
     old = cluster.fleet.children[-1].pid  # the router
+    engine = cluster.engine_pid()
     results: list[str] = []
     stop = threading.Event()
 
@@ -232,6 +233,7 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
         assert handed < 10, said  # the new router saw the worker ready in seconds
         assert "took over the listening socket" in (tmp_path / "logs" / "router.log").read_text()
         assert results and set(results) == {"200"} and _answers(cluster.url), results
+        assert cluster.engine_pid() == engine  # agents and engines ran on through the router's restart
     finally:
         stop.set()
         if new:
