@@ -75,7 +75,9 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
     (folder / "agent.pid").write_text(f"{pid}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
-    time.sleep(0.5)
+    deadline = time.monotonic() + keeper.STARTUP_S + 0.5  # the keeper reports a start that fails by exiting
+    while time.monotonic() < deadline and procs.alive(pid):
+        time.sleep(0.1)
     if not procs.alive(pid):
         return StartReply(status="failed", changed=True, log=procs.tail(logs / "agent.log", 10))
     return StartReply(status="started", pid=pid, hash=config_hash, changed=True)

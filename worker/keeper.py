@@ -5,7 +5,9 @@ for the router on the head: a `kill -9`, a crash or an out-of-memory kill is fol
 later, so a host serves again in seconds. launchd's KeepAlive and systemd's Restart= do the same for agents
 installed as services. It passes SIGTERM/SIGINT on and exits with ARGV's status, so a stop is a stop: after
 a signal it never restarts. Exit 0 (a clean stop) and 2 (a usage error: trying again cannot help) are final;
-so is a child that keeps dying (more than `max_restarts` within `window_s`). Only what macOS has.
+so is a first start that exits with an error within STARTUP_S (a port in use, a bad model: the launcher sees
+it exit and shows the log; a kill is always restarted), and a child that keeps dying (more than
+`max_restarts` within `window_s`). Only what macOS has.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ RESTART_DELAY_S = 1.0
 MAX_RESTARTS = 5
 WINDOW_S = 60.0
 FINAL_CODES = (0, 2)
+STARTUP_S = 3.0  # a first start that dies sooner is a bad configuration, not a crash: reported, not retried
 
 
 @dataclass
@@ -49,29 +52,45 @@ def describe(code: int) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-def run(name: str, argv: list[str], budget: Restarts, delay_s: float = RESTART_DELAY_S) -> int:
+def run(
+    name: str, argv: list[str], budget: Restarts, delay_s: float = RESTART_DELAY_S, startup_s: float = STARTUP_S
+) -> int:
     stopping = False
-    child = subprocess.Popen(argv)  # our process group: a stop that signals the group reaches it too
+    child: subprocess.Popen[bytes] | None = None
 
     def _pass_on(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        child.send_signal(signum)
+        if child is not None:
+            child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _pass_on)
-    while True:
-        code = child.wait()
-        if not should_restart(code, stopping):
-            return 128 - code if code < 0 else code
-        if not budget.allow(time.monotonic()):
-            _say(f"{name} {describe(code)}; it died {budget.limit} times within {budget.window_s:g} s: giving up")
-            return 1
-        _say(f"{name} {describe(code)}; starting it again in {delay_s:g} s")
-        time.sleep(delay_s)
-        if stopping:  # a stop arrived while we waited
-            return 128 + signal.SIGTERM
-        child = subprocess.Popen(argv)
+    previous = {sig: signal.signal(sig, _pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}  # before any child
+    try:
+        while True:
+            child = _start(argv)
+            if stopping:  # a stop that came while it started went to the one before
+                child.send_signal(signal.SIGTERM)
+            began, code = time.monotonic(), child.wait()
+            if not should_restart(code, stopping):
+                return 128 - code if code < 0 else code
+            if code > 0 and time.monotonic() - began < startup_s and not budget.recent:  # it exited: never came up
+                _say(f"{name} {describe(code)} {time.monotonic() - began:.1f} s after it started: not restarting")
+                return 1
+            if not budget.allow(time.monotonic()):
+                _say(f"{name} {describe(code)}; it died {budget.limit} times within {budget.window_s:g} s: giving up")
+                return 1
+            _say(f"{name} {describe(code)}; starting it again in {delay_s:g} s")
+            time.sleep(delay_s)
+            if stopping:
+                return 128 + signal.SIGTERM
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Our process group: a stop that signals the group reaches the child too."""
+    return subprocess.Popen(argv)
 
 
 def _say(message: str) -> None:

@@ -40,6 +40,7 @@ class Tally:
     finish_reason: str = ""
     tokens_seen: bool = False
     strip_running: bool = False
+    first_at: float = 0.0  # monotonic time the first batch went on (0: none did)
 
     def observe(self, payload: dict[str, Any]) -> None:
         if isinstance(payload.get("usage"), dict):

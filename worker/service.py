@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -27,6 +28,16 @@ from worker.supervisor import EngineSupervisor
 log = logging.getLogger(__name__)
 
 ALIVE = pb.GenerateReply(heartbeat=pb.Heartbeat())
+BEAT_BOUNDS_S = (0.1, 60.0)
+
+
+def _beat(request: pb.GenerateRequest) -> float:
+    """The heartbeat period the router asked for (bounded: a tiny one would be a busy loop), else ours."""
+    if not request.HasField("heartbeat_seconds"):
+        return HEARTBEAT_S
+    return min(max(request.heartbeat_seconds, BEAT_BOUNDS_S[0]), BEAT_BOUNDS_S[1])
+
+
 _ENDPOINT_PATHS = {
     pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
     pb.ENDPOINT_COMPLETIONS: "/v1/completions",
@@ -89,55 +100,19 @@ class WorkerService(pb_grpc.WorkerServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateReply]:
         await context.send_initial_metadata(())  # accepted: the router's accept deadline tells a hung host apart
-        path = _ENDPOINT_PATHS.get(request.endpoint)
-        if path is None:
-            await _abort(context, 400, "unknown endpoint", "invalid_request_error")
+        admitted = await self._admit(request, context)
+        if admitted is None:
             return
-        if not self.supervisor.ready:
-            detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"
-            await _abort(context, 503, detail, "service_unavailable")
-            return
-        try:
-            payload = json.loads(request.body)
-            streaming = bool(payload.get("stream"))
-        except (ValueError, AttributeError):
-            await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
-            return
-        if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
-            await _abort(context, 400, too_long, "invalid_request_error")
-            return
-        url = self.supervisor.url + path
-        tally, body, first_at = Tally(), request.body, 0.0
-        if streaming and self.supervisor.adapter.running_usage:
-            tally.strip_running = ask_running_usage(payload)
-            body = json.dumps(payload).encode()
-        # Checked with no await before counting it in flight, so a drain that read inflight 0 saw every request.
-        if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
-            await _abort(context, 503, "this worker is draining", "service_unavailable")
-            return
-        started, beat = time.monotonic(), request.heartbeat_seconds or HEARTBEAT_S
+        url, body, tally, streaming = admitted
+        started, beat = time.monotonic(), _beat(request)
         if self._watched() == 0:
             self.supervisor.note_token()  # busy from now: an idle engine is not stalled
-        self.inflight += 1
+        self.inflight += 1  # no await since _admit's draining check: a drain that read inflight 0 saw every request
         try:
-            if streaming:
-                batches = stream_batches(self.http, url, body, tally)
-                self.streams += 1
-                try:
-                    async for batch in with_heartbeats(batches, beat):
-                        if batch is None:
-                            yield ALIVE
-                            continue
-                        self.supervisor.note_token()
-                        first_at = first_at or time.monotonic()
-                        running = usage_message(tally.usage) if tally.usage else None
-                        yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
-                finally:
-                    self.streams -= 1
-                    await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
-            else:
-                async for whole in with_heartbeats(once(whole_response(self.http, url, body, tally)), beat):
-                    yield ALIVE if whole is None else pb.GenerateReply(response=whole)
+            replies = self._stream(url, body, tally, beat) if streaming else self._whole(url, body, tally, beat)
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    yield reply
         except EngineError as exc:
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
             await _abort(context, exc.status, exc.body, kind)
@@ -148,17 +123,70 @@ class WorkerService(pb_grpc.WorkerServicer):
             return
         finally:
             self.inflight -= 1
+        yield pb.GenerateReply(final=self._final(tally, started, streaming))
+
+    async def _admit(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[str, bytes, Tally, bool] | None:
+        """The engine URL, the body to send, a tally and whether it streams; or None, the call aborted."""
+        path = _ENDPOINT_PATHS.get(request.endpoint)
+        if path is None:
+            await _abort(context, 400, "unknown endpoint", "invalid_request_error")
+            return None
+        if not self.supervisor.ready:
+            detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"
+            await _abort(context, 503, detail, "service_unavailable")
+            return None
+        try:
+            payload = json.loads(request.body)
+            streaming = bool(payload.get("stream"))
+        except (ValueError, AttributeError):
+            await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
+            return None
+        if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
+            await _abort(context, 400, too_long, "invalid_request_error")
+            return None
+        tally, body = Tally(), request.body
+        if streaming and self.supervisor.adapter.running_usage:
+            tally.strip_running = ask_running_usage(payload)
+            body = json.dumps(payload).encode()
+        if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
+            await _abort(context, 503, "this worker is draining", "service_unavailable")
+            return None
+        return self.supervisor.url + path, body, tally, streaming
+
+    async def _stream(self, url: str, body: bytes, tally: Tally, beat: float) -> AsyncGenerator[pb.GenerateReply, None]:
+        batches = stream_batches(self.http, url, body, tally)
+        self.streams += 1
+        try:
+            async with contextlib.aclosing(with_heartbeats(batches, beat)) as beating:
+                async for batch in beating:
+                    if batch is None:
+                        yield ALIVE
+                        continue
+                    self.supervisor.note_token()
+                    tally.first_at = tally.first_at or time.monotonic()
+                    running = usage_message(tally.usage) if tally.usage else None
+                    yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
+        finally:
+            self.streams -= 1
+            await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
+
+    async def _whole(self, url: str, body: bytes, tally: Tally, beat: float) -> AsyncGenerator[pb.GenerateReply, None]:
+        answer = once(whole_response(self.http, url, body, tally))
+        async with contextlib.aclosing(with_heartbeats(answer, beat)) as beating:
+            async for whole in beating:
+                yield ALIVE if whole is None else pb.GenerateReply(response=whole)
+
+    def _final(self, tally: Tally, started: float, streaming: bool) -> pb.Final:
         if tally.tokens_seen:
             self.supervisor.note_token()
-        final = pb.Final(
-            usage=usage_message(tally.usage),
-            finish_reason=tally.finish_reason,
-            engine_seconds=time.monotonic() - started,
-        )
-        if streaming and first_at:  # a whole answer has no first token to time
-            self.traffic.observe(final.usage.prompt_tokens, final.usage.completion_tokens, first_at - started,
+        final = pb.Final(usage=usage_message(tally.usage), finish_reason=tally.finish_reason,
+                         engine_seconds=time.monotonic() - started)  # fmt: skip
+        if streaming and tally.first_at:  # a whole answer has no first token to time
+            self.traffic.observe(final.usage.prompt_tokens, final.usage.completion_tokens, tally.first_at - started,
                                  final.engine_seconds)  # fmt: skip
-        yield pb.GenerateReply(final=final)
+        return final
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoReply:
         return pb.InfoReply(

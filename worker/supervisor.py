@@ -81,10 +81,10 @@ class EngineSupervisor:
         self._restart_reason: str | None = None
         self._restart_event = asyncio.Event()
         self.last_token_at = 0.0
-        # Streams the agent relays now (set by the service). Only streams: a whole answer shows no progress
-        # until it is done, so a long one would look hung.
-        self.inflight: Callable[[], int] = lambda: 0  # requests the stall watchdog can see progress on
-        self._generated_seen = -1
+        # Requests the stall watchdog can see progress on (set by the service): streams, and whole answers
+        # where the engine counts its tokens.
+        self.inflight: Callable[[], int] = lambda: 0
+        self._counted: int | None = None  # the engine's prompt + generated token counter at the last tick
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -128,16 +128,17 @@ class EngineSupervisor:
     def stalled(self) -> bool:
         return self.inflight() > 0 and time.monotonic() - self.last_token_at > self.policy.stall_timeout_s
 
-    async def _counted_progress(self) -> bool:
-        """Whole (non-streamed) answers relay no token until they end: the engine's own generated-token counter
-        moving since the last look is progress too (engines that export one: vLLM, the sim)."""
+    async def _follow_counter(self) -> None:
+        """Whole (non-streamed) answers relay no token until they end, and a long prompt none until its prefill
+        ends: the engine's own token counters (prompt + generated; vLLM, the sim) moving since the last health
+        tick is progress too."""
         load = await self.stats()
         if load is None:
-            return False
-        moved, self._generated_seen = load.generation_tokens != self._generated_seen, load.generation_tokens
-        if moved:
+            return
+        counted = load.prompt_tokens + load.generation_tokens
+        if counted != self._counted:  # moved, or the first look since it became busy (hangs: one tick later)
             self.note_token()
-        return moved
+        self._counted = counted
 
     async def stop(self) -> None:
         await self._set(EngineState.STOPPING, "stopping")
@@ -244,7 +245,7 @@ class EngineSupervisor:
     async def _watch_health(self) -> tuple[str, bool]:
         """Why the engine stopped being healthy, and whether it is hung (unresponsive, or stalled with work)."""
         assert self._proc is not None  # set by _spawn before READY
-        failures = 0
+        failures, self._counted = 0, None  # a new engine counts from 0
         restart = asyncio.ensure_future(self._restart_event.wait())
         try:
             while True:
@@ -260,7 +261,11 @@ class EngineSupervisor:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
-                if self.stalled() and not await self._counted_progress():
+                if self.inflight() > 0:
+                    await self._follow_counter()
+                else:
+                    self._counted = None
+                if self.stalled():
                     return f"engine hung: {self.inflight()} request(s) in flight, no token for " \
                            f"{self.policy.stall_timeout_s:.0f}s", True  # fmt: skip
         finally:
