@@ -42,9 +42,10 @@ class Breaker:
         state = self.state(now)
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self.probing)
 
-    def on_attempt(self, now: float) -> None:
-        """A request is sent: in half-open it is the probe, and no other goes until it ends."""
+    def on_attempt(self, now: float) -> bool:
+        """A request is sent: in half-open it is the probe (True), and no other goes until it ends."""
         self.probing = self.state(now) is BreakerState.HALF_OPEN
+        return self.probing
 
     def on_success(self) -> None:
         self.failures, self.opened_at, self.cool_down_s, self.probing = 0, None, COOL_DOWN_S, False

@@ -52,7 +52,9 @@ OnEnd = Callable[[Ended], None]
 
 HEARTBEATS_PER_GAP = 4  # an agent's heartbeat may come late three times over before the gap deadline passes
 CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response went out with it)
-_WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Not DEADLINE_EXCEEDED: the request's one deadline is spent. CANCELLED here is the agent's (shutting down):
+# our own cancel arrives as asyncio's CancelledError.
+_WORTH_ANOTHER_WORKER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def _transport_failure(exc: grpc.aio.AioRpcError) -> bool:
@@ -64,6 +66,17 @@ def _transport_failure(exc: grpc.aio.AioRpcError) -> bool:
 
 class _Silent(Exception):
     """A worker sent nothing within a deadline (accept, or the gap between messages); the message says which."""
+
+    def error(self) -> ApiError:
+        return ApiError(504, str(self), code="timeout")
+
+
+class _NextWorker(Exception):
+    """This worker failed before the first byte in a way another may not (down, hung, shutting down)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Forwarder:
@@ -91,53 +104,65 @@ class Forwarder:
         return decision
 
     async def start(self, incoming: Incoming, timeout_s: float) -> Started:
-        """Pick a worker and read the first reply; try one more worker if one fails before any byte."""
+        """Pick a worker and read its first reply. Before any byte reached the client, a worker that fails or
+        falls silent is passed over for another (--max-attempts in all, never the same one twice), all within
+        the request's one deadline."""
         tried: set[str] = set()
         last_error: ApiError | None = None
         generate = incoming.generate_request()
         generate.heartbeat_seconds = self.config.gap_timeout_s / HEARTBEATS_PER_GAP
+        deadline = time.monotonic() + timeout_s
         for _ in range(self.config.max_attempts):
             decision = self.decide(incoming.view, frozenset(tried))
             if decision is None:
                 break
             handle = self.registry.by_id(decision.worker_id)
-            if tried:
-                self.metrics.retries.labels(incoming.model).inc()
             tried.add(decision.worker_id)
             if handle.stub is None:
                 continue
-            handle.inflight += 1
-            self.registry.attempt(handle)
-            call = handle.stub.Generate(generate, timeout=timeout_s)
-            # Released when the RPC ends however it ends (done, failed, cancelled, or never relayed).
-            call.add_done_callback(lambda _call, h=handle: _release(h))
+            if last_error is not None:
+                self.metrics.retries.labels(incoming.model).inc()
             try:
-                await self._accepted(call, decision.worker_id)
-                self.registry.succeeded(handle)  # it accepted: the host is alive, however long the prompt takes
-                first = await self.next_reply(call, decision.worker_id)
-            except _Silent as exc:
-                call.cancel()
-                self.registry.failed(handle)
-                last_error = ApiError(504, str(exc), code="timeout")
-                continue
-            except grpc.aio.AioRpcError as exc:
-                last_error = from_grpc(exc)
-                if _transport_failure(exc):
-                    self.registry.failed(handle)
-                if exc.code() not in _WORTH_ANOTHER_WORKER:
-                    raise last_error from exc
-                continue
-            except BaseException:  # cancelled (the client left): no verdict on the worker; end the call now
-                call.cancel()
-                handle.breaker.on_abandoned()
-                raise
-            if first is grpc.aio.EOF:
-                raise ApiError(502, "the worker ended the response without any data")
-            return Started(handle, call, first)
+                return await self._attempt(handle, generate, deadline)
+            except _NextWorker as exc:
+                last_error = exc.error
         if last_error is not None:
             raise last_error
         raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
                        code="no_worker")  # fmt: skip
+
+    async def _attempt(self, handle: WorkerHandle, generate: pb.GenerateRequest, deadline: float) -> Started:
+        """One worker's first reply. Raises _NextWorker when another worker may do, ApiError when not."""
+        assert handle.stub is not None  # the caller skips workers not connected yet
+        handle.inflight += 1
+        probe = self.registry.attempt(handle)
+        call = handle.stub.Generate(generate, timeout=max(deadline - time.monotonic(), 0.001))
+        call.add_done_callback(lambda _call, h=handle: _release(h))  # however the RPC ends
+        worker = handle.worker_id
+        try:
+            await self._accepted(call, worker)
+            first = await self._read(call, worker)  # any message, a heartbeat too
+            self.registry.succeeded(handle)  # it accepted and spoke: alive, however long the prompt takes
+            if first is not grpc.aio.EOF and first.HasField("heartbeat"):
+                first = await self.next_reply(call, worker)
+        except _Silent as exc:
+            call.cancel()
+            self.registry.failed(handle)
+            raise _NextWorker(exc.error()) from None
+        except grpc.aio.AioRpcError as exc:
+            if _transport_failure(exc):
+                self.registry.failed(handle)
+            if exc.code() in _WORTH_ANOTHER_WORKER:
+                raise _NextWorker(from_grpc(exc)) from None
+            raise from_grpc(exc) from exc
+        except BaseException:  # cancelled (the client left): no verdict on the worker; end the call now
+            call.cancel()
+            if probe:
+                handle.breaker.on_abandoned()
+            raise
+        if first is grpc.aio.EOF:
+            raise ApiError(502, "the worker ended the response without any data")
+        return Started(handle, call, first)
 
     async def _accepted(self, call: Any, worker: str) -> None:
         try:
@@ -147,17 +172,19 @@ class Forwarder:
                 f"Worker {worker} did not accept the request within {self.config.accept_timeout_s:g} s."
             ) from None
 
+    async def _read(self, call: Any, worker: str) -> Any:
+        """The call's next message (a heartbeat too); _Silent when nothing comes for the gap deadline."""
+        try:
+            async with asyncio.timeout(self.config.gap_timeout_s):  # no task per read, unlike wait_for
+                return await call.read()
+        except TimeoutError:
+            raise _Silent(f"Worker {worker} stopped answering (nothing for {self.config.gap_timeout_s:g} s).") from None
+
     async def next_reply(self, call: Any, worker: str) -> Any:
         """The call's next reply other than a heartbeat (or EOF). Raises _Silent when the agent sends nothing at
         all for the gap deadline: its host hangs or is cut off, however long the engine itself may take."""
         while True:
-            try:
-                async with asyncio.timeout(self.config.gap_timeout_s):  # no task per read, unlike wait_for
-                    reply = await call.read()
-            except TimeoutError:
-                raise _Silent(
-                    f"Worker {worker} stopped answering (nothing for {self.config.gap_timeout_s:g} s)."
-                ) from None
+            reply = await self._read(call, worker)
             if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
                 return reply
 
@@ -168,6 +195,7 @@ class Forwarder:
             final = await self.next_reply(started.call, worker)
         except _Silent:  # the answer is here; only its token count is missing
             started.call.cancel()
+            self.registry.failed(started.handle)
             final = grpc.aio.EOF
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
@@ -207,7 +235,9 @@ class Forwarder:
             ended = True
             yield b"data: [DONE]\n\n"
         except (grpc.aio.AioRpcError, _Silent) as exc:
-            err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else ApiError(504, str(exc), code="timeout")
+            if isinstance(exc, _Silent):
+                self.registry.failed(started.handle)
+            err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc.error()
             status, ended = err.status, True
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"

@@ -194,8 +194,9 @@ class Registry:
             handle.sample.draining = reply.draining
         return reply
 
-    def attempt(self, handle: WorkerHandle) -> None:
-        handle.breaker.on_attempt(time.monotonic())
+    def attempt(self, handle: WorkerHandle) -> bool:
+        """A request goes to the worker; True if it is the breaker's half-open probe."""
+        return handle.breaker.on_attempt(time.monotonic())
 
     def failed(self, handle: WorkerHandle) -> None:
         """A transport failure or an accept deadline missed (not the agent's own verdict, such as a 400)."""
