@@ -9,6 +9,7 @@ Every launcher (local `cluster up`, SSH bring-up, service units, the daemon, ben
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -138,6 +139,9 @@ class AgentConfig(_Frozen):
         return cls.checked(**fields)
 
 
+UNIX_PATH_MAX = 103  # sun_path is 104 bytes on macOS (108 on Linux), with its terminating NUL
+
+
 class RouterConfig(_Frozen):
     """Everything the router process needs: where it listens, its agents, how it routes and bounds requests."""
 
@@ -150,7 +154,7 @@ class RouterConfig(_Frozen):
     request_timeout_s: float = Field(default=900.0, gt=0)
     accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
     shutdown_grace_s: float = Field(default=60.0, ge=0)  # after SIGTERM: streams in flight get this to finish
-    gap_timeout_s: float = Field(default=10.0, gt=0)  # agents send at least a heartbeat every 2 s; else hung
+    gap_timeout_s: float = Field(default=10.0, gt=0)  # agents heartbeat 4 times per gap; silence past it: hung
     handover: str = ""  # a unix socket path: take the running router's listener there, and offer ours
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
@@ -161,6 +165,9 @@ class RouterConfig(_Frozen):
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
+        if len(os.path.expanduser(self.handover).encode()) > UNIX_PATH_MAX:
+            raise ValueError(f"--handover {self.handover!r}: a unix socket path has at most {UNIX_PATH_MAX} bytes "
+                             "(macOS); use a shorter ORCHARD_HOME")  # fmt: skip
         return self
 
     @property
@@ -294,7 +301,7 @@ def _router_parser() -> argparse.ArgumentParser:
         "--gap-timeout",
         type=float,
         default=10.0,
-        help="seconds a worker may send nothing (agents send a heartbeat every 2 s) before its call is taken for hung",
+        help="seconds a worker may send nothing (agents heartbeat 4 times per gap) before its call is taken for hung",
     )
     add("--handover", help="unix socket where a restarted router takes this one's listening socket (planned restart)")
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")

@@ -223,10 +223,7 @@ class Chaos:
         return f"{left} still in flight at undrain" if left else ""
 
     def _restart_router(self) -> None:
-        restart = getattr(lab, "restart_router", None)  # planned hand-over, cluster/bringup/lab.py
-        if restart is None:
-            raise ChaosError("cluster.bringup.lab.restart_router does not exist yet")
-        restart(self.home, lambda m: self.say.print(f"  • {m}"))
+        lab.restart_router(self.home, lambda m: self.say.print(f"  • {m}"))  # the planned hand-over
         if state := lab.read_state(self.home):
             self.routers.append(state.router_pid)
 

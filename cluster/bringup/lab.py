@@ -8,24 +8,22 @@ router on the head → wait for the agents to be ready (deadline) → a table. T
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import drain, groupcheck, records, remote
-from cluster.bringup.fleet import Fleet, Report, fetch_workers
+from cluster.bringup import groupcheck, records, remote, rollout
+from cluster.bringup.fleet import Report, fetch_workers
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan
-from cluster.router.rows import WorkerRow, WorkersReply
 from proto import build
 from proto.daemon import StartReply
 from proto.launch import LaunchConfigError, RouterConfig, is_loopback
@@ -172,18 +170,26 @@ async def up(
         raise
     await _check_groups(assignments, {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}, report)
     by_host = {a.host.label: a for a in assignments}
-    await _drain_changed(probes, spec, by_host, home, report)
-    outcomes = await asyncio.gather(
-        *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
-          for p, h in zip(probes, spec.hosts, strict=True))
-    )  # fmt: skip
+    url, drained = await _drain_changed(probes, spec, by_host, home, report)
+    try:
+        outcomes = await asyncio.gather(
+            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
+              for p, h in zip(probes, spec.hosts, strict=True))
+        )  # fmt: skip
+    except BaseException:
+        if drained:
+            await asyncio.to_thread(rollout.undrain, url, drained, home, report)
+        raise
+    restarted = {o.label for o in outcomes if o.state in ("started", "idle")}
+    if kept := [label for label in drained if label not in restarted]:
+        await asyncio.to_thread(rollout.undrain, url, kept, home, report)
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
         started_now = {o.label for o in outcomes if o.state == "started"}
         await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if a.routed]
-    url = _ensure_router(spec, home, workers, report)
+    url = await asyncio.to_thread(_ensure_router, spec, home, workers, report)
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
@@ -192,52 +198,31 @@ async def up(
     return list(outcomes)
 
 
-DRAIN_TIMEOUT_S = 30.0
-
-
 async def _drain_changed(
     probes: list[_Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path, report: Report
-) -> None:
-    """Agents about to be restarted (their configuration changed) or stopped (nothing placed there any more)
-    take no new requests first, and those running get DRAIN_TIMEOUT_S to finish: an edited file cuts no one."""
+) -> tuple[str, list[str]]:
+    """Agents about to be restarted (their configuration or Orchard changed) or stopped (nothing placed there
+    any more) take no new requests first, and those running get time to finish: an edited file cuts no one.
+    The router's URL and the workers drained."""
     state = read_state(home)
     if state is None or not procs.alive(state.router_pid):
-        return
+        return "", []
 
     async def changing(probe: _Probe, host: HostSpec) -> bool:
         if probe.conn is None:
             return False
+        assignment = by_host.get(host.label)
         try:
             status = await remote.agent_status(probe.conn, host)
-        except remote.RemoteError:
+            new_hash = remote.config_hash(remote.agent_config(assignment, spec)) if assignment else None
+        except (remote.RemoteError, LaunchConfigError):  # said again, per host, when it is brought up
             return False
-        assignment = by_host.get(host.label)
-        new_hash = remote.config_hash(remote.agent_config(assignment, spec)) if assignment else None
         return status.status == "running" and status.hash != new_hash
 
     found = await asyncio.gather(*(changing(p, h) for p, h in zip(probes, spec.hosts, strict=True)))
     labels = [h.label for h, change in zip(spec.hosts, found, strict=True) if change]
-    if labels:
-        await asyncio.to_thread(_drain, state.url, labels, home, report)
-
-
-def _drain(url: str, labels: list[str], home: Path, report: Report) -> None:
-    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
-        addresses = set()
-        for label in labels:
-            try:
-                addresses.add(drain.set_draining(client, url, label).address)
-            except drain.DrainError as exc:  # not routed (a group member) or not answering: nothing to wait for
-                report(f"{label}: not drained before its restart: {exc}")
-        if not addresses:
-            return
-        report(f"draining {', '.join(labels)} before restarting: up to {DRAIN_TIMEOUT_S:g} s for requests in flight")
-        try:
-            left = drain.wait_idle(client, url, addresses, DRAIN_TIMEOUT_S)
-        except drain.DrainError as exc:
-            report(f"{exc}: restarting now")
-            return
-        report("drained" if not left else f"{left} request(s) still running: cut by the restart")
+    drained = await asyncio.to_thread(rollout.drain_workers, state.url, labels, home, report) if labels else []
+    return state.url, drained
 
 
 async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
@@ -301,13 +286,16 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
         report(f"router: running (pid {previous.router_pid}) at {config.local_url}")
         pid = previous.router_pid
     elif previous and procs.alive(previous.router_pid) and previous.router.handover:
-        pid = hand_over(previous.router_pid, config, home, report)
+        try:
+            pid = rollout.hand_over(previous.router_pid, config, home, report)
+        except rollout.RolloutError as exc:
+            raise LabError(str(exc)) from None
     elif previous and procs.alive(previous.router_pid):  # an older router that cannot hand its socket over
         procs.terminate_tree(previous.router_pid)
-        pid = _start_router(config, home)
+        pid = rollout.start_router(config, home)
         report(f"router: restarted (pid {pid}) at {config.local_url}")
     else:
-        pid = _start_router(config, home)
+        pid = rollout.start_router(config, home)
         report(f"router: started (pid {pid}) at {config.local_url}")
     state = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=config.local_url,
                      build=build.digest())  # fmt: skip
@@ -315,54 +303,16 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
     return config.local_url
 
 
-def _start_router(config: RouterConfig, home: Path) -> int:
-    """A router that outlives `cluster up`, kept running (restarted if it dies) by its keeper."""
-    return Fleet(home / "logs", tied_to_parent=False, keep=True).start_router(config).pid
-
-
 def restart_router(home: Path, report: Report) -> None:
     """A planned restart of the lab's router (after an upgrade, or to clear its state): refuses no request."""
     state = read_state(home)
     if state is None or not procs.alive(state.router_pid):
         raise LabError("no lab router is running (start the lab with: cluster up hosts.toml)")
-    pid = hand_over(state.router_pid, state.router, home, report)
-    records.write(state_path(home), state.model_copy(update={"router_pid": pid, "build": build.digest()}))
-
-
-def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
-    """Start the new router on the old one's listening socket (cluster.router.handover), wait until it sees the
-    workers the old one sees ready, then SIGTERM the old one: it stops accepting and finishes its streams."""
-    started, pid = time.monotonic(), _start_router(config, home)
-    report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
-    with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
-        ready_before = sum(row.ready for row in fetch_workers(client, config.local_url))
-        deadline = time.monotonic() + HAND_OVER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not procs.alive(pid):
-                raise LabError(f"the new router exited; see {home / 'logs' / 'router.log'} (the old one still runs)")
-            rows = _rows_of(client, config.local_url, pid)
-            if rows is not None and sum(row.ready for row in rows) >= min(ready_before, len(rows)):
-                break
-            time.sleep(0.2)
-        else:
-            report(f"router: the new one did not see {ready_before} ready worker(s) within {HAND_OVER_TIMEOUT_S:g} s")
-    procs.signal_group(old_pid, signal.SIGTERM)
-    report(f"router: handed over in {time.monotonic() - started:.1f} s")
-    return pid
-
-
-HAND_OVER_TIMEOUT_S = 30.0
-
-
-def _rows_of(client: httpx.Client, url: str, pid: int) -> list[WorkerRow] | None:
-    """The workers as the router with this pid sees them, or None if another router answered (a new
-    connection each time, so the kernel spreads them over both)."""
     try:
-        response = client.get(url + "/orchard/workers", headers={"connection": "close"})
-        reply = WorkersReply.model_validate_json(response.raise_for_status().content)
-    except (httpx.HTTPError, ValidationError):
-        return None
-    return reply.workers if reply.router_pid in (pid, *procs.descendants(pid)) else None  # pid: its keeper
+        pid = rollout.hand_over(state.router_pid, state.router, home, report)
+    except rollout.RolloutError as exc:
+        raise LabError(str(exc)) from None
+    records.write(state_path(home), state.model_copy(update={"router_pid": pid, "build": build.digest()}))
 
 
 def _wait_ready(

@@ -153,7 +153,9 @@ def _group_role(group: GroupPlan, rank: int, spec: ClusterSpec) -> GroupRole:
 
 
 def config_hash(config: AgentConfig) -> str:
-    return hashlib.sha256("\0".join(config.to_argv()).encode()).hexdigest()[:16]
+    """What the running agent must match to be kept: its command line and Orchard's build (an upgrade restarts
+    agents too, drained first)."""
+    return hashlib.sha256("\0".join([*config.to_argv(), build.digest()]).encode()).hexdigest()[:16]
 
 
 async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec) -> StartReply:

@@ -47,22 +47,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
     registry = Registry(list(config.workers))
-    app = create_app(registry, config, gateway_for(config, registry))
     try:
-        sock = handover.listener(config.host, config.port, config.handover)
+        sock, taken = handover.listener(config.host, config.port, config.handover)
     except OSError as exc:
         sys.stderr.write(f"python -m cluster.router: cannot listen on {config.listen}: {exc.strerror}\n")
         raise SystemExit(1) from None
-    if config.handover:
-        handover.offer(Path(config.handover).expanduser(), sock)
+    app = create_app(registry, config, gateway_for(config, registry), settle_s=SETTLE_S if taken else 0.0)
     grace = max(1, round(config.shutdown_grace_s))
-    _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace)).run(sockets=[sock])
+    server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace))
+    server.offer_at = Path(config.handover).expanduser() if config.handover else None
+    server.run(sockets=[sock])
 
 
 LINGER_S = 0.5
+SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
 
 
 class _Server(uvicorn.Server):
+    offer_at: Path | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve, then offer the socket to the next router (only once this one serves: one that fails to
+        start leaves the running router's offer in place)."""
+        await super().startup(sockets)
+        if self.started and self.offer_at is not None and sockets:
+            handover.offer(self.offer_at, sockets[0])
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting first, then give connections accepted a moment ago the time to send their request
         before idle ones are closed: a client connecting during a restart gets its answer, not a hang-up."""

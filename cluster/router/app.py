@@ -41,8 +41,12 @@ log = logging.getLogger(__name__)
 WORKER_HEADER = "x-orchard-worker"
 
 
-def create_app(registry: Registry, config: RouterConfig, gateway: Gateway | None = None) -> FastAPI:
-    """The router app over a registry and a gateway (both started and stopped with the app)."""
+def create_app(
+    registry: Registry, config: RouterConfig, gateway: Gateway | None = None, settle_s: float = 0.0
+) -> FastAPI:
+    """The router app over a registry and a gateway (both started and stopped with the app). `settle_s`: wait
+    (at most that long) until every agent has told its state before serving — a router taking over from a
+    running one must not answer "no such model" for the second it would otherwise not know them."""
     metrics = RouterMetrics()
     forwarder = Forwarder(registry, config, metrics)
     gateway = gateway or Gateway(None, registry.capacity, require_auth=False, max_queue=config.max_queue)
@@ -52,6 +56,8 @@ def create_app(registry: Registry, config: RouterConfig, gateway: Gateway | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         await gateway.start()
+        if settle_s:
+            await registry.settled(settle_s)
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -22,13 +23,14 @@ _GREETING = b"orchard-router-listener"
 BACKLOG = 2048
 
 
-def listener(host: str, port: int, handover: str) -> socket.socket:
-    """The running router's socket when one offers it at `handover`, else a newly bound one. Raises OSError."""
+def listener(host: str, port: int, handover: str) -> tuple[socket.socket, bool]:
+    """The running router's socket when one offers it at `handover` (True), else a newly bound one (False).
+    Raises OSError."""
     host = host.strip("[]")
-    if handover and (taken := take(Path(handover))) is not None:
+    if handover and (taken := take(Path(handover).expanduser())) is not None:
         if _bound_to(taken, host, port):
             log.info("took over the listening socket of the router running before")
-            return taken
+            return taken, True
         taken.close()  # the running router listens elsewhere (the address was edited): bind ours
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -38,16 +40,26 @@ def listener(host: str, port: int, handover: str) -> socket.socket:
         sock.close()
         raise
     sock.listen(BACKLOG)
-    return sock
+    return sock, False
 
 
 def _bound_to(sock: socket.socket, host: str, port: int) -> bool:
-    bound_host, bound_port = sock.getsockname()[:2]
-    return bool(bound_port == port and bound_host == host)
+    """The socket listens where `host:port` says (a name is resolved, as bind would)."""
+    try:
+        wanted = {info[4][:2] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return False
+    return tuple(sock.getsockname()[:2]) in wanted
 
 
 def take(path: Path) -> socket.socket | None:
-    """The listening socket offered at `path`, or None when no router offers one there."""
+    """The listening socket offered at `path`, or None when no router of ours offers one there."""
+    try:
+        found = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(found.st_mode) or found.st_uid != os.getuid():  # only our own router's offer
+        return None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         unix.settimeout(5)
         try:
@@ -55,23 +67,33 @@ def take(path: Path) -> socket.socket | None:
             message, fds, _flags, _addr = socket.recv_fds(unix, len(_GREETING), 1)
         except OSError:
             return None
+    for fd in fds:
+        os.set_inheritable(fd, False)  # not for the engines or anything else this process starts
     if message != _GREETING or len(fds) != 1:
         for fd in fds:
             os.close(fd)
         return None
-    return socket.socket(fileno=fds[0])
+    sock = socket.socket(fileno=fds[0])
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.close()
+        return None
+    return sock
 
 
 def offer(path: Path, sock: socket.socket) -> None:
-    """Offer `sock` at `path` to the next router, from a daemon thread, for as long as this process runs."""
+    """Offer `sock` at `path` to the next router, from a daemon thread, for as long as this process runs. Bound
+    beside the path and renamed onto it, so a router that dies before it serves leaves the running one's offer
+    in place."""
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staged = path.with_name(f"{path.name}.{os.getpid()}")
     mask = os.umask(0o177)  # 0600: only this user may take the endpoint's socket
     try:
-        path.unlink(missing_ok=True)
-        unix.bind(str(path))
+        staged.unlink(missing_ok=True)
+        unix.bind(str(staged))
     finally:
         os.umask(mask)
     unix.listen(4)
+    os.replace(staged, path)
     threading.Thread(target=_serve, args=(unix, sock), name="handover", daemon=True).start()
 
 

@@ -118,6 +118,15 @@ class Registry:
             handle.stub = pb_grpc.WorkerStub(handle.channel)
             handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
 
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait until every agent has sent its Info and a state sample (or `timeout_s` passed); whether all did."""
+        deadline = time.monotonic() + timeout_s
+        while any(h.info is None or h.sample is None for h in self.workers.values()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def stop(self) -> None:
         for handle in self.workers.values():
             if handle.task:

@@ -15,7 +15,7 @@ import openai
 import psutil
 import pytest
 
-from cluster.bringup import lab, local
+from cluster.bringup import local, rollout
 from tests.conftest import (
     SIM_MODEL,
     Cluster,
@@ -220,7 +220,7 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
                 thread.start()
             time.sleep(0.5)
             said: list[str] = []
-            new = lab.hand_over(old, cluster.router, tmp_path, report=said.append)
+            new = rollout.hand_over(old, cluster.router, tmp_path, report=said.append)
             time.sleep(1.0)
             stop.set()
             for thread in threads:

@@ -124,19 +124,21 @@ def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
     assert "agent running" in again.stdout and "agent started" not in again.stdout
 
 
-def _long_stream(url: str, ends: list[tuple[str, str]]) -> None:
-    """A ~14 s sim stream; records (worker, last data line)."""
-    body = {"model": "sim-model", "prompt": "keep going", "max_tokens": 150, "stream": True}
+def _long_stream(url: str, ends: list[tuple[str, str]], index: int) -> None:
+    """A ~14 s sim stream; records (worker, "finished" or how it ended)."""
+    body = {"model": "sim-model", "prompt": f"{index}: keep going", "max_tokens": 150, "stream": True}
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data:")]
-        ends.append((response.headers.get("x-orchard-worker", ""), lines[-1] if lines else ""))
+        whole = "".join(lines).replace(" ", "")
+        ok = lines[-1:] == ["data: [DONE]"] and '"error"' not in whole and '"finish_reason":"length"' in whole
+        ends.append((response.headers.get("x-orchard-worker", ""), "finished" if ok else "\n".join(lines[-3:])))
 
 
 def test_an_edited_file_restarts_only_what_changed_after_draining_it(running: RunningLab) -> None:
     before = running.agent_pids()
     ends: list[tuple[str, str]] = []
-    streams = [threading.Thread(target=_long_stream, args=(running.url, ends)) for _ in range(4)]
-    for thread in streams:  # spread over h1 and h2 by the router
+    streams = [threading.Thread(target=_long_stream, args=(running.url, ends, i)) for i in range(6)]
+    for thread in streams:  # distinct prompts, no shared prefix: spread over h1 and h2 by load
         thread.start()
     time.sleep(1.0)
     text = running.hosts_file.read_text()
@@ -146,7 +148,7 @@ def test_an_edited_file_restarts_only_what_changed_after_draining_it(running: Ru
         thread.join(timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "draining h2 before restarting" in result.stdout and "drained" in result.stdout, result.stdout
-    assert "h2" in {worker for worker, _ in ends} and [last for _, last in ends] == ["data: [DONE]"] * 4, ends
+    assert "h2" in {worker for worker, _ in ends} and [end for _, end in ends] == ["finished"] * 6, ends
     after = running.agent_pids()
     assert after["h1"] == before["h1"] and after["h3"] == before["h3"]
     assert after["h2"] != before["h2"]

@@ -1,0 +1,106 @@
+"""Changing a running lab without cutting anyone off: drain the agents about to restart, and hand the router's
+listening socket to a new router before the old one stops (cluster.router.handover).
+
+Used by `cluster up` when the hosts file or Orchard itself changed, and by `lab.restart_router`.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+
+from cluster.bringup import drain
+from cluster.bringup.fleet import Fleet, Report
+from cluster.gateway.keys import operator_headers
+from cluster.router.rows import WorkerRow, WorkersReply
+from proto.launch import RouterConfig
+from worker import procs
+
+DRAIN_TIMEOUT_S = 30.0
+HAND_OVER_TIMEOUT_S = 30.0
+
+
+class RolloutError(Exception):
+    """The new router did not come up; the old one still serves. The message says where to look."""
+
+
+def start_router(config: RouterConfig, home: Path) -> int:
+    """A router that outlives `cluster up`, kept running (restarted if it dies) by its keeper."""
+    return Fleet(home / "logs", tied_to_parent=False, keep=True).start_router(config).pid
+
+
+def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
+    """Start the new router on the old one's listening socket, wait until it sees as many workers ready as the
+    old one did, then SIGTERM the old one: it stops accepting and finishes its streams. If the new one fails,
+    it is stopped and the old one keeps serving (RolloutError)."""
+    started = time.monotonic()
+    with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
+        before = _poll(client, config.local_url, old_pid, lambda rows: True, 5.0)
+        ready_before = sum(row.ready for row in before or [])
+        pid = start_router(config, home)
+        report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
+        seen = _poll(client, config.local_url, pid, lambda rows: sum(r.ready for r in rows) >= ready_before,
+                     HAND_OVER_TIMEOUT_S)  # fmt: skip
+    if seen is None:
+        procs.terminate_tree(pid, 10)
+        raise RolloutError(f"the new router did not see {ready_before} ready worker(s) within "
+                           f"{HAND_OVER_TIMEOUT_S:g} s; it was stopped and the old one serves on "
+                           f"(see {home / 'logs' / 'router.log'})")  # fmt: skip
+    procs.signal_group(old_pid, signal.SIGTERM)
+    report(f"router: handed over in {time.monotonic() - started:.1f} s")
+    return pid
+
+
+def _poll(
+    client: httpx.Client, url: str, pid: int, enough: Callable[[list[WorkerRow]], bool], timeout_s: float
+) -> list[WorkerRow] | None:
+    """The rows of the router `pid` (or its keeper's child) once `enough(rows)`; None when it exits or time
+    runs out. A new connection each time, so the kernel's accept queue hands them to either router."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and procs.alive(pid):
+        try:
+            response = client.get(url + "/orchard/workers", headers={"connection": "close"})
+            reply = WorkersReply.model_validate_json(response.raise_for_status().content)
+        except (httpx.HTTPError, ValidationError):
+            reply = None
+        if reply is not None and reply.router_pid in (pid, *procs.descendants(pid)) and enough(reply.workers):
+            return reply.workers
+        time.sleep(0.1)
+    return None
+
+
+def drain_workers(url: str, labels: list[str], home: Path, report: Report) -> list[str]:
+    """Take `labels` out of service before their agents restart and wait (DRAIN_TIMEOUT_S) for what they run;
+    the labels actually drained, for `undrain` should the restart not happen."""
+    drained: dict[str, str] = {}
+    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
+        for label in labels:
+            try:
+                drained[label] = drain.set_draining(client, url, label).address
+            except drain.DrainError as exc:  # not routed (a group member) or not answering: nothing to wait for
+                report(f"{label}: not drained before its restart: {exc}")
+        if not drained:
+            return []
+        report(f"draining {', '.join(drained)} before restarting: up to {DRAIN_TIMEOUT_S:g} s for requests in flight")
+        try:
+            left = drain.wait_idle(client, url, set(drained.values()), DRAIN_TIMEOUT_S)
+            report("drained" if not left else f"{left} request(s) still running: cut by the restart")
+        except drain.DrainError as exc:
+            report(f"{exc}: restarting now")
+    return list(drained)
+
+
+def undrain(url: str, labels: list[str], home: Path, report: Report) -> None:
+    """Put workers drained for a restart that did not happen back in service (their agent holds the flag)."""
+    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
+        for label in labels:
+            try:
+                drain.set_draining(client, url, label, draining=False)
+                report(f"{label}: not restarted after all; taking requests again")
+            except drain.DrainError as exc:
+                report(f"{label}: still draining ({exc}); undo with: cluster undrain {label}")
