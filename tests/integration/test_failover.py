@@ -265,3 +265,30 @@ def test_heartbeats_carry_a_long_silent_wait_and_a_stopped_agent_ends_its_stream
     finally:
         os.kill(cluster.agent_pid, signal.SIGCONT)
         stop_cluster(cluster)
+
+
+def test_a_worker_that_goes_silent_before_the_first_byte_is_passed_over(tmp_path: Path) -> None:
+    """It accepted the request (and sent a heartbeat), then its host stopped: past the gap deadline the router
+    sends the request to the other replica; the client sees only a slower answer."""
+    options = (("overhead-ms", "2000"),)
+    agents = [agent_config("sim", SIM_MODEL, tmp_path / f"logs-{i}", sim_options=options) for i in range(2)]
+    cluster = start_cluster(tmp_path, agents, gap_timeout_s=1.0)
+    stopped = 0
+    try:
+        whole = {"model": SIM_MODEL, "prompt": "long prefill", "max_tokens": 4}
+        answers: list[httpx.Response] = []
+        asking = threading.Thread(target=lambda: answers.append(httpx.post(cluster.url + "/v1/completions",
+                                                                          json=whole, timeout=30)))  # fmt: skip
+        asking.start()
+        busy = wait_until(lambda: next((r for r in rows(cluster.url) if r.inflight), None), 5, "the request placed")
+        index = [a.listen for a in agents].index(busy.address)
+        stopped = next(c.pid for c in cluster.fleet.children if c.name == f"agent-{index}")
+        os.kill(stopped, signal.SIGSTOP)
+        asking.join(timeout=30)
+        assert answers and answers[0].status_code == 200, answers
+        assert answers[0].headers["x-orchard-worker"] != busy.worker_id
+        assert engine_metric(cluster.url, f'orchard_retries_total{{model="{SIM_MODEL}"}}') == 1
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        stop_cluster(cluster)
