@@ -165,9 +165,9 @@ class RouterConfig(_Frozen):
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
-        if len(os.path.expanduser(self.handover).encode()) > UNIX_PATH_MAX:
-            raise ValueError(f"--handover {self.handover!r}: a unix socket path has at most {UNIX_PATH_MAX} bytes "
-                             "(macOS); use a shorter ORCHARD_HOME")  # fmt: skip
+        if len(os.path.expanduser(self.handover).encode()) > UNIX_PATH_MAX - 8:  # and ".PID" for its staging
+            raise ValueError(f"--handover {self.handover!r}: at most {UNIX_PATH_MAX - 8} bytes (a unix socket "
+                             "path on macOS, with a PID added); use a shorter ORCHARD_HOME")  # fmt: skip
         return self
 
     @property

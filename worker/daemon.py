@@ -75,7 +75,7 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
     (folder / "agent.pid").write_text(f"{pid}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
-    deadline = time.monotonic() + keeper.STARTUP_S + 0.5  # the keeper reports a start that fails by exiting
+    deadline = time.monotonic() + keeper.STARTUP_S + 2.0  # the keeper reports a start that fails by exiting
     while time.monotonic() < deadline and procs.alive(pid):
         time.sleep(0.1)
     if not procs.alive(pid):

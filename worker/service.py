@@ -19,7 +19,7 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.context import PromptGuard
 from worker.group import GroupController
-from worker.heartbeat import HEARTBEAT_S, once, with_heartbeats
+from worker.heartbeat import once, with_heartbeats
 from worker.hostinfo import HostFacts
 from worker.metrics import RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
@@ -31,10 +31,11 @@ ALIVE = pb.GenerateReply(heartbeat=pb.Heartbeat())
 BEAT_BOUNDS_S = (0.1, 60.0)
 
 
-def _beat(request: pb.GenerateRequest) -> float:
-    """The heartbeat period the router asked for (bounded: a tiny one would be a busy loop), else ours."""
+def _beat(request: pb.GenerateRequest) -> float | None:
+    """The heartbeat period the router asked for (bounded: a tiny one would be a busy loop); None when it asked
+    for none (a router from before heartbeats would take one for the answer)."""
     if not request.HasField("heartbeat_seconds"):
-        return HEARTBEAT_S
+        return None
     return min(max(request.heartbeat_seconds, BEAT_BOUNDS_S[0]), BEAT_BOUNDS_S[1])
 
 
@@ -155,7 +156,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             return None
         return self.supervisor.url + path, body, tally, streaming
 
-    async def _stream(self, url: str, body: bytes, tally: Tally, beat: float) -> AsyncGenerator[pb.GenerateReply, None]:
+    async def _stream(
+        self, url: str, body: bytes, tally: Tally, beat: float | None
+    ) -> AsyncGenerator[pb.GenerateReply, None]:
         batches = stream_batches(self.http, url, body, tally)
         self.streams += 1
         try:
@@ -172,7 +175,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             self.streams -= 1
             await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
 
-    async def _whole(self, url: str, body: bytes, tally: Tally, beat: float) -> AsyncGenerator[pb.GenerateReply, None]:
+    async def _whole(
+        self, url: str, body: bytes, tally: Tally, beat: float | None
+    ) -> AsyncGenerator[pb.GenerateReply, None]:
         answer = once(whole_response(self.http, url, body, tally))
         async with contextlib.aclosing(with_heartbeats(answer, beat)) as beating:
             async for whole in beating:

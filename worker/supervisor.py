@@ -129,9 +129,9 @@ class EngineSupervisor:
         return self.inflight() > 0 and time.monotonic() - self.last_token_at > self.policy.stall_timeout_s
 
     async def _follow_counter(self) -> None:
-        """Whole (non-streamed) answers relay no token until they end, and a long prompt none until its prefill
-        ends: the engine's own token counters (prompt + generated; vLLM, the sim) moving since the last health
-        tick is progress too."""
+        """Whole (non-streamed) answers relay no token until they end: the engine's own token counters (prompt
+        + generated; vLLM, the sim) moving since the last health tick is progress too. (vLLM counts a prompt
+        when its prefill ends: a single prefill longer than the stall timeout, alone, still looks hung.)"""
         load = await self.stats()
         if load is None:
             return

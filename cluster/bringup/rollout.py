@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from cluster.bringup import drain
 from cluster.bringup.fleet import Fleet, Report
 from cluster.gateway.keys import operator_headers
-from cluster.router.rows import WorkerRow, WorkersReply
+from cluster.router import handover
+from cluster.router.rows import WorkersReply
 from proto.launch import RouterConfig
 from worker import procs
 
@@ -35,20 +36,20 @@ def start_router(config: RouterConfig, home: Path) -> int:
 
 
 def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
-    """Start the new router on the old one's listening socket, wait until it sees as many workers ready as the
-    old one did, then SIGTERM the old one: it stops accepting and finishes its streams. If the new one fails,
-    it is stopped and the old one keeps serving (RolloutError)."""
+    """Start the new router on the old one's listening socket, wait until it sees ready every worker of its
+    config that the old one saw ready, publish its offer for the next hand-over, then SIGTERM the old one: it
+    stops accepting and finishes its streams. If the new one fails, it is stopped and the old one keeps serving
+    (and offering) as before: RolloutError."""
     started = time.monotonic()
     with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
-        before = _poll(client, config.local_url, old_pid, lambda rows: True, 5.0)
-        ready_before = sum(row.ready for row in before or [])
+        before = _poll(client, config.local_url, old_pid, lambda reply: True, 5.0)
+        wanted = {r.address for r in (before.workers if before else []) if r.ready and r.address in config.workers}
         pid = start_router(config, home)
         report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
-        seen = _poll(client, config.local_url, pid, lambda rows: sum(r.ready for r in rows) >= ready_before,
-                     HAND_OVER_TIMEOUT_S)  # fmt: skip
-    if seen is None:
-        procs.terminate_tree(pid, 10)
-        raise RolloutError(f"the new router did not see {ready_before} ready worker(s) within "
+        seen = _poll(client, config.local_url, pid, lambda reply: wanted <= _ready(reply), HAND_OVER_TIMEOUT_S)
+    if seen is None or not handover.publish(Path(config.handover).expanduser(), seen.router_pid):
+        procs.terminate_tree(pid, config.shutdown_grace_s)
+        raise RolloutError(f"the new router did not see {len(wanted)} ready worker(s) within "
                            f"{HAND_OVER_TIMEOUT_S:g} s; it was stopped and the old one serves on "
                            f"(see {home / 'logs' / 'router.log'})")  # fmt: skip
     procs.signal_group(old_pid, signal.SIGTERM)
@@ -56,10 +57,14 @@ def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) ->
     return pid
 
 
+def _ready(reply: WorkersReply) -> set[str]:
+    return {row.address for row in reply.workers if row.ready}
+
+
 def _poll(
-    client: httpx.Client, url: str, pid: int, enough: Callable[[list[WorkerRow]], bool], timeout_s: float
-) -> list[WorkerRow] | None:
-    """The rows of the router `pid` (or its keeper's child) once `enough(rows)`; None when it exits or time
+    client: httpx.Client, url: str, pid: int, enough: Callable[[WorkersReply], bool], timeout_s: float
+) -> WorkersReply | None:
+    """The reply of the router `pid` (or its keeper's child) once `enough(reply)`; None when it exits or time
     runs out. A new connection each time, so the kernel's accept queue hands them to either router."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and procs.alive(pid):
@@ -68,8 +73,8 @@ def _poll(
             reply = WorkersReply.model_validate_json(response.raise_for_status().content)
         except (httpx.HTTPError, ValidationError):
             reply = None
-        if reply is not None and reply.router_pid in (pid, *procs.descendants(pid)) and enough(reply.workers):
-            return reply.workers
+        if reply is not None and reply.router_pid in (pid, *procs.descendants(pid)) and enough(reply):
+            return reply
         time.sleep(0.1)
     return None
 

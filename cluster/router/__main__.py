@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     grace = max(1, round(config.shutdown_grace_s))
     server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace))
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
+    server.took_over = taken
     server.run(sockets=[sock])
 
 
@@ -65,13 +66,14 @@ SETTLE_S = 10.0  # a router taking over waits at most this long to know the agen
 
 class _Server(uvicorn.Server):
     offer_at: Path | None = None
+    took_over = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Serve, then offer the socket to the next router (only once this one serves: one that fails to
-        start leaves the running router's offer in place)."""
+        """Serve, then offer the socket to the next router: at once for a router that started afresh; one that
+        took over is published by the hand-over once it is confirmed (cluster.bringup.rollout)."""
         await super().startup(sockets)
-        if self.started and self.offer_at is not None and sockets:
-            handover.offer(self.offer_at, sockets[0])
+        if self.started and not self.should_exit and self.offer_at is not None and sockets:
+            handover.offer(self.offer_at, sockets[0], publish=not self.took_over)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting first, then give connections accepted a moment ago the time to send their request

@@ -152,6 +152,10 @@ class Forwarder:
         except grpc.aio.AioRpcError as exc:
             if _transport_failure(exc):
                 self.registry.failed(handle)
+            elif errors.http_status(exc.trailing_metadata()) is not None:
+                self.registry.succeeded(handle)  # the agent answered (a 400, "draining"): it is alive
+            elif probe:
+                handle.breaker.on_abandoned()  # the request's own deadline: no verdict on the worker
             if exc.code() in _WORTH_ANOTHER_WORKER:
                 raise _NextWorker(from_grpc(exc)) from None
             raise from_grpc(exc) from exc

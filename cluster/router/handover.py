@@ -80,12 +80,13 @@ def take(path: Path) -> socket.socket | None:
     return sock
 
 
-def offer(path: Path, sock: socket.socket) -> None:
-    """Offer `sock` at `path` to the next router, from a daemon thread, for as long as this process runs. Bound
-    beside the path and renamed onto it, so a router that dies before it serves leaves the running one's offer
-    in place."""
+def offer(path: Path, sock: socket.socket, publish: bool) -> Path:
+    """Offer `sock` to the next router, from a daemon thread, for as long as this process runs: bound at a
+    path of its own beside `path`, and renamed onto `path` now (`publish`: a router that took over nothing) or
+    by whoever confirms this router took over well (`published`) — so a new router that fails during a
+    hand-over leaves the running one's offer in place. Returns the path it is bound at."""
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staged = path.with_name(f"{path.name}.{os.getpid()}")
+    staged = staged_path(path, os.getpid())
     mask = os.umask(0o177)  # 0600: only this user may take the endpoint's socket
     try:
         staged.unlink(missing_ok=True)
@@ -93,8 +94,23 @@ def offer(path: Path, sock: socket.socket) -> None:
     finally:
         os.umask(mask)
     unix.listen(4)
-    os.replace(staged, path)
     threading.Thread(target=_serve, args=(unix, sock), name="handover", daemon=True).start()
+    if publish:
+        os.replace(staged, path)
+    return staged
+
+
+def staged_path(path: Path, pid: int) -> Path:
+    return path.with_name(f"{path.name}.{pid}")
+
+
+def publish(path: Path, pid: int) -> bool:
+    """The router `pid` took over: its offer becomes the one at `path`. False if it made none."""
+    try:
+        os.replace(staged_path(path, pid), path)
+    except OSError:
+        return False
+    return True
 
 
 def _serve(unix: socket.socket, sock: socket.socket) -> None:

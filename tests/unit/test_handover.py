@@ -14,7 +14,7 @@ from tests.conftest import free_port
 def test_the_next_router_takes_the_same_socket_and_only_its_user_may(tmp_path: Path) -> None:
     path = tmp_path / "router.sock"
     running, taken_before = handover.listener("127.0.0.1", free_port(), "")
-    handover.offer(path, running)
+    handover.offer(path, running, publish=True)
     assert not taken_before and stat.S_IMODE(path.stat().st_mode) == 0o600
     port = running.getsockname()[1]
     taken, was_taken = handover.listener("localhost", port, str(path))  # a name resolves to the same address
@@ -30,7 +30,7 @@ def test_the_next_router_takes_the_same_socket_and_only_its_user_may(tmp_path: P
 def test_an_edited_address_binds_anew_and_no_offer_is_no_error(tmp_path: Path) -> None:
     path = tmp_path / "router.sock"
     running, _ = handover.listener("127.0.0.1", free_port(), "")
-    handover.offer(path, running)
+    handover.offer(path, running, publish=True)
     other = free_port()
     fresh, taken = handover.listener("127.0.0.1", other, str(path))
     assert not taken and fresh.getsockname()[1] == other
@@ -58,3 +58,17 @@ def test_an_offer_of_anything_but_a_listening_socket_is_refused(tmp_path: Path) 
     thread.join()
     rogue.close()
     not_listening.close()
+
+
+def test_a_router_that_took_over_offers_only_once_published(tmp_path: Path) -> None:
+    """Until the hand-over is confirmed, the running router's offer stays the one at the path."""
+    path = tmp_path / "router.sock"
+    running, _ = handover.listener("127.0.0.1", free_port(), "")
+    handover.offer(path, running, publish=True)
+    first = path.stat().st_ino
+    taken, _ = handover.listener("127.0.0.1", running.getsockname()[1], str(path))
+    staged = handover.offer(path, taken, publish=False)
+    assert path.stat().st_ino == first and staged.exists()
+    assert handover.publish(path, int(staged.suffix[1:])) and path.stat().st_ino != first
+    for sock in (running, taken):
+        sock.close()

@@ -44,3 +44,12 @@ def test_a_whole_answer_passes_through_once() -> None:
         return [item async for item in with_heartbeats(once(whole()), every_s=0.1)]
 
     assert asyncio.run(collect()) == [None, b"{}"]
+
+
+def test_no_period_no_heartbeats() -> None:
+    """A router from before heartbeats asks for none: it would take one for the answer."""
+
+    async def collect() -> list[str | None]:
+        return [item async for item in with_heartbeats(_slow([0.0, 0.2]), every_s=None)]
+
+    assert asyncio.run(collect()) == ["item 0", "item 1"]
