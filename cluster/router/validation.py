@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from cluster.router.errors import ApiError
 
 MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
+MAX_DEPTH = 64  # JSON nesting: OpenAI bodies need a handful of levels, tools' JSON schemas a few dozen at most
 
 
 class _Passthrough(BaseModel):
@@ -29,11 +30,12 @@ class _Common(_Passthrough):
     model: str = Field(min_length=1, max_length=512)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=16)
+    # Strict: `true` is not 1 and "1" is not a number (OpenAI refuses both; pydantic's lax mode would not).
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(default=None, gt=0, le=1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=16, strict=True)
     user: str | None = Field(default=None, max_length=256)
 
     def requested_tokens(self) -> int | None:
@@ -56,9 +58,37 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, "The JSON body of your request is nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):  # counted at C speed
+        raise ApiError(400, f"The JSON body of your request is nested more than {MAX_DEPTH} levels deep.")
+    if b"\\u" in raw and _lone_surrogate(body):
+        raise ApiError(400, "The request body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff): not text.")
     return body
+
+
+def _deeper_than(body: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep (iterative: a deep body cannot recurse us)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _lone_surrogate(body: dict[str, Any]) -> bool:
+    """JSON may escape half of a UTF-16 pair (\\ud800); Python then holds a string no encoder can write, which
+    would fail later (hashing the prompt, the engine). Checked only for bodies that contain escapes."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def validate(body: dict[str, Any], kind: type[R]) -> R:

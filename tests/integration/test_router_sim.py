@@ -100,7 +100,13 @@ BAD_REQUESTS = [
         "temperature",
     ),
     ("a JSON array", b"[1, 2, 3]", 400, None),
-]
+    ("max_tokens true", json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                    "max_tokens": True}).encode(), 400, "max_tokens"),
+    ("nested 5000 deep", b'{"model": "' + SIM_MODEL.encode() + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+     400, None),
+    ("a lone surrogate", b'{"model": "' + SIM_MODEL.encode() + b'", "messages": [{"role": "user", '
+                         b'"content": "\\ud800"}]}', 400, None),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("what", "body", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])

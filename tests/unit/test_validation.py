@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cluster.router.errors import ApiError, upstream_error
@@ -37,6 +39,29 @@ def test_body_must_be_an_object() -> None:
         parse_body(b'"just a string"')
 
 
+@pytest.mark.parametrize("depth", [65, 5000])  # 5000: past Python's own recursion limit in json.loads
+def test_deep_nesting_is_400_not_a_crash(depth: int) -> None:
+    raw = b'{"model": "m", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ApiError) as err:
+        parse_body(raw)
+    assert err.value.status == 400 and "nested" in err.value.message
+
+
+def test_a_tool_schema_a_few_dozen_levels_deep_passes() -> None:
+    inner: dict[str, object] = {"type": "string"}
+    for _ in range(25):  # properties → name → schema: two levels each
+        inner = {"type": "object", "properties": {"x": inner}}
+    body = json.dumps(chat(tools=[{"type": "function", "function": {"name": "f", "parameters": inner}}]))
+    assert parse_body(body.encode())["tools"][0]["function"]["name"] == "f"
+
+
+def test_a_lone_surrogate_is_400_and_an_escaped_pair_is_text() -> None:
+    with pytest.raises(ApiError, match="surrogate"):
+        parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}')
+    pair = parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}')
+    assert pair["messages"][0]["content"] == "\U0001f600"
+
+
 def test_missing_messages_names_the_parameter() -> None:
     with pytest.raises(ApiError) as err:
         validate({"model": "m"}, ChatRequest)
@@ -45,8 +70,9 @@ def test_missing_messages_names_the_parameter() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_tokens", -1), ("max_tokens", 0), ("temperature", 2.5), ("top_p", 0), ("n", 0), ("stream", "yes")],
-)
+    [("max_tokens", -1), ("max_tokens", 0), ("temperature", 2.5), ("top_p", 0), ("n", 0), ("stream", "yes"),
+     ("max_tokens", True), ("max_tokens", "8"), ("temperature", "1"), ("n", 2.0)],
+)  # fmt: skip
 def test_out_of_range_numbers_are_400(field: str, value: object) -> None:
     with pytest.raises(ApiError) as err:
         validate(chat(**{field: value}), ChatRequest)
