@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.bringup import drain, install, lab, local, remote, units
+from cluster.bringup import authority, certs, drain, install, lab, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
@@ -289,6 +289,7 @@ def _status(_: argparse.Namespace) -> int:
         table.add_row(row.worker_id, row.address, f"{row.chip} / {row.os}", memory, engine, ", ".join(row.models),
                       row.state_text, row.breaker, str(row.inflight))  # fmt: skip
     console.print(table)
+    _print_expiry(home)
     return 0
 
 
@@ -378,6 +379,43 @@ async def _lab_logs(state: lab.LabState, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    """init: the CA and the head's identities; rotate: new certificates everywhere, no call dropped; show."""
+    home = local.orchard_home()
+    try:
+        if args.certs_command == "init":
+            issued = certs.local_identities(home)
+            console.print(f"cluster CA at {authority.ca_folder(home)}; issued: {', '.join(issued) or 'nothing new'}")
+        elif args.certs_command == "rotate":
+            if not _rotate(home):
+                return 1
+        _print_expiry(home)
+    except (authority.AuthorityError, lab.LabError) as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/]")
+        return 1
+    return 0
+
+
+def _rotate(home: Path) -> bool:
+    if lab.read_state(home) is not None:
+        missed = asyncio.run(lab.rotate_certificates(home, report=lambda m: console.print(f"  • {m}")))
+        if missed:
+            err_console.print(f"[red]not rotated on {', '.join(missed)}:[/] their old certificates stay valid until "
+                              "they expire; run `cluster certs rotate` again once they are reachable")  # fmt: skip
+        return not missed
+    certs.local_identities(home, renew=True)
+    console.print("new certificates for the router and the local agent (used for their next connections)")
+    return True
+
+
+def _print_expiry(home: Path) -> None:
+    state = lab.read_state(home)
+    agents = [h.label for h in hostsfile.ClusterSpec.model_validate(state.spec).hosts] if state else [certs.LOCAL_AGENT]
+    now = authority.now_utc()
+    line = "; ".join(f"{e.who} {e.text(now)}" for e in certs.expiries(home, agents))
+    console.print(f"certificates until: {line}", highlight=False)
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
@@ -472,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=_logs)
 
+    certs_cmd = sub.add_parser("certs", help="the cluster's certificate authority (mutual TLS router ↔ agents)")
+    certs_sub = certs_cmd.add_subparsers(dest="certs_command", required=True)
+    certs_sub.add_parser("init", help="create the CA and the head's certificates (cluster up does it when needed)")
+    certs_sub.add_parser("rotate", help="issue new certificates to the router and every agent; drops no request")
+    certs_sub.add_parser("show", help="when each certificate expires")
+    certs_cmd.set_defaults(func=_certs)
     admin.add_commands(sub, local.orchard_home, console)
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
     prepare = models.add_parser("prepare", help="convert the bundled model into the cache (once)")

@@ -92,6 +92,17 @@ class AgentConfig(_Frozen):
     log_dir: str = "~/.orchard/logs"  # on the agent's host; `~` expands there
     port_file: str | None = None
     group: GroupRole | None = None
+    tls_dir: str | None = None  # mutual TLS (proto/tls.py's folder); required to listen beyond loopback
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> AgentConfig:
+        host = self.listen.rpartition(":")[0]
+        if self.tls_dir is None and not is_loopback(host):
+            raise ValueError(
+                f"--listen {self.listen}: an agent reachable beyond this machine needs --tls-dir "
+                "(mutual TLS with the cluster's certificates; `cluster up` issues them)"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -104,6 +115,10 @@ class AgentConfig(_Frozen):
     def log_path(self) -> Path:
         return Path(self.log_dir).expanduser()
 
+    @property
+    def tls_path(self) -> Path | None:
+        return Path(self.tls_dir).expanduser() if self.tls_dir else None
+
     def to_argv(self) -> list[str]:
         argv = ["--listen", self.listen, "--engine", self.engine, "--model", self.model,
                 "--served-name", self.served_name, "--worker-id", self.worker_id,
@@ -115,6 +130,7 @@ class AgentConfig(_Frozen):
         argv += _optional("--kv-cache-gib", None if self.kv_cache_gib is None else repr(self.kv_cache_gib))
         argv += [f"--sim-option={key}={value}" for key, value in self.sim_options]
         argv += _optional("--port-file", self.port_file)
+        argv += _optional("--tls-dir", self.tls_dir)
         return argv + (_group_argv(self.group) if self.group else [])
 
     def command(self, python: str | None = None) -> list[str]:
@@ -132,7 +148,7 @@ class AgentConfig(_Frozen):
             "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(args.sim_option),
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
             "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
-            "group": _group_from(args),
+            "group": _group_from(args), "tls_dir": args.tls_dir,
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
@@ -159,6 +175,16 @@ class RouterConfig(_Frozen):
     gateway_db: str | None = None  # keys, limits and usage (SQLite); None: no keys, no usage rows
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
+    tls_dir: str | None = None  # the router's client identity towards agents (mutual TLS); None: plaintext
+    tls_cert: str | None = None  # the endpoint's certificate chain (PEM): HTTPS
+    tls_key: str | None = None  # its private key
+    max_connections: int = Field(default=1024, ge=1, le=100_000)  # open client connections, beyond: 503
+
+    @model_validator(mode="after")
+    def _endpoint_tls_pair(self) -> RouterConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key come together")
+        return self
 
     @model_validator(mode="after")
     def _listen_has_port(self) -> RouterConfig:
@@ -183,10 +209,14 @@ class RouterConfig(_Frozen):
         return is_loopback(self.host)
 
     @property
+    def tls_path(self) -> Path | None:
+        return Path(self.tls_dir).expanduser() if self.tls_dir else None
+
+    @property
     def local_url(self) -> str:
         """Where a client on this machine reaches it (a wildcard address is reached on loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def to_argv(self) -> list[str]:
         argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
@@ -197,6 +227,10 @@ class RouterConfig(_Frozen):
         argv += _optional("--gateway-db", self.gateway_db)
         argv += _optional("--handover", self.handover or None)
         argv += ["--no-auth"] if self.no_auth else []
+        argv += _optional("--tls-dir", self.tls_dir)
+        argv += _optional("--tls-cert", self.tls_cert)
+        argv += _optional("--tls-key", self.tls_key)
+        argv += ["--max-connections", str(self.max_connections)]
         for address in self.workers:
             argv += ["--worker", address]
         for model, policy in self.model_policies:
@@ -217,7 +251,8 @@ class RouterConfig(_Frozen):
             "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
             "gap_timeout_s": args.gap_timeout,
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
-            "max_queue": args.max_queue,
+            "max_queue": args.max_queue, "tls_dir": args.tls_dir, "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key, "max_connections": args.max_connections,
         }  # fmt: skip
         return cls.checked(**fields)
 
@@ -253,6 +288,7 @@ def _agent_parser() -> argparse.ArgumentParser:
     )
     add("--log-dir", default="~/.orchard/logs")
     add("--port-file", help="write the bound gRPC port here once listening")
+    add("--tls-dir", help="mutual TLS: folder with ca.pem and identity.pem (`cluster up` issues them)")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")
     group.add_argument("--group-name", help="e.g. llama-70b#1")
     group.add_argument("--group-rank", type=int, default=0)
@@ -307,6 +343,10 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--gateway-db", help="the gateway's SQLite database (API keys, limits, usage)")
     add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")
     add("--max-queue", type=int, default=256, help="requests that may wait per model when workers are busy")
+    add("--tls-dir", help="mutual TLS towards agents: folder with ca.pem and identity.pem (`cluster up` issues them)")
+    add("--tls-cert", help="HTTPS on the endpoint: certificate chain (PEM)")
+    add("--tls-key", help="HTTPS on the endpoint: private key (PEM)")
+    add("--max-connections", type=int, default=1024, help="open client connections; beyond this a 503")
     return parser
 
 

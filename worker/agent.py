@@ -21,7 +21,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from proto import build
+from proto import build, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import AgentConfig, LaunchConfigError, usage
@@ -99,7 +99,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s, stall_timeout_s=config.stall_timeout_s)
     supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy)
-    group = GroupController(config.group, supervisor) if config.group else None
+    group = GroupController(config.group, supervisor, config.tls_path) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
     slots = adapter.capacity(engine_config)
     guard = prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
@@ -130,7 +130,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     ])  # fmt: skip
     pb_grpc.add_WorkerServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(config.listen)
+    port = _add_port(server, config)
     if port == 0:
         raise SystemExit(f"orchard-worker: cannot listen on {config.listen}")
     await server.start()
@@ -153,6 +153,17 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         await supervisor.stop()
         await http.aclose()
         log.info("agent stopped")
+
+
+def _add_port(server: grpc.aio.Server, config: AgentConfig) -> int:
+    """Mutual TLS with the cluster's certificates; plaintext only on loopback (the config enforces it)."""
+    if config.tls_path is None:
+        return server.add_insecure_port(config.listen)
+    try:
+        credentials = tls.server_credentials(config.tls_path)
+    except tls.TlsError as exc:
+        raise SystemExit(f"orchard-worker: {exc}") from None
+    return server.add_secure_port(config.listen, credentials)
 
 
 async def _publish_health(supervisor: EngineSupervisor, servicer: health.aio.HealthServicer) -> None:

@@ -19,11 +19,13 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 from proto.launch import GroupRole
 from worker.supervisor import EngineSupervisor
 
@@ -45,8 +47,9 @@ class PeerView:
 
 
 class GroupController:
-    def __init__(self, role: GroupRole, supervisor: EngineSupervisor) -> None:
+    def __init__(self, role: GroupRole, supervisor: EngineSupervisor, tls_dir: Path | None = None) -> None:
         self.role = role
+        self.tls_dir = tls_dir  # this agent's own identity: it is a client of its peers' agents
         self.supervisor = supervisor
         self.leader = role.rank == 0
         self.run_epoch = ""  # the epoch this rank's current process was launched for ("" = none running)
@@ -90,7 +93,7 @@ class GroupController:
     async def _follow(self, peer: PeerView) -> None:
         while True:
             try:
-                async with grpc.aio.insecure_channel(peer.address) as channel:
+                async with tls.channel(peer.address, self.tls_dir) as channel:
                     stream = pb_grpc.WorkerStub(channel).Watch(pb.WatchRequest(interval_seconds=WATCH_INTERVAL_S))
                     async for sample in stream:
                         self.observe(peer, sample)

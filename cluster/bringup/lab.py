@@ -16,7 +16,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import groupcheck, records, remote, rollout
+from cluster.bringup import authority, certs, groupcheck, records, remote, rollout
 from cluster.bringup.fleet import Report, fetch_workers
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
@@ -109,7 +109,7 @@ async def _probe(host: HostSpec, report: Report) -> _Probe:
 
 async def _bring_host(
     probe: _Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
-    install_service: bool = False,
+    install_service: bool = False, trust: tuple[authority.Authority, Path] | None = None,
 ) -> HostOutcome:  # fmt: skip
     outcome, conn = probe.outcome, probe.conn
     if conn is None:
@@ -125,6 +125,8 @@ async def _bring_host(
                 if stopped.was_running:
                     report(f"{host.label}: no model placed here any more; agent stopped")
                 return outcome
+            if trust is not None and await certs.agent_identity(conn, host, trust[0], trust[1], authority.now_utc()):
+                report(f"{host.label}: certificate issued by the cluster CA")
             if install_service:
                 path = await remote.install_service(conn, assignment, probe.platform, spec)
                 report(f"{host.label}: agent installed as a service ({path})")
@@ -172,8 +174,9 @@ async def up(
     by_host = {a.host.label: a for a in assignments}
     url, drained = await _drain_changed(probes, spec, by_host, home, report)
     try:
+        trust = (_authority(home), home)
         outcomes = await asyncio.gather(
-            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service)
+            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service, trust)
               for p, h in zip(probes, spec.hosts, strict=True))
         )  # fmt: skip
     except BaseException:
@@ -269,13 +272,49 @@ class LabError(Exception):
     """The lab could not be brought up as asked; the message says which hosts and why."""
 
 
+def _authority(home: Path) -> authority.Authority:
+    """The cluster CA (created on the first `cluster up`) and the router's identity from it."""
+    now = authority.now_utc()
+    try:
+        ca = authority.load_or_create(home, now)
+    except authority.AuthorityError as exc:
+        raise LabError(str(exc)) from None
+    certs.router_identity(home, ca, now)
+    return ca
+
+
+async def rotate_certificates(home: Path, report: Report) -> list[str]:
+    """Issue every agent of the running lab, and the router, a new certificate; no call is dropped (agents and
+    the router pick them up for new connections). Returns the hosts that could not be reached."""
+    state = read_state(home)
+    if state is None:
+        raise LabError("no lab is running (start it with: cluster up hosts.toml)")
+    spec = ClusterSpec.model_validate(state.spec)
+    ca, now = _authority(home), authority.now_utc()
+
+    async def one(host: HostSpec) -> str | None:
+        try:
+            async with await remote.connect(host) as conn:
+                await certs.agent_identity(conn, host, ca, home, now, renew=True)
+        except remote.RemoteError as exc:
+            report(f"{host.label}: {exc}")
+            return host.label
+        report(f"{host.label}: new certificate installed")
+        return None
+
+    missed = [label for label in await asyncio.gather(*(one(h) for h in spec.hosts)) if label]
+    certs.router_identity(home, ca, now, renew=True)
+    report("router: new client certificate (used for its next connections)")
+    return missed
+
+
 def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:
     policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
     router = spec.router
     return RouterConfig.checked(
         listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
-        handover=str(home / "router.sock"),
+        handover=str(home / "router.sock"), tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
     )  # fmt: skip
 
 

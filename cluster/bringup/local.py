@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from cluster.bringup import records
+from cluster.bringup import authority, certs, records
 from cluster.bringup.fleet import Fleet, FleetError, Report
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
@@ -114,7 +114,8 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         raise LocalClusterError(str(exc)) from exc
     try:
         agent, router = launch_configs(config)
-    except LaunchConfigError as exc:
+        certs.local_identities(home)
+    except (LaunchConfigError, authority.AuthorityError) as exc:
         raise LocalClusterError(str(exc)) from None
     fleet = Fleet(home / "logs", tied_to_parent=not detached, keep=True)
     report(f"starting worker agent ({config.engine} engine, model {agent.served_name})")
@@ -146,9 +147,11 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model, served_name=served,
         log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
+        tls_dir=str(authority.tls_folder(config.home, "local-agent")),
     )  # fmt: skip
     router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
-                                  gateway_db=str(db_path(config.home)))  # fmt: skip
+                                  gateway_db=str(db_path(config.home)),
+                                  tls_dir=str(authority.tls_folder(config.home, "router")))  # fmt: skip
     return agent, router
 
 

@@ -22,6 +22,7 @@ from cluster.placement.plan import Assignment, GroupPlan
 from proto import build
 from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AgentConfig, GroupRole
+from proto.tls import CA_FILE, IDENTITY_FILE
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
@@ -135,8 +136,31 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
         engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
         engine_python=host.engine_python,
-        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group,
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host),
     )  # fmt: skip
+
+
+def tls_dir(host: HostSpec) -> str:
+    """The agent's TLS folder on its host (proto/tls.py)."""
+    return f"{host.orchard_dir.rstrip('/')}/tls"
+
+
+async def installed_certificates(conn: asyncssh.SSHClientConnection, host: HostSpec) -> bytes:
+    """The CA certificate and the agent's certificate its host holds (PEM; empty if none): never the key."""
+    folder = shell_path(tls_dir(host))
+    script = (f"cat {folder}/{CA_FILE} {folder}/{IDENTITY_FILE} 2>/dev/null | "
+              "sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p'; true")  # fmt: skip
+    return (await shell(conn, posix(script))).encode()
+
+
+async def install_identity(conn: asyncssh.SSHClientConnection, host: HostSpec, ca: bytes, identity: bytes) -> None:
+    """Copy the agent's TLS folder: each file private from creation, renamed into place (the running agent reads
+    it at its next connection)."""
+    folder = shell_path(tls_dir(host))
+    for name, data in ((CA_FILE, ca), (IDENTITY_FILE, identity)):
+        staged = f"{folder}/.{name}.tmp"
+        script = f"umask 077 && mkdir -p {folder} && cat > {staged} && mv {staged} {folder}/{name}"
+        await shell(conn, posix(script), data.decode())
 
 
 def _group_role(group: GroupPlan, rank: int, spec: ClusterSpec) -> GroupRole:
@@ -205,7 +229,7 @@ async def install_service(
     host = assignment.host
     home = (await shell(conn, 'printf %s "$HOME"')).strip()
     folder = expand_home(host.orchard_dir, home)
-    config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs"})
+    config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"})
     program = config.command(expand_home(python_of(host), home))
     await stop_agent(conn, host)
     if platform == "darwin":

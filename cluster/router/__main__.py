@@ -17,7 +17,9 @@ import uvicorn
 from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.router import handover
 from cluster.router.app import create_app
+from cluster.router.connections import guarded_protocol
 from cluster.router.registry import Registry
+from proto import tls
 from proto.launch import LaunchConfigError, RouterConfig, usage
 
 log = logging.getLogger("orchard.router")
@@ -46,7 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
-    registry = Registry(list(config.workers))
+    try:
+        registry = Registry(list(config.workers), tls_dir=config.tls_path, close_grace_s=config.request_timeout_s)
+        if config.tls_path is not None:
+            tls.read_identity(config.tls_path)  # a missing or broken folder: say so now, not per worker
+    except tls.TlsError as exc:
+        sys.stderr.write(f"python -m cluster.router: {exc}\n")
+        raise SystemExit(2) from None
     try:
         sock, taken = handover.listener(config.host, config.port, config.handover)
     except OSError as exc:
@@ -54,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     app = create_app(registry, config, gateway_for(config, registry), settle_s=SETTLE_S if taken else 0.0)
     grace = max(1, round(config.shutdown_grace_s))
-    server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace))
+    server = _Server(uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=grace, http=guarded_protocol(config.max_connections),
+        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
+    ))  # fmt: skip
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
     server.took_over = taken
     server.run(sockets=[sock])

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -22,6 +23,7 @@ from cluster.router.rows import Reachability
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 from proto.states import EngineState
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),  # gRPC's own default backs off up to 120 s
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
+RENEW_CHECK_S = 2.0  # how often the router looks for a rotated identity (one stat per file)
 DEFAULT_SLOTS = 64  # an agent that does not say how many requests it takes at once
 
 
@@ -106,17 +109,55 @@ class WorkerHandle:
 class Registry:
     """Owns one channel and one watch task per worker address."""
 
-    def __init__(self, addresses: list[str], watch_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, addresses: list[str], watch_interval_s: float = 1.0, tls_dir: Path | None = None,
+        close_grace_s: float = 900.0,
+    ) -> None:  # fmt: skip
         self.watch_interval_s = watch_interval_s
+        self.tls_dir = tls_dir  # our identity towards the agents (mutual TLS); None: plaintext, loopback only
+        self.close_grace_s = close_grace_s  # a replaced channel's calls get this long to finish
         self.workers = {address: WorkerHandle(address) for address in addresses}
         self._merged: tuple[tuple[pb.InfoReply | None, ...], dict[str, pb.ModelInfo]] = ((), {})
+        self._renewer: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
         for handle in self.workers.values():
-            handle.channel = grpc.aio.insecure_channel(handle.address, options=list(CHANNEL_OPTIONS))
-            handle.stub = pb_grpc.WorkerStub(handle.channel)
-            handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
+            self._open(handle)
+        if self.tls_dir is not None:
+            self._renewer = asyncio.create_task(self._renew_on_change(self.tls_dir), name="tls identity")
+
+    def _open(self, handle: WorkerHandle) -> None:
+        handle.channel = tls.channel(handle.address, self.tls_dir, list(CHANNEL_OPTIONS))
+        handle.stub = pb_grpc.WorkerStub(handle.channel)
+        handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
+
+    async def _renew_on_change(self, folder: Path) -> None:
+        """When `cluster certs rotate` replaced our identity: new channels for new calls; calls in flight finish on
+        the old ones (their certificate is still valid), which then close."""
+        seen = tls.identity_stamp(folder)
+        while True:
+            await asyncio.sleep(RENEW_CHECK_S)
+            stamp = tls.identity_stamp(folder)
+            if stamp is None or stamp == seen:
+                continue
+            seen = stamp
+            for handle in self.workers.values():
+                old_channel, old_task = handle.channel, handle.task
+                try:
+                    self._open(handle)
+                except tls.TlsError as exc:
+                    log.warning("TLS identity changed but cannot be read (%s); keeping the current one", exc)
+                    break
+                if old_task is not None:
+                    old_task.cancel()
+                if old_channel is not None:
+                    closing = asyncio.create_task(old_channel.close(grace=self.close_grace_s))
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
+            else:
+                log.info("TLS identity renewed: new connections to agents present the new certificate")
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait until every agent has sent its Info and a state sample (or `timeout_s` passed); whether all did."""
@@ -128,6 +169,8 @@ class Registry:
         return True
 
     async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         for handle in self.workers.values():
             if handle.task:
                 handle.task.cancel()

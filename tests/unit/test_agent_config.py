@@ -24,6 +24,7 @@ def every_agent_field() -> AgentConfig:
         engine_args=("--dtype=float16", "--enforce-eager"), engine_python="/venv/bin/python", max_model_len=8192,
         kv_cache_gib=2.5, sim_options=(("seed", "7"), ("kv-blocks", "600")), max_concurrency=12,
         ready_timeout_s=123.5, stall_timeout_s=45.0, log_dir="~/lab/logs", port_file="/tmp/port", group=group,
+        tls_dir="~/lab/tls",
     )  # fmt: skip
 
 
@@ -41,6 +42,8 @@ def test_router_config_round_trips_through_its_command_line() -> None:
         model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")), max_body_bytes=1 << 20, max_attempts=3,
         request_timeout_s=60.5, accept_timeout_s=1.5, gateway_db="/root/.orchard/gateway.db", no_auth=True,
         max_queue=12, shutdown_grace_s=5.0, gap_timeout_s=4.5, handover="/root/.orchard/router.sock",
+        tls_dir="/root/.orchard/tls/router", tls_cert="/etc/orchard/endpoint.pem", tls_key="/etc/orchard/endpoint.key",
+        max_connections=99,
     )  # fmt: skip
     defaults = RouterConfig(workers=("x:1",))
     assert {n for n in RouterConfig.model_fields if getattr(original, n) != getattr(defaults, n)} == set(
@@ -75,6 +78,7 @@ def test_bundled_model_runs_fp32_on_vllm_unless_told_otherwise() -> None:
         (["--model", "m", "--group-name", "g#1", "--group-member", "a:1"], "one --group-member and one --group-peer"),
         (["--model", "m", "--group-name", "g", "--group-rank", "2", "--group-member", "a:1", "--group-peer", "a:2"],
          "outside the group of 1"),
+        (["--model", "m", "--listen", "0.0.0.0:50051"], "needs --tls-dir"),
     ],
 )  # fmt: skip
 def test_bad_agent_arguments_are_refused_with_the_flag_named(argv: list[str], message: str) -> None:
@@ -89,6 +93,8 @@ def test_bad_router_arguments_are_refused() -> None:
         RouterConfig.from_argv(["--worker", "a:1", "--model-policy", "m=fastest"])
     with pytest.raises(LaunchConfigError, match="required"):
         RouterConfig.from_argv([])
+    with pytest.raises(LaunchConfigError, match="come together"):
+        RouterConfig.from_argv(["--worker", "a:1", "--tls-cert", "/c.pem"])
 
 
 def test_the_agent_program_prints_usage_and_exits_2_on_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,222 @@
+"""The cluster's certificate authority, on the head: it signs one certificate per agent (named for the address the
+router dials), one client certificate for the router, and, for labs without their own, the endpoint's.
+
+    ~/.orchard/ca/ca.key            the CA's private key (0600; never leaves the head)
+    ~/.orchard/ca/ca.pem            the CA's certificate (what every peer trusts; clients trust it for the endpoint)
+    ~/.orchard/tls/router/          the router's client identity (proto/tls.py's folder)
+    ~/.orchard/tls/local-agent/     the local cluster's agent
+    ~/.orchard/tls/issued/NAME.pem  certificates issued to lab agents (public halves, for `cluster status`)
+    ~/.orchard/tls/endpoint/        the endpoint's certificate and key, when the CA issued them
+
+Keys are EC P-256 (fast handshakes, small files). Issuing is pure over the CA and the names; files are written
+atomically, 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cluster.bringup import records
+from proto.tls import CA_FILE, IDENTITY_FILE
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+RENEW_WITHIN_DAYS = 30  # `cluster status` warns, `cluster up` re-issues, this close to expiry
+ROUTER_NAME = "orchard-router"
+
+
+class AuthorityError(Exception):
+    """The CA's files are unusable; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Authority:
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False)  # fmt: skip
+    certificate = (
+        _builder(subject, subject, key.public_key(), now, CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Authority(key, certificate)
+
+
+def issue(authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime, days: int = LEAF_DAYS) -> bytes:
+    """One identity file (private key, then certificate): `name` is its common name, `names` its subject
+    alternative names (IP addresses and host names). It serves and it calls: an agent is a server to the router
+    and a client to its shard group's other agents."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    purposes = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    builder = (
+        _builder(subject, authority.certificate.subject, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(purposes, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+    certificate = builder.sign(authority.key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    return key_pem + certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, now: dt.datetime, days: int
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))  # a peer whose clock is a little behind
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def certificate_of(pem: bytes) -> x509.Certificate:
+    """The (first) certificate in a PEM file or identity file."""
+    start = pem.find(b"-----BEGIN CERTIFICATE-----")
+    return x509.load_pem_x509_certificate(pem[start:] if start >= 0 else pem)
+
+
+def expires(pem: bytes) -> dt.datetime:
+    return certificate_of(pem).not_valid_after_utc
+
+
+def due(pem: bytes, now: dt.datetime) -> bool:
+    """Expired or within RENEW_WITHIN_DAYS of it."""
+    return expires(pem) - now < dt.timedelta(days=RENEW_WITHIN_DAYS)
+
+
+# -- files on the head ---------------------------------------------------------------------------------------
+
+
+def ca_folder(home: Path) -> Path:
+    return home / "ca"
+
+
+def tls_folder(home: Path, who: str) -> Path:
+    """A process's TLS folder on the head: "router", "local-agent" or "endpoint"."""
+    return home / "tls" / who
+
+
+def issued_path(home: Path, label: str) -> Path:
+    return home / "tls" / "issued" / f"{label}.pem"
+
+
+def load(home: Path) -> Authority | None:
+    key_path, cert_path = ca_folder(home) / "ca.key", ca_folder(home) / CA_FILE
+    if not key_path.exists() and not cert_path.exists():
+        return None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise AuthorityError(
+            f"{ca_folder(home)}: the cluster CA cannot be read ({exc}); move the folder away "
+            "and run `cluster certs init` (every agent then needs `cluster up` again)"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise AuthorityError(f"{key_path}: not an EC private key")
+    return Authority(key, certificate)
+
+
+def load_or_create(home: Path, now: dt.datetime) -> Authority:
+    authority = load(home)
+    if authority is None:
+        authority = create(now)
+        key_pem = authority.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption())  # fmt: skip
+        records.write_private(ca_folder(home) / "ca.key", key_pem)
+        records.write_private(ca_folder(home) / CA_FILE, authority.pem, mode=0o644)
+    return authority
+
+
+def write_identity(folder: Path, authority: Authority, identity: bytes) -> None:
+    """A process's TLS folder: the CA first, then the identity (a reader that sees the new identity trusts its
+    issuer)."""
+    records.write_private(folder / CA_FILE, authority.pem, mode=0o644)
+    records.write_private(folder / IDENTITY_FILE, identity)
+
+
+def ensure_identity(folder: Path, authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime,
+                    renew: bool = False) -> bool:  # fmt: skip
+    """Issue into the folder unless it holds a current identity from this CA for these names; True if issued."""
+    try:
+        installed = (folder / CA_FILE).read_bytes() + (folder / IDENTITY_FILE).read_bytes()
+    except OSError:
+        installed = b""
+    if not renew and current(installed, authority, names, now):
+        return False
+    write_identity(folder, authority, issue(authority, name, names, now))
+    return True
+
+
+def current(installed: bytes, authority: Authority, names: tuple[str, ...], now: dt.datetime) -> bool:
+    """Whether what a peer holds (its ca.pem, then its certificate, as PEM) is this CA's, for these names, and
+    not near expiry: nothing to issue."""
+    blocks = [m.group(0) for m in _PEM_CERT.finditer(installed)]
+    if len(blocks) < 2 or blocks[0].strip() != authority.pem.strip():
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(blocks[1])
+    except ValueError:
+        return False
+    return (
+        certificate.issuer == authority.certificate.subject
+        and certificate.not_valid_after_utc - now >= dt.timedelta(days=RENEW_WITHIN_DAYS)
+        and set(names) <= set(names_of(certificate))
+    )
+
+
+def names_of(certificate: x509.Certificate) -> list[str]:
+    try:
+        alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in alternatives]
+
+
+def local_names() -> tuple[str, ...]:
+    """What a client on this machine dials: the local cluster's agent and the router's endpoint."""
+    return ("127.0.0.1", "localhost", "::1")
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,166 @@
+"""Mutual TLS between router and agent, real processes on loopback: who an agent lets in, which agent the router
+trusts, and certificates rotated under load with no request failing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from cluster.bringup import authority, certs
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
+from tests.conftest import REPO, SIM_MODEL, Cluster, agent_config, start_cluster, stop_cluster, wait_until
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    """The local cluster's layout: a CA in `home`, the agent and the router each with their own identity."""
+    home = tmp_path_factory.mktemp("mtls-home")
+    certs.local_identities(home)
+    options = (("decode-ms-per-token", "20"), ("seed", "7"))
+    agent = agent_config("sim", SIM_MODEL, home / "logs", sim_options=options,
+                         tls_dir=str(authority.tls_folder(home, certs.LOCAL_AGENT)))  # fmt: skip
+    cluster = start_cluster(home, [agent], tls_dir=str(authority.tls_folder(home, certs.ROUTER)))
+    yield cluster, home
+    stop_cluster(cluster)
+
+
+def _info(address: str, channel: grpc.Channel) -> str:
+    with channel:
+        try:
+            reply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=3)
+        except grpc.RpcError as exc:
+            return f"refused: {exc.code().name}"
+    return f"accepted: {reply.worker_id}"
+
+
+def _stranger(folder: Path, names: tuple[str, ...] = ("orchard-router",)) -> Path:
+    """An identity from another CA, laid out like ours."""
+    other = authority.create(authority.now_utc(), "someone else's CA")
+    authority.write_identity(folder, other, authority.issue(other, "intruder", names, authority.now_utc()))
+    return folder
+
+
+def test_the_agent_admits_only_clients_with_a_certificate_from_its_cluster_ca(
+    secured: tuple[Cluster, Path], tmp_path: Path
+) -> None:
+    cluster, home = secured
+    address = cluster.agent_address
+    router = authority.tls_folder(home, certs.ROUTER)
+    no_client_cert = grpc.ssl_channel_credentials(tls.read_identity(router).ca)
+    outcomes = {
+        "plaintext": _info(address, grpc.insecure_channel(address)),
+        "TLS without a client certificate": _info(address, grpc.secure_channel(address, no_client_cert)),
+        "another CA's certificate": _info(address, tls.blocking_channel(address, _stranger(tmp_path / "other"))),
+        "the router's certificate": _info(address, tls.blocking_channel(address, router)),
+    }
+    assert outcomes == {
+        "plaintext": "refused: UNAVAILABLE",
+        "TLS without a client certificate": "refused: UNAVAILABLE",
+        "another CA's certificate": "refused: UNAVAILABLE",
+        "the router's certificate": f"accepted: {cluster.agents[0].worker_id}",
+    }
+
+
+def test_the_router_refuses_an_agent_whose_certificate_names_another_address(
+    secured: tuple[Cluster, Path], tmp_path: Path
+) -> None:
+    _, home = secured
+    ca = authority.load(home)
+    assert ca is not None
+    elsewhere = tmp_path / "elsewhere"  # issued by our CA, but for another host
+    authority.write_identity(elsewhere, ca, authority.issue(ca, "h9", ("10.9.9.9", "h9"), authority.now_utc()))
+    server = grpc.server(ThreadPoolExecutor(2))
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(elsewhere))
+    server.start()
+    try:
+        router = authority.tls_folder(home, certs.ROUTER)
+        assert _info(f"127.0.0.1:{port}", tls.blocking_channel(f"127.0.0.1:{port}", router)) == "refused: UNAVAILABLE"
+    finally:
+        server.stop(None)
+
+
+def test_requests_pass_through_mutual_tls(secured: tuple[Cluster, Path]) -> None:
+    cluster, _ = secured
+    body = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 3}
+    response = httpx.post(cluster.url + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
+
+
+def _served_certificate(address: str, client: Path) -> bytes:
+    """The certificate the agent presents to a new connection (DER)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cadata=tls.read_identity(client).ca.decode())
+    context.load_cert_chain(client / tls.IDENTITY_FILE)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as wrapped,
+    ):
+        certificate = wrapped.getpeercert(binary_form=True)
+    assert certificate is not None
+    return certificate
+
+
+def _keep_streaming(url: str, stop: threading.Event, outcomes: list[str]) -> None:
+    body = {"model": SIM_MODEL, "prompt": "rotate under me", "max_tokens": 30, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            try:
+                with client.stream("POST", url + "/v1/completions", json=body) as response:
+                    lines = [line for line in response.iter_lines() if line.startswith("data:")]
+                chunks = [json.loads(line[5:]) for line in lines[:-1]]
+                ok = response.status_code == 200 and lines[-1:] == ["data: [DONE]"] and "error" not in chunks[-1]
+                outcomes.append("ok" if ok else f"{response.status_code}: {lines[-2:]}")
+            except httpx.HTTPError as exc:
+                outcomes.append(f"transport: {exc!r}")
+
+
+def test_certificates_rotate_under_16_streams_with_no_failed_request(secured: tuple[Cluster, Path]) -> None:
+    cluster, home = secured
+    router = authority.tls_folder(home, certs.ROUTER)
+    served_before = _served_certificate(cluster.agent_address, router)
+    stop, outcomes = threading.Event(), list[str]()
+    streams = [threading.Thread(target=_keep_streaming, args=(cluster.url, stop, outcomes)) for _ in range(16)]
+    for thread in streams:
+        thread.start()
+    time.sleep(2.0)
+    renewed = certs.local_identities(home, renew=True)
+    log = cluster.log_dir / "router.log"
+    wait_until(lambda: "TLS identity renewed" in log.read_text(), 10, "the router to use its new certificate")
+    time.sleep(3.0)  # streams keep going on the new connections
+    stop.set()
+    for thread in streams:
+        thread.join(timeout=60)
+    failed = [o for o in outcomes if o != "ok"]
+    print(f"\nrotation under 16 streams: {len(outcomes)} requests, {len(failed)} failed")
+    assert renewed == [certs.ROUTER, certs.LOCAL_AGENT]
+    assert len(outcomes) >= 32 and failed == []
+    served_after = _served_certificate(cluster.agent_address, router)  # signed by the same CA: trusted as before
+    assert served_after != served_before
+    assert served_after == _der(authority.tls_folder(home, certs.LOCAL_AGENT))
+
+
+def _der(folder: Path) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return authority.certificate_of((folder / tls.IDENTITY_FILE).read_bytes()).public_bytes(Encoding.DER)
+
+
+def test_an_agent_without_its_certificates_says_which_file(tmp_path: Path) -> None:
+    config = agent_config("sim", SIM_MODEL, tmp_path / "logs", tls_dir=str(tmp_path / "missing"))
+    result = subprocess.run(config.command(), capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode != 0 and f"{tmp_path / 'missing'}/ca.pem" in result.stderr
+    assert "cluster certs init" in result.stderr and "Traceback" not in result.stderr
