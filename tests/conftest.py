@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 
@@ -19,6 +18,7 @@ from cluster.bringup.fleet import Fleet, fetch_workers
 from cluster.router.rows import WorkerRow
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 from proto.launch import AgentConfig, RouterConfig
 from worker import procs
 from worker.procs import free_port
@@ -43,8 +43,9 @@ def workers(url: str) -> list[WorkerRow]:
         return fetch_workers(client, url)
 
 
-def agent_info(address: str) -> pb.InfoReply:
-    with grpc.insecure_channel(address) as channel:
+def agent_info(address: str, tls_dir: Path | None = None) -> pb.InfoReply:
+    """An agent's Info; `tls_dir`: the identity to call it with (a `cluster up` cluster's router's)."""
+    with tls.blocking_channel(address, tls_dir) as channel:
         reply: pb.InfoReply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5)
         return reply
 
@@ -88,7 +89,7 @@ class Cluster:
         return next(c.pid for c in self.fleet.children if c.name.startswith("agent"))
 
     def engine_url(self) -> str:
-        return agent_info(self.agent_address).engine_url
+        return agent_info(self.agent_address, self.router.tls_path).engine_url
 
     def engine_pid(self) -> int:
         children = procs.descendants(self.agent_pid)

@@ -6,13 +6,14 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def engine_url(agent_address: str) -> str:
-    """The engine URL an agent reports in Info (benchmarks compare it with the path through Orchard)."""
-    with grpc.insecure_channel(agent_address) as channel:
+def engine_url(agent_address: str, tls_dir: Path | None = None) -> str:
+    """The engine URL an agent reports in Info (benchmarks compare it with the path through Orchard); `tls_dir`:
+    the identity to call it with (the local cluster's router's)."""
+    with tls.blocking_channel(agent_address, tls_dir) as channel:
         info: pb.InfoReply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=10)
     return info.engine_url

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 
 from cluster.bench.client import engine_url, pct, sse_chunks
 from cluster.bringup import local
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,9 @@ async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, Any]) -> _Chunk
     return seen
 
 
-async def run_round(target: str, url: str, model: str, streams: int, max_tokens: int, seed: int) -> LatencyRound:
+async def run_round(
+    target: str, url: str, model: str, streams: int, max_tokens: int, seed: int, tls_dir: Path | None = None
+) -> LatencyRound:
     """One round of `streams` concurrent streams; `url` is http://… (engine, router) or an agent's host:port."""
     limits = httpx.Limits(max_connections=streams * 2, max_keepalive_connections=streams * 2)
     bodies = [{"model": model, "messages": [{"role": "user", "content": f"round {seed} stream {i}"}],
@@ -87,7 +89,7 @@ async def run_round(target: str, url: str, model: str, streams: int, max_tokens:
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
             results = await asyncio.gather(*(_http_stream(client, url, b) for b in bodies), return_exceptions=True)
     else:
-        async with grpc.aio.insecure_channel(url) as channel:
+        async with tls.channel(url, tls_dir) as channel:
             stub = pb_grpc.WorkerStub(channel)
             results = await asyncio.gather(*(_grpc_stream(stub, b) for b in bodies), return_exceptions=True)
     wall = time.perf_counter() - started
@@ -110,13 +112,15 @@ async def measure(
     print(f"bringing up a local sim cluster ({' '.join(f'{k}={v}' for k, v in options)}; logs in {home / 'logs'})…")
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
     try:
-        engine = await asyncio.to_thread(engine_url, state.agent_address)
+        engine = await asyncio.to_thread(engine_url, state.agent_address, local.router_tls(home))
         print(f"engine {engine}, router {state.url}; {streams} concurrent streams x {max_tokens} tokens")
         await run_round("warmup", state.url, "sim-model", streams, 4, seed=-1)
         results = []
         for i in range(rounds):
             for target, url in (("engine", engine), ("agent", state.agent_address), ("router", state.url)):
-                results.append(await run_round(target, url, "sim-model", streams, max_tokens, seed=i))
+                results.append(
+                    await run_round(target, url, "sim-model", streams, max_tokens, i, local.router_tls(home))
+                )
         return results
     finally:
         await asyncio.to_thread(local.stop, home)

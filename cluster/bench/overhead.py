@@ -111,7 +111,7 @@ async def overhead(
     print(f"bringing up a local {engine_kind} cluster (logs in {home / 'logs'})…")
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
     try:
-        engine = await asyncio.to_thread(engine_url, state.agent_address)
+        engine = await asyncio.to_thread(engine_url, state.agent_address, local.router_tls(home))
         print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens")
         await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1)
         results = []

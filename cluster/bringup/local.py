@@ -151,8 +151,13 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
     )  # fmt: skip
     router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
                                   gateway_db=str(db_path(config.home)),
-                                  tls_dir=str(authority.tls_folder(config.home, "router")))  # fmt: skip
+                                  tls_dir=str(router_tls(config.home)))  # fmt: skip
     return agent, router
+
+
+def router_tls(home: Path) -> Path:
+    """The router's identity towards the local agent (benchmarks call the agent with it too)."""
+    return authority.tls_folder(home, certs.ROUTER)
 
 
 def stop(home: Path, grace_s: float = 30.0) -> list[int]:

@@ -26,7 +26,8 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
-from cluster.router.errors import ApiError
+from cluster.router import schema
+from cluster.router.errors import ApiError, Unexpected
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Kind, for_model, read_request
 from cluster.router.metrics import RouterMetrics
@@ -69,6 +70,7 @@ def create_app(
     _add_operator_routes(app, registry, metrics, gateway)
 
     pipeline = _Pipeline(registry, config, metrics, forwarder, gateway)
+    schema.install(app, {"/orchard/drain": ("post", DrainAsk)})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -202,10 +204,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return ApiError(exc.status_code, str(exc.detail)).response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected router error")
-        return ApiError(500, f"internal router error: {type(exc).__name__}").response()
+    app.add_middleware(Unexpected)
 
 
 def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway) -> None:

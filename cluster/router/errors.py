@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import traceback
+import uuid
 from typing import Any
 
 import grpc
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proto import errors
 
@@ -23,6 +27,8 @@ _TYPES = {
     504: "timeout_error",
 }
 
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 2
 
@@ -46,6 +52,36 @@ class ApiError(Exception):
         if self.status in (429, 503) and not any(h.lower() == "retry-after" for h in headers):
             headers["retry-after"] = str(RETRY_AFTER_S)  # no worker now: an engine restarts or a host returns
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class Unexpected:
+    """ASGI middleware: an exception nothing else handled becomes one log line (with an incident id) and a
+    generic 500 for the client: the exception's name and text are the operator's, not the client's. Starlette's
+    own handler would log the traceback twice (it re-raises to the server)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            incident = uuid.uuid4().hex[:12]
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("unexpected error, incident %s, %s %s: %r at %s:%d", incident, scope.get("method", ""),
+                      scope.get("path", ""), exc, where.filename, where.lineno)  # fmt: skip
+            log.debug("incident %s", incident, exc_info=exc)
+            if started or scope["type"] != "http":
+                return  # a response already begun cannot become an error; the connection closes
+            message = f"Internal error in the router (incident {incident}); the operator's log has the details."
+            await ApiError(500, message, code="internal_error").response()(scope, receive, send)
 
 
 def upstream_error(status: int, body: bytes) -> ApiError:

@@ -4,6 +4,7 @@ reads the one `Incoming` it returns."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -58,16 +59,35 @@ class Parsed:
         return self.fields.model
 
 
+BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this is a slow-loris client, not a slow network
+MAX_SESSION_CHARS = 256  # X-Session-Id, as long as OpenAI's `user`
+
+
 async def read_request(request: Request, kind: Kind, max_body_bytes: int) -> Parsed:
-    """Read (bounded), parse and validate. Raises ApiError (OpenAI's shape, the right status)."""
-    raw = await read_bounded(request, max_body_bytes)
+    """Read (bounded in size and time), parse and validate. Raises ApiError (OpenAI's shape, the right status)."""
+    check_json_type(request.headers.get("content-type"))
+    try:
+        raw = await asyncio.wait_for(read_bounded(request, max_body_bytes), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.") from None
     body = parse_body(raw)
     return Parsed(raw, body, validate(body, kind))
+
+
+def check_json_type(content_type: str | None) -> None:
+    """Only `application/json`: a web page can make a browser send text/plain or a form to any address without
+    asking (no CORS preflight); a JSON body it cannot."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        got = f"`{media}`" if media else "none"
+        raise ApiError(415, f"Send the request body as JSON with `Content-Type: application/json` (got {got}).")
 
 
 def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.ModelInfo], session: str | None) -> Incoming:
     """Check the request against its model (known, fits the context) and describe it for routing."""
     raw, body, fields = request.raw, request.body, request.fields
+    if session is not None and len(session) > MAX_SESSION_CHARS:
+        raise ApiError(400, f"The X-Session-Id header is longer than {MAX_SESSION_CHARS} characters.")
     if fields.model not in models:
         raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
     check_limits(fields, models[fields.model].max_model_len)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from cluster.router.errors import ApiError
 
 MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
+MAX_ITEMS = 2048  # messages in a chat, prompts in a batch (OpenAI's own limit for arrays of inputs)
 MAX_DEPTH = 64  # JSON nesting: OpenAI bodies need a handful of levels, tools' JSON schemas a few dozen at most
 
 
@@ -43,11 +44,16 @@ class _Common(_Passthrough):
 
 
 class ChatRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_ITEMS)]
+        | list[int]
+        | Annotated[list[list[int]], Field(max_length=MAX_ITEMS)]
+    )
 
 
 R = TypeVar("R", bound=_Common)

@@ -52,7 +52,7 @@ class UpCluster:
 
     @property
     def engine_url(self) -> str:
-        return agent_info(self.state.agent_address).engine_url
+        return agent_info(self.state.agent_address, local.router_tls(self.home)).engine_url
 
 
 @pytest.fixture(scope="package")

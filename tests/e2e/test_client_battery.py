@@ -171,7 +171,8 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_then_still_serving(served: Served, case: str) -> None:
     body, status, needle = BAD_INPUT[case]
-    response = httpx.post(served.url + "/v1/chat/completions", content=body, timeout=60)
+    response = httpx.post(served.url + "/v1/chat/completions", content=body, timeout=60,
+                          headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == status
     assert needle.format(max_model_len=served.max_model_len) in response.json()["error"]["message"]
     assert served.ask(max_tokens=2).choices[0].finish_reason in ("length", "stop")

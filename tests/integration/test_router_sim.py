@@ -127,7 +127,8 @@ def test_bad_input_gets_openai_error(sim_cluster: Cluster, what: str, body: byte
 
 def test_ten_megabyte_body_is_rejected_and_router_keeps_serving(sim_cluster: Cluster) -> None:
     huge = json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}]})
-    response = httpx.post(sim_cluster.url + "/v1/chat/completions", content=huge, timeout=60)
+    response = httpx.post(sim_cluster.url + "/v1/chat/completions", content=huge, timeout=60,
+                          headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == 413
     assert "exceeds" in response.json()["error"]["message"]
     ok = httpx.post(
@@ -203,3 +204,32 @@ def test_what_the_sim_engine_cannot_honour_is_a_400_not_a_wrong_answer(client: o
     assert caught.value.param == "response_format"
     one = client.chat.completions.create(model=SIM_MODEL, messages=question, n=1, max_tokens=4)
     assert len(one.choices) == 1  # n=1 is what the engine does anyway
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_a_body_a_web_page_could_send_unasked_is_refused(sim_cluster: Cluster, content_type: str | None) -> None:
+    """A page in a user's browser may POST these to any address without a CORS preflight; JSON it may not."""
+    body = json.dumps({"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.post(sim_cluster.url + "/v1/completions", content=body, headers=headers, timeout=30)
+    assert response.status_code == 415, response.text
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+    ok = httpx.post(sim_cluster.url + "/v1/completions", content=body, timeout=30,
+                    headers={"content-type": "application/json; charset=utf-8"})  # fmt: skip
+    assert ok.status_code == 200
+
+
+def test_bounded_session_ids_and_message_counts(sim_cluster: Cluster) -> None:
+    chat = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    long_session = httpx.post(sim_cluster.url + "/v1/chat/completions", json=chat, timeout=30,
+                              headers={"x-session-id": "s" * 257})  # fmt: skip
+    assert long_session.status_code == 400 and "X-Session-Id" in long_session.json()["error"]["message"]
+    many = {**chat, "messages": [{"role": "user", "content": "hi"}] * 2049}
+    too_many = httpx.post(sim_cluster.url + "/v1/chat/completions", json=many, timeout=30)
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "messages"
+    fine = httpx.post(
+        sim_cluster.url + "/v1/chat/completions", json=chat, timeout=30, headers={"x-session-id": "s" * 256}
+    )
+    assert fine.status_code == 200

@@ -6,6 +6,8 @@ Traffic goes only to loopback and to the namespace addresses created here.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -17,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from cluster.bringup import lab
-from tests.conftest import free_port, run_cli
+from cluster.bringup import authority, certs, lab
+from tests.conftest import REPO, agent_info, free_port, run_cli
 from tests.lab import netns
 from worker import procs
 from worker.models import BUNDLED_NAME
@@ -124,9 +126,9 @@ def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
     assert "agent running" in again.stdout and "agent started" not in again.stdout
 
 
-def _long_stream(url: str, ends: list[tuple[str, str]], index: int) -> None:
-    """A ~14 s sim stream; records (worker, "finished" or how it ended)."""
-    body = {"model": "sim-model", "prompt": f"{index}: keep going", "max_tokens": 150, "stream": True}
+def _long_stream(url: str, ends: list[tuple[str, str]], index: int, max_tokens: int = 150) -> None:
+    """A ~14 s sim stream (150 tokens); records (worker, "finished" or how it ended)."""
+    body = {"model": "sim-model", "prompt": f"{index}: keep going", "max_tokens": max_tokens, "stream": True}
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data:")]
         whole = "".join(lines).replace(" ", "")
@@ -165,6 +167,49 @@ def test_status_shows_every_host(running: RunningLab) -> None:
 def test_logs_of_a_host_over_ssh(running: RunningLab) -> None:
     result = run_cli(["logs", "h1", "-n", "5"], running.home, timeout_s=60)
     assert result.returncode == 0 and "agent" in result.stdout
+
+
+def test_from_another_host_an_agent_admits_only_the_router_and_its_engine_is_unreachable(
+    running: RunningLab, tmp_path: Path
+) -> None:
+    h1, h2 = running.net.hosts[0], running.net.hosts[1]
+    agent = f"{h1.address}:50051"
+    router = authority.tls_folder(running.home, certs.ROUTER)
+    engine_port = agent_info(agent, router).engine_url.rpartition(":")[2]
+    other = authority.create(authority.now_utc(), "another lab's CA")
+    stranger = tmp_path / "stranger"
+    authority.write_identity(stranger, other, authority.issue(other, "x", ("orchard-router",), authority.now_utc()))
+    probe = subprocess.run(
+        ["ip", "netns", "exec", h2.namespace, sys.executable, "-m", "tests.lab.agent_probe", agent, str(router),
+         str(stranger), f"{h1.address}:{engine_port}"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout.splitlines()[-1]) == {
+        "plaintext": "refused: UNAVAILABLE",
+        "another CA": "refused: UNAVAILABLE",
+        "the router's certificate": "accepted: h1",
+        "engine port": "ConnectionRefusedError",
+    }
+
+
+def test_certificates_rotate_across_the_lab_under_16_streams(running: RunningLab) -> None:
+    issued = {h: authority.issued_path(running.home, h).read_bytes() for h in ("h1", "h2", "h3")}
+    ends: list[tuple[str, str]] = []
+    streams = [threading.Thread(target=_long_stream, args=(running.url, ends, i, 60)) for i in range(16)]
+    for thread in streams:
+        thread.start()
+    time.sleep(1.0)
+    result = run_cli(["certs", "rotate"], running.home, timeout_s=120)
+    for thread in streams:
+        thread.join(timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [end for _, end in ends] == ["finished"] * 16, ends
+    assert all(authority.issued_path(running.home, h).read_bytes() != pem for h, pem in issued.items())
+    body = {"model": "sim-model", "prompt": "after the rotation", "max_tokens": 4}
+    for _ in range(4):  # new connections, new certificates, both replicas
+        assert httpx.post(running.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    assert "h1" in run_cli(["status"], running.home, timeout_s=60).stdout
 
 
 def test_down_leaves_no_agent_in_any_namespace(running: RunningLab) -> None:

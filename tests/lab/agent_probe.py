@@ -1,0 +1,51 @@
+"""Run in another host's namespace: which clients an agent lets in, and whether its engine's port answers at all.
+
+    python -m tests.lab.agent_probe AGENT_ADDRESS ROUTER_TLS_DIR STRANGER_TLS_DIR ENGINE_ADDRESS
+
+Prints one JSON object: each attempt → "accepted: WORKER" or "refused: CODE" (the engine: "connected" or why not).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+
+from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
+
+
+def _info(channel: grpc.Channel) -> str:
+    with channel:
+        try:
+            reply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5)
+        except grpc.RpcError as exc:
+            return f"refused: {exc.code().name}"
+    return f"accepted: {reply.worker_id}"
+
+
+def _connect(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def main(argv: list[str]) -> None:
+    agent, router, stranger, engine = argv
+    print(json.dumps({
+        "plaintext": _info(grpc.insecure_channel(agent)),
+        "another CA": _info(tls.blocking_channel(agent, Path(stranger))),
+        "the router's certificate": _info(tls.blocking_channel(agent, Path(router))),
+        "engine port": _connect(engine),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
