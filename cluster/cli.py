@@ -77,7 +77,7 @@ def _up(args: argparse.Namespace) -> int:
             return 0
         console.print("Serving. Press Ctrl-C (or run `cluster down`) to stop.")
         while not stop_requested.wait(1.0):
-            if not (procs.alive(state.router_pid) and procs.alive(state.agent_pid)):
+            if not (state.ours(state.router_pid) and state.ours(state.agent_pid)):
                 err_console.print(f"[red]a cluster process exited[/]; logs in {state.log_dir}")
                 break
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from proto import build
 from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
-from proto.launch import AgentConfig, LaunchConfigError
+from proto.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
 from worker import keeper, procs
 from worker.engines.base import EngineConfig
 from worker.engines.vllm import VllmEngine
@@ -38,11 +38,16 @@ from worker.hostinfo import SOCKETFILTERFW, parse_firewall, read_host_facts
 
 
 def _pid(folder: Path) -> int | None:
+    """The running agent this folder records, if that pid is still it (started then, running the agent)."""
     try:
         pid = int((folder / "agent.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if procs.alive(pid) else None
+    try:
+        started: float | None = float((folder / "agent.started").read_text().strip())
+    except (OSError, ValueError):
+        started = None  # recorded by an older Orchard
+    return pid if procs.ours(pid, started, AGENT_MODULE) else None
 
 
 def status(folder: Path) -> AgentStatus:
@@ -57,7 +62,8 @@ def stop(folder: Path, grace_s: float = 30.0) -> StopReply:
     pid = _pid(folder)
     if pid is not None:
         procs.terminate_tree(pid, grace_s)  # the agent stops its engine, then exits; then its group goes
-    (folder / "agent.pid").unlink(missing_ok=True)
+    for name in ("agent.pid", "agent.started"):
+        (folder / name).unlink(missing_ok=True)
     return StopReply(pid=pid, was_running=pid is not None)
 
 
@@ -74,6 +80,7 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     argv = keeper.wrap("agent", config.command())
     pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
     (folder / "agent.pid").write_text(f"{pid}\n")
+    (folder / "agent.started").write_text(f"{procs.started_at(pid) or 0.0!r}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
     deadline = time.monotonic() + keeper.STARTUP_S + 2.0  # the keeper reports a start that fails by exiting
     while time.monotonic() < deadline and procs.alive(pid):

@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -39,8 +41,7 @@ def spawn(
 
     tied_to_parent: the child gets SIGTERM if this process dies (Linux), so nothing is left behind.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    with open_log(log_path) as log_file:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -54,6 +55,43 @@ def spawn(
     return proc.pid
 
 
+def open_log(path: Path) -> BinaryIO:
+    """A log file to append to, readable by its owner only (a log may name hosts, models and paths a lab does not
+    publish); an existing one is made so too."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+SECRET_WORDS = frozenset({"key", "token", "secret", "password", "passwd", "credential", "credentials", "apikey"})
+
+
+def redacted(argv: Sequence[str]) -> list[str]:
+    """A command line fit for a log: the value of any flag that names a secret (--api-key, --hf-token, …), in
+    either form (`--flag value`, `--flag=value`, also inside --engine-arg=…), replaced by ***. A flag is secret
+    when one of its words is (--max-tokens and --ssl-keyfile are not: a count and a path)."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+            continue
+        flag, eq, _ = arg.rpartition("=") if arg.count("=") > 1 else arg.partition("=")
+        if _secret_flag(flag):
+            shown.append(f"{flag}=***" if eq else arg)
+            hide_next = not eq
+        else:
+            shown.append(arg)
+    return shown
+
+
+def _secret_flag(flag: str) -> bool:
+    name = flag.rpartition("--")[2].lower() if "--" in flag else ""
+    return bool(SECRET_WORDS & set(name.replace("_", "-").split("-")))
+
+
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -61,6 +99,30 @@ def alive(pid: int | None) -> bool:
         proc = psutil.Process(pid)
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
+        return False
+
+
+def started_at(pid: int) -> float | None:
+    """When the process started (None: gone): with its pid, what tells it apart from a later one reusing the pid."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def ours(pid: int | None, started: float | None, *programs: str) -> bool:
+    """Whether `pid` is still the process we started: it runs, started when we recorded (unchecked only for a
+    record an older Orchard wrote without the time), and its command line runs one of `programs` (a module such
+    as cluster.router, or a script's name). What fails this is left alone: a pid reused by someone else's process."""
+    if not alive(pid):
+        return False
+    assert pid is not None
+    try:
+        process = psutil.Process(pid)
+        if started is not None and abs(process.create_time() - started) >= 0.01:
+            return False
+        return any(arg in programs or arg.rpartition("/")[2] in programs for arg in process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 

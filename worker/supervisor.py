@@ -283,8 +283,8 @@ class EngineSupervisor:
         for path, text in plan.files:
             await asyncio.to_thread(_write_file, Path(path), text)
         if self._log_file is None:
-            self._log_file = await asyncio.to_thread(open, self.log_path, "ab")  # kept across restarts
-        self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(plan.argv)}\n".encode())
+            self._log_file = await asyncio.to_thread(procs.open_log, self.log_path)  # kept across restarts
+        self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(procs.redacted(plan.argv))}\n".encode())
         self._log_file.flush()
         argv = tether.wrap(plan.argv) if self.tethered else list(plan.argv)
         self._proc = await asyncio.create_subprocess_exec(

@@ -26,7 +26,7 @@ from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan
 from proto import build
 from proto.daemon import StartReply
-from proto.launch import LaunchConfigError, RouterConfig, is_loopback
+from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
 
 # A host's bring-up, as the `cluster up` table shows it (its engine's own state is proto.states.EngineState).
@@ -58,6 +58,11 @@ class LabState(BaseModel):
     router: RouterConfig
     url: str
     build: str = ""  # the Orchard build the router runs: another one (an upgrade) is handed over to
+    router_started: float | None = None  # its start time: only that very process is handed over from or stopped
+
+    def router_running(self) -> bool:
+        """The recorded router still runs (the same process, not a reused pid)."""
+        return procs.ours(self.router_pid, self.router_started, ROUTER_MODULE)
 
     @model_validator(mode="before")
     @classmethod
@@ -321,15 +326,16 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
 def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
     config = router_config(spec, workers, home)
     previous = read_state(home)
-    if previous and procs.alive(previous.router_pid) and previous.router == config and previous.build == build.digest():
+    running = previous is not None and previous.router_running()
+    if previous and running and previous.router == config and previous.build == build.digest():
         report(f"router: running (pid {previous.router_pid}) at {config.local_url}")
         pid = previous.router_pid
-    elif previous and procs.alive(previous.router_pid) and previous.router.handover:
+    elif previous and running and previous.router.handover:
         try:
             pid = rollout.hand_over(previous.router_pid, config, home, report)
         except rollout.RolloutError as exc:
             raise LabError(str(exc)) from None
-    elif previous and procs.alive(previous.router_pid):  # an older router that cannot hand its socket over
+    elif previous and running:  # an older router that cannot hand its socket over
         procs.terminate_tree(previous.router_pid)
         pid = rollout.start_router(config, home)
         report(f"router: restarted (pid {pid}) at {config.local_url}")
@@ -337,7 +343,7 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
         pid = rollout.start_router(config, home)
         report(f"router: started (pid {pid}) at {config.local_url}")
     state = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=config.local_url,
-                     build=build.digest())  # fmt: skip
+                     build=build.digest(), router_started=procs.started_at(pid))  # fmt: skip
     records.write(state_path(home), state)
     return config.local_url
 
@@ -345,13 +351,14 @@ def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Re
 def restart_router(home: Path, report: Report) -> None:
     """A planned restart of the lab's router (after an upgrade, or to clear its state): refuses no request."""
     state = read_state(home)
-    if state is None or not procs.alive(state.router_pid):
+    if state is None or not state.router_running():
         raise LabError("no lab router is running (start the lab with: cluster up hosts.toml)")
     try:
         pid = rollout.hand_over(state.router_pid, state.router, home, report)
     except rollout.RolloutError as exc:
         raise LabError(str(exc)) from None
-    records.write(state_path(home), state.model_copy(update={"router_pid": pid, "build": build.digest()}))
+    update = {"router_pid": pid, "build": build.digest(), "router_started": procs.started_at(pid)}
+    records.write(state_path(home), state.model_copy(update=update))
 
 
 def _wait_ready(
@@ -393,7 +400,10 @@ async def down(home: Path, report: Report) -> bool:
     spec = ClusterSpec.model_validate(state.spec)
 
     await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts))
-    procs.terminate_tree(state.router_pid)
-    report("router: stopped")
+    if state.router_running():
+        procs.terminate_tree(state.router_pid)
+        report("router: stopped")
+    else:
+        report(f"router: not running (pid {state.router_pid} is not the router Orchard started; left alone)")
     state_path(home).unlink(missing_ok=True)
     return True

@@ -22,10 +22,21 @@ from cluster.bringup.fleet import Fleet, FleetError, Report
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
-from proto.launch import AgentConfig, EngineKind, LaunchConfigError, RouterConfig, is_loopback
+from proto.launch import (
+    AGENT_MODULE,
+    ROUTER_MODULE,
+    AgentConfig,
+    EngineKind,
+    LaunchConfigError,
+    RouterConfig,
+    is_loopback,
+)
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
 from worker.procs import free_port
+
+
+CLI_PROGRAMS = ("cluster", "cluster.cli")  # a foreground `cluster up`: the script, or python -m cluster.cli
 
 
 class LocalClusterError(Exception):
@@ -63,9 +74,15 @@ class LocalState(BaseModel):
     agent_address: str
     supervisor_pid: int | None  # the foreground `cluster up`, if any
     log_dir: str
+    started: dict[int, float] = {}  # pid → its start time: `down` stops only these very processes
 
     def pids(self) -> list[int]:
         return [p for p in (self.supervisor_pid, self.router_pid, self.agent_pid) if p]
+
+    def ours(self, pid: int | None) -> bool:
+        """Still the process this record started (not a reused pid)."""
+        programs = {self.router_pid: (ROUTER_MODULE,), self.agent_pid: (AGENT_MODULE,)}.get(pid or 0, CLI_PROGRAMS)
+        return pid is not None and procs.ours(pid, self.started.get(pid), *programs)
 
 
 def state_path(home: Path) -> Path:
@@ -81,7 +98,7 @@ def running_state(home: Path) -> LocalState | None:
     state = read_state(home)
     if state is None:
         return None
-    if procs.alive(state.router_pid) and procs.alive(state.agent_pid):
+    if state.ours(state.router_pid) and state.ours(state.agent_pid):
         return state
     stop(home)
     return None
@@ -126,6 +143,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
         url=router.local_url, model=agent.served_name, engine=config.engine, router_pid=router_child.pid,
         agent_pid=agent_child.pid, agent_address=agent.listen, supervisor_pid=None if detached else os.getpid(),
         log_dir=str(fleet.logs),
+        started={pid: t for pid in (router_child.pid, agent_child.pid, os.getpid()) if (t := procs.started_at(pid))},
     )  # fmt: skip
     records.write(state_path(home), state)
     try:
@@ -165,14 +183,15 @@ def stop(home: Path, grace_s: float = 30.0) -> list[int]:
     state = read_state(home)
     if state is None:
         return []
-    was_running = [pid for pid in state.pids() if procs.alive(pid)]
-    if state.supervisor_pid and state.supervisor_pid != os.getpid() and procs.alive(state.supervisor_pid):
+    was_running = [pid for pid in state.pids() if state.ours(pid)]
+    if state.supervisor_pid and state.supervisor_pid != os.getpid() and state.ours(state.supervisor_pid):
         os.kill(state.supervisor_pid, signal.SIGTERM)  # the foreground `cluster up` cleans up itself
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and procs.alive(state.supervisor_pid):
             time.sleep(0.1)
     for pid in (state.router_pid, state.agent_pid):
-        procs.terminate_tree(pid, grace_s)
+        if state.ours(pid):  # a pid reused by another process since is not ours to stop
+            procs.terminate_tree(pid, grace_s)
     state_path(home).unlink(missing_ok=True)
     return was_running
 

@@ -1,0 +1,92 @@
+"""The router's HTTP server under slow and greedy clients (a real uvicorn server with the router's protocol class,
+real sockets): headers that never finish are cut off with a 408, connections past the cap get a 503 and close,
+and an unexpected error becomes one log line and a generic 500."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from cluster.router.connections import guarded_protocol
+from cluster.router.errors import Unexpected
+from worker.procs import free_port
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    app = FastAPI()
+    app.add_middleware(Unexpected)
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/boom")
+    async def boom() -> dict[str, str]:
+        raise ValueError("secret detail: sk-do-not-show")
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            http=guarded_protocol(max_connections=4, header_timeout_s=0.5))  # fmt: skip
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not running.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield url
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_headers_that_never_finish_get_a_408_and_the_connection_closes(server: str) -> None:
+    port = int(server.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        reply = _read_all(sock)  # returns when the server closes
+        waited = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408") and b"No complete request headers" in reply
+    assert 0.3 < waited < 3
+    assert httpx.get(server + "/ok", timeout=5).status_code == 200
+
+
+def test_connections_past_the_cap_get_a_503_and_the_server_keeps_serving(server: str) -> None:
+    port = int(server.rpartition(":")[2])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            assert _read_all(extra).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert httpx.get(server + "/ok", timeout=5).status_code == 200
+
+
+def test_an_unexpected_error_is_one_log_line_and_a_generic_500(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        response = httpx.get(server + "/boom", timeout=5)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert "incident" in error["message"] and "ValueError" not in response.text and "sk-do-not" not in response.text
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and "incident" in lines[0].getMessage() and lines[0].exc_info is None
+    assert error["message"].split("incident ")[1][:12] in lines[0].getMessage()
