@@ -35,7 +35,6 @@ from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
 from worker.procs import free_port
 
-
 CLI_PROGRAMS = ("cluster", "cluster.cli")  # a foreground `cluster up`: the script, or python -m cluster.cli
 
 

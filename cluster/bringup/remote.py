@@ -197,12 +197,16 @@ async def stop_agent(conn: asyncssh.SSHClientConnection, host: HostSpec) -> Stop
     return await run_daemon(conn, host, ["stop", "--dir", host.orchard_dir], StopReply)
 
 
+def log_command(host: HostSpec, lines: int, follow: bool) -> str:
+    """`tail` of the agent's log, the path quoted (whatever the hosts file holds, it is one argument)."""
+    path = shell_path(f"{host.orchard_dir.rstrip('/')}/logs/agent.log")
+    return f"tail -n {int(lines)} {'-F ' if follow else ''}{path}"
+
+
 async def follow_log(
     conn: asyncssh.SSHClientConnection, host: HostSpec, lines: int, follow: bool
 ) -> AsyncIterator[str]:
-    path = f"{host.orchard_dir.rstrip('/')}/logs/agent.log".replace("~", "$HOME", 1)
-    command = f'tail -n {int(lines)} {"-F " if follow else ""}"{path}"'
-    async with conn.create_process(command) as process:
+    async with conn.create_process(log_command(host, lines, follow)) as process:
         async for line in process.stdout:
             yield str(line)
 

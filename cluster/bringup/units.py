@@ -13,6 +13,7 @@ exempts launchd daemons, which the group peers, Ray and the MLX ring need.
 from __future__ import annotations
 
 import plistlib
+import re
 import shlex
 
 LAUNCHD_LABEL = "ai.orchard.agent"
@@ -85,14 +86,16 @@ def launchd_unload_script(label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEM
 def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | None = None) -> str:
     """A user unit (~/.config/systemd/user/orchard-agent.service), enabled with
     `systemctl --user enable --now orchard-agent` (and `loginctl enable-linger` to start at boot)."""
-    environment = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n" for k, v in sorted((env or {}).items()))
+    environment = "".join(f"Environment={_systemd(shlex.quote(f'{k}={v}'))}\n" for k, v in sorted((env or {}).items()))
+    if any(_CONTROL.search(part) for part in (*program, orchard_dir, *(env or {}).values())):
+        raise ValueError("a control character (newline, tab, …) cannot be written into a systemd unit")
     return (
         "[Unit]\n"
         "Description=Orchard worker agent\n"
         "After=network-online.target\n\n"
         "[Service]\n"
-        f"ExecStart={shlex.join(program)}\n"
-        f"WorkingDirectory={orchard_dir}\n"
+        f"ExecStart={_systemd(shlex.join(program))}\n"
+        f"WorkingDirectory={_systemd(orchard_dir)}\n"
         f"{environment}"
         "Restart=on-failure\n"
         "RestartSec=5\n"
@@ -101,3 +104,11 @@ def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | Non
         "[Install]\n"
         "WantedBy=default.target\n"
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _systemd(text: str) -> str:
+    """systemd expands `%` specifiers and `$` variables even inside quotes: both are doubled to stay literal."""
+    return text.replace("%", "%%").replace("$", "$$")

@@ -17,11 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from proto.launch import EngineKind, Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 class HostsFileError(Exception):
@@ -34,6 +47,16 @@ class HostsFileError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        """No value may hold a control character: several reach a remote shell, a launchd plist or a systemd unit
+        (quoted), where a newline would start another line."""
+        for text in _strings(value):
+            if _CONTROL.search(text):
+                raise ValueError(f"{text!r} holds a control character (newline, tab, …)")
+        return value
 
 
 class RouterSpec(_Strict):
@@ -65,7 +88,7 @@ class HostSpec(_Strict):
     verify_host_key: bool = True  # false only for throw-away test hosts
     python: str | None = None  # Orchard's interpreter on that host; default: the one `cluster install` made
     engine_python: str | None = None  # the vLLM engine's interpreter; default on a Mac: ~/.venv-vllm-metal
-    orchard_dir: str = "~/.orchard"  # agent pidfile, logs and config on that host
+    orchard_dir: str = "~/.orchard"  # agent pidfile, logs and TLS folder on that host
     agent_port: int = Field(default=50051, ge=1, le=65535)
     engine: EngineKind = "vllm"
     memory_gb: float | None = Field(default=None, gt=0, strict=False)  # overrides what the host reports
@@ -77,6 +100,13 @@ class HostSpec(_Strict):
     rdma_devices: dict[str, str] = Field(default_factory=dict)
     labels: tuple[str, ...] = Field(default=(), strict=False)  # TOML arrays are lists
     sim_options: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("orchard_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not (value == "~" or value.startswith(("~/", "/"))):
+            raise ValueError(f"{value!r}: give an absolute path or one under ~/")
+        return value
 
     @property
     def label(self) -> str:
