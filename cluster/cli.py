@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import shlex
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
-from cluster.placement.plan import PlacementError, plan
+from cluster.placement.plan import PlacementError, plan, shared_network_warnings
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
@@ -49,7 +50,7 @@ def _up(args: argparse.Namespace) -> int:
         engine=args.engine, model=args.model, host=args.host, port=args.port,
         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
         ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option),
-        engine_args=tuple(args.engine_arg), home=home,
+        engine_args=tuple(args.engine_arg), home=home, tls=args.tls,
     )  # fmt: skip
     stop_requested = threading.Event()
 
@@ -106,7 +107,7 @@ def _announce(state: local.LocalState, question: str | None) -> None:
     _print_try(state.url, state.model)
     if question:
         try:
-            answer = local.ask(state.url, state.model, question, operator_headers(home))
+            answer = local.ask(state.url, state.model, question, home)
             console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {answer['choices'][0]['message']['content']}")
         except Exception as exc:  # shown, not fatal: the cluster stays up for the user to look at
             err_console.print(f"[red]the test question failed:[/] {exc!r}")
@@ -119,8 +120,13 @@ def _step(status: object, message: str) -> None:
 def _print_try(url: str, model: str) -> None:
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
             % model)  # fmt: skip
+    trust = ""
+    if url.startswith("https:"):
+        ca = authority.ca_folder(local.orchard_home()) / "ca.pem"
+        console.print(f"HTTPS with a certificate from the cluster CA: clients trust {ca} (e.g. SSL_CERT_FILE={ca}).")
+        trust = f"--cacert {shlex.quote(str(ca))} "
     console.print("Try it:")
-    console.print(f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+    console.print(f"  curl -s {trust}{url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
                   soft_wrap=True)  # fmt: skip
 
 
@@ -216,6 +222,8 @@ def _plan(args: argparse.Namespace) -> int:
         engine = a.group.backend if a.group else a.host.engine
         table.add_row(a.model.name, kind, a.host.label, engine, holds, usable, a.why)
     console.print(table)
+    for warning in shared_network_warnings(assignments):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     return 0
 
 
@@ -270,7 +278,7 @@ def _status(_: argparse.Namespace) -> int:
     if (state := _running(home)) is None:
         return 1
     try:
-        with httpx.Client(timeout=5, headers=operator_headers(home)) as client:
+        with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
             rows = read_workers(client, state.url)
     except (httpx.HTTPError, ValidationError) as exc:
         reason = escape(str(exc).splitlines()[0])
@@ -301,7 +309,7 @@ def _drain(args: argparse.Namespace) -> int:
     if (state := _running(home)) is None:
         return 1
     draining = args.command == "drain"
-    with httpx.Client(timeout=10, headers=operator_headers(home)) as client:
+    with httpx.Client(timeout=10, headers=operator_headers(home), verify=authority.trust(home)) as client:
         try:
             row = drain.set_draining(client, state.url, args.worker, draining)
         except drain.DrainError as exc:
@@ -330,7 +338,7 @@ def _drain_all(home: Path, timeout_s: float) -> None:
     state = lab.read_state(home) or local.running_state(home)
     if state is None or timeout_s <= 0:
         return
-    with httpx.Client(timeout=5, headers=operator_headers(home)) as client:
+    with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
         rows = fetch_workers(client, state.url)
         busy = sum(r.inflight for r in rows)
         for row in rows:
@@ -469,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra engine flag (repeat), e.g. --engine-arg=--enforce-eager",
     )
+    up.add_argument("--tls", action="store_true", help="HTTPS on the endpoint, with a certificate from the cluster CA")
     up.add_argument("--detach", action="store_true", help="leave it running in the background")
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
     up.set_defaults(func=_up)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,16 @@ def names_of(certificate: x509.Certificate) -> list[str]:
 def local_names() -> tuple[str, ...]:
     """What a client on this machine dials: the local cluster's agent and the router's endpoint."""
     return ("127.0.0.1", "localhost", "::1")
+
+
+def trust(home: Path) -> ssl.SSLContext:
+    """What the head's own commands trust when they call the endpoint: the system's CAs, and the cluster's CA
+    for an endpoint certificate it issued."""
+    context = ssl.create_default_context()
+    ca = ca_folder(home) / CA_FILE
+    if ca.exists():
+        context.load_verify_locations(cafile=str(ca))
+    return context
 
 
 def now_utc() -> dt.datetime:

@@ -9,6 +9,7 @@ its own changed, so a rotation drops no call.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,31 @@ def local_identities(home: Path, renew: bool = False) -> list[str]:
     if authority.ensure_identity(folder, ca, "orchard local agent", authority.local_names(), now, renew):
         issued.append(LOCAL_AGENT)
     return issued
+
+
+ENDPOINT = "endpoint"
+
+
+def endpoint_path(home: Path) -> Path:
+    """The endpoint's identity file (key and certificate): uvicorn reads both from it."""
+    return authority.tls_folder(home, ENDPOINT) / "identity.pem"
+
+
+def endpoint_names(host: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What clients may call the endpoint by: this machine's names and loopback, the address it listens on
+    (unless a wildcard) and whatever the operator adds (`[router] tls_names`)."""
+    names = [*authority.local_names(), socket.gethostname(), socket.getfqdn()]
+    if host not in ("0.0.0.0", "::", "[::]", ""):
+        names.append(host)
+    return tuple(dict.fromkeys([*names, *extra]))
+
+
+def endpoint_identity(home: Path, hosts: tuple[str, ...], extra: tuple[str, ...] = ()) -> bool:
+    """A certificate from the cluster CA for the endpoint (HTTPS) unless a current one names all of these."""
+    now = authority.now_utc()
+    ca = authority.load_or_create(home, now)
+    names = tuple(dict.fromkeys(n for host in hosts for n in endpoint_names(host, extra)))
+    return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now)
 
 
 def agent_names(host: HostSpec) -> tuple[str, ...]:
@@ -76,6 +102,8 @@ def expiries(home: Path, agents: list[str]) -> list[Expiry]:
     files = {"CA": authority.ca_folder(home) / "ca.pem",
              ROUTER: authority.tls_folder(home, ROUTER) / "identity.pem"}  # fmt: skip
     files.update({label: _agent_file(home, label) for label in agents})
+    if endpoint_path(home).exists():
+        files[ENDPOINT] = endpoint_path(home)
     return [Expiry(who, _until(path)) for who, path in files.items()]
 
 

@@ -7,6 +7,7 @@ A child that exits, or an engine that reaches its terminal FAILED state, ends th
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,13 +76,13 @@ class Fleet:
 
     def wait_ready(
         self, url: str, workers: int, timeout_s: float, report: Report | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True,
     ) -> list[WorkerRow]:  # fmt: skip
         """Poll the router at `url` until `workers` workers are ready; their rows. Raises FleetError.
-        `headers`: an operator key, where the router asks for one."""
+        `headers`: an operator key, where the router asks for one; `verify`: what to trust on HTTPS."""
         deadline = time.monotonic() + timeout_s
         last = ""
-        with httpx.Client(timeout=2.0, headers=headers) as client:
+        with httpx.Client(timeout=2.0, headers=headers, verify=verify) as client:
             while time.monotonic() < deadline:
                 self.check_alive()
                 rows = fetch_workers(client, url)

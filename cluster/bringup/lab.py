@@ -23,7 +23,7 @@ from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
-from cluster.placement.plan import Assignment, PlacementError, plan
+from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
 from proto import build
 from proto.daemon import StartReply
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
@@ -164,6 +164,7 @@ async def up(
     router = spec.router
     if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
         raise LabError(why)
+    _endpoint_ready(spec, home)
     probes = await asyncio.gather(*(_probe(h, report) for h in spec.hosts))
     memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
     facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
@@ -175,6 +176,8 @@ async def up(
             if probe.conn is not None:
                 probe.conn.close()
         raise
+    for warning in shared_network_warnings(assignments):
+        report(f"warning: {warning}")
     await _check_groups(assignments, {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}, report)
     by_host = {a.host.label: a for a in assignments}
     url, drained = await _drain_changed(probes, spec, by_host, home, report)
@@ -201,7 +204,7 @@ async def up(
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
-    await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, operator_headers(home))
+    await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, home)
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
 
@@ -288,6 +291,16 @@ def _authority(home: Path) -> authority.Authority:
     return ca
 
 
+def _endpoint_ready(spec: ClusterSpec, home: Path) -> None:
+    """The endpoint's files exist before the router is started with them."""
+    router = spec.router
+    for path in (router.tls_cert, router.tls_key):
+        if path and not Path(path).expanduser().is_file():
+            raise LabError(f"[router] {path}: no such file (the endpoint's certificate or key)")
+    if router.tls and not router.tls_cert:
+        certs.endpoint_identity(home, (router.host,), router.tls_names)
+
+
 async def rotate_certificates(home: Path, report: Report) -> list[str]:
     """Issue every agent of the running lab, and the router, a new certificate; no call is dropped (agents and
     the router pick them up for new connections). Returns the hosts that could not be reached."""
@@ -316,11 +329,23 @@ async def rotate_certificates(home: Path, report: Report) -> list[str]:
 def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:
     policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
     router = spec.router
+    cert, key = _endpoint_files(spec, home)
     return RouterConfig.checked(
         listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
         handover=str(home / "router.sock"), tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
+        tls_cert=cert, tls_key=key,
     )  # fmt: skip
+
+
+def _endpoint_files(spec: ClusterSpec, home: Path) -> tuple[str | None, str | None]:
+    """HTTPS for the endpoint: the operator's files, the cluster CA's certificate, or none."""
+    router = spec.router
+    if router.tls_cert and router.tls_key:
+        return str(Path(router.tls_cert).expanduser()), str(Path(router.tls_key).expanduser())
+    if router.tls:
+        return str(certs.endpoint_path(home)), str(certs.endpoint_path(home))
+    return None, None
 
 
 def _ensure_router(spec: ClusterSpec, home: Path, workers: list[str], report: Report) -> str:
@@ -361,12 +386,10 @@ def restart_router(home: Path, report: Report) -> None:
     records.write(state_path(home), state.model_copy(update=update))
 
 
-def _wait_ready(
-    url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report, headers: dict[str, str]
-) -> None:
+def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report, home: Path) -> None:
     waiting = {o.label for o in outcomes}
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=3.0, headers=headers) as client:
+    with httpx.Client(timeout=3.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         while waiting and time.monotonic() < deadline:
             for row in fetch_workers(client, url):
                 if row.worker_id in waiting and row.ready:

@@ -58,6 +58,7 @@ class LocalClusterConfig:
     sim_options: tuple[tuple[str, str], ...] = ()
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
+    tls: bool = False  # HTTPS on the endpoint, with a certificate from the cluster CA
 
 
 class LocalState(BaseModel):
@@ -131,6 +132,8 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     try:
         agent, router = launch_configs(config)
         certs.local_identities(home)
+        if config.tls:
+            certs.endpoint_identity(home, (config.host,))
     except (LaunchConfigError, authority.AuthorityError) as exc:
         raise LocalClusterError(str(exc)) from None
     fleet = Fleet(home / "logs", tied_to_parent=not detached, keep=True)
@@ -147,7 +150,7 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     records.write(state_path(home), state)
     try:
         fleet.wait_ready(router.local_url, workers=1, timeout_s=config.ready_timeout_s, report=report,
-                         headers=operator_headers(home))  # fmt: skip
+                         headers=operator_headers(home), verify=authority.trust(home))  # fmt: skip
     except FleetError as exc:
         stop(home)
         raise LocalClusterError(str(exc)) from None
@@ -166,9 +169,10 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
         tls_dir=str(authority.tls_folder(config.home, "local-agent")),
     )  # fmt: skip
+    endpoint = str(certs.endpoint_path(config.home)) if config.tls else None
     router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
-                                  gateway_db=str(db_path(config.home)),
-                                  tls_dir=str(router_tls(config.home)))  # fmt: skip
+                                  gateway_db=str(db_path(config.home)), tls_dir=str(router_tls(config.home)),
+                                  tls_cert=endpoint, tls_key=endpoint)  # fmt: skip
     return agent, router
 
 
@@ -195,11 +199,13 @@ def stop(home: Path, grace_s: float = 30.0) -> list[int]:
     return was_running
 
 
-def ask(url: str, model: str, question: str, headers: dict[str, str], timeout_s: float = 120.0) -> dict[str, Any]:
+def ask(url: str, model: str, question: str, home: Path, timeout_s: float = 120.0) -> dict[str, Any]:
     """One greedy chat request through the router (with the operator's key); returns the OpenAI body."""
+    headers = operator_headers(home)
     body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
             "max_tokens": 64}  # fmt: skip
-    response = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout_s)
+    response = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout_s,
+                          verify=authority.trust(home))  # fmt: skip
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from cluster.bringup import drain
+from cluster.bringup import authority, drain
 from cluster.bringup.fleet import Fleet, Report
 from cluster.gateway.keys import operator_headers
 from cluster.router import handover
@@ -41,7 +41,7 @@ def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) ->
     stops accepting and finishes its streams. If the new one fails, it is stopped and the old one keeps serving
     (and offering) as before: RolloutError."""
     started = time.monotonic()
-    with httpx.Client(timeout=2.0, headers=operator_headers(home)) as client:
+    with httpx.Client(timeout=2.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         before = _poll(client, config.local_url, old_pid, lambda reply: True, 5.0)
         wanted = {r.address for r in (before.workers if before else []) if r.ready and r.address in config.workers}
         pid = start_router(config, home)
@@ -83,7 +83,7 @@ def drain_workers(url: str, labels: list[str], home: Path, report: Report) -> li
     """Take `labels` out of service before their agents restart and wait (DRAIN_TIMEOUT_S) for what they run;
     the labels actually drained, for `undrain` should the restart not happen."""
     drained: dict[str, str] = {}
-    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
+    with httpx.Client(timeout=5.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         for label in labels:
             try:
                 drained[label] = drain.set_draining(client, url, label).address
@@ -102,7 +102,7 @@ def drain_workers(url: str, labels: list[str], home: Path, report: Report) -> li
 
 def undrain(url: str, labels: list[str], home: Path, report: Report) -> None:
     """Put workers drained for a restart that did not happen back in service (their agent holds the flag)."""
-    with httpx.Client(timeout=5.0, headers=operator_headers(home)) as client:
+    with httpx.Client(timeout=5.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         for label in labels:
             try:
                 drain.set_draining(client, url, label, draining=False)

@@ -64,6 +64,18 @@ class RouterSpec(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     no_auth: bool = False  # serve beyond loopback without API keys (the router warns at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # requests that may wait per model
+    # HTTPS on the endpoint: the operator's certificate chain and key (PEM files on the head), or `tls = true`
+    # for one from the cluster CA naming this machine, `host` and `tls_names` (clients trust ~/.orchard/ca/ca.pem)
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_names: tuple[str, ...] = Field(default=(), strict=False)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RouterSpec:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both 'tls_cert' and 'tls_key', or neither")
+        return self
 
 
 DEFAULT_MEMORY_FRACTION = 0.75  # Metal's recommended working set is about 3/4 of RAM on large Macs

@@ -317,3 +317,20 @@ def plan(
                 planner.place_replica(model, replica)
     order = {m.name: i for i, m in enumerate(spec.models)}
     return sorted(planner.out, key=lambda a: order[a.model.name])  # stable: placement order within a model
+
+
+def shared_network_warnings(assignments: list[Assignment]) -> list[str]:
+    """Shard groups whose traffic would cross the lab's shared network: MLX ring/JACCL and Ray authenticate
+    nothing, so a group belongs on a private link (a Thunderbolt bridge) given as each host's `group_address`."""
+    exposed: dict[str, list[str]] = {}
+    for a in assignments:
+        if a.group is not None and a.group.transport != "jaccl" and a.host.group_address in (None, a.host.address):
+            exposed.setdefault(a.group.name, []).append(a.host.label)
+    return [f"group {name}: its {_transport(assignments, name)} traffic (unauthenticated) would run over the lab "
+            f"network on {', '.join(hosts)}; give each host a group_address on a private link (a Thunderbolt "
+            "bridge) that only the group's Macs reach" for name, hosts in exposed.items()]  # fmt: skip
+
+
+def _transport(assignments: list[Assignment], name: str) -> str:
+    group = next(a.group for a in assignments if a.group is not None and a.group.name == name)
+    return "Ray" if group.backend == "vllm" else "MLX ring"

@@ -15,13 +15,24 @@ from pathlib import Path
 
 import grpc
 import httpx
+import openai
 import pytest
 
 from cluster.bringup import authority, certs
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
-from tests.conftest import REPO, SIM_MODEL, Cluster, agent_config, start_cluster, stop_cluster, wait_until
+from tests.conftest import (
+    REPO,
+    SIM_MODEL,
+    Cluster,
+    agent_config,
+    free_port,
+    run_cli,
+    start_cluster,
+    stop_cluster,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +175,25 @@ def test_an_agent_without_its_certificates_says_which_file(tmp_path: Path) -> No
     result = subprocess.run(config.command(), capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode != 0 and f"{tmp_path / 'missing'}/ca.pem" in result.stderr
     assert "cluster certs init" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_endpoint_serves_https_with_a_certificate_from_the_cluster_ca(tmp_path: Path) -> None:
+    port = free_port()
+    try:
+        up = run_cli(["up", "--engine", "sim", "--model", SIM_MODEL, "--port", str(port), "--tls", "--detach"],
+                     tmp_path, timeout_s=120)  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        ca = tmp_path / "ca" / "ca.pem"
+        assert f"clients trust {ca}" in up.stdout and f"--cacert {ca} https://127.0.0.1:{port}" in up.stdout
+        client = openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key="unused", max_retries=0,
+                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(ca))))  # fmt: skip
+        answer = client.completions.create(model=SIM_MODEL, prompt="hello", max_tokens=3)
+        assert answer.usage is not None and answer.usage.completion_tokens == 3
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted without the CA
+            httpx.get(f"https://127.0.0.1:{port}/health", timeout=5)
+        with pytest.raises(httpx.RemoteProtocolError):  # plain HTTP is not spoken there
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        status = run_cli(["status"], tmp_path, timeout_s=60)  # the head's own commands trust the CA
+        assert status.returncode == 0 and "endpoint 20" in status.stdout, status.stdout + status.stderr
+    finally:
+        run_cli(["down"], tmp_path, timeout_s=60)

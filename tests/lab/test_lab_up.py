@@ -34,6 +34,7 @@ MODELS = f"""
 name = "sim-model"
 source = "sim-model"
 hosts = ["h1", "h2"]
+policy = "least_loaded"  # streams that arrive together spread by load, whatever each host measured before
 
 [[models]]
 name = "{BUNDLED_NAME}"

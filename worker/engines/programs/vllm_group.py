@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 JOIN_TIMEOUT_S = 300.0
@@ -66,7 +66,7 @@ def _wait_for_nodes(python: str, address: str, size: int, deadline: float, head:
 
 
 def head(args: argparse.Namespace, vllm_args: list[str]) -> int:
-    temp_dir = args.temp_dir or short_temp_dir(f"{args.node_ip}:{args.ray_port}")
+    temp_dir = args.temp_dir or short_temp_dir()
     ray = subprocess.Popen(
         ray_start(args.python, args.node_ip, args.resources, temp_dir, head_port=args.ray_port, head=None)
     )
@@ -96,9 +96,10 @@ def head(args: argparse.Namespace, vllm_args: list[str]) -> int:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def short_temp_dir(key: str) -> str:
-    """Ray's session folder: short, because its AF_UNIX socket paths must stay under 108 bytes."""
-    return f"/tmp/orchard-ray-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+def short_temp_dir() -> str:
+    """Ray's session folder: short, because its AF_UNIX socket paths must stay under 108 bytes (so in /tmp, not
+    $TMPDIR on a Mac); made afresh, 0700, with a name no other user can predict and plant first."""
+    return tempfile.mkdtemp(prefix="orchard-ray-", dir="/tmp")
 
 
 def member(args: argparse.Namespace) -> int:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", help="member: the head's IP:PORT")
     parser.add_argument("--size", type=int, default=2, help="head: nodes to wait for")
     parser.add_argument("--resources", default="{}", help='Ray custom resources (vllm-metal: {"mlx": 1})')
-    parser.add_argument("--temp-dir", help="head: Ray's session files (default: /tmp/orchard-ray-<hash>)")
+    parser.add_argument("--temp-dir", help="head: Ray's session files (default: a new /tmp/orchard-ray-XXXXXXXX)")
     parser.add_argument("--python", default=sys.executable, help="the engine's interpreter (has vLLM and Ray)")
     args = parser.parse_args(argv)
     if args.role == "member" and not args.head:
