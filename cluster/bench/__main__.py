@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
     overhead_cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
     overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    overhead_cmd.add_argument("--compare-mtls", action="store_true",
+                              help="compare two local clusters, router↔agent with mutual TLS and without")  # fmt: skip
     decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
     decide_cmd.add_argument("--workers", type=int, default=64)
     decide_cmd.add_argument("--requests", type=int, default=20000)
@@ -173,6 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         print(fairness.report(fairness.run(config)))
     elif args.command == "routing":
         routing.main(routing_config(args))
+    elif args.compare_mtls:
+        options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
+        asyncio.run(overhead.mtls_cost(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
+                                       args.kv_cache_gib, options))  # fmt: skip
     else:
         options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
         asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,

@@ -2,6 +2,7 @@
 rounds in one run; prints throughput and time to first token for both and the ratios.
 
     python -m cluster.bench overhead [--engine sim|vllm|mlx] [--concurrency 32] [--max-tokens 128] [--rounds 2]
+    python -m cluster.bench overhead --compare-mtls    # router↔agent with mutual TLS vs plaintext, alternating
 """
 
 from __future__ import annotations
@@ -121,3 +122,33 @@ async def overhead(
         print_table(results)
     finally:
         await asyncio.to_thread(local.stop, home)
+
+
+async def mtls_cost(
+    engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
+    sim_options: tuple[tuple[str, str], ...],
+) -> None:  # fmt: skip
+    """Two local clusters alike but for router↔agent mutual TLS; rounds alternate between their routers."""
+    model = "sim-model" if engine_kind == "sim" else BUNDLED_NAME
+    options = (("max-concurrency", "256"), *sim_options)
+    homes = {name: Path(tempfile.mkdtemp(prefix=f"orchard-bench-{name}-")) for name in ("plain", "mtls")}
+    urls: dict[str, str] = {}
+    try:
+        for offset, (name, home) in enumerate(homes.items()):
+            config = local.LocalClusterConfig(engine=engine_kind, model=model, port=port + offset, home=home,
+                                              kv_cache_gib=kv_cache_gib, sim_options=options,
+                                              plaintext_agents=name == "plain")  # fmt: skip
+            print(f"bringing up the {name} cluster (logs in {home / 'logs'})…")
+            state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
+            urls[name] = state.url
+        print(f"{concurrency} concurrent streams x {max_tokens} tokens; plaintext {urls['plain']}, mTLS {urls['mtls']}")
+        for url in urls.values():
+            await run_round("warmup", url, model, concurrency, max_tokens, seed=-1)
+        results = []
+        for i in range(rounds):
+            for name in ("plain", "mtls") if i % 2 == 0 else ("mtls", "plain"):
+                results.append(await run_round(name, urls[name], model, concurrency, max_tokens, seed=i))
+        print_table(results, base="plain", other="mtls", what="mutual TLS")
+    finally:
+        for home in homes.values():
+            await asyncio.to_thread(local.stop, home)

@@ -59,6 +59,7 @@ class LocalClusterConfig:
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
     tls: bool = False  # HTTPS on the endpoint, with a certificate from the cluster CA
+    plaintext_agents: bool = False  # benchmarks only: router ↔ agent without mutual TLS, to measure what it costs
 
 
 class LocalState(BaseModel):
@@ -167,11 +168,12 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model, served_name=served,
         log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
-        tls_dir=str(authority.tls_folder(config.home, "local-agent")),
+        tls_dir=None if config.plaintext_agents else str(authority.tls_folder(config.home, certs.LOCAL_AGENT)),
     )  # fmt: skip
     endpoint = str(certs.endpoint_path(config.home)) if config.tls else None
     router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
-                                  gateway_db=str(db_path(config.home)), tls_dir=str(router_tls(config.home)),
+                                  gateway_db=str(db_path(config.home)),
+                                  tls_dir=None if config.plaintext_agents else str(router_tls(config.home)),
                                   tls_cert=endpoint, tls_key=endpoint)  # fmt: skip
     return agent, router
 
