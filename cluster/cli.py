@@ -399,6 +399,14 @@ def _certs(args: argparse.Namespace) -> int:
         elif args.certs_command == "rotate":
             if not _rotate(home):
                 return 1
+        elif args.certs_command == "issue":
+            now = authority.now_utc()
+            ca = authority.load_or_create(home, now)
+            names = tuple(dict.fromkeys([*args.address, args.name]))
+            authority.write_identity(args.out, ca, authority.issue(ca, f"orchard agent {args.name}", names, now))
+            console.print(f"{args.out}: ca.pem and identity.pem (0600) for {', '.join(names)}; copy the folder to "
+                          "the host and start its agent with --tls-dir", highlight=False)  # fmt: skip
+            return 0
         _print_expiry(home)
     except (authority.AuthorityError, lab.LabError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/]")
@@ -407,6 +415,8 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _rotate(home: Path) -> bool:
+    if certs.renew_endpoint(home):
+        console.print("new endpoint certificate from the cluster CA (served to new connections)")
     if lab.read_state(home) is not None:
         missed = asyncio.run(lab.rotate_certificates(home, report=lambda m: console.print(f"  • {m}")))
         if missed:
@@ -524,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs_sub.add_parser("init", help="create the CA and the head's certificates (cluster up does it when needed)")
     certs_sub.add_parser("rotate", help="issue new certificates to the router and every agent; drops no request")
     certs_sub.add_parser("show", help="when each certificate expires")
+    issue = certs_sub.add_parser("issue", help="an identity for an agent run by hand (orchard-worker --tls-dir)")
+    issue.add_argument("name", help="the host's name")
+    issue.add_argument("--address", action="append", default=[], required=True,
+                       help="an address the router dials it by (repeat)")  # fmt: skip
+    issue.add_argument("--out", type=Path, required=True, help="folder to write ca.pem and identity.pem into")
     certs_cmd.set_defaults(func=_certs)
     admin.add_commands(sub, local.orchard_home, console)
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)

@@ -26,6 +26,10 @@ AGENT_MODULE = "worker.agent"
 ROUTER_MODULE = "cluster.router"
 
 
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body, the same at the router (HTTP) and the agent (gRPC)
+ENVELOPE_BYTES = 64 * 1024  # what a GenerateRequest adds around the body (ids, a re-serialized stream_options)
+
+
 class LaunchConfigError(ValueError):
     """A configuration that is not valid; the message names the flag or setting and says why."""
 
@@ -93,6 +97,7 @@ class AgentConfig(_Frozen):
     port_file: str | None = None
     group: GroupRole | None = None
     tls_dir: str | None = None  # mutual TLS (proto/tls.py's folder); required to listen beyond loopback
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)  # a request's body, as at the router
 
     @model_validator(mode="after")
     def _tls_beyond_loopback(self) -> AgentConfig:
@@ -131,6 +136,7 @@ class AgentConfig(_Frozen):
         argv += [f"--sim-option={key}={value}" for key, value in self.sim_options]
         argv += _optional("--port-file", self.port_file)
         argv += _optional("--tls-dir", self.tls_dir)
+        argv += ["--max-body-bytes", str(self.max_body_bytes)]
         return argv + (_group_argv(self.group) if self.group else [])
 
     def command(self, python: str | None = None) -> list[str]:
@@ -148,7 +154,7 @@ class AgentConfig(_Frozen):
             "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(args.sim_option),
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
             "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
-            "group": _group_from(args), "tls_dir": args.tls_dir,
+            "group": _group_from(args), "tls_dir": args.tls_dir, "max_body_bytes": args.max_body_bytes,
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
@@ -165,7 +171,7 @@ class RouterConfig(_Frozen):
     workers: tuple[str, ...] = Field(min_length=1)  # agent gRPC addresses
     policy: Policy = "prefix"
     model_policies: tuple[tuple[str, Policy], ...] = ()  # per-model overrides
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
     request_timeout_s: float = Field(default=900.0, gt=0)
     accept_timeout_s: float = Field(default=3.0, gt=0)  # an agent accepts a call at once; else try another
@@ -289,6 +295,7 @@ def _agent_parser() -> argparse.ArgumentParser:
     add("--log-dir", default="~/.orchard/logs")
     add("--port-file", help="write the bound gRPC port here once listening")
     add("--tls-dir", help="mutual TLS: folder with ca.pem and identity.pem (`cluster up` issues them)")
+    add("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body (the router's too)")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")
     group.add_argument("--group-name", help="e.g. llama-70b#1")
     group.add_argument("--group-rank", type=int, default=0)
@@ -318,7 +325,7 @@ def _router_parser() -> argparse.ArgumentParser:
         metavar="MODEL=POLICY",
         help="one model's policy (repeat)",
     )
-    add("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    add("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     add("--max-attempts", type=int, default=2)
     add("--request-timeout", type=float, default=900.0)
     add(

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from proto import build, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto.launch import AgentConfig, LaunchConfigError, usage
+from proto.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
 from proto.states import EngineState
 from worker import procs
 from worker.context import PromptGuard, context_of
@@ -117,12 +117,12 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=slots * 2),
     )
-    service = WorkerService(supervisor, identity, host, http, group, guard)
+    service = WorkerService(supervisor, identity, host, http, group, guard, config.max_body_bytes)
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
         asyncio.get_running_loop().run_in_executor(None, guard.load)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_receive_message_length", config.max_body_bytes + ENVELOPE_BYTES),  # as the router allows
         # The router pings every 5 s to find a silent host (cluster/router/registry.py): allowed, not a strike.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),

@@ -17,6 +17,7 @@ import httpx
 from proto import errors
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from proto.launch import MAX_BODY_BYTES
 from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
@@ -81,8 +82,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         http: httpx.AsyncClient,
         group: GroupController | None = None,
         guard: PromptGuard | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.supervisor = supervisor
+        self.max_body_bytes = max_body_bytes  # the router's limit: a body past it did not come through a router
         self.guard = guard  # for engines that let an over-long prompt through (mlx-lm)
         self.group = group
         self.instance = uuid.uuid4().hex[:12]
@@ -133,6 +136,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         path = _ENDPOINT_PATHS.get(request.endpoint)
         if path is None:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")
+            return None
+        if len(request.body) > self.max_body_bytes:
+            detail = f"Request body exceeds the limit of {self.max_body_bytes} bytes."
+            await _abort(context, 413, detail, "invalid_request_error")
             return None
         if not self.supervisor.ready:
             detail = f"engine is {self.supervisor.state.value}: {self.supervisor.detail}"

@@ -63,6 +63,18 @@ def endpoint_identity(home: Path, hosts: tuple[str, ...], extra: tuple[str, ...]
     return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now)
 
 
+def renew_endpoint(home: Path) -> bool:
+    """Re-issue the endpoint's certificate from the cluster CA for the names it has, if the CA issued one; the
+    router picks it up for new connections."""
+    try:
+        names = tuple(authority.names_of(authority.certificate_of(endpoint_path(home).read_bytes())))
+    except (OSError, ValueError):
+        return False
+    now = authority.now_utc()
+    ca = authority.load_or_create(home, now)
+    return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now, renew=True)
+
+
 def agent_names(host: HostSpec) -> tuple[str, ...]:
     """What the router and the group's other agents dial it by: its address; its name too, for people."""
     return tuple(dict.fromkeys((host.address, host.label)))

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -67,17 +68,21 @@ def main(argv: list[str] | None = None) -> None:
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     ))  # fmt: skip
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
+    server.endpoint_files = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     server.took_over = taken
     server.run(sockets=[sock])
 
 
 LINGER_S = 0.5
+CERTIFICATE_CHECK_S = 2.0
 SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
 
 
 class _Server(uvicorn.Server):
     offer_at: Path | None = None
     took_over = False
+    endpoint_files: tuple[str, str] | None = None  # HTTPS: certificate and key, reloaded when replaced
+    _reloader: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve, then offer the socket to the next router: at once for a router that started afresh; one that
@@ -85,6 +90,8 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started and not self.should_exit and self.offer_at is not None and sockets:
             handover.offer(self.offer_at, sockets[0], publish=not self.took_over)
+        if self.endpoint_files is not None and self.config.ssl is not None:
+            self._reloader = asyncio.create_task(_reload_certificate(self.config.ssl, *self.endpoint_files))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting first, then give connections accepted a moment ago the time to send their request
@@ -93,6 +100,30 @@ class _Server(uvicorn.Server):
             server.close()
         await asyncio.sleep(LINGER_S)
         await super().shutdown(sockets)
+
+
+async def _reload_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """A replaced certificate (`cluster certs rotate`, an operator's renewal) is served to new connections."""
+
+    def stamp() -> tuple[float, ...]:
+        try:
+            return tuple(os.stat(p).st_mtime for p in (cert, key))
+        except OSError:
+            return ()
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(CERTIFICATE_CHECK_S)
+        now = stamp()
+        if not now or now == seen:
+            continue
+        seen = now  # files are replaced whole (renamed into place): one attempt per change
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("endpoint certificate changed but cannot be loaded (%s); serving the previous one", exc)
+            continue
+        log.info("endpoint certificate reloaded: new connections get the new one")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The router's HTTP connections, guarded: at most `max_connections` open at once, and a client gets
 HEADER_TIMEOUT_S to send a request's headers (a slow-loris client holding sockets open without ever finishing a
-request is closed). The body has its own deadline where it is read (cluster/router/intake.py).
+request is closed). The body has its own deadline where it is read (cluster/router/intake.py). At shutdown, idle
+connections are cut rather than closed politely.
 
 uvicorn closes idle keep-alive connections itself, but has neither a cap on connections nor a deadline for a
 request's headers; this is its httptools protocol with both.
@@ -49,6 +50,14 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+
+        def shutdown(self) -> None:
+            """An idle connection is cut at once: closing it would, with TLS, wait up to 30 s for the client to
+            answer the close (Python's TLS shutdown timeout), holding the router's exit that long."""
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

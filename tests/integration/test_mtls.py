@@ -22,6 +22,7 @@ from cluster.bringup import authority, certs
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
+from proto.launch import ENVELOPE_BYTES
 from tests.conftest import (
     REPO,
     SIM_MODEL,
@@ -164,6 +165,13 @@ def test_certificates_rotate_under_16_streams_with_no_failed_request(secured: tu
     assert served_after == _der(authority.tls_folder(home, certs.LOCAL_AGENT))
 
 
+def _endpoint_certificate(port: int, ca: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped:
+            return wrapped.getpeercert(binary_form=True) or b""
+
+
 def _der(folder: Path) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -195,5 +203,44 @@ def test_the_endpoint_serves_https_with_a_certificate_from_the_cluster_ca(tmp_pa
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         status = run_cli(["status"], tmp_path, timeout_s=60)  # the head's own commands trust the CA
         assert status.returncode == 0 and "endpoint 20" in status.stdout, status.stdout + status.stderr
+        before = _endpoint_certificate(port, ca)
+        rotated = run_cli(["certs", "rotate"], tmp_path, timeout_s=60)
+        assert rotated.returncode == 0 and "new endpoint certificate" in rotated.stdout, rotated.stderr
+        wait_until(lambda: _endpoint_certificate(port, ca) != before, 10, "the router to serve its new certificate")
+        assert client.completions.create(model=SIM_MODEL, prompt="again", max_tokens=2).usage is not None
+        started = time.monotonic()  # the client's idle TLS connection is still open: it must not hold the router
+        assert run_cli(["down"], tmp_path, timeout_s=60).returncode == 0
+        assert time.monotonic() - started < 15  # not the 30 s a polite TLS close waits for an idle client
     finally:
         run_cli(["down"], tmp_path, timeout_s=60)
+
+
+def test_the_agent_refuses_a_body_larger_than_the_router_accepts(secured: tuple[Cluster, Path]) -> None:
+    cluster, home = secured
+    router = authority.tls_folder(home, certs.ROUTER)
+    limit = cluster.agents[0].max_body_bytes
+    assert limit == cluster.router.max_body_bytes  # one limit, at both ends
+
+    def generate(size: int) -> str:  # the prompt's characters; the JSON around it adds a few dozen bytes
+        body = json.dumps({"model": SIM_MODEL, "prompt": "x" * size, "max_tokens": 1}).encode()
+        request = pb.GenerateRequest(request_id="big", endpoint=pb.ENDPOINT_COMPLETIONS, body=body)
+        with tls.blocking_channel(cluster.agent_address, router) as channel:
+            try:
+                list(pb_grpc.WorkerStub(channel).Generate(request, timeout=30))
+            except grpc.RpcError as exc:
+                return exc.code().name
+        return "answered"
+
+    assert generate(limit + ENVELOPE_BYTES) == "RESOURCE_EXHAUSTED"  # refused by gRPC before it is read
+    assert generate(limit) == "INVALID_ARGUMENT"  # past the router's limit: the agent's own 413
+    assert generate(1000) == "answered"
+
+
+def test_certs_issue_makes_a_folder_for_an_agent_run_by_hand(tmp_path: Path) -> None:
+    result = run_cli(["certs", "issue", "mac1", "--address", "10.0.0.2", "--out", str(tmp_path / "mac1")],
+                     tmp_path / "home", timeout_s=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    identity = tls.read_identity(tmp_path / "mac1")
+    assert authority.names_of(authority.certificate_of(identity.chain)) == ["10.0.0.2", "mac1"]
+    assert identity.ca == (tmp_path / "home" / "ca" / "ca.pem").read_bytes()
+    assert (tmp_path / "mac1" / "identity.pem").stat().st_mode & 0o077 == 0

@@ -24,7 +24,7 @@ def every_agent_field() -> AgentConfig:
         engine_args=("--dtype=float16", "--enforce-eager"), engine_python="/venv/bin/python", max_model_len=8192,
         kv_cache_gib=2.5, sim_options=(("seed", "7"), ("kv-blocks", "600")), max_concurrency=12,
         ready_timeout_s=123.5, stall_timeout_s=45.0, log_dir="~/lab/logs", port_file="/tmp/port", group=group,
-        tls_dir="~/lab/tls",
+        tls_dir="~/lab/tls", max_body_bytes=1 << 20,
     )  # fmt: skip
 
 
