@@ -202,6 +202,15 @@ class RouterConfig(_Frozen):
                              "path on macOS, with a PID added); use a shorter ORCHARD_HOME")  # fmt: skip
         return self
 
+    def plaintext_refusal(self) -> str | None:
+        """Why the router will not start: an agent beyond this machine without mutual TLS. (Checked by the program,
+        not the model, so that a record an older Orchard wrote still reads.)"""
+        remote = [w for w in self.workers if not is_loopback(w.rpartition(":")[0])]
+        if self.tls_dir is None and remote:
+            return (f"--worker {remote[0]}: an agent beyond this machine is reached with mutual TLS only; give "
+                    "--tls-dir (`cluster up` issues the certificates)")  # fmt: skip
+        return None
+
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0]

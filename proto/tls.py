@@ -13,6 +13,7 @@ without dropping a call); the router opens new channels when its own identity ch
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import grpc
 
+ROUTER_NAME = "orchard-router"  # the router's certificate's common name: only it may Generate or Drain on an agent
 CA_FILE = "ca.pem"
 IDENTITY_FILE = "identity.pem"
+log = logging.getLogger(__name__)
 _KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----\s*", re.S)
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
@@ -77,12 +80,17 @@ def server_credentials(folder: Path) -> grpc.ServerCredentials:
     def fetch() -> grpc.ServerCertificateConfiguration | None:
         try:
             stamp = _stamp(folder)
-            if stamp == seen[0]:
-                return None
+        except OSError:
+            return None
+        if stamp == seen[0]:
+            return None
+        seen[0] = stamp  # one attempt (and at most one log line) per change
+        try:
             fresh = configuration(read_identity(folder))
-        except (OSError, TlsError):
-            return None  # half-written or gone: keep serving with what was read last
-        seen[0] = stamp
+        except (OSError, TlsError) as exc:
+            log.error("TLS identity in %s changed but cannot be used (%s); serving the previous one", folder, exc)
+            return None
+        log.info("TLS identity in %s reloaded: new connections get the new certificate", folder)
         return fresh
 
     return grpc.dynamic_ssl_server_credentials(configuration(initial), fetch, require_client_authentication=True)
@@ -93,6 +101,14 @@ def channel_credentials(folder: Path) -> grpc.ChannelCredentials:
     certificate names the address dialled."""
     identity = read_identity(folder)
     return grpc.ssl_channel_credentials(identity.ca, identity.key, identity.chain)
+
+
+def caller_name(auth_context: dict[str, list[bytes]]) -> str | None:
+    """The common name of a mutual-TLS caller's certificate; None on a plaintext (loopback) channel."""
+    if auth_context.get("transport_security_type") != [b"ssl"]:
+        return None
+    names = auth_context.get("x509_common_name") or [b""]
+    return names[0].decode(errors="replace")
 
 
 def identity_stamp(folder: Path) -> tuple[int, ...] | None:

@@ -110,6 +110,9 @@ def started_at(pid: int) -> float | None:
         return None
 
 
+START_TOLERANCE_S = 1.0  # Linux derives start times from the boot time, which moves when the clock is stepped
+
+
 def ours(pid: int | None, started: float | None, *programs: str) -> bool:
     """Whether `pid` is still the process we started: it runs, started when we recorded (unchecked only for a
     record an older Orchard wrote without the time), and its command line runs one of `programs` (a module such
@@ -119,7 +122,7 @@ def ours(pid: int | None, started: float | None, *programs: str) -> bool:
     assert pid is not None
     try:
         process = psutil.Process(pid)
-        if started is not None and abs(process.create_time() - started) >= 0.01:
+        if started is not None and abs(process.create_time() - started) >= START_TOLERANCE_S:
             return False
         return any(arg in programs or arg.rpartition("/")[2] in programs for arg in process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 
-from proto import errors
+from proto import errors, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import MAX_BODY_BYTES
@@ -103,6 +103,8 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateReply]:
+        if not await _router_only(context):
+            return
         await context.send_initial_metadata(())  # accepted: the router's accept deadline tells a hung host apart
         admitted = await self._admit(request, context)
         if admitted is None:
@@ -247,6 +249,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         return self.inflight if self.supervisor.adapter.metrics_path else self.streams
 
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainReply:
+        if not await _router_only(context):
+            return pb.DrainReply()
         if request.draining != self.draining:
             log.info("%s: %s", "draining" if request.draining else "taking requests again", self.identity.worker_id)
         self.draining = request.draining
@@ -286,6 +290,16 @@ class WorkerService(pb_grpc.WorkerServicer):
         sample.prefill_tokens_per_s = self.rates.prefill_tokens_per_s
         sample.decode_tokens_per_s = self.rates.decode_tokens_per_s
         return sample
+
+
+async def _router_only(context: grpc.aio.ServicerContext) -> bool:
+    """Generate and Drain are the router's: another certificate from the cluster CA (a shard-group peer, which
+    only watches, or an agent set up by hand) is refused. Plaintext is loopback only (the agent's config)."""
+    caller = tls.caller_name(context.auth_context())
+    if caller is None or caller == tls.ROUTER_NAME:
+        return True
+    await _abort(context, 403, f"only the router may call this (caller: {caller})", "permission_error")
+    return False
 
 
 async def _abort(context: grpc.aio.ServicerContext, status: int, message: str | bytes, kind: str) -> None:

@@ -15,6 +15,7 @@ atomically, 0600.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import re
 import ssl
@@ -27,12 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cluster.bringup import records
+from proto import tls
 from proto.tls import CA_FILE, IDENTITY_FILE
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
 RENEW_WITHIN_DAYS = 30  # `cluster status` warns, `cluster up` re-issues, this close to expiry
-ROUTER_NAME = "orchard-router"
+ROUTER_NAME = tls.ROUTER_NAME
 
 
 class AuthorityError(Exception):
@@ -65,13 +67,17 @@ def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
     return Authority(key, certificate)
 
 
-def issue(authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime, days: int = LEAF_DAYS) -> bytes:
+def issue(
+    authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime, days: int = LEAF_DAYS,
+    client: bool = True,
+) -> bytes:  # fmt: skip
     """One identity file (private key, then certificate): `name` is its common name, `names` its subject
-    alternative names (IP addresses and host names). It serves and it calls: an agent is a server to the router
-    and a client to its shard group's other agents."""
+    alternative names (IP addresses and host names). It serves, and with `client` it calls too: an agent is a
+    server to the router and a client to its shard group's other agents; the endpoint only serves."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    purposes = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
+    purposes = x509.ExtendedKeyUsage(usages)
     builder = (
         _builder(subject, authority.certificate.subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -155,17 +161,24 @@ def load(home: Path) -> Authority | None:
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise AuthorityError(f"{key_path}: not an EC private key")
+    if key.public_key() != certificate.public_key():
+        raise AuthorityError(f"{ca_folder(home)}: ca.key and ca.pem do not belong together")
     return Authority(key, certificate)
 
 
 def load_or_create(home: Path, now: dt.datetime) -> Authority:
-    authority = load(home)
-    if authority is None:
-        authority = create(now)
-        key_pem = authority.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption())  # fmt: skip
-        records.write_private(ca_folder(home) / "ca.key", key_pem)
-        records.write_private(ca_folder(home) / CA_FILE, authority.pem, mode=0o644)
+    """The CA, created under a lock the first time: two commands at once (`cluster up`, `cluster certs issue`)
+    must not make two CAs and keep one's key with the other's certificate."""
+    ca_folder(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(ca_folder(home) / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        authority = load(home)
+        if authority is None:
+            authority = create(now)
+            key_pem = authority.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption())  # fmt: skip
+            records.write_private(ca_folder(home) / "ca.key", key_pem)
+            records.write_private(ca_folder(home) / CA_FILE, authority.pem, mode=0o644)
     return authority
 
 
@@ -177,7 +190,7 @@ def write_identity(folder: Path, authority: Authority, identity: bytes) -> None:
 
 
 def ensure_identity(folder: Path, authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime,
-                    renew: bool = False) -> bool:  # fmt: skip
+                    renew: bool = False, client: bool = True) -> bool:  # fmt: skip
     """Issue into the folder unless it holds a current identity from this CA for these names; True if issued."""
     try:
         installed = (folder / CA_FILE).read_bytes() + (folder / IDENTITY_FILE).read_bytes()
@@ -185,7 +198,7 @@ def ensure_identity(folder: Path, authority: Authority, name: str, names: tuple[
         installed = b""
     if not renew and current(installed, authority, names, now):
         return False
-    write_identity(folder, authority, issue(authority, name, names, now))
+    write_identity(folder, authority, issue(authority, name, names, now, client=client))
     return True
 
 
@@ -219,13 +232,21 @@ def local_names() -> tuple[str, ...]:
     return ("127.0.0.1", "localhost", "::1")
 
 
+def pinned_endpoint(home: Path) -> Path:
+    """A copy of the operator's endpoint certificate chain (public), which the head's own commands trust."""
+    return home / "tls" / "operator-endpoint.pem"
+
+
 def trust(home: Path) -> ssl.SSLContext:
-    """What the head's own commands trust when they call the endpoint: the system's CAs, and the cluster's CA
-    for an endpoint certificate it issued."""
+    """What the head's own commands trust when they call their own router's endpoint: the system's CAs, the
+    cluster's CA, and an operator's certificate as given. They dial it by a local address the operator's
+    certificate need not name, so the name is not checked; the certificate is."""
     context = ssl.create_default_context()
-    ca = ca_folder(home) / CA_FILE
-    if ca.exists():
-        context.load_verify_locations(cafile=str(ca))
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # an operator's chain is trusted as it is
+    for path in (ca_folder(home) / CA_FILE, pinned_endpoint(home)):
+        if path.exists():
+            context.load_verify_locations(cafile=str(path))
     return context
 
 

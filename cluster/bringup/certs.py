@@ -60,7 +60,7 @@ def endpoint_identity(home: Path, hosts: tuple[str, ...], extra: tuple[str, ...]
     now = authority.now_utc()
     ca = authority.load_or_create(home, now)
     names = tuple(dict.fromkeys(n for host in hosts for n in endpoint_names(host, extra)))
-    return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now)
+    return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now, client=False)
 
 
 def renew_endpoint(home: Path) -> bool:
@@ -72,7 +72,8 @@ def renew_endpoint(home: Path) -> bool:
         return False
     now = authority.now_utc()
     ca = authority.load_or_create(home, now)
-    return authority.ensure_identity(endpoint_path(home).parent, ca, "orchard endpoint", names, now, renew=True)
+    folder = endpoint_path(home).parent
+    return authority.ensure_identity(folder, ca, "orchard endpoint", names, now, renew=True, client=False)
 
 
 def agent_names(host: HostSpec) -> tuple[str, ...]:

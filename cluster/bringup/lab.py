@@ -297,6 +297,11 @@ def _endpoint_ready(spec: ClusterSpec, home: Path) -> None:
     for path in (router.tls_cert, router.tls_key):
         if path and not Path(path).expanduser().is_file():
             raise LabError(f"[router] {path}: no such file (the endpoint's certificate or key)")
+    pinned = authority.pinned_endpoint(home)
+    if router.tls_cert:
+        records.write_private(pinned, Path(router.tls_cert).expanduser().read_bytes(), mode=0o644)
+    else:
+        pinned.unlink(missing_ok=True)
     if router.tls and not router.tls_cert:
         certs.endpoint_identity(home, (router.host,), router.tls_names)
 

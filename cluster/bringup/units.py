@@ -86,7 +86,7 @@ def launchd_unload_script(label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEM
 def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | None = None) -> str:
     """A user unit (~/.config/systemd/user/orchard-agent.service), enabled with
     `systemctl --user enable --now orchard-agent` (and `loginctl enable-linger` to start at boot)."""
-    environment = "".join(f"Environment={_systemd(shlex.quote(f'{k}={v}'))}\n" for k, v in sorted((env or {}).items()))
+    environment = "".join(f"Environment={_quoted(shlex.quote(f'{k}={v}'))}\n" for k, v in sorted((env or {}).items()))
     if any(_CONTROL.search(part) for part in (*program, orchard_dir, *(env or {}).values())):
         raise ValueError("a control character (newline, tab, …) cannot be written into a systemd unit")
     return (
@@ -94,8 +94,8 @@ def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | Non
         "Description=Orchard worker agent\n"
         "After=network-online.target\n\n"
         "[Service]\n"
-        f"ExecStart={_systemd(shlex.join(program))}\n"
-        f"WorkingDirectory={_systemd(orchard_dir)}\n"
+        f"ExecStart={_command(shlex.join(program))}\n"
+        f"WorkingDirectory={_specifiers(orchard_dir)}\n"
         f"{environment}"
         "Restart=on-failure\n"
         "RestartSec=5\n"
@@ -109,6 +109,16 @@ def systemd_unit(program: list[str], orchard_dir: str, env: dict[str, str] | Non
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _systemd(text: str) -> str:
-    """systemd expands `%` specifiers and `$` variables even inside quotes: both are doubled to stay literal."""
-    return text.replace("%", "%%").replace("$", "$$")
+def _specifiers(text: str) -> str:
+    """systemd expands `%` specifiers in every setting: doubled, they stay literal."""
+    return text.replace("%", "%%")
+
+
+def _quoted(text: str) -> str:
+    """A setting systemd unquotes (Environment=): backslashes are its C escapes, so they are doubled too."""
+    return _specifiers(text.replace("\\", "\\\\"))
+
+
+def _command(text: str) -> str:
+    """ExecStart=: unquoted like Environment=, and `$` expands variables there, even inside quotes."""
+    return _quoted(text).replace("$", "$$")

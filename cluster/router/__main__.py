@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
+    if why := config.plaintext_refusal():
+        sys.stderr.write(f"python -m cluster.router: {why}\n")
+        raise SystemExit(2)
     try:
         registry = Registry(list(config.workers), tls_dir=config.tls_path, close_grace_s=config.request_timeout_s)
         if config.tls_path is not None:

@@ -215,7 +215,11 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
+    async def prometheus(request: Request) -> Response:
+        try:  # worker addresses, models and teams: an operator's, once keys are on
+            gateway.check_admin(request.headers.get("authorization"))
+        except Refusal as exc:
+            return _api_error(exc).response()
         now = time.monotonic()
         for handle in registry.workers.values():
             metrics.breaker.labels(handle.address).set(handle.breaker.state(now).gauge)

@@ -52,9 +52,10 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
             super().on_headers_complete()
 
         def shutdown(self) -> None:
-            """An idle connection is cut at once: closing it would, with TLS, wait up to 30 s for the client to
-            answer the close (Python's TLS shutdown timeout), holding the router's exit that long."""
-            if self.cycle is None or self.cycle.response_complete:
+            """An idle connection with nothing left to send is cut at once: closing it would, with TLS, wait up to
+            30 s for the client to answer the close (Python's TLS shutdown timeout), holding the router's exit."""
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self.transport.get_write_buffer_size() == 0:
                 self.transport.abort()
             else:
                 super().shutdown()

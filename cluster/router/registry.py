@@ -169,8 +169,11 @@ class Registry:
         return True
 
     async def stop(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+        for task in [self._renewer, *self._closing]:  # channels left from a rotation are closed now too
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for handle in self.workers.values():
             if handle.task:
                 handle.task.cancel()

@@ -84,6 +84,11 @@ def test_operator_endpoints_need_an_admin_key(lab: GatedLab) -> None:
     assert _status(lab, admin) == 200 and _status(lab, user) == 403 and _status(lab, None) == 401
 
 
+def _metrics(lab: GatedLab, headers: dict[str, str]) -> str:
+    answer = httpx.get(lab.cluster.url + "/metrics", timeout=5, headers=headers)
+    return answer.text if answer.status_code == 200 else ""
+
+
 def _status(lab: GatedLab, key: str | None) -> int:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     return httpx.get(lab.cluster.url + "/orchard/workers", headers=headers, timeout=5).status_code
@@ -193,7 +198,9 @@ def test_usage_rows_equal_what_the_clients_were_told(lab: GatedLab) -> None:
     [line] = json.loads(report.stdout)["rows"]
     assert line["group"] == key_id and line["requests"] == 2
     assert line["completion_tokens"] == whole.usage.completion_tokens + streamed[0].completion_tokens
-    metrics = httpx.get(lab.cluster.url + "/metrics", timeout=5).text
+    admin = {"authorization": f"Bearer {lab.create_key('--team', 'ops', '--admin')}"}
+    assert httpx.get(lab.cluster.url + "/metrics", timeout=5).status_code == 401  # an operator's view
+    metrics = wait_until(lambda: _metrics(lab, admin), 5, "the admin key to be known", interval_s=0.1)
     assert f'orchard_team_requests_total{{model="{SIM_MODEL}",status="200",team="acct"}} 2.0' in metrics
 
 

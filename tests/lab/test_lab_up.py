@@ -7,6 +7,8 @@ Traffic goes only to loopback and to the namespace addresses created here.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cluster.bringup import authority, certs, lab
 from tests.conftest import REPO, agent_info, free_port, run_cli
@@ -207,10 +210,25 @@ def test_certificates_rotate_across_the_lab_under_16_streams(running: RunningLab
     assert result.returncode == 0, result.stdout + result.stderr
     assert [end for _, end in ends] == ["finished"] * 16, ends
     assert all(authority.issued_path(running.home, h).read_bytes() != pem for h, pem in issued.items())
+    router = authority.tls_folder(running.home, certs.ROUTER)
+    for host in running.net.hosts:  # what each agent now presents to a new connection is what was issued
+        issued_now = authority.certificate_of(authority.issued_path(running.home, f"h{host.index}").read_bytes())
+        served = _served_certificate(f"{host.address}:50051", router)
+        assert served == issued_now.public_bytes(Encoding.DER), f"h{host.index}"
     body = {"model": "sim-model", "prompt": "after the rotation", "max_tokens": 4}
     for _ in range(4):  # new connections, new certificates, both replicas
         assert httpx.post(running.url + "/v1/completions", json=body, timeout=30).status_code == 200
     assert "h1" in run_cli(["status"], running.home, timeout_s=60).stdout
+
+
+def _served_certificate(address: str, client: Path) -> bytes:
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
+    context.load_cert_chain(client / "identity.pem")
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as wrapped:
+            return wrapped.getpeercert(binary_form=True) or b""
 
 
 def test_down_leaves_no_agent_in_any_namespace(running: RunningLab) -> None:

@@ -93,6 +93,8 @@ def test_bad_router_arguments_are_refused() -> None:
         RouterConfig.from_argv(["--worker", "a:1", "--model-policy", "m=fastest"])
     with pytest.raises(LaunchConfigError, match="required"):
         RouterConfig.from_argv([])
+    assert "mutual TLS only" in (RouterConfig.from_argv(["--worker", "10.0.0.2:50051"]).plaintext_refusal() or "")
+    assert RouterConfig.from_argv(["--worker", "127.0.0.1:50051"]).plaintext_refusal() is None
     with pytest.raises(LaunchConfigError, match="come together"):
         RouterConfig.from_argv(["--worker", "a:1", "--tls-cert", "/c.pem"])
 

@@ -57,10 +57,12 @@ def test_an_orchard_dir_full_of_shell_stays_one_path(tmp_path: Path) -> None:
 
 
 def test_units_keep_hostile_paths_literal() -> None:
-    program = ["/Users/lab/.venv/bin/python", "-m", "worker.agent", "--log-dir", "/srv/%h/$HOME/logs"]
-    unit = units.systemd_unit(program, "/srv/%h/$HOME")
-    assert "ExecStart=/Users/lab/.venv/bin/python -m worker.agent --log-dir '/srv/%%h/$$HOME/logs'\n" in unit
-    assert "WorkingDirectory=/srv/%%h/$$HOME\n" in unit
+    program = ["/Users/lab/.venv/bin/python", "-m", "worker.agent", "--log-dir", "/srv/%h/$HOME/a\\b"]
+    unit = units.systemd_unit(program, "/srv/%h/$HOME", {"HOME": "/home/a\\b"})
+    # systemd.syntax(7): specifiers everywhere, $ in Exec lines only, C escapes where it unquotes
+    assert "ExecStart=/Users/lab/.venv/bin/python -m worker.agent --log-dir '/srv/%%h/$$HOME/a\\\\b'\n" in unit
+    assert "WorkingDirectory=/srv/%%h/$HOME\n" in unit
+    assert "Environment='HOME=/home/a\\\\b'\n" in unit
     with pytest.raises(ValueError, match="control character"):
         units.systemd_unit(program, "/srv/o\nExecStartPre=/bin/true")
     plist = plistlib.loads(units.launchd_plist(program, "/srv/<o>&", {"HOME": "/Users/lab"}, user="lab"))
