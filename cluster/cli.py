@@ -50,7 +50,7 @@ def _up(args: argparse.Namespace) -> int:
         engine=args.engine, model=args.model, host=args.host, port=args.port,
         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
         ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option),
-        engine_args=tuple(args.engine_arg), home=home, tls=args.tls,
+        engine_args=tuple(args.engine_arg), home=home, tls=args.tls, task=args.task,
     )  # fmt: skip
     stop_requested = threading.Event()
 
@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra engine flag (repeat), e.g. --engine-arg=--enforce-eager",
     )
+    up.add_argument("--task", choices=("generate", "embed"), default="generate",
+                    help="embed: serve the model for /v1/embeddings (vllm's pooling runner)")  # fmt: skip
     up.add_argument("--tls", action="store_true", help="HTTPS on the endpoint, with a certificate from the cluster CA")
     up.add_argument("--detach", action="store_true", help="leave it running in the background")
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")

@@ -18,6 +18,7 @@ from typing import Any, Literal, NoReturn, Self, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 EngineKind = Literal["vllm", "mlx", "sim"]
+Task = Literal["generate", "embed"]
 Policy = Literal["prefix", "least_loaded", "round_robin"]
 ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
 POLICIES: tuple[str, ...] = get_args(Policy)
@@ -98,6 +99,13 @@ class AgentConfig(_Frozen):
     group: GroupRole | None = None
     tls_dir: str | None = None  # mutual TLS (proto/tls.py's folder); required to listen beyond loopback
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)  # a request's body, as at the router
+    task: Task = "generate"  # embed: the model serves /v1/embeddings (vLLM's pooling runner)
+
+    @model_validator(mode="after")
+    def _embed_on_vllm(self) -> AgentConfig:
+        if self.task == "embed" and self.engine != "vllm":
+            raise ValueError(f"--task embed: only the vllm engine serves embeddings (not {self.engine})")
+        return self
 
     @model_validator(mode="after")
     def _tls_beyond_loopback(self) -> AgentConfig:
@@ -137,6 +145,7 @@ class AgentConfig(_Frozen):
         argv += _optional("--port-file", self.port_file)
         argv += _optional("--tls-dir", self.tls_dir)
         argv += ["--max-body-bytes", str(self.max_body_bytes)]
+        argv += ["--task", self.task] if self.task != "generate" else []
         return argv + (_group_argv(self.group) if self.group else [])
 
     def command(self, python: str | None = None) -> list[str]:
@@ -155,6 +164,7 @@ class AgentConfig(_Frozen):
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
             "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
             "group": _group_from(args), "tls_dir": args.tls_dir, "max_body_bytes": args.max_body_bytes,
+            "task": args.task,
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
@@ -305,6 +315,7 @@ def _agent_parser() -> argparse.ArgumentParser:
     add("--port-file", help="write the bound gRPC port here once listening")
     add("--tls-dir", help="mutual TLS: folder with ca.pem and identity.pem (`cluster up` issues them)")
     add("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body (the router's too)")
+    add("--task", choices=("generate", "embed"), default="generate", help="embed: serve /v1/embeddings (vllm)")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")
     group.add_argument("--group-name", help="e.g. llama-70b#1")
     group.add_argument("--group-rank", type=int, default=0)

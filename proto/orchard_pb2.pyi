@@ -12,6 +12,9 @@ class Endpoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_UNSPECIFIED: _ClassVar[Endpoint]
     ENDPOINT_CHAT_COMPLETIONS: _ClassVar[Endpoint]
     ENDPOINT_COMPLETIONS: _ClassVar[Endpoint]
+    ENDPOINT_EMBEDDINGS: _ClassVar[Endpoint]
+    ENDPOINT_TOKENIZE: _ClassVar[Endpoint]
+    ENDPOINT_DETOKENIZE: _ClassVar[Endpoint]
 
 class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +28,9 @@ class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ENDPOINT_UNSPECIFIED: Endpoint
 ENDPOINT_CHAT_COMPLETIONS: Endpoint
 ENDPOINT_COMPLETIONS: Endpoint
+ENDPOINT_EMBEDDINGS: Endpoint
+ENDPOINT_TOKENIZE: Endpoint
+ENDPOINT_DETOKENIZE: Endpoint
 ENGINE_STATE_UNSPECIFIED: EngineState
 ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_READY: EngineState

@@ -54,6 +54,7 @@ def engine_config(config: AgentConfig) -> EngineConfig:
         python=config.engine_python,
         sim_options=config.sim_options,
         max_concurrency=config.max_concurrency,
+        task=config.task,
     )
 
 

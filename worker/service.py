@@ -40,9 +40,13 @@ def _beat(request: pb.GenerateRequest) -> float | None:
     return min(max(request.heartbeat_seconds, BEAT_BOUNDS_S[0]), BEAT_BOUNDS_S[1])
 
 
+_GENERATING = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)
 _ENDPOINT_PATHS = {
     pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
     pb.ENDPOINT_COMPLETIONS: "/v1/completions",
+    pb.ENDPOINT_EMBEDDINGS: "/v1/embeddings",
+    pb.ENDPOINT_TOKENIZE: "/tokenize",
+    pb.ENDPOINT_DETOKENIZE: "/detokenize",
 }
 
 
@@ -120,6 +124,11 @@ class WorkerService(pb_grpc.WorkerServicer):
                 async for reply in replies:
                     yield reply
         except EngineError as exc:
+            if exc.status in (404, 405) and request.endpoint not in _GENERATING:  # the engine has no such route
+                route, model = _ENDPOINT_PATHS[request.endpoint], self.identity.models[0].name
+                message = f"The model `{model}` does not serve {route} (engine {self.supervisor.config.kind})."
+                await _abort(context, 404, message, "not_found_error")
+                return
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
             await _abort(context, exc.status, exc.body, kind)
             return

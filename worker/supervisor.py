@@ -233,8 +233,8 @@ class EngineSupervisor:
             health = await self._http.get(self.url + self.adapter.health_path, timeout=2.0)
             if health.status_code != 200:
                 return False
-            body = {"model": self.config.served_name, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-            response = await self._http.post(self.url + "/v1/completions", json=body, timeout=60.0)
+            path, body = _probe_request(self.config)
+            response = await self._http.post(self.url + path, json=body, timeout=60.0)
         except httpx.HTTPError:
             return False
         if response.status_code != 200:
@@ -318,6 +318,13 @@ class EngineSupervisor:
         self.pid = None
         with contextlib.suppress(OSError):
             self.pid_record.unlink()
+
+
+def _probe_request(config: EngineConfig) -> tuple[str, dict[str, object]]:
+    """The smallest request that proves the engine computes: one token, or one embedding."""
+    if config.task == "embed":
+        return "/v1/embeddings", {"model": config.served_name, "input": "Hello"}
+    return "/v1/completions", {"model": config.served_name, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
 
 
 def _write_file(path: Path, text: str) -> None:

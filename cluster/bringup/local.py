@@ -29,6 +29,7 @@ from proto.launch import (
     EngineKind,
     LaunchConfigError,
     RouterConfig,
+    Task,
     is_loopback,
 )
 from worker import procs
@@ -59,6 +60,7 @@ class LocalClusterConfig:
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
     tls: bool = False  # HTTPS on the endpoint, with a certificate from the cluster CA
+    task: Task = "generate"  # embed: serve /v1/embeddings (vLLM's pooling runner)
     plaintext_agents: bool = False  # benchmarks only: router ↔ agent without mutual TLS, to measure what it costs
 
 
@@ -169,6 +171,7 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
         tls_dir=None if config.plaintext_agents else str(authority.tls_folder(config.home, certs.LOCAL_AGENT)),
+        task=config.task,
     )  # fmt: skip
     endpoint = str(certs.endpoint_path(config.home)) if config.tls else None
     router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),

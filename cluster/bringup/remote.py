@@ -136,7 +136,7 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
         engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
         engine_python=host.engine_python,
-        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host),
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host), task=model.task,
     )  # fmt: skip
 
 

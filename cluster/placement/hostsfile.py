@@ -140,6 +140,7 @@ class ModelSpec(_Strict):
     mode: Literal["pipeline", "tensor"] | None = None
     backend: Literal["mlx", "vllm"] | None = None  # default: the group's hosts' engine
     transport: Literal["ring", "jaccl"] = "ring"  # MLX: ring over TCP (Ethernet or Thunderbolt IPs) | jaccl RDMA
+    task: Literal["generate", "embed"] = "generate"  # embed: served for /v1/embeddings (vLLM's pooling runner)
 
     @model_validator(mode="after")
     def _placement(self) -> ModelSpec:

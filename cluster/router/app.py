@@ -33,7 +33,13 @@ from cluster.router.intake import Incoming, Kind, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
-from cluster.router.validation import ChatRequest, CompletionRequest
+from cluster.router.validation import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from proto import orchard_pb2 as pb
 from proto.launch import RouterConfig
 
@@ -79,6 +85,18 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await pipeline.handle(request, pb.ENDPOINT_COMPLETIONS, CompletionRequest)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await pipeline.handle(request, pb.ENDPOINT_EMBEDDINGS, EmbeddingRequest)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return await pipeline.handle(request, pb.ENDPOINT_TOKENIZE, TokenizeRequest)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        return await pipeline.handle(request, pb.ENDPOINT_DETOKENIZE, DetokenizeRequest)
 
     return app
 

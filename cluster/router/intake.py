@@ -14,8 +14,12 @@ from fastapi import Request
 
 from cluster.router.errors import ApiError
 from cluster.router.validation import (
+    AnyRequest,
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
     check_capabilities,
     check_limits,
     parse_body,
@@ -43,7 +47,13 @@ class Incoming:
         return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body)
 
 
-Kind = type[ChatRequest] | type[CompletionRequest]
+Kind = (
+    type[ChatRequest]
+    | type[CompletionRequest]
+    | type[EmbeddingRequest]
+    | type[TokenizeRequest]
+    | type[DetokenizeRequest]
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class Parsed:
 
     raw: bytes
     body: dict[str, Any]
-    fields: ChatRequest | CompletionRequest
+    fields: AnyRequest
 
     @property
     def model(self) -> str:

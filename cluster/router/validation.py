@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from cluster.router.errors import ApiError
 
@@ -56,7 +56,47 @@ class CompletionRequest(_Common):
     )
 
 
-R = TypeVar("R", bound=_Common)
+class _Whole(_Passthrough):
+    """A request answered whole that generates nothing (embeddings, tokenize): no stream, no max_tokens."""
+
+    model: str = Field(min_length=1, max_length=512)
+    user: str | None = Field(default=None, max_length=256)
+    stream: Literal[False] = False
+    stream_options: None = None
+
+    def requested_tokens(self) -> int | None:
+        return None
+
+
+class EmbeddingRequest(_Whole):
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[list[int]], Field(min_length=1, max_length=MAX_ITEMS)]
+    )
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1, strict=True)
+
+
+class TokenizeRequest(_Whole):
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_ITEMS)] | None = None
+    add_special_tokens: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one_text(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either `prompt` or `messages`")
+        return self
+
+
+class DetokenizeRequest(_Whole):
+    tokens: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(max_length=1 << 20)]
+
+
+AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest
+R = TypeVar("R", bound=_Passthrough)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -135,12 +175,12 @@ def check_capabilities(body: dict[str, Any], unsupported: Sequence[str], engine:
             )
 
 
-def check_limits(request: _Common, max_model_len: int) -> None:
+def check_limits(request: _Common | _Whole, max_model_len: int) -> None:
     """max_tokens must fit the model's context (or a sane ceiling when unknown)."""
     wanted = request.requested_tokens()
     limit = max_model_len or MAX_TOKENS_CEILING
     if wanted is not None and wanted > limit:
-        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
         raise ApiError(
             400,
             f"'{param}' is {wanted}, more than the model's context length of {limit} tokens.",

@@ -233,3 +233,40 @@ def test_bounded_session_ids_and_message_counts(sim_cluster: Cluster) -> None:
         sim_cluster.url + "/v1/chat/completions", json=chat, timeout=30, headers={"x-session-id": "s" * 256}
     )
     assert fine.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/embeddings", {"model": SIM_MODEL, "input": ["a", "b"]}),
+        ("/tokenize", {"model": SIM_MODEL, "prompt": "hello"}),
+        ("/detokenize", {"model": SIM_MODEL, "tokens": [1, 2]}),
+    ],
+)
+def test_a_route_the_engine_does_not_serve_is_a_404_naming_model_and_route(
+    sim_cluster: Cluster, route: str, body: dict[str, object]
+) -> None:
+    response = httpx.post(sim_cluster.url + route, json=body, timeout=30)
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["message"] == f"The model `{SIM_MODEL}` does not serve {route} (engine sim)."
+    assert error["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/v1/embeddings", {"model": SIM_MODEL, "input": "x", "stream": True}, "stream"),
+        ("/v1/embeddings", {"model": SIM_MODEL, "input": []}, "input"),
+        ("/tokenize", {"model": SIM_MODEL}, None),
+        ("/detokenize", {"model": SIM_MODEL, "tokens": [-1]}, "tokens.0"),
+        ("/detokenize", {"model": SIM_MODEL, "tokens": "12"}, "tokens"),
+    ],
+)
+def test_bad_input_on_the_other_routes_is_a_400(
+    sim_cluster: Cluster, route: str, body: dict[str, object], param: str | None
+) -> None:
+    response = httpx.post(sim_cluster.url + route, json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    if param:  # a union's first member names where it failed: input.str
+        assert response.json()["error"]["param"].startswith(param)

@@ -30,10 +30,15 @@ def every_agent_field() -> AgentConfig:
 
 def test_agent_config_round_trips_through_its_command_line() -> None:
     original = every_agent_field()
+    embedding = AgentConfig(model="m", task="embed")  # embeddings are vLLM's, the default engine
     defaults = AgentConfig(model="m")
-    changed = {name for name in AgentConfig.model_fields if getattr(original, name) != getattr(defaults, name)}
+    changed = {name for name in AgentConfig.model_fields for config in (original, embedding)
+               if getattr(config, name) != getattr(defaults, name)}  # fmt: skip
     assert changed == set(AgentConfig.model_fields)  # the test covers every field
     assert AgentConfig.from_argv(original.to_argv()) == original
+    assert AgentConfig.from_argv(embedding.to_argv()) == embedding
+    with pytest.raises(LaunchConfigError, match="only the vllm engine serves embeddings"):
+        AgentConfig.from_argv(["--model", "m", "--engine", "sim", "--task", "embed"])
 
 
 def test_router_config_round_trips_through_its_command_line() -> None:

@@ -32,6 +32,7 @@ class EngineConfig:
     group: GroupRole | None = None
     state_dir: str = ""  # where the agent keeps files the engine reads (the group's hostfile)
     max_concurrency: int | None = None  # what the agent lets in at once: the engine's batch where it has a flag
+    task: str = "generate"  # "generate" | "embed" (vLLM's pooling runner)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ class VllmEngine:
         ]  # fmt: skip
         if config.max_model_len:
             argv += ["--max-model-len", str(config.max_model_len)]
+        if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
+            argv += ["--runner", "pooling", "--convert", "embed"]
         argv += list(config.extra_args)
         env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         if Path(config.model).exists():  # local weights: never reach for a hub

@@ -1,0 +1,66 @@
+"""Tokenize, detokenize and embeddings through the router, on real vLLM with the bundled model: the same answers
+as from the engine directly, with the official openai client for embeddings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster.bringup import local
+from tests.conftest import free_port, run_cli
+from tests.e2e.conftest import UpCluster, client_of
+from worker.models import BUNDLED_NAME
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_tokenize_and_detokenize_through_the_router_match_the_engine(up: UpCluster) -> None:
+    question = {"model": BUNDLED_NAME, "prompt": "What is the capital of France?"}
+    routed = httpx.post(up.url + "/tokenize", json=question, timeout=60)
+    direct = httpx.post(up.engine_url + "/tokenize", json=question, timeout=60)
+    assert routed.status_code == 200, routed.text
+    assert routed.json()["tokens"] == direct.json()["tokens"] and routed.json()["count"] > 5
+    back = httpx.post(up.url + "/detokenize", json={"model": BUNDLED_NAME, "tokens": routed.json()["tokens"]},
+                      timeout=60)  # fmt: skip
+    assert back.status_code == 200 and back.json()["prompt"].endswith("What is the capital of France?")
+    chat = {"model": BUNDLED_NAME, "messages": [{"role": "user", "content": "Hi"}]}
+    assert httpx.post(up.url + "/tokenize", json=chat, timeout=60).json()["count"] > 2  # the chat template's
+
+
+def test_embeddings_need_a_model_served_for_them(up: UpCluster) -> None:
+    answer = httpx.post(up.url + "/v1/embeddings", json={"model": BUNDLED_NAME, "input": "x"}, timeout=60)
+    assert 400 <= answer.status_code < 500 and answer.json()["error"]["message"], answer.text
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`cluster up --task embed`: the bundled model on vLLM's pooling runner."""
+    home: Path = tmp_path_factory.mktemp("embed-home")
+    try:
+        result = run_cli(["up", "--task", "embed", "--detach", "--port", str(free_port())], home)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = local.read_state(home)
+        assert state is not None
+        yield state.url
+    finally:
+        run_cli(["down"], home, timeout_s=120)
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_of_a_batch_with_the_openai_client(embedder: str) -> None:
+    texts = ["The cat sat on the mat.", "A cat was sitting on the mat.", "Quarterly revenue rose by four percent."]
+    result = client_of(embedder).embeddings.create(model=BUNDLED_NAME, input=texts)
+    vectors = [item.embedding for item in result.data]
+    assert [item.index for item in result.data] == [0, 1, 2]
+    assert len({len(v) for v in vectors}) == 1 and len(vectors[0]) == 576  # SmolLM2-135M's hidden size
+    assert result.usage.prompt_tokens > 0
+    paraphrase, unrelated = _cosine(vectors[0], vectors[1]), _cosine(vectors[0], vectors[2])
+    print(f"\ncosine: paraphrase {paraphrase:.3f}, unrelated {unrelated:.3f}")
+    assert paraphrase > unrelated
