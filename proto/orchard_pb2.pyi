@@ -116,18 +116,20 @@ class DrainReply(_message.Message):
     def __init__(self, draining: _Optional[bool] = ..., inflight: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "max_model_len", "unsupported", "engine")
+    __slots__ = ("name", "source", "max_model_len", "unsupported", "engine", "routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     max_model_len: int
     unsupported: _containers.RepeatedScalarFieldContainer[str]
     engine: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ...) -> None: ...
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InfoReply(_message.Message):
     __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group")

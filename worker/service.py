@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 
-from proto import errors, tls
+from proto import endpoints, errors, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import MAX_BODY_BYTES
@@ -38,16 +38,6 @@ def _beat(request: pb.GenerateRequest) -> float | None:
     if not request.HasField("heartbeat_seconds"):
         return None
     return min(max(request.heartbeat_seconds, BEAT_BOUNDS_S[0]), BEAT_BOUNDS_S[1])
-
-
-_GENERATING = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)
-_ENDPOINT_PATHS = {
-    pb.ENDPOINT_CHAT_COMPLETIONS: "/v1/chat/completions",
-    pb.ENDPOINT_COMPLETIONS: "/v1/completions",
-    pb.ENDPOINT_EMBEDDINGS: "/v1/embeddings",
-    pb.ENDPOINT_TOKENIZE: "/tokenize",
-    pb.ENDPOINT_DETOKENIZE: "/detokenize",
-}
 
 
 def usage_message(usage: dict[str, object]) -> pb.Usage:
@@ -124,8 +114,8 @@ class WorkerService(pb_grpc.WorkerServicer):
                 async for reply in replies:
                     yield reply
         except EngineError as exc:
-            if exc.status in (404, 405) and request.endpoint not in _GENERATING:  # the engine has no such route
-                route, model = _ENDPOINT_PATHS[request.endpoint], self.identity.models[0].name
+            if exc.status in (404, 405) and request.endpoint not in endpoints.GENERATING:  # no such route there
+                route, model = endpoints.PATHS[request.endpoint], self.identity.models[0].name
                 message = f"The model `{model}` does not serve {route} (engine {self.supervisor.config.kind})."
                 await _abort(context, 404, message, "not_found_error")
                 return
@@ -144,7 +134,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> tuple[str, bytes, Tally, bool] | None:
         """The engine URL, the body to send, a tally and whether it streams; or None, the call aborted."""
-        path = _ENDPOINT_PATHS.get(request.endpoint)
+        path = endpoints.PATHS.get(request.endpoint)
         if path is None:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")
             return None
@@ -249,7 +239,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         for model in self.identity.models:
             known = model.max_model_len or self._context_lengths.get(model.name, 0)
             models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known,
-                                       unsupported=adapter.unsupported, engine=adapter.name))  # fmt: skip
+                                       unsupported=adapter.unsupported, engine=adapter.name,
+                                       routes=endpoints.served(adapter.name, self.supervisor.config.task)))  # fmt: skip
         return models
 
     def _watched(self) -> int:

@@ -114,7 +114,7 @@ class _Pipeline:
     async def handle(self, request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
         model = "?"
         try:
-            key = self.gateway.authenticate(request.headers.get("authorization"))  # before reading anything
+            key = self.gateway.authenticate(_credentials(request))  # before reading anything
             parsed = await read_request(request, kind, self.config.max_body_bytes)
             model = parsed.model
             started_at = time.monotonic()
@@ -183,6 +183,14 @@ async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> 
         task.cancel()  # a no-op once done; ends the work if this handler is cancelled
 
 
+def _credentials(request: Request) -> str | None:
+    """The caller's key as `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY` header."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and (api_key := request.headers.get("x-api-key")):
+        return f"Bearer {api_key}"
+    return authorization
+
+
 def _api_error(exc: ApiError | Refusal) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
@@ -235,7 +243,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         try:  # worker addresses, models and teams: an operator's, once keys are on
-            gateway.check_admin(request.headers.get("authorization"))
+            gateway.check_admin(_credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         now = time.monotonic()
@@ -246,11 +254,18 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         try:
-            gateway.authenticate(request.headers.get("authorization"))
+            gateway.authenticate(_credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "orchard", "max_model_len": m.max_model_len}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "orchard",
+                "max_model_len": m.max_model_len,
+                "routes": list(m.routes),
+            }
             for name, m in sorted(registry.models().items())
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -258,7 +273,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/orchard/workers")
     async def workers(request: Request) -> Response:
         try:
-            gateway.check_admin(request.headers.get("authorization"))
+            gateway.check_admin(_credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         now = time.monotonic()
@@ -270,7 +285,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     async def drain(request: Request) -> Response:
         """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
         try:
-            gateway.check_admin(request.headers.get("authorization"))
+            gateway.check_admin(_credentials(request))
             ask = DrainAsk.model_validate_json(await request.body())
         except Refusal as exc:
             return _api_error(exc).response()

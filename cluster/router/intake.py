@@ -28,6 +28,7 @@ from cluster.router.validation import (
 from cluster.routing.choose import RequestView
 from cluster.routing.prefix_index import block_hashes
 from cluster.routing.prompt import render_for_routing
+from proto import endpoints
 from proto import orchard_pb2 as pb
 
 
@@ -100,6 +101,10 @@ def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.Model
         raise ApiError(400, f"The X-Session-Id header is longer than {MAX_SESSION_CHARS} characters.")
     if fields.model not in models:
         raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
+    route, served = endpoints.PATHS[endpoint], models[fields.model].routes
+    if served and route not in served:
+        raise ApiError(404, f"The model `{fields.model}` does not serve {route} (it serves {', '.join(served)}).",
+                       param="model", code="route_not_served")  # fmt: skip
     check_limits(fields, models[fields.model].max_model_len)
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))

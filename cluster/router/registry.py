@@ -222,11 +222,15 @@ class Registry:
                 if seen is None:
                     found[model.name] = pb.ModelInfo(name=model.name, source=model.source,
                                                      max_model_len=model.max_model_len,
-                                                     unsupported=model.unsupported, engine=model.engine)  # fmt: skip
+                                                     unsupported=model.unsupported, engine=model.engine,
+                                                     routes=model.routes)  # fmt: skip
                     continue
                 seen.max_model_len = max(seen.max_model_len, model.max_model_len)
                 # A request may land on any of them: what one engine cannot honour, the model cannot.
                 seen.unsupported[:] = sorted(set(seen.unsupported) | set(model.unsupported))
+                if model.routes:  # what every one of them serves (an older agent says nothing)
+                    both = [r for r in seen.routes if r in model.routes] if seen.routes else list(model.routes)
+                    seen.routes[:] = both
                 engines = sorted(set(seen.engine.split(", ")) | {model.engine} - {""})
                 seen.engine = ", ".join(engines)
         return found

@@ -33,7 +33,10 @@ def test_tokenize_and_detokenize_through_the_router_match_the_engine(up: UpClust
 
 def test_embeddings_need_a_model_served_for_them(up: UpCluster) -> None:
     answer = httpx.post(up.url + "/v1/embeddings", json={"model": BUNDLED_NAME, "input": "x"}, timeout=60)
-    assert 400 <= answer.status_code < 500 and answer.json()["error"]["message"], answer.text
+    assert answer.status_code == 404, answer.text
+    assert f"`{BUNDLED_NAME}` does not serve /v1/embeddings" in answer.json()["error"]["message"]
+    [card] = httpx.get(up.url + "/v1/models", timeout=10).json()["data"]
+    assert card["routes"] == ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,8 @@ def test_embeddings_of_a_batch_with_the_openai_client(embedder: str) -> None:
     assert [item.index for item in result.data] == [0, 1, 2]
     assert len({len(v) for v in vectors}) == 1 and len(vectors[0]) == 576  # SmolLM2-135M's hidden size
     assert result.usage.prompt_tokens > 0
+    [card] = httpx.get(embedder + "/v1/models", timeout=10).json()["data"]
+    assert card["routes"] == ["/v1/embeddings", "/tokenize", "/detokenize"]
     paraphrase, unrelated = _cosine(vectors[0], vectors[1]), _cosine(vectors[0], vectors[2])
     print(f"\ncosine: paraphrase {paraphrase:.3f}, unrelated {unrelated:.3f}")
     assert paraphrase > unrelated

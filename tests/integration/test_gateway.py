@@ -75,6 +75,10 @@ def test_open_until_the_first_key_then_every_route_needs_one(lab: GatedLab) -> N
     assert lab.client(admin).models.list().data[0].id == SIM_MODEL
     with pytest.raises(openai.AuthenticationError):
         lab.client(None).models.list()
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
+    for header, status in ((admin, 200), ("sk-orch-not-a-key", 401)):  # Anthropic's clients send x-api-key
+        answer = httpx.post(lab.cluster.url + "/v1/completions", json=body, headers={"x-api-key": header}, timeout=30)
+        assert answer.status_code == status, answer.text
 
 
 def test_operator_endpoints_need_an_admin_key(lab: GatedLab) -> None:

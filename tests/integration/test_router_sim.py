@@ -249,8 +249,11 @@ def test_a_route_the_engine_does_not_serve_is_a_404_naming_model_and_route(
     response = httpx.post(sim_cluster.url + route, json=body, timeout=30)
     assert response.status_code == 404, response.text
     error = response.json()["error"]
-    assert error["message"] == f"The model `{SIM_MODEL}` does not serve {route} (engine sim)."
-    assert error["type"] == "not_found_error"
+    assert error["message"] == (f"The model `{SIM_MODEL}` does not serve {route} "
+                                "(it serves /v1/chat/completions, /v1/completions).")  # fmt: skip
+    assert error["type"] == "not_found_error" and error["code"] == "route_not_served"
+    listed = httpx.get(sim_cluster.url + "/v1/models", timeout=10).json()["data"][0]
+    assert listed["routes"] == ["/v1/chat/completions", "/v1/completions"]
 
 
 @pytest.mark.parametrize(

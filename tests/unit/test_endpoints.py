@@ -1,0 +1,24 @@
+"""Which routes a model serves, per engine and task, and how the router merges what its workers say."""
+
+from __future__ import annotations
+
+from cluster.router.registry import Registry
+from proto import endpoints
+from proto import orchard_pb2 as pb
+
+
+def test_routes_by_engine_and_task() -> None:
+    assert endpoints.served("vllm", "generate") == ("/v1/chat/completions", "/v1/completions", "/tokenize",
+                                                    "/detokenize")  # fmt: skip
+    assert endpoints.served("vllm", "embed") == ("/v1/embeddings", "/tokenize", "/detokenize")
+    assert endpoints.served("mlx", "generate") == endpoints.served("sim", "generate") == (
+        "/v1/chat/completions", "/v1/completions")  # fmt: skip
+    assert set(endpoints.PATHS) == {v for v in pb.Endpoint.values() if v != pb.ENDPOINT_UNSPECIFIED}
+
+
+def test_a_model_serves_what_every_worker_of_it_serves() -> None:
+    registry = Registry(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
+    routes = (endpoints.served("vllm", "generate"), endpoints.served("mlx", "generate"), ())  # () an older agent
+    for handle, served in zip(registry.workers.values(), routes, strict=True):
+        handle.info = pb.InfoReply(models=[pb.ModelInfo(name="m", routes=served)])
+    assert list(registry.models()["m"].routes) == ["/v1/chat/completions", "/v1/completions"]
