@@ -8,12 +8,26 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from cluster.bringup import local
 from worker import procs
 
 
 def _sleeper(*extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
+    """A child whose command line names `extra`, once it has exec'd (before, it still shows the parent's)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and extra and not set(extra) <= set(_cmdline(child.pid)):
+        time.sleep(0.01)
+    return child
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return []
 
 
 def test_a_process_is_ours_only_with_its_start_time_and_program() -> None:
