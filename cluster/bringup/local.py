@@ -97,13 +97,15 @@ def read_state(home: Path) -> LocalState | None:
 
 
 def running_state(home: Path) -> LocalState | None:
-    """The recorded cluster if its router and agent still run; a stale record is removed."""
+    """The recorded cluster if its router and agent still run; a record whose processes are gone is removed. A
+    record whose pids run something else (reused, or not exec'd yet) is neither trusted nor acted on."""
     state = read_state(home)
     if state is None:
         return None
     if state.ours(state.router_pid) and state.ours(state.agent_pid):
         return state
-    stop(home)
+    if not (procs.alive(state.router_pid) or procs.alive(state.agent_pid)):
+        stop(home)
     return None
 
 
