@@ -4,7 +4,6 @@ trusts, and certificates rotated under load with no request failing."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 import threading
@@ -35,6 +34,7 @@ from tests.conftest import (
     wait_until,
     workers,
 )
+from tests.lab.agent_probe import info, served_certificate
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +51,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
 
 
 def _info(address: str, channel: grpc.Channel) -> str:
-    with channel:
-        try:
-            reply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=3)
-        except grpc.RpcError as exc:
-            return f"refused: {exc.code().name}"
-    return f"accepted: {reply.worker_id}"
+    return info(channel)
 
 
 def _stranger(folder: Path, names: tuple[str, ...] = ("orchard-router",)) -> Path:
@@ -140,18 +135,7 @@ def test_requests_pass_through_mutual_tls(secured: tuple[Cluster, Path]) -> None
 
 
 def _served_certificate(address: str, client: Path) -> bytes:
-    """The certificate the agent presents to a new connection (DER)."""
-    host, _, port = address.rpartition(":")
-    context = ssl.create_default_context(cadata=tls.read_identity(client).ca.decode())
-    context.load_cert_chain(client / tls.IDENTITY_FILE)
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=host) as wrapped,
-    ):
-        certificate = wrapped.getpeercert(binary_form=True)
-    assert certificate is not None
-    return certificate
+    return served_certificate(address, client / tls.CA_FILE, client / tls.IDENTITY_FILE)
 
 
 def _keep_streaming(url: str, stop: threading.Event, outcomes: list[str]) -> None:
@@ -195,10 +179,7 @@ def test_certificates_rotate_under_16_streams_with_no_failed_request(secured: tu
 
 
 def _endpoint_certificate(port: int, ca: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped:
-            return wrapped.getpeercert(binary_form=True) or b""
+    return served_certificate(f"127.0.0.1:{port}", ca)
 
 
 def _der(folder: Path) -> bytes:

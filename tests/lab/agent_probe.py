@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -19,13 +20,27 @@ from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
 
 
-def _info(channel: grpc.Channel) -> str:
+def info(channel: grpc.Channel) -> str:
+    """An agent's answer to Info on this channel: "accepted: WORKER" or "refused: CODE"."""
     with channel:
         try:
             reply = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5)
         except grpc.RpcError as exc:
             return f"refused: {exc.code().name}"
     return f"accepted: {reply.worker_id}"
+
+
+def served_certificate(address: str, ca: Path, identity: Path | None = None) -> bytes:
+    """The certificate (DER) a TLS server presents to a new connection; `identity`: a client certificate to show
+    (an agent asks for one)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(ca))
+    if identity is not None:
+        context.load_cert_chain(identity)
+        context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as wrapped:
+            return wrapped.getpeercert(binary_form=True) or b""
 
 
 def _connect(address: str) -> str:
@@ -40,9 +55,9 @@ def _connect(address: str) -> str:
 def main(argv: list[str]) -> None:
     agent, router, stranger, engine = argv
     print(json.dumps({
-        "plaintext": _info(grpc.insecure_channel(agent)),
-        "another CA": _info(tls.blocking_channel(agent, Path(stranger))),
-        "the router's certificate": _info(tls.blocking_channel(agent, Path(router))),
+        "plaintext": info(grpc.insecure_channel(agent)),
+        "another CA": info(tls.blocking_channel(agent, Path(stranger))),
+        "the router's certificate": info(tls.blocking_channel(agent, Path(router))),
         "engine port": _connect(engine),
     }))  # fmt: skip
 

@@ -7,8 +7,6 @@ Traffic goes only to loopback and to the namespace addresses created here.
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cluster.bringup import authority, certs, lab
 from tests.conftest import REPO, agent_info, free_port, run_cli
 from tests.lab import netns
+from tests.lab.agent_probe import served_certificate
 from worker import procs
 from worker.models import BUNDLED_NAME
 
@@ -213,22 +212,12 @@ def test_certificates_rotate_across_the_lab_under_16_streams(running: RunningLab
     router = authority.tls_folder(running.home, certs.ROUTER)
     for host in running.net.hosts:  # what each agent now presents to a new connection is what was issued
         issued_now = authority.certificate_of(authority.issued_path(running.home, f"h{host.index}").read_bytes())
-        served = _served_certificate(f"{host.address}:50051", router)
+        served = served_certificate(f"{host.address}:50051", router / "ca.pem", router / "identity.pem")
         assert served == issued_now.public_bytes(Encoding.DER), f"h{host.index}"
     body = {"model": "sim-model", "prompt": "after the rotation", "max_tokens": 4}
     for _ in range(4):  # new connections, new certificates, both replicas
         assert httpx.post(running.url + "/v1/completions", json=body, timeout=30).status_code == 200
     assert "h1" in run_cli(["status"], running.home, timeout_s=60).stdout
-
-
-def _served_certificate(address: str, client: Path) -> bytes:
-    host, _, port = address.rpartition(":")
-    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
-    context.load_cert_chain(client / "identity.pem")
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as wrapped:
-            return wrapped.getpeercert(binary_form=True) or b""
 
 
 def test_down_leaves_no_agent_in_any_namespace(running: RunningLab) -> None:
