@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import quote
+
 from proto import orchard_pb2 as pb
 
 PATHS: dict[int, str] = {
@@ -10,15 +13,33 @@ PATHS: dict[int, str] = {
     pb.ENDPOINT_EMBEDDINGS: "/v1/embeddings",
     pb.ENDPOINT_TOKENIZE: "/tokenize",
     pb.ENDPOINT_DETOKENIZE: "/detokenize",
+    pb.ENDPOINT_MESSAGES: "/v1/messages",
+    pb.ENDPOINT_COUNT_TOKENS: "/v1/messages/count_tokens",
+    pb.ENDPOINT_RESPONSES: "/v1/responses",
+    pb.ENDPOINT_GET_RESPONSE: "/v1/responses/{response_id}",
 }
-GENERATING = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)
+GENERATING = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS, pb.ENDPOINT_MESSAGES, pb.ENDPOINT_RESPONSES)
+# Streams of `data:` payloads ending with `data: [DONE]`, usage on a last chunk of its own when asked for
+# (`stream_options`); the others name each event and end when the body does.
+OPENAI_STREAMS = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)
+
+
+def engine_request(endpoint: int, body: dict[str, Any]) -> tuple[str, str]:
+    """(HTTP method, path) of the engine's route for a request; a retrieval names its resource in the body."""
+    if endpoint == pb.ENDPOINT_GET_RESPONSE:
+        return "GET", PATHS[endpoint].format(response_id=quote(str(body["response_id"]), safe=""))
+    return "POST", PATHS[endpoint]
 
 
 def served(engine: str, task: str) -> tuple[str, ...]:
-    """The routes a model serves on an engine: vLLM tokenizes too, and serves embeddings instead of text for a
-    model served for them; mlx-lm and the sim engine generate only."""
-    text = (PATHS[pb.ENDPOINT_CHAT_COMPLETIONS], PATHS[pb.ENDPOINT_COMPLETIONS])
-    tokens = (PATHS[pb.ENDPOINT_TOKENIZE], PATHS[pb.ENDPOINT_DETOKENIZE])
+    """The routes a model serves on an engine: vLLM serves Anthropic's Messages, OpenAI's Responses and
+    tokenizes too, and serves embeddings instead of text for a model served for them; mlx-lm and the sim engine
+    serve chat and completions only."""
+    text = tuple(PATHS[e] for e in OPENAI_STREAMS)
     if engine != "vllm":
         return text
-    return ((PATHS[pb.ENDPOINT_EMBEDDINGS],) if task == "embed" else text) + tokens
+    tokens = (PATHS[pb.ENDPOINT_TOKENIZE], PATHS[pb.ENDPOINT_DETOKENIZE])
+    if task == "embed":
+        return (PATHS[pb.ENDPOINT_EMBEDDINGS], *tokens)
+    others = (pb.ENDPOINT_MESSAGES, pb.ENDPOINT_COUNT_TOKENS, pb.ENDPOINT_RESPONSES, pb.ENDPOINT_GET_RESPONSE)
+    return text + tuple(PATHS[e] for e in others) + tokens

@@ -15,6 +15,10 @@ class Endpoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_EMBEDDINGS: _ClassVar[Endpoint]
     ENDPOINT_TOKENIZE: _ClassVar[Endpoint]
     ENDPOINT_DETOKENIZE: _ClassVar[Endpoint]
+    ENDPOINT_MESSAGES: _ClassVar[Endpoint]
+    ENDPOINT_COUNT_TOKENS: _ClassVar[Endpoint]
+    ENDPOINT_RESPONSES: _ClassVar[Endpoint]
+    ENDPOINT_GET_RESPONSE: _ClassVar[Endpoint]
 
 class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +35,10 @@ ENDPOINT_COMPLETIONS: Endpoint
 ENDPOINT_EMBEDDINGS: Endpoint
 ENDPOINT_TOKENIZE: Endpoint
 ENDPOINT_DETOKENIZE: Endpoint
+ENDPOINT_MESSAGES: Endpoint
+ENDPOINT_COUNT_TOKENS: Endpoint
+ENDPOINT_RESPONSES: Endpoint
+ENDPOINT_GET_RESPONSE: Endpoint
 ENGINE_STATE_UNSPECIFIED: EngineState
 ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_READY: EngineState
@@ -74,12 +82,14 @@ class Final(_message.Message):
     def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
 
 class Chunks(_message.Message):
-    __slots__ = ("items", "usage")
+    __slots__ = ("items", "usage", "events")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedScalarFieldContainer[bytes]
     usage: Usage
-    def __init__(self, items: _Optional[_Iterable[bytes]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[bytes]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
     __slots__ = ("chunks", "response", "final", "heartbeat")

@@ -43,8 +43,15 @@ class Tally:
     first_at: float = 0.0  # monotonic time the first batch went on (0: none did)
 
     def observe(self, payload: dict[str, Any]) -> None:
-        if isinstance(payload.get("usage"), dict):
-            self.usage = payload["usage"]
+        # Usage is on the payload (OpenAI's chunks, whole answers, Anthropic's message_delta), on its message
+        # (Anthropic's message_start) or on its response (the Responses API's response.completed).
+        for holder in (payload, payload.get("message"), payload.get("response")):
+            if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+                self.usage = {**self.usage, **holder["usage"]}
+        delta = payload.get("delta")
+        for holder in (payload, delta if isinstance(delta, dict) else None):
+            if holder and isinstance(holder.get("stop_reason"), str):  # Anthropic's finish reason
+                self.finish_reason = holder["stop_reason"]
         for choice in payload.get("choices") or ():
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
@@ -55,8 +62,9 @@ class Tally:
 
 async def stream_batches(
     client: httpx.AsyncClient, url: str, body: bytes, tally: Tally
-) -> AsyncGenerator[list[bytes], None]:
-    """Yield the engine's SSE `data:` payloads, unchanged, until `[DONE]`: one list per network read.
+) -> AsyncGenerator[list[Frame], None]:
+    """Yield the engine's SSE events (name and `data:` payload, unchanged) until `[DONE]` or the end of the
+    body: one list per network read.
 
     Whatever the engine wrote while we were busy forwarding arrives in one read and leaves as one gRPC
     message, so no reader task or queue sits between the engine and the router (each costs latency)."""
@@ -67,36 +75,41 @@ async def stream_batches(
         events = SseSplitter()
         async for raw in response.aiter_raw():
             batch, done = events.feed(raw)
-            batch = [_observe(payload, tally) for payload in batch]
+            batch = [(name, _observe(payload, tally)) for name, payload in batch]
             if batch:
                 yield batch
             if done:
                 return
 
 
+Frame = tuple[str, bytes]  # (the event's name, "" when unnamed; its data payload)
+
+
 class SseSplitter:
-    """Bytes in, complete `data:` payloads out (events end with a blank line; CRLF tolerated)."""
+    """Bytes in, complete events out as frames (events end with a blank line; CRLF tolerated)."""
 
     def __init__(self, max_pending: int = 16 * 1024 * 1024) -> None:
         self.pending = b""
         self.max_pending = max_pending
 
-    def feed(self, raw: bytes) -> tuple[list[bytes], bool]:
-        """(payloads completed by this read, whether `[DONE]` arrived)."""
+    def feed(self, raw: bytes) -> tuple[list[Frame], bool]:
+        """(frames completed by this read, whether `[DONE]` arrived)."""
         self.pending += raw.replace(b"\r\n", b"\n") if b"\r" in raw else raw
         *events, self.pending = self.pending.split(b"\n\n")
         if len(self.pending) > self.max_pending:
             raise EngineError(502, b'{"error": {"message": "the engine sent an oversized event"}}')
-        payloads: list[bytes] = []
+        frames: list[Frame] = []
         for event in events:
+            name = ""
             for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue  # comments, event: lines
-                payload = line[5:].strip()
-                if payload == DONE:
-                    return payloads, True
-                payloads.append(payload)
-        return payloads, False
+                if line.startswith(b"event:"):
+                    name = line[6:].strip().decode(errors="replace")
+                elif line.startswith(b"data:"):  # comments and other fields are not relayed
+                    payload = line[5:].strip()
+                    if payload == DONE:
+                        return frames, True
+                    frames.append((name, payload))
+        return frames, False
 
 
 def _observe(payload: bytes, tally: Tally) -> bytes:
@@ -130,8 +143,11 @@ def _worth_parsing(payload: bytes) -> bool:
     return b'"usage"' in payload or b'"finish_reason":"' in payload or b'"finish_reason": "' in payload
 
 
-async def whole_response(client: httpx.AsyncClient, url: str, body: bytes, tally: Tally) -> bytes:
-    response = await client.post(url, content=body, headers={"content-type": "application/json"})
+async def whole_response(client: httpx.AsyncClient, method: str, url: str, body: bytes, tally: Tally) -> bytes:
+    if method == "GET":  # a retrieval: what to get is in the URL
+        response = await client.get(url)
+    else:
+        response = await client.post(url, content=body, headers={"content-type": "application/json"})
     if response.status_code != 200:
         raise EngineError(response.status_code, response.content)
     try:

@@ -41,18 +41,25 @@ def _beat(request: pb.GenerateRequest) -> float | None:
 
 
 def usage_message(usage: dict[str, object]) -> pb.Usage:
-    def num(key: str) -> int:
-        value = usage.get(key)
-        return int(value) if isinstance(value, int | float) else 0
+    """An engine's usage as the contract counts it, whichever API's names it uses: OpenAI's chat and completions
+    (prompt/completion tokens), the Responses API's and Anthropic's (input/output tokens)."""
 
-    message = pb.Usage(
-        prompt_tokens=num("prompt_tokens"),
-        completion_tokens=num("completion_tokens"),
-        total_tokens=num("total_tokens"),
-    )
-    details = usage.get("prompt_tokens_details")
-    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-        message.cached_prompt_tokens = details["cached_tokens"]
+    def num(*keys: str, within: object = usage) -> int | None:
+        for key in keys:
+            value = within.get(key) if isinstance(within, dict) else None
+            if isinstance(value, int | float):
+                return int(value)
+        return None
+
+    prompt = num("prompt_tokens", "input_tokens") or 0
+    completion = num("completion_tokens", "output_tokens") or 0
+    message = pb.Usage(prompt_tokens=prompt, completion_tokens=completion,
+                       total_tokens=num("total_tokens") or prompt + completion)  # fmt: skip
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = num("cached_tokens", within=details)
+    cached = cached if cached is not None else num("cache_read_input_tokens")  # Anthropic's name
+    if cached is not None:
+        message.cached_prompt_tokens = cached
     return message
 
 
@@ -103,20 +110,21 @@ class WorkerService(pb_grpc.WorkerServicer):
         admitted = await self._admit(request, context)
         if admitted is None:
             return
-        url, body, tally, streaming = admitted
+        method, url, body, tally, streaming = admitted
         started, beat = time.monotonic(), _beat(request)
         if self._watched() == 0:
             self.supervisor.note_token()  # busy from now: an idle engine is not stalled
         self.inflight += 1  # no await since _admit's draining check: a drain that read inflight 0 saw every request
         try:
-            replies = self._stream(url, body, tally, beat) if streaming else self._whole(url, body, tally, beat)
+            replies = self._stream(url, body, tally, beat) if streaming else self._whole(method, url, body, tally, beat)
             async with contextlib.aclosing(replies):
                 async for reply in replies:
                     yield reply
         except EngineError as exc:
-            if exc.status in (404, 405) and request.endpoint not in endpoints.GENERATING:  # no such route there
-                route, model = endpoints.PATHS[request.endpoint], self.identity.models[0].name
-                message = f"The model `{model}` does not serve {route} (engine {self.supervisor.config.kind})."
+            config, route = self.supervisor.config, endpoints.PATHS[request.endpoint]
+            if exc.status in (404, 405) and route not in endpoints.served(config.kind, config.task):  # no such route
+                model = self.identity.models[0].name
+                message = f"The model `{model}` does not serve {route} (engine {config.kind})."
                 await _abort(context, 404, message, "not_found_error")
                 return
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
@@ -132,10 +140,10 @@ class WorkerService(pb_grpc.WorkerServicer):
 
     async def _admit(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[str, bytes, Tally, bool] | None:
-        """The engine URL, the body to send, a tally and whether it streams; or None, the call aborted."""
-        path = endpoints.PATHS.get(request.endpoint)
-        if path is None:
+    ) -> tuple[str, str, bytes, Tally, bool] | None:
+        """The HTTP method and engine URL, the body to send, a tally and whether it streams; or None, the call
+        aborted."""
+        if request.endpoint not in endpoints.PATHS:
             await _abort(context, 400, "unknown endpoint", "invalid_request_error")
             return None
         if len(request.body) > self.max_body_bytes:
@@ -149,20 +157,22 @@ class WorkerService(pb_grpc.WorkerServicer):
         try:
             payload = json.loads(request.body)
             streaming = bool(payload.get("stream"))
-        except (ValueError, AttributeError):
-            await _abort(context, 400, "request body is not a JSON object", "invalid_request_error")
+            method, path = endpoints.engine_request(request.endpoint, payload)
+        except (ValueError, AttributeError, KeyError):
+            await _abort(context, 400, "request body is not a JSON object of the endpoint's shape",
+                         "invalid_request_error")  # fmt: skip
             return None
         if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
             await _abort(context, 400, too_long, "invalid_request_error")
             return None
         tally, body = Tally(), request.body
-        if streaming and self.supervisor.adapter.running_usage:
+        if streaming and self.supervisor.adapter.running_usage and request.endpoint in endpoints.OPENAI_STREAMS:
             tally.strip_running = ask_running_usage(payload)
             body = json.dumps(payload).encode()
         if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
             await _abort(context, 503, "this worker is draining", "service_unavailable")
             return None
-        return self.supervisor.url + path, body, tally, streaming
+        return method, self.supervisor.url + path, body, tally, streaming
 
     async def _stream(
         self, url: str, body: bytes, tally: Tally, beat: float | None
@@ -178,15 +188,18 @@ class WorkerService(pb_grpc.WorkerServicer):
                     self.supervisor.note_token()
                     tally.first_at = tally.first_at or time.monotonic()
                     running = usage_message(tally.usage) if tally.usage else None
-                    yield pb.GenerateReply(chunks=pb.Chunks(items=batch, usage=running))
+                    named = any(name for name, _ in batch)
+                    chunks = pb.Chunks(items=[data for _, data in batch], usage=running,
+                                       events=[name for name, _ in batch] if named else ())  # fmt: skip
+                    yield pb.GenerateReply(chunks=chunks)
         finally:
             self.streams -= 1
             await batches.aclose()  # on cancel, close the engine stream now (not at GC): it aborts
 
     async def _whole(
-        self, url: str, body: bytes, tally: Tally, beat: float | None
+        self, method: str, url: str, body: bytes, tally: Tally, beat: float | None
     ) -> AsyncGenerator[pb.GenerateReply, None]:
-        answer = once(whole_response(self.http, url, body, tally))
+        answer = once(whole_response(self.http, method, url, body, tally))
         async with contextlib.aclosing(with_heartbeats(answer, beat)) as beating:
             async for whole in beating:
                 yield ALIVE if whole is None else pb.GenerateReply(response=whole)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -26,20 +27,15 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
-from cluster.router import schema
+from cluster.router import ollama, schema
 from cluster.router.errors import ApiError, Unexpected
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
-from cluster.router.intake import Incoming, Kind, for_model, read_request
+from cluster.router.intake import Incoming, Parsed, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
+from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
-from cluster.router.validation import (
-    ChatRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    EmbeddingRequest,
-    TokenizeRequest,
-)
+from cluster.router.validation import ResponseRetrieval, validate
 from proto import orchard_pb2 as pb
 from proto.launch import RouterConfig
 
@@ -76,28 +72,16 @@ def create_app(
     _add_operator_routes(app, registry, metrics, gateway)
 
     pipeline = _Pipeline(registry, config, metrics, forwarder, gateway)
-    schema.install(app, {"/orchard/drain": ("post", DrainAsk)})
+    schema.install(app, {"/orchard/drain": ("post", DrainAsk)} | ollama.BODIES)
+    for route in RELAYED:
+        app.add_api_route(route.path, pipeline.endpoint(route), methods=["POST"], name=route.path)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await pipeline.handle(request, pb.ENDPOINT_CHAT_COMPLETIONS, ChatRequest)
+    @app.get(GET_RESPONSE.path)
+    async def get_response(request: Request, response_id: str) -> Response:
+        """A stored response, from the worker that stored it (the router remembers which)."""
+        return await pipeline.handle(request, GET_RESPONSE, lambda: pipeline.retrieval(response_id))
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await pipeline.handle(request, pb.ENDPOINT_COMPLETIONS, CompletionRequest)
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
-        return await pipeline.handle(request, pb.ENDPOINT_EMBEDDINGS, EmbeddingRequest)
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> Response:
-        return await pipeline.handle(request, pb.ENDPOINT_TOKENIZE, TokenizeRequest)
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> Response:
-        return await pipeline.handle(request, pb.ENDPOINT_DETOKENIZE, DetokenizeRequest)
-
+    ollama.install(app, pipeline.handle, registry, gateway, config.max_body_bytes)
     return app
 
 
@@ -111,23 +95,32 @@ class _Pipeline:
     forwarder: Forwarder
     gateway: Gateway
 
-    async def handle(self, request: Request, endpoint: pb.Endpoint, kind: Kind) -> Response:
+    def endpoint(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
+        async def relayed(request: Request) -> Response:
+            return await self.handle(request, route, lambda: read_request(request, route, self.config.max_body_bytes))
+
+        return relayed
+
+    async def handle(self, request: Request, route: Route, read: Read) -> Response:
+        """The response to a request for `route`; `read` gives its body, parsed and validated."""
         model = "?"
         try:
-            key = self.gateway.authenticate(_credentials(request))  # before reading anything
-            parsed = await read_request(request, kind, self.config.max_body_bytes)
+            key = self.gateway.authenticate(credentials(request))  # before reading anything
+            parsed = await read()
             model = parsed.model
             started_at = time.monotonic()
-            incoming = for_model(parsed, endpoint, self.registry.models(), request.headers.get("x-session-id"))
+            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"))
+            incoming = replace(incoming, home=self._home(parsed, started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
             granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
         except (ApiError, Refusal) as exc:
             error = _api_error(exc)
             self.metrics.requests.labels(model, str(error.status)).inc()
-            return error.response(exc.headers if isinstance(exc, Refusal) else None)
+            return error.response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
         except TimeoutError:
             self.metrics.requests.labels(model, "504").inc()
-            return ApiError(504, "The request waited in the queue past its deadline.", code="timeout").response()
+            error = ApiError(504, "The request waited in the queue past its deadline.", code="timeout")
+            return error.response(dialect=route.dialect)
         ending = _Ending(self.gateway, granted, started_at)
         try:
             response = await _unless_client_leaves(request, self._forward(incoming, granted, ending, started_at))
@@ -140,6 +133,23 @@ class _Pipeline:
             ending(Ended(500, "", pb.Usage(), counted=True))
             raise
 
+    def _home(self, parsed: Parsed, now: float) -> str | None:
+        """The worker holding the response a Responses request continues or retrieves, if the router knows it
+        (if not, any worker tries, and its engine answers "not found")."""
+        stored = getattr(parsed.fields, "previous_response_id", None) or getattr(parsed.fields, "response_id", None)
+        return self.forwarder.homes.get(stored, now) if stored else None
+
+    async def retrieval(self, response_id: str) -> Parsed:
+        """GET /v1/responses/{id} as a request for the model of the worker that stored it."""
+        home = self.forwarder.homes.get(response_id, time.monotonic()) if len(response_id) <= 128 else None
+        handle = next((h for h in self.registry.workers.values() if h.worker_id == home), None)
+        models = [m for m in (handle.models if handle else ()) if GET_RESPONSE.path in self.registry.models()[m].routes]
+        if not models:
+            raise ApiError(404, f"No response with id `{response_id[:128]}` is known to this router (not created "
+                           "through it, not stored, or its worker has left).", code="response_not_found")  # fmt: skip
+        body = {"model": models[0], "response_id": response_id}
+        return Parsed(json.dumps(body).encode(), body, validate(body, ResponseRetrieval))
+
     async def _forward(self, incoming: Incoming, granted: Pass, ending: _Ending, started_at: float) -> Response:
         model, remaining = incoming.model, self.config.request_timeout_s - (time.monotonic() - started_at)
         try:
@@ -147,13 +157,13 @@ class _Pipeline:
         except ApiError as exc:
             self.metrics.requests.labels(model, str(exc.status)).inc()
             ending(Ended(exc.status, "", pb.Usage(), counted=True))
-            return exc.response(granted.headers)
+            return exc.response(granted.headers, incoming.dialect)
         ending.first_byte = time.monotonic()
         self.metrics.ttft.labels(model).observe(ending.first_byte - started_at)
         headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id, **granted.headers}
         if not incoming.stream:
-            return await self.forwarder.whole(started, model, headers, ending)
-        relay = self.forwarder.relay(started, model, incoming.wants_usage, ending)
+            return await self.forwarder.whole(started, incoming, headers, ending)
+        relay = self.forwarder.relay(started, incoming, ending)
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
                                  background=BackgroundTask(ending.close, started.call))  # fmt: skip
@@ -181,14 +191,6 @@ async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> 
         return task.result()
     finally:
         task.cancel()  # a no-op once done; ends the work if this handler is cancelled
-
-
-def _credentials(request: Request) -> str | None:
-    """The caller's key as `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY` header."""
-    authorization = request.headers.get("authorization")
-    if authorization is None and (api_key := request.headers.get("x-api-key")):
-        return f"Bearer {api_key}"
-    return authorization
 
 
 def _api_error(exc: ApiError | Refusal) -> ApiError:
@@ -223,14 +225,14 @@ class _Ending:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response(dialect=dialect_of(request.url.path))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail)).response()
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, str(exc.detail)).response(dialect=dialect_of(request.url.path))
 
-    app.add_middleware(Unexpected)
+    app.add_middleware(Unexpected, dialect_of=dialect_of)
 
 
 def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway) -> None:
@@ -243,7 +245,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         try:  # worker addresses, models and teams: an operator's, once keys are on
-            gateway.check_admin(_credentials(request))
+            gateway.check_admin(credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         now = time.monotonic()
@@ -254,7 +256,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         try:
-            gateway.authenticate(_credentials(request))
+            gateway.authenticate(credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         data = [
@@ -273,7 +275,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     @app.get("/orchard/workers")
     async def workers(request: Request) -> Response:
         try:
-            gateway.check_admin(_credentials(request))
+            gateway.check_admin(credentials(request))
         except Refusal as exc:
             return _api_error(exc).response()
         now = time.monotonic()
@@ -285,7 +287,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
     async def drain(request: Request) -> Response:
         """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
         try:
-            gateway.check_admin(_credentials(request))
+            gateway.check_admin(credentials(request))
             ask = DrainAsk.model_validate_json(await request.body())
         except Refusal as exc:
             return _api_error(exc).response()

@@ -1,4 +1,6 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right HTTP status."""
+"""Errors in the shape of the API the client speaks, with the right HTTP status: OpenAI's
+`{"error": {"message", "type", "param", "code"}}`, Anthropic's `{"type": "error", "error": {"type", "message"}}`
+or Ollama's `{"error": "message"}`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 import logging
 import traceback
 import uuid
+from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import grpc
@@ -26,6 +30,25 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class Dialect(Enum):
+    """Whose API a route speaks, so whose error shape it answers in."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OLLAMA = "ollama"
 
 
 log = logging.getLogger(__name__)
@@ -43,15 +66,20 @@ class ApiError(Exception):
         self.param = param
         self.code = code
 
-    def body(self) -> dict[str, Any]:
+    def body(self, dialect: Dialect = Dialect.OPENAI) -> dict[str, Any]:
+        if dialect is Dialect.ANTHROPIC:
+            kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
+        if dialect is Dialect.OLLAMA:
+            return {"error": self.message}
         kind = _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+    def response(self, headers: dict[str, str] | None = None, dialect: Dialect = Dialect.OPENAI) -> JSONResponse:
         headers = dict(headers or {})
         if self.status in (429, 503) and not any(h.lower() == "retry-after" for h in headers):
             headers["retry-after"] = str(RETRY_AFTER_S)  # no worker now: an engine restarts or a host returns
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(dialect), status_code=self.status, headers=headers)
 
 
 class Unexpected:
@@ -59,8 +87,8 @@ class Unexpected:
     generic 500 for the client: the exception's name and text are the operator's, not the client's. Starlette's
     own handler would log the traceback twice (it re-raises to the server)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, dialect_of: Callable[[str], Dialect]) -> None:
+        self.app, self.dialect_of = app, dialect_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
@@ -81,7 +109,8 @@ class Unexpected:
             if started or scope["type"] != "http":
                 return  # a response already begun cannot become an error; the connection closes
             message = f"Internal error in the router (incident {incident}); the operator's log has the details."
-            await ApiError(500, message, code="internal_error").response()(scope, receive, send)
+            error = ApiError(500, message, code="internal_error")
+            await error.response(dialect=self.dialect_of(scope.get("path", "")))(scope, receive, send)
 
 
 def upstream_error(status: int, body: bytes) -> ApiError:

@@ -18,12 +18,13 @@ from typing import Any
 import grpc
 from fastapi.responses import Response
 
-from cluster.router.errors import ApiError, from_grpc
+from cluster.router.errors import ApiError, Dialect, from_grpc
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.routing.choose import Decision, RequestView, RoutingState, choose
-from proto import errors
+from cluster.routing.sessions import SessionPins
+from proto import endpoints, errors
 from proto import orchard_pb2 as pb
 from proto.launch import RouterConfig
 
@@ -50,6 +51,8 @@ class Ended:
 OnEnd = Callable[[Ended], None]
 
 
+RESPONSE_HOME_TTL_S = 7 * 24 * 3600.0  # as long as a worker's engine keeps its responses, at most a week idle
+MAX_RESPONSE_HOMES = 100_000
 HEARTBEATS_PER_GAP = 4  # an agent's heartbeat may come late three times over before the gap deadline passes
 CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response went out with it)
 # Not DEADLINE_EXCEEDED: the request's one deadline is spent. CANCELLED here is the agent's (shutting down):
@@ -86,6 +89,8 @@ class Forwarder:
         self.registry, self.config, self.metrics = registry, config, metrics
         self.routing = RoutingState()
         self.policies = dict(config.model_policies)
+        # Response id → the worker that stored it (the Responses API continues a response where it is kept).
+        self.homes = SessionPins(ttl_s=RESPONSE_HOME_TTL_S, max_sessions=MAX_RESPONSE_HOMES)
 
     def decide(self, request: RequestView, tried: frozenset[str]) -> Decision | None:
         """The policy's choice among ready workers not yet tried; recorded in the routing state."""
@@ -108,6 +113,8 @@ class Forwarder:
         falls silent is passed over for another (--max-attempts in all, never the same one twice), all within
         the request's one deadline."""
         tried: set[str] = set()
+        if incoming.home is not None:  # only the worker holding the response can continue it
+            tried = {handle.worker_id for handle in self.registry.workers.values()} - {incoming.home}
         last_error: ApiError | None = None
         generate = incoming.generate_request()
         generate.heartbeat_seconds = self.config.gap_timeout_s / HEARTBEATS_PER_GAP
@@ -123,11 +130,19 @@ class Forwarder:
             if last_error is not None:
                 self.metrics.retries.labels(incoming.model).inc()
             try:
-                return await self._attempt(handle, generate, deadline)
+                started = await self._attempt(handle, generate, deadline)
             except _NextWorker as exc:
                 last_error = exc.error
+            else:
+                if incoming.endpoint == pb.ENDPOINT_RESPONSES and (stored := response_id(started.first)):
+                    self.homes.pin(stored, started.handle.worker_id, time.monotonic())
+                return started
         if last_error is not None:
             raise last_error
+        if incoming.home is not None:
+            raise ApiError(503, f"The response this request continues is stored on worker {incoming.home}, which "
+                           "is not serving now (down, draining or gone); retry when it is back, or start anew.",
+                           code="response_unavailable")  # fmt: skip
         raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
                        code="no_worker")  # fmt: skip
 
@@ -192,9 +207,9 @@ class Forwarder:
             if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
                 return reply
 
-    async def whole(self, started: Started, model: str, headers: dict[str, str], on_end: OnEnd) -> Response:
+    async def whole(self, started: Started, incoming: Incoming, headers: dict[str, str], on_end: OnEnd) -> Response:
         """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
-        worker = started.handle.worker_id
+        worker, model = started.handle.worker_id, incoming.model
         try:
             final = await self.next_reply(started.call, worker)
         except _Silent:  # the answer is here; only its token count is missing
@@ -205,46 +220,53 @@ class Forwarder:
             err = from_grpc(exc)
             self.metrics.requests.labels(model, str(err.status)).inc()
             on_end(Ended(err.status, worker, pb.Usage(), counted=True))
-            return err.response(headers)
+            return err.response(headers, incoming.dialect)
         finally:
             started.handle.served += 1
         body, usage = started.first.response, pb.Usage()
         if final is not grpc.aio.EOF and final.HasField("final"):
             usage = final.final.usage
-            body = fill_usage(body, usage)
+            if incoming.endpoint in endpoints.OPENAI_STREAMS:
+                body = fill_usage(body, usage)
             self.metrics.count_tokens(model, usage)
         self.metrics.requests.labels(model, "200").inc()
         on_end(Ended(200, worker, usage, counted=True))
         return Response(body, media_type="application/json", headers=headers)
 
-    async def relay(self, started: Started, model: str, wants_usage: bool, on_end: OnEnd) -> AsyncIterator[bytes]:
+    async def relay(self, started: Started, incoming: Incoming, on_end: OnEnd) -> AsyncIterator[bytes]:
         """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
-        status, call = 200, started.call
+        status, call, model = 200, started.call, incoming.model
         usage, counted, chunks, ended, metered = pb.Usage(), False, 0, False, False
+        openai = incoming.endpoint in endpoints.OPENAI_STREAMS  # data-only frames, [DONE], a usage chunk
         try:
             reply = started.first
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
                     if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
                         usage, counted = reply.chunks.usage, True
-                    tokens = [c for c in reply.chunks.items if not is_usage_only(c)]
-                    items = reply.chunks.items if wants_usage else tokens
-                    chunks += len(tokens)
-                    if items:  # one write for everything that arrived together
-                        yield b"".join(b"data: " + c + b"\n\n" for c in items)
+                    if reply.chunks.events:  # named events (Anthropic's, the Responses API's): relayed as they came
+                        chunks += len(reply.chunks.items)
+                        named = zip(reply.chunks.events, reply.chunks.items, strict=True)
+                        yield b"".join(_named(name, item) for name, item in named)
+                    else:
+                        tokens = [c for c in reply.chunks.items if not (openai and is_usage_only(c))]
+                        items = reply.chunks.items if incoming.wants_usage else tokens
+                        chunks += len(tokens)
+                        if items:  # one write for everything that arrived together
+                            yield b"".join(b"data: " + c + b"\n\n" for c in items)
                 elif reply.HasField("final"):
                     usage, counted, metered = reply.final.usage, True, True
                     self.metrics.count_tokens(model, usage)
                 reply = await self.next_reply(call, started.handle.worker_id)
             ended = True
-            yield b"data: [DONE]\n\n"
+            if openai:
+                yield DONE
         except (grpc.aio.AioRpcError, _Silent) as exc:
             if isinstance(exc, _Silent):
                 self.registry.failed(started.handle)
             err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc.error()
             status, ended = err.status, True
-            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+            yield error_event(err, incoming)
         finally:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
             started.handle.served += 1
@@ -255,6 +277,40 @@ class Forwarder:
             elif not metered:
                 self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
             on_end(Ended(status, started.handle.worker_id, usage, counted))
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _named(name: str, item: bytes) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + item + b"\n\n" if name else b"data: " + item + b"\n\n"
+
+
+def error_event(err: ApiError, incoming: Incoming) -> bytes:
+    """How a stream that fails after its first byte ends, in its API's framing: OpenAI's chat and completions
+    send the error as data and [DONE]; Anthropic's and the Responses API's streams send an `error` event."""
+    if incoming.endpoint in endpoints.OPENAI_STREAMS:
+        return b"data: " + json.dumps(err.body(incoming.dialect)).encode() + b"\n\n" + DONE
+    if incoming.dialect is Dialect.ANTHROPIC:
+        return _named("error", json.dumps(err.body(Dialect.ANTHROPIC)).encode())
+    error = err.body()["error"]
+    return _named("error", json.dumps({"type": "error", "code": error["code"] or error["type"],
+                                       "message": error["message"], "param": error["param"]}).encode())  # fmt: skip
+
+
+def response_id(first: pb.GenerateReply) -> str | None:
+    """The id of a response the Responses API stored: in the whole body, or in the stream's first event
+    (`response.created`)."""
+    payload = first.response if first.HasField("response") else (first.chunks.items or [b""])[0]
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(body, dict):
+        body = body.get("response", body)
+    if not isinstance(body, dict) or body.get("store", True) is False:
+        return None
+    return body["id"] if isinstance(body.get("id"), str) else None
 
 
 def _release(handle: WorkerHandle) -> None:

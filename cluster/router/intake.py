@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from cluster.router.errors import ApiError
+from cluster.router.errors import ApiError, Dialect
+from cluster.router.routes import Route
 from cluster.router.validation import (
     AnyRequest,
-    ChatRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    EmbeddingRequest,
-    TokenizeRequest,
     check_capabilities,
     check_limits,
     parse_body,
@@ -38,23 +35,16 @@ class Incoming:
 
     request_id: str
     endpoint: pb.Endpoint
+    dialect: Dialect  # the shape of its errors
     model: str
     stream: bool
     wants_usage: bool  # the client asked for usage on the stream; otherwise the router drops that chunk
     body: bytes  # what the engine receives
     view: RequestView  # what the routing policy reads
+    home: str | None = None  # the one worker that can answer (it holds the response this one continues)
 
     def generate_request(self) -> pb.GenerateRequest:
         return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body)
-
-
-Kind = (
-    type[ChatRequest]
-    | type[CompletionRequest]
-    | type[EmbeddingRequest]
-    | type[TokenizeRequest]
-    | type[DetokenizeRequest]
-)
 
 
 @dataclass(frozen=True)
@@ -70,19 +60,37 @@ class Parsed:
         return self.fields.model
 
 
+Read = Callable[[], Awaitable[Parsed]]  # a request's body, read, parsed and validated as its route reads it
 BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this is a slow-loris client, not a slow network
 MAX_SESSION_CHARS = 256  # X-Session-Id, as long as OpenAI's `user`
 
 
-async def read_request(request: Request, kind: Kind, max_body_bytes: int) -> Parsed:
-    """Read (bounded in size and time), parse and validate. Raises ApiError (OpenAI's shape, the right status)."""
+async def read_request(request: Request, route: Route, max_body_bytes: int) -> Parsed:
+    """Read (bounded in size and time), parse and validate. Raises ApiError (the right status)."""
+    raw = await _read_raw(request, max_body_bytes)
+    body = parse_body(raw)
+    return Parsed(raw, body, validate(body, route.body))  # type: ignore[arg-type]  # a route's body is an AnyRequest
+
+
+async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
+    """A JSON object body, read as `read_request` reads one, for a route that validates it itself."""
+    return parse_body(await _read_raw(request, max_body_bytes))
+
+
+async def _read_raw(request: Request, max_body_bytes: int) -> bytes:
     check_json_type(request.headers.get("content-type"))
     try:
-        raw = await asyncio.wait_for(read_bounded(request, max_body_bytes), BODY_TIMEOUT_S)
+        return await asyncio.wait_for(read_bounded(request, max_body_bytes), BODY_TIMEOUT_S)
     except TimeoutError:
         raise ApiError(408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.") from None
-    body = parse_body(raw)
-    return Parsed(raw, body, validate(body, kind))
+
+
+def credentials(request: Request) -> str | None:
+    """The caller's key as `Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY` header."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and (api_key := request.headers.get("x-api-key")):
+        return f"Bearer {api_key}"
+    return authorization
 
 
 def check_json_type(content_type: str | None) -> None:
@@ -94,8 +102,9 @@ def check_json_type(content_type: str | None) -> None:
         raise ApiError(415, f"Send the request body as JSON with `Content-Type: application/json` (got {got}).")
 
 
-def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.ModelInfo], session: str | None) -> Incoming:
+def for_model(request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None) -> Incoming:
     """Check the request against its model (known, fits the context) and describe it for routing."""
+    endpoint = route.endpoint
     raw, body, fields = request.raw, request.body, request.fields
     if session is not None and len(session) > MAX_SESSION_CHARS:
         raise ApiError(400, f"The X-Session-Id header is longer than {MAX_SESSION_CHARS} characters.")
@@ -108,12 +117,13 @@ def for_model(request: Parsed, endpoint: pb.Endpoint, models: dict[str, pb.Model
     check_limits(fields, models[fields.model].max_model_len)
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))
-    if fields.stream and not wants_usage:  # usage travels on the last chunk; the relay drops it again
+    if fields.stream and not wants_usage and endpoint in endpoints.OPENAI_STREAMS:
+        # usage travels on the last chunk; the relay drops it again
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         raw = json.dumps(body).encode()
     # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
     view = routing_view(fields.model, session or fields.user, body)
-    return Incoming(uuid.uuid4().hex, endpoint, fields.model, fields.stream, wants_usage, raw, view)
+    return Incoming(uuid.uuid4().hex, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view)
 
 
 def routing_view(model: str, session: str | None, body: dict[str, Any]) -> RequestView:

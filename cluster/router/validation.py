@@ -15,6 +15,7 @@ from cluster.router.errors import ApiError
 
 MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
 MAX_ITEMS = 2048  # messages in a chat, prompts in a batch (OpenAI's own limit for arrays of inputs)
+RESPONSE_ID = r"^[A-Za-z0-9_-]{1,128}$"  # vLLM's are resp_ and 32 hex digits; the id also goes into a URL
 MAX_DEPTH = 64  # JSON nesting: OpenAI bodies need a handful of levels, tools' JSON schemas a few dozen at most
 
 
@@ -95,8 +96,94 @@ class DetokenizeRequest(_Whole):
     tokens: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(max_length=1 << 20)]
 
 
-AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest
-R = TypeVar("R", bound=_Passthrough)
+class AnthropicMessage(_Passthrough):
+    role: Literal["user", "assistant"]
+    content: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)]
+
+
+class _Anthropic(_Passthrough):
+    """What Anthropic's Messages API and its token count share."""
+
+    model: str = Field(min_length=1, max_length=512)
+    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_ITEMS)
+    system: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
+    metadata: dict[str, Any] | None = None
+    stream_options: None = None
+
+    @property
+    def user(self) -> str | None:
+        """Anthropic's end-user id (`metadata.user_id`), in the place OpenAI's requests keep theirs."""
+        user = (self.metadata or {}).get("user_id")
+        return user if isinstance(user, str) and len(user) <= 256 else None
+
+
+class MessagesRequest(_Anthropic):
+    """Anthropic's Messages API (`max_tokens` is required there)."""
+
+    max_tokens: int = Field(ge=1, strict=True)
+    stream: StrictBool = False
+    temperature: float | None = Field(default=None, ge=0, le=1, strict=True)
+    top_p: float | None = Field(default=None, gt=0, le=1, strict=True)
+    top_k: int | None = Field(default=None, ge=0, strict=True)
+    stop_sequences: Annotated[list[str], Field(max_length=64)] | None = None
+
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class CountTokensRequest(_Anthropic):
+    stream: Literal[False] = False
+
+    def requested_tokens(self) -> int | None:
+        return None
+
+
+class ResponsesRequest(_Passthrough):
+    """OpenAI's Responses API."""
+
+    model: str = Field(min_length=1, max_length=512)
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_ITEMS)]
+    instructions: str | None = None
+    previous_response_id: str | None = Field(default=None, pattern=RESPONSE_ID)
+    max_output_tokens: int | None = Field(default=None, ge=1, strict=True)
+    stream: StrictBool = False
+    stream_options: None = None
+    store: StrictBool | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(default=None, gt=0, le=1, strict=True)
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    def requested_tokens(self) -> int | None:
+        return self.max_output_tokens
+
+
+class ResponseRetrieval(_Passthrough):
+    """GET /v1/responses/{id}, as the router sends it on (the model is the one that answered)."""
+
+    model: str
+    response_id: str = Field(pattern=RESPONSE_ID)
+    stream: Literal[False] = False
+    stream_options: None = None
+    user: None = None
+
+    def requested_tokens(self) -> int | None:
+        return None
+
+
+AnyRequest = (
+    ChatRequest
+    | CompletionRequest
+    | EmbeddingRequest
+    | TokenizeRequest
+    | DetokenizeRequest
+    | MessagesRequest
+    | CountTokensRequest
+    | ResponsesRequest
+    | ResponseRetrieval
+)
+R = TypeVar("R", bound=BaseModel)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -175,7 +262,7 @@ def check_capabilities(body: dict[str, Any], unsupported: Sequence[str], engine:
             )
 
 
-def check_limits(request: _Common | _Whole, max_model_len: int) -> None:
+def check_limits(request: AnyRequest, max_model_len: int) -> None:
     """max_tokens must fit the model's context (or a sane ceiling when unknown)."""
     wanted = request.requested_tokens()
     limit = max_model_len or MAX_TOKENS_CEILING

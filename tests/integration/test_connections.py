@@ -17,13 +17,14 @@ from fastapi import FastAPI
 
 from cluster.router.connections import guarded_protocol
 from cluster.router.errors import Unexpected
+from cluster.router.routes import dialect_of
 from worker.procs import free_port
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     app = FastAPI()
-    app.add_middleware(Unexpected)
+    app.add_middleware(Unexpected, dialect_of=dialect_of)
 
     @app.get("/ok")
     async def ok() -> dict[str, str]:

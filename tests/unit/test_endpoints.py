@@ -8,8 +8,9 @@ from proto import orchard_pb2 as pb
 
 
 def test_routes_by_engine_and_task() -> None:
-    assert endpoints.served("vllm", "generate") == ("/v1/chat/completions", "/v1/completions", "/tokenize",
-                                                    "/detokenize")  # fmt: skip
+    assert endpoints.served("vllm", "generate") == (
+        "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+        "/v1/responses/{response_id}", "/tokenize", "/detokenize")  # fmt: skip
     assert endpoints.served("vllm", "embed") == ("/v1/embeddings", "/tokenize", "/detokenize")
     assert endpoints.served("mlx", "generate") == endpoints.served("sim", "generate") == (
         "/v1/chat/completions", "/v1/completions")  # fmt: skip
@@ -22,3 +23,11 @@ def test_a_model_serves_what_every_worker_of_it_serves() -> None:
     for handle, served in zip(registry.workers.values(), routes, strict=True):
         handle.info = pb.InfoReply(models=[pb.ModelInfo(name="m", routes=served)])
     assert list(registry.models()["m"].routes) == ["/v1/chat/completions", "/v1/completions"]
+
+
+def test_a_retrieval_names_its_response_in_the_url_quoted() -> None:
+    assert endpoints.engine_request(pb.ENDPOINT_RESPONSES, {}) == ("POST", "/v1/responses")
+    assert endpoints.engine_request(pb.ENDPOINT_GET_RESPONSE, {"response_id": "resp_1"}) == (
+        "GET", "/v1/responses/resp_1")  # fmt: skip
+    assert endpoints.engine_request(pb.ENDPOINT_GET_RESPONSE, {"response_id": "../x?y"})[1] == (
+        "/v1/responses/..%2Fx%3Fy")  # fmt: skip

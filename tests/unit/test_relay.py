@@ -30,15 +30,22 @@ def test_tally_keeps_last_usage_and_finish_reason() -> None:
 
 def test_sse_splitter_keeps_events_whole_across_reads() -> None:
     splitter = SseSplitter()
-    assert splitter.feed(b'data: {"a": 1}\n\ndata: {"b"') == ([b'{"a": 1}'], False)
-    assert splitter.feed(b": 2}\n\n") == ([b'{"b": 2}'], False)  # the event completed by this read
+    assert splitter.feed(b'data: {"a": 1}\n\ndata: {"b"') == ([("", b'{"a": 1}')], False)
+    assert splitter.feed(b": 2}\n\n") == ([("", b'{"b": 2}')], False)  # the event completed by this read
     assert splitter.feed(b"") == ([], False)
 
 
-def test_sse_splitter_batches_a_read_ignores_comments_and_stops_at_done() -> None:
+def test_sse_splitter_batches_a_read_keeps_event_names_ignores_comments_and_stops_at_done() -> None:
     splitter = SseSplitter()
     read = b": keep-alive\r\n\r\ndata: one\r\n\r\nevent: x\ndata: two\n\ndata: [DONE]\n\ndata: late\n\n"
-    assert splitter.feed(read) == ([b"one", b"two"], True)
+    assert splitter.feed(read) == ([("", b"one"), ("x", b"two")], True)
+
+
+def test_sse_splitter_reads_anthropic_named_events_to_the_end_of_the_body() -> None:
+    splitter = SseSplitter()
+    read = b'event: message_start\ndata: {"type":"message_start"}\n\n' + b"event: message_stop\ndata: {}\n\n"
+    assert splitter.feed(read) == ([("message_start", b'{"type":"message_start"}'),
+                                    ("message_stop", b"{}")], False)  # fmt: skip
 
 
 def test_sse_splitter_refuses_an_endless_event() -> None:
@@ -62,7 +69,7 @@ async def test_stream_batches_sends_one_batch_per_read_and_learns_the_usage() ->
     async with httpx.AsyncClient(transport=transport) as client:
         batches = [b async for b in stream_batches(client, "http://engine/v1/completions", b"{}", tally)]
     assert [len(batch) for batch in batches] == [2, 1]
-    assert json.loads(batches[0][1]) == {"choices": [{"delta": {"content": "b"}}]}
+    assert json.loads(batches[0][1][1]) == {"choices": [{"delta": {"content": "b"}}]}
     assert tally.tokens_seen and tally.usage == {"total_tokens": 5}
 
 
@@ -92,9 +99,9 @@ async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_di
         async for batch in stream_batches(client, "http://engine/v1/chat/completions", b"{}", tally):
             seen.append((batch, dict(tally.usage)))
     (first, running), (last, final) = seen
-    assert first == ['{"choices":[{"delta":{"content":"é"}}]}'.encode()]  # count gone, text intact
+    assert first == [("", '{"choices":[{"delta":{"content":"é"}}]}'.encode())]  # count gone, text intact
     assert running == {"prompt_tokens": 7, "completion_tokens": 1}  # but read on the way
-    assert json.loads(last[0])["usage"] == final == {"prompt_tokens": 7, "completion_tokens": 2}  # final stays
+    assert json.loads(last[0][1])["usage"] == final == {"prompt_tokens": 7, "completion_tokens": 2}  # final stays
 
 
 def test_running_counts_are_asked_for_and_kept_when_the_client_asked_too() -> None:

@@ -92,7 +92,10 @@ class VllmEngine:
         if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
             argv += ["--runner", "pooling", "--convert", "embed"]
         argv += list(config.extra_args)
-        env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               # The Responses API's `previous_response_id` and GET /v1/responses/{id} need stored responses
+               # (vLLM keeps them in memory, unbounded; `store: false` on a request keeps it out).
+               "VLLM_ENABLE_RESPONSES_API_STORE": "1"}  # fmt: skip
         if Path(config.model).exists():  # local weights: never reach for a hub
             env["HF_HUB_OFFLINE"] = "1"
         if self.platform == "darwin":

@@ -1,0 +1,191 @@
+"""Ollama's API at the router: `/api/chat`, `/api/generate`, `/api/embed` go through the same pipeline as the
+OpenAI routes (keys, limits, fair admission, routing) as the OpenAI request they translate to
+(cluster/router/ollama_shapes.py), and their answers are translated back; `/api/tags`, `/api/ps`, `/api/show`
+and `/api/version` answer from what the router knows."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from cluster.gateway.gateway import Gateway, Refusal
+from cluster.router import ollama_shapes as shapes
+from cluster.router.errors import ApiError, Dialect
+from cluster.router.intake import Parsed, Read, credentials, read_json
+from cluster.router.registry import Registry
+from cluster.router.routes import Route
+from cluster.router.validation import ChatRequest, CompletionRequest, EmbeddingRequest, validate
+from proto import orchard_pb2 as pb
+
+Handle = Callable[[Request, Route, Read], Awaitable[Response]]  # the router's pipeline for one request
+CHAT = Route(pb.ENDPOINT_CHAT_COMPLETIONS, ChatRequest, Dialect.OLLAMA)
+COMPLETE = Route(pb.ENDPOINT_COMPLETIONS, CompletionRequest, Dialect.OLLAMA)
+EMBED = Route(pb.ENDPOINT_EMBEDDINGS, EmbeddingRequest, Dialect.OLLAMA)
+NDJSON = "application/x-ndjson"
+
+
+class ShowAsk(BaseModel):
+    model: str = Field(min_length=1, max_length=512)
+
+
+# What each translated route reads (published in the OpenAPI document).
+BODIES: dict[str, tuple[str, type[BaseModel]]] = {
+    "/api/chat": ("post", shapes.OllamaChat),
+    "/api/generate": ("post", shapes.OllamaGenerate),
+    "/api/embed": ("post", shapes.OllamaEmbed),
+    "/api/show": ("post", ShowAsk),
+}
+
+
+def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, limit: int) -> None:
+    """The Ollama routes, over the router's pipeline (`handle`); `limit`: the largest body read."""
+
+    async def translated(request: Request, ollama: type[BaseModel], model_names: set[str]) -> Any:
+        body = await read_json(request, limit)
+        if isinstance(body.get("model"), str) and body["model"] not in model_names:
+            body["model"] = body["model"].removesuffix(":latest")  # Ollama's default tag
+        return validate(body, ollama)
+
+    @app.post("/api/chat")
+    async def chat(request: Request) -> Response:
+        reply: list[shapes.Reply] = []
+
+        async def read() -> Parsed:
+            ask = await translated(request, shapes.OllamaChat, set(registry.models()))
+            reply.append(shapes.Reply(ask.model, chat=True))
+            return _parsed(shapes.chat_body(ask), ChatRequest)
+
+        return _answer(await handle(request, CHAT, read), reply)
+
+    @app.post("/api/generate")
+    async def generate(request: Request) -> Response:
+        reply: list[shapes.Reply] = []
+        route: list[Route] = []
+
+        async def read() -> Parsed:
+            ask = await translated(request, shapes.OllamaGenerate, set(registry.models()))
+            is_chat, body = shapes.generate_body(ask)
+            reply.append(shapes.Reply(ask.model, chat=is_chat))
+            route.append(CHAT if is_chat else COMPLETE)
+            return _parsed(body, ChatRequest if is_chat else CompletionRequest)
+
+        async def routed() -> Parsed:  # the route depends on the body: read it first, then hand it on
+            return parsed
+
+        try:
+            parsed = await _authenticated(request, gateway, read)
+        except ApiError as exc:
+            return exc.response(dialect=Dialect.OLLAMA)
+        return _answer(await handle(request, route[0], routed), reply)
+
+    @app.post("/api/embed")
+    async def embed(request: Request) -> Response:
+        started = time.monotonic_ns()
+        names: list[str] = []
+
+        async def read() -> Parsed:
+            ask = await translated(request, shapes.OllamaEmbed, set(registry.models()))
+            names.append(ask.model)
+            return _parsed(shapes.embed_body(ask), EmbeddingRequest)
+
+        response = await handle(request, EMBED, read)
+        if response.status_code != 200:
+            return response
+        return JSONResponse(shapes.embed_reply(names[0], json.loads(bytes(response.body)), started),
+                            headers=_kept(response))  # fmt: skip
+
+    _add_listings(app, registry, gateway, limit)
+
+
+async def _authenticated(request: Request, gateway: Gateway, read: Read) -> Parsed:
+    try:
+        gateway.authenticate(credentials(request))  # before reading anything
+    except Refusal as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code) from None
+    return await read()
+
+
+def _parsed(body: dict[str, Any], kind: type[Any]) -> Parsed:
+    return Parsed(json.dumps(body).encode(), body, validate(body, kind))
+
+
+def _kept(response: Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+
+
+def _answer(response: Response, reply: list[shapes.Reply]) -> Response:
+    """The pipeline's OpenAI answer in Ollama's shape (its errors are in Ollama's shape already)."""
+    if response.status_code != 200 or not reply:
+        return response
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _lines(response.body_iterator, reply[0])
+        response.headers["content-type"] = NDJSON
+        return response
+    return JSONResponse(reply[0].whole(json.loads(bytes(response.body))), headers=_kept(response))
+
+
+async def _lines(frames: AsyncIterable[Any], reply: shapes.Reply) -> AsyncIterator[bytes]:
+    """SSE frames (complete, as the relay writes them) in, NDJSON lines out."""
+    async for frame in frames:
+        out = []
+        for event in bytes(frame).split(b"\n\n"):
+            if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                continue
+            line = reply.chunk(json.loads(event[6:]))
+            if line is not None:
+                out.append(json.dumps(line).encode() + b"\n")
+        if out:
+            yield b"".join(out)
+
+
+def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int) -> None:
+    def cards() -> list[dict[str, Any]]:
+        models = sorted(registry.models().items())
+        return [shapes.model_card(name, m.max_model_len, tuple(m.routes)) for name, m in models]
+
+    async def guarded(request: Request, answer: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+        try:
+            gateway.authenticate(credentials(request))
+            return JSONResponse(await answer())
+        except Refusal as exc:
+            return ApiError(exc.status, exc.message, code=exc.code).response(dialect=Dialect.OLLAMA)
+        except ApiError as exc:
+            return exc.response(dialect=Dialect.OLLAMA)
+
+    @app.get("/api/tags")
+    async def tags(request: Request) -> Response:
+        async def answer() -> dict[str, Any]:
+            return {"models": cards()}
+
+        return await guarded(request, answer)
+
+    @app.get("/api/ps")
+    async def running(request: Request) -> Response:
+        async def answer() -> dict[str, Any]:  # every model is loaded on its workers while the cluster is up
+            return {"models": [{**card, "expires_at": None, "size_vram": 0} for card in cards()]}
+
+        return await guarded(request, answer)
+
+    @app.post("/api/show")
+    async def show(request: Request) -> Response:
+        async def answer() -> dict[str, Any]:
+            ask = validate(await read_json(request, limit), ShowAsk)
+            name = ask.model if ask.model in registry.models() else ask.model.removesuffix(":latest")
+            if name not in registry.models():
+                raise ApiError(404, f"model '{ask.model}' not found")
+            info = registry.models()[name]
+            return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "", "family": ""},
+                    "model_info": {"general.context_length": info.max_model_len},
+                    "capabilities": shapes.capabilities(tuple(info.routes))}  # fmt: skip
+
+        return await guarded(request, answer)
+
+    @app.get("/api/version")
+    async def version() -> JSONResponse:  # no key: tools probe it to find an Ollama server, as Ollama allows
+        return JSONResponse({"version": shapes.API_VERSION})

@@ -1,0 +1,179 @@
+"""Ollama's API in OpenAI's terms, both ways, as pure functions: an Ollama request becomes the OpenAI body the
+workers serve (chat, completions, embeddings), and the OpenAI answer becomes Ollama's (JSON, or NDJSON lines for
+a stream). Only what the tools that speak Ollama call (Open WebUI, Continue, editor plugins, the `ollama` client).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictBool
+
+from cluster.router.validation import MAX_ITEMS, _Passthrough
+
+# Ollama's `options` that have an OpenAI (or vLLM) request parameter of another name.
+_OPTIONS = {"num_predict": "max_tokens", "repeat_penalty": "repetition_penalty"}
+_SAME = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "frequency_penalty", "presence_penalty")
+API_VERSION = "0.12.0"  # the Ollama API level these shapes follow; clients compare it to enable features
+
+
+class OllamaMessage(_Passthrough):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: None = None  # no engine here reads images
+    tool_calls: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
+
+
+class _Ask(_Passthrough):
+    model: str = Field(min_length=1, max_length=512)
+    stream: StrictBool = True  # Ollama streams unless told not to
+    options: dict[str, Any] | None = None
+    format: Literal["json"] | dict[str, Any] | None = None
+    keep_alive: Any = None  # models stay loaded on their workers whatever a client asks
+
+
+class OllamaChat(_Ask):
+    messages: list[OllamaMessage] = Field(min_length=1, max_length=MAX_ITEMS)
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
+
+
+class OllamaGenerate(_Ask):
+    prompt: str = ""
+    system: str | None = None
+    raw: StrictBool = False
+    images: None = None
+    suffix: None = None  # fill-in-the-middle: no served engine does it
+
+
+class OllamaEmbed(_Passthrough):
+    model: str = Field(min_length=1, max_length=512)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS)]
+    dimensions: int | None = Field(default=None, ge=1, strict=True)
+    truncate: StrictBool | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+def _sampling(ask: _Ask) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, value in (ask.options or {}).items():
+        if name in _SAME:
+            body[name] = value
+        elif name in _OPTIONS and not (name == "num_predict" and isinstance(value, int) and value < 0):
+            body[_OPTIONS[name]] = value  # num_predict -1: no limit
+    if ask.format == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(ask.format, dict):
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": ask.format}}
+    if ask.stream:  # the last line carries the counts
+        body["stream_options"] = {"include_usage": True}
+    return {"model": ask.model, "stream": ask.stream, **body}
+
+
+def chat_body(ask: OllamaChat) -> dict[str, Any]:
+    messages = [_message(m) for m in ask.messages]
+    body = {**_sampling(ask), "messages": messages}
+    return body | ({"tools": ask.tools} if ask.tools else {})
+
+
+def _message(message: OllamaMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:  # Ollama's arguments are an object, OpenAI's a JSON string
+        out["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": {
+            "name": call.get("function", {}).get("name", ""),
+            "arguments": json.dumps(call.get("function", {}).get("arguments", {}))}}
+            for i, call in enumerate(message.tool_calls)]  # fmt: skip
+    return out
+
+
+def generate_body(ask: OllamaGenerate) -> tuple[bool, dict[str, Any]]:
+    """(whether it is a chat, the body): a raw prompt is a completion; otherwise the model's chat template
+    applies, as Ollama's own template would."""
+    if ask.raw:
+        return False, {**_sampling(ask), "prompt": ask.prompt}
+    system = [{"role": "system", "content": ask.system}] if ask.system else []
+    return True, {**_sampling(ask), "messages": [*system, {"role": "user", "content": ask.prompt}]}
+
+
+def embed_body(ask: OllamaEmbed) -> dict[str, Any]:
+    return {"model": ask.model, "input": ask.input} | ({"dimensions": ask.dimensions} if ask.dimensions else {})
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Reply:
+    """Turns one OpenAI answer (whole, or its stream chunk by chunk) into Ollama's, for `/api/chat` (a message)
+    or `/api/generate` (a response text)."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model, self.chat, self.started = model, chat, time.monotonic_ns()
+        self.done_reason = "stop"
+
+    def _line(self, text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        if not self.chat:
+            return {"model": self.model, "created_at": now_iso(), "response": text, "done": False}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = [_ollama_call(call) for call in tool_calls]
+        return {"model": self.model, "created_at": now_iso(), "message": message, "done": False}
+
+    def _done(self, usage: dict[str, Any] | None, text: str = "", calls: list[Any] | None = None) -> dict[str, Any]:
+        usage = usage or {}
+        elapsed = time.monotonic_ns() - self.started
+        return {**self._line(text, calls), "done": True, "done_reason": self.done_reason, "total_duration": elapsed,
+                "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0),
+                "eval_count": usage.get("completion_tokens", 0), "eval_duration": elapsed}  # fmt: skip
+
+    def whole(self, body: dict[str, Any]) -> dict[str, Any]:
+        choice = (body.get("choices") or [{}])[0]
+        self.done_reason = choice.get("finish_reason") or "stop"
+        message = choice.get("message") or {}
+        text = (message.get("content") or "") if self.chat else (choice.get("text") or "")
+        return self._done(body.get("usage"), text, message.get("tool_calls"))
+
+    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """The Ollama line for one OpenAI stream chunk, or None (a chunk that says nothing to show)."""
+        if isinstance(chunk.get("error"), str):
+            return {"error": chunk["error"]}
+        choices = chunk.get("choices") or []
+        if not choices:
+            return self._done(chunk.get("usage")) if chunk.get("usage") else None
+        choice = choices[0]
+        self.done_reason = choice.get("finish_reason") or self.done_reason
+        delta = choice.get("delta") or {}
+        text = (delta.get("content") or "") if self.chat else (choice.get("text") or "")
+        calls = delta.get("tool_calls")
+        return self._line(text, calls) if text or calls else None
+
+
+def _ollama_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        arguments = {}
+    return {"function": {"name": function.get("name", ""), "arguments": arguments}}
+
+
+def embed_reply(model: str, body: dict[str, Any], started_ns: int) -> dict[str, Any]:
+    vectors = [item.get("embedding") for item in sorted(body.get("data") or [], key=lambda d: d.get("index", 0))]
+    return {"model": model, "embeddings": vectors, "total_duration": time.monotonic_ns() - started_ns,
+            "load_duration": 0, "prompt_eval_count": (body.get("usage") or {}).get("prompt_tokens", 0)}  # fmt: skip
+
+
+def model_card(name: str, max_model_len: int, routes: tuple[str, ...]) -> dict[str, Any]:
+    """A model as `/api/tags` lists it (Orchard's models have no Ollama digest or file size: zeros)."""
+    return {"name": name, "model": name, "modified_at": now_iso(), "size": 0, "digest": "",
+            "details": {"format": "", "family": "", "families": None, "parameter_size": "",
+                        "quantization_level": ""}, "context_length": max_model_len,
+            "capabilities": capabilities(routes)}  # fmt: skip
+
+
+def capabilities(routes: tuple[str, ...]) -> list[str]:
+    found = ["completion"] if "/v1/chat/completions" in routes else []
+    return found + (["embedding"] if "/v1/embeddings" in routes else [])
