@@ -110,9 +110,9 @@ def for_model(request: Parsed, route: Route, models: dict[str, pb.ModelInfo], se
         raise ApiError(400, f"The X-Session-Id header is longer than {MAX_SESSION_CHARS} characters.")
     if fields.model not in models:
         raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
-    route, served = endpoints.PATHS[endpoint], models[fields.model].routes
-    if served and route not in served:
-        raise ApiError(404, f"The model `{fields.model}` does not serve {route} (it serves {', '.join(served)}).",
+    path, served = route.path, models[fields.model].routes
+    if served and path not in served:
+        raise ApiError(404, f"The model `{fields.model}` does not serve {path} (it serves {', '.join(served)}).",
                        param="model", code="route_not_served")  # fmt: skip
     check_limits(fields, models[fields.model].max_model_len)
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)

@@ -71,7 +71,7 @@ def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, 
         async def read() -> Parsed:
             ask = await translated(request, shapes.OllamaGenerate, set(registry.models()))
             is_chat, body = shapes.generate_body(ask)
-            reply.append(shapes.Reply(ask.model, chat=is_chat))
+            reply.append(shapes.Reply(ask.model, chat=False, from_chat=is_chat))
             route.append(CHAT if is_chat else COMPLETE)
             return _parsed(body, ChatRequest if is_chat else CompletionRequest)
 

@@ -107,14 +107,15 @@ def now_iso() -> str:
 
 
 class Reply:
-    """Turns one OpenAI answer (whole, or its stream chunk by chunk) into Ollama's, for `/api/chat` (a message)
-    or `/api/generate` (a response text)."""
+    """Turns one OpenAI answer (whole, or its stream chunk by chunk) into Ollama's: for `/api/chat` (a message)
+    or `/api/generate` (a response text), from an OpenAI chat (`from_chat`) or completion."""
 
-    def __init__(self, model: str, chat: bool) -> None:
+    def __init__(self, model: str, chat: bool, from_chat: bool | None = None) -> None:
         self.model, self.chat, self.started = model, chat, time.monotonic_ns()
+        self.from_chat = chat if from_chat is None else from_chat
         self.done_reason = "stop"
 
-    def _line(self, text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _line(self, text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
         if not self.chat:
             return {"model": self.model, "created_at": now_iso(), "response": text, "done": False}
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -129,12 +130,17 @@ class Reply:
                 "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0),
                 "eval_count": usage.get("completion_tokens", 0), "eval_duration": elapsed}  # fmt: skip
 
+    def _text(self, choice: dict[str, Any]) -> tuple[str, list[Any] | None]:
+        """A choice's text and tool calls, from a chat's message or delta, or a completion's text."""
+        if not self.from_chat:
+            return choice.get("text") or "", None
+        said = choice.get("message") or choice.get("delta") or {}
+        return said.get("content") or "", said.get("tool_calls")
+
     def whole(self, body: dict[str, Any]) -> dict[str, Any]:
         choice = (body.get("choices") or [{}])[0]
         self.done_reason = choice.get("finish_reason") or "stop"
-        message = choice.get("message") or {}
-        text = (message.get("content") or "") if self.chat else (choice.get("text") or "")
-        return self._done(body.get("usage"), text, message.get("tool_calls"))
+        return self._done(body.get("usage"), *self._text(choice))
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         """The Ollama line for one OpenAI stream chunk, or None (a chunk that says nothing to show)."""
@@ -143,11 +149,8 @@ class Reply:
         choices = chunk.get("choices") or []
         if not choices:
             return self._done(chunk.get("usage")) if chunk.get("usage") else None
-        choice = choices[0]
-        self.done_reason = choice.get("finish_reason") or self.done_reason
-        delta = choice.get("delta") or {}
-        text = (delta.get("content") or "") if self.chat else (choice.get("text") or "")
-        calls = delta.get("tool_calls")
+        self.done_reason = choices[0].get("finish_reason") or self.done_reason
+        text, calls = self._text(choices[0])
         return self._line(text, calls) if text or calls else None
 
 

@@ -69,6 +69,20 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
 
 
 @pytest.fixture(scope="package")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`cluster up --task embed`: the bundled model on vLLM's pooling runner."""
+    home: Path = tmp_path_factory.mktemp("embed-home")
+    try:
+        result = run_cli(["up", "--task", "embed", "--detach", "--port", str(free_port())], home)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = local.read_state(home)
+        assert state is not None
+        yield state.url
+    finally:
+        run_cli(["down"], home, timeout_s=120)
+
+
+@pytest.fixture(scope="package")
 def mlx_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     pytest.importorskip("mlx_lm", reason="the mlx engine needs the `mlx` extra (mlx, mlx-lm)")
     tmp = tmp_path_factory.mktemp("mlx")

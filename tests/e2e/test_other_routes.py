@@ -4,14 +4,10 @@ as from the engine directly, with the official openai client for embeddings."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from cluster.bringup import local
-from tests.conftest import free_port, run_cli
 from tests.e2e.conftest import UpCluster, client_of
 from worker.models import BUNDLED_NAME
 
@@ -38,20 +34,6 @@ def test_embeddings_need_a_model_served_for_them(up: UpCluster) -> None:
     [card] = httpx.get(up.url + "/v1/models", timeout=10).json()["data"]
     assert card["routes"] == ["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens",
                               "/v1/responses", "/v1/responses/{response_id}", "/tokenize", "/detokenize"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`cluster up --task embed`: the bundled model on vLLM's pooling runner."""
-    home: Path = tmp_path_factory.mktemp("embed-home")
-    try:
-        result = run_cli(["up", "--task", "embed", "--detach", "--port", str(free_port())], home)
-        assert result.returncode == 0, result.stdout + result.stderr
-        state = local.read_state(home)
-        assert state is not None
-        yield state.url
-    finally:
-        run_cli(["down"], home, timeout_s=120)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

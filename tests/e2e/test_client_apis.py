@@ -1,0 +1,177 @@
+"""Every client a team uses, with its own official client, through the router to real vLLM on the bundled model:
+the Anthropic SDK (Messages, streaming, a tool-use round trip, count_tokens, its error types), the OpenAI SDK's
+Responses API (continued on the worker that stored the response, with two workers serving the model) and the
+Ollama client (chat, generate, list, show, embed)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.conftest import Cluster, agent_config, agent_info, start_cluster, stop_cluster, wait_until, workers
+from tests.e2e.conftest import UpCluster, client_of
+from worker.models import BUNDLED_NAME
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def claude(url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=300)
+
+
+def _usage_row(home: Path, request_id: str) -> sqlite3.Row:
+    with sqlite3.connect(home / "gateway.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return wait_until(lambda: conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone(),
+                          10, "the usage row")  # fmt: skip
+
+
+def test_anthropic_messages_whole_and_billed_as_the_engine_counted(up: UpCluster) -> None:
+    raw = claude(up.url).messages.with_raw_response.create(model=BUNDLED_NAME, max_tokens=24, messages=QUESTION)
+    message = raw.parse()
+    assert message.type == "message" and message.role == "assistant" and message.content[0].type == "text"
+    assert message.content[0].text.strip() and message.stop_reason in ("end_turn", "max_tokens")
+    assert message.usage.input_tokens > 5 and 0 < message.usage.output_tokens <= 24
+    row = _usage_row(up.home, raw.headers["x-request-id"])  # Anthropic's names, counted as the contract counts
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (message.usage.input_tokens, message.usage.output_tokens)
+
+
+def test_anthropic_stream_is_parsed_whole_by_the_sdk(up: UpCluster) -> None:
+    with claude(up.url).messages.stream(model=BUNDLED_NAME, max_tokens=24, messages=QUESTION) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+    assert final.content[0].type == "text" and final.content[0].text.strip()
+    assert final.usage.output_tokens > 0 and final.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_anthropic_tool_use_round_trip(up: UpCluster) -> None:
+    client = claude(up.url)
+    tools = [{"name": "get_weather", "description": "The weather in a city.", "input_schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]  # fmt: skip
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.messages.create(model=BUNDLED_NAME, max_tokens=64, messages=ask, tools=tools,
+                                   tool_choice={"type": "tool", "name": "get_weather"})  # fmt: skip
+    [use] = [block for block in first.content if block.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input, dict) and "city" in use.input
+    result = {"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21 degrees."}
+    turns = [*ask, {"role": "assistant", "content": first.content}, {"role": "user", "content": [result]}]
+    second = client.messages.create(model=BUNDLED_NAME, max_tokens=32, messages=turns, tools=tools)
+    assert second.content and second.usage.input_tokens > first.usage.input_tokens
+
+
+def test_anthropic_count_tokens_and_errors_in_the_sdks_own_types(up: UpCluster) -> None:
+    client = claude(up.url)
+    short = client.messages.count_tokens(model=BUNDLED_NAME, messages=[{"role": "user", "content": "Hi"}])
+    longer = client.messages.count_tokens(model=BUNDLED_NAME, messages=QUESTION, system="Answer in one word.")
+    assert 0 < short.input_tokens < longer.input_tokens
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="no-such-model", max_tokens=8, messages=QUESTION)
+    assert missing.value.body == {"type": "error", "error": {
+        "type": "not_found_error", "message": "The model `no-such-model` does not exist."}}  # fmt: skip
+    with pytest.raises(anthropic.BadRequestError, match="temperature"):
+        client.messages.create(model=BUNDLED_NAME, max_tokens=8, messages=QUESTION, temperature=1.5)
+    refused = httpx.post(up.url + "/v1/messages", content=b"{", headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and refused.json()["type"] == "error"
+
+
+def test_ollama_client_chat_generate_list_and_show(up: UpCluster) -> None:
+    client = ollama.Client(host=up.url, timeout=300)
+    assert BUNDLED_NAME in [m.model for m in client.list().models]
+    chat = client.chat(model=BUNDLED_NAME, messages=QUESTION, options={"num_predict": 16, "temperature": 0})
+    assert chat.done and chat.message.role == "assistant" and chat.message.content.strip()
+    assert chat.prompt_eval_count and chat.prompt_eval_count > 5 and 0 < (chat.eval_count or 0) <= 16
+    parts = list(client.chat(model=BUNDLED_NAME, messages=QUESTION, stream=True,
+                             options={"num_predict": 16, "temperature": 0}))  # fmt: skip
+    assert parts[-1].done and not any(p.done for p in parts[:-1]) and parts[-1].eval_count
+    assert "".join(p.message.content or "" for p in parts) == chat.message.content  # greedy: the same answer
+    generated = client.generate(model=f"{BUNDLED_NAME}:latest", prompt="What is the capital of France?",
+                                options={"num_predict": 16, "temperature": 0})  # fmt: skip
+    assert generated.done and generated.response == chat.message.content  # generate applies the chat template
+    assert "completion" in (client.show(BUNDLED_NAME).capabilities or [])
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="no-such-model", messages=QUESTION)
+    assert missing.value.status_code == 404 and "no-such-model" in missing.value.error
+    assert httpx.get(up.url + "/api/version").json()["version"]
+
+
+def test_ollama_embed(embedder: str) -> None:
+    texts = ["The cat sat on the mat.", "Quarterly revenue rose by four percent."]
+    result = ollama.Client(host=embedder, timeout=300).embed(model=BUNDLED_NAME, input=texts)
+    assert len(result.embeddings) == 2 and {len(v) for v in result.embeddings} == {576}
+    assert result.prompt_eval_count and result.prompt_eval_count > 0
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two vLLM workers serving the bundled model behind one router (least loaded: both get traffic)."""
+    tmp = tmp_path_factory.mktemp("pair")
+    agents = [agent_config("vllm", BUNDLED_NAME, tmp / "logs") for _ in range(2)]
+    cluster = start_cluster(tmp, agents, policy="least_loaded")
+    yield cluster
+    stop_cluster(cluster)
+
+
+def test_responses_whole_and_streamed(pair: Cluster) -> None:
+    client = client_of(pair.url)
+    answer = client.responses.create(model=BUNDLED_NAME, input="What is the capital of France?", max_output_tokens=24)
+    assert answer.id.startswith("resp_") and answer.output_text.strip() and answer.usage
+    assert answer.usage.input_tokens > 5 and answer.usage.output_tokens > 0
+    with client.responses.stream(model=BUNDLED_NAME, input="What is the capital of France?",
+                                 max_output_tokens=24) as stream:  # fmt: skip
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and final.output_text.strip()
+
+
+def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Cluster) -> None:
+    client = client_of(pair.url)
+    raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="My name is Ada.", max_output_tokens=8)
+    first, home = raw.parse(), raw.headers["x-orchard-worker"]
+    previous, where = first, set()
+    for question in ("What is my name?", "Say it again.", "Once more.", "And again."):
+        raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input=question, max_output_tokens=8,
+                                                        previous_response_id=previous.id)  # fmt: skip
+        turn = raw.parse()
+        assert turn.usage and previous.usage and turn.usage.input_tokens > previous.usage.input_tokens  # history
+        where.add(raw.headers["x-orchard-worker"])
+        previous = turn
+    assert where == {home}
+    assert client.responses.retrieve(previous.id).id == previous.id
+    # The other worker's engine does not have it: without the router's memory, half of these would fail.
+    [other] = [a for a in pair.agents if agent_info(a.listen).worker_id != home]
+    direct = httpx.post(agent_info(other.listen).engine_url + "/v1/responses", timeout=60, json={
+        "model": BUNDLED_NAME, "input": "x", "previous_response_id": first.id})  # fmt: skip
+    assert direct.status_code == 404
+    spread = {
+        client.responses.with_raw_response.create(
+            model=BUNDLED_NAME, input="Hi", max_output_tokens=2, store=False
+        ).headers["x-orchard-worker"]
+        for _ in range(4)
+    }
+    assert len(spread) == 2  # new conversations still go to both workers  # fmt: skip
+
+
+def test_a_response_whose_worker_is_gone_gets_a_clear_error(pair: Cluster) -> None:
+    client = client_of(pair.url)
+    raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="Hello.", max_output_tokens=4)
+    stored, home = raw.parse(), raw.headers["x-orchard-worker"]
+    index = next(i for i, agent in enumerate(pair.agents) if agent_info(agent.listen).worker_id == home)
+    [child] = [c for c in pair.fleet.children if c.name == f"agent-{index}"]
+    pair.fleet.stop(child)
+    wait_until(lambda: not all(row.ready for row in workers(pair.url)), 30, "the router to see the worker gone")
+    with pytest.raises(openai.APIStatusError) as gone:
+        client.responses.create(model=BUNDLED_NAME, input="Go on.", previous_response_id=stored.id)
+    assert gone.value.status_code == 503 and "is not serving now" in gone.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_never_made_here")
+    assert client.responses.create(model=BUNDLED_NAME, input="Hi", max_output_tokens=2).output_text is not None
