@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
     overhead_cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
     overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    overhead_cmd.add_argument("--api", choices=("chat", "messages"), default="chat",
+                              help="stream OpenAI chat completions or Anthropic messages")  # fmt: skip
     overhead_cmd.add_argument("--compare-mtls", action="store_true",
                               help="compare two local clusters, router↔agent with mutual TLS and without")  # fmt: skip
     decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
         asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
-                                      args.kv_cache_gib, options))  # fmt: skip
+                                      args.kv_cache_gib, options, args.api))  # fmt: skip
 
 
 def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:

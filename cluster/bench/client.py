@@ -26,7 +26,9 @@ class Arrival:
 
     @property
     def has_text(self) -> bool:
-        """A chat delta or a completion that carries generated text."""
+        """A chat delta, a completion or an Anthropic content delta that carries generated text."""
+        if self.chunk.get("type") == "content_block_delta":
+            return bool((self.chunk.get("delta") or {}).get("text"))
         return any((c.get("delta") or {}).get("content") or c.get("text") for c in self.chunk.get("choices") or ())
 
 

@@ -3,6 +3,10 @@ rounds in one run; prints throughput and time to first token for both and the ra
 
     python -m cluster.bench overhead [--engine sim|vllm|mlx] [--concurrency 32] [--max-tokens 128] [--rounds 2]
     python -m cluster.bench overhead --compare-mtls    # router↔agent with mutual TLS vs plaintext, alternating
+    python -m cluster.bench overhead --engine vllm --api messages   # Anthropic's /v1/messages stream instead
+
+Rounds alternate which target goes first, and both targets get the same prompts in a round (Anthropic's API has no
+`ignore_eos`: equal prompts at temperature 0 make equal work).
 """
 
 from __future__ import annotations
@@ -37,37 +41,40 @@ class RoundResult:
         return pct(self.ttfts, q)
 
 
+PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
+
+
 async def _one_stream(
-    client: httpx.AsyncClient, url: str, body: dict[str, object], headers: dict[str, str] | None
+    client: httpx.AsyncClient, url: str, api: str, body: dict[str, object], headers: dict[str, str] | None
 ) -> tuple[float, int]:
     started = time.perf_counter()
     ttft, tokens = 0.0, 0
-    async for arrival in sse_chunks(client, url, "/v1/chat/completions", body, headers):
+    async for arrival in sse_chunks(client, url, PATHS[api], body, headers):
         if arrival.has_text:
             tokens += 1
             ttft = ttft or arrival.at - started
     return ttft, tokens
 
 
+def _body(api: str, model: str, max_tokens: int, text: str) -> dict[str, object]:
+    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": text}],
+                               "max_tokens": max_tokens, "temperature": 0, "stream": True}  # fmt: skip
+    if api == "chat":
+        body["ignore_eos"] = True  # vLLM: always produce max_tokens, so every round does the same work
+    return body
+
+
 async def run_round(
     target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, api: str = "chat",
 ) -> RoundResult:  # fmt: skip
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
-        bodies = [
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": f"Request {seed}-{i}: tell me a long story about orchards."}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "ignore_eos": True,  # vLLM: always produce max_tokens, so every round does the same work
-                "stream": True,
-            }
-            for i in range(concurrency)
-        ]
+        texts = [f"Request {seed}-{i}: tell me a long story about orchards." for i in range(concurrency)]
+        bodies = [_body(api, model, max_tokens, text) for text in texts]
         started = time.perf_counter()
-        results = await asyncio.gather(*(_one_stream(client, url, b, headers) for b in bodies), return_exceptions=True)
+        streams = (_one_stream(client, url, api, body, headers) for body in bodies)
+        results = await asyncio.gather(*streams, return_exceptions=True)
         wall = time.perf_counter() - started
     ok = [r for r in results if isinstance(r, tuple)]
     return RoundResult(
@@ -100,7 +107,7 @@ def print_table(results: list[RoundResult], base: str = "direct", other: str = "
 
 async def overhead(
     engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
-    sim_options: tuple[tuple[str, str], ...],
+    sim_options: tuple[tuple[str, str], ...], api: str = "chat",
 ) -> None:  # fmt: skip
     """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
@@ -113,12 +120,13 @@ async def overhead(
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
     try:
         engine = await asyncio.to_thread(engine_url, state.agent_address, local.router_tls(home))
-        print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens")
-        await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1)
-        results = []
+        print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens on "
+              f"{PATHS[api]}")  # fmt: skip
+        await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1, api=api)
+        urls, results = {"direct": engine, "router": state.url}, []
         for i in range(rounds):
-            results.append(await run_round("direct", engine, model, concurrency, max_tokens, seed=2 * i))
-            results.append(await run_round("router", state.url, model, concurrency, max_tokens, 2 * i + 1))
+            for target in ("direct", "router") if i % 2 == 0 else ("router", "direct"):
+                results.append(await run_round(target, urls[target], model, concurrency, max_tokens, i, api=api))
         print_table(results)
     finally:
         await asyncio.to_thread(local.stop, home)
