@@ -18,7 +18,6 @@ PATHS: dict[int, str] = {
     pb.ENDPOINT_RESPONSES: "/v1/responses",
     pb.ENDPOINT_GET_RESPONSE: "/v1/responses/{response_id}",
 }
-GENERATING = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS, pb.ENDPOINT_MESSAGES, pb.ENDPOINT_RESPONSES)
 # Streams of `data:` payloads ending with `data: [DONE]`, usage on a last chunk of its own when asked for
 # (`stream_options`); the others name each event and end when the body does.
 OPENAI_STREAMS = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)

@@ -39,6 +39,7 @@ class Tally:
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str = ""
     tokens_seen: bool = False
+    running: bool = False  # the engine reports running counts on this stream (asked for by the agent)
     strip_running: bool = False
     first_at: float = 0.0  # monotonic time the first batch went on (0: none did)
 

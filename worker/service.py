@@ -167,7 +167,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             return None
         tally, body = Tally(), request.body
         if streaming and self.supervisor.adapter.running_usage and request.endpoint in endpoints.OPENAI_STREAMS:
-            tally.strip_running = ask_running_usage(payload)
+            tally.running, tally.strip_running = True, ask_running_usage(payload)
             body = json.dumps(payload).encode()
         if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
             await _abort(context, 503, "this worker is draining", "service_unavailable")
@@ -187,7 +187,8 @@ class WorkerService(pb_grpc.WorkerServicer):
                         continue
                     self.supervisor.note_token()
                     tally.first_at = tally.first_at or time.monotonic()
-                    running = usage_message(tally.usage) if tally.usage else None
+                    # Only a running count bills a cut stream; Anthropic's message_start has the prompt's alone.
+                    running = usage_message(tally.usage) if tally.running and tally.usage else None
                     named = any(name for name, _ in batch)
                     chunks = pb.Chunks(items=[data for _, data in batch], usage=running,
                                        events=[name for name, _ in batch] if named else ())  # fmt: skip
@@ -199,7 +200,8 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def _whole(
         self, method: str, url: str, body: bytes, tally: Tally, beat: float | None
     ) -> AsyncGenerator[pb.GenerateReply, None]:
-        answer = once(whole_response(self.http, method, url, body, tally))
+        # A retrieval (GET) generates nothing: the stored answer's usage was billed when it was made.
+        answer = once(whole_response(self.http, method, url, body, tally if method == "POST" else Tally()))
         async with contextlib.aclosing(with_heartbeats(answer, beat)) as beating:
             async for whole in beating:
                 yield ALIVE if whole is None else pb.GenerateReply(response=whole)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -30,12 +29,12 @@ from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
 from cluster.router import ollama, schema
 from cluster.router.errors import ApiError, Unexpected
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
-from cluster.router.intake import Incoming, Parsed, Read, credentials, for_model, read_request
+from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
 from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
-from cluster.router.validation import ResponseRetrieval, validate
+from cluster.router.validation import ResponseRetrieval, ResponsesRequest
 from proto import orchard_pb2 as pb
 from proto.launch import RouterConfig
 
@@ -101,16 +100,18 @@ class _Pipeline:
 
         return relayed
 
-    async def handle(self, request: Request, route: Route, read: Read) -> Response:
-        """The response to a request for `route`; `read` gives its body, parsed and validated."""
+    async def handle(self, request: Request, route: Route, read: Read, pick: Pick | None = None) -> Response:
+        """The response to a request for `route`; `read` gives its body, parsed and validated; `pick`, where the
+        body decides, the route it goes on (Ollama's generate: a chat, or a completion when raw)."""
         model = "?"
         try:
             key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
-            model = parsed.model
+            model, route = parsed.model, pick(parsed) if pick else route
             started_at = time.monotonic()
             incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"))
-            incoming = replace(incoming, home=self._home(parsed, started_at))
+            owner = key.team if key else ""
+            incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
             granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
         except (ApiError, Refusal) as exc:
@@ -133,22 +134,24 @@ class _Pipeline:
             ending(Ended(500, "", pb.Usage(), counted=True))
             raise
 
-    def _home(self, parsed: Parsed, now: float) -> str | None:
-        """The worker holding the response a Responses request continues or retrieves, if the router knows it
-        (if not, any worker tries, and its engine answers "not found")."""
+    def _home(self, parsed: Parsed, owner: str, now: float) -> str | None:
+        """The worker holding the response a Responses request continues or retrieves. One the router does not
+        know for this team is a 404: another worker's engine does not have it, and another team may not see it."""
         stored = getattr(parsed.fields, "previous_response_id", None) or getattr(parsed.fields, "response_id", None)
-        return self.forwarder.homes.get(stored, now) if stored else None
+        if not stored:
+            return None
+        home = self.forwarder.homes.get(stored, now)
+        if home is None or home.owner != owner:
+            param = "previous_response_id" if isinstance(parsed.fields, ResponsesRequest) else None
+            raise _unknown_response(stored, param)
+        return home.worker
 
     async def retrieval(self, response_id: str) -> Parsed:
-        """GET /v1/responses/{id} as a request for the model of the worker that stored it."""
+        """GET /v1/responses/{id} as a request to the model that made it (whose it is: checked in `_home`)."""
         home = self.forwarder.homes.get(response_id, time.monotonic()) if len(response_id) <= 128 else None
-        handle = next((h for h in self.registry.workers.values() if h.worker_id == home), None)
-        models = [m for m in (handle.models if handle else ()) if GET_RESPONSE.path in self.registry.models()[m].routes]
-        if not models:
-            raise ApiError(404, f"No response with id `{response_id[:128]}` is known to this router (not created "
-                           "through it, not stored, or its worker has left).", code="response_not_found")  # fmt: skip
-        body = {"model": models[0], "response_id": response_id}
-        return Parsed(json.dumps(body).encode(), body, validate(body, ResponseRetrieval))
+        if home is None:
+            raise _unknown_response(response_id, None)
+        return Parsed.of({"model": home.model, "response_id": response_id}, ResponseRetrieval)
 
     async def _forward(self, incoming: Incoming, granted: Pass, ending: _Ending, started_at: float) -> Response:
         model, remaining = incoming.model, self.config.request_timeout_s - (time.monotonic() - started_at)
@@ -167,6 +170,12 @@ class _Pipeline:
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
                                  background=BackgroundTask(ending.close, started.call))  # fmt: skip
+
+
+def _unknown_response(response_id: str, param: str | None) -> ApiError:
+    return ApiError(404, f"No response with id `{response_id[:128]}` is known to this router for your key (made "
+                    "elsewhere, by another team, with store: false, or forgotten after a week).", param=param,
+                    code="response_not_found")  # fmt: skip
 
 
 CLIENT_POLL_S = 0.5

@@ -39,6 +39,16 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Home:
+    """Where a stored response is, for whom: the Responses API continues it on the worker that stored it, and
+    only for the team whose key made it."""
+
+    worker: str
+    model: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class Ended:
     """How a forwarded request ended, for usage accounting: HTTP status and the engine's token counts."""
 
@@ -51,7 +61,7 @@ class Ended:
 OnEnd = Callable[[Ended], None]
 
 
-RESPONSE_HOME_TTL_S = 7 * 24 * 3600.0  # as long as a worker's engine keeps its responses, at most a week idle
+RESPONSE_HOME_TTL_S = 7 * 24 * 3600.0  # a week from its making (the engine keeps it until it restarts)
 MAX_RESPONSE_HOMES = 100_000
 HEARTBEATS_PER_GAP = 4  # an agent's heartbeat may come late three times over before the gap deadline passes
 CLIENT_CLOSED = 499  # the client left mid-stream (nginx's code; no response went out with it)
@@ -90,7 +100,7 @@ class Forwarder:
         self.routing = RoutingState()
         self.policies = dict(config.model_policies)
         # Response id → the worker that stored it (the Responses API continues a response where it is kept).
-        self.homes = SessionPins(ttl_s=RESPONSE_HOME_TTL_S, max_sessions=MAX_RESPONSE_HOMES)
+        self.homes: SessionPins[Home] = SessionPins(ttl_s=RESPONSE_HOME_TTL_S, max_sessions=MAX_RESPONSE_HOMES)
 
     def decide(self, request: RequestView, tried: frozenset[str]) -> Decision | None:
         """The policy's choice among ready workers not yet tried; recorded in the routing state."""
@@ -135,7 +145,8 @@ class Forwarder:
                 last_error = exc.error
             else:
                 if incoming.endpoint == pb.ENDPOINT_RESPONSES and (stored := response_id(started.first)):
-                    self.homes.pin(stored, started.handle.worker_id, time.monotonic())
+                    home = Home(started.handle.worker_id, incoming.model, incoming.owner)
+                    self.homes.pin(stored, home, time.monotonic())
                 return started
         if last_error is not None:
             raise last_error
@@ -244,16 +255,10 @@ class Forwarder:
                 if reply.HasField("chunks"):
                     if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
                         usage, counted = reply.chunks.usage, True
-                    if reply.chunks.events:  # named events (Anthropic's, the Responses API's): relayed as they came
-                        chunks += len(reply.chunks.items)
-                        named = zip(reply.chunks.events, reply.chunks.items, strict=True)
-                        yield b"".join(_named(name, item) for name, item in named)
-                    else:
-                        tokens = [c for c in reply.chunks.items if not (openai and is_usage_only(c))]
-                        items = reply.chunks.items if incoming.wants_usage else tokens
-                        chunks += len(tokens)
-                        if items:  # one write for everything that arrived together
-                            yield b"".join(b"data: " + c + b"\n\n" for c in items)
+                    written, tokens = frames(reply.chunks, incoming.wants_usage or not openai)
+                    chunks += tokens
+                    if written:  # one write for everything that arrived together
+                        yield written
                 elif reply.HasField("final"):
                     usage, counted, metered = reply.final.usage, True, True
                     self.metrics.count_tokens(model, usage)
@@ -280,6 +285,19 @@ class Forwarder:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def frames(chunks: pb.Chunks, keep_usage: bool) -> tuple[bytes, int]:
+    """One batch as SSE bytes, and how many of its items carry generated text (what a cut stream without a
+    running count is billed). Named events (Anthropic's, the Responses API's) go on as they came; OpenAI's
+    usage-only chunk only to a client that asked for it."""
+    if chunks.events:
+        named = zip(chunks.events, chunks.items, strict=True)
+        text = sum(1 for name in chunks.events if name.endswith("_delta") or name.endswith(".delta"))
+        return b"".join(_named(name, item) for name, item in named), text
+    tokens = [c for c in chunks.items if not is_usage_only(c)]
+    items = chunks.items if keep_usage else tokens
+    return b"".join(b"data: " + c + b"\n\n" for c in items), len(tokens)
 
 
 def _named(name: str, item: bytes) -> bytes:

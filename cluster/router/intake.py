@@ -42,6 +42,7 @@ class Incoming:
     body: bytes  # what the engine receives
     view: RequestView  # what the routing policy reads
     home: str | None = None  # the one worker that can answer (it holds the response this one continues)
+    owner: str = ""  # the team whose key sent it ("" while keys are off): who may continue what it stores
 
     def generate_request(self) -> pb.GenerateRequest:
         return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body)
@@ -55,12 +56,18 @@ class Parsed:
     body: dict[str, Any]
     fields: AnyRequest
 
+    @staticmethod
+    def of(body: dict[str, Any], kind: type[AnyRequest]) -> Parsed:
+        """A body the router wrote itself (a retrieval, a translated request), validated as a client's is."""
+        return Parsed(json.dumps(body).encode(), body, validate(body, kind))
+
     @property
     def model(self) -> str:
         return self.fields.model
 
 
 Read = Callable[[], Awaitable[Parsed]]  # a request's body, read, parsed and validated as its route reads it
+Pick = Callable[[Parsed], Route]  # the route a body goes on, where the body decides
 BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this is a slow-loris client, not a slow network
 MAX_SESSION_CHARS = 256  # X-Session-Id, as long as OpenAI's `user`
 

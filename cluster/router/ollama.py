@@ -17,13 +17,13 @@ from pydantic import BaseModel, Field
 from cluster.gateway.gateway import Gateway, Refusal
 from cluster.router import ollama_shapes as shapes
 from cluster.router.errors import ApiError, Dialect
-from cluster.router.intake import Parsed, Read, credentials, read_json
+from cluster.router.intake import Parsed, credentials, read_json
 from cluster.router.registry import Registry
 from cluster.router.routes import Route
 from cluster.router.validation import ChatRequest, CompletionRequest, EmbeddingRequest, validate
 from proto import orchard_pb2 as pb
 
-Handle = Callable[[Request, Route, Read], Awaitable[Response]]  # the router's pipeline for one request
+Handle = Callable[..., Awaitable[Response]]  # the router's pipeline: (request, route, read, pick=None)
 CHAT = Route(pb.ENDPOINT_CHAT_COMPLETIONS, ChatRequest, Dialect.OLLAMA)
 COMPLETE = Route(pb.ENDPOINT_COMPLETIONS, CompletionRequest, Dialect.OLLAMA)
 EMBED = Route(pb.ENDPOINT_EMBEDDINGS, EmbeddingRequest, Dialect.OLLAMA)
@@ -46,53 +46,46 @@ BODIES: dict[str, tuple[str, type[BaseModel]]] = {
 def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, limit: int) -> None:
     """The Ollama routes, over the router's pipeline (`handle`); `limit`: the largest body read."""
 
-    async def translated(request: Request, ollama: type[BaseModel], model_names: set[str]) -> Any:
+    async def translated(request: Request, ollama: type[Any]) -> Any:
         body = await read_json(request, limit)
-        if isinstance(body.get("model"), str) and body["model"] not in model_names:
+        if isinstance(body.get("model"), str) and body["model"] not in registry.models():
             body["model"] = body["model"].removesuffix(":latest")  # Ollama's default tag
         return validate(body, ollama)
 
     @app.post("/api/chat")
     async def chat(request: Request) -> Response:
-        reply: list[shapes.Reply] = []
+        replies: list[shapes.Reply] = []  # made once the body is read
 
         async def read() -> Parsed:
-            ask = await translated(request, shapes.OllamaChat, set(registry.models()))
-            reply.append(shapes.Reply(ask.model, chat=True))
-            return _parsed(shapes.chat_body(ask), ChatRequest)
+            ask = await translated(request, shapes.OllamaChat)
+            replies.append(shapes.Reply(ask.model, chat=True))
+            return Parsed.of(shapes.chat_body(ask), ChatRequest)
 
-        return _answer(await handle(request, CHAT, read), reply)
+        return _answer(await handle(request, CHAT, read), replies)
 
     @app.post("/api/generate")
     async def generate(request: Request) -> Response:
-        reply: list[shapes.Reply] = []
-        route: list[Route] = []
+        replies: list[shapes.Reply] = []
 
         async def read() -> Parsed:
-            ask = await translated(request, shapes.OllamaGenerate, set(registry.models()))
+            ask = await translated(request, shapes.OllamaGenerate)
             is_chat, body = shapes.generate_body(ask)
-            reply.append(shapes.Reply(ask.model, chat=False, from_chat=is_chat))
-            route.append(CHAT if is_chat else COMPLETE)
-            return _parsed(body, ChatRequest if is_chat else CompletionRequest)
+            replies.append(shapes.Reply(ask.model, chat=False, from_chat=is_chat))
+            return Parsed.of(body, ChatRequest if is_chat else CompletionRequest)
 
-        async def routed() -> Parsed:  # the route depends on the body: read it first, then hand it on
-            return parsed
+        def pick(parsed: Parsed) -> Route:  # a raw prompt is a completion
+            return CHAT if isinstance(parsed.fields, ChatRequest) else COMPLETE
 
-        try:
-            parsed = await _authenticated(request, gateway, read)
-        except ApiError as exc:
-            return exc.response(dialect=Dialect.OLLAMA)
-        return _answer(await handle(request, route[0], routed), reply)
+        return _answer(await handle(request, CHAT, read, pick), replies)
 
     @app.post("/api/embed")
     async def embed(request: Request) -> Response:
-        started = time.monotonic_ns()
-        names: list[str] = []
+        started, names = time.monotonic_ns(), []
 
         async def read() -> Parsed:
-            ask = await translated(request, shapes.OllamaEmbed, set(registry.models()))
+            ask = await translated(request, shapes.OllamaEmbed)
             names.append(ask.model)
-            return _parsed(shapes.embed_body(ask), EmbeddingRequest)
+            return Parsed.of(shapes.embed_body(ask), EmbeddingRequest)
 
         response = await handle(request, EMBED, read)
         if response.status_code != 200:
@@ -101,18 +94,6 @@ def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, 
                             headers=_kept(response))  # fmt: skip
 
     _add_listings(app, registry, gateway, limit)
-
-
-async def _authenticated(request: Request, gateway: Gateway, read: Read) -> Parsed:
-    try:
-        gateway.authenticate(credentials(request))  # before reading anything
-    except Refusal as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code) from None
-    return await read()
-
-
-def _parsed(body: dict[str, Any], kind: type[Any]) -> Parsed:
-    return Parsed(json.dumps(body).encode(), body, validate(body, kind))
 
 
 def _kept(response: Response) -> dict[str, str]:
@@ -131,17 +112,17 @@ def _answer(response: Response, reply: list[shapes.Reply]) -> Response:
 
 
 async def _lines(frames: AsyncIterable[Any], reply: shapes.Reply) -> AsyncIterator[bytes]:
-    """SSE frames (complete, as the relay writes them) in, NDJSON lines out."""
+    """SSE frames (complete, as the relay writes them) in, NDJSON lines out, the last one `done`."""
     async for frame in frames:
         out = []
         for event in bytes(frame).split(b"\n\n"):
             if not event.startswith(b"data: ") or event == b"data: [DONE]":
                 continue
-            line = reply.chunk(json.loads(event[6:]))
-            if line is not None:
-                out.append(json.dumps(line).encode() + b"\n")
+            out += [json.dumps(line).encode() + b"\n" for line in reply.chunk(json.loads(event[6:]))]
         if out:
             yield b"".join(out)
+    if not reply.finished:  # the engine sent no usage chunk: end the stream as Ollama does anyway
+        yield json.dumps(reply.done(None)).encode() + b"\n"
 
 
 def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int) -> None:
@@ -154,7 +135,7 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
             gateway.authenticate(credentials(request))
             return JSONResponse(await answer())
         except Refusal as exc:
-            return ApiError(exc.status, exc.message, code=exc.code).response(dialect=Dialect.OLLAMA)
+            return ApiError(exc.status, exc.message, code=exc.code).response(exc.headers, Dialect.OLLAMA)
         except ApiError as exc:
             return exc.response(dialect=Dialect.OLLAMA)
 

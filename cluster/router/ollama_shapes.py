@@ -82,10 +82,11 @@ def chat_body(ask: OllamaChat) -> dict[str, Any]:
 def _message(message: OllamaMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:  # Ollama's arguments are an object, OpenAI's a JSON string
+        functions: list[dict[str, Any]] = [f if isinstance(f := call.get("function"), dict) else {}
+                                           for call in message.tool_calls]  # fmt: skip
         out["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": {
-            "name": call.get("function", {}).get("name", ""),
-            "arguments": json.dumps(call.get("function", {}).get("arguments", {}))}}
-            for i, call in enumerate(message.tool_calls)]  # fmt: skip
+            "name": str(f.get("name", "")), "arguments": json.dumps(f.get("arguments") or {})}}
+            for i, f in enumerate(functions)]  # fmt: skip
     return out
 
 
@@ -113,7 +114,8 @@ class Reply:
     def __init__(self, model: str, chat: bool, from_chat: bool | None = None) -> None:
         self.model, self.chat, self.started = model, chat, time.monotonic_ns()
         self.from_chat = chat if from_chat is None else from_chat
-        self.done_reason = "stop"
+        self.done_reason, self.finished = "stop", False
+        self.calls: dict[int, dict[str, str]] = {}  # a stream's tool calls, gathered from their fragments
 
     def _line(self, text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
         if not self.chat:
@@ -123,8 +125,9 @@ class Reply:
             message["tool_calls"] = [_ollama_call(call) for call in tool_calls]
         return {"model": self.model, "created_at": now_iso(), "message": message, "done": False}
 
-    def _done(self, usage: dict[str, Any] | None, text: str = "", calls: list[Any] | None = None) -> dict[str, Any]:
-        usage = usage or {}
+    def done(self, usage: dict[str, Any] | None, text: str = "", calls: list[Any] | None = None) -> dict[str, Any]:
+        """The last line: the counts (Ollama's names) and why it stopped."""
+        self.finished, usage = True, usage or {}
         elapsed = time.monotonic_ns() - self.started
         return {**self._line(text, calls), "done": True, "done_reason": self.done_reason, "total_duration": elapsed,
                 "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0),
@@ -140,18 +143,32 @@ class Reply:
     def whole(self, body: dict[str, Any]) -> dict[str, Any]:
         choice = (body.get("choices") or [{}])[0]
         self.done_reason = choice.get("finish_reason") or "stop"
-        return self._done(body.get("usage"), *self._text(choice))
+        return self.done(body.get("usage"), *self._text(choice))
 
-    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        """The Ollama line for one OpenAI stream chunk, or None (a chunk that says nothing to show)."""
+    def chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Ollama lines for one OpenAI stream chunk (none for a chunk with nothing to show). A tool call
+        streams as fragments of its JSON arguments: it goes out whole, when the choice finishes."""
         if isinstance(chunk.get("error"), str):
-            return {"error": chunk["error"]}
+            return [{"error": chunk["error"]}]
         choices = chunk.get("choices") or []
         if not choices:
-            return self._done(chunk.get("usage")) if chunk.get("usage") else None
-        self.done_reason = choices[0].get("finish_reason") or self.done_reason
+            return [self.done(chunk.get("usage"))] if chunk.get("usage") else []
         text, calls = self._text(choices[0])
-        return self._line(text, calls) if text or calls else None
+        for call in calls or ():
+            self._gather(call)
+        lines = [self._line(text)] if text else []
+        if choices[0].get("finish_reason"):
+            self.done_reason = choices[0]["finish_reason"]
+            if self.calls:
+                lines.append(self._line("", [{"function": f} for _, f in sorted(self.calls.items())]))
+                self.calls = {}
+        return lines
+
+    def _gather(self, call: dict[str, Any]) -> None:
+        function = call.get("function") or {}
+        gathered = self.calls.setdefault(int(call.get("index") or 0), {"name": "", "arguments": ""})
+        gathered["name"] += function.get("name") or ""
+        gathered["arguments"] += function.get("arguments") or ""
 
 
 def _ollama_call(call: dict[str, Any]) -> dict[str, Any]:

@@ -267,7 +267,8 @@ def check_limits(request: AnyRequest, max_model_len: int) -> None:
     wanted = request.requested_tokens()
     limit = max_model_len or MAX_TOKENS_CEILING
     if wanted is not None and wanted > limit:
-        param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
+        named = ("max_completion_tokens", "max_output_tokens")  # OpenAI chat's newer name, the Responses API's
+        param = next((p for p in named if getattr(request, p, None)), "max_tokens")
         raise ApiError(
             400,
             f"'{param}' is {wanted}, more than the model's context length of {limit} tokens.",

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class SessionPins:
+class SessionPins(Generic[T]):
     """Bounded (LRU beyond max_sessions) and expiring (ttl_s after the last use). Sessions are kept as 16-byte
     digests: a full table costs the same whatever the clients send as ids."""
 
     def __init__(self, ttl_s: float = 300.0, max_sessions: int = 100_000) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        self._pins: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._pins: OrderedDict[bytes, tuple[T, float]] = OrderedDict()
 
-    def get(self, session: str, now: float) -> str | None:
+    def get(self, session: str, now: float) -> T | None:
         session_key = _key(session)
         pin = self._pins.get(session_key)
         if pin is None:
@@ -26,7 +29,7 @@ class SessionPins:
             return None
         return worker_id
 
-    def pin(self, session: str, worker_id: str, now: float) -> None:
+    def pin(self, session: str, worker_id: T, now: float) -> None:
         session_key = _key(session)
         self._pins[session_key] = (worker_id, now)
         self._pins.move_to_end(session_key)

@@ -49,4 +49,4 @@ class RoutingState:
 
     turn: int = 0
     prefixes: PrefixIndex = field(default_factory=PrefixIndex)
-    sessions: SessionPins = field(default_factory=SessionPins)
+    sessions: SessionPins[str] = field(default_factory=SessionPins)

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -109,6 +111,30 @@ def test_a_revoked_key_fails_within_a_second(lab: GatedLab) -> None:
     assert time.monotonic() - revoked_at < 1.0 + 0.5  # refresh every 0.5 s, plus a request in flight
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         chat(lab.client(key))
+
+
+def test_the_other_apis_take_the_same_keys_and_refuse_in_their_own_shapes(lab: GatedLab) -> None:
+    key = lab.create_key("--team", "tools")
+    wait_until(lambda: _works(lab, key), 5, "the key to work", interval_s=0.1)
+    client = ollama.Client(host=lab.cluster.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert [m.model for m in client.list().models] == [SIM_MODEL]
+    lines = list(client.chat(model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
+                             options={"num_predict": 4}))  # fmt: skip
+    assert lines[-1].done and lines[-1].eval_count == 4 and all(line.message.content for line in lines[:-1])
+    stranger = ollama.Client(host=lab.cluster.url, headers={"Authorization": "Bearer sk-orch-not-a-key"})
+    with pytest.raises(ollama.ResponseError) as refused:
+        stranger.chat(model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 401 and "not known" in refused.value.error
+    with pytest.raises(anthropic.AuthenticationError) as unknown:  # x-api-key, Anthropic's error shape
+        anthropic.Anthropic(base_url=lab.cluster.url, api_key="sk-orch-not-a-key", max_retries=0).messages.create(
+            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    assert unknown.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                  "message": "Incorrect API key provided: the key is not known."}}  # fmt: skip
+    with pytest.raises(anthropic.NotFoundError, match="does not serve /v1/messages"):  # the sim engine does not
+        anthropic.Anthropic(base_url=lab.cluster.url, api_key=key, max_retries=0).messages.create(
+            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    billed = wait_until(lambda: [r for r in lab.rows() if r["team"] == "tools" and r["status"] == 200], 5, "rows")
+    assert billed[-1]["completion_tokens"] == 4  # the Ollama stream, billed as any other
 
 
 def _works(lab: GatedLab, key: str) -> bool:

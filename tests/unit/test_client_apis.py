@@ -131,11 +131,29 @@ def test_an_ollama_stream_is_lines_of_text_then_a_last_line_with_the_counts() ->
               {"choices": [{"text": "is", "finish_reason": "length"}]},
               {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}]  # fmt: skip
     lines = [reply.chunk(c) for c in chunks]
-    assert lines[1] is None
-    assert [line["response"] for line in lines if line] == ["Par", "is", ""]
-    last = lines[-1]
-    assert last is not None and last["done"] is True and last["done_reason"] == "length" and last["eval_count"] == 2
-    assert shapes.Reply("m", chat=True).chunk({"error": "worker unavailable"}) == {"error": "worker unavailable"}
+    assert lines[1] == []
+    assert [line["response"] for batch in lines for line in batch] == ["Par", "is", ""]
+    [last] = lines[-1]
+    assert last["done"] is True and last["done_reason"] == "length" and last["eval_count"] == 2
+    assert shapes.Reply("m", chat=True).chunk({"error": "worker unavailable"}) == [{"error": "worker unavailable"}]
     templated = shapes.Reply("m", chat=False, from_chat=True)  # /api/generate answered by a chat
     answer = templated.whole({"choices": [{"message": {"content": "Paris"}}], "usage": {}})
     assert answer["response"] == "Paris" and "message" not in answer
+
+
+def test_a_streamed_tool_call_goes_out_whole_once_its_fragments_are_in() -> None:
+    reply = shapes.Reply("m", chat=True)
+    fragments = [{"index": 0, "id": "c1", "function": {"name": "weather", "arguments": '{"ci'}},
+                 {"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]  # fmt: skip
+    assert reply.chunk({"choices": [{"delta": {"tool_calls": [fragments[0]]}}]}) == []
+    [line] = reply.chunk({"choices": [{"delta": {"tool_calls": [fragments[1]]}, "finish_reason": "tool_calls"}]})
+    assert line["message"]["tool_calls"] == [{"function": {"name": "weather", "arguments": {"city": "Paris"}}}]
+    [last] = reply.chunk({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 9}})
+    assert last["done"] and last["done_reason"] == "tool_calls" and reply.finished
+
+
+def test_a_clients_malformed_ollama_tool_call_is_carried_not_a_crash() -> None:
+    ask = validate({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": None}, {}]}]},
+                   shapes.OllamaChat)  # fmt: skip
+    calls = shapes.chat_body(ask)["messages"][0]["tool_calls"]
+    assert [c["function"] for c in calls] == [{"name": "", "arguments": "{}"}] * 2

@@ -135,7 +135,7 @@ def test_a_worker_that_leaves_is_forgotten() -> None:
 
 
 def test_session_table_is_bounded() -> None:
-    pins = SessionPins(ttl_s=60, max_sessions=2)
+    pins: SessionPins[str] = SessionPins(ttl_s=60, max_sessions=2)
     for name in ("a", "b", "c"):
         pins.pin(name, "w0", now=0)
     assert len(pins) == 2 and pins.get("a", now=1) is None and pins.get("c", now=1) == "w0"
