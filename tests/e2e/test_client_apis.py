@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anthropic
@@ -161,13 +162,15 @@ def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Clust
     direct = httpx.post(agent_info(other.listen).engine_url + "/v1/responses", timeout=60, json={
         "model": BUNDLED_NAME, "input": "x", "previous_response_id": first.id})  # fmt: skip
     assert direct.status_code == 404
-    spread = {
-        client.responses.with_raw_response.create(
-            model=BUNDLED_NAME, input="Hi", max_output_tokens=2, store=False
-        ).headers["x-orchard-worker"]
-        for _ in range(4)
-    }
-    assert len(spread) == 2  # new conversations still go to both workers  # fmt: skip
+
+    def worker_of_a_new_one(_: int) -> str:
+        fresh = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="Hi", max_output_tokens=2,
+                                                          store=False)  # fmt: skip
+        return fresh.headers["x-orchard-worker"]
+
+    with ThreadPoolExecutor(4) as pool:  # at once: least loaded spreads them
+        spread = set(pool.map(worker_of_a_new_one, range(4)))
+    assert len(spread) == 2  # new conversations still go to both workers
 
 
 def test_a_response_whose_worker_is_gone_gets_a_clear_error(pair: Cluster) -> None:
