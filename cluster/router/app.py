@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
 from cluster.router import ollama, schema
-from cluster.router.errors import ApiError, Unexpected
+from cluster.router.errors import ApiError, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics
@@ -115,7 +115,7 @@ class _Pipeline:
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
             granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
         except (ApiError, Refusal) as exc:
-            error = _api_error(exc)
+            error = api_error(exc)
             self.metrics.requests.labels(model, str(error.status)).inc()
             return error.response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
         except TimeoutError:
@@ -202,12 +202,6 @@ async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> 
         task.cancel()  # a no-op once done; ends the work if this handler is cancelled
 
 
-def _api_error(exc: ApiError | Refusal) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    return ApiError(exc.status, exc.message, code=exc.code)
-
-
 class _Ending:
     """Ends a request at the gateway exactly once, however it ends (done, failed, client gone)."""
 
@@ -234,7 +228,7 @@ class _Ending:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    async def _answer_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response(dialect=dialect_of(request.url.path))
 
     @app.exception_handler(StarletteHTTPException)
@@ -256,7 +250,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         try:  # worker addresses, models and teams: an operator's, once keys are on
             gateway.check_admin(credentials(request))
         except Refusal as exc:
-            return _api_error(exc).response()
+            return api_error(exc).response()
         now = time.monotonic()
         for handle in registry.workers.values():
             metrics.breaker.labels(handle.address).set(handle.breaker.state(now).gauge)
@@ -267,7 +261,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         try:
             gateway.authenticate(credentials(request))
         except Refusal as exc:
-            return _api_error(exc).response()
+            return api_error(exc).response()
         data = [
             {
                 "id": name,
@@ -286,7 +280,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
         try:
             gateway.check_admin(credentials(request))
         except Refusal as exc:
-            return _api_error(exc).response()
+            return api_error(exc).response()
         now = time.monotonic()
         rows = [worker_row(handle, now) for handle in registry.workers.values()]
         reply = WorkersReply(workers=rows, router_pid=os.getpid())
@@ -299,7 +293,7 @@ def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetric
             gateway.check_admin(credentials(request))
             ask = DrainAsk.model_validate_json(await request.body())
         except Refusal as exc:
-            return _api_error(exc).response()
+            return api_error(exc).response()
         except ValidationError as exc:
             return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
         found = registry.find(ask.worker)

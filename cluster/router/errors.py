@@ -16,6 +16,7 @@ import grpc
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cluster.gateway.gateway import Refusal
 from proto import errors
 
 _TYPES = {
@@ -80,6 +81,13 @@ class ApiError(Exception):
         if self.status in (429, 503) and not any(h.lower() == "retry-after" for h in headers):
             headers["retry-after"] = str(RETRY_AFTER_S)  # no worker now: an engine restarts or a host returns
         return JSONResponse(self.body(dialect), status_code=self.status, headers=headers)
+
+
+def api_error(exc: ApiError | Refusal) -> ApiError:
+    """An error to answer with, also for the gateway's refusals (a bad key, a limit)."""
+    if isinstance(exc, ApiError):
+        return exc
+    return ApiError(exc.status, exc.message, code=exc.code)
 
 
 class Unexpected:

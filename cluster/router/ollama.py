@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from cluster.gateway.gateway import Gateway, Refusal
 from cluster.router import ollama_shapes as shapes
-from cluster.router.errors import ApiError, Dialect
+from cluster.router.errors import ApiError, Dialect, api_error
 from cluster.router.intake import Parsed, credentials, read_json
 from cluster.router.registry import Registry
 from cluster.router.routes import Route
@@ -48,8 +48,8 @@ def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, 
 
     async def translated(request: Request, ollama: type[Any]) -> Any:
         body = await read_json(request, limit)
-        if isinstance(body.get("model"), str) and body["model"] not in registry.models():
-            body["model"] = body["model"].removesuffix(":latest")  # Ollama's default tag
+        if isinstance(body.get("model"), str):
+            body["model"] = served_name(body["model"], registry)
         return validate(body, ollama)
 
     @app.post("/api/chat")
@@ -96,6 +96,11 @@ def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, 
     _add_listings(app, registry, gateway, limit)
 
 
+def served_name(model: str, registry: Registry) -> str:
+    """The served model an Ollama client means: its name, or without Ollama's default tag `:latest`."""
+    return model if model in registry.models() else model.removesuffix(":latest")
+
+
 def _kept(response: Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
 
@@ -134,10 +139,9 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
         try:
             gateway.authenticate(credentials(request))
             return JSONResponse(await answer())
-        except Refusal as exc:
-            return ApiError(exc.status, exc.message, code=exc.code).response(exc.headers, Dialect.OLLAMA)
-        except ApiError as exc:
-            return exc.response(dialect=Dialect.OLLAMA)
+        except (ApiError, Refusal) as exc:
+            headers = exc.headers if isinstance(exc, Refusal) else None
+            return api_error(exc).response(headers, Dialect.OLLAMA)
 
     @app.get("/api/tags")
     async def tags(request: Request) -> Response:
@@ -157,7 +161,7 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
     async def show(request: Request) -> Response:
         async def answer() -> dict[str, Any]:
             ask = validate(await read_json(request, limit), ShowAsk)
-            name = ask.model if ask.model in registry.models() else ask.model.removesuffix(":latest")
+            name = served_name(ask.model, registry)
             if name not in registry.models():
                 raise ApiError(404, f"model '{ask.model}' not found")
             info = registry.models()[name]
