@@ -2,7 +2,7 @@
 
 cluster up [--engine vllm|sim] [--port 8000] [--detach] [--ask "question"]
 cluster install HOSTS | up HOSTS | plan HOSTS | units HOSTS HOST
-cluster down | status | logs [agent|router|engine] | models prepare
+cluster down | status [--watch|--json] | logs [agent|router|engine] | models prepare
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cluster import status
 from cluster.bringup import authority, certs, drain, install, lab, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
+from cluster.progress import HostSteps
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
@@ -149,11 +151,12 @@ def _install(args: argparse.Namespace) -> int:
         err_console.print(f"[red]error:[/] --wheelhouse {escape(str(args.wheelhouse))} is not a folder")
         return 2
     house = sorted(args.wheelhouse.glob("*.whl")) if args.wheelhouse is not None else None
-    report = lambda m: console.print(f"  • {escape(m)}")  # noqa: E731
+    steps = HostSteps(console, [host.label for host in spec.hosts], "installed")
     try:
-        rows = asyncio.run(
-            install.install(spec, local.orchard_home(), house, args.extras, args.with_vllm_metal, report)
-        )
+        with steps.live():
+            rows = asyncio.run(
+                install.install(spec, local.orchard_home(), house, args.extras, args.with_vllm_metal, steps.report)
+            )
     except install.InstallError as exc:
         err_console.print(f"[red]cluster install failed:[/] {escape(str(exc))}")
         return 1
@@ -173,11 +176,13 @@ def _lab_up(args: argparse.Namespace) -> int:
         return 2
     home = local.orchard_home()
     started = time.monotonic()
+    steps = HostSteps(console, [host.label for host in spec.hosts], "ready")
     try:
-        outcomes = asyncio.run(
-            lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
-                   report=lambda m: console.print(f"  • {escape(m)}"), install_service=args.install_service)
-        )  # fmt: skip
+        with steps.live():
+            outcomes = asyncio.run(
+                lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
+                       report=steps.report, install_service=args.install_service)
+            )  # fmt: skip
     except (PlacementError, lab.LabError) as exc:
         err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
         return 1
@@ -271,32 +276,30 @@ def _running(home: Path) -> lab.LabState | local.LocalState | None:
     return state
 
 
-def _status(_: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> int:
     import httpx
 
     home = local.orchard_home()
     if (state := _running(home)) is None:
         return 1
-    try:
-        with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
+    with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
+        if args.watch:
+            try:
+                status.watch(console, lambda: read_workers(client, state.url), state.url)
+            except KeyboardInterrupt:
+                return 0
+        try:
             rows = read_workers(client, state.url)
-    except (httpx.HTTPError, ValidationError) as exc:
-        reason = escape(str(exc).splitlines()[0])
-        err_console.print(
-            f"[red]the router at {state.url} did not answer as expected:[/] {reason} (cluster logs router)"
-        )
-        return 1
-    table = Table(title=f"Orchard at {state.url}")
-    for column in ("worker", "address", "chip / OS", "memory", "engine", "models", "state", "breaker", "in flight"):
-        table.add_column(column)
-    for row in rows:
-        memory = f"{row.memory_bytes / 2**30:.0f} GiB" if row.memory_bytes else "?"
-        engine = row.engine
-        if group := row.group:
-            engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
-        table.add_row(row.worker_id, row.address, f"{row.chip} / {row.os}", memory, engine, ", ".join(row.models),
-                      row.state_text, row.breaker, str(row.inflight))  # fmt: skip
-    console.print(table)
+        except (httpx.HTTPError, ValidationError) as exc:
+            reason = escape(str(exc).splitlines()[0])
+            err_console.print(
+                f"[red]the router at {state.url} did not answer as expected:[/] {reason} (cluster logs router)"
+            )
+            return 1
+    if args.json:
+        print(status.as_json(rows))
+        return 0
+    console.print(status.table(rows, state.url))
     _print_expiry(home)
     return 0
 
@@ -517,7 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds requests in flight get to finish before everything stops (0: stop now)",
     )
     down.set_defaults(func=_down)
-    sub.add_parser("status", help="show the workers").set_defaults(func=_status)
+    status_cmd = sub.add_parser("status", help="show the workers (tokens/s and TTFT p50 over the last minute too)")
+    shown = status_cmd.add_mutually_exclusive_group()
+    shown.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    shown.add_argument("--json", action="store_true", help="print the workers as JSON")
+    status_cmd.set_defaults(func=_status)
     drain_cmd = sub.add_parser("drain", help="take a worker out for maintenance: no new requests, running ones finish")
     drain_cmd.add_argument("worker", help="a worker id (a lab host's name), address or host")
     drain_cmd.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it to be idle")

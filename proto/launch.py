@@ -195,6 +195,7 @@ class RouterConfig(_Frozen):
     tls_cert: str | None = None  # the endpoint's certificate chain (PEM): HTTPS
     tls_key: str | None = None  # its private key
     max_connections: int = Field(default=1024, ge=1, le=100_000)  # open client connections, beyond: 503
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (and per request), for log shippers
 
     @model_validator(mode="after")
     def _endpoint_tls_pair(self) -> RouterConfig:
@@ -255,7 +256,7 @@ class RouterConfig(_Frozen):
         argv += _optional("--tls-dir", self.tls_dir)
         argv += _optional("--tls-cert", self.tls_cert)
         argv += _optional("--tls-key", self.tls_key)
-        argv += ["--max-connections", str(self.max_connections)]
+        argv += ["--max-connections", str(self.max_connections), "--log-format", self.log_format]
         for address in self.workers:
             argv += ["--worker", address]
         for model, policy in self.model_policies:
@@ -277,7 +278,7 @@ class RouterConfig(_Frozen):
             "gap_timeout_s": args.gap_timeout,
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
             "max_queue": args.max_queue, "tls_dir": args.tls_dir, "tls_cert": args.tls_cert,
-            "tls_key": args.tls_key, "max_connections": args.max_connections,
+            "tls_key": args.tls_key, "max_connections": args.max_connections, "log_format": args.log_format,
         }  # fmt: skip
         return cls.checked(**fields)
 
@@ -374,6 +375,7 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--tls-cert", help="HTTPS on the endpoint: certificate chain (PEM)")
     add("--tls-key", help="HTTPS on the endpoint: private key (PEM)")
     add("--max-connections", type=int, default=1024, help="open client connections; beyond this a 503")
+    add("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log line")
     return parser
 
 

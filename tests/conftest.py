@@ -37,9 +37,10 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def workers(url: str) -> list[WorkerRow]:
+def workers(url: str, admin_key: str | None = None) -> list[WorkerRow]:
     """The router's /orchard/workers rows, typed ([] while it does not answer)."""
-    with httpx.Client(timeout=5) as client:
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    with httpx.Client(timeout=5, headers=headers) as client:
         return fetch_workers(client, url)
 
 

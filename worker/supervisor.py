@@ -125,8 +125,11 @@ class EngineSupervisor:
         """Progress: a token relayed, or a request started (an idle engine is not stalled)."""
         self.last_token_at = time.monotonic()
 
+    def _quiet_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_token_at > seconds
+
     def stalled(self) -> bool:
-        return self.inflight() > 0 and time.monotonic() - self.last_token_at > self.policy.stall_timeout_s
+        return self.inflight() > 0 and self._quiet_for(self.policy.stall_timeout_s)
 
     async def _follow_counter(self) -> None:
         """Whole (non-streamed) answers relay no token until they end: the engine's own token counters (prompt
@@ -261,8 +264,8 @@ class EngineSupervisor:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
-                if self.inflight() > 0:
-                    await self._follow_counter()
+                if self.inflight() > 0 and self._quiet_for(self.policy.health_interval_s):
+                    await self._follow_counter()  # only when nothing relayed says it moves: scrapes cost the engine
                 else:
                     self._counted = None
                 if self.stalled():

@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     overhead_cmd.add_argument("--api", choices=("chat", "messages"), default="chat",
                               help="stream OpenAI chat completions or Anthropic messages")  # fmt: skip
+    overhead_cmd.add_argument("--engine-cpus", metavar="LIST",
+                              help="vllm on Linux: the engine (server and compute) runs on these CPUs (e.g. 1), "
+                                   "this client, router and agent on the others: Orchard's CPU is not the "
+                                   "engine's, as on a Mac whose engine computes on the GPU")  # fmt: skip
     overhead_cmd.add_argument("--compare-mtls", action="store_true",
                               help="compare two local clusters, router↔agent with mutual TLS and without")  # fmt: skip
     decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                              help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01")  # fmt: skip
     _chaos_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "overhead" and args.api == "messages" and args.engine != "vllm":
+        parser.error(f"--api messages needs --engine vllm: the {args.engine} engine does not serve /v1/messages")
     if args.command == "chaos":
         _chaos(args)
     elif args.command == "latency":
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
         asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
-                                      args.kv_cache_gib, options, args.api))  # fmt: skip
+                                      args.kv_cache_gib, options, args.api, args.engine_cpus))  # fmt: skip
 
 
 def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:

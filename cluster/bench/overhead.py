@@ -98,8 +98,11 @@ def print_table(results: list[RoundResult], base: str = "direct", other: str = "
             f"{r.target:<8} {rounds[r.target]:>5} {r.throughput:>9.1f} {r.ttft_pct(0.5) * 1000:>12.1f} "
             f"{r.ttft_pct(0.99) * 1000:>12.1f} {r.errors:>6}"
         )
-    direct = [r for r in results if r.target == base]
-    routed = [r for r in results if r.target == other]
+    direct = [r for r in results if r.target == base and r.throughput]
+    routed = [r for r in results if r.target == other and r.throughput]
+    if not direct or not routed:
+        print(f"\nno round of {base if not direct else other} streamed a token: no ratio (see the errors above)")
+        return
     ratio = statistics.mean(r.throughput for r in routed) / statistics.mean(r.throughput for r in direct)
     p50 = statistics.mean(r.ttft_pct(0.5) for r in routed) - statistics.mean(r.ttft_pct(0.5) for r in direct)
     p99 = statistics.mean(r.ttft_pct(0.99) for r in routed) - statistics.mean(r.ttft_pct(0.99) for r in direct)
@@ -109,9 +112,11 @@ def print_table(results: list[RoundResult], base: str = "direct", other: str = "
 
 async def overhead(
     engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
-    sim_options: tuple[tuple[str, str], ...], api: str = "chat",
+    sim_options: tuple[tuple[str, str], ...], api: str = "chat", engine_cpus: str | None = None,
 ) -> None:  # fmt: skip
     """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
+    if engine_cpus:
+        print(isolate_engine(engine_cpus))
     home = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
     model = "sim-model" if engine_kind == "sim" else BUNDLED_NAME
     options = (("max-concurrency", "256"), *sim_options)
@@ -122,6 +127,8 @@ async def overhead(
     state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
     try:
         engine = await asyncio.to_thread(engine_url, state.agent_address, local.router_tls(home))
+        if engine_cpus:
+            print(f"moved the engine's {move_engine(state.agent_pid, engine_cpus)} threads to CPUs {engine_cpus}")
         print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens on "
               f"{PATHS[api]}")  # fmt: skip
         await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1, api=api)
@@ -136,6 +143,37 @@ async def overhead(
         own.report()
     finally:
         await asyncio.to_thread(local.stop, home)
+
+
+def isolate_engine(cpus: str) -> str:
+    """Give a CPU engine's compute threads `cpus` (vLLM's OMP thread binding, e.g. "1") and everything else —
+    this client, the router, the agent, the engine's server process — the other cores: as on a Mac, where the
+    model computes on the GPU and Orchard's CPU is not taken from it. Linux only (CPU affinity)."""
+    engine = {int(c) for part in cpus.split(",") for c in _span(part)}
+    rest = set(os.sched_getaffinity(0)) - engine
+    if not rest or not engine:
+        raise SystemExit(f"--engine-cpus {cpus}: must leave some of CPUs {sorted(os.sched_getaffinity(0))} free")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+    os.sched_setaffinity(0, rest)  # inherited by the router and agent started from here (the engine: moved)
+    return f"engine on CPUs {sorted(engine)}; this client, the router and the agent on {sorted(rest)}"
+
+
+def move_engine(agent_pid: int, cpus: str) -> int:
+    """Move every thread of the engine's processes (the agent's descendants but itself) onto `cpus`; new
+    threads inherit it. Returns how many threads moved."""
+    where = {int(c) for part in cpus.split(",") for c in _span(part)}
+    moved = 0
+    for process in psutil.Process(agent_pid).children(recursive=True):
+        if not any(p in " ".join(process.cmdline()) for p in OwnCpu.PROGRAMS):
+            for thread in process.threads():
+                os.sched_setaffinity(thread.id, where)
+                moved += 1
+    return moved
+
+
+def _span(part: str) -> range:
+    low, _, high = part.partition("-")
+    return range(int(low), int(high or low) + 1)
 
 
 class OwnCpu:

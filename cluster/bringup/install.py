@@ -251,6 +251,7 @@ async def _install(
             raise InstallError(f"installed, but {python} does not run the head's build {build.digest()}")
         row.orchard = "installed"
     row.engines = ", ".join(name for name, ok in sorted(facts.engines.items()) if ok)
+    report(f"{host.label}: {row.orchard} (engines: {row.engines or 'none'})")
     return InstalledHost(python=python, version=facts.orchard_version, build=facts.build, at=time.time())
 
 

@@ -338,7 +338,8 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
     return RouterConfig.checked(
         listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
-        handover=str(home / "router.sock"), tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
+        log_format=router.log_format, handover=str(home / "router.sock"),
+        tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
         tls_cert=cert, tls_key=key,
     )  # fmt: skip
 

@@ -64,6 +64,7 @@ class RouterSpec(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     no_auth: bool = False  # serve beyond loopback without API keys (the router warns at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # requests that may wait per model
+    log_format: Literal["text", "json"] = "text"  # json: the router logs one JSON object per line
     # HTTPS on the endpoint: the operator's certificate chain and key (PEM files on the head), or `tls = true`
     # for one from the cluster CA naming this machine, `host` and `tls_names` (clients trust ~/.orchard/ca/ca.pem)
     tls: bool = False

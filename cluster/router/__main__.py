@@ -20,6 +20,7 @@ from cluster.router import handover
 from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol
 from cluster.router.registry import Registry
+from cluster.router.requestlog import JsonLines
 from proto import tls
 from proto.launch import LaunchConfigError, RouterConfig, usage
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLines())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll is noise
     if why := config.plaintext_refusal():
         sys.stderr.write(f"python -m cluster.router: {why}\n")
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     server = _Server(uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=grace, http=guarded_protocol(config.max_connections),
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
+        log_config=None,  # uvicorn's few lines go through our handlers: one format (and JSON with --log-format json)
     ))  # fmt: skip
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
     server.endpoint_files = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None

@@ -11,29 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
-from cluster.router import ollama, schema
+from cluster.gateway.usage import UsageRow, refused_row
+from cluster.router import ollama, operator, requestlog, schema
+from cluster.router.activity import Activity
 from cluster.router.errors import ApiError, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics
-from cluster.router.registry import Registry, WorkerHandle
+from cluster.router.registry import Registry
+from cluster.router.requestlog import RequestIds, request_id
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
-from cluster.router.rows import GroupRow, WorkerRow, WorkersReply
 from cluster.router.validation import ResponseRetrieval, ResponsesRequest
 from proto import orchard_pb2 as pb
 from proto.launch import RouterConfig
@@ -52,7 +51,14 @@ def create_app(
     metrics = RouterMetrics()
     forwarder = Forwarder(registry, config, metrics)
     gateway = gateway or Gateway(None, registry.capacity, require_auth=False, max_queue=config.max_queue)
-    gateway.on_usage = metrics.count_usage
+    activity = Activity()
+
+    def ended(row: UsageRow) -> None:
+        metrics.count_usage(row)
+        activity.observe(row)
+        requestlog.write(row)
+
+    gateway.on_usage = ended
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,10 +74,10 @@ def create_app(
 
     app = FastAPI(title="Orchard", lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    _add_operator_routes(app, registry, metrics, gateway)
+    operator.install(app, registry, metrics, gateway, activity)
 
-    pipeline = _Pipeline(registry, config, metrics, forwarder, gateway)
-    schema.install(app, {"/orchard/drain": ("post", DrainAsk)} | ollama.BODIES)
+    pipeline = _Pipeline(registry, config, metrics, forwarder, gateway, ended)
+    schema.install(app, {"/orchard/drain": ("post", operator.DrainAsk)} | ollama.BODIES)
     for route in RELAYED:
         app.add_api_route(route.path, pipeline.endpoint(route), methods=["POST"], name=route.path)
 
@@ -93,6 +99,7 @@ class _Pipeline:
     metrics: RouterMetrics
     forwarder: Forwarder
     gateway: Gateway
+    ended: Callable[[UsageRow], None]  # every request's end: metrics, the dashboard's activity, the log line
 
     def endpoint(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def relayed(request: Request) -> Response:
@@ -103,30 +110,39 @@ class _Pipeline:
     async def handle(self, request: Request, route: Route, read: Read, pick: Pick | None = None) -> Response:
         """The response to a request for `route`; `read` gives its body, parsed and validated; `pick`, where the
         body decides, the route it goes on (Ollama's generate: a chat, or a completion when raw)."""
-        model = "?"
+        rid, key, model, started_at = request_id(request.scope), None, "?", time.monotonic()
         try:
             key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
             model, route = parsed.model, pick(parsed) if pick else route
-            started_at = time.monotonic()
-            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"))
+            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"), rid)
             owner = key.team if key else ""
             incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
+        except (ApiError, Refusal) as exc:  # turned away before the gateway counts it: logged, not a usage row
+            self.ended(refused_row(time.time(), rid, key, model, api_error(exc).status))
+            return self._refused(exc, model, route)
+        try:
             granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
-        except (ApiError, Refusal) as exc:
-            error = api_error(exc)
-            self.metrics.requests.labels(model, str(error.status)).inc()
-            return error.response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
+        except Refusal as exc:
+            return self._refused(exc, model, route)
         except TimeoutError:
-            self.metrics.requests.labels(model, "504").inc()
-            error = ApiError(504, "The request waited in the queue past its deadline.", code="timeout")
-            return error.response(dialect=route.dialect)
+            return self._refused(ApiError(504, "The request waited in the queue past its deadline.", code="timeout"),
+                                 model, route)  # fmt: skip
+        self.metrics.queue_wait.labels(model).observe(time.monotonic() - started_at)
+        return await self._answer(request, incoming, granted, started_at)
+
+    def _refused(self, exc: ApiError | Refusal, model: str, route: Route) -> Response:
+        error = api_error(exc)
+        self.metrics.requests.labels(model, str(error.status)).inc()
+        return error.response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
+
+    async def _answer(self, request: Request, incoming: Incoming, granted: Pass, started_at: float) -> Response:
         ending = _Ending(self.gateway, granted, started_at)
         try:
             response = await _unless_client_leaves(request, self._forward(incoming, granted, ending, started_at))
             if response is None:  # gone before the answer (or a stream's first byte): the engine's work is cancelled
-                self.metrics.requests.labels(model, str(CLIENT_CLOSED)).inc()
+                self.metrics.requests.labels(incoming.model, str(CLIENT_CLOSED)).inc()
                 ending(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))
                 return Response(status_code=CLIENT_CLOSED)
             return response
@@ -162,10 +178,12 @@ class _Pipeline:
             ending(Ended(exc.status, "", pb.Usage(), counted=True))
             return exc.response(granted.headers, incoming.dialect)
         ending.first_byte = time.monotonic()
-        self.metrics.ttft.labels(model).observe(ending.first_byte - started_at)
-        headers = {WORKER_HEADER: started.handle.worker_id, "x-request-id": incoming.request_id, **granted.headers}
+        headers = {WORKER_HEADER: started.handle.worker_id, **granted.headers}
         if not incoming.stream:
             return await self.forwarder.whole(started, incoming, headers, ending)
+        ttft = ending.first_byte - started_at
+        self.metrics.ttft.labels(model, started.handle.worker_id).observe(ttft)
+        started.handle.ttft.add(ending.first_byte, ttft)
         relay = self.forwarder.relay(started, incoming, ending)
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
@@ -236,98 +254,4 @@ def _add_error_handlers(app: FastAPI) -> None:
         return ApiError(exc.status_code, str(exc.detail)).response(dialect=dialect_of(request.url.path))
 
     app.add_middleware(Unexpected, dialect_of=dialect_of)
-
-
-def _add_operator_routes(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway) -> None:
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        ready = registry.ready_count()
-        body = {"status": "ok" if ready else "unavailable", "workers_ready": ready}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
-        try:  # worker addresses, models and teams: an operator's, once keys are on
-            gateway.check_admin(credentials(request))
-        except Refusal as exc:
-            return api_error(exc).response()
-        now = time.monotonic()
-        for handle in registry.workers.values():
-            metrics.breaker.labels(handle.address).set(handle.breaker.state(now).gauge)
-        return PlainTextResponse(metrics.exposition())
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        try:
-            gateway.authenticate(credentials(request))
-        except Refusal as exc:
-            return api_error(exc).response()
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "orchard",
-                "max_model_len": m.max_model_len,
-                "routes": list(m.routes),
-            }
-            for name, m in sorted(registry.models().items())
-        ]
-        return JSONResponse({"object": "list", "data": data})
-
-    @app.get("/orchard/workers")
-    async def workers(request: Request) -> Response:
-        try:
-            gateway.check_admin(credentials(request))
-        except Refusal as exc:
-            return api_error(exc).response()
-        now = time.monotonic()
-        rows = [worker_row(handle, now) for handle in registry.workers.values()]
-        reply = WorkersReply(workers=rows, router_pid=os.getpid())
-        return Response(reply.model_dump_json(), media_type="application/json")
-
-    @app.post("/orchard/drain")
-    async def drain(request: Request) -> Response:
-        """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
-        try:
-            gateway.check_admin(credentials(request))
-            ask = DrainAsk.model_validate_json(await request.body())
-        except Refusal as exc:
-            return api_error(exc).response()
-        except ValidationError as exc:
-            return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
-        found = registry.find(ask.worker)
-        if not found:
-            return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()
-        if len(found) > 1:
-            names = ", ".join(sorted(h.worker_id for h in found))
-            return ApiError(409, f"`{ask.worker}` names {len(found)} workers ({names}); give one of those",
-                            code="ambiguous_worker").response()  # fmt: skip
-        handle = found[0]
-        try:
-            await registry.drain(handle, ask.draining)
-        except grpc.aio.AioRpcError as exc:
-            return ApiError(503, f"worker {handle.address} did not answer: {exc.code().name}").response()
-        return Response(worker_row(handle, time.monotonic()).model_dump_json(), media_type="application/json")
-
-
-class DrainAsk(BaseModel):
-    worker: str  # id, address or host
-    draining: bool = True
-
-
-def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
-    """One worker as operators see it."""
-    info, sample = handle.info or pb.InfoReply(), handle.sample or pb.LoadSample()
-    group = None
-    if info.HasField("group"):
-        g = info.group
-        group = GroupRow(name=g.name, mode=g.mode, backend=g.backend, size=g.size, peers=list(g.peers))
-    return WorkerRow(
-        address=handle.address, worker_id=handle.worker_id, state=handle.state(now), models=list(handle.models),
-        engine=info.engine, chip=info.chip, os=info.os, memory_bytes=info.memory_bytes, inflight=handle.inflight,
-        served=handle.served, running=sample.running, waiting=sample.waiting,
-        prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
-        decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), detail=sample.state_detail, group=group,
-        breaker=handle.breaker.state(now).value, draining=sample.draining,
-    )  # fmt: skip
+    app.add_middleware(RequestIds)  # outermost: the incident 500 carries the id too

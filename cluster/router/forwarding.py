@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -36,6 +36,7 @@ class Started:
     handle: WorkerHandle
     call: Any  # grpc.aio.UnaryStreamCall
     first: pb.GenerateReply
+    at: float = field(default_factory=time.monotonic)  # when the first reply came
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ class Forwarder:
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
             elif not metered:
                 self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
+            if status == 200:
+                self.metrics.stream_ended(model, started.handle.worker_id, time.monotonic() - started.at,
+                                          usage.completion_tokens)  # fmt: skip
             on_end(Ended(status, started.handle.worker_id, usage, counted))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +108,9 @@ def check_json_type(content_type: str | None) -> None:
         raise ApiError(415, f"Send the request body as JSON with `Content-Type: application/json` (got {got}).")
 
 
-def for_model(request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None) -> Incoming:
+def for_model(
+    request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None, request_id: str
+) -> Incoming:
     """Check the request against its model (known, fits the context) and describe it for routing."""
     endpoint = route.endpoint
     raw, body, fields = request.raw, request.body, request.fields
@@ -130,7 +131,7 @@ def for_model(request: Parsed, route: Route, models: dict[str, pb.ModelInfo], se
         raw = json.dumps(body).encode()
     # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
     view = routing_view(fields.model, session or fields.user, body)
-    return Incoming(uuid.uuid4().hex, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view)
+    return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view)
 
 
 def routing_view(model: str, session: str | None, body: dict[str, Any]) -> RequestView:

@@ -19,6 +19,7 @@ import grpc
 
 from cluster.gateway.queue import Capacity
 from cluster.router.breaker import Breaker, BreakerState
+from cluster.router.recent import Window, token_rate
 from cluster.router.rows import Reachability
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
@@ -59,6 +60,8 @@ class WorkerHandle:
     inflight: int = 0
     served: int = 0
     breaker: Breaker = field(default_factory=Breaker)
+    tokens_per_s: float = 0.0  # generated, between its last two samples
+    ttft: Window = field(default_factory=Window)  # time to first token of its streams, lately
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -282,6 +285,8 @@ class Registry:
                         log.info("worker %s connected (%s)", handle.address, handle.worker_id)
                         handle.breaker.on_reconnect()  # what it said before it left is not trusted
                     handle.connected, delay = True, RECONNECT_MIN_S
+                    rate = token_rate(handle.sample, sample)
+                    handle.tokens_per_s = handle.tokens_per_s if rate is None else rate
                     handle.sample, handle.sample_at = sample, time.monotonic()
                     ready = _is_ready(sample)
                     if ready and not info_when_ready:

@@ -44,6 +44,15 @@ class WorkerRow(BaseModel):
     waiting: int = 0
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
+    host: str = ""  # the hostname the agent reports
+    kv_cache_usage: float = 0.0  # 0..1
+    prompt_tokens: int = 0  # the engine's counters, since it started
+    generation_tokens: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    engine_restarts: int = 0
+    tokens_per_s: float = 0.0  # generated lately (between its last two samples)
+    ttft_p50_ms: float | None = None  # its streams' median time to first token over the last minute
     detail: str = ""
     draining: bool = False  # cluster drain: takes no new requests
     breaker: str = "closed"  # cluster.router.breaker.BreakerState: closed, open, half-open
@@ -63,3 +72,62 @@ class WorkerRow(BaseModel):
 class WorkersReply(BaseModel):
     workers: list[WorkerRow]
     router_pid: int = 0  # which router answered: during a hand-over two share the port
+
+
+class ModelRow(BaseModel):
+    """A model as the lab serves it: its replicas (workers) and shard groups."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    workers: list[str]
+    ready: int
+    groups: list[str] = []
+
+
+class ErrorRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: float  # unix time
+    request_id: str
+    status: int
+    reason: str
+    model: str
+    worker: str = ""
+    team: str = ""
+
+
+class TeamRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    team: str
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class DashboardReply(BaseModel):
+    """What `GET /orchard/dashboard.json` answers: everything the dashboard page draws."""
+
+    at: float  # unix time
+    workers: list[WorkerRow]
+    models: list[ModelRow]
+    errors: list[ErrorRow]
+    teams: list[TeamRow]
+    queued: dict[str, int]
+
+
+def model_rows(workers: list[WorkerRow]) -> list[ModelRow]:
+    """Each model with the workers that serve it; a shard group is one replica, named by its group."""
+    by_model: dict[str, list[WorkerRow]] = {}
+    for w in workers:
+        for model in w.models:
+            by_model.setdefault(model, []).append(w)
+    return [_model_row(name, serving) for name, serving in sorted(by_model.items())]
+
+
+def _model_row(name: str, serving: list[WorkerRow]) -> ModelRow:
+    groups = sorted({w.group.name for w in serving if w.group})
+    ready = sum(w.ready for w in serving)
+    return ModelRow(name=name, workers=[w.worker_id for w in serving], ready=ready, groups=groups)

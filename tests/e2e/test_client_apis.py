@@ -1,13 +1,14 @@
 """Every client a team uses, with its own official client, through the router to real vLLM on the bundled model:
 the Anthropic SDK (Messages, streaming, a tool-use round trip, count_tokens, its error types), the OpenAI SDK's
 Responses API (continued on the worker that stored the response, with two workers serving the model) and the
-Ollama client (chat, generate, list, show, embed)."""
+Ollama client (chat, generate, list, show, embed). A stored response stays its team's."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
@@ -16,8 +17,17 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import Cluster, agent_config, agent_info, start_cluster, stop_cluster, wait_until, workers
-from tests.e2e.conftest import UpCluster, client_of
+from tests.conftest import (
+    Cluster,
+    agent_config,
+    agent_info,
+    run_cli,
+    start_cluster,
+    stop_cluster,
+    wait_until,
+    workers,
+)  # fmt: skip
+from tests.e2e.conftest import UpCluster
 from worker.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -96,24 +106,53 @@ def test_ollama_embed(embedder: str) -> None:
     assert result.prompt_eval_count and result.prompt_eval_count > 0
 
 
+@dataclass
+class Pair:
+    """Two vLLM workers behind a router with keys on: a key per team ("ml", "web") and an admin's ("ops")."""
+
+    cluster: Cluster
+    keys: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def client(self, team: str = "ml") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[team], max_retries=0, timeout=300)
+
+    def claude(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.url, api_key=self.keys["ml"], max_retries=0, timeout=300)
+
+
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """Two vLLM workers serving the bundled model behind one router (least loaded: both get traffic), with tool
-    calls parsed (as a lab serving Claude Code would)."""
+    calls parsed (as a lab serving Claude Code would), and keys for two teams."""
     tmp = tmp_path_factory.mktemp("pair")
     tools = ("--enable-auto-tool-choice", "--tool-call-parser=hermes")
     agents = [agent_config("vllm", BUNDLED_NAME, tmp / "logs", engine_args=tools) for _ in range(2)]
-    cluster = start_cluster(tmp, agents, policy="least_loaded")
-    yield cluster
-    stop_cluster(cluster)
+    cluster = start_cluster(tmp, agents, policy="least_loaded", gateway_db=str(tmp / "gateway.db"))
+    try:
+        keys = {team: _new_key(tmp, "--team", team) for team in ("ml", "web")}
+        keys["ops"] = _new_key(tmp, "--team", "ops", "--admin")
+        wait_until(lambda: workers(cluster.url, keys["ops"]), 5, "the keys to be known")
+        yield Pair(cluster, keys)
+    finally:
+        stop_cluster(cluster)
 
 
-def test_anthropic_tool_use_round_trip(pair: Cluster) -> None:
+def _new_key(home: Path, *args: str) -> str:
+    made = run_cli(["keys", "create", *args], home, timeout_s=60)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def test_anthropic_tool_use_round_trip(pair: Pair) -> None:
     """Tools out, a tool call back, its result in, an answer out. Whether a 135M model calls the tool by itself is
     up to the model (and vLLM's Anthropic adapter answers 400 when forced arguments are not an object), so the
     call is the one a client would have got; every turn goes through the router and the engine in Anthropic's
     shapes."""
-    client = claude(pair.url)  # its engines parse tool calls (--enable-auto-tool-choice)
+    client = pair.claude()  # its engines parse tool calls (--enable-auto-tool-choice)
     tools = [{"name": "get_weather", "description": "The weather in a city.", "input_schema": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]  # fmt: skip
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -130,8 +169,8 @@ def test_anthropic_tool_use_round_trip(pair: Cluster) -> None:
     assert streamed.usage.input_tokens == answer.usage.input_tokens
 
 
-def test_responses_whole_and_streamed(pair: Cluster) -> None:
-    client = client_of(pair.url)
+def test_responses_whole_and_streamed(pair: Pair) -> None:
+    client = pair.client()
     answer = client.responses.create(model=BUNDLED_NAME, input="What is the capital of France?", max_output_tokens=24)
     assert answer.id.startswith("resp_") and answer.output_text.strip() and answer.usage
     assert answer.usage.input_tokens > 5 and answer.usage.output_tokens > 0
@@ -143,8 +182,8 @@ def test_responses_whole_and_streamed(pair: Cluster) -> None:
     assert "response.output_text.delta" in kinds and final.output_text.strip()
 
 
-def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Cluster) -> None:
-    client = client_of(pair.url)
+def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Pair) -> None:
+    client = pair.client()
     raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="My name is Ada.", max_output_tokens=8)
     first, home = raw.parse(), raw.headers["x-orchard-worker"]
     previous, where = first, set()
@@ -158,7 +197,7 @@ def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Clust
     assert where == {home}
     assert client.responses.retrieve(previous.id).id == previous.id
     # The other worker's engine does not have it: without the router's memory, half of these would fail.
-    [other] = [a for a in pair.agents if agent_info(a.listen).worker_id != home]
+    [other] = [a for a in pair.cluster.agents if agent_info(a.listen).worker_id != home]
     direct = httpx.post(agent_info(other.listen).engine_url + "/v1/responses", timeout=60, json={
         "model": BUNDLED_NAME, "input": "x", "previous_response_id": first.id})  # fmt: skip
     assert direct.status_code == 404
@@ -173,14 +212,28 @@ def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Clust
     assert len(spread) == 2  # new conversations still go to both workers
 
 
-def test_a_response_whose_worker_is_gone_gets_a_clear_error(pair: Cluster) -> None:
-    client = client_of(pair.url)
+def test_another_teams_key_can_neither_read_nor_continue_a_stored_response(pair: Pair) -> None:
+    mine = pair.client("ml").responses.create(model=BUNDLED_NAME, input="Ship on Friday.", max_output_tokens=4)
+    theirs = pair.client("web")
+    with pytest.raises(openai.NotFoundError) as read:
+        theirs.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError) as continued:
+        theirs.responses.create(model=BUNDLED_NAME, input="Go on.", previous_response_id=mine.id, max_output_tokens=4)
+    for refused in (read.value, continued.value):
+        assert refused.code == "response_not_found" and "by another team" in refused.message
+    assert continued.value.param == "previous_response_id"
+    assert pair.client("ml").responses.retrieve(mine.id).id == mine.id  # its own team still can
+
+
+def test_a_response_whose_worker_is_gone_gets_a_clear_error(pair: Pair) -> None:
+    client = pair.client()
     raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="Hello.", max_output_tokens=4)
     stored, home = raw.parse(), raw.headers["x-orchard-worker"]
-    index = next(i for i, agent in enumerate(pair.agents) if agent_info(agent.listen).worker_id == home)
-    [child] = [c for c in pair.fleet.children if c.name == f"agent-{index}"]
-    pair.fleet.stop(child)
-    wait_until(lambda: not all(row.ready for row in workers(pair.url)), 30, "the router to see the worker gone")
+    index = next(i for i, agent in enumerate(pair.cluster.agents) if agent_info(agent.listen).worker_id == home)
+    [child] = [c for c in pair.cluster.fleet.children if c.name == f"agent-{index}"]
+    pair.cluster.fleet.stop(child)
+    ops = pair.keys["ops"]
+    wait_until(lambda: not all(row.ready for row in workers(pair.url, ops)), 30, "the router to see the worker gone")
     with pytest.raises(openai.APIStatusError) as gone:
         client.responses.create(model=BUNDLED_NAME, input="Go on.", previous_response_id=stored.id)
     assert gone.value.status_code == 503 and "is not serving now" in gone.value.message

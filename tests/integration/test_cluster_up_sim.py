@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from cluster.bringup import local
+from cluster.router.rows import WorkersReply
 from tests.conftest import free_port, run_cli, wait_until
 from worker import procs
 
@@ -174,3 +175,28 @@ def _long_stream(url: str, tokens: int) -> Iterator[Iterator[str]]:
         lines = stream.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
         yield lines
+
+
+def test_status_json_and_watch_show_rates_and_ttft(tmp_path: Path, foreground: Foreground) -> None:
+    state = _serving(tmp_path, foreground)
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 20, "stream": True}
+    with httpx.stream("POST", state.url + "/v1/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200 and list(response.iter_lines())
+    listed = run_cli(["status", "--json"], tmp_path, timeout_s=60)
+    assert listed.returncode == 0, listed.stderr
+    [row] = WorkersReply.model_validate_json(listed.stdout).workers
+    assert row.ready and row.ttft_p50_ms is not None and row.ttft_p50_ms > 0  # the stream just timed
+    env = {**os.environ, "ORCHARD_HOME": str(tmp_path)}
+    watching = subprocess.Popen([sys.executable, "-m", "cluster.cli", "status", "--watch"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert watching.stdout is not None
+    titles: list[str] = []
+    for line in watching.stdout:
+        if line.strip().startswith("Orchard at"):
+            titles.append(line.strip())
+            if len(titles) == 3:
+                break
+    watching.send_signal(signal.SIGINT)  # Ctrl-C ends it cleanly
+    _, err = watching.communicate(timeout=30)
+    assert watching.returncode == 0 and "Traceback" not in err, err
+    assert len(titles) == 3 and len(set(titles)) > 1  # redrawn each second, stamped with the time

@@ -70,7 +70,7 @@ def test_a_hung_worker_is_passed_over_its_breaker_opens_then_closes_when_it_answ
     assert all(answers), answers  # none failed: each that met the hung worker was retried on the other
     row = _row(pair, hung)
     assert row["breaker"] == "open" and row["state"] == "suspect"
-    assert engine_metric(pair.url, 'orchard_worker_breaker_state{worker="' + hung + '"}') == 2
+    assert engine_metric(pair.url, 'orchard_worker_breaker_state{worker="' + str(row["worker_id"]) + '"}') == 2
     assert engine_metric(pair.url, f'orchard_retries_total{{model="{SIM_MODEL}"}}') == 2  # the two that met it
     assert max(took) < ACCEPT_S + 1 and sorted(took)[-3] < ACCEPT_S  # two met it (then open): the rest did not
     os.kill(agent.pid, signal.SIGCONT)

@@ -17,6 +17,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SIM_MODEL, Cluster, agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
 
@@ -88,6 +89,9 @@ def test_operator_endpoints_need_an_admin_key(lab: GatedLab) -> None:
     user = lab.create_key("--team", "ops")
     wait_until(lambda: _status(lab, user) != 401, 5, "the new keys to be known", interval_s=0.1)
     assert _status(lab, admin) == 200 and _status(lab, user) == 403 and _status(lab, None) == 401
+    for path in ("/orchard/dashboard.json", "/metrics"):
+        assert [_status(lab, key, path) for key in (admin, user, None)] == [200, 403, 401], path
+    assert httpx.get(lab.cluster.url + "/dashboard", timeout=5).status_code == 200  # the page holds no data
 
 
 def _metrics(lab: GatedLab, headers: dict[str, str]) -> str:
@@ -95,9 +99,9 @@ def _metrics(lab: GatedLab, headers: dict[str, str]) -> str:
     return answer.text if answer.status_code == 200 else ""
 
 
-def _status(lab: GatedLab, key: str | None) -> int:
+def _status(lab: GatedLab, key: str | None, path: str = "/orchard/workers") -> int:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.get(lab.cluster.url + "/orchard/workers", headers=headers, timeout=5).status_code
+    return httpx.get(lab.cluster.url + path, headers=headers, timeout=5).status_code
 
 
 def test_a_revoked_key_fails_within_a_second(lab: GatedLab) -> None:
@@ -231,7 +235,10 @@ def test_usage_rows_equal_what_the_clients_were_told(lab: GatedLab) -> None:
     admin = {"authorization": f"Bearer {lab.create_key('--team', 'ops', '--admin')}"}
     assert httpx.get(lab.cluster.url + "/metrics", timeout=5).status_code == 401  # an operator's view
     metrics = wait_until(lambda: _metrics(lab, admin), 5, "the admin key to be known", interval_s=0.1)
-    assert f'orchard_team_requests_total{{model="{SIM_MODEL}",status="200",team="acct"}} 2.0' in metrics
+    served = [s for f in text_string_to_metric_families(metrics) for s in f.samples
+              if s.name == "orchard_team_requests_total" and s.labels["team"] == "acct"]  # fmt: skip
+    assert sum(s.value for s in served if s.labels["status"] == "200" and s.labels["model"] == SIM_MODEL) == 2
+    assert {s.labels["worker"] for s in served} == {row["worker"] for row in mine()}
 
 
 def test_a_stream_cut_by_the_client_is_still_accounted(lab: GatedLab) -> None:

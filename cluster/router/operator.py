@@ -1,0 +1,157 @@
+"""The operator's side of the router: /health, /metrics, /v1/models, /orchard/workers, /orchard/drain, and the
+dashboard (/dashboard, fed by /orchard/dashboard.json). Everything but /health and the dashboard's page (which
+holds no data) needs an admin key once keys exist."""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from cluster.gateway.gateway import Gateway, Refusal
+from cluster.router.activity import Activity
+from cluster.router.errors import ApiError, api_error
+from cluster.router.intake import credentials
+from cluster.router.metrics import RouterMetrics
+from cluster.router.registry import Registry, WorkerHandle
+from cluster.router.rows import DashboardReply, GroupRow, WorkerRow, WorkersReply, model_rows
+from proto import orchard_pb2 as pb
+
+PAGES = resources.files("cluster.router") / "pages"
+
+
+class DrainAsk(BaseModel):
+    worker: str  # id, address or host
+    draining: bool = True
+
+
+def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway, activity: Activity) -> None:
+    def lab() -> list[WorkerRow]:
+        now = time.monotonic()
+        return [worker_row(handle, now) for handle in registry.workers.values()]
+
+    def queued() -> dict[str, int]:
+        return {model: gateway.admission.waiting(model) for model in registry.models()}
+
+    metrics.watch(lab, queued)
+
+    def refused(request: Request) -> Response | None:
+        try:
+            gateway.check_admin(credentials(request))
+        except Refusal as exc:
+            return api_error(exc).response()
+        return None
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = registry.ready_count()
+        body = {"status": "ok" if ready else "unavailable", "workers_ready": ready}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if no := refused(request):  # worker addresses, models and teams: an operator's, once keys are on
+            return no
+        metrics.expect(registry.models())
+        return PlainTextResponse(metrics.exposition())
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        try:
+            gateway.authenticate(credentials(request))
+        except Refusal as exc:
+            return api_error(exc).response()
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "orchard", "max_model_len": m.max_model_len,
+             "routes": list(m.routes)}
+            for name, m in sorted(registry.models().items())
+        ]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/orchard/workers")
+    async def workers(request: Request) -> Response:
+        if no := refused(request):
+            return no
+        reply = WorkersReply(workers=lab(), router_pid=os.getpid())
+        return Response(reply.model_dump_json(), media_type="application/json")
+
+    @app.get("/orchard/dashboard.json")
+    async def dashboard_data(request: Request) -> Response:
+        if no := refused(request):
+            return no
+        rows, teams = lab(), sorted(activity.teams.values(), key=lambda t: -t.requests)
+        reply = DashboardReply(at=time.time(), workers=rows, models=model_rows(rows), errors=list(activity.errors),
+                               teams=teams, queued=queued())  # fmt: skip
+        return Response(reply.model_dump_json(), media_type="application/json", headers={"cache-control": "no-store"})
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        page = PAGES.joinpath("dashboard.html").read_text()  # whether to ask for a key before the first fetch:
+        page = page.replace('data-key-needed="?"', f'data-key-needed="{str(bool(gateway.auth_on)).lower()}"')
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+    @app.get("/dashboard.js", include_in_schema=False)
+    async def dashboard_script() -> Response:
+        script = PAGES.joinpath("dashboard.js").read_text()
+        return Response(script, media_type="text/javascript", headers=_PAGE_HEADERS)
+
+    @app.post("/orchard/drain")
+    async def drain(request: Request) -> Response:
+        """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
+        try:
+            gateway.check_admin(credentials(request))
+            ask = DrainAsk.model_validate_json(await request.body())
+        except Refusal as exc:
+            return api_error(exc).response()
+        except ValidationError as exc:
+            return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
+        found = registry.find(ask.worker)
+        if not found:
+            return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()
+        if len(found) > 1:
+            names = ", ".join(sorted(h.worker_id for h in found))
+            return ApiError(409, f"`{ask.worker}` names {len(found)} workers ({names}); give one of those",
+                            code="ambiguous_worker").response()  # fmt: skip
+        handle = found[0]
+        try:
+            await registry.drain(handle, ask.draining)
+        except grpc.aio.AioRpcError as exc:
+            return ApiError(503, f"worker {handle.address} did not answer: {exc.code().name}").response()
+        return Response(worker_row(handle, time.monotonic()).model_dump_json(), media_type="application/json")
+
+
+# The page and its script come from here only; the data is fetched with the admin key the user types.
+_PAGE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+}
+
+
+def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
+    """One worker as operators see it."""
+    info, sample = handle.info or pb.InfoReply(), handle.sample or pb.LoadSample()
+    group = None
+    if info.HasField("group"):
+        g = info.group
+        group = GroupRow(name=g.name, mode=g.mode, backend=g.backend, size=g.size, peers=list(g.peers))
+    ttft = handle.ttft.median(now)
+    return WorkerRow(
+        address=handle.address, worker_id=handle.worker_id, state=handle.state(now), models=list(handle.models),
+        engine=info.engine, chip=info.chip, os=info.os, memory_bytes=info.memory_bytes, inflight=handle.inflight,
+        served=handle.served, running=sample.running, waiting=sample.waiting,
+        prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
+        decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), host=info.hostname,
+        kv_cache_usage=sample.kv_cache_usage, prompt_tokens=sample.prompt_tokens,
+        generation_tokens=sample.generation_tokens, prefix_cache_queries=sample.prefix_cache_queries,
+        prefix_cache_hits=sample.prefix_cache_hits, engine_restarts=sample.engine_restarts,
+        tokens_per_s=round(handle.tokens_per_s, 1) if handle.connected else 0.0,
+        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=sample.state_detail, group=group,
+        breaker=handle.breaker.state(now).value, draining=sample.draining,
+    )  # fmt: skip
