@@ -22,14 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster import status
 from cluster.bringup import authority, certs, drain, install, lab, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
+from cluster.console import status
+from cluster.console.progress import HostSteps
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
-from cluster.progress import HostSteps
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
 from worker import procs
 from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled

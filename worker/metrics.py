@@ -42,7 +42,8 @@ class EngineLoad:
 def _prefixes() -> tuple[str, ...]:
     samples = [*_GAUGES, *(f"{name}_total" for name in _COUNTERS), *(f"{name}_sum" for name in _HISTOGRAM_SUMS)]
     names = [*_GAUGES, *_COUNTERS, *_HISTOGRAM_SUMS, *samples]  # a counter's TYPE may name it with `_total`
-    return (*(s + end for s in samples for end in "{ "), *(f"# {kind} {n} " for kind in ("HELP", "TYPE") for n in names))
+    meta = (f"# {kind} {name} " for kind in ("HELP", "TYPE") for name in names)
+    return (*(sample + end for sample in samples for end in "{ "), *meta)
 
 
 _PREFIXES = _prefixes()

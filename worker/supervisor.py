@@ -264,7 +264,7 @@ class EngineSupervisor:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
-                if self.inflight() > 0 and self._quiet_for(self.policy.health_interval_s):
+                if self.inflight() > 0 and self._quiet_for(min(1.0, self.policy.stall_timeout_s / 2)):
                     await self._follow_counter()  # only when nothing relayed says it moves: scrapes cost the engine
                 else:
                     self._counted = None

@@ -110,11 +110,11 @@ class _Pipeline:
     async def handle(self, request: Request, route: Route, read: Read, pick: Pick | None = None) -> Response:
         """The response to a request for `route`; `read` gives its body, parsed and validated; `pick`, where the
         body decides, the route it goes on (Ollama's generate: a chat, or a completion when raw)."""
-        rid, key, model, started_at = request_id(request.scope), None, "?", time.monotonic()
+        rid, key, model = request_id(request.scope), None, "?"
         try:
             key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
-            model, route = parsed.model, pick(parsed) if pick else route
+            model, route, started_at = parsed.model, pick(parsed) if pick else route, time.monotonic()
             incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"), rid)
             owner = key.team if key else ""
             incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, started_at))

@@ -17,9 +17,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from cluster import status
+from cluster.console import status
+from cluster.console.progress import HostSteps
 from cluster.gateway.usage import UsageRow
-from cluster.progress import HostSteps
 from cluster.router import requestlog
 from cluster.router.activity import MAX_ERRORS, MAX_TEAMS, OTHER, Activity
 from cluster.router.metrics import RouterMetrics, lab_families
