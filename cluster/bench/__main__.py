@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, netlab, overhead, routing
+from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, metrics_cost, netlab, overhead, routing
 from proto.launch import key_value
 
 
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
                                    "engine's, as on a Mac whose engine computes on the GPU")  # fmt: skip
     overhead_cmd.add_argument("--compare-mtls", action="store_true",
                               help="compare two local clusters, router↔agent with mutual TLS and without")  # fmt: skip
+    metrics_cmd = sub.add_parser("metrics", help="what metrics, activity and the request log add per request")
+    metrics_cmd.add_argument("--requests", type=int, default=20000)
+    metrics_cmd.add_argument("--workers", type=int, default=64)
     decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
     decide_cmd.add_argument("--workers", type=int, default=64)
     decide_cmd.add_argument("--requests", type=int, default=20000)
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "calibrate":
         result = asyncio.run(calibrate.calibrate(args.url.rstrip("/"), args.model, repeats=args.repeats))
         print(calibrate.report(result))
+    elif args.command == "metrics":
+        print(metrics_cost.report(metrics_cost.measure(args.requests, args.workers)))
     elif args.command == "decide":
         decide.report(args.workers, args.requests, args.groups, args.seed)
     elif args.command == "gateway":

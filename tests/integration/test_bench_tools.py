@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from cluster.bench import fairness, gateway, latency
+from cluster.bench import fairness, gateway, latency, metrics_cost
 from cluster.bench.calibrate import calibrate, report
+from cluster.router import requestlog
 from tests.conftest import Cluster, free_port
 
 FAST = (("decode-ms-per-token", "2"), ("overhead-ms", "1"), ("prefill-ms-per-token", "0.02"))
@@ -45,3 +46,11 @@ def test_gateway_bench_compares_gated_and_open_rounds(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "throughput ratio gated/open:" in out and "added TTFT by the gateway" in out
     assert out.count("gated ") >= 1 and out.count("open ") >= 1
+
+
+def test_metrics_bench_times_the_bookkeeping_side_by_side() -> None:
+    cost = metrics_cost.measure(requests=2000, workers=8)
+    assert 0 < cost.before_us < cost.now_us and cost.scrape_ms > 0  # more work now, and measured
+    text = metrics_cost.report(cost)
+    assert "per request, bookkeeping before" in text and "a lab of 8 workers" in text
+    assert requestlog.log.propagate and not requestlog.log.handlers  # the bench put the router's log back
