@@ -16,6 +16,6 @@ status=0
 .venv/bin/python -m pytest "$@" || status=$?
 need="$(bash deploy/system-packages.sh missing)"
 if [ "$(id -u)" != 0 ] || [ -n "$need" ]; then
-  echo "note: the lab tests (tests/lab) were skipped; they need root${need:+ and these packages: $need}"
+  echo "note: the lab tests (tests/lab) and the browser test may have skipped; they need root${need:+ and these packages: $need}"
 fi
 exit "$status"
