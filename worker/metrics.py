@@ -58,8 +58,13 @@ def relevant_lines(text: str) -> str:
 
 def parse_engine_metrics(text: str) -> EngineLoad:
     """Sum each known metric over its label sets (one engine may serve several model names)."""
+    return load_of(relevant_lines(text))
+
+
+def load_of(text: str) -> EngineLoad:
+    """The load a metrics page says, whichever of its lines are given."""
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(relevant_lines(text)):
+    for family in text_string_to_metric_families(text):
         if family.name in _HISTOGRAM_SUMS:
             total = _HISTOGRAM_SUMS[family.name]
             for sample in family.samples:

@@ -264,10 +264,10 @@ class EngineSupervisor:
                     failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
-                if self.inflight() > 0 and self._quiet_for(min(1.0, self.policy.stall_timeout_s / 2)):
-                    await self._follow_counter()  # only when nothing relayed says it moves: scrapes cost the engine
-                else:
+                if self.inflight() == 0:
                     self._counted = None
+                elif self._quiet_for(min(1.0, self.policy.stall_timeout_s / 2)):
+                    await self._follow_counter()  # only when nothing relayed says it moves: scrapes cost the engine
                 if self.stalled():
                     return f"engine hung: {self.inflight()} request(s) in flight, no token for " \
                            f"{self.policy.stall_timeout_s:.0f}s", True  # fmt: skip

@@ -146,9 +146,9 @@ async def overhead(
 
 
 def isolate_engine(cpus: str) -> str:
-    """Give a CPU engine's compute threads `cpus` (vLLM's OMP thread binding, e.g. "1") and everything else —
-    this client, the router, the agent, the engine's server process — the other cores: as on a Mac, where the
-    model computes on the GPU and Orchard's CPU is not taken from it. Linux only (CPU affinity)."""
+    """Keep a CPU engine on `cpus` (e.g. "1": vLLM's OMP threads bound there now, its processes moved there by
+    move_engine once started) and this client, the router and the agent on the other cores: as on a Mac, where
+    the model computes on the GPU and Orchard's CPU is not taken from it. Linux only (CPU affinity)."""
     engine = {int(c) for part in cpus.split(",") for c in _span(part)}
     rest = set(os.sched_getaffinity(0)) - engine
     if not rest or not engine:

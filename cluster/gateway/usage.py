@@ -32,7 +32,8 @@ class UsageRow:
 
 
 def refused_row(at: float, request_id: str, key: Key | None, model: str, status: int) -> UsageRow:
-    """A request the gateway turned away (403, 429, 503, 504): no tokens, no worker."""
+    """A request turned away before any worker (a bad key or body, an unknown model, a limit, a full queue, the
+    client gone): no tokens, no worker."""
     return UsageRow(at, request_id, key.id if key else None, key.team if key else None, model, None, 0, 0, 0,
                     status, None, 0.0)  # fmt: skip
 

@@ -19,8 +19,8 @@ from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.router import handover
 from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol
+from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
-from cluster.router.requestlog import JsonLines
 from proto import tls
 from proto.launch import LaunchConfigError, RouterConfig, usage
 

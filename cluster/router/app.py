@@ -29,7 +29,7 @@ from cluster.router.activity import Activity
 from cluster.router.errors import ApiError, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
-from cluster.router.metrics import RouterMetrics
+from cluster.router.metrics import UNKNOWN_MODEL, RouterMetrics
 from cluster.router.registry import Registry
 from cluster.router.requestlog import RequestIds, request_id
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
@@ -54,7 +54,7 @@ def create_app(
     activity = Activity()
 
     def ended(row: UsageRow) -> None:
-        metrics.count_usage(row)
+        metrics.count_usage(row if row.model in registry.models() else replace(row, model=UNKNOWN_MODEL))
         activity.observe(row)
         requestlog.write(row)
 
@@ -121,7 +121,10 @@ class _Pipeline:
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
         except (ApiError, Refusal) as exc:  # turned away before the gateway counts it: logged, not a usage row
             self.ended(refused_row(time.time(), rid, key, model, api_error(exc).status))
-            return self._refused(exc, model, route)
+            return self._refused(exc, self._label(model), route)
+        except asyncio.CancelledError:  # the client left while its body was read
+            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            raise
         try:
             granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
         except Refusal as exc:
@@ -129,8 +132,16 @@ class _Pipeline:
         except TimeoutError:
             return self._refused(ApiError(504, "The request waited in the queue past its deadline.", code="timeout"),
                                  model, route)  # fmt: skip
-        self.metrics.queue_wait.labels(model).observe(time.monotonic() - started_at)
+        except asyncio.CancelledError:  # the client left while queued
+            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            raise
+        finally:  # refused or timed out waiting too: the worst waits are the ones to see
+            self.metrics.queue_wait.labels(model).observe(time.monotonic() - started_at)
         return await self._answer(request, incoming, granted, started_at)
+
+    def _label(self, model: str) -> str:
+        """`model` as a metric label: a model no worker serves is one label, not one per name a client sends."""
+        return model if model in self.registry.models() else UNKNOWN_MODEL
 
     def _refused(self, exc: ApiError | Refusal, model: str, route: Route) -> Response:
         error = api_error(exc)

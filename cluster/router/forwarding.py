@@ -284,7 +284,7 @@ class Forwarder:
                 self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
             if status == 200:
                 self.metrics.stream_ended(model, started.handle.worker_id, time.monotonic() - started.at,
-                                          usage.completion_tokens)  # fmt: skip
+                                          usage.completion_tokens // incoming.choices)  # fmt: skip
             on_end(Ended(status, started.handle.worker_id, usage, counted))
 
 

@@ -42,6 +42,7 @@ class Incoming:
     view: RequestView  # what the routing policy reads
     home: str | None = None  # the one worker that can answer (it holds the response this one continues)
     owner: str = ""  # the team whose key sent it ("" while keys are off): who may continue what it stores
+    choices: int = 1  # answers generated at once (n): their tokens interleave in one stream
 
     def generate_request(self) -> pb.GenerateRequest:
         return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body)
@@ -131,7 +132,8 @@ def for_model(
         raw = json.dumps(body).encode()
     # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
     view = routing_view(fields.model, session or fields.user, body)
-    return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view)
+    return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view,
+                    choices=getattr(fields, "n", None) or 1)  # fmt: skip
 
 
 def routing_view(model: str, session: str | None, body: dict[str, Any]) -> RequestView:

