@@ -91,6 +91,21 @@ def load_of(text: str) -> EngineLoad:
     )
 
 
+class LastLoad:
+    """An engine's last scraped load in its current run: what a failed scrape (a busy engine, a timeout) reports
+    instead of nothing, so counters do not read 0 and jump back (a fake rate spike and a counter reset)."""
+
+    def __init__(self) -> None:
+        self._run, self._load = -1, EngineLoad()
+
+    def through(self, scraped: EngineLoad | None, run: int) -> EngineLoad | None:
+        """`scraped`, kept; or, when the scrape failed, the last one of this engine run (None: none yet)."""
+        if scraped is not None:
+            self._run, self._load = run, scraped
+            return scraped
+        return self._load if run == self._run else None
+
+
 class TrafficMeter:
     """The same counters as vLLM's, kept by the agent from the traffic it relays: prompt and generated tokens
     (the engine's usage), time to the first chunk as prefill time, the rest as decode time."""

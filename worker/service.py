@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 import httpx
+import psutil
 
 from proto import endpoints, errors, tls
 from proto import orchard_pb2 as pb
@@ -22,7 +23,7 @@ from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
 from worker.hostinfo import HostFacts
-from worker.metrics import EngineLoad, RateMeter, TrafficMeter
+from worker.metrics import LastLoad, RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
 from worker.supervisor import EngineSupervisor
 
@@ -99,7 +100,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.draining = False  # cluster drain: no new requests; those in flight finish
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
-        self._last_load: tuple[int, EngineLoad] | None = None  # (engine run, its last scrape)
+        self.last_load = LastLoad()
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
     async def Generate(
@@ -291,14 +292,12 @@ class WorkerService(pb_grpc.WorkerServicer):
             agent_instance=self.instance,
             engine_crashes=sup.crashes,
             group_epoch=self.group.run_epoch if self.group else "",
+            memory_available_bytes=psutil.virtual_memory().available,  # macOS and Linux alike; a syscall
         )
-        load = await sup.stats()
-        if load is None and sup.adapter.metrics_path is None and sup.ready:
-            load = self.traffic.load(running=self.inflight)  # what the agent saw pass
-        elif load is None and self._last_load and self._last_load[0] == sup.restarts:
-            load = self._last_load[1]  # a scrape failed (busy engine): counters must not read 0 and jump back
-        elif load is not None:
-            self._last_load = (sup.restarts, load)
+        if sup.adapter.metrics_path is None:
+            load = self.traffic.load(running=self.inflight) if sup.ready else None  # what the agent saw pass
+        else:
+            load = self.last_load.through(await sup.stats(), sup.restarts) if sup.ready else None
         if load is not None:
             sample.running, sample.waiting = load.running, load.waiting
             sample.kv_cache_usage = load.kv_cache_usage

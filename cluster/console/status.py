@@ -26,6 +26,8 @@ def table(rows: list[WorkerRow], url: str, at: float | None = None) -> Table:
         out.add_column(column, justify="right" if column in ("in flight", "tok/s", "TTFT p50") else "left")
     for row in rows:
         memory = f"{row.memory_bytes / 2**30:.0f} GiB" if row.memory_bytes else "?"
+        if row.memory_bytes and row.memory_available_bytes:
+            memory = f"{(row.memory_bytes - row.memory_available_bytes) / 2**30:.0f} of {memory} used"
         engine = row.engine
         if group := row.group:
             engine += f" ({group.name}: {group.mode} over {group.size} hosts)"

@@ -94,6 +94,8 @@ _GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float | None]], ...] = (
     ("orchard_worker_ttft_p50_seconds", "median time to first token of its streams over the last minute",
      lambda w: None if w.ttft_p50_ms is None else w.ttft_p50_ms / 1000),  # none: no sample, not a 0
     ("orchard_worker_memory_bytes", "the host's memory", lambda w: w.memory_bytes),
+    ("orchard_worker_memory_available_bytes", "the host's memory free for use now",
+     lambda w: w.memory_available_bytes or None),
     ("orchard_engine_running", "requests the engine is computing", lambda w: w.running),
     ("orchard_engine_waiting", "requests waiting in the engine", lambda w: w.waiting),
     ("orchard_engine_kv_cache_usage", "KV cache in use, 0..1", lambda w: w.kv_cache_usage),

@@ -162,7 +162,8 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
     ttft = handle.ttft.median(now)
     return WorkerRow(
         address=handle.address, worker_id=handle.worker_id, state=handle.state(now), models=list(handle.models),
-        engine=info.engine, chip=info.chip, os=info.os, memory_bytes=info.memory_bytes, inflight=handle.inflight,
+        engine=info.engine, chip=info.chip, os=info.os, memory_bytes=info.memory_bytes,
+        memory_available_bytes=sample.memory_available_bytes, inflight=handle.inflight,
         served=handle.served, running=sample.running, waiting=sample.waiting,
         prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
         decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), host=info.hostname,

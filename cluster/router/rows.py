@@ -38,6 +38,7 @@ class WorkerRow(BaseModel):
     chip: str = ""
     os: str = ""
     memory_bytes: int = 0
+    memory_available_bytes: int = 0  # free for use now (0: not reported)
     inflight: int = 0
     served: int = 0
     running: int = 0

