@@ -149,7 +149,7 @@ def isolate_engine(cpus: str) -> str:
     """Keep a CPU engine on `cpus` (e.g. "1": vLLM's OMP threads bound there now, its processes moved there by
     move_engine once started) and this client, the router and the agent on the other cores: as on a Mac, where
     the model computes on the GPU and Orchard's CPU is not taken from it. Linux only (CPU affinity)."""
-    engine = {int(c) for part in cpus.split(",") for c in _span(part)}
+    engine = cpu_set(cpus)
     rest = set(os.sched_getaffinity(0)) - engine
     if not rest or not engine:
         raise SystemExit(f"--engine-cpus {cpus}: must leave some of CPUs {sorted(os.sched_getaffinity(0))} free")
@@ -161,8 +161,7 @@ def isolate_engine(cpus: str) -> str:
 def move_engine(agent_pid: int, cpus: str) -> int:
     """Move every thread of the engine's processes (the agent's descendants but itself) onto `cpus`; new
     threads inherit it. Returns how many threads moved."""
-    where = {int(c) for part in cpus.split(",") for c in _span(part)}
-    moved = 0
+    where, moved = cpu_set(cpus), 0
     for process in psutil.Process(agent_pid).children(recursive=True):
         if not any(p in " ".join(process.cmdline()) for p in OwnCpu.PROGRAMS):
             for thread in process.threads():
@@ -171,9 +170,10 @@ def move_engine(agent_pid: int, cpus: str) -> int:
     return moved
 
 
-def _span(part: str) -> range:
-    low, _, high = part.partition("-")
-    return range(int(low), int(high or low) + 1)
+def cpu_set(cpus: str) -> set[int]:
+    """ "1", "0,2" or "2-3" as CPU numbers."""
+    spans = (part.partition("-") for part in cpus.split(","))
+    return {cpu for low, _, high in spans for cpu in range(int(low), int(high or low) + 1)}
 
 
 class OwnCpu:

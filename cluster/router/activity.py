@@ -23,13 +23,11 @@ class Activity:
         team = row.team or "-"
         if team not in self.teams and len(self.teams) >= MAX_TEAMS:
             team = OTHER
-        seen = self.teams.get(team) or TeamRow(team=team)
-        self.teams[team] = seen.model_copy(update={
-            "requests": seen.requests + 1,
-            "errors": seen.errors + (row.status >= 400),
-            "prompt_tokens": seen.prompt_tokens + row.prompt_tokens,
-            "completion_tokens": seen.completion_tokens + row.completion_tokens,
-        })  # fmt: skip
+        seen = self.teams.setdefault(team, TeamRow(team=team))
+        seen.requests += 1
+        seen.errors += row.status >= 400
+        seen.prompt_tokens += row.prompt_tokens
+        seen.completion_tokens += row.completion_tokens
         if row.status >= 400:
             self.errors.appendleft(ErrorRow(at=row.at, request_id=row.request_id, status=row.status,
                                             reason=_reason(row.status), model=row.model, worker=row.worker or "",

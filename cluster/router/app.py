@@ -29,7 +29,7 @@ from cluster.router.activity import Activity
 from cluster.router.errors import ApiError, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
-from cluster.router.metrics import UNKNOWN_MODEL, RouterMetrics
+from cluster.router.metrics import RouterMetrics, model_label
 from cluster.router.registry import Registry
 from cluster.router.requestlog import RequestIds, request_id
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
@@ -54,7 +54,8 @@ def create_app(
     activity = Activity()
 
     def ended(row: UsageRow) -> None:
-        metrics.count_usage(row if row.model in registry.models() else replace(row, model=UNKNOWN_MODEL))
+        label = model_label(row.model, registry.models())
+        metrics.count_usage(row if label == row.model else replace(row, model=label))
         activity.observe(row)
         requestlog.write(row)
 
@@ -121,7 +122,7 @@ class _Pipeline:
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
         except (ApiError, Refusal) as exc:  # turned away before the gateway counts it: logged, not a usage row
             self.ended(refused_row(time.time(), rid, key, model, api_error(exc).status))
-            return self._refused(exc, self._label(model), route)
+            return self._refused(exc, model_label(model, self.registry.models()), route)
         except asyncio.CancelledError:  # the client left while its body was read
             self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
             raise
@@ -138,10 +139,6 @@ class _Pipeline:
         finally:  # refused or timed out waiting too: the worst waits are the ones to see
             self.metrics.queue_wait.labels(model).observe(time.monotonic() - started_at)
         return await self._answer(request, incoming, granted, started_at)
-
-    def _label(self, model: str) -> str:
-        """`model` as a metric label: a model no worker serves is one label, not one per name a client sends."""
-        return model if model in self.registry.models() else UNKNOWN_MODEL
 
     def _refused(self, exc: ApiError | Refusal, model: str, route: Route) -> Response:
         error = api_error(exc)
@@ -188,7 +185,7 @@ class _Pipeline:
             self.metrics.requests.labels(model, str(exc.status)).inc()
             ending(Ended(exc.status, "", pb.Usage(), counted=True))
             return exc.response(granted.headers, incoming.dialect)
-        ending.first_byte = time.monotonic()
+        ending.first_byte = started.at
         headers = {WORKER_HEADER: started.handle.worker_id, **granted.headers}
         if not incoming.stream:
             return await self.forwarder.whole(started, incoming, headers, ending)

@@ -5,7 +5,7 @@ in deploy/ queries them, and a test checks that it finds each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,6 +18,12 @@ from proto import orchard_pb2 as pb
 from proto.states import EngineState
 
 UNKNOWN_MODEL = "unknown"  # the label of every model name no worker serves (clients choose names: unbounded)
+
+
+def model_label(model: str, served: Container[str]) -> str:
+    return model if model in served else UNKNOWN_MODEL
+
+
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _GAPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 

@@ -105,7 +105,7 @@ class ErrorRow(BaseModel):
 
 
 class TeamRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    """A team's use since the router started; the dashboard's activity adds to it in place, per request."""
 
     team: str
     requests: int = 0

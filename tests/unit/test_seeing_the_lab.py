@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from cluster.bench.overhead import cpu_set
 from cluster.console import status
 from cluster.console.progress import HostSteps
 from cluster.gateway.usage import UsageRow
@@ -217,3 +218,7 @@ def test_a_failed_scrape_repeats_the_engine_runs_last_load_never_zeros() -> None
     assert last.through(None, run=1) is None  # a new engine run counts from 0: the old one's figures are not its
     newer = EngineLoad(generation_tokens=10)
     assert last.through(newer, run=1) is newer and last.through(None, run=1) == newer
+
+
+def test_the_overhead_bench_reads_cpu_lists_as_taskset_does() -> None:
+    assert cpu_set("1") == {1} and cpu_set("0,2") == {0, 2} and cpu_set("2-4,7") == {2, 3, 4, 7}
