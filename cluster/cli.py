@@ -150,13 +150,15 @@ def _install(args: argparse.Namespace) -> int:
     if args.wheelhouse is not None and not args.wheelhouse.is_dir():
         err_console.print(f"[red]error:[/] --wheelhouse {escape(str(args.wheelhouse))} is not a folder")
         return 2
-    house = sorted(args.wheelhouse.glob("*.whl")) if args.wheelhouse is not None else None
+    if args.python_archive is not None and not args.python_archive.is_file():
+        err_console.print(f"[red]error:[/] --python-archive {escape(str(args.python_archive))} is not a file")
+        return 2
+    house = tuple(sorted(args.wheelhouse.glob("*.whl"))) if args.wheelhouse is not None else None
+    options = install.InstallOptions(house, args.extras, args.with_vllm_metal, args.python_archive)
     steps = HostSteps(console, [host.label for host in spec.hosts], "installed")
     try:
         with steps.live():
-            rows = asyncio.run(
-                install.install(spec, local.orchard_home(), house, args.extras, args.with_vllm_metal, steps.report)
-            )
+            rows = asyncio.run(install.install(spec, local.orchard_home(), options, steps.report))
     except install.InstallError as exc:
         err_console.print(f"[red]cluster install failed:[/] {escape(str(exc))}")
         return 1
@@ -503,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--extras", help="Orchard extras to install (default: mlx on macOS, none on Linux)")
     inst.add_argument("--with-vllm-metal", action="store_true",
                       help="macOS: also run vllm-metal's installer (~/.venv-vllm-metal) and add Ray to it")  # fmt: skip
+    inst.add_argument("--python-archive", type=Path, metavar="TAR_GZ",
+                      help="for hosts with no Python >= 3.11: a python-build-standalone install_only archive for "
+                      "them (else uv's wheel in the wheelhouse brings one)")  # fmt: skip
     inst.set_defaults(func=_install)
     plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
     plan_cmd.add_argument("file", type=Path)

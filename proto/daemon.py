@@ -56,6 +56,26 @@ class GroupCheckReply(_Reply):
     firewall_detail: str = ""
 
 
+class ModelFacts(_Reply):
+    """What a model's files say, read where they are (worker/modelfiles.py): on the head, or on a rank host
+    that holds the model when the head does not. `present` false: the files are not on that machine."""
+
+    present: bool = False
+    weights_gb: float | None = None
+    layers: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    hidden: int | None = None
+    intermediate: int | None = None
+    model_type: str = ""  # config.json's model_type: mlx-lm's module for the architecture
+
+    def tensor_divisors(self) -> dict[str, int]:
+        """The sizes tensor parallelism splits: each must divide by the group size."""
+        named = {"attention heads": self.heads, "KV heads": self.kv_heads, "hidden size": self.hidden,
+                 "MLP size": self.intermediate}  # fmt: skip
+        return {name: value for name, value in named.items() if value}
+
+
 class HostFactsReply(_Reply):
     """`facts`: what preflight and placement need to know about a host."""
 
@@ -69,3 +89,4 @@ class HostFactsReply(_Reply):
     engines: dict[str, bool]
     orchard_version: str = ""  # "" from a daemon older than these fields
     build: str = ""  # proto.build.digest(): equal on head and host when both run the same code
+    models: dict[str, ModelFacts] = {}  # by source, for the sources the head asked about (`--model`)

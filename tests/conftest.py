@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ from worker.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_MODEL = "sim-model"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """macOS's temp folder (/private/var/folders/…/T/pytest-of-USER/…) leaves too little of a unix socket path's
+    104 bytes for a test's router.sock: tests there get a short base folder."""
+    if sys.platform == "darwin" and config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="op", dir="/tmp")
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

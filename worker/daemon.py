@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from proto import build
 from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
-from worker import keeper, procs
+from worker import keeper, modelfiles, procs
 from worker.engines.base import EngineConfig
 from worker.engines.vllm import VllmEngine
 from worker.hostinfo import SOCKETFILTERFW, parse_firewall, read_host_facts
@@ -90,12 +90,14 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     return StartReply(status="started", pid=pid, hash=config_hash, changed=True)
 
 
-def facts(engine_python: str | None = None) -> HostFactsReply:
+def facts(engine_python: str | None = None, models: list[str] | None = None) -> HostFactsReply:
+    """This host's facts, and those of each model source's files here (`models`)."""
     host = read_host_facts()
     engines = {"sim": True, "vllm": _vllm_available(engine_python),
                "mlx": importlib.util.find_spec("mlx_lm") is not None}  # fmt: skip
+    found = {source: modelfiles.facts_for(source) for source in models or ()}
     return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines,
-                          orchard_version=build.version(), build=build.digest())  # fmt: skip
+                          orchard_version=build.version(), build=build.digest(), models=found)  # fmt: skip
 
 
 def groupcheck(
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hash", default="")
     parser.add_argument("--engine-python", help="facts, groupcheck: the vLLM engine's interpreter on this host")
     parser.add_argument("--group-address", help="groupcheck: this member's group address")
+    parser.add_argument("--model", action="append", default=[], help="facts: a model source to read here (repeat)")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # what follows `--` belongs to the agent, untouched
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     result: BaseModel
     if args.action == "facts":
-        result = facts(args.engine_python)
+        result = facts(args.engine_python, args.model)
     elif args.action == "groupcheck":
         result = groupcheck(args.engine_python, args.group_address)
     elif args.action == "start":

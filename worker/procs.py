@@ -27,6 +27,13 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on: its affinity on Linux; every CPU where there is none (macOS)."""
+    if sys.platform == "linux":
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the caller binds it soon after)."""
     with socket.socket() as sock:

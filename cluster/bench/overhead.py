@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -149,19 +150,24 @@ def isolate_engine(cpus: str) -> str:
     """Keep a CPU engine on `cpus` (e.g. "1": vLLM's OMP threads bound there now, its processes moved there by
     move_engine once started) and this client, the router and the agent on the other cores: as on a Mac, where
     the model computes on the GPU and Orchard's CPU is not taken from it. Linux only (CPU affinity)."""
-    engine = cpu_set(cpus)
-    rest = set(os.sched_getaffinity(0)) - engine
-    if not rest or not engine:
-        raise SystemExit(f"--engine-cpus {cpus}: must leave some of CPUs {sorted(os.sched_getaffinity(0))} free")
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
-    os.sched_setaffinity(0, rest)  # inherited by the router and agent started from here (the engine: moved)
-    return f"engine on CPUs {sorted(engine)}; this client, the router and the agent on {sorted(rest)}"
+    if sys.platform != "linux":
+        raise SystemExit("--engine-cpus needs Linux (CPU affinity); on a Mac the engine computes on the GPU")
+    else:  # a branch, not a fall-through: mypy --platform darwin then knows the calls below are Linux's
+        engine = cpu_set(cpus)
+        rest = set(os.sched_getaffinity(0)) - engine
+        if not rest or not engine:
+            raise SystemExit(f"--engine-cpus {cpus}: must leave some of CPUs {sorted(os.sched_getaffinity(0))} free")
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+        os.sched_setaffinity(0, rest)  # inherited by the router and agent started from here (the engine: moved)
+        return f"engine on CPUs {sorted(engine)}; this client, the router and the agent on {sorted(rest)}"
 
 
 def move_engine(agent_pid: int, cpus: str) -> int:
     """Move every thread of the engine's processes (the agent's descendants but itself) onto `cpus`; new
     threads inherit it. Returns how many threads moved."""
     where, moved = cpu_set(cpus), 0
+    if sys.platform != "linux":
+        return moved
     for process in psutil.Process(agent_pid).children(recursive=True):
         if not any(p in " ".join(process.cmdline()) for p in OwnCpu.PROGRAMS):
             for thread in process.threads():

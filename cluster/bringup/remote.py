@@ -102,18 +102,27 @@ async def run_daemon(conn: asyncssh.SSHClientConnection, host: HostSpec, args: l
         raise RemoteError(f"`worker.daemon {args[0]}` printed no {reply.__name__}: {result.stdout!r}") from exc
 
 
-async def preflight(conn: asyncssh.SSHClientConnection, host: HostSpec) -> HostFactsReply:
-    facts = await run_daemon(conn, host, ["facts", *_engine_python(host)], HostFactsReply)
+async def preflight(
+    conn: asyncssh.SSHClientConnection, host: HostSpec, sources: tuple[str, ...] = ()
+) -> HostFactsReply:
+    """The host's facts (and those of each model source's files there), refused unless it runs this head's build."""
+    models = [f"--model={source}" for source in sources]
+    facts = await run_daemon(conn, host, ["facts", *_engine_python(host), *models], HostFactsReply)
     if facts.build != build.digest():
         theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
         raise RemoteError(f"{facts.python} runs {theirs}, not this head's {build.describe()}: run `cluster "
                           "install` with this hosts file to install the head's build there")  # fmt: skip
-    if not facts.engines.get(host.engine):
-        hint = {"vllm": "on a Mac: `cluster install --with-vllm-metal`; on Linux: `cluster install --extras vllm`",
-                "mlx": "`cluster install --extras mlx`"}.get(host.engine, "")  # fmt: skip
-        where = f"engine '{host.engine}' is not available on this host ({facts.python})"
-        raise RemoteError(f"{where}: {hint}" if hint else where)
     return facts
+
+
+def engine_problem(facts: HostFactsReply, engine: str) -> str | None:
+    """Why the host cannot run the engine it was assigned (its own, or its shard group's backend), if it cannot."""
+    if facts.engines.get(engine):
+        return None
+    hint = {"vllm": "on a Mac: `cluster install --with-vllm-metal`; on Linux: `cluster install --extras vllm`",
+            "mlx": "`cluster install --extras mlx`"}.get(engine, "")  # fmt: skip
+    where = f"engine '{engine}' is not available on this host ({facts.python})"
+    return f"{where}: {hint}" if hint else where
 
 
 async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> GroupCheckReply:
@@ -135,7 +144,7 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
         listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
         engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
-        engine_python=host.engine_python,
+        engine_python=host.engine_python, ready_timeout_s=model.ready_timeout_s,
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host), task=model.task,
     )  # fmt: skip
 

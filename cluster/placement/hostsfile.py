@@ -142,6 +142,10 @@ class ModelSpec(_Strict):
     backend: Literal["mlx", "vllm"] | None = None  # default: the group's hosts' engine
     transport: Literal["ring", "jaccl"] = "ring"  # MLX: ring over TCP (Ethernet or Thunderbolt IPs) | jaccl RDMA
     task: Literal["generate", "embed"] = "generate"  # embed: served for /v1/embeddings (vLLM's pooling runner)
+    layers: int | None = Field(default=None, ge=1)  # transformer layers; default: config.json on the head or a host
+    # How long an engine may take from start to its first real token (weights read into memory, compiled);
+    # a 70B model from a slow disk needs more than the default.
+    ready_timeout_s: float = Field(default=600.0, gt=0, le=86_400, strict=False)
 
     @model_validator(mode="after")
     def _placement(self) -> ModelSpec:

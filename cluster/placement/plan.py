@@ -258,7 +258,7 @@ class _Planner:
         else:
             shares = tuple(1.0 / len(hosts) for _ in hosts)
         layers = None
-        count = self.facts.get(model.name, ModelFacts()).layers
+        count = model.layers or self.facts.get(model.name, ModelFacts()).layers
         if mode == "pipeline" and count is not None:
             if count < len(hosts):
                 raise PlacementError(

