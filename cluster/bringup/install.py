@@ -5,9 +5,9 @@ Per host: run vllm-metal's installer first when asked (it brings a uv Python), f
 is Apple's 3.9 or the Command Line Tools shim) or bring one into orchard_dir (a standalone Python archive
 from the head, offline, or uv's download with uv's binary from the head's wheelhouse), make Orchard's venv
 in the host's `orchard_dir`, copy the wheel built on the head (and an optional wheelhouse, for labs without
-PyPI) over SFTP, install it with the host OS's extras, and check that the host now runs the head's exact build. Re-running changes nothing on a host that already does. The venv's
-interpreter is recorded on the head (`~/.orchard/installed.json`) and used by `cluster up` for every host
-whose hosts-file entry names no `python`.
+PyPI) over SFTP, install it with the host OS's extras, and check that the host now runs the head's exact
+build. Re-running changes nothing on a host that already does. The venv's interpreter is recorded on the head
+(`~/.orchard/installed.json`) and used by `cluster up` for every host whose hosts-file entry names no `python`.
 """
 
 from __future__ import annotations
