@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cluster.bringup import authority, certs, drain, install, lab, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
+from cluster.bringup.sudo import Ask, Sudo
 from cluster.console import status
 from cluster.console.progress import HostSteps
 from cluster.gateway import admin, keys, store
@@ -183,7 +184,7 @@ def _lab_up(args: argparse.Namespace) -> int:
         with steps.live():
             outcomes = asyncio.run(
                 lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
-                       report=steps.report, install_service=args.install_service)
+                       report=steps.report, install_service=args.install_service, root=Sudo(_asker(steps)))
             )  # fmt: skip
     except (PlacementError, lab.LabError) as exc:
         err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
@@ -244,10 +245,11 @@ def _units(args: argparse.Namespace) -> int:
         return 2
     host = assignment.host
     try:
-        program = remote.agent_config(assignment, spec).command(remote.python_of(host))
+        config = remote.agent_config(assignment, spec)
     except LaunchConfigError as exc:
         err_console.print(f"[red]cannot describe the agent on {escape(host.label)}:[/] {escape(str(exc))}")
         return 2
+    program = remote.service_program(config, remote.python_of(host), host.orchard_dir, args.kind)
     if args.kind == "launchd":
         user = host.user or getpass.getuser()  # the SSH user: the LaunchDaemon runs as that user
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir, user=user).decode())
@@ -256,10 +258,24 @@ def _units(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asker(steps: HostSteps | None) -> Ask | None:
+    """A host's sudo password, asked on this terminal (the live view paused meanwhile); None without a terminal."""
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(prompt: str) -> str:
+        if steps is None:
+            return getpass.getpass(prompt)
+        with steps.paused():
+            return getpass.getpass(prompt)
+
+    return ask
+
+
 def _down(args: argparse.Namespace) -> int:
     home = local.orchard_home()
     _drain_all(home, args.drain_timeout)
-    if asyncio.run(lab.down(home, report=lambda m: console.print(f"  • {m}"))):
+    if asyncio.run(lab.down(home, report=lambda m: console.print(f"  • {m}"), root=Sudo(_asker(None)))):
         console.print("stopped the lab.")
         return 0
     stopped = local.stop(home)

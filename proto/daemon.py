@@ -22,6 +22,7 @@ class AgentStatus(_Reply):
     status: Literal["running", "stopped"]
     pid: int | None = None
     hash: str = ""
+    service: str = ""  # "launchd" | "systemd" when a service manager runs it (`daemon run`); "" when detached
 
 
 class StartReply(_Reply):

@@ -5,6 +5,7 @@ Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by pr
     python -m worker.daemon start  --dir ~/.orchard --hash H -- --listen 0.0.0.0:50051 --engine vllm ...
     python -m worker.daemon stop   --dir ~/.orchard
     python -m worker.daemon status --dir ~/.orchard
+    python -m worker.daemon run    --dir ~/.orchard --hash H --service launchd -- ...   # a service's program
     python -m worker.daemon facts                     # host facts for preflight
     python -m worker.daemon groupcheck                # what a vLLM group over Ray needs from this host
 
@@ -50,27 +51,54 @@ def _pid(folder: Path) -> int | None:
     return pid if procs.ours(pid, started, AGENT_MODULE) else None
 
 
+def _recorded(folder: Path, name: str) -> str:
+    return (folder / name).read_text().strip() if (folder / name).exists() else ""
+
+
 def status(folder: Path) -> AgentStatus:
     pid = _pid(folder)
-    applied = (folder / "agent.hash").read_text().strip() if (folder / "agent.hash").exists() else ""
     if pid is None:
         return AgentStatus(status="stopped")
-    return AgentStatus(status="running", pid=pid, hash=applied)
+    return AgentStatus(status="running", pid=pid, hash=_recorded(folder, "agent.hash"),
+                       service=_recorded(folder, "agent.service"))  # fmt: skip
 
 
 def stop(folder: Path, grace_s: float = 30.0) -> StopReply:
     pid = _pid(folder)
     if pid is not None:
         procs.terminate_tree(pid, grace_s)  # the agent stops its engine, then exits; then its group goes
-    for name in ("agent.pid", "agent.started"):
+    for name in ("agent.pid", "agent.started", "agent.service"):
         (folder / name).unlink(missing_ok=True)
     return StopReply(pid=pid, was_running=pid is not None)
+
+
+def _record(folder: Path, pid: int, config_hash: str, service: str = "") -> None:
+    (folder / "agent.pid").write_text(f"{pid}\n")
+    (folder / "agent.started").write_text(f"{procs.started_at(pid) or 0.0!r}\n")
+    (folder / "agent.hash").write_text(f"{config_hash}\n")
+    if service:
+        (folder / "agent.service").write_text(f"{service}\n")
+    else:
+        (folder / "agent.service").unlink(missing_ok=True)
+
+
+def run(folder: Path, config_hash: str, config: AgentConfig, service: str) -> None:
+    """A service manager's program (launchd, systemd): the agent recorded like a detached one (pid, start time,
+    configuration hash), so that re-runs compare hashes and leave it alone, and a plain `start` never adds a
+    second agent on its port; then this process becomes the agent (exec keeps the pid)."""
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    _record(folder, os.getpid(), config_hash, service)
+    argv = config.command()
+    os.execv(argv[0], argv)
 
 
 def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     current = status(folder)
     if current.status == "running" and current.hash == config_hash:
         return StartReply(status="running", pid=current.pid, hash=config_hash, changed=False)
+    if current.service:  # its service manager would start it again beside ours (and at every boot)
+        return StartReply(status="failed", changed=False, log=f"the agent runs as a {current.service} service "
+                          "with another configuration: `cluster up --install-service` updates it")  # fmt: skip
     if current.status == "running":
         stop(folder)
     logs = folder / "logs"
@@ -79,9 +107,7 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     # agent that dies (hosts with the agent as a launchd/systemd service have their service manager for that).
     argv = keeper.wrap("agent", config.command())
     pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
-    (folder / "agent.pid").write_text(f"{pid}\n")
-    (folder / "agent.started").write_text(f"{procs.started_at(pid) or 0.0!r}\n")
-    (folder / "agent.hash").write_text(f"{config_hash}\n")
+    _record(folder, pid, config_hash)
     deadline = time.monotonic() + keeper.STARTUP_S + 2.0  # the keeper reports a start that fails by exiting
     while time.monotonic() < deadline and procs.alive(pid):
         time.sleep(0.1)
@@ -155,9 +181,10 @@ def _engine_interpreter(engine_python: str | None, platform: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.daemon")
-    parser.add_argument("action", choices=("start", "stop", "status", "facts", "groupcheck"))
+    parser.add_argument("action", choices=("start", "run", "stop", "status", "facts", "groupcheck"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
+    parser.add_argument("--service", choices=("launchd", "systemd"), default="launchd", help="run: its manager")
     parser.add_argument("--engine-python", help="facts, groupcheck: the vLLM engine's interpreter on this host")
     parser.add_argument("--group-address", help="groupcheck: this member's group address")
     parser.add_argument("--model", action="append", default=[], help="facts: a model source to read here (repeat)")
@@ -172,11 +199,13 @@ def main(argv: list[str] | None = None) -> None:
         result = facts(args.engine_python, args.model)
     elif args.action == "groupcheck":
         result = groupcheck(args.engine_python, args.group_address)
-    elif args.action == "start":
+    elif args.action in ("start", "run"):
         try:
             config = AgentConfig.from_argv(agent_args)
         except LaunchConfigError as exc:
             parser.error(f"agent arguments after --: {exc}")
+        if args.action == "run":
+            run(folder, args.hash, config, args.service)  # does not return: becomes the agent
         result = start(folder, args.hash, config)
     elif args.action == "stop":
         result = stop(folder)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from cluster.bringup import authority, certs, groupcheck, records, remote, rollout
 from cluster.bringup.fleet import Report, fetch_workers
+from cluster.bringup.sudo import Sudo
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
@@ -25,7 +26,7 @@ from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
 from proto import build
-from proto.daemon import HostFactsReply, StartReply
+from proto.daemon import HostFactsReply
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
 
@@ -122,7 +123,7 @@ async def _probe(host: HostSpec, sources: tuple[str, ...], report: Report) -> _P
 
 async def _bring_host(
     probe: _Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
-    install_service: bool = False, trust: tuple[authority.Authority, Path] | None = None,
+    install_service: bool = False, trust: tuple[authority.Authority, Path] | None = None, root: Sudo | None = None,
 ) -> HostOutcome:  # fmt: skip
     outcome, conn = probe.outcome, probe.conn
     if conn is None:
@@ -140,10 +141,11 @@ async def _bring_host(
                 return outcome
             if trust is not None and await certs.agent_identity(conn, host, trust[0], trust[1], authority.now_utc()):
                 report(f"{host.label}: certificate issued by the cluster CA")
-            if install_service:
-                path = await remote.install_service(conn, assignment, probe.platform, spec)
-                report(f"{host.label}: agent installed as a service ({path})")
-                result = StartReply(status="started", changed=True)
+            as_service = install_service or bool((await remote.agent_status(conn, host)).service)
+            if as_service:  # a host whose agent is a service stays one: a plain re-run updates the service
+                result = await remote.install_service(conn, assignment, spec, _root_stdin(root, conn, host))
+                if result.changed:
+                    report(f"{host.label}: agent installed as a service")
             else:
                 result = await remote.start_agent(conn, assignment, spec)
         except (remote.RemoteError, LaunchConfigError) as exc:
@@ -156,8 +158,18 @@ async def _bring_host(
         outcome.state, outcome.reason = "failed", f"agent exited at start: {result.log}"
     else:
         outcome.state = "started" if result.changed else "running"
-        report(f"{host.label}: agent {outcome.state} (pid {outcome.pid}) serving {model_name}")
+        report(f"{host.label}: agent {outcome.state}" + (f" (pid {outcome.pid})" if outcome.pid else "")
+               + f" serving {model_name}")  # fmt: skip
     return outcome
+
+
+def _root_stdin(root: Sudo | None, conn: Any, host: HostSpec) -> remote.RootStdin:
+    """Root on this host when a step needs it: the password asked once for the run, if its sudo wants one."""
+
+    async def ask() -> str | None:
+        return None if root is None else await root.stdin_for(conn, f"{host.user or 'the SSH user'}@{host.label}")
+
+    return ask
 
 
 async def up(
@@ -168,6 +180,7 @@ async def up(
     ready_timeout_s: float,
     report: Report,
     install_service: bool = False,
+    root: Sudo | None = None,
 ) -> list[HostOutcome]:
     router = spec.router
     if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
@@ -196,7 +209,7 @@ async def up(
     try:
         trust = (_authority(home), home)
         outcomes = await asyncio.gather(
-            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service, trust)
+            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service, trust, root)
               for p, h in zip(probes, spec.hosts, strict=True))
         )  # fmt: skip
     except BaseException:
@@ -209,7 +222,7 @@ async def up(
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
         started_now = {o.label for o in outcomes if o.state == "started"}
-        await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts if h.label in started_now))
+        await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if a.routed]
     url = await asyncio.to_thread(_ensure_router, spec, home, workers, report)
@@ -450,26 +463,27 @@ def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report:
             outcome.state = "ready"
 
 
-async def _stop_host(host: HostSpec, report: Report) -> None:
+async def _stop_host(host: HostSpec, report: Report, root: Sudo | None = None) -> None:
+    """The service first (else it would start the agent again), then a detached agent."""
     try:
         conn = await remote.connect(host)
         async with conn:
-            result = await remote.stop_agent(conn, host)
-            if await remote.uninstall_service(conn):
+            if await remote.uninstall_service(conn, _root_stdin(root, conn, host)):
                 report(f"{host.label}: agent service unloaded and removed")
+            result = await remote.stop_agent(conn, host)
         report(f"{host.label}: agent {'stopped' if result.was_running else 'was not running'}")
     except remote.RemoteError as exc:
         report(f"{host.label}: {exc}")
 
 
-async def down(home: Path, report: Report) -> bool:
+async def down(home: Path, report: Report, root: Sudo | None = None) -> bool:
     """Stop every agent of the applied description and the router; idempotent."""
     state = read_state(home)
     if state is None:
         return False
     spec = ClusterSpec.model_validate(state.spec)
 
-    await asyncio.gather(*(_stop_host(h, report) for h in spec.hosts))
+    await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts))
     if state.router_running():
         procs.terminate_tree(state.router_pid)
         report("router: stopped")

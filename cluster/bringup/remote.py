@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import os
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncssh
@@ -233,18 +233,44 @@ async def shell(
     return str(result.stdout)
 
 
+async def host_os(conn: asyncssh.SSHClientConnection) -> str:
+    """ "darwin" or "linux", as the host's own `uname -s` says: what decides its service manager and shell tools."""
+    return "darwin" if (await shell(conn, "uname -s")).strip() == "Darwin" else "linux"
+
+
+def service_program(config: AgentConfig, python: str, folder: str, manager: str) -> list[str]:
+    """A service's program: `worker.daemon run` records the agent (pid, start time, hash) and becomes it."""
+    return [python, "-m", "worker.daemon", "run", "--dir", folder, "--hash", config_hash(config),
+            "--service", manager, "--", *config.to_argv()]  # fmt: skip
+
+
+RootStdin = Callable[[], Awaitable[str | None]]  # what a root script reads on stdin (sudo.py); asked when needed
+
+
+async def _no_password() -> str | None:
+    return None
+
+
 async def install_service(
-    conn: asyncssh.SSHClientConnection, assignment: Assignment, platform: str, spec: ClusterSpec
-) -> str:
+    conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec, root: RootStdin = _no_password
+) -> StartReply:
     """Install the agent as a LaunchDaemon running as the SSH user (macOS: starts at boot with nobody logged in;
-    needs root or passwordless sudo) or a systemd user unit (Linux) and load it, so it survives reboots; the
-    detached daemon, if any, is stopped first. Returns where the unit was written."""
+    root through `root_stdin`, see sudo.py) or a systemd user unit (Linux) and load it, so it survives reboots.
+    An agent its service already runs with this configuration is left alone (`changed` false); a detached one
+    is stopped first."""
     host = assignment.host
+    config = agent_config(assignment, spec)
+    current = await agent_status(conn, host)
+    platform = await host_os(conn)
+    manager = "launchd" if platform == "darwin" else "systemd"
+    if current.status == "running" and current.hash == config_hash(config) and current.service == manager:
+        return StartReply(status="running", pid=current.pid, hash=current.hash, changed=False)
     home = (await shell(conn, 'printf %s "$HOME"')).strip()
     folder = expand_home(host.orchard_dir, home)
-    config = agent_config(assignment, spec).model_copy(update={"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"})
-    program = config.command(expand_home(python_of(host), home))
-    await stop_agent(conn, host)
+    local = config.model_copy(update={"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"})
+    program = service_program(local, expand_home(python_of(host), home), folder, manager)
+    if current.service != manager:  # a detached agent; the service's own is reloaded below
+        await stop_agent(conn, host)
     if platform == "darwin":
         user = (await shell(conn, "id -un")).strip()
         path = f"{folder}/{units.LAUNCHD_LABEL}.plist"  # staged; the load script installs it as root's
@@ -253,13 +279,15 @@ async def install_service(
     else:
         path = f"{home}/.config/systemd/user/{units.SYSTEMD_NAME}"
         text = units.systemd_unit(program, folder)
-        load = f"systemctl --user daemon-reload && systemctl --user enable --now {units.SYSTEMD_NAME}"
+        load = f"systemctl --user daemon-reload && systemctl --user restart {units.SYSTEMD_NAME} && " \
+               f"systemctl --user enable {units.SYSTEMD_NAME}"  # fmt: skip
     directory = path.rsplit("/", 1)[0]
     await shell(
         conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
     )
-    await shell(conn, load, timeout_s=units.EXIT_TIMEOUT_S + 60)  # launchd may take that long to let go
-    return f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist" if platform == "darwin" else path
+    stdin = await root() if platform == "darwin" else None
+    await shell(conn, load, stdin, timeout_s=units.EXIT_TIMEOUT_S + 60)  # launchd may take that long to let go
+    return StartReply(status="started", hash=config_hash(config), changed=True)
 
 
 def _old_launch_agent_gone() -> str:
@@ -268,12 +296,17 @@ def _old_launch_agent_gone() -> str:
             f'rm -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; ')  # fmt: skip
 
 
-async def uninstall_service(conn: asyncssh.SSHClientConnection) -> bool:
-    """Unload and remove an agent service installed by install_service, if any. True if one was there."""
-    if (await shell(conn, "uname -s")).strip() == "Darwin":
+async def uninstall_service(conn: asyncssh.SSHClientConnection, root: RootStdin = _no_password) -> bool:
+    """Unload and remove an agent service installed by install_service, if any. True if one was there. Root (and
+    so a password) is asked for only when a LaunchDaemon is there."""
+    if await host_os(conn) == "darwin":
         had_agent = await shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
                                        + _old_launch_agent_gone() + "true")  # fmt: skip
-        return (await shell(conn, posix(units.launchd_unload_script()))).strip() == "1" or had_agent.strip() == "1"
+        daemon = shlex.quote(f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist")
+        if "1" not in await shell(conn, f"[ -f {daemon} ] && echo 1 || echo 0"):
+            return had_agent.strip() == "1"
+        unloaded = await shell(conn, posix(units.launchd_unload_script()), await root())
+        return unloaded.strip() == "1" or had_agent.strip() == "1"
     script = (
         f'u="$HOME/.config/systemd/user/{units.SYSTEMD_NAME}"; found=0; '
         f'if [ -f "$u" ]; then systemctl --user disable --now {units.SYSTEMD_NAME} 2>/dev/null; '

@@ -47,10 +47,19 @@ def launchd_plist(
     return plistlib.dumps(plist)
 
 
-def _root_prefix() -> str:
-    return ('S=""; [ "$(id -u)" = 0 ] || S="sudo -n"; '
-            '$S true 2>/dev/null || { echo "installing the LaunchDaemon needs root: connect as an admin, or give '
-            '$(id -un) sudo without a password (sudo -n)" >&2; exit 77; }; ')  # fmt: skip
+def root_prefix() -> str:
+    """POSIX sh: `$S CMD` runs CMD as root — directly as root, with `sudo -n`, or with the password the head sends
+    on stdin (cluster/bringup/sudo.py), read once into a variable and given to `sudo -S` by the built-in printf
+    (never on a command line). Exits 77 with the way out when none of these works."""
+    return (
+        'S=""; _pw() { printf "%s\\n" "$ORCHARD_PW" | sudo -S -p "" "$@"; }; '
+        'if [ "$(id -u)" != 0 ]; then if sudo -n true 2>/dev/null; then S="sudo -n"; else '
+        "IFS= read -r ORCHARD_PW || true; S=_pw; "
+        '[ -n "$ORCHARD_PW" ] || { echo "installing the LaunchDaemon needs root: sudo wants a password for '
+        '$(id -un) (cluster up asks for it on a terminal), or give $(id -un) sudo without one" >&2; exit 77; }; '
+        '_pw true 2>/dev/null || { echo "sudo did not accept the password for $(id -un)" >&2; exit 77; }; '
+        "fi; fi; "
+    )
 
 
 def launchd_load_script(staged: str, label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEMONS) -> str:
@@ -61,7 +70,7 @@ def launchd_load_script(staged: str, label: str = LAUNCHD_LABEL, daemons: str = 
     bootstrap, retrying on 5 for up to ten seconds. Other exits are reported as they are."""
     target = f"{daemons}/{label}.plist"
     return (
-        _root_prefix() + f"$S install -m 644 -o root -g wheel {shlex.quote(staged)} {shlex.quote(target)} || exit 1; "
+        root_prefix() + f"$S install -m 644 -o 0 -g 0 {shlex.quote(staged)} {shlex.quote(target)} || exit 1; "
         f"$S launchctl bootout system/{label} >/dev/null 2>&1; "
         f"n=0; while $S launchctl print system/{label} >/dev/null 2>&1; do n=$((n+1)); "
         f"if [ $n -ge {EXIT_TIMEOUT_S * 5 + 25} ]; then "
@@ -78,7 +87,7 @@ def launchd_unload_script(label: str = LAUNCHD_LABEL, daemons: str = LAUNCH_DAEM
     target = f"{daemons}/{label}.plist"
     return (
         f"if [ ! -f {shlex.quote(target)} ]; then echo 0; exit 0; fi; "
-        + _root_prefix()
+        + root_prefix()
         + f"$S launchctl bootout system/{label} >/dev/null 2>&1; $S rm -f {shlex.quote(target)}; echo 1"
     )
 

@@ -33,6 +33,19 @@ class HostSteps:
             self.progress.update(self.overall, completed=ready)
 
     @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The live lines stopped while the terminal is used for something else (a password prompt)."""
+        progress = self.progress
+        if progress is None:
+            yield
+            return
+        progress.stop()
+        try:
+            yield
+        finally:
+            progress.start()
+
+    @contextlib.contextmanager
     def live(self) -> Iterator[HostSteps]:
         if not self.console.is_terminal:
             yield self

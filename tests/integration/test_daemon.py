@@ -52,3 +52,26 @@ def test_start_refuses_bad_agent_arguments_before_starting_anything(tmp_path: Pa
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--model" in out.stderr
     assert not (folder / "agent.pid").exists()
+
+
+def test_an_agent_run_by_a_service_is_recorded_so_reruns_keep_it_and_no_second_one_starts(tmp_path: Path) -> None:
+    """What launchd or systemd runs (`daemon run`): the same pid becomes the agent, with its hash on record."""
+    folder = tmp_path / "orchard"
+    agent = AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model="m").to_argv()
+    argv = [sys.executable, "-m", "worker.daemon", "run", "--dir", str(folder), "--hash", "aaa", "--service",
+            "launchd", "--", *agent]  # fmt: skip
+    service = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # as launchd would
+    try:
+        deadline = time.monotonic() + 30
+        while daemon(AgentStatus, "status", "--dir", str(folder)).status != "running":
+            assert time.monotonic() < deadline and service.poll() is None, "the service's agent did not start"
+            time.sleep(0.2)
+        running = daemon(AgentStatus, "status", "--dir", str(folder))
+        assert running.pid == service.pid and running.hash == "aaa" and running.service == "launchd"
+        kept = daemon(StartReply, "start", "--dir", str(folder), "--hash", "aaa", "--", *agent)
+        assert kept.status == "running" and kept.pid == service.pid and kept.changed is False
+        other = daemon(StartReply, "start", "--dir", str(folder), "--hash", "bbb", "--", *agent)
+        assert other.status == "failed" and "launchd service" in other.log and service.poll() is None
+    finally:
+        service.terminate()
+        service.wait(30)

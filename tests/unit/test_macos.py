@@ -43,7 +43,13 @@ esac
 exit 64
 """
 SUDO = """#!/bin/sh
+# sudo(8): -n fails where a password is needed; -S -p PROMPT reads it from stdin (the user's, in $FAKE/password)
 echo "sudo $*" >> "$FAKE/log"
+if [ "$1" = -S ]; then
+  IFS= read -r given; shift 3
+  [ -f "$FAKE/password" ] && [ "$given" = "$(cat "$FAKE/password")" ] || { echo "Sorry, try again." >&2; exit 1; }
+  exec "$@"
+fi
 [ -f "$FAKE/no-sudo" ] && { echo "sudo: a password is required" >&2; exit 1; }
 [ "$1" = -n ] && shift
 exec "$@"
@@ -73,10 +79,10 @@ def mac(request: pytest.FixtureRequest, tmp_path: Path) -> Mac:
     return bin_dir, state, request.param.split()
 
 
-def run(mac: Mac, script: str) -> subprocess.CompletedProcess[str]:
+def run(mac: Mac, script: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     bin_dir, state, shell = mac
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE": str(state), "HOME": str(state)}
-    return subprocess.run([*shell, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([*shell, "-c", script], capture_output=True, text=True, env=env, timeout=60, input=stdin)
 
 
 def staged_plist(tmp_path: Path) -> Path:
@@ -101,7 +107,7 @@ def test_a_first_load_installs_root_owned_and_bootstraps_the_system_domain(mac: 
     target = daemons / f"{units.LAUNCHD_LABEL}.plist"
     assert oct(target.stat().st_mode & 0o777) == "0o644" and plistlib.loads(target.read_bytes())["UserName"] == "lab"
     log = (mac[1] / "log").read_text()
-    assert "-m 644 -o root -g wheel" in log and "sudo -n launchctl bootstrap system " + str(target) in log
+    assert "-m 644 -o 0 -g 0" in log and "sudo -n launchctl bootstrap system " + str(target) in log
 
 
 def test_a_reload_waits_out_the_asynchronous_bootout_and_retries_on_5(mac: Mac, tmp_path: Path) -> None:
@@ -126,7 +132,23 @@ def test_other_bootstrap_failures_are_reported_with_launchds_words(mac: Mac, tmp
 def test_without_root_or_passwordless_sudo_it_says_what_is_needed(mac: Mac, tmp_path: Path) -> None:
     (mac[1] / "no-sudo").touch()
     done = run(mac, units.launchd_load_script(str(staged_plist(tmp_path)), daemons=str(tmp_path)))
-    assert done.returncode == 77 and "needs root" in done.stderr and "give lab sudo without a password" in done.stderr
+    assert done.returncode == 77 and "needs root" in done.stderr and "give lab sudo without one" in done.stderr
+
+
+def test_an_admin_whose_sudo_wants_a_password_installs_with_it_from_stdin(mac: Mac, tmp_path: Path) -> None:
+    (mac[1] / "no-sudo").touch()
+    (mac[1] / "password").write_text("s3cret pass")
+    daemons = tmp_path / "LaunchDaemons"
+    daemons.mkdir()
+    script = units.launchd_load_script(str(staged_plist(tmp_path)), daemons=str(daemons))
+    assert "s3cret" not in script
+    wrong = run(mac, script, "wrong\n")
+    assert wrong.returncode == 77 and "did not accept the password for lab" in wrong.stderr
+    done = run(mac, script, "s3cret pass\n")
+    assert done.returncode == 0, done.stderr
+    assert (daemons / f"{units.LAUNCHD_LABEL}.plist").exists() and (mac[1] / "loaded").exists()
+    log = (mac[1] / "log").read_text()
+    assert "sudo -S -p  launchctl bootstrap system" in log and "s3cret" not in log  # never on a command line
 
 
 def test_unload_removes_the_daemon_and_says_whether_there_was_one(mac: Mac, tmp_path: Path) -> None:
