@@ -57,6 +57,22 @@ class GroupCheckReply(_Reply):
     firewall_detail: str = ""
 
 
+class MlxCheckReply(_Reply):
+    """`mlxcheck`: what an MLX shard group needs from each member (worker/mlxcheck.py)."""
+
+    local_addresses: list[str]
+    address_local: bool  # the group address is one of this host's own
+    port_free: bool  # the group port could be listened on now
+    agent_running: bool  # an agent runs here now (a port it holds is its own group's)
+    mlx_version: str = ""
+    mlx_lm_version: str = ""
+    python: str = ""  # the interpreter the mlx engine runs with
+    firewall: Literal["off", "allows", "blocks", "unlisted", "unknown", "none"] = "none"
+    firewall_detail: str = ""
+    macos_version: str = ""  # jaccl: `sw_vers -productVersion`
+    rdma_devices: list[str] | None = None  # jaccl: `ibv_devices`; None when not asked
+
+
 class ModelFacts(_Reply):
     """What a model's files say, read where they are (worker/modelfiles.py): on the head, or on a rank host
     that holds the model when the head does not. `present` false: the files are not on that machine."""
@@ -69,6 +85,8 @@ class ModelFacts(_Reply):
     hidden: int | None = None
     intermediate: int | None = None
     model_type: str = ""  # config.json's model_type: mlx-lm's module for the architecture
+    # how that machine's mlx-lm splits it into a pipeline: as planned, evenly only, not at all; "": not known
+    mlx_pipeline: Literal["planned", "even", "none", ""] = ""
 
     def tensor_divisors(self) -> dict[str, int]:
         """The sizes tensor parallelism splits: each must divide by the group size."""

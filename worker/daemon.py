@@ -8,6 +8,7 @@ Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by pr
     python -m worker.daemon run    --dir ~/.orchard --hash H --service launchd -- ...   # a service's program
     python -m worker.daemon facts                     # host facts for preflight
     python -m worker.daemon groupcheck                # what a vLLM group over Ray needs from this host
+    python -m worker.daemon mlxcheck --group-address IP --group-port P [--transport jaccl]   # an MLX group
 
 `start` with the same hash while the agent runs changes nothing; with another hash it restarts the agent.
 The agent survives the SSH session closing (own session, stdin from /dev/null, output to logs/agent.log).
@@ -35,7 +36,8 @@ from proto.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
 from worker import keeper, modelfiles, procs
 from worker.engines.base import EngineConfig
 from worker.engines.vllm import VllmEngine
-from worker.hostinfo import SOCKETFILTERFW, parse_firewall, read_host_facts
+from worker.hostinfo import firewall_state, read_host_facts
+from worker.mlxcheck import mlxcheck
 
 
 def _pid(folder: Path) -> int | None:
@@ -146,13 +148,7 @@ def groupcheck(
         except (OSError, subprocess.SubprocessError):
             reply[key] = ""
     if platform == "darwin":
-        try:
-            state = run([SOCKETFILTERFW, "--getglobalstate"])
-            real = os.path.realpath(python)  # the firewall rules name the real interpreter, not a venv's link
-            app = run([SOCKETFILTERFW, "--getappblocked", real]) if "State = 0" not in state else ""
-            reply["firewall"], reply["firewall_detail"] = parse_firewall(state, app)
-        except (OSError, subprocess.SubprocessError) as exc:
-            reply["firewall"], reply["firewall_detail"] = "unknown", str(exc)
+        reply["firewall"], reply["firewall_detail"] = firewall_state(python, run)
     return GroupCheckReply(**reply)
 
 
@@ -181,12 +177,14 @@ def _engine_interpreter(engine_python: str | None, platform: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.daemon")
-    parser.add_argument("action", choices=("start", "run", "stop", "status", "facts", "groupcheck"))
+    parser.add_argument("action", choices=("start", "run", "stop", "status", "facts", "groupcheck", "mlxcheck"))
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
     parser.add_argument("--service", choices=("launchd", "systemd"), default="launchd", help="run: its manager")
     parser.add_argument("--engine-python", help="facts, groupcheck: the vLLM engine's interpreter on this host")
-    parser.add_argument("--group-address", help="groupcheck: this member's group address")
+    parser.add_argument("--group-address", help="groupcheck, mlxcheck: this member's group address")
+    parser.add_argument("--group-port", type=int, default=52100, help="mlxcheck: this member's group port")
+    parser.add_argument("--transport", choices=("ring", "jaccl"), default="ring", help="mlxcheck: the group's")
     parser.add_argument("--model", action="append", default=[], help="facts: a model source to read here (repeat)")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
@@ -199,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         result = facts(args.engine_python, args.model)
     elif args.action == "groupcheck":
         result = groupcheck(args.engine_python, args.group_address)
+    elif args.action == "mlxcheck":
+        running = status(folder).status == "running"
+        result = mlxcheck(args.group_address or "", args.group_port, args.transport, running, _output)
     elif args.action in ("start", "run"):
         try:
             config = AgentConfig.from_argv(agent_args)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def parse_firewall(global_state: str, app_state: str) -> tuple[str, str]:
     if "permitted" in app:
         return "allows", said
     return "unlisted", said
+
+
+def firewall_state(python: str, run: Callable[[list[str]], str]) -> tuple[str, str]:
+    """The macOS firewall towards this interpreter (its real path: the rules name it, not a venv's link), asked
+    through `run` (argv → stdout): parse_firewall's answer, or ("unknown", why) when it cannot be asked."""
+    try:
+        state = run([SOCKETFILTERFW, "--getglobalstate"])
+        app = run([SOCKETFILTERFW, "--getappblocked", os.path.realpath(python)]) if "State = 0" not in state else ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "unknown", str(exc)
+    return parse_firewall(state, app)
 
 
 def _run(argv: list[str]) -> str:

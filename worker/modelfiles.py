@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from proto.daemon import ModelFacts
+from worker.engines.mlx_support import pipeline_support
 from worker.models import bundled_dir, is_bundled, is_prepared
 
 
@@ -60,6 +61,7 @@ def read_facts(folder: Path) -> ModelFacts:
         hidden=number("hidden_size", "n_embd", "d_model"),
         intermediate=number("intermediate_size"),
         model_type=model_type if isinstance(model_type, str) else "",
+        mlx_pipeline=pipeline_support(model_type) if isinstance(model_type, str) else "",
     )
 
 

@@ -1,5 +1,11 @@
-"""Before a vLLM shard group starts: does every member have what vLLM over Ray needs (vllm-metal's
-docs/distributed.md)? Pure: the members' own reports in, problems per host out, each with the fix.
+"""Before a shard group starts: does every member have what it needs? Pure: the members' own reports in,
+problems per host out, each with the fix.
+
+MLX groups (worker/mlxcheck.py gathers the facts): the group address is the host's own and its port free; mlx
+and mlx-lm are installed and the same release on every member; the model's files are on every rank; the macOS
+firewall lets the engine's interpreter in; JACCL has macOS 26.2+ and RDMA devices (Apple TN3205).
+
+vLLM groups over Ray (vllm-metal's docs/distributed.md):
 
 - On a Mac the hostname must resolve to the member's group address: `.local` names resolve to loopback and
   gloo's rendezvous then hangs (Linux members get VLLM_HOST_IP and are not held to this).
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
-from proto.daemon import GroupCheckReply
+from proto.daemon import GroupCheckReply, MlxCheckReply, ModelFacts
 from worker.hostinfo import SOCKETFILTERFW
 
 
@@ -72,3 +78,78 @@ def _mismatches(group: GroupPlan, members: Mapping[str, Member]) -> list[tuple[s
             issues += [(label, f"{what} versions differ across group {group.name} ({listing}): Ray needs them equal")
                        for label in seen]  # fmt: skip
     return issues
+
+
+USE_RING = 'transport = "ring"'
+JACCL_MACOS = (26, 2)  # Apple TN3205: RDMA over Thunderbolt from macOS 26.2, on Macs with Thunderbolt 5
+
+
+@dataclass(frozen=True)
+class MlxMember:
+    host: HostSpec
+    platform: str
+    report: MlxCheckReply
+    model: ModelFacts | None  # the model's files on that host, as its facts said (None: not asked)
+
+
+def mlx_problems(group: GroupPlan, source: str, members: Mapping[str, MlxMember]) -> dict[str, list[str]]:
+    """Per member label, what stops the MLX group (empty lists are left out)."""
+    found = {label: [*_mlx_own(members[label], source), *_jaccl(group, members[label])] for label in group.hosts}
+    for what, version in (("mlx", lambda r: r.mlx_version), ("mlx-lm", lambda r: r.mlx_lm_version)):
+        seen = {label: version(members[label].report) for label in group.hosts if version(members[label].report)}
+        if len(set(seen.values())) > 1:
+            listing = ", ".join(f"{label} {v}" for label, v in seen.items())
+            for label in seen:
+                found[label].append(f"{what} versions differ across group {group.name} ({listing}): ranks must "
+                                    "run one release; `cluster install` installs the head's on every host")  # fmt: skip
+    return {label: issues for label, issues in found.items() if issues}
+
+
+def _mlx_own(member: MlxMember, source: str) -> list[str]:
+    report, host = member.report, member.host
+    address = host.group_address or host.address
+    issues = []
+    if not report.address_local:
+        issues.append(f"group address {address} is not one of this host's ({', '.join(report.local_addresses)}): "
+                      "set group_address to one of them (its Thunderbolt bridge IP, say)")  # fmt: skip
+    elif not report.port_free and not report.agent_running:
+        issues.append(f"port {host.group_port} on {address} is in use by another program: stop it, or set "
+                      "group_port for this host")  # fmt: skip
+    if not report.mlx_version or not report.mlx_lm_version:
+        issues.append(f"mlx and mlx-lm are not both installed for {report.python}: `cluster install --extras mlx`")
+    if member.model is not None and not member.model.present and not _hub_id(source):
+        issues.append(f"the model's files ({source}) are not on this host: every rank loads its own copy; put them "
+                      "at the same path on each, or name a hub id")  # fmt: skip
+    if report.firewall in ("blocks", "unlisted"):
+        what = "blocks" if report.firewall == "blocks" else "has no rule for"
+        issues.append(f"the macOS firewall {what} the engine's interpreter ({report.firewall_detail}): `sudo "
+                      f"{SOCKETFILTERFW} --add {report.python} --unblockapp {report.python}` (its real path), or "
+                      "turn the firewall off")  # fmt: skip
+    return issues
+
+
+def _jaccl(group: GroupPlan, member: MlxMember) -> list[str]:
+    if group.transport != "jaccl":
+        return []
+    if member.platform != "darwin":
+        return ['JACCL (RDMA over Thunderbolt) runs between Macs only: use transport = "ring"']
+    report, issues = member.report, []
+    version = tuple(int(part) for part in report.macos_version.split(".")[:2] if part.isdigit())
+    if version < JACCL_MACOS:
+        running = report.macos_version or "an unknown version"
+        issues.append(f"JACCL needs macOS {JACCL_MACOS[0]}.{JACCL_MACOS[1]} or later (this Mac runs {running}): "
+                      f"update macOS, or use {USE_RING}")  # fmt: skip
+    elif not report.rdma_devices:
+        issues.append("no RDMA devices (`ibv_devices` lists none): JACCL needs Thunderbolt 5 and RDMA enabled "
+                      f"once in macOS Recovery (`rdma_ctl enable`, Apple TN3205), or use {USE_RING}")  # fmt: skip
+    else:
+        for peer, device in sorted(member.host.rdma_devices.items()):
+            if device not in report.rdma_devices:
+                issues.append(f"rdma_devices names {device} towards {peer}, not one of this Mac's "
+                              f"({', '.join(report.rdma_devices)}): see `ibv_devices`")  # fmt: skip
+    return issues
+
+
+def _hub_id(source: str) -> bool:
+    """A hub id is downloaded where it is missing (mlx-lm fetches a rank's files itself)."""
+    return source.count("/") == 1 and not source.startswith(("/", "./", "../", "~"))

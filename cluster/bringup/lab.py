@@ -24,7 +24,7 @@ from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
-from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
+from cluster.placement.plan import Assignment, GroupPlan, PlacementError, plan, shared_network_warnings
 from proto import build
 from proto.daemon import HostFactsReply
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
@@ -293,29 +293,41 @@ def _check_engines(assignments: list[Assignment], probes: dict[str, _Probe], rep
 
 
 async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
-    """vLLM groups whose members lack what Ray needs fail before anything starts, every member saying why."""
-    groups = {a.group.name: a.group for a in assignments if a.group is not None and a.group.backend == "vllm"}
-    for group in groups.values():
+    """Shard groups whose members lack what they need (Ray for vLLM; addresses, ports, versions, the model and
+    the transport for MLX) fail before anything starts, every member saying why."""
+    groups = {a.group.name: (a.group, a.model.source) for a in assignments if a.group is not None}
+    hosts = {a.host.label: a.host for a in assignments}
+    for group, source in groups.values():
         reachable = {label: probes[label] for label in group.hosts if probes[label].conn is not None}
         if len(reachable) < len(group.hosts):
             continue  # an unreachable member already fails the group
-        hosts = {a.host.label: a.host for a in assignments}
         try:
-            replies = await asyncio.gather(
-                *(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items())
-            )
+            found = await _group_problems(group, source, reachable, hosts)
         except remote.RemoteError as exc:
             failure = str(exc)
         else:
-            members = {label: groupcheck.Member(hosts[label], p.platform, reply)
-                       for (label, p), reply in zip(reachable.items(), replies, strict=True)}  # fmt: skip
-            found = groupcheck.problems(group, members)
             failure = "; ".join(f"{label}: {', '.join(issues)}" for label, issues in found.items())
         if not failure:
             continue
         report(f"group {group.name} cannot start: {failure}")
         for probe in reachable.values():
             probe.fail(f"group {group.name} cannot start: {failure}")
+
+
+async def _group_problems(
+    group: GroupPlan, source: str, reachable: dict[str, _Probe], hosts: dict[str, HostSpec]
+) -> dict[str, list[str]]:
+    if group.backend == "vllm":
+        replies = await asyncio.gather(*(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items()))
+        members = {label: groupcheck.Member(hosts[label], p.platform, reply)
+                   for (label, p), reply in zip(reachable.items(), replies, strict=True)}  # fmt: skip
+        return groupcheck.problems(group, members)
+    checks = await asyncio.gather(
+        *(remote.mlx_check(p.conn, hosts[label], group.transport) for label, p in reachable.items())
+    )
+    mlx = {label: groupcheck.MlxMember(hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts else None)
+           for (label, p), reply in zip(reachable.items(), checks, strict=True)}  # fmt: skip
+    return groupcheck.mlx_problems(group, source, mlx)
 
 
 def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:

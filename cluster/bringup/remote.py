@@ -20,7 +20,7 @@ from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
 from proto import build
-from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
+from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, MlxCheckReply, StartReply, StopReply
 from proto.launch import AgentConfig, GroupRole
 from proto.tls import CA_FILE, IDENTITY_FILE
 
@@ -128,6 +128,12 @@ def engine_problem(facts: HostFactsReply, engine: str) -> str | None:
 async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> GroupCheckReply:
     address = ["--group-address", host.group_address or host.address]
     return await run_daemon(conn, host, ["groupcheck", *_engine_python(host), *address], GroupCheckReply)
+
+
+async def mlx_check(conn: asyncssh.SSHClientConnection, host: HostSpec, transport: str) -> MlxCheckReply:
+    args = ["mlxcheck", "--dir", host.orchard_dir, "--group-address", host.group_address or host.address,
+            "--group-port", str(host.group_port), "--transport", transport]  # fmt: skip
+    return await run_daemon(conn, host, args, MlxCheckReply)
 
 
 def _engine_python(host: HostSpec) -> list[str]:

@@ -253,12 +253,14 @@ class _Planner:
         if backend == "vllm" and mode == "tensor":
             raise PlacementError(f"model '{model.name}': vllm-metal does not support tensor parallelism")
         usable = [self.usable(h) for h in hosts]
-        if mode == "pipeline" and all(u is not None for u in usable):
+        facts = self.facts.get(model.name, ModelFacts())
+        split = _mlx_pipeline_split(model, facts) if backend == "mlx" and mode == "pipeline" else ""
+        if mode == "pipeline" and split != "even" and all(u is not None for u in usable):
             shares = _proportional([u or 0.0 for u in usable])
         else:
             shares = tuple(1.0 / len(hosts) for _ in hosts)
         layers = None
-        count = model.layers or self.facts.get(model.name, ModelFacts()).layers
+        count = model.layers or facts.layers
         if mode == "pipeline" and count is not None:
             if count < len(hosts):
                 raise PlacementError(
@@ -272,6 +274,17 @@ class _Planner:
             self.take(host, model)
             part = None if need is None else need * shares[rank]
             self.out.append(Assignment(host, model, part, usable[rank], why, plan, rank))
+
+
+def _mlx_pipeline_split(model: ModelSpec, facts: ModelFacts) -> str:
+    """How mlx-lm splits this architecture ("planned", "even", "" unknown); refuses one it cannot pipeline."""
+    if facts.mlx_pipeline != "none":
+        return facts.mlx_pipeline
+    raise PlacementError(
+        f"model '{model.name}': mlx-lm cannot split architecture '{facts.model_type}' into a pipeline (it would fail "
+        "to load with 'The model does not support pipelining'); use mode = \"tensor\" if its heads divide by the "
+        'group size, backend = "vllm", or hosts that hold it whole'
+    )
 
 
 def _proportional(weights: list[float]) -> tuple[float, ...]:

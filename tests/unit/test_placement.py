@@ -224,3 +224,48 @@ def test_usable_memory_is_the_macs_own_report_unless_the_hosts_file_says() -> No
     assert usable("b") == pytest.approx(48.0)  # no report: 64 GB x the 0.75 default
     assert usable("a", "memory_fraction = 0.5") == pytest.approx(48.0)  # the hosts file wins
     assert usable("a", "memory_gb = 80") == pytest.approx(60.0)
+
+
+MLX_PAIR = """
+[[hosts]]
+name = "big"
+address = "10.0.0.2"
+memory_gb = 192
+engine = "mlx"
+[[hosts]]
+name = "small"
+address = "10.0.0.3"
+memory_gb = 96
+engine = "mlx"
+[[models]]
+name = "m"
+source = "org/m"
+hosts = ["big", "small"]
+mode = "pipeline"
+"""
+
+
+def test_an_architecture_mlx_lm_cannot_pipeline_is_refused_at_plan_naming_it() -> None:
+    with pytest.raises(PlacementError, match="cannot split architecture 'gemma3' into a pipeline"):
+        placed(MLX_PAIR, {"m": ModelFacts(layers=40, model_type="gemma3", mlx_pipeline="none")})
+
+
+def test_an_architecture_with_its_own_even_pipeline_gets_an_even_split_not_a_memory_one() -> None:
+    planned = placed(MLX_PAIR, {"m": ModelFacts(layers=40, model_type="x", mlx_pipeline="planned")})
+    even = placed(MLX_PAIR, {"m": ModelFacts(layers=40, model_type="x", mlx_pipeline="even")})
+    assert planned[0].group is not None and planned[0].group.layers == (27, 13)  # by memory, 2:1
+    assert even[0].group is not None and even[0].group.layers == (20, 20)
+
+
+def test_the_hosts_files_layers_split_a_group_whose_config_is_nowhere_in_reach() -> None:
+    [first, _] = placed(MLX_PAIR.replace('mode = "pipeline"', 'mode = "pipeline"\nlayers = 30'))
+    assert first.group is not None and first.group.layers == (20, 10)
+
+
+def test_the_installed_mlx_lm_is_what_says_which_architectures_pipeline() -> None:
+    pytest.importorskip("mlx_lm")
+    from worker.engines.mlx_support import pipeline_support
+
+    assert pipeline_support("llama") == "planned"  # the mlx engine's own pipelined llama
+    assert pipeline_support("qwen2") == "planned"  # mlx-lm's PipelineMixin (missing before 0.32)
+    assert pipeline_support("gemma3") == "none" and pipeline_support("no-such-type") == ""

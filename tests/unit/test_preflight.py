@@ -1,0 +1,68 @@
+"""What `cluster up` checks before it starts anything, on plain data: each host's assigned engine, a model's
+facts from whichever machine holds its files, a pipeline group's layer count, the engine's ready deadline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.bringup import lab, remote
+from cluster.placement import sizing
+from cluster.placement.hostsfile import parse
+from cluster.placement.plan import plan
+from proto.daemon import HostFactsReply, ModelFacts
+
+LAB = """
+[[hosts]]
+name = "a"
+address = "10.0.0.2"
+memory_gb = 64
+[[hosts]]
+name = "b"
+address = "10.0.0.3"
+memory_gb = 64
+[[models]]
+name = "big"
+source = "org/big-mlx"
+hosts = ["a", "b"]
+mode = "pipeline"
+backend = "mlx"
+"""
+
+
+def facts(engines: dict[str, bool], models: dict[str, ModelFacts] | None = None) -> HostFactsReply:
+    return HostFactsReply(hostname="h", os="macOS 15.3.1", chip="Apple M2 Ultra", memory_bytes=64 * 2**30,
+                          python="/p", platform="darwin", engines=engines, models=models or {})  # fmt: skip
+
+
+def test_a_host_is_checked_for_the_engine_it_was_assigned_not_its_default() -> None:
+    spec = parse(LAB, Path("lab.toml"))
+    [rank0, _] = plan(spec, {"big": ModelFacts(present=True, layers=80, weights_gb=70)})
+    assert rank0.host.engine == "vllm" and rank0.group is not None and rank0.group.backend == "mlx"
+    assert remote.engine_problem(facts({"vllm": False, "mlx": True}), rank0.group.backend) is None
+    problem = remote.engine_problem(facts({"vllm": True, "mlx": False}), "mlx")
+    assert problem is not None and "engine 'mlx' is not available" in problem and "--extras mlx" in problem
+
+
+def test_a_models_facts_come_from_a_host_when_the_head_has_no_copy() -> None:
+    on_b = ModelFacts(present=True, layers=80, weights_gb=70)
+    gathered = sizing.gathered("org/big-mlx", ModelFacts(), [{"org/big-mlx": ModelFacts()}, {"org/big-mlx": on_b}])
+    assert gathered == on_b
+    head = ModelFacts(present=True, layers=32)
+    assert sizing.gathered("org/big-mlx", head, [{"org/big-mlx": on_b}]) == head
+
+
+def test_an_mlx_pipeline_without_a_layer_count_anywhere_says_how_to_give_one() -> None:
+    spec = parse(LAB, Path("lab.toml"))
+    with pytest.raises(lab.LabError, match="give `layers = N` on the model in the hosts file"):
+        lab._layers_known(plan(spec, {}))
+    given = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80'), Path("lab.toml"))
+    lab._layers_known(plan(given, {}))  # the hosts file's count splits it: no error
+    assert plan(given, {})[0].group is not None
+
+
+def test_the_hosts_file_sets_how_long_an_engine_may_take_to_be_ready() -> None:
+    spec = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80\nready_timeout_s = 3600'), Path("x"))
+    [rank0, _] = plan(spec, {})
+    assert remote.agent_config(rank0, spec).ready_timeout_s == 3600
