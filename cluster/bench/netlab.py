@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,10 +94,16 @@ def _bridge_on(subnet: str) -> str | None:
     return next((line.split()[1] for line in shown.splitlines() if f" {subnet}.1/" in line), None)
 
 
+Prelude = Callable[[LabHost], str]  # shell run in a host's own mount namespace before its sshd starts
+
+
 @contextlib.contextmanager
-def lab(root: Path, count: int, subnet: str = SUBNET) -> Iterator[Lab]:
+def lab(
+    root: Path, count: int, subnet: str = SUBNET, prelude: Prelude | None = None, login_path: str | None = None
+) -> Iterator[Lab]:
     """`count` hosts h1..hN at `subnet`.11.. with sshd; on exit every process in them is killed, every link gone.
-    Raises RuntimeError when another lab holds the subnet (two would answer for the same addresses)."""
+    `prelude` shapes each host's file system as its sessions see it (mounts in its own namespace); `login_path` is the
+    PATH its SSH sessions get (default: this one's). Raises RuntimeError when another lab holds the subnet."""
     if (other := _bridge_on(subnet)) is not None:
         raise RuntimeError(f"{subnet}.0/24 is taken by {other} (another lab running?); use another subnet")
     tag = secrets.token_hex(2)
@@ -114,7 +121,9 @@ def lab(root: Path, count: int, subnet: str = SUBNET) -> Iterator[Lab]:
         _run("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
         _run("ip", "link", "set", bridge, "up")
         for host in hosts:
-            _start_host(root, bridge, tag, host)
+            _start_host(
+                root, bridge, tag, host, prelude(host) if prelude else "", login_path or os.environ.get("PATH", "")
+            )
         (root / "known_hosts").write_text("".join(f"{h.address} {host_pub[0]} {host_pub[1]}\n" for h in hosts))
         yield Lab(root, tag, bridge, key, root / "known_hosts", hosts)
     finally:
@@ -124,7 +133,7 @@ def lab(root: Path, count: int, subnet: str = SUBNET) -> Iterator[Lab]:
             _run("ip", "link", "del", bridge)
 
 
-def _start_host(root: Path, bridge: str, tag: str, host: LabHost) -> None:
+def _start_host(root: Path, bridge: str, tag: str, host: LabHost, prelude: str, path: str) -> None:
     veth = veth_name(tag, host.index)
     _run("ip", "netns", "add", host.namespace)
     _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
@@ -137,22 +146,13 @@ def _start_host(root: Path, bridge: str, tag: str, host: LabHost) -> None:
     pidfile = root / f"sshd-h{host.index}.pid"
     config.write_text(
         f"Port 22\nListenAddress {host.address}\nHostKey {root / 'host_ed25519'}\nPidFile {pidfile}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'} .ssh/authorized_keys\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         "Subsystem sftp internal-sftp\n"  # as a Mac with Remote Login on: `cluster install` copies over SFTP
-        f"SetEnv PATH={os.environ.get('PATH', '/usr/bin:/bin')}\n"
+        f"SetEnv PATH={path or '/usr/bin:/bin'}\n"
     )
-    _run(
-        "ip",
-        "netns",
-        "exec",
-        host.namespace,
-        "/usr/sbin/sshd",
-        "-f",
-        str(config),
-        "-E",
-        str(root / f"sshd-h{host.index}.log"),
-    )
+    sshd = f"exec /usr/sbin/sshd -f {shlex.quote(str(config))} -E {shlex.quote(str(root / f'sshd-h{host.index}.log'))}"
+    _run("ip", "netns", "exec", host.namespace, "/bin/sh", "-ec", f"{prelude}\n{sshd}" if prelude else sshd)
     deadline = time.monotonic() + 10
     written = ""
     while not written and time.monotonic() < deadline:  # sshd creates the file, then writes its pid

@@ -7,11 +7,23 @@ import importlib.util
 
 import pytest
 
-from cluster.bench.netlab import SUBNET, Lab, LabHost, available, lab, leftovers, pids_in
+from cluster.bench.netlab import SUBNET, Lab, LabHost, Prelude, available, lab, leftovers, pids_in, running
 
 TestHost = LabHost  # the name the lab tests know it by
 
-__all__ = ["SUBNET", "Lab", "LabHost", "TestHost", "available", "lab", "leftovers", "marks", "pids_in"]
+__all__ = [
+    "SUBNET",
+    "Lab",
+    "LabHost",
+    "Prelude",
+    "TestHost",
+    "available",
+    "lab",
+    "leftovers",
+    "marks",
+    "pids_in",
+    "running",
+]
 
 
 def marks(module: str, extra: str) -> list[pytest.MarkDecorator]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +19,12 @@ import pytest
 from cluster.bringup import install
 from tests.conftest import free_port, run_cli
 from tests.lab import netns
+from tests.lab.wheelhouse import wheelhouse as fetch_wheelhouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 if reason := netns.available():
     pytestmark.append(pytest.mark.skip(reason=reason))
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = '[[models]]\nname = "sim-model"\nsource = "sim-model"\nhosts = ["h1"]\n'
 
 
@@ -44,22 +42,10 @@ class Installed:
         return self.net.hosts[0].orchard_dir / "venv" / "bin" / "python"
 
 
-def _wheelhouse(folder: Path) -> Path:
-    """Orchard's dependencies as wheels, fetched on the head (the namespace host has no route to PyPI)."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(folder), *deps],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    if result.returncode != 0:
-        pytest.skip(f"could not fetch Orchard's dependency wheels from PyPI for the wheelhouse: {result.stderr[-300:]}")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     root = tmp_path_factory.mktemp("installlab")
-    wheelhouse = _wheelhouse(root / "wheelhouse")
+    wheelhouse = fetch_wheelhouse(root / "wheelhouse")
     with netns.lab(root / "net", 1) as net:
         home, port = root / "home", free_port()
         hosts_file = root / "lab.toml"
