@@ -249,7 +249,8 @@ def _units(args: argparse.Namespace) -> int:
     except LaunchConfigError as exc:
         err_console.print(f"[red]cannot describe the agent on {escape(host.label)}:[/] {escape(str(exc))}")
         return 2
-    program = remote.service_program(config, remote.python_of(host), host.orchard_dir, args.kind)
+    program = remote.service_program(config, remote.python_of(host), host.orchard_dir, args.kind,
+                                     remote.config_hash(config))  # fmt: skip
     if args.kind == "launchd":
         user = host.user or getpass.getuser()  # the SSH user: the LaunchDaemon runs as that user
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir, user=user).decode())

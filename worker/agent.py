@@ -28,6 +28,7 @@ from proto.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
 from proto.states import EngineState
 from worker import procs
 from worker.context import PromptGuard, context_of
+from worker.download import hub_fetch
 from worker.engines import adapter_for
 from worker.engines.base import EngineConfig
 from worker.group import GroupController
@@ -99,7 +100,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     adapter = adapter_for(config.engine)
     engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s, stall_timeout_s=config.stall_timeout_s)
-    supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy)
+    fetch = hub_fetch(config.model) if config.engine != "sim" else None
+    supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy, fetch=fetch)
     group = GroupController(config.group, supervisor, config.tls_path) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
     slots = adapter.capacity(engine_config)

@@ -7,7 +7,9 @@ STARTING --(too many failed starts in a row)--> FAILED   (terminal; the agent re
 READY/STARTING --request_restart()--> RESTARTING --(at once)--> STARTING   (a shard group relaunching)
 any --stop()--> STOPPING --> STOPPED   (SIGTERM to the process group, SIGKILL after a grace period)
 
-Before each launch an optional gate may hold the engine back (a shard-group rank waits for its peers).
+Before the first launch an optional fetch brings the model's files (a hub download, with progress in the detail
+of STARTING; the ready deadline starts after it; a failed fetch is a failed start, retried with backoff, and
+resumes). Before each launch an optional gate may hold the engine back (a shard-group rank waits for its peers).
 A shard-group rank other than 0 serves no HTTP: it is ready once its process has stayed up for a moment.
 """
 
@@ -29,6 +31,7 @@ import httpx
 
 from proto.states import EngineState
 from worker import procs, tether
+from worker.download import Fetch
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
 from worker.metrics import EngineLoad, parse_engine_metrics
 from worker.procs import die_with_parent, free_port
@@ -63,6 +66,7 @@ class EngineSupervisor:
         port: int | None = None,
         gate: Callable[[], str | None] | None = None,
         platform: str = sys.platform,
+        fetch: Fetch | None = None,
     ) -> None:
         self.adapter = adapter
         # Linux ends the engine with the agent (PR_SET_PDEATHSIG); elsewhere the tether does.
@@ -78,6 +82,7 @@ class EngineSupervisor:
         self.restarts = 0
         self.crashes = 0  # restarts nobody asked for
         self.gate = gate  # None = go; otherwise why the engine must wait before (re)launching
+        self.fetch = fetch  # the model's files to bring first (None: nothing, or done)
         self._restart_reason: str | None = None
         self._restart_event = asyncio.Event()
         self.last_token_at = 0.0
@@ -169,8 +174,10 @@ class EngineSupervisor:
             log.warning("ended engine pid %s left running by a previous agent", orphan)
         while True:
             await self._wait_gate()
-            await self._set(EngineState.STARTING, "starting engine process")
-            ok = await self._launch_and_wait_ready()
+            ok = await self._fetched()
+            if ok:
+                await self._set(EngineState.STARTING, "starting engine process")
+                ok = await self._launch_and_wait_ready()
             if ok:
                 failed_starts, backoff = 0, self.policy.backoff_initial_s
                 await self._set(EngineState.READY, "serving")
@@ -193,6 +200,19 @@ class EngineSupervisor:
             await self._set(EngineState.RESTARTING, f"{reason}; restarting in {backoff:.0f}s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.policy.backoff_max_s)
+
+    async def _fetched(self) -> bool:
+        """The model's files are here (fetched now if needed); False, with the reason in `detail`, if not."""
+        if self.fetch is None:
+            return True
+        await self._set(EngineState.STARTING, "fetching the model's files")
+        try:
+            await self.fetch(lambda line: setattr(self, "detail", line))
+        except Exception as exc:  # the hub's errors are many (network, auth, disk); each is a failed start
+            self.detail = f"fetching the model failed: {type(exc).__name__}: {exc}"
+            return False
+        self.fetch = None
+        return True
 
     async def _wait_gate(self) -> None:
         while self.gate is not None and (why := self.gate()) is not None:

@@ -459,20 +459,32 @@ def restart_router(home: Path, report: Report) -> None:
 
 
 def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report, home: Path) -> None:
+    """Until every host serves a real token; a host still fetching its model's files (progress reported as it
+    goes) has its deadline counted from the end of the fetch."""
     waiting = {o.label for o in outcomes}
     deadline = time.monotonic() + timeout_s
+    said: dict[str, tuple[str, float]] = {}
     with httpx.Client(timeout=3.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         while waiting and time.monotonic() < deadline:
             for row in fetch_workers(client, url):
                 if row.worker_id in waiting and row.ready:
                     waiting.discard(row.worker_id)
                     report(f"{row.worker_id}: ready")
+                elif row.worker_id in waiting and row.detail.startswith(FETCHING):
+                    deadline = max(deadline, time.monotonic() + timeout_s)
+                    last, at = said.get(row.worker_id, ("", 0.0))
+                    if row.detail != last and time.monotonic() - at >= 5:
+                        report(f"{row.worker_id}: {row.detail}")
+                        said[row.worker_id] = (row.detail, time.monotonic())
             time.sleep(0.5)
     for outcome in outcomes:
         if outcome.label in waiting:
             outcome.state, outcome.reason = "not ready", f"no real token within {timeout_s:.0f}s"
         else:
             outcome.state = "ready"
+
+
+FETCHING = ("downloading", "fetching")  # an agent's detail while its model's files arrive (worker/download.py)
 
 
 async def _stop_host(host: HostSpec, report: Report, root: Sudo | None = None) -> None:

@@ -244,10 +244,11 @@ async def host_os(conn: asyncssh.SSHClientConnection) -> str:
     return "darwin" if (await shell(conn, "uname -s")).strip() == "Darwin" else "linux"
 
 
-def service_program(config: AgentConfig, python: str, folder: str, manager: str) -> list[str]:
-    """A service's program: `worker.daemon run` records the agent (pid, start time, hash) and becomes it."""
-    return [python, "-m", "worker.daemon", "run", "--dir", folder, "--hash", config_hash(config),
-            "--service", manager, "--", *config.to_argv()]  # fmt: skip
+def service_program(config: AgentConfig, python: str, folder: str, manager: str, applied: str) -> list[str]:
+    """A service's program: `worker.daemon run` records the agent (pid, start time, the hash of the configuration
+    applied, as `start` would) and becomes it."""
+    return [python, "-m", "worker.daemon", "run", "--dir", folder, "--hash", applied, "--service", manager, "--",
+            *config.to_argv()]  # fmt: skip
 
 
 RootStdin = Callable[[], Awaitable[str | None]]  # what a root script reads on stdin (sudo.py); asked when needed
@@ -274,7 +275,7 @@ async def install_service(
     home = (await shell(conn, 'printf %s "$HOME"')).strip()
     folder = expand_home(host.orchard_dir, home)
     local = config.model_copy(update={"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"})
-    program = service_program(local, expand_home(python_of(host), home), folder, manager)
+    program = service_program(local, expand_home(python_of(host), home), folder, manager, config_hash(config))
     if current.service != manager:  # a detached agent; the service's own is reloaded below
         await stop_agent(conn, host)
     if platform == "darwin":
