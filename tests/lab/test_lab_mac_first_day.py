@@ -138,6 +138,7 @@ def test_the_hosts_services_come_back_after_a_reboot(day: FirstDay) -> None:
     except TimeoutError as exc:
         logs = "\n".join(
             f"{m.user}: {m.on_host('/usr/bin/launchctl', 'print', 'system/' + units.LAUNCHD_LABEL)}\n"
+            + "".join(f"{p.name}: {p.read_text()}\n" for p in (m.library / ".launchd-standin").iterdir())
             + (m.home / ".orchard" / "logs" / "agent.log").read_text()[-1500:]
             for m in day.lab.hosts
         )
