@@ -9,44 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import authority, certs, groupcheck, records, remote, rollout
+from cluster.bringup import authority, certs, preflight, records, remote, rollout
 from cluster.bringup.fleet import Report, fetch_workers
+from cluster.bringup.preflight import HostOutcome
 from cluster.bringup.sudo import Sudo
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
-from cluster.placement.plan import Assignment, GroupPlan, PlacementError, plan, shared_network_warnings
+from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
 from proto import build
-from proto.daemon import HostFactsReply
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
-
-# A host's bring-up, as the `cluster up` table shows it (its engine's own state is proto.states.EngineState).
-HostState = Literal["pending", "started", "running", "ready", "not ready", "unreachable", "failed", "idle"]
-
-
-@dataclass
-class HostOutcome:
-    label: str
-    address: str
-    state: HostState = "pending"
-    reason: str = ""
-    os: str = ""
-    chip: str = ""
-    memory_bytes: int = 0
-    usable_memory_bytes: int = 0
-    engine: str = ""
-    models: list[str] = field(default_factory=list)
-    pid: int | None = None
 
 
 class LabState(BaseModel):
@@ -83,46 +64,8 @@ def read_state(home: Path) -> LabState | None:
     return records.read(state_path(home), LabState)
 
 
-@dataclass
-class _Probe:
-    """A host after connect + preflight: its outcome so far and the open connection (None if unreachable)."""
-
-    outcome: HostOutcome
-    conn: Any = None
-    platform: str = ""
-    facts: HostFactsReply | None = None
-
-    def fail(self, reason: str) -> None:
-        """This host takes no further step: its connection is closed and its row says why."""
-        self.outcome.state, self.outcome.reason = "failed", reason
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-async def _probe(host: HostSpec, sources: tuple[str, ...], report: Report) -> _Probe:
-    outcome = HostOutcome(host.label, host.address, engine=host.engine)
-    try:
-        conn = await remote.connect(host)
-    except remote.RemoteError as exc:
-        outcome.state, outcome.reason = "unreachable", str(exc)
-        report(f"{host.label}: {exc}")
-        return _Probe(outcome)
-    try:
-        facts = await remote.preflight(conn, host, sources)
-    except remote.RemoteError as exc:
-        conn.close()
-        outcome.state, outcome.reason = "failed", str(exc)
-        report(f"{host.label}: {exc}")
-        return _Probe(outcome)
-    outcome.os, outcome.chip, outcome.memory_bytes = facts.os, facts.chip, facts.memory_bytes
-    outcome.usable_memory_bytes = facts.usable_memory_bytes
-    report(f"{host.label}: reachable — {facts.chip}, {facts.os}, {facts.memory_bytes / 2**30:.0f} GiB")
-    return _Probe(outcome, conn, facts.platform, facts)
-
-
 async def _bring_host(
-    probe: _Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
+    probe: preflight.Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
     install_service: bool = False, trust: tuple[authority.Authority, Path] | None = None, root: Sudo | None = None,
 ) -> HostOutcome:  # fmt: skip
     outcome, conn = probe.outcome, probe.conn
@@ -187,23 +130,23 @@ async def up(
         raise LabError(why)
     _endpoint_ready(spec, home)
     sources = tuple(dict.fromkeys(m.source for m in spec.models))
-    probes = await asyncio.gather(*(_probe(h, sources, report) for h in spec.hosts))
+    probes = await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts))
     memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
     reported = [p.facts.models for p in probes if p.facts is not None]
     facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
     try:
         usable = {p.outcome.label: p.outcome.usable_memory_bytes / 1e9 for p in probes if p.outcome.usable_memory_bytes}
         assignments = plan(spec, facts, memory, usable)
-        _layers_known(assignments)
-    except (PlacementError, LabError):
+        preflight.layers_known(assignments)
+    except PlacementError:
         for probe in probes:
             probe.fail("not started")
         raise
     for warning in shared_network_warnings(assignments):
         report(f"warning: {warning}")
     by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
-    _check_engines(assignments, by_label, report)
-    await _check_groups(assignments, by_label, report)
+    preflight.check_engines(assignments, by_label, report)
+    await preflight.check_groups(assignments, by_label, report)
     by_host = {a.host.label: a for a in assignments}
     url, drained = await _drain_changed(probes, spec, by_host, home, report)
     try:
@@ -237,7 +180,7 @@ async def up(
 
 
 async def _drain_changed(
-    probes: list[_Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path, report: Report
+    probes: list[preflight.Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path, report: Report
 ) -> tuple[str, list[str]]:
     """Agents about to be restarted (their configuration or Orchard changed) or stopped (nothing placed there
     any more) take no new requests first, and those running get time to finish: an edited file cuts no one.
@@ -246,7 +189,7 @@ async def _drain_changed(
     if state is None or not procs.alive(state.router_pid):
         return "", []
 
-    async def changing(probe: _Probe, host: HostSpec) -> bool:
+    async def changing(probe: preflight.Probe, host: HostSpec) -> bool:
         if probe.conn is None:
             return False
         assignment = by_host.get(host.label)
@@ -261,73 +204,6 @@ async def _drain_changed(
     labels = [h.label for h, change in zip(spec.hosts, found, strict=True) if change]
     drained = await asyncio.to_thread(rollout.drain_workers, state.url, labels, home, report) if labels else []
     return state.url, drained
-
-
-def _layers_known(assignments: list[Assignment]) -> None:
-    """An mlx pipeline group splits by layers: with no copy of the model's config.json in reach, say how to go on."""
-    for a in assignments:
-        group = a.group
-        if group is not None and group.backend == "mlx" and group.mode == "pipeline" and group.layers is None:
-            where = ", ".join(group.hosts)
-            raise LabError(f"model '{a.model.name}': an mlx pipeline group splits the model by layers, and no "
-                           f"config.json of {a.model.source} was found on the head or on {where}; give "
-                           "`layers = N` on the model in the hosts file, or put the model on its hosts")  # fmt: skip
-
-
-def _check_engines(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
-    """Each host must run the engine it was assigned (its own, or its group's backend); a group with a member that
-    cannot starts nowhere."""
-    for a in assignments:
-        probe = probes[a.host.label]
-        if probe.facts is None or probe.conn is None:
-            continue
-        engine = a.group.backend if a.group else a.host.engine
-        if (problem := remote.engine_problem(probe.facts, engine)) is None:
-            continue
-        report(f"{a.host.label}: {problem}")
-        probe.fail(problem)
-        if a.group is not None:
-            for label in a.group.hosts:
-                if label != a.host.label and probes[label].conn is not None:
-                    probes[label].fail(f"group {a.group.name} cannot start: {a.host.label}: {problem}")
-
-
-async def _check_groups(assignments: list[Assignment], probes: dict[str, _Probe], report: Report) -> None:
-    """Shard groups whose members lack what they need (Ray for vLLM; addresses, ports, versions, the model and
-    the transport for MLX) fail before anything starts, every member saying why."""
-    groups = {a.group.name: (a.group, a.model.source) for a in assignments if a.group is not None}
-    hosts = {a.host.label: a.host for a in assignments}
-    for group, source in groups.values():
-        reachable = {label: probes[label] for label in group.hosts if probes[label].conn is not None}
-        if len(reachable) < len(group.hosts):
-            continue  # an unreachable member already fails the group
-        try:
-            found = await _group_problems(group, source, reachable, hosts)
-        except remote.RemoteError as exc:
-            failure = str(exc)
-        else:
-            failure = "; ".join(f"{label}: {', '.join(issues)}" for label, issues in found.items())
-        if not failure:
-            continue
-        report(f"group {group.name} cannot start: {failure}")
-        for probe in reachable.values():
-            probe.fail(f"group {group.name} cannot start: {failure}")
-
-
-async def _group_problems(
-    group: GroupPlan, source: str, reachable: dict[str, _Probe], hosts: dict[str, HostSpec]
-) -> dict[str, list[str]]:
-    if group.backend == "vllm":
-        replies = await asyncio.gather(*(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items()))
-        members = {label: groupcheck.Member(hosts[label], p.platform, reply)
-                   for (label, p), reply in zip(reachable.items(), replies, strict=True)}  # fmt: skip
-        return groupcheck.problems(group, members)
-    checks = await asyncio.gather(
-        *(remote.mlx_check(p.conn, hosts[label], group.transport) for label, p in reachable.items())
-    )
-    mlx = {label: groupcheck.MlxMember(hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts else None)
-           for (label, p), reply in zip(reachable.items(), checks, strict=True)}  # fmt: skip
-    return groupcheck.mlx_problems(group, source, mlx)
 
 
 def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.bringup import lab, remote
+from cluster.bringup import preflight, remote
 from cluster.placement import sizing
 from cluster.placement.hostsfile import parse
-from cluster.placement.plan import plan
+from cluster.placement.plan import PlacementError, plan
 from proto.daemon import HostFactsReply, ModelFacts
 
 LAB = """
@@ -55,10 +55,10 @@ def test_a_models_facts_come_from_a_host_when_the_head_has_no_copy() -> None:
 
 def test_an_mlx_pipeline_without_a_layer_count_anywhere_says_how_to_give_one() -> None:
     spec = parse(LAB, Path("lab.toml"))
-    with pytest.raises(lab.LabError, match="give `layers = N` on the model in the hosts file"):
-        lab._layers_known(plan(spec, {}))
+    with pytest.raises(PlacementError, match="give `layers = N` on the model in the hosts file"):
+        preflight.layers_known(plan(spec, {}))
     given = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80'), Path("lab.toml"))
-    lab._layers_known(plan(given, {}))  # the hosts file's count splits it: no error
+    preflight.layers_known(plan(given, {}))  # the hosts file's count splits it: no error
     assert plan(given, {})[0].group is not None
 
 
