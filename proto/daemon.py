@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+SERVICE_MARK = "agent.service"  # in orchard_dir while a service manager keeps the agent: `daemon run` writes it,
+# `cluster down` (uninstalling the service) removes it
+
 
 class _Reply(BaseModel):
     # extra="ignore": a host running a newer daemon may say more than this head knows.

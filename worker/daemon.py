@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from proto import build
-from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
+from proto.daemon import SERVICE_MARK, AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
 from proto.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
 from worker import keeper, modelfiles, procs
 from worker.engines.base import EngineConfig
@@ -58,18 +58,20 @@ def _recorded(folder: Path, name: str) -> str:
 
 
 def status(folder: Path) -> AgentStatus:
+    """Running or not; and whether a service manager keeps this host's agent (recorded by `run`, kept while the
+    service is installed, also when its agent is down: a plain `start` must not add one beside it)."""
     pid = _pid(folder)
+    service = _recorded(folder, SERVICE_MARK)
     if pid is None:
-        return AgentStatus(status="stopped")
-    return AgentStatus(status="running", pid=pid, hash=_recorded(folder, "agent.hash"),
-                       service=_recorded(folder, "agent.service"))  # fmt: skip
+        return AgentStatus(status="stopped", service=service)
+    return AgentStatus(status="running", pid=pid, hash=_recorded(folder, "agent.hash"), service=service)
 
 
 def stop(folder: Path, grace_s: float = 30.0) -> StopReply:
     pid = _pid(folder)
     if pid is not None:
         procs.terminate_tree(pid, grace_s)  # the agent stops its engine, then exits; then its group goes
-    for name in ("agent.pid", "agent.started", "agent.service"):
+    for name in ("agent.pid", "agent.started"):
         (folder / name).unlink(missing_ok=True)
     return StopReply(pid=pid, was_running=pid is not None)
 
@@ -79,9 +81,7 @@ def _record(folder: Path, pid: int, config_hash: str, service: str = "") -> None
     (folder / "agent.started").write_text(f"{procs.started_at(pid) or 0.0!r}\n")
     (folder / "agent.hash").write_text(f"{config_hash}\n")
     if service:
-        (folder / "agent.service").write_text(f"{service}\n")
-    else:
-        (folder / "agent.service").unlink(missing_ok=True)
+        (folder / SERVICE_MARK).write_text(f"{service}\n")
 
 
 def run(folder: Path, config_hash: str, config: AgentConfig, service: str) -> None:
@@ -99,8 +99,8 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     if current.status == "running" and current.hash == config_hash:
         return StartReply(status="running", pid=current.pid, hash=config_hash, changed=False)
     if current.service:  # its service manager would start it again beside ours (and at every boot)
-        return StartReply(status="failed", changed=False, log=f"the agent runs as a {current.service} service "
-                          "with another configuration: `cluster up --install-service` updates it")  # fmt: skip
+        return StartReply(status="failed", changed=False, log=f"this host's agent is a {current.service} service: "
+                          "`cluster up --install-service` updates it, `cluster down` removes it")  # fmt: skip
     if current.status == "running":
         stop(folder)
     logs = folder / "logs"

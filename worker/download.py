@@ -11,30 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import importlib.util
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from worker import modelfiles
 
+FETCHING_DETAIL = "fetching the model's files"  # the engine's detail as a fetch begins; then `progress` lines
 Report = Callable[[str], None]
 Fetch = Callable[[Report], Awaitable[None]]  # runs the download, reporting progress as a line of text
+HUB_TIMEOUT_S = 30.0  # for the hub's answer about a model (not for the download)
 WANTED = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]  # what the engines load
 
 
-def is_hub_id(source: str) -> bool:
-    return source.count("/") == 1 and not source.startswith(("/", "./", "../", "~"))
-
-
 def hub_fetch(source: str) -> Fetch | None:
-    """The download `source` needs on this host before an engine can load it; None if it needs none."""
-    if not is_hub_id(source) or modelfiles.local_folder(source) is not None:
+    """The fetch a hub model gets before its engine starts (it completes a partial copy, and is quick when the
+    copy is whole); None for a path or the bundled model, or where huggingface_hub is not installed (the engine
+    then downloads on its own, within its ready deadline)."""
+    if not modelfiles.is_hub_id(source) or importlib.util.find_spec("huggingface_hub") is None:
         return None
 
     async def fetch(report: Report) -> None:
         await download(source, report)
 
     return fetch
+
+
+def fetching(detail: str) -> bool:
+    """An engine's detail says its model's files are on their way (not that their download failed)."""
+    return detail.startswith(("downloading ", FETCHING_DETAIL))
 
 
 def progress(source: str, done: int, total: int) -> str:
@@ -56,13 +62,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 async def download(source: str, report: Report, interval_s: float = 1.0) -> None:
+    """The files of `source` the engines load, into the hub's cache; offline, a cached copy is taken as it is."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
 
-    info = await asyncio.to_thread(HfApi().model_info, source, files_metadata=True)
+    try:
+        info = await asyncio.to_thread(HfApi().model_info, source, files_metadata=True, timeout=HUB_TIMEOUT_S)
+    except Exception:  # offline (HF_HUB_OFFLINE, no route) or the hub refused: a cached copy serves as it is
+        if modelfiles.local_folder(source) is not None:
+            report(f"hub not reachable: {source} as cached")
+            return
+        raise
     files = [s for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, p) for p in WANTED)]
     total = sum(s.size or 0 for s in files)
-    blobs = Path(HF_HUB_CACHE) / f"models--{source.replace('/', '--')}" / "blobs"
+    blobs = modelfiles.hub_cache() / f"models--{source.replace('/', '--')}" / "blobs"
     task = asyncio.ensure_future(asyncio.to_thread(snapshot_download, source, revision=info.sha, allow_patterns=WANTED))
     while not task.done():
         report(progress(source, folder_bytes(blobs), total))

@@ -27,6 +27,7 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
 from proto.launch import GroupRole
+from worker.download import fetching
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class PeerView:
     crashes: int = 0
     epoch: str = ""  # what that agent publishes: rank 0's current launch, or a member's launched-for epoch
     state: int = pb.ENGINE_STATE_UNSPECIFIED
+    fetching: bool = False  # its model's files are still on their way
 
 
 class GroupController:
@@ -69,6 +71,8 @@ class GroupController:
             missing = [p.address for p in self.peers.values() if not p.connected]
             if missing:
                 return f"group {self.role.name}: waiting for members {', '.join(missing)}"
+            if fetching := [p.address for p in self.peers.values() if p.fetching]:
+                return f"group {self.role.name}: waiting for members to fetch the model: {', '.join(fetching)}"
             self.run_epoch = uuid.uuid4().hex[:12]
             log.info("group %s: launching epoch %s", self.role.name, self.run_epoch)
             return None
@@ -110,6 +114,7 @@ class GroupController:
         )
         peer.connected, peer.instance, peer.crashes = True, sample.agent_instance, sample.engine_crashes
         peer.epoch, peer.state = sample.group_epoch, sample.state
+        peer.fetching = fetching(sample.state_detail)
         if self.leader:
             if restarted:
                 self._relaunch(f"member {peer.address} restarted its agent")

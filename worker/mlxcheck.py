@@ -14,6 +14,7 @@ Commands run through an injectable runner, so the darwin branch is tested on fix
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import socket
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def mlxcheck(
     reply = MlxCheckReply(
         local_addresses=addresses, address_local=here, agent_running=agent_running,
         port_free=port_free(group_address, group_port) if here else True,
-        mlx_version=version_of("mlx"), mlx_lm_version=version_of("mlx-lm"), python=sys.executable,
+        mlx_version=version_of("mlx"), mlx_lm_version=version_of("mlx-lm"), python=os.path.realpath(sys.executable),
     )  # fmt: skip
     updates: dict[str, object] = {}
     if platform == "darwin":

@@ -16,6 +16,17 @@ from worker.engines.mlx_support import pipeline_support
 from worker.models import bundled_dir, is_bundled, is_prepared
 
 
+def is_hub_id(source: str) -> bool:
+    """`org/name`: a model on the hub (not a path, not the bundled name)."""
+    return source.count("/") == 1 and not source.startswith(("/", "./", "../", "~"))
+
+
+def hub_cache() -> Path:
+    """The hub's cache folder, found as huggingface_hub finds it (HF_HUB_CACHE, else HF_HOME/hub)."""
+    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface")
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
+
+
 def local_folder(source: str) -> Path | None:
     """The folder holding this source's files on this machine, if any (bundled, a path, or the HF cache)."""
     if is_bundled(source):
@@ -24,9 +35,8 @@ def local_folder(source: str) -> Path | None:
     if source.startswith(("/", "./", "../", "~")):
         path = Path(source).expanduser()
         return path if path.is_dir() else None
-    if source.count("/") == 1:  # a hub id: look for a downloaded snapshot
-        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-        snapshots = hub.expanduser() / f"models--{source.replace('/', '--')}" / "snapshots"
+    if is_hub_id(source):  # a downloaded snapshot (maybe partial: the fetch before an engine completes it)
+        snapshots = hub_cache() / f"models--{source.replace('/', '--')}" / "snapshots"
         found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
         return found[-1].parent if found else None
     return None
@@ -36,12 +46,14 @@ def read_facts(folder: Path) -> ModelFacts:
     weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     config: dict[str, object] = {}
     config_path = folder / "config.json"
-    if config_path.is_file():
-        loaded = json.loads(config_path.read_text())
-        config = loaded.get("text_config", loaded) if isinstance(loaded, dict) else {}
-        top = loaded if isinstance(loaded, dict) else {}
-    else:
-        top = {}
+    top: dict[str, object] = {}
+    try:
+        loaded = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except (OSError, ValueError):  # a broken config.json: the weights still count; the shape is unknown
+        loaded = {}
+    if isinstance(loaded, dict):
+        top, text = loaded, loaded.get("text_config", loaded)
+        config = text if isinstance(text, dict) else loaded
 
     def number(*keys: str) -> int | None:
         for key in keys:

@@ -31,7 +31,7 @@ import httpx
 
 from proto.states import EngineState
 from worker import procs, tether
-from worker.download import Fetch
+from worker.download import FETCHING_DETAIL, Fetch
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
 from worker.metrics import EngineLoad, parse_engine_metrics
 from worker.procs import die_with_parent, free_port
@@ -173,9 +173,9 @@ class EngineSupervisor:
         if orphan is not None:  # a previous agent died without stopping its engine
             log.warning("ended engine pid %s left running by a previous agent", orphan)
         while True:
-            await self._wait_gate()
-            ok = await self._fetched()
+            ok = await self._fetched()  # before the gate: a group's ranks launch together once all have the files
             if ok:
+                await self._wait_gate()
                 await self._set(EngineState.STARTING, "starting engine process")
                 ok = await self._launch_and_wait_ready()
             if ok:
@@ -205,11 +205,11 @@ class EngineSupervisor:
         """The model's files are here (fetched now if needed); False, with the reason in `detail`, if not."""
         if self.fetch is None:
             return True
-        await self._set(EngineState.STARTING, "fetching the model's files")
+        await self._set(EngineState.STARTING, FETCHING_DETAIL)
         try:
             await self.fetch(lambda line: setattr(self, "detail", line))
         except Exception as exc:  # the hub's errors are many (network, auth, disk); each is a failed start
-            self.detail = f"fetching the model failed: {type(exc).__name__}: {exc}"
+            self.detail = f"the model's download failed: {type(exc).__name__}: {exc}"
             return False
         self.fetch = None
         return True

@@ -25,6 +25,7 @@ from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
 from proto.daemon import GroupCheckReply, MlxCheckReply, ModelFacts
 from worker.hostinfo import SOCKETFILTERFW
+from worker.modelfiles import is_hub_id  # a hub model is fetched on each rank before it starts
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _mlx_own(member: MlxMember, source: str) -> list[str]:
                       "group_port for this host")  # fmt: skip
     if not report.mlx_version or not report.mlx_lm_version:
         issues.append(f"mlx and mlx-lm are not both installed for {report.python}: `cluster install --extras mlx`")
-    if member.model is not None and not member.model.present and not _hub_id(source):
+    if member.model is not None and not member.model.present and not is_hub_id(source):
         issues.append(f"the model's files ({source}) are not on this host: every rank loads its own copy; put them "
                       "at the same path on each, or name a hub id")  # fmt: skip
     if report.firewall in ("blocks", "unlisted"):
@@ -148,8 +149,3 @@ def _jaccl(group: GroupPlan, member: MlxMember) -> list[str]:
                 issues.append(f"rdma_devices names {device} towards {peer}, not one of this Mac's "
                               f"({', '.join(report.rdma_devices)}): see `ibv_devices`")  # fmt: skip
     return issues
-
-
-def _hub_id(source: str) -> bool:
-    """A hub id is downloaded where it is missing (mlx-lm fetches a rank's files itself)."""
-    return source.count("/") == 1 and not source.startswith(("/", "./", "../", "~"))

@@ -225,7 +225,7 @@ class InstallOptions:
         os_tag = "macosx" if platform == "darwin" else "linux"
         cpu = {"arm64": ("arm64", "aarch64"), "aarch64": ("arm64", "aarch64")}.get(machine, (machine,))
         return next((w for w in self.wheelhouse or () if w.name.startswith("uv-") and os_tag in w.name
-                     and any(c in w.name for c in cpu)), None)  # fmt: skip
+                     and "musllinux" not in w.name and any(c in w.name for c in cpu)), None)  # fmt: skip
 
 
 async def install_host(
@@ -254,7 +254,7 @@ async def _install(
 ) -> InstalledHost:  # fmt: skip
     home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
     folder = remote.expand_home(host.orchard_dir, home).rstrip("/")
-    platform = await _platform(conn)
+    platform = await remote.host_os(conn)
     if options.vllm_metal and platform == "darwin":  # first: its installer brings a Python (uv's) where none is
         await _vllm_metal(conn, host, report)
     python = await _target(conn, host, home, folder)
@@ -340,7 +340,8 @@ def bring_from_archive(folder: str, staged: str) -> str:
     """POSIX sh: a python-build-standalone install_only archive (one top folder, `python/`) unpacked as
     `folder`/python, replacing an earlier one; the archive removed whatever happens. macOS tar is bsdtar."""
     target, archive = shlex.quote(f"{folder}/python"), shlex.quote(staged)
-    return remote.posix(f"trap 'rm -f {archive}' EXIT; rm -rf {target} && mkdir -p {target} && "
+    cleanup = shlex.quote(f"rm -f {archive}")  # trap's argument is one word, itself a command line
+    return remote.posix(f"trap {cleanup} EXIT; rm -rf {target} && mkdir -p {target} && "
                         f"tar -xzf {archive} -C {target} --strip-components 1")  # fmt: skip
 
 
@@ -396,10 +397,6 @@ async def _facts(conn: asyncssh.SSHClientConnection, python: str) -> HostFactsRe
         return HostFactsReply.model_validate_json(str(result.stdout).strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-
-
-async def _platform(conn: asyncssh.SSHClientConnection) -> str:
-    return "darwin" if (await remote.shell(conn, "uname -s")).strip() == "Darwin" else "linux"
 
 
 async def install(

@@ -28,6 +28,7 @@ from cluster.placement.plan import Assignment, PlacementError, plan, shared_netw
 from proto import build
 from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
 from worker import procs
+from worker.download import fetching
 
 
 class LabState(BaseModel):
@@ -110,7 +111,7 @@ def _root_stdin(root: Sudo | None, conn: Any, host: HostSpec) -> remote.RootStdi
     """Root on this host when a step needs it: the password asked once for the run, if its sudo wants one."""
 
     async def ask() -> str | None:
-        return None if root is None else await root.stdin_for(conn, f"{host.user or 'the SSH user'}@{host.label}")
+        return None if root is None else await root.stdin_for(conn, f"{host.user or 'you'}@{host.label}")
 
     return ask
 
@@ -346,7 +347,7 @@ def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report:
                 if row.worker_id in waiting and row.ready:
                     waiting.discard(row.worker_id)
                     report(f"{row.worker_id}: ready")
-                elif row.worker_id in waiting and row.detail.startswith(FETCHING):
+                elif row.worker_id in waiting and fetching(row.detail):
                     deadline = max(deadline, time.monotonic() + timeout_s)
                     last, at = said.get(row.worker_id, ("", 0.0))
                     if row.detail != last and time.monotonic() - at >= 5:
@@ -360,15 +361,12 @@ def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report:
             outcome.state = "ready"
 
 
-FETCHING = ("downloading", "fetching")  # an agent's detail while its model's files arrive (worker/download.py)
-
-
 async def _stop_host(host: HostSpec, report: Report, root: Sudo | None = None) -> None:
     """The service first (else it would start the agent again), then a detached agent."""
     try:
         conn = await remote.connect(host)
         async with conn:
-            if await remote.uninstall_service(conn, _root_stdin(root, conn, host)):
+            if await remote.uninstall_service(conn, host, _root_stdin(root, conn, host)):
                 report(f"{host.label}: agent service unloaded and removed")
             result = await remote.stop_agent(conn, host)
         report(f"{host.label}: agent {'stopped' if result.was_running else 'was not running'}")

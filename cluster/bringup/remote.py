@@ -20,7 +20,15 @@ from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
 from proto import build
-from proto.daemon import AgentStatus, GroupCheckReply, HostFactsReply, MlxCheckReply, StartReply, StopReply
+from proto.daemon import (
+    SERVICE_MARK,
+    AgentStatus,
+    GroupCheckReply,
+    HostFactsReply,
+    MlxCheckReply,
+    StartReply,
+    StopReply,
+)
 from proto.launch import AgentConfig, GroupRole
 from proto.tls import CA_FILE, IDENTITY_FILE
 
@@ -230,7 +238,9 @@ async def shell(
     conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None, timeout_s: float = COMMAND_TIMEOUT_S
 ) -> str:
     try:
-        result = await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout_s)
+        # no stdin: closed at once, so a script that reads it sees the end instead of waiting
+        source = {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
+        result = await asyncio.wait_for(conn.run(command, check=False, **source), timeout_s)
     except TimeoutError as exc:
         raise RemoteError(f"`{command[:60]}` did not finish within {timeout_s:.0f}s") from exc
     if result.exit_status != 0:
@@ -303,9 +313,10 @@ def _old_launch_agent_gone() -> str:
             f'rm -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; ')  # fmt: skip
 
 
-async def uninstall_service(conn: asyncssh.SSHClientConnection, root: RootStdin = _no_password) -> bool:
+async def uninstall_service(conn: asyncssh.SSHClientConnection, host: HostSpec, root: RootStdin = _no_password) -> bool:
     """Unload and remove an agent service installed by install_service, if any. True if one was there. Root (and
     so a password) is asked for only when a LaunchDaemon is there."""
+    await shell(conn, f"rm -f {shell_path(host.orchard_dir.rstrip('/') + '/' + SERVICE_MARK)}")
     if await host_os(conn) == "darwin":
         had_agent = await shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
                                        + _old_launch_agent_gone() + "true")  # fmt: skip

@@ -17,7 +17,9 @@ __all__ = ["ModelFacts", "facts_for", "gathered"]
 
 
 def gathered(source: str, head: ModelFacts, hosts: Iterable[Mapping[str, ModelFacts]]) -> ModelFacts:
-    """The head's facts when it holds the files; else the first host that reported them (pure)."""
-    if head.present:
-        return head
-    return next((found[source] for found in hosts if source in found and found[source].present), head)
+    """The head's facts when it holds the files, else the first host's that reported them; how mlx-lm splits
+    the architecture from a host when one says (the ranks' mlx-lm loads it, not the head's). Pure."""
+    reports = [found[source] for found in hosts if source in found and found[source].present]
+    facts = head if head.present else next(iter(reports), head)
+    split = next((r.mlx_pipeline for r in reports if r.mlx_pipeline), facts.mlx_pipeline)
+    return facts.model_copy(update={"mlx_pipeline": split})

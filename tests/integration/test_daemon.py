@@ -75,3 +75,8 @@ def test_an_agent_run_by_a_service_is_recorded_so_reruns_keep_it_and_no_second_o
     finally:
         service.terminate()
         service.wait(30)
+    down = daemon(AgentStatus, "status", "--dir", str(folder))  # crashed, or launchd waiting to start it again
+    assert down.status == "stopped" and down.service == "launchd"
+    refused = daemon(StartReply, "start", "--dir", str(folder), "--hash", "aaa", "--", *agent)
+    assert refused.status == "failed" and refused.pid is None  # no agent beside the service's
+    assert daemon(AgentStatus, "status", "--dir", str(folder)).status == "stopped"

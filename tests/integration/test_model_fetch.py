@@ -5,6 +5,9 @@ reach here, so the fetch is a stand-in that takes its time; the engine is a real
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,16 +56,36 @@ async def test_a_failed_fetch_is_a_failed_start_with_the_reason(tmp_path: Path) 
                 break
             await asyncio.sleep(0.05)
         assert supervisor.state is EngineState.FAILED
-        assert "fetching the model failed: OSError: cannot reach the hub" in supervisor.detail
+        assert "the model's download failed: OSError: cannot reach the hub" in supervisor.detail
     finally:
         await supervisor.stop()
 
 
-def test_only_a_hub_model_missing_from_the_cache_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_hub_models_are_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     assert download.hub_fetch("/models/local") is None and download.hub_fetch("smollm2-135m-instruct") is None
-    assert download.hub_fetch("org/model") is not None
-    snapshot = tmp_path / "models--org--model" / "snapshots" / "abc"
+    assert download.hub_fetch("org/model") is not None  # also when cached: a partial copy is completed
+
+
+def test_offline_a_cached_copy_serves_as_it_is_and_none_is_a_failed_fetch(tmp_path: Path) -> None:
+    """huggingface_hub's own offline mode (HF_HUB_OFFLINE, read when it is imported: a fresh process)."""
+    script = (
+        "import asyncio, sys\n"
+        "from worker import download\n"
+        "lines = []\n"
+        "try:\n"
+        "    asyncio.run(download.download(sys.argv[1], lines.append))\n"
+        "except Exception as exc:\n"
+        "    print('failed:', type(exc).__name__)\n"
+        "print(lines)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    snapshot = tmp_path / "models--org--cached" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
-    assert download.hub_fetch("org/model") is None  # already in the hub's cache
+    cached = subprocess.run([sys.executable, "-c", script, "org/cached"], capture_output=True, text=True, env=env,
+                            timeout=120)  # fmt: skip
+    assert "hub not reachable: org/cached as cached" in cached.stdout, cached.stdout + cached.stderr
+    missing = subprocess.run([sys.executable, "-c", script, "org/missing"], capture_output=True, text=True, env=env,
+                             timeout=120)  # fmt: skip
+    assert "failed:" in missing.stdout, missing.stdout + missing.stderr

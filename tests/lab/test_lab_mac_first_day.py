@@ -107,8 +107,11 @@ def test_up_installs_launchdaemons_asking_the_sudo_password_once(day: FirstDay) 
         uid = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                    if line.startswith("Uid:"))  # fmt: skip
         assert uid == subprocess.check_output(["id", "-u", mac.user], text=True).strip()  # UserName, not root
-        logs = [p for p in (mac.home / ".orchard").rglob("*.log")] + list(day.home.rglob("*.log"))
-        assert logs and not any(day.lab.hosts[0].password in p.read_text(errors="replace") for p in logs)
+    secret = day.lab.hosts[0].password  # never echoed, logged, written or on a command line
+    files = [p for mac in day.lab.hosts for p in (mac.home / ".orchard").rglob("*") if p.is_file()]
+    files += [p for p in day.home.rglob("*") if p.is_file()] + [mac.library / PLIST for mac in day.lab.hosts]
+    assert files and not any(secret.encode() in p.read_bytes() for p in files)
+    assert secret not in up.output and secret not in subprocess.check_output(["ps", "-eo", "args"], text=True)
 
 
 def test_rerunning_up_changes_nothing_and_asks_nothing(day: FirstDay) -> None:

@@ -81,10 +81,11 @@ def test_the_newest_known_python_is_preferred_and_a_newer_one_taken_when_alone()
 
 def test_uv_is_taken_from_the_wheelhouse_for_the_hosts_os_and_cpu() -> None:
     linux = "uv-0.9.5-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
-    house = (Path("/w/uv-0.9.5-py3-none-macosx_11_0_arm64.whl"), Path("/w") / linux, Path("/w/other.whl"))
+    musl = Path("/w/uv-0.9.5-py3-none-musllinux_1_1_x86_64.whl")  # first: a glibc host must not take it
+    house = (Path("/w/uv-0.9.5-py3-none-macosx_11_0_arm64.whl"), musl, Path("/w") / linux, Path("/w/other.whl"))
     options = install.InstallOptions(wheelhouse=house)
     assert options.uv_wheel("darwin", "arm64") == house[0]
-    assert options.uv_wheel("linux", "x86_64") == house[1]
+    assert options.uv_wheel("linux", "x86_64") == house[2]
     assert options.uv_wheel("linux", "aarch64") is None and install.InstallOptions().uv_wheel("darwin", "arm64") is None
 
 
@@ -94,13 +95,16 @@ def test_a_python_archive_unpacks_under_orchard_dir_and_is_removed(tmp_path: Pat
     source = tmp_path / "src" / "python" / "bin"
     source.mkdir(parents=True)
     (source / "python3").write_text("#!/bin/sh\n")
-    archive = tmp_path / "orchard" / "python-archive.tar.gz"
+    folder = tmp_path / "Orchard Lab"  # orchard_dir may hold a space: the archive, not a neighbour, is removed
+    (tmp_path / "Orchard").write_text("a neighbour")
+    archive = folder / "python-archive.tar.gz"
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "src" / "python", arcname="python")
-    script = install.bring_from_archive(str(tmp_path / "orchard"), str(archive))
+    script = install.bring_from_archive(str(folder), str(archive))
     subprocess.run(script, shell=True, check=True, timeout=60)
-    assert (tmp_path / "orchard" / "python" / "bin" / "python3").is_file() and not archive.exists()
+    assert (folder / "python" / "bin" / "python3").is_file() and not archive.exists()
+    assert (tmp_path / "Orchard").read_text() == "a neighbour"
 
 
 def test_pip_installs_dependencies_then_forces_this_exact_build() -> None:

@@ -36,21 +36,43 @@ def facts(engines: dict[str, bool], models: dict[str, ModelFacts] | None = None)
                           python="/p", platform="darwin", engines=engines, models=models or {})  # fmt: skip
 
 
+class Connection:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def test_a_host_is_checked_for_the_engine_it_was_assigned_not_its_default() -> None:
     spec = parse(LAB, Path("lab.toml"))
-    [rank0, _] = plan(spec, {"big": ModelFacts(present=True, layers=80, weights_gb=70)})
-    assert rank0.host.engine == "vllm" and rank0.group is not None and rank0.group.backend == "mlx"
-    assert remote.engine_problem(facts({"vllm": False, "mlx": True}), rank0.group.backend) is None
-    problem = remote.engine_problem(facts({"vllm": True, "mlx": False}), "mlx")
-    assert problem is not None and "engine 'mlx' is not available" in problem and "--extras mlx" in problem
+    assignments = plan(spec, {"big": ModelFacts(present=True, layers=80, weights_gb=70)})
+    assert all(a.host.engine == "vllm" and a.group is not None and a.group.backend == "mlx" for a in assignments)
+
+    def probes(b_engines: dict[str, bool]) -> dict[str, preflight.Probe]:
+        return {label: preflight.Probe(preflight.HostOutcome(label, ""), Connection(), "darwin", facts(engines))
+                for label, engines in (("a", {"vllm": False, "mlx": True}), ("b", b_engines))}  # fmt: skip
+
+    ready = probes({"vllm": False, "mlx": True})  # no vLLM anywhere: not what the group runs
+    preflight.check_engines(assignments, ready, lambda line: None)
+    assert all(p.conn is not None and p.outcome.state == "pending" for p in ready.values())
+    lacking = probes({"vllm": True, "mlx": False})
+    preflight.check_engines(assignments, lacking, lambda line: None)
+    assert (
+        "engine 'mlx' is not available" in lacking["b"].outcome.reason and "--extras mlx" in lacking["b"].outcome.reason
+    )
+    assert lacking["a"].outcome.reason.startswith("group big#1 cannot start: b: engine 'mlx'")
+    assert all(p.conn is None and p.outcome.state == "failed" for p in lacking.values())
 
 
 def test_a_models_facts_come_from_a_host_when_the_head_has_no_copy() -> None:
     on_b = ModelFacts(present=True, layers=80, weights_gb=70)
     gathered = sizing.gathered("org/big-mlx", ModelFacts(), [{"org/big-mlx": ModelFacts()}, {"org/big-mlx": on_b}])
     assert gathered == on_b
-    head = ModelFacts(present=True, layers=32)
-    assert sizing.gathered("org/big-mlx", head, [{"org/big-mlx": on_b}]) == head
+    head = ModelFacts(present=True, layers=32, mlx_pipeline="none")  # the head's older mlx-lm
+    merged = sizing.gathered(
+        "org/big-mlx", head, [{"org/big-mlx": on_b.model_copy(update={"mlx_pipeline": "planned"})}]
+    )
+    assert merged.layers == 32 and merged.mlx_pipeline == "planned"  # the shape from the head, the split from a rank
 
 
 def test_an_mlx_pipeline_without_a_layer_count_anywhere_says_how_to_give_one() -> None:

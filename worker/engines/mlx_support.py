@@ -20,14 +20,14 @@ def pipeline_support(model_type: str) -> Support:
         return ""
     try:
         from mlx_lm.utils import MODEL_REMAPPING
-    except ImportError:
+    except Exception:  # no mlx-lm, or one that does not import here: not known (never a host's facts failing)
         return ""
     name = MODEL_REMAPPING.get(model_type, model_type)
     if name == "llama":
         return "planned"  # the mlx engine's own pipelined llama
     try:
         module = importlib.import_module(f"mlx_lm.models.{name}")
-    except ImportError:
+    except Exception:
         return ""
     classes = [c for c in vars(module).values() if isinstance(c, type) and hasattr(c, "pipeline")]
     if not classes:
