@@ -60,12 +60,16 @@ def _own(member: Member) -> list[str]:
     elif not report.ray_version:
         issues.append(f"Ray is not installed in the engine's venv: run `{python} -m pip install ray`, or "
                       "`cluster install --with-vllm-metal`")  # fmt: skip
-    if report.firewall in ("blocks", "unlisted"):
-        what = "blocks" if report.firewall == "blocks" else "has no rule for"
-        issues.append(f"the macOS firewall {what} the engine's interpreter ({report.firewall_detail}): "
-                      f"`sudo {SOCKETFILTERFW} --add {python} --unblockapp {python}` (its real path), or turn "
-                      "the firewall off")  # fmt: skip
-    return issues
+    return issues + _firewall(report.firewall, report.firewall_detail, python)
+
+
+def _firewall(state: str, detail: str, python: str) -> list[str]:
+    """The macOS firewall's verdict on the engine's interpreter, as a problem with its fix (or none)."""
+    if state not in ("blocks", "unlisted"):
+        return []
+    what = "blocks" if state == "blocks" else "has no rule for"
+    return [f"the macOS firewall {what} the engine's interpreter ({detail}): `sudo {SOCKETFILTERFW} --add {python} "
+            f"--unblockapp {python}` (its real path), or turn the firewall off"]  # fmt: skip
 
 
 def _mismatches(group: GroupPlan, members: Mapping[str, Member]) -> list[tuple[str, str]]:
@@ -121,12 +125,7 @@ def _mlx_own(member: MlxMember, source: str) -> list[str]:
     if member.model is not None and not member.model.present and not is_hub_id(source):
         issues.append(f"the model's files ({source}) are not on this host: every rank loads its own copy; put them "
                       "at the same path on each, or name a hub id")  # fmt: skip
-    if report.firewall in ("blocks", "unlisted"):
-        what = "blocks" if report.firewall == "blocks" else "has no rule for"
-        issues.append(f"the macOS firewall {what} the engine's interpreter ({report.firewall_detail}): `sudo "
-                      f"{SOCKETFILTERFW} --add {report.python} --unblockapp {report.python}` (its real path), or "
-                      "turn the firewall off")  # fmt: skip
-    return issues
+    return issues + _firewall(report.firewall, report.firewall_detail, report.python)
 
 
 def _jaccl(group: GroupPlan, member: MlxMember) -> list[str]:
