@@ -155,7 +155,8 @@ def _install(args: argparse.Namespace) -> int:
         err_console.print(f"[red]error:[/] --python-archive {escape(str(args.python_archive))} is not a file")
         return 2
     house = tuple(sorted(args.wheelhouse.glob("*.whl"))) if args.wheelhouse is not None else None
-    options = install.InstallOptions(house, args.extras, args.with_vllm_metal, args.python_archive)
+    archives = tuple(sorted(args.wheelhouse.glob("cpython-*-install_only*.tar.gz"))) if args.wheelhouse else ()
+    options = install.InstallOptions(house, args.extras, args.with_vllm_metal, args.python_archive, archives)
     steps = HostSteps(console, [host.label for host in spec.hosts], "installed")
     try:
         with steps.live():
@@ -524,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="macOS: also run vllm-metal's installer (~/.venv-vllm-metal) and add Ray to it")  # fmt: skip
     inst.add_argument("--python-archive", type=Path, metavar="TAR_GZ",
                       help="for hosts with no Python >= 3.11: a python-build-standalone install_only archive for "
-                      "them (else uv's wheel in the wheelhouse brings one)")  # fmt: skip
+                      "them (default: the wheelhouse's for each host's OS and CPU; else uv's wheel there brings "
+                      "one)")  # fmt: skip
     inst.set_defaults(func=_install)
     plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
     plan_cmd.add_argument("file", type=Path)

@@ -106,8 +106,8 @@ def choose_python(found: list[Found]) -> Found:
     seen = ", ".join(f"{f.path} {f.text}{'' if f.venv else ' (no venv module)'}" for f in found) or "none"
     raise InstallError(
         f"no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} with the venv module (found: {seen}), and none to bring: "
-        "give `--python-archive` (a python-build-standalone install_only archive for the host), or put uv's "
-        "wheel for the host in the wheelhouse (`pip download uv --only-binary=:all: --platform "
+        "put a python-build-standalone install_only archive for the host in the wheelhouse (or give it as "
+        "`--python-archive`), or uv's wheel for the host (`pip download uv --only-binary=:all: --platform "
         "macosx_11_0_arm64 -d WHEELHOUSE`), or install one (`brew install python@3.12`; Debian/Ubuntu: "
         "`apt install python3-venv`)."
     )
@@ -219,6 +219,17 @@ class InstallOptions:
     extras: str | None = None  # None: the host OS's default
     vllm_metal: bool = False
     python_archive: Path | None = None  # a python-build-standalone install_only archive, for hosts with no Python
+    archives: tuple[Path, ...] = ()  # such archives beside the wheelhouse's wheels: each host takes its own
+
+    def archive_for(self, platform: str, machine: str) -> Path | None:
+        """The Python archive for a host: the one given, else the wheelhouse's for its OS and CPU, named as
+        python-build-standalone names them (`cpython-3.12.8+20250106-aarch64-apple-darwin-install_only.tar.gz`)."""
+        if self.python_archive is not None:
+            return self.python_archive
+        cpu = {"arm64": "aarch64"}.get(machine, machine)
+        triple = f"{cpu}-apple-darwin" if platform == "darwin" else f"{cpu}-unknown-linux-gnu"
+        found = sorted(a for a in self.archives if f"-{triple}-install_only" in a.name)
+        return found[-1] if found else None
 
     def uv_wheel(self, platform: str, machine: str) -> Path | None:
         """uv's wheel for the host's OS and CPU in the wheelhouse, if there is one (its binary brings a Python)."""
@@ -301,7 +312,7 @@ async def _interpreter(
         return choose_python(found)
     except InstallError:
         machine = (await remote.shell(conn, "uname -m")).strip()
-        if options.python_archive is None and options.uv_wheel(platform, machine) is None:
+        if options.archive_for(platform, machine) is None and options.uv_wheel(platform, machine) is None:
             raise
     listed = ", ".join(f"{f.path} {f.text}" for f in found) or "none"
     report(f"{host.label}: no Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (found: {listed}); bringing one")
@@ -316,11 +327,11 @@ async def _bring_python(
     """Into `folder`/python: the archive unpacked (offline), else uv's own download of a standalone Python."""
     target = shlex.quote(f"{folder}/python")
     await remote.shell(conn, f"mkdir -p {shlex.quote(folder)}/bin")
-    if options.python_archive is not None:
+    if (archive := options.archive_for(platform, machine)) is not None:
         staged = f"{folder}/python-archive.tar.gz"
-        report(f"{host.label}: copying {options.python_archive.name} and unpacking it into {folder}/python")
+        report(f"{host.label}: copying {archive.name} and unpacking it into {folder}/python")
         async with conn.start_sftp_client() as sftp:
-            await sftp.put(str(options.python_archive), staged)
+            await sftp.put(str(archive), staged)
         await remote.shell(conn, bring_from_archive(folder, staged), timeout_s=INSTALL_TIMEOUT_S)
         return
     wheel = options.uv_wheel(platform, machine)

@@ -89,6 +89,16 @@ def test_uv_is_taken_from_the_wheelhouse_for_the_hosts_os_and_cpu() -> None:
     assert options.uv_wheel("linux", "aarch64") is None and install.InstallOptions().uv_wheel("darwin", "arm64") is None
 
 
+def test_each_host_takes_the_wheelhouses_python_archive_for_its_os_and_cpu() -> None:
+    mac = Path("/w/cpython-3.12.8+20250106-aarch64-apple-darwin-install_only.tar.gz")
+    linux = Path("/w/cpython-3.12.8+20250106-x86_64-unknown-linux-gnu-install_only.tar.gz")
+    options = install.InstallOptions(archives=(linux, mac))
+    assert options.archive_for("darwin", "arm64") == mac and options.archive_for("linux", "x86_64") == linux
+    assert options.archive_for("linux", "aarch64") is None
+    given = install.InstallOptions(python_archive=Path("/a.tar.gz"), archives=(linux, mac))
+    assert given.archive_for("darwin", "arm64") == Path("/a.tar.gz")  # the one given serves every host
+
+
 def test_a_python_archive_unpacks_under_orchard_dir_and_is_removed(tmp_path: Path) -> None:
     import tarfile
 
