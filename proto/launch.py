@@ -27,6 +27,7 @@ AGENT_MODULE = "worker.agent"
 ROUTER_MODULE = "cluster.router"
 
 
+PARSER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a vLLM parser's registered name, or "off"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body, the same at the router (HTTP) and the agent (gRPC)
 ENVELOPE_BYTES = 64 * 1024  # what a GenerateRequest adds around the body (ids, a re-serialized stream_options)
 
@@ -100,6 +101,9 @@ class AgentConfig(_Frozen):
     tls_dir: str | None = None  # mutual TLS (proto/tls.py's folder); required to listen beyond loopback
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)  # a request's body, as at the router
     task: Task = "generate"  # embed: the model serves /v1/embeddings (vLLM's pooling runner)
+    # vLLM's parsers for the model's tool calls and thinking: None chooses from the model's files, "off" none
+    tool_parser: str | None = Field(default=None, pattern=PARSER_NAME)
+    reasoning_parser: str | None = Field(default=None, pattern=PARSER_NAME)
 
     @model_validator(mode="after")
     def _embed_on_vllm(self) -> AgentConfig:
@@ -146,6 +150,8 @@ class AgentConfig(_Frozen):
         argv += _optional("--tls-dir", self.tls_dir)
         argv += ["--max-body-bytes", str(self.max_body_bytes)]
         argv += ["--task", self.task] if self.task != "generate" else []
+        argv += _optional("--tool-parser", self.tool_parser)
+        argv += _optional("--reasoning-parser", self.reasoning_parser)
         return argv + (_group_argv(self.group) if self.group else [])
 
     def command(self, python: str | None = None) -> list[str]:
@@ -164,7 +170,7 @@ class AgentConfig(_Frozen):
             "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
             "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
             "group": _group_from(args), "tls_dir": args.tls_dir, "max_body_bytes": args.max_body_bytes,
-            "task": args.task,
+            "task": args.task, "tool_parser": args.tool_parser, "reasoning_parser": args.reasoning_parser,
         }  # fmt: skip
         if args.worker_id:
             fields["worker_id"] = args.worker_id
@@ -317,6 +323,8 @@ def _agent_parser() -> argparse.ArgumentParser:
     add("--tls-dir", help="mutual TLS: folder with ca.pem and identity.pem (`cluster up` issues them)")
     add("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request body (the router's too)")
     add("--task", choices=("generate", "embed"), default="generate", help="embed: serve /v1/embeddings (vllm)")
+    add("--tool-parser", help="vLLM's tool-call parser for the model (default: chosen from its files; off: none)")
+    add("--reasoning-parser", help="vLLM's reasoning parser for the model (default: chosen from its files; off: none)")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")
     group.add_argument("--group-name", help="e.g. llama-70b#1")
     group.add_argument("--group-rank", type=int, default=0)

@@ -56,6 +56,8 @@ def engine_config(config: AgentConfig) -> EngineConfig:
         sim_options=config.sim_options,
         max_concurrency=config.max_concurrency,
         task=config.task,
+        tool_parser=config.tool_parser,
+        reasoning_parser=config.reasoning_parser,
     )
 
 

@@ -158,7 +158,8 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
         listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
         served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
         engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
-        engine_python=host.engine_python, ready_timeout_s=model.ready_timeout_s,
+        engine_python=host.engine_python, ready_timeout_s=model.ready_timeout_s, tool_parser=model.tool_parser,
+        reasoning_parser=model.reasoning_parser,
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host), task=model.task,
     )  # fmt: skip
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from proto.launch import EngineKind, Policy
+from proto.launch import PARSER_NAME, EngineKind, Policy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -142,6 +142,10 @@ class ModelSpec(_Strict):
     backend: Literal["mlx", "vllm"] | None = None  # default: the group's hosts' engine
     transport: Literal["ring", "jaccl"] = "ring"  # MLX: ring over TCP (Ethernet or Thunderbolt IPs) | jaccl RDMA
     task: Literal["generate", "embed"] = "generate"  # embed: served for /v1/embeddings (vLLM's pooling runner)
+    # vLLM's parsers for tool calls and thinking: default chosen from the model's config and chat template;
+    # a parser's name overrides the choice, "off" turns it off
+    tool_parser: str | None = Field(default=None, pattern=PARSER_NAME)
+    reasoning_parser: str | None = Field(default=None, pattern=PARSER_NAME)
     layers: int | None = Field(default=None, ge=1)  # transformer layers; default: config.json on the head or a host
     # How long an engine may take from start to its first real token (weights read into memory, compiled);
     # a 70B model from a slow disk needs more than the default.

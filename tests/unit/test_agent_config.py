@@ -30,7 +30,7 @@ def every_agent_field() -> AgentConfig:
 
 def test_agent_config_round_trips_through_its_command_line() -> None:
     original = every_agent_field()
-    embedding = AgentConfig(model="m", task="embed")  # embeddings are vLLM's, the default engine
+    embedding = AgentConfig(model="m", task="embed", tool_parser="off", reasoning_parser="qwen3")  # vLLM: default
     defaults = AgentConfig(model="m")
     changed = {name for name in AgentConfig.model_fields for config in (original, embedding)
                if getattr(config, name) != getattr(defaults, name)}  # fmt: skip

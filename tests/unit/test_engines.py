@@ -186,3 +186,19 @@ def test_the_agent_declares_the_engines_real_batch_and_mlx_batches_what_it_lets_
     vllm = VllmEngine(platform="linux")
     assert vllm.capacity(config("vllm", 64, "--max-num-seqs", "16")) == 16 and vllm.capacity(config("vllm", 64)) == 64
     assert SimEngine().capacity(config("sim", 64, sim=(("max-concurrency", "4"),))) == 4
+
+
+def test_vllm_gets_the_models_own_tool_and_reasoning_parsers_unless_told_otherwise(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    (tmp_path / "chat_template.jinja").write_text("<tool_call>{{ call }}</tool_call>{% if enable_thinking %}<think>")
+    engine = VllmEngine(platform="linux")
+    argv = list(engine.plan(config(model=str(tmp_path)), port=1).argv)
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv
+    assert argv[argv.index("--reasoning-parser") + 1] == "qwen3"
+    told = list(engine.plan(config(model=str(tmp_path), extra_args=("--tool-call-parser=pythonic",)), port=1).argv)
+    assert told.count("--enable-auto-tool-choice") == 0 and "--tool-call-parser=pythonic" in told  # the admin's
+    off = EngineConfig("vllm", str(tmp_path), "m", tool_parser="off", reasoning_parser="deepseek_r1")
+    argv = list(engine.plan(off, port=1).argv)
+    assert "--tool-call-parser" not in argv and argv[argv.index("--reasoning-parser") + 1] == "deepseek_r1"
+    embed = EngineConfig("vllm", str(tmp_path), "m", task="embed")
+    assert "--reasoning-parser" not in engine.plan(embed, port=1).argv

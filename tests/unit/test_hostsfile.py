@@ -103,3 +103,15 @@ def test_one_engine_per_host() -> None:
     text = GOOD.replace("replicas = 2", 'hosts = ["a"]') + '\n[[models]]\nname = "n"\nsource = "x"\nhosts = ["a"]\n'
     with pytest.raises(PlacementError, match="host 'a' is asked to serve both 'm' and 'n'"):
         plan(parse(text, Path("lab.toml")))
+
+
+def test_a_models_parsers_are_names_or_off_and_reach_its_agent() -> None:
+    from cluster.bringup.remote import agent_config
+
+    text = '[[hosts]]\naddress = "10.0.0.2"\n\n[[models]]\nname = "q"\nsource = "org/q"\ntool_parser = "off"\n'
+    spec = parse(text + 'reasoning_parser = "qwen3"\n', Path("lab.toml"))
+    [assignment] = plan(spec)
+    config = agent_config(assignment, spec)
+    assert (config.tool_parser, config.reasoning_parser) == ("off", "qwen3")
+    with pytest.raises(HostsFileError, match=r"lab.toml:7: 'models.0.tool_parser'"):
+        parse(text.replace('"off"', '"x; rm -rf /"'), Path("lab.toml"))

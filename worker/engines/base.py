@@ -33,6 +33,8 @@ class EngineConfig:
     state_dir: str = ""  # where the agent keeps files the engine reads (the group's hostfile)
     max_concurrency: int | None = None  # what the agent lets in at once: the engine's batch where it has a flag
     task: str = "generate"  # "generate" | "embed" (vLLM's pooling runner)
+    tool_parser: str | None = None  # vLLM's tool-call parser: None chooses from the model's files, "off" none
+    reasoning_parser: str | None = None  # the same for its reasoning parser
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from worker import procs
+from worker import modelfiles, procs
 from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
+from worker.engines.parsers import OFF, Parsers, choose, read_signals
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
 
@@ -92,7 +93,7 @@ class VllmEngine:
             argv += ["--max-model-len", str(config.max_model_len)]
         if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
             argv += ["--runner", "pooling", "--convert", "embed"]
-        argv += list(config.extra_args)
+        argv += list(config.extra_args) + parser_args(config)
         env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                # The Responses API's `previous_response_id` and GET /v1/responses/{id} need stored responses
                # (vLLM keeps them in memory, unbounded; `store: false` on a request keeps it out).
@@ -122,6 +123,25 @@ class VllmEngine:
 
     async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
         await post_reset(http, url)
+
+
+def parser_args(config: EngineConfig) -> list[str]:
+    """vLLM's tool-call and reasoning parsers for the model: as configured, else chosen from its files (a
+    coding agent's tools work with no flag from the admin); none where the engine arguments already name one,
+    for an embedding model, or where turned off."""
+    if config.task != "generate":
+        return []
+    given = {arg.split("=", 1)[0] for arg in config.extra_args}
+    folder = Path(config.model) if Path(config.model).is_dir() else modelfiles.local_folder(config.model)
+    chosen = choose(read_signals(folder)) if folder else Parsers(None, None)
+    tool = config.tool_parser or chosen.tool
+    reasoning = config.reasoning_parser or chosen.reasoning
+    args = []
+    if tool and tool != OFF and not given & {"--tool-call-parser", "--enable-auto-tool-choice"}:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", tool]
+    if reasoning and reasoning != OFF and "--reasoning-parser" not in given:
+        args += ["--reasoning-parser", reasoning]
+    return args
 
 
 def _pipeline_size(argv: list[str]) -> int:
