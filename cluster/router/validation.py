@@ -97,7 +97,9 @@ class DetokenizeRequest(_Whole):
 
 
 class AnthropicMessage(_Passthrough):
-    role: Literal["user", "assistant"]
+    # "system": current Anthropic clients (the SDK's SystemMessageParam, Claude Code) send system turns inside
+    # `messages`; vLLM's /v1/messages merges them as the chat template allows
+    role: Literal["user", "assistant", "system"]
     content: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)]
 
 

@@ -169,6 +169,18 @@ def test_anthropic_tool_use_round_trip(pair: Pair) -> None:
     assert streamed.usage.input_tokens == answer.usage.input_tokens
 
 
+def test_a_request_as_current_anthropic_clients_send_it_is_answered(pair: Pair) -> None:
+    """System turns inside `messages` and adaptive thinking, as the anthropic SDK 2.x and Claude Code send them
+    (Claude Code's first request got a 400 from the router before)."""
+    client = pair.claude()
+    messages = [{"role": "system", "content": "You answer in one word."},
+                {"role": "user", "content": "What is the capital of France?"}]  # fmt: skip
+    answer = client.messages.create(model=BUNDLED_NAME, max_tokens=16, messages=messages,
+                                    thinking={"type": "adaptive"}, extra_body={"temperature": 0})  # fmt: skip
+    assert answer.stop_reason in ("end_turn", "max_tokens") and answer.usage.output_tokens > 0
+    assert any(block.type == "text" and block.text.strip() for block in answer.content)
+
+
 def test_responses_whole_and_streamed(pair: Pair) -> None:
     client = pair.client()
     answer = client.responses.create(model=BUNDLED_NAME, input="What is the capital of France?", max_output_tokens=24)

@@ -83,6 +83,21 @@ def test_new_bodies_are_validated_like_chat() -> None:
     assert asked.requested_tokens() == 5 and asked.user == "ann"  # the user id pins a session as OpenAI's does
 
 
+def test_current_anthropic_clients_requests_are_accepted_as_they_send_them() -> None:
+    """What the anthropic SDK 2.x and Claude Code send: system turns inside `messages`, adaptive thinking,
+    output_config and context_management (passed to vLLM's /v1/messages, which takes them)."""
+    sent = {"model": "m", "max_tokens": 64, "messages": [
+        {"role": "system", "content": "You are Claude Code."}, {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}],
+        "thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}, "metadata": {"user_id": "u"},
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}  # fmt: skip
+    asked = validate(sent, MessagesRequest)
+    assert [m.role for m in asked.messages] == ["system", "user", "system"]
+    assert asked.model_dump()["thinking"] == {"type": "adaptive"}  # passed through unchanged
+    with pytest.raises(ApiError, match=r"messages\.0\.role"):
+        validate({**sent, "messages": [{"role": "tool", "content": "x"}]}, MessagesRequest)
+
+
 def test_routing_reads_system_prompts_and_responses_input_as_turns() -> None:
     anthropic = {"system": "Be brief.", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
     responses = {"instructions": "Be brief.", "input": "Hi"}
