@@ -52,7 +52,7 @@ def _up(args: argparse.Namespace) -> int:
     config = local.LocalClusterConfig(
         engine=args.engine, model=args.model, host=args.host, port=args.port,
         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-        ready_timeout_s=args.ready_timeout, sim_options=tuple(args.sim_option),
+        ready_timeout_s=args.ready_timeout or 900.0, sim_options=tuple(args.sim_option),
         engine_args=tuple(args.engine_arg), home=home, tls=args.tls, task=args.task,
     )  # fmt: skip
     stop_requested = threading.Event()
@@ -502,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--max-model-len", type=int, default=4096)
     up.add_argument("--kv-cache-gib", type=float, default=1.0)
-    up.add_argument("--ready-timeout", type=float, default=900.0)
+    up.add_argument("--ready-timeout", type=float, metavar="SECONDS",
+                    help="how long cluster up waits for the engines to serve (default: 900 s, or the hosts "
+                    "file's longest ready_timeout_s; an engine fetching its model's files is waited for)")  # fmt: skip
     up.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     up.add_argument(
         "--engine-arg",

@@ -121,7 +121,7 @@ async def up(
     home: Path,
     *,
     require_all: bool,
-    ready_timeout_s: float,
+    ready_timeout_s: float | None,
     report: Report,
     install_service: bool = False,
     root: Sudo | None = None,
@@ -173,9 +173,12 @@ async def up(
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
-    engines_take = max((a.model.ready_timeout_s for a in assignments if a.host.label in {o.label for o in waiting}),
-                       default=0.0)  # fmt: skip
-    await asyncio.to_thread(_wait_ready, url, waiting, max(ready_timeout_s, engines_take), report, home)
+    if ready_timeout_s is None:  # as long as the slowest engine may take, and no less than the default
+        labels = {o.label for o in waiting}
+        ready_timeout_s = max(
+            [DEFAULT_WAIT_S, *(a.model.ready_timeout_s for a in assignments if a.host.label in labels)]
+        )
+    await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, home)
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
 
@@ -333,6 +336,9 @@ def restart_router(home: Path, report: Report) -> None:
         raise LabError(str(exc)) from None
     update = {"router_pid": pid, "build": build.digest(), "router_started": procs.started_at(pid)}
     records.write(state_path(home), state.model_copy(update=update))
+
+
+DEFAULT_WAIT_S = 900.0  # how long `cluster up` waits for engines to serve, unless told
 
 
 def _wait_ready(url: str, outcomes: list[HostOutcome], timeout_s: float, report: Report, home: Path) -> None:
