@@ -98,6 +98,27 @@ def test_current_anthropic_clients_requests_are_accepted_as_they_send_them() -> 
         validate({**sent, "messages": [{"role": "tool", "content": "x"}]}, MessagesRequest)
 
 
+def test_every_field_and_role_the_pinned_anthropic_sdk_can_send_is_accepted() -> None:
+    """Read from the SDK's own request types (pinned in the dev extra): when a newer SDK adds a field or a
+    message role that Orchard's validation refuses, this fails on the version bump, not in a user's agent."""
+    import typing
+
+    from anthropic.types import MessageParam
+    from anthropic.types.message_create_params import MessageCreateParamsBase
+
+    roles = [typing.get_args(typing.get_type_hints(kind)["role"])[0] for kind in typing.get_args(MessageParam)]
+    known: dict[str, object] = {
+        "model": "m", "max_tokens": 16, "messages": [{"role": role, "content": "hi"} for role in roles],
+        "system": "s", "tools": [], "metadata": {"user_id": "u"}, "stop_sequences": ["x"],
+        "thinking": {"type": "adaptive"}, "tool_choice": {"type": "auto"},
+    }  # fmt: skip
+    fields = typing.get_type_hints(MessageCreateParamsBase)
+    body = {name: known.get(name, {"as": "the SDK sends it"}) for name in fields}
+    assert {"user", "assistant", "system"} <= set(roles) and "thinking" in fields
+    asked = validate(body, MessagesRequest)
+    assert [m.role for m in asked.messages] == roles and set(asked.model_dump()) >= set(fields)
+
+
 def test_routing_reads_system_prompts_and_responses_input_as_turns() -> None:
     anthropic = {"system": "Be brief.", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
     responses = {"instructions": "Be brief.", "input": "Hi"}
