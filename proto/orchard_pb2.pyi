@@ -126,20 +126,24 @@ class DrainReply(_message.Message):
     def __init__(self, draining: _Optional[bool] = ..., inflight: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "max_model_len", "unsupported", "engine", "routes")
+    __slots__ = ("name", "source", "max_model_len", "unsupported", "engine", "routes", "capabilities", "capabilities_known")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_KNOWN_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     max_model_len: int
     unsupported: _containers.RepeatedScalarFieldContainer[str]
     engine: str
     routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    capabilities_known: bool
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., capabilities_known: _Optional[bool] = ...) -> None: ...
 
 class InfoReply(_message.Message):
     __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group")

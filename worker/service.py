@@ -253,11 +253,14 @@ class WorkerService(pb_grpc.WorkerServicer):
                 pass  # unknown stays 0; the router then applies its ceiling
         models = []
         adapter = self.supervisor.adapter
+        capabilities = self.supervisor.capabilities
         for model in self.identity.models:
             known = model.max_model_len or self._context_lengths.get(model.name, 0)
             models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known,
                                        unsupported=adapter.unsupported, engine=adapter.name,
-                                       routes=endpoints.served(adapter.name, self.supervisor.config.task)))  # fmt: skip
+                                       routes=endpoints.served(adapter.name, self.supervisor.config.task),
+                                       capabilities=capabilities or (),
+                                       capabilities_known=capabilities is not None))  # fmt: skip
         return models
 
     def _watched(self) -> int:

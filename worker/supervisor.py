@@ -96,6 +96,7 @@ class EngineSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
         self._serves_http = True
+        self.capabilities: tuple[str, ...] | None = None  # the last launch plan's (None: no plan yet, or unknown)
 
     @property
     def url(self) -> str:
@@ -230,6 +231,7 @@ class EngineSupervisor:
             self.detail = f"bad engine configuration: {exc}"
             return False
         self._serves_http = plan.serves_http
+        self.capabilities = plan.capabilities
         await self._spawn(plan)
         started = time.monotonic()
         deadline = started + self.policy.ready_timeout_s

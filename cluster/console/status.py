@@ -33,9 +33,15 @@ def table(rows: list[WorkerRow], url: str, at: float | None = None) -> Table:
             engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
         where = f"{row.host} / {row.address}" if row.host else row.address
         ttft = "-" if row.ttft_p50_ms is None else f"{row.ttft_p50_ms:.0f} ms"
-        out.add_row(row.worker_id, where, f"{row.chip} / {row.os}", memory, engine, ", ".join(row.models),
+        out.add_row(row.worker_id, where, f"{row.chip} / {row.os}", memory, engine, _models(row),
                     row.state_text, row.breaker, str(row.inflight), f"{row.tokens_per_s:.1f}", ttft)  # fmt: skip
     return out
+
+
+def _models(row: WorkerRow) -> str:
+    """Each model with its context and capabilities, as its engine reported them."""
+    facts = {f.name: f.describe() for f in row.model_facts}
+    return ", ".join(f"{name} ({facts[name]})" if facts.get(name) else name for name in row.models)
 
 
 def as_json(rows: list[WorkerRow]) -> str:

@@ -18,6 +18,7 @@ from cluster.router.validation import (
     AnyRequest,
     check_capabilities,
     check_limits,
+    check_tool_calling,
     parse_body,
     validate,
 )
@@ -125,6 +126,7 @@ def for_model(
                        param="model", code="route_not_served")  # fmt: skip
     check_limits(fields, models[fields.model].max_model_len)
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
+    check_tool_calling(body, endpoint, models[fields.model])
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))
     if fields.stream and not wants_usage and endpoint in endpoints.OPENAI_STREAMS:
         # usage travels on the last chunk; the relay drops it again

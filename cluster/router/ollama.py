@@ -133,7 +133,7 @@ async def _lines(frames: AsyncIterable[Any], reply: shapes.Reply) -> AsyncIterat
 def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int) -> None:
     def cards() -> list[dict[str, Any]]:
         models = sorted(registry.models().items())
-        return [shapes.model_card(name, m.max_model_len, tuple(m.routes)) for name, m in models]
+        return [shapes.model_card(name, m) for name, m in models]
 
     async def guarded(request: Request, answer: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
         try:
@@ -167,7 +167,7 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
             info = registry.models()[name]
             return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "", "family": ""},
                     "model_info": {"general.context_length": info.max_model_len},
-                    "capabilities": shapes.capabilities(tuple(info.routes))}  # fmt: skip
+                    "capabilities": shapes.capabilities(info)}  # fmt: skip
 
         return await guarded(request, answer)
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool
 
 from cluster.router.validation import MAX_ITEMS, _Passthrough
+from proto import orchard_pb2 as pb
+from proto.capabilities import REASONING, TOOLS
 
 # Ollama's `options` that have an OpenAI (or vLLM) request parameter of another name.
 _OPTIONS = {"num_predict": "max_tokens", "repeat_penalty": "repetition_penalty"}
@@ -186,14 +188,17 @@ def embed_reply(model: str, body: dict[str, Any], started_ns: int) -> dict[str, 
             "load_duration": 0, "prompt_eval_count": (body.get("usage") or {}).get("prompt_tokens", 0)}  # fmt: skip
 
 
-def model_card(name: str, max_model_len: int, routes: tuple[str, ...]) -> dict[str, Any]:
+def model_card(name: str, info: pb.ModelInfo) -> dict[str, Any]:
     """A model as `/api/tags` lists it (Orchard's models have no Ollama digest or file size: zeros)."""
     return {"name": name, "model": name, "modified_at": now_iso(), "size": 0, "digest": "",
             "details": {"format": "", "family": "", "families": None, "parameter_size": "",
-                        "quantization_level": ""}, "context_length": max_model_len,
-            "capabilities": capabilities(routes)}  # fmt: skip
+                        "quantization_level": ""}, "context_length": info.max_model_len,
+            "capabilities": capabilities(info)}  # fmt: skip
 
 
-def capabilities(routes: tuple[str, ...]) -> list[str]:
-    found = ["completion"] if "/v1/chat/completions" in routes else []
-    return found + (["embedding"] if "/v1/embeddings" in routes else [])
+def capabilities(info: pb.ModelInfo) -> list[str]:
+    """In Ollama's words (its `/api/show`): what editor plugins check before they offer tools or thinking."""
+    found = ["completion"] if "/v1/chat/completions" in info.routes else []
+    found += ["tools"] if TOOLS in info.capabilities else []
+    found += ["thinking"] if REASONING in info.capabilities else []
+    return found + (["embedding"] if "/v1/embeddings" in info.routes else [])

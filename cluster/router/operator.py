@@ -21,7 +21,7 @@ from cluster.router.errors import ApiError, api_error
 from cluster.router.intake import credentials
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
-from cluster.router.rows import DashboardReply, GroupRow, WorkerRow, WorkersReply, model_rows
+from cluster.router.rows import DashboardReply, GroupRow, ModelFacts, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
 
 PAGES = resources.files("cluster.router") / "pages"
@@ -76,7 +76,7 @@ def _public(app: FastAPI, registry: Registry, gateway: Gateway) -> None:
             return api_error(exc).response()
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "orchard", "max_model_len": m.max_model_len,
-             "routes": list(m.routes)}
+             "routes": list(m.routes), "capabilities": list(m.capabilities) if m.capabilities_known else None}
             for name, m in sorted(registry.models().items())
         ]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
@@ -172,5 +172,13 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         prefix_cache_hits=sample.prefix_cache_hits, engine_restarts=sample.engine_restarts,
         tokens_per_s=round(handle.tokens_per_s, 1) if handle.connected else 0.0,
         ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=sample.state_detail, group=group,
-        breaker=handle.breaker.state(now).value, draining=sample.draining,
+        breaker=handle.breaker.state(now).value, draining=sample.draining, model_facts=_facts(info),
     )  # fmt: skip
+
+
+def _facts(info: pb.InfoReply) -> list[ModelFacts]:
+    return [
+        ModelFacts(name=m.name, context_length=m.max_model_len,
+                   capabilities=list(m.capabilities) if m.capabilities_known else None)
+        for m in info.models
+    ]  # fmt: skip

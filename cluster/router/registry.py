@@ -109,6 +109,18 @@ class WorkerHandle:
         return EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
 
 
+def _merge_capabilities(seen: pb.ModelInfo, model: pb.ModelInfo) -> None:
+    """What every worker that knows says (a request may land on any); one that does not know yet (its engine not
+    planned, an older agent) neither adds nor takes away."""
+    if not model.capabilities_known:
+        return
+    if seen.capabilities_known:
+        seen.capabilities[:] = [c for c in seen.capabilities if c in model.capabilities]
+    else:
+        seen.capabilities[:] = model.capabilities
+        seen.capabilities_known = True
+
+
 class Registry:
     """Owns one channel and one watch task per worker address."""
 
@@ -226,8 +238,10 @@ class Registry:
                     found[model.name] = pb.ModelInfo(name=model.name, source=model.source,
                                                      max_model_len=model.max_model_len,
                                                      unsupported=model.unsupported, engine=model.engine,
-                                                     routes=model.routes)  # fmt: skip
+                                                     routes=model.routes, capabilities=model.capabilities,
+                                                     capabilities_known=model.capabilities_known)  # fmt: skip
                     continue
+                _merge_capabilities(seen, model)
                 seen.max_model_len = max(seen.max_model_len, model.max_model_len)
                 # A request may land on any of them: what one engine cannot honour, the model cannot.
                 seen.unsupported[:] = sorted(set(seen.unsupported) | set(model.unsupported))

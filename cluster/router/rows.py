@@ -27,6 +27,23 @@ class GroupRow(BaseModel):
     peers: list[str]
 
 
+class ModelFacts(BaseModel):
+    """What a worker's engine offers for one model: its context and what it does beyond text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    context_length: int = 0  # tokens (0: not known yet)
+    capabilities: list[str] | None = None  # proto/capabilities.py's words; None: not known yet
+
+    def describe(self) -> str:
+        """e.g. `32k context · tools, reasoning` (what `cluster status` shows beside the name)."""
+        parts = [f"{self.context_length // 1024}k context" if self.context_length >= 1024 else ""]
+        if self.capabilities is not None:
+            parts.append(", ".join(self.capabilities) or "no tools")
+        return " · ".join(part for part in parts if part)
+
+
 class WorkerRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -58,6 +75,7 @@ class WorkerRow(BaseModel):
     draining: bool = False  # cluster drain: takes no new requests
     breaker: str = "closed"  # cluster.router.breaker.BreakerState: closed, open, half-open
     group: GroupRow | None = None
+    model_facts: list[ModelFacts] = []
 
     @property
     def ready(self) -> bool:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from cluster.router.errors import ApiError
+from proto import orchard_pb2 as pb
+from proto.capabilities import TOOLS
 
 MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
 MAX_ITEMS = 2048  # messages in a chat, prompts in a batch (OpenAI's own limit for arrays of inputs)
@@ -262,6 +264,37 @@ def check_capabilities(body: dict[str, Any], unsupported: Sequence[str], engine:
                 param=param,
                 code="unsupported_parameter",
             )
+
+
+def wants_tool_choice(body: dict[str, Any], endpoint: int) -> bool:
+    """Whether the request leaves it to the model to call a tool or not: tools given and `tool_choice` auto (or
+    absent, which means auto in OpenAI's, Anthropic's and Ollama's APIs). A named or required tool the engine
+    forces by constrained decoding, with no parser; "none" calls none."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return False
+    choice = body.get("tool_choice")
+    if endpoint == pb.ENDPOINT_MESSAGES:
+        return choice is None or (isinstance(choice, dict) and choice.get("type") == "auto")
+    if endpoint == pb.ENDPOINT_RESPONSES and not any(
+        isinstance(t, dict) and t.get("type") == "function" for t in tools
+    ):
+        return False  # built-in tools (web search...) are refused by the engine in its own words
+    return endpoint in (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_RESPONSES) and choice in (None, "auto")
+
+
+def check_tool_calling(body: dict[str, Any], endpoint: int, model: pb.ModelInfo) -> None:
+    """400 naming the model where the model would be given tools its engine cannot parse calls of: the calls
+    would come back as text, or the engine would refuse in words about its own flags."""
+    if model.capabilities_known and TOOLS not in model.capabilities and wants_tool_choice(body, endpoint):
+        raise ApiError(
+            400,
+            f"The model `{model.name}` cannot call tools on this cluster: its engine has no tool-call parser for "
+            "it (a model lists `tools` in its capabilities in GET /v1/models). Use another model, name the tool "
+            "in `tool_choice`, or set `tool_parser` for this model in the hosts file.",
+            param="tools",
+            code="tools_unsupported",
+        )
 
 
 def check_limits(request: AnyRequest, max_model_len: int) -> None:

@@ -43,6 +43,8 @@ class LaunchPlan:
     env: dict[str, str]
     files: tuple[tuple[str, str], ...] = ()  # (path, text) the supervisor writes before each start
     serves_http: bool = True  # False for shard-group ranks other than 0: they follow rank 0, answer nothing
+    # What this engine will do for the model beyond plain text (proto/capabilities.py); None: not known
+    capabilities: tuple[str, ...] | None = None
 
 
 class EngineAdapter(Protocol):

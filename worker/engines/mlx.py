@@ -21,9 +21,32 @@ from pathlib import Path
 
 import httpx
 
+from proto.capabilities import REASONING, TOOLS
 from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan, capped, flag_value
+from worker.engines.parsers import read_signals
 
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
+
+
+# mlx-lm's server parses tool calls where its tokenizer wrapper found a tool parser for the chat template, and
+# splits off thinking where it found think markers (mlx_lm/tokenizer_utils.py: _infer_tool_parser,
+# _infer_thinking); the template markers it looks for, in its order.
+MLX_TOOL_MARKERS = (("<minimax:tool_call>",), ("<|tool_call>", "<tool_call|>"), ("<start_function_call>",),
+                    ("<longcat_tool_call>",), ("<arg_key>",), ("<|tool_list_start|>",), ("<|tool_call_start|>",),
+                    ("<tool_call>\\n<function=",), ("<tool_call>\n<function=",), ("<|tool_calls_section_begin|>",),
+                    ('<function name="', '<param name="'), ("[TOOL_CALLS]",), ("<atem:function_calls>",),
+                    ("<tool_call>", "tool_call.name"))  # fmt: skip
+MLX_THINK_MARKERS = ("<think>", "<longcat_think>", "<|think:start|>", "<|channel>", "<|open|>think")
+
+
+def mlx_capabilities(model: str) -> tuple[str, ...] | None:
+    """What mlx-lm's server will do for the model, from its chat template (None: no local folder to read)."""
+    if not Path(model).is_dir():
+        return None
+    template = read_signals(Path(model)).template
+    tools = any(all(marker in template for marker in markers) for markers in MLX_TOOL_MARKERS)
+    thinks = any(marker in template for marker in MLX_THINK_MARKERS)
+    return (*([TOOLS] if tools else []), *([REASONING] if thinks else []))
 
 
 def ring_hostfile(members: tuple[str, ...]) -> str:
@@ -83,7 +106,8 @@ class MlxEngine:
         argv += list(config.extra_args)
         env.update(dict(config.env))
         serves = group is None or group.rank == 0
-        return LaunchPlan(argv=tuple(argv), env=env, files=files, serves_http=serves)
+        return LaunchPlan(argv=tuple(argv), env=env, files=files, serves_http=serves,
+                          capabilities=mlx_capabilities(config.model))  # fmt: skip
 
     def version(self, config: EngineConfig) -> str:
         try:

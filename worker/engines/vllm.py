@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from proto.capabilities import REASONING, TOOLS
 from worker import modelfiles, procs
 from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
 from worker.engines.parsers import OFF, Parsers, choose, read_signals
@@ -78,7 +79,7 @@ class VllmEngine:
         if group.layers:
             env["VLLM_PP_LAYER_PARTITION"] = ",".join(map(str, group.layers))
         argv = (*launcher, "head", *common, "--ray-port", ray_port, "--size", str(group.size), "--", *server)
-        return LaunchPlan(argv=argv, env=env)
+        return LaunchPlan(argv=argv, env=env, capabilities=single.capabilities)
 
     def _single(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [
@@ -111,7 +112,7 @@ class VllmEngine:
             if (stages := _pipeline_size(argv)) > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(stages)
         env.update(dict(config.env))
-        return LaunchPlan(argv=tuple(argv), env=env)
+        return LaunchPlan(argv=tuple(argv), env=env, capabilities=capabilities_of(argv))
 
     def version(self, config: EngineConfig) -> str:
         for dist in ("vllm", "vllm-cpu", "vllm-metal"):
@@ -142,6 +143,16 @@ def parser_args(config: EngineConfig) -> list[str]:
     if reasoning and reasoning != OFF and "--reasoning-parser" not in given:
         args += ["--reasoning-parser", reasoning]
     return args
+
+
+def capabilities_of(argv: list[str]) -> tuple[str, ...]:
+    """What the server's command line turns on, whoever chose it (Orchard or the admin's engine args): auto tool
+    choice needs a tool-call parser, thinking apart needs a reasoning parser. An embedding runner has neither."""
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if "--runner" in flags and "pooling" in argv:
+        return ()
+    found = [TOOLS] if {"--enable-auto-tool-choice", "--tool-call-parser"} <= flags else []
+    return (*found, REASONING) if "--reasoning-parser" in flags else tuple(found)
 
 
 def _pipeline_size(argv: list[str]) -> int:
