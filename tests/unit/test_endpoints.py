@@ -31,3 +31,17 @@ def test_a_retrieval_names_its_response_in_the_url_quoted() -> None:
         "GET", "/v1/responses/resp_1")  # fmt: skip
     assert endpoints.engine_request(pb.ENDPOINT_GET_RESPONSE, {"response_id": "../x?y"})[1] == (
         "/v1/responses/..%2Fx%3Fy")  # fmt: skip
+
+
+def test_a_model_can_do_what_every_worker_that_knows_can_do() -> None:
+    registry = Registry(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"])
+    said = [(True, ("tools", "reasoning")), (False, ()), (True, ("tools",))]  # (known, capabilities)
+    handles = list(registry.workers.values())
+    for handle, (known, capabilities) in zip(handles, said, strict=False):
+        handle.info = pb.InfoReply(models=[pb.ModelInfo(name="m", capabilities=capabilities,
+                                                        capabilities_known=known)])  # fmt: skip
+    merged = registry.models()["m"]
+    assert merged.capabilities_known and list(merged.capabilities) == ["tools"]  # the one not knowing adds nothing
+    handles[0].info = handles[2].info = pb.InfoReply(models=[pb.ModelInfo(name="m")])  # none knows yet
+    handles[3].info = pb.InfoReply(models=[pb.ModelInfo(name="m")])
+    assert not registry.models()["m"].capabilities_known

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from worker.engines.mlx import mlx_capabilities
 from worker.engines.parsers import DS_ASSISTANT, DS_CALL, DS_SEP, DS_TOOLS, ModelSignals, Parsers, choose, read_signals
+from worker.engines.vllm import capabilities_of
 
 CHATML_TOOLS = "<|im_start|>system\n<tools>{{ tools }}</tools>\n<tool_call>\n{{ call | tojson }}\n</tool_call>"
 DS_V3 = f"{DS_ASSISTANT}{DS_TOOLS}{DS_CALL}{{{{ tool['type'] }}}}{DS_SEP}{{{{ name }}}}\n```json\n"
@@ -215,3 +218,33 @@ def test_signals_come_from_the_models_own_files(tmp_path: Path) -> None:
     (tmp_path / "chat_template.jinja").write_text("<|im_start|>")  # a template file wins over tokenizer_config's
     assert read_signals(tmp_path) == ModelSignals("qwen3", "<|im_start|>")
     assert read_signals(tmp_path / "missing") == ModelSignals("", "")
+
+
+@pytest.mark.parametrize(("argv", "capabilities"), [
+    (["--model", "m"], ()),
+    (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], ("tools",)),
+    (["--enable-auto-tool-choice", "--tool-call-parser=hermes", "--reasoning-parser=qwen3"], ("tools", "reasoning")),
+    (["--tool-call-parser", "hermes"], ()),  # a parser without auto choice: tool_choice auto is refused
+    (["--reasoning-parser", "deepseek_r1"], ("reasoning",)),
+    (["--runner", "pooling", "--convert", "embed", "--reasoning-parser", "x"], ()),
+])  # fmt: skip
+def test_a_vllm_engine_can_do_what_its_command_line_turns_on(argv: list[str], capabilities: tuple[str, ...]) -> None:
+    assert capabilities_of(argv) == capabilities
+
+
+@pytest.mark.parametrize(("family", "model_type", "template", "tool", "reasoning", "source"), FAMILIES,
+                         ids=[row[0] for row in FAMILIES])  # fmt: skip
+def test_mlx_capabilities_agree_with_mlx_lms_own_inference(
+    tmp_path: Path, family: str, model_type: str, template: str, tool: str | None, reasoning: str | None, source: str
+) -> None:
+    tokenizer_utils = pytest.importorskip("mlx_lm.tokenizer_utils", reason="needs the `mlx` extra (mlx-lm)")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (tmp_path / "chat_template.jinja").write_text(template)
+    found = mlx_capabilities(str(tmp_path))
+    assert found is not None
+    tokenizer = SimpleNamespace(chat_template=template, get_vocab=dict)
+    assert ("tools" in found) == (tokenizer_utils._infer_tool_parser(tokenizer) is not None), family
+
+
+def test_mlx_capabilities_are_unknown_without_a_local_folder() -> None:
+    assert mlx_capabilities("mlx-community/Qwen3-8B-4bit") is None

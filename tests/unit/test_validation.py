@@ -13,9 +13,12 @@ from cluster.router.validation import (
     CompletionRequest,
     check_capabilities,
     check_limits,
+    check_tool_calling,
     parse_body,
     validate,
+    wants_tool_choice,
 )
+from proto import orchard_pb2 as pb
 
 
 def chat(**extra: object) -> dict[str, object]:
@@ -139,3 +142,50 @@ def test_harmless_uses_of_those_parameters_pass() -> None:
     for body in (chat(n=1), chat(response_format={"type": "text"}), chat(logprobs=False), chat(tools=[])):
         check_capabilities(body, ("n", "response_format", "logprobs", "tools"), "mlx")
     check_capabilities(chat(n=4, response_format={"type": "json_object"}), (), "vllm")  # vLLM honours both
+
+
+def _model(known: bool, *capabilities: str) -> pb.ModelInfo:
+    return pb.ModelInfo(name="m", capabilities=capabilities, capabilities_known=known)
+
+
+FUNCTION = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+RESPONSES_FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+ANTHROPIC_TOOL = {"name": "f", "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(("endpoint", "body", "leaves_it_to_the_model"), [
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION]), True),  # absent: auto
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="auto"), True),
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="none"), False),
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="required"), False),  # constrained decoding
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}}),
+     False),
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[]), False),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL]), True),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "auto"}), True),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "tool", "name": "f"}), False),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}), False),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "none"}), False),
+    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION]}, True),
+    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION], "tool_choice": {"type": "function",
+                                                                                          "name": "f"}}, False),
+    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [{"type": "web_search"}]}, False),  # the engine's to refuse
+    (pb.ENDPOINT_COUNT_TOKENS, chat(tools=[ANTHROPIC_TOOL]), False),  # counting calls nothing
+])  # fmt: skip
+def test_which_requests_leave_the_tool_choice_to_the_model(
+    endpoint: int, body: dict, leaves_it_to_the_model: bool
+) -> None:
+    assert wants_tool_choice(body, endpoint) is leaves_it_to_the_model
+
+
+def test_tools_left_to_a_model_that_cannot_call_them_are_refused_naming_the_model() -> None:
+    body = chat(tools=[FUNCTION])
+    with pytest.raises(ApiError) as caught:
+        check_tool_calling(body, pb.ENDPOINT_CHAT_COMPLETIONS, _model(True, "reasoning"))
+    error = caught.value.body()["error"]
+    assert caught.value.status == 400 and error["param"] == "tools" and error["code"] == "tools_unsupported"
+    assert "`m`" in error["message"] and "tool_parser" in error["message"]
+    check_tool_calling(body, pb.ENDPOINT_CHAT_COMPLETIONS, _model(True, "tools"))  # it can
+    check_tool_calling(body, pb.ENDPOINT_CHAT_COMPLETIONS, _model(False))  # not known yet: the engine decides
+    named = chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}})
+    check_tool_calling(named, pb.ENDPOINT_CHAT_COMPLETIONS, _model(True))  # forced: no parser needed
