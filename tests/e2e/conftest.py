@@ -8,6 +8,7 @@ cluster, so it is moved after every other test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from cluster.bringup import local
 from tests.conftest import Cluster, agent_config, agent_info, free_port, run_cli, start_cluster, stop_cluster
-from worker.models import BUNDLED_NAME
+from worker.models import BUNDLED_NAME, prepare_bundled
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,6 +29,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ours = sorted((items[i] for i in here), key=lambda item: item.get_closest_marker("takes_down") is not None)
     for i, item in zip(here, ours, strict=True):
         items[i] = item
+
+
+NEWLINES = (198, 1116)  # SmolLM2's tokens for "\n" and "\n\n"
+
+
+def tool_model(folder: Path, *, context: int | None = None, one_line: bool = False) -> Path:
+    """The bundled SmolLM2 with a chat template that renders tools as Qwen2.5 and Hermes do (chatml_tools.jinja):
+    Orchard then chooses vLLM's hermes parser by itself, and tool calls run through every API on a model the suite
+    carries. `context` raises its position limit (RoPE runs past the 8k it was trained on; the text gets worse,
+    the protocol does not); `one_line` ends every answer at its first line break, greedily, so that a coding
+    agent's turn ends (a 135M model under a coding agent's long system prompt rambles on otherwise)."""
+    bundled = prepare_bundled()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).symlink_to(bundled / name)
+    (folder / "chat_template.jinja").write_text((HERE / "chatml_tools.jinja").read_text())
+    config = json.loads((bundled / "config.json").read_text())
+    config["max_position_embeddings"] = max(context or 0, config["max_position_embeddings"])
+    (folder / "config.json").write_text(json.dumps(config))
+    generation = json.loads((bundled / "generation_config.json").read_text())
+    if one_line:  # vLLM stops at any of the generation config's end tokens and samples with its temperature
+        generation |= {"eos_token_id": [generation["eos_token_id"], *NEWLINES], "temperature": 0.0}
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder
 
 
 def client_of(url: str) -> openai.OpenAI:
