@@ -266,32 +266,31 @@ def check_capabilities(body: dict[str, Any], unsupported: Sequence[str], engine:
             )
 
 
-def wants_tool_choice(body: dict[str, Any], endpoint: int) -> bool:
-    """Whether the request leaves it to the model to call a tool or not: tools given and `tool_choice` auto (or
-    absent, which means auto in OpenAI's, Anthropic's and Ollama's APIs). A named or required tool the engine
-    forces by constrained decoding, with no parser; "none" calls none."""
+def calls_tools(body: dict[str, Any], endpoint: int) -> bool:
+    """Whether the answer may be a tool call: tools given and `tool_choice` anything but none (absent means auto
+    in OpenAI's, Anthropic's and Ollama's APIs). vLLM needs its tool-call parser for auto, required and a named
+    tool alike (vllm/renderers/online_renderer.py); mlx-lm drops tools it cannot parse calls of."""
     tools = body.get("tools")
     if not isinstance(tools, list) or not tools:
         return False
     choice = body.get("tool_choice")
     if endpoint == pb.ENDPOINT_MESSAGES:
-        return choice is None or (isinstance(choice, dict) and choice.get("type") == "auto")
-    if endpoint == pb.ENDPOINT_RESPONSES and not any(
-        isinstance(t, dict) and t.get("type") == "function" for t in tools
-    ):
+        return not (isinstance(choice, dict) and choice.get("type") == "none")
+    functions = any(isinstance(tool, dict) and tool.get("type") == "function" for tool in tools)
+    if endpoint == pb.ENDPOINT_RESPONSES and not functions:
         return False  # built-in tools (web search...) are refused by the engine in its own words
-    return endpoint in (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_RESPONSES) and choice in (None, "auto")
+    return endpoint in (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_RESPONSES) and choice != "none"
 
 
 def check_tool_calling(body: dict[str, Any], endpoint: int, model: pb.ModelInfo) -> None:
     """400 naming the model where the model would be given tools its engine cannot parse calls of: the calls
     would come back as text, or the engine would refuse in words about its own flags."""
-    if model.capabilities_known and TOOLS not in model.capabilities and wants_tool_choice(body, endpoint):
+    if model.capabilities_known and TOOLS not in model.capabilities and calls_tools(body, endpoint):
         raise ApiError(
             400,
             f"The model `{model.name}` cannot call tools on this cluster: its engine has no tool-call parser for "
-            "it (a model lists `tools` in its capabilities in GET /v1/models). Use another model, name the tool "
-            "in `tool_choice`, or set `tool_parser` for this model in the hosts file.",
+            "it (a model lists `tools` in its capabilities in GET /v1/models). Use another model, or set "
+            "`tool_parser` for this model in the hosts file.",
             param="tools",
             code="tools_unsupported",
         )

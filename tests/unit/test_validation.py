@@ -11,12 +11,12 @@ from cluster.router.validation import (
     MAX_TOKENS_CEILING,
     ChatRequest,
     CompletionRequest,
+    calls_tools,
     check_capabilities,
     check_limits,
     check_tool_calling,
     parse_body,
     validate,
-    wants_tool_choice,
 )
 from proto import orchard_pb2 as pb
 
@@ -153,29 +153,27 @@ RESPONSES_FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "o
 ANTHROPIC_TOOL = {"name": "f", "input_schema": {"type": "object"}}
 
 
-@pytest.mark.parametrize(("endpoint", "body", "leaves_it_to_the_model"), [
+@pytest.mark.parametrize(("endpoint", "body", "may_call"), [
     (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION]), True),  # absent: auto
     (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="auto"), True),
     (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="none"), False),
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="required"), False),  # constrained decoding
+    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="required"), True),  # constrained decoding
     (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}}),
-     False),
+     True),
     (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[]), False),
     (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL]), True),
     (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "auto"}), True),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "tool", "name": "f"}), False),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}), False),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "tool", "name": "f"}), True),
+    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}), True),
     (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "none"}), False),
     (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION]}, True),
     (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION], "tool_choice": {"type": "function",
-                                                                                          "name": "f"}}, False),
+                                                                                          "name": "f"}}, True),
     (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [{"type": "web_search"}]}, False),  # the engine's to refuse
     (pb.ENDPOINT_COUNT_TOKENS, chat(tools=[ANTHROPIC_TOOL]), False),  # counting calls nothing
 ])  # fmt: skip
-def test_which_requests_leave_the_tool_choice_to_the_model(
-    endpoint: int, body: dict, leaves_it_to_the_model: bool
-) -> None:
-    assert wants_tool_choice(body, endpoint) is leaves_it_to_the_model
+def test_which_requests_may_be_answered_with_a_tool_call(endpoint: int, body: dict, may_call: bool) -> None:
+    assert calls_tools(body, endpoint) is may_call
 
 
 def test_tools_left_to_a_model_that_cannot_call_them_are_refused_naming_the_model() -> None:
@@ -187,5 +185,4 @@ def test_tools_left_to_a_model_that_cannot_call_them_are_refused_naming_the_mode
     assert "`m`" in error["message"] and "tool_parser" in error["message"]
     check_tool_calling(body, pb.ENDPOINT_CHAT_COMPLETIONS, _model(True, "tools"))  # it can
     check_tool_calling(body, pb.ENDPOINT_CHAT_COMPLETIONS, _model(False))  # not known yet: the engine decides
-    named = chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}})
-    check_tool_calling(named, pb.ENDPOINT_CHAT_COMPLETIONS, _model(True))  # forced: no parser needed
+    check_tool_calling(chat(tools=[FUNCTION], tool_choice="none"), pb.ENDPOINT_CHAT_COMPLETIONS, _model(True))
