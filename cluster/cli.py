@@ -292,7 +292,7 @@ def _running(home: Path) -> lab.LabState | local.LocalState | None:
     """The lab or local cluster running from `home`, or None (said on the console)."""
     state = lab.read_state(home) or local.running_state(home)
     if state is None:
-        console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])")
+        console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])", markup=False)
     return state
 
 
