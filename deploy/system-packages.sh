@@ -16,6 +16,7 @@ missing() {
   command -v sudo >/dev/null || need+=(sudo)  # the Mac-like lab hosts: an admin whose sudo asks a password
   command -v zsh >/dev/null || need+=(zsh)  # and macOS's login shell
   command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)  # the coding agents the e2e tests run (Claude Code, Codex CLI)
   [ -x /usr/bin/chromedriver ] || need+=(chromium chromium-driver)
   if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
     [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || need+=(libopenblas0-pthread)

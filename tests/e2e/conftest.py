@@ -31,15 +31,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[i] = item
 
 
-NEWLINES = (198, 1116)  # SmolLM2's tokens for "\n" and "\n\n"
+SENTENCE_ENDS = (30, 1116)  # SmolLM2's tokens for "." and "\n\n"
 
 
-def tool_model(folder: Path, *, context: int | None = None, one_line: bool = False) -> Path:
+def tool_model(folder: Path, *, context: int | None = None, one_sentence: bool = False) -> Path:
     """The bundled SmolLM2 with a chat template that renders tools as Qwen2.5 and Hermes do (chatml_tools.jinja):
     Orchard then chooses vLLM's hermes parser by itself, and tool calls run through every API on a model the suite
     carries. `context` raises its position limit (RoPE runs past the 8k it was trained on; the text gets worse,
-    the protocol does not); `one_line` ends every answer at its first line break, greedily, so that a coding
-    agent's turn ends (a 135M model under a coding agent's long system prompt rambles on otherwise)."""
+    the protocol does not); `one_sentence` ends every answer at its first full stop or blank line, greedily, so
+    that a coding agent's turn ends (a 135M model under a coding agent's long system prompt rambles on)."""
     bundled = prepare_bundled()
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"):
@@ -49,8 +49,8 @@ def tool_model(folder: Path, *, context: int | None = None, one_line: bool = Fal
     config["max_position_embeddings"] = max(context or 0, config["max_position_embeddings"])
     (folder / "config.json").write_text(json.dumps(config))
     generation = json.loads((bundled / "generation_config.json").read_text())
-    if one_line:  # vLLM stops at any of the generation config's end tokens and samples with its temperature
-        generation |= {"eos_token_id": [generation["eos_token_id"], *NEWLINES], "temperature": 0.0}
+    if one_sentence:  # vLLM stops at any of the generation config's end tokens and samples with its temperature
+        generation |= {"eos_token_id": [generation["eos_token_id"], *SENTENCE_ENDS], "temperature": 0.0}
     (folder / "generation_config.json").write_text(json.dumps(generation))
     return folder
 
