@@ -8,8 +8,8 @@ Orchard turns vLLM's tool parsing on), and ends each answer at its first full st
 coding agent's system prompt otherwise writes until max_tokens, which the agents report as an error. Past ~10k
 tokens (beyond the 8k it was trained on) it writes nothing sensible at all, so Claude Code runs with its read-only
 tools (`--tools Read,Glob,Grep`: its full system prompt, three tools, 3.7k tokens). That proves the protocol, not
-the model's judgement (tests/e2e/conftest.py: tool_model). Nothing leaves the machine: telemetry and update checks are off, and any
-connection that is not to this machine goes to a proxy that does not exist."""
+the model's judgement (tests/e2e/conftest.py: tool_model). Nothing leaves the machine: telemetry and update
+checks are off, and any connection that is not to this machine goes to a proxy that does not exist."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cluster.bringup import local
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, wait_until
 from tests.e2e.conftest import tool_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -92,7 +92,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, env={"PATH": os.environ["PATH"], **OFFLINE, **env}, capture_output=True,
+    shell = {"PATH": os.environ["PATH"], "SHELL": os.environ.get("SHELL", "/bin/sh")}
+    return subprocess.run(argv, cwd=cwd, env={**shell, **OFFLINE, **env}, capture_output=True,
                           text=True, timeout=900, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
@@ -108,9 +109,10 @@ def test_claude_code_completes_a_prompt(lab: Lab, agent_bin: Path, tmp_path: Pat
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["is_error"] is False and result["subtype"] == "success" and result["result"].strip()
-    assert "Paris" in result["result"] and result["usage"]["input_tokens"] > 2000  # its system prompt and tools
-    rows = [r for r in lab.usage() if r["team"] == "dev" and r["status"] == 200]
-    assert rows and max(r["prompt_tokens"] for r in rows) > 2000  # billed to the key's team as the engine counted
+    assert result["usage"]["input_tokens"] > 2000  # its system prompt and tools went through (what it says is the
+    # 135M model's: it ended its turn, which is what a coding agent needs from the protocol)
+    rows = wait_until(lambda: [r for r in lab.usage() if r["team"] == "dev" and r["status"] == 200], 10, "usage")
+    assert max(r["prompt_tokens"] for r in rows) > 2000  # billed to the key's team as the engine counted
 
 
 def test_codex_completes_a_prompt(lab: Lab, agent_bin: Path, tmp_path: Path) -> None:
@@ -140,4 +142,4 @@ enabled = false
     assert said and said[-1].strip()
     usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
     assert usage["input_tokens"] > 5000  # its instructions and tools went through
-    assert any(r["team"] == "dev" and r["status"] == 200 for r in lab.usage())
+    wait_until(lambda: any(r["team"] == "dev" and r["prompt_tokens"] > 5000 for r in lab.usage()), 10, "usage")
