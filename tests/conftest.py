@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
     104 bytes for a test's router.sock: tests there get a short base folder."""
     if sys.platform == "darwin" and config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="op", dir="/tmp")
+
+
+def usage_rows(home: Path) -> list[sqlite3.Row]:
+    """The gateway's usage rows under an ORCHARD_HOME (or a router's gateway_db folder), oldest first."""
+    with sqlite3.connect(home / "gateway.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM usage ORDER BY id").fetchall()
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cluster.bringup import local
-from tests.conftest import free_port, run_cli, wait_until
+from tests.conftest import free_port, run_cli, usage_rows, wait_until
 from tests.e2e.conftest import tool_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -68,9 +68,7 @@ class Lab:
     key: str
 
     def usage(self) -> list[sqlite3.Row]:
-        with sqlite3.connect(self.home / "gateway.db") as conn:
-            conn.row_factory = sqlite3.Row
-            return conn.execute("SELECT * FROM usage ORDER BY id").fetchall()
+        return usage_rows(self.home)
 
 
 @pytest.fixture(scope="module")

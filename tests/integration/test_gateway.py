@@ -19,7 +19,17 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SIM_MODEL, Cluster, agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
+from tests.conftest import (
+    SIM_MODEL,
+    Cluster,
+    agent_config,
+    free_port,
+    run_cli,
+    start_cluster,
+    stop_cluster,
+    usage_rows,
+    wait_until,
+)
 
 
 @dataclass
@@ -36,9 +46,7 @@ class GatedLab:
         return result.stdout.strip()
 
     def rows(self) -> list[sqlite3.Row]:
-        with sqlite3.connect(self.home / "gateway.db") as conn:
-            conn.row_factory = sqlite3.Row
-            return conn.execute("SELECT * FROM usage ORDER BY id").fetchall()
+        return usage_rows(self.home)
 
 
 @pytest.fixture(scope="module")
