@@ -26,7 +26,7 @@ from cluster.router.activity import MAX_ERRORS, MAX_TEAMS, OTHER, Activity
 from cluster.router.logformat import JsonLines
 from cluster.router.metrics import RouterMetrics, lab_families
 from cluster.router.recent import Window, token_rate
-from cluster.router.rows import GroupRow, Reachability, WorkerRow, WorkersReply, model_rows
+from cluster.router.rows import GroupRow, ModelFacts, Reachability, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
 from proto.states import EngineState
 from worker.metrics import EngineLoad, LastLoad, load_of, parse_engine_metrics, relevant_lines
@@ -141,14 +141,17 @@ def test_a_request_line_names_the_key_by_id_and_json_lines_carry_its_fields() ->
 
 
 def test_status_table_shows_rates_and_ttft_and_json_round_trips() -> None:
+    facts = [ModelFacts(name="m", context_length=32768, capabilities=["tools", "reasoning"])]
     rows = [_row("a", tokens_per_s=12.34, ttft_p50_ms=87.6, host="studio-1", memory_bytes=64 * 2**30,
-                 memory_available_bytes=16 * 2**30),
-            _row("b", Reachability.UNREACHABLE)]  # fmt: skip
-    console = Console(width=200, record=True)
+                 memory_available_bytes=16 * 2**30, model_facts=facts),
+            _row("b", Reachability.UNREACHABLE),
+            _row("c", model_facts=[ModelFacts(name="m", context_length=8192, capabilities=[])])]  # fmt: skip
+    console = Console(width=240, record=True)
     console.print(status.table(rows, "http://head:8000", at=0.0))
     out = console.export_text()
     assert "tok/s" in out and "12.3" in out and "88 ms" in out and "studio-1 / 10.0.0.1:50051" in out
     assert "unreachable" in out and "48 of 64 GiB used" in out
+    assert "m (32k context · tools, reasoning)" in out and "m (8k context · no tools)" in out
     assert WorkersReply.model_validate_json(status.as_json(rows)).workers == rows
 
 
