@@ -3,6 +3,5 @@
 
 from __future__ import annotations
 
-TOOLS = "tools"  # the engine parses the model's tool calls: tool_choice "auto" (and Ollama's tools) work
+TOOLS = "tools"  # the engine parses the model's tool calls: a request with tools can be answered with a call
 REASONING = "reasoning"  # the engine separates the model's thinking from its answer
-ALL = (TOOLS, REASONING)

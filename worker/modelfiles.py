@@ -32,9 +32,10 @@ def local_folder(source: str) -> Path | None:
     if is_bundled(source):
         folder = bundled_dir()
         return folder if is_prepared(folder) else None
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser()
     if source.startswith(("/", "./", "../", "~")):
-        path = Path(source).expanduser()
-        return path if path.is_dir() else None
+        return None
     if is_hub_id(source):  # a downloaded snapshot (maybe partial: the fetch before an engine completes it)
         snapshots = hub_cache() / f"models--{source.replace('/', '--')}" / "snapshots"
         found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from proto.capabilities import REASONING, TOOLS
+from worker import modelfiles
 from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan, capped, flag_value
 from worker.engines.parsers import read_signals
 
@@ -40,10 +41,12 @@ MLX_THINK_MARKERS = ("<think>", "<longcat_think>", "<|think:start|>", "<|channel
 
 
 def mlx_capabilities(model: str) -> tuple[str, ...] | None:
-    """What mlx-lm's server will do for the model, from its chat template (None: no local folder to read)."""
-    if not Path(model).is_dir():
+    """What mlx-lm's server will do for the model, from its chat template (None: no local folder to read: not
+    fetched yet)."""
+    folder = modelfiles.local_folder(model)
+    if folder is None:
         return None
-    template = read_signals(Path(model)).template
+    template = read_signals(folder).template
     tools = any(all(marker in template for marker in markers) for markers in MLX_TOOL_MARKERS)
     thinks = any(marker in template for marker in MLX_THINK_MARKERS)
     return (*([TOOLS] if tools else []), *([REASONING] if thinks else []))

@@ -133,7 +133,7 @@ def parser_args(config: EngineConfig) -> list[str]:
     if config.task != "generate":
         return []
     given = {arg.split("=", 1)[0] for arg in config.extra_args}
-    folder = Path(config.model) if Path(config.model).is_dir() else modelfiles.local_folder(config.model)
+    folder = modelfiles.local_folder(config.model)
     chosen = choose(read_signals(folder)) if folder else Parsers(None, None)
     tool = config.tool_parser or chosen.tool
     reasoning = config.reasoning_parser or chosen.reasoning
