@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx
@@ -30,6 +29,18 @@ from tests.conftest import (
     workers,
 )  # fmt: skip
 from tests.e2e.conftest import UpCluster, tool_model
+from tests.e2e.weather import (
+    ANTHROPIC_TOOLS,
+    CHAT_TOOLS,
+    GREEDY,
+    PARIS,
+    RESPONSES_TOOLS,
+    WEATHER,
+    anthropic_turns,
+    chat_turns,
+    ollama_turns,
+    responses_input,
+)
 from worker.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -266,70 +277,6 @@ def test_another_teams_key_can_neither_read_nor_continue_a_stored_response(pair:
     assert pair.client("ml").responses.retrieve(mine.id).id == mine.id  # its own team still can
 
 
-# Tool calls through every API. The pair's engines parse tool calls because Orchard chose vLLM's hermes parser from
-# the model's chat template (no engine flag here). A 135M model calls a tool by itself when the conversation shows
-# it how: two earlier weather questions answered by the tool, then Paris; decoding is greedy. The same turns go
-# out in each API's own shapes, and the same call must come back out of each.
-WEATHER = "get_weather"
-PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-ABOUT = "Get the current weather in a city."
-SHOTS = (("London", "Rain, 12 degrees."), ("Berlin", "Sunny, 20 degrees."))
-PARIS = {"city": "Paris"}
-GREEDY = {"temperature": 0}
-
-
-def _ask(city: str) -> dict[str, Any]:
-    return {"role": "user", "content": f"What is the weather in {city}?"}
-
-
-def _chat_turns(*, then: str = "Paris") -> list[dict[str, Any]]:
-    turns: list[dict[str, Any]] = []
-    for i, (city, said) in enumerate(SHOTS):
-        call = {
-            "id": f"call_{i}",
-            "type": "function",
-            "function": {"name": WEATHER, "arguments": json.dumps({"city": city})},
-        }
-        turns += [_ask(city), {"role": "assistant", "content": "", "tool_calls": [call]},
-                  {"role": "tool", "tool_call_id": f"call_{i}", "content": said}]  # fmt: skip
-    return [*turns, _ask(then)]
-
-
-def _anthropic_turns() -> list[dict[str, Any]]:
-    turns: list[dict[str, Any]] = []
-    for i, (city, said) in enumerate(SHOTS):
-        use = {"type": "tool_use", "id": f"toolu_{i}", "name": WEATHER, "input": {"city": city}}
-        result = {"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": said}
-        turns += [_ask(city), {"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
-    return [*turns, _ask("Paris")]
-
-
-def _responses_input() -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for i, (city, said) in enumerate(SHOTS):
-        items += [_ask(city), {"type": "function_call", "call_id": f"call_{i}", "name": WEATHER,
-                               "arguments": json.dumps({"city": city})},
-                  {"type": "function_call_output", "call_id": f"call_{i}", "output": said}]  # fmt: skip
-    return [*items, _ask("Paris")]
-
-
-def _ollama_turns() -> list[dict[str, Any]]:
-    turns: list[dict[str, Any]] = []
-    for city, said in SHOTS:
-        call = {"function": {"name": WEATHER, "arguments": {"city": city}}}
-        turns += [
-            _ask(city),
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "content": said},
-        ]
-    return [*turns, _ask("Paris")]
-
-
-CHAT_TOOLS = [{"type": "function", "function": {"name": WEATHER, "description": ABOUT, "parameters": PARAMS}}]
-ANTHROPIC_TOOLS = [{"name": WEATHER, "description": ABOUT, "input_schema": PARAMS}]
-RESPONSES_TOOLS = [{"type": "function", "name": WEATHER, "description": ABOUT, "parameters": PARAMS}]
-
-
 def test_tool_calling_is_on_for_a_model_whose_template_renders_tools(pair: Pair) -> None:
     """Chosen from the model's files by the agent; reported as a capability to the router, /v1/models, Ollama's
     show, and the workers' rows `cluster status` draws."""
@@ -342,21 +289,21 @@ def test_tool_calling_is_on_for_a_model_whose_template_renders_tools(pair: Pair)
 
 
 def test_the_same_tool_call_comes_out_of_every_api(pair: Pair) -> None:
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=_chat_turns(), tools=CHAT_TOOLS,
+    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
                                                  max_tokens=40, temperature=0)  # fmt: skip
     [call] = chat.choices[0].message.tool_calls or []
     assert chat.choices[0].finish_reason == "tool_calls" and call.type == "function"
     assert (call.function.name, json.loads(call.function.arguments)) == (WEATHER, PARIS)
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=_anthropic_turns(), tools=ANTHROPIC_TOOLS,
+    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
                                             max_tokens=40, extra_body=GREEDY)  # fmt: skip
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert message.stop_reason == "tool_use" and (use.name, use.input) == (WEATHER, PARIS)
-    response = pair.client().responses.create(model=BUNDLED_NAME, input=_responses_input(), tools=RESPONSES_TOOLS,
+    response = pair.client().responses.create(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
                                               max_output_tokens=40, temperature=0)  # fmt: skip
     [item] = [item for item in response.output if item.type == "function_call"]
     assert (item.name, json.loads(item.arguments)) == (WEATHER, PARIS) and item.call_id
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    said = local.chat(model=BUNDLED_NAME, messages=_ollama_turns(), tools=CHAT_TOOLS,
+    said = local.chat(model=BUNDLED_NAME, messages=ollama_turns(), tools=CHAT_TOOLS,
                       options={"temperature": 0, "num_predict": 40})  # fmt: skip
     [asked] = said.message.tool_calls or []
     assert (asked.function.name, dict(asked.function.arguments)) == (WEATHER, PARIS)
@@ -364,17 +311,17 @@ def test_the_same_tool_call_comes_out_of_every_api(pair: Pair) -> None:
 
 def test_a_named_tool_comes_back_as_a_structured_call(pair: Pair) -> None:
     """`tool_choice` naming the tool, in the three APIs that have one: a call, never text."""
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=_chat_turns(), tools=CHAT_TOOLS,
+    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
                                                  tool_choice={"type": "function", "function": {"name": WEATHER}},
                                                  max_tokens=40, temperature=0)  # fmt: skip
     [call] = chat.choices[0].message.tool_calls or []
     assert call.function.name == WEATHER and json.loads(call.function.arguments) == PARIS
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=_anthropic_turns(), tools=ANTHROPIC_TOOLS,
+    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
                                             tool_choice={"type": "tool", "name": WEATHER}, max_tokens=40,
                                             extra_body=GREEDY)  # fmt: skip
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert use.name == WEATHER and use.input == PARIS
-    response = pair.client().responses.create(model=BUNDLED_NAME, input=_responses_input(), tools=RESPONSES_TOOLS,
+    response = pair.client().responses.create(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
                                               tool_choice={"type": "function", "name": WEATHER},
                                               max_output_tokens=40, temperature=0)  # fmt: skip
     [item] = [item for item in response.output if item.type == "function_call"]
@@ -382,26 +329,26 @@ def test_a_named_tool_comes_back_as_a_structured_call(pair: Pair) -> None:
 
 
 def test_tool_calls_stream_in_each_apis_own_events(pair: Pair) -> None:
-    fragments = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=_chat_turns(), tools=CHAT_TOOLS,
+    fragments = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
                                                       max_tokens=40, temperature=0, stream=True)  # fmt: skip
     deltas = [d for chunk in fragments for choice in chunk.choices for d in choice.delta.tool_calls or []]
     assert deltas and deltas[0].function and deltas[0].function.name == WEATHER and deltas[0].id
     assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == PARIS
-    with pair.claude().messages.stream(model=BUNDLED_NAME, messages=_anthropic_turns(), tools=ANTHROPIC_TOOLS,
+    with pair.claude().messages.stream(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
                                        max_tokens=40, extra_body=GREEDY) as stream:  # fmt: skip
         events = list(stream)
         final = stream.get_final_message()
     assert any(e.type == "content_block_delta" and e.delta.type == "input_json_delta" for e in events)
     assert final.stop_reason == "tool_use" and [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
         (WEATHER, PARIS)]  # fmt: skip
-    with pair.client().responses.stream(model=BUNDLED_NAME, input=_responses_input(), tools=RESPONSES_TOOLS,
+    with pair.client().responses.stream(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
                                         max_output_tokens=40, temperature=0) as streamed:  # fmt: skip
         kinds = [event.type for event in streamed]
         response = streamed.get_final_response()
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     assert [json.loads(o.arguments) for o in response.output if o.type == "function_call"] == [PARIS]
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    lines = list(local.chat(model=BUNDLED_NAME, messages=_ollama_turns(), tools=CHAT_TOOLS, stream=True,
+    lines = list(local.chat(model=BUNDLED_NAME, messages=ollama_turns(), tools=CHAT_TOOLS, stream=True,
                             options={"temperature": 0, "num_predict": 40}))  # fmt: skip
     calls = [call for line in lines for call in line.message.tool_calls or []]
     assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [(WEATHER, PARIS)] and lines[-1].done
@@ -410,28 +357,28 @@ def test_tool_calls_stream_in_each_apis_own_events(pair: Pair) -> None:
 def test_the_tool_result_turn_is_accepted_and_answered(pair: Pair) -> None:
     result = "Cloudy, 15 degrees."
     call = {"id": "call_9", "type": "function", "function": {"name": WEATHER, "arguments": json.dumps(PARIS)}}
-    chat_turns = [*_chat_turns(), {"role": "assistant", "content": "", "tool_calls": [call]},
+    with_result = [*chat_turns(), {"role": "assistant", "content": "", "tool_calls": [call]},
                   {"role": "tool", "tool_call_id": "call_9", "content": result}]  # fmt: skip
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns, tools=CHAT_TOOLS,
+    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=with_result, tools=CHAT_TOOLS,
                                                  max_tokens=24, temperature=0)  # fmt: skip
     assert chat.choices[0].message.content or chat.choices[0].message.tool_calls
     use = {"type": "tool_use", "id": "toolu_9", "name": WEATHER, "input": PARIS}
     answer = {"type": "tool_result", "tool_use_id": "toolu_9", "content": result}
-    anthropic_turns = [*_anthropic_turns(), {"role": "assistant", "content": [use]},
+    anthropic_result = [*anthropic_turns(), {"role": "assistant", "content": [use]},
                        {"role": "user", "content": [answer]}]  # fmt: skip
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_turns, tools=ANTHROPIC_TOOLS,
+    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_result, tools=ANTHROPIC_TOOLS,
                                             max_tokens=24, extra_body=GREEDY)  # fmt: skip
     assert message.content and message.stop_reason in ("end_turn", "tool_use", "max_tokens")
-    items = [*_responses_input(), {"type": "function_call", "call_id": "call_9", "name": WEATHER,
+    items = [*responses_input(), {"type": "function_call", "call_id": "call_9", "name": WEATHER,
                                    "arguments": json.dumps(PARIS)},
              {"type": "function_call_output", "call_id": "call_9", "output": result}]  # fmt: skip
     response = pair.client().responses.create(model=BUNDLED_NAME, input=items, tools=RESPONSES_TOOLS,
                                               max_output_tokens=24, temperature=0)  # fmt: skip
     assert response.status == "completed" and response.output
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    ollama_turns = [*_ollama_turns(), {"role": "assistant", "content": "", "tool_calls": [
+    ollama_result = [*ollama_turns(), {"role": "assistant", "content": "", "tool_calls": [
         {"function": {"name": WEATHER, "arguments": PARIS}}]}, {"role": "tool", "content": result}]  # fmt: skip
-    said = local.chat(model=BUNDLED_NAME, messages=ollama_turns, tools=CHAT_TOOLS, options={"num_predict": 24})
+    said = local.chat(model=BUNDLED_NAME, messages=ollama_result, tools=CHAT_TOOLS, options={"num_predict": 24})
     assert said.done and (said.message.content or said.message.tool_calls)
 
 
