@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     server.run(sockets=[sock])
 
 
-LINGER_S = 0.5
 CERTIFICATE_CHECK_S = 2.0
 SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
 
@@ -100,14 +99,6 @@ class _Server(uvicorn.Server):
             handover.offer(self.offer_at, sockets[0], publish=not self.took_over)
         if self.endpoint_files is not None and self.config.ssl is not None:
             self._reloader = asyncio.create_task(_reload_certificate(self.config.ssl, *self.endpoint_files))
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop accepting first, then give connections accepted a moment ago the time to send their request
-        before idle ones are closed: a client connecting during a restart gets its answer, not a hang-up."""
-        for server in self.servers:
-            server.close()
-        await asyncio.sleep(LINGER_S)
-        await super().shutdown(sockets)
 
 
 async def _reload_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:

@@ -1,7 +1,7 @@
 """The router's HTTP connections, guarded: at most `max_connections` open at once, and a client gets
 HEADER_TIMEOUT_S to send a request's headers (a slow-loris client holding sockets open without ever finishing a
-request is closed). The body has its own deadline where it is read (cluster/router/intake.py). At shutdown, idle
-connections are cut rather than closed politely.
+request is closed). The body has its own deadline where it is read (cluster/router/intake.py). At shutdown a
+connection ends only at a request boundary (see `shutdown`).
 
 uvicorn closes idle keep-alive connections itself, but has neither a cap on connections nor a deadline for a
 request's headers; this is its httptools protocol with both.
@@ -32,6 +32,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
 
     class Guarded(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
+        _stopping = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -50,15 +51,30 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+            if self._stopping and self.cycle is not None:
+                self.cycle.keep_alive = False  # answered, with `Connection: close`, then closed
 
         def shutdown(self) -> None:
-            """An idle connection with nothing left to send is cut at once: closing it would, with TLS, wait up to
-            30 s for the client to answer the close (Python's TLS shutdown timeout), holding the router's exit."""
-            idle = self.cycle is None or self.cycle.response_complete
-            if idle and self.transport.get_write_buffer_size() == 0:
+            """The router stops: a connection is closed only at a request boundary, and said so. An answer not yet
+            begun says `Connection: close`; one already streaming said keep-alive, so its connection stays open
+            after it like an idle one. An idle one stays open for its keep-alive time, so that a request its client
+            is sending right now (on a reused connection) is answered with `Connection: close` rather than cut —
+            closing it at once loses such requests. Idle to the end, it is cut then, not closed politely: with TLS
+            a polite close waits up to 30 s for the client's answer (Python's TLS shutdown timeout)."""
+            self._stopping = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                if not self.cycle.response_started:
+                    super().shutdown()
+            elif self.timeout_keep_alive_task is None:  # no request yet: as long as a kept-alive wait
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+        def timeout_keep_alive_handler(self) -> None:
+            if self._stopping and self.transport.get_write_buffer_size() == 0:
                 self.transport.abort()
             else:
-                super().shutdown()
+                super().timeout_keep_alive_handler()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

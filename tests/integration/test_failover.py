@@ -3,6 +3,7 @@ sleeps or a process that stops answering) and comes back; one that dies and is r
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import threading
@@ -238,6 +239,65 @@ def test_a_planned_router_hand_over_refuses_nothing_and_lets_streams_finish(tmp_
         stop.set()
         if new:
             procs.terminate_tree(new, 5)
+        stop_cluster(cluster)
+
+
+def _kept_alive_load(url: str, stop: threading.Event, tally: collections.Counter[str], clients: int) -> None:
+    """`clients` callers on one keep-alive pool (as an SDK keeps its connections), half streaming, each request
+    counted by how it ended: `200`, another status, or the error that stopped it."""
+    body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
+
+        def one(stream: bool) -> str:
+            try:
+                if not stream:
+                    return str(client.post("/v1/chat/completions", json=body).status_code)
+                with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+                    lines = [line for line in response.iter_lines() if line]
+                ok = response.status_code == 200 and lines[-1] == "data: [DONE]" and "error" not in lines[-2]
+                return "200" if ok else f"{response.status_code} {lines[-2:]}"
+            except httpx.HTTPError as exc:
+                return repr(exc)
+
+        def caller(index: int) -> None:
+            while not stop.is_set():
+                tally[one(index % 2 == 0)] += 1
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+@pytest.mark.slow
+def test_hand_overs_in_a_row_under_keep_alive_load_lose_nothing(tmp_path: Path) -> None:
+    """48 callers reuse kept-alive connections (and open new ones) through 10 hand-overs: an old router closes a
+    connection only at a request boundary, saying so (`Connection: close`), so not one request fails."""
+    options = (("decode-ms-per-token", "1"), ("overhead-ms", "5"))
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs-agent", sim_options=options)
+    cluster = start_cluster(tmp_path, [agent], handover=str(tmp_path / "router.sock"))
+    router = cluster.fleet.children[-1].pid
+    tally: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+    load = threading.Thread(target=_kept_alive_load, args=(cluster.url, stop, tally, 48))
+    routers = [router]
+    try:
+        load.start()
+        for _ in range(10):
+            time.sleep(0.5)
+            routers.append(rollout.hand_over(routers[-1], cluster.router, tmp_path, report=lambda line: None))
+        time.sleep(0.5)
+        stop.set()
+        load.join()
+        print(f"\n10 hand-overs under keep-alive load: {dict(tally)}")
+        assert tally["200"] > 200 and set(tally) == {"200"}, dict(tally)
+        wait_until(lambda: not any(procs.alive(pid) for pid in routers[:-1]), 20, "the old routers to exit")
+    finally:
+        stop.set()
+        for pid in routers[1:]:
+            procs.terminate_tree(pid, 5)
         stop_cluster(cluster)
 
 
