@@ -2,6 +2,8 @@
 
 session pin → imbalance guard → longest cached prefix above a threshold → lowest estimated cost.
 A miss goes to the cheapest worker, never to "the one with the smallest tree" (SGLang #14305's hot spot).
+A pin holds only while its worker is not much more loaded than the least loaded one (the imbalance guard's rule):
+otherwise sessions pinned while a worker was away would never move to it when it returns (issue 27).
 Thresholds follow SGLang's cache-aware router: imbalance when max - min > 64 and max > 1.5 * min (scaled
 down here for small fleets via `imbalance_abs`), prefix match ratio > 0.3.
 """
@@ -35,7 +37,7 @@ def pick(
     config: PrefixPolicyConfig = DEFAULTS,
 ) -> Decision:
     return (
-        _decide_session(request, workers, state, now)
+        _decide_session(request, workers, state, now, config)
         or _decide_imbalance(workers, config)
         or _decide_prefix(request, workers, state, config)
         or _decide_cost(request, workers, state, config)
@@ -43,23 +45,30 @@ def pick(
 
 
 def _decide_session(
-    request: RequestView, workers: list[WorkerView], state: RoutingState, now: float
+    request: RequestView, workers: list[WorkerView], state: RoutingState, now: float, config: PrefixPolicyConfig
 ) -> Decision | None:
+    """The pinned worker while it is ready and not much more loaded than the least loaded one. A pin that fails
+    the balance test falls through to the imbalance guard, which picks the least loaded worker (a returning one)."""
     if request.session is None:
         return None
     pinned = state.sessions.get(request.session, now)
-    if pinned is not None and any(w.worker_id == pinned for w in workers):
-        return Decision(pinned, "session")
-    return None
+    home = next((w for w in workers if w.worker_id == pinned), None)
+    if home is None or _much_more_loaded(home.load, min(w.load for w in workers), config):
+        return None
+    return Decision(home.worker_id, "session")
 
 
 def _decide_imbalance(workers: list[WorkerView], config: PrefixPolicyConfig) -> Decision | None:
     loads = [w.load for w in workers]
-    high, low = max(loads), min(loads)
-    if high - low > config.imbalance_abs and high > config.imbalance_rel * max(low, 1):
+    if _much_more_loaded(max(loads), min(loads), config):
         best = min(workers, key=lambda w: (w.load, w.worker_id))
         return Decision(best.worker_id, "imbalance")
     return None
+
+
+def _much_more_loaded(high: int, low: int, config: PrefixPolicyConfig) -> bool:
+    """The balance rule: `high` exceeds `low` by more than `imbalance_abs` and by more than `imbalance_rel` times."""
+    return high - low > config.imbalance_abs and high > config.imbalance_rel * max(low, 1)
 
 
 def _decide_prefix(

@@ -1,4 +1,5 @@
-"""Session pins: a session (the `user` field or an X-Session-Id header) keeps its worker for a TTL."""
+"""Session pins: a session (the `user` field or an X-Session-Id header) keeps its worker for a TTL, while the
+policy finds that worker not much more loaded than the least loaded one (cluster/routing/prefix.py)."""
 
 from __future__ import annotations
 
