@@ -451,6 +451,14 @@ def _rotate(home: Path) -> bool:
     return True
 
 
+def _certificate_host(address: str) -> str:
+    """`--address`: what the certificate names, the host without the port the router dials."""
+    try:
+        return authority.host_of(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _print_expiry(home: Path) -> None:
     state = lab.read_state(home)
     agents = [h.label for h in hostsfile.ClusterSpec.model_validate(state.spec).hosts] if state else [certs.LOCAL_AGENT]
@@ -571,8 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs_sub.add_parser("show", help="when each certificate expires")
     issue = certs_sub.add_parser("issue", help="an identity for an agent run by hand (orchard-worker --tls-dir)")
     issue.add_argument("name", help="the host's name")
-    issue.add_argument("--address", action="append", default=[], required=True,
-                       help="an address the router dials it by (repeat)")  # fmt: skip
+    issue.add_argument("--address", action="append", default=[], required=True, type=_certificate_host,
+                       help="an address the router dials it by: host, host:port, [IPv6]:port (repeat)")  # fmt: skip
     issue.add_argument("--out", type=Path, required=True, help="folder to write ca.pem and identity.pem into")
     certs_cmd.set_defaults(func=_certs)
     admin.add_commands(sub, local.orchard_home, console)

@@ -187,6 +187,7 @@ class RouterConfig(_Frozen):
     workers: tuple[str, ...] = Field(min_length=1)  # agent gRPC addresses
     policy: Policy = "prefix"
     model_policies: tuple[tuple[str, Policy], ...] = ()  # per-model overrides
+    models: tuple[str, ...] = ()  # what the lab serves (its hosts file): until an agent reports one, 503 not 404
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries before the first byte (one more worker on failure)
     request_timeout_s: float = Field(default=900.0, gt=0)
@@ -267,6 +268,8 @@ class RouterConfig(_Frozen):
             argv += ["--worker", address]
         for model, policy in self.model_policies:
             argv += ["--model-policy", f"{model}={policy}"]
+        for model in self.models:
+            argv += ["--model", model]
         return argv
 
     def command(self, python: str | None = None) -> list[str]:
@@ -277,7 +280,7 @@ class RouterConfig(_Frozen):
         args = _parse(_router_parser(), argv)
         fields = {
             "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
-            "model_policies": tuple(args.model_policy),
+            "model_policies": tuple(args.model_policy), "models": tuple(args.model),
             "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
             "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
             "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
@@ -354,6 +357,7 @@ def _router_parser() -> argparse.ArgumentParser:
         metavar="MODEL=POLICY",
         help="one model's policy (repeat)",
     )
+    add("--model", action="append", default=[], help="a model the lab serves, known before any agent says (repeat)")
     add("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     add("--max-attempts", type=int, default=2)
     add("--request-timeout", type=float, default=900.0)

@@ -72,8 +72,9 @@ def issue(
     client: bool = True,
 ) -> bytes:  # fmt: skip
     """One identity file (private key, then certificate): `name` is its common name, `names` its subject
-    alternative names (IP addresses and host names). It serves, and with `client` it calls too: an agent is a
-    server to the router and a client to its shard group's other agents; the endpoint only serves."""
+    alternative names (IP addresses and host names; an address's port is dropped, see host_of). It serves, and
+    with `client` it calls too: an agent is a server to the router and a client to its shard group's other
+    agents; the endpoint only serves."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
@@ -85,7 +86,8 @@ def issue(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False)
     )
     if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+        hosts = dict.fromkeys(host_of(n) for n in names)  # "10.0.0.2:8201" and "10.0.0.2" are one name
+        builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
     certificate = builder.sign(authority.key, hashes.SHA256())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())  # fmt: skip
@@ -106,11 +108,39 @@ def _builder(
     )
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def host_of(address: str) -> str:
+    """The host an address names, as a certificate names it: without a port ("h1:8201", "[fd00::2]:8201") or
+    brackets, an IP address in its canonical form. ValueError (naming the address) when malformed."""
+    if address.startswith("["):
+        host, bracket, rest = address[1:].partition("]")
+        if not bracket or not (rest == "" or _PORT.fullmatch(rest)) or not _is_ip(host):
+            raise ValueError(f"{address!r}: expected [IPv6 address] or [IPv6 address]:port")
+    elif address.count(":") == 1:  # more than one: an IPv6 address without brackets, so without a port
+        host, _, port = address.partition(":")
+        if not host or not _PORT.fullmatch(f":{port}"):
+            raise ValueError(f"{address!r}: expected host:port with a numeric port")
+    else:
+        host = address
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{address!r}: expected a host name or an IP address")
+    return str(ipaddress.ip_address(host)) if _is_ip(host) else host
+
+
+_PORT = re.compile(r":[0-9]{1,5}")
+
+
+def _is_ip(host: str) -> bool:
     try:
-        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+        ipaddress.ip_address(host)
     except ValueError:
-        return x509.DNSName(name)
+        return False
+    return True
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address becomes an IP name (what gRPC matches a dialled IP against), anything else a DNS name."""
+    host = host_of(name)
+    return x509.IPAddress(ipaddress.ip_address(host)) if _is_ip(host) else x509.DNSName(host)
 
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -215,7 +245,7 @@ def current(installed: bytes, authority: Authority, names: tuple[str, ...], now:
     return (
         certificate.issuer == authority.certificate.subject
         and certificate.not_valid_after_utc - now >= dt.timedelta(days=RENEW_WITHIN_DAYS)
-        and set(names) <= set(names_of(certificate))
+        and {host_of(n) for n in names} <= set(names_of(certificate))
     )
 
 

@@ -283,6 +283,7 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
     cert, key = _endpoint_files(spec, home)
     return RouterConfig.checked(
         listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
+        models=tuple(m.name for m in spec.models),
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
         log_format=router.log_format, handover=str(home / "router.sock"),
         tls_dir=str(authority.tls_folder(home, certs.ROUTER)),

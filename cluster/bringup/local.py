@@ -176,7 +176,7 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         task=config.task,
     )  # fmt: skip
     endpoint = str(certs.endpoint_path(config.home)) if config.tls else None
-    router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,),
+    router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,), models=(served,),
                                   gateway_db=str(db_path(config.home)),
                                   tls_dir=None if config.plaintext_agents else str(router_tls(config.home)),
                                   tls_cert=endpoint, tls_key=endpoint)  # fmt: skip

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"python -m cluster.router: {why}\n")
         raise SystemExit(2)
     try:
-        registry = Registry(list(config.workers), tls_dir=config.tls_path, close_grace_s=config.request_timeout_s)
+        registry = Registry(list(config.workers), tls_dir=config.tls_path, close_grace_s=config.request_timeout_s,
+                            expected=config.models)  # fmt: skip
         if config.tls_path is not None:
             tls.read_identity(config.tls_path)  # a missing or broken folder: say so now, not per worker
     except tls.TlsError as exc:

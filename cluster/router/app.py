@@ -116,7 +116,8 @@ class _Pipeline:
             key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
             model, route, started_at = parsed.model, pick(parsed) if pick else route, time.monotonic()
-            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"), rid)
+            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"), rid,
+                                 self.registry.awaited)  # fmt: skip
             owner = key.team if key else ""
             incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())

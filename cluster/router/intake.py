@@ -111,15 +111,18 @@ def check_json_type(content_type: str | None) -> None:
 
 
 def for_model(
-    request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None, request_id: str
-) -> Incoming:
-    """Check the request against its model (known, fits the context) and describe it for routing."""
+    request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None, request_id: str,
+    awaited: Callable[[str], bool] = lambda model: False,
+) -> Incoming:  # fmt: skip
+    """Check the request against its model (known, fits the context) and describe it for routing. A model no
+    agent reports yet but one may (`awaited`: the hosts file names it, a restarted router still learning) is
+    unavailable, not unknown: SDKs retry a 503, never a 404."""
     endpoint = route.endpoint
     raw, body, fields = request.raw, request.body, request.fields
     if session is not None and len(session) > MAX_SESSION_CHARS:
         raise ApiError(400, f"The X-Session-Id header is longer than {MAX_SESSION_CHARS} characters.")
     if fields.model not in models:
-        raise ApiError(404, f"The model `{fields.model}` does not exist.", param="model", code="model_not_found")
+        check_known(fields.model, awaited)
     path, served = route.path, models[fields.model].routes
     if served and path not in served:
         raise ApiError(404, f"The model `{fields.model}` does not serve {path} (it serves {', '.join(served)}).",
@@ -136,6 +139,15 @@ def for_model(
     view = routing_view(fields.model, session or fields.user, body)
     return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view,
                     choices=getattr(fields, "n", None) or 1)  # fmt: skip
+
+
+def check_known(model: str, awaited: Callable[[str], bool]) -> None:
+    """Raise for a model no agent reports: 503 while one may yet (with Retry-After), else 404."""
+    if awaited(model):
+        raise ApiError(503, f"The model `{model}` is not available yet: no worker serving it has reported (the "
+                       "router or its workers are starting); try again shortly.", param="model",
+                       code="model_not_ready")  # fmt: skip
+    raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
 
 def routing_view(model: str, session: str | None, body: dict[str, Any]) -> RequestView:

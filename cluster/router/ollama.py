@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from cluster.gateway.gateway import Gateway, Refusal
 from cluster.router import ollama_shapes as shapes
 from cluster.router.errors import ApiError, Dialect, api_error
-from cluster.router.intake import Parsed, credentials, read_json
+from cluster.router.intake import Parsed, check_known, credentials, read_json
 from cluster.router.registry import Registry
 from cluster.router.routes import Route
 from cluster.router.validation import ChatRequest, CompletionRequest, EmbeddingRequest, validate
@@ -162,6 +162,8 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
         async def answer() -> dict[str, Any]:
             ask = validate(await read_json(request, limit), ShowAsk)
             name = served_name(ask.model, registry)
+            if name not in registry.models() and registry.awaited(name):
+                check_known(name, registry.awaited)  # 503: the lab serves it, no agent has said so yet
             if name not in registry.models():
                 raise ApiError(404, f"model '{ask.model}' not found")
             info = registry.models()[name]

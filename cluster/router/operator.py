@@ -171,9 +171,17 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         generation_tokens=sample.generation_tokens, prefix_cache_queries=sample.prefix_cache_queries,
         prefix_cache_hits=sample.prefix_cache_hits, engine_restarts=sample.engine_restarts,
         tokens_per_s=round(handle.tokens_per_s, 1) if handle.connected else 0.0,
-        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=sample.state_detail, group=group,
+        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=_detail(handle, sample), group=group,
         breaker=handle.breaker.state(now).value, draining=sample.draining, model_facts=_facts(info),
     )  # fmt: skip
+
+
+def _detail(handle: WorkerHandle, sample: pb.LoadSample) -> str:
+    """Why it is in its state: the agent's own word while connected, else why it cannot be reached (a sample
+    from before the connection broke is stale)."""
+    if handle.connected:
+        return sample.state_detail
+    return handle.last_error or sample.state_detail
 
 
 def _facts(info: pb.InfoReply) -> list[ModelFacts]:

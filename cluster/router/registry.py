@@ -43,7 +43,9 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 RENEW_CHECK_S = 2.0  # how often the router looks for a rotated identity (one stat per file)
+LEARN_S = 10.0  # a restarted router waits this long for every agent's models before it calls a name unknown
 DEFAULT_SLOTS = 64  # an agent that does not say how many requests it takes at once
+REASON_CHARS = 300  # why a worker is unreachable, as kept for its row and logged
 
 
 @dataclass
@@ -63,6 +65,7 @@ class WorkerHandle:
     tokens_per_s: float = 0.0  # generated, between its last two samples
     ttft: Window = field(default_factory=Window)  # time to first token of its streams, lately
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    last_error: str = ""  # why the last attempt to reach it failed (e.g. the TLS handshake's); "" once connected
 
     @property
     def worker_id(self) -> str:
@@ -126,9 +129,11 @@ class Registry:
 
     def __init__(
         self, addresses: list[str], watch_interval_s: float = 1.0, tls_dir: Path | None = None,
-        close_grace_s: float = 900.0,
+        close_grace_s: float = 900.0, expected: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.watch_interval_s = watch_interval_s
+        self.expected = frozenset(expected)  # the models the lab serves by its hosts file
+        self.started_at = time.monotonic()
         self.tls_dir = tls_dir  # our identity towards the agents (mutual TLS); None: plaintext, loopback only
         self.close_grace_s = close_grace_s  # a replaced channel's calls get this long to finish
         self.workers = {address: WorkerHandle(address) for address in addresses}
@@ -252,6 +257,14 @@ class Registry:
                 seen.engine = ", ".join(engines)
         return found
 
+    def awaited(self, model: str) -> bool:
+        """A model no agent reports, which one may yet: the hosts file names it, or an agent has not told its models
+        since this router started (for at most LEARN_S). Asked for, it is unavailable (503), not unknown (404)."""
+        if model in self.expected:
+            return True
+        learning = time.monotonic() - self.started_at < LEARN_S
+        return learning and any(h.info is None for h in self.workers.values())
+
     def ready_count(self) -> int:
         now = time.monotonic()
         return sum(h.ready(now) for h in self.workers.values())
@@ -298,7 +311,7 @@ class Registry:
                     if not handle.connected:
                         log.info("worker %s connected (%s)", handle.address, handle.worker_id)
                         handle.breaker.on_reconnect()  # what it said before it left is not trusted
-                    handle.connected, delay = True, RECONNECT_MIN_S
+                    handle.connected, handle.last_error, delay = True, "", RECONNECT_MIN_S
                     rate = token_rate(handle.sample, sample)
                     handle.tokens_per_s = handle.tokens_per_s if rate is None else rate
                     handle.sample, handle.sample_at = sample, time.monotonic()
@@ -310,11 +323,29 @@ class Registry:
                     elif not ready:
                         info_when_ready = False
             except grpc.aio.AioRpcError as exc:
-                if handle.connected:
-                    log.warning("worker %s lost: %s", handle.address, exc.code().name)
+                _note_failure(handle, exc)
             handle.connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+def _note_failure(handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> None:
+    """Keep why the worker cannot be reached, for its row; log it when the worker is lost or the reason changes
+    (once, not at every retry)."""
+    reason = failure_reason(exc)
+    if handle.connected:
+        log.warning("worker %s lost: %s", handle.address, reason)
+    elif reason != handle.last_error:
+        log.warning("worker %s unreachable: %s", handle.address, reason)
+    handle.last_error = reason
+
+
+def failure_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The call's status code and gRPC's details (for a connection that never came up, the handshake's or the
+    socket's error), bounded."""
+    details = " ".join((exc.details() or "").split())
+    text = f"{exc.code().name}: {details}" if details else exc.code().name
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 def _is_ready(sample: pb.LoadSample) -> bool:

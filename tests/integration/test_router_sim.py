@@ -3,16 +3,20 @@ engine restarts. The sim engine's text is not checked for meaning here; the vLLM
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import SIM_MODEL, Cluster, engine_metric, wait_until, workers
+from cluster.bringup.fleet import Fleet
+from proto.launch import RouterConfig
+from tests.conftest import SIM_MODEL, Cluster, engine_metric, free_port, wait_until, workers
 
 
 @pytest.fixture
@@ -273,3 +277,35 @@ def test_bad_input_on_the_other_routes_is_a_400(
     assert response.status_code == 400, response.text
     if param:  # a union's first member names where it failed: input.str
         assert response.json()["error"]["param"].startswith(param)
+
+
+def test_a_router_starting_over_running_agents_never_calls_a_served_model_unknown(
+    sim_cluster: Cluster, tmp_path: Path
+) -> None:
+    """A restarted router (a crash under its keeper) serves before it has heard from its agents: a model the
+    hosts file serves is 503 with Retry-After until an agent reports it, never 404 (SDKs do not retry a 404);
+    a name nobody serves is still a 404 once the agents have told."""
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,),
+                          models=(SIM_MODEL,))  # fmt: skip
+    fleet = Fleet(tmp_path / "logs")
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
+    seen: collections.Counter[str] = collections.Counter()
+    try:
+        fleet.start_router(config)
+        with httpx.Client(base_url=config.local_url, timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while seen["200"] < 5 and time.monotonic() < deadline:
+                try:
+                    response = client.post("/v1/completions", json=body)
+                except httpx.TransportError:
+                    continue  # not listening yet
+                code = response.json()["error"]["code"] if response.status_code != 200 else ""
+                seen[f"{response.status_code} {code}".strip()] += 1
+                if response.status_code == 503:
+                    assert response.headers["retry-after"], response.headers
+            print(f"\nfirst answers of a router starting over a running agent: {dict(seen)}")
+            assert seen["200"] == 5 and set(seen) <= {"200", "503 model_not_ready", "503 no_worker"}, dict(seen)
+            unknown = client.post("/v1/completions", json={**body, "model": "no-such-model"})
+            assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    finally:
+        fleet.stop()

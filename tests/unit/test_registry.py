@@ -1,8 +1,13 @@
-"""How an operator names a worker (cluster drain NAME): its id, its address, or its host when that is unique."""
+"""How an operator names a worker (cluster drain NAME): its id, its address, or its host when that is unique; and
+when a model no agent reports is unavailable rather than unknown."""
 
 from __future__ import annotations
 
-from cluster.router.registry import Registry
+import pytest
+
+from cluster.router.errors import ApiError
+from cluster.router.intake import check_known
+from cluster.router.registry import LEARN_S, Registry
 from proto import orchard_pb2 as pb
 
 
@@ -14,3 +19,22 @@ def test_a_host_shared_by_two_agents_names_both_and_an_address_names_one() -> No
     assert [h.address for h in registry.find("studio-3")] == ["10.0.0.7:50051"]
     assert [h.address for h in registry.find("10.0.0.7")] == ["10.0.0.7:50051"]
     assert registry.find("studio-9") == []
+
+
+def test_a_model_is_awaited_while_the_hosts_file_names_it_or_an_agent_has_not_told() -> None:
+    """What a request for a model no agent reports gets: 503 (awaited) or 404 (unknown)."""
+    registry = Registry(["127.0.0.1:1", "127.0.0.1:2"], expected=("served",))
+    assert registry.awaited("served") and registry.awaited("typo")  # one agent has not told its models yet
+    registry.workers["127.0.0.1:1"].info = pb.InfoReply(models=[pb.ModelInfo(name="served")])
+    assert registry.awaited("typo")
+    registry.workers["127.0.0.1:2"].info = pb.InfoReply()
+    assert registry.awaited("served") and not registry.awaited("typo")  # all told: a name nobody serves
+    silent = Registry(["127.0.0.1:3"], expected=("served",))
+    silent.started_at -= LEARN_S  # an agent silent since the router started: not waited for beyond LEARN_S
+    assert silent.awaited("served") and not silent.awaited("typo")
+    with pytest.raises(ApiError) as unavailable:
+        check_known("served", silent.awaited)
+    with pytest.raises(ApiError) as unknown:
+        check_known("typo", silent.awaited)
+    assert (unavailable.value.status, unavailable.value.code) == (503, "model_not_ready")
+    assert (unknown.value.status, unknown.value.code) == (404, "model_not_found")
