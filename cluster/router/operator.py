@@ -13,23 +13,27 @@ from importlib import resources
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field
 
 from cluster.gateway.gateway import Gateway, Refusal
 from cluster.router.activity import Activity
 from cluster.router.errors import ApiError, api_error
-from cluster.router.intake import credentials
+from cluster.router.intake import credentials, read_json
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import DashboardReply, GroupRow, ModelFacts, WorkerRow, WorkersReply, model_rows
+from cluster.router.validation import validate
 from proto import orchard_pb2 as pb
 
 PAGES = resources.files("cluster.router") / "pages"
 
 
 class DrainAsk(BaseModel):
-    worker: str  # id, address or host
+    worker: str = Field(min_length=1, max_length=256)  # id, address or host
     draining: bool = True
+
+
+DRAIN_BODY_BYTES = 4096  # {"worker": ..., "draining": ...}: read as any body is (JSON, bounded, a deadline)
 
 
 def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway, activity: Activity) -> None:
@@ -124,10 +128,7 @@ def _drain(app: FastAPI, registry: Registry, refused: Callable[[Request], Respon
         """Stop (or resume) sending new requests to one worker; its requests in flight finish."""
         if no := refused(request):
             return no
-        try:
-            ask = DrainAsk.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return ApiError(400, f'expected {{"worker": ..., "draining": true|false}}: {exc}').response()
+        ask = validate(await read_json(request, DRAIN_BODY_BYTES), DrainAsk)
         found = registry.find(ask.worker)
         if not found:
             return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -309,3 +310,23 @@ def test_a_router_starting_over_running_agents_never_calls_a_served_model_unknow
             assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     finally:
         fleet.stop()
+
+
+def test_the_drain_route_reads_its_body_by_the_same_rules_as_every_route(sim_cluster: Cluster) -> None:
+    """No keys here (the local default): /orchard/drain still refuses what is not JSON, a body past its bound
+    (declared or chunked: not read whole), and a name too long to echo; the worker stays in service."""
+    url = sim_cluster.url + "/orchard/drain"
+    text = httpx.post(url, content=b"x" * 1000, headers={"content-type": "text/plain"}, timeout=10)
+    declared = httpx.post(url, content=b" " * 5_000_000, headers={"content-type": "application/json"}, timeout=10)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"worker": "'
+        for _ in range(64):
+            yield b"a" * 65536
+
+    chunked = httpx.post(url, content=chunks(), headers={"content-type": "application/json"}, timeout=10)
+    long_name = httpx.post(url, json={"worker": "w" * 1000}, timeout=10)
+    statuses = [r.status_code for r in (text, declared, chunked, long_name)]
+    assert statuses == [415, 413, 413, 400], statuses
+    assert all(len(r.content) < 1000 and "error" in r.json() for r in (text, declared, chunked, long_name))
+    assert not next(iter(workers(sim_cluster.url))).draining
