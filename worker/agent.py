@@ -21,7 +21,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from proto import build, tls
+from proto import build, openfiles, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
@@ -120,7 +120,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     # Long streams: no per-request timeout on the engine side; connect quickly or fail.
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=slots * 2),
+        limits=httpx.Limits(max_connections=engine_connections(slots)),
     )
     service = WorkerService(supervisor, identity, host, http, group, guard, config.max_body_bytes)
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
@@ -158,6 +158,18 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         await supervisor.stop()
         await http.aclose()
         log.info("agent stopped")
+
+
+AGENT_RESERVED_FDS = 64  # beside connections to the engine: logs, the engine's pipes, the router's channel
+
+
+def engine_connections(slots: int) -> int:
+    """Raise the open-file limit as far as allowed (launchd starts a service with 256); the connections to the
+    engine that then fit: two per slot (a stream and a request being placed) where they can."""
+    limits = openfiles.raise_limit()
+    connections = openfiles.cap(slots * 2, limits, AGENT_RESERVED_FDS)
+    log.info("%s: at most %d connections to the engine", limits.describe(), connections)
+    return connections
 
 
 def _add_port(server: grpc.aio.Server, config: AgentConfig) -> int:

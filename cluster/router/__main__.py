@@ -21,7 +21,7 @@ from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol
 from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
-from proto import tls
+from proto import openfiles, tls
 from proto.launch import LaunchConfigError, RouterConfig, usage
 
 log = logging.getLogger("orchard.router")
@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"python -m cluster.router: cannot listen on {config.listen}: {exc.strerror}\n")
         raise SystemExit(1) from None
     app = create_app(registry, config, gateway_for(config, registry), settle_s=SETTLE_S if taken else 0.0)
+    connections = connection_cap(config)
     grace = max(1, round(config.shutdown_grace_s))
     server = _Server(uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=grace, http=guarded_protocol(config.max_connections),
+        app, log_level="warning", timeout_graceful_shutdown=grace, http=guarded_protocol(connections),
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
         log_config=None,  # uvicorn's few lines go through our handlers: one format (and JSON with --log-format json)
     ))  # fmt: skip
@@ -82,8 +83,25 @@ def main(argv: list[str] | None = None) -> None:
     server.run(sockets=[sock])
 
 
+RESERVED_FDS = 64  # beside client connections: logs, the gateway's database, the hand-over socket, TLS files
+FDS_PER_WORKER = 4  # its gRPC channel (and one being replaced after a rotation)
 CERTIFICATE_CHECK_S = 2.0
 SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
+
+
+def connection_cap(config: RouterConfig) -> int:
+    """Raise the open-file limit as far as allowed; the client connections that then fit (at most the config's)."""
+    limits = openfiles.raise_limit()
+    cap = openfiles.cap(config.max_connections, limits, RESERVED_FDS + FDS_PER_WORKER * len(config.workers))
+    log.info("%s: at most %d client connections", limits.describe(), cap)
+    if cap < config.max_connections:
+        log.warning(
+            "--max-connections %d does not fit the open-file limit: %d apply (raise the hard limit: "
+            "`ulimit -Hn`, launchd's HardResourceLimits, systemd's LimitNOFILE)",
+            config.max_connections,
+            cap,
+        )
+    return cap
 
 
 class _Server(uvicorn.Server):

@@ -73,6 +73,9 @@ def test_connections_past_the_cap_get_a_503_and_the_server_keeps_serving(server:
     port = int(server.rpartition(":")[2])
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     try:
+        for sock in held:
+            sock.sendall(b"GET /ok HTTP/1.1\r\n")  # each one busy: a request under way
+        time.sleep(0.2)
         with socket.create_connection(("127.0.0.1", port)) as extra:
             assert _read_all(extra).startswith(b"HTTP/1.1 503")
     finally:
@@ -80,6 +83,23 @@ def test_connections_past_the_cap_get_a_503_and_the_server_keeps_serving(server:
             sock.close()
     time.sleep(0.2)
     assert httpx.get(server + "/ok", timeout=5).status_code == 200
+
+
+def test_at_the_cap_the_connection_idle_longest_makes_room_for_a_request(server: str) -> None:
+    """Sockets that never send a request do not lock out a client with one: the oldest idle one is cut."""
+    port = int(server.rpartition(":")[2])
+    held = []
+    try:
+        for _ in range(4):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(0.05)  # an order of age
+        assert httpx.get(server + "/ok", timeout=5).status_code == 200
+        assert _read_all(held[0]) == b""  # cut to make room
+        held[1].sendall(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert _read_all(held[1]).startswith(b"HTTP/1.1 200")  # the others still served
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_an_unexpected_error_is_one_log_line_and_a_generic_500(server: str, caplog: pytest.LogCaptureFixture) -> None:

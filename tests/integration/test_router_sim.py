@@ -6,7 +6,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import resource
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,3 +333,39 @@ def test_the_drain_route_reads_its_body_by_the_same_rules_as_every_route(sim_clu
     assert statuses == [415, 413, 413, 400], statuses
     assert all(len(r.content) < 1000 and "error" in r.json() for r in (text, declared, chunked, long_name))
     assert not next(iter(workers(sim_cluster.url))).draining
+
+
+def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
+    sim_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Started as launchd starts a process (soft limit 256, and here the hard one too, so nothing can be raised):
+    the router sizes its connection cap from what it got and logs it; 1,000 connections that never send a
+    request make room (the idle ones go first) for clients with one, and no descriptor runs out."""
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,))
+    log_path = tmp_path / "router.log"
+    launchd_like = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # noqa: E731
+    with log_path.open("wb") as log:
+        router = subprocess.Popen(config.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=launchd_like)
+    idle: list[socket.socket] = []
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
+    try:
+        wait_until(lambda: _answers(config.local_url, body) == 200, 30, "the router to answer")
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", config.port)))
+        statuses = collections.Counter(_answers(config.local_url, body) for _ in range(20))
+        assert statuses == {200: 20}, statuses
+        assert router.poll() is None
+        said = "open-file limit 256 (not raised; hard limit 256): at most 188 client connections"
+        assert said in log_path.read_text()
+    finally:
+        for sock in idle:
+            sock.close()
+        router.terminate()
+        router.wait(30)
+
+
+def _answers(url: str, body: dict[str, object]) -> int | str:
+    try:
+        return httpx.post(url + "/v1/completions", json=body, timeout=10).status_code
+    except httpx.HTTPError as exc:
+        return repr(exc)
