@@ -196,7 +196,7 @@ class WatchRequest(_message.Message):
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
 class LoadSample(_message.Message):
-    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail", "prefill_tokens_per_s", "decode_tokens_per_s", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes")
+    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail", "prefill_tokens_per_s", "decode_tokens_per_s", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes", "health_failures")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class LoadSample(_message.Message):
     ENGINE_CRASHES_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FAILURES_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     state: EngineState
     running: int
@@ -235,4 +236,5 @@ class LoadSample(_message.Message):
     engine_crashes: int
     draining: bool
     memory_available_bytes: int
-    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ...) -> None: ...
+    health_failures: int
+    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., health_failures: _Optional[int] = ...) -> None: ...

@@ -296,6 +296,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             engine_crashes=sup.crashes,
             group_epoch=self.group.run_epoch if self.group else "",
             memory_available_bytes=psutil.virtual_memory().available,  # macOS and Linux alike; a syscall
+            health_failures=sup.health_failures if sup.ready else 0,
         )
         if sup.adapter.metrics_path is None:
             load = self.traffic.load(running=self.inflight) if sup.ready else None  # what the agent saw pass

@@ -90,6 +90,7 @@ class EngineSupervisor:
         # where the engine counts its tokens.
         self.inflight: Callable[[], int] = lambda: 0
         self._counted: int | None = None  # the engine's prompt + generated token counter at the last tick
+        self.health_failures = 0  # in a row, of the engine running now (told to the router: a stopped engine)
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -270,7 +271,7 @@ class EngineSupervisor:
     async def _watch_health(self) -> tuple[str, bool]:
         """Why the engine stopped being healthy, and whether it is hung (unresponsive, or stalled with work)."""
         assert self._proc is not None  # set by _spawn before READY
-        failures, self._counted = 0, None  # a new engine counts from 0
+        failures, self._counted, self.health_failures = 0, None, 0  # a new engine counts from 0
         restart = asyncio.ensure_future(self._restart_event.wait())
         try:
             while True:
@@ -283,7 +284,7 @@ class EngineSupervisor:
                 if restart in done:
                     return self._restart_reason or "restart requested", False
                 if self._serves_http:
-                    failures = await self._check_health(failures)
+                    failures = self.health_failures = await self._check_health(failures)
                 if failures >= self.policy.health_failures_to_restart:
                     return f"engine failed {failures} health checks in a row", True
                 if self.inflight() == 0:

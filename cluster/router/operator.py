@@ -20,8 +20,16 @@ from cluster.router.activity import Activity
 from cluster.router.errors import ApiError, api_error
 from cluster.router.intake import credentials, read_json
 from cluster.router.metrics import RouterMetrics
-from cluster.router.registry import Registry, WorkerHandle
-from cluster.router.rows import DashboardReply, GroupRow, ModelFacts, WorkerRow, WorkersReply, model_rows
+from cluster.router.registry import SAMPLE_STALE_S, Registry, WorkerHandle
+from cluster.router.rows import (
+    DashboardReply,
+    GroupRow,
+    ModelFacts,
+    Reachability,
+    WorkerRow,
+    WorkersReply,
+    model_rows,
+)
 from cluster.router.validation import validate
 from proto import orchard_pb2 as pb
 
@@ -172,17 +180,24 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         generation_tokens=sample.generation_tokens, prefix_cache_queries=sample.prefix_cache_queries,
         prefix_cache_hits=sample.prefix_cache_hits, engine_restarts=sample.engine_restarts,
         tokens_per_s=round(handle.tokens_per_s, 1) if handle.connected else 0.0,
-        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=_detail(handle, sample), group=group,
+        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=_detail(handle, sample, now), group=group,
         breaker=handle.breaker.state(now).value, draining=sample.draining, model_facts=_facts(info),
     )  # fmt: skip
 
 
-def _detail(handle: WorkerHandle, sample: pb.LoadSample) -> str:
-    """Why it is in its state: the agent's own word while connected, else why it cannot be reached (a sample
-    from before the connection broke is stale)."""
-    if handle.connected:
-        return sample.state_detail
-    return handle.last_error or sample.state_detail
+def _detail(handle: WorkerHandle, sample: pb.LoadSample, now: float) -> str:
+    """Why it is in its state: the agent's own word while connected and telling, else why the router doubts it
+    (a sample from before the connection broke or went silent is stale)."""
+    if not handle.connected:
+        return handle.last_error or sample.state_detail
+    state = handle.state(now)
+    if state is Reachability.HUNG and sample.health_failures and handle.silent_for(now) < SAMPLE_STALE_S:
+        return f"its engine failed {sample.health_failures} health check(s) in a row"
+    if state is Reachability.HUNG:
+        return f"no state from its agent for {handle.silent_for(now):.0f} s"
+    if state is Reachability.HALF_OPEN:
+        return "failed lately; one request probes it"
+    return sample.state_detail
 
 
 def _facts(info: pb.InfoReply) -> list[ModelFacts]:

@@ -103,13 +103,26 @@ class WorkerHandle:
         )
 
     def state(self, now: float) -> EngineState | Reachability:
+        """What the operator sees: the engine's own state only while the router has reason to believe it."""
         if not self.connected:
             return Reachability.UNREACHABLE
         if self.sample is None:
             return Reachability.CONNECTING
-        if self.breaker.state(now) is BreakerState.OPEN:
+        if self.silent_for(now) >= SAMPLE_STALE_S:
+            return Reachability.HUNG  # connected, but the agent has stopped telling
+        breaker = self.breaker.state(now)
+        if breaker is BreakerState.OPEN:
             return Reachability.SUSPECT
-        return EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
+        engine = EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
+        if engine is EngineState.READY and self.sample.health_failures:
+            return Reachability.HUNG  # the agent answers; its engine does not
+        if engine is EngineState.READY and breaker is BreakerState.HALF_OPEN:
+            return Reachability.HALF_OPEN
+        return engine
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the agent's last state sample."""
+        return now - self.sample_at
 
 
 def _merge_capabilities(seen: pb.ModelInfo, model: pb.ModelInfo) -> None:

@@ -15,6 +15,8 @@ class Reachability(enum.Enum):
     UNREACHABLE = "unreachable"  # the agent's stream is down
     CONNECTING = "connecting"  # connected, no load sample yet
     SUSPECT = "suspect"  # its circuit breaker is open: failures just now; probed again after a cool-down
+    HUNG = "hung"  # connected, but no state from the agent lately, or its engine fails its health checks
+    HALF_OPEN = "half-open"  # suspect until just now: one request probes it before it is trusted again
 
 
 class GroupRow(BaseModel):
@@ -84,8 +86,9 @@ class WorkerRow(BaseModel):
     @computed_field  # type: ignore[prop-decorator]  # sent with the row: the dashboard reads it
     @property
     def down(self) -> bool:
-        """Neither serving nor on its way to: unreachable, suspect, stopped or failed."""
-        return self.state in (Reachability.UNREACHABLE, Reachability.SUSPECT, EngineState.STOPPED, EngineState.FAILED)
+        """Neither serving nor on its way to: unreachable, suspect, hung, stopped or failed."""
+        return self.state in (Reachability.UNREACHABLE, Reachability.SUSPECT, Reachability.HUNG, EngineState.STOPPED,
+                              EngineState.FAILED)  # fmt: skip
 
     @property
     def state_text(self) -> str:

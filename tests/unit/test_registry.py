@@ -7,8 +7,12 @@ import pytest
 
 from cluster.router.errors import ApiError
 from cluster.router.intake import check_known
-from cluster.router.registry import LEARN_S, Registry
+from cluster.router.breaker import COOL_DOWN_S, Breaker
+from cluster.router.operator import worker_row
+from cluster.router.registry import LEARN_S, SAMPLE_STALE_S, Registry, WorkerHandle
+from cluster.router.rows import Reachability
 from proto import orchard_pb2 as pb
+from proto.states import EngineState
 
 
 def test_a_host_shared_by_two_agents_names_both_and_an_address_names_one() -> None:
@@ -38,3 +42,30 @@ def test_a_model_is_awaited_while_the_hosts_file_names_it_or_an_agent_has_not_to
         check_known("typo", silent.awaited)
     assert (unavailable.value.status, unavailable.value.code) == (503, "model_not_ready")
     assert (unknown.value.status, unknown.value.code) == (404, "model_not_found")
+
+
+READY = EngineState.READY.to_wire()
+
+
+@pytest.mark.parametrize(
+    ("silent_s", "health_failures", "breaker_opened_s_ago", "state", "detail"),
+    [
+        (0.5, 0, None, EngineState.READY, ""),
+        (SAMPLE_STALE_S + 1, 0, None, Reachability.HUNG, "no state from its agent for 6 s"),  # a stopped agent
+        (0.5, 2, None, Reachability.HUNG, "its engine failed 2 health check(s) in a row"),  # a stopped engine
+        (0.5, 0, 0.5, Reachability.SUSPECT, ""),  # failures just now: breaker open
+        (0.5, 0, COOL_DOWN_S + 0.5, Reachability.HALF_OPEN, "failed lately; one request probes it"),
+        (SAMPLE_STALE_S + 1, 0, COOL_DOWN_S + 0.5, Reachability.HUNG, "no state from its agent for 6 s"),
+    ],
+)
+def test_a_worker_shows_hung_suspect_and_half_open_for_what_they_are(
+    silent_s: float, health_failures: int, breaker_opened_s_ago: float | None, state: object, detail: str
+) -> None:
+    now = 1000.0
+    handle = WorkerHandle("127.0.0.1:1", connected=True, sample_at=now - silent_s,
+                          sample=pb.LoadSample(state=READY, health_failures=health_failures))  # fmt: skip
+    if breaker_opened_s_ago is not None:
+        handle.breaker = Breaker(failures=2, opened_at=now - breaker_opened_s_ago)
+    row = worker_row(handle, now)
+    assert (row.state, row.detail) == (state, detail)
+    assert row.down == (state in (Reachability.HUNG, Reachability.SUSPECT))

@@ -60,7 +60,7 @@ def test_each_worker_and_its_engine_become_samples_labelled_by_worker() -> None:
     assert ({"worker": "a"}, 2.0) in samples["orchard_worker_breaker_state"]
     states = {(lb["worker"], lb["state"]) for lb, v in samples["orchard_worker_state"] if v == 1}
     assert states == {("a", "ready"), ("b", "unreachable")}
-    assert len(samples["orchard_worker_state"]) == 2 * 9  # every state, once per worker: Grafana needs no gaps
+    assert len(samples["orchard_worker_state"]) == 2 * 11  # every state, once per worker: Grafana needs no gaps
     [(info, _)] = [s for s in samples["orchard_worker_info"] if s[0]["worker"] == "a"]
     assert info["host"] == "studio-1" and info["address"] == "10.0.0.1:50051"
     assert samples["orchard_queue_depth"] == [({"model": "m"}, 4.0)]

@@ -86,7 +86,7 @@ def test_an_unreachable_workers_row_says_why_and_a_connected_ones_says_what_the_
     assert row.state is Reachability.UNREACHABLE
     assert row.detail == "UNAVAILABLE: Hostname Verification Check failed."
     assert row.state_text == "unreachable: UNAVAILABLE: Hostname Verification Check failed."
-    handle.connected, handle.last_error = True, ""
+    handle.connected, handle.last_error, handle.sample_at = True, "", time.monotonic()
     assert worker_row(handle, time.monotonic()).detail == "loading weights"
 
 
