@@ -26,7 +26,7 @@ from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
 from cluster.gateway.usage import UsageRow, refused_row
 from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
-from cluster.router.errors import ApiError, Unexpected, api_error
+from cluster.router.errors import ApiError, ClientLeft, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics, model_label
@@ -124,6 +124,10 @@ class _Pipeline:
         except (ApiError, Refusal) as exc:  # turned away before the gateway counts it: logged, not a usage row
             self.ended(refused_row(time.time(), rid, key, model, api_error(exc).status))
             return self._refused(exc, model_label(model, self.registry.models()), route)
+        except ClientLeft:  # it closed its connection mid-body: logged and counted as a 499, not an incident
+            self.metrics.requests.labels(model_label(model, self.registry.models()), str(CLIENT_CLOSED)).inc()
+            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            return Response(status_code=CLIENT_CLOSED)
         except asyncio.CancelledError:  # the client left while its body was read
             self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
             raise

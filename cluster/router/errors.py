@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2
 
 
+class ClientLeft(Exception):
+    """The client closed its connection before its request's body arrived whole: no one to answer (a 499)."""
+
+
 class ApiError(Exception):
     """Raised anywhere in request handling; turned into an OpenAI error response at the edge."""
 
@@ -108,6 +112,9 @@ class Unexpected:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientLeft:
+            log.info("%s %s: the client left before its request body arrived", scope.get("method", ""),
+                     scope.get("path", ""))  # fmt: skip
         except Exception as exc:
             incident = uuid.uuid4().hex[:12]
             where = traceback.extract_tb(exc.__traceback__)[-1]

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from cluster.router.errors import ApiError, Dialect
+from cluster.router.errors import ApiError, ClientLeft, Dialect
 from cluster.router.routes import Route
 from cluster.router.validation import (
     AnyRequest,
@@ -91,6 +92,8 @@ async def _read_raw(request: Request, max_body_bytes: int) -> bytes:
         return await asyncio.wait_for(read_bounded(request, max_body_bytes), BODY_TIMEOUT_S)
     except TimeoutError:
         raise ApiError(408, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.") from None
+    except ClientDisconnect:
+        raise ClientLeft from None
 
 
 def credentials(request: Request) -> str | None:

@@ -369,3 +369,24 @@ def _answers(url: str, body: dict[str, object]) -> int | str:
         return httpx.post(url + "/v1/completions", json=body, timeout=10).status_code
     except httpx.HTTPError as exc:
         return repr(exc)
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_an_incident(sim_cluster: Cluster) -> None:
+    before = _requests_with_status(sim_cluster.url, 499)
+    log = sim_cluster.log_dir / "router.log"
+    lines_before = len(log.read_text().splitlines())
+    with socket.create_connection(("127.0.0.1", sim_cluster.router.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 1000\r\n\r\n" + b'{"model": "' + SIM_MODEL.encode())  # fmt: skip
+        time.sleep(0.3)
+    wait_until(lambda: "status=499" in "".join(log.read_text().splitlines()[lines_before:]), 5, "a 499 request line")
+    after = log.read_text().splitlines()[lines_before:]
+    assert not [line for line in after if "unexpected error" in line], after
+    assert _requests_with_status(sim_cluster.url, 499) == before + 1
+
+
+def _requests_with_status(url: str, status: int) -> float:
+    page = httpx.get(url + "/metrics", timeout=10).text
+    mark = f'status="{status}"'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith("orchard_requests_total{") and mark in line)  # fmt: skip
