@@ -31,8 +31,10 @@ _HTTP_TO_GRPC = {
 Metadata = Iterable[tuple[str, Any]] | None
 
 
-def openai_error(message: str, kind: str, status: int) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+def openai_error(message: str, kind: str, status: int, code: str | None = None) -> bytes:
+    """An OpenAI-shaped error body; `code`: a stable word a client can test (default: the status)."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code or status}}
+    return json.dumps(body).encode()
 
 
 def grpc_code(status: int) -> grpc.StatusCode:

@@ -134,7 +134,10 @@ class WorkerService(pb_grpc.WorkerServicer):
             return
         except httpx.HTTPError as exc:
             log.warning("request %s: engine connection failed: %r", request.request_id, exc)
-            await _abort(context, 503, f"engine connection failed: {exc!r}", "service_unavailable")
+            # The exception's text is the operator's (logged above); the client gets a stable code and message.
+            message = "The engine stopped answering before the reply was complete; try again."
+            await _abort(context, 503, errors.openai_error(message, "service_unavailable", 503, "engine_unavailable"),
+                         "service_unavailable")  # fmt: skip
             return
         finally:
             self.inflight -= 1

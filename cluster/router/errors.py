@@ -148,9 +148,11 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
     status = errors.http_status(metadata)
     if status is not None:
         return upstream_error(status, errors.error_body(metadata))
-    code = exc.code()
+    code = exc.code()  # gRPC's details (`Socket closed`, a peer's exception) are the operator's: logged, not sent
+    log.warning("worker call failed: %s: %s", code.name, " ".join((exc.details() or "").split())[:300])
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return ApiError(503, f"worker unavailable: {exc.details()}", code="worker_unavailable")
+        return ApiError(503, "The worker serving this request became unavailable; try again.",
+                        code="worker_unavailable")  # fmt: skip
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ApiError(504, "the worker did not finish in time", code="timeout")
-    return ApiError(502, f"worker error {code.name}: {exc.details()}", code="worker_error")
+        return ApiError(504, "The worker did not finish in time.", code="timeout")
+    return ApiError(502, f"The worker failed this request ({code.name}).", code="worker_error")

@@ -191,6 +191,22 @@ def test_killed_engine_is_restarted_and_requests_get_503_in_the_gap(sim_cluster:
     assert sim_cluster.engine_pid() != old_pid
 
 
+def test_an_engine_that_dies_mid_stream_ends_it_with_a_stable_code_not_exception_text(sim_cluster: Cluster) -> None:
+    body = {"model": SIM_MODEL, "prompt": "long story", "max_tokens": 5000, "stream": True}
+    with httpx.stream("POST", sim_cluster.url + "/v1/completions", json=body, timeout=30) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data: "))
+        assert next(lines) and next(lines)
+        os.kill(sim_cluster.engine_pid(), signal.SIGKILL)
+        rest = list(lines)
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "engine_unavailable" and error["type"] == "service_unavailable", error
+    assert error["message"] == "The engine stopped answering before the reply was complete; try again."
+    ok = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 2}
+    wait_until(lambda: httpx.post(sim_cluster.url + "/v1/completions", json=ok, timeout=30).status_code == 200, 60,
+               "the engine back")  # fmt: skip
+
+
 def test_sim_prefix_cache_shows_in_engine_metrics_and_saves_prefill(sim_cluster: Cluster) -> None:
     engine = sim_cluster.engine_url()
     shared = "orchard " * 400  # 25 blocks of 16 tokens
