@@ -502,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--install-service",
         action="store_true",
-        help="install each agent as a launchd (macOS) / systemd (Linux) user service: survives reboots",
+        help="install each agent, and the head's router, as a launchd (macOS) / systemd (Linux) service: they "
+        "start at boot (a lab's router stays a service on later runs; `cluster down` removes it)",
     )
     up.add_argument("--engine", choices=ENGINE_KINDS, default="vllm")
     up.add_argument("--model", default=BUNDLED_NAME, help="bundled name, local path or hub id")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from cluster.bringup import authority, drain
+from cluster.bringup import authority, drain, units
 from cluster.bringup.fleet import Fleet, Report
 from cluster.gateway.keys import operator_headers
 from cluster.router import handover
@@ -30,21 +30,40 @@ class RolloutError(Exception):
     """The new router did not come up; the old one still serves. The message says where to look."""
 
 
-def start_router(config: RouterConfig, home: Path) -> int:
-    """A router that outlives `cluster up`, kept running (restarted if it dies) by its keeper."""
-    return Fleet(home / "logs", tied_to_parent=False, keep=True).start_router(config).pid
+SERVICE_START_S = 10.0  # until the service manager names the router's process
 
 
-def hand_over(old_pid: int, config: RouterConfig, home: Path, report: Report) -> int:
+def start_router(config: RouterConfig, home: Path, service: units.RouterService | None = None,
+                 slot: units.Slot = "a") -> int:  # fmt: skip
+    """A router that outlives `cluster up`: kept running (restarted if it dies, and at boot) by the head's service
+    manager in `slot` of `service`, else by its keeper. Its pid. Raises RolloutError (a service not started)."""
+    if service is None:
+        return Fleet(home / "logs", tied_to_parent=False, keep=True).start_router(config).pid
+    try:
+        service.start(config, slot)
+    except (units.ServiceError, OSError) as exc:
+        raise RolloutError(f"the router's {service.manager} service did not start: {exc}") from None
+    deadline = time.monotonic() + SERVICE_START_S
+    while (pid := service.main_pid(slot)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid is None:
+        raise RolloutError(f"{service.manager} runs no router for {service.name(slot)} {SERVICE_START_S:g} s after "
+                           f"it started it (see {home / 'logs' / 'router.log'})")  # fmt: skip
+    return pid
+
+
+def hand_over(
+    old_pid: int, config: RouterConfig, home: Path, report: Report, start: Callable[[], int] | None = None
+) -> int:
     """Start the new router on the old one's listening socket, wait until it sees ready every worker of its
     config that the old one saw ready, publish its offer for the next hand-over, then SIGTERM the old one: it
     stops accepting and finishes its streams. If the new one fails, it is stopped and the old one keeps serving
-    (and offering) as before: RolloutError."""
+    (and offering) as before: RolloutError. `start`: how the new router starts (default: start_router)."""
     started = time.monotonic()
     with httpx.Client(timeout=2.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
         before = _poll(client, config.local_url, old_pid, lambda reply: True, 5.0)
         wanted = {r.address for r in (before.workers if before else []) if r.ready and r.address in config.workers}
-        pid = start_router(config, home)
+        pid = start() if start is not None else start_router(config, home)
         report(f"router: handing over to a new router (pid {pid}); the old one (pid {old_pid}) finishes its streams")
         seen = _poll(client, config.local_url, pid, lambda reply: wanted <= _ready(reply), HAND_OVER_TIMEOUT_S)
     if seen is None or not handover.publish(Path(config.handover).expanduser(), seen.router_pid):

@@ -8,13 +8,31 @@ On a Mac the agent is a LaunchDaemon running as the lab user, not a LaunchAgent:
 after someone logs in at the screen (`launchctl bootstrap gui/UID` over SSH fails with 125 on a headless
 Mac), and macOS 15's Local Network Privacy (Apple TN3179) drops a LaunchAgent's LAN connections while it
 exempts launchd daemons, which the group peers, Ray and the MLX ring need.
+
+The head's router is a service of the head too (`RouterService`, `cluster up --install-service`), for the same
+reasons a LaunchDaemon on a Mac and a user unit on Linux (a system unit when run as root). It has two slots,
+`a` and `b`: a planned restart starts the new router in the free slot, it takes the listening socket from the
+running one (cluster.router.handover), and only then is the old slot stopped, so nothing is refused; one slot is
+enabled at a time, so a reboot starts one router. Its systemctl/launchctl calls go through an injected `Runner`.
 """
 
 from __future__ import annotations
 
+import getpass
+import math
+import os
 import plistlib
 import re
 import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from proto.launch import RouterConfig
+from worker import procs
 
 LAUNCHD_LABEL = "ai.orchard.agent"
 SYSTEMD_NAME = "orchard-agent.service"
@@ -131,3 +149,204 @@ def _quoted(text: str) -> str:
 def _command(text: str) -> str:
     """ExecStart=: unquoted like Environment=, and `$` expands variables there, even inside quotes."""
     return _quoted(text).replace("$", "$$")
+
+
+# -- the head's router --------------------------------------------------------------------------------------
+
+ROUTER_LABEL = "ai.orchard.router"  # a slot's job: ai.orchard.router.a
+ROUTER_UNIT = "orchard-router"  # a slot's unit: orchard-router-a.service
+SYSTEM_UNITS = "/etc/systemd/system"
+SLOTS = ("a", "b")
+Slot = Literal["a", "b"]
+SERVICE_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # the router runs its venv's python by absolute path
+COMMAND_TIMEOUT_S = 120.0  # a stop that waits for streams (shutdown grace) or launchd letting go (above)
+Runner = Callable[[list[str], str | None], str]  # argv and stdin in, stdout out; raises ServiceError
+
+
+class ServiceError(Exception):
+    """A service manager refused a step; the message is its own, with the command."""
+
+
+def run_here(argv: list[str], stdin: str | None) -> str:
+    """The Runner of this machine: argv with `stdin` (else /dev/null), bounded by COMMAND_TIMEOUT_S."""
+    source = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False, **source)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceError(f"`{shlex.join(argv)[:80]}`: {exc}") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise ServiceError(f"`{shlex.join(argv)[:80]}` failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+    return done.stdout
+
+
+def router_log(home: str) -> str:
+    return f"{home}/logs/router.log"  # the lab's log folder, where a detached router writes too
+
+
+def router_plist(config: RouterConfig, home: str, label: str, env: dict[str, str], user: str | None) -> bytes:
+    """A LaunchDaemon (as `user`) running exactly `config.command()`; KeepAlive restarts a router that failed,
+    ExitTimeOut lets a stopped one finish its streams."""
+    plist: dict[str, object] = {
+        "Label": label,
+        "ProgramArguments": config.command(),
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "WorkingDirectory": home,
+        "StandardOutPath": router_log(home),
+        "StandardErrorPath": router_log(home),
+        "EnvironmentVariables": dict(env),
+        "ProcessType": "Interactive",
+        "ThrottleInterval": 5,
+        "ExitTimeOut": math.ceil(config.shutdown_grace_s) + 5,
+    }
+    if user:
+        plist["UserName"] = user
+    return plistlib.dumps(plist)
+
+
+def router_unit(config: RouterConfig, home: str, env: dict[str, str], system: bool) -> str:
+    """A systemd unit running exactly `config.command()`: restarted on failure (not after exit 2, a refusal
+    that trying again cannot help), given the shutdown grace to finish its streams when stopped."""
+    program = config.command()
+    if any(_CONTROL.search(part) for part in (*program, home, *env.values())):
+        raise ValueError("a control character (newline, tab, …) cannot be written into a systemd unit")
+    environment = "".join(f"Environment={_quoted(shlex.quote(f'{k}={v}'))}\n" for k, v in sorted(env.items()))
+    wants = "Wants=network-online.target\n" if system else ""  # a user manager has no network targets
+    return (
+        "[Unit]\n"
+        "Description=Orchard router\n"
+        f"After=network-online.target\n{wants}\n"
+        "[Service]\n"
+        f"ExecStart={_command(shlex.join(program))}\n"
+        f"WorkingDirectory={_specifiers(home)}\n"
+        f"{environment}"
+        f"StandardOutput=append:{_specifiers(router_log(home))}\n"
+        "StandardError=inherit\n"
+        "Restart=on-failure\n"
+        "RestartSec=5\n"
+        "RestartPreventExitStatus=2\n"
+        f"TimeoutStopSec={math.ceil(config.shutdown_grace_s) + 5}\n\n"
+        "[Install]\n"
+        f"WantedBy={'multi-user.target' if system else 'default.target'}\n"
+    )
+
+
+def _no_password() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class RouterService:
+    """The head's router under this machine's service manager, in slot `a` or `b` (see the module's doc).
+
+    macOS: a LaunchDaemon running as `user` (root installs it: `root_stdin` gives the sudo password line the
+    load script reads, see root_prefix). Linux: a user unit (`systemctl --user`, with lingering so that it
+    starts at boot without a login), or a system unit when `as_root`."""
+
+    platform: Literal["darwin", "linux"]
+    home: Path  # the lab's ~/.orchard: logs, a LaunchDaemon's staged plist
+    user: str
+    user_home: str
+    as_root: bool
+    units_dir: Path
+    run: Runner = run_here
+    root_stdin: Callable[[], str | None] = _no_password
+    say: Callable[[str], None] = print
+
+    @classmethod
+    def here(
+        cls, home: Path, run: Runner = run_here, root_stdin: Callable[[], str | None] = _no_password,
+        say: Callable[[str], None] = print,
+    ) -> RouterService:  # fmt: skip
+        darwin, as_root = sys.platform == "darwin", os.geteuid() == 0
+        units = LAUNCH_DAEMONS if darwin else SYSTEM_UNITS if as_root else str(Path.home() / ".config/systemd/user")
+        return cls("darwin" if darwin else "linux", home, getpass.getuser(), str(Path.home()), as_root, Path(units),
+                   run, root_stdin, say)  # fmt: skip
+
+    @property
+    def manager(self) -> str:
+        return "launchd" if self.platform == "darwin" else "systemd"
+
+    def name(self, slot: Slot) -> str:
+        return f"{ROUTER_LABEL}.{slot}" if self.platform == "darwin" else f"{ROUTER_UNIT}-{slot}.service"
+
+    def path(self, slot: Slot) -> Path:
+        return self.units_dir / (f"{self.name(slot)}.plist" if self.platform == "darwin" else self.name(slot))
+
+    def definition(self, config: RouterConfig, slot: Slot) -> bytes:
+        env = {"HOME": self.user_home, "PATH": SERVICE_PATH}
+        if self.platform == "darwin":
+            return router_plist(config, str(self.home), self.name(slot), env, None if self.as_root else self.user)
+        return router_unit(config, str(self.home), env, self.as_root).encode()
+
+    def start(self, config: RouterConfig, slot: Slot) -> None:
+        """Install `slot` with `config`, enabled at boot, and (re)start it. Raises ServiceError."""
+        procs.open_log(Path(router_log(str(self.home)))).close()  # ours and private before the manager opens it
+        if self.platform == "darwin":
+            staged = self.home / f"{self.name(slot)}.plist"  # the load script installs it as root's
+            staged.write_bytes(self.definition(config, slot))
+            script = launchd_load_script(str(staged), self.name(slot), str(self.units_dir))
+            self.run(["/bin/sh", "-c", script], self.root_stdin())
+            return
+        self.path(slot).parent.mkdir(parents=True, exist_ok=True)
+        self.path(slot).write_bytes(self.definition(config, slot))
+        for step in (["daemon-reload"], ["enable", self.name(slot)], ["restart", self.name(slot)]):
+            self.run(self._systemctl(*step), None)
+        if not self.as_root:
+            self._linger()
+
+    def main_pid(self, slot: Slot) -> int | None:
+        """The process the manager runs for `slot` now, if it runs one."""
+        try:
+            if self.platform == "darwin":
+                found = re.search(r"^\s*pid = (\d+)\s*$", self.run(["launchctl", "print", f"system/{self.name(slot)}"],
+                                                                   None), re.MULTILINE)  # fmt: skip
+                return int(found.group(1)) if found else None
+            pid = self.run(self._systemctl("show", "--property=MainPID", "--value", self.name(slot)), None).strip()
+        except ServiceError:  # not loaded
+            return None
+        return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+    def retire(self, slot: Slot) -> None:
+        """After a hand-over (or one that failed): `slot` no longer starts at boot, and is stopped without waiting
+        for its router, which finishes its streams (the shutdown grace). Raises ServiceError."""
+        if self.platform == "darwin":
+            if self.path(slot).exists():
+                self.run(["/bin/sh", "-c", launchd_unload_script(self.name(slot), str(self.units_dir))],
+                         self.root_stdin())  # fmt: skip
+            return
+        self.run(self._systemctl("disable", self.name(slot)), None)
+        self.run(self._systemctl("stop", "--no-block", self.name(slot)), None)
+
+    def remove(self) -> list[Slot]:
+        """`cluster down`: stop every installed slot (its router's streams finish first) and remove it; the
+        slots that were installed. Raises ServiceError."""
+        found: list[Slot] = [slot for slot in ("a", "b") if self.path(slot).exists()]
+        for slot in found:
+            if self.platform == "darwin":
+                self.retire(slot)
+                continue
+            self.run(self._systemctl("disable", "--now", self.name(slot)), None)
+            self.path(slot).unlink(missing_ok=True)
+        if found and self.platform == "linux":
+            self.run(self._systemctl("daemon-reload"), None)
+        return found
+
+    def _systemctl(self, *args: str) -> list[str]:
+        return ["systemctl", *([] if self.as_root else ["--user"]), *args]
+
+    def _linger(self) -> None:
+        """A user's units start at boot only with lingering on; it is asked for, and said when refused."""
+        try:
+            if self.run(["loginctl", "show-user", self.user, "--property=Linger", "--value"], None).strip() == "yes":
+                return
+            self.run(["loginctl", "enable-linger", self.user], None)
+        except ServiceError as exc:
+            self.say(f"router: it starts at boot only once someone runs `sudo loginctl enable-linger {self.user}` "
+                     f"({exc})")  # fmt: skip
+
+
+def other_slot(slot: Slot | Literal[""]) -> Slot:
+    """The slot a hand-over starts the new router in ("": none is installed yet)."""
+    return "b" if slot == "a" else "a"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.bringup import local
+from cluster.bringup import lab, local, units
 from cluster.router.rows import WorkersReply
-from tests.conftest import free_port, run_cli, wait_until
+from tests.conftest import SIM_MODEL, agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
 from worker import procs
 
 
@@ -202,3 +203,80 @@ def test_status_json_and_watch_show_rates_and_ttft(tmp_path: Path, foreground: F
     _, err = watching.communicate(timeout=30)
     assert watching.returncode == 0 and "Traceback" not in err, err
     assert len(titles) == 3 and len(set(titles)) > 1  # redrawn each second, stamped with the time
+
+
+class FakeSystemd:
+    """A user manager for the router service test: `restart` runs the unit file's ExecStart as written (so the
+    router runs from the very text `cluster up` installs), `show` names its pid, `stop`/`disable --now` stop it."""
+
+    def __init__(self, units: Path, logs: Path) -> None:
+        self.units, self.logs = units, logs
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.calls: list[str] = []
+
+    def __call__(self, argv: list[str], stdin: str | None) -> str:
+        line = shlex.join(a for a in argv if a != "--user")
+        self.calls.append(line)
+        name, proc = argv[-1], self.running.get(argv[-1])
+        if line.startswith("systemctl restart"):
+            exec_start = _unit_value(self.units / name, "ExecStart").replace("$$", "$").replace("%%", "%")
+            with procs.open_log(self.logs / "router.log") as log:
+                self.running[name] = subprocess.Popen(shlex.split(exec_start), stdout=log, stderr=log,
+                                                      start_new_session=True)  # fmt: skip
+        elif line.startswith("systemctl show"):
+            return f"{proc.pid if proc and proc.poll() is None else 0}\n"
+        elif line.startswith(("systemctl stop", "systemctl disable --now")) and proc:
+            proc.terminate()
+            if "--now" in argv:
+                proc.wait(70)
+        elif line.startswith("loginctl show-user"):
+            return "yes\n"
+        return ""
+
+
+def _unit_value(path: Path, key: str) -> str:
+    return next(line.split("=", 1)[1] for line in path.read_text().splitlines() if line.startswith(f"{key}="))
+
+
+def test_hand_overs_into_the_router_service_refuse_nothing_and_leave_one_slot_enabled(tmp_path: Path) -> None:
+    """From a detached router to the service's slot a, then to b: each new router is started by the service
+    manager from its unit file and takes the socket over before the old slot is disabled and stopped."""
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs-agent")
+    cluster = start_cluster(tmp_path, [agent], handover=str(tmp_path / "router.sock"))
+    manager = FakeSystemd(tmp_path / "units", tmp_path / "logs")
+    service = units.RouterService("linux", tmp_path, "lab", str(tmp_path), False, tmp_path / "units", manager)
+    results: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            try:
+                results.append(str(httpx.post(cluster.url + "/v1/chat/completions", json=body, timeout=10).status_code))
+            except httpx.HTTPError as exc:
+                results.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    said: list[str] = []
+    try:
+        for thread in threads:
+            thread.start()
+        old = cluster.fleet.children[-1].pid
+        pid_a, slot_a = lab._hand_over(old, "", cluster.router, tmp_path, said.append, service)
+        pid_b, slot_b = lab._hand_over(pid_a, slot_a, cluster.router, tmp_path, said.append, service)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert (slot_a, slot_b) == ("a", "b") and service.main_pid("b") == pid_b
+        assert results and set(results) == {"200"}, results
+        started_b = manager.calls.index("systemctl restart orchard-router-b.service")
+        assert manager.calls[started_b + 1 :].count("systemctl disable orchard-router-a.service") == 1  # after b
+        assert "systemctl stop --no-block orchard-router-a.service" in manager.calls[started_b:]
+        wait_until(lambda: not procs.alive(old) and not procs.alive(pid_a), 20, "the old routers to exit")
+        assert service.remove() == ["a", "b"] and not procs.alive(pid_b)  # `cluster down`
+    finally:
+        stop.set()
+        for proc in manager.running.values():
+            proc.kill()
+            proc.wait()
+        stop_cluster(cluster)
