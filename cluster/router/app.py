@@ -264,7 +264,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail)).response(dialect=dialect_of(request.url.path))
+        # Starlette's own headers kept: a 405 names the methods the path allows (`Allow`, RFC 9110)
+        return ApiError(exc.status_code, str(exc.detail)).response(exc.headers, dialect_of(request.url.path))
 
     app.add_middleware(Unexpected, dialect_of=dialect_of)
     app.add_middleware(RequestIds)  # outermost: the incident 500 carries the id too

@@ -8,7 +8,7 @@ import json
 import logging
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -80,7 +80,7 @@ class ApiError(Exception):
         kind = _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
-    def response(self, headers: dict[str, str] | None = None, dialect: Dialect = Dialect.OPENAI) -> JSONResponse:
+    def response(self, headers: Mapping[str, str] | None = None, dialect: Dialect = Dialect.OPENAI) -> JSONResponse:
         headers = dict(headers or {})
         if self.status in (429, 503) and not any(h.lower() == "retry-after" for h in headers):
             headers["retry-after"] = str(RETRY_AFTER_S)  # no worker now: an engine restarts or a host returns

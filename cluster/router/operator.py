@@ -12,7 +12,8 @@ from importlib import resources
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from cluster.gateway.gateway import Gateway, Refusal
@@ -100,7 +101,7 @@ def _lab_views(app: FastAPI, registry: Registry, metrics: RouterMetrics, activit
         if no := views.refused(request):  # worker addresses, models and teams: an operator's, once keys are on
             return no
         metrics.expect(registry.models())
-        return PlainTextResponse(metrics.exposition())
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)  # Prometheus's text format, versioned
 
     @app.get("/orchard/workers")
     async def workers(request: Request) -> Response:
