@@ -3,7 +3,8 @@
 STARTING --(health ok + one real token before the deadline)--> READY
 READY --(process exits / health fails 3x / streams in flight, no token for stall_timeout_s)--> RESTARTING
       --(backoff)--> STARTING
-STARTING --(too many failed starts in a row)--> FAILED   (terminal; the agent reports it)
+STARTING --(too many failed starts in a row, or a launch plan the configuration rules out)--> FAILED
+                                                          (terminal; the agent reports it)
 READY/STARTING --request_restart()--> RESTARTING --(at once)--> STARTING   (a shard group relaunching)
 any --stop()--> STOPPING --> STOPPED   (SIGTERM to the process group, SIGKILL after a grace period)
 
@@ -97,6 +98,7 @@ class EngineSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
         self._serves_http = True
+        self._misconfigured = False  # the adapter refused the configuration: no retry can succeed
         self.capabilities: tuple[str, ...] | None = None  # the last launch plan's (None: no plan yet, or unknown)
 
     @property
@@ -187,6 +189,9 @@ class EngineSupervisor:
             else:
                 reason, hung = self.detail, False
             await self._terminate(self.policy.hung_grace_s if hung else self.policy.stop_grace_s)
+            if self._misconfigured:
+                await self._set(EngineState.FAILED, reason)
+                return
             self.restarts += 1
             if self._restart_reason is not None:  # asked for: relaunch at once
                 reason, self._restart_reason = self._restart_reason, None
@@ -228,8 +233,9 @@ class EngineSupervisor:
         self.port = self._fixed_port or free_port()
         try:
             plan = self.adapter.plan(self.config, self.port)
-        except ValueError as exc:
+        except ValueError as exc:  # the message names the setting, never a secret's value
             self.detail = f"bad engine configuration: {exc}"
+            self._misconfigured = True
             return False
         self._serves_http = plan.serves_http
         self.capabilities = plan.capabilities

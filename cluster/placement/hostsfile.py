@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from proto.launch import PARSER_NAME, EngineKind, Policy
+from worker.engines.rayports import RAY_PORT_SPAN
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -107,7 +108,10 @@ class HostSpec(_Strict):
     memory_gb: float | None = Field(default=None, gt=0, strict=False)  # overrides what the host reports
     memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)  # overrides [placement]
     group_address: str | None = None  # shard-group traffic (e.g. a Thunderbolt bridge IP); default: address
-    group_port: int = Field(default=52100, ge=1, le=65535)  # first port of this host's shard-group ranks
+    # This host's shard-group rank: an MLX rank listens on group_port; a vLLM rank's Ray uses group_port ..
+    # group_port + RAY_PORT_SPAN - 1 (worker/engines/rayports.py), several of them on every interface (Ray binds
+    # no address): let the firewall pass that range on the group link only.
+    group_port: int = Field(default=52100, ge=1, le=65535)
     # mlx jaccl (RDMA over Thunderbolt 5): this Mac's RDMA device towards each other host, by host name, as
     # `mlx.distributed_config --backend jaccl` finds them, e.g. { studio-2 = "rdma_en5", studio-3 = "rdma_en4" }
     rdma_devices: dict[str, str] = Field(default_factory=dict)
@@ -120,6 +124,17 @@ class HostSpec(_Strict):
         if not (value == "~" or value.startswith(("~/", "/"))):
             raise ValueError(f"{value!r}: give an absolute path or one under ~/")
         return value
+
+    @model_validator(mode="after")
+    def _ray_ports_fit(self) -> HostSpec:
+        last = self.group_port + RAY_PORT_SPAN - 1
+        if self.engine == "vllm" and last > 65535:
+            raise ValueError(f"group_port {self.group_port}: a vLLM group's Ray needs {RAY_PORT_SPAN} ports from it; "
+                             f"give one up to {65536 - RAY_PORT_SPAN}")  # fmt: skip
+        if self.engine == "vllm" and self.group_port <= self.agent_port <= last:
+            raise ValueError(f"agent_port {self.agent_port} falls in the Ray ports of this host's vLLM group rank "
+                             f"({self.group_port}..{last}): move one of them")  # fmt: skip
+        return self
 
     @property
     def label(self) -> str:

@@ -18,8 +18,20 @@ from proto.capabilities import REASONING, TOOLS
 from worker import modelfiles, procs
 from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
 from worker.engines.parsers import OFF, Parsers, choose, read_signals
+from worker.engines.rayports import ray_ports
+from worker.engines.secrets import move_secrets
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
+# vLLM's secret flags and the variable it reads each from when the flag is absent (0.32: --api-key falls back to
+# VLLM_API_KEY in entrypoints/serve/middleware/register.py; --hf-token unset leaves huggingface_hub to HF_TOKEN).
+SECRET_ENV = {"--api-key": "VLLM_API_KEY", "--hf-token": "HF_TOKEN"}
+# vLLM 0.32's flags whose names hold a secret's word but whose values are none: token counts and switches.
+NOT_SECRET = frozenset({
+    "--dbo-decode-token-threshold", "--dbo-prefill-token-threshold", "--long-prefill-token-threshold",
+    "--long-prefill-token-threshold-adaptive", "--no-long-prefill-token-threshold-adaptive",
+    "--return-tokens-as-token-ids", "--no-return-tokens-as-token-ids", "--allow-credentials",
+    "--no-allow-credentials",
+})  # fmt: skip
 
 
 class VllmEngine:
@@ -59,6 +71,7 @@ class VllmEngine:
         if group.backend != "vllm" or group.mode != "pipeline":
             raise ValueError(f"the vllm engine runs pipeline groups only (asked: {group.mode} on {group.backend})")
         node_ip, ray_port = group.members[group.rank].rsplit(":", 1)
+        ray_ports(int(ray_port))  # Ray's ports must fit above this rank's group port
         resources = '{"mlx": 1}' if self.platform == "darwin" else "{}"
         env = dict(single.env)
         env["VLLM_HOST_IP"] = node_ip
@@ -68,7 +81,8 @@ class VllmEngine:
         env["RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"] = "minor"
         # Orchard's launcher runs here; vLLM and Ray run from --python.
         launcher = [sys.executable, "-m", "worker.engines.programs.vllm_group"]
-        common = ["--node-ip", node_ip, "--resources", resources, "--python", self.python(config)]
+        python = self.python(config)
+        common = ["--node-ip", node_ip, "--ray-port", ray_port, "--resources", resources, "--python", python]
         if group.rank != 0:
             head = group.members[0]
             return LaunchPlan(argv=(*launcher, "member", *common, "--head", head), env=env, serves_http=False)
@@ -78,7 +92,7 @@ class VllmEngine:
             server.append("--no-async-scheduling")  # vllm-metal: pipeline parallel needs it off
         if group.layers:
             env["VLLM_PP_LAYER_PARTITION"] = ",".join(map(str, group.layers))
-        argv = (*launcher, "head", *common, "--ray-port", ray_port, "--size", str(group.size), "--", *server)
+        argv = (*launcher, "head", *common, "--size", str(group.size), "--", *server)
         return LaunchPlan(argv=argv, env=env, capabilities=single.capabilities)
 
     def _single(self, config: EngineConfig, port: int) -> LaunchPlan:
@@ -94,7 +108,9 @@ class VllmEngine:
             argv += ["--max-model-len", str(config.max_model_len)]
         if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
             argv += ["--runner", "pooling", "--convert", "embed"]
-        argv += list(config.extra_args) + parser_args(config)
+        # Secrets go to the environment: vLLM logs its arguments, and `ps` shows them to every user.
+        extra, secrets = move_secrets(config.extra_args, SECRET_ENV, NOT_SECRET, "vLLM")
+        argv += extra + parser_args(config)
         env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                # The Responses API's `previous_response_id` and GET /v1/responses/{id} need stored responses
                # (vLLM keeps them in memory, unbounded; `store: false` on a request keeps it out).
@@ -112,6 +128,7 @@ class VllmEngine:
             if (stages := _pipeline_size(argv)) > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(stages)
         env.update(dict(config.env))
+        env.update(secrets)  # as the flag would have, it wins over the agent's own environment
         return LaunchPlan(argv=tuple(argv), env=env, capabilities=capabilities_of(argv))
 
     def version(self, config: EngineConfig) -> str:

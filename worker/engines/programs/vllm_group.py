@@ -2,7 +2,7 @@
 
     python -m worker.engines.programs.vllm_group head --node-ip IP --ray-port P --size N [--python PY] \
         -- VLLM_SERVER_ARGS
-    python -m worker.engines.programs.vllm_group member --node-ip IP --head IP0:P [--python PY]
+    python -m worker.engines.programs.vllm_group member --node-ip IP --ray-port P --head IP0:P0 [--python PY]
 
 `--python` is the engine's interpreter (on a Mac, vllm-metal's own venv, which holds vLLM and Ray); this
 launcher runs from Orchard's.
@@ -12,6 +12,7 @@ with the resources the platform asks for), and rank 0 runs the OpenAI server wit
 --distributed-executor-backend ray`. Orchard owns the Ray cluster's life: the head runs as a child of rank 0's
 process and each member's `ray start --block` is the member's process, all in their agents' process groups, so
 stopping or relaunching the group stops Ray with it (the head's session files go to a folder of its own).
+Every port a node's Ray opens is pinned from its `--ray-port` (worker/engines/rayports.py).
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ import sys
 import tempfile
 import time
 
+from worker.engines.rayports import RayPorts, ray_ports
+
 JOIN_TIMEOUT_S = 300.0
 
 
 def ray_start(
-    python: str, node_ip: str, resources: str, temp_dir: str, *, head_port: int | None, head: str | None
+    python: str, node_ip: str, resources: str, ports: RayPorts, *, join: str | None, temp_dir: str = ""
 ) -> list[str]:
+    """`ray start` for the head (join None: its session files in temp_dir) or for a member joining `join`."""
     argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", node_ip,
-            "--disable-usage-stats", "--resources", resources]  # fmt: skip
-    if head_port is not None:
-        argv += ["--head", "--port", str(head_port), "--include-dashboard=false", "--temp-dir", temp_dir]
+            "--disable-usage-stats", "--resources", resources, *ports.start_args(head=join is None)]  # fmt: skip
+    if join is None:
+        argv += ["--head", "--include-dashboard=false", "--temp-dir", temp_dir]
     else:
-        argv += ["--address", str(head)]
+        argv += ["--address", join]
     return argv
 
 
@@ -67,8 +71,10 @@ def _wait_for_nodes(python: str, address: str, size: int, deadline: float, head:
 
 def head(args: argparse.Namespace, vllm_args: list[str]) -> int:
     temp_dir = args.temp_dir or short_temp_dir()
+    ports = ray_ports(args.ray_port)
     ray = subprocess.Popen(
-        ray_start(args.python, args.node_ip, args.resources, temp_dir, head_port=args.ray_port, head=None)
+        ray_start(args.python, args.node_ip, args.resources, ports, join=None, temp_dir=temp_dir),
+        env={**os.environ, **ports.head_env()},
     )
     vllm: subprocess.Popen[bytes] | None = None
 
@@ -104,7 +110,7 @@ def short_temp_dir() -> str:
 
 def member(args: argparse.Namespace) -> int:
     # Ray takes a session folder only on the head; members use the session the head names.
-    argv = ray_start(args.python, args.node_ip, args.resources, "", head_port=None, head=args.head)
+    argv = ray_start(args.python, args.node_ip, args.resources, ray_ports(args.ray_port), join=args.head)
     os.execv(argv[0], argv)
     return 1  # not reached
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.engines.programs.vllm_group", description=__doc__)
     parser.add_argument("role", choices=("head", "member"))
     parser.add_argument("--node-ip", required=True, help="this host's address in the group")
-    parser.add_argument("--ray-port", type=int, default=6379)
+    parser.add_argument("--ray-port", type=int, default=52100, help="this node's first Ray port (the head's GCS)")
     parser.add_argument("--head", help="member: the head's IP:PORT")
     parser.add_argument("--size", type=int, default=2, help="head: nodes to wait for")
     parser.add_argument("--resources", default="{}", help='Ray custom resources (vllm-metal: {"mlx": 1})')
