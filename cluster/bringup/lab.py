@@ -18,7 +18,7 @@ import asyncssh
 import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import authority, certs, preflight, records, remote, rollout, units
+from cluster.bringup import authority, certs, preflight, records, remote, rolling, rollout, units
 from cluster.bringup.fleet import Report, fetch_workers
 from cluster.bringup.preflight import HostOutcome
 from cluster.bringup.sudo import Sudo
@@ -165,20 +165,20 @@ async def up(
     preflight.check_engines(assignments, by_label, report)
     await preflight.check_groups(assignments, by_label, report)
     by_host = {a.host.label: a for a in assignments}
-    url, drained = await _drain_changed(probes, spec, by_host, home, report, service)
-    try:
-        trust = (_authority(home), home)
-        outcomes = await asyncio.gather(
-            *(_bring_host(p, h, by_host.get(h.label), spec, report, install_service, trust, root)
-              for p, h in zip(probes, spec.hosts, strict=True))
-        )  # fmt: skip
-    except BaseException:
-        if drained:
-            await asyncio.to_thread(rollout.undrain, url, drained, home, report)
-        raise
-    restarted = {o.label for o in outcomes if o.state in ("started", "idle")}
-    if kept := [label for label in drained if label not in restarted]:
-        await asyncio.to_thread(rollout.undrain, url, kept, home, report)
+    url, changing = await _changing(probes, spec, by_host, home, service)
+    trust = (_authority(home), home)
+
+    async def bring(probe: preflight.Probe, host: HostSpec) -> HostOutcome:
+        return await _bring_host(probe, host, by_host.get(host.label), spec, report, install_service, trust, root)
+
+    async def serving_again(outcomes: list[HostOutcome]) -> None:  # the routed ones: a group's rank 0
+        timeout = ready_timeout_s or max([DEFAULT_WAIT_S, *(m.ready_timeout_s for m in spec.models)])
+        routed = [o for o in outcomes if o.label in by_host and by_host[o.label].routed]
+        await asyncio.to_thread(_wait_ready, url, routed, timeout, report, home)
+
+    change = rolling.Change(url, frozenset(changing), home)
+    pairs = list(zip(probes, spec.hosts, strict=True))
+    outcomes = await rolling.bring_in_waves(pairs, change, rolling.replicas(assignments), bring, serving_again, report)
     failed = [o for o in outcomes if o.state in ("unreachable", "failed")]
     if failed and require_all:
         started_now = {o.label for o in outcomes if o.state == "started"}
@@ -199,13 +199,13 @@ async def up(
     return list(outcomes)
 
 
-async def _drain_changed(
-    probes: list[preflight.Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path, report: Report,
+async def _changing(
+    probes: list[preflight.Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path,
     service: units.RouterService,
 ) -> tuple[str, list[str]]:  # fmt: skip
-    """Agents about to be restarted (their configuration or Orchard changed) or stopped (nothing placed there
-    any more) take no new requests first, and those running get time to finish: an edited file cuts no one.
-    The router's URL and the workers drained."""
+    """The running router's URL ("" when none runs) and the hosts whose agents are about to be restarted (their
+    configuration or Orchard changed) or stopped (nothing placed there any more): they are drained first, in
+    waves where a model would otherwise stop answering (cluster.bringup.rolling), so an edited file cuts no one."""
     state = read_state(home)
     if state is None or await asyncio.to_thread(state.router_now, service) is None:
         return "", []
@@ -222,9 +222,7 @@ async def _drain_changed(
         return status.status == "running" and status.hash != new_hash
 
     found = await asyncio.gather(*(changing(p, h) for p, h in zip(probes, spec.hosts, strict=True)))
-    labels = [h.label for h, change in zip(spec.hosts, found, strict=True) if change]
-    drained = await asyncio.to_thread(rollout.drain_workers, state.url, labels, home, report) if labels else []
-    return state.url, drained
+    return state.url, [h.label for h, change in zip(spec.hosts, found, strict=True) if change]
 
 
 def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome]) -> None:

@@ -6,6 +6,7 @@ Traffic goes only to loopback and to the namespace addresses created here.
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -158,6 +159,42 @@ def test_an_edited_file_restarts_only_what_changed_after_draining_it(running: Ru
     assert after["h1"] == before["h1"] and after["h3"] == before["h3"]
     assert after["h2"] != before["h2"]
     assert "h2: agent started" in result.stdout
+
+
+def test_an_edit_to_every_replica_of_a_model_rolls_so_that_it_never_stops_answering(running: RunningLab) -> None:
+    """Both sim-model replicas change: one restarts (drained) while the other serves, then the other; a client
+    asking all the while is refused nothing."""
+    before = running.agent_pids()
+    statuses: list[str] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        body = {"model": "sim-model", "prompt": "still there?", "max_tokens": 4}
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(str(client.post("/v1/completions", json=body).status_code))
+                except httpx.HTTPError as exc:
+                    statuses.append(repr(exc))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    text = running.hosts_file.read_text().replace("sim_options = { seed = 3 }\n", "")
+    for host in ("h1", "h2"):
+        text = text.replace(f'name = "{host}"\n', f'name = "{host}"\nsim_options = {{ seed = 11 }}\n')
+    running.hosts_file.write_text(text)
+    try:
+        result = run_cli(["up", str(running.hosts_file)], running.home, timeout_s=600)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        asking.join(timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rolling change in 2 waves" in result.stdout, result.stdout
+    after = running.agent_pids()
+    assert after["h1"] != before["h1"] and after["h2"] != before["h2"] and after["h3"] == before["h3"]
+    print(f"\nrolling change of both replicas: {statuses.count('200')} of {len(statuses)} requests answered")
+    assert len(statuses) > 20 and set(statuses) == {"200"}, collections.Counter(statuses)
 
 
 def test_status_shows_every_host(running: RunningLab) -> None:

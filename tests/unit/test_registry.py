@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.router.breaker import COOL_DOWN_S, Breaker
 from cluster.router.errors import ApiError
 from cluster.router.intake import check_known
-from cluster.router.breaker import COOL_DOWN_S, Breaker
 from cluster.router.operator import worker_row
 from cluster.router.registry import LEARN_S, SAMPLE_STALE_S, Registry, WorkerHandle
 from cluster.router.rows import Reachability
