@@ -6,6 +6,7 @@ Its command line is `proto.launch.RouterConfig`'s (the one owner); launchers bui
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ import uvicorn
 from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.router import handover
 from cluster.router.app import create_app
-from cluster.router.connections import guarded_protocol
+from cluster.router.connections import HEADER_TIMEOUT_S, guarded_protocol
 from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
 from proto import openfiles, tls
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 RESERVED_FDS = 64  # beside client connections: logs, the gateway's database, the hand-over socket, TLS files
 FDS_PER_WORKER = 4  # its gRPC channel (and one being replaced after a rotation)
 CERTIFICATE_CHECK_S = 2.0
+HANDSHAKE_TIMEOUT_S = HEADER_TIMEOUT_S  # a TLS handshake gets as long as a request's headers
 SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
 
 
@@ -113,7 +115,16 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve, then offer the socket to the next router: at once for a router that started afresh; one that
         took over is published by the hand-over once it is confirmed (cluster.bringup.rollout)."""
-        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        # uvicorn has no setting for it: a client that opens a TLS connection and never finishes the handshake is
+        # dropped after HANDSHAKE_TIMEOUT_S, not asyncio's 60 s (for this one call, on this loop only).
+        if self.config.ssl is not None:  # (and only with TLS: asyncio refuses it otherwise)
+            loop.create_server = functools.partial(create_server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            vars(loop).pop("create_server", None)  # the instance attribute goes: the loop's own method again
         if self.started and not self.should_exit and self.offer_at is not None and sockets:
             handover.offer(self.offer_at, sockets[0], publish=not self.took_over)
         if self.endpoint_files is not None and self.config.ssl is not None:

@@ -3,7 +3,9 @@ trusts, and certificates rotated under load with no request failing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -18,6 +20,7 @@ import openai
 import pytest
 
 from cluster.bringup import authority, certs, records
+from cluster.router.__main__ import HANDSHAKE_TIMEOUT_S
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
@@ -207,6 +210,12 @@ def test_the_endpoint_serves_https_with_a_certificate_from_the_cluster_ca(tmp_pa
                                http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(ca))))  # fmt: skip
         answer = client.completions.create(model=SIM_MODEL, prompt="hello", max_tokens=3)
         assert answer.usage is not None and answer.usage.completion_tokens == 3
+        with socket.create_connection(("127.0.0.1", port)) as silent:  # it never starts its TLS handshake
+            silent.settimeout(HANDSHAKE_TIMEOUT_S + 10)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert silent.recv(1) == b""  # dropped by the router
+            assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + 3
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted without the CA
             httpx.get(f"https://127.0.0.1:{port}/health", timeout=5)
         with pytest.raises(httpx.RemoteProtocolError):  # plain HTTP is not spoken there
