@@ -8,7 +8,9 @@ hosts.toml` over SSH, sim engines, one model with three replicas; ORCHARD_HOME i
 `--streams` closed loops send streaming chat requests (after a failure a loop pauses FAILURE_PAUSE_S), faults come
 one at a time, `--settle` seconds apart: kill -9 h1's engine; kill -9 h2's agent; SIGSTOP h3's agent for
 `--stop-seconds`; h1's cable unplugged at the bridge for `--link-seconds`; `cluster drain h2` until idle, then
-undrain; a planned router restart (`cluster.bringup.lab.restart_router`). A host not back within
+undrain; a planned router restart (`cluster.bringup.lab.restart_router`); kill -9 the router (its keeper starts
+it again); SIGTERM the router (it finishes its streams and stops; the operator runs `cluster up hosts.toml`); an
+edit of the hosts file that changes every replica, applied with `cluster up hosts.toml`. A host not back within
 `--recovery-timeout` is repaired as an operator would, with `cluster up hosts.toml` again.
 
 Per fault, the requests that started in its window (fault start to fault end + recovery) or were in flight when
@@ -28,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,9 +53,11 @@ from worker import procs
 from worker.models import BUNDLED_NAME
 from worker.procs import free_port
 
-FAULTS = ("kill-engine", "kill-agent", "stop-agent", "cut-link", "drain", "restart-router")
+FAULTS = ("kill-engine", "kill-agent", "stop-agent", "cut-link", "drain", "restart-router", "kill-router",
+          "term-router", "edit-hosts")  # fmt: skip
 TARGETS = {"kill-engine": "h1", "kill-agent": "h2", "stop-agent": "h3", "cut-link": "h1", "drain": "h2",
-           "restart-router": ""}  # fmt: skip  # "": the router, every worker
+           "restart-router": "", "kill-router": "", "term-router": "",
+           "edit-hosts": ""}  # fmt: skip  # "": the router, every worker
 AGENT_MODULE, ENGINE_MODULE = "worker.agent", "worker.engines.programs.sim"
 MODEL, HOSTS = "sim-model", 3
 SUBNET = "10.213.9"  # not the lab tests' subnet: both may run on one machine
@@ -168,6 +173,7 @@ class Chaos:
     say: Console
     headers: dict[str, str]
     routers: list[int]  # every router pid seen, for the teardown
+    edits: int = 0  # hosts-file edits so far (each a new seed)
 
     def host(self, label: str) -> netlab.LabHost:
         return next(h for h in self.net.hosts if f"h{h.index}" == label)
@@ -190,6 +196,11 @@ class Chaos:
             await self._unplugged(self.host(label))
         elif fault == "drain":
             note = await asyncio.to_thread(self._drained, label)
+        elif fault in ("kill-router", "term-router"):
+            note = await asyncio.to_thread(self._router_stopped, signal.SIGKILL if fault == "kill-router" else
+                                           signal.SIGTERM)  # fmt: skip
+        elif fault == "edit-hosts":
+            note = await asyncio.to_thread(self._edited)
         else:
             await asyncio.to_thread(self._restart_router)
         end = time.monotonic()
@@ -226,6 +237,34 @@ class Chaos:
         lab.restart_router(self.home, lambda m: self.say.print(f"  • {m}"))  # the planned hand-over
         if state := lab.read_state(self.home):
             self.routers.append(state.router_pid)
+
+    def _router_stopped(self, how: signal.Signals) -> str:
+        """The router process itself (not its keeper) killed or told to stop. Killed, its keeper starts it again;
+        stopped, it finishes its streams and the keeper, seeing a clean exit, stops too: the operator then runs
+        `cluster up hosts.toml`, as they would. Says how it came back."""
+        state = lab.read_state(self.home)
+        if state is None:
+            raise ChaosError("no lab state: no router to stop")
+        router = next(iter(procs.descendants(state.router_pid)), state.router_pid)  # a keeper's child, if kept
+        os.kill(router, how)
+        if how is signal.SIGKILL:
+            return "the keeper started it again"
+        deadline = time.monotonic() + self.config.deadline_s + 5
+        while procs.alive(router) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = cli(self.home, "up", str(self.hosts_file))
+        if (state := lab.read_state(self.home)) is not None:
+            self.routers.append(state.router_pid)
+        return f"stopped; `cluster up` (exit {result.returncode}) started it again"
+
+    def _edited(self) -> str:
+        """Every replica's configuration edited (a new sim seed on each host), applied with `cluster up`."""
+        self.edits += 1
+        text = re.sub(r'"seed" = "\d+", ', "", self.hosts_file.read_text())
+        self.hosts_file.write_text(text.replace("sim_options = { ", f'sim_options = {{ "seed" = "{self.edits}", '))
+        result = cli(self.home, "up", str(self.hosts_file))
+        waves = next((line.strip() for line in result.stdout.splitlines() if "rolling change" in line), "")
+        return f"`cluster up` exit {result.returncode}" + (f"; {waves}" if waves else "")
 
     async def recovery(self, label: str, since: float, seen_down: bool = True) -> tuple[float | None, float | None]:
         """Seconds from `since` until the router lists the host healthy (ready), and until, healthy, it also gave
