@@ -43,7 +43,7 @@ def test_the_soft_limit_is_raised_as_far_as_the_system_allows(
     platform: str, soft: int, hard: int, cap: int | None, asked: list[int], got: int
 ) -> None:
     calls, get, set_ = _system(soft, hard, cap)
-    limits = openfiles.raise_limit(platform, get, set_)  # type: ignore[arg-type]
+    limits = openfiles.raise_limit(platform, get, set_)
     assert calls == asked and (limits.before, limits.soft, limits.hard) == (soft, got, hard)
     assert ("not raised" in limits.describe()) == (got == soft)
 
