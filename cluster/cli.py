@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.bringup import authority, certs, drain, install, lab, local, remote, units
+from cluster.bringup import authority, certs, drain, install, lab, labstate, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.bringup.sudo import Ask, Sudo
 from cluster.console import status
@@ -187,7 +187,7 @@ def _lab_up(args: argparse.Namespace) -> int:
                 lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
                        report=steps.report, install_service=args.install_service, root=Sudo(_asker(steps)))
             )  # fmt: skip
-    except (PlacementError, lab.LabError) as exc:
+    except (PlacementError, labstate.LabError) as exc:
         err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
         return 1
     table = Table(title=f"Orchard lab from {args.file} ({time.monotonic() - started:.1f}s)")
@@ -199,7 +199,7 @@ def _lab_up(args: argparse.Namespace) -> int:
         table.add_row(o.label, o.address, f"{o.chip} / {o.os}" if o.chip else "?", memory, o.engine,
                       ", ".join(o.models), state)  # fmt: skip
     console.print(table)
-    applied = lab.read_state(home)
+    applied = labstate.read_state(home)
     ready = [o for o in outcomes if o.state == "ready"]
     if applied is not None:
         console.print(f"endpoint: [bold]{applied.url}[/] ({len(ready)} of {len(outcomes)} hosts serving)")
@@ -288,9 +288,9 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running(home: Path) -> lab.LabState | local.LocalState | None:
+def _running(home: Path) -> labstate.LabState | local.LocalState | None:
     """The lab or local cluster running from `home`, or None (said on the console)."""
-    state = lab.read_state(home) or local.running_state(home)
+    state = labstate.read_state(home) or local.running_state(home)
     if state is None:
         console.print("no Orchard cluster is running (start one with: cluster up [hosts.toml])", markup=False)
     return state
@@ -358,7 +358,7 @@ def _drain_all(home: Path, timeout_s: float) -> None:
     """Before `down`: every worker takes no new requests, and those running get up to `timeout_s` to finish."""
     import httpx
 
-    state = lab.read_state(home) or local.running_state(home)
+    state = labstate.read_state(home) or local.running_state(home)
     if state is None or timeout_s <= 0:
         return
     with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
@@ -380,7 +380,7 @@ def _drain_all(home: Path, timeout_s: float) -> None:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    state = lab.read_state(local.orchard_home())
+    state = labstate.read_state(local.orchard_home())
     if state is not None and args.which not in ("router",):
         return asyncio.run(_lab_logs(state, args))
     path = local.orchard_home() / "logs" / f"{args.which}.log"
@@ -391,7 +391,7 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _lab_logs(state: lab.LabState, args: argparse.Namespace) -> int:
+async def _lab_logs(state: labstate.LabState, args: argparse.Namespace) -> int:
     spec = hostsfile.ClusterSpec.model_validate(state.spec)
     try:
         host = spec.host(args.which)
@@ -431,7 +431,7 @@ def _certs(args: argparse.Namespace) -> int:
                           "the host and start its agent with --tls-dir", highlight=False)  # fmt: skip
             return 0
         _print_expiry(home)
-    except (authority.AuthorityError, lab.LabError) as exc:
+    except (authority.AuthorityError, labstate.LabError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     return 0
@@ -440,7 +440,7 @@ def _certs(args: argparse.Namespace) -> int:
 def _rotate(home: Path) -> bool:
     if certs.renew_endpoint(home):
         console.print("new endpoint certificate from the cluster CA (served to new connections)")
-    if lab.read_state(home) is not None:
+    if labstate.read_state(home) is not None:
         missed = asyncio.run(lab.rotate_certificates(home, report=lambda m: console.print(f"  • {m}")))
         if missed:
             err_console.print(f"[red]not rotated on {', '.join(missed)}:[/] their old certificates stay valid until "
@@ -460,7 +460,7 @@ def _certificate_host(address: str) -> str:
 
 
 def _print_expiry(home: Path) -> None:
-    state = lab.read_state(home)
+    state = labstate.read_state(home)
     agents = [h.label for h in hostsfile.ClusterSpec.model_validate(state.spec).hosts] if state else [certs.LOCAL_AGENT]
     now = authority.now_utc()
     line = "; ".join(f"{e.who} {e.text(now)}" for e in certs.expiries(home, agents))

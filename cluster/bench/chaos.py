@@ -8,7 +8,7 @@ hosts.toml` over SSH, sim engines, one model with three replicas; ORCHARD_HOME i
 `--streams` closed loops send streaming chat requests (after a failure a loop pauses FAILURE_PAUSE_S), faults come
 one at a time, `--settle` seconds apart: kill -9 h1's engine; kill -9 h2's agent; SIGSTOP h3's agent for
 `--stop-seconds`; h1's cable unplugged at the bridge for `--link-seconds`; `cluster drain h2` until idle, then
-undrain; a planned router restart (`cluster.bringup.lab.restart_router`); kill -9 the router (its keeper starts
+undrain; a planned router restart (`cluster.bringup.headrouter.restart_router`); kill -9 the router (its keeper starts
 it again); SIGTERM the router (it finishes its streams and stops; the operator runs `cluster up hosts.toml`); an
 edit of the hosts file that changes every replica, applied with `cluster up hosts.toml`. A host not back within
 `--recovery-timeout` is repaired as an operator would, with `cluster up hosts.toml` again.
@@ -45,7 +45,7 @@ from rich.console import Console
 
 from cluster.bench import chaos_tally, netlab
 from cluster.bench.chaos_tally import FaultWindow, Outcome, RequestRecord, RetrySample, TallyRow
-from cluster.bringup import drain, lab
+from cluster.bringup import drain, headrouter, labstate
 from cluster.gateway.keys import operator_headers
 from cluster.router.app import WORKER_HEADER
 from cluster.router.rows import WorkerRow, WorkersReply
@@ -234,15 +234,15 @@ class Chaos:
         return f"{left} still in flight at undrain" if left else ""
 
     def _restart_router(self) -> None:
-        lab.restart_router(self.home, lambda m: self.say.print(f"  • {m}"))  # the planned hand-over
-        if state := lab.read_state(self.home):
+        headrouter.restart_router(self.home, lambda m: self.say.print(f"  • {m}"))  # the planned hand-over
+        if state := labstate.read_state(self.home):
             self.routers.append(state.router_pid)
 
     def _router_stopped(self, how: signal.Signals) -> str:
         """The router process itself (not its keeper) killed or told to stop. Killed, its keeper starts it again;
         stopped, it finishes its streams and the keeper, seeing a clean exit, stops too: the operator then runs
         `cluster up hosts.toml`, as they would. Says how it came back."""
-        state = lab.read_state(self.home)
+        state = labstate.read_state(self.home)
         if state is None:
             raise ChaosError("no lab state: no router to stop")
         router = next(iter(procs.descendants(state.router_pid)), state.router_pid)  # a keeper's child, if kept
@@ -253,7 +253,7 @@ class Chaos:
         while procs.alive(router) and time.monotonic() < deadline:
             time.sleep(0.1)
         result = cli(self.home, "up", str(self.hosts_file))
-        if (state := lab.read_state(self.home)) is not None:
+        if (state := labstate.read_state(self.home)) is not None:
             self.routers.append(state.router_pid)
         return f"stopped; `cluster up` (exit {result.returncode}) started it again"
 
@@ -381,7 +381,7 @@ def _in_lab(net: netlab.Lab, root: Path, config: ChaosConfig, say: Console) -> C
         say.print(f"cluster up {hosts_file} ({HOSTS} namespace hosts over SSH)…")
         started = time.monotonic()
         up = cli(home, "up", str(hosts_file))
-        state = lab.read_state(home)
+        state = labstate.read_state(home)
         if state is not None:
             routers.append(state.router_pid)
         if up.returncode != 0 or state is None:
@@ -410,7 +410,7 @@ async def drive(chaos: Chaos) -> ChaosRun:
         for fault in config.faults:
             try:
                 window = await chaos.inject(fault)
-            except (ChaosError, drain.DrainError, lab.LabError, OSError) as exc:
+            except (ChaosError, drain.DrainError, labstate.LabError, OSError) as exc:
                 notes.append(f"{fault}: skipped, {exc}")
                 say.print(f"  • skipped: {exc}")
                 continue
@@ -432,7 +432,7 @@ async def drive(chaos: Chaos) -> ChaosRun:
 
 def _teardown(home: Path, routers: list[int], say: Console) -> None:
     """`cluster down` without draining; then no router this run saw may outlive it (namespaces go with the lab)."""
-    state = lab.read_state(home)
+    state = labstate.read_state(home)
     if state is not None:
         routers.append(state.router_pid)
     try:

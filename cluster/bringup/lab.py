@@ -8,18 +8,15 @@ router on the head → wait for the agents to be ready (deadline) → a table. T
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
-import asyncssh
 import httpx
-from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import authority, certs, preflight, records, remote, rolling, rollout, units
+from cluster.bringup import authority, certs, headrouter, preflight, records, remote, rolling, units
 from cluster.bringup.fleet import Report, fetch_workers
+from cluster.bringup.labstate import LabError, read_state, state_path
 from cluster.bringup.preflight import HostOutcome
 from cluster.bringup.sudo import Sudo
 from cluster.gateway.gateway import refuse_open
@@ -28,53 +25,9 @@ from cluster.gateway.store import db_path
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
-from proto import build
-from proto.launch import ROUTER_MODULE, LaunchConfigError, RouterConfig, is_loopback
+from proto.launch import LaunchConfigError, is_loopback
 from worker import procs
 from worker.download import fetching
-
-
-class LabState(BaseModel):
-    """What `cluster up hosts.toml` applied, so that down/status/logs work without the file."""
-
-    model_config = ConfigDict(frozen=True)
-
-    spec: dict[str, Any]
-    router_pid: int
-    router: RouterConfig
-    url: str
-    build: str = ""  # the Orchard build the router runs: another one (an upgrade) is handed over to
-    router_started: float | None = None  # its start time: only that very process is handed over from or stopped
-    router_slot: Literal["", "a", "b"] = ""  # the head's router service's slot (units.RouterService); "": detached
-
-    def router_running(self) -> bool:
-        """The recorded router still runs (the same process, not a reused pid)."""
-        return procs.ours(self.router_pid, self.router_started, ROUTER_MODULE)
-
-    def router_now(self, service: units.RouterService) -> int | None:
-        """The lab's router process now: its service's (which may have started it again since, after a crash or
-        a reboot), or the recorded detached one while it runs."""
-        if self.router_slot:
-            pid = service.main_pid(self.router_slot)
-            return pid if pid is not None and procs.ours(pid, None, ROUTER_MODULE) else None
-        return self.router_pid if self.router_running() else None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_router_args(cls, data: Any) -> Any:
-        """A lab.json written before RouterConfig kept the router's argv; read it, so `down` still finds it."""
-        if isinstance(data, dict) and "router_args" in data and "router" not in data:
-            args = data["router_args"]
-            data = {**{k: v for k, v in data.items() if k != "router_args"}, "router": RouterConfig.from_argv(args[3:])}
-        return data
-
-
-def state_path(home: Path) -> Path:
-    return home / "lab.json"
-
-
-def read_state(home: Path) -> LabState | None:
-    return records.read(state_path(home), LabState)
 
 
 async def _bring_host(
@@ -141,7 +94,7 @@ async def up(
 ) -> list[HostOutcome]:
     """`install_service`: the agents, and the head's router (`service`, by default this machine's), become
     services that start at boot; a router that is one stays one."""
-    service = service or head_service(home, root, report)
+    service = service or headrouter.head_service(home, root, report)
     router = spec.router
     if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
         raise LabError(why)
@@ -185,7 +138,7 @@ async def up(
         await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if a.routed]
-    url = await asyncio.to_thread(_ensure_router, spec, home, workers, report, service, install_service)
+    url = await asyncio.to_thread(headrouter.ensure_router, spec, home, workers, report, service, install_service)
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
@@ -235,10 +188,6 @@ def _group_states(assignments: list[Assignment], outcomes: dict[str, HostOutcome
         if member.state in ("started", "running"):
             member.state = leader.state
             member.reason = f"group {a.group.name}: {leader.reason}" if leader.reason else ""
-
-
-class LabError(Exception):
-    """The lab could not be brought up as asked; the message says which hosts and why."""
 
 
 def _authority(home: Path) -> authority.Authority:
@@ -292,152 +241,6 @@ async def rotate_certificates(home: Path, report: Report) -> list[str]:
     return missed
 
 
-def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:
-    policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
-    router = spec.router
-    cert, key = _endpoint_files(spec, home)
-    return RouterConfig.checked(
-        listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
-        models=tuple(m.name for m in spec.models),
-        gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
-        log_format=router.log_format, handover=str(home / "router.sock"),
-        tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
-        tls_cert=cert, tls_key=key,
-    )  # fmt: skip
-
-
-def _endpoint_files(spec: ClusterSpec, home: Path) -> tuple[str | None, str | None]:
-    """HTTPS for the endpoint: the operator's files, the cluster CA's certificate, or none."""
-    router = spec.router
-    if router.tls_cert and router.tls_key:
-        return str(Path(router.tls_cert).expanduser()), str(Path(router.tls_key).expanduser())
-    if router.tls:
-        return str(certs.endpoint_path(home)), str(certs.endpoint_path(home))
-    return None, None
-
-
-def _ensure_router(
-    spec: ClusterSpec, home: Path, workers: list[str], report: Report, service: units.RouterService,
-    install_service: bool = False,
-) -> str:  # fmt: skip
-    config = router_config(spec, workers, home)
-    previous = read_state(home)
-    pid = previous.router_now(service) if previous else None
-    as_service = install_service or bool(previous and previous.router_slot)  # a service router stays one
-    manager = service if as_service else None
-    slot: Literal["", "a", "b"] = ""
-    same = previous is not None and (previous.router, previous.build, bool(previous.router_slot)) == (
-        config, build.digest(), as_service)  # fmt: skip
-    if previous and pid and same:
-        report(f"router: running (pid {pid}) at {config.local_url}")
-        slot = previous.router_slot
-    elif previous and pid and previous.router.handover:
-        pid, slot = _hand_over(pid, previous.router_slot, config, home, report, manager)
-    else:
-        restarted = bool(previous and pid)
-        if restarted and pid:  # an older router that cannot hand its socket over
-            procs.terminate_tree(pid)
-        if manager:  # a service router that is down (or the first one) starts in its slot
-            slot = (previous.router_slot if previous else "") or "a"
-        try:
-            pid = rollout.start_router(config, home, manager, slot or "a")
-        except rollout.RolloutError as exc:
-            raise LabError(str(exc)) from None
-        how = f" by {service.manager} ({service.name(slot or 'a')})" if manager else ""
-        report(f"router: {'restarted' if restarted else 'started'}{how} (pid {pid}) "
-               f"at {config.local_url}")  # fmt: skip
-    state = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=config.local_url,
-                     build=build.digest(), router_started=procs.started_at(pid), router_slot=slot)  # fmt: skip
-    records.write(state_path(home), state)
-    return config.local_url
-
-
-def _hand_over(
-    old_pid: int, old_slot: Literal["", "a", "b"], config: RouterConfig, home: Path, report: Report,
-    service: units.RouterService | None,
-) -> tuple[int, Literal["", "a", "b"]]:  # fmt: skip
-    """rollout.hand_over; to a service's other slot when `service`: the new router is started there by the
-    service manager and takes the socket over, and only then is the old slot retired (stopped without waiting
-    for its streams, no longer started at boot), so a planned restart refuses nothing and one slot starts at
-    boot. The new router's pid and slot. Raises LabError (the old router serves on)."""
-    if service is None:
-        try:
-            return rollout.hand_over(old_pid, config, home, report), ""
-        except rollout.RolloutError as exc:
-            raise LabError(str(exc)) from None
-    new = units.other_slot(old_slot)
-    try:
-        pid = rollout.hand_over(old_pid, config, home, report, lambda: rollout.start_router(config, home, service, new))
-    except rollout.RolloutError as exc:
-        _retire(service, new, report)  # else launchd would start the stopped new router again
-        raise LabError(str(exc)) from None
-    if old_slot:
-        _retire(service, old_slot, report)
-    return pid, new
-
-
-def _retire(service: units.RouterService, slot: units.Slot, report: Report) -> None:
-    try:
-        service.retire(slot)
-    except units.ServiceError as exc:
-        report(f"router: {service.name(slot)} was not unloaded ({exc}); `cluster down` removes it")
-
-
-def restart_router(home: Path, report: Report, service: units.RouterService | None = None) -> None:
-    """A planned restart of the lab's router (after an upgrade, or to clear its state): refuses no request."""
-    service = service or units.RouterService.here(home, say=report)
-    state = read_state(home)
-    pid = state.router_now(service) if state else None
-    if state is None or pid is None:
-        raise LabError("no lab router is running (start the lab with: cluster up hosts.toml)")
-    manager = service if state.router_slot else None
-    pid, slot = _hand_over(pid, state.router_slot, state.router, home, report, manager)
-    update = {"router_pid": pid, "build": build.digest(), "router_started": procs.started_at(pid), "router_slot": slot}
-    records.write(state_path(home), state.model_copy(update=update))
-
-
-def head_service(home: Path, root: Sudo | None, report: Report) -> units.RouterService:
-    """This machine's service manager for the router (called on the event loop). On a Mac root installs its
-    LaunchDaemon, asked for like a host's (`root`: one password for the run), from the worker thread that
-    starts the router while the loop runs."""
-    loop = asyncio.get_running_loop()
-
-    def root_stdin() -> str | None:
-        if root is None:
-            return None
-        here = cast(asyncssh.SSHClientConnection, _ThisMachine())  # Sudo only `run`s shell commands on it
-        try:
-            return asyncio.run_coroutine_threadsafe(root.stdin_for(here, "this machine"), loop).result()
-        except remote.RemoteError as exc:
-            raise units.ServiceError(str(exc)) from None
-
-    return units.RouterService.here(home, root_stdin=root_stdin, say=report)
-
-
-@dataclass(frozen=True)
-class _Ran:
-    exit_status: int
-    stdout: str
-    stderr: str
-
-
-class _ThisMachine:
-    """What Sudo asks of an SSH connection, on the head itself: run a shell command with `input` on stdin."""
-
-    async def run(self, command: str, check: bool = False, **source: Any) -> _Ran:
-        stdin: dict[str, Any] = {"input": source["input"]} if "input" in source else {"stdin": subprocess.DEVNULL}
-
-        def shell() -> _Ran:
-            try:
-                done = subprocess.run(command, shell=True, capture_output=True, text=True,
-                                      timeout=remote.COMMAND_TIMEOUT_S, check=check, **stdin)  # fmt: skip
-            except subprocess.TimeoutExpired:
-                return _Ran(124, "", f"timed out after {remote.COMMAND_TIMEOUT_S:g} s")
-            return _Ran(done.returncode, done.stdout, done.stderr)
-
-        return await asyncio.to_thread(shell)
-
-
 DEFAULT_WAIT_S = 900.0  # how long `cluster up` waits for engines to serve, unless told
 
 
@@ -488,7 +291,7 @@ async def down(
     if state is None:
         return False
     spec = ClusterSpec.model_validate(state.spec)
-    service = service or head_service(home, root, report)
+    service = service or headrouter.head_service(home, root, report)
 
     await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts))
     try:

@@ -1,7 +1,7 @@
 """Changing a running lab without cutting anyone off: drain the agents about to restart, and hand the router's
 listening socket to a new router before the old one stops (cluster.router.handover).
 
-Used by `cluster up` when the hosts file or Orchard itself changed, and by `lab.restart_router`.
+Used by `cluster up` when the hosts file or Orchard itself changed, and by `headrouter.restart_router`.
 """
 
 from __future__ import annotations

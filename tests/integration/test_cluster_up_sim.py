@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.bringup import lab, local, units
+from cluster.bringup import headrouter, local, units
 from cluster.router.rows import WorkersReply
 from tests.conftest import SIM_MODEL, agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
 from worker import procs
@@ -262,8 +262,8 @@ def test_hand_overs_into_the_router_service_refuse_nothing_and_leave_one_slot_en
         for thread in threads:
             thread.start()
         old = cluster.fleet.children[-1].pid
-        pid_a, slot_a = lab._hand_over(old, "", cluster.router, tmp_path, said.append, service)
-        pid_b, slot_b = lab._hand_over(pid_a, slot_a, cluster.router, tmp_path, said.append, service)
+        pid_a, slot_a = headrouter._hand_over(old, "", cluster.router, tmp_path, said.append, service)
+        pid_b, slot_b = headrouter._hand_over(pid_a, slot_a, cluster.router, tmp_path, said.append, service)
         stop.set()
         for thread in threads:
             thread.join()

@@ -21,7 +21,7 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cluster.bringup import authority, certs, lab
+from cluster.bringup import authority, certs, labstate
 from tests.conftest import REPO, agent_info, free_port, run_cli
 from tests.lab import netns
 from tests.lab.agent_probe import served_certificate
@@ -118,14 +118,14 @@ def test_two_replicas_both_serve(running: RunningLab) -> None:
 
 def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
     before = running.agent_pids()
-    state = lab.read_state(running.home)
+    state = labstate.read_state(running.home)
     assert state is not None
     started = time.monotonic()
     again = run_cli(["up", str(running.hosts_file)], running.home, timeout_s=600)
     print(f"\ncluster up re-run with nothing changed: {time.monotonic() - started:.1f}s")
     assert again.returncode == 0, again.stdout + again.stderr
     assert running.agent_pids() == before
-    after = lab.read_state(running.home)
+    after = labstate.read_state(running.home)
     assert after is not None and after.router_pid == state.router_pid
     assert "agent running" in again.stdout and "agent started" not in again.stdout
 

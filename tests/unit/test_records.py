@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cluster.bringup import labstate
+
 
 def test_a_lab_record_written_before_typed_router_configs_still_reads(tmp_path: Path) -> None:
-    from cluster.bringup import lab
-
     old = {"spec": {"hosts": []}, "router_pid": 4242, "url": "http://127.0.0.1:8000",
            "router_args": ["/usr/bin/python3", "-m", "cluster.router", "--listen", "0.0.0.0:8000",
                            "--worker", "10.0.0.2:50051", "--model-policy", "m=round_robin"]}  # fmt: skip
     (tmp_path / "lab.json").write_text(json.dumps(old))
-    state = lab.read_state(tmp_path)
+    state = labstate.read_state(tmp_path)
     assert state is not None and state.router_pid == 4242
     assert state.router.workers == ("10.0.0.2:50051",) and state.router.model_policies == (("m", "round_robin"),)

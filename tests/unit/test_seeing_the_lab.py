@@ -128,7 +128,8 @@ def test_a_request_line_names_the_key_by_id_and_json_lines_carry_its_fields() ->
     handler = logging.StreamHandler(text)
     handler.setFormatter(JsonLines())
     requestlog.log.addHandler(handler)
-    level, requestlog.log.level = requestlog.log.level, logging.INFO  # the router logs at INFO
+    level = requestlog.log.level
+    requestlog.log.setLevel(logging.INFO)  # the router logs at INFO (setLevel: the logger caches its answer)
     try:
         requestlog.write(row)
     finally:
