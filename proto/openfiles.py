@@ -43,7 +43,7 @@ def raise_limit(
             set_(resource.RLIMIT_NOFILE, (wanted, hard))
         except (ValueError, OSError):
             continue
-        return OpenFiles(before=soft, soft=wanted, hard=hard)
+        return OpenFiles(before=soft, soft=get(resource.RLIMIT_NOFILE)[0], hard=hard)  # what it took, read back
     return OpenFiles(before=soft, soft=soft, hard=hard)
 
 

@@ -37,10 +37,9 @@ def replicas(assignments: Iterable[Assignment]) -> list[Replica]:
 
 
 def waves(changing: set[str], plan: list[Replica]) -> list[list[str]]:
-    """The host labels to restart, wave by wave. A model with a replica that does not change restarts the others
-    at once (that one serves meanwhile); one whose every replica changes restarts at most half of them per wave,
-    and one at a time when it has two or three. A model with one replica has no other to serve: it restarts
-    in the first wave. Hosts that change but serve nothing any more (stopped) go in the first wave too."""
+    """The host labels to restart, wave by wave: at most half of a model's replicas at once (one at a time when it
+    has two or three), so at least half serve throughout. A model with one replica has no other to serve: it
+    restarts in the first wave. Hosts that change but serve nothing any more (stopped) go in the first wave too."""
     planned = {label for r in plan for label in r.labels}
     result: list[list[str]] = [sorted(changing - planned)]
     by_model: dict[str, list[Replica]] = {}
@@ -50,7 +49,7 @@ def waves(changing: set[str], plan: list[Replica]) -> list[list[str]]:
         moving = [r for r in serving if changing & set(r.labels)]
         if not moving:
             continue
-        at_once = len(moving) if len(moving) < len(serving) else max(1, len(serving) // 2)
+        at_once = max(1, len(serving) // 2)
         for start in range(0, len(moving), at_once):
             index = start // at_once
             while len(result) <= index:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cluster.router.logformat import Sparse
 
 log = logging.getLogger(__name__)
 
@@ -28,55 +29,49 @@ def _reply(head: bytes, message: str) -> bytes:
     return head + b"content-length: %d\r\n\r\n" % len(body) + body.encode()
 
 
-class _Refusals:
-    """Connections refused at the cap, logged at most once per LOG_EVERY_S with how many (a flood of them must not
-    flood the log)."""
-
-    def __init__(self) -> None:
-        self.count, self.logged_at = 0, float("-inf")
-
-    def note(self, limit: int) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.logged_at >= LOG_EVERY_S:
-            log.warning("%d connection(s) refused: %d open connections, all busy, is the limit", self.count, limit)
-            self.count, self.logged_at = 0, now
-
-
-LOG_EVERY_S = 10.0
-_refusals = _Refusals()
+UNUSED_GRACE_S = 1.0  # a new connection's request is on its way: it may be cut to make room only after this
 
 
 def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIMEOUT_S) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's `http=` setting."""
+    refusals = Sparse(log)
 
     class Guarded(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
         _stopping = False
         _idle_since: float | None = None  # no request on it since then (monotonic); None: one is under way
+        _used = False  # it has carried a request
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._idle_since = self.loop.time()
             if len(self.connections) > max_connections and not self._evict_idle():
-                _refusals.note(max_connections)
+                refusals.warning("cap", "connection refused: %d busy connections is the limit", max_connections)
                 transport.write(_reply(_BUSY, "Too many open connections to this endpoint; try again shortly."))
                 transport.close()
                 return
+            self._idle_since = self.loop.time()
             self._arm()
 
         def _evict_idle(self) -> bool:
-            """At the cap, the connection idle longest (no request under way: kept alive, or never sent one) makes
-            room, as a web server reuses its idle keep-alive connections: idle sockets cannot lock out clients
-            with a request to send. False when every other connection is busy."""
-            idle = {c: c._idle_since for c in self.connections
-                    if isinstance(c, Guarded) and c is not self and c._idle_since is not None}  # fmt: skip
+            """At the cap, the connection idle longest makes room, as a web server reuses its idle keep-alive
+            connections, so idle sockets cannot lock out clients with a request to send: one kept alive after a
+            request, or one that has sent nothing for UNUSED_GRACE_S (a client's request may be in flight on a
+            newer one). False when none is (every other connection busy, or just opened)."""
+            now = self.loop.time()
+            others = [c for c in self.connections if isinstance(c, Guarded) and c is not self]
+            idle = [c for c in others if c._evictable(now)]
             if not idle:
                 return False
-            oldest = min(idle, key=idle.__getitem__)
+            oldest = min(idle, key=lambda c: c._idle_since or 0.0)
             oldest._idle_since = None
             oldest.transport.abort()
             return True
+
+        def _evictable(self, now: float) -> bool:
+            since = self._idle_since
+            if since is None or self.transport.is_closing():
+                return False
+            return self._used or now - since >= UNUSED_GRACE_S
 
         def data_received(self, data: bytes) -> None:
             self._idle_since = None
@@ -86,6 +81,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._used = True
             if not self.pipeline:
                 self._idle_since = self.loop.time()
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.gateway.gateway import Refusal
+from cluster.router.logformat import Sparse
 from proto import errors
 
 _TYPES = {
@@ -141,6 +142,9 @@ def upstream_error(status: int, body: bytes) -> ApiError:
     return ApiError(status, text)
 
 
+_failures = Sparse(log)  # one line per kind of failure every 10 s, however many requests meet it
+
+
 def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
     """A failed Generate as the client should see it: the engine's own error when the agent attached one,
     otherwise what the transport failure means (503 unavailable, 504 timeout, 502 anything else)."""
@@ -149,7 +153,7 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
     if status is not None:
         return upstream_error(status, errors.error_body(metadata))
     code = exc.code()  # gRPC's details (`Socket closed`, a peer's exception) are the operator's: logged, not sent
-    log.warning("worker call failed: %s: %s", code.name, " ".join((exc.details() or "").split())[:300])
+    _failures.warning(code.name, "worker call failed: %s: %s", code.name, " ".join((exc.details() or "").split())[:300])
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return ApiError(503, "The worker serving this request became unavailable; try again.",
                         code="worker_unavailable")  # fmt: skip

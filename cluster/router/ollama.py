@@ -162,10 +162,8 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
         async def answer() -> dict[str, Any]:
             ask = validate(await read_json(request, limit), ShowAsk)
             name = served_name(ask.model, registry)
-            if name not in registry.models() and registry.awaited(name):
-                check_known(name, registry.awaited)  # 503: the lab serves it, no agent has said so yet
             if name not in registry.models():
-                raise ApiError(404, f"model '{ask.model}' not found")
+                check_known(name, registry.awaited)  # 503 while an agent may yet serve it, else 404
             info = registry.models()[name]
             return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "", "family": ""},
                     "model_info": {"general.context_length": info.max_model_len},

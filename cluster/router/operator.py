@@ -192,7 +192,7 @@ def _detail(handle: WorkerHandle, sample: pb.LoadSample, now: float) -> str:
     if not handle.connected:
         return handle.last_error or sample.state_detail
     state = handle.state(now)
-    if state is Reachability.HUNG and sample.health_failures and handle.silent_for(now) < SAMPLE_STALE_S:
+    if state is Reachability.HUNG and handle.silent_for(now) < SAMPLE_STALE_S:  # then its engine is
         return f"its engine failed {sample.health_failures} health check(s) in a row"
     if state is Reachability.HUNG:
         return f"no state from its agent for {handle.silent_for(now):.0f} s"

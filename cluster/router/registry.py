@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INFO_DEADLINE_S = 5.0
 SAMPLE_STALE_S = 5.0
+HUNG_HEALTH_FAILURES = 2  # a ready engine that failed this many health checks in a row is hung: shown so, not chosen
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 1.0
 CHANNEL_OPTIONS = (
@@ -85,6 +86,7 @@ class WorkerHandle:
             and self.sample is not None
             and _is_ready(self.sample)
             and not self.sample.draining
+            and self.sample.health_failures < HUNG_HEALTH_FAILURES
             and now - self.sample_at < SAMPLE_STALE_S
             and self.breaker.allows(now)
         )
@@ -114,7 +116,7 @@ class WorkerHandle:
         if breaker is BreakerState.OPEN:
             return Reachability.SUSPECT
         engine = EngineState.from_wire(self.sample.state) or Reachability.CONNECTING
-        if engine is EngineState.READY and self.sample.health_failures:
+        if engine is EngineState.READY and self.sample.health_failures >= HUNG_HEALTH_FAILURES:
             return Reachability.HUNG  # the agent answers; its engine does not
         if engine is EngineState.READY and breaker is BreakerState.HALF_OPEN:
             return Reachability.HALF_OPEN

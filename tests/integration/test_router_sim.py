@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from cluster.bringup.fleet import Fleet
+from cluster.router.connections import UNUSED_GRACE_S
 from proto.launch import RouterConfig
 from tests.conftest import SIM_MODEL, Cluster, engine_metric, free_port, wait_until, workers
 
@@ -331,6 +332,24 @@ def test_a_router_starting_over_running_agents_never_calls_a_served_model_unknow
         fleet.stop()
 
 
+def test_a_served_model_whose_agent_has_not_answered_yet_is_a_503_not_a_404(tmp_path: Path) -> None:
+    """The same window held open: the router's only agent does not answer (nothing listens there yet)."""
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(f"127.0.0.1:{free_port()}",),
+                          models=(SIM_MODEL,))  # fmt: skip
+    fleet = Fleet(tmp_path / "logs")
+    body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
+    try:
+        fleet.start_router(config)
+        wait_until(lambda: _answers(config.local_url, body) == 503, 30, "the router to answer")
+        served = httpx.post(config.local_url + "/v1/completions", json=body, timeout=10)
+        typo = httpx.post(config.local_url + "/v1/completions", json={**body, "model": "sim-modle"}, timeout=10)
+        assert served.status_code == 503 and served.json()["error"]["code"] == "model_not_ready"
+        assert served.headers["retry-after"] and "not available yet" in served.json()["error"]["message"]
+        assert typo.status_code == 503  # while an agent has not told its models, any name may yet be served
+    finally:
+        fleet.stop()
+
+
 def test_the_drain_route_reads_its_body_by_the_same_rules_as_every_route(sim_cluster: Cluster) -> None:
     """No keys here (the local default): /orchard/drain still refuses what is not JSON, a body past its bound
     (declared or chunked: not read whole), and a name too long to echo; the worker stays in service."""
@@ -368,6 +387,7 @@ def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
         wait_until(lambda: _answers(config.local_url, body) == 200, 30, "the router to answer")
         for _ in range(1000):
             idle.append(socket.create_connection(("127.0.0.1", config.port)))
+        time.sleep(UNUSED_GRACE_S)  # idle long enough that a client with a request may take one's place
         statuses = collections.Counter(_answers(config.local_url, body) for _ in range(20))
         assert statuses == {200: 20}, statuses
         assert router.poll() is None

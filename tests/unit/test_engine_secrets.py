@@ -1,6 +1,6 @@
 """Secrets given as engine arguments stay off the engine's command line (vLLM logs its arguments; `ps` shows
-them): vLLM's API key and hub token move to the variables vLLM reads them from, any other secret is refused, and
-nothing Orchard shows (the engine log's start line, the engine's state detail) holds a secret's value."""
+them): vLLM's hub token moves to the variable vLLM reads it from, an engine API key and any other secret are
+refused, and nothing Orchard shows (the engine log's start line, the engine's state detail) holds a secret's value."""
 
 from __future__ import annotations
 
@@ -24,16 +24,22 @@ def vllm_plan(*extra: str, group: GroupRole | None = None) -> tuple[list[str], d
     return list(plan.argv), plan.env
 
 
-def test_vllms_api_key_and_hub_token_move_from_its_command_line_to_its_environment() -> None:
-    argv, env = vllm_plan("--api-key", "sk-live-1", "--hf-token=hf_abc", "--max-num-seqs", "8")
-    assert not {"--api-key", "sk-live-1", "--hf-token=hf_abc"} & set(argv)
-    assert env["VLLM_API_KEY"] == "sk-live-1" and env["HF_TOKEN"] == "hf_abc"
+def test_vllms_hub_token_moves_from_its_command_line_to_its_environment() -> None:
+    argv, env = vllm_plan("--hf-token=hf_abc", "--max-num-seqs", "8")
+    assert not {"--hf-token=hf_abc"} & set(argv) and env["HF_TOKEN"] == "hf_abc"
     assert argv[argv.index("--max-num-seqs") + 1] == "8"  # everything else passes unchanged
 
 
 def test_a_secret_flag_written_with_underscores_moves_too() -> None:
-    argv, env = vllm_plan("--api_key=sk-2")
-    assert env["VLLM_API_KEY"] == "sk-2" and not any("sk-2" in arg for arg in argv)
+    argv, env = vllm_plan("--hf_token", "hf-2")
+    assert env["HF_TOKEN"] == "hf-2" and not any("hf-2" in arg for arg in argv)
+
+
+@pytest.mark.parametrize("given", [("--api-key", "sk-live-1"), ("--api_key=sk-live-1",)])
+def test_an_engine_api_key_is_refused_since_its_own_agent_could_not_call_it(given: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="cluster keys create") as refused:
+        vllm_plan(*given)
+    assert "sk-live-1" not in str(refused.value)
 
 
 def test_a_pipeline_groups_server_gets_its_secrets_through_the_environment_too() -> None:
@@ -55,9 +61,9 @@ def test_a_secret_vllm_takes_only_on_its_command_line_is_refused_naming_the_flag
     assert "s3cr3t" not in str(refused.value)
 
 
-def test_several_api_keys_are_refused_since_vllms_variable_holds_one() -> None:
-    with pytest.raises(ValueError, match="VLLM_API_KEY") as refused:
-        vllm_plan("--api-key", "k-one", "k-two")
+def test_several_hub_tokens_are_refused_since_the_variable_holds_one() -> None:
+    with pytest.raises(ValueError, match="HF_TOKEN") as refused:
+        vllm_plan("--hf-token", "k-one", "k-two")
     assert "k-one" not in str(refused.value) and "k-two" not in str(refused.value)
 
 
@@ -83,6 +89,6 @@ async def test_a_refused_configuration_fails_the_engine_at_once_and_its_detail_s
 
 
 def test_the_engine_logs_start_line_would_hide_a_secret_left_on_any_command_line() -> None:
-    argv, _ = vllm_plan("--api-key", "sk-live-1")
+    argv, _ = vllm_plan("--hf-token", "hf-live-1")
     shown = " ".join(procs.redacted([*argv, "--engine-arg=--hf-token=hf_x"]))
-    assert "sk-live-1" not in shown and "hf_x" not in shown and sys.executable in shown
+    assert "hf-live-1" not in shown and "hf_x" not in shown and sys.executable in shown

@@ -14,14 +14,16 @@ INF = resource.RLIM_INFINITY
 def _system(soft: int, hard: int, refuses_above: int | None = None) -> tuple[list[int], object, object]:
     """getrlimit/setrlimit of a kernel with these limits; `refuses_above`: its per-process cap."""
     asked: list[int] = []
+    now = [soft]
 
     def get(_: int) -> tuple[int, int]:
-        return soft, hard
+        return now[0], hard
 
     def set_(_: int, limits: tuple[int, int]) -> None:
         asked.append(limits[0])
         if refuses_above is not None and limits[0] > refuses_above:
             raise ValueError("not allowed to raise maximum limit")
+        now[0] = limits[0]
 
     return asked, get, set_
 

@@ -52,6 +52,7 @@ READY = EngineState.READY.to_wire()
     [
         (0.5, 0, None, EngineState.READY, ""),
         (SAMPLE_STALE_S + 1, 0, None, Reachability.HUNG, "no state from its agent for 6 s"),  # a stopped agent
+        (0.5, 1, None, EngineState.READY, ""),  # one slow health check under load: not yet
         (0.5, 2, None, Reachability.HUNG, "its engine failed 2 health check(s) in a row"),  # a stopped engine
         (0.5, 0, 0.5, Reachability.SUSPECT, ""),  # failures just now: breaker open
         (0.5, 0, COOL_DOWN_S + 0.5, Reachability.HALF_OPEN, "failed lately; one request probes it"),
@@ -69,3 +70,4 @@ def test_a_worker_shows_hung_suspect_and_half_open_for_what_they_are(
     row = worker_row(handle, now)
     assert (row.state, row.detail) == (state, detail)
     assert row.down == (state in (Reachability.HUNG, Reachability.SUSPECT))
+    assert handle.ready(now) == (state in (EngineState.READY, Reachability.HALF_OPEN))  # what routing may choose

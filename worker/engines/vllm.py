@@ -19,12 +19,18 @@ from worker import modelfiles, procs
 from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
 from worker.engines.parsers import OFF, Parsers, choose, read_signals
 from worker.engines.rayports import ray_ports
-from worker.engines.secrets import move_secrets
+from worker.engines.secrets import canonical, move_secrets
 
 DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
-# vLLM's secret flags and the variable it reads each from when the flag is absent (0.32: --api-key falls back to
-# VLLM_API_KEY in entrypoints/serve/middleware/register.py; --hf-token unset leaves huggingface_hub to HF_TOKEN).
-SECRET_ENV = {"--api-key": "VLLM_API_KEY", "--hf-token": "HF_TOKEN"}
+# vLLM's secret flags and the variable it reads each from when the flag is absent (0.32: --hf-token unset leaves
+# huggingface_hub to HF_TOKEN).
+SECRET_ENV = {"--hf-token": "HF_TOKEN"}
+# An engine key would lock out its own agent (which sends none: the engine listens on 127.0.0.1 only, and the
+# router checks who calls, with cluster keys); vLLM would then never pass its readiness check.
+NO_API_KEY = (
+    "engine argument --api-key: the engine listens on 127.0.0.1 only and its agent sends it no key; "
+    "give callers keys at the router instead (cluster keys create)"
+)
 # vLLM 0.32's flags whose names hold a secret's word but whose values are none: token counts and switches.
 NOT_SECRET = frozenset({
     "--dbo-decode-token-threshold", "--dbo-prefill-token-threshold", "--long-prefill-token-threshold",
@@ -109,6 +115,8 @@ class VllmEngine:
         if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
             argv += ["--runner", "pooling", "--convert", "embed"]
         # Secrets go to the environment: vLLM logs its arguments, and `ps` shows them to every user.
+        if any(canonical(arg.partition("=")[0]) == "--api-key" for arg in config.extra_args):
+            raise ValueError(NO_API_KEY)
         extra, secrets = move_secrets(config.extra_args, SECRET_ENV, NOT_SECRET, "vLLM")
         argv += extra + parser_args(config)
         env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
