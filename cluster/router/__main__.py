@@ -6,20 +6,21 @@ Its command line is `proto.launch.RouterConfig`'s (the one owner); launchers bui
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.config import create_ssl_context
 
 from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.router import handover
 from cluster.router.app import create_app
-from cluster.router.connections import HEADER_TIMEOUT_S, guarded_protocol
+from cluster.router.connections import guarded_protocol, tls_terminated
 from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
 from proto import openfiles, tls
@@ -72,13 +73,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     app = create_app(registry, config, gateway_for(config, registry), settle_s=SETTLE_S if taken else 0.0)
     connections = connection_cap(config)
+    http: Any = guarded_protocol(connections)
+    endpoint = endpoint_tls(config)
+    if endpoint is not None:  # HTTPS: TLS terminated by our protocol, so handshakes count toward the cap
+        http = tls_terminated(http, endpoint, connections)
     grace = max(1, round(config.shutdown_grace_s))
     server = _Server(uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=grace, http=guarded_protocol(connections),
-        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
+        app, log_level="warning", timeout_graceful_shutdown=grace, http=http,
         log_config=None,  # uvicorn's few lines go through our handlers: one format (and JSON with --log-format json)
     ))  # fmt: skip
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
+    server.endpoint = endpoint
     server.endpoint_files = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     server.took_over = taken
     server.run(sockets=[sock])
@@ -87,8 +92,21 @@ def main(argv: list[str] | None = None) -> None:
 RESERVED_FDS = 64  # beside client connections: logs, the gateway's database, the hand-over socket, TLS files
 FDS_PER_WORKER = 4  # its gRPC channel (and one being replaced after a rotation)
 CERTIFICATE_CHECK_S = 2.0
-HANDSHAKE_TIMEOUT_S = HEADER_TIMEOUT_S  # a TLS handshake gets as long as a request's headers
+SSL_CIPHERS = "TLSv1"  # uvicorn's default: OpenSSL's TLS 1.x suites
 SETTLE_S = 10.0  # a router taking over waits at most this long to know the agents before it accepts
+
+
+def endpoint_tls(config: RouterConfig) -> ssl.SSLContext | None:
+    """The endpoint's TLS context (HTTPS), as uvicorn would make it; exits 2 naming the file it cannot load."""
+    if not (config.tls_cert and config.tls_key):
+        return None
+    try:
+        return create_ssl_context(config.tls_cert, config.tls_key, None, ssl.PROTOCOL_TLS_SERVER, ssl.CERT_NONE,
+                                  None, SSL_CIPHERS)  # fmt: skip
+    except (OSError, ssl.SSLError) as exc:
+        sys.stderr.write(f"python -m cluster.router: the endpoint's certificate {config.tls_cert} or key "
+                         f"{config.tls_key} cannot be loaded: {exc}\n")  # fmt: skip
+        raise SystemExit(2) from None
 
 
 def connection_cap(config: RouterConfig) -> int:
@@ -109,26 +127,18 @@ def connection_cap(config: RouterConfig) -> int:
 class _Server(uvicorn.Server):
     offer_at: Path | None = None
     took_over = False
-    endpoint_files: tuple[str, str] | None = None  # HTTPS: certificate and key, reloaded when replaced
+    endpoint: ssl.SSLContext | None = None  # HTTPS
+    endpoint_files: tuple[str, str] | None = None  # its certificate and key, reloaded when replaced
     _reloader: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve, then offer the socket to the next router: at once for a router that started afresh; one that
         took over is published by the hand-over once it is confirmed (cluster.bringup.rollout)."""
-        loop = asyncio.get_running_loop()
-        create_server = loop.create_server
-        # uvicorn has no setting for it: a client that opens a TLS connection and never finishes the handshake is
-        # dropped after HANDSHAKE_TIMEOUT_S, not asyncio's 60 s (for this one call, on this loop only).
-        if self.config.ssl is not None:  # (and only with TLS: asyncio refuses it otherwise)
-            loop.create_server = functools.partial(create_server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)  # type: ignore[method-assign]
-        try:
-            await super().startup(sockets)
-        finally:
-            vars(loop).pop("create_server", None)  # the instance attribute goes: the loop's own method again
+        await super().startup(sockets)
         if self.started and not self.should_exit and self.offer_at is not None and sockets:
             handover.offer(self.offer_at, sockets[0], publish=not self.took_over)
-        if self.endpoint_files is not None and self.config.ssl is not None:
-            self._reloader = asyncio.create_task(_reload_certificate(self.config.ssl, *self.endpoint_files))
+        if self.endpoint_files is not None and self.endpoint is not None:
+            self._reloader = asyncio.create_task(_reload_certificate(self.endpoint, *self.endpoint_files))
 
 
 async def _reload_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+from asyncio import sslproto
+from collections.abc import Callable
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -134,3 +138,53 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
 
     Guarded.__name__ = "Guarded"
     return Guarded
+
+
+def tls_terminated(
+    http: type[HttpToolsProtocol], context: ssl.SSLContext, max_connections: int,
+    handshake_s: float = HEADER_TIMEOUT_S,
+) -> Callable[..., asyncio.BaseProtocol]:  # fmt: skip
+    """uvicorn's `http=` for an HTTPS endpoint, TLS terminated here rather than by the event loop: a connection is
+    counted from its accept, not from the end of its handshake (when the loop would first tell the HTTP
+    protocol), so slow or silent handshakes cannot hold descriptors past the cap. At the cap the handshake
+    waiting longest past UNUSED_GRACE_S makes room, else the newcomer is dropped (no TLS yet: no 503 to send);
+    a handshake gets `handshake_s`."""
+    handshaking: dict[_Handshake, float] = {}  # at most the cap
+
+    class _Handshake(sslproto.SSLProtocol):
+        def __init__(self, loop: asyncio.AbstractEventLoop, app: HttpToolsProtocol) -> None:
+            # No waiter: nothing awaits the handshake (a failed one would leave an unretrieved exception).
+            super().__init__(loop, app, context, None, server_side=True,  # type: ignore[arg-type]
+                             ssl_handshake_timeout=round(handshake_s))  # fmt: skip
+            self.app, self.raw = app, cast(asyncio.Transport | None, None)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.raw = cast(asyncio.Transport, transport)
+            now = self.app.loop.time()
+            if len(handshaking) + len(self.app.connections) >= max_connections and not _evicted(now):
+                self.raw.abort()
+                return
+            handshaking[self] = now
+            super().connection_made(transport)
+
+        def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+            handshaking.pop(self, None)
+            super()._on_handshake_complete(handshake_exc)
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            handshaking.pop(self, None)
+            super().connection_lost(exc)
+
+    def _evicted(now: float) -> bool:
+        late = [h for h, since in handshaking.items() if now - since >= UNUSED_GRACE_S and h.raw is not None]
+        if not late:
+            return False
+        oldest = min(late, key=handshaking.__getitem__)
+        handshaking.pop(oldest, None)
+        cast(asyncio.Transport, oldest.raw).abort()
+        return True
+
+    def protocol(**uvicorn_args: Any) -> asyncio.BaseProtocol:
+        return _Handshake(uvicorn_args.get("_loop") or asyncio.get_running_loop(), http(**uvicorn_args))
+
+    return protocol

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from cluster.bringup import authority, certs, records
-from cluster.router.__main__ import HANDSHAKE_TIMEOUT_S
+from cluster.router.connections import HEADER_TIMEOUT_S as HANDSHAKE_TIMEOUT_S
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls

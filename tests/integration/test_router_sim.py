@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from cluster.bringup import authority
 from cluster.bringup.fleet import Fleet
 from cluster.router.connections import UNUSED_GRACE_S
 from proto.launch import RouterConfig
@@ -370,13 +372,23 @@ def test_the_drain_route_reads_its_body_by_the_same_rules_as_every_route(sim_clu
     assert not next(iter(workers(sim_cluster.url))).draining
 
 
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
 def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
-    sim_cluster: Cluster, tmp_path: Path
+    sim_cluster: Cluster, tmp_path: Path, https: bool
 ) -> None:
     """Started as launchd starts a process (soft limit 256, and here the hard one too, so nothing can be raised):
     the router sizes its connection cap from what it got and logs it; 1,000 connections that never send a
-    request make room (the idle ones go first) for clients with one, and no descriptor runs out."""
-    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,))
+    request (over HTTPS: never start their handshake) make room, the idle ones first, for clients with one, and
+    no descriptor runs out."""
+    tls: dict[str, str] = {}
+    if https:
+        ca = authority.create(authority.now_utc())
+        tls["tls_cert"] = tls["tls_key"] = str(tmp_path / "endpoint.pem")
+        authority.write_identity(tmp_path, ca, authority.issue(ca, "endpoint", ("127.0.0.1",), authority.now_utc(),
+                                                               client=False))  # fmt: skip
+        (tmp_path / "identity.pem").rename(tls["tls_cert"])
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,), **tls)
+    verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem")) if https else True
     log_path = tmp_path / "router.log"
     launchd_like = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # noqa: E731
     with log_path.open("wb") as log:
@@ -384,11 +396,11 @@ def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
     idle: list[socket.socket] = []
     body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
     try:
-        wait_until(lambda: _answers(config.local_url, body) == 200, 30, "the router to answer")
+        wait_until(lambda: _answers(config.local_url, body, verify) == 200, 30, "the router to answer")
         for _ in range(1000):
             idle.append(socket.create_connection(("127.0.0.1", config.port)))
         time.sleep(UNUSED_GRACE_S)  # idle long enough that a client with a request may take one's place
-        statuses = collections.Counter(_answers(config.local_url, body) for _ in range(20))
+        statuses = collections.Counter(_answers(config.local_url, body, verify) for _ in range(20))
         assert statuses == {200: 20}, statuses
         assert router.poll() is None
         said = "open-file limit 256 (not raised; hard limit 256): at most 188 client connections"
@@ -400,9 +412,9 @@ def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
         router.wait(30)
 
 
-def _answers(url: str, body: dict[str, object]) -> int | str:
+def _answers(url: str, body: dict[str, object], verify: ssl.SSLContext | bool = True) -> int | str:
     try:
-        return httpx.post(url + "/v1/completions", json=body, timeout=10).status_code
+        return httpx.post(url + "/v1/completions", json=body, timeout=10, verify=verify).status_code
     except httpx.HTTPError as exc:
         return repr(exc)
 
