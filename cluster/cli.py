@@ -304,6 +304,8 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
         if args.watch:
+            # Ctrl-C ends it even where the shell started it with SIGINT ignored (a background job, nohup).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 status.watch(console, lambda: read_workers(client, state.url), state.url)
             except KeyboardInterrupt:

@@ -54,6 +54,10 @@ def ensure_router(
     previous = read_state(home)
     pid = previous.router_now(service) if previous else None
     as_service = install_service or bool(previous and previous.router_slot)  # a service router stays one
+    if as_service and (why := service.unavailable()):
+        report(f"router: not installed as a service: {why}; it runs under Orchard's keeper, which does not "
+               "outlive a reboot of this machine")  # fmt: skip
+        as_service = False
     manager = service if as_service else None
     slot: Literal["", "a", "b"] = ""
     same = previous is not None and (previous.router, previous.build, bool(previous.router_slot)) == (

@@ -253,6 +253,7 @@ class RouterService:
     run: Runner = run_here
     root_stdin: Callable[[], str | None] = _no_password
     say: Callable[[str], None] = print
+    systemd_booted: Callable[[], bool] = lambda: Path("/run/systemd/system").is_dir()
 
     @classmethod
     def here(
@@ -267,6 +268,13 @@ class RouterService:
     @property
     def manager(self) -> str:
         return "launchd" if self.platform == "darwin" else "systemd"
+
+    def unavailable(self) -> str | None:
+        """Why this machine's service manager cannot run the router (None: it can). launchd always runs; systemd
+        only where it booted the machine (its own test, sd_booted: /run/systemd/system), not in a container."""
+        if self.platform == "darwin" or self.systemd_booted():
+            return None
+        return "this machine was not booted by systemd (no /run/systemd/system)"
 
     def name(self, slot: Slot) -> str:
         return f"{ROUTER_LABEL}.{slot}" if self.platform == "darwin" else f"{ROUTER_UNIT}-{slot}.service"

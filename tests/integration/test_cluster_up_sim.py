@@ -191,7 +191,8 @@ def test_status_json_and_watch_show_rates_and_ttft(tmp_path: Path, foreground: F
     assert row.ready and row.ttft_p50_ms is not None and row.ttft_p50_ms > 0  # the stream just timed
     env = {**os.environ, "ORCHARD_HOME": str(tmp_path)}
     watching = subprocess.Popen([sys.executable, "-m", "cluster.cli", "status", "--watch"], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_ignore_sigint)  # fmt: skip  # as a background job starts it
     assert watching.stdout is not None
     titles: list[str] = []
     for line in watching.stdout:

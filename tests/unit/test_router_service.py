@@ -4,6 +4,7 @@ install, start, hand over, find and remove it, against a fake runner (no service
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import plistlib
 import re
 import shlex
@@ -219,3 +220,13 @@ def test_on_a_mac_down_boots_out_and_removes_installed_slots_asking_root_only_th
     [(argv, stdin)] = run.calls
     assert stdin == "secret\n" and "launchctl bootout system/ai.orchard.router.b" in argv[2]
     assert f"rm -f {service.path('b')}" in argv[2]
+
+
+def test_a_head_not_booted_by_systemd_cannot_keep_the_router_as_a_service(tmp_path: Path) -> None:
+    """A container or a chroot has systemctl but no systemd: `cluster up --install-service` then says so and keeps
+    the router under Orchard's keeper rather than fail (launchd always runs on a Mac)."""
+    linux = _service(tmp_path, "linux", FakeRunner())
+    assert dataclasses.replace(linux, systemd_booted=lambda: True).unavailable() is None
+    why = dataclasses.replace(linux, systemd_booted=lambda: False).unavailable()
+    assert why is not None and "not booted by systemd" in why
+    assert _service(tmp_path, "darwin", FakeRunner()).unavailable() is None
