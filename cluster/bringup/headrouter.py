@@ -55,8 +55,8 @@ def ensure_router(
     pid = previous.router_now(service) if previous else None
     as_service = install_service or bool(previous and previous.router_slot)  # a service router stays one
     if as_service and (why := service.unavailable()):
-        report(f"router: not installed as a service: {why}; it runs under Orchard's keeper, which does not "
-               "outlive a reboot of this machine")  # fmt: skip
+        report(f"router: kept by Orchard's keeper, not by a service manager: {why}; it does not come back by "
+               "itself after this machine reboots")  # fmt: skip
         as_service = False
     manager = service if as_service else None
     slot: Literal["", "a", "b"] = ""
