@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.bringup import authority, certs, drain, install, lab, labstate, local, remote, units
+from cluster.bringup import certs, drain, install, lab, labstate, local, remote, units
 from cluster.bringup.fleet import fetch_workers, read_workers
 from cluster.bringup.sudo import Ask, Sudo
 from cluster.console import status
 from cluster.console.progress import HostSteps
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
+from cluster.pki import authority
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
@@ -424,6 +425,10 @@ def _certs(args: argparse.Namespace) -> int:
         elif args.certs_command == "rotate":
             if not _rotate(home):
                 return 1
+        elif args.certs_command == "revoke":
+            revoked = asyncio.run(lab.revoke_certificate(home, args.host, report=lambda m: console.print(f"  • {m}")))
+            if not revoked:
+                return 1
         elif args.certs_command == "issue":
             now = authority.now_utc()
             ca = authority.load_or_create(home, now)
@@ -580,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs_sub.add_parser("init", help="create the CA and the head's certificates (cluster up does it when needed)")
     certs_sub.add_parser("rotate", help="issue new certificates to the router and every agent; drops no request")
     certs_sub.add_parser("show", help="when each certificate expires")
+    revoke = certs_sub.add_parser("revoke", help="end a lab agent's certificate now (a leaked key); issue a new one")
+    revoke.add_argument("host", help="the host's name (or address) in the running lab's hosts file")
     issue = certs_sub.add_parser("issue", help="an identity for an agent run by hand (orchard-worker --tls-dir)")
     issue.add_argument("name", help="the host's name")
     issue.add_argument("--address", action="append", default=[], required=True, type=_certificate_host,

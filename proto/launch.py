@@ -199,6 +199,7 @@ class RouterConfig(_Frozen):
     no_auth: bool = False  # serve beyond loopback without keys (logged as a warning at every start)
     max_queue: int = Field(default=256, ge=0, le=100_000)  # waiting requests per model
     tls_dir: str | None = None  # the router's client identity towards agents (mutual TLS); None: plaintext
+    ca_dir: str | None = None  # the cluster CA: the router renews pinned agents' certificates with it
     tls_cert: str | None = None  # the endpoint's certificate chain (PEM): HTTPS
     tls_key: str | None = None  # its private key
     max_connections: int = Field(default=1024, ge=1, le=100_000)  # open client connections, beyond: 503
@@ -261,6 +262,7 @@ class RouterConfig(_Frozen):
         argv += _optional("--handover", self.handover or None)
         argv += ["--no-auth"] if self.no_auth else []
         argv += _optional("--tls-dir", self.tls_dir)
+        argv += _optional("--ca-dir", self.ca_dir)
         argv += _optional("--tls-cert", self.tls_cert)
         argv += _optional("--tls-key", self.tls_key)
         argv += ["--max-connections", str(self.max_connections), "--log-format", self.log_format]
@@ -286,7 +288,7 @@ class RouterConfig(_Frozen):
             "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
             "gap_timeout_s": args.gap_timeout,
             "gateway_db": args.gateway_db, "no_auth": args.no_auth,
-            "max_queue": args.max_queue, "tls_dir": args.tls_dir, "tls_cert": args.tls_cert,
+            "max_queue": args.max_queue, "tls_dir": args.tls_dir, "ca_dir": args.ca_dir, "tls_cert": args.tls_cert,
             "tls_key": args.tls_key, "max_connections": args.max_connections, "log_format": args.log_format,
         }  # fmt: skip
         return cls.checked(**fields)
@@ -384,6 +386,7 @@ def _router_parser() -> argparse.ArgumentParser:
     add("--no-auth", action="store_true", help="serve beyond loopback without API keys (not recommended)")
     add("--max-queue", type=int, default=256, help="requests that may wait per model when workers are busy")
     add("--tls-dir", help="mutual TLS towards agents: folder with ca.pem and identity.pem (`cluster up` issues them)")
+    add("--ca-dir", help="the cluster CA's folder: renew the lab agents' short-lived certificates with it")
     add("--tls-cert", help="HTTPS on the endpoint: certificate chain (PEM)")
     add("--tls-key", help="HTTPS on the endpoint: private key (PEM)")
     add("--max-connections", type=int, default=1024, help="open client connections; beyond this a 503")

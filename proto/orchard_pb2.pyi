@@ -117,6 +117,16 @@ class DrainRequest(_message.Message):
     draining: bool
     def __init__(self, draining: _Optional[bool] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: bytes
+    def __init__(self, identity: _Optional[bytes] = ...) -> None: ...
+
+class RenewReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DrainReply(_message.Message):
     __slots__ = ("draining", "inflight")
     DRAINING_FIELD_NUMBER: _ClassVar[int]

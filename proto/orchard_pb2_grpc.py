@@ -55,6 +55,11 @@ class WorkerStub:
                 request_serializer=proto_dot_orchard__pb2.DrainRequest.SerializeToString,
                 response_deserializer=proto_dot_orchard__pb2.DrainReply.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/orchard.v1.Worker/Renew',
+                request_serializer=proto_dot_orchard__pb2.RenewRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.RenewReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -91,6 +96,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """The router's only: replace this agent's TLS identity (key and certificate, from the cluster CA) with a
+        fresh one before the current one expires. New connections present it; calls in flight are not touched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=proto_dot_orchard__pb2.DrainRequest.FromString,
                     response_serializer=proto_dot_orchard__pb2.DrainReply.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=proto_dot_orchard__pb2.RenewRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.RenewReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class Worker:
             '/orchard.v1.Worker/Drain',
             proto_dot_orchard__pb2.DrainRequest.SerializeToString,
             proto_dot_orchard__pb2.DrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.Worker/Renew',
+            proto_dot_orchard__pb2.RenewRequest.SerializeToString,
+            proto_dot_orchard__pb2.RenewReply.FromString,
             options,
             channel_credentials,
             insecure,

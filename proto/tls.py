@@ -6,7 +6,7 @@ Each process holds one folder:
     identity.pem  this process's private key and certificate in one file (0600), replaced atomically, so a
                   reader never pairs a new key with an old certificate
 
-The head's certificate authority (cluster/bringup/authority.py) writes these folders; this module only reads
+The head's certificate authority (cluster/pki/authority.py) writes these folders; this module only reads
 them. An agent re-reads its folder at each new connection (a rotation takes effect without a restart and
 without dropping a call); the router opens new channels when its own identity changes (cluster/router).
 """

@@ -122,7 +122,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=engine_connections(slots)),
     )
-    service = WorkerService(supervisor, identity, host, http, group, guard, config.max_body_bytes)
+    service = WorkerService(supervisor, identity, host, http, group, guard, config.max_body_bytes, config.tls_path)
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
         asyncio.get_running_loop().run_in_executor(None, guard.load)
     health_servicer = health.aio.HealthServicer()

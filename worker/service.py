@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
@@ -23,6 +25,7 @@ from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
 from worker.hostinfo import HostFacts
+from worker.identity import IdentityError, replace_identity
 from worker.metrics import LastLoad, RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
 from worker.supervisor import EngineSupervisor
@@ -85,8 +88,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         group: GroupController | None = None,
         guard: PromptGuard | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        tls_dir: Path | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.tls_dir = tls_dir  # our identity's folder: the router renews it (Renew); None: plaintext, loopback
         self.max_body_bytes = max_body_bytes  # the router's limit: a body past it did not come through a router
         self.guard = guard  # for engines that let an over-long prompt through (mlx-lm)
         self.group = group
@@ -278,6 +283,25 @@ class WorkerService(pb_grpc.WorkerServicer):
             log.info("%s: %s", "draining" if request.draining else "taking requests again", self.identity.worker_id)
         self.draining = request.draining
         return pb.DrainReply(draining=self.draining, inflight=self.inflight)
+
+    async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.RenewReply:
+        if not await _router_only(context):
+            return pb.RenewReply()
+        if self.tls_dir is None or tls.caller_name(context.auth_context()) is None:
+            await _abort(
+                context, 400, "this agent speaks plaintext: it has no identity to renew", "invalid_request_error"
+            )
+            return pb.RenewReply()
+        try:
+            certificate = replace_identity(self.tls_dir, request.identity, dt.datetime.now(dt.UTC))
+        except (IdentityError, OSError) as exc:
+            log.warning("TLS identity from the router refused: %s", exc)
+            await _abort(context, 400, f"identity refused: {exc}", "invalid_request_error")
+            return pb.RenewReply()
+        log.info(
+            "TLS identity renewed by the router: valid until %s", f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+        )
+        return pb.RenewReply()
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0

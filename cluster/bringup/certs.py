@@ -1,9 +1,11 @@
-"""Who gets which certificate from the cluster CA (cluster/bringup/authority.py), and where it goes: the router's
+"""Who gets which certificate from the cluster CA (cluster/pki/authority.py), and where it goes: the router's
 client identity and the local agent's on the head, each lab agent's on its host over SSH.
 
-An identity is issued when missing, from another CA, for other names, or within 30 days of expiry — or always
-when rotating. Agents read a replaced identity at their next connection and the router opens new channels when
-its own changed, so a rotation drops no call.
+An identity is issued when missing, from another CA, for other names, or due for renewal (a lab agent's 3-day
+certificate at half its life, which the running router does first; the head's own within 30 days of expiry) —
+or always when rotating. A lab agent's is pinned (cluster/pki/pins.py): revoking it takes effect at once.
+Agents read a replaced identity at their next connection and the router opens new channels when its own or a
+pin changed, so a rotation drops no call.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from cryptography import x509
 
-from cluster.bringup import authority, records, remote
+from cluster.bringup import remote
+from cluster.pki import authority, pins
 from cluster.placement.hostsfile import HostSpec
 
 ROUTER = "router"
@@ -83,51 +87,78 @@ def agent_names(host: HostSpec) -> tuple[str, ...]:
 
 async def agent_identity(
     conn: asyncssh.SSHClientConnection, host: HostSpec, ca: authority.Authority, home: Path, now: dt.datetime,
-    renew: bool = False,
+    renew: bool = False, revoke: bool = False,
 ) -> bool:  # fmt: skip
-    """Issue and copy the host's agent identity unless it holds a current one; True if it got a new one. The
-    public half is kept on the head for `cluster status`."""
+    """Issue and copy the host's agent identity unless it holds the current one the router pins; True if it got a
+    new one. A renewed certificate keeps the old pin too (the router may dial by it until it reads the new one);
+    a revoking one does not."""
+    folder = authority.tls_folder(home, ROUTER)
+    held = pins.read(folder).agents.get(host.agent_address)
     names = agent_names(host)
-    if not renew and authority.current(await remote.installed_certificates(conn, host), ca, names, now):
-        return False
-    identity = authority.issue(ca, f"orchard agent {host.label}", names, now)
+    if not (renew or revoke) and held is not None and not held.revoked:
+        if authority.current(await remote.installed_certificates(conn, host), ca, (*names, held.name), now):
+            return False
+    pin = pins.new_name()
+    kept = (held.name,) if held is not None and not (revoke or held.revoked) else ()
+    identity = authority.issue(ca, f"orchard agent {host.label}", (*names, *kept, pin), now, life=authority.AGENT_LIFE)
     await remote.install_identity(conn, host, ca.pem, identity)
-    certificate = identity[identity.index(b"-----BEGIN CERTIFICATE-----") :]
-    records.write_private(authority.issued_path(home, host.label), certificate, mode=0o644)
+    certificate = identity[identity.index(b"-----BEGIN CERTIFICATE-----") :].decode()
+    with pins.editing(folder) as book:
+        book.agents[host.agent_address] = pins.Pin(label=host.label, name=pin, certificate=certificate)
     return True
+
+
+def revoke(home: Path, host: HostSpec) -> None:
+    """The router stops accepting the host's certificate at once (it reads the record within seconds): until a new
+    one reaches the host, no certificate passes."""
+    folder = authority.tls_folder(home, ROUTER)
+    with pins.editing(folder) as book:
+        held = book.agents.get(host.agent_address) or pins.Pin(label=host.label, name=pins.new_name())
+        book.agents[host.agent_address] = held.model_copy(update={"revoked": True})
 
 
 @dataclass(frozen=True)
 class Expiry:
     who: str
-    until: dt.datetime | None  # None: not issued (or unreadable)
+    certificate: x509.Certificate | None  # None: not issued (or unreadable)
+    agent: bool = False  # a lab agent's: the router renews it
+    revoked: bool = False
 
     def text(self, now: dt.datetime) -> str:
-        if self.until is None:
+        if self.revoked:
+            return "revoked (cluster up issues a new one)"
+        if self.certificate is None:
             return "none"
-        days = (self.until - now).days
-        warn = " [renew: cluster certs rotate]" if days < authority.RENEW_WITHIN_DAYS else ""
-        return f"{self.until:%Y-%m-%d} ({days} days){warn}"
+        until = self.certificate.not_valid_after_utc
+        left = until - now
+        span = f"{left.days} days" if left.days >= 2 else f"{max(0, int(left.total_seconds() // 3600))} h"
+        warn = ""
+        if authority.due(self.certificate, now):
+            warn = " [overdue: the router renews it while it reaches the agent]" if self.agent else \
+                " [renew: cluster certs rotate]"  # fmt: skip
+        return f"{until:%Y-%m-%d %H:%M}Z ({span}){warn}"
 
 
 def expiries(home: Path, agents: list[str]) -> list[Expiry]:
-    """The CA's, the router's and each agent's certificate expiry, as the head knows them."""
+    """The CA's, the router's and each agent's certificate expiry, as the head knows them (a lab agent's from the
+    pin record, which the router keeps current as it renews)."""
     files = {"CA": authority.ca_folder(home) / "ca.pem",
              ROUTER: authority.tls_folder(home, ROUTER) / "identity.pem"}  # fmt: skip
-    files.update({label: _agent_file(home, label) for label in agents})
+    if LOCAL_AGENT in agents:
+        files[LOCAL_AGENT] = authority.tls_folder(home, LOCAL_AGENT) / "identity.pem"
     if endpoint_path(home).exists():
         files[ENDPOINT] = endpoint_path(home)
-    return [Expiry(who, _until(path)) for who, path in files.items()]
+    found = [Expiry(who, _certificate(path.read_bytes() if path.exists() else b"")) for who, path in files.items()]
+    book = pins.read(authority.tls_folder(home, ROUTER))
+    for label in (a for a in agents if a != LOCAL_AGENT):
+        pin = held[1] if (held := book.by_label(label)) else None
+        found.append(Expiry(label, _certificate(pin.certificate.encode() if pin else b""), agent=True,
+                            revoked=bool(pin and pin.revoked)))  # fmt: skip
+    return found
 
 
-def _agent_file(home: Path, label: str) -> Path:
-    if label == LOCAL_AGENT:
-        return authority.tls_folder(home, LOCAL_AGENT) / "identity.pem"
-    return authority.issued_path(home, label)
-
-
-def _until(path: Path) -> dt.datetime | None:
+def _certificate(pem: bytes) -> x509.Certificate | None:
     try:
-        return authority.expires(path.read_bytes())
-    except (OSError, ValueError):
+        return authority.certificate_of(pem) if pem else None
+    except ValueError:
         return None

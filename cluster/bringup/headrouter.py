@@ -11,12 +11,14 @@ from typing import Any, Literal, cast
 
 import asyncssh
 
-from cluster.bringup import authority, certs, records, remote, rollout, units
+from cluster.bringup import certs, remote, rollout, units
 from cluster.bringup.fleet import Report
 from cluster.bringup.labstate import LabError, LabState, read_state, state_path
 from cluster.bringup.sudo import Sudo
 from cluster.gateway.store import db_path
+from cluster.pki import authority
 from cluster.placement.hostsfile import ClusterSpec
+from cluster.state import records
 from proto import build
 from proto.launch import RouterConfig
 from worker import procs
@@ -31,7 +33,7 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
         models=tuple(m.name for m in spec.models),
         gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
         log_format=router.log_format, handover=str(home / "router.sock"),
-        tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
+        tls_dir=str(authority.tls_folder(home, certs.ROUTER)), ca_dir=str(authority.ca_folder(home)),
         tls_cert=cert, tls_key=key,
     )  # fmt: skip
 

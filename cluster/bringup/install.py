@@ -27,8 +27,9 @@ from pathlib import Path
 import asyncssh
 from pydantic import BaseModel, Field
 
-from cluster.bringup import records, remote
+from cluster.bringup import remote
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
+from cluster.state import records
 from proto import build
 from proto.daemon import HostFactsReply
 from worker.engines.vllm import DEFAULT_METAL_VENV

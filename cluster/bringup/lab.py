@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from cluster.bringup import authority, certs, headrouter, preflight, records, remote, rolling, units
+from cluster.bringup import certs, headrouter, preflight, remote, rolling, units
 from cluster.bringup.fleet import Report, fetch_workers
 from cluster.bringup.labstate import LabError, read_state, state_path
 from cluster.bringup.preflight import HostOutcome
@@ -22,9 +22,11 @@ from cluster.bringup.sudo import Sudo
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
+from cluster.pki import authority
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
+from cluster.state import records
 from proto.launch import LaunchConfigError, is_loopback
 from worker import procs
 from worker.download import fetching
@@ -239,6 +241,30 @@ async def rotate_certificates(home: Path, report: Report) -> list[str]:
     certs.router_identity(home, ca, now, renew=True)
     report("router: new client certificate (used for its next connections)")
     return missed
+
+
+async def revoke_certificate(home: Path, label: str, report: Report) -> bool:
+    """End a lab agent's certificate at once (a leaked key), then give the host a new one over SSH; False when
+    the host cannot be reached (it stays refused until `cluster up` reaches it)."""
+    state = read_state(home)
+    if state is None:
+        raise LabError("no lab is running (start it with: cluster up hosts.toml)")
+    spec = ClusterSpec.model_validate(state.spec)
+    try:
+        host = spec.host(label)
+    except KeyError:
+        raise LabError(f"{label}: not a host of the running lab ({', '.join(h.label for h in spec.hosts)})") from None
+    certs.revoke(home, host)
+    report(f"{host.label}: certificate revoked: the router refuses it from its next check (within seconds)")
+    ca = _authority(home)
+    try:
+        async with await remote.connect(host) as conn:
+            await certs.agent_identity(conn, host, ca, home, authority.now_utc(), revoke=True)
+    except remote.RemoteError as exc:
+        report(f"{host.label}: no new certificate ({exc}); it stays refused until `cluster up` reaches it")
+        return False
+    report(f"{host.label}: new certificate installed; the router accepts only it")
+    return True
 
 
 DEFAULT_WAIT_S = 900.0  # how long `cluster up` waits for engines to serve, unless told

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from cluster.bringup import records, units
+from cluster.bringup import units
+from cluster.state import records
 from proto.launch import ROUTER_MODULE, RouterConfig
 from worker import procs
 

@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from cluster.bringup import authority, certs, records
+from cluster.bringup import certs
 from cluster.bringup.fleet import Fleet, FleetError, Report
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
+from cluster.pki import authority
+from cluster.state import records
 from proto.launch import (
     AGENT_MODULE,
     ROUTER_MODULE,

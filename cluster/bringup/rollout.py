@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from cluster.bringup import authority, drain, units
+from cluster.bringup import drain, units
 from cluster.bringup.fleet import Fleet, Report
 from cluster.gateway.keys import operator_headers
+from cluster.pki import authority
 from cluster.router import handover
 from cluster.router.rows import WorkersReply
 from proto.launch import RouterConfig

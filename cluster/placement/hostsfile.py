@@ -140,6 +140,11 @@ class HostSpec(_Strict):
     def label(self) -> str:
         return self.name or self.address
 
+    @property
+    def agent_address(self) -> str:
+        """What the router dials its agent by."""
+        return f"{self.address}:{self.agent_port}"
+
 
 class ModelSpec(_Strict):
     name: str = Field(min_length=1)

@@ -65,7 +65,7 @@ class Assignment:
 
     @property
     def agent_address(self) -> str:
-        return f"{self.host.address}:{self.host.agent_port}"
+        return self.host.agent_address
 
     @property
     def routed(self) -> bool:

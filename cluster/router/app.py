@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics, model_label
 from cluster.router.registry import Registry
+from cluster.router.renewal import Renewer
 from cluster.router.requestlog import RequestIds, request_id
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
 from cluster.router.validation import ResponseRetrieval, ResponsesRequest
@@ -64,12 +66,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        renewing = _renewing(registry, config)
         await gateway.start()
         if settle_s:
             await registry.settled(settle_s)
         try:
             yield
         finally:
+            if renewing is not None:
+                renewing.cancel()
             await gateway.stop()
             await registry.stop()
 
@@ -89,6 +94,14 @@ def create_app(
 
     ollama.install(app, pipeline.handle, registry, gateway, config.max_body_bytes)
     return app
+
+
+def _renewing(registry: Registry, config: RouterConfig) -> asyncio.Task[None] | None:
+    """With the cluster CA at hand, the router renews the lab agents' certificates (cluster/router/renewal.py)."""
+    if config.tls_path is None or config.ca_dir is None:
+        return None
+    renewer = Renewer(registry, config.tls_path, Path(config.ca_dir).expanduser())
+    return asyncio.create_task(renewer.run(), name="certificate renewal")
 
 
 @dataclass

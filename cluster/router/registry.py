@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from cluster.gateway.queue import Capacity
+from cluster.pki import pins
 from cluster.router.breaker import Breaker, BreakerState
 from cluster.router.recent import Window, token_rate
 from cluster.router.rows import Reachability
@@ -67,6 +68,7 @@ class WorkerHandle:
     ttft: Window = field(default_factory=Window)  # time to first token of its streams, lately
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     last_error: str = ""  # why the last attempt to reach it failed (e.g. the TLS handshake's); "" once connected
+    pin: str = ""  # the name its certificate must carry (cluster/pki/pins.py); "": its address, as dialled
 
     @property
     def worker_id(self) -> str:
@@ -153,46 +155,68 @@ class Registry:
         self.close_grace_s = close_grace_s  # a replaced channel's calls get this long to finish
         self.workers = {address: WorkerHandle(address) for address in addresses}
         self._merged: tuple[tuple[pb.InfoReply | None, ...], dict[str, pb.ModelInfo]] = ((), {})
-        self._renewer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open channels inside the running loop (a grpc.aio channel belongs to the loop that made it)."""
+        dialled = self._pinned()
         for handle in self.workers.values():
+            handle.pin = dialled.get(handle.address, "")
             self._open(handle)
         if self.tls_dir is not None:
-            self._renewer = asyncio.create_task(self._renew_on_change(self.tls_dir), name="tls identity")
+            self._watcher = asyncio.create_task(self._renew_on_change(self.tls_dir), name="tls identity")
+
+    def _pinned(self) -> dict[str, str]:
+        """The name each pinned agent's certificate must carry (a revoked one's: a name none carries)."""
+        if self.tls_dir is None:
+            return {}
+        return {address: pin.dialled for address, pin in pins.read(self.tls_dir).agents.items()}
 
     def _open(self, handle: WorkerHandle) -> None:
-        handle.channel = tls.channel(handle.address, self.tls_dir, list(CHANNEL_OPTIONS))
+        options = [*CHANNEL_OPTIONS, *([("grpc.ssl_target_name_override", handle.pin)] if handle.pin else [])]
+        handle.channel = tls.channel(handle.address, self.tls_dir, options)
         handle.stub = pb_grpc.WorkerStub(handle.channel)
         handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")
 
     async def _renew_on_change(self, folder: Path) -> None:
-        """When `cluster certs rotate` replaced our identity: new channels for new calls; calls in flight finish on
-        the old ones (their certificate is still valid), which then close."""
-        seen = tls.identity_stamp(folder)
+        """When `cluster certs rotate` replaced our identity: new channels to every agent; when a pin moved (the
+        agent's certificate renewed or revoked): a new channel to that agent. Calls in flight finish on the old
+        channels (their certificates are still valid), which then close."""
+        seen = (tls.identity_stamp(folder), pins.stamp(folder))
         while True:
             await asyncio.sleep(RENEW_CHECK_S)
-            stamp = tls.identity_stamp(folder)
-            if stamp is None or stamp == seen:
+            stamps = (tls.identity_stamp(folder), pins.stamp(folder))
+            if stamps[0] is None or stamps == seen:
                 continue
-            seen = stamp
+            ours, seen = stamps[0] != seen[0], stamps
+            dialled = self._pinned()
             for handle in self.workers.values():
-                old_channel, old_task = handle.channel, handle.task
+                pin = dialled.get(handle.address, "")
+                if not ours and pin == handle.pin:
+                    continue
+                if pin != handle.pin:
+                    log.info("worker %s: %s", handle.address, "certificate revoked: refused from now on"
+                             if pin == pins.REVOKED else "pinned to its newest certificate")  # fmt: skip
+                handle.pin = pin
                 try:
-                    self._open(handle)
+                    self._reopen(handle)
                 except tls.TlsError as exc:
                     log.warning("TLS identity changed but cannot be read (%s); keeping the current one", exc)
                     break
-                if old_task is not None:
-                    old_task.cancel()
-                if old_channel is not None:
-                    closing = asyncio.create_task(old_channel.close(grace=self.close_grace_s))
-                    self._closing.add(closing)
-                    closing.add_done_callback(self._closing.discard)
             else:
-                log.info("TLS identity renewed: new connections to agents present the new certificate")
+                if ours:
+                    log.info("TLS identity renewed: new connections to agents present the new certificate")
+
+    def _reopen(self, handle: WorkerHandle) -> None:
+        old_channel, old_task = handle.channel, handle.task
+        self._open(handle)
+        if old_task is not None:
+            old_task.cancel()
+        if old_channel is not None:
+            closing = asyncio.create_task(old_channel.close(grace=self.close_grace_s))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait until every agent has sent its Info and a state sample (or `timeout_s` passed); whether all did."""
@@ -204,7 +228,7 @@ class Registry:
         return True
 
     async def stop(self) -> None:
-        for task in [self._renewer, *self._closing]:  # channels left from a rotation are closed now too
+        for task in [self._watcher, *self._closing]:  # channels left from a rotation are closed now too
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -348,6 +372,10 @@ def _note_failure(handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> None:
     """Keep why the worker cannot be reached, for its row; log it when the worker is lost or the reason changes
     (once, not at every retry)."""
     reason = failure_reason(exc)
+    if handle.pin == pins.REVOKED:
+        reason = "certificate revoked (cluster certs revoke): refused until `cluster up` gives the host a new one"
+    elif handle.pin and "Hostname Verification" in reason:  # gRPC's words for "not the name asked for"
+        reason = f"not the certificate last issued to it (an older or copied key): {reason}"[:REASON_CHARS]
     if handle.connected:
         log.warning("worker %s lost: %s", handle.address, reason)
     elif reason != handle.last_error:

@@ -4,13 +4,14 @@ trusts, and certificates rotated under load with no request failing."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import socket
 import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,12 +20,17 @@ import httpx
 import openai
 import pytest
 
-from cluster.bringup import authority, certs, records
+from cluster.bringup import certs
+from cluster.pki import authority, pins
+from cluster.placement.hostsfile import HostSpec
 from cluster.router.connections import HEADER_TIMEOUT_S as HANDSHAKE_TIMEOUT_S
+from cluster.router.rows import Reachability, WorkerRow
+from cluster.state import records
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from proto import tls
-from proto.launch import ENVELOPE_BYTES
+from proto.launch import ENVELOPE_BYTES, AgentConfig
+from proto.states import EngineState
 from tests.conftest import (
     REPO,
     SIM_MODEL,
@@ -287,3 +293,87 @@ def test_the_heads_own_commands_trust_an_operators_certificate_as_given(tmp_path
     records.write_private(authority.pinned_endpoint(home), chain)  # as `cluster up` pins it
     assert httpx.get(url, verify=authority.trust(home), timeout=5).status_code in (200, 404)
     server.server_close()
+
+
+def _chain(identity: bytes) -> str:
+    return tls.split_identity(identity)[1].decode()
+
+
+def _names_served(address: str, router: Path) -> list[str]:
+    from cryptography import x509
+
+    return authority.names_of(x509.load_der_x509_certificate(_served_certificate(address, router)))
+
+
+def test_the_router_renews_a_pinned_agent_under_load_an_older_key_is_refused_and_a_revoked_one_too(
+    tmp_path: Path,
+) -> None:
+    """A lab agent's short-lived certificate, pinned: the router renews it with the CA when it falls due (no SSH,
+    no person) while 8 streams run; the agent's older key then no longer passes, and a revoked pin none does."""
+    home = tmp_path / "home"
+    certs.local_identities(home)
+    ca, router = authority.load(home), authority.tls_folder(home, certs.ROUTER)
+    assert ca is not None
+    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=(("decode-ms-per-token", "20"),),
+                         tls_dir=str(tmp_path / "agent-tls"))  # fmt: skip
+    host = HostSpec(address="127.0.0.1", agent_port=int(agent.listen.rpartition(":")[2]), name="h1")
+    first = pins.new_name()
+    # a 10-minute certificate (valid from 5 minutes before its issue) issued 140 s ago: due at half its life,
+    # about 10 s from now, while the streams run; still valid when its key is tried again below
+    issued = authority.now_utc() - dt.timedelta(seconds=140)
+    old = authority.issue(ca, "orchard agent h1", ("127.0.0.1", "h1", first), issued, life=dt.timedelta(minutes=10))
+    authority.write_identity(tmp_path / "agent-tls", ca, old)
+    with pins.editing(router) as book:
+        book.agents[host.agent_address] = pins.Pin(label="h1", name=first, certificate=_chain(old))
+    cluster = start_cluster(home, [agent], tls_dir=str(router), ca_dir=str(authority.ca_folder(home)))
+    try:
+        stop, outcomes = threading.Event(), list[str]()
+        streams = [threading.Thread(target=_keep_streaming, args=(cluster.url, stop, outcomes)) for _ in range(8)]
+        for thread in streams:
+            thread.start()
+        wait_until(lambda: pins.read(router).agents[host.agent_address].name != first, 60, "the router to renew")
+        during = len(outcomes)
+        time.sleep(3.0)  # streams keep going on the channel dialled by the new pin
+        stop.set()
+        for thread in streams:
+            thread.join(timeout=60)
+        failed = [o for o in outcomes if o != "ok"]
+        print(f"\nrenewal under 8 streams: {len(outcomes)} requests ({during} before it), {len(failed)} failed")
+        assert failed == [] and len(outcomes) > during
+        held = pins.read(router).agents[host.agent_address]
+        assert _names_served(cluster.agent_address, router) == ["127.0.0.1", "h1", first, held.name]
+        assert held.certificate.encode() == tls.read_identity(tmp_path / "agent-tls").chain
+        log = (cluster.log_dir / "router.log").read_text()
+        assert "certificate renewed, valid until" in log and "pinned to its newest certificate" in log
+
+        renewed = (tmp_path / "agent-tls" / tls.IDENTITY_FILE).read_bytes()
+        _restart_agent(cluster, agent, lambda: records.write_private(tmp_path / "agent-tls" / tls.IDENTITY_FILE, old))
+        row = _unreachable(cluster, "not the certificate last issued to it", "the router to refuse the older key")
+        print(f"an older key, still valid: {row.detail}")
+
+        _restart_agent(cluster, agent, lambda: records.write_private(tmp_path / "agent-tls" / tls.IDENTITY_FILE,
+                                                                     renewed))  # fmt: skip
+        wait_until(lambda: [r.state for r in workers(cluster.url)] == [EngineState.READY], 30, "the agent again")
+        certs.revoke(home, host)
+        row = _unreachable(cluster, "certificate revoked", "the router to refuse a revoked certificate")
+        print(f"revoked: {row.detail}")
+        body = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 3}
+        assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=30).status_code == 503
+    finally:
+        stop_cluster(cluster)
+
+
+def _restart_agent(cluster: Cluster, agent: AgentConfig, meanwhile: Callable[[], None]) -> None:
+    child = next(c for c in cluster.fleet.children if c.name == "agent")
+    cluster.fleet.stop(child)
+    meanwhile()
+    cluster.fleet.start_agent(agent)
+
+
+def _unreachable(cluster: Cluster, because: str, what: str) -> WorkerRow:
+    def refused() -> WorkerRow | None:
+        rows = workers(cluster.url)
+        return rows[0] if rows and rows[0].state is Reachability.UNREACHABLE and because in rows[0].detail else None
+
+    row: WorkerRow = wait_until(refused, 30, what)
+    return row

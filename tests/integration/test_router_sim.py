@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from cluster.bringup import authority
 from cluster.bringup.fleet import Fleet
+from cluster.pki import authority
 from cluster.router.connections import UNUSED_GRACE_S
 from proto.launch import RouterConfig
 from tests.conftest import SIM_MODEL, Cluster, engine_metric, free_port, wait_until, workers

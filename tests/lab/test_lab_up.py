@@ -21,7 +21,8 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cluster.bringup import authority, certs, labstate
+from cluster.bringup import certs, labstate
+from cluster.pki import authority
 from tests.conftest import REPO, agent_info, free_port, run_cli
 from tests.lab import netns
 from tests.lab.agent_probe import served_certificate

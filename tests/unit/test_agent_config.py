@@ -47,8 +47,8 @@ def test_router_config_round_trips_through_its_command_line() -> None:
         model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")), max_body_bytes=1 << 20, max_attempts=3,
         request_timeout_s=60.5, accept_timeout_s=1.5, gateway_db="/root/.orchard/gateway.db", no_auth=True,
         max_queue=12, shutdown_grace_s=5.0, gap_timeout_s=4.5, handover="/root/.orchard/router.sock",
-        tls_dir="/root/.orchard/tls/router", tls_cert="/etc/orchard/endpoint.pem", tls_key="/etc/orchard/endpoint.key",
-        max_connections=99, log_format="json", models=("qwen=3", "llama"),
+        tls_dir="/root/.orchard/tls/router", ca_dir="/root/.orchard/ca", tls_cert="/etc/orchard/endpoint.pem",
+        tls_key="/etc/orchard/endpoint.key", max_connections=99, log_format="json", models=("qwen=3", "llama"),
     )  # fmt: skip
     defaults = RouterConfig(workers=("x:1",))
     assert {n for n in RouterConfig.model_fields if getattr(original, n) != getattr(defaults, n)} == set(

@@ -11,8 +11,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cluster.bringup import authority, certs, records
+from cluster.bringup import certs
+from cluster.pki import authority, pins
 from cluster.placement.hostsfile import HostSpec
+from cluster.state import records
 from proto import tls
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
@@ -87,10 +89,24 @@ def test_agents_are_named_for_their_address_and_name() -> None:
 def test_expiry_rows_warn_near_the_end(tmp_path: Path) -> None:
     certs.local_identities(tmp_path)
     rows = {e.who: e for e in certs.expiries(tmp_path, [certs.LOCAL_AGENT, "h9"])}
-    assert set(rows) == {"CA", "router", "local-agent", "h9"} and rows["h9"].until is None
+    assert set(rows) == {"CA", "router", "local-agent", "h9"} and rows["h9"].certificate is None
     later = authority.now_utc() + dt.timedelta(days=authority.LEAF_DAYS - 10)
     assert "renew: cluster certs rotate" in rows["router"].text(later)
     assert "renew" not in rows["CA"].text(later) and rows["h9"].text(later) == "none"
+
+
+def test_a_lab_agents_expiry_comes_from_its_pin_and_says_who_renews_it(tmp_path: Path) -> None:
+    ca = authority.load_or_create(tmp_path, NOW)
+    identity = authority.issue(ca, "a", ("10.0.0.2", "h1"), NOW, life=authority.AGENT_LIFE)
+    chain = tls.split_identity(identity)[1].decode()
+    with pins.editing(authority.tls_folder(tmp_path, certs.ROUTER)) as book:
+        book.agents["10.0.0.2:8201"] = pins.Pin(label="h1", name=pins.new_name(), certificate=chain)
+        book.agents["10.0.0.3:8201"] = pins.Pin(label="h2", name=pins.new_name(), revoked=True)
+    rows = {e.who: e for e in certs.expiries(tmp_path, ["h1", "h2"])}
+    assert rows["h1"].text(NOW + dt.timedelta(hours=1)) == "2026-11-30 00:00Z (2 days)"
+    assert rows["h1"].text(NOW + dt.timedelta(hours=60)).endswith("(12 h) [overdue: the router renews it while it "
+                                                                  "reaches the agent]")  # fmt: skip
+    assert rows["h2"].text(NOW).startswith("revoked")
 
 
 def test_records_replace_files_atomically_and_privately(tmp_path: Path) -> None:

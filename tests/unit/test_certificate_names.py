@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from cluster import cli
-from cluster.bringup import authority
+from cluster.pki import authority
 from proto import tls
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)

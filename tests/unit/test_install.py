@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.bringup import install, records
+from cluster.bringup import install
 from cluster.bringup.remote import shell_path
 from cluster.placement import hostsfile
+from cluster.state import records
 
 # What the probe prints on a Mac reached over SSH (Apple's /usr/bin/python3 is 3.9 from the Command Line
 # Tools; Homebrew's is not on a non-interactive PATH but is found by its absolute path). The line format is

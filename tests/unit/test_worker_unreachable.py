@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster.bringup import authority
+from cluster.pki import authority
 from cluster.router import registry as registry_module
 from cluster.router.operator import worker_row
 from cluster.router.registry import Registry, WorkerHandle

@@ -5,7 +5,7 @@ router dials), one client certificate for the router, and, for labs without thei
     ~/.orchard/ca/ca.pem            the CA's certificate (what every peer trusts; clients trust it for the endpoint)
     ~/.orchard/tls/router/          the router's client identity (proto/tls.py's folder)
     ~/.orchard/tls/local-agent/     the local cluster's agent
-    ~/.orchard/tls/issued/NAME.pem  certificates issued to lab agents (public halves, for `cluster status`)
+    ~/.orchard/tls/router/pins.json which certificate the router accepts from each lab agent (cluster/pki/pins.py)
     ~/.orchard/tls/endpoint/        the endpoint's certificate and key, when the CA issued them
 
 Keys are EC P-256 (fast handshakes, small files). Issuing is pure over the CA and the names; files are written
@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster.bringup import records
+from cluster.state import records
 from proto import tls
 from proto.tls import CA_FILE, IDENTITY_FILE
 
 CA_DAYS = 3650
-LEAF_DAYS = 365
-RENEW_WITHIN_DAYS = 30  # `cluster status` warns, `cluster up` re-issues, this close to expiry
+LEAF_DAYS = 365  # the router's, the endpoint's and the local agent's: they live on the head, beside the CA's key
+AGENT_LIFE = dt.timedelta(days=3)  # a lab agent's: the router renews it at half its life, so a leaked key dies
+RENEW_WITHIN_DAYS = 30  # a long-lived certificate is renewed this close to expiry; a short one at half its life
 ROUTER_NAME = tls.ROUTER_NAME
 
 
@@ -58,7 +59,7 @@ def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                           encipher_only=False, decipher_only=False)  # fmt: skip
     certificate = (
-        _builder(subject, subject, key.public_key(), now, CA_DAYS)
+        _builder(subject, subject, key.public_key(), now, dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -68,8 +69,8 @@ def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
 
 
 def issue(
-    authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime, days: int = LEAF_DAYS,
-    client: bool = True,
+    authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime,
+    life: dt.timedelta = dt.timedelta(days=LEAF_DAYS), client: bool = True,
 ) -> bytes:  # fmt: skip
     """One identity file (private key, then certificate): `name` is its common name, `names` its subject
     alternative names (IP addresses and host names; an address's port is dropped, see host_of). It serves, and
@@ -80,7 +81,7 @@ def issue(
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
     purposes = x509.ExtendedKeyUsage(usages)
     builder = (
-        _builder(subject, authority.certificate.subject, key.public_key(), now, days)
+        _builder(subject, authority.certificate.subject, key.public_key(), now, life)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(purposes, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()), critical=False)
@@ -95,7 +96,7 @@ def issue(
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, now: dt.datetime, days: int
+    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, now: dt.datetime, life: dt.timedelta
 ) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
@@ -104,7 +105,7 @@ def _builder(
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))  # a peer whose clock is a little behind
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(now + life)
     )
 
 
@@ -156,9 +157,14 @@ def expires(pem: bytes) -> dt.datetime:
     return certificate_of(pem).not_valid_after_utc
 
 
-def due(pem: bytes, now: dt.datetime) -> bool:
-    """Expired or within RENEW_WITHIN_DAYS of it."""
-    return expires(pem) - now < dt.timedelta(days=RENEW_WITHIN_DAYS)
+def renew_at(certificate: x509.Certificate) -> dt.datetime:
+    """When it is due: at half of its life (a short-lived one) or RENEW_WITHIN_DAYS before its end."""
+    life = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    return certificate.not_valid_after_utc - min(life / 2, dt.timedelta(days=RENEW_WITHIN_DAYS))
+
+
+def due(certificate: x509.Certificate, now: dt.datetime) -> bool:
+    return now > renew_at(certificate)
 
 
 # -- files on the head ---------------------------------------------------------------------------------------
@@ -173,12 +179,13 @@ def tls_folder(home: Path, who: str) -> Path:
     return home / "tls" / who
 
 
-def issued_path(home: Path, label: str) -> Path:
-    return home / "tls" / "issued" / f"{label}.pem"
-
-
 def load(home: Path) -> Authority | None:
-    key_path, cert_path = ca_folder(home) / "ca.key", ca_folder(home) / CA_FILE
+    return load_folder(ca_folder(home))
+
+
+def load_folder(folder: Path) -> Authority | None:
+    """The CA in its folder (ca.key, ca.pem); None if neither exists."""
+    key_path, cert_path = folder / "ca.key", folder / CA_FILE
     if not key_path.exists() and not cert_path.exists():
         return None
     try:
@@ -186,13 +193,13 @@ def load(home: Path) -> Authority | None:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError) as exc:
         raise AuthorityError(
-            f"{ca_folder(home)}: the cluster CA cannot be read ({exc}); move the folder away "
+            f"{folder}: the cluster CA cannot be read ({exc}); move the folder away "
             "and run `cluster certs init` (every agent then needs `cluster up` again)"
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise AuthorityError(f"{key_path}: not an EC private key")
     if key.public_key() != certificate.public_key():
-        raise AuthorityError(f"{ca_folder(home)}: ca.key and ca.pem do not belong together")
+        raise AuthorityError(f"{folder}: ca.key and ca.pem do not belong together")
     return Authority(key, certificate)
 
 
@@ -244,7 +251,7 @@ def current(installed: bytes, authority: Authority, names: tuple[str, ...], now:
         return False
     return (
         certificate.issuer == authority.certificate.subject
-        and certificate.not_valid_after_utc - now >= dt.timedelta(days=RENEW_WITHIN_DAYS)
+        and not due(certificate, now)
         and {host_of(n) for n in names} <= set(names_of(certificate))
     )
 
