@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cluster.bringup import certs, labstate
-from cluster.pki import authority
-from tests.conftest import REPO, agent_info, free_port, run_cli
+from cluster.pki import authority, pins
+from tests.conftest import REPO, agent_info, free_port, run_cli, wait_until
 from tests.lab import netns
 from tests.lab.agent_probe import served_certificate
 from worker import procs
@@ -105,6 +105,10 @@ def test_the_openai_sdk_gets_answers_from_both_engines(running: RunningLab) -> N
 
 
 def test_two_replicas_both_serve(running: RunningLab) -> None:
+    assert _served_by(running) == {"h1", "h2"}
+
+
+def _served_by(running: RunningLab) -> set[str]:
     body = {"model": "sim-model", "prompt": "spread me", "max_tokens": 40, "stream": True}
     served_by: set[str] = set()
     with httpx.Client(timeout=60) as client:
@@ -114,7 +118,7 @@ def test_two_replicas_both_serve(running: RunningLab) -> None:
             served_by.add(response.headers["x-orchard-worker"])
             response.read()
             stream.__exit__(None, None, None)
-    assert served_by == {"h1", "h2"}
+    return served_by
 
 
 def test_rerunning_up_changes_nothing(running: RunningLab) -> None:
@@ -235,7 +239,9 @@ def test_from_another_host_an_agent_admits_only_the_router_and_its_engine_is_unr
 
 
 def test_certificates_rotate_across_the_lab_under_16_streams(running: RunningLab) -> None:
-    issued = {h: authority.issued_path(running.home, h).read_bytes() for h in ("h1", "h2", "h3")}
+    router = authority.tls_folder(running.home, certs.ROUTER)
+    issued = {pin.label: pin.certificate for pin in pins.read(router).agents.values()}
+    assert sorted(issued) == ["h1", "h2", "h3"]
     ends: list[tuple[str, str]] = []
     streams = [threading.Thread(target=_long_stream, args=(running.url, ends, i, 60)) for i in range(16)]
     for thread in streams:
@@ -246,16 +252,42 @@ def test_certificates_rotate_across_the_lab_under_16_streams(running: RunningLab
         thread.join(timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [end for _, end in ends] == ["finished"] * 16, ends
-    assert all(authority.issued_path(running.home, h).read_bytes() != pem for h, pem in issued.items())
-    router = authority.tls_folder(running.home, certs.ROUTER)
+    book = pins.read(router)
+    assert all(book.agents[f"{h.address}:50051"].certificate != issued[f"h{h.index}"] for h in running.net.hosts)
     for host in running.net.hosts:  # what each agent now presents to a new connection is what was issued
-        issued_now = authority.certificate_of(authority.issued_path(running.home, f"h{host.index}").read_bytes())
-        served = served_certificate(f"{host.address}:50051", router / "ca.pem", router / "identity.pem")
-        assert served == issued_now.public_bytes(Encoding.DER), f"h{host.index}"
+        assert _served(running, host) == _pinned(book, host), f"h{host.index}"
     body = {"model": "sim-model", "prompt": "after the rotation", "max_tokens": 4}
     for _ in range(4):  # new connections, new certificates, both replicas
         assert httpx.post(running.url + "/v1/completions", json=body, timeout=30).status_code == 200
     assert "h1" in run_cli(["status"], running.home, timeout_s=60).stdout
+
+
+def _served(running: RunningLab, host: netns.LabHost) -> bytes:
+    router = authority.tls_folder(running.home, certs.ROUTER)
+    return served_certificate(f"{host.address}:50051", router / "ca.pem", router / "identity.pem")
+
+
+def _pinned(book: pins.Pins, host: netns.LabHost) -> bytes:
+    certificate = authority.certificate_of(book.agents[f"{host.address}:50051"].certificate.encode())
+    return certificate.public_bytes(Encoding.DER)
+
+
+def test_revoke_ends_a_hosts_certificate_and_gives_it_a_new_one_the_router_then_trusts(running: RunningLab) -> None:
+    h2 = running.net.hosts[1]
+    router = authority.tls_folder(running.home, certs.ROUTER)
+    before = pins.read(router).agents[f"{h2.address}:50051"]
+    result = run_cli(["certs", "revoke", "h2"], running.home, timeout_s=120)
+    assert result.returncode == 0 and "new certificate installed" in result.stdout, result.stdout + result.stderr
+    book = pins.read(router)
+    after = book.agents[f"{h2.address}:50051"]
+    names = authority.names_of(authority.certificate_of(after.certificate.encode()))
+    assert not after.revoked and after.name in names and before.name not in names  # the old key cannot pass
+    assert _served(running, h2) == _pinned(book, h2)
+    wait_until(lambda: _served_by(running) == {"h1", "h2"}, 30, "h2 to serve again under its new certificate")
+    shown = run_cli(["certs", "show"], running.home, timeout_s=60).stdout
+    assert "h2 20" in shown and "revoked" not in shown, shown
+    missing = run_cli(["certs", "revoke", "h9"], running.home, timeout_s=60)
+    assert missing.returncode == 1 and "h9: not a host of the running lab (h1, h2, h3)" in missing.stderr
 
 
 def test_down_leaves_no_agent_in_any_namespace(running: RunningLab) -> None:
