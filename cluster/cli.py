@@ -29,7 +29,7 @@ from cluster.console import status
 from cluster.console.progress import HostSteps
 from cluster.gateway import admin, keys, store
 from cluster.gateway.keys import operator_headers
-from cluster.pki import authority
+from cluster.pki import authority, pins
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
 from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
@@ -470,7 +470,10 @@ def _print_expiry(home: Path) -> None:
     state = labstate.read_state(home)
     agents = [h.label for h in hostsfile.ClusterSpec.model_validate(state.spec).hosts] if state else [certs.LOCAL_AGENT]
     now = authority.now_utc()
-    line = "; ".join(f"{e.who} {e.text(now)}" for e in certs.expiries(home, agents))
+    try:
+        line = "; ".join(f"{e.who} {e.text(now)}" for e in certs.expiries(home, agents))
+    except pins.PinsError as exc:
+        line = str(exc)
     console.print(f"certificates until: {line}", highlight=False)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 ROUTER_NAME = "orchard-router"  # the router's certificate's common name: only it may Generate or Drain on an agent
+PIN_SUFFIX = ".pin.orchard.invalid"  # a lab agent certificate's own name, the one the router dials it by
 CA_FILE = "ca.pem"
 IDENTITY_FILE = "identity.pem"
 log = logging.getLogger(__name__)

@@ -294,7 +294,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             return pb.RenewReply()
         try:
             certificate = replace_identity(self.tls_dir, request.identity, dt.datetime.now(dt.UTC))
-        except (IdentityError, OSError) as exc:
+        except (IdentityError, tls.TlsError, OSError) as exc:
             log.warning("TLS identity from the router refused: %s", exc)
             await _abort(context, 400, f"identity refused: {exc}", "invalid_request_error")
             return pb.RenewReply()

@@ -10,8 +10,11 @@ pin changed, so a rotation drops no call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,30 +94,51 @@ async def agent_identity(
 ) -> bool:  # fmt: skip
     """Issue and copy the host's agent identity unless it holds the current one the router pins; True if it got a
     new one. A renewed certificate keeps the old pin too (the router may dial by it until it reads the new one);
-    a revoking one does not."""
+    a revoking one does not. The agent's lock is held throughout: the router's renewal waits or skips a round."""
     folder = authority.tls_folder(home, ROUTER)
-    held = pins.read(folder).agents.get(host.agent_address)
-    names = agent_names(host)
-    if not (renew or revoke) and held is not None and not held.revoked:
-        if authority.current(await remote.installed_certificates(conn, host), ca, (*names, held.name), now):
-            return False
-    pin = pins.new_name()
-    kept = (held.name,) if held is not None and not (revoke or held.revoked) else ()
-    identity = authority.issue(ca, f"orchard agent {host.label}", (*names, *kept, pin), now, life=authority.AGENT_LIFE)
-    await remote.install_identity(conn, host, ca.pem, identity)
-    certificate = identity[identity.index(b"-----BEGIN CERTIFICATE-----") :].decode()
-    with pins.editing(folder) as book:
-        book.agents[host.agent_address] = pins.Pin(label=host.label, name=pin, certificate=certificate)
+    async with _agent_locked(folder, host.agent_address):
+        held = pins.read(folder).agents.get(host.agent_address)
+        names = agent_names(host)
+        if not (renew or revoke) and held is not None and not held.revoked:
+            if authority.current(await remote.installed_certificates(conn, host), ca, (*names, held.name), now):
+                return False
+        pin = pins.new_name()
+        kept = (held.name,) if held is not None and not (revoke or held.revoked) else ()
+        identity = authority.issue(ca, f"orchard agent {host.label}", (*names, *kept, pin), now,
+                                   life=authority.AGENT_LIFE)  # fmt: skip
+        await remote.install_identity(conn, host, ca.pem, identity)
+        with pins.editing(folder) as book:
+            book.agents[host.agent_address] = pins.Pin(label=host.label, name=pin, certificate=_chain(identity))
     return True
 
 
-def revoke(home: Path, host: HostSpec) -> None:
-    """The router stops accepting the host's certificate at once (it reads the record within seconds): until a new
-    one reaches the host, no certificate passes."""
+async def revoke(home: Path, host: HostSpec) -> None:
+    """The router stops accepting the host's certificate from its next look at the record (every 2 s): until a
+    new one reaches the host, no certificate passes. Waits for a renewal of this agent in flight (≤ 10 s)."""
     folder = authority.tls_folder(home, ROUTER)
-    with pins.editing(folder) as book:
-        held = book.agents.get(host.agent_address) or pins.Pin(label=host.label, name=pins.new_name())
-        book.agents[host.agent_address] = held.model_copy(update={"revoked": True})
+    async with _agent_locked(folder, host.agent_address):
+        with pins.editing(folder) as book:
+            held = book.agents.get(host.agent_address) or pins.Pin(label=host.label, name=pins.new_name())
+            book.agents[host.agent_address] = held.model_copy(update={"revoked": True})
+
+
+def forget_others(home: Path, addresses: set[str]) -> list[str]:
+    """Drop the pins of agents no longer placed (the router stops renewing them); their labels."""
+    return pins.forget_others(authority.tls_folder(home, ROUTER), addresses)
+
+
+@contextlib.asynccontextmanager
+async def _agent_locked(folder: Path, address: str) -> AsyncIterator[None]:
+    lock = await asyncio.to_thread(pins.acquire, folder, address)  # a thread: other hosts' SSH sessions go on
+    assert lock is not None  # a waiting acquire returns the lock
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def _chain(identity: bytes) -> str:
+    return identity[identity.index(b"-----BEGIN CERTIFICATE-----") :].decode()
 
 
 @dataclass(frozen=True)
@@ -131,6 +155,8 @@ class Expiry:
             return "none"
         until = self.certificate.not_valid_after_utc
         left = until - now
+        if left <= dt.timedelta(0):
+            return f"{until:%Y-%m-%d %H:%M}Z (expired; cluster up issues a new one)"
         span = f"{left.days} days" if left.days >= 2 else f"{max(0, int(left.total_seconds() // 3600))} h"
         warn = ""
         if authority.due(self.certificate, now):
@@ -148,13 +174,20 @@ def expiries(home: Path, agents: list[str]) -> list[Expiry]:
         files[LOCAL_AGENT] = authority.tls_folder(home, LOCAL_AGENT) / "identity.pem"
     if endpoint_path(home).exists():
         files[ENDPOINT] = endpoint_path(home)
-    found = [Expiry(who, _certificate(path.read_bytes() if path.exists() else b"")) for who, path in files.items()]
+    found = [Expiry(who, _certificate(_read(path))) for who, path in files.items()]
     book = pins.read(authority.tls_folder(home, ROUTER))
     for label in (a for a in agents if a != LOCAL_AGENT):
         pin = held[1] if (held := book.by_label(label)) else None
         found.append(Expiry(label, _certificate(pin.certificate.encode() if pin else b""), agent=True,
                             revoked=bool(pin and pin.revoked)))  # fmt: skip
     return found
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _certificate(pem: bytes) -> x509.Certificate | None:

@@ -22,7 +22,7 @@ from cluster.bringup.sudo import Sudo
 from cluster.gateway.gateway import refuse_open
 from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
-from cluster.pki import authority
+from cluster.pki import authority, pins
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
@@ -122,6 +122,8 @@ async def up(
     by_host = {a.host.label: a for a in assignments}
     url, changing = await _changing(probes, spec, by_host, home, service)
     trust = (_authority(home), home)
+    for label in certs.forget_others(home, {a.host.agent_address for a in assignments}):
+        report(f"{label}: no agent there any more; the router no longer renews its certificate")
 
     async def bring(probe: preflight.Probe, host: HostSpec) -> HostOutcome:
         return await _bring_host(probe, host, by_host.get(host.label), spec, report, install_service, trust, root)
@@ -200,6 +202,10 @@ def _authority(home: Path) -> authority.Authority:
     except authority.AuthorityError as exc:
         raise LabError(str(exc)) from None
     certs.router_identity(home, ca, now)
+    try:
+        pins.read(authority.tls_folder(home, certs.ROUTER))
+    except pins.PinsError as exc:
+        raise LabError(str(exc)) from None
     return ca
 
 
@@ -254,7 +260,7 @@ async def revoke_certificate(home: Path, label: str, report: Report) -> bool:
         host = spec.host(label)
     except KeyError:
         raise LabError(f"{label}: not a host of the running lab ({', '.join(h.label for h in spec.hosts)})") from None
-    certs.revoke(home, host)
+    await certs.revoke(home, host)
     report(f"{host.label}: certificate revoked: the router refuses it from its next check (within seconds)")
     ca = _authority(home)
     try:

@@ -153,10 +153,6 @@ def certificate_of(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem[start:] if start >= 0 else pem)
 
 
-def expires(pem: bytes) -> dt.datetime:
-    return certificate_of(pem).not_valid_after_utc
-
-
 def renew_at(certificate: x509.Certificate) -> dt.datetime:
     """When it is due: at half of its life (a short-lived one) or RENEW_WITHIN_DAYS before its end."""
     life = certificate.not_valid_after_utc - certificate.not_valid_before_utc

@@ -4,27 +4,32 @@ Besides its address and name, every lab agent's certificate carries one more nam
 (`<random>.pin.orchard.invalid`; `.invalid` never resolves). The router dials each agent asking for that name
 (gRPC's target name override), so only the certificate last issued to that agent passes: a copy of an older key
 does not, even before it expires. Renewing issues a certificate that holds the old pin and a new one, then moves
-the pin; revoking moves it at once (or marks it revoked, when the host cannot be reached to get a new one).
+the pin; revoking marks the pin revoked at once, then moves it when the host has its new certificate.
 
-    ~/.orchard/tls/router/pins.json   (0600) dial address → Pin; written under a lock by `cluster up`,
-                                      `cluster certs`, and the router when it renews
+    ~/.orchard/tls/router/pins.json       (0600) dial address → Pin, rewritten under a short lock
+    ~/.orchard/tls/router/.locks/*.lock   one per agent, held from reading its pin to recording the next one
+                                          (issue, install over SSH or Renew in between), so `cluster up`,
+                                          `cluster certs` and the router's renewal never interleave on one agent
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from cluster.state import records
+from proto import tls
 
 PINS_FILE = "pins.json"
-SUFFIX = ".pin.orchard.invalid"
+SUFFIX = tls.PIN_SUFFIX
 REVOKED = "revoked" + SUFFIX  # dialled for a revoked agent: no certificate carries it, so every call is refused
 MAX_AGENTS = 4096  # far beyond a lab; a bound on what the router reads every few seconds
 
@@ -60,8 +65,24 @@ def path(folder: Path) -> Path:
     return folder / PINS_FILE
 
 
+class PinsError(Exception):
+    """The record exists but cannot be read: nothing is pinned by guesswork; the message says what to do."""
+
+
 def read(folder: Path) -> Pins:
-    return records.read(path(folder), Pins) or Pins()
+    """The record (empty when there is none). PinsError when it is damaged: a reader that fell back to "no pins"
+    would accept any certificate naming an agent's address, a revoked one too."""
+    try:
+        data = path(folder).read_bytes()
+    except FileNotFoundError:
+        return Pins()
+    except OSError as exc:
+        raise PinsError(f"{path(folder)}: {exc.strerror}") from None
+    try:
+        return Pins.model_validate_json(data)
+    except ValidationError as exc:
+        raise PinsError(f"{path(folder)}: unreadable ({exc.error_count()} errors); move it away and run "
+                        "`cluster up` (every lab agent then gets a new certificate)") from None  # fmt: skip
 
 
 def stamp(folder: Path) -> tuple[int, int, int] | None:
@@ -74,15 +95,40 @@ def stamp(folder: Path) -> tuple[int, int, int] | None:
 
 
 @contextlib.contextmanager
-def editing(folder: Path, wait: bool = True) -> Iterator[Pins]:
-    """The record, read under an exclusive lock and written back when the block ends without an error; with
-    `wait` false, BlockingIOError when another process holds it (the router then tries at its next round). Written
-    only when changed: the router re-dials an agent whose pin the file moved."""
+def editing(folder: Path) -> Iterator[Pins]:
+    """The record, read under an exclusive lock and written back when the block ends without an error; held for
+    no more than a file's read and write (never across a network call). Written only when changed: the router
+    re-dials an agent whose pin the file moved."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(folder / ".pins.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(lock, fcntl.LOCK_EX)
         book = read(folder)
         before = book.model_copy(deep=True)
         yield book
         if book != before:
             records.write(path(folder), book)
+
+
+def acquire(folder: Path, address: str, wait: bool = True) -> IO[str] | None:
+    """The agent's own lock (an open file; close it to release), or None when `wait` is false and another
+    process holds it. Blocking: call it from a thread in async code."""
+    locks = folder / ".locks"
+    locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = open(locks / f"{hashlib.sha256(address.encode()).hexdigest()[:16]}.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        lock.close()
+        return None
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def forget_others(folder: Path, addresses: set[str]) -> list[str]:
+    """Drop the pins of agents no longer in the lab (a host removed, or moved to another address); their labels."""
+    with editing(folder) as book:
+        gone = [a for a in book.agents if a not in addresses]
+        labels = [book.agents.pop(a).label for a in gone]
+    return labels

@@ -18,6 +18,7 @@ import uvicorn
 from uvicorn.config import create_ssl_context
 
 from cluster.gateway.gateway import Gateway, refuse_open
+from cluster.pki import pins
 from cluster.router import handover
 from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol, tls_terminated
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                             expected=config.models)  # fmt: skip
         if config.tls_path is not None:
             tls.read_identity(config.tls_path)  # a missing or broken folder: say so now, not per worker
-    except tls.TlsError as exc:
+            pins.read(config.tls_path)  # a damaged pin record: never dial the lab unpinned
+    except (tls.TlsError, pins.PinsError) as exc:
         sys.stderr.write(f"python -m cluster.router: {exc}\n")
         raise SystemExit(2) from None
     try:

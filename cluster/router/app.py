@@ -66,8 +66,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
-        renewing = _renewing(registry, config)
         await gateway.start()
+        renewing = _renewing(config)
         if settle_s:
             await registry.settled(settle_s)
         try:
@@ -75,6 +75,8 @@ def create_app(
         finally:
             if renewing is not None:
                 renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
             await gateway.stop()
             await registry.stop()
 
@@ -96,11 +98,11 @@ def create_app(
     return app
 
 
-def _renewing(registry: Registry, config: RouterConfig) -> asyncio.Task[None] | None:
+def _renewing(config: RouterConfig) -> asyncio.Task[None] | None:
     """With the cluster CA at hand, the router renews the lab agents' certificates (cluster/router/renewal.py)."""
     if config.tls_path is None or config.ca_dir is None:
         return None
-    renewer = Renewer(registry, config.tls_path, Path(config.ca_dir).expanduser())
+    renewer = Renewer(config.tls_path, Path(config.ca_dir).expanduser())
     return asyncio.create_task(renewer.run(), name="certificate renewal")
 
 

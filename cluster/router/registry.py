@@ -168,7 +168,8 @@ class Registry:
             self._watcher = asyncio.create_task(self._renew_on_change(self.tls_dir), name="tls identity")
 
     def _pinned(self) -> dict[str, str]:
-        """The name each pinned agent's certificate must carry (a revoked one's: a name none carries)."""
+        """The name each pinned agent's certificate must carry (a revoked one's: a name none carries). PinsError
+        when the record is damaged (the router's start checks it; later the last good pins are kept)."""
         if self.tls_dir is None:
             return {}
         return {address: pin.dialled for address, pin in pins.read(self.tls_dir).agents.items()}
@@ -182,39 +183,42 @@ class Registry:
     async def _renew_on_change(self, folder: Path) -> None:
         """When `cluster certs rotate` replaced our identity: new channels to every agent; when a pin moved (the
         agent's certificate renewed or revoked): a new channel to that agent. Calls in flight finish on the old
-        channels (their certificates are still valid), which then close."""
+        channels (their certificates are still valid), which then close; a revoked agent's close at once. What
+        cannot be applied now is tried again at the next look."""
         seen = (tls.identity_stamp(folder), pins.stamp(folder))
         while True:
             await asyncio.sleep(RENEW_CHECK_S)
             stamps = (tls.identity_stamp(folder), pins.stamp(folder))
             if stamps[0] is None or stamps == seen:
                 continue
-            ours, seen = stamps[0] != seen[0], stamps
-            dialled = self._pinned()
-            for handle in self.workers.values():
-                pin = dialled.get(handle.address, "")
-                if not ours and pin == handle.pin:
-                    continue
-                if pin != handle.pin:
-                    log.info("worker %s: %s", handle.address, "certificate revoked: refused from now on"
-                             if pin == pins.REVOKED else "pinned to its newest certificate")  # fmt: skip
-                handle.pin = pin
-                try:
-                    self._reopen(handle)
-                except tls.TlsError as exc:
-                    log.warning("TLS identity changed but cannot be read (%s); keeping the current one", exc)
-                    break
-            else:
-                if ours:
-                    log.info("TLS identity renewed: new connections to agents present the new certificate")
+            try:
+                dialled = self._pinned()
+                for handle in self.workers.values():
+                    if stamps[0] != seen[0] or dialled.get(handle.address, "") != handle.pin:
+                        self._reopen(handle, dialled.get(handle.address, ""))
+            except (tls.TlsError, pins.PinsError) as exc:
+                log.warning("TLS identity or pins changed but cannot be read (%s); keeping the current ones", exc)
+                continue
+            if stamps[0] != seen[0]:
+                log.info("TLS identity renewed: new connections to agents present the new certificate")
+            seen = stamps
 
-    def _reopen(self, handle: WorkerHandle) -> None:
-        old_channel, old_task = handle.channel, handle.task
-        self._open(handle)
+    def _reopen(self, handle: WorkerHandle, pin: str) -> None:
+        old_channel, old_task, old_pin = handle.channel, handle.task, handle.pin
+        handle.pin = pin
+        try:
+            self._open(handle)
+        except tls.TlsError:
+            handle.pin = old_pin
+            raise
+        if pin != old_pin:
+            what = {pins.REVOKED: "certificate revoked: refused from now on", "": "no longer pinned"}
+            log.info("worker %s: %s", handle.address, what.get(pin, "pinned to its newest certificate"))
         if old_task is not None:
             old_task.cancel()
         if old_channel is not None:
-            closing = asyncio.create_task(old_channel.close(grace=self.close_grace_s))
+            grace = 0.0 if pin == pins.REVOKED else self.close_grace_s
+            closing = asyncio.create_task(old_channel.close(grace=grace))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 

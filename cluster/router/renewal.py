@@ -1,11 +1,14 @@
 """The router renews every pinned lab agent's short-lived certificate at half its life, over the agent's own
 mutual-TLS channel (`Renew`), with the cluster CA on the head: a running head keeps its lab's certificates fresh
-with no person and no SSH, and a leaked agent key dies within days on its own.
+with no person and no SSH, and a leaked agent key dies within days on its own. Every agent in the pin record is
+renewed, a shard group's members too (the router does not route to them, but their peers check them).
 
-A renewal holds the pin record's lock from issue to record (another router during a hand-over, or `cluster up`,
-waits or skips a round, never interleaves); the new certificate carries the old pin and a new one, so whichever
-the router dials while the record changes, it passes. An agent that cannot be reached is tried again at the
-next round; one whose certificate expired meanwhile gets a new one from `cluster up` over SSH.
+Each renewal holds that agent's lock from reading its pin to recording the next (cluster/pki/pins.py), so
+`cluster up`, `cluster certs` and another router during a hand-over never interleave on one agent: the renewal
+skips an agent whose lock is taken and tries again in RETRY_S. The call goes over a channel of its own, dialled
+by the recorded pin, so the new key goes only to the agent that holds the current certificate. The new
+certificate carries the old pin and a new one: whichever the router dials while the record changes passes. An
+agent that cannot be reached is tried again; one whose certificate expired meanwhile needs `cluster up`.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from cluster.pki import authority, pins
-from cluster.router.registry import Registry, failure_reason
+from cluster.router.registry import failure_reason
 from proto import orchard_pb2 as pb
+from proto import orchard_pb2_grpc as pb_grpc
+from proto import tls
 
 log = logging.getLogger(__name__)
 
 RENEW_EVERY_S = 600.0  # at least this often (a round also comes when the next certificate falls due)
 RENEW_DEADLINE_S = 10.0
 RETRY_S = 30.0  # an agent due but not reachable: tried again this often
-FIRST_ROUND_WITHIN_S = 60.0  # the first round waits for every agent to connect, at most this long
 
 
 def _certificates(book: pins.Pins) -> dict[str, x509.Certificate]:
@@ -69,53 +73,69 @@ def successor(ca: authority.Authority, held: pins.Pin, pin: str, now: dt.datetim
 
 
 class Renewer:
-    """One task beside the registry: a round once the agents are connected (a router that was down catches up),
-    then one when the next certificate falls due (at least every `every_s`)."""
+    """One task in the router: a round at start (a router that was down catches up), then one when the next
+    certificate falls due (at least every `every_s`)."""
 
     def __init__(
-        self, registry: Registry, tls_dir: Path, ca_dir: Path, every_s: float = RENEW_EVERY_S,
-        life: dt.timedelta = authority.AGENT_LIFE,
+        self, tls_dir: Path, ca_dir: Path, every_s: float = RENEW_EVERY_S, life: dt.timedelta = authority.AGENT_LIFE,
     ) -> None:  # fmt: skip
-        self.registry, self.tls_dir, self.ca_dir = registry, tls_dir, ca_dir
+        self.tls_dir, self.ca_dir = tls_dir, ca_dir
         self.every_s, self.life = every_s, life
+        self._failures: dict[str, str] = {}  # the last reason each agent was not renewed: logged when it changes
 
     async def run(self) -> None:
-        await self.registry.settled(FIRST_ROUND_WITHIN_S)
         while True:
-            await self.round(authority.now_utc())
-            await asyncio.sleep(next_round_in(pins.read(self.tls_dir), authority.now_utc(), self.every_s))
+            try:
+                await self.round(authority.now_utc())
+                wait = next_round_in(pins.read(self.tls_dir), authority.now_utc(), self.every_s)
+            except Exception:  # a damaged record, an unreadable CA, a full disk: said, and tried again
+                log.exception("agent certificates not renewed; next try in %.0f s", RETRY_S)
+                wait = RETRY_S
+            await asyncio.sleep(wait)
 
     async def round(self, now: dt.datetime) -> list[str]:
         """Renew what is due and reachable; the addresses renewed."""
-        if not pins.path(self.tls_dir).exists():
+        due = due_agents(pins.read(self.tls_dir), now)
+        if not due:
             return []
-        try:
-            ca = authority.load_folder(self.ca_dir)
-        except authority.AuthorityError as exc:
-            log.error("agent certificates not renewed: %s", exc)
-            return []
+        ca = authority.load_folder(self.ca_dir)
         if ca is None:
-            return []
-        try:
-            with pins.editing(self.tls_dir, wait=False) as book:
-                return [a for a in due_agents(book, now) if await self._renew(ca, book, a, now)]
-        except BlockingIOError:
-            return []  # another process holds the record: next round
+            raise authority.AuthorityError(f"{self.ca_dir}: no cluster CA here (--ca-dir)")
+        return [address for address in due if await self._renew(ca, address, now)]
 
-    async def _renew(self, ca: authority.Authority, book: pins.Pins, address: str, now: dt.datetime) -> bool:
-        handle = self.registry.workers.get(address)
-        if handle is None or handle.stub is None or not handle.connected:
-            return False
-        held, pin = book.agents[address], pins.new_name()
-        identity = successor(ca, held, pin, now, self.life)
+    async def _renew(self, ca: authority.Authority, address: str, now: dt.datetime) -> bool:
+        lock = pins.acquire(self.tls_dir, address, wait=False)
+        if lock is None:
+            return False  # `cluster up` or `cluster certs` is at this agent now
         try:
-            await handle.stub.Renew(pb.RenewRequest(identity=identity), timeout=RENEW_DEADLINE_S)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("worker %s: certificate not renewed (%s); next try in %.0f s", address,
-                        failure_reason(exc), self.every_s)  # fmt: skip
-            return False
-        certificate = identity[identity.index(b"-----BEGIN CERTIFICATE-----") :]
-        book.agents[address] = held.model_copy(update={"name": pin, "certificate": certificate.decode()})
+            held = pins.read(self.tls_dir).agents.get(address)
+            if held is None or address not in due_agents(pins.Pins(agents={address: held}), now):
+                return False  # renewed, revoked or dropped since the round began
+            pin = pins.new_name()
+            identity = successor(ca, held, pin, now, self.life)
+            if not await self._send(address, held.name, identity):
+                return False
+            certificate = tls.split_identity(identity)[1]
+            with pins.editing(self.tls_dir) as book:
+                book.agents[address] = held.model_copy(update={"name": pin, "certificate": certificate.decode()})
+        finally:
+            lock.close()
         until = x509.load_pem_x509_certificate(certificate).not_valid_after_utc
         log.info("worker %s: certificate renewed, valid until %sZ", address, f"{until:%Y-%m-%d %H:%M}")
+        self._failures.pop(address, None)
+        return True
+
+    async def _send(self, address: str, pin: str, identity: bytes) -> bool:
+        """Renew over a channel dialled by the agent's recorded pin."""
+        try:
+            async with tls.channel(address, self.tls_dir, [("grpc.ssl_target_name_override", pin)]) as channel:
+                request = pb.RenewRequest(identity=identity)
+                await pb_grpc.WorkerStub(channel).Renew(request, timeout=RENEW_DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            reason = failure_reason(exc)
+            if self._failures.get(address) != reason and len(self._failures) < pins.MAX_AGENTS:
+                log.warning("worker %s: certificate not renewed (%s); tried again every %.0f s", address, reason,
+                            RETRY_S)  # fmt: skip
+                self._failures[address] = reason
+            return False
         return True

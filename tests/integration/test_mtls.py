@@ -3,6 +3,7 @@ trusts, and certificates rotated under load with no request failing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -354,7 +355,7 @@ def test_the_router_renews_a_pinned_agent_under_load_an_older_key_is_refused_and
         _restart_agent(cluster, agent, lambda: records.write_private(tmp_path / "agent-tls" / tls.IDENTITY_FILE,
                                                                      renewed))  # fmt: skip
         wait_until(lambda: [r.state for r in workers(cluster.url)] == [EngineState.READY], 30, "the agent again")
-        certs.revoke(home, host)
+        asyncio.run(certs.revoke(home, host))
         row = _unreachable(cluster, "certificate revoked", "the router to refuse a revoked certificate")
         print(f"revoked: {row.detail}")
         body = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 3}

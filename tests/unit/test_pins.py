@@ -68,43 +68,66 @@ def test_the_pin_record_is_private_locked_and_written_only_when_it_changed(tmp_p
     with pins.editing(tmp_path) as book:
         book.agents["10.0.0.2:8201"] = pins.Pin(label="h1", name=pins.new_name())
     assert stat.S_IMODE(os.stat(pins.path(tmp_path)).st_mode) == 0o600
+    assert pins.read(tmp_path).by_label("h1") is not None and pins.read(tmp_path).by_label("h9") is None
+    assert pins.read(tmp_path).agents["10.0.0.2:8201"].dialled.endswith(pins.SUFFIX)
     before = pins.stamp(tmp_path)
     with pins.editing(tmp_path):
         pass
     assert pins.stamp(tmp_path) == before  # the router re-dials when the file changes: unchanged, untouched
-    with pins.editing(tmp_path), pytest.raises(BlockingIOError), pins.editing(tmp_path, wait=False):
-        pass  # the router skips a round rather than wait for `cluster up`
-    assert pins.read(tmp_path).by_label("h1") is not None and pins.read(tmp_path).by_label("h9") is None
-    assert pins.read(tmp_path).agents["10.0.0.2:8201"].dialled.endswith(pins.SUFFIX)
+    held = pins.acquire(tmp_path, "10.0.0.2:8201")
+    assert held is not None and pins.acquire(tmp_path, "10.0.0.2:8201", wait=False) is None  # the router skips it
+    other = pins.acquire(tmp_path, "10.0.0.3:8201", wait=False)  # another agent's lock is its own
+    assert other is not None
+    held.close()
+    other.close()
+    again = pins.acquire(tmp_path, "10.0.0.2:8201", wait=False)
+    assert again is not None
+    again.close()
+    with pins.editing(tmp_path) as book:
+        book.agents["10.0.0.9:8201"] = pins.Pin(label="h9", name=pins.new_name())
+    assert pins.forget_others(tmp_path, {"10.0.0.2:8201"}) == ["h9"]  # a host that left the lab
+    assert list(pins.read(tmp_path).agents) == ["10.0.0.2:8201"]
+    pins.path(tmp_path).write_text('{"agents": 3}')
+    with pytest.raises(pins.PinsError, match="move it away and run `cluster up`"):
+        pins.read(tmp_path)  # never "no pins", which would accept any certificate naming the address
     assert pins.Pin(label="h1", name="x", revoked=True).dialled == pins.REVOKED
 
 
-def _agent_folder(tmp_path: Path, ca: authority.Authority) -> Path:
-    authority.write_identity(tmp_path, ca, authority.issue(ca, "a", ("h1",), NOW))
+def _agent_folder(tmp_path: Path, ca: authority.Authority, names: tuple[str, ...]) -> Path:
+    authority.write_identity(tmp_path, ca, authority.issue(ca, "a", names, NOW))
     return tmp_path
 
 
-def test_an_agent_takes_a_new_identity_from_its_own_ca_only(tmp_path: Path) -> None:
+def test_an_agent_takes_a_new_identity_only_from_its_own_ca_for_itself(tmp_path: Path) -> None:
     ca, other = authority.create(NOW), authority.create(NOW, "someone else's CA")
-    folder = _agent_folder(tmp_path, ca)
-    fresh = authority.issue(ca, "a", ("h1", "p.pin.orchard.invalid"), NOW)
+    folder = _agent_folder(tmp_path, ca, ("h1", "p1.pin.orchard.invalid"))
+    fresh = authority.issue(ca, "a", ("h1", "p1.pin.orchard.invalid", "p2.pin.orchard.invalid"), NOW)
     key, chain = tls.split_identity(fresh)
     stranger_key = tls.split_identity(authority.issue(ca, "a", ("h1",), NOW))[0]
+    from cryptography.hazmat.primitives import serialization
+
+    ca_key = ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())  # fmt: skip
+    expired = authority.issue(ca, "a", ("h1", "p1.pin.orchard.invalid"), NOW - 4 * 24 * HOUR, life=authority.AGENT_LIFE)
     refused = {
-        "another CA": (authority.issue(other, "a", ("h1",), NOW), "not from the CA this agent trusts"),
+        "another CA": (authority.issue(other, "a", ("h1", "p1.pin.orchard.invalid"), NOW), "not from the CA"),
         "a key that is not the certificate's": (stranger_key + chain, "do not belong together"),
         "no key": (chain, "expected a private key and a certificate"),
-        "expired": (authority.issue(ca, "a", ("h1",), NOW - dt.timedelta(days=4), life=authority.AGENT_LIFE),
-                    "not valid now"),
+        "expired": (expired, "not valid now"),
         "too big": (fresh + b" " * 70_000, "at most"),
-    }  # fmt: skip
+        "the CA itself": (ca_key + ca.pem, "a CA certificate"),
+        "another host": (authority.issue(ca, "a", ("h2", "p1.pin.orchard.invalid"), NOW), "drops names .*h1"),
+        "not its pin": (authority.issue(ca, "a", ("h1", "p9.pin.orchard.invalid"), NOW), "current pin"),
+    }
     installed = (folder / tls.IDENTITY_FILE).read_bytes()
     for why, (pem, message) in refused.items():
         with pytest.raises(IdentityError, match=message):
             replace_identity(folder, pem, NOW)
         assert (folder / tls.IDENTITY_FILE).read_bytes() == installed, why
-    assert authority.names_of(replace_identity(folder, fresh, NOW)) == ["h1", "p.pin.orchard.invalid"]
-    assert (folder / tls.IDENTITY_FILE).read_bytes() == fresh and key
+    ahead = authority.issue(ca, "a", ("h1", "p1.pin.orchard.invalid"), NOW + dt.timedelta(minutes=8))
+    replace_identity(folder, ahead, NOW)  # the head's clock a few minutes ahead of the agent's
+    assert authority.names_of(replace_identity(folder, b"junk before " + fresh, NOW))[-1] == "p2.pin.orchard.invalid"
+    assert (folder / tls.IDENTITY_FILE).read_bytes() == key + chain  # only the key and the certificate are kept
     assert stat.S_IMODE(os.stat(folder / tls.IDENTITY_FILE).st_mode) == 0o600
     assert sorted(p.name for p in folder.iterdir()) == [tls.CA_FILE, tls.IDENTITY_FILE]
 
