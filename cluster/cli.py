@@ -32,9 +32,9 @@ from cluster.gateway.keys import operator_headers
 from cluster.pki import authority, pins
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
-from proto.launch import ENGINE_KINDS, LaunchConfigError, key_value
-from worker import procs
-from worker.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
+from worker.shared import procs
+from worker.shared.launch import ENGINE_KINDS, LaunchConfigError, key_value
+from worker.shared.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
 
 # No hard line breaks in messages; tables piped to a file or a log get room instead of an 80-column wrap.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -1,4 +1,3 @@
-"""The contract between head and hosts: orchard.proto (+ generated, `python -m proto.generate`), launch
-(the agent's and the router's typed command lines), states (the engine-state vocabulary), errors (how an
-engine error crosses gRPC), daemon (what `worker.daemon` answers over SSH). Imports nothing of ours.
-"""
+"""The wire contract between router and agents: orchard.proto, the Python generated from it and its generator
+(`python -m proto.generate`; a test checks it is current). Hand-written code shared by head and hosts lives in
+worker/shared/. Imports nothing of ours."""

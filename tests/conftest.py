@@ -20,10 +20,9 @@ from cluster.bringup.fleet import Fleet, fetch_workers
 from cluster.router.rows import WorkerRow
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
-from proto.launch import AgentConfig, RouterConfig
-from worker import procs
-from worker.procs import free_port
+from worker.shared import procs, tls
+from worker.shared.launch import AgentConfig, RouterConfig
+from worker.shared.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_MODEL = "sim-model"

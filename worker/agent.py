@@ -21,20 +21,19 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from proto import build, openfiles, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
-from proto.states import EngineState
-from worker import procs
 from worker.context import PromptGuard, context_of
-from worker.download import hub_fetch
 from worker.engines import adapter_for
 from worker.engines.base import EngineConfig
 from worker.group import GroupController
 from worker.hostinfo import read_host_facts
-from worker.models import BUNDLED_NAME, is_bundled, prepare_bundled
 from worker.service import ServiceIdentity, WorkerService
+from worker.shared import build, openfiles, procs, tls
+from worker.shared.download import hub_fetch
+from worker.shared.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
+from worker.shared.models import BUNDLED_NAME, is_bundled, prepare_bundled
+from worker.shared.states import EngineState
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 SERVICE_NAME = "orchard.v1.Worker"

@@ -1,6 +1,6 @@
 """Run the agent detached on a host, with a pidfile, logs and the hash of its configuration.
 
-Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by proto/daemon.py:
+Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by worker/shared/daemon.py:
 
     python -m worker.daemon start  --dir ~/.orchard --hash H -- --listen 0.0.0.0:50051 --engine vllm ...
     python -m worker.daemon stop   --dir ~/.orchard
@@ -30,14 +30,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from proto import build
-from proto.daemon import SERVICE_MARK, AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
-from proto.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
-from worker import keeper, modelfiles, procs
+from worker import keeper
 from worker.engines.base import EngineConfig
 from worker.engines.vllm import VllmEngine
 from worker.hostinfo import firewall_state, read_host_facts
 from worker.mlxcheck import mlxcheck
+from worker.shared import build, modelfiles, procs
+from worker.shared.daemon import SERVICE_MARK, AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
+from worker.shared.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
 
 
 def _pid(folder: Path) -> int | None:
@@ -107,7 +107,7 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     config = config.model_copy(update={"log_dir": str(logs)})
     # Its own session: it survives the SSH session; stop() signals its whole group. The keeper restarts an
     # agent that dies (hosts with the agent as a launchd/systemd service have their service manager for that).
-    argv = keeper.wrap("agent", config.command())
+    argv = procs.kept("agent", config.command())
     pid = procs.spawn(argv, logs / "agent.log", tied_to_parent=False, cwd=folder)
     _record(folder, pid, config_hash)
     deadline = time.monotonic() + keeper.STARTUP_S + 2.0  # the keeper reports a start that fails by exiting

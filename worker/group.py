@@ -25,9 +25,9 @@ import grpc
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
-from proto.launch import GroupRole
-from worker.download import fetching
+from worker.shared import tls
+from worker.shared.download import fetching
+from worker.shared.launch import GroupRole
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.shared.macos import SOCKETFILTERFW
+
 
 @dataclass(frozen=True)
 class HostFacts:
@@ -69,9 +71,6 @@ def read_metal_working_set() -> int:
     except Exception:  # no MLX, or Metal cannot answer: the figure is optional, the host facts are not
         return 0
     return parse_metal_working_set(info)
-
-
-SOCKETFILTERFW = "/usr/libexec/ApplicationFirewall/socketfilterfw"
 
 
 def parse_firewall(global_state: str, app_state: str) -> tuple[str, str]:

@@ -4,7 +4,7 @@ What arrives is checked before it is kept: a private key and a certificate that 
 CA this agent already trusts, valid now (give or take a clock 10 minutes off), a server's leaf certificate that
 keeps every name of the current one and one of its pins — so a mistaken push cannot leave the agent unreachable.
 The key and certificate are then renamed over identity.pem (0600 from creation), and the agent's server
-credentials (proto/tls.py) present them to the next connection.
+credentials (worker/shared/tls.py) present them to the next connection.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from proto import tls
+from worker.shared import tls
 
 MAX_IDENTITY_BYTES = 64 * 1024  # a key and a certificate are a few kB
 CLOCK_SKEW = dt.timedelta(minutes=10)  # the head's clock may run this far ahead of ours

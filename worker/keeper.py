@@ -97,11 +97,6 @@ def _say(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} keeper: {message}", file=sys.stderr, flush=True)
 
 
-def wrap(name: str, argv: list[str], python: str = sys.executable) -> list[str]:
-    """The command line that keeps argv running."""
-    return [python, "-m", "worker.keeper", "--name", name, "--", *argv]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.keeper", description=__doc__)
     parser.add_argument("--name", default="child")

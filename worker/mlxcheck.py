@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import psutil
 
-from proto.daemon import MlxCheckReply
 from worker.hostinfo import firewall_state
+from worker.shared.daemon import MlxCheckReply
 
 Run = Callable[[list[str]], str]  # argv → stdout; raises OSError or CalledProcessError
 

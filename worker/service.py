@@ -17,17 +17,17 @@ import grpc
 import httpx
 import psutil
 
-from proto import endpoints, errors, tls
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto.launch import MAX_BODY_BYTES
 from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
 from worker.hostinfo import HostFacts
 from worker.identity import IdentityError, replace_identity
-from worker.metrics import LastLoad, RateMeter, TrafficMeter
 from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
+from worker.shared import endpoints, errors, tls
+from worker.shared.enginemetrics import LastLoad, RateMeter, TrafficMeter
+from worker.shared.launch import MAX_BODY_BYTES
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)

@@ -30,12 +30,13 @@ from typing import IO
 
 import httpx
 
-from proto.states import EngineState
-from worker import procs, tether
-from worker.download import FETCHING_DETAIL, Fetch
+from worker import tether
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
-from worker.metrics import EngineLoad, parse_engine_metrics
-from worker.procs import die_with_parent, free_port
+from worker.shared import procs
+from worker.shared.download import FETCHING_DETAIL, Fetch
+from worker.shared.enginemetrics import EngineLoad, parse_engine_metrics
+from worker.shared.procs import die_with_parent, free_port
+from worker.shared.states import EngineState
 
 log = logging.getLogger(__name__)
 

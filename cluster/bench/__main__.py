@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, metrics_cost, netlab, overhead, routing
-from proto.launch import key_value
+from worker.shared.launch import key_value
 
 
 def _word_range(text: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 
 from cluster.bench.client import sse_chunks
-from worker.engines.programs.sim.timing import SimTiming
+from worker.shared.simtiming import SimTiming
 
 _FILLER = "apple pear plum cherry quince blossom branch root soil rain frost prune graft harvest ladder basket"
 

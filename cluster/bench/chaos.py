@@ -49,9 +49,9 @@ from cluster.bringup import drain, headrouter, labstate
 from cluster.gateway.keys import operator_headers
 from cluster.router.app import WORKER_HEADER
 from cluster.router.rows import WorkerRow, WorkersReply
-from worker import procs
-from worker.models import BUNDLED_NAME
-from worker.procs import free_port
+from worker.shared import procs
+from worker.shared.models import BUNDLED_NAME
+from worker.shared.procs import free_port
 
 FAULTS = ("kill-engine", "kill-agent", "stop-agent", "cut-link", "drain", "restart-router", "kill-router",
           "term-router", "edit-hosts")  # fmt: skip

@@ -13,7 +13,7 @@ import httpx
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
+from worker.shared import tls
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import httpx
 from cluster.bench.client import pct, sse_chunks
 from cluster.bringup.fleet import Fleet
 from cluster.gateway import keys, store
-from proto.launch import AgentConfig, RouterConfig
-from worker.procs import free_port
+from worker.shared.launch import AgentConfig, RouterConfig
+from worker.shared.procs import free_port
 
 MODEL = "sim-model"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from cluster.bench.overhead import RoundResult, print_table, run_round
 from cluster.bringup.fleet import Fleet
 from cluster.gateway import keys, store
-from proto.launch import AgentConfig, RouterConfig
-from worker.procs import free_port
+from worker.shared.launch import AgentConfig, RouterConfig
+from worker.shared.procs import free_port
 
 MODEL = "sim-model"
 # Short prefills, so that time to first token shows what the path adds rather than the engine's queue.

@@ -27,7 +27,7 @@ from cluster.bench.client import engine_url, pct, sse_chunks
 from cluster.bringup import local
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
+from worker.shared import tls
 
 
 @dataclass(frozen=True)

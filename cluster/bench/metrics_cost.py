@@ -23,7 +23,7 @@ from cluster.router.metrics import RouterMetrics
 from cluster.router.recent import Window
 from cluster.router.rows import WorkerRow
 from proto import orchard_pb2 as pb
-from proto.states import EngineState
+from worker.shared.states import EngineState
 
 MODEL, WORKER, TEAM = "model-a", "worker-0001", "team-a"
 

@@ -25,7 +25,8 @@ import psutil
 
 from cluster.bench.client import engine_url, pct, sse_chunks
 from cluster.bringup import local
-from worker.models import BUNDLED_NAME
+from worker.shared.launch import EngineKind
+from worker.shared.models import BUNDLED_NAME
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def print_table(results: list[RoundResult], base: str = "direct", other: str = "
 
 
 async def overhead(
-    engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
+    engine_kind: EngineKind, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
     sim_options: tuple[tuple[str, str], ...], api: str = "chat", engine_cpus: str | None = None,
 ) -> None:  # fmt: skip
     """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
@@ -214,7 +215,7 @@ class OwnCpu:
 
 
 async def mtls_cost(
-    engine_kind: str, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
+    engine_kind: EngineKind, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
     sim_options: tuple[tuple[str, str], ...],
 ) -> None:  # fmt: skip
     """Two local clusters alike but for router↔agent mutual TLS; rounds alternate between their routers."""

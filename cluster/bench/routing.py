@@ -34,12 +34,11 @@ from cluster.bench.chart import write_chart
 from cluster.bench.client import engine_url, pct, sse_chunks
 from cluster.bringup.fleet import Fleet, fetch_workers
 from cluster.router.rows import WorkersReply
-from proto.launch import AgentConfig, Policy, RouterConfig
-from worker.engines import adapter_for
-from worker.engines.base import EngineFeatureMissing
-from worker.metrics import parse_engine_metrics
-from worker.models import BUNDLED_NAME
-from worker.procs import free_port
+from worker.shared.endpoints import PREFIX_CACHE_RESETTERS, RESET_PREFIX_CACHE
+from worker.shared.enginemetrics import parse_engine_metrics
+from worker.shared.launch import AgentConfig, EngineKind, Policy, RouterConfig
+from worker.shared.models import BUNDLED_NAME
+from worker.shared.procs import free_port
 
 SIM_MODEL = "sim-model"
 
@@ -47,7 +46,7 @@ SIM_MODEL = "sim-model"
 @dataclass(frozen=True)
 class RoutingBenchConfig:
     workers: int = 4
-    engine: str = "sim"  # sim | vllm
+    engine: EngineKind = "sim"  # sim | vllm
     model: str = ""  # default: sim-model for sim, the bundled model for vllm
     workloads: tuple[str, ...] = ("shared_prefix",)
     policies: tuple[Policy, ...] = ("prefix", "least_loaded", "round_robin")
@@ -129,18 +128,21 @@ class BenchFleet:
 
     def reset_caches(self) -> None:
         """Every policy starts from cold caches, where the engine can empty them (said once where not)."""
-        adapter = adapter_for(self.config.engine)
+        if self.config.engine not in PREFIX_CACHE_RESETTERS:
+            if not self.warned:
+                print(f"note: the {self.config.engine} engine cannot empty its prefix cache; each policy starts "
+                      "with the caches the previous one left", flush=True)  # fmt: skip
+                self.warned = True
+            return
 
         async def reset_all() -> None:
             async with httpx.AsyncClient() as http:
-                await asyncio.gather(*(adapter.reset_prefix_cache(http, url) for url in self.engine_urls))
+                replies = await asyncio.gather(*(http.post(url + RESET_PREFIX_CACHE, timeout=30.0)
+                                                 for url in self.engine_urls))  # fmt: skip
+            for reply in replies:
+                reply.raise_for_status()
 
-        try:
-            asyncio.run(reset_all())
-        except EngineFeatureMissing as exc:
-            if not self.warned:
-                print(f"note: {exc}; each policy starts with the caches the previous one left", flush=True)
-                self.warned = True
+        asyncio.run(reset_all())
 
 
 def _prefix_counters(urls: list[str]) -> tuple[int, int]:

@@ -17,9 +17,9 @@ import httpx
 from pydantic import ValidationError
 
 from cluster.router.rows import WorkerRow, WorkersReply
-from proto.launch import AgentConfig, RouterConfig
-from proto.states import EngineState
-from worker import keeper, procs
+from worker.shared import procs
+from worker.shared.launch import AgentConfig, RouterConfig
+from worker.shared.states import EngineState
 
 Report = Callable[[str], None]
 
@@ -55,7 +55,7 @@ class Fleet:
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
         log = self.logs / f"{name}.log"
-        argv = keeper.wrap(name, argv) if self.keep else argv
+        argv = procs.kept(name, argv) if self.keep else argv
         pid = procs.spawn(argv, log, tied_to_parent=self.tied_to_parent, env=self.env)
         child = Child(name, pid, log)
         self.children.append(child)

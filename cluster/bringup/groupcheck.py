@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
-from proto.daemon import GroupCheckReply, MlxCheckReply, ModelFacts
-from worker.hostinfo import SOCKETFILTERFW
-from worker.modelfiles import is_hub_id  # a hub model is fetched on each rank before it starts
+from worker.shared.daemon import GroupCheckReply, MlxCheckReply, ModelFacts
+from worker.shared.macos import SOCKETFILTERFW
+from worker.shared.modelfiles import is_hub_id  # a hub model is fetched on each rank before it starts
 
 
 @dataclass(frozen=True)

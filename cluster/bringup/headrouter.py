@@ -19,9 +19,8 @@ from cluster.gateway.store import db_path
 from cluster.pki import authority
 from cluster.placement.hostsfile import ClusterSpec
 from cluster.state import records
-from proto import build
-from proto.launch import RouterConfig
-from worker import procs
+from worker.shared import build, procs
+from worker.shared.launch import RouterConfig
 
 
 def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:

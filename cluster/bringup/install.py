@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field
 from cluster.bringup import remote
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.state import records
-from proto import build
-from proto.daemon import HostFactsReply
-from worker.engines.vllm import DEFAULT_METAL_VENV
+from worker.shared import build
+from worker.shared.daemon import HostFactsReply
+from worker.shared.macos import DEFAULT_METAL_VENV
 
 MIN_PYTHON = (3, 11)
 NEWEST_KNOWN = (3, 13)  # newest Python Orchard's dependencies are known to have wheels for: preferred up to it

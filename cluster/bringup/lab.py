@@ -27,9 +27,9 @@ from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
 from cluster.state import records
-from proto.launch import LaunchConfigError, is_loopback
-from worker import procs
-from worker.download import fetching
+from worker.shared import procs
+from worker.shared.download import fetching
+from worker.shared.launch import LaunchConfigError, is_loopback
 
 
 async def _bring_host(

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from cluster.bringup import units
 from cluster.state import records
-from proto.launch import ROUTER_MODULE, RouterConfig
-from worker import procs
+from worker.shared import procs
+from worker.shared.launch import ROUTER_MODULE, RouterConfig
 
 
 class LabState(BaseModel):

@@ -24,7 +24,8 @@ from cluster.gateway.keys import operator_headers
 from cluster.gateway.store import db_path
 from cluster.pki import authority
 from cluster.state import records
-from proto.launch import (
+from worker.shared import procs
+from worker.shared.launch import (
     AGENT_MODULE,
     ROUTER_MODULE,
     AgentConfig,
@@ -34,9 +35,8 @@ from proto.launch import (
     Task,
     is_loopback,
 )
-from worker import procs
-from worker.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
-from worker.procs import free_port
+from worker.shared.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled, resolve
+from worker.shared.procs import free_port
 
 CLI_PROGRAMS = ("cluster", "cluster.cli")  # a foreground `cluster up`: the script, or python -m cluster.cli
 

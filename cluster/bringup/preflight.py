@@ -13,9 +13,9 @@ from cluster.bringup import groupcheck, remote
 from cluster.bringup.fleet import Report
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import Assignment, GroupPlan, PlacementError
-from proto.daemon import HostFactsReply
+from worker.shared.daemon import HostFactsReply
 
-# A host's bring-up, as the `cluster up` table shows it (its engine's own state is proto.states.EngineState).
+# A host's bring-up, as the `cluster up` table shows it (its engine's own state is worker.shared.states.EngineState).
 HostState = Literal["pending", "started", "running", "ready", "not ready", "unreachable", "failed", "idle"]
 
 

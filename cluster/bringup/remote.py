@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
 from cluster.placement.plan import Assignment, GroupPlan
-from proto import build
-from proto.daemon import (
+from worker.shared import build
+from worker.shared.daemon import (
     SERVICE_MARK,
     AgentStatus,
     GroupCheckReply,
@@ -29,8 +29,8 @@ from proto.daemon import (
     StartReply,
     StopReply,
 )
-from proto.launch import AgentConfig, GroupRole
-from proto.tls import CA_FILE, IDENTITY_FILE
+from worker.shared.launch import AgentConfig, GroupRole
+from worker.shared.tls import CA_FILE, IDENTITY_FILE
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
@@ -165,7 +165,7 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
 
 
 def tls_dir(host: HostSpec) -> str:
-    """The agent's TLS folder on its host (proto/tls.py)."""
+    """The agent's TLS folder on its host (worker/shared/tls.py)."""
     return f"{host.orchard_dir.rstrip('/')}/tls"
 
 

@@ -20,8 +20,8 @@ from cluster.gateway.keys import operator_headers
 from cluster.pki import authority
 from cluster.router import handover
 from cluster.router.rows import WorkersReply
-from proto.launch import RouterConfig
-from worker import procs
+from worker.shared import procs
+from worker.shared.launch import RouterConfig
 
 DRAIN_TIMEOUT_S = 30.0
 HAND_OVER_TIMEOUT_S = 30.0

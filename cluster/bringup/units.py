@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from proto.launch import RouterConfig
-from worker import procs
+from worker.shared import procs
+from worker.shared.launch import RouterConfig
 
 LAUNCHD_LABEL = "ai.orchard.agent"
 SYSTEMD_NAME = "orchard-agent.service"

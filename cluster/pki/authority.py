@@ -3,7 +3,7 @@ router dials), one client certificate for the router, and, for labs without thei
 
     ~/.orchard/ca/ca.key            the CA's private key (0600; never leaves the head)
     ~/.orchard/ca/ca.pem            the CA's certificate (what every peer trusts; clients trust it for the endpoint)
-    ~/.orchard/tls/router/          the router's client identity (proto/tls.py's folder)
+    ~/.orchard/tls/router/          the router's client identity (worker/shared/tls.py's folder)
     ~/.orchard/tls/local-agent/     the local cluster's agent
     ~/.orchard/tls/router/pins.json which certificate the router accepts from each lab agent (cluster/pki/pins.py)
     ~/.orchard/tls/endpoint/        the endpoint's certificate and key, when the CA issued them
@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cluster.state import records
-from proto import tls
-from proto.tls import CA_FILE, IDENTITY_FILE
+from worker.shared import tls
+from worker.shared.tls import CA_FILE, IDENTITY_FILE
 
 CA_DAYS = 3650
 LEAF_DAYS = 365  # the router's, the endpoint's and the local agent's: they live on the head, beside the CA's key

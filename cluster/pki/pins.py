@@ -26,7 +26,7 @@ from typing import IO
 from pydantic import BaseModel, Field, ValidationError
 
 from cluster.state import records
-from proto import tls
+from worker.shared import tls
 
 PINS_FILE = "pins.json"
 SUFFIX = tls.PIN_SUFFIX

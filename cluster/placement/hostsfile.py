@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from proto.launch import PARSER_NAME, EngineKind, Policy
-from worker.engines.rayports import RAY_PORT_SPAN
+from worker.shared.launch import PARSER_NAME, EngineKind, Policy
+from worker.shared.rayports import RAY_PORT_SPAN
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -109,7 +109,7 @@ class HostSpec(_Strict):
     memory_fraction: float | None = Field(default=None, gt=0, le=1, strict=False)  # overrides [placement]
     group_address: str | None = None  # shard-group traffic (e.g. a Thunderbolt bridge IP); default: address
     # This host's shard-group rank: an MLX rank listens on group_port; a vLLM rank's Ray uses group_port ..
-    # group_port + RAY_PORT_SPAN - 1 (worker/engines/rayports.py), several of them on every interface (Ray binds
+    # group_port + RAY_PORT_SPAN - 1 (worker/shared/rayports.py), several of them on every interface (Ray binds
     # no address): let the firewall pass that range on the group link only.
     group_port: int = Field(default=52100, ge=1, le=65535)
     # mlx jaccl (RDMA over Thunderbolt 5): this Mac's RDMA device towards each other host, by host name, as

@@ -1,7 +1,7 @@
 """What a model needs, from wherever its files are: the head's own copy first, else a host's report.
 
 Weights are the checkpoint's files as they are (a quantized MLX checkpoint is already small, so its files are
-its size); shape facts come from `config.json` (worker/modelfiles.py reads both, on the head or on a host). A
+its size); shape facts come from `config.json` (worker/shared/modelfiles.py reads both, on the head or on a host). A
 model whose files are nowhere in reach (a hub id not downloaded yet) is "unknown": give `size_gb` (and `layers`
 for a pipeline group) in the hosts file, or placement treats it as fitting any host.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from proto.daemon import ModelFacts
-from worker.modelfiles import facts_for
+from worker.shared.daemon import ModelFacts
+from worker.shared.modelfiles import facts_for
 
 __all__ = ["ModelFacts", "facts_for", "gathered"]
 

@@ -1,6 +1,7 @@
 """Run the router: python -m cluster.router --listen 127.0.0.1:8000 --worker 127.0.0.1:50051 [...]
 
-Its command line is `proto.launch.RouterConfig`'s (the one owner); launchers build it with `RouterConfig.command()`.
+Its command line is `worker.shared.launch.RouterConfig`'s (the one owner); launchers build it with
+`RouterConfig.command()`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol, tls_terminated
 from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
-from proto import openfiles, tls
-from proto.launch import LaunchConfigError, RouterConfig, usage
+from worker.shared import openfiles, tls
+from worker.shared.launch import LaunchConfigError, RouterConfig, usage
 
 log = logging.getLogger("orchard.router")
 

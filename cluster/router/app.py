@@ -37,7 +37,7 @@ from cluster.router.requestlog import RequestIds, request_id
 from cluster.router.routes import GET_RESPONSE, RELAYED, Route, dialect_of
 from cluster.router.validation import ResponseRetrieval, ResponsesRequest
 from proto import orchard_pb2 as pb
-from proto.launch import RouterConfig
+from worker.shared.launch import RouterConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.gateway.gateway import Refusal
 from cluster.router.logformat import Sparse
-from proto import errors
+from worker.shared import errors
 
 _TYPES = {
     400: "invalid_request_error",

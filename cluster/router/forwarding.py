@@ -24,9 +24,9 @@ from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.routing.choose import Decision, RequestView, RoutingState, choose
 from cluster.routing.sessions import SessionPins
-from proto import endpoints, errors
 from proto import orchard_pb2 as pb
-from proto.launch import RouterConfig
+from worker.shared import endpoints, errors
+from worker.shared.launch import RouterConfig
 
 
 @dataclass

@@ -26,8 +26,8 @@ from cluster.router.validation import (
 from cluster.routing.choose import RequestView
 from cluster.routing.prefix_index import block_hashes
 from cluster.routing.prompt import render_for_routing
-from proto import endpoints
 from proto import orchard_pb2 as pb
+from worker.shared import endpoints
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from cluster.gateway.usage import UsageRow
 from cluster.router.breaker import BreakerState
 from cluster.router.rows import Reachability, WorkerRow
 from proto import orchard_pb2 as pb
-from proto.states import EngineState
+from worker.shared.states import EngineState
 
 UNKNOWN_MODEL = "unknown"  # the label of every model name no worker serves (clients choose names: unbounded)
 

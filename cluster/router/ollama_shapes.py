@@ -14,7 +14,7 @@ from pydantic import Field, StrictBool
 
 from cluster.router.validation import MAX_ITEMS, _Passthrough
 from proto import orchard_pb2 as pb
-from proto.capabilities import REASONING, TOOLS
+from worker.shared.capabilities import REASONING, TOOLS
 
 # Ollama's `options` that have an OpenAI (or vLLM) request parameter of another name.
 _OPTIONS = {"num_predict": "max_tokens", "repeat_penalty": "repetition_penalty"}

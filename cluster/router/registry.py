@@ -25,8 +25,8 @@ from cluster.router.rows import Reachability
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
-from proto.states import EngineState
+from worker.shared import tls
+from worker.shared.states import EngineState
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,9 @@ class Registry:
         return {address: pin.dialled for address, pin in pins.read(self.tls_dir).agents.items()}
 
     def _open(self, handle: WorkerHandle) -> None:
-        options = [*CHANNEL_OPTIONS, *([("grpc.ssl_target_name_override", handle.pin)] if handle.pin else [])]
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+        if handle.pin:
+            options.append(("grpc.ssl_target_name_override", handle.pin))
         handle.channel = tls.channel(handle.address, self.tls_dir, options)
         handle.stub = pb_grpc.WorkerStub(handle.channel)
         handle.task = asyncio.create_task(self._follow(handle), name=f"watch {handle.address}")

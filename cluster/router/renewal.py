@@ -26,7 +26,7 @@ from cluster.pki import authority, pins
 from cluster.router.registry import failure_reason
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
+from worker.shared import tls
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from cluster.router.validation import (
     ResponsesRequest,
     TokenizeRequest,
 )
-from proto import endpoints
 from proto import orchard_pb2 as pb
+from worker.shared import endpoints
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """What `GET /orchard/workers` answers, as typed models: written by the router, read by the CLI, bring-up,
-benchmarks and tests. A worker's state is its engine's (`proto.states.EngineState`) once the router hears
+benchmarks and tests. A worker's state is its engine's (`worker.shared.states.EngineState`) once the router hears
 from it, or why the router cannot say (`Reachability`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from proto.states import EngineState
+from worker.shared.states import EngineState
 
 
 class Reachability(enum.Enum):
@@ -36,7 +36,7 @@ class ModelFacts(BaseModel):
 
     name: str
     context_length: int = 0  # tokens (0: not known yet)
-    capabilities: list[str] | None = None  # proto/capabilities.py's words; None: not known yet
+    capabilities: list[str] | None = None  # worker/shared/capabilities.py's words; None: not known yet
 
     def describe(self) -> str:
         """e.g. `32k context · tools, reasoning` (what `cluster status` shows beside the name)."""

@@ -19,7 +19,7 @@ from cluster.router.errors import Dialect
 from cluster.router.routes import GET_RESPONSE, RELAYED, dialect_of
 from cluster.router.rows import DashboardReply, WorkerRow, WorkersReply
 from cluster.router.validation import TokenizeRequest
-from proto import build
+from worker.shared import build
 
 JSON, SSE, NDJSON = "application/json", "text/event-stream", "application/x-ndjson"
 PROMETHEUS = CONTENT_TYPE_LATEST  # Prometheus's text exposition format, as /metrics serves it

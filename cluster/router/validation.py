@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from cluster.router.errors import ApiError
 from proto import orchard_pb2 as pb
-from proto.capabilities import TOOLS
+from worker.shared.capabilities import TOOLS
 
 MAX_TOKENS_CEILING = 1 << 20  # when a model's context length is unknown
 MAX_ITEMS = 2048  # messages in a chat, prompts in a batch (OpenAI's own limit for arrays of inputs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cluster.routing import least_loaded, prefix, round_robin
 from cluster.routing.types import Decision, RequestView, RoutingState, WorkerView
-from proto.launch import POLICIES, Policy
+from worker.shared.launch import POLICIES, Policy
 
 __all__ = ["POLICIES", "Decision", "Policy", "RequestView", "RoutingState", "WorkerView", "choose"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from cluster.bringup import local
 from tests.conftest import Cluster, agent_config, agent_info, free_port, run_cli, start_cluster, stop_cluster
-from worker.models import BUNDLED_NAME, prepare_bundled
+from worker.shared.models import BUNDLED_NAME, prepare_bundled
 
 HERE = Path(__file__).resolve().parent
 

@@ -41,7 +41,7 @@ from tests.e2e.weather import (
     ollama_turns,
     responses_input,
 )
-from worker.models import BUNDLED_NAME
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import Cluster, engine_metric, wait_until
 from tests.e2e.conftest import UpCluster, client_of
-from worker import procs
-from worker.models import BUNDLED_NAME
+from worker.shared import procs
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow]
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Cluster, agent_config, start_cluster, stop_cluster, wait_until, workers
 from tests.e2e.conftest import client_of, tool_model
 from tests.e2e.weather import CHAT_TOOLS, PARIS, WEATHER, chat_turns
-from worker.models import BUNDLED_NAME
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import UpCluster, client_of
-from worker.models import BUNDLED_NAME
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

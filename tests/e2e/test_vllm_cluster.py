@@ -17,8 +17,8 @@ import pytest
 
 from tests.conftest import agent_config, engine_metric, run_cli, start_cluster, stop_cluster, wait_until
 from tests.e2e.conftest import UpCluster
-from worker import procs
-from worker.models import BUNDLED_NAME
+from worker.shared import procs
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ import pytest
 from cluster.bringup import headrouter, local, units
 from cluster.router.rows import WorkersReply
 from tests.conftest import SIM_MODEL, agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until
-from worker import procs
+from worker.shared import procs
 
 
 @dataclass

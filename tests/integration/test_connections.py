@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from cluster.router.connections import UNUSED_GRACE_S, guarded_protocol
 from cluster.router.errors import Unexpected
 from cluster.router.routes import dialect_of
-from worker.procs import free_port
+from worker.shared.procs import free_port
 
 
 def _app() -> FastAPI:

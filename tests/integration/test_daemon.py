@@ -10,10 +10,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from proto.daemon import AgentStatus, StartReply, StopReply
-from proto.launch import AgentConfig
 from tests.conftest import free_port
-from worker import procs
+from worker.shared import procs
+from worker.shared.daemon import AgentStatus, StartReply, StopReply
+from worker.shared.launch import AgentConfig
 
 R = TypeVar("R", bound=BaseModel)
 

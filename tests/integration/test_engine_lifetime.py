@@ -15,9 +15,10 @@ from pathlib import Path
 import psutil
 
 from tests.conftest import wait_until
-from worker import procs, tether
+from worker import tether
 from worker.engines.base import EngineConfig
 from worker.engines.sim import SimEngine
+from worker.shared import procs
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 GONE = 2**22 + 7  # above Linux's largest pid (pid_max 4194304) and macOS's (99998): never a live process

@@ -30,7 +30,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.conftest import workers as rows
-from worker import procs
+from worker.shared import procs
 
 ACCEPT_S = 1.0
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proto.states import EngineState
-from worker import download
 from worker.engines.base import EngineConfig
 from worker.engines.sim import SimEngine
+from worker.shared import download
+from worker.shared.states import EngineState
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 

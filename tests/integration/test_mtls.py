@@ -29,9 +29,6 @@ from cluster.router.rows import Reachability, WorkerRow
 from cluster.state import records
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
-from proto.launch import ENVELOPE_BYTES, AgentConfig
-from proto.states import EngineState
 from tests.conftest import (
     REPO,
     SIM_MODEL,
@@ -45,6 +42,9 @@ from tests.conftest import (
     workers,
 )
 from tests.lab.agent_probe import info, served_certificate
+from worker.shared import tls
+from worker.shared.launch import ENVELOPE_BYTES, AgentConfig
+from worker.shared.states import EngineState
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import pytest
 from cluster.bringup.fleet import Fleet
 from cluster.pki import authority
 from cluster.router.connections import UNUSED_GRACE_S
-from proto.launch import RouterConfig
 from tests.conftest import SIM_MODEL, Cluster, engine_metric, free_port, wait_until, workers
+from worker.shared.launch import RouterConfig
 
 
 @pytest.fixture

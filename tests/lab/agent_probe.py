@@ -17,7 +17,7 @@ import grpc
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
-from proto import tls
+from worker.shared import tls
 
 
 def info(channel: grpc.Channel) -> str:

@@ -21,7 +21,7 @@ from openai import OpenAI
 
 from tests.conftest import agent_config, free_port, run_cli, start_cluster, stop_cluster, wait_until, workers
 from tests.lab import netns
-from worker.models import BUNDLED_NAME
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = netns.marks("mlx_lm", "mlx")
 

@@ -26,8 +26,8 @@ from cluster.pki import authority, pins
 from tests.conftest import REPO, agent_info, free_port, run_cli, wait_until
 from tests.lab import netns
 from tests.lab.agent_probe import served_certificate
-from worker import procs
-from worker.models import BUNDLED_NAME
+from worker.shared import procs
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 if reason := netns.available():

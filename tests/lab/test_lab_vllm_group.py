@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import free_port, run_cli, wait_until, workers
 from tests.lab import netns
-from worker.models import BUNDLED_NAME
+from worker.shared.models import BUNDLED_NAME
 
 pytestmark = netns.marks("ray", "vllm")
 

@@ -1,11 +1,11 @@
-"""The launch configs (proto/launch.py): the one owner of the agent's and the router's command lines."""
+"""The launch configs (worker/shared/launch.py): the one owner of the agent's and the router's command lines."""
 
 from __future__ import annotations
 
 import pytest
 
-from proto.launch import AgentConfig, GroupRole, LaunchConfigError, RouterConfig
 from worker.agent import bundled_defaults
+from worker.shared.launch import AgentConfig, GroupRole, LaunchConfigError, RouterConfig
 
 
 def config(**extra: object) -> AgentConfig:
@@ -113,7 +113,7 @@ def test_the_agent_program_prints_usage_and_exits_2_on_bad_arguments(capsys: pyt
 
 
 def test_engine_states_cross_the_wire_and_unknown_ones_read_as_none() -> None:
-    from proto.states import EngineState
+    from worker.shared.states import EngineState
 
     assert all(EngineState.from_wire(state.to_wire()) is state for state in EngineState)
     assert EngineState.from_wire(0) is None and EngineState.from_wire(99) is None

@@ -15,7 +15,7 @@ from cluster.bringup import certs
 from cluster.pki import authority, pins
 from cluster.placement.hostsfile import HostSpec
 from cluster.state import records
-from proto import tls
+from worker.shared import tls
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from cluster import cli
 from cluster.pki import authority
-from proto import tls
+from worker.shared import tls
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 

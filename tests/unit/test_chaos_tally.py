@@ -18,7 +18,7 @@ from cluster.bench.chaos_tally import (
 from cluster.bench.netlab import runs_module
 from cluster.router.metrics import RouterMetrics
 from cluster.router.rows import Reachability, WorkerRow
-from proto.states import EngineState
+from worker.shared.states import EngineState
 
 KILL = FaultWindow("kill-engine", "h1", start=10.0, end=10.0, until=14.0, recovery_s=4.0)
 STOP = FaultWindow("stop-agent", "h3", start=30.0, end=50.0, until=52.5, recovery_s=2.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.context import PromptGuard, context_of
-from worker.models import bundled_dir, is_prepared
+from worker.shared.models import bundled_dir, is_prepared
 
 
 def test_context_comes_from_config_and_the_hosts_ceiling(tmp_path: Path) -> None:

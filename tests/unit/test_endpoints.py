@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cluster.router.registry import Registry
-from proto import endpoints
 from proto import orchard_pb2 as pb
+from worker.shared import endpoints
 
 
 def test_routes_by_engine_and_task() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from proto.states import EngineState
-from worker import procs
 from worker.engines.base import EngineConfig, GroupRole
 from worker.engines.secrets import move_secrets
 from worker.engines.vllm import NOT_SECRET, SECRET_ENV, VllmEngine
+from worker.shared import procs
+from worker.shared.states import EngineState
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 

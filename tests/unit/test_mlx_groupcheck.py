@@ -10,9 +10,9 @@ from pathlib import Path
 from cluster.bringup.groupcheck import MlxMember, mlx_problems
 from cluster.placement.hostsfile import HostSpec
 from cluster.placement.plan import GroupPlan
-from proto.daemon import MlxCheckReply, ModelFacts
 from worker import mlxcheck
-from worker.procs import free_port
+from worker.shared.daemon import MlxCheckReply, ModelFacts
+from worker.shared.procs import free_port
 
 FIXTURES = Path(__file__).with_name("fixtures")
 RING = GroupPlan(model="big", index=0, mode="pipeline", backend="mlx", transport="ring", hosts=("s1", "s2"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.models import ModelError, ensure_weight_index, fix_config, resolve
+from worker.shared.models import ModelError, ensure_weight_index, fix_config, resolve
 
 
 def test_config_fix_drops_quantization_and_lifts_rope_theta(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import resource
 
 import pytest
 
-from proto import openfiles
+from worker.shared import openfiles
 
 INF = resource.RLIM_INFINITY
 

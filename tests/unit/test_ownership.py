@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 
 from cluster.bringup import local
-from worker import procs
+from worker.shared import procs
 
 
 def _sleeper(*extra: str) -> subprocess.Popen[bytes]:

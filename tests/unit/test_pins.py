@@ -12,8 +12,8 @@ import pytest
 
 from cluster.pki import authority, pins
 from cluster.router.renewal import RETRY_S, due_agents, next_round_in, successor
-from proto import tls
 from worker.identity import IdentityError, replace_identity
+from worker.shared import tls
 
 NOW = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -9,7 +9,7 @@ import pytest
 from cluster.placement.hostsfile import parse
 from cluster.placement.plan import Assignment, PlacementError, plan
 from cluster.placement.sizing import ModelFacts
-from proto.launch import AgentConfig
+from worker.shared.launch import AgentConfig
 
 # Two 512 GB Mac Studios and two 96 GB ones; 80 % usable (set here: the default follows the Mac's report):
 # 409.6 GB and 76.8 GB.
@@ -264,7 +264,7 @@ def test_the_hosts_files_layers_split_a_group_whose_config_is_nowhere_in_reach()
 
 def test_the_installed_mlx_lm_is_what_says_which_architectures_pipeline() -> None:
     pytest.importorskip("mlx_lm")
-    from worker.engines.mlx_support import pipeline_support
+    from worker.shared.mlx_support import pipeline_support
 
     assert pipeline_support("llama") == "planned"  # the mlx engine's own pipelined llama
     assert pipeline_support("qwen2") == "planned"  # mlx-lm's PipelineMixin (missing before 0.32)

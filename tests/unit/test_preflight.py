@@ -11,7 +11,7 @@ from cluster.bringup import preflight, remote
 from cluster.placement import sizing
 from cluster.placement.hostsfile import parse
 from cluster.placement.plan import PlacementError, plan
-from proto.daemon import HostFactsReply, ModelFacts
+from worker.shared.daemon import HostFactsReply, ModelFacts
 
 LAB = """
 [[hosts]]

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from cluster.router.app import create_app
 from cluster.router.registry import Registry
-from proto.launch import RouterConfig
+from worker.shared.launch import RouterConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from cluster.placement.hostsfile import HostsFileError, parse
 from worker.engines.base import EngineConfig, GroupRole
 from worker.engines.programs.vllm_group import ray_start
-from worker.engines.rayports import RAY_PORT_SPAN, RayPorts, ray_ports
 from worker.engines.vllm import VllmEngine
+from worker.shared.rayports import RAY_PORT_SPAN, RayPorts, ray_ports
 
 PINNED = ("--node-manager-port", "--object-manager-port", "--runtime-env-agent-port",
           "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",

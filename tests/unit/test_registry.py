@@ -12,7 +12,7 @@ from cluster.router.operator import worker_row
 from cluster.router.registry import LEARN_S, SAMPLE_STALE_S, Registry, WorkerHandle
 from cluster.router.rows import Reachability
 from proto import orchard_pb2 as pb
-from proto.states import EngineState
+from worker.shared.states import EngineState
 
 
 def test_a_host_shared_by_two_agents_names_both_and_an_address_names_one() -> None:

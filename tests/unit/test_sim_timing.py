@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.engines.programs.sim.timing import SimTiming, generate_words, render_chat, tokenize
+from worker.engines.programs.sim.timing import generate_words, render_chat, tokenize
+from worker.shared.simtiming import SimTiming
 
 
 def test_prefill_cost_grows_with_uncached_tokens() -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -17,7 +18,8 @@ from cluster.router.operator import worker_row
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import Reachability
 from proto import orchard_pb2 as pb
-from proto import tls
+from proto import orchard_pb2_grpc as pb_grpc
+from worker.shared import tls
 
 
 def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -46,7 +48,7 @@ class _Failing:
 async def _follow_until_done(handle: WorkerHandle, stub: _Failing, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_module, "RECONNECT_MIN_S", 0.001)
     monkeypatch.setattr(registry_module, "RECONNECT_MAX_S", 0.001)
-    handle.stub = stub  # only Info is called before a connection
+    handle.stub = cast(pb_grpc.WorkerStub, stub)  # only Info is called before a connection
     task = asyncio.create_task(Registry([])._follow(handle))
     await asyncio.wait_for(stub.done.wait(), 10)
     task.cancel()

@@ -3,11 +3,11 @@ reset, version. programs/ holds the processes they launch."""
 
 from __future__ import annotations
 
-from proto.launch import ENGINE_KINDS
 from worker.engines.base import EngineAdapter
 from worker.engines.mlx import MlxEngine
 from worker.engines.sim import SimEngine
 from worker.engines.vllm import VllmEngine
+from worker.shared.launch import ENGINE_KINDS
 
 
 def adapter_for(kind: str) -> EngineAdapter:

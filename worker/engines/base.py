@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
-
-from proto.launch import AgentConfig, GroupRole
+from worker.shared.launch import AgentConfig, GroupRole
 
 DEFAULT_SLOTS: int = AgentConfig.model_fields["max_concurrency"].default  # the agent's --max-concurrency
 
@@ -43,7 +41,7 @@ class LaunchPlan:
     env: dict[str, str]
     files: tuple[tuple[str, str], ...] = ()  # (path, text) the supervisor writes before each start
     serves_http: bool = True  # False for shard-group ranks other than 0: they follow rank 0, answer nothing
-    # What this engine will do for the model beyond plain text (proto/capabilities.py); None: not known
+    # What this engine will do for the model beyond plain text (worker/shared/capabilities.py); None: not known
     capabilities: tuple[str, ...] | None = None
 
 
@@ -69,15 +67,6 @@ class EngineAdapter(Protocol):
         unfairly, or (mlx-lm) fail to connect; the agent declares this and the router holds the rest."""
         ...
 
-    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
-        """Empty the running engine's prefix cache (benchmarks start every policy cold). Raises
-        EngineFeatureMissing where the engine has no such control, httpx.HTTPError when the call fails."""
-        ...
-
-
-class EngineFeatureMissing(Exception):
-    """The engine cannot do what was asked (e.g. mlx-lm's server cannot reset its prefix cache)."""
-
 
 def flag_value(argv: tuple[str, ...] | list[str], flag: str) -> int | None:
     """The integer after `flag` (or in `flag=N`) in an engine's extra args, if given."""
@@ -93,8 +82,3 @@ def capped(config: EngineConfig, given: int | None) -> int:
     """The agent's slots, or fewer where the engine is set to batch fewer."""
     wanted = config.max_concurrency or DEFAULT_SLOTS
     return min(wanted, given) if given else wanted
-
-
-async def post_reset(http: httpx.AsyncClient, url: str) -> None:
-    """vLLM's `POST /reset_prefix_cache` (needs VLLM_SERVER_DEV_MODE=1 on vLLM; the sim has it always)."""
-    (await http.post(url + "/reset_prefix_cache", timeout=30.0)).raise_for_status()

@@ -19,12 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
-
-from proto.capabilities import REASONING, TOOLS
-from worker import modelfiles
-from worker.engines.base import EngineConfig, EngineFeatureMissing, LaunchPlan, capped, flag_value
+from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value
 from worker.engines.parsers import read_signals
+from worker.shared import modelfiles
+from worker.shared.capabilities import REASONING, TOOLS
 
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 
@@ -117,6 +115,3 @@ class MlxEngine:
             return f"mlx-lm {importlib.metadata.version('mlx-lm')}"
         except importlib.metadata.PackageNotFoundError:
             return "mlx-lm not installed"
-
-    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
-        raise EngineFeatureMissing("mlx-lm's server cannot empty its prefix cache")

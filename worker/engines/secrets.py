@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from worker.procs import SECRET_WORDS
+from worker.shared.procs import SECRET_WORDS
 
 
 def move_secrets(
     args: Sequence[str], from_env: Mapping[str, str], harmless: frozenset[str], engine: str
 ) -> tuple[list[str], dict[str, str]]:
     """`args` without their secrets, and those secrets as {variable: value}. A flag names a secret when one of its
-    words does (--api-key, --hf-token; see worker.procs.SECRET_WORDS) unless it is in `harmless` (a count or a
+    words does (--api-key, --hf-token; see worker.shared.procs.SECRET_WORDS) unless it is in `harmless` (a count or a
     switch); a secret flag given without a value carries none and stays. Raises ValueError (naming the flag,
     never its value) for a secret the engine cannot take from its environment, or more values than one
     variable holds."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import httpx
-
-from worker.engines.base import EngineConfig, LaunchPlan, capped, post_reset
+from worker.engines.base import EngineConfig, LaunchPlan, capped
 
 SIM_OPTIONS = (
     "seed",
@@ -44,6 +42,3 @@ class SimEngine:
 
     def version(self, config: EngineConfig) -> str:
         return "orchard-sim 1"
-
-    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
-        await post_reset(http, url)

@@ -12,16 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
-
-from proto.capabilities import REASONING, TOOLS
-from worker import modelfiles, procs
-from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value, post_reset
+from worker.engines.base import EngineConfig, LaunchPlan, capped, flag_value
 from worker.engines.parsers import OFF, Parsers, choose, read_signals
-from worker.engines.rayports import ray_ports
 from worker.engines.secrets import canonical, move_secrets
+from worker.shared import modelfiles, procs
+from worker.shared.capabilities import REASONING, TOOLS
+from worker.shared.macos import DEFAULT_METAL_VENV
+from worker.shared.rayports import ray_ports
 
-DEFAULT_METAL_VENV = Path("~/.venv-vllm-metal")
 # vLLM's secret flags and the variable it reads each from when the flag is absent (0.32: --hf-token unset leaves
 # huggingface_hub to HF_TOKEN).
 SECRET_ENV = {"--hf-token": "HF_TOKEN"}
@@ -146,9 +144,6 @@ class VllmEngine:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return "unknown (engine runs from another venv)"
-
-    async def reset_prefix_cache(self, http: httpx.AsyncClient, url: str) -> None:
-        await post_reset(http, url)
 
 
 def parser_args(config: EngineConfig) -> list[str]:

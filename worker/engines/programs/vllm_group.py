@@ -12,7 +12,7 @@ with the resources the platform asks for), and rank 0 runs the OpenAI server wit
 --distributed-executor-backend ray`. Orchard owns the Ray cluster's life: the head runs as a child of rank 0's
 process and each member's `ray start --block` is the member's process, all in their agents' process groups, so
 stopping or relaunching the group stops Ray with it (the head's session files go to a folder of its own).
-Every port a node's Ray opens is pinned from its `--ray-port` (worker/engines/rayports.py).
+Every port a node's Ray opens is pinned from its `--ray-port` (worker/shared/rayports.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from worker.engines.rayports import RayPorts, ray_ports
+from worker.shared.rayports import RayPorts, ray_ports
 
 JOIN_TIMEOUT_S = 300.0
 

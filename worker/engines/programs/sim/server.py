@@ -21,7 +21,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.engines.programs.sim.prefix_cache import PrefixCache
-from worker.engines.programs.sim.timing import SimTiming, generate_words, render_chat, tokenize
+from worker.engines.programs.sim.timing import generate_words, render_chat, tokenize
+from worker.shared.endpoints import RESET_PREFIX_CACHE
+from worker.shared.simtiming import SimTiming
 
 DEFAULT_MAX_TOKENS = 64
 MAX_MODEL_LEN = 8192
@@ -124,7 +126,7 @@ def create_app(state: SimState) -> FastAPI:
         state.publish()
         return PlainTextResponse(generate_latest(state.registry).decode())
 
-    @app.post("/reset_prefix_cache")
+    @app.post(RESET_PREFIX_CACHE)
     async def reset_prefix_cache() -> PlainTextResponse:
         """Empty the prefix cache (vLLM has the same endpoint in its dev mode); benchmarks use it between runs."""
         state.cache.clear()

@@ -26,7 +26,7 @@ def version() -> str:
 @cache
 def digest(root: Path | None = None) -> str:
     """16 hex digits over every source file of the three packages under `root` (default: where they are)."""
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]
     h = hashlib.sha256()
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*")):

@@ -98,7 +98,7 @@ class AgentConfig(_Frozen):
     log_dir: str = "~/.orchard/logs"  # on the agent's host; `~` expands there
     port_file: str | None = None
     group: GroupRole | None = None
-    tls_dir: str | None = None  # mutual TLS (proto/tls.py's folder); required to listen beyond loopback
+    tls_dir: str | None = None  # mutual TLS (worker/shared/tls.py's folder); required to listen beyond loopback
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)  # a request's body, as at the router
     task: Task = "generate"  # embed: the model serves /v1/embeddings (vLLM's pooling runner)
     # vLLM's parsers for the model's tool calls and thinking: None chooses from the model's files, "off" none

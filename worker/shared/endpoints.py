@@ -23,6 +23,11 @@ PATHS: dict[int, str] = {
 OPENAI_STREAMS = (pb.ENDPOINT_CHAT_COMPLETIONS, pb.ENDPOINT_COMPLETIONS)
 
 
+# The sim engine's and vLLM's (with VLLM_SERVER_DEV_MODE=1) way to empty the prefix cache; mlx-lm's server has none.
+RESET_PREFIX_CACHE = "/reset_prefix_cache"
+PREFIX_CACHE_RESETTERS = ("vllm", "sim")
+
+
 def engine_request(endpoint: int, body: dict[str, Any]) -> tuple[str, str]:
     """(HTTP method, path) of the engine's route for a request; a retrieval names its resource in the body."""
     if endpoint == pb.ENDPOINT_GET_RESPONSE:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from worker import modelfiles
+from worker.shared import modelfiles
 
 FETCHING_DETAIL = "fetching the model's files"  # the engine's detail as a fetch begins; then `progress` lines
 Report = Callable[[str], None]

@@ -18,6 +18,11 @@ from typing import BinaryIO
 import psutil
 
 
+def kept(name: str, argv: list[str], python: str = sys.executable) -> list[str]:
+    """The command line that keeps argv running: `python -m worker.keeper` starts it again when it dies."""
+    return [python, "-m", "worker.keeper", "--name", name, "--", *argv]
+
+
 def die_with_parent() -> None:
     """Run in a child between fork and exec: on Linux the child gets SIGTERM when its parent dies
     (PR_SET_PDEATHSIG), so a killed parent never leaves an engine or agent behind. No-op elsewhere."""

@@ -20,7 +20,7 @@ class EngineState(enum.Enum):
     FAILED = "failed"
 
     def to_wire(self) -> pb.EngineState:
-        return pb.EngineState.Value(f"ENGINE_STATE_{self.name}")
+        return pb.EngineState(pb.EngineState.Value(f"ENGINE_STATE_{self.name}"))
 
     @classmethod
     def from_wire(cls, value: pb.EngineState) -> EngineState | None:

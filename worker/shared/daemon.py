@@ -77,7 +77,7 @@ class MlxCheckReply(_Reply):
 
 
 class ModelFacts(_Reply):
-    """What a model's files say, read where they are (worker/modelfiles.py): on the head, or on a rank host
+    """What a model's files say, read where they are (worker/shared/modelfiles.py): on the head, or on a rank host
     that holds the model when the head does not. `present` false: the files are not on that machine."""
 
     present: bool = False
@@ -110,5 +110,5 @@ class HostFactsReply(_Reply):
     platform: str
     engines: dict[str, bool]
     orchard_version: str = ""  # "" from a daemon older than these fields
-    build: str = ""  # proto.build.digest(): equal on head and host when both run the same code
+    build: str = ""  # worker.shared.build.digest(): equal on head and host when both run the same code
     models: dict[str, ModelFacts] = {}  # by source, for the sources the head asked about (`--model`)

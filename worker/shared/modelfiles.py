@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from proto.daemon import ModelFacts
-from worker.engines.mlx_support import pipeline_support
-from worker.models import bundled_dir, is_bundled, is_prepared
+from worker.shared.daemon import ModelFacts
+from worker.shared.mlx_support import pipeline_support
+from worker.shared.models import bundled_dir, is_bundled, is_prepared
 
 
 def is_hub_id(source: str) -> bool:

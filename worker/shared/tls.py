@@ -120,7 +120,7 @@ def identity_stamp(folder: Path) -> tuple[int, ...] | None:
         return None
 
 
-def channel(address: str, folder: Path | None, options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+def channel(address: str, folder: Path | None, options: list[tuple[str, int | str]] | None = None) -> grpc.aio.Channel:
     """An asyncio channel to an agent: mutual TLS with the folder's identity, plaintext with none (loopback)."""
     if folder is None:
         return grpc.aio.insecure_channel(address, options=options)
