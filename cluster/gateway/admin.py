@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +38,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], home:
     create.add_argument("--admin", action="store_true", help="may use the operator endpoints (/orchard/*)")
     create.add_argument("--weight", type=float, help="the team's share when the lab is busy (default 1)")
     create.set_defaults(func=admin.create)
-    keys_cmd.add_parser("list", help="every key (never its secret)").set_defaults(func=admin.list_keys)
+    list_keys = keys_cmd.add_parser("list", help="every key (never its secret)")
+    list_keys.add_argument("--json", action="store_true")
+    list_keys.set_defaults(func=admin.list_keys)
     revoke = keys_cmd.add_parser("revoke", help="the key stops working within a second")
     revoke.add_argument("id")
     revoke.set_defaults(func=admin.revoke)
@@ -57,7 +59,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], home:
     _limit_flags(set_team)
     set_team.add_argument("--weight", type=float)
     set_team.set_defaults(func=admin.set_team)
-    teams_cmd.add_parser("list", help="every team").set_defaults(func=admin.list_teams)
+    list_teams = teams_cmd.add_parser("list", help="every team")
+    list_teams.add_argument("--json", action="store_true")
+    list_teams.set_defaults(func=admin.list_teams)
 
     usage_cmd = sub.add_parser("usage", help="tokens and requests from the usage records")
     usage_cmd.add_argument("--team")
@@ -119,9 +123,57 @@ def _when(stamp: float | None) -> str:
 def _limit_text(value: object) -> str:
     if value is None:
         return "-"
-    if isinstance(value, frozenset):
-        return ",".join(sorted(value))
+    if isinstance(value, list):
+        return ",".join(value)
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One key as `cluster keys list` shows it (`--json`: these fields); never its secret. Times are unix
+    seconds; a limit None is none, `models` None every model."""
+
+    id: str
+    team: str
+    admin: bool
+    rpm: int | None
+    tpm: int | None
+    monthly_tokens: int | None
+    models: list[str] | None
+    created: float
+    last_used: float | None
+    expires: float | None
+    tokens_this_month: int
+    state: str  # active | expired | revoked
+
+
+@dataclass(frozen=True)
+class TeamRow:
+    name: str
+    weight: float
+    rpm: int | None
+    tpm: int | None
+    monthly_tokens: int | None
+    models: list[str] | None
+    keys: int  # keys not revoked
+    tokens_this_month: int
+
+
+def _key_row(key: keys.Key, tokens: int, now: float) -> KeyRow:
+    state = "revoked" if key.revoked else "expired" if not key.usable(now) else "active"
+    lim = key.limits
+    return KeyRow(id=key.id, team=key.team, admin=key.admin, rpm=lim.rpm, tpm=lim.tpm,
+                  monthly_tokens=lim.monthly_tokens, models=sorted(lim.models) if lim.models is not None else None,
+                  created=key.created, last_used=key.last_used, expires=key.expires, tokens_this_month=tokens,
+                  state=state)  # fmt: skip
+
+
+def _team_row(team: keys.Team, snapshot: keys.Snapshot, tokens: int) -> TeamRow:
+    lim = team.limits
+    count = sum(1 for k in snapshot.keys.values() if k.team == team.name and k.revoked is None)
+    return TeamRow(name=team.name, weight=team.weight, rpm=lim.rpm, tpm=lim.tpm, monthly_tokens=lim.monthly_tokens,
+                   models=sorted(lim.models) if lim.models is not None else None, keys=count,
+                   tokens_this_month=tokens)  # fmt: skip
 
 
 class _Admin:
@@ -152,16 +204,20 @@ class _Admin:
         with self._db() as conn:
             snapshot = keys.load_snapshot(conn)
             by_key = keys.month_tokens(conn, now)[0]
+        rows = [
+            _key_row(key, by_key.get(key.id, 0), now) for key in sorted(snapshot.keys.values(), key=lambda k: k.created)
+        ]
+        if args.json:
+            print(json.dumps({"keys": [asdict(row) for row in rows]}))
+            return 0
         table = Table(title="API keys")
         for column in ("id", "team", "admin", "rpm", "tpm", "monthly", "models", "created", "last used",
                        "tokens this month", "state"):  # fmt: skip
             table.add_column(column)
-        for key in sorted(snapshot.keys.values(), key=lambda k: k.created):
-            state = "revoked" if key.revoked else "expired" if not key.usable(now) else "active"
-            lim = key.limits
-            table.add_row(key.id, key.team, "yes" if key.admin else "", _limit_text(lim.rpm), _limit_text(lim.tpm),
-                          _limit_text(lim.monthly_tokens), _limit_text(lim.models), _when(key.created),
-                          _when(key.last_used), f"{by_key.get(key.id, 0):,}", state)  # fmt: skip
+        for r in rows:
+            table.add_row(r.id, r.team, "yes" if r.admin else "", _limit_text(r.rpm), _limit_text(r.tpm),
+                          _limit_text(r.monthly_tokens), _limit_text(r.models), _when(r.created),
+                          _when(r.last_used), f"{r.tokens_this_month:,}", r.state)  # fmt: skip
         self.console.print(table)
         return 0
 
@@ -199,15 +255,18 @@ class _Admin:
         with self._db() as conn:
             snapshot = keys.load_snapshot(conn)
             by_team = keys.month_tokens(conn, time.time())[1]
+        rows = [_team_row(team, snapshot, by_team.get(team.name, 0))
+                for team in sorted(snapshot.teams.values(), key=lambda t: t.name)]  # fmt: skip
+        if args.json:
+            print(json.dumps({"teams": [asdict(row) for row in rows]}))
+            return 0
         table = Table(title="teams")
         for column in ("team", "weight", "rpm", "tpm", "monthly", "models", "keys", "tokens this month"):
             table.add_column(column)
-        for team in sorted(snapshot.teams.values(), key=lambda t: t.name):
-            count = sum(1 for k in snapshot.keys.values() if k.team == team.name and k.revoked is None)
-            lim = team.limits
-            table.add_row(team.name, f"{team.weight:g}", _limit_text(lim.rpm), _limit_text(lim.tpm),
-                          _limit_text(lim.monthly_tokens), _limit_text(lim.models), str(count),
-                          f"{by_team.get(team.name, 0):,}")  # fmt: skip
+        for r in rows:
+            table.add_row(r.name, f"{r.weight:g}", _limit_text(r.rpm), _limit_text(r.tpm),
+                          _limit_text(r.monthly_tokens), _limit_text(r.models), str(r.keys),
+                          f"{r.tokens_this_month:,}")  # fmt: skip
         self.console.print(table)
         return 0
 

@@ -20,6 +20,15 @@ source = "smollm2-135m-instruct"
 """
 
 
+def test_commands_print_no_library_warnings(tmp_path: Path) -> None:
+    """asyncssh names cryptography's deprecated DSA types at import: ten lines of warnings on every command."""
+    helped = run_cli(["--help"], tmp_path, timeout_s=60)
+    assert helped.returncode == 0 and "cluster" in helped.stdout
+    assert helped.stderr == ""
+    planned = run_cli(["certs", "show"], tmp_path, timeout_s=60)  # imports the SSH side too
+    assert planned.returncode == 0 and "Warning" not in planned.stderr, planned.stderr
+
+
 def test_invalid_hosts_file_exits_2_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "lab.toml"
     path.write_text(GOOD.replace("memory_gb = 96", "memroy_gb = 96"))

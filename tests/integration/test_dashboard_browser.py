@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,6 +74,23 @@ def _traffic(cluster: Cluster, key: str, team_requests: int = 6) -> None:
             assert response.status_code == 200 and list(response.iter_lines())
 
 
+_READ = """
+const [selector, what] = arguments;
+const all = document.querySelectorAll(selector);
+if (what === "count") return all.length;
+const e = all[0];
+if (!e) return what === "shown" ? false : "";
+if (what === "shown") return e.offsetParent !== null;
+return what === "class" ? e.className : e.innerText;
+"""
+
+
+def _read(driver: object, selector: str, what: str) -> Any:
+    """What the page shows, read in one step inside the page: the dashboard re-renders its cards every second,
+    and an element found in one call may be gone (stale) by the next."""
+    return driver.execute_script(_READ, selector, what)  # type: ignore[attr-defined]
+
+
 def test_the_dashboard_shows_three_hosts_then_one_down_within_5s(
     browser: object, gated_trio: tuple[Cluster, str], tmp_path: Path
 ) -> None:
@@ -84,15 +102,15 @@ def test_the_dashboard_shows_three_hosts_then_one_down_within_5s(
     cluster, key = gated_trio
     driver.get(cluster.url + "/dashboard")
     wait = WebDriverWait(driver, 10, poll_frequency=0.1)
-    wait.until(lambda d: d.find_element(By.ID, "login").is_displayed())  # keys are on: it asks first
-    assert not driver.find_elements(By.CSS_SELECTOR, ".card")
+    wait.until(lambda d: _read(d, "#login", "shown"))  # keys are on: it asks first
+    assert _read(driver, ".card", "count") == 0
     driver.find_element(By.ID, "key").send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card[data-state="ready"]')) == 3)
-    assert not driver.find_element(By.ID, "login").is_displayed()
+    wait.until(lambda d: _read(d, '.card[data-state="ready"]', "count") == 3)
+    assert not _read(driver, "#login", "shown")
     _traffic(cluster, key)
-    wait.until(lambda d: "ops" in d.find_element(By.ID, "teams").text)  # usage by team
-    wait.until(lambda d: "tok/s" in d.find_element(By.ID, "now-tokens").text)
+    wait.until(lambda d: "ops" in _read(d, "#teams", "text"))  # usage by team
+    wait.until(lambda d: "tok/s" in _read(d, "#now-tokens", "text"))
 
     victim = next(c for c in cluster.fleet.children if c.name == "agent-1")
     worker = next(w["worker_id"] for w in _get(cluster, "/orchard/workers", key).json()["workers"]
@@ -100,13 +118,11 @@ def test_the_dashboard_shows_three_hosts_then_one_down_within_5s(
     os.kill(victim.pid, signal.SIGKILL)
     killed = time.monotonic()
     card = f'.card[data-worker="{worker}"]'
-    WebDriverWait(driver, DOWN_WITHIN_S, poll_frequency=0.05).until(
-        lambda d: "down" in (d.find_element(By.CSS_SELECTOR, card).get_attribute("class") or "")
-    )
+    WebDriverWait(driver, DOWN_WITHIN_S, poll_frequency=0.05).until(lambda d: "down" in _read(d, card, "class"))
     took = time.monotonic() - killed
-    assert "unreachable" in driver.find_element(By.CSS_SELECTOR, card).text
-    assert len(driver.find_elements(By.CSS_SELECTOR, '.card[data-state="ready"]')) == 2
-    assert "2 of 3 workers ready" in driver.find_element(By.ID, "status").text
+    assert "unreachable" in _read(driver, card, "text")
+    assert _read(driver, '.card[data-state="ready"]', "count") == 2
+    assert "2 of 3 workers ready" in _read(driver, "#status", "text")
 
     shot = tmp_path / "dashboard.png"
     assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

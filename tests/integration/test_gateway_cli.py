@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def test_limits_are_set_then_cleared_and_a_date_alone_lasts_through_that_day(tmp
     assert ml.limits.tpm == 9000 and ml.weight == 2.0
     listed = run_cli(["teams", "list"], tmp_path, timeout_s=60)
     assert listed.returncode == 0 and "9,000" in listed.stdout
+    teams = json.loads(run_cli(["teams", "list", "--json"], tmp_path, timeout_s=60).stdout)["teams"]
+    assert [(t["name"], t["tpm"], t["weight"], t["keys"]) for t in teams] == [("ml", 9000, 2.0, 1)]
+    listed_keys = json.loads(run_cli(["keys", "list", "--json"], tmp_path, timeout_s=60).stdout)["keys"]
+    ml_keys = [k for k in listed_keys if k["team"] == "ml"]
+    assert [(k["id"], k["rpm"], k["models"], k["state"]) for k in ml_keys] == [(row["id"], None, None, "active")]
+    assert all("secret" not in k and "hash" not in k for k in listed_keys)  # never the secret, nor its hash
 
 
 def test_bad_key_commands_say_why_and_change_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from worker.engines.programs.mlx_server import _deep_backlog, cut_at_stops
+from worker.engines.programs.mlx_server import _deep_backlog, cut_at_stops, whole_characters
+from worker.shared.models import bundled_dir
 
 
 @dataclass
@@ -75,3 +76,24 @@ def test_a_burst_of_connections_waits_in_the_backlog_not_refused(monkeypatch: py
     assert _connects(24) < 24  # socketserver's backlog of 5: a burst beyond it is not taken
     _deep_backlog(64)
     assert _connects(24) == 24
+
+
+def test_an_answer_cut_inside_a_character_ends_without_a_replacement_character() -> None:
+    """max_tokens cut the bundled model's answer inside 🍎 (four UTF-8 bytes, three tokens): mlx-lm's detokenizer
+    flushes the partial bytes at the end as U+FFFD; what the mlx engine streams ends before them, as vLLM's."""
+    tokenizer_utils = pytest.importorskip("mlx_lm.tokenizer_utils", reason="needs mlx-lm (pip install '.[mlx]')")
+    tokenizer = tokenizer_utils.load(bundled_dir())
+    ids = tokenizer._tokenizer.encode("An apple: 🍎", add_special_tokens=False)
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    pieces = []
+    for index, token in enumerate(ids[:-1]):  # cut one token short of the whole emoji
+        detokenizer.add_token(token)
+        end = "length" if index == len(ids) - 2 else None
+        if end:
+            detokenizer.finalize()
+        pieces.append(Piece(detokenizer.last_segment, end))
+    assert "".join(p.text for p in pieces).endswith("\ufffd")  # what mlx-lm's server would have sent
+    out = list(whole_characters(pieces))
+    assert "".join(p.text for p in out) == "An apple: " and out[-1].finish_reason == "length"
+    assert [p.text for p in whole_characters([Piece("a \ufffd b"), Piece("c", "stop")])] == ["a \ufffd b", "c"]

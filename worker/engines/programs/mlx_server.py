@@ -142,8 +142,19 @@ def cut_at_stops(responses: Iterable[Any], words: list[str], cancel: Callable[[]
         yield dataclasses.replace(response, text=pending[:cut])
 
 
-def _text_stops() -> None:
-    """Stop strings matched on the text (cut_at_stops), not by mlx-lm's token-id matcher and text stripping."""
+def whole_characters(responses: Iterable[Any]) -> Iterator[Any]:
+    """mlx-lm's detokenizer holds an incomplete UTF-8 character back while it streams, but at the end flushes it
+    decoded with "replace": an answer that max_tokens cut inside a character ended with U+FFFD. The end's text
+    loses that partial character, as vLLM's does."""
+    for response in responses:
+        if response.finish_reason is not None and response.text.endswith("\ufffd"):
+            response = dataclasses.replace(response, text=response.text.rstrip("\ufffd"))
+        yield response
+
+
+def _text_filters() -> None:
+    """Whole characters at the end (whole_characters), and stop strings matched on the text (cut_at_stops), not
+    by mlx-lm's token-id matcher and text stripping."""
     from mlx_lm import server
 
     original = server.ResponseGenerator.generate
@@ -151,6 +162,7 @@ def _text_stops() -> None:
     def generate(self: Any, request: Any, args: Any, progress_callback: Any = None) -> tuple[Any, Iterator[Any]]:
         words = [w for w in args.stop_words if w]
         ctx, responses = original(self, request, dataclasses.replace(args, stop_words=[]), progress_callback)
+        responses = whole_characters(responses)
         return ctx, cut_at_stops(responses, words, ctx.stop) if words else responses
 
     server.ResponseGenerator.generate = generate
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         _planned_split(layers)
         _pipelined_llama(layers)
     _serve_as(args.served_name)
-    _text_stops()
+    _text_filters()
     _deep_backlog(args.backlog)
     from mlx_lm import server
 
