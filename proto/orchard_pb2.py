@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/orchard.proto\x12\norchard.v1\"\x91\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x08\x65ndpoint\x18\x02 \x01(\x0e\x32\x14.orchard.v1.Endpoint\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x1e\n\x11heartbeat_seconds\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_heartbeat_seconds\"\x8b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12!\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x17\n\x15_cached_prompt_tokens\"X\n\x05\x46inal\x12 \n\x05usage\x18\x01 \x01(\x0b\x32\x11.orchard.v1.Usage\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_seconds\x18\x03 \x01(\x01\"X\n\x06\x43hunks\x12\r\n\x05items\x18\x01 \x03(\x0c\x12%\n\x05usage\x18\x02 \x01(\x0b\x32\x11.orchard.v1.UsageH\x00\x88\x01\x01\x12\x0e\n\x06\x65vents\x18\x03 \x03(\tB\x08\n\x06_usage\"\xa1\x01\n\rGenerateReply\x12$\n\x06\x63hunks\x18\x01 \x01(\x0b\x32\x12.orchard.v1.ChunksH\x00\x12\x12\n\x08response\x18\x02 \x01(\x0cH\x00\x12\"\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x11.orchard.v1.FinalH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.orchard.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x0b\n\tHeartbeat\"\r\n\x0bInfoRequest\" \n\x0c\x44rainRequest\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\" \n\x0cRenewRequest\x12\x10\n\x08identity\x18\x01 \x01(\x0c\"\x0c\n\nRenewReply\"0\n\nDrainReply\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x12\x10\n\x08inflight\x18\x02 \x01(\r\"\xa7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x13\n\x0bunsupported\x18\x04 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x0e\n\x06routes\x18\x06 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x1a\n\x12\x63\x61pabilities_known\x18\x08 \x01(\x08\"\x99\x02\n\tInfoReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02os\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x07 \x01(\t\x12%\n\x06models\x18\x08 \x03(\x0b\x32\x15.orchard.v1.ModelInfo\x12\x17\n\x0fmax_concurrency\x18\t \x01(\r\x12\x12\n\nengine_url\x18\n \x01(\t\x12\x15\n\ragent_version\x18\x0b \x01(\t\x12$\n\x05group\x18\x0c \x01(\x0b\x32\x15.orchard.v1.GroupInfo\"c\n\tGroupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05peers\x18\x06 \x03(\t\"B\n\x0cWatchRequest\x12\x1d\n\x10interval_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_interval_seconds\"\xfe\x03\n\nLoadSample\x12\x11\n\ttimestamp\x18\x01 \x01(\x01\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.orchard.v1.EngineState\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x19\n\x11generation_tokens\x18\x08 \x01(\x04\x12\x15\n\rprompt_tokens\x18\t \x01(\x04\x12\x16\n\x0e\x61gent_inflight\x18\n \x01(\r\x12\x17\n\x0f\x65ngine_restarts\x18\x0b \x01(\r\x12\x14\n\x0cstate_detail\x18\x0c \x01(\t\x12\x1c\n\x14prefill_tokens_per_s\x18\r \x01(\x01\x12\x1b\n\x13\x64\x65\x63ode_tokens_per_s\x18\x0e \x01(\x01\x12\x13\n\x0bgroup_epoch\x18\x0f \x01(\t\x12\x16\n\x0e\x61gent_instance\x18\x10 \x01(\t\x12\x16\n\x0e\x65ngine_crashes\x18\x11 \x01(\r\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1e\n\x16memory_available_bytes\x18\x13 \x01(\x04\x12\x17\n\x0fhealth_failures\x18\x14 \x01(\r*\x8b\x02\n\x08\x45ndpoint\x12\x18\n\x14\x45NDPOINT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NDPOINT_CHAT_COMPLETIONS\x10\x01\x12\x18\n\x14\x45NDPOINT_COMPLETIONS\x10\x02\x12\x17\n\x13\x45NDPOINT_EMBEDDINGS\x10\x03\x12\x15\n\x11\x45NDPOINT_TOKENIZE\x10\x04\x12\x17\n\x13\x45NDPOINT_DETOKENIZE\x10\x05\x12\x15\n\x11\x45NDPOINT_MESSAGES\x10\x06\x12\x19\n\x15\x45NDPOINT_COUNT_TOKENS\x10\x07\x12\x16\n\x12\x45NDPOINT_RESPONSES\x10\x08\x12\x19\n\x15\x45NDPOINT_GET_RESPONSE\x10\t*\xc9\x01\n\x0b\x45ngineState\x12\x1c\n\x18\x45NGINE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATE_STARTING\x10\x01\x12\x16\n\x12\x45NGINE_STATE_READY\x10\x02\x12\x1b\n\x17\x45NGINE_STATE_RESTARTING\x10\x03\x12\x19\n\x15\x45NGINE_STATE_STOPPING\x10\x04\x12\x17\n\x13\x45NGINE_STATE_FAILED\x10\x05\x12\x18\n\x14\x45NGINE_STATE_STOPPED\x10\x06\x32\xb9\x02\n\x06Worker\x12\x44\n\x08Generate\x12\x1b.orchard.v1.GenerateRequest\x1a\x19.orchard.v1.GenerateReply0\x01\x12\x36\n\x04Info\x12\x17.orchard.v1.InfoRequest\x1a\x15.orchard.v1.InfoReply\x12;\n\x05Watch\x12\x18.orchard.v1.WatchRequest\x1a\x16.orchard.v1.LoadSample0\x01\x12\x39\n\x05\x44rain\x12\x18.orchard.v1.DrainRequest\x1a\x16.orchard.v1.DrainReply\x12\x39\n\x05Renew\x12\x18.orchard.v1.RenewRequest\x1a\x16.orchard.v1.RenewReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/orchard.proto\x12\norchard.v1\"\xa1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x08\x65ndpoint\x18\x02 \x01(\x0e\x32\x14.orchard.v1.Endpoint\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x1e\n\x11heartbeat_seconds\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x42\x14\n\x12_heartbeat_seconds\"\x8b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12!\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x17\n\x15_cached_prompt_tokens\"X\n\x05\x46inal\x12 \n\x05usage\x18\x01 \x01(\x0b\x32\x11.orchard.v1.Usage\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_seconds\x18\x03 \x01(\x01\"X\n\x06\x43hunks\x12\r\n\x05items\x18\x01 \x03(\x0c\x12%\n\x05usage\x18\x02 \x01(\x0b\x32\x11.orchard.v1.UsageH\x00\x88\x01\x01\x12\x0e\n\x06\x65vents\x18\x03 \x03(\tB\x08\n\x06_usage\"\xa1\x01\n\rGenerateReply\x12$\n\x06\x63hunks\x18\x01 \x01(\x0b\x32\x12.orchard.v1.ChunksH\x00\x12\x12\n\x08response\x18\x02 \x01(\x0cH\x00\x12\"\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x11.orchard.v1.FinalH\x00\x12*\n\theartbeat\x18\x04 \x01(\x0b\x32\x15.orchard.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x0b\n\tHeartbeat\"\r\n\x0bInfoRequest\" \n\x0c\x44rainRequest\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\" \n\x0cRenewRequest\x12\x10\n\x08identity\x18\x01 \x01(\x0c\"\x0c\n\nRenewReply\"0\n\nDrainReply\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x12\x10\n\x08inflight\x18\x02 \x01(\r\"\xa7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x13\n\x0bunsupported\x18\x04 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x0e\n\x06routes\x18\x06 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x1a\n\x12\x63\x61pabilities_known\x18\x08 \x01(\x08\"\x99\x02\n\tInfoReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02os\x18\x03 \x01(\t\x12\x0c\n\x04\x63hip\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x07 \x01(\t\x12%\n\x06models\x18\x08 \x03(\x0b\x32\x15.orchard.v1.ModelInfo\x12\x17\n\x0fmax_concurrency\x18\t \x01(\r\x12\x12\n\nengine_url\x18\n \x01(\t\x12\x15\n\ragent_version\x18\x0b \x01(\t\x12$\n\x05group\x18\x0c \x01(\x0b\x32\x15.orchard.v1.GroupInfo\"c\n\tGroupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05peers\x18\x06 \x03(\t\"B\n\x0cWatchRequest\x12\x1d\n\x10interval_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_interval_seconds\"\xfe\x03\n\nLoadSample\x12\x11\n\ttimestamp\x18\x01 \x01(\x01\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.orchard.v1.EngineState\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x19\n\x11generation_tokens\x18\x08 \x01(\x04\x12\x15\n\rprompt_tokens\x18\t \x01(\x04\x12\x16\n\x0e\x61gent_inflight\x18\n \x01(\r\x12\x17\n\x0f\x65ngine_restarts\x18\x0b \x01(\r\x12\x14\n\x0cstate_detail\x18\x0c \x01(\t\x12\x1c\n\x14prefill_tokens_per_s\x18\r \x01(\x01\x12\x1b\n\x13\x64\x65\x63ode_tokens_per_s\x18\x0e \x01(\x01\x12\x13\n\x0bgroup_epoch\x18\x0f \x01(\t\x12\x16\n\x0e\x61gent_instance\x18\x10 \x01(\t\x12\x16\n\x0e\x65ngine_crashes\x18\x11 \x01(\r\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1e\n\x16memory_available_bytes\x18\x13 \x01(\x04\x12\x17\n\x0fhealth_failures\x18\x14 \x01(\r*\x8b\x02\n\x08\x45ndpoint\x12\x18\n\x14\x45NDPOINT_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NDPOINT_CHAT_COMPLETIONS\x10\x01\x12\x18\n\x14\x45NDPOINT_COMPLETIONS\x10\x02\x12\x17\n\x13\x45NDPOINT_EMBEDDINGS\x10\x03\x12\x15\n\x11\x45NDPOINT_TOKENIZE\x10\x04\x12\x17\n\x13\x45NDPOINT_DETOKENIZE\x10\x05\x12\x15\n\x11\x45NDPOINT_MESSAGES\x10\x06\x12\x19\n\x15\x45NDPOINT_COUNT_TOKENS\x10\x07\x12\x16\n\x12\x45NDPOINT_RESPONSES\x10\x08\x12\x19\n\x15\x45NDPOINT_GET_RESPONSE\x10\t*\xc9\x01\n\x0b\x45ngineState\x12\x1c\n\x18\x45NGINE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATE_STARTING\x10\x01\x12\x16\n\x12\x45NGINE_STATE_READY\x10\x02\x12\x1b\n\x17\x45NGINE_STATE_RESTARTING\x10\x03\x12\x19\n\x15\x45NGINE_STATE_STOPPING\x10\x04\x12\x17\n\x13\x45NGINE_STATE_FAILED\x10\x05\x12\x18\n\x14\x45NGINE_STATE_STOPPED\x10\x06\x32\xb9\x02\n\x06Worker\x12\x44\n\x08Generate\x12\x1b.orchard.v1.GenerateRequest\x1a\x19.orchard.v1.GenerateReply0\x01\x12\x36\n\x04Info\x12\x17.orchard.v1.InfoRequest\x1a\x15.orchard.v1.InfoReply\x12;\n\x05Watch\x12\x18.orchard.v1.WatchRequest\x1a\x16.orchard.v1.LoadSample0\x01\x12\x39\n\x05\x44rain\x12\x18.orchard.v1.DrainRequest\x1a\x16.orchard.v1.DrainReply\x12\x39\n\x05Renew\x12\x18.orchard.v1.RenewRequest\x1a\x16.orchard.v1.RenewReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.orchard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENDPOINT']._serialized_start=1966
-  _globals['_ENDPOINT']._serialized_end=2233
-  _globals['_ENGINESTATE']._serialized_start=2236
-  _globals['_ENGINESTATE']._serialized_end=2437
+  _globals['_ENDPOINT']._serialized_start=1982
+  _globals['_ENDPOINT']._serialized_end=2249
+  _globals['_ENGINESTATE']._serialized_start=2252
+  _globals['_ENGINESTATE']._serialized_end=2453
   _globals['_GENERATEREQUEST']._serialized_start=36
-  _globals['_GENERATEREQUEST']._serialized_end=181
-  _globals['_USAGE']._serialized_start=184
-  _globals['_USAGE']._serialized_end=323
-  _globals['_FINAL']._serialized_start=325
-  _globals['_FINAL']._serialized_end=413
-  _globals['_CHUNKS']._serialized_start=415
-  _globals['_CHUNKS']._serialized_end=503
-  _globals['_GENERATEREPLY']._serialized_start=506
-  _globals['_GENERATEREPLY']._serialized_end=667
-  _globals['_HEARTBEAT']._serialized_start=669
-  _globals['_HEARTBEAT']._serialized_end=680
-  _globals['_INFOREQUEST']._serialized_start=682
-  _globals['_INFOREQUEST']._serialized_end=695
-  _globals['_DRAINREQUEST']._serialized_start=697
-  _globals['_DRAINREQUEST']._serialized_end=729
-  _globals['_RENEWREQUEST']._serialized_start=731
-  _globals['_RENEWREQUEST']._serialized_end=763
-  _globals['_RENEWREPLY']._serialized_start=765
-  _globals['_RENEWREPLY']._serialized_end=777
-  _globals['_DRAINREPLY']._serialized_start=779
-  _globals['_DRAINREPLY']._serialized_end=827
-  _globals['_MODELINFO']._serialized_start=830
-  _globals['_MODELINFO']._serialized_end=997
-  _globals['_INFOREPLY']._serialized_start=1000
-  _globals['_INFOREPLY']._serialized_end=1281
-  _globals['_GROUPINFO']._serialized_start=1283
-  _globals['_GROUPINFO']._serialized_end=1382
-  _globals['_WATCHREQUEST']._serialized_start=1384
-  _globals['_WATCHREQUEST']._serialized_end=1450
-  _globals['_LOADSAMPLE']._serialized_start=1453
-  _globals['_LOADSAMPLE']._serialized_end=1963
-  _globals['_WORKER']._serialized_start=2440
-  _globals['_WORKER']._serialized_end=2753
+  _globals['_GENERATEREQUEST']._serialized_end=197
+  _globals['_USAGE']._serialized_start=200
+  _globals['_USAGE']._serialized_end=339
+  _globals['_FINAL']._serialized_start=341
+  _globals['_FINAL']._serialized_end=429
+  _globals['_CHUNKS']._serialized_start=431
+  _globals['_CHUNKS']._serialized_end=519
+  _globals['_GENERATEREPLY']._serialized_start=522
+  _globals['_GENERATEREPLY']._serialized_end=683
+  _globals['_HEARTBEAT']._serialized_start=685
+  _globals['_HEARTBEAT']._serialized_end=696
+  _globals['_INFOREQUEST']._serialized_start=698
+  _globals['_INFOREQUEST']._serialized_end=711
+  _globals['_DRAINREQUEST']._serialized_start=713
+  _globals['_DRAINREQUEST']._serialized_end=745
+  _globals['_RENEWREQUEST']._serialized_start=747
+  _globals['_RENEWREQUEST']._serialized_end=779
+  _globals['_RENEWREPLY']._serialized_start=781
+  _globals['_RENEWREPLY']._serialized_end=793
+  _globals['_DRAINREPLY']._serialized_start=795
+  _globals['_DRAINREPLY']._serialized_end=843
+  _globals['_MODELINFO']._serialized_start=846
+  _globals['_MODELINFO']._serialized_end=1013
+  _globals['_INFOREPLY']._serialized_start=1016
+  _globals['_INFOREPLY']._serialized_end=1297
+  _globals['_GROUPINFO']._serialized_start=1299
+  _globals['_GROUPINFO']._serialized_end=1398
+  _globals['_WATCHREQUEST']._serialized_start=1400
+  _globals['_WATCHREQUEST']._serialized_end=1466
+  _globals['_LOADSAMPLE']._serialized_start=1469
+  _globals['_LOADSAMPLE']._serialized_end=1979
+  _globals['_WORKER']._serialized_start=2456
+  _globals['_WORKER']._serialized_end=2769
 # @@protoc_insertion_point(module_scope)

@@ -48,16 +48,18 @@ ENGINE_STATE_FAILED: EngineState
 ENGINE_STATE_STOPPED: EngineState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds")
+    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds", "stream")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: Endpoint
     body: bytes
     heartbeat_seconds: float
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
+    stream: bool
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")

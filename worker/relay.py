@@ -3,9 +3,10 @@
 Each request gets its own HTTP stream; closing the iterator (gRPC cancel) closes that stream, which makes
 the engine abort the request.
 
-Where the engine can report running token counts (vLLM's `stream_options.continuous_usage_stats`), the agent
-asks for them on every stream so that a stream cut short is still billed as the engine counted; the counts are
-taken out of the payloads again unless the client asked for them itself.
+Stream options are settled here, once (settle_stream_options): every OpenAI stream asks the engine for usage at
+the end, and where the engine can report running token counts (vLLM's `stream_options.continuous_usage_stats`)
+for those too, so that a stream cut short is still billed as the engine counted. What the client did not ask
+for itself is taken out of the payloads again; the counts still reach the router, in the Final message.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ class EngineError(Exception):
 class Tally:
     """What the relay learned on the way: usage (running, then final) and finish reason for the Final message.
 
-    `strip_running`: the agent asked the engine for running counts the client did not ask for; they are read
-    here and removed from the payloads before they travel on."""
+    `strip_running`, `strip_final`: the agent asked the engine for running counts, or the usage-only chunk at
+    the end, that the client did not ask for; they are read here and removed before the payloads travel on."""
 
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str = ""
     tokens_seen: bool = False
     running: bool = False  # the engine reports running counts on this stream (asked for by the agent)
     strip_running: bool = False
+    strip_final: bool = False
     first_at: float = 0.0  # monotonic time the first batch went on (0: none did)
 
     def observe(self, payload: dict[str, Any]) -> None:
@@ -76,7 +78,7 @@ async def stream_batches(
         events = SseSplitter()
         async for raw in response.aiter_raw():
             batch, done = events.feed(raw)
-            batch = [(name, _observe(payload, tally)) for name, payload in batch]
+            batch = [(name, kept) for name, payload in batch if (kept := _observe(payload, tally)) is not None]
             if batch:
                 yield batch
             if done:
@@ -113,8 +115,9 @@ class SseSplitter:
         return frames, False
 
 
-def _observe(payload: bytes, tally: Tally) -> bytes:
-    """Note what the payload says; return it unchanged, or without the running count the client did not ask for."""
+def _observe(payload: bytes, tally: Tally) -> bytes | None:
+    """Note what the payload says; return it unchanged, or without what the client did not ask for (a running
+    count: the payload without it; the usage-only chunk: None)."""
     if not _worth_parsing(payload):
         tally.tokens_seen = True  # a plain delta chunk: text arrived
         return payload
@@ -123,19 +126,23 @@ def _observe(payload: bytes, tally: Tally) -> bytes:
         tally.observe(chunk)
     except (ValueError, AttributeError):
         return payload  # not ours to judge: pass it on unchanged
+    if tally.strip_final and not chunk.get("choices") and chunk.get("usage") is not None:
+        return None
     if tally.strip_running and chunk.get("choices") and "usage" in chunk:
         del chunk["usage"]  # a running count; the final usage-only chunk (no choices) stays
         return json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
     return payload
 
 
-def ask_running_usage(body: dict[str, Any]) -> bool:
-    """Ask the engine for running counts on this stream (in place); True if the client had not asked itself."""
+def settle_stream_options(body: dict[str, Any], running: bool) -> tuple[bool, bool]:
+    """Ask the engine (in place) for usage at the end of this stream and, with `running`, for running counts;
+    (strip_running, strip_final): whether the client had not asked for each itself."""
     options = body.get("stream_options")
     options = dict(options) if isinstance(options, dict) else {}
-    asked = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
-    body["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
-    return not asked
+    final = bool(options.get("include_usage"))
+    asked_running = final and bool(options.get("continuous_usage_stats"))
+    body["stream_options"] = {**options, "include_usage": True, **({"continuous_usage_stats": True} if running else {})}
+    return running and not asked_running, not final
 
 
 def _worth_parsing(payload: bytes) -> bool:

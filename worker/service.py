@@ -24,7 +24,7 @@ from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
 from worker.hostinfo import HostFacts
 from worker.identity import IdentityError, replace_identity
-from worker.relay import EngineError, Tally, ask_running_usage, stream_batches, whole_response
+from worker.relay import EngineError, Tally, settle_stream_options, stream_batches, whole_response
 from worker.shared import endpoints, errors, tls
 from worker.shared.enginemetrics import LastLoad, RateMeter, TrafficMeter
 from worker.shared.launch import MAX_BODY_BYTES
@@ -166,7 +166,6 @@ class WorkerService(pb_grpc.WorkerServicer):
             return None
         try:
             payload = json.loads(request.body)
-            streaming = bool(payload.get("stream"))
             method, path = endpoints.engine_request(request.endpoint, payload)
         except (ValueError, AttributeError, KeyError):
             await _abort(context, 400, "request body is not a JSON object of the endpoint's shape",
@@ -175,9 +174,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
             await _abort(context, 400, too_long, "invalid_request_error")
             return None
-        tally, body = Tally(), request.body
-        if streaming and self.supervisor.adapter.running_usage and request.endpoint in endpoints.OPENAI_STREAMS:
-            tally.running, tally.strip_running = True, ask_running_usage(payload)
+        tally, body, streaming = Tally(), request.body, request.stream
+        if streaming and request.endpoint in endpoints.OPENAI_STREAMS:
+            tally.running = self.supervisor.adapter.running_usage
+            tally.strip_running, tally.strip_final = settle_stream_options(payload, tally.running)
             body = json.dumps(payload).encode()
         if self.draining:  # the router stops sending once it hears; a request already on its way goes elsewhere
             await _abort(context, 503, "this worker is draining", "service_unavailable")

@@ -69,7 +69,8 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]
 
 async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, Any]) -> _Chunks:
     seen = _Chunks()
-    request = pb.GenerateRequest(endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode())
+    request = pb.GenerateRequest(endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode(),
+                                 stream=bool(body.get("stream")))  # fmt: skip
     async for reply in stub.Generate(request):
         received = time.time_ns()
         for item in reply.chunks.items if reply.HasField("chunks") else ():

@@ -256,7 +256,7 @@ class Forwarder:
                 if reply.HasField("chunks"):
                     if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
                         usage, counted = reply.chunks.usage, True
-                    written, tokens = frames(reply.chunks, incoming.wants_usage or not openai)
+                    written, tokens = frames(reply.chunks, usage_chunk=openai and incoming.wants_usage)
                     chunks += tokens
                     if written:  # one write for everything that arrived together
                         yield written
@@ -291,17 +291,16 @@ class Forwarder:
 DONE = b"data: [DONE]\n\n"
 
 
-def frames(chunks: pb.Chunks, keep_usage: bool) -> tuple[bytes, int]:
+def frames(chunks: pb.Chunks, usage_chunk: bool) -> tuple[bytes, int]:
     """One batch as SSE bytes, and how many of its items carry generated text (what a cut stream without a
-    running count is billed). Named events (Anthropic's, the Responses API's) go on as they came; OpenAI's
-    usage-only chunk only to a client that asked for it."""
+    running count is billed). Everything goes on as it came (the agent took out what the client did not ask
+    for); `usage_chunk`: the client asked for OpenAI's usage-only chunk, which is not text."""
     if chunks.events:
         named = zip(chunks.events, chunks.items, strict=True)
         text = sum(1 for name in chunks.events if name.endswith("_delta") or name.endswith(".delta"))
         return b"".join(_named(name, item) for name, item in named), text
-    tokens = [c for c in chunks.items if not is_usage_only(c)]
-    items = chunks.items if keep_usage else tokens
-    return b"".join(b"data: " + c + b"\n\n" for c in items), len(tokens)
+    usage = sum(1 for c in chunks.items if is_usage_only(c)) if usage_chunk else 0
+    return b"".join(b"data: " + c + b"\n\n" for c in chunks.items), len(chunks.items) - usage
 
 
 def _named(name: str, item: bytes) -> bytes:

@@ -27,7 +27,6 @@ from cluster.routing.choose import RequestView
 from cluster.routing.prefix_index import block_hashes
 from cluster.routing.prompt import render_for_routing
 from proto import orchard_pb2 as pb
-from worker.shared import endpoints
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,16 @@ class Incoming:
     dialect: Dialect  # the shape of its errors
     model: str
     stream: bool
-    wants_usage: bool  # the client asked for usage on the stream; otherwise the router drops that chunk
-    body: bytes  # what the engine receives
+    wants_usage: bool  # the client asked for usage on the stream (its chunk then comes through)
+    body: bytes  # what the client sent, unchanged
     view: RequestView  # what the routing policy reads
     home: str | None = None  # the one worker that can answer (it holds the response this one continues)
     owner: str = ""  # the team whose key sent it ("" while keys are off): who may continue what it stores
     choices: int = 1  # answers generated at once (n): their tokens interleave in one stream
 
     def generate_request(self) -> pb.GenerateRequest:
-        return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body)
+        return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body,
+                                  stream=self.stream)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,7 @@ def for_model(
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
     check_tool_calling(body, endpoint, models[fields.model])
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))
-    if fields.stream and not wants_usage and endpoint in endpoints.OPENAI_STREAMS:
-        # usage travels on the last chunk; the relay drops it again
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        raw = json.dumps(body).encode()
-    # Otherwise the client's bytes go to the engine exactly as sent (no re-serialization).
+    # The client's bytes go on exactly as sent; the agent settles stream options for its engine.
     view = routing_view(fields.model, session or fields.user, body)
     return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view,
                     choices=getattr(fields, "n", None) or 1)  # fmt: skip

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, ask_running_usage, stream_batches
+from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, settle_stream_options, stream_batches
 
 
 def test_plain_delta_chunks_skip_parsing_but_usage_and_finish_do_not() -> None:
@@ -104,9 +104,31 @@ async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_di
     assert json.loads(last[0][1])["usage"] == final == {"prompt_tokens": 7, "completion_tokens": 2}  # final stays
 
 
-def test_running_counts_are_asked_for_and_kept_when_the_client_asked_too() -> None:
+def test_stream_options_are_settled_once_and_kept_where_the_client_asked_too() -> None:
     plain: dict[str, object] = {"stream": True}
-    assert ask_running_usage(plain) is True  # ours: strip them again
+    assert settle_stream_options(plain, running=True) == (True, True)  # ours: both taken out again
     assert plain["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     theirs: dict[str, object] = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-    assert ask_running_usage(theirs) is False
+    assert settle_stream_options(theirs, running=True) == (False, False)
+    final_only: dict[str, object] = {"stream_options": {"include_usage": True}}
+    assert settle_stream_options(final_only, running=True) == (True, False)
+    mlx: dict[str, object] = {"stream": True}  # no running counts from this engine: usage at the end only
+    assert settle_stream_options(mlx, running=False) == (False, True)
+    assert mlx["stream_options"] == {"include_usage": True}
+
+
+async def test_the_usage_chunk_the_client_did_not_ask_for_is_read_then_dropped() -> None:
+    reads = [b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"completion_tokens":1}}\n\n'
+             b"data: [DONE]\n\n"]  # fmt: skip
+
+    async def body() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
+    for strip, expected in ((True, 1), (False, 2)):
+        tally, items = Tally(strip_final=strip), []
+        async with httpx.AsyncClient(transport=transport) as client:
+            async for batch in stream_batches(client, "http://engine/v1/completions", b"{}", tally):
+                items += batch
+        assert len(items) == expected and tally.usage == {"completion_tokens": 1}
