@@ -22,7 +22,6 @@ from cluster.router.activity import Activity
 from cluster.router.metrics import RouterMetrics
 from cluster.router.recent import Window
 from cluster.router.rows import WorkerRow
-from proto import orchard_pb2 as pb
 from worker.shared.states import EngineState
 
 MODEL, WORKER, TEAM = "model-a", "worker-0001", "team-a"
@@ -82,17 +81,12 @@ def _logging_to(sink: logging.Handler) -> Iterator[None]:
 
 def _now(sink: logging.StreamHandler[io.StringIO]) -> Callable[[int], None]:
     metrics, activity, window = RouterMetrics(), Activity(), Window()
-    usage = pb.Usage(prompt_tokens=20, completion_tokens=64)
 
     def work(i: int) -> None:
         metrics.queue_wait.labels(MODEL).observe(0.001)
-        metrics.ttft.labels(MODEL, WORKER).observe(0.05)
         window.add(float(i), 0.05)
-        metrics.count_tokens(MODEL, usage)
-        metrics.requests.labels(MODEL, "200").inc()
-        metrics.stream_ended(MODEL, WORKER, 0.64, 64)
-        row = UsageRow(float(i), f"{i:032x}", "key-1", TEAM, MODEL, WORKER, 20, 64, 0, 200, 0.05, 0.7)
-        metrics.count_usage(row)
+        row = UsageRow(float(i), f"{i:032x}", "key-1", TEAM, MODEL, WORKER, 20, 64, 0, 200, 0.05, 0.7, True, 0.01)
+        metrics.observe_end(row)
         activity.observe(row)
         requestlog.write(row)
         sink.stream = io.StringIO() if i % 1000 == 0 else sink.stream  # keep memory flat

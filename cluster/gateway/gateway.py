@@ -94,7 +94,6 @@ class Gateway:
         # One thread owns the database connection (sqlite3 objects stay in their thread): every call is serial.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_usage: Callable[[usage.UsageRow], None] | None = None  # metrics hook
         self._flushing: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -179,17 +178,7 @@ class Gateway:
 
     async def admit(self, ask: Ask, key: Key | None, timeout_s: float) -> Pass:
         """Check the model and the limits for the (authenticated) key, then wait for a slot. Raises Refusal,
-        TimeoutError past the deadline. A refusal is recorded as a usage row too (who was turned away)."""
-        try:
-            return await self._admit(ask, key, timeout_s)
-        except Refusal as refusal:
-            self._record(usage.refused_row(self.clock(), ask.request_id, key, ask.model, refusal.status))
-            raise
-        except TimeoutError:
-            self._record(usage.refused_row(self.clock(), ask.request_id, key, ask.model, 504))
-            raise
-
-    async def _admit(self, ask: Ask, key: Key | None, timeout_s: float) -> Pass:
+        TimeoutError past the deadline (the caller records who was turned away: `record`)."""
         team = self.snapshot.teams.get(key.team) if key else None
         if key is not None:
             self._check_model(ask.model, key, team)
@@ -218,8 +207,8 @@ class Gateway:
             raise
         return granted
 
-    def finish(self, granted: Pass, outcome: Outcome) -> None:
-        """The request ended (however): free its slot, reconcile its tokens, record its usage row."""
+    def finish(self, granted: Pass, outcome: Outcome) -> usage.UsageRow:
+        """The request ended (however): free its slot, reconcile its tokens, store its usage row (returned)."""
         self.admission.release(granted.ask.model, granted.team or "")
         prompt = outcome.prompt_tokens
         if prompt is None:
@@ -231,15 +220,15 @@ class Gateway:
             outcome.worker, prompt, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
             outcome.ttft_s, now - granted.admitted_at,
         )  # fmt: skip
-        self._record(row)
+        self.record(row)
+        return row
 
-    def _record(self, row: usage.UsageRow) -> None:
+    def record(self, row: usage.UsageRow) -> None:
+        """Store a usage row (batched): an admitted request's, or one the admission turned away."""
         if self.db is not None:
             self.rows.append(row)
             if len(self.rows) >= usage.MAX_BUFFER and (self._flushing is None or self._flushing.done()):
                 self._flushing = asyncio.get_running_loop().create_task(self.flush())
-        if self.on_usage is not None:
-            self.on_usage(row)
 
     def _settle(self, granted: Pass, used: int) -> None:
         self.limiter.settle(list(granted.subjects), granted.reserved, used, self.clock())

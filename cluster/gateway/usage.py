@@ -29,6 +29,12 @@ class UsageRow:
     status: int
     ttft_s: float | None
     duration_s: float
+    stream: bool = False  # not stored: what the metrics read besides
+    itl_s: float | None = None  # a stream's mean gap between tokens after the first
+
+    def stored(self) -> tuple[object, ...]:
+        """The columns of its row in the usage table."""
+        return astuple(self)[:12]
 
 
 def refused_row(at: float, request_id: str, key: Key | None, model: str, status: int) -> UsageRow:
@@ -50,7 +56,7 @@ def write(conn: sqlite3.Connection, rows: list[UsageRow]) -> None:
         conn.executemany(
             "INSERT INTO usage (at, request_id, key_id, team, model, worker, prompt_tokens, completion_tokens,"
             " cached_tokens, status, ttft_s, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [astuple(row) for row in rows],
+            [row.stored() for row in rows],
         )
         conn.executemany(
             "UPDATE keys SET last_used = MAX(COALESCE(last_used, 0), ?) WHERE id = ?",

@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.gateway.gateway import Ask, Gateway, Outcome, Pass, Refusal
+from cluster.gateway.keys import Key
 from cluster.gateway.usage import UsageRow, refused_row
 from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
@@ -56,12 +57,11 @@ def create_app(
     activity = Activity()
 
     def ended(row: UsageRow) -> None:
+        """Every request's one end record, read by every consumer: metrics, the dashboard, the request log."""
         label = model_label(row.model, registry.models())
-        metrics.count_usage(row if label == row.model else replace(row, model=label))
+        metrics.observe_end(row if label == row.model else replace(row, model=label))
         activity.observe(row)
         requestlog.write(row)
-
-    gateway.on_usage = ended
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -126,56 +126,50 @@ class _Pipeline:
     async def handle(self, request: Request, route: Route, read: Read, pick: Pick | None = None) -> Response:
         """The response to a request for `route`; `read` gives its body, parsed and validated; `pick`, where the
         body decides, the route it goes on (Ollama's generate: a chat, or a completion when raw)."""
-        rid, key, model = request_id(request.scope), None, "?"
+        end = _End(self.gateway, self.ended, request_id(request.scope))
         try:
-            key = self.gateway.authenticate(credentials(request))  # before reading anything
+            end.key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
-            model, route, started_at = parsed.model, pick(parsed) if pick else route, time.monotonic()
-            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"), rid,
-                                 self.registry.awaited)  # fmt: skip
-            owner = key.team if key else ""
-            incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, started_at))
+            end.model, route, end.started_at = parsed.model, pick(parsed) if pick else route, time.monotonic()
+            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"),
+                                 end.request_id, self.registry.awaited)  # fmt: skip
+            owner = end.key.team if end.key else ""
+            incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, end.started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
         except (ApiError, Refusal) as exc:  # turned away before the gateway counts it: logged, not a usage row
-            self.ended(refused_row(time.time(), rid, key, model, api_error(exc).status))
-            return self._refused(exc, model_label(model, self.registry.models()), route)
+            end.refused(api_error(exc).status)
+            return _refusal(exc, route)
         except ClientLeft:  # it closed its connection mid-body: logged and counted as a 499, not an incident
-            self.metrics.requests.labels(model_label(model, self.registry.models()), str(CLIENT_CLOSED)).inc()
-            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            end.refused(CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
         except asyncio.CancelledError:  # the client left while its body was read
-            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            end.refused(CLIENT_CLOSED)
             raise
         try:
-            granted = await self.gateway.admit(ask, key, self.config.request_timeout_s)
+            end.granted = await self.gateway.admit(ask, end.key, self.config.request_timeout_s)
         except Refusal as exc:
-            return self._refused(exc, model, route)
+            end.refused(exc.status, stored=True)  # who was turned away: admins see it in the usage rows
+            return _refusal(exc, route)
         except TimeoutError:
-            return self._refused(ApiError(504, "The request waited in the queue past its deadline.", code="timeout"),
-                                 model, route)  # fmt: skip
+            end.refused(504, stored=True)
+            return _refusal(ApiError(504, "The request waited in the queue past its deadline.", code="timeout"), route)
         except asyncio.CancelledError:  # the client left while queued
-            self.ended(refused_row(time.time(), rid, key, model, CLIENT_CLOSED))
+            end.refused(CLIENT_CLOSED)
             raise
         finally:  # refused or timed out waiting too: the worst waits are the ones to see
-            self.metrics.queue_wait.labels(model).observe(time.monotonic() - started_at)
-        return await self._answer(request, incoming, granted, started_at)
+            self.metrics.queue_wait.labels(end.model).observe(end.waited())
+        return await self._answer(request, incoming, end)
 
-    def _refused(self, exc: ApiError | Refusal, model: str, route: Route) -> Response:
-        error = api_error(exc)
-        self.metrics.requests.labels(model, str(error.status)).inc()
-        return error.response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
-
-    async def _answer(self, request: Request, incoming: Incoming, granted: Pass, started_at: float) -> Response:
-        ending = _Ending(self.gateway, granted, started_at)
+    async def _answer(self, request: Request, incoming: Incoming, end: _End) -> Response:
+        end.stream = incoming.stream
         try:
-            response = await _unless_client_leaves(request, self._forward(incoming, granted, ending, started_at))
+            response = await _unless_client_leaves(request, self._forward(incoming, end))
             if response is None:  # gone before the answer (or a stream's first byte): the engine's work is cancelled
-                self.metrics.requests.labels(incoming.model, str(CLIENT_CLOSED)).inc()
-                ending(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))
+                end(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))
                 return Response(status_code=CLIENT_CLOSED)
             return response
         except BaseException:  # whatever went wrong, the slot and the reservation are given back
-            ending(Ended(500, "", pb.Usage(), counted=True))
+            end(Ended(500, "", pb.Usage(), counted=True))
             raise
 
     def _home(self, parsed: Parsed, owner: str, now: float) -> str | None:
@@ -197,25 +191,27 @@ class _Pipeline:
             raise _unknown_response(response_id, None)
         return Parsed.of({"model": home.model, "response_id": response_id}, ResponseRetrieval)
 
-    async def _forward(self, incoming: Incoming, granted: Pass, ending: _Ending, started_at: float) -> Response:
-        model, remaining = incoming.model, self.config.request_timeout_s - (time.monotonic() - started_at)
+    async def _forward(self, incoming: Incoming, end: _End) -> Response:
+        assert end.granted is not None  # admitted
+        headers = end.granted.headers
         try:
-            started = await self.forwarder.start(incoming, remaining)
+            started = await self.forwarder.start(incoming, self.config.request_timeout_s - end.waited())
         except ApiError as exc:
-            self.metrics.requests.labels(model, str(exc.status)).inc()
-            ending(Ended(exc.status, "", pb.Usage(), counted=True))
-            return exc.response(granted.headers, incoming.dialect)
-        ending.first_byte = started.at
-        headers = {WORKER_HEADER: started.handle.worker_id, **granted.headers}
+            end(Ended(exc.status, "", pb.Usage(), counted=True))
+            return exc.response(headers, incoming.dialect)
+        end.first_byte = started.at
+        headers = {WORKER_HEADER: started.handle.worker_id, **headers}
         if not incoming.stream:
-            return await self.forwarder.whole(started, incoming, headers, ending)
-        ttft = ending.first_byte - started_at
-        self.metrics.ttft.labels(model, started.handle.worker_id).observe(ttft)
-        started.handle.ttft.add(ending.first_byte, ttft)
-        relay = self.forwarder.relay(started, incoming, ending)
+            return await self.forwarder.whole(started, incoming, headers, end)
+        started.handle.ttft.add(started.at, started.at - end.started_at)
+        relay = self.forwarder.relay(started, incoming, end)
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
-                                 background=BackgroundTask(ending.close, started.call))  # fmt: skip
+                                 background=BackgroundTask(end.close, started.call))  # fmt: skip
+
+
+def _refusal(exc: ApiError | Refusal, route: Route) -> Response:
+    return api_error(exc).response(exc.headers if isinstance(exc, Refusal) else None, route.dialect)
 
 
 def _unknown_response(response_id: str, param: str | None) -> ApiError:
@@ -248,28 +244,52 @@ async def _unless_client_leaves(request: Request, work: Awaitable[Response]) -> 
         task.cancel()  # a no-op once done; ends the work if this handler is cancelled
 
 
-class _Ending:
-    """Ends a request at the gateway exactly once, however it ends (done, failed, client gone)."""
+class _End:
+    """A request's one end record, built exactly once however it ends (answered, refused, failed, client gone)
+    and handed to `ended`; an admitted request's slot, reservation and usage row go through the gateway on the
+    way."""
 
-    def __init__(self, gateway: Gateway, granted: Pass, started_at: float) -> None:
-        self.gateway, self.granted, self.started_at = gateway, granted, started_at
+    def __init__(self, gateway: Gateway, ended: Callable[[UsageRow], None], request_id: str) -> None:
+        self.gateway, self.ended, self.request_id = gateway, ended, request_id
+        self.key: Key | None = None
+        self.model = "?"
+        self.granted: Pass | None = None
+        self.started_at = time.monotonic()  # once its body is read: where its wait and TTFT count from
         self.first_byte: float | None = None
+        self.stream = False
         self.done = False
 
-    def __call__(self, ended: Ended) -> None:
-        if self.done:
+    def waited(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def refused(self, status: int, stored: bool = False) -> None:
+        """Turned away before any worker; `stored`: by the admission, a usage row admins see."""
+        if not self._first():
             return
-        self.done = True
+        row = refused_row(time.time(), self.request_id, self.key, self.model, status)
+        if stored:
+            self.gateway.record(row)
+        self.ended(row)
+
+    def __call__(self, ended: Ended) -> None:
+        if not self._first():
+            return
+        assert self.granted is not None  # forwarded requests were admitted
         usage = ended.usage
         prompt = usage.prompt_tokens if ended.counted else None  # None: the gateway's admission estimate
         ttft = self.first_byte - self.started_at if self.first_byte is not None else None
         outcome = Outcome(ended.status, ended.worker or None, prompt, usage.completion_tokens,
                           usage.cached_prompt_tokens, ttft)  # fmt: skip
-        self.gateway.finish(self.granted, outcome)
+        row = self.gateway.finish(self.granted, outcome)
+        self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))
 
     def close(self, call: Any) -> None:
         call.cancel()  # no-op when finished; aborts the engine request when the client left
         self(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
+
+    def _first(self) -> bool:
+        first, self.done = not self.done, True
+        return first
 
 
 def _add_error_handlers(app: FastAPI) -> None:

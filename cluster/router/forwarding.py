@@ -57,6 +57,7 @@ class Ended:
     worker: str
     usage: pb.Usage
     counted: bool  # False: the engine's count never came (tokens counted by the relay, the prompt estimated)
+    itl_s: float | None = None  # a finished stream's mean gap between tokens after the first
 
 
 OnEnd = Callable[[Ended], None]
@@ -221,7 +222,7 @@ class Forwarder:
 
     async def whole(self, started: Started, incoming: Incoming, headers: dict[str, str], on_end: OnEnd) -> Response:
         """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
-        worker, model = started.handle.worker_id, incoming.model
+        worker = started.handle.worker_id
         try:
             final = await self.next_reply(started.call, worker)
         except _Silent:  # the answer is here; only its token count is missing
@@ -230,7 +231,6 @@ class Forwarder:
             final = grpc.aio.EOF
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc)
-            self.metrics.requests.labels(model, str(err.status)).inc()
             on_end(Ended(err.status, worker, pb.Usage(), counted=True))
             return err.response(headers, incoming.dialect)
         finally:
@@ -240,15 +240,13 @@ class Forwarder:
             usage = final.final.usage
             if incoming.endpoint in endpoints.OPENAI_STREAMS:
                 body = fill_usage(body, usage)
-            self.metrics.count_tokens(model, usage)
-        self.metrics.requests.labels(model, "200").inc()
         on_end(Ended(200, worker, usage, counted=True))
         return Response(body, media_type="application/json", headers=headers)
 
     async def relay(self, started: Started, incoming: Incoming, on_end: OnEnd) -> AsyncIterator[bytes]:
         """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
-        status, call, model = 200, started.call, incoming.model
-        usage, counted, chunks, ended, metered = pb.Usage(), False, 0, False, False
+        status, call = 200, started.call
+        usage, counted, chunks, ended = pb.Usage(), False, 0, False
         openai = incoming.endpoint in endpoints.OPENAI_STREAMS  # data-only frames, [DONE], a usage chunk
         try:
             reply = started.first
@@ -261,8 +259,7 @@ class Forwarder:
                     if written:  # one write for everything that arrived together
                         yield written
                 elif reply.HasField("final"):
-                    usage, counted, metered = reply.final.usage, True, True
-                    self.metrics.count_tokens(model, usage)
+                    usage, counted = reply.final.usage, True
                 reply = await self.next_reply(call, started.handle.worker_id)
             ended = True
             if openai:
@@ -277,15 +274,11 @@ class Forwarder:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
             started.handle.served += 1
             status = status if ended else CLIENT_CLOSED
-            self.metrics.requests.labels(model, str(status)).inc()
             if not counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
-            elif not metered:
-                self.metrics.count_tokens(model, usage)  # the engine's running count when the client left
-            if status == 200:
-                self.metrics.stream_ended(model, started.handle.worker_id, time.monotonic() - started.at,
-                                          usage.completion_tokens // incoming.choices)  # fmt: skip
-            on_end(Ended(status, started.handle.worker_id, usage, counted))
+            tokens = usage.completion_tokens // incoming.choices
+            itl = (time.monotonic() - started.at) / (tokens - 1) if status == 200 and tokens > 1 else None
+            on_end(Ended(status, started.handle.worker_id, usage, counted, itl))
 
 
 DONE = b"data: [DONE]\n\n"

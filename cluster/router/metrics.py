@@ -14,7 +14,6 @@ from prometheus_client.registry import Collector
 from cluster.gateway.usage import UsageRow
 from cluster.router.breaker import BreakerState
 from cluster.router.rows import Reachability, WorkerRow
-from proto import orchard_pb2 as pb
 from worker.shared.states import EngineState
 
 UNKNOWN_MODEL = "unknown"  # the label of every model name no worker serves (clients choose names: unbounded)
@@ -60,21 +59,21 @@ class RouterMetrics:
         for model in models:
             self.retries.labels(model)
 
-    def count_usage(self, row: UsageRow) -> None:
-        team, worker = row.team or "-", row.worker or "-"
-        self.team_requests.labels(team, row.model, worker, str(row.status)).inc()
-        self.team_tokens.labels(team, row.model, "prompt").inc(row.prompt_tokens)
-        self.team_tokens.labels(team, row.model, "completion").inc(row.completion_tokens)
+    def observe_end(self, row: UsageRow) -> None:
+        """Every counter and histogram of a request's end, from its one record: the only place they change
+        (tests/unit/test_layout.py holds that)."""
+        team, worker, status = row.team or "-", row.worker or "-", str(row.status)
+        self.requests.labels(row.model, status).inc()
+        self.team_requests.labels(team, row.model, worker, status).inc()
+        for kind, count in (("prompt", row.prompt_tokens), ("completion", row.completion_tokens)):
+            self.tokens.labels(row.model, kind).inc(count)
+            self.team_tokens.labels(team, row.model, kind).inc(count)
         if row.worker:
             self.duration.labels(row.model, row.worker).observe(row.duration_s)
-
-    def count_tokens(self, model: str, usage: pb.Usage) -> None:
-        self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-        self.tokens.labels(model, "completion").inc(usage.completion_tokens)
-
-    def stream_ended(self, model: str, worker: str, first_to_last_s: float, tokens: int) -> None:
-        if tokens > 1:
-            self.itl.labels(model, worker).observe(first_to_last_s / (tokens - 1))
+            if row.stream and row.ttft_s is not None:
+                self.ttft.labels(row.model, row.worker).observe(row.ttft_s)
+            if row.itl_s is not None:
+                self.itl.labels(row.model, row.worker).observe(row.itl_s)
 
     def exposition(self) -> str:
         return generate_latest(self.registry).decode()

@@ -88,3 +88,22 @@ def test_cluster_root_holds_only_the_cli_and_packages() -> None:
                                            if p.parts[len(REPO.parts)] in PACKAGES))  # fmt: skip
 def test_every_package_says_what_it_owns(package: str) -> None:
     assert ast.get_docstring(ast.parse((REPO / package / "__init__.py").read_text())), package
+
+
+END_COUNTERS = {"requests", "team_requests", "tokens", "team_tokens", "duration", "ttft", "itl"}
+
+
+def test_the_request_end_counters_change_only_in_the_end_records_consumer() -> None:
+    """A request's end travels one road: its record (cluster/gateway/usage.UsageRow) reaches every consumer from
+    one place, and the router's end counters and histograms change only in RouterMetrics.observe_end."""
+    found = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if (isinstance(node, ast.Attribute) and node.attr == "labels" and isinstance(node.value, ast.Attribute)
+                        and node.value.attr in END_COUNTERS):  # fmt: skip
+                    found.append(f"{name}.{function.name}")
+    assert found and set(found) == {"cluster.router.metrics.observe_end"}, sorted(set(found))

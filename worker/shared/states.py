@@ -7,6 +7,7 @@ The supervisor sets an `EngineState`; `Watch` carries it as the proto enum (`to_
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 from proto import orchard_pb2 as pb
 
@@ -20,7 +21,7 @@ class EngineState(enum.Enum):
     FAILED = "failed"
 
     def to_wire(self) -> pb.EngineState:
-        return pb.EngineState(pb.EngineState.Value(f"ENGINE_STATE_{self.name}"))
+        return cast(pb.EngineState, pb.EngineState.Value(f"ENGINE_STATE_{self.name}"))
 
     @classmethod
     def from_wire(cls, value: pb.EngineState) -> EngineState | None:
