@@ -59,10 +59,6 @@ class GroupController:
         self._tasks: list[asyncio.Task[None]] = []
         supervisor.gate = self.gate
 
-    @property
-    def published_epoch(self) -> str:
-        return self.run_epoch
-
     # -- the supervisor's gate: called right before every launch --------------------------------------------
 
     def gate(self) -> str | None:

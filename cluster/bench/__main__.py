@@ -22,7 +22,14 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, metrics_cost, netlab, overhead, routing
-from worker.shared.launch import key_value
+from worker.shared.launch import ENGINE_KINDS, POLICIES, key_value
+
+
+def _policies(text: str) -> list[str]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    if unknown := [p for p in chosen if p not in POLICIES]:
+        raise argparse.ArgumentTypeError(f"unknown policy {', '.join(unknown)} (choose from {', '.join(POLICIES)})")
+    return chosen
 
 
 def _word_range(text: str) -> tuple[int, int]:
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     overhead_cmd = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
-    overhead_cmd.add_argument("--engine", choices=("sim", "vllm", "mlx"), default="sim")
+    overhead_cmd.add_argument("--engine", choices=ENGINE_KINDS, default="sim")
     overhead_cmd.add_argument("--concurrency", type=int, default=32)
     overhead_cmd.add_argument("--max-tokens", type=int, default=128)
     overhead_cmd.add_argument("--rounds", type=int, default=2)
@@ -118,12 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     decide_cmd.add_argument("--seed", type=int, default=0)
     routing_cmd = sub.add_parser("routing", help="every policy on one fleet with the same seeded workload")
     routing_cmd.add_argument("--workers", type=int, default=4)
-    routing_cmd.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    routing_cmd.add_argument("--engine", choices=routing.ENGINES, default="sim")
     routing_cmd.add_argument("--model", default="", help="default: sim-model (sim) or the bundled model (vllm)")
-    routing_cmd.add_argument("--workload", action="append", choices=("shared_prefix", "multi_turn", "random"))
-    routing_cmd.add_argument(
-        "--policies", type=lambda s: s.split(","), default=["prefix", "least_loaded", "round_robin"]
-    )
+    routing_cmd.add_argument("--workload", action="append", choices=routing.WORKLOADS)
+    routing_cmd.add_argument("--policies", type=_policies, default=list(POLICIES), help="comma-separated")
     routing_cmd.add_argument("--requests", type=int, default=200)
     routing_cmd.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
     routing_cmd.add_argument("--seed", type=int, default=0)

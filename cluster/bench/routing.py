@@ -236,6 +236,10 @@ def run_policy(
         return measure(policy, workload, requests, config, url, fleet.engine_urls, fleet=True)
 
 
+WORKLOADS = ("shared_prefix", "multi_turn", "random")  # what `build` makes
+ENGINES = ("sim", "vllm")  # the engines this study starts (each policy starts from empty prefix caches)
+
+
 def build(workload: str, config: RoutingBenchConfig) -> list[workloads.Request]:
     model, count, seed, max_tokens = config.model_name, config.requests, config.seed, config.max_tokens
     if workload == "shared_prefix":

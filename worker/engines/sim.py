@@ -38,7 +38,7 @@ class SimEngine:
             if key not in SIM_OPTIONS:
                 raise ValueError(f"unknown sim option {key!r}; known: {', '.join(SIM_OPTIONS)}")
             argv += [f"--{key}", value]
-        return LaunchPlan(argv=tuple(argv), env=dict(config.env), capabilities=())
+        return LaunchPlan(argv=tuple(argv), env={}, capabilities=())
 
     def version(self, config: EngineConfig) -> str:
         return "orchard-sim 1"

@@ -77,7 +77,7 @@ class VllmEngine:
         node_ip, ray_port = group.members[group.rank].rsplit(":", 1)
         ray_ports(int(ray_port))  # Ray's ports must fit above this rank's group port
         resources = '{"mlx": 1}' if self.platform == "darwin" else "{}"
-        env = dict(single.env)
+        env: dict[str, str] = {}
         env["VLLM_HOST_IP"] = node_ip
         if self.platform == "darwin":
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # Ray refuses multi-node macOS clusters otherwise
@@ -133,7 +133,6 @@ class VllmEngine:
             env.setdefault("VLLM_USE_AOT_COMPILE", os.environ.get("VLLM_USE_AOT_COMPILE", "0"))
             if (stages := _pipeline_size(argv)) > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(stages)
-        env.update(dict(config.env))
         env.update(secrets)  # as the flag would have, it wins over the agent's own environment
         return LaunchPlan(argv=tuple(argv), env=env, capabilities=capabilities_of(argv))
 
