@@ -51,11 +51,19 @@ def _up(args: argparse.Namespace) -> int:
         _print_try(existing.url, existing.model)
         return 0
     config = local.LocalClusterConfig(
-        engine=args.engine, model=args.model, host=args.host, port=args.port,
-        max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-        ready_timeout_s=args.ready_timeout or 900.0, sim_options=tuple(args.sim_option),
-        engine_args=tuple(args.engine_arg), home=home, tls=args.tls, task=args.task,
-    )  # fmt: skip
+        engine=args.engine,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        max_model_len=args.max_model_len,
+        kv_cache_gib=args.kv_cache_gib,
+        ready_timeout_s=args.ready_timeout or 900.0,
+        sim_options=tuple(args.sim_option),
+        engine_args=tuple(args.engine_arg),
+        home=home,
+        tls=args.tls,
+        task=args.task,
+    )
     stop_requested = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -106,8 +114,10 @@ def _announce(state: local.LocalState, question: str | None) -> None:
     if people_keys:
         console.print(f"API keys are on ({people_keys} active): send `Authorization: Bearer KEY`.")
     else:
-        console.print("Open to anyone on this machine: no API key exists yet. `cluster keys create --team NAME` "
-                      "creates one, and from then on every request needs a key.")  # fmt: skip
+        console.print(
+            "Open to anyone on this machine: no API key exists yet. `cluster keys create --team NAME` "
+            "creates one, and from then on every request needs a key."
+        )
     _print_try(state.url, state.model)
     if question:
         try:
@@ -122,16 +132,16 @@ def _step(status: object, message: str) -> None:
 
 
 def _print_try(url: str, model: str) -> None:
-    body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
-            % model)  # fmt: skip
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "What is the capital of France?"}]}' % model
     trust = ""
     if url.startswith("https:"):
         ca = authority.ca_folder(local.orchard_home()) / "ca.pem"
         console.print(f"HTTPS with a certificate from the cluster CA: clients trust {ca} (e.g. SSL_CERT_FILE={ca}).")
         trust = f"--cacert {shlex.quote(str(ca))} "
     console.print("Try it:")
-    console.print(f"  curl -s {trust}{url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
-                  soft_wrap=True)  # fmt: skip
+    console.print(
+        f"  curl -s {trust}{url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'", soft_wrap=True
+    )
 
 
 def _load_spec(path: Path) -> hostsfile.ClusterSpec | None:
@@ -185,9 +195,16 @@ def _lab_up(args: argparse.Namespace) -> int:
     try:
         with steps.live():
             outcomes = asyncio.run(
-                lab.up(spec, home, require_all=args.require_all, ready_timeout_s=args.ready_timeout,
-                       report=steps.report, install_service=args.install_service, root=Sudo(_asker(steps)))
-            )  # fmt: skip
+                lab.up(
+                    spec,
+                    home,
+                    require_all=args.require_all,
+                    ready_timeout_s=args.ready_timeout,
+                    report=steps.report,
+                    install_service=args.install_service,
+                    root=Sudo(_asker(steps)),
+                )
+            )
     except (PlacementError, labstate.LabError) as exc:
         err_console.print(f"[red]cluster up failed:[/] {escape(str(exc))}")
         return 1
@@ -197,8 +214,9 @@ def _lab_up(args: argparse.Namespace) -> int:
     for o in outcomes:
         memory = f"{o.memory_bytes / 2**30:.0f} GiB" if o.memory_bytes else "?"
         state = o.state if not o.reason else f"{o.state}: {o.reason}"
-        table.add_row(o.label, o.address, f"{o.chip} / {o.os}" if o.chip else "?", memory, o.engine,
-                      ", ".join(o.models), state)  # fmt: skip
+        table.add_row(
+            o.label, o.address, f"{o.chip} / {o.os}" if o.chip else "?", memory, o.engine, ", ".join(o.models), state
+        )
     console.print(table)
     applied = labstate.read_state(home)
     ready = [o for o in outcomes if o.state == "ready"]
@@ -251,8 +269,9 @@ def _units(args: argparse.Namespace) -> int:
     except LaunchConfigError as exc:
         err_console.print(f"[red]cannot describe the agent on {escape(host.label)}:[/] {escape(str(exc))}")
         return 2
-    program = remote.service_program(config, remote.python_of(host), host.orchard_dir, args.kind,
-                                     remote.config_hash(config))  # fmt: skip
+    program = remote.service_program(
+        config, remote.python_of(host), host.orchard_dir, args.kind, remote.config_hash(config)
+    )
     if args.kind == "launchd":
         user = host.user or getpass.getuser()  # the SSH user: the LaunchDaemon runs as that user
         sys.stdout.write(units.launchd_plist(program, host.orchard_dir, user=user).decode())
@@ -434,8 +453,11 @@ def _certs(args: argparse.Namespace) -> int:
             ca = authority.load_or_create(home, now)
             names = tuple(dict.fromkeys([*args.address, args.name]))
             authority.write_identity(args.out, ca, authority.issue(ca, f"orchard agent {args.name}", names, now))
-            console.print(f"{args.out}: ca.pem and identity.pem (0600) for {', '.join(names)}; copy the folder to "
-                          "the host and start its agent with --tls-dir", highlight=False)  # fmt: skip
+            console.print(
+                f"{args.out}: ca.pem and identity.pem (0600) for {', '.join(names)}; copy the folder to "
+                "the host and start its agent with --tls-dir",
+                highlight=False,
+            )
             return 0
         _print_expiry(home)
     except (authority.AuthorityError, labstate.LabError) as exc:
@@ -450,8 +472,10 @@ def _rotate(home: Path) -> bool:
     if labstate.read_state(home) is not None:
         missed = asyncio.run(lab.rotate_certificates(home, report=lambda m: console.print(f"  • {m}")))
         if missed:
-            err_console.print(f"[red]not rotated on {', '.join(missed)}:[/] their old certificates stay valid until "
-                              "they expire; run `cluster certs rotate` again once they are reachable")  # fmt: skip
+            err_console.print(
+                f"[red]not rotated on {', '.join(missed)}:[/] their old certificates stay valid until "
+                "they expire; run `cluster certs rotate` again once they are reachable"
+            )
         return not missed
     certs.local_identities(home, renew=True)
     console.print("new certificates for the router and the local agent (used for their next connections)")
@@ -479,16 +503,19 @@ def _print_expiry(home: Path) -> None:
 
 def _models_prepare(args: argparse.Namespace) -> int:
     if not is_bundled(args.name):
-        err_console.print(f"only the bundled model ({BUNDLED_NAME}) is prepared by Orchard; "
-                          "give other models to the engine as a local path or hub id")  # fmt: skip
+        err_console.print(
+            f"only the bundled model ({BUNDLED_NAME}) is prepared by Orchard; "
+            "give other models to the engine as a local path or hub id"
+        )
         return 2
     target = bundled_dir()
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     steps = ["loading tokenizer", "dequantizing", "writing safetensors", "fixing config"]
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=console) as progress:  # fmt: skip
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as progress:
             task = progress.add_task(f"preparing {BUNDLED_NAME}", total=len(steps))
 
             def advance(message: str) -> None:
@@ -521,9 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--max-model-len", type=int, default=4096)
     up.add_argument("--kv-cache-gib", type=float, default=1.0)
-    up.add_argument("--ready-timeout", type=float, metavar="SECONDS",
-                    help="how long cluster up waits for the engines to serve (default: 900 s, or the hosts "
-                    "file's longest ready_timeout_s; an engine fetching its model's files is waited for)")  # fmt: skip
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long cluster up waits for the engines to serve (default: 900 s, or the hosts "
+        "file's longest ready_timeout_s; an engine fetching its model's files is waited for)",
+    )
     up.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     up.add_argument(
         "--engine-arg",
@@ -531,8 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra engine flag (repeat), e.g. --engine-arg=--enforce-eager",
     )
-    up.add_argument("--task", choices=("generate", "embed"), default="generate",
-                    help="embed: serve the model for /v1/embeddings (vllm's pooling runner)")  # fmt: skip
+    up.add_argument(
+        "--task",
+        choices=("generate", "embed"),
+        default="generate",
+        help="embed: serve the model for /v1/embeddings (vllm's pooling runner)",
+    )
     up.add_argument("--tls", action="store_true", help="HTTPS on the endpoint, with a certificate from the cluster CA")
     up.add_argument("--detach", action="store_true", help="leave it running in the background")
     up.add_argument("--ask", metavar="QUESTION", help="send one chat request once it is up and print the answer")
@@ -542,12 +577,19 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("file", type=Path)
     inst.add_argument("--wheelhouse", type=Path, help="folder of wheels the hosts install from instead of PyPI")
     inst.add_argument("--extras", help="Orchard extras to install (default: mlx on macOS, none on Linux)")
-    inst.add_argument("--with-vllm-metal", action="store_true",
-                      help="macOS: also run vllm-metal's installer (~/.venv-vllm-metal) and add Ray to it")  # fmt: skip
-    inst.add_argument("--python-archive", type=Path, metavar="TAR_GZ",
-                      help="for hosts with no Python >= 3.11: a python-build-standalone install_only archive for "
-                      "them (default: the wheelhouse's for each host's OS and CPU; else uv's wheel there brings "
-                      "one)")  # fmt: skip
+    inst.add_argument(
+        "--with-vllm-metal",
+        action="store_true",
+        help="macOS: also run vllm-metal's installer (~/.venv-vllm-metal) and add Ray to it",
+    )
+    inst.add_argument(
+        "--python-archive",
+        type=Path,
+        metavar="TAR_GZ",
+        help="for hosts with no Python >= 3.11: a python-build-standalone install_only archive for "
+        "them (default: the wheelhouse's for each host's OS and CPU; else uv's wheel there brings "
+        "one)",
+    )
     inst.set_defaults(func=_install)
     plan_cmd = sub.add_parser("plan", help="show where each model of a hosts file would run; starts nothing")
     plan_cmd.add_argument("file", type=Path)
@@ -592,8 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("host", help="the host's name (or address) in the running lab's hosts file")
     issue = certs_sub.add_parser("issue", help="an identity for an agent run by hand (orchard-worker --tls-dir)")
     issue.add_argument("name", help="the host's name")
-    issue.add_argument("--address", action="append", default=[], required=True, type=_certificate_host,
-                       help="an address the router dials it by: host, host:port, [IPv6]:port (repeat)")  # fmt: skip
+    issue.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        required=True,
+        type=_certificate_host,
+        help="an address the router dials it by: host, host:port, [IPv6]:port (repeat)",
+    )
     issue.add_argument("--out", type=Path, required=True, help="folder to write ca.pem and identity.pem into")
     certs_cmd.set_defaults(func=_certs)
     admin.add_commands(sub, local.orchard_home, console)

@@ -134,8 +134,14 @@ def start_cluster(tmp: Path, agents: list[AgentConfig], **router: Any) -> Cluste
 
 def agent_config(engine: str, model: str, logs: Path, served: str = "", **fields: Any) -> AgentConfig:
     """An agent on a free loopback port (tests' common case)."""
-    return AgentConfig(listen=f"127.0.0.1:{free_port()}", engine=engine, model=model, served_name=served or model,
-                       log_dir=str(logs), **fields)  # fmt: skip
+    return AgentConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        engine=engine,
+        model=model,
+        served_name=served or model,
+        log_dir=str(logs),
+        **fields,
+    )
 
 
 def stop_cluster(cluster: Cluster) -> None:

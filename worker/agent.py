@@ -125,13 +125,15 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
         asyncio.get_running_loop().run_in_executor(None, guard.load)
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", config.max_body_bytes + ENVELOPE_BYTES),  # as the router allows
-        # The router pings every 5 s to find a silent host (cluster/router/registry.py): allowed, not a strike.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),
-        ("grpc.http2.max_ping_strikes", 0),
-    ])  # fmt: skip
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_body_bytes + ENVELOPE_BYTES),  # as the router allows
+            # The router pings every 5 s to find a silent host (cluster/router/registry.py): allowed, not a strike.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
     pb_grpc.add_WorkerServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _add_port(server, config)

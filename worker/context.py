@@ -59,6 +59,8 @@ class PromptGuard:
         completion = wanted if isinstance(wanted, int) else 0
         if prompt + max(completion, 1) <= self.context:
             return None
-        return (f"This model's maximum context length is {self.context} tokens. However, you requested "
-                f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
-                "Please reduce the length of the messages or completion.")  # fmt: skip
+        return (
+            f"This model's maximum context length is {self.context} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )

@@ -99,8 +99,12 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
     if current.status == "running" and current.hash == config_hash:
         return StartReply(status="running", pid=current.pid, hash=config_hash, changed=False)
     if current.service:  # its service manager would start it again beside ours (and at every boot)
-        return StartReply(status="failed", changed=False, log=f"this host's agent is a {current.service} service: "
-                          "`cluster up --install-service` updates it, `cluster down` removes it")  # fmt: skip
+        return StartReply(
+            status="failed",
+            changed=False,
+            log=f"this host's agent is a {current.service} service: "
+            "`cluster up --install-service` updates it, `cluster down` removes it",
+        )
     if current.status == "running":
         stop(folder)
     logs = folder / "logs"
@@ -121,11 +125,21 @@ def start(folder: Path, config_hash: str, config: AgentConfig) -> StartReply:
 def facts(engine_python: str | None = None, models: list[str] | None = None) -> HostFactsReply:
     """This host's facts, and those of each model source's files here (`models`)."""
     host = read_host_facts()
-    engines = {"sim": True, "vllm": _vllm_available(engine_python),
-               "mlx": importlib.util.find_spec("mlx_lm") is not None}  # fmt: skip
+    engines = {
+        "sim": True,
+        "vllm": _vllm_available(engine_python),
+        "mlx": importlib.util.find_spec("mlx_lm") is not None,
+    }
     found = {source: modelfiles.facts_for(source) for source in models or ()}
-    return HostFactsReply(**asdict(host), python=sys.executable, platform=sys.platform, engines=engines,
-                          orchard_version=build.version(), build=build.digest(), models=found)  # fmt: skip
+    return HostFactsReply(
+        **asdict(host),
+        python=sys.executable,
+        platform=sys.platform,
+        engines=engines,
+        orchard_version=build.version(),
+        build=build.digest(),
+        models=found,
+    )
 
 
 def groupcheck(
@@ -139,10 +153,16 @@ def groupcheck(
     run = run or _output
     python = _engine_interpreter(engine_python, platform)
     hostname = socket.gethostname()
-    reply: dict[str, Any] = {"hostname": hostname, "hostname_addresses": _resolve(hostname), "engine_python": python,
-                             "group_addresses": _resolve(group_address) if group_address else []}  # fmt: skip
-    for key, code in (("python_version", "import platform; print(platform.python_version())"),
-                      ("ray_version", "import ray; print(ray.__version__)")):  # fmt: skip
+    reply: dict[str, Any] = {
+        "hostname": hostname,
+        "hostname_addresses": _resolve(hostname),
+        "engine_python": python,
+        "group_addresses": _resolve(group_address) if group_address else [],
+    }
+    for key, code in (
+        ("python_version", "import platform; print(platform.python_version())"),
+        ("ray_version", "import ray; print(ray.__version__)"),
+    ):
         try:
             reply[key] = run([python, "-c", code]).strip()
         except (OSError, subprocess.SubprocessError):

@@ -63,10 +63,14 @@ def mlxcheck(
     addresses = local_addresses()
     here = group_address in addresses
     reply = MlxCheckReply(
-        local_addresses=addresses, address_local=here, agent_running=agent_running,
+        local_addresses=addresses,
+        address_local=here,
+        agent_running=agent_running,
         port_free=port_free(group_address, group_port) if here else True,
-        mlx_version=version_of("mlx"), mlx_lm_version=version_of("mlx-lm"), python=os.path.realpath(sys.executable),
-    )  # fmt: skip
+        mlx_version=version_of("mlx"),
+        mlx_lm_version=version_of("mlx-lm"),
+        python=os.path.realpath(sys.executable),
+    )
     updates: dict[str, object] = {}
     if platform == "darwin":
         updates["firewall"], updates["firewall_detail"] = firewall_state(sys.executable, run)

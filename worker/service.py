@@ -57,8 +57,9 @@ def usage_message(usage: dict[str, object]) -> pb.Usage:
 
     prompt = num("prompt_tokens", "input_tokens") or 0
     completion = num("completion_tokens", "output_tokens") or 0
-    message = pb.Usage(prompt_tokens=prompt, completion_tokens=completion,
-                       total_tokens=num("total_tokens") or prompt + completion)  # fmt: skip
+    message = pb.Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=num("total_tokens") or prompt + completion
+    )
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = num("cached_tokens", within=details)
     cached = cached if cached is not None else num("cache_read_input_tokens")  # Anthropic's name
@@ -141,8 +142,12 @@ class WorkerService(pb_grpc.WorkerServicer):
             log.warning("request %s: engine connection failed: %r", request.request_id, exc)
             # The exception's text is the operator's (logged above); the client gets a stable code and message.
             message = "The engine stopped answering before the reply was complete; try again."
-            await _abort(context, 503, errors.openai_error(message, "service_unavailable", 503, "engine_unavailable"),
-                         "service_unavailable")  # fmt: skip
+            await _abort(
+                context,
+                503,
+                errors.openai_error(message, "service_unavailable", 503, "engine_unavailable"),
+                "service_unavailable",
+            )
             return
         finally:
             self.inflight -= 1
@@ -168,8 +173,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             payload = json.loads(request.body)
             method, path = endpoints.engine_request(request.endpoint, payload)
         except (ValueError, AttributeError, KeyError):
-            await _abort(context, 400, "request body is not a JSON object of the endpoint's shape",
-                         "invalid_request_error")  # fmt: skip
+            await _abort(
+                context, 400, "request body is not a JSON object of the endpoint's shape", "invalid_request_error"
+            )
             return None
         if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
             await _abort(context, 400, too_long, "invalid_request_error")
@@ -200,8 +206,11 @@ class WorkerService(pb_grpc.WorkerServicer):
                     # Only a running count bills a cut stream; Anthropic's message_start has the prompt's alone.
                     running = usage_message(tally.usage) if tally.running and tally.usage else None
                     named = any(name for name, _ in batch)
-                    chunks = pb.Chunks(items=[data for _, data in batch], usage=running,
-                                       events=[name for name, _ in batch] if named else ())  # fmt: skip
+                    chunks = pb.Chunks(
+                        items=[data for _, data in batch],
+                        usage=running,
+                        events=[name for name, _ in batch] if named else (),
+                    )
                     yield pb.GenerateReply(chunks=chunks)
         finally:
             self.streams -= 1
@@ -219,11 +228,15 @@ class WorkerService(pb_grpc.WorkerServicer):
     def _final(self, tally: Tally, started: float, streaming: bool) -> pb.Final:
         if tally.tokens_seen:
             self.supervisor.note_token()
-        final = pb.Final(usage=usage_message(tally.usage), finish_reason=tally.finish_reason,
-                         engine_seconds=time.monotonic() - started)  # fmt: skip
+        final = pb.Final(
+            usage=usage_message(tally.usage),
+            finish_reason=tally.finish_reason,
+            engine_seconds=time.monotonic() - started,
+        )
         if streaming and tally.first_at:  # a whole answer has no first token to time
-            self.traffic.observe(final.usage.prompt_tokens, final.usage.completion_tokens, tally.first_at - started,
-                                 final.engine_seconds)  # fmt: skip
+            self.traffic.observe(
+                final.usage.prompt_tokens, final.usage.completion_tokens, tally.first_at - started, final.engine_seconds
+            )
         return final
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoReply:
@@ -246,8 +259,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self.group is None:
             return None
         role = self.group.role
-        return pb.GroupInfo(name=role.name, rank=role.rank, size=role.size, mode=role.mode, backend=role.backend,
-                            peers=list(role.peers))  # fmt: skip
+        return pb.GroupInfo(
+            name=role.name, rank=role.rank, size=role.size, mode=role.mode, backend=role.backend, peers=list(role.peers)
+        )
 
     async def _models(self) -> list[pb.ModelInfo]:
         """Configured models, with the context length the engine reports where none was configured."""
@@ -264,11 +278,18 @@ class WorkerService(pb_grpc.WorkerServicer):
         capabilities = self.supervisor.capabilities
         for model in self.identity.models:
             known = model.max_model_len or self._context_lengths.get(model.name, 0)
-            models.append(pb.ModelInfo(name=model.name, source=model.source, max_model_len=known,
-                                       unsupported=adapter.unsupported, engine=adapter.name,
-                                       routes=endpoints.served(adapter.name, self.supervisor.config.task),
-                                       capabilities=capabilities or (),
-                                       capabilities_known=capabilities is not None))  # fmt: skip
+            models.append(
+                pb.ModelInfo(
+                    name=model.name,
+                    source=model.source,
+                    max_model_len=known,
+                    unsupported=adapter.unsupported,
+                    engine=adapter.name,
+                    routes=endpoints.served(adapter.name, self.supervisor.config.task),
+                    capabilities=capabilities or (),
+                    capabilities_known=capabilities is not None,
+                )
+            )
         return models
 
     def _watched(self) -> int:

@@ -283,8 +283,9 @@ class EngineSupervisor:
         try:
             while True:
                 exited = asyncio.ensure_future(self._proc.wait())
-                done, _ = await asyncio.wait({exited, restart}, timeout=self.policy.health_interval_s,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                done, _ = await asyncio.wait(
+                    {exited, restart}, timeout=self.policy.health_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 if exited in done:
                     return f"engine exited with code {self._proc.returncode}", False
                 exited.cancel()
@@ -299,8 +300,11 @@ class EngineSupervisor:
                 elif self._quiet_for(min(1.0, self.policy.stall_timeout_s / 2)):
                     await self._follow_counter()  # only when nothing relayed says it moves: scrapes cost the engine
                 if self.stalled():
-                    return f"engine hung: {self.inflight()} request(s) in flight, no token for " \
-                           f"{self.policy.stall_timeout_s:.0f}s", True  # fmt: skip
+                    return (
+                        f"engine hung: {self.inflight()} request(s) in flight, no token for "
+                        f"{self.policy.stall_timeout_s:.0f}s",
+                        True,
+                    )
         finally:
             restart.cancel()
 

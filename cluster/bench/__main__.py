@@ -61,8 +61,13 @@ def _chaos_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd = sub.add_parser("chaos", help="faults injected into a namespace lab under load (needs root)")
     cmd.add_argument("--streams", type=int, default=64, help="concurrent streaming requests (closed loops)")
     cmd.add_argument("--settle", type=float, default=10.0, help="seconds of calm before and after each fault")
-    cmd.add_argument("--faults", type=_faults, default=chaos.FAULTS, metavar="A,B",
-                     help=f"a comma list, run in the order given, from: {','.join(chaos.FAULTS)}")  # fmt: skip
+    cmd.add_argument(
+        "--faults",
+        type=_faults,
+        default=chaos.FAULTS,
+        metavar="A,B",
+        help=f"a comma list, run in the order given, from: {','.join(chaos.FAULTS)}",
+    )
     cmd.add_argument("--max-tokens", type=int, default=64)
     cmd.add_argument("--sim-decode-ms", type=float, default=50.0, help="per token: a stream lasts a few seconds")
     cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
@@ -77,11 +82,17 @@ def _chaos(args: argparse.Namespace) -> None:
     if reason := netlab.available():
         sys.exit(f"python -m cluster.bench chaos {reason}")
     config = chaos.ChaosConfig(
-        streams=args.streams, settle_s=args.settle, faults=args.faults, max_tokens=args.max_tokens,
+        streams=args.streams,
+        settle_s=args.settle,
+        faults=args.faults,
+        max_tokens=args.max_tokens,
         sim_options=(("decode-ms-per-token", f"{args.sim_decode_ms:g}"), *args.sim_option),
-        deadline_s=args.deadline, stop_s=args.stop_seconds, link_s=args.link_seconds,
-        recovery_timeout_s=args.recovery_timeout, vllm=args.vllm,
-    )  # fmt: skip
+        deadline_s=args.deadline,
+        stop_s=args.stop_seconds,
+        link_s=args.link_seconds,
+        recovery_timeout_s=args.recovery_timeout,
+        vllm=args.vllm,
+    )
 
     def _stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM tears the lab down like Ctrl-C
@@ -107,14 +118,24 @@ def main(argv: list[str] | None = None) -> None:
     overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
     overhead_cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
     overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
-    overhead_cmd.add_argument("--api", choices=("chat", "messages"), default="chat",
-                              help="stream OpenAI chat completions or Anthropic messages")  # fmt: skip
-    overhead_cmd.add_argument("--engine-cpus", metavar="LIST",
-                              help="vllm on Linux: the engine (server and compute) runs on these CPUs (e.g. 1), "
-                                   "this client, router and agent on the others: Orchard's CPU is not the "
-                                   "engine's, as on a Mac whose engine computes on the GPU")  # fmt: skip
-    overhead_cmd.add_argument("--compare-mtls", action="store_true",
-                              help="compare two local clusters, router↔agent with mutual TLS and without")  # fmt: skip
+    overhead_cmd.add_argument(
+        "--api",
+        choices=("chat", "messages"),
+        default="chat",
+        help="stream OpenAI chat completions or Anthropic messages",
+    )
+    overhead_cmd.add_argument(
+        "--engine-cpus",
+        metavar="LIST",
+        help="vllm on Linux: the engine (server and compute) runs on these CPUs (e.g. 1), "
+        "this client, router and agent on the others: Orchard's CPU is not the "
+        "engine's, as on a Mac whose engine computes on the GPU",
+    )
+    overhead_cmd.add_argument(
+        "--compare-mtls",
+        action="store_true",
+        help="compare two local clusters, router↔agent with mutual TLS and without",
+    )
     metrics_cmd = sub.add_parser("metrics", help="what metrics, activity and the request log add per request")
     metrics_cmd.add_argument("--requests", type=int, default=20000)
     metrics_cmd.add_argument("--workers", type=int, default=64)
@@ -133,14 +154,25 @@ def main(argv: list[str] | None = None) -> None:
     routing_cmd.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
     routing_cmd.add_argument("--seed", type=int, default=0)
     routing_cmd.add_argument("--max-tokens", type=int, default=32)
-    routing_cmd.add_argument("--system-words", type=_word_range, default=(750, 3000), metavar="MIN,MAX",
-                         help="shared_prefix system prompt length in words")  # fmt: skip
+    routing_cmd.add_argument(
+        "--system-words",
+        type=_word_range,
+        default=(750, 3000),
+        metavar="MIN,MAX",
+        help="shared_prefix system prompt length in words",
+    )
     routing_cmd.add_argument("--groups", type=int, default=0, help="shared_prefix system prompts (default requests/25)")
     routing_cmd.add_argument(
         "--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE", help="every sim worker"
     )
-    routing_cmd.add_argument("--worker-sim-option", action="append", default=[], type=_worker_option,
-                         metavar="INDEX:KEY=VALUE", help="one sim worker (heterogeneous fleets)")  # fmt: skip
+    routing_cmd.add_argument(
+        "--worker-sim-option",
+        action="append",
+        default=[],
+        type=_worker_option,
+        metavar="INDEX:KEY=VALUE",
+        help="one sim worker (heterogeneous fleets)",
+    )
     routing_cmd.add_argument("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
     routing_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
     routing_cmd.add_argument("--url", help="drive this OpenAI endpoint as it is (no fleet, one row per workload)")
@@ -166,8 +198,14 @@ def main(argv: list[str] | None = None) -> None:
     gateway_cmd.add_argument("--concurrency", type=int, default=32)
     gateway_cmd.add_argument("--max-tokens", type=int, default=64)
     gateway_cmd.add_argument("--rounds", type=int, default=3)
-    gateway_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
-                             help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01")  # fmt: skip
+    gateway_cmd.add_argument(
+        "--sim-option",
+        action="append",
+        default=[],
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01",
+    )
     _chaos_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "overhead" and args.api == "messages" and args.engine != "vllm":
@@ -175,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "chaos":
         _chaos(args)
     elif args.command == "latency":
-        rounds = asyncio.run(latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option),
-                                             args.port))  # fmt: skip
+        rounds = asyncio.run(
+            latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option), args.port)
+        )
         print(latency.report(rounds))
     elif args.command == "calibrate":
         result = asyncio.run(calibrate.calibrate(args.url.rstrip("/"), args.model, repeats=args.repeats))
@@ -188,30 +227,61 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "gateway":
         gateway.run(args.concurrency, args.max_tokens, args.rounds, (*gateway.FAST, *args.sim_option))
     elif args.command == "fairness":
-        config = fairness.FairnessConfig(workers=args.workers, slots=args.slots, rate_b=args.rate_b,
-                                         seconds=args.seconds, max_tokens=args.max_tokens, seed=args.seed)  # fmt: skip
+        config = fairness.FairnessConfig(
+            workers=args.workers,
+            slots=args.slots,
+            rate_b=args.rate_b,
+            seconds=args.seconds,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        )
         print(fairness.report(fairness.run(config)))
     elif args.command == "routing":
         routing.main(routing_config(args))
     elif args.compare_mtls:
         options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
-        asyncio.run(overhead.mtls_cost(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
-                                       args.kv_cache_gib, options))  # fmt: skip
+        asyncio.run(
+            overhead.mtls_cost(
+                args.engine, args.concurrency, args.max_tokens, args.rounds, args.port, args.kv_cache_gib, options
+            )
+        )
     else:
         options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
-        asyncio.run(overhead.overhead(args.engine, args.concurrency, args.max_tokens, args.rounds, args.port,
-                                      args.kv_cache_gib, options, args.api, args.engine_cpus))  # fmt: skip
+        asyncio.run(
+            overhead.overhead(
+                args.engine,
+                args.concurrency,
+                args.max_tokens,
+                args.rounds,
+                args.port,
+                args.kv_cache_gib,
+                options,
+                args.api,
+                args.engine_cpus,
+            )
+        )
 
 
 def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:
     return routing.RoutingBenchConfig(
-        workers=args.workers, engine=args.engine, model=args.model, workloads=tuple(args.workload or ["shared_prefix"]),
-        policies=tuple(args.policies), requests=args.requests, rate=args.rate, seed=args.seed,
-        max_tokens=args.max_tokens, system_words=args.system_words, groups=args.groups,
-        sim_options=tuple(args.sim_option), worker_sim_options=tuple(args.worker_sim_option),
-        engine_args=tuple(args.engine_arg), kv_cache_gib=args.kv_cache_gib,
-        url=args.url.rstrip("/") if args.url else None, out=Path(args.out),
-    )  # fmt: skip
+        workers=args.workers,
+        engine=args.engine,
+        model=args.model,
+        workloads=tuple(args.workload or ["shared_prefix"]),
+        policies=tuple(args.policies),
+        requests=args.requests,
+        rate=args.rate,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        system_words=args.system_words,
+        groups=args.groups,
+        sim_options=tuple(args.sim_option),
+        worker_sim_options=tuple(args.worker_sim_option),
+        engine_args=tuple(args.engine_arg),
+        kv_cache_gib=args.kv_cache_gib,
+        url=args.url.rstrip("/") if args.url else None,
+        out=Path(args.out),
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,15 @@ def _prompt(words: int) -> str:
 
 
 async def timed_stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> StreamTiming:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     stamps: list[float] = []
     usage: dict[str, int] = {}
@@ -89,8 +96,9 @@ async def calibrate(
 ) -> Calibration:
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
         await timed_stream(client, url, model, _prompt(8), 4)  # warm-up
-        overhead = statistics.median([(await timed_stream(client, url, model, _prompt(1), 1)).ttft_s
-                                      for _ in range(repeats)])  # fmt: skip
+        overhead = statistics.median(
+            [(await timed_stream(client, url, model, _prompt(1), 1)).ttft_s for _ in range(repeats)]
+        )
         points: list[tuple[int, float]] = []
         for words in lengths:
             for _ in range(repeats):

@@ -53,11 +53,28 @@ from worker.shared import procs
 from worker.shared.models import BUNDLED_NAME
 from worker.shared.procs import free_port
 
-FAULTS = ("kill-engine", "kill-agent", "stop-agent", "cut-link", "drain", "restart-router", "kill-router",
-          "term-router", "edit-hosts")  # fmt: skip
-TARGETS = {"kill-engine": "h1", "kill-agent": "h2", "stop-agent": "h3", "cut-link": "h1", "drain": "h2",
-           "restart-router": "", "kill-router": "", "term-router": "",
-           "edit-hosts": ""}  # fmt: skip  # "": the router, every worker
+FAULTS = (
+    "kill-engine",
+    "kill-agent",
+    "stop-agent",
+    "cut-link",
+    "drain",
+    "restart-router",
+    "kill-router",
+    "term-router",
+    "edit-hosts",
+)
+TARGETS = {
+    "kill-engine": "h1",
+    "kill-agent": "h2",
+    "stop-agent": "h3",
+    "cut-link": "h1",
+    "drain": "h2",
+    "restart-router": "",
+    "kill-router": "",
+    "term-router": "",
+    "edit-hosts": "",
+}  # "": the router, every worker
 AGENT_MODULE, ENGINE_MODULE = "worker.agent", "worker.engines.programs.sim"
 MODEL, HOSTS = "sim-model", 3
 SUBNET = "10.213.9"  # not the lab tests' subnet: both may run on one machine
@@ -118,8 +135,13 @@ class Load:
         sent = 0
         while not self.stopping.is_set():
             ask = [{"role": "user", "content": f"chaos stream {stream} turn {sent}"}]
-            body = {"model": self.config.model, "messages": ask, "max_tokens": self.config.max_tokens,
-                    "temperature": 0, "stream": True}  # fmt: skip
+            body = {
+                "model": self.config.model,
+                "messages": ask,
+                "max_tokens": self.config.max_tokens,
+                "temperature": 0,
+                "stream": True,
+            }
             record = await self._one(client, body)
             self.records.append(record)
             sent += 1
@@ -197,8 +219,9 @@ class Chaos:
         elif fault == "drain":
             note = await asyncio.to_thread(self._drained, label)
         elif fault in ("kill-router", "term-router"):
-            note = await asyncio.to_thread(self._router_stopped, signal.SIGKILL if fault == "kill-router" else
-                                           signal.SIGTERM)  # fmt: skip
+            note = await asyncio.to_thread(
+                self._router_stopped, signal.SIGKILL if fault == "kill-router" else signal.SIGTERM
+            )
         elif fault == "edit-hosts":
             note = await asyncio.to_thread(self._edited)
         else:
@@ -207,8 +230,16 @@ class Chaos:
         ready, recovery = await self.recovery(label, end, seen_down=fault not in KILLS)
         if recovery is None:
             note = (note + "; " if note else "") + await self.repair(label)
-        return FaultWindow(fault, label, start, end, time.monotonic() if recovery is None else end + recovery,
-                           recovery, note, ready_s=ready)  # fmt: skip
+        return FaultWindow(
+            fault,
+            label,
+            start,
+            end,
+            time.monotonic() if recovery is None else end + recovery,
+            recovery,
+            note,
+            ready_s=ready,
+        )
 
     async def _stopped(self, pid: int) -> None:
         os.kill(pid, signal.SIGSTOP)
@@ -387,8 +418,21 @@ def _in_lab(net: netlab.Lab, root: Path, config: ChaosConfig, say: Console) -> C
         if up.returncode != 0 or state is None:
             raise ChaosError(f"cluster up failed (exit {up.returncode}): {(up.stdout + up.stderr)[-2000:]}")
         say.print(f"  • all ready after {time.monotonic() - started:.1f} s; router at {state.url}")
-        return asyncio.run(drive(Chaos(net, home, hosts_file, state.url, config, Load(state.url, config), say,
-                                       operator_headers(home), routers)))  # fmt: skip
+        return asyncio.run(
+            drive(
+                Chaos(
+                    net,
+                    home,
+                    hosts_file,
+                    state.url,
+                    config,
+                    Load(state.url, config),
+                    say,
+                    operator_headers(home),
+                    routers,
+                )
+            )
+        )
     finally:
         _teardown(home, routers, say)
 
@@ -397,8 +441,10 @@ async def drive(chaos: Chaos) -> ChaosRun:
     """Load for the whole run; calm for --settle seconds, then each fault, each followed by --settle calm."""
     config, say, stop = chaos.config, chaos.say, asyncio.Event()
     retries: list[RetrySample] = []
-    tasks = [asyncio.create_task(chaos.load.run()),
-             asyncio.create_task(_sample_retries(chaos.url, chaos.headers, retries, stop))]  # fmt: skip
+    tasks = [
+        asyncio.create_task(chaos.load.run()),
+        asyncio.create_task(_sample_retries(chaos.url, chaos.headers, retries, stop)),
+    ]
     windows: list[FaultWindow] = []
     notes = [
         "retried: requests the router sent to another worker after one failed before the first byte, the increase"

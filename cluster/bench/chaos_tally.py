@@ -108,14 +108,27 @@ def healthy(rows: Sequence[WorkerRow], worker: str, hosts: int) -> bool:
 def _row(name: str, host: str, records: Sequence[RequestRecord], retried: int | None, recovery: str) -> TallyRow:
     count = {o: sum(r.outcome == o for r in records) for o in ("ok", "refused", "error_event", "cut", "hung")}
     slowest = max((r.ended - r.started for r in records), default=0.0)
-    return TallyRow(name, host, len(records), count["ok"], retried, count["refused"], count["error_event"],
-                    count["cut"], count["hung"], slowest, recovery)  # fmt: skip
+    return TallyRow(
+        name,
+        host,
+        len(records),
+        count["ok"],
+        retried,
+        count["refused"],
+        count["error_event"],
+        count["cut"],
+        count["hung"],
+        slowest,
+        recovery,
+    )
 
 
 def tally(
-    records: Sequence[RequestRecord], windows: Sequence[FaultWindow], retries: Sequence[RetrySample],
+    records: Sequence[RequestRecord],
+    windows: Sequence[FaultWindow],
+    retries: Sequence[RetrySample],
     recovery_timeout_s: float,
-) -> list[TallyRow]:  # fmt: skip
+) -> list[TallyRow]:
     """One row per fault (the requests it struck or that started in its window; the retries counted in the
     window), one for the rest ("between faults"), then totals."""
     rows = []
@@ -132,8 +145,19 @@ def tally(
     return [*rows, _row("total", "", records, sum(r.retried or 0 for r in rows), "")]
 
 
-COLUMNS = ("fault", "host", "sent", "succeeded", "retried", "failed before 1st byte", "error event mid-stream",
-           "cut, no error event", "hung", "slowest", "ready · served again after")  # fmt: skip
+COLUMNS = (
+    "fault",
+    "host",
+    "sent",
+    "succeeded",
+    "retried",
+    "failed before 1st byte",
+    "error event mid-stream",
+    "cut, no error event",
+    "hung",
+    "slowest",
+    "ready · served again after",
+)
 
 
 def table(rows: Sequence[TallyRow], title: str) -> Table:

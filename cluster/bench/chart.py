@@ -42,11 +42,13 @@ def write_chart(rows: Sequence[ChartRow], path: Path, title: str) -> Path | None
         labels = [r.policy for r in mine]
         ttft, rate = axes[0][column], axes[1][column]
         width = 0.27
-        for offset, (name, values) in enumerate((
-            ("p50", [r.ttft_p50_ms for r in mine]),
-            ("p90", [r.ttft_p90_ms for r in mine]),
-            ("p99", [r.ttft_p99_ms for r in mine]),
-        )):  # fmt: skip
+        for offset, (name, values) in enumerate(
+            (
+                ("p50", [r.ttft_p50_ms for r in mine]),
+                ("p90", [r.ttft_p90_ms for r in mine]),
+                ("p99", [r.ttft_p99_ms for r in mine]),
+            )
+        ):
             ttft.bar([i + (offset - 1) * width for i in range(len(mine))], values, width, label=name)
         ttft.set_xticks(range(len(mine)), labels)
         ttft.set_title(f"{workload}: time to first token")

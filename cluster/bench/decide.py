@@ -16,11 +16,20 @@ from cluster.routing.prefix_index import block_hashes
 def decision_latency(workers: int, requests: int, groups: int, seed: int) -> list[float]:
     """Seconds per routing decision (prefix policy, including the index update) on a warm index."""
     rng = random.Random(seed)
-    systems = [f"System prompt {g}: " + " ".join(rng.choice(("apple", "pear", "plum", "fig")) for _ in range(600))
-               for g in range(groups)]  # fmt: skip
-    views = [WorkerView(f"w{i}", True, inflight=rng.randint(0, 4), prefill_tokens_per_s=rng.uniform(2e3, 8e3),
-                         decode_tokens_per_s=rng.uniform(20, 80))
-             for i in range(workers)]  # fmt: skip
+    systems = [
+        f"System prompt {g}: " + " ".join(rng.choice(("apple", "pear", "plum", "fig")) for _ in range(600))
+        for g in range(groups)
+    ]
+    views = [
+        WorkerView(
+            f"w{i}",
+            True,
+            inflight=rng.randint(0, 4),
+            prefill_tokens_per_s=rng.uniform(2e3, 8e3),
+            decode_tokens_per_s=rng.uniform(20, 80),
+        )
+        for i in range(workers)
+    ]
     state = RoutingState()
     prompts = [systems[rng.randrange(groups)] + f" user question {i}" for i in range(requests)]
 

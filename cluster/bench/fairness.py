@@ -39,8 +39,12 @@ class FairnessConfig:
     seconds: float = 20.0
     max_tokens: int = 16
     seed: int = 0
-    sim_options: tuple[tuple[str, str], ...] = (("decode-ms-per-token", "20"), ("overhead-ms", "4"),
-                                                 ("prefill-ms-per-token", "0.05"), ("batch-slowdown", "0"))  # fmt: skip
+    sim_options: tuple[tuple[str, str], ...] = (
+        ("decode-ms-per-token", "20"),
+        ("overhead-ms", "4"),
+        ("prefill-ms-per-token", "0.05"),
+        ("batch-slowdown", "0"),
+    )
 
 
 @dataclass
@@ -67,8 +71,12 @@ class Row:
 
 
 async def _one(client: httpx.AsyncClient, url: str, key: str, run: TeamRun, max_tokens: int, n: int) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": f"{run.team} request {n}"}],
-            "max_tokens": max_tokens, "stream": True}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"{run.team} request {n}"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
     started = time.perf_counter()
     first = True
     try:
@@ -85,8 +93,9 @@ async def _one(client: httpx.AsyncClient, url: str, key: str, run: TeamRun, max_
             run.errors += 1
 
 
-async def _open_loop(url: str, key: str, run: TeamRun, rate: float, seconds: float, cfg: FairnessConfig,
-                     seed: int) -> None:  # fmt: skip
+async def _open_loop(
+    url: str, key: str, run: TeamRun, rate: float, seconds: float, cfg: FairnessConfig, seed: int
+) -> None:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
@@ -112,9 +121,15 @@ async def _closed_loop(url: str, key: str, run: TeamRun, loops: int, seconds: fl
 
 
 def _row(scenario: str, run: TeamRun, seconds: float, start: float) -> Row:
-    return Row(scenario, run.team, len(run.ttfts) + run.refused + run.errors, run.refused,
-               pct(run.ttfts, 0.5) * 1000, pct(run.ttfts, 0.9) * 1000,
-               run.tokens_between(start, start + seconds) / seconds)  # fmt: skip
+    return Row(
+        scenario,
+        run.team,
+        len(run.ttfts) + run.refused + run.errors,
+        run.refused,
+        pct(run.ttfts, 0.5) * 1000,
+        pct(run.ttfts, 0.9) * 1000,
+        run.tokens_between(start, start + seconds) / seconds,
+    )
 
 
 async def scenarios(url: str, secret: dict[str, str], cfg: FairnessConfig) -> list[Row]:
@@ -127,8 +142,10 @@ async def scenarios(url: str, secret: dict[str, str], cfg: FairnessConfig) -> li
     await _open_loop(url, secret["A"], a_alone, rate_a, seconds, cfg, cfg.seed + 1)
     rows.append(_row("A alone (10x)", a_alone, seconds, start))
     a_mixed, b_mixed, start = TeamRun("A"), TeamRun("B"), time.perf_counter()
-    await asyncio.gather(_open_loop(url, secret["A"], a_mixed, rate_a, seconds, cfg, cfg.seed + 1),
-                         _open_loop(url, secret["B"], b_mixed, cfg.rate_b, seconds, cfg, cfg.seed))  # fmt: skip
+    await asyncio.gather(
+        _open_loop(url, secret["A"], a_mixed, rate_a, seconds, cfg, cfg.seed + 1),
+        _open_loop(url, secret["B"], b_mixed, cfg.rate_b, seconds, cfg, cfg.seed),
+    )
     rows += [_row("A 10x + B", a_mixed, seconds, start), _row("A 10x + B", b_mixed, seconds, start)]
     return rows
 
@@ -136,8 +153,10 @@ async def scenarios(url: str, secret: dict[str, str], cfg: FairnessConfig) -> li
 async def weighted(url: str, secret: dict[str, str], cfg: FairnessConfig) -> list[Row]:
     loops = cfg.workers * cfg.slots  # each team alone could fill the fleet
     a, b, start = TeamRun("A"), TeamRun("B"), time.perf_counter()
-    await asyncio.gather(_closed_loop(url, secret["A"], a, loops, cfg.seconds, cfg),
-                         _closed_loop(url, secret["B"], b, loops, cfg.seconds, cfg))  # fmt: skip
+    await asyncio.gather(
+        _closed_loop(url, secret["A"], a, loops, cfg.seconds, cfg),
+        _closed_loop(url, secret["B"], b, loops, cfg.seconds, cfg),
+    )
     warm = min(2.0, cfg.seconds / 4)  # both backlogged from here to the end
     window = cfg.seconds - warm
     return [_row("weights 2:1", a, window, start + warm), _row("weights 2:1", b, window, start + warm)]
@@ -148,19 +167,34 @@ def run(cfg: FairnessConfig) -> list[Row]:
     with store.opened(store.db_path(home)) as conn:
         secret = {team: keys.create_key(conn, team, keys.Limits(), admin=False, expires=None)[1] for team in "AB"}
     fleet = Fleet(home / "logs")
-    agents = [AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model=MODEL, worker_id=f"w{i}",
-                          max_concurrency=cfg.slots, log_dir=str(home / "logs" / f"w{i}"),
-                          sim_options=(*cfg.sim_options, ("max-concurrency", str(cfg.slots * 4))))
-              for i in range(cfg.workers)]  # fmt: skip
-    router = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=tuple(a.listen for a in agents),
-                          gateway_db=str(store.db_path(home)), max_queue=4096)  # fmt: skip
+    agents = [
+        AgentConfig(
+            listen=f"127.0.0.1:{free_port()}",
+            engine="sim",
+            model=MODEL,
+            worker_id=f"w{i}",
+            max_concurrency=cfg.slots,
+            log_dir=str(home / "logs" / f"w{i}"),
+            sim_options=(*cfg.sim_options, ("max-concurrency", str(cfg.slots * 4))),
+        )
+        for i in range(cfg.workers)
+    ]
+    router = RouterConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        workers=tuple(a.listen for a in agents),
+        gateway_db=str(store.db_path(home)),
+        max_queue=4096,
+    )
     try:
         for agent in agents:
             fleet.start_agent(agent, name=f"agent-{agent.worker_id}")
         fleet.start_router(router)
         fleet.wait_ready(router.local_url, cfg.workers, 60, headers=keys.operator_headers(home))
-        print(f"{cfg.workers} sim workers x {cfg.slots} slots; B at {cfg.rate_b}/s, A at {cfg.rate_b * 10}/s; "
-              f"{cfg.seconds:.0f} s per scenario (logs in {home / 'logs'})", flush=True)  # fmt: skip
+        print(
+            f"{cfg.workers} sim workers x {cfg.slots} slots; B at {cfg.rate_b}/s, A at {cfg.rate_b * 10}/s; "
+            f"{cfg.seconds:.0f} s per scenario (logs in {home / 'logs'})",
+            flush=True,
+        )
         rows = asyncio.run(scenarios(router.local_url, secret, cfg))
         with store.opened(store.db_path(home)) as conn:
             keys.set_team(conn, "A", {"weight": 2.0})
@@ -173,8 +207,11 @@ def run(cfg: FairnessConfig) -> list[Row]:
 
 def report(rows: list[Row]) -> str:
     lines = [f"{'scenario':<16}{'team':<6}{'requests':>9}{'429':>6}{'TTFT p50 ms':>13}{'p90 ms':>9}{'tok/s':>9}"]
-    lines += [f"{r.scenario:<16}{r.team:<6}{r.requests:>9}{r.refused:>6}{r.ttft_p50_ms:>13.1f}{r.ttft_p90_ms:>9.1f}"
-              f"{r.tokens_per_s:>9.1f}" for r in rows]  # fmt: skip
+    lines += [
+        f"{r.scenario:<16}{r.team:<6}{r.requests:>9}{r.refused:>6}{r.ttft_p50_ms:>13.1f}{r.ttft_p90_ms:>9.1f}"
+        f"{r.tokens_per_s:>9.1f}"
+        for r in rows
+    ]
     get = {(r.scenario, r.team): r for r in rows}
     b_alone, b_mixed = get[("B alone", "B")], get[("A 10x + B", "B")]
     a_alone, a_mixed = get[("A alone (10x)", "A")], get[("A 10x + B", "A")]

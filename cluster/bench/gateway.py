@@ -29,10 +29,17 @@ def run(concurrency: int, max_tokens: int, rounds: int, sim_options: tuple[tuple
         keys.set_team(conn, "bench", {"rpm": 1_000_000, "tpm": 1_000_000_000})
         _, secret = keys.create_key(conn, "bench", limits, admin=False, expires=None)
     options = (("max-concurrency", "256"), *sim_options)
-    agent = AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model=MODEL, max_concurrency=256,
-                        log_dir=str(home / "logs"), sim_options=options)  # fmt: skip
-    gated = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(agent.listen,),
-                         gateway_db=str(store.db_path(home)))  # fmt: skip
+    agent = AgentConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        engine="sim",
+        model=MODEL,
+        max_concurrency=256,
+        log_dir=str(home / "logs"),
+        sim_options=options,
+    )
+    gated = RouterConfig(
+        listen=f"127.0.0.1:{free_port()}", workers=(agent.listen,), gateway_db=str(store.db_path(home))
+    )
     open_ = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(agent.listen,))
     fleet = Fleet(home / "logs")
     try:
@@ -42,14 +49,19 @@ def run(concurrency: int, max_tokens: int, rounds: int, sim_options: tuple[tuple
         fleet.wait_ready(open_.local_url, 1, 60)
         fleet.wait_ready(gated.local_url, 1, 60, headers=keys.operator_headers(home))
         print(f"one sim agent, {concurrency} concurrent streams x {max_tokens} tokens; logs in {home / 'logs'}")
-        print_table(asyncio.run(_rounds(open_.local_url, gated.local_url, secret, concurrency, max_tokens, rounds)),
-                    base="open", other="gated", what="the gateway")  # fmt: skip
+        print_table(
+            asyncio.run(_rounds(open_.local_url, gated.local_url, secret, concurrency, max_tokens, rounds)),
+            base="open",
+            other="gated",
+            what="the gateway",
+        )
     finally:
         fleet.stop()
 
 
-async def _rounds(open_url: str, gated_url: str, secret: str, concurrency: int, max_tokens: int,
-                  rounds: int) -> list[RoundResult]:  # fmt: skip
+async def _rounds(
+    open_url: str, gated_url: str, secret: str, concurrency: int, max_tokens: int, rounds: int
+) -> list[RoundResult]:
     auth = {"authorization": f"Bearer {secret}"}
     await run_round("warmup", open_url, MODEL, concurrency, max_tokens, seed=-1)
     await run_round("warmup", gated_url, MODEL, concurrency, max_tokens, seed=-2, headers=auth)

@@ -69,8 +69,9 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]
 
 async def _grpc_stream(stub: pb_grpc.WorkerStub, body: dict[str, Any]) -> _Chunks:
     seen = _Chunks()
-    request = pb.GenerateRequest(endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode(),
-                                 stream=bool(body.get("stream")))  # fmt: skip
+    request = pb.GenerateRequest(
+        endpoint=pb.ENDPOINT_CHAT_COMPLETIONS, body=json.dumps(body).encode(), stream=bool(body.get("stream"))
+    )
     async for reply in stub.Generate(request):
         received = time.time_ns()
         for item in reply.chunks.items if reply.HasField("chunks") else ():
@@ -83,8 +84,16 @@ async def run_round(
 ) -> LatencyRound:
     """One round of `streams` concurrent streams; `url` is http://… (engine, router) or an agent's host:port."""
     limits = httpx.Limits(max_connections=streams * 2, max_keepalive_connections=streams * 2)
-    bodies = [{"model": model, "messages": [{"role": "user", "content": f"round {seed} stream {i}"}],
-               "max_tokens": max_tokens, "temperature": 0, "stream": True} for i in range(streams)]  # fmt: skip
+    bodies = [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"round {seed} stream {i}"}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+        for i in range(streams)
+    ]
     started = time.perf_counter()
     if url.startswith("http"):
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
@@ -130,8 +139,10 @@ async def measure(
 def report(results: list[LatencyRound]) -> str:
     lines = [f"{'target':<8}{'chunks/s':>10}{'chunk p50 ms':>14}{'p90':>8}{'p99':>8}{'TTFT p50 ms':>13}{'errors':>8}"]
     for r in results:
-        lines.append(f"{r.target:<8}{r.chunks_per_s:>10.0f}{pct(r.chunk_ms, 0.5):>14.2f}{pct(r.chunk_ms, 0.9):>8.2f}"
-                     f"{pct(r.chunk_ms, 0.99):>8.2f}{pct(r.ttft_ms, 0.5):>13.1f}{r.errors:>8}")  # fmt: skip
+        lines.append(
+            f"{r.target:<8}{r.chunks_per_s:>10.0f}{pct(r.chunk_ms, 0.5):>14.2f}{pct(r.chunk_ms, 0.9):>8.2f}"
+            f"{pct(r.chunk_ms, 0.99):>8.2f}{pct(r.ttft_ms, 0.5):>13.1f}{r.errors:>8}"
+        )
 
     def mean_pct(target: str, q: float, field: str = "chunk_ms") -> float:
         return statistics.mean(pct(getattr(r, field), q) for r in results if r.target == target)
@@ -140,6 +151,8 @@ def report(results: list[LatencyRound]) -> str:
     for upper, lower, who in pairs:
         added = [mean_pct(upper, q) - mean_pct(lower, q) for q in (0.5, 0.9, 0.99)]
         ttft = mean_pct(upper, 0.5, "ttft_ms") - mean_pct(lower, 0.5, "ttft_ms")
-        lines.append(f"added per chunk by {who:<7}({upper} - {lower}): p50 {added[0]:+.2f} ms, p90 {added[1]:+.2f} ms, "
-                     f"p99 {added[2]:+.2f} ms; TTFT p50 {ttft:+.1f} ms")  # fmt: skip
+        lines.append(
+            f"added per chunk by {who:<7}({upper} - {lower}): p50 {added[0]:+.2f} ms, p90 {added[1]:+.2f} ms, "
+            f"p99 {added[2]:+.2f} ms; TTFT p50 {ttft:+.1f} ms"
+        )
     return "\n".join(lines)

@@ -96,9 +96,20 @@ def _now(sink: logging.StreamHandler[io.StringIO]) -> Callable[[int], None]:
 
 def _scrape_ms(workers: int, repeats: int = 20) -> float:
     metrics = RouterMetrics()
-    rows = [WorkerRow(address=f"10.0.{i // 256}.{i % 256}:50051", worker_id=f"w{i:04d}", state=EngineState.READY,
-                      models=[MODEL], running=3, kv_cache_usage=0.4, generation_tokens=10**6, tokens_per_s=40.0,
-                      ttft_p50_ms=80.0) for i in range(workers)]  # fmt: skip
+    rows = [
+        WorkerRow(
+            address=f"10.0.{i // 256}.{i % 256}:50051",
+            worker_id=f"w{i:04d}",
+            state=EngineState.READY,
+            models=[MODEL],
+            running=3,
+            kv_cache_usage=0.4,
+            generation_tokens=10**6,
+            tokens_per_s=40.0,
+            ttft_p50_ms=80.0,
+        )
+        for i in range(workers)
+    ]
     metrics.watch(lambda: rows, lambda: {MODEL: 2})
     started = time.perf_counter()
     for _ in range(repeats):
@@ -114,9 +125,11 @@ def measure(requests: int, workers: int) -> Cost:
             _per_call_us(work, 1000)
         rounds = [(_per_call_us(before, requests // 4), _per_call_us(now, requests // 4)) for _ in range(4)]
     return Cost(
-        before_us=min(b for b, _ in rounds), now_us=min(n for _, n in rounds), scrape_ms=_scrape_ms(workers),
+        before_us=min(b for b, _ in rounds),
+        now_us=min(n for _, n in rounds),
+        scrape_ms=_scrape_ms(workers),
         workers=workers,
-    )  # fmt: skip
+    )
 
 
 def report(cost: Cost) -> str:

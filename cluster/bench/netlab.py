@@ -65,9 +65,13 @@ class Lab:
     hosts: list[LabHost]
 
     def hosts_toml(
-        self, python: str, engines: list[str], models: str, router_port: int,
+        self,
+        python: str,
+        engines: list[str],
+        models: str,
+        router_port: int,
         sim_options: Mapping[str, str] | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """A hosts file for `cluster up`: host `hN` per namespace, `models` appended; `sim_options` on every host."""
         options = ", ".join(f'"{k}" = "{v}"' for k, v in (sim_options or {}).items())
         lines = [f'[router]\nhost = "127.0.0.1"\nport = {router_port}\n']

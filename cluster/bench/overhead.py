@@ -61,17 +61,28 @@ async def _one_stream(
 
 
 def _body(api: str, model: str, max_tokens: int, text: str) -> dict[str, object]:
-    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": text}],
-                               "max_tokens": max_tokens, "temperature": 0, "stream": True}  # fmt: skip
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     if api == "chat":
         body["ignore_eos"] = True  # vLLM: always produce max_tokens, so every round does the same work
     return body
 
 
 async def run_round(
-    target: str, url: str, model: str, concurrency: int, max_tokens: int, seed: int,
-    headers: dict[str, str] | None = None, api: str = "chat",
-) -> RoundResult:  # fmt: skip
+    target: str,
+    url: str,
+    model: str,
+    concurrency: int,
+    max_tokens: int,
+    seed: int,
+    headers: dict[str, str] | None = None,
+    api: str = "chat",
+) -> RoundResult:
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         texts = [f"Request {seed}-{i}: tell me a long story about orchards." for i in range(concurrency)]
@@ -90,8 +101,9 @@ async def run_round(
     )
 
 
-def print_table(results: list[RoundResult], base: str = "direct", other: str = "router",
-                what: str = "router+agent") -> None:  # fmt: skip
+def print_table(
+    results: list[RoundResult], base: str = "direct", other: str = "router", what: str = "router+agent"
+) -> None:
     print(f"{'target':<8} {'round':>5} {'tok/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}")
     rounds: dict[str, int] = {}
     for r in results:
@@ -113,9 +125,16 @@ def print_table(results: list[RoundResult], base: str = "direct", other: str = "
 
 
 async def overhead(
-    engine_kind: EngineKind, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
-    sim_options: tuple[tuple[str, str], ...], api: str = "chat", engine_cpus: str | None = None,
-) -> None:  # fmt: skip
+    engine_kind: EngineKind,
+    concurrency: int,
+    max_tokens: int,
+    rounds: int,
+    port: int,
+    kv_cache_gib: float,
+    sim_options: tuple[tuple[str, str], ...],
+    api: str = "chat",
+    engine_cpus: str | None = None,
+) -> None:
     """Bring up a local cluster and alternate rounds direct/through Orchard; print the table and ratios."""
     if engine_cpus:
         print(isolate_engine(engine_cpus))
@@ -131,8 +150,10 @@ async def overhead(
         engine = await asyncio.to_thread(engine_url, state.agent_address, local.router_tls(home))
         if engine_cpus:
             print(f"moved the engine's {move_engine(state.agent_pid, engine_cpus)} threads to CPUs {engine_cpus}")
-        print(f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens on "
-              f"{PATHS[api]}")  # fmt: skip
+        print(
+            f"engine {engine}, router {state.url}; {concurrency} concurrent streams x {max_tokens} tokens on "
+            f"{PATHS[api]}"
+        )
         await run_round("warmup", engine, model, concurrency, max_tokens, seed=-1, api=api)
         urls, results, own = {"direct": engine, "router": state.url}, [], OwnCpu(state.router_pid, state.agent_pid)
         for i in range(rounds):
@@ -209,15 +230,22 @@ class OwnCpu:
 
     def report(self) -> None:
         cores = os.cpu_count() or 1
-        print(f"router+agent CPU during the routed rounds: {self.cpu_s:.1f} s in {self.wall_s:.1f} s = "
-              f"{self.cpu_s / self.wall_s / cores:.1%} of {cores} cores ({self.cpu_s * 1000 / max(self.tokens, 1):.2f} "
-              "ms per streamed token)")  # fmt: skip
+        print(
+            f"router+agent CPU during the routed rounds: {self.cpu_s:.1f} s in {self.wall_s:.1f} s = "
+            f"{self.cpu_s / self.wall_s / cores:.1%} of {cores} cores ({self.cpu_s * 1000 / max(self.tokens, 1):.2f} "
+            "ms per streamed token)"
+        )
 
 
 async def mtls_cost(
-    engine_kind: EngineKind, concurrency: int, max_tokens: int, rounds: int, port: int, kv_cache_gib: float,
+    engine_kind: EngineKind,
+    concurrency: int,
+    max_tokens: int,
+    rounds: int,
+    port: int,
+    kv_cache_gib: float,
     sim_options: tuple[tuple[str, str], ...],
-) -> None:  # fmt: skip
+) -> None:
     """Two local clusters alike but for router↔agent mutual TLS; rounds alternate between their routers."""
     model = "sim-model" if engine_kind == "sim" else BUNDLED_NAME
     options = (("max-concurrency", "256"), *sim_options)
@@ -225,9 +253,15 @@ async def mtls_cost(
     urls: dict[str, str] = {}
     try:
         for offset, (name, home) in enumerate(homes.items()):
-            config = local.LocalClusterConfig(engine=engine_kind, model=model, port=port + offset, home=home,
-                                              kv_cache_gib=kv_cache_gib, sim_options=options,
-                                              plaintext_agents=name == "plain")  # fmt: skip
+            config = local.LocalClusterConfig(
+                engine=engine_kind,
+                model=model,
+                port=port + offset,
+                home=home,
+                kv_cache_gib=kv_cache_gib,
+                sim_options=options,
+                plaintext_agents=name == "plain",
+            )
             print(f"bringing up the {name} cluster (logs in {home / 'logs'})…")
             state = await asyncio.to_thread(local.start, config, detached=False, report=lambda m: print("  " + m))
             urls[name] = state.url

@@ -101,10 +101,15 @@ class BenchFleet:
         config = self.config
         options = config.sim_options + tuple(o for i, o in config.worker_sim_options if i == index)
         return AgentConfig(
-            listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model_name, worker_id=f"w{index}",
-            kv_cache_gib=config.kv_cache_gib, log_dir=str(self.fleet.logs / f"w{index}"), sim_options=options,
+            listen=f"127.0.0.1:{free_port()}",
+            engine=config.engine,
+            model=config.model_name,
+            worker_id=f"w{index}",
+            kv_cache_gib=config.kv_cache_gib,
+            log_dir=str(self.fleet.logs / f"w{index}"),
+            sim_options=options,
             engine_args=config.engine_args,
-        )  # fmt: skip
+        )
 
     def start(self) -> None:
         for agent in self.agents:
@@ -115,8 +120,9 @@ class BenchFleet:
 
     @contextlib.contextmanager
     def router(self, policy: Policy, timeout_s: float) -> Iterator[str]:
-        config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=tuple(a.listen for a in self.agents),
-                              policy=policy)  # fmt: skip
+        config = RouterConfig(
+            listen=f"127.0.0.1:{free_port()}", workers=tuple(a.listen for a in self.agents), policy=policy
+        )
         child = self.fleet.start_router(config, name=f"router-{policy}")
         try:
             self.fleet.wait_ready(config.local_url, len(self.agents), timeout_s)
@@ -130,15 +136,19 @@ class BenchFleet:
         """Every policy starts from cold caches, where the engine can empty them (said once where not)."""
         if self.config.engine not in PREFIX_CACHE_RESETTERS:
             if not self.warned:
-                print(f"note: the {self.config.engine} engine cannot empty its prefix cache; each policy starts "
-                      "with the caches the previous one left", flush=True)  # fmt: skip
+                print(
+                    f"note: the {self.config.engine} engine cannot empty its prefix cache; each policy starts "
+                    "with the caches the previous one left",
+                    flush=True,
+                )
                 self.warned = True
             return
 
         async def reset_all() -> None:
             async with httpx.AsyncClient() as http:
-                replies = await asyncio.gather(*(http.post(url + RESET_PREFIX_CACHE, timeout=30.0)
-                                                 for url in self.engine_urls))  # fmt: skip
+                replies = await asyncio.gather(
+                    *(http.post(url + RESET_PREFIX_CACHE, timeout=30.0) for url in self.engine_urls)
+                )
             for reply in replies:
                 reply.raise_for_status()
 
@@ -208,9 +218,14 @@ def _shares(url: str) -> dict[str, float]:
 
 
 def measure(
-    label: str, workload: str, requests: list[workloads.Request], config: RoutingBenchConfig, url: str,
-    engine_urls: list[str], fleet: bool,
-) -> PolicyResult:  # fmt: skip
+    label: str,
+    workload: str,
+    requests: list[workloads.Request],
+    config: RoutingBenchConfig,
+    url: str,
+    engine_urls: list[str],
+    fleet: bool,
+) -> PolicyResult:
     before = _prefix_counters(engine_urls)
     results, wall, spread = asyncio.run(_drive(url, requests, config.rate, config.seed, sample_spread=fleet))
     hits, queries = (after - first for after, first in zip(_prefix_counters(engine_urls), before, strict=True))
@@ -218,13 +233,21 @@ def measure(
     ttfts = [r[0] * 1000 for r in ok]
     gaps = [g * 1000 for r in ok for g in r[1]]
     return PolicyResult(
-        policy=label, workload=workload, requests=len(requests), errors=len(results) - len(ok),
-        ttft_p50_ms=pct(ttfts, 0.5), ttft_p90_ms=pct(ttfts, 0.9), ttft_p99_ms=pct(ttfts, 0.99),
+        policy=label,
+        workload=workload,
+        requests=len(requests),
+        errors=len(results) - len(ok),
+        ttft_p50_ms=pct(ttfts, 0.5),
+        ttft_p90_ms=pct(ttfts, 0.9),
+        ttft_p99_ms=pct(ttfts, 0.99),
         ttft_mean_ms=statistics.mean(ttfts) if ttfts else float("nan"),
-        itl_p50_ms=pct(gaps, 0.5), output_tok_s=sum(r[2] for r in ok) / wall, request_rate=len(ok) / wall,
+        itl_p50_ms=pct(gaps, 0.5),
+        output_tok_s=sum(r[2] for r in ok) / wall,
+        request_rate=len(ok) / wall,
         prefix_hit_rate=hits / queries if queries else float("nan"),
-        load_spread=statistics.mean(spread) if spread else 0.0, share=_shares(url) if fleet else {},
-    )  # fmt: skip
+        load_spread=statistics.mean(spread) if spread else 0.0,
+        share=_shares(url) if fleet else {},
+    )
 
 
 def run_policy(
@@ -244,25 +267,36 @@ def build(workload: str, config: RoutingBenchConfig) -> list[workloads.Request]:
     model, count, seed, max_tokens = config.model_name, config.requests, config.seed, config.max_tokens
     if workload == "shared_prefix":
         groups = config.groups or max(2, count // 25)
-        return workloads.shared_prefix(model, groups=groups, users=-(-count // groups), seed=seed,
-                                       system_words=config.system_words, max_tokens=max_tokens)[:count]  # fmt: skip
+        return workloads.shared_prefix(
+            model,
+            groups=groups,
+            users=-(-count // groups),
+            seed=seed,
+            system_words=config.system_words,
+            max_tokens=max_tokens,
+        )[:count]
     if workload == "multi_turn":
-        return workloads.multi_turn(model, conversations=max(2, count // 5), turns=5, seed=seed,
-                                    max_tokens=max_tokens)[:count]  # fmt: skip
+        return workloads.multi_turn(model, conversations=max(2, count // 5), turns=5, seed=seed, max_tokens=max_tokens)[
+            :count
+        ]
     if workload == "random":
         return workloads.random_prompts(model, count, seed=seed, max_tokens=max_tokens)
     raise ValueError(f"unknown workload {workload!r}")
 
 
 def print_table(rows: list[PolicyResult]) -> None:
-    header = (f"{'workload':<14}{'policy':<14}{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'mean':>9}{'ITL p50':>9}"
-              f"{'tok/s':>9}{'req/s':>8}{'hit rate':>10}{'spread':>8}{'err':>5}  share")  # fmt: skip
+    header = (
+        f"{'workload':<14}{'policy':<14}{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'mean':>9}{'ITL p50':>9}"
+        f"{'tok/s':>9}{'req/s':>8}{'hit rate':>10}{'spread':>8}{'err':>5}  share"
+    )
     print("\n" + header)
     for r in rows:
         share = " ".join(f"{w}={s:.2f}" for w, s in sorted(r.share.items()))
-        print(f"{r.workload:<14}{r.policy:<14}{r.ttft_p50_ms:>10.0f}{r.ttft_p90_ms:>9.0f}{r.ttft_p99_ms:>9.0f}"
-              f"{r.ttft_mean_ms:>9.0f}{r.itl_p50_ms:>9.1f}{r.output_tok_s:>9.1f}{r.request_rate:>8.2f}"
-              f"{r.prefix_hit_rate:>10.2f}{r.load_spread:>8.2f}{r.errors:>5}  {share}")  # fmt: skip
+        print(
+            f"{r.workload:<14}{r.policy:<14}{r.ttft_p50_ms:>10.0f}{r.ttft_p90_ms:>9.0f}{r.ttft_p99_ms:>9.0f}"
+            f"{r.ttft_mean_ms:>9.0f}{r.itl_p50_ms:>9.1f}{r.output_tok_s:>9.1f}{r.request_rate:>8.2f}"
+            f"{r.prefix_hit_rate:>10.2f}{r.load_spread:>8.2f}{r.errors:>5}  {share}"
+        )
 
 
 def main(config: RoutingBenchConfig) -> list[PolicyResult]:

@@ -89,9 +89,14 @@ def agent_names(host: HostSpec) -> tuple[str, ...]:
 
 
 async def agent_identity(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, ca: authority.Authority, home: Path, now: dt.datetime,
-    renew: bool = False, revoke: bool = False,
-) -> bool:  # fmt: skip
+    conn: asyncssh.SSHClientConnection,
+    host: HostSpec,
+    ca: authority.Authority,
+    home: Path,
+    now: dt.datetime,
+    renew: bool = False,
+    revoke: bool = False,
+) -> bool:
     """Issue and copy the host's agent identity unless it holds the current one the router pins; True if it got a
     new one. A renewed certificate keeps the old pin too (the router may dial by it until it reads the new one);
     a revoking one does not. The agent's lock is held throughout: the router's renewal waits or skips a round."""
@@ -104,8 +109,9 @@ async def agent_identity(
                 return False
         pin = pins.new_name()
         kept = (held.name,) if held is not None and not (revoke or held.revoked) else ()
-        identity = authority.issue(ca, f"orchard agent {host.label}", (*names, *kept, pin), now,
-                                   life=authority.AGENT_LIFE)  # fmt: skip
+        identity = authority.issue(
+            ca, f"orchard agent {host.label}", (*names, *kept, pin), now, life=authority.AGENT_LIFE
+        )
         await remote.install_identity(conn, host, ca.pem, identity)
         with pins.editing(folder) as book:
             book.agents[host.agent_address] = pins.Pin(label=host.label, name=pin, certificate=_chain(identity))
@@ -160,16 +166,18 @@ class Expiry:
         span = f"{left.days} days" if left.days >= 2 else f"{max(0, int(left.total_seconds() // 3600))} h"
         warn = ""
         if authority.due(self.certificate, now):
-            warn = " [overdue: the router renews it while it reaches the agent]" if self.agent else \
-                " [renew: cluster certs rotate]"  # fmt: skip
+            warn = (
+                " [overdue: the router renews it while it reaches the agent]"
+                if self.agent
+                else " [renew: cluster certs rotate]"
+            )
         return f"{until:%Y-%m-%d %H:%M}Z ({span}){warn}"
 
 
 def expiries(home: Path, agents: list[str]) -> list[Expiry]:
     """The CA's, the router's and each agent's certificate expiry, as the head knows them (a lab agent's from the
     pin record, which the router keeps current as it renews)."""
-    files = {"CA": authority.ca_folder(home) / "ca.pem",
-             ROUTER: authority.tls_folder(home, ROUTER) / "identity.pem"}  # fmt: skip
+    files = {"CA": authority.ca_folder(home) / "ca.pem", ROUTER: authority.tls_folder(home, ROUTER) / "identity.pem"}
     if LOCAL_AGENT in agents:
         files[LOCAL_AGENT] = authority.tls_folder(home, LOCAL_AGENT) / "identity.pem"
     if endpoint_path(home).exists():
@@ -178,8 +186,14 @@ def expiries(home: Path, agents: list[str]) -> list[Expiry]:
     book = pins.read(authority.tls_folder(home, ROUTER))
     for label in (a for a in agents if a != LOCAL_AGENT):
         pin = held[1] if (held := book.by_label(label)) else None
-        found.append(Expiry(label, _certificate(pin.certificate.encode() if pin else b""), agent=True,
-                            revoked=bool(pin and pin.revoked)))  # fmt: skip
+        found.append(
+            Expiry(
+                label,
+                _certificate(pin.certificate.encode() if pin else b""),
+                agent=True,
+                revoked=bool(pin and pin.revoked),
+            )
+        )
     return found
 
 

@@ -75,9 +75,14 @@ class Fleet:
                 raise FleetError(f"the {child.name} exited; last lines of {child.log}:\n{procs.tail(child.log)}")
 
     def wait_ready(
-        self, url: str, workers: int, timeout_s: float, report: Report | None = None,
-        headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True,
-    ) -> list[WorkerRow]:  # fmt: skip
+        self,
+        url: str,
+        workers: int,
+        timeout_s: float,
+        report: Report | None = None,
+        headers: dict[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> list[WorkerRow]:
         """Poll the router at `url` until `workers` workers are ready; their rows. Raises FleetError.
         `headers`: an operator key, where the router asks for one; `verify`: what to trust on HTTPS."""
         deadline = time.monotonic() + timeout_s
@@ -95,8 +100,10 @@ class Fleet:
                     report(progress)
                     last = progress
                 if failed := [row for row in rows if row.state is EngineState.FAILED]:
-                    raise FleetError(f"worker {failed[0].worker_id}: the engine failed to start: {failed[0].detail}"
-                                     + self._engine_log_tail())  # fmt: skip
+                    raise FleetError(
+                        f"worker {failed[0].worker_id}: the engine failed to start: {failed[0].detail}"
+                        + self._engine_log_tail()
+                    )
                 time.sleep(0.25)
         raise FleetError(f"not ready within {timeout_s:.0f}s; see the logs in {self.logs}")
 

@@ -53,13 +53,17 @@ def _own(member: Member) -> list[str]:
     group_ips = set(report.group_addresses or [address])  # a name resolved on the member itself
     if member.platform == "darwin" and not group_ips & set(report.hostname_addresses):
         resolved = ", ".join(report.hostname_addresses) or "nothing"
-        issues.append(f"hostname '{report.hostname}' resolves to {resolved}, not its group address {address}: add "
-                      f"'{address} {report.hostname}' to /etc/hosts (gloo hangs at rendezvous otherwise)")  # fmt: skip
+        issues.append(
+            f"hostname '{report.hostname}' resolves to {resolved}, not its group address {address}: add "
+            f"'{address} {report.hostname}' to /etc/hosts (gloo hangs at rendezvous otherwise)"
+        )
     if not report.python_version:
         issues.append(f"the engine's interpreter {python} does not run (set engine_python for this host)")
     elif not report.ray_version:
-        issues.append(f"Ray is not installed in the engine's venv: run `{python} -m pip install ray`, or "
-                      "`cluster install --with-vllm-metal`")  # fmt: skip
+        issues.append(
+            f"Ray is not installed in the engine's venv: run `{python} -m pip install ray`, or "
+            "`cluster install --with-vllm-metal`"
+        )
     return issues + _firewall(report.firewall, report.firewall_detail, python)
 
 
@@ -68,20 +72,26 @@ def _firewall(state: str, detail: str, python: str) -> list[str]:
     if state not in ("blocks", "unlisted"):
         return []
     what = "blocks" if state == "blocks" else "has no rule for"
-    return [f"the macOS firewall {what} the engine's interpreter ({detail}): `sudo {SOCKETFILTERFW} --add {python} "
-            f"--unblockapp {python}` (its real path), or turn the firewall off"]  # fmt: skip
+    return [
+        f"the macOS firewall {what} the engine's interpreter ({detail}): `sudo {SOCKETFILTERFW} --add {python} "
+        f"--unblockapp {python}` (its real path), or turn the firewall off"
+    ]
 
 
 def _mismatches(group: GroupPlan, members: Mapping[str, Member]) -> list[tuple[str, str]]:
     reports = {label: members[label].report for label in group.hosts}
     issues: list[tuple[str, str]] = []
-    for what, value in (("Python", lambda r: ".".join(r.python_version.split(".")[:2])),
-                        ("Ray", lambda r: r.ray_version)):  # fmt: skip
+    for what, value in (
+        ("Python", lambda r: ".".join(r.python_version.split(".")[:2])),
+        ("Ray", lambda r: r.ray_version),
+    ):
         seen = {label: value(r) for label, r in reports.items() if r.python_version and r.ray_version}
         if len(set(seen.values())) > 1:
             listing = ", ".join(f"{label} {v}" for label, v in seen.items())
-            issues += [(label, f"{what} versions differ across group {group.name} ({listing}): Ray needs them equal")
-                       for label in seen]  # fmt: skip
+            issues += [
+                (label, f"{what} versions differ across group {group.name} ({listing}): Ray needs them equal")
+                for label in seen
+            ]
     return issues
 
 
@@ -105,8 +115,10 @@ def mlx_problems(group: GroupPlan, source: str, members: Mapping[str, MlxMember]
         if len(set(seen.values())) > 1:
             listing = ", ".join(f"{label} {v}" for label, v in seen.items())
             for label in seen:
-                found[label].append(f"{what} versions differ across group {group.name} ({listing}): ranks must "
-                                    "run one release; `cluster install` installs the head's on every host")  # fmt: skip
+                found[label].append(
+                    f"{what} versions differ across group {group.name} ({listing}): ranks must "
+                    "run one release; `cluster install` installs the head's on every host"
+                )
     return {label: issues for label, issues in found.items() if issues}
 
 
@@ -115,16 +127,22 @@ def _mlx_own(member: MlxMember, source: str) -> list[str]:
     address = host.group_address or host.address
     issues = []
     if not report.address_local:
-        issues.append(f"group address {address} is not one of this host's ({', '.join(report.local_addresses)}): "
-                      "set group_address to one of them (its Thunderbolt bridge IP, say)")  # fmt: skip
+        issues.append(
+            f"group address {address} is not one of this host's ({', '.join(report.local_addresses)}): "
+            "set group_address to one of them (its Thunderbolt bridge IP, say)"
+        )
     elif not report.port_free and not report.agent_running:
-        issues.append(f"port {host.group_port} on {address} is in use by another program: stop it, or set "
-                      "group_port for this host")  # fmt: skip
+        issues.append(
+            f"port {host.group_port} on {address} is in use by another program: stop it, or set "
+            "group_port for this host"
+        )
     if not report.mlx_version or not report.mlx_lm_version:
         issues.append(f"mlx and mlx-lm are not both installed for {report.python}: `cluster install --extras mlx`")
     if member.model is not None and not member.model.present and not is_hub_id(source):
-        issues.append(f"the model's files ({source}) are not on this host: every rank loads its own copy; put them "
-                      "at the same path on each, or name a hub id")  # fmt: skip
+        issues.append(
+            f"the model's files ({source}) are not on this host: every rank loads its own copy; put them "
+            "at the same path on each, or name a hub id"
+        )
     return issues + _firewall(report.firewall, report.firewall_detail, report.python)
 
 
@@ -137,14 +155,20 @@ def _jaccl(group: GroupPlan, member: MlxMember) -> list[str]:
     version = tuple(int(part) for part in report.macos_version.split(".")[:2] if part.isdigit())
     if version < JACCL_MACOS:
         running = report.macos_version or "an unknown version"
-        issues.append(f"JACCL needs macOS {JACCL_MACOS[0]}.{JACCL_MACOS[1]} or later (this Mac runs {running}): "
-                      f"update macOS, or use {USE_RING}")  # fmt: skip
+        issues.append(
+            f"JACCL needs macOS {JACCL_MACOS[0]}.{JACCL_MACOS[1]} or later (this Mac runs {running}): "
+            f"update macOS, or use {USE_RING}"
+        )
     elif not report.rdma_devices:
-        issues.append("no RDMA devices (`ibv_devices` lists none): JACCL needs Thunderbolt 5 and RDMA enabled "
-                      f"once in macOS Recovery (`rdma_ctl enable`, Apple TN3205), or use {USE_RING}")  # fmt: skip
+        issues.append(
+            "no RDMA devices (`ibv_devices` lists none): JACCL needs Thunderbolt 5 and RDMA enabled "
+            f"once in macOS Recovery (`rdma_ctl enable`, Apple TN3205), or use {USE_RING}"
+        )
     else:
         for peer, device in sorted(member.host.rdma_devices.items()):
             if device not in report.rdma_devices:
-                issues.append(f"rdma_devices names {device} towards {peer}, not one of this Mac's "
-                              f"({', '.join(report.rdma_devices)}): see `ibv_devices`")  # fmt: skip
+                issues.append(
+                    f"rdma_devices names {device} towards {peer}, not one of this Mac's "
+                    f"({', '.join(report.rdma_devices)}): see `ibv_devices`"
+                )
     return issues

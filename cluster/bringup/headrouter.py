@@ -28,13 +28,20 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
     router = spec.router
     cert, key = _endpoint_files(spec, home)
     return RouterConfig.checked(
-        listen=f"{router.host}:{router.port}", workers=tuple(workers), model_policies=policies,
+        listen=f"{router.host}:{router.port}",
+        workers=tuple(workers),
+        model_policies=policies,
         models=tuple(m.name for m in spec.models),
-        gateway_db=str(db_path(home)), no_auth=router.no_auth, max_queue=router.max_queue,
-        log_format=router.log_format, handover=str(home / "router.sock"),
-        tls_dir=str(authority.tls_folder(home, certs.ROUTER)), ca_dir=str(authority.ca_folder(home)),
-        tls_cert=cert, tls_key=key,
-    )  # fmt: skip
+        gateway_db=str(db_path(home)),
+        no_auth=router.no_auth,
+        max_queue=router.max_queue,
+        log_format=router.log_format,
+        handover=str(home / "router.sock"),
+        tls_dir=str(authority.tls_folder(home, certs.ROUTER)),
+        ca_dir=str(authority.ca_folder(home)),
+        tls_cert=cert,
+        tls_key=key,
+    )
 
 
 def _endpoint_files(spec: ClusterSpec, home: Path) -> tuple[str | None, str | None]:
@@ -48,21 +55,30 @@ def _endpoint_files(spec: ClusterSpec, home: Path) -> tuple[str | None, str | No
 
 
 def ensure_router(
-    spec: ClusterSpec, home: Path, workers: list[str], report: Report, service: units.RouterService,
+    spec: ClusterSpec,
+    home: Path,
+    workers: list[str],
+    report: Report,
+    service: units.RouterService,
     install_service: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     config = router_config(spec, workers, home)
     previous = read_state(home)
     pid = previous.router_now(service) if previous else None
     as_service = install_service or bool(previous and previous.router_slot)  # a service router stays one
     if as_service and (why := service.unavailable()):
-        report(f"router: kept by Orchard's keeper, not by a service manager: {why}; it does not come back by "
-               "itself after this machine reboots")  # fmt: skip
+        report(
+            f"router: kept by Orchard's keeper, not by a service manager: {why}; it does not come back by "
+            "itself after this machine reboots"
+        )
         as_service = False
     manager = service if as_service else None
     slot: Literal["", "a", "b"] = ""
     same = previous is not None and (previous.router, previous.build, bool(previous.router_slot)) == (
-        config, build.digest(), as_service)  # fmt: skip
+        config,
+        build.digest(),
+        as_service,
+    )
     if previous and pid and same:
         report(f"router: running (pid {pid}) at {config.local_url}")
         slot = previous.router_slot
@@ -79,18 +95,28 @@ def ensure_router(
         except rollout.RolloutError as exc:
             raise LabError(str(exc)) from None
         how = f" by {service.manager} ({service.name(slot or 'a')})" if manager else ""
-        report(f"router: {'restarted' if restarted else 'started'}{how} (pid {pid}) "
-               f"at {config.local_url}")  # fmt: skip
-    state = LabState(spec=spec.model_dump(mode="json"), router_pid=pid, router=config, url=config.local_url,
-                     build=build.digest(), router_started=procs.started_at(pid), router_slot=slot)  # fmt: skip
+        report(f"router: {'restarted' if restarted else 'started'}{how} (pid {pid}) at {config.local_url}")
+    state = LabState(
+        spec=spec.model_dump(mode="json"),
+        router_pid=pid,
+        router=config,
+        url=config.local_url,
+        build=build.digest(),
+        router_started=procs.started_at(pid),
+        router_slot=slot,
+    )
     records.write(state_path(home), state)
     return config.local_url
 
 
 def _hand_over(
-    old_pid: int, old_slot: Literal["", "a", "b"], config: RouterConfig, home: Path, report: Report,
+    old_pid: int,
+    old_slot: Literal["", "a", "b"],
+    config: RouterConfig,
+    home: Path,
+    report: Report,
     service: units.RouterService | None,
-) -> tuple[int, Literal["", "a", "b"]]:  # fmt: skip
+) -> tuple[int, Literal["", "a", "b"]]:
     """rollout.hand_over; to a service's other slot when `service`: the new router is started there by the
     service manager and takes the socket over, and only then is the old slot retired (stopped without waiting
     for its streams, no longer started at boot), so a planned restart refuses nothing and one slot starts at
@@ -164,8 +190,15 @@ class _ThisMachine:
 
         def shell() -> _Ran:
             try:
-                done = subprocess.run(command, shell=True, capture_output=True, text=True,
-                                      timeout=remote.COMMAND_TIMEOUT_S, check=check, **stdin)  # fmt: skip
+                done = subprocess.run(
+                    command,
+                    shell=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=remote.COMMAND_TIMEOUT_S,
+                    check=check,
+                    **stdin,
+                )
             except subprocess.TimeoutExpired:
                 return _Ran(124, "", f"timed out after {remote.COMMAND_TIMEOUT_S:g} s")
             return _Ran(done.returncode, done.stdout, done.stderr)

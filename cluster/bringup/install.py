@@ -45,11 +45,13 @@ VLLM_METAL_VENV = str(DEFAULT_METAL_VENV).replace("~", "$HOME", 1)  # where the 
 # Where a usable Python usually is. POSIX sh globs (macOS /bin/sh, zsh, dash); one that matches nothing stays
 # literal and is skipped. Every 3.x from 3.10 up matches: Homebrew moves to each new release.
 _CANDIDATES = [
-    "/opt/homebrew/bin/python3.[1-9][0-9]", "/opt/homebrew/bin/python3",  # Homebrew on Apple Silicon
+    "/opt/homebrew/bin/python3.[1-9][0-9]",
+    "/opt/homebrew/bin/python3",  # Homebrew on Apple Silicon
     "/Library/Frameworks/Python.framework/Versions/3.[1-9][0-9]/bin/python3",  # python.org's installer
-    "/usr/local/bin/python3.[1-9][0-9]", "/usr/local/bin/python3",  # python.org's links, Intel Homebrew
+    "/usr/local/bin/python3.[1-9][0-9]",
+    "/usr/local/bin/python3",  # python.org's links, Intel Homebrew
     '"$HOME"/.local/share/uv/python/cpython-3.[1-9][0-9]*/bin/python3',  # uv-managed (vllm-metal's installer)
-]  # fmt: skip
+]
 _PROBE = (
     "import sys, importlib.util as u; v = sys.version_info; "
     'print("%s|%d.%d.%d|%d" % (sys.executable, v[0], v[1], v[2], '
@@ -126,8 +128,9 @@ def vllm_metal_commands() -> list[str]:
     """vllm-metal's own installer (into ~/.venv-vllm-metal), then Ray in that venv: its installer leaves Ray
     out and vLLM's pipeline groups need it. Under /bin/sh with `set -e`: a failed download stops here (a
     `curl | bash` pipe would run nothing and succeed)."""
-    fetch_and_run = (f'set -e; f=$(mktemp); trap \'rm -f "$f"\' EXIT; curl -fsSL {VLLM_METAL_INSTALLER} -o "$f"; '
-                     'bash "$f"')  # fmt: skip
+    fetch_and_run = (
+        f'set -e; f=$(mktemp); trap \'rm -f "$f"\' EXIT; curl -fsSL {VLLM_METAL_INSTALLER} -o "$f"; bash "$f"'
+    )
     return [
         remote.posix(fetch_and_run),
         f'"{VLLM_METAL_VENV}/bin/python" -m pip install --disable-pip-version-check -q "ray>=2.40"',
@@ -188,8 +191,9 @@ def build_wheel(out: Path) -> Path:
     hold exactly the head's build."""
     root = Path(build.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():
-        raise InstallError(f"`cluster install` builds the head's wheel from Orchard's source checkout; {root} "
-                           "has no pyproject.toml")  # fmt: skip
+        raise InstallError(
+            f"`cluster install` builds the head's wheel from Orchard's source checkout; {root} has no pyproject.toml"
+        )
     source = out / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in build.PACKAGES:
@@ -198,8 +202,10 @@ def build_wheel(out: Path) -> Path:
         shutil.copy2(root / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wheels = sorted(out.glob("orchard-*.whl"))
     if result.returncode != 0 or not wheels:
         raise InstallError(f"building the wheel failed: {(result.stderr or result.stdout).strip()[-500:]}")
@@ -207,8 +213,10 @@ def build_wheel(out: Path) -> Path:
     with zipfile.ZipFile(wheels[-1]) as wheel:
         wheel.extractall(unpacked)
     if build.digest(unpacked) != build.digest():
-        raise InstallError("the wheel does not hold the head's build: a source file lies outside a package "
-                           "(a folder without __init__.py?)")  # fmt: skip
+        raise InstallError(
+            "the wheel does not hold the head's build: a source file lies outside a package "
+            "(a folder without __init__.py?)"
+        )
     return wheels[-1]
 
 
@@ -236,8 +244,17 @@ class InstallOptions:
         """uv's wheel for the host's OS and CPU in the wheelhouse, if there is one (its binary brings a Python)."""
         os_tag = "macosx" if platform == "darwin" else "linux"
         cpu = {"arm64": ("arm64", "aarch64"), "aarch64": ("arm64", "aarch64")}.get(machine, (machine,))
-        return next((w for w in self.wheelhouse or () if w.name.startswith("uv-") and os_tag in w.name
-                     and "musllinux" not in w.name and any(c in w.name for c in cpu)), None)  # fmt: skip
+        return next(
+            (
+                w
+                for w in self.wheelhouse or ()
+                if w.name.startswith("uv-")
+                and os_tag in w.name
+                and "musllinux" not in w.name
+                and any(c in w.name for c in cpu)
+            ),
+            None,
+        )
 
 
 async def install_host(
@@ -261,9 +278,13 @@ async def install_host(
 
 
 async def _install(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, row: HostInstall, wheel: Path, options: InstallOptions,
+    conn: asyncssh.SSHClientConnection,
+    host: HostSpec,
+    row: HostInstall,
+    wheel: Path,
+    options: InstallOptions,
     report: Callable[[str], None],
-) -> InstalledHost:  # fmt: skip
+) -> InstalledHost:
     home = (await remote.shell(conn, 'printf %s "$HOME"')).strip()
     folder = remote.expand_home(host.orchard_dir, home).rstrip("/")
     platform = await remote.host_os(conn)
@@ -303,9 +324,13 @@ async def _vllm_metal(conn: asyncssh.SSHClientConnection, host: HostSpec, report
 
 
 async def _interpreter(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, platform: str, options: InstallOptions,
+    conn: asyncssh.SSHClientConnection,
+    host: HostSpec,
+    folder: str,
+    platform: str,
+    options: InstallOptions,
     report: Callable[[str], None],
-) -> Found:  # fmt: skip
+) -> Found:
     """The Python to make Orchard's venv with: the host's best, else one install brings into orchard_dir."""
     script = remote.posix(probe_script(folder))
     found = parse_probe(await remote.shell(conn, script))
@@ -322,9 +347,14 @@ async def _interpreter(
 
 
 async def _bring_python(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, platform: str, machine: str,
-    options: InstallOptions, report: Callable[[str], None],
-) -> None:  # fmt: skip
+    conn: asyncssh.SSHClientConnection,
+    host: HostSpec,
+    folder: str,
+    platform: str,
+    machine: str,
+    options: InstallOptions,
+    report: Callable[[str], None],
+) -> None:
     """Into `folder`/python: the archive unpacked (offline), else uv's own download of a standalone Python."""
     target = shlex.quote(f"{folder}/python")
     await remote.shell(conn, f"mkdir -p {shlex.quote(folder)}/bin")
@@ -344,8 +374,11 @@ async def _bring_python(
         async with conn.start_sftp_client() as sftp:
             await sftp.put(str(binary), f"{folder}/bin/uv")
     uv = shlex.quote(f"{folder}/bin/uv")
-    await remote.shell(conn, f"chmod 755 {uv} && {uv} python install {BROUGHT_PYTHON} --install-dir {target}",
-                       timeout_s=INSTALL_TIMEOUT_S)  # fmt: skip
+    await remote.shell(
+        conn,
+        f"chmod 755 {uv} && {uv} python install {BROUGHT_PYTHON} --install-dir {target}",
+        timeout_s=INSTALL_TIMEOUT_S,
+    )
 
 
 def bring_from_archive(folder: str, staged: str) -> str:
@@ -353,8 +386,10 @@ def bring_from_archive(folder: str, staged: str) -> str:
     `folder`/python, replacing an earlier one; the archive removed whatever happens. macOS tar is bsdtar."""
     target, archive = shlex.quote(f"{folder}/python"), shlex.quote(staged)
     cleanup = shlex.quote(f"rm -f {archive}")  # trap's argument is one word, itself a command line
-    return remote.posix(f"trap {cleanup} EXIT; rm -rf {target} && mkdir -p {target} && "
-                        f"tar -xzf {archive} -C {target} --strip-components 1")  # fmt: skip
+    return remote.posix(
+        f"trap {cleanup} EXIT; rm -rf {target} && mkdir -p {target} && "
+        f"tar -xzf {archive} -C {target} --strip-components 1"
+    )
 
 
 def uv_binary(wheel: Path, out: Path) -> Path:
@@ -374,15 +409,23 @@ async def _target(conn: asyncssh.SSHClientConnection, host: HostSpec, home: str,
         return f"{folder}/venv/bin/python"
     python = remote.expand_home(host.python, home)
     if "missing" in await remote.shell(conn, f"[ -x {shlex.quote(python)} ] || echo missing"):
-        raise InstallError(f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
-                           "so that cluster install makes a venv")  # fmt: skip
+        raise InstallError(
+            f"python = {host.python!r} is not there; fix it, or drop it from the hosts file "
+            "so that cluster install makes a venv"
+        )
     return python
 
 
 async def _copy_and_pip(
-    conn: asyncssh.SSHClientConnection, host: HostSpec, folder: str, python: str, wheel: Path,
-    wheelhouse: tuple[Path, ...] | None, extras: str, report: Callable[[str], None],
-) -> None:  # fmt: skip
+    conn: asyncssh.SSHClientConnection,
+    host: HostSpec,
+    folder: str,
+    python: str,
+    wheel: Path,
+    wheelhouse: tuple[Path, ...] | None,
+    extras: str,
+    report: Callable[[str], None],
+) -> None:
     target = f"{folder}/wheels"
     await remote.shell(conn, f"rm -rf {shlex.quote(target)} && mkdir -p {shlex.quote(target)}")
     files = [wheel, *(wheelhouse or [])]

@@ -33,9 +33,15 @@ from worker.shared.launch import LaunchConfigError, is_loopback
 
 
 async def _bring_host(
-    probe: preflight.Probe, host: HostSpec, assignment: Assignment | None, spec: ClusterSpec, report: Report,
-    install_service: bool = False, trust: tuple[authority.Authority, Path] | None = None, root: Sudo | None = None,
-) -> HostOutcome:  # fmt: skip
+    probe: preflight.Probe,
+    host: HostSpec,
+    assignment: Assignment | None,
+    spec: ClusterSpec,
+    report: Report,
+    install_service: bool = False,
+    trust: tuple[authority.Authority, Path] | None = None,
+    root: Sudo | None = None,
+) -> HostOutcome:
     outcome, conn = probe.outcome, probe.conn
     if conn is None:
         return outcome
@@ -69,8 +75,11 @@ async def _bring_host(
         outcome.state, outcome.reason = "failed", f"agent exited at start: {result.log}"
     else:
         outcome.state = "started" if result.changed else "running"
-        report(f"{host.label}: agent {outcome.state}" + (f" (pid {outcome.pid})" if outcome.pid else "")
-               + f" serving {model_name}")  # fmt: skip
+        report(
+            f"{host.label}: agent {outcome.state}"
+            + (f" (pid {outcome.pid})" if outcome.pid else "")
+            + f" serving {model_name}"
+        )
     return outcome
 
 
@@ -157,9 +166,12 @@ async def up(
 
 
 async def _changing(
-    probes: list[preflight.Probe], spec: ClusterSpec, by_host: dict[str, Assignment], home: Path,
+    probes: list[preflight.Probe],
+    spec: ClusterSpec,
+    by_host: dict[str, Assignment],
+    home: Path,
     service: units.RouterService,
-) -> tuple[str, list[str]]:  # fmt: skip
+) -> tuple[str, list[str]]:
     """The running router's URL ("" when none runs) and the hosts whose agents are about to be restarted (their
     configuration or Orchard changed) or stopped (nothing placed there any more): they are drained first, in
     waves where a model would otherwise stop answering (cluster.bringup.rolling), so an edited file cuts no one."""

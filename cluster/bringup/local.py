@@ -149,15 +149,26 @@ def start(config: LocalClusterConfig, *, detached: bool, report: Report) -> Loca
     report(f"starting router on {router.local_url}")
     router_child = fleet.start_router(router)
     state = LocalState(
-        url=router.local_url, model=agent.served_name, engine=config.engine, router_pid=router_child.pid,
-        agent_pid=agent_child.pid, agent_address=agent.listen, supervisor_pid=None if detached else os.getpid(),
+        url=router.local_url,
+        model=agent.served_name,
+        engine=config.engine,
+        router_pid=router_child.pid,
+        agent_pid=agent_child.pid,
+        agent_address=agent.listen,
+        supervisor_pid=None if detached else os.getpid(),
         log_dir=str(fleet.logs),
         started={pid: t for pid in (router_child.pid, agent_child.pid, os.getpid()) if (t := procs.started_at(pid))},
-    )  # fmt: skip
+    )
     records.write(state_path(home), state)
     try:
-        fleet.wait_ready(router.local_url, workers=1, timeout_s=config.ready_timeout_s, report=report,
-                         headers=operator_headers(home), verify=authority.trust(home))  # fmt: skip
+        fleet.wait_ready(
+            router.local_url,
+            workers=1,
+            timeout_s=config.ready_timeout_s,
+            report=report,
+            headers=operator_headers(home),
+            verify=authority.trust(home),
+        )
     except FleetError as exc:
         stop(home)
         raise LocalClusterError(str(exc)) from None
@@ -171,17 +182,29 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
     """The agent's and the router's configuration for this local cluster (pure, but for a free port)."""
     served = BUNDLED_NAME if is_bundled(config.model) else config.model
     agent = AgentConfig.checked(
-        listen=f"127.0.0.1:{free_port()}", engine=config.engine, model=config.model, served_name=served,
-        log_dir=str(config.home / "logs"), max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
-        ready_timeout_s=config.ready_timeout_s, sim_options=config.sim_options, engine_args=config.engine_args,
+        listen=f"127.0.0.1:{free_port()}",
+        engine=config.engine,
+        model=config.model,
+        served_name=served,
+        log_dir=str(config.home / "logs"),
+        max_model_len=config.max_model_len,
+        kv_cache_gib=config.kv_cache_gib,
+        ready_timeout_s=config.ready_timeout_s,
+        sim_options=config.sim_options,
+        engine_args=config.engine_args,
         tls_dir=None if config.plaintext_agents else str(authority.tls_folder(config.home, certs.LOCAL_AGENT)),
         task=config.task,
-    )  # fmt: skip
+    )
     endpoint = str(certs.endpoint_path(config.home)) if config.tls else None
-    router = RouterConfig.checked(listen=f"{config.host}:{config.port}", workers=(agent.listen,), models=(served,),
-                                  gateway_db=str(db_path(config.home)),
-                                  tls_dir=None if config.plaintext_agents else str(router_tls(config.home)),
-                                  tls_cert=endpoint, tls_key=endpoint)  # fmt: skip
+    router = RouterConfig.checked(
+        listen=f"{config.host}:{config.port}",
+        workers=(agent.listen,),
+        models=(served,),
+        gateway_db=str(db_path(config.home)),
+        tls_dir=None if config.plaintext_agents else str(router_tls(config.home)),
+        tls_cert=endpoint,
+        tls_key=endpoint,
+    )
     return agent, router
 
 
@@ -211,10 +234,10 @@ def stop(home: Path, grace_s: float = 30.0) -> list[int]:
 def ask(url: str, model: str, question: str, home: Path, timeout_s: float = 120.0) -> dict[str, Any]:
     """One greedy chat request through the router (with the operator's key); returns the OpenAI body."""
     headers = operator_headers(home)
-    body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
-            "max_tokens": 64}  # fmt: skip
-    response = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout_s,
-                          verify=authority.trust(home))  # fmt: skip
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 64}
+    response = httpx.post(
+        url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout_s, verify=authority.trust(home)
+    )
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result

@@ -78,9 +78,11 @@ def layers_known(assignments: list[Assignment]) -> None:
         group = a.group
         if group is not None and group.backend == "mlx" and group.mode == "pipeline" and group.layers is None:
             where = ", ".join(group.hosts)
-            raise PlacementError(f"model '{a.model.name}': an mlx pipeline group splits the model by layers, and no "
-                           f"config.json of {a.model.source} was found on the head or on {where}; give "
-                           "`layers = N` on the model in the hosts file, or put the model on its hosts")  # fmt: skip
+            raise PlacementError(
+                f"model '{a.model.name}': an mlx pipeline group splits the model by layers, and no "
+                f"config.json of {a.model.source} was found on the head or on {where}; give "
+                "`layers = N` on the model in the hosts file, or put the model on its hosts"
+            )
 
 
 def check_engines(assignments: list[Assignment], probes: dict[str, Probe], report: Report) -> None:
@@ -128,12 +130,16 @@ async def _group_problems(
 ) -> dict[str, list[str]]:
     if group.backend == "vllm":
         replies = await asyncio.gather(*(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items()))
-        members = {label: groupcheck.Member(hosts[label], p.platform, reply)
-                   for (label, p), reply in zip(reachable.items(), replies, strict=True)}  # fmt: skip
+        members = {
+            label: groupcheck.Member(hosts[label], p.platform, reply)
+            for (label, p), reply in zip(reachable.items(), replies, strict=True)
+        }
         return groupcheck.problems(group, members)
     checks = await asyncio.gather(
         *(remote.mlx_check(p.conn, hosts[label], group.transport) for label, p in reachable.items())
     )
-    mlx = {label: groupcheck.MlxMember(hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts else None)
-           for (label, p), reply in zip(reachable.items(), checks, strict=True)}  # fmt: skip
+    mlx = {
+        label: groupcheck.MlxMember(hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts else None)
+        for (label, p), reply in zip(reachable.items(), checks, strict=True)
+    }
     return groupcheck.mlx_problems(group, source, mlx)

@@ -118,8 +118,10 @@ async def preflight(
     facts = await run_daemon(conn, host, ["facts", *_engine_python(host), *models], HostFactsReply)
     if facts.build != build.digest():
         theirs = f"{facts.orchard_version} (build {facts.build})" if facts.build else "an older Orchard"
-        raise RemoteError(f"{facts.python} runs {theirs}, not this head's {build.describe()}: run `cluster "
-                          "install` with this hosts file to install the head's build there")  # fmt: skip
+        raise RemoteError(
+            f"{facts.python} runs {theirs}, not this head's {build.describe()}: run `cluster "
+            "install` with this hosts file to install the head's build there"
+        )
     return facts
 
 
@@ -127,8 +129,10 @@ def engine_problem(facts: HostFactsReply, engine: str) -> str | None:
     """Why the host cannot run the engine it was assigned (its own, or its shard group's backend), if it cannot."""
     if facts.engines.get(engine):
         return None
-    hint = {"vllm": "on a Mac: `cluster install --with-vllm-metal`; on Linux: `cluster install --extras vllm`",
-            "mlx": "`cluster install --extras mlx`"}.get(engine, "")  # fmt: skip
+    hint = {
+        "vllm": "on a Mac: `cluster install --with-vllm-metal`; on Linux: `cluster install --extras vllm`",
+        "mlx": "`cluster install --extras mlx`",
+    }.get(engine, "")
     where = f"engine '{engine}' is not available on this host ({facts.python})"
     return f"{where}: {hint}" if hint else where
 
@@ -139,8 +143,17 @@ async def group_check(conn: asyncssh.SSHClientConnection, host: HostSpec) -> Gro
 
 
 async def mlx_check(conn: asyncssh.SSHClientConnection, host: HostSpec, transport: str) -> MlxCheckReply:
-    args = ["mlxcheck", "--dir", host.orchard_dir, "--group-address", host.group_address or host.address,
-            "--group-port", str(host.group_port), "--transport", transport]  # fmt: skip
+    args = [
+        "mlxcheck",
+        "--dir",
+        host.orchard_dir,
+        "--group-address",
+        host.group_address or host.address,
+        "--group-port",
+        str(host.group_port),
+        "--transport",
+        transport,
+    ]
     return await run_daemon(conn, host, args, MlxCheckReply)
 
 
@@ -155,13 +168,23 @@ def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
     group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
     sim_options = host.sim_options.items()  # the hosts file allows numbers; the command line carries text
     return AgentConfig.checked(
-        listen=f"0.0.0.0:{host.agent_port}", engine=group.backend if group else host.engine, model=model.source,
-        served_name=model.name, worker_id=host.label, max_model_len=model.max_model_len,
-        engine_args=tuple(model.engine_args), sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
-        engine_python=host.engine_python, ready_timeout_s=model.ready_timeout_s, tool_parser=model.tool_parser,
+        listen=f"0.0.0.0:{host.agent_port}",
+        engine=group.backend if group else host.engine,
+        model=model.source,
+        served_name=model.name,
+        worker_id=host.label,
+        max_model_len=model.max_model_len,
+        engine_args=tuple(model.engine_args),
+        sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
+        engine_python=host.engine_python,
+        ready_timeout_s=model.ready_timeout_s,
+        tool_parser=model.tool_parser,
         reasoning_parser=model.reasoning_parser,
-        log_dir=f"{host.orchard_dir.rstrip('/')}/logs", group=group, tls_dir=tls_dir(host), task=model.task,
-    )  # fmt: skip
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs",
+        group=group,
+        tls_dir=tls_dir(host),
+        task=model.task,
+    )
 
 
 def tls_dir(host: HostSpec) -> str:
@@ -172,8 +195,10 @@ def tls_dir(host: HostSpec) -> str:
 async def installed_certificates(conn: asyncssh.SSHClientConnection, host: HostSpec) -> bytes:
     """The CA certificate and the agent's certificate its host holds (PEM; empty if none): never the key."""
     folder = shell_path(tls_dir(host))
-    script = (f"cat {folder}/{CA_FILE} {folder}/{IDENTITY_FILE} 2>/dev/null | "
-              "sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p'; true")  # fmt: skip
+    script = (
+        f"cat {folder}/{CA_FILE} {folder}/{IDENTITY_FILE} 2>/dev/null | "
+        "sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p'; true"
+    )
     return (await shell(conn, posix(script))).encode()
 
 
@@ -191,13 +216,21 @@ def _group_role(group: GroupPlan, rank: int, spec: ClusterSpec) -> GroupRole:
     members = [spec.host(label) for label in group.hosts]
     rdma: tuple[tuple[str | None, ...], ...] = ()
     if group.transport == "jaccl":  # MLX_IBV_DEVICES: row i, column j = host i's device towards host j
-        rdma = tuple(tuple(None if peer is member else member.rdma_devices.get(peer.label, "") for peer in members)
-                     for member in members)  # fmt: skip
+        rdma = tuple(
+            tuple(None if peer is member else member.rdma_devices.get(peer.label, "") for peer in members)
+            for member in members
+        )
     return GroupRole.checked(
-        name=group.name, rank=rank, mode=group.mode, backend=group.backend, transport=group.transport,
+        name=group.name,
+        rank=rank,
+        mode=group.mode,
+        backend=group.backend,
+        transport=group.transport,
         members=tuple(f"{m.group_address or m.address}:{m.group_port}" for m in members),
-        peers=tuple(f"{m.address}:{m.agent_port}" for m in members), layers=group.layers or (), rdma=rdma,
-    )  # fmt: skip
+        peers=tuple(f"{m.address}:{m.agent_port}" for m in members),
+        layers=group.layers or (),
+        rdma=rdma,
+    )
 
 
 def config_hash(config: AgentConfig) -> str:
@@ -258,8 +291,20 @@ async def host_os(conn: asyncssh.SSHClientConnection) -> str:
 def service_program(config: AgentConfig, python: str, folder: str, manager: str, applied: str) -> list[str]:
     """A service's program: `worker.daemon run` records the agent (pid, start time, the hash of the configuration
     applied, as `start` would) and becomes it."""
-    return [python, "-m", "worker.daemon", "run", "--dir", folder, "--hash", applied, "--service", manager, "--",
-            *config.to_argv()]  # fmt: skip
+    return [
+        python,
+        "-m",
+        "worker.daemon",
+        "run",
+        "--dir",
+        folder,
+        "--hash",
+        applied,
+        "--service",
+        manager,
+        "--",
+        *config.to_argv(),
+    ]
 
 
 RootStdin = Callable[[], Awaitable[str | None]]  # what a root script reads on stdin (sudo.py); asked when needed
@@ -297,8 +342,10 @@ async def install_service(
     else:
         path = f"{home}/.config/systemd/user/{units.SYSTEMD_NAME}"
         text = units.systemd_unit(program, folder)
-        load = f"systemctl --user daemon-reload && systemctl --user restart {units.SYSTEMD_NAME} && " \
-               f"systemctl --user enable {units.SYSTEMD_NAME}"  # fmt: skip
+        load = (
+            f"systemctl --user daemon-reload && systemctl --user restart {units.SYSTEMD_NAME} && "
+            f"systemctl --user enable {units.SYSTEMD_NAME}"
+        )
     directory = path.rsplit("/", 1)[0]
     await shell(
         conn, f"mkdir -p {shlex.quote(directory)} {shlex.quote(folder)}/logs && cat > {shlex.quote(path)}", text
@@ -310,8 +357,10 @@ async def install_service(
 
 def _old_launch_agent_gone() -> str:
     """Orchard used to install a LaunchAgent; one left from then would start a second agent at login."""
-    return (f'launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} >/dev/null 2>&1; '
-            f'rm -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; ')  # fmt: skip
+    return (
+        f"launchctl bootout gui/$(id -u)/{units.LAUNCHD_LABEL} >/dev/null 2>&1; "
+        f'rm -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist"; '
+    )
 
 
 async def uninstall_service(conn: asyncssh.SSHClientConnection, host: HostSpec, root: RootStdin = _no_password) -> bool:
@@ -319,8 +368,12 @@ async def uninstall_service(conn: asyncssh.SSHClientConnection, host: HostSpec, 
     so a password) is asked for only when a LaunchDaemon is there."""
     await shell(conn, f"rm -f {shell_path(host.orchard_dir.rstrip('/') + '/' + SERVICE_MARK)}")
     if await host_os(conn) == "darwin":
-        had_agent = await shell(conn, f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
-                                       + _old_launch_agent_gone() + "true")  # fmt: skip
+        had_agent = await shell(
+            conn,
+            f'[ -f "$HOME/Library/LaunchAgents/{units.LAUNCHD_LABEL}.plist" ] && echo 1; '
+            + _old_launch_agent_gone()
+            + "true",
+        )
         daemon = shlex.quote(f"{units.LAUNCH_DAEMONS}/{units.LAUNCHD_LABEL}.plist")
         if "1" not in await shell(conn, f"[ -f {daemon} ] && echo 1 || echo 0"):
             return had_agent.strip() == "1"

@@ -72,16 +72,22 @@ class Change:
 
 
 async def bring_in_waves(
-    pairs: list[tuple[preflight.Probe, HostSpec]], change: Change, plan: list[Replica], bring: Bring,
-    wait_ready: WaitReady, report: Report,
-) -> list[HostOutcome]:  # fmt: skip
+    pairs: list[tuple[preflight.Probe, HostSpec]],
+    change: Change,
+    plan: list[Replica],
+    bring: Bring,
+    wait_ready: WaitReady,
+    report: Report,
+) -> list[HostOutcome]:
     """Bring every host up; those that change, wave by wave (`waves`), each drained first. A wave that does not
     serve again stops the change: the hosts of later waves keep serving as they were (said, with why)."""
     planned = waves(set(change.changing), plan) if change.url else [sorted(change.changing)]
     later = {label for wave in planned[1:] for label in wave}
     if len(planned) > 1:
-        report(f"rolling change in {len(planned)} waves, so that every model keeps serving: "
-               + "; ".join(", ".join(wave) for wave in planned))  # fmt: skip
+        report(
+            f"rolling change in {len(planned)} waves, so that every model keeps serving: "
+            + "; ".join(", ".join(wave) for wave in planned)
+        )
     outcomes: dict[str, HostOutcome] = {}
     waiting = [pairs_of(pairs, {h.label for _, h in pairs} - later), *(pairs_of(pairs, set(w)) for w in planned[1:])]
     for index, wave in enumerate(waiting):
@@ -90,8 +96,10 @@ async def bring_in_waves(
             await wait_ready([o for o in previous if o.state == "started"])
             if stuck := [o.label for o in previous if o.state in ("not ready", "failed", "unreachable")]:
                 kept = [h.label for _, h in (p for rest in waiting[index:] for p in rest)]
-                report(f"rolling change stopped: {', '.join(stuck)} did not serve again; {', '.join(kept)} keep "
-                       "serving as they were (fix and run `cluster up` again)")  # fmt: skip
+                report(
+                    f"rolling change stopped: {', '.join(stuck)} did not serve again; {', '.join(kept)} keep "
+                    "serving as they were (fix and run `cluster up` again)"
+                )
                 for probe, host in (p for rest in waiting[index:] for p in rest):
                     probe.outcome.state, probe.outcome.reason = "failed", "not changed: an earlier wave did not serve"
                     outcomes[host.label] = probe.outcome
@@ -110,8 +118,11 @@ async def _wave(
     """Drain the wave's changing hosts (their requests in flight finish), bring them all up, and put back in
     service any that was drained but not restarted."""
     labels = [h.label for _, h in pairs if h.label in change.changing]
-    drained = await asyncio.to_thread(rollout.drain_workers, change.url, labels, change.home, report) if (
-        labels and change.url) else []  # fmt: skip
+    drained = (
+        await asyncio.to_thread(rollout.drain_workers, change.url, labels, change.home, report)
+        if (labels and change.url)
+        else []
+    )
     try:
         outcomes = await asyncio.gather(*(bring(p, h) for p, h in pairs))
     except BaseException:

@@ -34,8 +34,9 @@ class RolloutError(Exception):
 SERVICE_START_S = 10.0  # until the service manager names the router's process
 
 
-def start_router(config: RouterConfig, home: Path, service: units.RouterService | None = None,
-                 slot: units.Slot = "a") -> int:  # fmt: skip
+def start_router(
+    config: RouterConfig, home: Path, service: units.RouterService | None = None, slot: units.Slot = "a"
+) -> int:
     """A router that outlives `cluster up`: kept running (restarted if it dies, and at boot) by the head's service
     manager in `slot` of `service`, else by its keeper. Its pid. Raises RolloutError (a service not started)."""
     if service is None:
@@ -48,8 +49,10 @@ def start_router(config: RouterConfig, home: Path, service: units.RouterService 
     while (pid := service.main_pid(slot)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     if pid is None:
-        raise RolloutError(f"{service.manager} runs no router for {service.name(slot)} {SERVICE_START_S:g} s after "
-                           f"it started it (see {home / 'logs' / 'router.log'})")  # fmt: skip
+        raise RolloutError(
+            f"{service.manager} runs no router for {service.name(slot)} {SERVICE_START_S:g} s after "
+            f"it started it (see {home / 'logs' / 'router.log'})"
+        )
     return pid
 
 
@@ -69,9 +72,11 @@ def hand_over(
         seen = _poll(client, config.local_url, pid, lambda reply: wanted <= _ready(reply), HAND_OVER_TIMEOUT_S)
     if seen is None or not handover.publish(Path(config.handover).expanduser(), seen.router_pid):
         procs.terminate_tree(pid, config.shutdown_grace_s)
-        raise RolloutError(f"the new router did not see {len(wanted)} ready worker(s) within "
-                           f"{HAND_OVER_TIMEOUT_S:g} s; it was stopped and the old one serves on "
-                           f"(see {home / 'logs' / 'router.log'})")  # fmt: skip
+        raise RolloutError(
+            f"the new router did not see {len(wanted)} ready worker(s) within "
+            f"{HAND_OVER_TIMEOUT_S:g} s; it was stopped and the old one serves on "
+            f"(see {home / 'logs' / 'router.log'})"
+        )
     procs.signal_group(old_pid, signal.SIGTERM)
     report(f"router: handed over in {time.monotonic() - started:.1f} s")
     return pid

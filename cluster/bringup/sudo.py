@@ -19,8 +19,9 @@ from cluster.bringup import remote
 
 Ask = Callable[[str], str]  # a prompt in, the password out (getpass on the head's terminal)
 
-MODE_SCRIPT = ('if [ "$(id -u)" = 0 ]; then echo root; elif sudo -n true 2>/dev/null; then echo nopasswd; '
-               "else echo password; fi")  # fmt: skip
+MODE_SCRIPT = (
+    'if [ "$(id -u)" = 0 ]; then echo root; elif sudo -n true 2>/dev/null; then echo nopasswd; else echo password; fi'
+)
 
 
 CHECK_SCRIPT = 'IFS= read -r P; printf "%s\\n" "$P" | sudo -S -p "" true'  # does sudo take this password?

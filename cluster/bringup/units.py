@@ -257,13 +257,25 @@ class RouterService:
 
     @classmethod
     def here(
-        cls, home: Path, run: Runner = run_here, root_stdin: Callable[[], str | None] = _no_password,
+        cls,
+        home: Path,
+        run: Runner = run_here,
+        root_stdin: Callable[[], str | None] = _no_password,
         say: Callable[[str], None] = print,
-    ) -> RouterService:  # fmt: skip
+    ) -> RouterService:
         darwin, as_root = sys.platform == "darwin", os.geteuid() == 0
         units = LAUNCH_DAEMONS if darwin else SYSTEM_UNITS if as_root else str(Path.home() / ".config/systemd/user")
-        return cls("darwin" if darwin else "linux", home, getpass.getuser(), str(Path.home()), as_root, Path(units),
-                   run, root_stdin, say)  # fmt: skip
+        return cls(
+            "darwin" if darwin else "linux",
+            home,
+            getpass.getuser(),
+            str(Path.home()),
+            as_root,
+            Path(units),
+            run,
+            root_stdin,
+            say,
+        )
 
     @property
     def manager(self) -> str:
@@ -308,8 +320,11 @@ class RouterService:
         """The process the manager runs for `slot` now, if it runs one."""
         try:
             if self.platform == "darwin":
-                found = re.search(r"^\s*pid = (\d+)\s*$", self.run(["launchctl", "print", f"system/{self.name(slot)}"],
-                                                                   None), re.MULTILINE)  # fmt: skip
+                found = re.search(
+                    r"^\s*pid = (\d+)\s*$",
+                    self.run(["launchctl", "print", f"system/{self.name(slot)}"], None),
+                    re.MULTILINE,
+                )
                 return int(found.group(1)) if found else None
             pid = self.run(self._systemctl("show", "--property=MainPID", "--value", self.name(slot)), None).strip()
         except ServiceError:  # not loaded
@@ -321,8 +336,9 @@ class RouterService:
         for its router, which finishes its streams (the shutdown grace). Raises ServiceError."""
         if self.platform == "darwin":
             if self.path(slot).exists():
-                self.run(["/bin/sh", "-c", launchd_unload_script(self.name(slot), str(self.units_dir))],
-                         self.root_stdin())  # fmt: skip
+                self.run(
+                    ["/bin/sh", "-c", launchd_unload_script(self.name(slot), str(self.units_dir))], self.root_stdin()
+                )
             return
         self.run(self._systemctl("disable", self.name(slot)), None)
         self.run(self._systemctl("stop", "--no-block", self.name(slot)), None)
@@ -351,8 +367,9 @@ class RouterService:
                 return
             self.run(["loginctl", "enable-linger", self.user], None)
         except ServiceError as exc:
-            self.say(f"router: it starts at boot only once someone runs `sudo loginctl enable-linger {self.user}` "
-                     f"({exc})")  # fmt: skip
+            self.say(
+                f"router: it starts at boot only once someone runs `sudo loginctl enable-linger {self.user}` ({exc})"
+            )
 
 
 def other_slot(slot: Slot | Literal[""]) -> Slot:

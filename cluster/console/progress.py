@@ -50,8 +50,13 @@ class HostSteps:
         if not self.console.is_terminal:
             yield self
             return
-        columns = (SpinnerColumn(finished_text="✓"), TextColumn("{task.description}"), BarColumn(bar_width=20),
-                   MofNCompleteColumn(), TimeElapsedColumn())  # fmt: skip
+        columns = (
+            SpinnerColumn(finished_text="✓"),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console, transient=True) as progress:
             self.progress = progress
             self.overall = progress.add_task(f"hosts {self.goal}", total=len(self.hosts))

@@ -14,8 +14,19 @@ from rich.table import Table
 
 from cluster.router.rows import WorkerRow, WorkersReply
 
-COLUMNS = ("worker", "host / address", "chip / OS", "memory", "engine", "models", "state", "breaker", "in flight",
-           "tok/s", "TTFT p50")  # fmt: skip
+COLUMNS = (
+    "worker",
+    "host / address",
+    "chip / OS",
+    "memory",
+    "engine",
+    "models",
+    "state",
+    "breaker",
+    "in flight",
+    "tok/s",
+    "TTFT p50",
+)
 
 
 def table(rows: list[WorkerRow], url: str, at: float | None = None) -> Table:
@@ -33,8 +44,19 @@ def table(rows: list[WorkerRow], url: str, at: float | None = None) -> Table:
             engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
         where = f"{row.host} / {row.address}" if row.host else row.address
         ttft = "-" if row.ttft_p50_ms is None else f"{row.ttft_p50_ms:.0f} ms"
-        out.add_row(row.worker_id, where, f"{row.chip} / {row.os}", memory, engine, _models(row),
-                    row.state_text, row.breaker, str(row.inflight), f"{row.tokens_per_s:.1f}", ttft)  # fmt: skip
+        out.add_row(
+            row.worker_id,
+            where,
+            f"{row.chip} / {row.os}",
+            memory,
+            engine,
+            _models(row),
+            row.state_text,
+            row.breaker,
+            str(row.inflight),
+            f"{row.tokens_per_s:.1f}",
+            ttft,
+        )
     return out
 
 

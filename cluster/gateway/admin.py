@@ -112,8 +112,11 @@ def _date(text: str) -> float:
 
 
 def _limit_changes(args: argparse.Namespace) -> dict[str, object]:
-    return {name: _stored(getattr(args, name)) for name in ("rpm", "tpm", "monthly_tokens", "models")
-            if getattr(args, name) is not None}  # fmt: skip
+    return {
+        name: _stored(getattr(args, name))
+        for name in ("rpm", "tpm", "monthly_tokens", "models")
+        if getattr(args, name) is not None
+    }
 
 
 def _when(stamp: float | None) -> str:
@@ -162,18 +165,35 @@ class TeamRow:
 def _key_row(key: keys.Key, tokens: int, now: float) -> KeyRow:
     state = "revoked" if key.revoked else "expired" if not key.usable(now) else "active"
     lim = key.limits
-    return KeyRow(id=key.id, team=key.team, admin=key.admin, rpm=lim.rpm, tpm=lim.tpm,
-                  monthly_tokens=lim.monthly_tokens, models=sorted(lim.models) if lim.models is not None else None,
-                  created=key.created, last_used=key.last_used, expires=key.expires, tokens_this_month=tokens,
-                  state=state)  # fmt: skip
+    return KeyRow(
+        id=key.id,
+        team=key.team,
+        admin=key.admin,
+        rpm=lim.rpm,
+        tpm=lim.tpm,
+        monthly_tokens=lim.monthly_tokens,
+        models=sorted(lim.models) if lim.models is not None else None,
+        created=key.created,
+        last_used=key.last_used,
+        expires=key.expires,
+        tokens_this_month=tokens,
+        state=state,
+    )
 
 
 def _team_row(team: keys.Team, snapshot: keys.Snapshot, tokens: int) -> TeamRow:
     lim = team.limits
     count = sum(1 for k in snapshot.keys.values() if k.team == team.name and k.revoked is None)
-    return TeamRow(name=team.name, weight=team.weight, rpm=lim.rpm, tpm=lim.tpm, monthly_tokens=lim.monthly_tokens,
-                   models=sorted(lim.models) if lim.models is not None else None, keys=count,
-                   tokens_this_month=tokens)  # fmt: skip
+    return TeamRow(
+        name=team.name,
+        weight=team.weight,
+        rpm=lim.rpm,
+        tpm=lim.tpm,
+        monthly_tokens=lim.monthly_tokens,
+        models=sorted(lim.models) if lim.models is not None else None,
+        keys=count,
+        tokens_this_month=tokens,
+    )
 
 
 class _Admin:
@@ -192,10 +212,13 @@ class _Admin:
         fields = (_stored(args.rpm), _stored(args.tpm), _stored(args.monthly_tokens), _stored(args.models))
         limits = keys.Limits(*fields)  # type: ignore[arg-type]
         with self._db() as conn:
-            key, secret = keys.create_key(conn, args.team, limits, admin=args.admin, expires=args.expires,
-                                          weight=args.weight)  # fmt: skip
-        sys.stderr.write(f"created {key.id} for team {key.team}{' (admin)' if key.admin else ''}; "
-                         "the secret below is shown once, store it now:\n")  # fmt: skip
+            key, secret = keys.create_key(
+                conn, args.team, limits, admin=args.admin, expires=args.expires, weight=args.weight
+            )
+        sys.stderr.write(
+            f"created {key.id} for team {key.team}{' (admin)' if key.admin else ''}; "
+            "the secret below is shown once, store it now:\n"
+        )
         print(secret, flush=True)  # alone on stdout, so `KEY=$(cluster keys create …)` works
         return 0
 
@@ -211,13 +234,34 @@ class _Admin:
             print(json.dumps({"keys": [asdict(row) for row in rows]}))
             return 0
         table = Table(title="API keys")
-        for column in ("id", "team", "admin", "rpm", "tpm", "monthly", "models", "created", "last used",
-                       "tokens this month", "state"):  # fmt: skip
+        for column in (
+            "id",
+            "team",
+            "admin",
+            "rpm",
+            "tpm",
+            "monthly",
+            "models",
+            "created",
+            "last used",
+            "tokens this month",
+            "state",
+        ):
             table.add_column(column)
         for r in rows:
-            table.add_row(r.id, r.team, "yes" if r.admin else "", _limit_text(r.rpm), _limit_text(r.tpm),
-                          _limit_text(r.monthly_tokens), _limit_text(r.models), _when(r.created),
-                          _when(r.last_used), f"{r.tokens_this_month:,}", r.state)  # fmt: skip
+            table.add_row(
+                r.id,
+                r.team,
+                "yes" if r.admin else "",
+                _limit_text(r.rpm),
+                _limit_text(r.tpm),
+                _limit_text(r.monthly_tokens),
+                _limit_text(r.models),
+                _when(r.created),
+                _when(r.last_used),
+                f"{r.tokens_this_month:,}",
+                r.state,
+            )
         self.console.print(table)
         return 0
 
@@ -255,8 +299,10 @@ class _Admin:
         with self._db() as conn:
             snapshot = keys.load_snapshot(conn)
             by_team = keys.month_tokens(conn, time.time())[1]
-        rows = [_team_row(team, snapshot, by_team.get(team.name, 0))
-                for team in sorted(snapshot.teams.values(), key=lambda t: t.name)]  # fmt: skip
+        rows = [
+            _team_row(team, snapshot, by_team.get(team.name, 0))
+            for team in sorted(snapshot.teams.values(), key=lambda t: t.name)
+        ]
         if args.json:
             print(json.dumps({"teams": [asdict(row) for row in rows]}))
             return 0
@@ -264,9 +310,16 @@ class _Admin:
         for column in ("team", "weight", "rpm", "tpm", "monthly", "models", "keys", "tokens this month"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r.name, f"{r.weight:g}", _limit_text(r.rpm), _limit_text(r.tpm),
-                          _limit_text(r.monthly_tokens), _limit_text(r.models), str(r.keys),
-                          f"{r.tokens_this_month:,}")  # fmt: skip
+            table.add_row(
+                r.name,
+                f"{r.weight:g}",
+                _limit_text(r.rpm),
+                _limit_text(r.tpm),
+                _limit_text(r.monthly_tokens),
+                _limit_text(r.models),
+                str(r.keys),
+                f"{r.tokens_this_month:,}",
+            )
         self.console.print(table)
         return 0
 
@@ -283,7 +336,13 @@ class _Admin:
         for column in (args.by, "requests", "prompt tokens", "completion tokens", "cached tokens", "errors"):
             table.add_column(column, justify="left" if column == args.by else "right")
         for line in lines:
-            table.add_row(line.group, f"{line.requests:,}", f"{line.prompt_tokens:,}", f"{line.completion_tokens:,}",
-                          f"{line.cached_tokens:,}", f"{line.errors:,}")  # fmt: skip
+            table.add_row(
+                line.group,
+                f"{line.requests:,}",
+                f"{line.prompt_tokens:,}",
+                f"{line.completion_tokens:,}",
+                f"{line.cached_tokens:,}",
+                f"{line.errors:,}",
+            )
         self.console.print(table)
         return 0

@@ -32,8 +32,10 @@ DEFAULT_MAX_TOKENS = 256  # reserved for a request that does not say (reconciled
 CHARS_PER_TOKEN = 4  # prompt estimate at admission (reconciled with the engine's count at the end)
 
 
-NO_KEY = ("You didn't provide an API key. Send it as `Authorization: Bearer KEY` (an admin creates one with "
-          "`cluster keys create --team NAME`).")  # fmt: skip
+NO_KEY = (
+    "You didn't provide an API key. Send it as `Authorization: Bearer KEY` (an admin creates one with "
+    "`cluster keys create --team NAME`)."
+)
 
 
 class Refusal(Exception):
@@ -79,9 +81,15 @@ class Outcome:
 
 class Gateway:
     def __init__(
-        self, db: Path | None, capacity: Callable[[str], Capacity], *, require_auth: bool, max_queue: int = 256,
-        open_ok: bool = False, clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+        self,
+        db: Path | None,
+        capacity: Callable[[str], Capacity],
+        *,
+        require_auth: bool,
+        max_queue: int = 256,
+        open_ok: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.require_auth = require_auth  # listening beyond loopback: auth even before the first key exists
         self.open_ok = open_ok  # --no-auth: never ask for a key
@@ -189,19 +197,31 @@ class Gateway:
         if isinstance(verdict, Refused):
             wait = verdict.retry_after_s
             what = "Quota exceeded" if verdict.code == "insufficient_quota" else "Rate limit reached"
-            raise Refusal(429, f"{what}: {verdict.limit}. Retry after {duration(wait)}.", verdict.code,
-                          {"retry-after": str(max(1, math.ceil(wait)))})  # fmt: skip
+            raise Refusal(
+                429,
+                f"{what}: {verdict.limit}. Retry after {duration(wait)}.",
+                verdict.code,
+                {"retry-after": str(max(1, math.ceil(wait)))},
+            )
         granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers(), now)
         try:
             await self.admission.acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
         except NoCapacity:
             self._settle(granted, 0)
-            raise Refusal(503, f"No ready worker serves `{ask.model}` right now; try again shortly.", "no_worker",
-                          verdict.headers()) from None  # fmt: skip
+            raise Refusal(
+                503,
+                f"No ready worker serves `{ask.model}` right now; try again shortly.",
+                "no_worker",
+                verdict.headers(),
+            ) from None
         except QueueFull:
             self._settle(granted, 0)
-            raise Refusal(429, f"The queue for `{ask.model}` is full; retry shortly.", "queue_full",
-                          {"retry-after": "1", **verdict.headers()}) from None  # fmt: skip
+            raise Refusal(
+                429,
+                f"The queue for `{ask.model}` is full; retry shortly.",
+                "queue_full",
+                {"retry-after": "1", **verdict.headers()},
+            ) from None
         except BaseException:  # the client left while queued, or the deadline passed
             self._settle(granted, 0)
             raise
@@ -216,10 +236,19 @@ class Gateway:
         self._settle(granted, prompt + outcome.completion_tokens)
         now = self.clock()
         row = usage.UsageRow(
-            now, granted.ask.request_id, granted.key.id if granted.key else None, granted.team, granted.ask.model,
-            outcome.worker, prompt, outcome.completion_tokens, outcome.cached_tokens, outcome.status,
-            outcome.ttft_s, now - granted.admitted_at,
-        )  # fmt: skip
+            now,
+            granted.ask.request_id,
+            granted.key.id if granted.key else None,
+            granted.team,
+            granted.ask.model,
+            outcome.worker,
+            prompt,
+            outcome.completion_tokens,
+            outcome.cached_tokens,
+            outcome.status,
+            outcome.ttft_s,
+            now - granted.admitted_at,
+        )
         self.record(row)
         return row
 
@@ -257,6 +286,8 @@ def refuse_open(listen: str, loopback: bool, no_auth: bool, db: Path | None) -> 
         with store.opened(db) as conn:
             if keys.key_count(conn):
                 return None
-    return (f"refusing to serve on {listen} without API keys: anyone who reaches it could use every model. "
-            "Create a key first (`cluster keys create --team NAME --admin`), or start the router with --no-auth "
-            "(`no_auth = true` under [router] in a hosts file) to serve it open anyway.")  # fmt: skip
+    return (
+        f"refusing to serve on {listen} without API keys: anyone who reaches it could use every model. "
+        "Create a key first (`cluster keys create --team NAME --admin`), or start the router with --no-auth "
+        "(`no_auth = true` under [router] in a hosts file) to serve it open anyway."
+    )

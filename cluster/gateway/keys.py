@@ -108,13 +108,25 @@ def set_team(conn: sqlite3.Connection, name: str, changes: dict[str, object]) ->
 
 
 def create_key(
-    conn: sqlite3.Connection, team: str, limits: Limits, *, admin: bool, expires: float | None,
+    conn: sqlite3.Connection,
+    team: str,
+    limits: Limits,
+    *,
+    admin: bool,
+    expires: float | None,
     weight: float | None = None,
-) -> tuple[Key, str]:  # fmt: skip
+) -> tuple[Key, str]:
     """A new key for `team` (created if new); returns the key and its secret, which is never stored."""
     secret = new_secret()
-    key = Key(id="key_" + secrets.token_hex(6), hash=hash_secret(secret), team=team, limits=limits, admin=admin,
-              expires=expires, created=time.time())  # fmt: skip
+    key = Key(
+        id="key_" + secrets.token_hex(6),
+        hash=hash_secret(secret),
+        team=team,
+        limits=limits,
+        admin=admin,
+        expires=expires,
+        created=time.time(),
+    )
     with transaction(conn):
         ensure_team(conn, team)
         if weight is not None:
@@ -122,9 +134,19 @@ def create_key(
         conn.execute(
             "INSERT INTO keys (id, hash, team, rpm, tpm, monthly_tokens, models, admin, expires, created)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.id, key.hash, team, limits.rpm, limits.tpm, limits.monthly_tokens, _models_text(limits.models),
-             int(admin), expires, key.created),
-        )  # fmt: skip
+            (
+                key.id,
+                key.hash,
+                team,
+                limits.rpm,
+                limits.tpm,
+                limits.monthly_tokens,
+                _models_text(limits.models),
+                int(admin),
+                expires,
+                key.created,
+            ),
+        )
     return key, secret
 
 
@@ -160,10 +182,19 @@ def _update(conn: sqlite3.Connection, table: str, id_column: str, ident: str, ch
 def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     teams = {row["name"]: Team(row["name"], _limits(row), row["weight"]) for row in conn.execute("SELECT * FROM teams")}
     keys = {
-        row["hash"]: Key(row["id"], row["hash"], row["team"], _limits(row), bool(row["admin"]), row["expires"],
-                         row["revoked"], row["created"], row["last_used"])
+        row["hash"]: Key(
+            row["id"],
+            row["hash"],
+            row["team"],
+            _limits(row),
+            bool(row["admin"]),
+            row["expires"],
+            row["revoked"],
+            row["created"],
+            row["last_used"],
+        )
         for row in conn.execute("SELECT * FROM keys")
-    }  # fmt: skip
+    }
     return Snapshot(keys, teams, any(key.team != OPERATOR_TEAM for key in keys.values()))
 
 

@@ -40,8 +40,9 @@ class UsageRow:
 def refused_row(at: float, request_id: str, key: Key | None, model: str, status: int) -> UsageRow:
     """A request turned away before any worker (a bad key or body, an unknown model, a limit, a full queue, the
     client gone): no tokens, no worker."""
-    return UsageRow(at, request_id, key.id if key else None, key.team if key else None, model, None, 0, 0, 0,
-                    status, None, 0.0)  # fmt: skip
+    return UsageRow(
+        at, request_id, key.id if key else None, key.team if key else None, model, None, 0, 0, 0, status, None, 0.0
+    )
 
 
 def write(conn: sqlite3.Connection, rows: list[UsageRow]) -> None:
@@ -64,8 +65,12 @@ def write(conn: sqlite3.Connection, rows: list[UsageRow]) -> None:
         )
 
 
-GROUPS = {"day": "date(at, 'unixepoch')", "model": "model", "key": "COALESCE(key_id, '-')",
-          "team": "COALESCE(team, '-')"}  # fmt: skip
+GROUPS = {
+    "day": "date(at, 'unixepoch')",
+    "model": "model",
+    "key": "COALESCE(key_id, '-')",
+    "team": "COALESCE(team, '-')",
+}
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ def report(conn: sqlite3.Connection, by: str, since: float, team: str | None = N
     if team is not None:
         where += " AND team = ?"
         params.append(team)
-    query = (f"SELECT {group}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens),"
-             f" SUM(status >= 400) FROM usage WHERE {where} GROUP BY 1 ORDER BY 1")  # fmt: skip
+    query = (
+        f"SELECT {group}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens),"
+        f" SUM(status >= 400) FROM usage WHERE {where} GROUP BY 1 ORDER BY 1"
+    )
     return [UsageLine(str(r[0]), *(int(v or 0) for v in r[1:])) for r in conn.execute(query, params)]

@@ -55,9 +55,17 @@ class Authority:
 def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False)  # fmt: skip
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
     certificate = (
         _builder(subject, subject, key.public_key(), now, dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -69,9 +77,13 @@ def create(now: dt.datetime, name: str = "Orchard cluster CA") -> Authority:
 
 
 def issue(
-    authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime,
-    life: dt.timedelta = dt.timedelta(days=LEAF_DAYS), client: bool = True,
-) -> bytes:  # fmt: skip
+    authority: Authority,
+    name: str,
+    names: tuple[str, ...],
+    now: dt.datetime,
+    life: dt.timedelta = dt.timedelta(days=LEAF_DAYS),
+    client: bool = True,
+) -> bytes:
     """One identity file (private key, then certificate): `name` is its common name, `names` its subject
     alternative names (IP addresses and host names; an address's port is dropped, see host_of). It serves, and
     with `client` it calls too: an agent is a server to the router and a client to its shard group's other
@@ -90,8 +102,9 @@ def issue(
         hosts = dict.fromkeys(host_of(n) for n in names)  # "10.0.0.2:8201" and "10.0.0.2" are one name
         builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
     certificate = builder.sign(authority.key, hashes.SHA256())
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem + certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -208,8 +221,9 @@ def load_or_create(home: Path, now: dt.datetime) -> Authority:
         authority = load(home)
         if authority is None:
             authority = create(now)
-            key_pem = authority.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption())  # fmt: skip
+            key_pem = authority.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             records.write_private(ca_folder(home) / "ca.key", key_pem)
             records.write_private(ca_folder(home) / CA_FILE, authority.pem, mode=0o644)
     return authority
@@ -222,8 +236,15 @@ def write_identity(folder: Path, authority: Authority, identity: bytes) -> None:
     records.write_private(folder / IDENTITY_FILE, identity)
 
 
-def ensure_identity(folder: Path, authority: Authority, name: str, names: tuple[str, ...], now: dt.datetime,
-                    renew: bool = False, client: bool = True) -> bool:  # fmt: skip
+def ensure_identity(
+    folder: Path,
+    authority: Authority,
+    name: str,
+    names: tuple[str, ...],
+    now: dt.datetime,
+    renew: bool = False,
+    client: bool = True,
+) -> bool:
     """Issue into the folder unless it holds a current identity from this CA for these names; True if issued."""
     try:
         installed = (folder / CA_FILE).read_bytes() + (folder / IDENTITY_FILE).read_bytes()

@@ -81,8 +81,10 @@ def read(folder: Path) -> Pins:
     try:
         return Pins.model_validate_json(data)
     except ValidationError as exc:
-        raise PinsError(f"{path(folder)}: unreadable ({exc.error_count()} errors); move it away and run "
-                        "`cluster up` (every lab agent then gets a new certificate)") from None  # fmt: skip
+        raise PinsError(
+            f"{path(folder)}: unreadable ({exc.error_count()} errors); move it away and run "
+            "`cluster up` (every lab agent then gets a new certificate)"
+        ) from None
 
 
 def stamp(folder: Path) -> tuple[int, int, int] | None:

@@ -129,11 +129,15 @@ class HostSpec(_Strict):
     def _ray_ports_fit(self) -> HostSpec:
         last = self.group_port + RAY_PORT_SPAN - 1
         if self.engine == "vllm" and last > 65535:
-            raise ValueError(f"group_port {self.group_port}: a vLLM group's Ray needs {RAY_PORT_SPAN} ports from it; "
-                             f"give one up to {65536 - RAY_PORT_SPAN}")  # fmt: skip
+            raise ValueError(
+                f"group_port {self.group_port}: a vLLM group's Ray needs {RAY_PORT_SPAN} ports from it; "
+                f"give one up to {65536 - RAY_PORT_SPAN}"
+            )
         if self.engine == "vllm" and self.group_port <= self.agent_port <= last:
-            raise ValueError(f"agent_port {self.agent_port} falls in the Ray ports of this host's vLLM group rank "
-                             f"({self.group_port}..{last}): move one of them")  # fmt: skip
+            raise ValueError(
+                f"agent_port {self.agent_port} falls in the Ray ports of this host's vLLM group rank "
+                f"({self.group_port}..{last}): move one of them"
+            )
         return self
 
     @property

@@ -96,9 +96,12 @@ def _gb(value: float | None) -> str:
 
 class _Planner:
     def __init__(
-        self, spec: ClusterSpec, facts: Mapping[str, ModelFacts], memory_gb: Mapping[str, float],
+        self,
+        spec: ClusterSpec,
+        facts: Mapping[str, ModelFacts],
+        memory_gb: Mapping[str, float],
         usable_gb: Mapping[str, float],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.spec, self.facts, self.memory_gb, self.usable_gb = spec, facts, memory_gb, usable_gb
         self.taken: dict[str, str] = {}  # host label -> model name
         self.out: list[Assignment] = []
@@ -267,8 +270,9 @@ class _Planner:
                     f"model '{model.name}' has {count} layers: too few for {len(hosts)} pipeline ranks"
                 )
             layers = _split_layers(count, shares)
-        plan = GroupPlan(model.name, replica, mode, backend, model.transport, tuple(h.label for h in hosts),
-                         shares, layers)  # fmt: skip
+        plan = GroupPlan(
+            model.name, replica, mode, backend, model.transport, tuple(h.label for h in hosts), shares, layers
+        )
         need = self.need(model).total
         for rank, host in enumerate(hosts):
             self.take(host, model)
@@ -339,9 +343,12 @@ def shared_network_warnings(assignments: list[Assignment]) -> list[str]:
     for a in assignments:
         if a.group is not None and a.group.transport != "jaccl" and a.host.group_address in (None, a.host.address):
             exposed.setdefault(a.group.name, []).append(a.host.label)
-    return [f"group {name}: its {_transport(assignments, name)} traffic (unauthenticated) would run over the lab "
-            f"network on {', '.join(hosts)}; give each host a group_address on a private link (a Thunderbolt "
-            "bridge) that only the group's Macs reach" for name, hosts in exposed.items()]  # fmt: skip
+    return [
+        f"group {name}: its {_transport(assignments, name)} traffic (unauthenticated) would run over the lab "
+        f"network on {', '.join(hosts)}; give each host a group_address on a private link (a Thunderbolt "
+        "bridge) that only the group's Macs reach"
+        for name, hosts in exposed.items()
+    ]
 
 
 def _transport(assignments: list[Assignment], name: str) -> str:

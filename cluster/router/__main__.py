@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"python -m cluster.router: {why}\n")
         raise SystemExit(2)
     try:
-        registry = Registry(list(config.workers), tls_dir=config.tls_path, close_grace_s=config.request_timeout_s,
-                            expected=config.models)  # fmt: skip
+        registry = Registry(
+            list(config.workers),
+            tls_dir=config.tls_path,
+            close_grace_s=config.request_timeout_s,
+            expected=config.models,
+        )
         if config.tls_path is not None:
             tls.read_identity(config.tls_path)  # a missing or broken folder: say so now, not per worker
             pins.read(config.tls_path)  # a damaged pin record: never dial the lab unpinned
@@ -81,10 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     if endpoint is not None:  # HTTPS: TLS terminated by our protocol, so handshakes count toward the cap
         http = tls_terminated(http, endpoint, connections)
     grace = max(1, round(config.shutdown_grace_s))
-    server = _Server(uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=grace, http=http,
-        log_config=None,  # uvicorn's few lines go through our handlers: one format (and JSON with --log-format json)
-    ))  # fmt: skip
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            timeout_graceful_shutdown=grace,
+            http=http,
+            # uvicorn's few lines go through our handlers: one format (and JSON with --log-format json)
+            log_config=None,
+        )
+    )
     server.offer_at = Path(config.handover).expanduser() if config.handover else None
     server.endpoint = endpoint
     server.endpoint_files = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
@@ -104,11 +114,14 @@ def endpoint_tls(config: RouterConfig) -> ssl.SSLContext | None:
     if not (config.tls_cert and config.tls_key):
         return None
     try:
-        return create_ssl_context(config.tls_cert, config.tls_key, None, ssl.PROTOCOL_TLS_SERVER, ssl.CERT_NONE,
-                                  None, SSL_CIPHERS)  # fmt: skip
+        return create_ssl_context(
+            config.tls_cert, config.tls_key, None, ssl.PROTOCOL_TLS_SERVER, ssl.CERT_NONE, None, SSL_CIPHERS
+        )
     except (OSError, ssl.SSLError) as exc:
-        sys.stderr.write(f"python -m cluster.router: the endpoint's certificate {config.tls_cert} or key "
-                         f"{config.tls_key} cannot be loaded: {exc}\n")  # fmt: skip
+        sys.stderr.write(
+            f"python -m cluster.router: the endpoint's certificate {config.tls_cert} or key "
+            f"{config.tls_key} cannot be loaded: {exc}\n"
+        )
         raise SystemExit(2) from None
 
 

@@ -29,9 +29,17 @@ class Activity:
         seen.prompt_tokens += row.prompt_tokens
         seen.completion_tokens += row.completion_tokens
         if row.status >= 400:
-            self.errors.appendleft(ErrorRow(at=row.at, request_id=row.request_id, status=row.status,
-                                            reason=_reason(row.status), model=row.model, worker=row.worker or "",
-                                            team=row.team or ""))  # fmt: skip
+            self.errors.appendleft(
+                ErrorRow(
+                    at=row.at,
+                    request_id=row.request_id,
+                    status=row.status,
+                    reason=_reason(row.status),
+                    model=row.model,
+                    worker=row.worker or "",
+                    team=row.team or "",
+                )
+            )
 
 
 def _reason(status: int) -> str:

@@ -131,8 +131,14 @@ class _Pipeline:
             end.key = self.gateway.authenticate(credentials(request))  # before reading anything
             parsed = await read()
             end.model, route, end.started_at = parsed.model, pick(parsed) if pick else route, time.monotonic()
-            incoming = for_model(parsed, route, self.registry.models(), request.headers.get("x-session-id"),
-                                 end.request_id, self.registry.awaited)  # fmt: skip
+            incoming = for_model(
+                parsed,
+                route,
+                self.registry.models(),
+                request.headers.get("x-session-id"),
+                end.request_id,
+                self.registry.awaited,
+            )
             owner = end.key.team if end.key else ""
             incoming = replace(incoming, owner=owner, home=self._home(parsed, owner, end.started_at))
             ask = Ask(incoming.request_id, incoming.model, incoming.view.prompt_chars, parsed.fields.requested_tokens())
@@ -206,8 +212,9 @@ class _Pipeline:
         started.handle.ttft.add(started.at, started.at - end.started_at)
         relay = self.forwarder.relay(started, incoming, end)
         # The background task runs even when the client left before the body started streaming.
-        return StreamingResponse(relay, media_type="text/event-stream", headers=headers,
-                                 background=BackgroundTask(end.close, started.call))  # fmt: skip
+        return StreamingResponse(
+            relay, media_type="text/event-stream", headers=headers, background=BackgroundTask(end.close, started.call)
+        )
 
 
 def _refusal(exc: ApiError | Refusal, route: Route) -> Response:
@@ -215,9 +222,13 @@ def _refusal(exc: ApiError | Refusal, route: Route) -> Response:
 
 
 def _unknown_response(response_id: str, param: str | None) -> ApiError:
-    return ApiError(404, f"No response with id `{response_id[:128]}` is known to this router for your key (made "
-                    "elsewhere, by another team, with store: false, or forgotten after a week).", param=param,
-                    code="response_not_found")  # fmt: skip
+    return ApiError(
+        404,
+        f"No response with id `{response_id[:128]}` is known to this router for your key (made "
+        "elsewhere, by another team, with store: false, or forgotten after a week).",
+        param=param,
+        code="response_not_found",
+    )
 
 
 CLIENT_POLL_S = 0.5
@@ -278,8 +289,9 @@ class _End:
         usage = ended.usage
         prompt = usage.prompt_tokens if ended.counted else None  # None: the gateway's admission estimate
         ttft = self.first_byte - self.started_at if self.first_byte is not None else None
-        outcome = Outcome(ended.status, ended.worker or None, prompt, usage.completion_tokens,
-                          usage.cached_prompt_tokens, ttft)  # fmt: skip
+        outcome = Outcome(
+            ended.status, ended.worker or None, prompt, usage.completion_tokens, usage.cached_prompt_tokens, ttft
+        )
         row = self.gateway.finish(self.granted, outcome)
         self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))
 

@@ -141,9 +141,11 @@ def guarded_protocol(max_connections: int, header_timeout_s: float = HEADER_TIME
 
 
 def tls_terminated(
-    http: type[HttpToolsProtocol], context: ssl.SSLContext, max_connections: int,
+    http: type[HttpToolsProtocol],
+    context: ssl.SSLContext,
+    max_connections: int,
     handshake_s: float = HEADER_TIMEOUT_S,
-) -> Callable[..., asyncio.BaseProtocol]:  # fmt: skip
+) -> Callable[..., asyncio.BaseProtocol]:
     """uvicorn's `http=` for an HTTPS endpoint, TLS terminated here rather than by the event loop: a connection is
     counted from its accept, not from the end of its handshake (when the loop would first tell the HTTP
     protocol), so slow or silent handshakes cannot hold descriptors past the cap. At the cap the handshake
@@ -154,8 +156,8 @@ def tls_terminated(
     class _Handshake(sslproto.SSLProtocol):
         def __init__(self, loop: asyncio.AbstractEventLoop, app: HttpToolsProtocol) -> None:
             # No waiter: nothing awaits the handshake (a failed one would leave an unretrieved exception).
-            super().__init__(loop, app, context, None, server_side=True,  # type: ignore[arg-type]
-                             ssl_handshake_timeout=round(handshake_s))  # fmt: skip
+            waiter = cast("asyncio.Future[Any]", None)
+            super().__init__(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=round(handshake_s))
             self.app, self.raw = app, cast(asyncio.Transport | None, None)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:

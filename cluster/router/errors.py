@@ -114,13 +114,21 @@ class Unexpected:
         try:
             await self.app(scope, receive, tracked)
         except ClientLeft:
-            log.info("%s %s: the client left before its request body arrived", scope.get("method", ""),
-                     scope.get("path", ""))  # fmt: skip
+            log.info(
+                "%s %s: the client left before its request body arrived", scope.get("method", ""), scope.get("path", "")
+            )
         except Exception as exc:
             incident = uuid.uuid4().hex[:12]
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("unexpected error, incident %s, %s %s: %r at %s:%d", incident, scope.get("method", ""),
-                      scope.get("path", ""), exc, where.filename, where.lineno)  # fmt: skip
+            log.error(
+                "unexpected error, incident %s, %s %s: %r at %s:%d",
+                incident,
+                scope.get("method", ""),
+                scope.get("path", ""),
+                exc,
+                where.filename,
+                where.lineno,
+            )
             log.debug("incident %s", incident, exc_info=exc)
             if started or scope["type"] != "http":
                 return  # a response already begun cannot become an error; the connection closes
@@ -155,8 +163,9 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
     code = exc.code()  # gRPC's details (`Socket closed`, a peer's exception) are the operator's: logged, not sent
     _failures.warning(code.name, "worker call failed: %s: %s", code.name, " ".join((exc.details() or "").split())[:300])
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return ApiError(503, "The worker serving this request became unavailable; try again.",
-                        code="worker_unavailable")  # fmt: skip
+        return ApiError(
+            503, "The worker serving this request became unavailable; try again.", code="worker_unavailable"
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, "The worker did not finish in time.", code="timeout")
     return ApiError(502, f"The worker failed this request ({code.name}).", code="worker_error")

@@ -153,11 +153,15 @@ class Forwarder:
         if last_error is not None:
             raise last_error
         if incoming.home is not None:
-            raise ApiError(503, f"The response this request continues is stored on worker {incoming.home}, which "
-                           "is not serving now (down, draining or gone); retry when it is back, or start anew.",
-                           code="response_unavailable")  # fmt: skip
-        raise ApiError(503, f"No ready worker serves `{incoming.model}` right now; try again shortly.",
-                       code="no_worker")  # fmt: skip
+            raise ApiError(
+                503,
+                f"The response this request continues is stored on worker {incoming.home}, which "
+                "is not serving now (down, draining or gone); retry when it is back, or start anew.",
+                code="response_unavailable",
+            )
+        raise ApiError(
+            503, f"No ready worker serves `{incoming.model}` right now; try again shortly.", code="no_worker"
+        )
 
     async def _attempt(self, handle: WorkerHandle, generate: pb.GenerateRequest, deadline: float) -> Started:
         """One worker's first reply. Raises _NextWorker when another worker may do, ApiError when not."""
@@ -308,8 +312,17 @@ def error_event(err: ApiError, incoming: Incoming) -> bytes:
     if incoming.dialect is Dialect.ANTHROPIC:
         return _named("error", json.dumps(err.body(Dialect.ANTHROPIC)).encode())
     error = err.body()["error"]
-    return _named("error", json.dumps({"type": "error", "code": error["code"] or error["type"],
-                                       "message": error["message"], "param": error["param"]}).encode())  # fmt: skip
+    return _named(
+        "error",
+        json.dumps(
+            {
+                "type": "error",
+                "code": error["code"] or error["type"],
+                "message": error["message"],
+                "param": error["param"],
+            }
+        ).encode(),
+    )
 
 
 def response_id(first: pb.GenerateReply) -> str | None:

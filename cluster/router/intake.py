@@ -46,8 +46,9 @@ class Incoming:
     choices: int = 1  # answers generated at once (n): their tokens interleave in one stream
 
     def generate_request(self) -> pb.GenerateRequest:
-        return pb.GenerateRequest(request_id=self.request_id, endpoint=self.endpoint, body=self.body,
-                                  stream=self.stream)  # fmt: skip
+        return pb.GenerateRequest(
+            request_id=self.request_id, endpoint=self.endpoint, body=self.body, stream=self.stream
+        )
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,13 @@ def check_json_type(content_type: str | None) -> None:
 
 
 def for_model(
-    request: Parsed, route: Route, models: dict[str, pb.ModelInfo], session: str | None, request_id: str,
+    request: Parsed,
+    route: Route,
+    models: dict[str, pb.ModelInfo],
+    session: str | None,
+    request_id: str,
     awaited: Callable[[str], bool] = lambda model: False,
-) -> Incoming:  # fmt: skip
+) -> Incoming:
     """Check the request against its model (known, fits the context) and describe it for routing. A model no
     agent reports yet but one may (`awaited`: the hosts file names it, a restarted router still learning) is
     unavailable, not unknown: SDKs retry a 503, never a 404."""
@@ -128,24 +133,41 @@ def for_model(
         check_known(fields.model, awaited)
     path, served = route.path, models[fields.model].routes
     if served and path not in served:
-        raise ApiError(404, f"The model `{fields.model}` does not serve {path} (it serves {', '.join(served)}).",
-                       param="model", code="route_not_served")  # fmt: skip
+        raise ApiError(
+            404,
+            f"The model `{fields.model}` does not serve {path} (it serves {', '.join(served)}).",
+            param="model",
+            code="route_not_served",
+        )
     check_limits(fields, models[fields.model].max_model_len)
     check_capabilities(body, models[fields.model].unsupported, models[fields.model].engine)
     check_tool_calling(body, endpoint, models[fields.model])
     wants_usage = bool((fields.stream_options or {}).get("include_usage"))
     # The client's bytes go on exactly as sent; the agent settles stream options for its engine.
     view = routing_view(fields.model, session or fields.user, body)
-    return Incoming(request_id, endpoint, route.dialect, fields.model, fields.stream, wants_usage, raw, view,
-                    choices=getattr(fields, "n", None) or 1)  # fmt: skip
+    return Incoming(
+        request_id,
+        endpoint,
+        route.dialect,
+        fields.model,
+        fields.stream,
+        wants_usage,
+        raw,
+        view,
+        choices=getattr(fields, "n", None) or 1,
+    )
 
 
 def check_known(model: str, awaited: Callable[[str], bool]) -> None:
     """Raise for a model no agent reports: 503 while one may yet (with Retry-After), else 404."""
     if awaited(model):
-        raise ApiError(503, f"The model `{model}` is not available yet: no worker serving it has reported (the "
-                       "router or its workers are starting); try again shortly.", param="model",
-                       code="model_not_ready")  # fmt: skip
+        raise ApiError(
+            503,
+            f"The model `{model}` is not available yet: no worker serving it has reported (the "
+            "router or its workers are starting); try again shortly.",
+            param="model",
+            code="model_not_ready",
+        )
     raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
 

@@ -13,8 +13,12 @@ class JsonLines(logging.Formatter):
     """One JSON object per log line: time, level, logger, message, and a request line's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                               "message": record.getMessage()}  # fmt: skip
+        out: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

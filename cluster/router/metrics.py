@@ -30,25 +30,50 @@ _GAPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("orchard_requests", "requests by model and HTTP status (refused ones too)",
-                                ["model", "status"], registry=r)  # fmt: skip
-        self.team_requests = Counter("orchard_team_requests", "requests by team, model, worker and HTTP status",
-                                     ["team", "model", "worker", "status"], registry=r)  # fmt: skip
+        self.requests = Counter(
+            "orchard_requests", "requests by model and HTTP status (refused ones too)", ["model", "status"], registry=r
+        )
+        self.team_requests = Counter(
+            "orchard_team_requests",
+            "requests by team, model, worker and HTTP status",
+            ["team", "model", "worker", "status"],
+            registry=r,
+        )
         self.tokens = Counter("orchard_tokens", "tokens by model and kind", ["model", "kind"], registry=r)
-        self.team_tokens = Counter("orchard_team_tokens", "tokens by team, model and kind", ["team", "model", "kind"],
-                                   registry=r)  # fmt: skip
-        self.ttft = Histogram("orchard_time_to_first_token_seconds", "streams: from arrival to the first token",
-                              ["model", "worker"], registry=r, buckets=_LATENCY)  # fmt: skip
-        self.itl = Histogram("orchard_inter_token_latency_seconds",
-                             "streams: the mean gap between tokens after the first (one observation per stream)",
-                             ["model", "worker"], registry=r, buckets=_GAPS)  # fmt: skip
-        self.duration = Histogram("orchard_request_duration_seconds", "from admission to the last byte",
-                                  ["model", "worker"], registry=r, buckets=_LATENCY)  # fmt: skip
-        self.queue_wait = Histogram("orchard_queue_wait_seconds", "time in the admission queue",
-                                    ["model"], registry=r, buckets=_LATENCY)  # fmt: skip
+        self.team_tokens = Counter(
+            "orchard_team_tokens", "tokens by team, model and kind", ["team", "model", "kind"], registry=r
+        )
+        self.ttft = Histogram(
+            "orchard_time_to_first_token_seconds",
+            "streams: from arrival to the first token",
+            ["model", "worker"],
+            registry=r,
+            buckets=_LATENCY,
+        )
+        self.itl = Histogram(
+            "orchard_inter_token_latency_seconds",
+            "streams: the mean gap between tokens after the first (one observation per stream)",
+            ["model", "worker"],
+            registry=r,
+            buckets=_GAPS,
+        )
+        self.duration = Histogram(
+            "orchard_request_duration_seconds",
+            "from admission to the last byte",
+            ["model", "worker"],
+            registry=r,
+            buckets=_LATENCY,
+        )
+        self.queue_wait = Histogram(
+            "orchard_queue_wait_seconds", "time in the admission queue", ["model"], registry=r, buckets=_LATENCY
+        )
         self.decisions = Counter("orchard_routing_decisions", "scheduler decisions by reason", ["reason"], registry=r)
-        self.retries = Counter("orchard_retries", "requests sent to another worker after one failed before the "
-                               "first byte", ["model"], registry=r)  # fmt: skip
+        self.retries = Counter(
+            "orchard_retries",
+            "requests sent to another worker after one failed before the first byte",
+            ["model"],
+            registry=r,
+        )
 
     def watch(self, rows: Callable[[], list[WorkerRow]], queued: Callable[[], dict[str, int]]) -> None:
         """Report the lab at each scrape: `rows` (each worker as operators see it), `queued` (per model)."""
@@ -91,41 +116,64 @@ _STATES = [state.value for states in (EngineState, Reachability) for state in st
 # (name, help, value of a row): engine samples, re-exported per worker
 _GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float | None]], ...] = (
     ("orchard_worker_inflight", "requests the router has in flight on the worker", lambda w: w.inflight),
-    ("orchard_worker_breaker_state", "circuit breaker: 0 closed, 1 half-open, 2 open",
-     lambda w: BreakerState(w.breaker).gauge),
+    (
+        "orchard_worker_breaker_state",
+        "circuit breaker: 0 closed, 1 half-open, 2 open",
+        lambda w: BreakerState(w.breaker).gauge,
+    ),
     ("orchard_worker_draining", "1 while drained (takes no new requests)", lambda w: w.draining),
-    ("orchard_worker_tokens_per_second", "tokens generated per second, between its last two samples",
-     lambda w: w.tokens_per_s),
-    ("orchard_worker_ttft_p50_seconds", "median time to first token of its streams over the last minute",
-     lambda w: None if w.ttft_p50_ms is None else w.ttft_p50_ms / 1000),  # none: no sample, not a 0
+    (
+        "orchard_worker_tokens_per_second",
+        "tokens generated per second, between its last two samples",
+        lambda w: w.tokens_per_s,
+    ),
+    (
+        "orchard_worker_ttft_p50_seconds",
+        "median time to first token of its streams over the last minute",
+        lambda w: None if w.ttft_p50_ms is None else w.ttft_p50_ms / 1000,
+    ),  # none: no sample, not a 0
     ("orchard_worker_memory_bytes", "the host's memory", lambda w: w.memory_bytes),
-    ("orchard_worker_memory_available_bytes", "the host's memory free for use now",
-     lambda w: w.memory_available_bytes or None),
+    (
+        "orchard_worker_memory_available_bytes",
+        "the host's memory free for use now",
+        lambda w: w.memory_available_bytes or None,
+    ),
     ("orchard_engine_running", "requests the engine is computing", lambda w: w.running),
     ("orchard_engine_waiting", "requests waiting in the engine", lambda w: w.waiting),
     ("orchard_engine_kv_cache_usage", "KV cache in use, 0..1", lambda w: w.kv_cache_usage),
-    ("orchard_engine_prefill_tokens_per_second", "measured prefill rate (moving average)",
-     lambda w: w.prefill_tokens_per_s),
-    ("orchard_engine_decode_tokens_per_second", "measured decode rate of one request (moving average)",
-     lambda w: w.decode_tokens_per_s),
-)  # fmt: skip
+    (
+        "orchard_engine_prefill_tokens_per_second",
+        "measured prefill rate (moving average)",
+        lambda w: w.prefill_tokens_per_s,
+    ),
+    (
+        "orchard_engine_decode_tokens_per_second",
+        "measured decode rate of one request (moving average)",
+        lambda w: w.decode_tokens_per_s,
+    ),
+)
 _COUNTERS: tuple[tuple[str, str, Callable[[WorkerRow], float]], ...] = (
     ("orchard_engine_prompt_tokens", "prompt tokens the engine read", lambda w: w.prompt_tokens),
     ("orchard_engine_generation_tokens", "tokens the engine generated", lambda w: w.generation_tokens),
-    ("orchard_engine_prefix_cache_queries", "prompt tokens looked up in the prefix cache",
-     lambda w: w.prefix_cache_queries),
+    (
+        "orchard_engine_prefix_cache_queries",
+        "prompt tokens looked up in the prefix cache",
+        lambda w: w.prefix_cache_queries,
+    ),
     ("orchard_engine_prefix_cache_hits", "prompt tokens found in the prefix cache", lambda w: w.prefix_cache_hits),
     ("orchard_engine_restarts", "engine restarts since the agent started", lambda w: w.engine_restarts),
-)  # fmt: skip
+)
 
 
 def lab_families(rows: Iterable[WorkerRow], queued: dict[str, int]) -> Iterator[Metric]:
     """The lab as metric families: one sample per worker (and per state, model, queue)."""
     rows = list(rows)
-    info = GaugeMetricFamily("orchard_worker_info", "1 per worker, naming it",
-                             labels=["worker", "address", "host", "chip", "os", "engine"])  # fmt: skip
-    state = GaugeMetricFamily("orchard_worker_state", "1 for the worker's state, 0 for the others",
-                              labels=["worker", "state"])  # fmt: skip
+    info = GaugeMetricFamily(
+        "orchard_worker_info", "1 per worker, naming it", labels=["worker", "address", "host", "chip", "os", "engine"]
+    )
+    state = GaugeMetricFamily(
+        "orchard_worker_state", "1 for the worker's state, 0 for the others", labels=["worker", "state"]
+    )
     serves = GaugeMetricFamily("orchard_worker_model", "1 per model the worker serves", labels=["worker", "model"])
     for w in rows:
         info.add_metric([w.worker_id, w.address, w.host, w.chip, w.os, w.engine], 1)

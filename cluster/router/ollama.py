@@ -90,8 +90,9 @@ def install(app: FastAPI, handle: Handle, registry: Registry, gateway: Gateway, 
         response = await handle(request, EMBED, read)
         if response.status_code != 200:
             return response
-        return JSONResponse(shapes.embed_reply(names[0], json.loads(bytes(response.body)), started),
-                            headers=_kept(response))  # fmt: skip
+        return JSONResponse(
+            shapes.embed_reply(names[0], json.loads(bytes(response.body)), started), headers=_kept(response)
+        )
 
     _add_listings(app, registry, gateway, limit)
 
@@ -165,9 +166,14 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
             if name not in registry.models():
                 check_known(name, registry.awaited)  # 503 while an agent may yet serve it, else 404
             info = registry.models()[name]
-            return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "", "family": ""},
-                    "model_info": {"general.context_length": info.max_model_len},
-                    "capabilities": shapes.capabilities(info)}  # fmt: skip
+            return {
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": {"format": "", "family": ""},
+                "model_info": {"general.context_length": info.max_model_len},
+                "capabilities": shapes.capabilities(info),
+            }
 
         return await guarded(request, answer)
 

@@ -84,11 +84,17 @@ def chat_body(ask: OllamaChat) -> dict[str, Any]:
 def _message(message: OllamaMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:  # Ollama's arguments are an object, OpenAI's a JSON string
-        functions: list[dict[str, Any]] = [f if isinstance(f := call.get("function"), dict) else {}
-                                           for call in message.tool_calls]  # fmt: skip
-        out["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": {
-            "name": str(f.get("name", "")), "arguments": json.dumps(f.get("arguments") or {})}}
-            for i, f in enumerate(functions)]  # fmt: skip
+        functions: list[dict[str, Any]] = [
+            f if isinstance(f := call.get("function"), dict) else {} for call in message.tool_calls
+        ]
+        out["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": str(f.get("name", "")), "arguments": json.dumps(f.get("arguments") or {})},
+            }
+            for i, f in enumerate(functions)
+        ]
     return out
 
 
@@ -131,9 +137,16 @@ class Reply:
         """The last line: the counts (Ollama's names) and why it stopped."""
         self.finished, usage = True, usage or {}
         elapsed = time.monotonic_ns() - self.started
-        return {**self._line(text, calls), "done": True, "done_reason": self.done_reason, "total_duration": elapsed,
-                "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0),
-                "eval_count": usage.get("completion_tokens", 0), "eval_duration": elapsed}  # fmt: skip
+        return {
+            **self._line(text, calls),
+            "done": True,
+            "done_reason": self.done_reason,
+            "total_duration": elapsed,
+            "load_duration": 0,
+            "prompt_eval_count": usage.get("prompt_tokens", 0),
+            "eval_count": usage.get("completion_tokens", 0),
+            "eval_duration": elapsed,
+        }
 
     def _text(self, choice: dict[str, Any]) -> tuple[str, list[Any] | None]:
         """A choice's text and tool calls, from a chat's message or delta, or a completion's text."""
@@ -184,16 +197,27 @@ def _ollama_call(call: dict[str, Any]) -> dict[str, Any]:
 
 def embed_reply(model: str, body: dict[str, Any], started_ns: int) -> dict[str, Any]:
     vectors = [item.get("embedding") for item in sorted(body.get("data") or [], key=lambda d: d.get("index", 0))]
-    return {"model": model, "embeddings": vectors, "total_duration": time.monotonic_ns() - started_ns,
-            "load_duration": 0, "prompt_eval_count": (body.get("usage") or {}).get("prompt_tokens", 0)}  # fmt: skip
+    return {
+        "model": model,
+        "embeddings": vectors,
+        "total_duration": time.monotonic_ns() - started_ns,
+        "load_duration": 0,
+        "prompt_eval_count": (body.get("usage") or {}).get("prompt_tokens", 0),
+    }
 
 
 def model_card(name: str, info: pb.ModelInfo) -> dict[str, Any]:
     """A model as `/api/tags` lists it (Orchard's models have no Ollama digest or file size: zeros)."""
-    return {"name": name, "model": name, "modified_at": now_iso(), "size": 0, "digest": "",
-            "details": {"format": "", "family": "", "families": None, "parameter_size": "",
-                        "quantization_level": ""}, "context_length": info.max_model_len,
-            "capabilities": capabilities(info)}  # fmt: skip
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": now_iso(),
+        "size": 0,
+        "digest": "",
+        "details": {"format": "", "family": "", "families": None, "parameter_size": "", "quantization_level": ""},
+        "context_length": info.max_model_len,
+        "capabilities": capabilities(info),
+    }
 
 
 def capabilities(info: pb.ModelInfo) -> list[str]:

@@ -88,10 +88,17 @@ def _public(app: FastAPI, registry: Registry, gateway: Gateway) -> None:
         except Refusal as exc:
             return api_error(exc).response()
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "orchard", "max_model_len": m.max_model_len,
-             "routes": list(m.routes), "capabilities": list(m.capabilities) if m.capabilities_known else None}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "orchard",
+                "max_model_len": m.max_model_len,
+                "routes": list(m.routes),
+                "capabilities": list(m.capabilities) if m.capabilities_known else None,
+            }
             for name, m in sorted(registry.models().items())
-        ]  # fmt: skip
+        ]
         return JSONResponse({"object": "list", "data": data})
 
 
@@ -115,8 +122,14 @@ def _lab_views(app: FastAPI, registry: Registry, metrics: RouterMetrics, activit
         if no := views.refused(request):
             return no
         rows, teams = views.lab(), sorted(activity.teams.values(), key=lambda t: -t.requests)
-        reply = DashboardReply(at=time.time(), workers=rows, models=model_rows(rows), errors=list(activity.errors),
-                               teams=teams, queued=views.queued())  # fmt: skip
+        reply = DashboardReply(
+            at=time.time(),
+            workers=rows,
+            models=model_rows(rows),
+            errors=list(activity.errors),
+            teams=teams,
+            queued=views.queued(),
+        )
         return Response(reply.model_dump_json(), media_type="application/json", headers={"cache-control": "no-store"})
 
     @app.get("/dashboard", include_in_schema=False)
@@ -143,8 +156,9 @@ def _drain(app: FastAPI, registry: Registry, refused: Callable[[Request], Respon
             return ApiError(404, f"no worker `{ask.worker}`", code="unknown_worker").response()
         if len(found) > 1:
             names = ", ".join(sorted(h.worker_id for h in found))
-            return ApiError(409, f"`{ask.worker}` names {len(found)} workers ({names}); give one of those",
-                            code="ambiguous_worker").response()  # fmt: skip
+            return ApiError(
+                409, f"`{ask.worker}` names {len(found)} workers ({names}); give one of those", code="ambiguous_worker"
+            ).response()
         handle = found[0]
         try:
             await registry.drain(handle, ask.draining)
@@ -171,19 +185,36 @@ def worker_row(handle: WorkerHandle, now: float) -> WorkerRow:
         group = GroupRow(name=g.name, mode=g.mode, backend=g.backend, size=g.size, peers=list(g.peers))
     ttft = handle.ttft.median(now)
     return WorkerRow(
-        address=handle.address, worker_id=handle.worker_id, state=handle.state(now), models=list(handle.models),
-        engine=info.engine, chip=info.chip, os=info.os, memory_bytes=info.memory_bytes,
-        memory_available_bytes=sample.memory_available_bytes, inflight=handle.inflight,
-        served=handle.served, running=sample.running, waiting=sample.waiting,
+        address=handle.address,
+        worker_id=handle.worker_id,
+        state=handle.state(now),
+        models=list(handle.models),
+        engine=info.engine,
+        chip=info.chip,
+        os=info.os,
+        memory_bytes=info.memory_bytes,
+        memory_available_bytes=sample.memory_available_bytes,
+        inflight=handle.inflight,
+        served=handle.served,
+        running=sample.running,
+        waiting=sample.waiting,
         prefill_tokens_per_s=round(sample.prefill_tokens_per_s, 1),
-        decode_tokens_per_s=round(sample.decode_tokens_per_s, 1), host=info.hostname,
-        kv_cache_usage=sample.kv_cache_usage, prompt_tokens=sample.prompt_tokens,
-        generation_tokens=sample.generation_tokens, prefix_cache_queries=sample.prefix_cache_queries,
-        prefix_cache_hits=sample.prefix_cache_hits, engine_restarts=sample.engine_restarts,
+        decode_tokens_per_s=round(sample.decode_tokens_per_s, 1),
+        host=info.hostname,
+        kv_cache_usage=sample.kv_cache_usage,
+        prompt_tokens=sample.prompt_tokens,
+        generation_tokens=sample.generation_tokens,
+        prefix_cache_queries=sample.prefix_cache_queries,
+        prefix_cache_hits=sample.prefix_cache_hits,
+        engine_restarts=sample.engine_restarts,
         tokens_per_s=round(handle.tokens_per_s, 1) if handle.connected else 0.0,
-        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1), detail=_detail(handle, sample, now), group=group,
-        breaker=handle.breaker.state(now).value, draining=sample.draining, model_facts=_facts(info),
-    )  # fmt: skip
+        ttft_p50_ms=None if ttft is None else round(ttft * 1000, 1),
+        detail=_detail(handle, sample, now),
+        group=group,
+        breaker=handle.breaker.state(now).value,
+        draining=sample.draining,
+        model_facts=_facts(info),
+    )
 
 
 def _detail(handle: WorkerHandle, sample: pb.LoadSample, now: float) -> str:
@@ -203,7 +234,10 @@ def _detail(handle: WorkerHandle, sample: pb.LoadSample, now: float) -> str:
 
 def _facts(info: pb.InfoReply) -> list[ModelFacts]:
     return [
-        ModelFacts(name=m.name, context_length=m.max_model_len,
-                   capabilities=list(m.capabilities) if m.capabilities_known else None)
+        ModelFacts(
+            name=m.name,
+            context_length=m.max_model_len,
+            capabilities=list(m.capabilities) if m.capabilities_known else None,
+        )
         for m in info.models
-    ]  # fmt: skip
+    ]

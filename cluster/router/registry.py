@@ -145,9 +145,13 @@ class Registry:
     """Owns one channel and one watch task per worker address."""
 
     def __init__(
-        self, addresses: list[str], watch_interval_s: float = 1.0, tls_dir: Path | None = None,
-        close_grace_s: float = 900.0, expected: tuple[str, ...] = (),
-    ) -> None:  # fmt: skip
+        self,
+        addresses: list[str],
+        watch_interval_s: float = 1.0,
+        tls_dir: Path | None = None,
+        close_grace_s: float = 900.0,
+        expected: tuple[str, ...] = (),
+    ) -> None:
         self.watch_interval_s = watch_interval_s
         self.expected = frozenset(expected)  # the models the lab serves by its hosts file
         self.started_at = time.monotonic()
@@ -285,11 +289,16 @@ class Registry:
             for model in handle.info.models if handle.info else ():
                 seen = found.get(model.name)
                 if seen is None:
-                    found[model.name] = pb.ModelInfo(name=model.name, source=model.source,
-                                                     max_model_len=model.max_model_len,
-                                                     unsupported=model.unsupported, engine=model.engine,
-                                                     routes=model.routes, capabilities=model.capabilities,
-                                                     capabilities_known=model.capabilities_known)  # fmt: skip
+                    found[model.name] = pb.ModelInfo(
+                        name=model.name,
+                        source=model.source,
+                        max_model_len=model.max_model_len,
+                        unsupported=model.unsupported,
+                        engine=model.engine,
+                        routes=model.routes,
+                        capabilities=model.capabilities,
+                        capabilities_known=model.capabilities_known,
+                    )
                     continue
                 _merge_capabilities(seen, model)
                 seen.max_model_len = max(seen.max_model_len, model.max_model_len)

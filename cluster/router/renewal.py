@@ -77,8 +77,12 @@ class Renewer:
     certificate falls due (at least every `every_s`)."""
 
     def __init__(
-        self, tls_dir: Path, ca_dir: Path, every_s: float = RENEW_EVERY_S, life: dt.timedelta = authority.AGENT_LIFE,
-    ) -> None:  # fmt: skip
+        self,
+        tls_dir: Path,
+        ca_dir: Path,
+        every_s: float = RENEW_EVERY_S,
+        life: dt.timedelta = authority.AGENT_LIFE,
+    ) -> None:
         self.tls_dir, self.ca_dir = tls_dir, ca_dir
         self.every_s, self.life = every_s, life
         self._failures: dict[str, str] = {}  # the last reason each agent was not renewed: logged when it changes
@@ -134,8 +138,9 @@ class Renewer:
         except grpc.aio.AioRpcError as exc:
             reason = failure_reason(exc)
             if self._failures.get(address) != reason and len(self._failures) < pins.MAX_AGENTS:
-                log.warning("worker %s: certificate not renewed (%s); tried again every %.0f s", address, reason,
-                            RETRY_S)  # fmt: skip
+                log.warning(
+                    "worker %s: certificate not renewed (%s); tried again every %.0f s", address, reason, RETRY_S
+                )
                 self._failures[address] = reason
             return False
         return True

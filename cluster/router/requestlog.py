@@ -55,12 +55,18 @@ class RequestIds:
 def fields(row: UsageRow) -> dict[str, Any]:
     """The request's line, as fields (no secret: the key's id, never the key)."""
     return {
-        "request_id": row.request_id, "key": row.key_id, "team": row.team, "model": row.model,
-        "worker": row.worker, "status": row.status,
+        "request_id": row.request_id,
+        "key": row.key_id,
+        "team": row.team,
+        "model": row.model,
+        "worker": row.worker,
+        "status": row.status,
         "ttft_ms": None if row.ttft_s is None else round(row.ttft_s * 1000, 1),
-        "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-        "cached_tokens": row.cached_tokens, "duration_ms": round(row.duration_s * 1000, 1),
-    }  # fmt: skip
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "cached_tokens": row.cached_tokens,
+        "duration_ms": round(row.duration_s * 1000, 1),
+    }
 
 
 def write(row: UsageRow) -> None:

@@ -87,8 +87,13 @@ class WorkerRow(BaseModel):
     @property
     def down(self) -> bool:
         """Neither serving nor on its way to: unreachable, suspect, hung, stopped or failed."""
-        return self.state in (Reachability.UNREACHABLE, Reachability.SUSPECT, Reachability.HUNG, EngineState.STOPPED,
-                              EngineState.FAILED)  # fmt: skip
+        return self.state in (
+            Reachability.UNREACHABLE,
+            Reachability.SUSPECT,
+            Reachability.HUNG,
+            EngineState.STOPPED,
+            EngineState.FAILED,
+        )
 
     @property
     def state_text(self) -> str:

@@ -27,31 +27,71 @@ PROMETHEUS = CONTENT_TYPE_LATEST  # Prometheus's text exposition format, as /met
 ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"},
-        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
-}  # fmt: skip
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 ERRORS = {  # each dialect's error shape (cluster/router/errors.py)
     Dialect.OPENAI: ("Error", ERROR),
-    Dialect.ANTHROPIC: ("AnthropicError", {"type": "object", "required": ["type", "error"], "properties": {
-        "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
-            "type": {"type": "string"}, "message": {"type": "string"}}}}}),
-    Dialect.OLLAMA: ("OllamaError", {"type": "object", "required": ["error"], "properties": {
-        "error": {"type": "string"}}}),
-}  # fmt: skip
-HEALTH = {"type": "object", "required": ["status", "workers_ready"], "properties": {
-    "status": {"enum": ["ok", "unavailable"]}, "workers_ready": {"type": "integer", "minimum": 0}}}  # fmt: skip
-STATUSES = {400: "bad input", 401: "missing or unknown key", 403: "not an admin key",
-            404: "unknown model, route, worker or stored response", 408: "body too slow", 409: "ambiguous worker",
-            413: "body too large", 415: "not JSON", 429: "over a limit", 500: "internal error (an incident id)",
-            502: "the worker failed", 503: "no ready worker", 504: "waited past its deadline"}  # fmt: skip
+    Dialect.ANTHROPIC: (
+        "AnthropicError",
+        {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    ),
+    Dialect.OLLAMA: (
+        "OllamaError",
+        {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    ),
+}
+HEALTH = {
+    "type": "object",
+    "required": ["status", "workers_ready"],
+    "properties": {"status": {"enum": ["ok", "unavailable"]}, "workers_ready": {"type": "integer", "minimum": 0}},
+}
+STATUSES = {
+    400: "bad input",
+    401: "missing or unknown key",
+    403: "not an admin key",
+    404: "unknown model, route, worker or stored response",
+    408: "body too slow",
+    409: "ambiguous worker",
+    413: "body too large",
+    415: "not JSON",
+    429: "over a limit",
+    500: "internal error (an incident id)",
+    502: "the worker failed",
+    503: "no ready worker",
+    504: "waited past its deadline",
+}
 
 # What validators check beyond their fields, for the document to say it too.
 CONSTRAINTS: dict[type[BaseModel], dict[str, Any]] = {
-    TokenizeRequest: {"oneOf": [  # TokenizeRequest._one_text: exactly one of the two
-        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
-        {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]},
-}  # fmt: skip
+    TokenizeRequest: {
+        "oneOf": [  # TokenizeRequest._one_text: exactly one of the two
+            {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+            {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+        ]
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -113,15 +153,21 @@ def install(app: FastAPI, extra_bodies: dict[str, tuple[str, type[BaseModel]]] |
 
 
 def _build(app: FastAPI, bodies: dict[str, tuple[str, type[BaseModel]]]) -> dict[str, Any]:
-    doc = get_openapi(title="Orchard", version=build.describe(), routes=app.routes,
-                      description="One OpenAI-compatible endpoint for a lab of Macs.")  # fmt: skip
+    doc = get_openapi(
+        title="Orchard",
+        version=build.describe(),
+        routes=app.routes,
+        description="One OpenAI-compatible endpoint for a lab of Macs.",
+    )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422: no route lets FastAPI validate
         schemas.pop(unused, None)
     schemas.update(dict(ERRORS.values()))
     for path, (method, model) in bodies.items():
-        doc["paths"][path][method]["requestBody"] = {"required": True, "content": {
-            JSON: {"schema": _ref(model, schemas, "validation")}}}  # fmt: skip
+        doc["paths"][path][method]["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": _ref(model, schemas, "validation")}},
+        }
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             answers = ANSWERS.get((method, path))
@@ -136,8 +182,9 @@ def _responses(answers: Answers, path: str, schemas: dict[str, Any]) -> dict[str
     ok = _ref(body, schemas, "serialization") if isinstance(body, type) else body or {}
     # A stream's events and lines are the engine's chunks, which the router passes on without a model of them.
     schemas_by_media = {JSON: ok, PROMETHEUS: {"type": "string"}, SSE: {}, NDJSON: {}}
-    responses = {"200": {"description": "OK", "content": {
-        media: {"schema": schemas_by_media[media]} for media in answers.media}}}  # fmt: skip
+    responses = {
+        "200": {"description": "OK", "content": {media: {"schema": schemas_by_media[media]} for media in answers.media}}
+    }
     error = {"$ref": f"#/components/schemas/{ERRORS[dialect_of(path)][0]}"}
     for status, shape in [(s, error) for s in answers.errors] + [(s, ok) for s in answers.unready]:
         responses[str(status)] = {"description": STATUSES[status], "content": {JSON: {"schema": shape}}}

@@ -27,7 +27,7 @@ from tests.conftest import (
     stop_cluster,
     wait_until,
     workers,
-)  # fmt: skip
+)
 from tests.e2e.conftest import UpCluster, tool_model
 from tests.e2e.weather import (
     ANTHROPIC_TOOLS,
@@ -54,8 +54,11 @@ def claude(url: str) -> anthropic.Anthropic:
 def _usage_row(home: Path, request_id: str) -> sqlite3.Row:
     with sqlite3.connect(home / "gateway.db") as conn:
         conn.row_factory = sqlite3.Row
-        return wait_until(lambda: conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone(),
-                          10, "the usage row")  # fmt: skip
+        return wait_until(
+            lambda: conn.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone(),
+            10,
+            "the usage row",
+        )
 
 
 def test_anthropic_messages_whole_and_billed_as_the_engine_counted(up: UpCluster) -> None:
@@ -90,16 +93,21 @@ def test_tools_left_to_a_model_that_cannot_call_them_are_refused_in_each_apis_sh
         up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, tools=tools, max_tokens=8)
     assert chat.value.code == "tools_unsupported" and f"`{BUNDLED_NAME}`" in chat.value.message
     with pytest.raises(anthropic.BadRequestError) as messages:
-        claude(up.url).messages.create(model=BUNDLED_NAME, max_tokens=8, messages=QUESTION,
-                                       tools=[{"name": "f", "input_schema": {"type": "object"}}])  # fmt: skip
+        claude(up.url).messages.create(
+            model=BUNDLED_NAME,
+            max_tokens=8,
+            messages=QUESTION,
+            tools=[{"name": "f", "input_schema": {"type": "object"}}],
+        )
     assert messages.value.body["error"]["type"] == "invalid_request_error" and "cannot call tools" in str(
         messages.value
     )
     named = {"type": "function", "function": {"name": "f"}}  # vLLM needs the parser for a named tool too
     with pytest.raises(openai.BadRequestError):
         up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, tools=tools, tool_choice=named)
-    plain = up.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, tools=tools, tool_choice="none",
-                                              max_tokens=4)  # fmt: skip
+    plain = up.client.chat.completions.create(
+        model=BUNDLED_NAME, messages=QUESTION, tools=tools, tool_choice="none", max_tokens=4
+    )
     assert plain.choices[0].message.content
 
 
@@ -110,8 +118,10 @@ def test_anthropic_count_tokens_and_errors_in_the_sdks_own_types(up: UpCluster) 
     assert 0 < short.input_tokens < longer.input_tokens
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.messages.create(model="no-such-model", max_tokens=8, messages=QUESTION)
-    assert missing.value.body == {"type": "error", "error": {
-        "type": "not_found_error", "message": "The model `no-such-model` does not exist."}}  # fmt: skip
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `no-such-model` does not exist."},
+    }
     with pytest.raises(anthropic.BadRequestError, match="temperature"):
         client.messages.create(model=BUNDLED_NAME, max_tokens=8, messages=QUESTION, extra_body={"temperature": 1.5})
     refused = httpx.post(up.url + "/v1/messages", content=b"{", headers={"content-type": "application/json"})
@@ -124,12 +134,16 @@ def test_ollama_client_chat_generate_list_and_show(up: UpCluster) -> None:
     chat = client.chat(model=BUNDLED_NAME, messages=QUESTION, options={"num_predict": 16, "temperature": 0})
     assert chat.done and chat.message.role == "assistant" and chat.message.content.strip()
     assert chat.prompt_eval_count and chat.prompt_eval_count > 5 and 0 < (chat.eval_count or 0) <= 16
-    parts = list(client.chat(model=BUNDLED_NAME, messages=QUESTION, stream=True,
-                             options={"num_predict": 16, "temperature": 0}))  # fmt: skip
+    parts = list(
+        client.chat(model=BUNDLED_NAME, messages=QUESTION, stream=True, options={"num_predict": 16, "temperature": 0})
+    )
     assert parts[-1].done and not any(p.done for p in parts[:-1]) and parts[-1].eval_count
     assert "".join(p.message.content or "" for p in parts) == chat.message.content  # greedy: the same answer
-    generated = client.generate(model=f"{BUNDLED_NAME}:latest", prompt="What is the capital of France?",
-                                options={"num_predict": 16, "temperature": 0})  # fmt: skip
+    generated = client.generate(
+        model=f"{BUNDLED_NAME}:latest",
+        prompt="What is the capital of France?",
+        options={"num_predict": 16, "temperature": 0},
+    )
     assert generated.done and generated.response == chat.message.content  # generate applies the chat template
     assert "completion" in (client.show(BUNDLED_NAME).capabilities or [])
     with pytest.raises(ollama.ResponseError) as missing:
@@ -193,11 +207,22 @@ def test_anthropic_tool_use_round_trip(pair: Pair) -> None:
     call is the one a client would have got; every turn goes through the router and the engine in Anthropic's
     shapes."""
     client = pair.claude()  # its engines parse tool calls (--enable-auto-tool-choice)
-    tools = [{"name": "get_weather", "description": "The weather in a city.", "input_schema": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]  # fmt: skip
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        }
+    ]
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = client.messages.create(model=BUNDLED_NAME, max_tokens=32, messages=ask, tools=tools,
-                                   tool_choice={"type": "auto"}, extra_body={"temperature": 0})  # fmt: skip
+    first = client.messages.create(
+        model=BUNDLED_NAME,
+        max_tokens=32,
+        messages=ask,
+        tools=tools,
+        tool_choice={"type": "auto"},
+        extra_body={"temperature": 0},
+    )
     assert first.content and first.stop_reason in ("tool_use", "end_turn", "max_tokens")
     call = {"type": "tool_use", "id": "toolu_orchard_1", "name": "get_weather", "input": {"city": "Paris"}}
     result = {"type": "tool_result", "tool_use_id": "toolu_orchard_1", "content": "Sunny, 21 degrees."}
@@ -213,10 +238,17 @@ def test_a_request_as_current_anthropic_clients_send_it_is_answered(pair: Pair) 
     """System turns inside `messages` and adaptive thinking, as the anthropic SDK 2.x and Claude Code send them
     (Claude Code's first request got a 400 from the router before)."""
     client = pair.claude()
-    messages = [{"role": "system", "content": "You answer in one word."},
-                {"role": "user", "content": "What is the capital of France?"}]  # fmt: skip
-    answer = client.messages.create(model=BUNDLED_NAME, max_tokens=16, messages=messages,
-                                    thinking={"type": "adaptive"}, extra_body={"temperature": 0})  # fmt: skip
+    messages = [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    answer = client.messages.create(
+        model=BUNDLED_NAME,
+        max_tokens=16,
+        messages=messages,
+        thinking={"type": "adaptive"},
+        extra_body={"temperature": 0},
+    )
     assert answer.stop_reason in ("end_turn", "max_tokens") and answer.usage.output_tokens > 0
     assert any(block.type == "text" and block.text.strip() for block in answer.content)
 
@@ -226,8 +258,9 @@ def test_responses_whole_and_streamed(pair: Pair) -> None:
     answer = client.responses.create(model=BUNDLED_NAME, input="What is the capital of France?", max_output_tokens=24)
     assert answer.id.startswith("resp_") and answer.output_text.strip() and answer.usage
     assert answer.usage.input_tokens > 5 and answer.usage.output_tokens > 0
-    with client.responses.stream(model=BUNDLED_NAME, input="What is the capital of France?",
-                                 max_output_tokens=24) as stream:  # fmt: skip
+    with client.responses.stream(
+        model=BUNDLED_NAME, input="What is the capital of France?", max_output_tokens=24
+    ) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
@@ -240,8 +273,9 @@ def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Pair)
     first, home = raw.parse(), raw.headers["x-orchard-worker"]
     previous, where = first, set()
     for question in ("What is my name?", "Say it again.", "Once more.", "And again."):
-        raw = client.responses.with_raw_response.create(model=BUNDLED_NAME, input=question, max_output_tokens=8,
-                                                        previous_response_id=previous.id)  # fmt: skip
+        raw = client.responses.with_raw_response.create(
+            model=BUNDLED_NAME, input=question, max_output_tokens=8, previous_response_id=previous.id
+        )
         turn = raw.parse()
         assert turn.usage and previous.usage and turn.usage.input_tokens > previous.usage.input_tokens  # history
         where.add(raw.headers["x-orchard-worker"])
@@ -250,13 +284,17 @@ def test_previous_response_id_continues_on_the_worker_that_stored_it(pair: Pair)
     assert client.responses.retrieve(previous.id).id == previous.id
     # The other worker's engine does not have it: without the router's memory, half of these would fail.
     [other] = [a for a in pair.cluster.agents if agent_info(a.listen).worker_id != home]
-    direct = httpx.post(agent_info(other.listen).engine_url + "/v1/responses", timeout=60, json={
-        "model": BUNDLED_NAME, "input": "x", "previous_response_id": first.id})  # fmt: skip
+    direct = httpx.post(
+        agent_info(other.listen).engine_url + "/v1/responses",
+        timeout=60,
+        json={"model": BUNDLED_NAME, "input": "x", "previous_response_id": first.id},
+    )
     assert direct.status_code == 404
 
     def worker_of_a_new_one(_: int) -> str:
-        fresh = client.responses.with_raw_response.create(model=BUNDLED_NAME, input="Hi", max_output_tokens=2,
-                                                          store=False)  # fmt: skip
+        fresh = client.responses.with_raw_response.create(
+            model=BUNDLED_NAME, input="Hi", max_output_tokens=2, store=False
+        )
         return fresh.headers["x-orchard-worker"]
 
     with ThreadPoolExecutor(4) as pool:  # at once: least loaded spreads them
@@ -289,67 +327,97 @@ def test_tool_calling_is_on_for_a_model_whose_template_renders_tools(pair: Pair)
 
 
 def test_the_same_tool_call_comes_out_of_every_api(pair: Pair) -> None:
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
-                                                 max_tokens=40, temperature=0)  # fmt: skip
+    chat = pair.client().chat.completions.create(
+        model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS, max_tokens=40, temperature=0
+    )
     [call] = chat.choices[0].message.tool_calls or []
     assert chat.choices[0].finish_reason == "tool_calls" and call.type == "function"
     assert (call.function.name, json.loads(call.function.arguments)) == (WEATHER, PARIS)
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
-                                            max_tokens=40, extra_body=GREEDY)  # fmt: skip
+    message = pair.claude().messages.create(
+        model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS, max_tokens=40, extra_body=GREEDY
+    )
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert message.stop_reason == "tool_use" and (use.name, use.input) == (WEATHER, PARIS)
-    response = pair.client().responses.create(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
-                                              max_output_tokens=40, temperature=0)  # fmt: skip
+    response = pair.client().responses.create(
+        model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS, max_output_tokens=40, temperature=0
+    )
     [item] = [item for item in response.output if item.type == "function_call"]
     assert (item.name, json.loads(item.arguments)) == (WEATHER, PARIS) and item.call_id
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    said = local.chat(model=BUNDLED_NAME, messages=ollama_turns(), tools=CHAT_TOOLS,
-                      options={"temperature": 0, "num_predict": 40})  # fmt: skip
+    said = local.chat(
+        model=BUNDLED_NAME, messages=ollama_turns(), tools=CHAT_TOOLS, options={"temperature": 0, "num_predict": 40}
+    )
     [asked] = said.message.tool_calls or []
     assert (asked.function.name, dict(asked.function.arguments)) == (WEATHER, PARIS)
 
 
 def test_a_named_tool_comes_back_as_a_structured_call(pair: Pair) -> None:
     """`tool_choice` naming the tool, in the three APIs that have one: a call, never text."""
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
-                                                 tool_choice={"type": "function", "function": {"name": WEATHER}},
-                                                 max_tokens=40, temperature=0)  # fmt: skip
+    chat = pair.client().chat.completions.create(
+        model=BUNDLED_NAME,
+        messages=chat_turns(),
+        tools=CHAT_TOOLS,
+        tool_choice={"type": "function", "function": {"name": WEATHER}},
+        max_tokens=40,
+        temperature=0,
+    )
     [call] = chat.choices[0].message.tool_calls or []
     assert call.function.name == WEATHER and json.loads(call.function.arguments) == PARIS
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
-                                            tool_choice={"type": "tool", "name": WEATHER}, max_tokens=40,
-                                            extra_body=GREEDY)  # fmt: skip
+    message = pair.claude().messages.create(
+        model=BUNDLED_NAME,
+        messages=anthropic_turns(),
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "tool", "name": WEATHER},
+        max_tokens=40,
+        extra_body=GREEDY,
+    )
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert use.name == WEATHER and use.input == PARIS
-    response = pair.client().responses.create(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
-                                              tool_choice={"type": "function", "name": WEATHER},
-                                              max_output_tokens=40, temperature=0)  # fmt: skip
+    response = pair.client().responses.create(
+        model=BUNDLED_NAME,
+        input=responses_input(),
+        tools=RESPONSES_TOOLS,
+        tool_choice={"type": "function", "name": WEATHER},
+        max_output_tokens=40,
+        temperature=0,
+    )
     [item] = [item for item in response.output if item.type == "function_call"]
     assert item.name == WEATHER and json.loads(item.arguments) == PARIS
 
 
 def test_tool_calls_stream_in_each_apis_own_events(pair: Pair) -> None:
-    fragments = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS,
-                                                      max_tokens=40, temperature=0, stream=True)  # fmt: skip
+    fragments = pair.client().chat.completions.create(
+        model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS, max_tokens=40, temperature=0, stream=True
+    )
     deltas = [d for chunk in fragments for choice in chunk.choices for d in choice.delta.tool_calls or []]
     assert deltas and deltas[0].function and deltas[0].function.name == WEATHER and deltas[0].id
     assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == PARIS
-    with pair.claude().messages.stream(model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS,
-                                       max_tokens=40, extra_body=GREEDY) as stream:  # fmt: skip
+    with pair.claude().messages.stream(
+        model=BUNDLED_NAME, messages=anthropic_turns(), tools=ANTHROPIC_TOOLS, max_tokens=40, extra_body=GREEDY
+    ) as stream:
         events = list(stream)
         final = stream.get_final_message()
     assert any(e.type == "content_block_delta" and e.delta.type == "input_json_delta" for e in events)
     assert final.stop_reason == "tool_use" and [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
-        (WEATHER, PARIS)]  # fmt: skip
-    with pair.client().responses.stream(model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS,
-                                        max_output_tokens=40, temperature=0) as streamed:  # fmt: skip
+        (WEATHER, PARIS)
+    ]
+    with pair.client().responses.stream(
+        model=BUNDLED_NAME, input=responses_input(), tools=RESPONSES_TOOLS, max_output_tokens=40, temperature=0
+    ) as streamed:
         kinds = [event.type for event in streamed]
         response = streamed.get_final_response()
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     assert [json.loads(o.arguments) for o in response.output if o.type == "function_call"] == [PARIS]
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    lines = list(local.chat(model=BUNDLED_NAME, messages=ollama_turns(), tools=CHAT_TOOLS, stream=True,
-                            options={"temperature": 0, "num_predict": 40}))  # fmt: skip
+    lines = list(
+        local.chat(
+            model=BUNDLED_NAME,
+            messages=ollama_turns(),
+            tools=CHAT_TOOLS,
+            stream=True,
+            options={"temperature": 0, "num_predict": 40},
+        )
+    )
     calls = [call for line in lines for call in line.message.tool_calls or []]
     assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [(WEATHER, PARIS)] and lines[-1].done
 
@@ -357,27 +425,41 @@ def test_tool_calls_stream_in_each_apis_own_events(pair: Pair) -> None:
 def test_the_tool_result_turn_is_accepted_and_answered(pair: Pair) -> None:
     result = "Cloudy, 15 degrees."
     call = {"id": "call_9", "type": "function", "function": {"name": WEATHER, "arguments": json.dumps(PARIS)}}
-    with_result = [*chat_turns(), {"role": "assistant", "content": "", "tool_calls": [call]},
-                  {"role": "tool", "tool_call_id": "call_9", "content": result}]  # fmt: skip
-    chat = pair.client().chat.completions.create(model=BUNDLED_NAME, messages=with_result, tools=CHAT_TOOLS,
-                                                 max_tokens=24, temperature=0)  # fmt: skip
+    with_result = [
+        *chat_turns(),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_9", "content": result},
+    ]
+    chat = pair.client().chat.completions.create(
+        model=BUNDLED_NAME, messages=with_result, tools=CHAT_TOOLS, max_tokens=24, temperature=0
+    )
     assert chat.choices[0].message.content or chat.choices[0].message.tool_calls
     use = {"type": "tool_use", "id": "toolu_9", "name": WEATHER, "input": PARIS}
     answer = {"type": "tool_result", "tool_use_id": "toolu_9", "content": result}
-    anthropic_result = [*anthropic_turns(), {"role": "assistant", "content": [use]},
-                       {"role": "user", "content": [answer]}]  # fmt: skip
-    message = pair.claude().messages.create(model=BUNDLED_NAME, messages=anthropic_result, tools=ANTHROPIC_TOOLS,
-                                            max_tokens=24, extra_body=GREEDY)  # fmt: skip
+    anthropic_result = [
+        *anthropic_turns(),
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [answer]},
+    ]
+    message = pair.claude().messages.create(
+        model=BUNDLED_NAME, messages=anthropic_result, tools=ANTHROPIC_TOOLS, max_tokens=24, extra_body=GREEDY
+    )
     assert message.content and message.stop_reason in ("end_turn", "tool_use", "max_tokens")
-    items = [*responses_input(), {"type": "function_call", "call_id": "call_9", "name": WEATHER,
-                                   "arguments": json.dumps(PARIS)},
-             {"type": "function_call_output", "call_id": "call_9", "output": result}]  # fmt: skip
-    response = pair.client().responses.create(model=BUNDLED_NAME, input=items, tools=RESPONSES_TOOLS,
-                                              max_output_tokens=24, temperature=0)  # fmt: skip
+    items = [
+        *responses_input(),
+        {"type": "function_call", "call_id": "call_9", "name": WEATHER, "arguments": json.dumps(PARIS)},
+        {"type": "function_call_output", "call_id": "call_9", "output": result},
+    ]
+    response = pair.client().responses.create(
+        model=BUNDLED_NAME, input=items, tools=RESPONSES_TOOLS, max_output_tokens=24, temperature=0
+    )
     assert response.status == "completed" and response.output
     local = ollama.Client(host=pair.url, headers={"authorization": f"Bearer {pair.keys['ml']}"})
-    ollama_result = [*ollama_turns(), {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"name": WEATHER, "arguments": PARIS}}]}, {"role": "tool", "content": result}]  # fmt: skip
+    ollama_result = [
+        *ollama_turns(),
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": WEATHER, "arguments": PARIS}}]},
+        {"role": "tool", "content": result},
+    ]
     said = local.chat(model=BUNDLED_NAME, messages=ollama_result, tools=CHAT_TOOLS, options={"num_predict": 24})
     assert said.done and (said.message.content or said.message.tool_calls)
 

@@ -47,8 +47,13 @@ class Served:
 
 def _vllm(up: UpCluster) -> Served:
     engine = up.engine_url
-    return Served("vllm", up.url, 4096, lambda: engine_metric(engine, "vllm:num_requests_running") > 0,
-                  frozenset({"n", "response_format"}))  # fmt: skip
+    return Served(
+        "vllm",
+        up.url,
+        4096,
+        lambda: engine_metric(engine, "vllm:num_requests_running") > 0,
+        frozenset({"n", "response_format"}),
+    )
 
 
 def _cpu_busy(agent_pid: int) -> bool:
@@ -63,8 +68,9 @@ def _mlx(cluster: Cluster) -> Served:
     return Served("mlx", cluster.url, 8192, lambda: _cpu_busy(cluster.agent_pid))  # 8192: the model's config.json
 
 
-@pytest.fixture(scope="package", params=[pytest.param("vllm", marks=pytest.mark.e2e),
-                                         pytest.param("mlx", marks=pytest.mark.mlx)])  # fmt: skip
+@pytest.fixture(
+    scope="package", params=[pytest.param("vllm", marks=pytest.mark.e2e), pytest.param("mlx", marks=pytest.mark.mlx)]
+)
 def served(request: pytest.FixtureRequest) -> Served:
     if request.param == "vllm":
         return _vllm(request.getfixturevalue("up"))
@@ -84,9 +90,14 @@ def test_greedy_chat_knows_the_capital_of_france(served: Served) -> None:
 
 def test_a_stream_adds_up_to_the_whole_answer_and_its_usage(served: Served) -> None:
     whole = served.ask(max_tokens=20)
-    stream = served.client.chat.completions.create(model=BUNDLED_NAME, messages=QUESTION, temperature=0,
-                                                   max_tokens=20, stream=True,
-                                                   stream_options={"include_usage": True})  # fmt: skip
+    stream = served.client.chat.completions.create(
+        model=BUNDLED_NAME,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     pieces = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
     assert len([p for p in pieces if p]) > 3 and "".join(pieces) == whole.choices[0].message.content
@@ -94,8 +105,9 @@ def test_a_stream_adds_up_to_the_whole_answer_and_its_usage(served: Served) -> N
 
 
 def test_completions_endpoint(served: Served) -> None:
-    result = served.client.completions.create(model=BUNDLED_NAME, prompt="The capital of France is",
-                                              temperature=0, max_tokens=8)  # fmt: skip
+    result = served.client.completions.create(
+        model=BUNDLED_NAME, prompt="The capital of France is", temperature=0, max_tokens=8
+    )
     assert result.choices[0].text.strip()
     assert result.usage is not None and result.usage.completion_tokens > 0
 
@@ -119,8 +131,12 @@ def test_n_is_honoured_exactly_or_refused(served: Served) -> None:
 
 
 def test_response_format_is_honoured_exactly_or_refused(served: Served) -> None:
-    schema = {"type": "object", "properties": {"capital": {"type": "string", "enum": ["Paris", "Lyon"]}},
-              "required": ["capital"], "additionalProperties": False}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string", "enum": ["Paris", "Lyon"]}},
+        "required": ["capital"],
+        "additionalProperties": False,
+    }
     response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
     if "response_format" not in served.honours:
         with pytest.raises(openai.BadRequestError) as caught:
@@ -171,8 +187,9 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_then_still_serving(served: Served, case: str) -> None:
     body, status, needle = BAD_INPUT[case]
-    response = httpx.post(served.url + "/v1/chat/completions", content=body, timeout=60,
-                          headers={"content-type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        served.url + "/v1/chat/completions", content=body, timeout=60, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     assert needle.format(max_model_len=served.max_model_len) in response.json()["error"]["message"]
     assert served.ask(max_tokens=2).choices[0].finish_reason in ("length", "stop")

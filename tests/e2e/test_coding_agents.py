@@ -34,9 +34,16 @@ REPO = Path(__file__).resolve().parents[2]
 AGENTS = {"@anthropic-ai/claude-code": "2.1.332", "@openai/codex": "0.171.0"}  # the newest on 2026-12-06
 PROMPT = "What is the capital of France?"
 NOWHERE = "http://127.0.0.1:9"  # the discard port: a connection anywhere but loopback fails at once
-OFFLINE = {"HTTP_PROXY": NOWHERE, "HTTPS_PROXY": NOWHERE, "ALL_PROXY": NOWHERE, "NO_PROXY": "127.0.0.1,localhost",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-           "DISABLE_ERROR_REPORTING": "1"}  # fmt: skip
+OFFLINE = {
+    "HTTP_PROXY": NOWHERE,
+    "HTTPS_PROXY": NOWHERE,
+    "ALL_PROXY": NOWHERE,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +59,12 @@ def agent_bin() -> Path:
     if not stamp.exists() or stamp.read_text() != wanted:
         prefix.mkdir(parents=True, exist_ok=True)
         specs = [f"{name}@{version}" for name, version in AGENTS.items()]
-        subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save", *specs],
-                       check=True, capture_output=True, timeout=900)  # fmt: skip
+        subprocess.run(
+            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save", *specs],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
         installer = prefix / "node_modules" / "@anthropic-ai" / "claude-code" / "install.cjs"
         subprocess.run(["node", str(installer)], check=True, capture_output=True, timeout=300, cwd=installer.parent)
         stamp.write_text(wanted)
@@ -77,8 +88,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("agents-home")
     model = str(tool_model(home / "smollm2-agent", context=32768, one_sentence=True))
     try:
-        up = run_cli(["up", "--detach", "--port", str(free_port()), "--model", model, "--max-model-len", "32768",
-                      "--kv-cache-gib", "2"], home)  # fmt: skip
+        up = run_cli(
+            [
+                "up",
+                "--detach",
+                "--port",
+                str(free_port()),
+                "--model",
+                model,
+                "--max-model-len",
+                "32768",
+                "--kv-cache-gib",
+                "2",
+            ],
+            home,
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         made = run_cli(["keys", "create", "--team", "dev"], home, timeout_s=60)
         assert made.returncode == 0, made.stderr
@@ -91,8 +115,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     shell = {"PATH": os.environ["PATH"], "SHELL": os.environ.get("SHELL", "/bin/sh")}
-    return subprocess.run(argv, cwd=cwd, env={**shell, **OFFLINE, **env}, capture_output=True,
-                          text=True, timeout=900, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**shell, **OFFLINE, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_claude_code_completes_a_prompt(lab: Lab, agent_bin: Path, tmp_path: Path) -> None:
@@ -102,8 +133,23 @@ def test_claude_code_completes_a_prompt(lab: Lab, agent_bin: Path, tmp_path: Pat
         "ANTHROPIC_API_KEY": lab.key,
         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512",
     }  # a rambling answer fails in a minute, not in ten
-    done = _run([str(agent_bin / "claude"), "-p", PROMPT, "--model", lab.model, "--output-format", "json",
-                 "--max-turns", "2", "--tools", "Read,Glob,Grep"], tmp_path, env)  # fmt: skip
+    done = _run(
+        [
+            str(agent_bin / "claude"),
+            "-p",
+            PROMPT,
+            "--model",
+            lab.model,
+            "--output-format",
+            "json",
+            "--max-turns",
+            "2",
+            "--tools",
+            "Read,Glob,Grep",
+        ],
+        tmp_path,
+        env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["is_error"] is False and result["subtype"] == "success" and result["result"].strip()

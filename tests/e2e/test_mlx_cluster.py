@@ -24,11 +24,13 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_mlx_workers_report_speeds_measured_from_their_traffic(mlx_cluster: Cluster) -> None:
     for _ in range(3):  # mlx-lm has no /metrics: the agent counts what it relays
-        stream = client_of(mlx_cluster.url).chat.completions.create(model=BUNDLED_NAME, messages=QUESTION,
-                                                                    max_tokens=16, stream=True)  # fmt: skip
+        stream = client_of(mlx_cluster.url).chat.completions.create(
+            model=BUNDLED_NAME, messages=QUESTION, max_tokens=16, stream=True
+        )
         assert [c for c in stream]
-    [row] = wait_until(lambda: [w for w in workers(mlx_cluster.url) if w.decode_tokens_per_s > 0], 10,
-                       "a measured decode rate")  # fmt: skip
+    [row] = wait_until(
+        lambda: [w for w in workers(mlx_cluster.url) if w.decode_tokens_per_s > 0], 10, "a measured decode rate"
+    )
     assert row.decode_tokens_per_s > 0 and row.prefill_tokens_per_s > 0
     print(f"\nmlx worker: prefill {row.prefill_tokens_per_s:.0f} tok/s, decode {row.decode_tokens_per_s:.1f} tok/s")
 
@@ -52,12 +54,14 @@ def test_mlx_declares_tools_where_mlx_lm_parses_them_and_refuses_them_where_not(
     plain = httpx.get(mlx_cluster.url + "/v1/models").json()["data"]
     assert [m["capabilities"] for m in plain] == [[]]
     with pytest.raises(openai.BadRequestError) as refused:
-        client_of(mlx_cluster.url).chat.completions.create(model=BUNDLED_NAME, messages=chat_turns(),
-                                                           tools=CHAT_TOOLS, max_tokens=8)  # fmt: skip
+        client_of(mlx_cluster.url).chat.completions.create(
+            model=BUNDLED_NAME, messages=chat_turns(), tools=CHAT_TOOLS, max_tokens=8
+        )
     assert refused.value.code == "tools_unsupported"
     listed = httpx.get(mlx_tools.url + "/v1/models").json()["data"]
     assert [m["capabilities"] for m in listed] == [["tools"]]
-    chat = client_of(mlx_tools.url).chat.completions.create(model="smollm2-tools", messages=chat_turns(),
-                                                            tools=CHAT_TOOLS, max_tokens=40, temperature=0)  # fmt: skip
+    chat = client_of(mlx_tools.url).chat.completions.create(
+        model="smollm2-tools", messages=chat_turns(), tools=CHAT_TOOLS, max_tokens=40, temperature=0
+    )
     [call] = chat.choices[0].message.tool_calls or []
     assert (call.function.name, json.loads(call.function.arguments)) == (WEATHER, PARIS)

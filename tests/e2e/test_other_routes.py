@@ -20,8 +20,9 @@ def test_tokenize_and_detokenize_through_the_router_match_the_engine(up: UpClust
     direct = httpx.post(up.engine_url + "/tokenize", json=question, timeout=60)
     assert routed.status_code == 200, routed.text
     assert routed.json()["tokens"] == direct.json()["tokens"] and routed.json()["count"] > 5
-    back = httpx.post(up.url + "/detokenize", json={"model": BUNDLED_NAME, "tokens": routed.json()["tokens"]},
-                      timeout=60)  # fmt: skip
+    back = httpx.post(
+        up.url + "/detokenize", json={"model": BUNDLED_NAME, "tokens": routed.json()["tokens"]}, timeout=60
+    )
     assert back.status_code == 200 and back.json()["prompt"].endswith("What is the capital of France?")
     chat = {"model": BUNDLED_NAME, "messages": [{"role": "user", "content": "Hi"}]}
     assert httpx.post(up.url + "/tokenize", json=chat, timeout=60).json()["count"] > 2  # the chat template's
@@ -32,8 +33,16 @@ def test_embeddings_need_a_model_served_for_them(up: UpCluster) -> None:
     assert answer.status_code == 404, answer.text
     assert f"`{BUNDLED_NAME}` does not serve /v1/embeddings" in answer.json()["error"]["message"]
     [card] = httpx.get(up.url + "/v1/models", timeout=10).json()["data"]
-    assert card["routes"] == ["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens",
-                              "/v1/responses", "/v1/responses/{response_id}", "/tokenize", "/detokenize"]  # fmt: skip
+    assert card["routes"] == [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/tokenize",
+        "/detokenize",
+    ]
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

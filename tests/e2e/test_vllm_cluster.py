@@ -53,8 +53,12 @@ PROMPTS = ["What is the capital of France?", "Name three colours of apples.", "S
 
 
 def greedy_answers(client: openai.OpenAI) -> list[str]:
-    replies = [client.chat.completions.create(model=BUNDLED_NAME, messages=[{"role": "user", "content": p}],
-                                              max_tokens=16, temperature=0) for p in PROMPTS]  # fmt: skip
+    replies = [
+        client.chat.completions.create(
+            model=BUNDLED_NAME, messages=[{"role": "user", "content": p}], max_tokens=16, temperature=0
+        )
+        for p in PROMPTS
+    ]
     return [r.choices[0].message.content or "" for r in replies]
 
 
@@ -77,8 +81,7 @@ def test_client_disconnect_aborts_the_vllm_request_and_bills_the_engines_count_o
     counters = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total")
     before = [engine_metric(engine, name) for name in counters]
     routed_before = engine_metric(up.url, "orchard_tokens_total")  # the router's /metrics, prompt + completion
-    body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {"model": BUNDLED_NAME, "prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", up.state.url + "/v1/completions", json=body, timeout=120) as response:
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()  # kept referenced: a dropped iterator closes the stream early

@@ -27,8 +27,11 @@ def chat_turns() -> list[dict[str, Any]]:
             "type": "function",
             "function": {"name": WEATHER, "arguments": json.dumps({"city": city})},
         }
-        turns += [ask(city), {"role": "assistant", "content": "", "tool_calls": [call]},
-                  {"role": "tool", "tool_call_id": f"call_{i}", "content": said}]  # fmt: skip
+        turns += [
+            ask(city),
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": said},
+        ]
     return [*turns, ask("Paris")]
 
 
@@ -44,9 +47,11 @@ def anthropic_turns() -> list[dict[str, Any]]:
 def responses_input() -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for i, (city, said) in enumerate(SHOTS):
-        items += [ask(city), {"type": "function_call", "call_id": f"call_{i}", "name": WEATHER,
-                               "arguments": json.dumps({"city": city})},
-                  {"type": "function_call_output", "call_id": f"call_{i}", "output": said}]  # fmt: skip
+        items += [
+            ask(city),
+            {"type": "function_call", "call_id": f"call_{i}", "name": WEATHER, "arguments": json.dumps({"city": city})},
+            {"type": "function_call_output", "call_id": f"call_{i}", "output": said},
+        ]
     return [*items, ask("Paris")]
 
 

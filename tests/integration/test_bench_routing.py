@@ -12,9 +12,16 @@ FAST = (("decode-ms-per-token", "1"), ("prefill-ms-per-token", "0.05"), ("overhe
 
 def test_two_policies_on_one_heterogeneous_sim_fleet(tmp_path: Path) -> None:
     out = tmp_path / "routing.json"
-    config = RoutingBenchConfig(workers=2, requests=8, rate=20.0, policies=("prefix", "round_robin"),
-                                sim_options=FAST, worker_sim_options=((0, ("decode-ms-per-token", "0.5")),),
-                                system_words=(200, 400), out=out)  # fmt: skip
+    config = RoutingBenchConfig(
+        workers=2,
+        requests=8,
+        rate=20.0,
+        policies=("prefix", "round_robin"),
+        sim_options=FAST,
+        worker_sim_options=((0, ("decode-ms-per-token", "0.5")),),
+        system_words=(200, 400),
+        out=out,
+    )
     rows = main(config)
     assert [(r.policy, r.requests, r.errors) for r in rows] == [("prefix", 8, 0), ("round_robin", 8, 0)]
     for row in rows:
@@ -29,7 +36,13 @@ def test_two_policies_on_one_heterogeneous_sim_fleet(tmp_path: Path) -> None:
 
 
 def test_drives_any_openai_endpoint_as_it_is(tmp_path: Path, sim_cluster) -> None:
-    config = RoutingBenchConfig(requests=4, rate=20.0, model="sim-model", url=sim_cluster.url,
-                                system_words=(50, 100), out=tmp_path / "endpoint.json")  # fmt: skip
+    config = RoutingBenchConfig(
+        requests=4,
+        rate=20.0,
+        model="sim-model",
+        url=sim_cluster.url,
+        system_words=(50, 100),
+        out=tmp_path / "endpoint.json",
+    )
     [row] = main(config)
     assert (row.policy, row.requests, row.errors) == ("endpoint", 4, 0) and row.output_tok_s > 0

@@ -34,8 +34,14 @@ def test_calibration_against_a_running_endpoint(sim_cluster: Cluster) -> None:
 def test_fairness_bench_runs_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     config = fairness.FairnessConfig(workers=1, slots=2, rate_b=2.0, seconds=2.0, max_tokens=4)
     rows = fairness.run(config)
-    expected = [("B alone", "B"), ("A alone (10x)", "A"), ("A 10x + B", "A"), ("A 10x + B", "B"),
-                ("weights 2:1", "A"), ("weights 2:1", "B")]  # fmt: skip
+    expected = [
+        ("B alone", "B"),
+        ("A alone (10x)", "A"),
+        ("A 10x + B", "A"),
+        ("A 10x + B", "B"),
+        ("weights 2:1", "A"),
+        ("weights 2:1", "B"),
+    ]
     assert [(r.scenario, r.team) for r in rows] == expected
     assert all(r.requests > 0 and r.tokens_per_s > 0 for r in rows)
     assert "served tokens A:B at weights 2:1" in fairness.report(rows)

@@ -68,8 +68,10 @@ def test_plan_spreads_a_model_too_big_for_one_mac_over_a_pipeline_group(tmp_path
     assert "big#1 pipeline/vllm rank 0 of 2" in out and "big#1 pipeline/vllm rank 1 of 2" in out
     assert "ultra-1" in out and "ultra-2" in out and "385.0 GB" in out
     assert "small" in out and "studio-1" in out  # the smallest Mac that holds it
-    assert "warning: group big#1: its Ray traffic (unauthenticated) would run over the lab network on ultra-1, " \
-           "ultra-2; give each host a group_address on a private link" in out  # fmt: skip
+    assert (
+        "warning: group big#1: its Ray traffic (unauthenticated) would run over the lab network on ultra-1, "
+        "ultra-2; give each host a group_address on a private link" in out
+    )
     private = LAB.replace('name = "ultra-1"\n', 'name = "ultra-1"\ngroup_address = "169.254.1.1"\n').replace(
         'name = "ultra-2"\n', 'name = "ultra-2"\ngroup_address = "169.254.1.2"\n'
     )

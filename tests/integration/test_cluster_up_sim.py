@@ -37,10 +37,25 @@ def _ignore_sigint() -> None:
 @pytest.fixture
 def foreground(tmp_path: Path) -> Iterator[Foreground]:
     """A foreground `cluster up --engine sim`; whatever the test does, everything it started is stopped after."""
-    argv = [sys.executable, "-m", "cluster.cli", "up", "--engine", "sim", "--model", "sim-model",
-            "--port", str(free_port())]  # fmt: skip
-    up = subprocess.Popen(argv, env={**os.environ, "ORCHARD_HOME": str(tmp_path)}, stdout=subprocess.PIPE,
-                          text=True, preexec_fn=_ignore_sigint)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "up",
+        "--engine",
+        "sim",
+        "--model",
+        "sim-model",
+        "--port",
+        str(free_port()),
+    ]
+    up = subprocess.Popen(
+        argv,
+        env={**os.environ, "ORCHARD_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigint,
+    )
     pids = [up.pid]
     try:
         state = wait_until(lambda: local.running_state(tmp_path), 60, "state")
@@ -110,10 +125,15 @@ def test_local_cluster_is_open_until_a_key_exists_and_status_still_works(
     created = run_cli(["keys", "create", "--team", "ml"], tmp_path, timeout_s=60)
     assert created.returncode == 0 and created.stdout.startswith("sk-orch-")
     key = created.stdout.strip()
-    wait_until(lambda: httpx.post(state.url + "/v1/completions", json=body, timeout=30).status_code == 401, 5,
-               "the new key to switch auth on", interval_s=0.1)  # fmt: skip
-    with_key = httpx.post(state.url + "/v1/completions", json=body, headers={"authorization": f"Bearer {key}"},
-                          timeout=30)  # fmt: skip
+    wait_until(
+        lambda: httpx.post(state.url + "/v1/completions", json=body, timeout=30).status_code == 401,
+        5,
+        "the new key to switch auth on",
+        interval_s=0.1,
+    )
+    with_key = httpx.post(
+        state.url + "/v1/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
     assert with_key.status_code == 200
     status = run_cli(["status"], tmp_path, timeout_s=60)  # the head's own operator key
     assert status.returncode == 0 and "ready" in status.stdout and "closed" in status.stdout  # the breaker
@@ -141,13 +161,17 @@ def test_drain_lets_the_running_stream_finish_refuses_new_work_then_undrain(
     assert "draining" in status.stdout
     assert run_cli(["undrain", "127.0.0.1"], tmp_path, 60).returncode == 0
     short = {"model": "sim-model", "prompt": "hi", "max_tokens": 2}
-    wait_until(lambda: httpx.post(state.url + "/v1/completions", json=short, timeout=30).status_code == 200, 10,
-               "requests served again after undrain")  # fmt: skip
+    wait_until(
+        lambda: httpx.post(state.url + "/v1/completions", json=short, timeout=30).status_code == 200,
+        10,
+        "requests served again after undrain",
+    )
 
 
 def _refused(url: str) -> httpx.Response | None:
-    response = httpx.post(url + "/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 2},
-                          timeout=30)  # fmt: skip
+    response = httpx.post(
+        url + "/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 2}, timeout=30
+    )
     return response if response.status_code == 503 else None
 
 
@@ -190,9 +214,14 @@ def test_status_json_and_watch_show_rates_and_ttft(tmp_path: Path, foreground: F
     [row] = WorkersReply.model_validate_json(listed.stdout).workers
     assert row.ready and row.ttft_p50_ms is not None and row.ttft_p50_ms > 0  # the stream just timed
     env = {**os.environ, "ORCHARD_HOME": str(tmp_path)}
-    watching = subprocess.Popen([sys.executable, "-m", "cluster.cli", "status", "--watch"], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=_ignore_sigint)  # fmt: skip  # as a background job starts it
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "status", "--watch"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_ignore_sigint,
+    )  # as a background job starts it
     assert watching.stdout is not None
     titles: list[str] = []
     for line in watching.stdout:
@@ -222,8 +251,9 @@ class FakeSystemd:
         if line.startswith("systemctl restart"):
             exec_start = _unit_value(self.units / name, "ExecStart").replace("$$", "$").replace("%%", "%")
             with procs.open_log(self.logs / "router.log") as log:
-                self.running[name] = subprocess.Popen(shlex.split(exec_start), stdout=log, stderr=log,
-                                                      start_new_session=True)  # fmt: skip
+                self.running[name] = subprocess.Popen(
+                    shlex.split(exec_start), stdout=log, stderr=log, start_new_session=True
+                )
         elif line.startswith("systemctl show"):
             return f"{proc.pid if proc and proc.poll() is None else 0}\n"
         elif line.startswith(("systemctl stop", "systemctl disable --now")) and proc:

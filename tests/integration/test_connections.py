@@ -41,8 +41,13 @@ def _app() -> FastAPI:
 def _serving(header_timeout_s: float) -> Iterator[str]:
     """The router's protocol (4 connections at most) in a real uvicorn server on a thread."""
     port = free_port()
-    config = uvicorn.Config(_app(), host="127.0.0.1", port=port, log_level="warning",
-                            http=guarded_protocol(max_connections=4, header_timeout_s=header_timeout_s))  # fmt: skip
+    config = uvicorn.Config(
+        _app(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        http=guarded_protocol(max_connections=4, header_timeout_s=header_timeout_s),
+    )
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()

@@ -58,8 +58,20 @@ def test_an_agent_run_by_a_service_is_recorded_so_reruns_keep_it_and_no_second_o
     """What launchd or systemd runs (`daemon run`): the same pid becomes the agent, with its hash on record."""
     folder = tmp_path / "orchard"
     agent = AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="sim", model="m").to_argv()
-    argv = [sys.executable, "-m", "worker.daemon", "run", "--dir", str(folder), "--hash", "aaa", "--service",
-            "launchd", "--", *agent]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "worker.daemon",
+        "run",
+        "--dir",
+        str(folder),
+        "--hash",
+        "aaa",
+        "--service",
+        "launchd",
+        "--",
+        *agent,
+    ]
     service = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # as launchd would
     try:
         deadline = time.monotonic() + 30

@@ -32,9 +32,18 @@ def browser(tmp_path: Path) -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     # Headless, and nothing that reaches beyond this machine (its network is closed: each try is an error).
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
@@ -46,15 +55,17 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 @pytest.fixture
 def gated_trio(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
-    agents = [agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=(("decode-ms-per-token", "3"),))
-              for _ in range(3)]  # fmt: skip
+    agents = [
+        agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=(("decode-ms-per-token", "3"),)) for _ in range(3)
+    ]
     cluster = start_cluster(tmp_path, agents, gateway_db=str(tmp_path / "gateway.db"), policy="round_robin")
     try:
         made = run_cli(["keys", "create", "--team", "ops", "--admin"], tmp_path, timeout_s=60)
         assert made.returncode == 0, made.stderr
         key = made.stdout.strip()
-        wait_until(lambda: httpx.get(cluster.url + "/orchard/workers", timeout=5).status_code == 401, 5,
-                   "keys to be on")  # fmt: skip
+        wait_until(
+            lambda: httpx.get(cluster.url + "/orchard/workers", timeout=5).status_code == 401, 5, "keys to be on"
+        )
         assert _get(cluster, "/orchard/workers", key).status_code == 200
         yield cluster, key
     finally:
@@ -67,10 +78,19 @@ def _get(cluster: Cluster, path: str, key: str) -> httpx.Response:
 
 def _traffic(cluster: Cluster, key: str, team_requests: int = 6) -> None:
     for i in range(team_requests):
-        body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 24,
-                "stream": True}  # fmt: skip
-        with httpx.stream("POST", cluster.url + "/v1/chat/completions", json=body, timeout=30,
-                          headers={"authorization": f"Bearer {key}"}) as response:  # fmt: skip
+        body = {
+            "model": SIM_MODEL,
+            "messages": [{"role": "user", "content": f"hi {i}"}],
+            "max_tokens": 24,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            cluster.url + "/v1/chat/completions",
+            json=body,
+            timeout=30,
+            headers={"authorization": f"Bearer {key}"},
+        ) as response:
             assert response.status_code == 200 and list(response.iter_lines())
 
 
@@ -113,8 +133,11 @@ def test_the_dashboard_shows_three_hosts_then_one_down_within_5s(
     wait.until(lambda d: "tok/s" in _read(d, "#now-tokens", "text"))
 
     victim = next(c for c in cluster.fleet.children if c.name == "agent-1")
-    worker = next(w["worker_id"] for w in _get(cluster, "/orchard/workers", key).json()["workers"]
-                  if w["address"] == cluster.agents[1].listen)  # fmt: skip
+    worker = next(
+        w["worker_id"]
+        for w in _get(cluster, "/orchard/workers", key).json()["workers"]
+        if w["address"] == cluster.agents[1].listen
+    )
     os.kill(victim.pid, signal.SIGKILL)
     killed = time.monotonic()
     card = f'.card[data-worker="{worker}"]'

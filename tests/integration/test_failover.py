@@ -50,8 +50,9 @@ def _ask(cluster: Cluster, stream: bool) -> str:
     client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=30)
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
     if stream:
-        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**body, stream=True)
-                       if c.choices)  # fmt: skip
+        return "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(**body, stream=True) if c.choices
+        )
     return client.chat.completions.create(**body).choices[0].message.content or ""
 
 
@@ -123,8 +124,11 @@ def test_an_engine_that_stops_advancing_is_restarted_and_its_stream_ends_with_an
         took = time.monotonic() - started
         assert events[-1] == "data: [DONE]" and '"error"' in events[-2], events[-3:]  # an error event, not a cut
         assert len(events) >= 5 and took < 2.0 + 2.0 + 2.0 + 2  # stall timeout, a health tick, the hung grace, slack
-        wait_until(lambda: [pid for pid in procs.descendants(cluster.agent_pid)[:1] if pid != engine], 30,
-                   "a new engine process")  # fmt: skip
+        wait_until(
+            lambda: [pid for pid in procs.descendants(cluster.agent_pid)[:1] if pid != engine],
+            30,
+            "a new engine process",
+        )
         assert "engine hung" in (cluster.log_dir / "agent.log").read_text()
         wait_until(lambda: _row_ready(cluster), 30, "the restarted engine to be ready")
         whole = {"model": SIM_MODEL, "prompt": "story", "max_tokens": 50}  # hangs the same way, not streamed
@@ -337,8 +341,9 @@ def test_a_worker_that_goes_silent_before_the_first_byte_is_passed_over(tmp_path
     try:
         whole = {"model": SIM_MODEL, "prompt": "long prefill", "max_tokens": 4}
         answers: list[httpx.Response] = []
-        asking = threading.Thread(target=lambda: answers.append(httpx.post(cluster.url + "/v1/completions",
-                                                                          json=whole, timeout=30)))  # fmt: skip
+        asking = threading.Thread(
+            target=lambda: answers.append(httpx.post(cluster.url + "/v1/completions", json=whole, timeout=30))
+        )
         asking.start()
         busy = wait_until(lambda: next((r for r in rows(cluster.url) if r.inflight), None), 5, "the request placed")
         index = [a.listen for a in agents].index(busy.address)

@@ -54,8 +54,11 @@ class Pass:
     served: bool = False
 
 
-PASSES = (Pass(GenerationMode.POSITIVE, 50, served=True), Pass(GenerationMode.POSITIVE, 25),
-          Pass(GenerationMode.NEGATIVE, 25))  # fmt: skip  # per operation with a body (12); one positive without
+PASSES = (
+    Pass(GenerationMode.POSITIVE, 50, served=True),
+    Pass(GenerationMode.POSITIVE, 25),
+    Pass(GenerationMode.NEGATIVE, 25),
+)  # per operation with a body (12); one positive without
 # JSON Schema's `integer` includes 311211.0; the router's strict integers (validation.py) refuse it. Known (issue 27),
 # tallied, not failed: the server's to change, not the document's, which cannot say "not 311211.0".
 WHOLE_FLOAT = re.compile(r"Invalid value for '([^']+)': Input should be a valid integer")
@@ -128,8 +131,13 @@ def _fuzz(operation: schemathesis.APIOperation, run: Pass, url: str, found: Find
     session = requests.Session()
 
     @seed(SEED)
-    @settings(max_examples=run.cases, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=run.cases,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=run.mode))
     def one(case: schemathesis.Case) -> None:
         _try(case, url, session, run, found)
@@ -146,13 +154,15 @@ def test_generated_requests_get_answers_as_published_no_5xx_and_no_hang(fuzzed: 
             continue
         # The coverage phase: each schema's edges, wrong types, missing fields, methods the document does not list
         coverage = schema.config.generation_for(operation=operation, phase="coverage")
-        for case in schema.iter_coverage_cases(operation, generation_modes=list(GenerationMode),
-                                               generation_config=coverage):  # fmt: skip
+        for case in schema.iter_coverage_cases(
+            operation, generation_modes=list(GenerationMode), generation_config=coverage
+        ):
             _try(case, fuzzed.url, session, None, found)
         for run in PASSES if operation.body else PASSES[1:2]:
             _fuzz(operation, run, fuzzed.url, found)
-    after = httpx.post(fuzzed.url + "/v1/completions", json={"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2},
-                       timeout=30)  # fmt: skip
+    after = httpx.post(
+        fuzzed.url + "/v1/completions", json={"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}, timeout=30
+    )
     print(f"\nfuzz (seed {SEED}): {dict(found.tally)}; router still serving: {after.status_code == 200}")
     assert found.failures == []
     assert found.tally["cases"] >= 2000 and found.tally["hangs"] == 0

@@ -60,8 +60,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatedLab]:
 
 
 def chat(client: openai.OpenAI, **extra: object) -> object:
-    return client.chat.completions.create(model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=4, **extra)  # fmt: skip
+    return client.chat.completions.create(
+        model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, **extra
+    )
 
 
 def test_open_until_the_first_key_then_every_route_needs_one(lab: GatedLab) -> None:
@@ -130,8 +131,11 @@ def test_the_other_apis_take_the_same_keys_and_refuse_in_their_own_shapes(lab: G
     wait_until(lambda: _works(lab, key), 5, "the key to work", interval_s=0.1)
     client = ollama.Client(host=lab.cluster.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert [m.model for m in client.list().models] == [SIM_MODEL]
-    lines = list(client.chat(model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
-                             options={"num_predict": 4}))  # fmt: skip
+    lines = list(
+        client.chat(
+            model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, options={"num_predict": 4}
+        )
+    )
     assert lines[-1].done and lines[-1].eval_count == 4 and all(line.message.content for line in lines[:-1])
     stranger = ollama.Client(host=lab.cluster.url, headers={"Authorization": "Bearer sk-orch-not-a-key"})
     with pytest.raises(ollama.ResponseError) as refused:
@@ -139,12 +143,16 @@ def test_the_other_apis_take_the_same_keys_and_refuse_in_their_own_shapes(lab: G
     assert refused.value.status_code == 401 and "not known" in refused.value.error
     with pytest.raises(anthropic.AuthenticationError) as unknown:  # x-api-key, Anthropic's error shape
         anthropic.Anthropic(base_url=lab.cluster.url, api_key="sk-orch-not-a-key", max_retries=0).messages.create(
-            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])  # fmt: skip
-    assert unknown.value.body == {"type": "error", "error": {"type": "authentication_error",
-                                  "message": "Incorrect API key provided: the key is not known."}}  # fmt: skip
+            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert unknown.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided: the key is not known."},
+    }
     with pytest.raises(anthropic.NotFoundError, match="does not serve /v1/messages"):  # the sim engine does not
         anthropic.Anthropic(base_url=lab.cluster.url, api_key=key, max_retries=0).messages.create(
-            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+            model=SIM_MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        )
     billed = wait_until(lambda: [r for r in lab.rows() if r["team"] == "tools" and r["status"] == 200], 5, "rows")
     assert billed[-1]["completion_tokens"] == 4  # the Ollama stream, billed as any other
 
@@ -216,12 +224,16 @@ def test_usage_rows_equal_what_the_clients_were_told(lab: GatedLab) -> None:
     key = lab.create_key("--team", "acct")
     wait_until(lambda: _known_no_spend(lab, key), 5, "the key to be known", interval_s=0.1)
     client = lab.client(key)
-    whole = client.chat.completions.create(model=SIM_MODEL, messages=[{"role": "user", "content": "count me"}],
-                                           max_tokens=7)  # fmt: skip
+    whole = client.chat.completions.create(
+        model=SIM_MODEL, messages=[{"role": "user", "content": "count me"}], max_tokens=7
+    )
     stream = client.chat.completions.create(
-        model=SIM_MODEL, messages=[{"role": "user", "content": "and me"}], max_tokens=5, stream=True,
+        model=SIM_MODEL,
+        messages=[{"role": "user", "content": "and me"}],
+        max_tokens=5,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     streamed = [chunk.usage for chunk in stream if chunk.usage is not None]
     key_id = _key_id(lab, key)
 
@@ -243,8 +255,12 @@ def test_usage_rows_equal_what_the_clients_were_told(lab: GatedLab) -> None:
     admin = {"authorization": f"Bearer {lab.create_key('--team', 'ops', '--admin')}"}
     assert httpx.get(lab.cluster.url + "/metrics", timeout=5).status_code == 401  # an operator's view
     metrics = wait_until(lambda: _metrics(lab, admin), 5, "the admin key to be known", interval_s=0.1)
-    served = [s for f in text_string_to_metric_families(metrics) for s in f.samples
-              if s.name == "orchard_team_requests_total" and s.labels["team"] == "acct"]  # fmt: skip
+    served = [
+        s
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.name == "orchard_team_requests_total" and s.labels["team"] == "acct"
+    ]
     assert sum(s.value for s in served if s.labels["status"] == "200" and s.labels["model"] == SIM_MODEL) == 2
     assert {s.labels["worker"] for s in served} == {row["worker"] for row in mine()}
 
@@ -270,8 +286,17 @@ def test_a_stream_cut_by_the_client_is_still_accounted(lab: GatedLab) -> None:
 
 def test_router_beyond_loopback_without_keys_refuses_to_start(tmp_path: Path) -> None:
     port = free_port()
-    argv = [sys.executable, "-m", "cluster.router", "--listen", f"0.0.0.0:{port}", "--worker", "127.0.0.1:1",
-            "--gateway-db", str(tmp_path / "gateway.db")]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster.router",
+        "--listen",
+        f"0.0.0.0:{port}",
+        "--worker",
+        "127.0.0.1:1",
+        "--gateway-db",
+        str(tmp_path / "gateway.db"),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert (

@@ -20,8 +20,11 @@ def _key_row(home: Path) -> sqlite3.Row:
 
 
 def test_limits_are_set_then_cleared_and_a_date_alone_lasts_through_that_day(tmp_path: Path) -> None:
-    made = run_cli(["keys", "create", "--team", "ml", "--rpm", "5", "--models", "a,b", "--expires", "2027-01-31"],
-                   tmp_path, timeout_s=60)  # fmt: skip
+    made = run_cli(
+        ["keys", "create", "--team", "ml", "--rpm", "5", "--models", "a,b", "--expires", "2027-01-31"],
+        tmp_path,
+        timeout_s=60,
+    )
     assert made.returncode == 0, made.stderr
     row = _key_row(tmp_path)
     assert (row["rpm"], row["models"]) == (5, "a,b")
@@ -56,8 +59,11 @@ def test_bad_key_commands_say_why_and_change_nothing(tmp_path: Path) -> None:
 
 
 def test_serving_beyond_loopback_without_a_key_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    local = run_cli(["up", "--engine", "sim", "--model", "sim-model", "--host", "0.0.0.0", "--port",
-                     str(free_port())], tmp_path, timeout_s=60)  # fmt: skip
+    local = run_cli(
+        ["up", "--engine", "sim", "--model", "sim-model", "--host", "0.0.0.0", "--port", str(free_port())],
+        tmp_path,
+        timeout_s=60,
+    )
     assert local.returncode == 1 and "refusing to serve on 0.0.0.0" in local.stderr
     assert not (tmp_path / "local.json").exists()
     hosts = tmp_path / "lab.toml"

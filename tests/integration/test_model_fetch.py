@@ -83,9 +83,11 @@ def test_offline_a_cached_copy_serves_as_it_is_and_none_is_a_failed_fetch(tmp_pa
     snapshot = tmp_path / "models--org--cached" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
-    cached = subprocess.run([sys.executable, "-c", script, "org/cached"], capture_output=True, text=True, env=env,
-                            timeout=120)  # fmt: skip
+    cached = subprocess.run(
+        [sys.executable, "-c", script, "org/cached"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert "hub not reachable: org/cached as cached" in cached.stdout, cached.stdout + cached.stderr
-    missing = subprocess.run([sys.executable, "-c", script, "org/missing"], capture_output=True, text=True, env=env,
-                             timeout=120)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-c", script, "org/missing"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert "failed:" in missing.stdout, missing.stdout + missing.stderr

@@ -53,8 +53,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     home = tmp_path_factory.mktemp("mtls-home")
     certs.local_identities(home)
     options = (("decode-ms-per-token", "20"), ("seed", "7"))
-    agent = agent_config("sim", SIM_MODEL, home / "logs", sim_options=options,
-                         tls_dir=str(authority.tls_folder(home, certs.LOCAL_AGENT)))  # fmt: skip
+    agent = agent_config(
+        "sim", SIM_MODEL, home / "logs", sim_options=options, tls_dir=str(authority.tls_folder(home, certs.LOCAL_AGENT))
+    )
     cluster = start_cluster(home, [agent], tls_dir=str(authority.tls_folder(home, certs.ROUTER)))
     yield cluster, home
     stop_cluster(cluster)
@@ -105,10 +106,15 @@ def test_only_the_router_may_generate_or_drain_other_cluster_certificates_may_wa
     with tls.blocking_channel(address, peer) as channel:
         stub = pb_grpc.WorkerStub(channel)
         assert next(iter(stub.Watch(pb.WatchRequest(interval_seconds=0.1), timeout=5))).state
-        request = pb.GenerateRequest(request_id="x", endpoint=pb.ENDPOINT_COMPLETIONS,
-                                     body=json.dumps({"model": SIM_MODEL, "prompt": "hi"}).encode())  # fmt: skip
-        for call in (lambda: list(stub.Generate(request, timeout=5)),
-                     lambda: stub.Drain(pb.DrainRequest(draining=True), timeout=5)):  # fmt: skip
+        request = pb.GenerateRequest(
+            request_id="x",
+            endpoint=pb.ENDPOINT_COMPLETIONS,
+            body=json.dumps({"model": SIM_MODEL, "prompt": "hi"}).encode(),
+        )
+        for call in (
+            lambda: list(stub.Generate(request, timeout=5)),
+            lambda: stub.Drain(pb.DrainRequest(draining=True), timeout=5),
+        ):
             with pytest.raises(grpc.RpcError) as refused:
                 call()
             assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -208,13 +214,20 @@ def test_an_agent_without_its_certificates_says_which_file(tmp_path: Path) -> No
 def test_the_endpoint_serves_https_with_a_certificate_from_the_cluster_ca(tmp_path: Path) -> None:
     port = free_port()
     try:
-        up = run_cli(["up", "--engine", "sim", "--model", SIM_MODEL, "--port", str(port), "--tls", "--detach"],
-                     tmp_path, timeout_s=120)  # fmt: skip
+        up = run_cli(
+            ["up", "--engine", "sim", "--model", SIM_MODEL, "--port", str(port), "--tls", "--detach"],
+            tmp_path,
+            timeout_s=120,
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         ca = tmp_path / "ca" / "ca.pem"
         assert f"clients trust {ca}" in up.stdout and f"--cacert {ca} https://127.0.0.1:{port}" in up.stdout
-        client = openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key="unused", max_retries=0,
-                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(ca))))  # fmt: skip
+        client = openai.OpenAI(
+            base_url=f"https://localhost:{port}/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(ca))),
+        )
         answer = client.completions.create(model=SIM_MODEL, prompt="hello", max_tokens=3)
         assert answer.usage is not None and answer.usage.completion_tokens == 3
         with socket.create_connection(("127.0.0.1", port)) as silent:  # it never starts its TLS handshake
@@ -263,8 +276,11 @@ def test_the_agent_refuses_a_body_larger_than_the_router_accepts(secured: tuple[
 
 
 def test_certs_issue_makes_a_folder_for_an_agent_run_by_hand(tmp_path: Path) -> None:
-    result = run_cli(["certs", "issue", "mac1", "--address", "10.0.0.2", "--out", str(tmp_path / "mac1")],
-                     tmp_path / "home", timeout_s=60)  # fmt: skip
+    result = run_cli(
+        ["certs", "issue", "mac1", "--address", "10.0.0.2", "--out", str(tmp_path / "mac1")],
+        tmp_path / "home",
+        timeout_s=60,
+    )
     assert result.returncode == 0, result.stderr
     identity = tls.read_identity(tmp_path / "mac1")
     assert authority.names_of(authority.certificate_of(identity.chain)) == ["10.0.0.2", "mac1"]
@@ -315,8 +331,13 @@ def test_the_router_renews_a_pinned_agent_under_load_an_older_key_is_refused_and
     certs.local_identities(home)
     ca, router = authority.load(home), authority.tls_folder(home, certs.ROUTER)
     assert ca is not None
-    agent = agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=(("decode-ms-per-token", "20"),),
-                         tls_dir=str(tmp_path / "agent-tls"))  # fmt: skip
+    agent = agent_config(
+        "sim",
+        SIM_MODEL,
+        tmp_path / "logs",
+        sim_options=(("decode-ms-per-token", "20"),),
+        tls_dir=str(tmp_path / "agent-tls"),
+    )
     host = HostSpec(address="127.0.0.1", agent_port=int(agent.listen.rpartition(":")[2]), name="h1")
     first = pins.new_name()
     # a 10-minute certificate (valid from 5 minutes before its issue) issued 140 s ago: due at half its life,
@@ -352,8 +373,9 @@ def test_the_router_renews_a_pinned_agent_under_load_an_older_key_is_refused_and
         row = _unreachable(cluster, "not the certificate last issued to it", "the router to refuse the older key")
         print(f"an older key, still valid: {row.detail}")
 
-        _restart_agent(cluster, agent, lambda: records.write_private(tmp_path / "agent-tls" / tls.IDENTITY_FILE,
-                                                                     renewed))  # fmt: skip
+        _restart_agent(
+            cluster, agent, lambda: records.write_private(tmp_path / "agent-tls" / tls.IDENTITY_FILE, renewed)
+        )
         wait_until(lambda: [r.state for r in workers(cluster.url)] == [EngineState.READY], 30, "the agent again")
         asyncio.run(certs.revoke(home, host))
         row = _unreachable(cluster, "certificate revoked", "the router to refuse a revoked certificate")

@@ -111,13 +111,25 @@ BAD_REQUESTS = [
         "temperature",
     ),
     ("a JSON array", b"[1, 2, 3]", 400, None),
-    ("max_tokens true", json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}],
-                                    "max_tokens": True}).encode(), 400, "max_tokens"),
-    ("nested 5000 deep", b'{"model": "' + SIM_MODEL.encode() + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-     400, None),
-    ("a lone surrogate", b'{"model": "' + SIM_MODEL.encode() + b'", "messages": [{"role": "user", '
-                         b'"content": "\\ud800"}]}', 400, None),
-]  # fmt: skip
+    (
+        "max_tokens true",
+        json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": True}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "nested 5000 deep",
+        b'{"model": "' + SIM_MODEL.encode() + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        400,
+        None,
+    ),
+    (
+        "a lone surrogate",
+        b'{"model": "' + SIM_MODEL.encode() + b'", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        400,
+        None,
+    ),
+]
 
 
 @pytest.mark.parametrize(("what", "body", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
@@ -138,8 +150,9 @@ def test_bad_input_gets_openai_error(sim_cluster: Cluster, what: str, body: byte
 
 def test_ten_megabyte_body_is_rejected_and_router_keeps_serving(sim_cluster: Cluster) -> None:
     huge = json.dumps({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}]})
-    response = httpx.post(sim_cluster.url + "/v1/chat/completions", content=huge, timeout=60,
-                          headers={"content-type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        sim_cluster.url + "/v1/chat/completions", content=huge, timeout=60, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert "exceeds" in response.json()["error"]["message"]
     ok = httpx.post(
@@ -206,8 +219,11 @@ def test_an_engine_that_dies_mid_stream_ends_it_with_a_stable_code_not_exception
     assert error["code"] == "engine_unavailable" and error["type"] == "service_unavailable", error
     assert error["message"] == "The engine stopped answering before the reply was complete; try again."
     ok = {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 2}
-    wait_until(lambda: httpx.post(sim_cluster.url + "/v1/completions", json=ok, timeout=30).status_code == 200, 60,
-               "the engine back")  # fmt: skip
+    wait_until(
+        lambda: httpx.post(sim_cluster.url + "/v1/completions", json=ok, timeout=30).status_code == 200,
+        60,
+        "the engine back",
+    )
 
 
 def test_sim_prefix_cache_shows_in_engine_metrics_and_saves_prefill(sim_cluster: Cluster) -> None:
@@ -226,8 +242,9 @@ def test_what_the_sim_engine_cannot_honour_is_a_400_not_a_wrong_answer(client: o
         client.chat.completions.create(model=SIM_MODEL, messages=question, n=2, max_tokens=4)
     assert caught.value.status_code == 400 and caught.value.param == "n" and "sim engine" in caught.value.message
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=SIM_MODEL, messages=question, max_tokens=4,
-                                       response_format={"type": "json_object"})  # fmt: skip
+        client.chat.completions.create(
+            model=SIM_MODEL, messages=question, max_tokens=4, response_format={"type": "json_object"}
+        )
     assert caught.value.param == "response_format"
     one = client.chat.completions.create(model=SIM_MODEL, messages=question, n=1, max_tokens=4)
     assert len(one.choices) == 1  # n=1 is what the engine does anyway
@@ -243,15 +260,20 @@ def test_a_body_a_web_page_could_send_unasked_is_refused(sim_cluster: Cluster, c
     response = httpx.post(sim_cluster.url + "/v1/completions", content=body, headers=headers, timeout=30)
     assert response.status_code == 415, response.text
     assert "Content-Type: application/json" in response.json()["error"]["message"]
-    ok = httpx.post(sim_cluster.url + "/v1/completions", content=body, timeout=30,
-                    headers={"content-type": "application/json; charset=utf-8"})  # fmt: skip
+    ok = httpx.post(
+        sim_cluster.url + "/v1/completions",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
     assert ok.status_code == 200
 
 
 def test_bounded_session_ids_and_message_counts(sim_cluster: Cluster) -> None:
     chat = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    long_session = httpx.post(sim_cluster.url + "/v1/chat/completions", json=chat, timeout=30,
-                              headers={"x-session-id": "s" * 257})  # fmt: skip
+    long_session = httpx.post(
+        sim_cluster.url + "/v1/chat/completions", json=chat, timeout=30, headers={"x-session-id": "s" * 257}
+    )
     assert long_session.status_code == 400 and "X-Session-Id" in long_session.json()["error"]["message"]
     many = {**chat, "messages": [{"role": "user", "content": "hi"}] * 2049}
     too_many = httpx.post(sim_cluster.url + "/v1/chat/completions", json=many, timeout=30)
@@ -276,8 +298,9 @@ def test_a_route_the_engine_does_not_serve_is_a_404_naming_model_and_route(
     response = httpx.post(sim_cluster.url + route, json=body, timeout=30)
     assert response.status_code == 404, response.text
     error = response.json()["error"]
-    assert error["message"] == (f"The model `{SIM_MODEL}` does not serve {route} "
-                                "(it serves /v1/chat/completions, /v1/completions).")  # fmt: skip
+    assert error["message"] == (
+        f"The model `{SIM_MODEL}` does not serve {route} (it serves /v1/chat/completions, /v1/completions)."
+    )
     assert error["type"] == "not_found_error" and error["code"] == "route_not_served"
     listed = httpx.get(sim_cluster.url + "/v1/models", timeout=10).json()["data"][0]
     assert listed["routes"] == ["/v1/chat/completions", "/v1/completions"]
@@ -308,8 +331,7 @@ def test_a_router_starting_over_running_agents_never_calls_a_served_model_unknow
     """A restarted router (a crash under its keeper) serves before it has heard from its agents: a model the
     hosts file serves is 503 with Retry-After until an agent reports it, never 404 (SDKs do not retry a 404);
     a name nobody serves is still a 404 once the agents have told."""
-    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,),
-                          models=(SIM_MODEL,))  # fmt: skip
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,), models=(SIM_MODEL,))
     fleet = Fleet(tmp_path / "logs")
     body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
     seen: collections.Counter[str] = collections.Counter()
@@ -336,8 +358,7 @@ def test_a_router_starting_over_running_agents_never_calls_a_served_model_unknow
 
 def test_a_served_model_whose_agent_has_not_answered_yet_is_a_503_not_a_404(tmp_path: Path) -> None:
     """The same window held open: the router's only agent does not answer (nothing listens there yet)."""
-    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(f"127.0.0.1:{free_port()}",),
-                          models=(SIM_MODEL,))  # fmt: skip
+    config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(f"127.0.0.1:{free_port()}",), models=(SIM_MODEL,))
     fleet = Fleet(tmp_path / "logs")
     body = {"model": SIM_MODEL, "prompt": "hi", "max_tokens": 2}
     try:
@@ -384,8 +405,9 @@ def test_under_ulimit_256_a_thousand_idle_connections_do_not_stop_real_requests(
     if https:
         ca = authority.create(authority.now_utc())
         tls["tls_cert"] = tls["tls_key"] = str(tmp_path / "endpoint.pem")
-        authority.write_identity(tmp_path, ca, authority.issue(ca, "endpoint", ("127.0.0.1",), authority.now_utc(),
-                                                               client=False))  # fmt: skip
+        authority.write_identity(
+            tmp_path, ca, authority.issue(ca, "endpoint", ("127.0.0.1",), authority.now_utc(), client=False)
+        )
         (tmp_path / "identity.pem").rename(tls["tls_cert"])
     config = RouterConfig(listen=f"127.0.0.1:{free_port()}", workers=(sim_cluster.agent_address,), **tls)
     verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem")) if https else True
@@ -424,8 +446,10 @@ def test_a_client_that_leaves_mid_body_is_a_499_not_an_incident(sim_cluster: Clu
     log = sim_cluster.log_dir / "router.log"
     lines_before = len(log.read_text().splitlines())
     with socket.create_connection(("127.0.0.1", sim_cluster.router.port)) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: 1000\r\n\r\n" + b'{"model": "' + SIM_MODEL.encode())  # fmt: skip
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n" + b'{"model": "' + SIM_MODEL.encode()
+        )
         time.sleep(0.3)
     wait_until(lambda: "status=499" in "".join(log.read_text().splitlines()[lines_before:]), 5, "a 499 request line")
     after = log.read_text().splitlines()[lines_before:]
@@ -436,5 +460,8 @@ def test_a_client_that_leaves_mid_body_is_a_499_not_an_incident(sim_cluster: Clu
 def _requests_with_status(url: str, status: int) -> float:
     page = httpx.get(url + "/metrics", timeout=10).text
     mark = f'status="{status}"'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-               if line.startswith("orchard_requests_total{") and mark in line)  # fmt: skip
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("orchard_requests_total{") and mark in line
+    )

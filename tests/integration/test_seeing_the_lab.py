@@ -27,8 +27,9 @@ GRAFANA = ROOT / "deploy" / "grafana" / "orchard.json"
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("trio")
-    agents = [agent_config("sim", SIM_MODEL, tmp / "logs", sim_options=(("decode-ms-per-token", "2"),))
-              for _ in range(3)]  # fmt: skip
+    agents = [
+        agent_config("sim", SIM_MODEL, tmp / "logs", sim_options=(("decode-ms-per-token", "2"),)) for _ in range(3)
+    ]
     cluster = start_cluster(tmp, agents, log_format="json", policy="round_robin")
     yield cluster
     stop_cluster(cluster)
@@ -67,9 +68,12 @@ def _request_lines(cluster: Cluster) -> dict[str, dict[str, object]]:
 def test_every_response_has_a_request_id_and_each_request_one_json_log_line(trio: Cluster) -> None:
     ids = _traffic(trio)
     assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
-    given = httpx.post(trio.url + "/v1/chat/completions", headers={"x-request-id": "trace-42.a:b"},
-                       json={"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-                       timeout=30)  # fmt: skip
+    given = httpx.post(
+        trio.url + "/v1/chat/completions",
+        headers={"x-request-id": "trace-42.a:b"},
+        json={"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=30,
+    )
     assert given.status_code == 200 and given.headers["x-request-id"] == "trace-42.a:b"  # a team's own tracing
     odd = httpx.get(trio.url + "/v1/models", headers={"x-request-id": "no spaces\tor tabs"}, timeout=10)
     assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])  # not echoed: replaced
@@ -80,8 +84,11 @@ def test_every_response_has_a_request_id_and_each_request_one_json_log_line(trio
     )
     for response in (unknown, httpx.get(trio.url + "/health"), httpx.get(trio.url + "/nowhere")):
         assert response.headers["x-request-id"], response.url
-    lines = wait_until(lambda: (found := _request_lines(trio)) and unknown.headers["x-request-id"] in found
-                       and found, 5, "the request lines")  # fmt: skip
+    lines = wait_until(
+        lambda: (found := _request_lines(trio)) and unknown.headers["x-request-id"] in found and found,
+        5,
+        "the request lines",
+    )
     for rid in [*ids, "trace-42.a:b"]:
         line = lines[rid]
         assert line["model"] == SIM_MODEL and line["status"] == 200 and line["worker"]
@@ -116,9 +123,14 @@ def test_metrics_cover_every_worker_and_its_engine_from_one_scrape(trio: Cluster
     samples = wait_until(scraped, 10, "every engine's counters on the router's /metrics")  # the next load sample
     ready = [labels["worker"] for labels, v in samples["orchard_worker_state"] if labels["state"] == "ready" and v]
     assert sorted(ready) == sorted(workers)
-    for name in ("orchard_engine_running", "orchard_engine_kv_cache_usage", "orchard_worker_inflight",
-                 "orchard_worker_memory_available_bytes",
-                 "orchard_worker_tokens_per_second", "orchard_engine_prefix_cache_queries_total"):  # fmt: skip
+    for name in (
+        "orchard_engine_running",
+        "orchard_engine_kv_cache_usage",
+        "orchard_worker_inflight",
+        "orchard_worker_memory_available_bytes",
+        "orchard_worker_tokens_per_second",
+        "orchard_engine_prefix_cache_queries_total",
+    ):
         assert {labels["worker"] for labels, _ in samples[name]} == workers, name
     ttft = samples["orchard_time_to_first_token_seconds_count"]
     assert {labels["worker"] for labels, _ in ttft} == workers and {labels["model"] for labels, _ in ttft} == {
@@ -153,8 +165,12 @@ def test_the_grafana_board_queries_only_metrics_the_router_exports(trio: Cluster
         named = [n for n in re.findall(r"\b(orchard_[a-z_]+)\b", expr)]
         labels = {lb for n in named for labels, _ in samples[n] for lb in labels}
         grouped = {lb.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for lb in group.split(",")}
-        grouped |= set(re.findall(r"\{\{(\w+)\}\}", " ".join(t.get("legendFormat", "") for p in board["panels"]
-                                                          for t in p["targets"] if t["expr"] == expr)))  # fmt: skip
+        grouped |= set(
+            re.findall(
+                r"\{\{(\w+)\}\}",
+                " ".join(t.get("legendFormat", "") for p in board["panels"] for t in p["targets"] if t["expr"] == expr),
+            )
+        )
         assert grouped <= labels, (expr, grouped - labels)  # by (...) and {{legend}} name labels that exist
         for name, selector in re.findall(r"(orchard_[a-z_]+)\{([^}]*)\}", expr):
             for key, value in re.findall(r'(\w+)="([^"]*)"', selector):

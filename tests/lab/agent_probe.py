@@ -54,12 +54,16 @@ def _connect(address: str) -> str:
 
 def main(argv: list[str]) -> None:
     agent, router, stranger, engine = argv
-    print(json.dumps({
-        "plaintext": info(grpc.insecure_channel(agent)),
-        "another CA": info(tls.blocking_channel(agent, Path(stranger))),
-        "the router's certificate": info(tls.blocking_channel(agent, Path(router))),
-        "engine port": _connect(engine),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "plaintext": info(grpc.insecure_channel(agent)),
+                "another CA": info(tls.blocking_channel(agent, Path(stranger))),
+                "the router's certificate": info(tls.blocking_channel(agent, Path(router))),
+                "engine port": _connect(engine),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ class MacHost:
 
     def on_host(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Run a command as root in the host's own view (its namespace and mounts): what its launchd would do."""
-        return subprocess.run(["nsenter", "-t", str(self.lab.sshd_pid), "-m", "-n", *argv], capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            ["nsenter", "-t", str(self.lab.sshd_pid), "-m", "-n", *argv], capture_output=True, text=True, timeout=60
+        )
 
 
 @dataclass
@@ -89,8 +90,11 @@ def python_archive(out: Path) -> Path:
         link.type, link.linkname = tarfile.SYMTYPE, "python3.11"
         tar.addfile(link)
         left_out = ("python/lib/python3.11/dist-packages", "python/lib/python3.11/EXTERNALLY-MANAGED")
-        tar.add("/usr/lib/python3.11", arcname="python/lib/python3.11",
-                filter=lambda info: None if info.name.startswith(left_out) else info)  # fmt: skip
+        tar.add(
+            "/usr/lib/python3.11",
+            arcname="python/lib/python3.11",
+            filter=lambda info: None if info.name.startswith(left_out) else info,
+        )
     return archive
 
 
@@ -112,8 +116,7 @@ def _standins(root: Path) -> Path:
 def _prelude(standins: Path, libraries: Path) -> netns.Prelude:
     def prelude(host: netns.LabHost) -> str:
         library = libraries / f"h{host.index}-Library"
-        return (f"mount -t overlay overlay -o lowerdir={standins}:/usr/bin /usr/bin\n"
-                f"mount --bind {library} /Library\n")  # fmt: skip
+        return f"mount -t overlay overlay -o lowerdir={standins}:/usr/bin /usr/bin\nmount --bind {library} /Library\n"
 
     return prelude
 
@@ -149,8 +152,9 @@ def mac_lab(root: Path, count: int) -> Iterator[MacLab]:
             key = Path(f"{net.identity_file}.pub").read_text()
             passwords = [secrets.token_urlsafe(12) for _ in users]
             homes = [_add_user(user, password, key) for user, password in zip(users, passwords, strict=True)]
-            yield MacLab(net, [MacHost(h, u, p, home) for h, u, p, home in zip(net.hosts, users, passwords, homes,
-                                                                                 strict=True)])  # fmt: skip
+            yield MacLab(
+                net, [MacHost(h, u, p, home) for h, u, p, home in zip(net.hosts, users, passwords, homes, strict=True)]
+            )
     finally:
         for user in users:
             subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)

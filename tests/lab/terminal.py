@@ -29,9 +29,15 @@ def run_cli_on_terminal(args: list[str], home: Path, answers: dict[str, str], ti
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # getpass reads the controlling terminal, as on a person's
 
     env = {**os.environ, "ORCHARD_HOME": str(home), "COLUMNS": "160", "TERM": "dumb"}
-    child = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], stdin=follower, stdout=follower,
-                             stderr=follower, env=env, start_new_session=True,
-                             preexec_fn=controlling_terminal)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        start_new_session=True,
+        preexec_fn=controlling_terminal,
+    )
     os.close(follower)
     shown, prompts, pending = b"", [], ""
     deadline = time.monotonic() + timeout_s

@@ -132,8 +132,12 @@ def streams_and_a_disconnect(url: str, reference: list[str]) -> None:
     """The core of the client battery through a group: a stream adds up to the greedy answer, 16 streams at
     once all answer, and a client that leaves does not keep the group busy (the next answer comes as usual)."""
     client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300, max_retries=0)
-    ask = {"model": BUNDLED_NAME, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": MAX_TOKENS,
-           "temperature": 0}  # fmt: skip
+    ask = {
+        "model": BUNDLED_NAME,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+    }
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True) if c.choices]
     assert "".join(pieces) == reference[0]
 

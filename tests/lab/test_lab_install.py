@@ -61,8 +61,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 def test_a_bare_host_gets_a_venv_with_the_heads_build(installed: Installed) -> None:
     assert installed.first.returncode == 0, installed.first.stdout + installed.first.stderr
     assert "installed" in installed.first.stdout and "sim" in installed.first.stdout
-    facts = subprocess.run([str(installed.venv_python), "-m", "worker.daemon", "facts"], capture_output=True,
-                           text=True, timeout=60, cwd="/")  # fmt: skip
+    facts = subprocess.run(
+        [str(installed.venv_python), "-m", "worker.daemon", "facts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert json.loads(facts.stdout)["build"] == install.build.digest()
     record = json.loads((installed.home / "installed.json").read_text())["hosts"]["h1"]
     assert record["python"] == str(installed.venv_python) and record["build"] == install.build.digest()
@@ -70,8 +75,9 @@ def test_a_bare_host_gets_a_venv_with_the_heads_build(installed: Installed) -> N
 
 def test_installing_again_changes_nothing(installed: Installed) -> None:
     before = installed.venv_python.resolve().stat().st_mtime
-    again = run_cli(["install", str(installed.hosts_file), "--wheelhouse", str(installed.wheelhouse)],
-                    installed.home, timeout_s=600)  # fmt: skip
+    again = run_cli(
+        ["install", str(installed.hosts_file), "--wheelhouse", str(installed.wheelhouse)], installed.home, timeout_s=600
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "unchanged" in again.stdout and "pip install" not in again.stdout
     assert installed.venv_python.resolve().stat().st_mtime == before

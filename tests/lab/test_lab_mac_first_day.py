@@ -71,8 +71,11 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstDay]:
         hosts_file.write_text(lab.hosts_toml(MODELS, port))
         started = time.monotonic()
         # --extras= : the sim engine only (a Mac's default, mlx, has no wheel for this machine's Linux)
-        install = run_cli(["install", str(hosts_file), "--wheelhouse", str(house), "--python-archive", str(archive),
-                           "--extras="], home, timeout_s=1500)  # fmt: skip
+        install = run_cli(
+            ["install", str(hosts_file), "--wheelhouse", str(house), "--python-archive", str(archive), "--extras="],
+            home,
+            timeout_s=1500,
+        )
         timed(steps, "cluster install (Python brought, venv, Orchard)", started)
         day = FirstDay(lab, home, hosts_file, port, steps, install)
         try:
@@ -104,8 +107,9 @@ def test_up_installs_launchdaemons_asking_the_sudo_password_once(day: FirstDay) 
         plist = mac.library / PLIST
         assert plist.exists() and plist.stat().st_uid == 0 and oct(plist.stat().st_mode & 0o777) == "0o644"
         [pid] = netns.running(mac.lab, "worker.agent")
-        uid = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("Uid:"))  # fmt: skip
+        uid = next(
+            line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")
+        )
         assert uid == subprocess.check_output(["id", "-u", mac.user], text=True).strip()  # UserName, not root
     secret = day.lab.hosts[0].password  # never echoed, logged, written or on a command line
     files = [p for mac in day.lab.hosts for p in (mac.home / ".orchard").rglob("*") if p.is_file()]

@@ -40,8 +40,11 @@ def test_unreachable_host_is_reported_and_the_rest_serve(tmp_path: Path) -> None
             assert result.returncode == 0, result.stdout + result.stderr
             assert "h3: unreachable over SSH" in result.stdout
             assert "2 of 3 hosts serving" in result.stdout
-            ok = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
-                            json={"model": "sim-model", "prompt": "hi", "max_tokens": 2}, timeout=30)  # fmt: skip
+            ok = httpx.post(
+                f"http://127.0.0.1:{port}/v1/completions",
+                json={"model": "sim-model", "prompt": "hi", "max_tokens": 2},
+                timeout=30,
+            )
             assert ok.status_code == 200 and ok.headers["x-orchard-worker"] in ("h1", "h2")
         finally:
             run_cli(["down"], home, timeout_s=120)

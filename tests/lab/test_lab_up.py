@@ -225,10 +225,24 @@ def test_from_another_host_an_agent_admits_only_the_router_and_its_engine_is_unr
     stranger = tmp_path / "stranger"
     authority.write_identity(stranger, other, authority.issue(other, "x", ("orchard-router",), authority.now_utc()))
     probe = subprocess.run(
-        ["ip", "netns", "exec", h2.namespace, sys.executable, "-m", "tests.lab.agent_probe", agent, str(router),
-         str(stranger), f"{h1.address}:{engine_port}"],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            h2.namespace,
+            sys.executable,
+            "-m",
+            "tests.lab.agent_probe",
+            agent,
+            str(router),
+            str(stranger),
+            f"{h1.address}:{engine_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert probe.returncode == 0, probe.stderr
     assert json.loads(probe.stdout.splitlines()[-1]) == {
         "plaintext": "refused: UNAVAILABLE",

@@ -24,8 +24,10 @@ pytestmark = netns.marks("ray", "vllm")
 def test_orchard_runs_the_groups_ray_cluster_and_vllm_cpu_refuses_ray(tmp_path: Path) -> None:
     with netns.lab(tmp_path / "net", 2) as net:
         port = free_port()
-        models = (f'[[models]]\nname = "{BUNDLED_NAME}"\nsource = "{BUNDLED_NAME}"\nhosts = ["h1", "h2"]\n'
-                  'mode = "pipeline"\nbackend = "vllm"\n')  # fmt: skip
+        models = (
+            f'[[models]]\nname = "{BUNDLED_NAME}"\nsource = "{BUNDLED_NAME}"\nhosts = ["h1", "h2"]\n'
+            'mode = "pipeline"\nbackend = "vllm"\n'
+        )
         hosts_file = tmp_path / "lab.toml"
         hosts_file.write_text(net.hosts_toml(sys.executable, ["vllm", "vllm"], models, port))
         home = tmp_path / "home"

@@ -16,8 +16,10 @@ def wheelhouse(folder: Path) -> Path:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(folder), *deps],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if result.returncode != 0:
         pytest.skip(f"could not fetch Orchard's dependency wheels from PyPI for the wheelhouse: {result.stderr[-300:]}")
     return folder

@@ -15,25 +15,48 @@ def config(**extra: object) -> AgentConfig:
 def every_agent_field() -> AgentConfig:
     """No field at its default, so a flag dropped by to_argv or from_argv shows in the round trip."""
     group = GroupRole(
-        name="big#1", rank=1, mode="pipeline", backend="mlx", transport="jaccl",
-        members=("10.0.0.2:52100", "10.0.0.3:52100"), peers=("10.0.0.2:50051", "10.0.0.3:50051"),
-        layers=(20, 10), rdma=((None, "rdma_en5"), ("", None)),
-    )  # fmt: skip
+        name="big#1",
+        rank=1,
+        mode="pipeline",
+        backend="mlx",
+        transport="jaccl",
+        members=("10.0.0.2:52100", "10.0.0.3:52100"),
+        peers=("10.0.0.2:50051", "10.0.0.3:50051"),
+        layers=(20, 10),
+        rdma=((None, "rdma_en5"), ("", None)),
+    )
     return AgentConfig(
-        listen="0.0.0.0:50099", engine="mlx", model="/models/big", served_name="big", worker_id="studio-2",
-        engine_args=("--dtype=float16", "--enforce-eager"), engine_python="/venv/bin/python", max_model_len=8192,
-        kv_cache_gib=2.5, sim_options=(("seed", "7"), ("kv-blocks", "600")), max_concurrency=12,
-        ready_timeout_s=123.5, stall_timeout_s=45.0, log_dir="~/lab/logs", port_file="/tmp/port", group=group,
-        tls_dir="~/lab/tls", max_body_bytes=1 << 20,
-    )  # fmt: skip
+        listen="0.0.0.0:50099",
+        engine="mlx",
+        model="/models/big",
+        served_name="big",
+        worker_id="studio-2",
+        engine_args=("--dtype=float16", "--enforce-eager"),
+        engine_python="/venv/bin/python",
+        max_model_len=8192,
+        kv_cache_gib=2.5,
+        sim_options=(("seed", "7"), ("kv-blocks", "600")),
+        max_concurrency=12,
+        ready_timeout_s=123.5,
+        stall_timeout_s=45.0,
+        log_dir="~/lab/logs",
+        port_file="/tmp/port",
+        group=group,
+        tls_dir="~/lab/tls",
+        max_body_bytes=1 << 20,
+    )
 
 
 def test_agent_config_round_trips_through_its_command_line() -> None:
     original = every_agent_field()
     embedding = AgentConfig(model="m", task="embed", tool_parser="off", reasoning_parser="qwen3")  # vLLM: default
     defaults = AgentConfig(model="m")
-    changed = {name for name in AgentConfig.model_fields for config in (original, embedding)
-               if getattr(config, name) != getattr(defaults, name)}  # fmt: skip
+    changed = {
+        name
+        for name in AgentConfig.model_fields
+        for config in (original, embedding)
+        if getattr(config, name) != getattr(defaults, name)
+    }
     assert changed == set(AgentConfig.model_fields)  # the test covers every field
     assert AgentConfig.from_argv(original.to_argv()) == original
     assert AgentConfig.from_argv(embedding.to_argv()) == embedding
@@ -43,13 +66,28 @@ def test_agent_config_round_trips_through_its_command_line() -> None:
 
 def test_router_config_round_trips_through_its_command_line() -> None:
     original = RouterConfig(
-        listen="0.0.0.0:9000", workers=("10.0.0.2:50051", "10.0.0.3:50051"), policy="least_loaded",
-        model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")), max_body_bytes=1 << 20, max_attempts=3,
-        request_timeout_s=60.5, accept_timeout_s=1.5, gateway_db="/root/.orchard/gateway.db", no_auth=True,
-        max_queue=12, shutdown_grace_s=5.0, gap_timeout_s=4.5, handover="/root/.orchard/router.sock",
-        tls_dir="/root/.orchard/tls/router", ca_dir="/root/.orchard/ca", tls_cert="/etc/orchard/endpoint.pem",
-        tls_key="/etc/orchard/endpoint.key", max_connections=99, log_format="json", models=("qwen=3", "llama"),
-    )  # fmt: skip
+        listen="0.0.0.0:9000",
+        workers=("10.0.0.2:50051", "10.0.0.3:50051"),
+        policy="least_loaded",
+        model_policies=(("qwen=3", "round_robin"), ("llama", "prefix")),
+        max_body_bytes=1 << 20,
+        max_attempts=3,
+        request_timeout_s=60.5,
+        accept_timeout_s=1.5,
+        gateway_db="/root/.orchard/gateway.db",
+        no_auth=True,
+        max_queue=12,
+        shutdown_grace_s=5.0,
+        gap_timeout_s=4.5,
+        handover="/root/.orchard/router.sock",
+        tls_dir="/root/.orchard/tls/router",
+        ca_dir="/root/.orchard/ca",
+        tls_cert="/etc/orchard/endpoint.pem",
+        tls_key="/etc/orchard/endpoint.key",
+        max_connections=99,
+        log_format="json",
+        models=("qwen=3", "llama"),
+    )
     defaults = RouterConfig(workers=("x:1",))
     assert {n for n in RouterConfig.model_fields if getattr(original, n) != getattr(defaults, n)} == set(
         RouterConfig.model_fields
@@ -81,11 +119,13 @@ def test_bundled_model_runs_fp32_on_vllm_unless_told_otherwise() -> None:
         (["--model", "m", "--max-concurrency", "0"], "max_concurrency"),
         (["--model", "m", "--engine", "cuda"], "invalid choice: 'cuda'"),
         (["--model", "m", "--group-name", "g#1", "--group-member", "a:1"], "one --group-member and one --group-peer"),
-        (["--model", "m", "--group-name", "g", "--group-rank", "2", "--group-member", "a:1", "--group-peer", "a:2"],
-         "outside the group of 1"),
+        (
+            ["--model", "m", "--group-name", "g", "--group-rank", "2", "--group-member", "a:1", "--group-peer", "a:2"],
+            "outside the group of 1",
+        ),
         (["--model", "m", "--listen", "0.0.0.0:50051"], "needs --tls-dir"),
     ],
-)  # fmt: skip
+)
 def test_bad_agent_arguments_are_refused_with_the_flag_named(argv: list[str], message: str) -> None:
     with pytest.raises(LaunchConfigError, match=message):
         AgentConfig.from_argv(argv)

@@ -104,8 +104,11 @@ def test_a_lab_agents_expiry_comes_from_its_pin_and_says_who_renews_it(tmp_path:
         book.agents["10.0.0.3:8201"] = pins.Pin(label="h2", name=pins.new_name(), revoked=True)
     rows = {e.who: e for e in certs.expiries(tmp_path, ["h1", "h2"])}
     assert rows["h1"].text(NOW + dt.timedelta(hours=1)) == "2026-11-30 00:00Z (2 days)"
-    assert rows["h1"].text(NOW + dt.timedelta(hours=60)).endswith("(12 h) [overdue: the router renews it while it "
-                                                                  "reaches the agent]")  # fmt: skip
+    assert (
+        rows["h1"]
+        .text(NOW + dt.timedelta(hours=60))
+        .endswith("(12 h) [overdue: the router renews it while it reaches the agent]")
+    )
     assert rows["h2"].text(NOW).startswith("revoked")
 
 

@@ -31,8 +31,14 @@ def ok(started: float, worker: str = "h2") -> RequestRecord:
 
 def row(worker: str, *, ready: bool = True, breaker: str = "closed", draining: bool = False) -> WorkerRow:
     state = EngineState.READY if ready else Reachability.UNREACHABLE
-    return WorkerRow(address=f"{worker}:50051", worker_id=worker, state=state, models=["sim-model"], breaker=breaker,
-                     draining=draining)  # fmt: skip
+    return WorkerRow(
+        address=f"{worker}:50051",
+        worker_id=worker,
+        state=state,
+        models=["sim-model"],
+        breaker=breaker,
+        draining=draining,
+    )
 
 
 def test_a_request_belongs_to_the_fault_during_whose_window_it_started() -> None:
@@ -54,13 +60,15 @@ def test_a_request_in_flight_when_a_fault_struck_belongs_to_that_fault() -> None
 
 def test_each_outcome_is_counted_in_its_own_column_and_calm_requests_apart() -> None:
     records = [
-        ok(5.0), ok(11.0), ok(12.0, "h3"),
+        ok(5.0),
+        ok(11.0),
+        ok(12.0, "h3"),
         RequestRecord(10.5, 10.6, "refused", "", 503),  # failed before the first byte
         RequestRecord(9.0, 10.2, "error_event", "h1", 200),  # in flight when the kill struck
         RequestRecord(10.1, 11.0, "error_event", "h1", 200),
         RequestRecord(11.0, 12.0, "cut", "h1", 200),
         RequestRecord(13.0, 73.0, "hung", "h1", 200),
-    ]  # fmt: skip
+    ]
     rows = {r.fault: r for r in tally(records, [KILL], [], recovery_timeout_s=60)}
     kill, calm, total = rows["kill-engine"], rows[CALM], rows["total"]
     assert (kill.sent, kill.succeeded, kill.refused, kill.error_event, kill.cut, kill.hung) == (7, 2, 1, 2, 1, 1)

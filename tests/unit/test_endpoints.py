@@ -9,11 +9,21 @@ from worker.shared import endpoints
 
 def test_routes_by_engine_and_task() -> None:
     assert endpoints.served("vllm", "generate") == (
-        "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
-        "/v1/responses/{response_id}", "/tokenize", "/detokenize")  # fmt: skip
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/tokenize",
+        "/detokenize",
+    )
     assert endpoints.served("vllm", "embed") == ("/v1/embeddings", "/tokenize", "/detokenize")
-    assert endpoints.served("mlx", "generate") == endpoints.served("sim", "generate") == (
-        "/v1/chat/completions", "/v1/completions")  # fmt: skip
+    assert (
+        endpoints.served("mlx", "generate")
+        == endpoints.served("sim", "generate")
+        == ("/v1/chat/completions", "/v1/completions")
+    )
     assert set(endpoints.PATHS) == {v for v in pb.Endpoint.values() if v != pb.ENDPOINT_UNSPECIFIED}
 
 
@@ -28,9 +38,12 @@ def test_a_model_serves_what_every_worker_of_it_serves() -> None:
 def test_a_retrieval_names_its_response_in_the_url_quoted() -> None:
     assert endpoints.engine_request(pb.ENDPOINT_RESPONSES, {}) == ("POST", "/v1/responses")
     assert endpoints.engine_request(pb.ENDPOINT_GET_RESPONSE, {"response_id": "resp_1"}) == (
-        "GET", "/v1/responses/resp_1")  # fmt: skip
+        "GET",
+        "/v1/responses/resp_1",
+    )
     assert endpoints.engine_request(pb.ENDPOINT_GET_RESPONSE, {"response_id": "../x?y"})[1] == (
-        "/v1/responses/..%2Fx%3Fy")  # fmt: skip
+        "/v1/responses/..%2Fx%3Fy"
+    )
 
 
 def test_a_model_can_do_what_every_worker_that_knows_can_do() -> None:
@@ -38,8 +51,7 @@ def test_a_model_can_do_what_every_worker_that_knows_can_do() -> None:
     said = [(True, ("tools", "reasoning")), (False, ()), (True, ("tools",))]  # (known, capabilities)
     handles = list(registry.workers.values())
     for handle, (known, capabilities) in zip(handles, said, strict=False):
-        handle.info = pb.InfoReply(models=[pb.ModelInfo(name="m", capabilities=capabilities,
-                                                        capabilities_known=known)])  # fmt: skip
+        handle.info = pb.InfoReply(models=[pb.ModelInfo(name="m", capabilities=capabilities, capabilities_known=known)])
     merged = registry.models()["m"]
     assert merged.capabilities_known and list(merged.capabilities) == ["tools"]  # the one not knowing adds nothing
     handles[0].info = handles[2].info = pb.InfoReply(models=[pb.ModelInfo(name="m")])  # none knows yet

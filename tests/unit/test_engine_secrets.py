@@ -43,8 +43,13 @@ def test_an_engine_api_key_is_refused_since_its_own_agent_could_not_call_it(give
 
 
 def test_a_pipeline_groups_server_gets_its_secrets_through_the_environment_too() -> None:
-    role = GroupRole(name="big#1", rank=0, backend="vllm", members=("10.0.0.2:52100", "10.0.0.3:52100"),
-                     peers=("10.0.0.2:50051", "10.0.0.3:50051"))  # fmt: skip
+    role = GroupRole(
+        name="big#1",
+        rank=0,
+        backend="vllm",
+        members=("10.0.0.2:52100", "10.0.0.3:52100"),
+        peers=("10.0.0.2:50051", "10.0.0.3:50051"),
+    )
     argv, env = vllm_plan("--hf-token", "hf_group", group=role)
     assert "hf_group" not in argv and env["HF_TOKEN"] == "hf_group"
 

@@ -96,8 +96,17 @@ def group_role(rank: int, mode: str = "tensor", transport: str = "ring", rdma: R
     members = ("10.0.0.2:52100", "10.0.0.3:52100", "10.0.0.4:52100")
     peers = ("10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051")
     layers = (10, 10, 10) if mode == "pipeline" else ()
-    return GroupRole(name="s#1", rank=rank, mode=mode, backend="mlx", transport=transport, members=members, peers=peers,
-                     layers=layers, rdma=rdma)  # fmt: skip
+    return GroupRole(
+        name="s#1",
+        rank=rank,
+        mode=mode,
+        backend="mlx",
+        transport=transport,
+        members=members,
+        peers=peers,
+        layers=layers,
+        rdma=rdma,
+    )
 
 
 def test_mlx_group_rank_gets_mlx_rank_and_a_ring_hostfile(tmp_path: Path) -> None:
@@ -122,8 +131,11 @@ def test_mlx_jaccl_rank_gets_the_coordinator_and_the_rdma_device_matrix(tmp_path
     assert plan.env["MLX_RANK"] == "2" and plan.env["MLX_JACCL_COORDINATOR"] == "10.0.0.2:52100"
     [(path, text)] = plan.files
     assert plan.env["MLX_IBV_DEVICES"] == path and "MLX_HOSTFILE" not in plan.env
-    assert json.loads(text) == [[None, "rdma_en5", "rdma_en4"], ["rdma_en5", None, "rdma_en3"],
-                                ["rdma_en4", "rdma_en3", None]]  # fmt: skip
+    assert json.loads(text) == [
+        [None, "rdma_en5", "rdma_en4"],
+        ["rdma_en5", None, "rdma_en3"],
+        ["rdma_en4", "rdma_en3", None],
+    ]
     assert plan.argv[plan.argv.index("--backend") + 1] == "jaccl"
     with pytest.raises(ValueError, match="rdma_devices"):
         no_devices = ((None, "", ""), ("", None, ""), ("", "", None))
@@ -174,8 +186,9 @@ def test_the_agent_declares_the_engines_real_batch_and_mlx_batches_what_it_lets_
     from worker.engines.sim import SimEngine
 
     def config(kind: str, cap: int, *extra: str, sim: tuple[tuple[str, str], ...] = ()) -> EngineConfig:
-        return EngineConfig(kind=kind, model="m", served_name="m", extra_args=extra, max_concurrency=cap,
-                            sim_options=sim)  # fmt: skip
+        return EngineConfig(
+            kind=kind, model="m", served_name="m", extra_args=extra, max_concurrency=cap, sim_options=sim
+        )
 
     mlx = MlxEngine(platform="darwin")
     assert mlx.capacity(config("mlx", 48)) == 48

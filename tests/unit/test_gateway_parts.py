@@ -56,9 +56,14 @@ def test_a_refusal_takes_nothing_from_the_other_limits() -> None:
 
 def test_rate_limit_headers_use_openais_names_and_reset_format() -> None:
     headers = Headroom(requests=(60, 59, 1.0), tokens=(1000, 990, 0.6)).headers()
-    assert headers == {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
-                       "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "1000",
-                       "x-ratelimit-remaining-tokens": "990", "x-ratelimit-reset-tokens": "600ms"}  # fmt: skip
+    assert headers == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "990",
+        "x-ratelimit-reset-tokens": "600ms",
+    }
     assert duration(360) == "6m0s" and Headroom().headers() == {}
 
 
@@ -139,8 +144,10 @@ def test_a_database_made_by_the_first_schema_upgrades_in_place(tmp_path: Path) -
     with store.connect(path, upgrade_to=1) as old:
         assert old.execute("PRAGMA user_version").fetchone()[0] == 1
         old.execute("INSERT INTO teams (name, created) VALUES ('ml', 0)")
-        old.execute("INSERT INTO keys (id, hash, team, admin, created) VALUES ('key_1', ?, 'ml', 1, 0)",
-                    (keys.hash_secret("sk-orch-old"),))  # fmt: skip
+        old.execute(
+            "INSERT INTO keys (id, hash, team, admin, created) VALUES ('key_1', ?, 'ml', 1, 0)",
+            (keys.hash_secret("sk-orch-old"),),
+        )
     with store.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
         key = keys.load_snapshot(conn).find("sk-orch-old")

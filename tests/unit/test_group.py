@@ -20,8 +20,9 @@ def controller(rank: int, tmp_path: Path) -> GroupController:
 
 
 def sample(epoch: str = "", instance: str = "agent-a", crashes: int = 0) -> pb.LoadSample:
-    return pb.LoadSample(state=pb.ENGINE_STATE_READY, group_epoch=epoch, agent_instance=instance,
-                         engine_crashes=crashes)  # fmt: skip
+    return pb.LoadSample(
+        state=pb.ENGINE_STATE_READY, group_epoch=epoch, agent_instance=instance, engine_crashes=crashes
+    )
 
 
 def restart_asked(group: GroupController) -> str | None:

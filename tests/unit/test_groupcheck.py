@@ -17,16 +17,29 @@ from worker import daemon
 from worker.hostinfo import parse_firewall
 from worker.shared.daemon import GroupCheckReply
 
-GROUP = GroupPlan(model="big", index=0, mode="pipeline", backend="vllm", transport="ring", hosts=("s1", "s2"),
-                  shares=(0.5, 0.5))  # fmt: skip
+GROUP = GroupPlan(
+    model="big", index=0, mode="pipeline", backend="vllm", transport="ring", hosts=("s1", "s2"), shares=(0.5, 0.5)
+)
 ENGINE = "/Users/lab/.venv-vllm-metal/bin/python"
 
 
-def report(hostname: str, addresses: list[str], python: str = "3.12.8", ray: str = "2.49.0",
-           firewall: str = "off", group: list[str] | None = None) -> GroupCheckReply:  # fmt: skip
-    return GroupCheckReply(hostname=hostname, hostname_addresses=addresses, engine_python=ENGINE,
-                           python_version=python, ray_version=ray, firewall=firewall,
-                           group_addresses=group or [])  # fmt: skip
+def report(
+    hostname: str,
+    addresses: list[str],
+    python: str = "3.12.8",
+    ray: str = "2.49.0",
+    firewall: str = "off",
+    group: list[str] | None = None,
+) -> GroupCheckReply:
+    return GroupCheckReply(
+        hostname=hostname,
+        hostname_addresses=addresses,
+        engine_python=ENGINE,
+        python_version=python,
+        ray_version=ray,
+        firewall=firewall,
+        group_addresses=group or [],
+    )
 
 
 def members(r1: GroupCheckReply, r2: GroupCheckReply, platform: str = "darwin") -> dict[str, Member]:
@@ -56,29 +69,35 @@ def test_missing_ray_and_differing_pythons_are_named_per_host() -> None:
     found = problems(GROUP, members(report("s1", ["10.0.5.2"], ray=""), report("s2", ["10.0.0.3"], python="")))
     assert "Ray is not installed in the engine's venv" in found["s1"][0] and "--with-vllm-metal" in found["s1"][0]
     assert "does not run" in found["s2"][0]
-    skew = problems(GROUP, members(report("s1", ["10.0.5.2"], python="3.12.8"),
-                                   report("s2", ["10.0.0.3"], python="3.11.9")))  # fmt: skip
+    skew = problems(
+        GROUP, members(report("s1", ["10.0.5.2"], python="3.12.8"), report("s2", ["10.0.0.3"], python="3.11.9"))
+    )
     assert all("Python versions differ across group big#1 (s1 3.12, s2 3.11)" in v[0] for v in skew.values())
-    patch_only = problems(GROUP, members(report("s1", ["10.0.5.2"], python="3.12.8"),
-                                         report("s2", ["10.0.0.3"], python="3.12.4")))  # fmt: skip
+    patch_only = problems(
+        GROUP, members(report("s1", ["10.0.5.2"], python="3.12.8"), report("s2", ["10.0.0.3"], python="3.12.4"))
+    )
     assert patch_only == {}  # RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor
 
 
 def test_a_blocking_firewall_is_named_with_the_command_that_opens_it() -> None:
-    found = problems(GROUP, members(report("s1", ["10.0.5.2"], firewall="blocks"),
-                                    report("s2", ["10.0.0.3"], firewall="unlisted")))  # fmt: skip
+    found = problems(
+        GROUP, members(report("s1", ["10.0.5.2"], firewall="blocks"), report("s2", ["10.0.0.3"], firewall="unlisted"))
+    )
     assert f"socketfilterfw --add {ENGINE} --unblockapp {ENGINE}" in found["s1"][0] and "blocks" in found["s1"][0]
     assert "has no rule for" in found["s2"][0]
 
 
-@pytest.mark.parametrize(("state", "app", "verdict"), [
-    ("Firewall is disabled. (State = 0)\n", "", "off"),
-    ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is permitted\n", "allows"),
-    ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is blocked\n", "blocks"),
-    ("Firewall is enabled. (State = 2)\n", f"The application {ENGINE} is permitted\n", "blocks"),  # block all
-    ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is not part of the firewall\n", "unlisted"),
-    ("socketfilterfw: unrecognized\n", "", "unknown"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("state", "app", "verdict"),
+    [
+        ("Firewall is disabled. (State = 0)\n", "", "off"),
+        ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is permitted\n", "allows"),
+        ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is blocked\n", "blocks"),
+        ("Firewall is enabled. (State = 2)\n", f"The application {ENGINE} is permitted\n", "blocks"),  # block all
+        ("Firewall is enabled. (State = 1)\n", f"The application {ENGINE} is not part of the firewall\n", "unlisted"),
+        ("socketfilterfw: unrecognized\n", "", "unknown"),
+    ],
+)
 def test_the_firewall_as_socketfilterfw_reports_it(state: str, app: str, verdict: str) -> None:
     assert parse_firewall(state, app)[0] == verdict
 

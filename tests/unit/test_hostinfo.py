@@ -44,8 +44,12 @@ def test_metal_working_set_from_mlxs_device_info() -> None:
     from worker.hostinfo import parse_metal_working_set
 
     # The keys MLX documents for mlx.core.metal.device_info(); figures of a 192 GB Mac.
-    info = {"architecture": "applegpu_g14d", "max_buffer_size": 154618822656,
-            "max_recommended_working_set_size": 154618822656, "memory_size": 206158430208,
-            "resource_limit": 499000}  # fmt: skip
+    info = {
+        "architecture": "applegpu_g14d",
+        "max_buffer_size": 154618822656,
+        "max_recommended_working_set_size": 154618822656,
+        "memory_size": 206158430208,
+        "resource_limit": 499000,
+    }
     assert parse_metal_working_set(info) == 154618822656
     assert parse_metal_working_set({"architecture": "x86_64", "device_name": "cpu"}) == 0  # MLX on CPU

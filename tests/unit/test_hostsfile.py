@@ -51,31 +51,75 @@ def test_good_file_defaults() -> None:
 
 
 MISTAKES = [
-    ("unknown key", GOOD.replace('address = "10.0.0.3"', 'adress = "10.0.0.3"'),
-     "lab.toml:10: unknown key 'adress' in [[hosts]] #2"),
-    ("wrong type", GOOD.replace("port = 8000", 'port = "8000"'), "lab.toml:2: 'router.port': Input should be a valid integer"),
+    (
+        "unknown key",
+        GOOD.replace('address = "10.0.0.3"', 'adress = "10.0.0.3"'),
+        "lab.toml:10: unknown key 'adress' in [[hosts]] #2",
+    ),
+    (
+        "wrong type",
+        GOOD.replace("port = 8000", 'port = "8000"'),
+        "lab.toml:2: 'router.port': Input should be a valid integer",
+    ),
     ("duplicate name", GOOD.replace('name = "b"', 'name = "a"'), "lab.toml:9: duplicate host name 'a' (also host #1)"),
-    ("duplicate address", GOOD.replace('"10.0.0.3"', '"10.0.0.2"'),
-     "lab.toml:10: duplicate host address '10.0.0.2' (also host #1)"),
-    ("unknown host", GOOD.replace("replicas = 2", 'hosts = ["a", "c"]'),
-     "lab.toml:16: model 'm' is placed on unknown host 'c'"),
-    ("missing address", GOOD.replace('address = "10.0.0.2"\n', ""), "lab.toml:4: missing required key 'address' in [[hosts]] #1"),
-    ("bad engine", GOOD.replace('memory_gb = 64', 'engine = "tgi"'), "lab.toml:11: 'hosts.1.engine': Input should be 'vllm', 'mlx' or 'sim'"),
-    ("both replicas and hosts", GOOD.replace("replicas = 2", 'replicas = 2\nhosts = ["a"]'),
-     "lab.toml:13: 'models.0': Value error, give either 'replicas' or 'hosts', not both"),
-    ("group of one", GOOD.replace("replicas = 2", 'mode = "pipeline"\nhosts = ["a"]'),
-     "lab.toml:13: 'models.0': Value error, a pipeline group needs at least 2 hosts"),
-    ("vllm tensor group", GOOD.replace("replicas = 2", 'mode = "tensor"\nbackend = "vllm"'),
-     "lab.toml:13: 'models.0': Value error, vllm-metal does not support tensor parallelism"),
-    ("bad mode", GOOD.replace("replicas = 2", 'mode = "expert"'),
-     "lab.toml:16: 'models.0.mode': Input should be 'pipeline' or 'tensor'"),
-    ("bad memory fraction", GOOD.replace("port = 8000", "port = 8000\n\n[placement]\nmemory_fraction = 1.5"),
-     "lab.toml:5: 'placement.memory_fraction': Input should be less than or equal to 1"),
+    (
+        "duplicate address",
+        GOOD.replace('"10.0.0.3"', '"10.0.0.2"'),
+        "lab.toml:10: duplicate host address '10.0.0.2' (also host #1)",
+    ),
+    (
+        "unknown host",
+        GOOD.replace("replicas = 2", 'hosts = ["a", "c"]'),
+        "lab.toml:16: model 'm' is placed on unknown host 'c'",
+    ),
+    (
+        "missing address",
+        GOOD.replace('address = "10.0.0.2"\n', ""),
+        "lab.toml:4: missing required key 'address' in [[hosts]] #1",
+    ),
+    (
+        "bad engine",
+        GOOD.replace("memory_gb = 64", 'engine = "tgi"'),
+        "lab.toml:11: 'hosts.1.engine': Input should be 'vllm', 'mlx' or 'sim'",
+    ),
+    (
+        "both replicas and hosts",
+        GOOD.replace("replicas = 2", 'replicas = 2\nhosts = ["a"]'),
+        "lab.toml:13: 'models.0': Value error, give either 'replicas' or 'hosts', not both",
+    ),
+    (
+        "group of one",
+        GOOD.replace("replicas = 2", 'mode = "pipeline"\nhosts = ["a"]'),
+        "lab.toml:13: 'models.0': Value error, a pipeline group needs at least 2 hosts",
+    ),
+    (
+        "vllm tensor group",
+        GOOD.replace("replicas = 2", 'mode = "tensor"\nbackend = "vllm"'),
+        "lab.toml:13: 'models.0': Value error, vllm-metal does not support tensor parallelism",
+    ),
+    (
+        "bad mode",
+        GOOD.replace("replicas = 2", 'mode = "expert"'),
+        "lab.toml:16: 'models.0.mode': Input should be 'pipeline' or 'tensor'",
+    ),
+    (
+        "bad memory fraction",
+        GOOD.replace("port = 8000", "port = 8000\n\n[placement]\nmemory_fraction = 1.5"),
+        "lab.toml:5: 'placement.memory_fraction': Input should be less than or equal to 1",
+    ),
     ("not TOML", GOOD.replace("[router]", "[router"), "lab.toml:1: not valid TOML"),
     ("no models", GOOD.split("[[models]]")[0], "lab.toml: missing required key 'models' in the file"),
-    ("bad policy", GOOD.replace("replicas = 2", 'replicas = 2\npolicy = "fastest"'), "lab.toml:17: 'models.0.policy': Input should be 'prefix', 'least_loaded' or 'round_robin'"),
-    ("negative port", GOOD.replace("port = 8000", "port = -1"), "lab.toml:2: 'router.port': Input should be greater than or equal to 1"),
-]  # fmt: skip
+    (
+        "bad policy",
+        GOOD.replace("replicas = 2", 'replicas = 2\npolicy = "fastest"'),
+        "lab.toml:17: 'models.0.policy': Input should be 'prefix', 'least_loaded' or 'round_robin'",
+    ),
+    (
+        "negative port",
+        GOOD.replace("port = 8000", "port = -1"),
+        "lab.toml:2: 'router.port': Input should be greater than or equal to 1",
+    ),
+]
 
 
 @pytest.mark.parametrize(("what", "text", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])

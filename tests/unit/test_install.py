@@ -43,8 +43,9 @@ def test_the_probe_runs_in_a_posix_shell_and_finds_this_python(tmp_path: Path) -
     assert found, out
     chosen = install.choose_python(found)
     assert chosen.version[:2] >= (3, 11) and Path(chosen.path).exists()
-    version = subprocess.run([chosen.path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
-                             text=True, timeout=60).stdout  # fmt: skip
+    version = subprocess.run(
+        [chosen.path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=60
+    ).stdout
     assert version.strip() == str(chosen.version[:2])  # the probe reported what the interpreter is
 
 
@@ -57,8 +58,13 @@ def test_the_probe_finds_every_3x_even_a_release_newer_than_orchard_knows(tmp_pa
         fake.write_text(f'#!/bin/sh\necho "{fake}|3.{minor}.0|1"\n')
         fake.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run(["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))], capture_output=True,
-                         text=True, timeout=60, env=env).stdout  # fmt: skip
+    out = subprocess.run(
+        ["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    ).stdout
     versions = {f.version[:2] for f in install.parse_probe(out)}
     assert {(3, 14), (3, 19)} <= versions
 
@@ -69,8 +75,13 @@ def test_the_python_install_brings_is_probed_first(tmp_path: Path) -> None:
     brought.write_text(f'#!/bin/sh\necho "{brought}|3.12.9|1"\n')
     brought.chmod(0o755)
     env = {"PATH": "/nowhere", "HOME": str(tmp_path)}
-    out = subprocess.run(["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))], capture_output=True,
-                         text=True, timeout=60, env=env).stdout  # fmt: skip
+    out = subprocess.run(
+        ["/bin/sh", "-c", install.probe_script(str(tmp_path / "orchard"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    ).stdout
     assert install.choose_python(install.parse_probe(out)).path == str(brought)
 
 
@@ -141,10 +152,12 @@ def test_vllm_metal_is_installed_by_its_own_installer_then_given_ray(tmp_path: P
 
 
 def test_the_recorded_interpreter_fills_in_only_hosts_that_name_none(tmp_path: Path) -> None:
-    spec = hostsfile.ClusterSpec.model_validate({
-        "hosts": [{"address": "10.0.0.1", "name": "a"}, {"address": "10.0.0.2", "name": "b", "python": "/p"}],
-        "models": [{"name": "m", "source": "m"}],
-    })  # fmt: skip
+    spec = hostsfile.ClusterSpec.model_validate(
+        {
+            "hosts": [{"address": "10.0.0.1", "name": "a"}, {"address": "10.0.0.2", "name": "b", "python": "/p"}],
+            "models": [{"name": "m", "source": "m"}],
+        }
+    )
     record = install.InstalledHost(python="/home/lab/.orchard/venv/bin/python", version="0.1.0", build="x", at=0)
     records.write(install.installed_path(tmp_path), install.Installed(hosts={"a": record, "b": record}))
     merged = install.with_installed(spec, tmp_path)

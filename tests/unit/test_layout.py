@@ -84,8 +84,12 @@ def test_cluster_root_holds_only_the_cli_and_packages() -> None:
     assert files == {"__init__.py", "cli.py"}
 
 
-@pytest.mark.parametrize("package", sorted(str(p.parent.relative_to(REPO)) for p in REPO.glob("*/**/__init__.py")
-                                           if p.parts[len(REPO.parts)] in PACKAGES))  # fmt: skip
+@pytest.mark.parametrize(
+    "package",
+    sorted(
+        str(p.parent.relative_to(REPO)) for p in REPO.glob("*/**/__init__.py") if p.parts[len(REPO.parts)] in PACKAGES
+    ),
+)
 def test_every_package_says_what_it_owns(package: str) -> None:
     assert ast.get_docstring(ast.parse((REPO / package / "__init__.py").read_text())), package
 
@@ -103,7 +107,11 @@ def test_the_request_end_counters_change_only_in_the_end_records_consumer() -> N
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for node in ast.walk(function):
-                if (isinstance(node, ast.Attribute) and node.attr == "labels" and isinstance(node.value, ast.Attribute)
-                        and node.value.attr in END_COUNTERS):  # fmt: skip
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr == "labels"
+                    and isinstance(node.value, ast.Attribute)
+                    and node.value.attr in END_COUNTERS
+                ):
                     found.append(f"{name}.{function.name}")
     assert found and set(found) == {"cluster.router.metrics.observe_end"}, sorted(set(found))

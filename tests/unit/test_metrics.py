@@ -22,13 +22,22 @@ def test_parses_a_real_vllm_metrics_page() -> None:
 
 def test_rates_come_from_counter_deltas_between_scrapes() -> None:
     meter = RateMeter()
-    start = EngineLoad(prompt_tokens=1000, prefix_cache_hits=200, generation_tokens=50, prefill_seconds=2.0,
-                       decode_seconds=5.0)  # fmt: skip
+    start = EngineLoad(
+        prompt_tokens=1000, prefix_cache_hits=200, generation_tokens=50, prefill_seconds=2.0, decode_seconds=5.0
+    )
     meter.update(start)
     assert meter.prefill_tokens_per_s == meter.decode_tokens_per_s == 0.0  # one scrape: nothing measured yet
     # 600 prompt tokens of which 200 came from the prefix cache: 400 computed in 0.5 s.
-    meter.update(replace(start, prompt_tokens=1600, prefix_cache_hits=400, prefill_seconds=2.5,
-                         generation_tokens=150, decode_seconds=7.0))  # fmt: skip
+    meter.update(
+        replace(
+            start,
+            prompt_tokens=1600,
+            prefix_cache_hits=400,
+            prefill_seconds=2.5,
+            generation_tokens=150,
+            decode_seconds=7.0,
+        )
+    )
     assert meter.prefill_tokens_per_s == 800.0
     assert meter.decode_tokens_per_s == 50.0
 

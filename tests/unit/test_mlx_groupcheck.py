@@ -15,21 +15,40 @@ from worker.shared.daemon import MlxCheckReply, ModelFacts
 from worker.shared.procs import free_port
 
 FIXTURES = Path(__file__).with_name("fixtures")
-RING = GroupPlan(model="big", index=0, mode="pipeline", backend="mlx", transport="ring", hosts=("s1", "s2"),
-                 shares=(0.5, 0.5), layers=(40, 40))  # fmt: skip
+RING = GroupPlan(
+    model="big",
+    index=0,
+    mode="pipeline",
+    backend="mlx",
+    transport="ring",
+    hosts=("s1", "s2"),
+    shares=(0.5, 0.5),
+    layers=(40, 40),
+)
 JACCL = GroupPlan(**{**RING.__dict__, "transport": "jaccl"})
 HELD = ModelFacts(present=True, layers=80)
 
 
 def report(address: str = "10.0.5.2", **fields: object) -> MlxCheckReply:
-    values: dict[str, object] = {"local_addresses": ["127.0.0.1", address], "address_local": True, "port_free": True,
-                                 "agent_running": False, "mlx_version": "0.32.4", "mlx_lm_version": "0.32.2",
-                                 "python": "/Users/lab/.orchard/venv/bin/python"}  # fmt: skip
+    values: dict[str, object] = {
+        "local_addresses": ["127.0.0.1", address],
+        "address_local": True,
+        "port_free": True,
+        "agent_running": False,
+        "mlx_version": "0.32.4",
+        "mlx_lm_version": "0.32.2",
+        "python": "/Users/lab/.orchard/venv/bin/python",
+    }
     return MlxCheckReply.model_validate({**values, **fields})
 
 
-def members(r1: MlxCheckReply, r2: MlxCheckReply, model: ModelFacts | None = HELD, platform: str = "darwin",
-            devices: dict[str, str] | None = None) -> dict[str, MlxMember]:  # fmt: skip
+def members(
+    r1: MlxCheckReply,
+    r2: MlxCheckReply,
+    model: ModelFacts | None = HELD,
+    platform: str = "darwin",
+    devices: dict[str, str] | None = None,
+) -> dict[str, MlxMember]:
     s1 = HostSpec(address="10.0.0.2", name="s1", group_address="10.0.5.2", rdma_devices=devices or {})
     s2 = HostSpec(address="10.0.0.3", name="s2", group_address="10.0.5.3")
     return {"s1": MlxMember(s1, platform, r1, model), "s2": MlxMember(s2, platform, r2, model)}
@@ -86,8 +105,11 @@ def test_jaccl_needs_macos_26_2_and_rdma_devices_as_apples_tn3205_says() -> None
 
 def test_the_host_side_check_asks_apples_tools_on_a_mac() -> None:
     asked: list[list[str]] = []
-    answers = {"--getglobalstate": "Firewall is disabled. (State = 0)\n", "-productVersion": "26.2\n",
-               "ibv_devices": (FIXTURES / "ibv_devices.txt").read_text()}  # fmt: skip
+    answers = {
+        "--getglobalstate": "Firewall is disabled. (State = 0)\n",
+        "-productVersion": "26.2\n",
+        "ibv_devices": (FIXTURES / "ibv_devices.txt").read_text(),
+    }
 
     def run(argv: list[str]) -> str:
         asked.append(argv)
@@ -112,8 +134,18 @@ def test_a_port_in_use_and_a_foreign_address_are_seen_for_real() -> None:
 def test_the_daemon_answers_mlxcheck_as_the_head_asks_it(tmp_path: Path) -> None:
     import sys
 
-    argv = [sys.executable, "-m", "worker.daemon", "mlxcheck", "--dir", str(tmp_path), "--group-address", "127.0.0.1",
-            "--group-port", str(free_port())]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "worker.daemon",
+        "mlxcheck",
+        "--dir",
+        str(tmp_path),
+        "--group-address",
+        "127.0.0.1",
+        "--group-port",
+        str(free_port()),
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     reply = MlxCheckReply.model_validate_json(out.stdout.strip().splitlines()[-1])
     assert reply.address_local and reply.port_free and not reply.agent_running

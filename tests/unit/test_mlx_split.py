@@ -9,8 +9,15 @@ import pytest
 
 from worker.engines.programs import mlx_server
 
-ARGS = {"hidden_size": 8, "num_hidden_layers": 6, "intermediate_size": 16, "num_attention_heads": 2,
-        "rms_norm_eps": 1e-5, "vocab_size": 32, "num_key_value_heads": 2}  # fmt: skip
+ARGS = {
+    "hidden_size": 8,
+    "num_hidden_layers": 6,
+    "intermediate_size": 16,
+    "num_attention_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 32,
+    "num_key_value_heads": 2,
+}
 
 
 @dataclass

@@ -12,10 +12,15 @@ from worker.shared.models import ModelError, ensure_weight_index, fix_config, re
 
 def test_config_fix_drops_quantization_and_lifts_rope_theta(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({
-        "model_type": "llama", "quantization_config": {"quant_method": "gguf"},
-        "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "quantization_config": {"quant_method": "gguf"},
+                "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+            }
+        )
+    )
     fix_config(path)
     config = json.loads(path.read_text())
     assert "quantization_config" not in config
@@ -44,8 +49,10 @@ def test_a_single_file_checkpoint_gets_the_weight_index_mlx_pipelines_read(tmp_p
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({"model.layers.0.w": np.zeros(2, np.float32), "model.norm.weight": np.ones(2, np.float32)},
-              str(tmp_path / "model.safetensors"))  # fmt: skip
+    save_file(
+        {"model.layers.0.w": np.zeros(2, np.float32), "model.norm.weight": np.ones(2, np.float32)},
+        str(tmp_path / "model.safetensors"),
+    )
     ensure_weight_index(tmp_path)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["weight_map"] == {"model.layers.0.w": "model.safetensors", "model.norm.weight": "model.safetensors"}

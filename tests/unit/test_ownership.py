@@ -49,10 +49,16 @@ def test_down_leaves_alone_a_process_that_reused_a_recorded_pid(tmp_path: Path) 
     stranger = _sleeper("cluster.router")  # someone else's process now holds the router's recorded pid
     try:
         state = local.LocalState(
-            url="http://127.0.0.1:1", model="m", engine="sim", router_pid=stranger.pid, agent_pid=stranger.pid,
-            agent_address="127.0.0.1:2", supervisor_pid=None, log_dir=str(tmp_path),
+            url="http://127.0.0.1:1",
+            model="m",
+            engine="sim",
+            router_pid=stranger.pid,
+            agent_pid=stranger.pid,
+            agent_address="127.0.0.1:2",
+            supervisor_pid=None,
+            log_dir=str(tmp_path),
             started={stranger.pid: (procs.started_at(stranger.pid) or 0) - 100},
-        )  # fmt: skip
+        )
         local.records.write(local.state_path(tmp_path), state)
         assert local.stop(tmp_path, grace_s=1) == []
         time.sleep(0.2)
@@ -64,10 +70,32 @@ def test_down_leaves_alone_a_process_that_reused_a_recorded_pid(tmp_path: Path) 
 
 
 def test_secret_flags_are_redacted_in_either_form_and_nothing_else() -> None:
-    argv = ["vllm", "--api-key", "sk-1", "--engine-arg=--api-key=sk-2", "--hf-token=abc", "--ssl-keyfile", "/k.pem",
-            "--max-tokens", "5", "--model", "m"]  # fmt: skip
-    assert procs.redacted(argv) == ["vllm", "--api-key", "***", "--engine-arg=--api-key=***", "--hf-token=***",
-                                    "--ssl-keyfile", "/k.pem", "--max-tokens", "5", "--model", "m"]  # fmt: skip
+    argv = [
+        "vllm",
+        "--api-key",
+        "sk-1",
+        "--engine-arg=--api-key=sk-2",
+        "--hf-token=abc",
+        "--ssl-keyfile",
+        "/k.pem",
+        "--max-tokens",
+        "5",
+        "--model",
+        "m",
+    ]
+    assert procs.redacted(argv) == [
+        "vllm",
+        "--api-key",
+        "***",
+        "--engine-arg=--api-key=***",
+        "--hf-token=***",
+        "--ssl-keyfile",
+        "/k.pem",
+        "--max-tokens",
+        "5",
+        "--model",
+        "m",
+    ]
 
 
 def test_logs_are_created_and_kept_private(tmp_path: Path) -> None:

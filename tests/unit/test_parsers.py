@@ -186,8 +186,9 @@ FAMILIES = [
 ]
 
 
-@pytest.mark.parametrize(("family", "model_type", "template", "tool", "reasoning", "source"), FAMILIES,
-                         ids=[row[0] for row in FAMILIES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "model_type", "template", "tool", "reasoning", "source"), FAMILIES, ids=[row[0] for row in FAMILIES]
+)
 def test_each_family_gets_the_parsers_vllm_names_for_it(
     family: str, model_type: str, template: str, tool: str | None, reasoning: str | None, source: str
 ) -> None:
@@ -220,20 +221,27 @@ def test_signals_come_from_the_models_own_files(tmp_path: Path) -> None:
     assert read_signals(tmp_path / "missing") == ModelSignals("", "")
 
 
-@pytest.mark.parametrize(("argv", "capabilities"), [
-    (["--model", "m"], ()),
-    (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], ("tools",)),
-    (["--enable-auto-tool-choice", "--tool-call-parser=hermes", "--reasoning-parser=qwen3"], ("tools", "reasoning")),
-    (["--tool-call-parser", "hermes"], ()),  # a parser without auto choice: tool_choice auto is refused
-    (["--reasoning-parser", "deepseek_r1"], ("reasoning",)),
-    (["--runner", "pooling", "--convert", "embed", "--reasoning-parser", "x"], ()),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "capabilities"),
+    [
+        (["--model", "m"], ()),
+        (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], ("tools",)),
+        (
+            ["--enable-auto-tool-choice", "--tool-call-parser=hermes", "--reasoning-parser=qwen3"],
+            ("tools", "reasoning"),
+        ),
+        (["--tool-call-parser", "hermes"], ()),  # a parser without auto choice: tool_choice auto is refused
+        (["--reasoning-parser", "deepseek_r1"], ("reasoning",)),
+        (["--runner", "pooling", "--convert", "embed", "--reasoning-parser", "x"], ()),
+    ],
+)
 def test_a_vllm_engine_can_do_what_its_command_line_turns_on(argv: list[str], capabilities: tuple[str, ...]) -> None:
     assert capabilities_of(argv) == capabilities
 
 
-@pytest.mark.parametrize(("family", "model_type", "template", "tool", "reasoning", "source"), FAMILIES,
-                         ids=[row[0] for row in FAMILIES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "model_type", "template", "tool", "reasoning", "source"), FAMILIES, ids=[row[0] for row in FAMILIES]
+)
 def test_mlx_capabilities_agree_with_mlx_lms_own_inference(
     tmp_path: Path, family: str, model_type: str, template: str, tool: str | None, reasoning: str | None, source: str
 ) -> None:

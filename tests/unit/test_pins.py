@@ -45,12 +45,14 @@ def test_a_certificate_is_due_at_half_its_life_or_30_days_before_its_end(
 
 def test_due_agents_skips_revoked_and_unreadable_ones() -> None:
     ca = authority.create(NOW)
-    book = pins.Pins(agents={
-        "10.0.0.2:8201": _pin(ca, NOW - 40 * HOUR),
-        "10.0.0.3:8201": _pin(ca, NOW - HOUR),
-        "10.0.0.4:8201": _pin(ca, NOW - 40 * HOUR).model_copy(update={"revoked": True}),
-        "10.0.0.5:8201": pins.Pin(label="h5", name=pins.new_name(), certificate="garbage"),
-    })  # fmt: skip
+    book = pins.Pins(
+        agents={
+            "10.0.0.2:8201": _pin(ca, NOW - 40 * HOUR),
+            "10.0.0.3:8201": _pin(ca, NOW - HOUR),
+            "10.0.0.4:8201": _pin(ca, NOW - 40 * HOUR).model_copy(update={"revoked": True}),
+            "10.0.0.5:8201": pins.Pin(label="h5", name=pins.new_name(), certificate="garbage"),
+        }
+    )
     assert due_agents(book, NOW) == ["10.0.0.2:8201"]
 
 
@@ -106,8 +108,9 @@ def test_an_agent_takes_a_new_identity_only_from_its_own_ca_for_itself(tmp_path:
     stranger_key = tls.split_identity(authority.issue(ca, "a", ("h1",), NOW))[0]
     from cryptography.hazmat.primitives import serialization
 
-    ca_key = ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())  # fmt: skip
+    ca_key = ca.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     expired = authority.issue(ca, "a", ("h1", "p1.pin.orchard.invalid"), NOW - 4 * 24 * HOUR, life=authority.AGENT_LIFE)
     refused = {
         "another CA": (authority.issue(other, "a", ("h1", "p1.pin.orchard.invalid"), NOW), "not from the CA"),

@@ -166,8 +166,11 @@ def test_a_group_ranks_agent_command_line_carries_the_whole_group(tmp_path: Path
     from cluster.bringup.remote import agent_config
 
     text = SMALL_LAB.replace('address = "10.213.7.12"', 'address = "10.213.7.12"\ngroup_address = "192.168.5.2"')
-    for i, peers in ((1, '{ h2 = "rdma_en5", h3 = "rdma_en4" }'), (2, '{ h1 = "rdma_en5", h3 = "rdma_en3" }'),
-                     (3, '{ h1 = "rdma_en4", h2 = "rdma_en3" }')):  # fmt: skip
+    for i, peers in (
+        (1, '{ h2 = "rdma_en5", h3 = "rdma_en4" }'),
+        (2, '{ h1 = "rdma_en5", h3 = "rdma_en3" }'),
+        (3, '{ h1 = "rdma_en4", h2 = "rdma_en3" }'),
+    ):
         text = text.replace(f'name = "h{i}"\n', f'name = "h{i}"\nrdma_devices = {peers}\n')
     text += smollm2_on("h1", "h2", "h3", mode="pipeline").replace("\n[[models]]", '\n[[models]]\ntransport = "jaccl"')
     spec = parse(text, Path("lab.toml"))
@@ -215,8 +218,10 @@ def test_usable_memory_is_the_macs_own_report_unless_the_hosts_file_says() -> No
     memory, metal = {"a": 96.0, "b": 64.0}, {"a": 72.0}  # Metal recommends 72 of a's 96 GB; b reports none
 
     def usable(host: str, a_extra: str = "") -> float | None:
-        text = (f'[[hosts]]\nname = "a"\naddress = "10.0.0.2"\n{a_extra}\n'
-                '[[hosts]]\nname = "b"\naddress = "10.0.0.3"\n' + model("m", 1, f'hosts = ["{host}"]'))  # fmt: skip
+        text = (
+            f'[[hosts]]\nname = "a"\naddress = "10.0.0.2"\n{a_extra}\n'
+            '[[hosts]]\nname = "b"\naddress = "10.0.0.3"\n' + model("m", 1, f'hosts = ["{host}"]')
+        )
         [one] = plan(parse(text, Path("lab.toml")), None, memory, metal)
         return one.usable_gb
 

@@ -32,8 +32,16 @@ backend = "mlx"
 
 
 def facts(engines: dict[str, bool], models: dict[str, ModelFacts] | None = None) -> HostFactsReply:
-    return HostFactsReply(hostname="h", os="macOS 15.3.1", chip="Apple M2 Ultra", memory_bytes=64 * 2**30,
-                          python="/p", platform="darwin", engines=engines, models=models or {})  # fmt: skip
+    return HostFactsReply(
+        hostname="h",
+        os="macOS 15.3.1",
+        chip="Apple M2 Ultra",
+        memory_bytes=64 * 2**30,
+        python="/p",
+        platform="darwin",
+        engines=engines,
+        models=models or {},
+    )
 
 
 class Connection:
@@ -49,8 +57,10 @@ def test_a_host_is_checked_for_the_engine_it_was_assigned_not_its_default() -> N
     assert all(a.host.engine == "vllm" and a.group is not None and a.group.backend == "mlx" for a in assignments)
 
     def probes(b_engines: dict[str, bool]) -> dict[str, preflight.Probe]:
-        return {label: preflight.Probe(preflight.HostOutcome(label, ""), Connection(), "darwin", facts(engines))
-                for label, engines in (("a", {"vllm": False, "mlx": True}), ("b", b_engines))}  # fmt: skip
+        return {
+            label: preflight.Probe(preflight.HostOutcome(label, ""), Connection(), "darwin", facts(engines))
+            for label, engines in (("a", {"vllm": False, "mlx": True}), ("b", b_engines))
+        }
 
     ready = probes({"vllm": False, "mlx": True})  # no vLLM anywhere: not what the group runs
     preflight.check_engines(assignments, ready, lambda line: None)

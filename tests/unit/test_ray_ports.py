@@ -13,9 +13,16 @@ from worker.engines.programs.vllm_group import ray_start
 from worker.engines.vllm import VllmEngine
 from worker.shared.rayports import RAY_PORT_SPAN, RayPorts, ray_ports
 
-PINNED = ("--node-manager-port", "--object-manager-port", "--runtime-env-agent-port",
-          "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
-          "--min-worker-port", "--max-worker-port")  # fmt: skip
+PINNED = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--runtime-env-agent-port",
+    "--dashboard-agent-grpc-port",
+    "--dashboard-agent-listen-port",
+    "--metrics-export-port",
+    "--min-worker-port",
+    "--max-worker-port",
+)
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -54,13 +61,22 @@ def test_a_member_pins_its_own_node_ports_and_joins_the_heads_gcs() -> None:
 
 
 def node_ports(ports: RayPorts) -> list[int]:
-    return [ports.node_manager, ports.object_manager, ports.runtime_env_agent, ports.dashboard_agent_grpc,
-            ports.dashboard_agent_http, ports.metrics_export, ports.min_worker, ports.max_worker]  # fmt: skip
+    return [
+        ports.node_manager,
+        ports.object_manager,
+        ports.runtime_env_agent,
+        ports.dashboard_agent_grpc,
+        ports.dashboard_agent_http,
+        ports.metrics_export,
+        ports.min_worker,
+        ports.max_worker,
+    ]
 
 
 def group(rank: int, members: tuple[str, ...]) -> EngineConfig:
-    role = GroupRole(name="big#1", rank=rank, backend="vllm", members=members,
-                     peers=("10.0.0.2:50051", "10.0.0.3:50051"))  # fmt: skip
+    role = GroupRole(
+        name="big#1", rank=rank, backend="vllm", members=members, peers=("10.0.0.2:50051", "10.0.0.3:50051")
+    )
     return EngineConfig("vllm", "/models/big", "big", group=role)
 
 

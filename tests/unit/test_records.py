@@ -9,9 +9,22 @@ from cluster.bringup import labstate
 
 
 def test_a_lab_record_written_before_typed_router_configs_still_reads(tmp_path: Path) -> None:
-    old = {"spec": {"hosts": []}, "router_pid": 4242, "url": "http://127.0.0.1:8000",
-           "router_args": ["/usr/bin/python3", "-m", "cluster.router", "--listen", "0.0.0.0:8000",
-                           "--worker", "10.0.0.2:50051", "--model-policy", "m=round_robin"]}  # fmt: skip
+    old = {
+        "spec": {"hosts": []},
+        "router_pid": 4242,
+        "url": "http://127.0.0.1:8000",
+        "router_args": [
+            "/usr/bin/python3",
+            "-m",
+            "cluster.router",
+            "--listen",
+            "0.0.0.0:8000",
+            "--worker",
+            "10.0.0.2:50051",
+            "--model-policy",
+            "m=round_robin",
+        ],
+    }
     (tmp_path / "lab.json").write_text(json.dumps(old))
     state = labstate.read_state(tmp_path)
     assert state is not None and state.router_pid == 4242

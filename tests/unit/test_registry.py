@@ -63,8 +63,12 @@ def test_a_worker_shows_hung_suspect_and_half_open_for_what_they_are(
     silent_s: float, health_failures: int, breaker_opened_s_ago: float | None, state: object, detail: str
 ) -> None:
     now = 1000.0
-    handle = WorkerHandle("127.0.0.1:1", connected=True, sample_at=now - silent_s,
-                          sample=pb.LoadSample(state=READY, health_failures=health_failures))  # fmt: skip
+    handle = WorkerHandle(
+        "127.0.0.1:1",
+        connected=True,
+        sample_at=now - silent_s,
+        sample=pb.LoadSample(state=READY, health_failures=health_failures),
+    )
     if breaker_opened_s_ago is not None:
         handle.breaker = Breaker(failures=2, opened_at=now - breaker_opened_s_ago)
     row = worker_row(handle, now)

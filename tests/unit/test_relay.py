@@ -44,8 +44,7 @@ def test_sse_splitter_batches_a_read_keeps_event_names_ignores_comments_and_stop
 def test_sse_splitter_reads_anthropic_named_events_to_the_end_of_the_body() -> None:
     splitter = SseSplitter()
     read = b'event: message_start\ndata: {"type":"message_start"}\n\n' + b"event: message_stop\ndata: {}\n\n"
-    assert splitter.feed(read) == ([("message_start", b'{"type":"message_start"}'),
-                                    ("message_stop", b"{}")], False)  # fmt: skip
+    assert splitter.feed(read) == ([("message_start", b'{"type":"message_start"}'), ("message_stop", b"{}")], False)
 
 
 def test_sse_splitter_refuses_an_endless_event() -> None:
@@ -118,8 +117,9 @@ def test_stream_options_are_settled_once_and_kept_where_the_client_asked_too() -
 
 
 async def test_the_usage_chunk_the_client_did_not_ask_for_is_read_then_dropped() -> None:
-    reads = [b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"completion_tokens":1}}\n\n'
-             b"data: [DONE]\n\n"]  # fmt: skip
+    reads = [
+        b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    ]
 
     async def body() -> AsyncIterator[bytes]:
         for read in reads:

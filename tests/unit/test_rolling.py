@@ -47,8 +47,10 @@ def test_waves(changing: set[str], plan: list[Replica], expected: list[list[str]
 
 
 def _pairs(labels: list[str]) -> list[tuple[Probe, HostSpec]]:
-    return [(Probe(HostOutcome(label, f"10.0.0.{i}")), HostSpec(name=label, address=f"10.0.0.{i}"))
-            for i, label in enumerate(labels, start=1)]  # fmt: skip
+    return [
+        (Probe(HostOutcome(label, f"10.0.0.{i}")), HostSpec(name=label, address=f"10.0.0.{i}"))
+        for i, label in enumerate(labels, start=1)
+    ]
 
 
 @pytest.mark.parametrize("second_serves", [True, False])

@@ -23,8 +23,13 @@ from cluster.bringup.units import (
 )
 from worker.shared.launch import RouterConfig
 
-CONFIG = RouterConfig(listen="0.0.0.0:8000", workers=("10.0.0.2:50051",), handover="/home/lab/.orchard/router.sock",
-                      gateway_db="/home/lab/.orchard/gateway.db", tls_dir="/home/lab/.orchard/tls/router")  # fmt: skip
+CONFIG = RouterConfig(
+    listen="0.0.0.0:8000",
+    workers=("10.0.0.2:50051",),
+    handover="/home/lab/.orchard/router.sock",
+    gateway_db="/home/lab/.orchard/gateway.db",
+    tls_dir="/home/lab/.orchard/tls/router",
+)
 ENV = {"HOME": "/home/lab", "PATH": "/usr/bin:/bin"}
 
 
@@ -51,13 +56,26 @@ class FakeRunner:
 
 
 def _service(
-    tmp_path: Path, platform: Literal["darwin", "linux"], run: FakeRunner, as_root: bool = False,
-    root_stdin: Callable[[], str | None] = lambda: None, said: list[str] | None = None,
-) -> RouterService:  # fmt: skip
+    tmp_path: Path,
+    platform: Literal["darwin", "linux"],
+    run: FakeRunner,
+    as_root: bool = False,
+    root_stdin: Callable[[], str | None] = lambda: None,
+    said: list[str] | None = None,
+) -> RouterService:
     home = tmp_path / "orchard"
     home.mkdir(exist_ok=True)
-    return RouterService(platform, home, "lab", "/home/lab", as_root, tmp_path / "units", run, root_stdin,
-                         (said if said is not None else []).append)  # fmt: skip
+    return RouterService(
+        platform,
+        home,
+        "lab",
+        "/home/lab",
+        as_root,
+        tmp_path / "units",
+        run,
+        root_stdin,
+        (said if said is not None else []).append,
+    )
 
 
 def _unit(text: str) -> configparser.ConfigParser:
@@ -136,8 +154,11 @@ def test_a_refused_linger_is_said_with_the_way_out_and_the_router_still_starts(t
 def test_as_root_on_linux_it_is_a_system_unit_without_user_flags_or_lingering(tmp_path: Path) -> None:
     run = FakeRunner()
     _service(tmp_path, "linux", run, as_root=True).start(CONFIG, "a")
-    assert run.argvs == [["systemctl", "daemon-reload"], ["systemctl", "enable", "orchard-router-a.service"],
-                         ["systemctl", "restart", "orchard-router-a.service"]]  # fmt: skip
+    assert run.argvs == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "orchard-router-a.service"],
+        ["systemctl", "restart", "orchard-router-a.service"],
+    ]
 
 
 def test_on_linux_the_main_pid_is_systemds_and_zero_or_an_error_is_none(tmp_path: Path) -> None:
@@ -152,8 +173,10 @@ def test_on_linux_the_main_pid_is_systemds_and_zero_or_an_error_is_none(tmp_path
 def test_on_linux_retiring_a_slot_disables_it_and_stops_it_without_waiting(tmp_path: Path) -> None:
     run = FakeRunner()
     _service(tmp_path, "linux", run).retire("a")
-    assert run.argvs == [["systemctl", "--user", "disable", "orchard-router-a.service"],
-                         ["systemctl", "--user", "stop", "--no-block", "orchard-router-a.service"]]  # fmt: skip
+    assert run.argvs == [
+        ["systemctl", "--user", "disable", "orchard-router-a.service"],
+        ["systemctl", "--user", "stop", "--no-block", "orchard-router-a.service"],
+    ]
 
 
 def test_on_linux_down_stops_and_removes_every_installed_slot_and_nothing_else(tmp_path: Path) -> None:
@@ -163,8 +186,10 @@ def test_on_linux_down_stops_and_removes_every_installed_slot_and_nothing_else(t
     service.start(CONFIG, "b")
     run.calls.clear()
     assert service.remove() == ["b"] and not service.path("b").exists()
-    assert run.argvs == [["systemctl", "--user", "disable", "--now", "orchard-router-b.service"],
-                         ["systemctl", "--user", "daemon-reload"]]  # fmt: skip
+    assert run.argvs == [
+        ["systemctl", "--user", "disable", "--now", "orchard-router-b.service"],
+        ["systemctl", "--user", "daemon-reload"],
+    ]
 
 
 LAUNCHCTL_PRINT = """system/ai.orchard.router.a = {

@@ -50,9 +50,19 @@ def _samples(rows: list[WorkerRow], queued: dict[str, int]) -> dict[str, list[tu
 
 
 def test_each_worker_and_its_engine_become_samples_labelled_by_worker() -> None:
-    rows = [_row("a", running=3, kv_cache_usage=0.25, generation_tokens=900, tokens_per_s=41.5, ttft_p50_ms=120.0,
-                 breaker="open", host="studio-1"),
-            _row("b", Reachability.UNREACHABLE)]  # fmt: skip
+    rows = [
+        _row(
+            "a",
+            running=3,
+            kv_cache_usage=0.25,
+            generation_tokens=900,
+            tokens_per_s=41.5,
+            ttft_p50_ms=120.0,
+            breaker="open",
+            host="studio-1",
+        ),
+        _row("b", Reachability.UNREACHABLE),
+    ]
     samples = _samples(rows, {"m": 4})
     assert ({"worker": "a"}, 3.0) in samples["orchard_engine_running"]
     assert ({"worker": "a"}, 900.0) in samples["orchard_engine_generation_tokens_total"]
@@ -83,8 +93,10 @@ def test_token_rate_between_samples_of_one_engine_run_only() -> None:
     later = pb.LoadSample(timestamp=102.0, generation_tokens=1300, engine_restarts=1, agent_instance="x")
     assert token_rate(first, later) == 150.0
     assert token_rate(None, later) is None
-    assert token_rate(first, pb.LoadSample(timestamp=102.0, generation_tokens=5, engine_restarts=2,
-                                           agent_instance="x")) is None  # fmt: skip
+    assert (
+        token_rate(first, pb.LoadSample(timestamp=102.0, generation_tokens=5, engine_restarts=2, agent_instance="x"))
+        is None
+    )
     assert token_rate(later, later) is None
 
 
@@ -143,10 +155,19 @@ def test_a_request_line_names_the_key_by_id_and_json_lines_carry_its_fields() ->
 
 def test_status_table_shows_rates_and_ttft_and_json_round_trips() -> None:
     facts = [ModelFacts(name="m", context_length=32768, capabilities=["tools", "reasoning"])]
-    rows = [_row("a", tokens_per_s=12.34, ttft_p50_ms=87.6, host="studio-1", memory_bytes=64 * 2**30,
-                 memory_available_bytes=16 * 2**30, model_facts=facts),
-            _row("b", Reachability.UNREACHABLE),
-            _row("c", model_facts=[ModelFacts(name="m", context_length=8192, capabilities=[])])]  # fmt: skip
+    rows = [
+        _row(
+            "a",
+            tokens_per_s=12.34,
+            ttft_p50_ms=87.6,
+            host="studio-1",
+            memory_bytes=64 * 2**30,
+            memory_available_bytes=16 * 2**30,
+            model_facts=facts,
+        ),
+        _row("b", Reachability.UNREACHABLE),
+        _row("c", model_facts=[ModelFacts(name="m", context_length=8192, capabilities=[])]),
+    ]
     console = Console(width=240, record=True)
     console.print(status.table(rows, "http://head:8000", at=0.0))
     out = console.export_text()
@@ -164,8 +185,12 @@ def test_models_list_their_replicas_and_shard_groups() -> None:
 
 
 def test_only_the_engine_lines_read_are_parsed_and_the_result_is_the_same() -> None:
-    busy = {"vllm:num_requests_running{": "3.0", "vllm:num_requests_waiting{": "2.0",
-            "vllm:kv_cache_usage_perc{": "0.5", "vllm:prefix_cache_hits_total{": "1024.0"}  # fmt: skip
+    busy = {
+        "vllm:num_requests_running{": "3.0",
+        "vllm:num_requests_waiting{": "2.0",
+        "vllm:kv_cache_usage_perc{": "0.5",
+        "vllm:prefix_cache_hits_total{": "1024.0",
+    }
     lines = FIXTURE.read_text().splitlines()
     for prefix, value in busy.items():  # the real page of a busy engine: every value read is nonzero
         lines = [line.rsplit(" ", 1)[0] + " " + value if line.startswith(prefix) else line for line in lines]

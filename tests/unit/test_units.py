@@ -10,10 +10,17 @@ from cluster.bringup.units import LAUNCHD_LABEL, launchd_plist, systemd_unit
 PROGRAM = ["/Users/lab/orchard/.venv/bin/python", "-m", "worker.agent", "--listen", "0.0.0.0:50051"]
 # launchd.plist(5): the keys a LaunchAgent may use that we rely on, with their types.
 LAUNCHD_KEYS = {
-    "Label": str, "ProgramArguments": list, "RunAtLoad": bool, "KeepAlive": (bool, dict),
-    "WorkingDirectory": str, "StandardOutPath": str, "StandardErrorPath": str,
-    "EnvironmentVariables": dict, "ProcessType": str, "ThrottleInterval": int,
-}  # fmt: skip
+    "Label": str,
+    "ProgramArguments": list,
+    "RunAtLoad": bool,
+    "KeepAlive": (bool, dict),
+    "WorkingDirectory": str,
+    "StandardOutPath": str,
+    "StandardErrorPath": str,
+    "EnvironmentVariables": dict,
+    "ProcessType": str,
+    "ThrottleInterval": int,
+}
 
 
 def test_launchd_plist_parses_with_documented_keys_only() -> None:

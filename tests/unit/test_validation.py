@@ -73,9 +73,19 @@ def test_missing_messages_names_the_parameter() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_tokens", -1), ("max_tokens", 0), ("temperature", 2.5), ("top_p", 0), ("n", 0), ("stream", "yes"),
-     ("max_tokens", True), ("max_tokens", "8"), ("temperature", "1"), ("n", 2.0)],
-)  # fmt: skip
+    [
+        ("max_tokens", -1),
+        ("max_tokens", 0),
+        ("temperature", 2.5),
+        ("top_p", 0),
+        ("n", 0),
+        ("stream", "yes"),
+        ("max_tokens", True),
+        ("max_tokens", "8"),
+        ("temperature", "1"),
+        ("n", 2.0),
+    ],
+)
 def test_out_of_range_numbers_are_400(field: str, value: object) -> None:
     with pytest.raises(ApiError) as err:
         validate(chat(**{field: value}), ChatRequest)
@@ -123,13 +133,16 @@ def test_engine_errors_keep_their_message() -> None:
     assert plain.status == 500 and plain.message == "Internal Server Error"
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 2}, "n"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 2}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ],
+)
 def test_what_the_engine_cannot_honour_is_refused_naming_parameter_and_engine(extra: dict, param: str) -> None:
     with pytest.raises(ApiError) as caught:
         check_capabilities(chat(**extra), ("n", "response_format", "logprobs", "tools"), "sim")
@@ -153,25 +166,34 @@ RESPONSES_FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "o
 ANTHROPIC_TOOL = {"name": "f", "input_schema": {"type": "object"}}
 
 
-@pytest.mark.parametrize(("endpoint", "body", "may_call"), [
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION]), True),  # absent: auto
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="auto"), True),
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="none"), False),
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="required"), True),  # constrained decoding
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}}),
-     True),
-    (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[]), False),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL]), True),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "auto"}), True),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "tool", "name": "f"}), True),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}), True),
-    (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "none"}), False),
-    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION]}, True),
-    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION], "tool_choice": {"type": "function",
-                                                                                          "name": "f"}}, True),
-    (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [{"type": "web_search"}]}, False),  # the engine's to refuse
-    (pb.ENDPOINT_COUNT_TOKENS, chat(tools=[ANTHROPIC_TOOL]), False),  # counting calls nothing
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("endpoint", "body", "may_call"),
+    [
+        (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION]), True),  # absent: auto
+        (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="auto"), True),
+        (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="none"), False),
+        (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[FUNCTION], tool_choice="required"), True),  # constrained decoding
+        (
+            pb.ENDPOINT_CHAT_COMPLETIONS,
+            chat(tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}}),
+            True,
+        ),
+        (pb.ENDPOINT_CHAT_COMPLETIONS, chat(tools=[]), False),
+        (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL]), True),
+        (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "auto"}), True),
+        (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "tool", "name": "f"}), True),
+        (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}), True),
+        (pb.ENDPOINT_MESSAGES, chat(tools=[ANTHROPIC_TOOL], tool_choice={"type": "none"}), False),
+        (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [RESPONSES_FUNCTION]}, True),
+        (
+            pb.ENDPOINT_RESPONSES,
+            {"input": "hi", "tools": [RESPONSES_FUNCTION], "tool_choice": {"type": "function", "name": "f"}},
+            True,
+        ),
+        (pb.ENDPOINT_RESPONSES, {"input": "hi", "tools": [{"type": "web_search"}]}, False),  # the engine's to refuse
+        (pb.ENDPOINT_COUNT_TOKENS, chat(tools=[ANTHROPIC_TOOL]), False),  # counting calls nothing
+    ],
+)
 def test_which_requests_may_be_answered_with_a_tool_call(endpoint: int, body: dict, may_call: bool) -> None:
     assert calls_tools(body, endpoint) is may_call
 

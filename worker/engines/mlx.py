@@ -30,11 +30,22 @@ OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 # mlx-lm's server parses tool calls where its tokenizer wrapper found a tool parser for the chat template, and
 # splits off thinking where it found think markers (mlx_lm/tokenizer_utils.py: _infer_tool_parser,
 # _infer_thinking); the template markers it looks for, in its order.
-MLX_TOOL_MARKERS = (("<minimax:tool_call>",), ("<|tool_call>", "<tool_call|>"), ("<start_function_call>",),
-                    ("<longcat_tool_call>",), ("<arg_key>",), ("<|tool_list_start|>",), ("<|tool_call_start|>",),
-                    ("<tool_call>\\n<function=",), ("<tool_call>\n<function=",), ("<|tool_calls_section_begin|>",),
-                    ('<function name="', '<param name="'), ("[TOOL_CALLS]",), ("<atem:function_calls>",),
-                    ("<tool_call>", "tool_call.name"))  # fmt: skip
+MLX_TOOL_MARKERS = (
+    ("<minimax:tool_call>",),
+    ("<|tool_call>", "<tool_call|>"),
+    ("<start_function_call>",),
+    ("<longcat_tool_call>",),
+    ("<arg_key>",),
+    ("<|tool_list_start|>",),
+    ("<|tool_call_start|>",),
+    ("<tool_call>\\n<function=",),
+    ("<tool_call>\n<function=",),
+    ("<|tool_calls_section_begin|>",),
+    ('<function name="', '<param name="'),
+    ("[TOOL_CALLS]",),
+    ("<atem:function_calls>",),
+    ("<tool_call>", "tool_call.name"),
+)
 MLX_THINK_MARKERS = ("<think>", "<longcat_think>", "<|think:start|>", "<|channel>", "<|open|>think")
 
 
@@ -71,8 +82,19 @@ class MlxEngine:
         self.openblas = openblas
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
-        argv = [config.python or sys.executable, "-m", "worker.engines.programs.mlx_server", "--model", config.model,
-                "--served-name", config.served_name, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        argv = [
+            config.python or sys.executable,
+            "-m",
+            "worker.engines.programs.mlx_server",
+            "--model",
+            config.model,
+            "--served-name",
+            config.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         env: dict[str, str] = {}
         if Path(config.model).exists():
             env["HF_HUB_OFFLINE"] = "1"
@@ -106,8 +128,9 @@ class MlxEngine:
             argv += ["--decode-concurrency", str(self.capacity(config))]  # mlx-lm's batch = the agent's slots
         argv += list(config.extra_args)
         serves = group is None or group.rank == 0
-        return LaunchPlan(argv=tuple(argv), env=env, files=files, serves_http=serves,
-                          capabilities=mlx_capabilities(config.model))  # fmt: skip
+        return LaunchPlan(
+            argv=tuple(argv), env=env, files=files, serves_http=serves, capabilities=mlx_capabilities(config.model)
+        )
 
     def version(self, config: EngineConfig) -> str:
         try:

@@ -32,11 +32,15 @@ def move_secrets(
         index += 1 + (0 if eq else len(values))
         variable = from_env.get(name)
         if variable is None:
-            raise ValueError(f"engine argument {flag} holds a secret that {engine} takes only on its command line, "
-                             f"where its own log and `ps` show it; Orchard does not pass it on")  # fmt: skip
+            raise ValueError(
+                f"engine argument {flag} holds a secret that {engine} takes only on its command line, "
+                f"where its own log and `ps` show it; Orchard does not pass it on"
+            )
         if len(values) > 1:
-            raise ValueError(f"engine argument {flag} has {len(values)} values: {engine} reads one from {variable}, "
-                             f"where Orchard moves it off the command line; give one")  # fmt: skip
+            raise ValueError(
+                f"engine argument {flag} has {len(values)} values: {engine} reads one from {variable}, "
+                f"where Orchard moves it off the command line; give one"
+            )
         env[variable] = values[0]
     return kept, env
 

@@ -32,8 +32,15 @@ class SimEngine:
         return capped(config, int(given) if given.isdigit() else None)
 
     def plan(self, config: EngineConfig, port: int) -> LaunchPlan:
-        argv = [config.python or sys.executable, "-m", "worker.engines.programs.sim",
-                "--port", str(port), "--model", config.served_name]  # fmt: skip
+        argv = [
+            config.python or sys.executable,
+            "-m",
+            "worker.engines.programs.sim",
+            "--port",
+            str(port),
+            "--model",
+            config.served_name,
+        ]
         for key, value in config.sim_options:
             if key not in SIM_OPTIONS:
                 raise ValueError(f"unknown sim option {key!r}; known: {', '.join(SIM_OPTIONS)}")

@@ -30,12 +30,19 @@ NO_API_KEY = (
     "give callers keys at the router instead (cluster keys create)"
 )
 # vLLM 0.32's flags whose names hold a secret's word but whose values are none: token counts and switches.
-NOT_SECRET = frozenset({
-    "--dbo-decode-token-threshold", "--dbo-prefill-token-threshold", "--long-prefill-token-threshold",
-    "--long-prefill-token-threshold-adaptive", "--no-long-prefill-token-threshold-adaptive",
-    "--return-tokens-as-token-ids", "--no-return-tokens-as-token-ids", "--allow-credentials",
-    "--no-allow-credentials",
-})  # fmt: skip
+NOT_SECRET = frozenset(
+    {
+        "--dbo-decode-token-threshold",
+        "--dbo-prefill-token-threshold",
+        "--long-prefill-token-threshold",
+        "--long-prefill-token-threshold-adaptive",
+        "--no-long-prefill-token-threshold-adaptive",
+        "--return-tokens-as-token-ids",
+        "--no-return-tokens-as-token-ids",
+        "--allow-credentials",
+        "--no-allow-credentials",
+    }
+)
 
 
 class VllmEngine:
@@ -101,13 +108,19 @@ class VllmEngine:
 
     def _single(self, config: EngineConfig, port: int) -> LaunchPlan:
         argv = [
-            self.python(config), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", config.model,
-            "--served-model-name", config.served_name,
-            "--host", "127.0.0.1",
-            "--port", str(port),
+            self.python(config),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            config.model,
+            "--served-model-name",
+            config.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             "--disable-uvicorn-access-log",
-        ]  # fmt: skip
+        ]
         if config.max_model_len:
             argv += ["--max-model-len", str(config.max_model_len)]
         if config.task == "embed":  # vLLM's pooling runner, the model converted to an embedding model
@@ -117,10 +130,14 @@ class VllmEngine:
             raise ValueError(NO_API_KEY)
         extra, secrets = move_secrets(config.extra_args, SECRET_ENV, NOT_SECRET, "vLLM")
         argv += extra + parser_args(config)
-        env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-               # The Responses API's `previous_response_id` and GET /v1/responses/{id} need stored responses
-               # (vLLM keeps them in memory, unbounded; `store: false` on a request keeps it out).
-               "VLLM_ENABLE_RESPONSES_API_STORE": "1"}  # fmt: skip
+        env = {
+            "VLLM_HOST_IP": "127.0.0.1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            # The Responses API's `previous_response_id` and GET /v1/responses/{id} need stored responses
+            # (vLLM keeps them in memory, unbounded; `store: false` on a request keeps it out).
+            "VLLM_ENABLE_RESPONSES_API_STORE": "1",
+        }
         if Path(config.model).exists():  # local weights: never reach for a hub
             env["HF_HUB_OFFLINE"] = "1"
         if self.platform == "darwin":

@@ -93,8 +93,12 @@ class ModelFacts(_Reply):
 
     def tensor_divisors(self) -> dict[str, int]:
         """The sizes tensor parallelism splits: each must divide by the group size."""
-        named = {"attention heads": self.heads, "KV heads": self.kv_heads, "hidden size": self.hidden,
-                 "MLP size": self.intermediate}  # fmt: skip
+        named = {
+            "attention heads": self.heads,
+            "KV heads": self.kv_heads,
+            "hidden size": self.hidden,
+            "MLP size": self.intermediate,
+        }
         return {name: value for name, value in named.items() if value}
 
 

@@ -121,9 +121,13 @@ class TrafficMeter:
         self.decode_seconds += max(total_s - first_s, 0.0)
 
     def load(self, running: int) -> EngineLoad:
-        return EngineLoad(running=running, generation_tokens=self.generation_tokens,
-                          prompt_tokens=self.prompt_tokens, prefill_seconds=self.prefill_seconds,
-                          decode_seconds=self.decode_seconds)  # fmt: skip
+        return EngineLoad(
+            running=running,
+            generation_tokens=self.generation_tokens,
+            prompt_tokens=self.prompt_tokens,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=self.decode_seconds,
+        )
 
 
 class RateMeter:

@@ -137,10 +137,26 @@ class AgentConfig(_Frozen):
         return Path(self.tls_dir).expanduser() if self.tls_dir else None
 
     def to_argv(self) -> list[str]:
-        argv = ["--listen", self.listen, "--engine", self.engine, "--model", self.model,
-                "--served-name", self.served_name, "--worker-id", self.worker_id,
-                "--max-concurrency", str(self.max_concurrency), "--ready-timeout", repr(self.ready_timeout_s),
-                "--stall-timeout", repr(self.stall_timeout_s), "--log-dir", self.log_dir]  # fmt: skip
+        argv = [
+            "--listen",
+            self.listen,
+            "--engine",
+            self.engine,
+            "--model",
+            self.model,
+            "--served-name",
+            self.served_name,
+            "--worker-id",
+            self.worker_id,
+            "--max-concurrency",
+            str(self.max_concurrency),
+            "--ready-timeout",
+            repr(self.ready_timeout_s),
+            "--stall-timeout",
+            repr(self.stall_timeout_s),
+            "--log-dir",
+            self.log_dir,
+        ]
         argv += [f"--engine-arg={arg}" for arg in self.engine_args]
         argv += _optional("--engine-python", self.engine_python)
         argv += _optional("--max-model-len", self.max_model_len)
@@ -163,15 +179,27 @@ class AgentConfig(_Frozen):
         """Parse `orchard-worker` arguments; raises LaunchConfigError naming the bad flag."""
         args = _parse(_agent_parser(), argv)
         fields = {
-            "listen": args.listen, "engine": args.engine, "model": args.model,
-            "served_name": args.served_name or "", "engine_args": tuple(args.engine_arg),
-            "engine_python": args.engine_python, "max_model_len": args.max_model_len,
-            "kv_cache_gib": args.kv_cache_gib, "sim_options": tuple(args.sim_option),
-            "max_concurrency": args.max_concurrency, "ready_timeout_s": args.ready_timeout,
-            "stall_timeout_s": args.stall_timeout, "log_dir": args.log_dir, "port_file": args.port_file,
-            "group": _group_from(args), "tls_dir": args.tls_dir, "max_body_bytes": args.max_body_bytes,
-            "task": args.task, "tool_parser": args.tool_parser, "reasoning_parser": args.reasoning_parser,
-        }  # fmt: skip
+            "listen": args.listen,
+            "engine": args.engine,
+            "model": args.model,
+            "served_name": args.served_name or "",
+            "engine_args": tuple(args.engine_arg),
+            "engine_python": args.engine_python,
+            "max_model_len": args.max_model_len,
+            "kv_cache_gib": args.kv_cache_gib,
+            "sim_options": tuple(args.sim_option),
+            "max_concurrency": args.max_concurrency,
+            "ready_timeout_s": args.ready_timeout,
+            "stall_timeout_s": args.stall_timeout,
+            "log_dir": args.log_dir,
+            "port_file": args.port_file,
+            "group": _group_from(args),
+            "tls_dir": args.tls_dir,
+            "max_body_bytes": args.max_body_bytes,
+            "task": args.task,
+            "tool_parser": args.tool_parser,
+            "reasoning_parser": args.reasoning_parser,
+        }
         if args.worker_id:
             fields["worker_id"] = args.worker_id
         return cls.checked(**fields)
@@ -217,8 +245,10 @@ class RouterConfig(_Frozen):
         if not host or not port.isdigit():
             raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
         if len(os.path.expanduser(self.handover).encode()) > UNIX_PATH_MAX - 8:  # and ".PID" for its staging
-            raise ValueError(f"--handover {self.handover!r}: at most {UNIX_PATH_MAX - 8} bytes (a unix socket "
-                             "path on macOS, with a PID added); use a shorter ORCHARD_HOME")  # fmt: skip
+            raise ValueError(
+                f"--handover {self.handover!r}: at most {UNIX_PATH_MAX - 8} bytes (a unix socket "
+                "path on macOS, with a PID added); use a shorter ORCHARD_HOME"
+            )
         return self
 
     def plaintext_refusal(self) -> str | None:
@@ -226,8 +256,10 @@ class RouterConfig(_Frozen):
         not the model, so that a record an older Orchard wrote still reads.)"""
         remote = [w for w in self.workers if not is_loopback(w.rpartition(":")[0])]
         if self.tls_dir is None and remote:
-            return (f"--worker {remote[0]}: an agent beyond this machine is reached with mutual TLS only; give "
-                    "--tls-dir (`cluster up` issues the certificates)")  # fmt: skip
+            return (
+                f"--worker {remote[0]}: an agent beyond this machine is reached with mutual TLS only; give "
+                "--tls-dir (`cluster up` issues the certificates)"
+            )
         return None
 
     @property
@@ -253,11 +285,26 @@ class RouterConfig(_Frozen):
         return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
     def to_argv(self) -> list[str]:
-        argv = ["--listen", self.listen, "--policy", self.policy, "--max-body-bytes", str(self.max_body_bytes),
-                "--max-attempts", str(self.max_attempts),
-                "--request-timeout", repr(self.request_timeout_s), "--accept-timeout", repr(self.accept_timeout_s),
-                "--shutdown-grace", repr(self.shutdown_grace_s), "--gap-timeout", repr(self.gap_timeout_s),
-                "--max-queue", str(self.max_queue)]  # fmt: skip
+        argv = [
+            "--listen",
+            self.listen,
+            "--policy",
+            self.policy,
+            "--max-body-bytes",
+            str(self.max_body_bytes),
+            "--max-attempts",
+            str(self.max_attempts),
+            "--request-timeout",
+            repr(self.request_timeout_s),
+            "--accept-timeout",
+            repr(self.accept_timeout_s),
+            "--shutdown-grace",
+            repr(self.shutdown_grace_s),
+            "--gap-timeout",
+            repr(self.gap_timeout_s),
+            "--max-queue",
+            str(self.max_queue),
+        ]
         argv += _optional("--gateway-db", self.gateway_db)
         argv += _optional("--handover", self.handover or None)
         argv += ["--no-auth"] if self.no_auth else []
@@ -281,16 +328,28 @@ class RouterConfig(_Frozen):
     def from_argv(cls, argv: list[str]) -> RouterConfig:
         args = _parse(_router_parser(), argv)
         fields = {
-            "listen": args.listen, "workers": tuple(args.worker), "policy": args.policy,
-            "model_policies": tuple(args.model_policy), "models": tuple(args.model),
-            "max_body_bytes": args.max_body_bytes, "max_attempts": args.max_attempts,
-            "request_timeout_s": args.request_timeout, "accept_timeout_s": args.accept_timeout,
-            "shutdown_grace_s": args.shutdown_grace, "handover": args.handover or "",
+            "listen": args.listen,
+            "workers": tuple(args.worker),
+            "policy": args.policy,
+            "model_policies": tuple(args.model_policy),
+            "models": tuple(args.model),
+            "max_body_bytes": args.max_body_bytes,
+            "max_attempts": args.max_attempts,
+            "request_timeout_s": args.request_timeout,
+            "accept_timeout_s": args.accept_timeout,
+            "shutdown_grace_s": args.shutdown_grace,
+            "handover": args.handover or "",
             "gap_timeout_s": args.gap_timeout,
-            "gateway_db": args.gateway_db, "no_auth": args.no_auth,
-            "max_queue": args.max_queue, "tls_dir": args.tls_dir, "ca_dir": args.ca_dir, "tls_cert": args.tls_cert,
-            "tls_key": args.tls_key, "max_connections": args.max_connections, "log_format": args.log_format,
-        }  # fmt: skip
+            "gateway_db": args.gateway_db,
+            "no_auth": args.no_auth,
+            "max_queue": args.max_queue,
+            "tls_dir": args.tls_dir,
+            "ca_dir": args.ca_dir,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "max_connections": args.max_connections,
+            "log_format": args.log_format,
+        }
         return cls.checked(**fields)
 
 
@@ -335,13 +394,28 @@ def _agent_parser() -> argparse.ArgumentParser:
     group.add_argument("--group-rank", type=int, default=0)
     group.add_argument("--group-mode", choices=("tensor", "pipeline"), default="pipeline")
     group.add_argument("--group-transport", choices=("ring", "jaccl"), default="ring")
-    group.add_argument("--group-member", action="append", default=[], metavar="IP:PORT",
-                       help="every rank's group endpoint, in rank order (repeat)")  # fmt: skip
-    group.add_argument("--group-peer", action="append", default=[], metavar="HOST:PORT",
-                       help="every rank's agent address, in rank order (repeat)")  # fmt: skip
+    group.add_argument(
+        "--group-member",
+        action="append",
+        default=[],
+        metavar="IP:PORT",
+        help="every rank's group endpoint, in rank order (repeat)",
+    )
+    group.add_argument(
+        "--group-peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="every rank's agent address, in rank order (repeat)",
+    )
     group.add_argument("--group-layers", help="pipeline: layers per rank, rank order (e.g. 20,10)")
-    group.add_argument("--group-rdma", action="append", default=[], metavar="DEV,DEV,...",
-                       help="jaccl: per rank, its RDMA device towards each rank ('-': itself)")  # fmt: skip
+    group.add_argument(
+        "--group-rdma",
+        action="append",
+        default=[],
+        metavar="DEV,DEV,...",
+        help="jaccl: per rank, its RDMA device towards each rank ('-': itself)",
+    )
     return parser
 
 
@@ -439,8 +513,16 @@ def _optional(flag: str, value: object) -> list[str]:
 
 
 def _group_argv(group: GroupRole) -> list[str]:
-    argv = ["--group-name", group.name, "--group-rank", str(group.rank), "--group-mode", group.mode,
-            "--group-transport", group.transport]  # fmt: skip
+    argv = [
+        "--group-name",
+        group.name,
+        "--group-rank",
+        str(group.rank),
+        "--group-mode",
+        group.mode,
+        "--group-transport",
+        group.transport,
+    ]
     argv += [f"--group-member={member}" for member in group.members]
     argv += [f"--group-peer={peer}" for peer in group.peers]
     if group.layers:
@@ -457,9 +539,17 @@ def _group_from(args: argparse.Namespace) -> GroupRole | None:
     except ValueError:
         raise LaunchConfigError(f"--group-layers {args.group_layers!r}: expected numbers like 20,10") from None
     rdma = tuple(tuple(None if d == "-" else d for d in row.split(",")) for row in args.group_rdma)
-    fields = {"name": args.group_name, "rank": args.group_rank, "mode": args.group_mode, "backend": args.engine,
-              "transport": args.group_transport, "members": tuple(args.group_member),
-              "peers": tuple(args.group_peer), "layers": layers, "rdma": rdma}  # fmt: skip
+    fields = {
+        "name": args.group_name,
+        "rank": args.group_rank,
+        "mode": args.group_mode,
+        "backend": args.engine,
+        "transport": args.group_transport,
+        "members": tuple(args.group_member),
+        "peers": tuple(args.group_peer),
+        "layers": layers,
+        "rdma": rdma,
+    }
     try:
         return GroupRole.model_validate(fields)
     except ValidationError as exc:

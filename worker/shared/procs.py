@@ -185,8 +185,16 @@ def record(path: Path, pid: int) -> None:
     with contextlib.suppress(psutil.NoSuchProcess):
         path.parent.mkdir(parents=True, exist_ok=True)
         owner = os.getpid()
-        path.write_text(json.dumps({"pid": pid, "started": psutil.Process(pid).create_time(),
-                                    "owner": owner, "owner_started": psutil.Process(owner).create_time()}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": pid,
+                    "started": psutil.Process(pid).create_time(),
+                    "owner": owner,
+                    "owner_started": psutil.Process(owner).create_time(),
+                }
+            )
+        )
 
 
 def reap_recorded(path: Path, grace_s: float = 10.0) -> int | None:

@@ -33,12 +33,24 @@ class RayPorts:
 
     def start_args(self, *, head: bool) -> list[str]:
         """The `ray start` flags that pin every port this node opens (a member has no GCS or Ray Client)."""
-        args = ["--node-manager-port", str(self.node_manager), "--object-manager-port", str(self.object_manager),
-                "--runtime-env-agent-port", str(self.runtime_env_agent),
-                "--dashboard-agent-grpc-port", str(self.dashboard_agent_grpc),
-                "--dashboard-agent-listen-port", str(self.dashboard_agent_http),
-                "--metrics-export-port", str(self.metrics_export),
-                "--min-worker-port", str(self.min_worker), "--max-worker-port", str(self.max_worker)]  # fmt: skip
+        args = [
+            "--node-manager-port",
+            str(self.node_manager),
+            "--object-manager-port",
+            str(self.object_manager),
+            "--runtime-env-agent-port",
+            str(self.runtime_env_agent),
+            "--dashboard-agent-grpc-port",
+            str(self.dashboard_agent_grpc),
+            "--dashboard-agent-listen-port",
+            str(self.dashboard_agent_http),
+            "--metrics-export-port",
+            str(self.metrics_export),
+            "--min-worker-port",
+            str(self.min_worker),
+            "--max-worker-port",
+            str(self.max_worker),
+        ]
         if head:
             args = ["--port", str(self.gcs), "--ray-client-server-port", str(self.client_server), *args]
         return args
@@ -51,11 +63,20 @@ class RayPorts:
 def ray_ports(base: int) -> RayPorts:
     """The ports of a node whose group port is `base`; ValueError if the range runs past 65535."""
     if not 1 <= base <= 65536 - RAY_PORT_SPAN:
-        raise ValueError(f"group port {base}: a vLLM group's Ray node needs ports {base}..{base + RAY_PORT_SPAN - 1}"
-                         f"; give a group_port from 1 to {65536 - RAY_PORT_SPAN}")  # fmt: skip
+        raise ValueError(
+            f"group port {base}: a vLLM group's Ray node needs ports {base}..{base + RAY_PORT_SPAN - 1}"
+            f"; give a group_port from 1 to {65536 - RAY_PORT_SPAN}"
+        )
     return RayPorts(
-        gcs=base, node_manager=base + 1, object_manager=base + 2, runtime_env_agent=base + 3,
-        dashboard_agent_grpc=base + 4, dashboard_agent_http=base + 5, metrics_export=base + 6,
-        client_server=base + 7, autoscaler_metrics=base + 8,
-        min_worker=base + FIXED_PORTS, max_worker=base + RAY_PORT_SPAN - 1,
-    )  # fmt: skip
+        gcs=base,
+        node_manager=base + 1,
+        object_manager=base + 2,
+        runtime_env_agent=base + 3,
+        dashboard_agent_grpc=base + 4,
+        dashboard_agent_http=base + 5,
+        metrics_export=base + 6,
+        client_server=base + 7,
+        autoscaler_metrics=base + 8,
+        min_worker=base + FIXED_PORTS,
+        max_worker=base + RAY_PORT_SPAN - 1,
+    )

@@ -48,8 +48,9 @@ def read_identity(folder: Path) -> Identity:
     try:
         ca, identity = ca_path.read_bytes(), identity_path.read_bytes()
     except OSError as exc:
-        raise TlsError(f"{exc.filename}: {exc.strerror} (create the cluster's certificates with: cluster certs "
-                       "init)") from None  # fmt: skip
+        raise TlsError(
+            f"{exc.filename}: {exc.strerror} (create the cluster's certificates with: cluster certs init)"
+        ) from None
     key, chain = split_identity(identity)
     if not key or not chain:
         raise TlsError(f"{identity_path}: expected a private key and a certificate (PEM)")

@@ -136,8 +136,14 @@ def cut_at_stops(responses: Iterable[Any], words: list[str], cancel: Callable[[]
         if response.finish_reason is not None:  # but drops that of a "stop" end: send it as text, then end
             yield dataclasses.replace(response, text=pending, finish_reason=None)
             return
-        cut = next((i for i in range(max(0, len(pending) - keep), len(pending))
-                    if any(w.startswith(pending[i:]) for w in words)), len(pending))  # fmt: skip
+        cut = next(
+            (
+                i
+                for i in range(max(0, len(pending) - keep), len(pending))
+                if any(w.startswith(pending[i:]) for w in words)
+            ),
+            len(pending),
+        )
         held = pending[cut:]
         yield dataclasses.replace(response, text=pending[:cut])
 

@@ -37,8 +37,19 @@ def ray_start(
     python: str, node_ip: str, resources: str, ports: RayPorts, *, join: str | None, temp_dir: str = ""
 ) -> list[str]:
     """`ray start` for the head (join None: its session files in temp_dir) or for a member joining `join`."""
-    argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", node_ip,
-            "--disable-usage-stats", "--resources", resources, *ports.start_args(head=join is None)]  # fmt: skip
+    argv = [
+        python,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        "--node-ip-address",
+        node_ip,
+        "--disable-usage-stats",
+        "--resources",
+        resources,
+        *ports.start_args(head=join is None),
+    ]
     if join is None:
         argv += ["--head", "--include-dashboard=false", "--temp-dir", temp_dir]
     else:

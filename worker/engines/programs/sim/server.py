@@ -293,8 +293,15 @@ def main(argv: list[str] | None = None) -> None:
         max_concurrency=args.max_concurrency,
         kv_blocks=args.kv_blocks,
     )
-    app = create_app(SimState(model=args.model, timing=timing, seed=args.seed, stamp_chunks=bool(args.stamp_chunks),
-                              hang_after_tokens=args.hang_after_tokens))  # fmt: skip
+    app = create_app(
+        SimState(
+            model=args.model,
+            timing=timing,
+            seed=args.seed,
+            stamp_chunks=bool(args.stamp_chunks),
+            hang_after_tokens=args.hang_after_tokens,
+        )
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
