@@ -84,7 +84,7 @@ class VllmEngine:
         node_ip, ray_port = group.members[group.rank].rsplit(":", 1)
         ray_ports(int(ray_port))  # Ray's ports must fit above this rank's group port
         resources = '{"mlx": 1}' if self.platform == "darwin" else "{}"
-        env: dict[str, str] = {}
+        env = dict(single.env)
         env["VLLM_HOST_IP"] = node_ip
         if self.platform == "darwin":
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # Ray refuses multi-node macOS clusters otherwise
