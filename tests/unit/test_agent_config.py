@@ -157,3 +157,20 @@ def test_engine_states_cross_the_wire_and_unknown_ones_read_as_none() -> None:
 
     assert all(EngineState.from_wire(state.to_wire()) is state for state in EngineState)
     assert EngineState.from_wire(0) is None and EngineState.from_wire(99) is None
+
+
+def test_every_flag_is_declared_once_on_its_field_and_only_changed_values_are_written() -> None:
+    """A field is its flag's one owner (name, type, default, help): argv and parser are derived from it."""
+    from worker.shared import flags
+    from worker.shared.launch import _router_parser
+
+    agent_flags = {name for name, _, _ in flags.flags(AgentConfig)}
+    assert agent_flags == set(AgentConfig.model_fields) - {"group"}  # the group's flags: _group_argv
+    assert {name for name, _, _ in flags.flags(RouterConfig)} == set(RouterConfig.model_fields)
+    names = [flag.name for kind in (AgentConfig, RouterConfig) for _, _, flag in flags.flags(kind)]
+    assert all(name.startswith("--") for name in names)
+    assert RouterConfig(workers=("a:1",)).to_argv() == ["--worker=a:1"]  # every other field at its default
+    assert RouterConfig.from_argv(["--worker", "a:1"]).max_queue == RouterConfig.model_fields["max_queue"].default
+    assert "(default: 256)" in _router_parser().format_help()
+    with pytest.raises(LaunchConfigError, match=r"--max-queue.*invalid int"):
+        RouterConfig.from_argv(["--worker", "a:1", "--max-queue", "many"])
