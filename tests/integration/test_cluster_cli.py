@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 GOOD = """[router]
 port = 8000
@@ -93,3 +97,28 @@ def test_plan_refuses_a_two_host_tensor_group_of_the_bundled_model(tmp_path: Pat
     assert code == 1
     assert "cannot run as a 2-host tensor group: attention heads 9, KV heads 3 do not divide by 2" in err
     assert "(group sizes that divide: 3)" in err
+
+
+def test_ctrl_c_ends_a_long_running_command_even_when_it_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A background job, nohup and some CI runners start commands with SIGINT ignored: every `cluster` command
+    installs its own handlers (one policy, cluster/commands/signals.py), so Ctrl-C still ends `logs -f`."""
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "router.log"
+    log.write_text("first line\n")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "logs", "router", "-f"],
+        env={**os.environ, "ORCHARD_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        cwd=REPO,
+    )
+    try:
+        assert follow.stdout is not None and follow.stdout.readline() == "first line\n"
+        with log.open("a") as more:
+            more.write("second line\n")
+        assert follow.stdout.readline() == "second line\n"  # it follows
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0
+    finally:
+        follow.kill()
