@@ -76,6 +76,7 @@ def _chaos_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd.add_argument("--link-seconds", type=float, default=15.0, help="how long the host's link stays down")
     cmd.add_argument("--recovery-timeout", type=float, default=60.0)
     cmd.add_argument("--vllm", action="store_true", help="h3 runs the real vLLM engine on the bundled model")
+    cmd.set_defaults(func=_chaos)
 
 
 def _chaos(args: argparse.Namespace) -> None:
@@ -106,66 +107,100 @@ def _chaos(args: argparse.Namespace) -> None:
         sys.exit("python -m cluster.bench chaos: interrupted (the lab was taken down)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    overhead_cmd = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
-    overhead_cmd.add_argument("--engine", choices=ENGINE_KINDS, default="sim")
-    overhead_cmd.add_argument("--concurrency", type=int, default=32)
-    overhead_cmd.add_argument("--max-tokens", type=int, default=128)
-    overhead_cmd.add_argument("--rounds", type=int, default=2)
-    overhead_cmd.add_argument("--port", type=int, default=8090)
-    overhead_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
-    overhead_cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
-    overhead_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
-    overhead_cmd.add_argument(
+def _overhead_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("overhead", help="router+agent overhead vs the engine directly")
+    cmd.add_argument("--engine", choices=ENGINE_KINDS, default="sim")
+    cmd.add_argument("--concurrency", type=int, default=32)
+    cmd.add_argument("--max-tokens", type=int, default=128)
+    cmd.add_argument("--rounds", type=int, default=2)
+    cmd.add_argument("--port", type=int, default=8090)
+    cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
+    cmd.add_argument("--sim-decode-ms", type=float, default=5.0)
+    cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    cmd.add_argument(
         "--api",
         choices=("chat", "messages"),
         default="chat",
         help="stream OpenAI chat completions or Anthropic messages",
     )
-    overhead_cmd.add_argument(
+    cmd.add_argument(
         "--engine-cpus",
         metavar="LIST",
         help="vllm on Linux: the engine (server and compute) runs on these CPUs (e.g. 1), "
         "this client, router and agent on the others: Orchard's CPU is not the "
         "engine's, as on a Mac whose engine computes on the GPU",
     )
-    overhead_cmd.add_argument(
+    cmd.add_argument(
         "--compare-mtls",
         action="store_true",
         help="compare two local clusters, router↔agent with mutual TLS and without",
     )
-    metrics_cmd = sub.add_parser("metrics", help="what metrics, activity and the request log add per request")
-    metrics_cmd.add_argument("--requests", type=int, default=20000)
-    metrics_cmd.add_argument("--workers", type=int, default=64)
-    decide_cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
-    decide_cmd.add_argument("--workers", type=int, default=64)
-    decide_cmd.add_argument("--requests", type=int, default=20000)
-    decide_cmd.add_argument("--groups", type=int, default=16)
-    decide_cmd.add_argument("--seed", type=int, default=0)
-    routing_cmd = sub.add_parser("routing", help="every policy on one fleet with the same seeded workload")
-    routing_cmd.add_argument("--workers", type=int, default=4)
-    routing_cmd.add_argument("--engine", choices=routing.ENGINES, default="sim")
-    routing_cmd.add_argument("--model", default="", help="default: sim-model (sim) or the bundled model (vllm)")
-    routing_cmd.add_argument("--workload", action="append", choices=routing.WORKLOADS)
-    routing_cmd.add_argument("--policies", type=_policies, default=list(POLICIES), help="comma-separated")
-    routing_cmd.add_argument("--requests", type=int, default=200)
-    routing_cmd.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
-    routing_cmd.add_argument("--seed", type=int, default=0)
-    routing_cmd.add_argument("--max-tokens", type=int, default=32)
-    routing_cmd.add_argument(
+    cmd.set_defaults(func=_overhead)
+
+
+def _overhead(args: argparse.Namespace) -> None:
+    options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
+    if args.compare_mtls:
+        asyncio.run(
+            overhead.mtls_cost(
+                args.engine, args.concurrency, args.max_tokens, args.rounds, args.port, args.kv_cache_gib, options
+            )
+        )
+        return
+    asyncio.run(
+        overhead.overhead(
+            args.engine,
+            args.concurrency,
+            args.max_tokens,
+            args.rounds,
+            args.port,
+            args.kv_cache_gib,
+            options,
+            args.api,
+            args.engine_cpus,
+        )
+    )
+
+
+def _metrics_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("metrics", help="what metrics, activity and the request log add per request")
+    cmd.add_argument("--requests", type=int, default=20000)
+    cmd.add_argument("--workers", type=int, default=64)
+    cmd.set_defaults(func=lambda args: print(metrics_cost.report(metrics_cost.measure(args.requests, args.workers))))
+
+
+def _decide_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("decide", help="scheduler decision latency (micro-benchmark, no sockets)")
+    cmd.add_argument("--workers", type=int, default=64)
+    cmd.add_argument("--requests", type=int, default=20000)
+    cmd.add_argument("--groups", type=int, default=16)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.set_defaults(func=lambda args: decide.report(args.workers, args.requests, args.groups, args.seed))
+
+
+def _routing_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("routing", help="every policy on one fleet with the same seeded workload")
+    cmd.add_argument("--workers", type=int, default=4)
+    cmd.add_argument("--engine", choices=routing.ENGINES, default="sim")
+    cmd.add_argument("--model", default="", help="default: sim-model (sim) or the bundled model (vllm)")
+    cmd.add_argument("--workload", action="append", choices=routing.WORKLOADS)
+    cmd.add_argument("--policies", type=_policies, default=list(POLICIES), help="comma-separated")
+    cmd.add_argument("--requests", type=int, default=200)
+    cmd.add_argument("--rate", type=float, default=20.0, help="requests per second (Poisson arrivals)")
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--max-tokens", type=int, default=32)
+    cmd.add_argument(
         "--system-words",
         type=_word_range,
         default=(750, 3000),
         metavar="MIN,MAX",
         help="shared_prefix system prompt length in words",
     )
-    routing_cmd.add_argument("--groups", type=int, default=0, help="shared_prefix system prompts (default requests/25)")
-    routing_cmd.add_argument(
+    cmd.add_argument("--groups", type=int, default=0, help="shared_prefix system prompts (default requests/25)")
+    cmd.add_argument(
         "--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE", help="every sim worker"
     )
-    routing_cmd.add_argument(
+    cmd.add_argument(
         "--worker-sim-option",
         action="append",
         default=[],
@@ -173,32 +208,69 @@ def main(argv: list[str] | None = None) -> None:
         metavar="INDEX:KEY=VALUE",
         help="one sim worker (heterogeneous fleets)",
     )
-    routing_cmd.add_argument("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
-    routing_cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
-    routing_cmd.add_argument("--url", help="drive this OpenAI endpoint as it is (no fleet, one row per workload)")
-    routing_cmd.add_argument("--out", default="bench-results/routing.json")
-    calibrate_cmd = sub.add_parser("calibrate", help="measure an engine's costs and print matching sim options")
-    calibrate_cmd.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
-    calibrate_cmd.add_argument("--model", required=True)
-    calibrate_cmd.add_argument("--repeats", type=int, default=3)
-    latency_cmd = sub.add_parser("latency", help="per-chunk latency router + agent add (sim engine send stamps)")
-    latency_cmd.add_argument("--streams", type=int, default=64)
-    latency_cmd.add_argument("--max-tokens", type=int, default=32)
-    latency_cmd.add_argument("--rounds", type=int, default=3)
-    latency_cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
-    latency_cmd.add_argument("--port", type=int, default=8091)
-    fairness_cmd = sub.add_parser("fairness", help="two teams on a saturated sim fleet through the fair queue")
-    fairness_cmd.add_argument("--workers", type=int, default=2)
-    fairness_cmd.add_argument("--slots", type=int, default=4, help="each agent's concurrency cap")
-    fairness_cmd.add_argument("--rate-b", type=float, default=2.0, help="team B's requests/s (A sends 10x)")
-    fairness_cmd.add_argument("--seconds", type=float, default=20.0, help="per scenario")
-    fairness_cmd.add_argument("--max-tokens", type=int, default=16)
-    fairness_cmd.add_argument("--seed", type=int, default=0)
-    gateway_cmd = sub.add_parser("gateway", help="the gateway's cost: keys, limits and usage on vs off")
-    gateway_cmd.add_argument("--concurrency", type=int, default=32)
-    gateway_cmd.add_argument("--max-tokens", type=int, default=64)
-    gateway_cmd.add_argument("--rounds", type=int, default=3)
-    gateway_cmd.add_argument(
+    cmd.add_argument("--engine-arg", action="append", default=[], help="extra engine argument (repeat)")
+    cmd.add_argument("--kv-cache-gib", type=float, default=1.0)
+    cmd.add_argument("--url", help="drive this OpenAI endpoint as it is (no fleet, one row per workload)")
+    cmd.add_argument("--out", default="bench-results/routing.json")
+    cmd.set_defaults(func=lambda args: routing.main(routing_config(args)))
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("calibrate", help="measure an engine's costs and print matching sim options")
+    cmd.add_argument("--url", required=True, help="the engine's (or any OpenAI endpoint's) base URL")
+    cmd.add_argument("--model", required=True)
+    cmd.add_argument("--repeats", type=int, default=3)
+    cmd.set_defaults(func=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    print(calibrate.report(asyncio.run(calibrate.calibrate(args.url.rstrip("/"), args.model, repeats=args.repeats))))
+
+
+def _latency_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("latency", help="per-chunk latency router + agent add (sim engine send stamps)")
+    cmd.add_argument("--streams", type=int, default=64)
+    cmd.add_argument("--max-tokens", type=int, default=32)
+    cmd.add_argument("--rounds", type=int, default=3)
+    cmd.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    cmd.add_argument("--port", type=int, default=8091)
+    cmd.set_defaults(func=_latency)
+
+
+def _latency(args: argparse.Namespace) -> None:
+    rounds = asyncio.run(latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option), args.port))
+    print(latency.report(rounds))
+
+
+def _fairness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("fairness", help="two teams on a saturated sim fleet through the fair queue")
+    cmd.add_argument("--workers", type=int, default=2)
+    cmd.add_argument("--slots", type=int, default=4, help="each agent's concurrency cap")
+    cmd.add_argument("--rate-b", type=float, default=2.0, help="team B's requests/s (A sends 10x)")
+    cmd.add_argument("--seconds", type=float, default=20.0, help="per scenario")
+    cmd.add_argument("--max-tokens", type=int, default=16)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.set_defaults(func=_fairness)
+
+
+def _fairness(args: argparse.Namespace) -> None:
+    config = fairness.FairnessConfig(
+        workers=args.workers,
+        slots=args.slots,
+        rate_b=args.rate_b,
+        seconds=args.seconds,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    print(fairness.report(fairness.run(config)))
+
+
+def _gateway_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("gateway", help="the gateway's cost: keys, limits and usage on vs off")
+    cmd.add_argument("--concurrency", type=int, default=32)
+    cmd.add_argument("--max-tokens", type=int, default=64)
+    cmd.add_argument("--rounds", type=int, default=3)
+    cmd.add_argument(
         "--sim-option",
         action="append",
         default=[],
@@ -206,60 +278,33 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="after: decode-ms-per-token=5 overhead-ms=1 prefill-ms-per-token=0.01",
     )
+    cmd.set_defaults(
+        func=lambda args: gateway.run(args.concurrency, args.max_tokens, args.rounds, (*gateway.FAST, *args.sim_option))
+    )
+
+
+PARSERS = (
+    _overhead_parser,
+    _metrics_parser,
+    _decide_parser,
+    _routing_parser,
+    _calibrate_parser,
+    _latency_parser,
+    _fairness_parser,
+    _gateway_parser,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSERS:
+        add(sub)
     _chaos_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "overhead" and args.api == "messages" and args.engine != "vllm":
         parser.error(f"--api messages needs --engine vllm: the {args.engine} engine does not serve /v1/messages")
-    if args.command == "chaos":
-        _chaos(args)
-    elif args.command == "latency":
-        rounds = asyncio.run(
-            latency.measure(args.streams, args.max_tokens, args.rounds, tuple(args.sim_option), args.port)
-        )
-        print(latency.report(rounds))
-    elif args.command == "calibrate":
-        result = asyncio.run(calibrate.calibrate(args.url.rstrip("/"), args.model, repeats=args.repeats))
-        print(calibrate.report(result))
-    elif args.command == "metrics":
-        print(metrics_cost.report(metrics_cost.measure(args.requests, args.workers)))
-    elif args.command == "decide":
-        decide.report(args.workers, args.requests, args.groups, args.seed)
-    elif args.command == "gateway":
-        gateway.run(args.concurrency, args.max_tokens, args.rounds, (*gateway.FAST, *args.sim_option))
-    elif args.command == "fairness":
-        config = fairness.FairnessConfig(
-            workers=args.workers,
-            slots=args.slots,
-            rate_b=args.rate_b,
-            seconds=args.seconds,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-        )
-        print(fairness.report(fairness.run(config)))
-    elif args.command == "routing":
-        routing.main(routing_config(args))
-    elif args.compare_mtls:
-        options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
-        asyncio.run(
-            overhead.mtls_cost(
-                args.engine, args.concurrency, args.max_tokens, args.rounds, args.port, args.kv_cache_gib, options
-            )
-        )
-    else:
-        options = (("decode-ms-per-token", str(args.sim_decode_ms)), *args.sim_option)
-        asyncio.run(
-            overhead.overhead(
-                args.engine,
-                args.concurrency,
-                args.max_tokens,
-                args.rounds,
-                args.port,
-                args.kv_cache_gib,
-                options,
-                args.api,
-                args.engine_cpus,
-            )
-        )
+    args.func(args)
 
 
 def routing_config(args: argparse.Namespace) -> routing.RoutingBenchConfig:
