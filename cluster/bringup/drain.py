@@ -1,10 +1,13 @@
 """Taking workers out of service gently, over the router's operator routes: `POST /orchard/drain` tells a worker's
 agent to take no new requests (the router sends them to the others), then the caller waits, bounded, until the
-requests it runs have finished. Used by `cluster drain` and, for every worker, by `cluster down`."""
+requests it runs have finished. One flow (`drain`) for `cluster drain`, for every worker before `cluster down`, and
+for the agents a changed hosts file restarts."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 from pydantic import ValidationError
@@ -15,6 +18,32 @@ from cluster.router.rows import WorkerRow
 
 class DrainError(Exception):
     """The router refused or did not answer; the message says why."""
+
+
+@dataclass(frozen=True)
+class Drained:
+    rows: dict[str, WorkerRow]  # each name the router drained → its worker
+    refused: dict[str, str]  # each name it could not → why (not routed, not answering)
+    left: int  # requests still in flight when the wait ended (0: all finished)
+
+
+def drain(
+    client: httpx.Client, url: str, names: list[str], timeout_s: float, say: Callable[[str], None] = lambda _: None
+) -> Drained:
+    """The named workers take no new requests; then wait, at most `timeout_s`, for what they run to finish.
+    Raises DrainError when the router stops answering during the wait."""
+    rows: dict[str, WorkerRow] = {}
+    refused: dict[str, str] = {}
+    for name in names:
+        try:
+            rows[name] = set_draining(client, url, name)
+        except DrainError as exc:
+            refused[name] = str(exc)
+    busy = sum(row.inflight for row in rows.values())
+    if busy and timeout_s > 0:
+        say(f"draining: waiting up to {timeout_s:g} s for {busy} request(s) in flight")
+    left = wait_idle(client, url, {row.address for row in rows.values()}, timeout_s) if rows else 0
+    return Drained(rows, refused, left)
 
 
 def set_draining(client: httpx.Client, url: str, worker: str, draining: bool = True) -> WorkerRow:

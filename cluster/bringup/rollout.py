@@ -107,22 +107,18 @@ def _poll(
 def drain_workers(url: str, labels: list[str], home: Path, report: Report) -> list[str]:
     """Take `labels` out of service before their agents restart and wait (DRAIN_TIMEOUT_S) for what they run;
     the labels actually drained, for `undrain` should the restart not happen."""
-    drained: dict[str, str] = {}
     with httpx.Client(timeout=5.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
-        for label in labels:
-            try:
-                drained[label] = drain.set_draining(client, url, label).address
-            except drain.DrainError as exc:  # not routed (a group member) or not answering: nothing to wait for
-                report(f"{label}: not drained before its restart: {exc}")
-        if not drained:
-            return []
-        report(f"draining {', '.join(drained)} before restarting: up to {DRAIN_TIMEOUT_S:g} s for requests in flight")
         try:
-            left = drain.wait_idle(client, url, set(drained.values()), DRAIN_TIMEOUT_S)
-            report("drained" if not left else f"{left} request(s) still running: cut by the restart")
+            done = drain.drain(client, url, labels, DRAIN_TIMEOUT_S, report)
         except drain.DrainError as exc:
             report(f"{exc}: restarting now")
-    return list(drained)
+            return labels
+    for label, why in done.refused.items():  # not routed (a group member) or not answering: nothing to wait for
+        report(f"{label}: not drained before its restart: {why}")
+    if done.rows:
+        cut = f"{done.left} request(s) still running: cut by the restart" if done.left else "drained"
+        report(f"draining {', '.join(done.rows)} before restarting: {cut}")
+    return list(done.rows)
 
 
 def undrain(url: str, labels: list[str], home: Path, report: Report) -> None:

@@ -107,26 +107,24 @@ def _drain(args: argparse.Namespace) -> int:
     home = local.orchard_home()
     if (state := _running(home)) is None:
         return 1
-    draining = args.command == "drain"
     with httpx.Client(timeout=10, headers=operator_headers(home), verify=authority.trust(home)) as client:
         try:
-            row = drain.set_draining(client, state.url, args.worker, draining)
+            if args.command == "undrain":
+                row = drain.set_draining(client, state.url, args.worker, draining=False)
+                console.print(f"{row.worker_id}: taking requests again")
+                return 0
+            done = drain.drain(client, state.url, [args.worker], args.timeout, lambda m: console.print(f"  • {m}"))
         except drain.DrainError as exc:
             err_console.print(f"[red]{escape(str(exc))}[/]")
             return 1
-        if not draining:
-            console.print(f"{row.worker_id}: taking requests again")
-            return 0
-        console.print(f"{row.worker_id}: draining, no new requests; waiting for {row.inflight} in flight")
-        try:
-            left = drain.wait_idle(client, state.url, {row.address}, args.timeout)
-        except drain.DrainError as exc:
-            err_console.print(f"[red]{escape(str(exc))}[/]")
-            return 1
-    if left:
-        console.print(f"{row.worker_id}: still {left} in flight after {args.timeout:g} s (it stays draining)")
+    if args.worker in done.refused:
+        err_console.print(f"[red]{escape(done.refused[args.worker])}[/]")
         return 1
-    console.print(f"{row.worker_id}: drained, idle (undo with: cluster undrain {args.worker})")
+    name = done.rows[args.worker].worker_id
+    if done.left:
+        console.print(f"{name}: still {done.left} in flight after {args.timeout:g} s (it stays draining)")
+        return 1
+    console.print(f"{name}: drained, idle (undo with: cluster undrain {args.worker})")
     return 0
 
 
@@ -138,21 +136,14 @@ def _drain_all(home: Path, timeout_s: float) -> None:
     if state is None or timeout_s <= 0:
         return
     with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
-        rows = fetch_workers(client, state.url)
-        busy = sum(r.inflight for r in rows)
-        for row in rows:
-            try:
-                drain.set_draining(client, state.url, row.address)
-            except drain.DrainError:
-                continue  # an agent that does not answer has nothing to finish
-        if busy:
-            console.print(f"  • draining: waiting up to {timeout_s:g} s for {busy} request(s) in flight")
-            try:
-                left = drain.wait_idle(client, state.url, {r.address for r in rows}, timeout_s)
-            except drain.DrainError as exc:
-                console.print(f"  • {escape(str(exc))}: stopping now")
-                return
-            console.print(f"  • {'all finished' if not left else f'{left} still running: cut'}")
+        addresses = [row.address for row in fetch_workers(client, state.url)]
+        try:  # an agent that does not answer has nothing to finish
+            done = drain.drain(client, state.url, addresses, timeout_s, lambda m: console.print(f"  • {m}"))
+        except drain.DrainError as exc:
+            console.print(f"  • {escape(str(exc))}: stopping now")
+            return
+    if any(row.inflight for row in done.rows.values()):
+        console.print(f"  • {'all finished' if not done.left else f'{done.left} still running: cut'}")
 
 
 def _logs(args: argparse.Namespace) -> int:
