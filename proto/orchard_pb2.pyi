@@ -207,10 +207,8 @@ class WatchRequest(_message.Message):
     interval_seconds: float
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
 
-class LoadSample(_message.Message):
-    __slots__ = ("timestamp", "state", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "agent_inflight", "engine_restarts", "state_detail", "prefill_tokens_per_s", "decode_tokens_per_s", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes", "health_failures")
-    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+class Load(_message.Message):
+    __slots__ = ("running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -218,11 +216,27 @@ class LoadSample(_message.Message):
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    generation_tokens: int
+    prompt_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ...) -> None: ...
+
+class LoadSample(_message.Message):
+    __slots__ = ("timestamp", "state", "load", "agent_inflight", "engine_restarts", "state_detail", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes", "health_failures")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     AGENT_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     ENGINE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     STATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
-    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
-    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     GROUP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CRASHES_FIELD_NUMBER: _ClassVar[int]
@@ -231,22 +245,14 @@ class LoadSample(_message.Message):
     HEALTH_FAILURES_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     state: EngineState
-    running: int
-    waiting: int
-    kv_cache_usage: float
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    generation_tokens: int
-    prompt_tokens: int
+    load: Load
     agent_inflight: int
     engine_restarts: int
     state_detail: str
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
     group_epoch: str
     agent_instance: str
     engine_crashes: int
     draining: bool
     memory_available_bytes: int
     health_failures: int
-    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., health_failures: _Optional[int] = ...) -> None: ...
+    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., health_failures: _Optional[int] = ...) -> None: ...

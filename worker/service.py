@@ -26,7 +26,7 @@ from worker.hostinfo import HostFacts
 from worker.identity import IdentityError, replace_identity
 from worker.relay import EngineError, Tally, settle_stream_options, stream_batches, whole_response
 from worker.shared import endpoints, errors, tls
-from worker.shared.enginemetrics import LastLoad, RateMeter, TrafficMeter
+from worker.shared.enginemetrics import LastLoad, RateMeter, TrafficMeter, figures
 from worker.shared.launch import MAX_BODY_BYTES
 from worker.supervisor import EngineSupervisor
 
@@ -351,15 +351,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         else:
             load = self.last_load.through(await sup.stats(), sup.restarts) if sup.ready else None
         if load is not None:
-            sample.running, sample.waiting = load.running, load.waiting
-            sample.kv_cache_usage = load.kv_cache_usage
-            sample.prefix_cache_queries = load.prefix_cache_queries
-            sample.prefix_cache_hits = load.prefix_cache_hits
-            sample.generation_tokens = load.generation_tokens
-            sample.prompt_tokens = load.prompt_tokens
             self.rates.update(load, epoch=sup.restarts)
-        sample.prefill_tokens_per_s = self.rates.prefill_tokens_per_s
-        sample.decode_tokens_per_s = self.rates.decode_tokens_per_s
+        sample.load.CopyFrom(figures(load, self.rates).to_wire())
         return sample
 
 

@@ -11,6 +11,7 @@ import time
 from cluster.bench.client import pct
 from cluster.routing.choose import RequestView, RoutingState, WorkerView, choose
 from cluster.routing.prefix_index import block_hashes
+from worker.shared.load import Load
 
 
 def decision_latency(workers: int, requests: int, groups: int, seed: int) -> list[float]:
@@ -25,8 +26,7 @@ def decision_latency(workers: int, requests: int, groups: int, seed: int) -> lis
             f"w{i}",
             True,
             inflight=rng.randint(0, 4),
-            prefill_tokens_per_s=rng.uniform(2e3, 8e3),
-            decode_tokens_per_s=rng.uniform(20, 80),
+            load=Load(prefill_tokens_per_s=rng.uniform(2e3, 8e3), decode_tokens_per_s=rng.uniform(20, 80)),
         )
         for i in range(workers)
     ]

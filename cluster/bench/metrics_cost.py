@@ -22,6 +22,7 @@ from cluster.router.activity import Activity
 from cluster.router.metrics import RouterMetrics
 from cluster.router.recent import Window
 from cluster.router.rows import WorkerRow
+from worker.shared.load import Load
 from worker.shared.states import EngineState
 
 MODEL, WORKER, TEAM = "model-a", "worker-0001", "team-a"
@@ -102,11 +103,9 @@ def _scrape_ms(workers: int, repeats: int = 20) -> float:
             worker_id=f"w{i:04d}",
             state=EngineState.READY,
             models=[MODEL],
-            running=3,
-            kv_cache_usage=0.4,
-            generation_tokens=10**6,
+            load=Load(running=3, kv_cache_usage=0.4, generation_tokens=10**6),
             tokens_per_s=40.0,
-            ttft_p50_ms=80.0,
+            ttft_p50_s=0.08,
         )
         for i in range(workers)
     ]

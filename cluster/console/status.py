@@ -43,7 +43,7 @@ def table(rows: list[WorkerRow], url: str, at: float | None = None) -> Table:
         if group := row.group:
             engine += f" ({group.name}: {group.mode} over {group.size} hosts)"
         where = f"{row.host} / {row.address}" if row.host else row.address
-        ttft = "-" if row.ttft_p50_ms is None else f"{row.ttft_p50_ms:.0f} ms"
+        ttft = "-" if row.ttft_p50_s is None else f"{row.ttft_p50_s * 1000:.0f} ms"
         out.add_row(
             row.worker_id,
             where,

@@ -130,7 +130,7 @@ _GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float | None]], ...] = (
     (
         "orchard_worker_ttft_p50_seconds",
         "median time to first token of its streams over the last minute",
-        lambda w: None if w.ttft_p50_ms is None else w.ttft_p50_ms / 1000,
+        lambda w: w.ttft_p50_s,
     ),  # none: no sample, not a 0
     ("orchard_worker_memory_bytes", "the host's memory", lambda w: w.memory_bytes),
     (
@@ -138,29 +138,29 @@ _GAUGES: tuple[tuple[str, str, Callable[[WorkerRow], float | None]], ...] = (
         "the host's memory free for use now",
         lambda w: w.memory_available_bytes or None,
     ),
-    ("orchard_engine_running", "requests the engine is computing", lambda w: w.running),
-    ("orchard_engine_waiting", "requests waiting in the engine", lambda w: w.waiting),
-    ("orchard_engine_kv_cache_usage", "KV cache in use, 0..1", lambda w: w.kv_cache_usage),
+    ("orchard_engine_running", "requests the engine is computing", lambda w: w.load.running),
+    ("orchard_engine_waiting", "requests waiting in the engine", lambda w: w.load.waiting),
+    ("orchard_engine_kv_cache_usage", "KV cache in use, 0..1", lambda w: w.load.kv_cache_usage),
     (
         "orchard_engine_prefill_tokens_per_second",
         "measured prefill rate (moving average)",
-        lambda w: w.prefill_tokens_per_s,
+        lambda w: w.load.prefill_tokens_per_s,
     ),
     (
         "orchard_engine_decode_tokens_per_second",
         "measured decode rate of one request (moving average)",
-        lambda w: w.decode_tokens_per_s,
+        lambda w: w.load.decode_tokens_per_s,
     ),
 )
 _COUNTERS: tuple[tuple[str, str, Callable[[WorkerRow], float]], ...] = (
-    ("orchard_engine_prompt_tokens", "prompt tokens the engine read", lambda w: w.prompt_tokens),
-    ("orchard_engine_generation_tokens", "tokens the engine generated", lambda w: w.generation_tokens),
+    ("orchard_engine_prompt_tokens", "prompt tokens the engine read", lambda w: w.load.prompt_tokens),
+    ("orchard_engine_generation_tokens", "tokens the engine generated", lambda w: w.load.generation_tokens),
     (
         "orchard_engine_prefix_cache_queries",
         "prompt tokens looked up in the prefix cache",
-        lambda w: w.prefix_cache_queries,
+        lambda w: w.load.prefix_cache_queries,
     ),
-    ("orchard_engine_prefix_cache_hits", "prompt tokens found in the prefix cache", lambda w: w.prefix_cache_hits),
+    ("orchard_engine_prefix_cache_hits", "prompt tokens found in the prefix cache", lambda w: w.load.prefix_cache_hits),
     ("orchard_engine_restarts", "engine restarts since the agent started", lambda w: w.engine_restarts),
 )
 

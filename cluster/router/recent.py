@@ -31,7 +31,7 @@ def token_rate(before: pb.LoadSample | None, after: pb.LoadSample) -> float | No
     sample, a restarted engine whose counters began again, samples at the same instant)."""
     if before is None or _engine_run(after) != _engine_run(before):
         return None
-    seconds, tokens = after.timestamp - before.timestamp, after.generation_tokens - before.generation_tokens
+    seconds, tokens = after.timestamp - before.timestamp, after.load.generation_tokens - before.load.generation_tokens
     if seconds <= 0 or tokens < 0:
         return None
     return tokens / seconds

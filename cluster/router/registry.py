@@ -26,6 +26,7 @@ from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from worker.shared import tls
+from worker.shared.load import Load
 from worker.shared.states import EngineState
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class WorkerHandle:
     ttft: Window = field(default_factory=Window)  # time to first token of its streams, lately
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     last_error: str = ""  # why the last attempt to reach it failed (e.g. the TLS handshake's); "" once connected
+    load: Load = field(default_factory=Load)  # its engine's figures, from its last sample
     pin: str = ""  # the name its certificate must carry (cluster/pki/pins.py); "": its address, as dialled
 
     @property
@@ -94,17 +96,7 @@ class WorkerHandle:
         )
 
     def view(self, now: float) -> WorkerView:
-        sample = self.sample or pb.LoadSample()
-        return WorkerView(
-            worker_id=self.worker_id,
-            ready=self.ready(now),
-            inflight=self.inflight,
-            running=sample.running,
-            waiting=sample.waiting,
-            kv_cache_usage=sample.kv_cache_usage,
-            prefill_tokens_per_s=sample.prefill_tokens_per_s,
-            decode_tokens_per_s=sample.decode_tokens_per_s,
-        )
+        return WorkerView(worker_id=self.worker_id, ready=self.ready(now), inflight=self.inflight, load=self.load)
 
     def state(self, now: float) -> EngineState | Reachability:
         """What the operator sees: the engine's own state only while the router has reason to believe it."""
@@ -369,6 +361,7 @@ class Registry:
                     rate = token_rate(handle.sample, sample)
                     handle.tokens_per_s = handle.tokens_per_s if rate is None else rate
                     handle.sample, handle.sample_at = sample, time.monotonic()
+                    handle.load = Load.from_wire(sample.load)
                     ready = _is_ready(sample)
                     if ready and not info_when_ready:
                         # Ask again once the engine is ready: it then knows its context length.

@@ -8,6 +8,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from worker.shared.load import Load
 from worker.shared.states import EngineState
 
 
@@ -58,21 +59,13 @@ class WorkerRow(BaseModel):
     os: str = ""
     memory_bytes: int = 0
     memory_available_bytes: int = 0  # free for use now (0: not reported)
-    inflight: int = 0
+    inflight: int = 0  # the router's requests on it now
     served: int = 0
-    running: int = 0
-    waiting: int = 0
-    prefill_tokens_per_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
+    load: Load = Load()  # its engine's figures as its agent last reported them (counters: since the engine started)
     host: str = ""  # the hostname the agent reports
-    kv_cache_usage: float = 0.0  # 0..1
-    prompt_tokens: int = 0  # the engine's counters, since it started
-    generation_tokens: int = 0
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
     engine_restarts: int = 0
     tokens_per_s: float = 0.0  # generated lately (between its last two samples)
-    ttft_p50_ms: float | None = None  # its streams' median time to first token over the last minute
+    ttft_p50_s: float | None = None  # its streams' median time to first token over the last minute
     detail: str = ""
     draining: bool = False  # cluster drain: takes no new requests
     breaker: str = "closed"  # cluster.router.breaker.BreakerState: closed, open, half-open

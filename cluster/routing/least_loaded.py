@@ -6,5 +6,5 @@ from cluster.routing.types import Decision, WorkerView
 
 
 def pick(workers: list[WorkerView]) -> Decision:
-    best = min(workers, key=lambda w: (w.load, w.kv_cache_usage, w.worker_id))
+    best = min(workers, key=lambda w: (w.busy, w.load.kv_cache_usage, w.worker_id))
     return Decision(best.worker_id, "least_loaded")

@@ -53,15 +53,15 @@ def _decide_session(
         return None
     pinned = state.sessions.get(request.session, now)
     home = next((w for w in workers if w.worker_id == pinned), None)
-    if home is None or _much_more_loaded(home.load, min(w.load for w in workers), config):
+    if home is None or _much_more_loaded(home.busy, min(w.busy for w in workers), config):
         return None
     return Decision(home.worker_id, "session")
 
 
 def _decide_imbalance(workers: list[WorkerView], config: PrefixPolicyConfig) -> Decision | None:
-    loads = [w.load for w in workers]
+    loads = [w.busy for w in workers]
     if _much_more_loaded(max(loads), min(loads), config):
-        best = min(workers, key=lambda w: (w.load, w.worker_id))
+        best = min(workers, key=lambda w: (w.busy, w.worker_id))
         return Decision(best.worker_id, "imbalance")
     return None
 
@@ -82,7 +82,7 @@ def _decide_prefix(
     if best_match / total <= config.match_threshold:
         return None
     holders = [w for matched, w in scored if matched == best_match]
-    best = min(holders, key=lambda w: (w.load, w.worker_id))
+    best = min(holders, key=lambda w: (w.busy, w.worker_id))
     return Decision(best.worker_id, "prefix_hit")
 
 
@@ -104,8 +104,8 @@ class FleetRates:
 
     @classmethod
     def of(cls, workers: list[WorkerView]) -> FleetRates:
-        prefill = [w.prefill_tokens_per_s for w in workers if w.prefill_tokens_per_s > 0]
-        decode = [w.decode_tokens_per_s for w in workers if w.decode_tokens_per_s > 0]
+        prefill = [w.load.prefill_tokens_per_s for w in workers if w.load.prefill_tokens_per_s > 0]
+        decode = [w.load.decode_tokens_per_s for w in workers if w.load.decode_tokens_per_s > 0]
         return cls(
             prefill_tokens_per_s=statistics.median(prefill) if prefill else 1.0,
             decode_tokens_per_s=statistics.median(decode) if decode else 1.0,
@@ -119,6 +119,6 @@ def estimated_seconds(
     plus the requests ahead of it, each costing `queue_cost_s` scaled by how fast this worker decodes."""
     cached_chars = state.prefixes.matched_blocks(worker.worker_id, request.block_hashes) * BLOCK_CHARS
     uncached_tokens = max(request.prompt_chars - cached_chars, 0) / config.chars_per_token
-    prefill_rate = worker.prefill_tokens_per_s or fleet.prefill_tokens_per_s
-    slowness = fleet.decode_tokens_per_s / (worker.decode_tokens_per_s or fleet.decode_tokens_per_s)
-    return uncached_tokens / prefill_rate + worker.load * config.queue_cost_s * slowness
+    prefill_rate = worker.load.prefill_tokens_per_s or fleet.prefill_tokens_per_s
+    slowness = fleet.decode_tokens_per_s / (worker.load.decode_tokens_per_s or fleet.decode_tokens_per_s)
+    return uncached_tokens / prefill_rate + worker.busy * config.queue_cost_s * slowness

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cluster.routing.prefix_index import PrefixIndex
 from cluster.routing.sessions import SessionPins
+from worker.shared.load import Load
 
 
 @dataclass(frozen=True)
@@ -15,16 +16,13 @@ class WorkerView:
     worker_id: str
     ready: bool
     inflight: int  # the router's own count of requests on this worker now
-    running: int = 0  # engine-reported
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
-    # Measured by the worker's agent from its engine's counters; 0 = not measured yet (the fleet's median is used).
-    prefill_tokens_per_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
+    # What its agent reports; rates 0 = not measured yet (the fleet's median is used).
+    load: Load = field(default_factory=Load)
 
     @property
-    def load(self) -> int:
-        return self.inflight + self.waiting
+    def busy(self) -> int:
+        """Requests ahead of a new one: ours in flight and those waiting in the engine."""
+        return self.inflight + self.load.waiting
 
 
 @dataclass(frozen=True)

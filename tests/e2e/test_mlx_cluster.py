@@ -29,10 +29,11 @@ def test_mlx_workers_report_speeds_measured_from_their_traffic(mlx_cluster: Clus
         )
         assert [c for c in stream]
     [row] = wait_until(
-        lambda: [w for w in workers(mlx_cluster.url) if w.decode_tokens_per_s > 0], 10, "a measured decode rate"
+        lambda: [w for w in workers(mlx_cluster.url) if w.load.decode_tokens_per_s > 0], 10, "a measured decode rate"
     )
-    assert row.decode_tokens_per_s > 0 and row.prefill_tokens_per_s > 0
-    print(f"\nmlx worker: prefill {row.prefill_tokens_per_s:.0f} tok/s, decode {row.decode_tokens_per_s:.1f} tok/s")
+    rates = row.load
+    assert rates.decode_tokens_per_s > 0 and rates.prefill_tokens_per_s > 0
+    print(f"\nmlx worker: prefill {rates.prefill_tokens_per_s:.0f} tok/s, decode {rates.decode_tokens_per_s:.1f} tok/s")
 
 
 @pytest.fixture(scope="module")

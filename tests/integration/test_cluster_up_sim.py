@@ -212,7 +212,7 @@ def test_status_json_and_watch_show_rates_and_ttft(tmp_path: Path, foreground: F
     listed = run_cli(["status", "--json"], tmp_path, timeout_s=60)
     assert listed.returncode == 0, listed.stderr
     [row] = WorkersReply.model_validate_json(listed.stdout).workers
-    assert row.ready and row.ttft_p50_ms is not None and row.ttft_p50_ms > 0  # the stream just timed
+    assert row.ready and row.ttft_p50_s is not None and row.ttft_p50_s > 0  # the stream just timed
     env = {**os.environ, "ORCHARD_HOME": str(tmp_path)}
     watching = subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "status", "--watch"],

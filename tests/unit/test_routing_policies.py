@@ -7,6 +7,7 @@ import pytest
 from cluster.routing.choose import RequestView, RoutingState, WorkerView, choose
 from cluster.routing.prefix_index import BLOCK_CHARS, PrefixIndex, WorkerPrefixes, block_hashes
 from cluster.routing.sessions import SessionPins
+from worker.shared.load import Load
 
 SYSTEM_A = "You are a careful assistant for the orchard lab. " * 40  # ~2k chars: 7 full blocks
 SYSTEM_B = "You answer questions about apple varieties only. " * 40
@@ -18,8 +19,9 @@ def workers(*loads: int, rates: tuple[float, ...] = (), decode: tuple[float, ...
             f"w{i}",
             ready=True,
             inflight=load,
-            prefill_tokens_per_s=rates[i] if rates else 0.0,
-            decode_tokens_per_s=decode[i] if decode else 0.0,
+            load=Load(
+                prefill_tokens_per_s=rates[i] if rates else 0.0, decode_tokens_per_s=decode[i] if decode else 0.0
+            ),
         )
         for i, load in enumerate(loads)
     ]

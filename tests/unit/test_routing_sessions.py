@@ -110,5 +110,5 @@ def test_a_pin_holds_only_while_its_worker_is_not_much_more_loaded(
     if kept:
         assert (decision.worker_id, decision.reason) == ("pinned", "session")
     else:
-        least = min(views, key=lambda w: (w.load, w.worker_id)).worker_id
+        least = min(views, key=lambda w: (w.busy, w.worker_id)).worker_id
         assert (decision.worker_id, decision.reason) == (least, "imbalance")

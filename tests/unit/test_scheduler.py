@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cluster.routing.choose import Decision, RequestView, RoutingState, WorkerView, choose
+from worker.shared.load import Load
 
 
 def pick(views: list[WorkerView], exclude: frozenset[str] = frozenset()) -> Decision | None:
@@ -27,6 +28,6 @@ def test_excluded_worker_is_skipped_for_a_retry() -> None:
 
 
 def test_engine_queue_breaks_ties() -> None:
-    views = [WorkerView("a", True, inflight=1, waiting=4), WorkerView("b", True, inflight=1, waiting=0)]
+    views = [WorkerView("a", True, inflight=1, load=Load(waiting=4)), WorkerView("b", True, inflight=1, load=Load())]
     decision = pick(views)
     assert decision is not None and decision.worker_id == "b"

