@@ -97,7 +97,7 @@ def ensure_router(
         how = f" by {service.manager} ({service.name(slot or 'a')})" if manager else ""
         report(f"router: {'restarted' if restarted else 'started'}{how} (pid {pid}) at {config.local_url}")
     state = LabState(
-        spec=spec.model_dump(mode="json"),
+        spec=spec,
         router_pid=pid,
         router=config,
         url=config.local_url,

@@ -242,7 +242,7 @@ async def rotate_certificates(home: Path, report: Report) -> list[str]:
     state = read_state(home)
     if state is None:
         raise LabError("no lab is running (start it with: cluster up hosts.toml)")
-    spec = ClusterSpec.model_validate(state.spec)
+    spec = state.spec
     ca, now = _authority(home), authority.now_utc()
 
     async def one(host: HostSpec) -> str | None:
@@ -267,7 +267,7 @@ async def revoke_certificate(home: Path, label: str, report: Report) -> bool:
     state = read_state(home)
     if state is None:
         raise LabError("no lab is running (start it with: cluster up hosts.toml)")
-    spec = ClusterSpec.model_validate(state.spec)
+    spec = state.spec
     try:
         host = spec.host(label)
     except KeyError:
@@ -334,7 +334,7 @@ async def down(
     state = read_state(home)
     if state is None:
         return False
-    spec = ClusterSpec.model_validate(state.spec)
+    spec = state.spec
     service = service or headrouter.head_service(home, root, report)
 
     await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts))

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from cluster.bringup import units
+from cluster.placement.hostsfile import ClusterSpec
 from cluster.state import records
 from worker.shared import procs
 from worker.shared.launch import ROUTER_MODULE, RouterConfig
@@ -19,7 +20,7 @@ class LabState(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    spec: dict[str, Any]
+    spec: ClusterSpec  # validated once, when read
     router_pid: int
     router: RouterConfig
     url: str

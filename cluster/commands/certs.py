@@ -11,7 +11,6 @@ from rich.markup import escape
 from cluster.bringup import certs, lab, labstate, local
 from cluster.commands.output import console, err_console
 from cluster.pki import authority, pins
-from cluster.placement import hostsfile
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,7 +93,7 @@ def _certificate_host(address: str) -> str:
 
 def print_expiry(home: Path) -> None:
     state = labstate.read_state(home)
-    agents = [h.label for h in hostsfile.ClusterSpec.model_validate(state.spec).hosts] if state else [certs.LOCAL_AGENT]
+    agents = [h.label for h in state.spec.hosts] if state else [certs.LOCAL_AGENT]
     now = authority.now_utc()
     try:
         line = "; ".join(f"{e.who} {e.text(now)}" for e in certs.expiries(home, agents))

@@ -18,7 +18,6 @@ from cluster.commands.output import console, err_console
 from cluster.console import status
 from cluster.gateway.keys import operator_headers
 from cluster.pki import authority
-from cluster.placement import hostsfile
 from worker.shared import procs
 
 
@@ -176,7 +175,7 @@ def _follow(path: Path) -> int:
 
 
 async def _lab_logs(state: labstate.LabState, args: argparse.Namespace) -> int:
-    spec = hostsfile.ClusterSpec.model_validate(state.spec)
+    spec = state.spec
     try:
         host = spec.host(args.which)
     except KeyError:

@@ -10,7 +10,7 @@ from cluster.bringup import labstate
 
 def test_a_lab_record_written_before_typed_router_configs_still_reads(tmp_path: Path) -> None:
     old = {
-        "spec": {"hosts": []},
+        "spec": {"hosts": [{"address": "10.0.0.2"}], "models": [{"name": "m", "source": "/models/m"}]},
         "router_pid": 4242,
         "url": "http://127.0.0.1:8000",
         "router_args": [
