@@ -29,14 +29,14 @@ from cluster.placement.plan import Assignment, PlacementError, plan, shared_netw
 from cluster.state import records
 from worker.shared import procs
 from worker.shared.download import fetching
-from worker.shared.launch import LaunchConfigError, is_loopback
+from worker.shared.launch import AgentConfig, LaunchConfigError, is_loopback
 
 
 async def _bring_host(
     probe: preflight.Probe,
     host: HostSpec,
     assignment: Assignment | None,
-    spec: ClusterSpec,
+    config: AgentConfig | LaunchConfigError | None,
     report: Report,
     install_service: bool = False,
     trust: tuple[authority.Authority, Path] | None = None,
@@ -56,15 +56,17 @@ async def _bring_host(
                 if stopped.was_running:
                     report(f"{host.label}: no model placed here any more; agent stopped")
                 return outcome
+            if isinstance(config, LaunchConfigError) or config is None:
+                raise config or LaunchConfigError("no agent configuration")
             if trust is not None and await certs.agent_identity(conn, host, trust[0], trust[1], authority.now_utc()):
                 report(f"{host.label}: certificate issued by the cluster CA")
             as_service = install_service or bool((await remote.agent_status(conn, host)).service)
             if as_service:  # a host whose agent is a service stays one: a plain re-run updates the service
-                result = await remote.install_service(conn, assignment, spec, _root_stdin(root, conn, host))
+                result = await remote.install_service(conn, host, config, _root_stdin(root, conn, host))
                 if result.changed:
                     report(f"{host.label}: agent installed as a service")
             else:
-                result = await remote.start_agent(conn, assignment, spec)
+                result = await remote.start_agent(conn, host, config)
         except (remote.RemoteError, LaunchConfigError) as exc:
             outcome.state, outcome.reason = "failed", str(exc)
             report(f"{host.label}: {exc}")
@@ -81,6 +83,13 @@ async def _bring_host(
             + f" serving {model_name}"
         )
     return outcome
+
+
+def _agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig | LaunchConfigError:
+    try:
+        return remote.agent_config(assignment, spec)
+    except LaunchConfigError as exc:
+        return exc
 
 
 def _root_stdin(root: Sudo | None, conn: Any, host: HostSpec) -> remote.RootStdin:
@@ -112,11 +121,12 @@ async def up(
     _endpoint_ready(spec, home)
     sources = tuple(dict.fromkeys(m.source for m in spec.models))
     probes = await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts))
-    memory = {p.outcome.label: p.outcome.memory_bytes / 1e9 for p in probes if p.outcome.memory_bytes}
-    reported = [p.facts.models for p in probes if p.facts is not None]
+    hosts = {p.outcome.label: p.facts for p in probes if p.facts is not None}  # what each host said of itself
+    memory = {label: f.memory_bytes / 1e9 for label, f in hosts.items() if f.memory_bytes}
+    usable = {label: f.usable_memory_bytes / 1e9 for label, f in hosts.items() if f.usable_memory_bytes}
+    reported = [f.models for f in hosts.values()]
     facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
     try:
-        usable = {p.outcome.label: p.outcome.usable_memory_bytes / 1e9 for p in probes if p.outcome.usable_memory_bytes}
         assignments = plan(spec, facts, memory, usable)
         preflight.layers_known(assignments)
     except PlacementError:
@@ -129,13 +139,17 @@ async def up(
     preflight.check_engines(assignments, by_label, report)
     await preflight.check_groups(assignments, by_label, report)
     by_host = {a.host.label: a for a in assignments}
-    url, changing = await _changing(probes, spec, by_host, home, service)
+    configs = {label: _agent_config(a, spec) for label, a in by_host.items()}  # each host's, built once
+    url, changing = await _changing(probes, spec, configs, home, service)
     trust = (_authority(home), home)
     for label in certs.forget_others(home, {a.host.agent_address for a in assignments}):
         report(f"{label}: no agent there any more; the router no longer renews its certificate")
 
     async def bring(probe: preflight.Probe, host: HostSpec) -> HostOutcome:
-        return await _bring_host(probe, host, by_host.get(host.label), spec, report, install_service, trust, root)
+        label = host.label
+        return await _bring_host(
+            probe, host, by_host.get(label), configs.get(label), report, install_service, trust, root
+        )
 
     async def serving_again(outcomes: list[HostOutcome]) -> None:  # the routed ones: a group's rank 0
         timeout = ready_timeout_s or max([DEFAULT_WAIT_S, *(m.ready_timeout_s for m in spec.models)])
@@ -168,7 +182,7 @@ async def up(
 async def _changing(
     probes: list[preflight.Probe],
     spec: ClusterSpec,
-    by_host: dict[str, Assignment],
+    configs: dict[str, AgentConfig | LaunchConfigError],
     home: Path,
     service: units.RouterService,
 ) -> tuple[str, list[str]]:
@@ -182,12 +196,14 @@ async def _changing(
     async def changing(probe: preflight.Probe, host: HostSpec) -> bool:
         if probe.conn is None:
             return False
-        assignment = by_host.get(host.label)
+        config = configs.get(host.label)
+        if isinstance(config, LaunchConfigError):  # said, per host, when it is brought up
+            return False
         try:
             status = await remote.agent_status(probe.conn, host)
-            new_hash = remote.config_hash(remote.agent_config(assignment, spec)) if assignment else None
-        except (remote.RemoteError, LaunchConfigError):  # said again, per host, when it is brought up
+        except remote.RemoteError:
             return False
+        new_hash = remote.config_hash(config) if config else None
         return status.status == "running" and status.hash != new_hash
 
     found = await asyncio.gather(*(changing(p, h) for p, h in zip(probes, spec.hosts, strict=True)))

@@ -239,9 +239,7 @@ def config_hash(config: AgentConfig) -> str:
     return hashlib.sha256("\0".join([*config.to_argv(), build.digest()]).encode()).hexdigest()[:16]
 
 
-async def start_agent(conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec) -> StartReply:
-    config = agent_config(assignment, spec)
-    host = assignment.host
+async def start_agent(conn: asyncssh.SSHClientConnection, host: HostSpec, config: AgentConfig) -> StartReply:
     args = ["start", "--dir", host.orchard_dir, "--hash", config_hash(config), "--", *config.to_argv()]
     return await run_daemon(conn, host, args, StartReply)
 
@@ -315,14 +313,12 @@ async def _no_password() -> str | None:
 
 
 async def install_service(
-    conn: asyncssh.SSHClientConnection, assignment: Assignment, spec: ClusterSpec, root: RootStdin = _no_password
+    conn: asyncssh.SSHClientConnection, host: HostSpec, config: AgentConfig, root: RootStdin = _no_password
 ) -> StartReply:
     """Install the agent as a LaunchDaemon running as the SSH user (macOS: starts at boot with nobody logged in;
     root through `root_stdin`, see sudo.py) or a systemd user unit (Linux) and load it, so it survives reboots.
     An agent its service already runs with this configuration is left alone (`changed` false); a detached one
     is stopped first."""
-    host = assignment.host
-    config = agent_config(assignment, spec)
     current = await agent_status(conn, host)
     platform = await host_os(conn)
     manager = "launchd" if platform == "darwin" else "systemd"
@@ -330,7 +326,7 @@ async def install_service(
         return StartReply(status="running", pid=current.pid, hash=current.hash, changed=False)
     home = (await shell(conn, 'printf %s "$HOME"')).strip()
     folder = expand_home(host.orchard_dir, home)
-    local = config.model_copy(update={"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"})
+    local = AgentConfig.checked(**(config.model_dump() | {"log_dir": f"{folder}/logs", "tls_dir": f"{folder}/tls"}))
     program = service_program(local, expand_home(python_of(host), home), folder, manager, config_hash(config))
     if current.service != manager:  # a detached agent; the service's own is reloaded below
         await stop_agent(conn, host)
