@@ -121,23 +121,7 @@ async def up(
     _endpoint_ready(spec, home)
     sources = tuple(dict.fromkeys(m.source for m in spec.models))
     probes = await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts))
-    hosts = {p.outcome.label: p.facts for p in probes if p.facts is not None}  # what each host said of itself
-    memory = {label: f.memory_bytes / 1e9 for label, f in hosts.items() if f.memory_bytes}
-    usable = {label: f.usable_memory_bytes / 1e9 for label, f in hosts.items() if f.usable_memory_bytes}
-    reported = [f.models for f in hosts.values()]
-    facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
-    try:
-        assignments = plan(spec, facts, memory, usable)
-        preflight.layers_known(assignments)
-    except PlacementError:
-        for probe in probes:
-            probe.fail("not started")
-        raise
-    for warning in shared_network_warnings(assignments):
-        report(f"warning: {warning}")
-    by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
-    preflight.check_engines(assignments, by_label, report)
-    await preflight.check_groups(assignments, by_label, report)
+    assignments = await _placed(spec, probes, report)
     by_host = {a.host.label: a for a in assignments}
     configs = {label: _agent_config(a, spec) for label, a in by_host.items()}  # each host's, built once
     url, changing = await _changing(probes, spec, configs, home, service)
@@ -177,6 +161,28 @@ async def up(
     await asyncio.to_thread(_wait_ready, url, waiting, ready_timeout_s, report, home)
     _group_states(assignments, {o.label: o for o in outcomes})
     return list(outcomes)
+
+
+async def _placed(spec: ClusterSpec, probes: list[preflight.Probe], report: Report) -> list[Assignment]:
+    """Where each model runs, planned with what the hosts said of themselves, and checked against them."""
+    hosts = {p.outcome.label: p.facts for p in probes if p.facts is not None}
+    memory = {label: f.memory_bytes / 1e9 for label, f in hosts.items() if f.memory_bytes}
+    usable = {label: f.usable_memory_bytes / 1e9 for label, f in hosts.items() if f.usable_memory_bytes}
+    reported = [f.models for f in hosts.values()]
+    facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
+    try:
+        assignments = plan(spec, facts, memory, usable)
+        preflight.layers_known(assignments)
+    except PlacementError:
+        for probe in probes:
+            probe.fail("not started")
+        raise
+    for warning in shared_network_warnings(assignments):
+        report(f"warning: {warning}")
+    by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
+    preflight.check_engines(assignments, by_label, report)
+    await preflight.check_groups(assignments, by_label, report)
+    return assignments
 
 
 async def _changing(
