@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cluster.bringup import local
+from rich.markup import escape
+
+from cluster.bringup import labstate, local
 from cluster.commands import certs, keys, models, operate, signals, up
 from cluster.commands.output import console, err_console
 
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         code = 130
+    except labstate.LabError as exc:  # a lab record this Orchard cannot read, wherever a command met it
+        err_console.print(f"[red]{escape(str(exc))}[/]")
+        code = 1
     sys.exit(code)
 
 

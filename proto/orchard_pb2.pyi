@@ -158,7 +158,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., capabilities_known: _Optional[bool] = ...) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group")
+    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group", "settles_stream_options")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class InfoReply(_message.Message):
     ENGINE_URL_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    SETTLES_STREAM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     os: str
@@ -183,7 +184,8 @@ class InfoReply(_message.Message):
     engine_url: str
     agent_version: str
     group: GroupInfo
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ...) -> None: ...
+    settles_stream_options: bool
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ..., settles_stream_options: _Optional[bool] = ...) -> None: ...
 
 class GroupInfo(_message.Message):
     __slots__ = ("name", "rank", "size", "mode", "backend", "peers")
@@ -230,10 +232,19 @@ class Load(_message.Message):
     def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class LoadSample(_message.Message):
-    __slots__ = ("timestamp", "state", "load", "agent_inflight", "engine_restarts", "state_detail", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes", "health_failures")
+    __slots__ = ("timestamp", "state", "load", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens", "prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s", "agent_inflight", "engine_restarts", "state_detail", "group_epoch", "agent_instance", "engine_crashes", "draining", "memory_available_bytes", "health_failures")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     AGENT_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     ENGINE_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     STATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +257,15 @@ class LoadSample(_message.Message):
     timestamp: float
     state: EngineState
     load: Load
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    generation_tokens: int
+    prompt_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
     agent_inflight: int
     engine_restarts: int
     state_detail: str
@@ -255,4 +275,4 @@ class LoadSample(_message.Message):
     draining: bool
     memory_available_bytes: int
     health_failures: int
-    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., health_failures: _Optional[int] = ...) -> None: ...
+    def __init__(self, timestamp: _Optional[float] = ..., state: _Optional[_Union[EngineState, str]] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., agent_inflight: _Optional[int] = ..., engine_restarts: _Optional[int] = ..., state_detail: _Optional[str] = ..., group_epoch: _Optional[str] = ..., agent_instance: _Optional[str] = ..., engine_crashes: _Optional[int] = ..., draining: _Optional[bool] = ..., memory_available_bytes: _Optional[int] = ..., health_failures: _Optional[int] = ...) -> None: ...

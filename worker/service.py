@@ -180,7 +180,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self.guard is not None and (too_long := await asyncio.to_thread(self.guard.refusal, payload)):
             await _abort(context, 400, too_long, "invalid_request_error")
             return None
-        tally, body, streaming = Tally(), request.body, request.stream
+        streaming = request.stream if request.HasField("stream") else bool(payload.get("stream"))  # an older router
+        tally, body = Tally(), request.body
         if streaming and request.endpoint in endpoints.OPENAI_STREAMS:
             tally.running = self.supervisor.adapter.running_usage
             tally.strip_running, tally.strip_final = settle_stream_options(payload, tally.running)
@@ -253,6 +254,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             engine_url=self.supervisor.url,
             agent_version=self.identity.agent_version,
             group=self._group_info(),
+            settles_stream_options=True,
         )
 
     def _group_info(self) -> pb.GroupInfo | None:
@@ -352,7 +354,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             load = self.last_load.through(await sup.stats(), sup.restarts) if sup.ready else None
         if load is not None:
             self.rates.update(load, epoch=sup.restarts)
-        sample.load.CopyFrom(figures(load, self.rates).to_wire())
+        figures(load, self.rates).into(sample)
         return sample
 
 

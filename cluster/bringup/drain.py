@@ -25,13 +25,13 @@ class Drained:
     rows: dict[str, WorkerRow]  # each name the router drained → its worker
     refused: dict[str, str]  # each name it could not → why (not routed, not answering)
     left: int  # requests still in flight when the wait ended (0: all finished)
+    lost: str = ""  # the router stopped answering during the wait: why (what it had drained stays drained)
 
 
 def drain(
     client: httpx.Client, url: str, names: list[str], timeout_s: float, say: Callable[[str], None] = lambda _: None
 ) -> Drained:
-    """The named workers take no new requests; then wait, at most `timeout_s`, for what they run to finish.
-    Raises DrainError when the router stops answering during the wait."""
+    """The named workers take no new requests; then wait, at most `timeout_s`, for what they run to finish."""
     rows: dict[str, WorkerRow] = {}
     refused: dict[str, str] = {}
     for name in names:
@@ -42,7 +42,10 @@ def drain(
     busy = sum(row.inflight for row in rows.values())
     if busy and timeout_s > 0:
         say(f"draining: waiting up to {timeout_s:g} s for {busy} request(s) in flight")
-    left = wait_idle(client, url, {row.address for row in rows.values()}, timeout_s) if rows else 0
+    try:
+        left = wait_idle(client, url, {row.address for row in rows.values()}, timeout_s) if rows else 0
+    except DrainError as exc:
+        return Drained(rows, refused, busy, lost=str(exc))
     return Drained(rows, refused, left)
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from cluster.bringup import units
 from cluster.placement.hostsfile import ClusterSpec
-from cluster.state import records
 from worker.shared import procs
 from worker.shared.launch import ROUTER_MODULE, RouterConfig
 
@@ -55,7 +54,23 @@ def state_path(home: Path) -> Path:
 
 
 def read_state(home: Path) -> LabState | None:
-    return records.read(state_path(home), LabState)
+    """The lab `cluster up` applied (None: none). A record this Orchard cannot read is a LabError naming the file,
+    never "no lab": its router and agents may still run."""
+    path = state_path(home)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LabError(f"{path}: {exc.strerror}") from None
+    try:
+        return LabState.model_validate_json(data)
+    except ValidationError as exc:
+        where = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        raise LabError(
+            f"{path}: not a lab record this Orchard reads ({where}: {exc.errors()[0]['msg']}); the lab it describes "
+            "may still run: stop it with the Orchard that started it, or move the file away"
+        ) from None
 
 
 class LabError(Exception):

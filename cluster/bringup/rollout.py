@@ -108,14 +108,12 @@ def drain_workers(url: str, labels: list[str], home: Path, report: Report) -> li
     """Take `labels` out of service before their agents restart and wait (DRAIN_TIMEOUT_S) for what they run;
     the labels actually drained, for `undrain` should the restart not happen."""
     with httpx.Client(timeout=5.0, headers=operator_headers(home), verify=authority.trust(home)) as client:
-        try:
-            done = drain.drain(client, url, labels, DRAIN_TIMEOUT_S, report)
-        except drain.DrainError as exc:
-            report(f"{exc}: restarting now")
-            return labels
+        done = drain.drain(client, url, labels, DRAIN_TIMEOUT_S, report)
+    if done.lost:
+        report(f"{done.lost}: restarting now")
     for label, why in done.refused.items():  # not routed (a group member) or not answering: nothing to wait for
         report(f"{label}: not drained before its restart: {why}")
-    if done.rows:
+    if done.rows and not done.lost:
         cut = f"{done.left} request(s) still running: cut by the restart" if done.left else "drained"
         report(f"draining {', '.join(done.rows)} before restarting: {cut}")
     return list(done.rows)

@@ -116,8 +116,8 @@ def _drain(args: argparse.Namespace) -> int:
         except drain.DrainError as exc:
             err_console.print(f"[red]{escape(str(exc))}[/]")
             return 1
-    if args.worker in done.refused:
-        err_console.print(f"[red]{escape(done.refused[args.worker])}[/]")
+    if args.worker in done.refused or done.lost:
+        err_console.print(f"[red]{escape(done.refused.get(args.worker) or done.lost)}[/]")
         return 1
     name = done.rows[args.worker].worker_id
     if done.left:
@@ -136,11 +136,11 @@ def _drain_all(home: Path, timeout_s: float) -> None:
         return
     with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
         addresses = [row.address for row in fetch_workers(client, state.url)]
-        try:  # an agent that does not answer has nothing to finish
-            done = drain.drain(client, state.url, addresses, timeout_s, lambda m: console.print(f"  • {m}"))
-        except drain.DrainError as exc:
-            console.print(f"  • {escape(str(exc))}: stopping now")
-            return
+        # an agent that does not answer has nothing to finish
+        done = drain.drain(client, state.url, addresses, timeout_s, lambda m: console.print(f"  • {m}"))
+    if done.lost:
+        console.print(f"  • {escape(done.lost)}: stopping now")
+        return
     if any(row.inflight for row in done.rows.values()):
         console.print(f"  • {'all finished' if not done.left else f'{done.left} still running: cut'}")
 

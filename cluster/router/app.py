@@ -205,7 +205,7 @@ class _Pipeline:
         except ApiError as exc:
             end(Ended(exc.status, "", pb.Usage(), counted=True))
             return exc.response(headers, incoming.dialect)
-        end.first_byte = started.at
+        end.first_byte, end.worker = started.at, started.handle.worker_id
         headers = {WORKER_HEADER: started.handle.worker_id, **headers}
         if not incoming.stream:
             return await self.forwarder.whole(started, incoming, headers, end)
@@ -267,6 +267,7 @@ class _End:
         self.granted: Pass | None = None
         self.started_at = time.monotonic()  # once its body is read: where its wait and TTFT count from
         self.first_byte: float | None = None
+        self.worker = ""  # the one that sent the first byte
         self.stream = False
         self.done = False
 
@@ -277,7 +278,7 @@ class _End:
         """Turned away before any worker; `stored`: by the admission, a usage row admins see."""
         if not self._first():
             return
-        row = refused_row(time.time(), self.request_id, self.key, self.model, status)
+        row = refused_row(self.gateway.clock(), self.request_id, self.key, self.model, status)
         if stored:
             self.gateway.record(row)
         self.ended(row)
@@ -290,7 +291,12 @@ class _End:
         prompt = usage.prompt_tokens if ended.counted else None  # None: the gateway's admission estimate
         ttft = self.first_byte - self.started_at if self.first_byte is not None else None
         outcome = Outcome(
-            ended.status, ended.worker or None, prompt, usage.completion_tokens, usage.cached_prompt_tokens, ttft
+            ended.status,
+            ended.worker or self.worker or None,
+            prompt,
+            usage.completion_tokens,
+            usage.cached_prompt_tokens,
+            ttft,
         )
         row = self.gateway.finish(self.granted, outcome)
         self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))

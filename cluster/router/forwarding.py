@@ -37,6 +37,7 @@ class Started:
     call: Any  # grpc.aio.UnaryStreamCall
     first: pb.GenerateReply
     at: float = field(default_factory=time.monotonic)  # when the first reply came
+    drops_usage: bool = False  # an older agent's stream: the router drops the usage chunk nobody asked for
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,10 @@ class Forwarder:
                 continue
             if last_error is not None:
                 self.metrics.retries.labels(incoming.model).inc()
+            older = _settled_here(handle, incoming)
             try:
-                started = await self._attempt(handle, generate, deadline)
+                started = await self._attempt(handle, older or generate, deadline)
+                started.drops_usage = older is not None
             except _NextWorker as exc:
                 last_error = exc.error
             else:
@@ -258,7 +261,7 @@ class Forwarder:
                 if reply.HasField("chunks"):
                     if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
                         usage, counted = reply.chunks.usage, True
-                    written, tokens = frames(reply.chunks, usage_chunk=openai and incoming.wants_usage)
+                    written, tokens = frames(reply.chunks, openai and incoming.wants_usage, started.drops_usage)
                     chunks += tokens
                     if written:  # one write for everything that arrived together
                         yield written
@@ -288,16 +291,34 @@ class Forwarder:
 DONE = b"data: [DONE]\n\n"
 
 
-def frames(chunks: pb.Chunks, usage_chunk: bool) -> tuple[bytes, int]:
+def frames(chunks: pb.Chunks, usage_chunk: bool, drop_usage: bool = False) -> tuple[bytes, int]:
     """One batch as SSE bytes, and how many of its items carry generated text (what a cut stream without a
     running count is billed). Everything goes on as it came (the agent took out what the client did not ask
-    for); `usage_chunk`: the client asked for OpenAI's usage-only chunk, which is not text."""
+    for); `usage_chunk`: the client asked for OpenAI's usage-only chunk, which is not text; `drop_usage`: an
+    older agent's stream, whose usage chunk the client did not ask for."""
     if chunks.events:
         named = zip(chunks.events, chunks.items, strict=True)
-        text = sum(1 for name in chunks.events if name.endswith("_delta") or name.endswith(".delta"))
-        return b"".join(_named(name, item) for name, item in named), text
-    usage = sum(1 for c in chunks.items if is_usage_only(c)) if usage_chunk else 0
-    return b"".join(b"data: " + c + b"\n\n" for c in chunks.items), len(chunks.items) - usage
+        deltas = sum(1 for name in chunks.events if name.endswith("_delta") or name.endswith(".delta"))
+        return b"".join(_named(name, item) for name, item in named), deltas
+    items = chunks.items
+    if usage_chunk or drop_usage:
+        text = [c for c in items if not is_usage_only(c)]
+        return b"".join(b"data: " + c + b"\n\n" for c in (text if drop_usage else items)), len(text)
+    return b"".join(b"data: " + c + b"\n\n" for c in items), len(items)
+
+
+def _settled_here(handle: WorkerHandle, incoming: Incoming) -> pb.GenerateRequest | None:
+    """For an agent from before it settled stream options (an upgrade restarts agents in waves): the request
+    as such an agent expects it, asking for usage on the stream; None for every other case."""
+    if handle.info is None or handle.info.settles_stream_options or not incoming.stream:
+        return None
+    if incoming.endpoint not in endpoints.OPENAI_STREAMS or incoming.wants_usage:
+        return None
+    body = json.loads(incoming.body)
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    older = incoming.generate_request()
+    older.body = json.dumps(body).encode()
+    return older
 
 
 def _named(name: str, item: bytes) -> bytes:

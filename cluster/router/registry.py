@@ -361,7 +361,7 @@ class Registry:
                     rate = token_rate(handle.sample, sample)
                     handle.tokens_per_s = handle.tokens_per_s if rate is None else rate
                     handle.sample, handle.sample_at = sample, time.monotonic()
-                    handle.load = Load.from_wire(sample.load)
+                    handle.load = Load.of(sample)
                     ready = _is_ready(sample)
                     if ready and not info_when_ready:
                         # Ask again once the engine is ready: it then knows its context length.

@@ -71,7 +71,7 @@ def test_offline_a_cached_copy_serves_as_it_is_and_none_is_a_failed_fetch(tmp_pa
     """huggingface_hub's own offline mode (HF_HUB_OFFLINE, read when it is imported: a fresh process)."""
     script = (
         "import asyncio, sys\n"
-        "from worker import download\n"
+        "from worker.shared import download\n"
         "lines = []\n"
         "try:\n"
         "    asyncio.run(download.download(sys.argv[1], lines.append))\n"

@@ -465,3 +465,27 @@ def _requests_with_status(url: str, status: int) -> float:
         for line in page.splitlines()
         if line.startswith("orchard_requests_total{") and mark in line
     )
+
+
+def test_an_agent_streams_for_a_router_from_before_the_stream_field(sim_cluster: Cluster) -> None:
+    """An upgrade restarts agents before the router: the old router sends no `stream` field and asks for usage in
+    the body itself (then drops that chunk); the new agent streams, and keeps the usage chunk that was asked for."""
+    import grpc
+
+    from proto import orchard_pb2 as pb
+    from proto import orchard_pb2_grpc as pb_grpc
+
+    body = {"model": SIM_MODEL, "prompt": "an older router", "max_tokens": 5, "stream": True}
+    body["stream_options"] = {"include_usage": True}  # what the older router added
+    request = pb.GenerateRequest(request_id="old", endpoint=pb.ENDPOINT_COMPLETIONS, body=json.dumps(body).encode())
+    assert not request.HasField("stream")
+    with grpc.insecure_channel(sim_cluster.agent_address) as channel:
+        replies = list(pb_grpc.WorkerStub(channel).Generate(request, timeout=30))
+    items = [json.loads(item) for reply in replies if reply.HasField("chunks") for item in reply.chunks.items]
+    texts = [item["choices"][0]["text"] for item in items if item.get("choices") and item["choices"][0].get("text")]
+    assert len(texts) == 5  # streamed, token by token, not one whole answer
+    assert items[-1]["choices"] == [] and items[-1]["usage"]["completion_tokens"] == 5
+    assert replies[-1].HasField("final") and replies[-1].final.usage.completion_tokens == 5
+    with grpc.insecure_channel(sim_cluster.agent_address) as channel:
+        info = pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=10)
+    assert info.settles_stream_options  # a newer router leaves stream options to it

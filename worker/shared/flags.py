@@ -43,6 +43,8 @@ def flags(kind: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, Flag]]:
     for name, info in kind.model_fields.items():
         for meta in info.metadata:
             if isinstance(meta, Flag):
+                if info.annotation is bool and info.default is not False:
+                    raise TypeError(f"{kind.__name__}.{name}: a flag alone can only turn on what is off by default")
                 yield name, info, meta
 
 

@@ -377,20 +377,12 @@ def is_loopback(host: str) -> bool:
 
 
 def _group_argv(group: GroupRole) -> list[str]:
-    argv = [
-        "--group-name",
-        group.name,
-        "--group-rank",
-        str(group.rank),
-        "--group-mode",
-        group.mode,
-        "--group-transport",
-        group.transport,
-    ]
+    argv = [f"--group-name={group.name}", f"--group-rank={group.rank}", f"--group-mode={group.mode}"]
+    argv += [f"--group-transport={group.transport}"]
     argv += [f"--group-member={member}" for member in group.members]
     argv += [f"--group-peer={peer}" for peer in group.peers]
     if group.layers:
-        argv += ["--group-layers", ",".join(map(str, group.layers))]
+        argv += ["--group-layers=" + ",".join(map(str, group.layers))]
     argv += ["--group-rdma=" + ",".join("-" if d is None else d for d in row) for row in group.rdma]
     return argv
 

@@ -26,5 +26,16 @@ class Load(BaseModel):
         return pb.Load(**self.model_dump())
 
     @classmethod
-    def from_wire(cls, wire: pb.Load) -> Load:
+    def from_wire(cls, wire: pb.Load | pb.LoadSample) -> Load:
         return cls.model_construct(**{name: getattr(wire, name) for name in cls.model_fields})  # typed by protobuf
+
+    @classmethod
+    def of(cls, sample: pb.LoadSample) -> Load:
+        """A sample's figures: its `load`, or the same fields flat from an agent from before it."""
+        return cls.from_wire(sample.load if sample.HasField("load") else sample)
+
+    def into(self, sample: pb.LoadSample) -> None:
+        """Into a sample: as `load`, and flat too for a router from before it (the same field names)."""
+        sample.load.CopyFrom(self.to_wire())
+        for name, value in self.model_dump().items():
+            setattr(sample, name, value)
