@@ -29,6 +29,7 @@ class Flag:
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None  # one value from its text (default: the field's scalar type)
     show: Callable[[Any], str] | None = None  # one value as text (default: str; a float's repr)
+    repeat: bool | None = None  # one flag per item; None: so for a tuple field (False: a tuple in one text)
 
     def text(self, value: Any) -> str:
         if self.show is not None:
@@ -56,7 +57,7 @@ def argv(config: BaseModel) -> list[str]:
             continue
         if isinstance(value, bool):
             out += [flag.name] if value else []
-        elif isinstance(value, tuple) and _repeats(info):
+        elif isinstance(value, tuple) and _repeats(info, flag):
             out += [f"{flag.name}={flag.text(item)}" for item in value]
         else:
             out.append(f"{flag.name}={flag.text(value)}")
@@ -71,10 +72,17 @@ class _Parser(argparse.ArgumentParser):
 def parser(kind: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser for `kind`'s flags; a flag left out leaves its field to its default."""
     made = _Parser(prog=prog, description=description)
+    add(made, kind)
+    return made
+
+
+def add(target: Any, kind: type[BaseModel], dest: str = "", optional: bool = False) -> None:
+    """`kind`'s flags on a parser or an argument group, each value under `dest` + its field's name; `optional`:
+    none required (all of `kind` may be absent, as an agent's shard group is)."""
     for name, info, flag in flags(kind):
         metavar = flag.metavar or flag.name.lstrip("-").upper().replace("-", "_")
-        options: dict[str, Any] = {"dest": name, "help": _help(flag, info), "metavar": metavar}
-        scalar = _scalar(info)
+        options: dict[str, Any] = {"dest": dest + name, "help": _help(flag, info), "metavar": metavar}
+        scalar = _scalar(info, flag)
         if scalar is bool:
             options["action"] = "store_true"
             options.pop("metavar")
@@ -83,32 +91,34 @@ def parser(kind: type[BaseModel], prog: str, description: str) -> argparse.Argum
             if get_origin(scalar) is Literal and flag.parse is None:
                 options["choices"] = get_args(scalar)
                 options.pop("metavar")
-            if _repeats(info):
+            if _repeats(info, flag):
                 options["action"] = "append"
-            options["required"] = info.is_required()
-        made.add_argument(flag.name, **options)
-    return made
+            options["required"] = info.is_required() and not optional
+        target.add_argument(flag.name, **options)
 
 
-def fields(kind: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
+def fields(kind: type[BaseModel], args: argparse.Namespace, dest: str = "") -> dict[str, Any]:
     """The config's fields from parsed flags: only those given (the rest keep their defaults)."""
     given = {}
-    for name, info, _ in flags(kind):
-        value = getattr(args, name)
+    for name, info, flag in flags(kind):
+        value = getattr(args, dest + name)
         if value is None or value is False:
             continue
-        given[name] = tuple(value) if _repeats(info) else value
+        given[name] = tuple(value) if _repeats(info, flag) else value
     return given
 
 
-def _repeats(info: FieldInfo) -> bool:
-    return get_origin(_unwrapped(info.annotation)) is tuple and Ellipsis in get_args(_unwrapped(info.annotation))
+def _repeats(info: FieldInfo, flag: Flag) -> bool:
+    if flag.repeat is not None:
+        return flag.repeat
+    annotation = _unwrapped(info.annotation)
+    return get_origin(annotation) is tuple and Ellipsis in get_args(annotation)
 
 
-def _scalar(info: FieldInfo) -> Any:
+def _scalar(info: FieldInfo, flag: Flag) -> Any:
     """The type of one value: the element of a repeated flag, the type inside an Optional."""
     annotation = _unwrapped(info.annotation)
-    return get_args(annotation)[0] if _repeats(info) else annotation
+    return get_args(annotation)[0] if _repeats(info, flag) else annotation
 
 
 def _unwrapped(annotation: Any) -> Any:

@@ -52,6 +52,25 @@ def _model_policy(text: str) -> tuple[str, str]:
     return model, policy
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 20,10, got {text!r}") from None
+
+
+def _comma_list(values: tuple[object, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def _devices(text: str) -> tuple[str | None, ...]:
+    return tuple(None if device == "-" else device for device in text.split(","))
+
+
+def _device_list(row: tuple[str | None, ...]) -> str:
+    return ",".join("-" if device is None else device for device in row)
+
+
 class LaunchConfigError(ValueError):
     """A configuration that is not valid; the message names the flag or setting and says why."""
 
@@ -69,17 +88,34 @@ class _Frozen(BaseModel):
 
 
 class GroupRole(_Frozen):
-    """This agent's place in a shard group (one model replica over several hosts)."""
+    """This agent's place in a shard group (one model replica over several hosts); its backend is the agent's
+    engine (--engine)."""
 
-    name: str  # e.g. "llama-70b#1"
-    rank: int = Field(ge=0)
-    mode: Literal["tensor", "pipeline"] = "pipeline"
+    name: Annotated[str, Flag("--group-name", "e.g. llama-70b#1")]
+    rank: Annotated[int, Flag("--group-rank")] = Field(default=0, ge=0)
+    mode: Annotated[Literal["tensor", "pipeline"], Flag("--group-mode")] = "pipeline"
     backend: EngineKind
-    transport: Literal["ring", "jaccl"] = "ring"
-    members: tuple[str, ...]  # "ip:port" of every rank's group endpoint, rank order
-    peers: tuple[str, ...]  # every rank's agent gRPC address, rank order (to watch the group)
-    layers: tuple[int, ...] = ()  # pipeline: layers per rank, rank order
-    rdma: tuple[tuple[str | None, ...], ...] = ()  # jaccl: RDMA device from rank i to rank j (None: itself)
+    transport: Annotated[Literal["ring", "jaccl"], Flag("--group-transport")] = "ring"
+    members: Annotated[
+        tuple[str, ...], Flag("--group-member", "every rank's group endpoint, in rank order (repeat)", "IP:PORT")
+    ] = ()
+    peers: Annotated[
+        tuple[str, ...], Flag("--group-peer", "every rank's agent address, in rank order (repeat)", "HOST:PORT")
+    ] = ()  # to watch the group
+    layers: Annotated[
+        tuple[int, ...],
+        Flag("--group-layers", "pipeline: layers per rank, rank order", "20,10", _numbers, _comma_list, repeat=False),
+    ] = ()
+    rdma: Annotated[
+        tuple[tuple[str | None, ...], ...],
+        Flag(
+            "--group-rdma",
+            "jaccl: per rank, its RDMA device towards each rank ('-': itself)",
+            "DEV,DEV,...",
+            _devices,
+            _device_list,
+        ),
+    ] = ()
 
     @property
     def size(self) -> int:
@@ -179,7 +215,7 @@ class AgentConfig(_Frozen):
         return Path(self.tls_dir).expanduser() if self.tls_dir else None
 
     def to_argv(self) -> list[str]:
-        return flags.argv(self) + (_group_argv(self.group) if self.group else [])
+        return flags.argv(self) + (flags.argv(self.group) if self.group else [])
 
     def command(self, python: str | None = None) -> list[str]:
         """The whole command line: `python -m worker.agent ARGS` (this interpreter unless told)."""
@@ -317,32 +353,7 @@ class RouterConfig(_Frozen):
 def _agent_parser() -> argparse.ArgumentParser:
     parser = flags.parser(AgentConfig, "orchard-worker", "Orchard worker agent")
     group = parser.add_argument_group("shard group (one model replica over several hosts)")
-    group.add_argument("--group-name", help="e.g. llama-70b#1")
-    group.add_argument("--group-rank", type=int, default=0)
-    group.add_argument("--group-mode", choices=("tensor", "pipeline"), default="pipeline")
-    group.add_argument("--group-transport", choices=("ring", "jaccl"), default="ring")
-    group.add_argument(
-        "--group-member",
-        action="append",
-        default=[],
-        metavar="IP:PORT",
-        help="every rank's group endpoint, in rank order (repeat)",
-    )
-    group.add_argument(
-        "--group-peer",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="every rank's agent address, in rank order (repeat)",
-    )
-    group.add_argument("--group-layers", help="pipeline: layers per rank, rank order (e.g. 20,10)")
-    group.add_argument(
-        "--group-rdma",
-        action="append",
-        default=[],
-        metavar="DEV,DEV,...",
-        help="jaccl: per rank, its RDMA device towards each rank ('-': itself)",
-    )
+    flags.add(group, GroupRole, dest="group_", optional=True)
     return parser
 
 
@@ -376,37 +387,11 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
-def _group_argv(group: GroupRole) -> list[str]:
-    argv = [f"--group-name={group.name}", f"--group-rank={group.rank}", f"--group-mode={group.mode}"]
-    argv += [f"--group-transport={group.transport}"]
-    argv += [f"--group-member={member}" for member in group.members]
-    argv += [f"--group-peer={peer}" for peer in group.peers]
-    if group.layers:
-        argv += ["--group-layers=" + ",".join(map(str, group.layers))]
-    argv += ["--group-rdma=" + ",".join("-" if d is None else d for d in row) for row in group.rdma]
-    return argv
-
-
 def _group_from(args: argparse.Namespace) -> GroupRole | None:
     if not args.group_name:
         return None
+    engine = args.engine or AgentConfig.model_fields["engine"].default  # the group runs the agent's engine
     try:
-        layers = tuple(int(n) for n in args.group_layers.split(",")) if args.group_layers else ()
-    except ValueError:
-        raise LaunchConfigError(f"--group-layers {args.group_layers!r}: expected numbers like 20,10") from None
-    rdma = tuple(tuple(None if d == "-" else d for d in row.split(",")) for row in args.group_rdma)
-    fields = {
-        "name": args.group_name,
-        "rank": args.group_rank,
-        "mode": args.group_mode,
-        "backend": args.engine or AgentConfig.model_fields["engine"].default,  # the agent's own engine
-        "transport": args.group_transport,
-        "members": tuple(args.group_member),
-        "peers": tuple(args.group_peer),
-        "layers": layers,
-        "rdma": rdma,
-    }
-    try:
-        return GroupRole.model_validate(fields)
+        return GroupRole.model_validate({**flags.fields(GroupRole, args, dest="group_"), "backend": engine})
     except ValidationError as exc:
         raise LaunchConfigError(_first_error(exc)) from None
