@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -162,6 +163,12 @@ class TeamRow:
     tokens_this_month: int
 
 
+def _limits(limits: keys.Limits) -> dict[str, Any]:
+    """A key's or a team's limits as their rows show them (None: no limit; models None: every model)."""
+    models = sorted(limits.models) if limits.models is not None else None
+    return {"rpm": limits.rpm, "tpm": limits.tpm, "monthly_tokens": limits.monthly_tokens, "models": models}
+
+
 def _key_row(key: keys.Key, tokens: int, now: float) -> KeyRow:
     state = "revoked" if key.revoked else "expired" if not key.usable(now) else "active"
     lim = key.limits
@@ -169,10 +176,7 @@ def _key_row(key: keys.Key, tokens: int, now: float) -> KeyRow:
         id=key.id,
         team=key.team,
         admin=key.admin,
-        rpm=lim.rpm,
-        tpm=lim.tpm,
-        monthly_tokens=lim.monthly_tokens,
-        models=sorted(lim.models) if lim.models is not None else None,
+        **_limits(lim),
         created=key.created,
         last_used=key.last_used,
         expires=key.expires,
@@ -187,10 +191,7 @@ def _team_row(team: keys.Team, snapshot: keys.Snapshot, tokens: int) -> TeamRow:
     return TeamRow(
         name=team.name,
         weight=team.weight,
-        rpm=lim.rpm,
-        tpm=lim.tpm,
-        monthly_tokens=lim.monthly_tokens,
-        models=sorted(lim.models) if lim.models is not None else None,
+        **_limits(lim),
         keys=count,
         tokens_this_month=tokens,
     )
