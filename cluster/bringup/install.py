@@ -189,7 +189,7 @@ def build_wheel(out: Path) -> Path:
     """The wheel of the Orchard this head runs, built from a clean copy of its source checkout (a stale
     `build/` folder would carry deleted modules along) without network (no build isolation), and checked to
     hold exactly the head's build."""
-    root = Path(build.__file__).resolve().parent.parent
+    root = build.ROOT
     if not (root / "pyproject.toml").exists():
         raise InstallError(
             f"`cluster install` builds the head's wheel from Orchard's source checkout; {root} has no pyproject.toml"

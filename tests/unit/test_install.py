@@ -180,3 +180,12 @@ def test_facts_look_for_vllm_at_the_hosts_engine_python(tmp_path: Path) -> None:
     python.parent.mkdir(parents=True)
     python.write_text("")
     assert daemon.facts(str(python)).engines["vllm"] is True
+
+
+def test_the_build_root_is_the_checkout_holding_the_three_packages() -> None:
+    """`cluster install` builds the head's wheel from here (worker/shared/build.py moved one level down once:
+    the root must not follow a module's own folder)."""
+    from worker.shared import build
+
+    assert (build.ROOT / "pyproject.toml").is_file()
+    assert all((build.ROOT / package / "__init__.py").is_file() for package in build.PACKAGES)

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("cluster", "worker", "proto")
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding the three packages (a checkout, or site-packages)
 SUFFIXES = (".py", ".proto")
 
 
@@ -26,7 +27,7 @@ def version() -> str:
 @cache
 def digest(root: Path | None = None) -> str:
     """16 hex digits over every source file of the three packages under `root` (default: where they are)."""
-    root = root or Path(__file__).resolve().parents[2]
+    root = root or ROOT
     h = hashlib.sha256()
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*")):
