@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from worker.engines.programs import mlx_server
+from worker.shared import layers
 
 ARGS = {
     "hidden_size": 8,
@@ -33,8 +34,8 @@ class Group:  # what PipelineMixin.pipeline reads of an mx.distributed.Group
 
 
 def test_rank_zero_holds_the_last_layers() -> None:
-    assert mlx_server.rank_layers([2, 4], 0) == (4, 6) and mlx_server.rank_layers([2, 4], 1) == (0, 4)
-    assert mlx_server.even_split(7, 3) == [3, 2, 2]
+    assert layers.rank_layers([2, 4], 0) == (4, 6) and layers.rank_layers([2, 4], 1) == (0, 4)
+    assert layers.even_split(7, 3) == [3, 2, 2]
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])

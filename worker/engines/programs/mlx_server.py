@@ -31,16 +31,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-
-def rank_layers(split: list[int], rank: int) -> tuple[int, int]:
-    """[start, end) of the layers `rank` runs, mlx-lm's convention: rank 0 holds the last layers."""
-    start = sum(split[rank + 1 :])
-    return start, start + split[rank]
-
-
-def even_split(layers: int, size: int) -> list[int]:
-    base, extra = divmod(layers, size)
-    return [base + (1 if r < extra else 0) for r in range(size)]
+from worker.shared.layers import even_split, rank_layers
 
 
 def _planned_split(layers_per_rank: list[int]) -> None:
