@@ -1,2 +1,2 @@
-"""The model store on the head (issue 29, in progress): what a model's files are (a manifest with the hub's own
-hashes), how each is verified, and which of them a host needs."""
+"""The model store on the head: models pulled once from the hub or imported from a folder (catalog), and put on
+the lab's hosts over the lab network (fanout: who pulls what from whom, pure; push: the copies over SSH)."""

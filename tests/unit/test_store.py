@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from cluster.store.ranks import files_for_layers
-from cluster.store.verify import ModelFile, problem
+from worker.store.manifest import ModelFile, problem
 from worker.shared.layers import rank_layers
 
 WEIGHT_MAP = {
