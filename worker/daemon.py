@@ -7,6 +7,7 @@ Called by `cluster up/down/status/logs` over SSH; one JSON line out, typed by wo
     python -m worker.daemon status --dir ~/.orchard
     python -m worker.daemon run    --dir ~/.orchard --hash H --service launchd -- ...   # a service's program
     python -m worker.daemon facts                     # host facts for preflight
+    python -m worker.daemon models --dir ~/.orchard   # the model store on this host
     python -m worker.daemon groupcheck                # what a vLLM group over Ray needs from this host
     python -m worker.daemon mlxcheck --group-address IP --group-port P [--transport jaccl]   # an MLX group
 
@@ -36,8 +37,18 @@ from worker.engines.vllm import VllmEngine
 from worker.hostinfo import firewall_state, read_host_facts
 from worker.mlxcheck import mlxcheck
 from worker.shared import build, modelfiles, procs
-from worker.shared.daemon import SERVICE_MARK, AgentStatus, GroupCheckReply, HostFactsReply, StartReply, StopReply
+from worker.shared.daemon import (
+    SERVICE_MARK,
+    AgentStatus,
+    GroupCheckReply,
+    HeldModel,
+    HostFactsReply,
+    ModelsReply,
+    StartReply,
+    StopReply,
+)
 from worker.shared.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
+from worker.store.folder import META, ModelFolder
 
 
 def _pid(folder: Path) -> int | None:
@@ -195,9 +206,34 @@ def _engine_interpreter(engine_python: str | None, platform: str) -> str:
     return VllmEngine(platform).python(EngineConfig(kind="vllm", model="", served_name="", python=engine_python))
 
 
+def held_models(root: Path) -> ModelsReply:
+    """The models in this host's store, each file's check read from its record (nothing hashed)."""
+    held = []
+    for path in sorted(root.glob(f"*/*/{META}/manifest.json")):
+        folder = ModelFolder(path.parent.parent)
+        manifest = folder.manifest()
+        if manifest is None:
+            continue
+        verified = [f for f in manifest.files if folder.verified(f, rehash=False)]
+        held.append(
+            HeldModel(
+                source=manifest.source,
+                revision=manifest.revision,
+                files=len(manifest.files),
+                verified=len(verified),
+                size=manifest.size,
+                held=folder.size_on_disk(),
+                folder=str(folder.path),
+            )
+        )
+    return ModelsReply(models=held)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.daemon")
-    parser.add_argument("action", choices=("start", "run", "stop", "status", "facts", "groupcheck", "mlxcheck"))
+    parser.add_argument(
+        "action", choices=("start", "run", "stop", "status", "facts", "groupcheck", "mlxcheck", "models")
+    )
     parser.add_argument("--dir", type=Path, default=Path("~/.orchard"))
     parser.add_argument("--hash", default="")
     parser.add_argument("--service", choices=("launchd", "systemd"), default="launchd", help="run: its manager")
@@ -215,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     result: BaseModel
     if args.action == "facts":
         result = facts(args.engine_python, args.model)
+    elif args.action == "models":
+        result = held_models(folder / "models")
     elif args.action == "groupcheck":
         result = groupcheck(args.engine_python, args.group_address)
     elif args.action == "mlxcheck":

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from cluster.bringup import certs, headrouter, preflight, remote, rolling, units
+from cluster.bringup import certs, headrouter, modelcopy, preflight, remote, rolling, units
 from cluster.bringup.fleet import Report, fetch_workers
 from cluster.bringup.labstate import LabError, read_state, state_path
 from cluster.bringup.preflight import HostOutcome
@@ -30,6 +30,7 @@ from cluster.state import records
 from worker.shared import procs
 from worker.shared.download import fetching
 from worker.shared.launch import AgentConfig, LaunchConfigError, is_loopback
+from worker.shared.models import ModelError
 
 
 async def _bring_host(
@@ -85,9 +86,14 @@ async def _bring_host(
     return outcome
 
 
-def _agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig | LaunchConfigError:
+def _agent_config(
+    assignment: Assignment, spec: ClusterSpec, folder: str | ModelError | None
+) -> AgentConfig | LaunchConfigError:
+    """The host's agent configuration; its engine gets the model's folder there when the store copied it."""
+    if isinstance(folder, ModelError):
+        return LaunchConfigError(str(folder))
     try:
-        return remote.agent_config(assignment, spec)
+        return remote.agent_config(assignment, spec, folder)
     except LaunchConfigError as exc:
         return exc
 
@@ -119,11 +125,11 @@ async def up(
     if why := refuse_open(f"{router.host}:{router.port}", is_loopback(router.host), router.no_auth, db_path(home)):
         raise LabError(why)
     _endpoint_ready(spec, home)
-    sources = tuple(dict.fromkeys(m.source for m in spec.models))
-    probes = await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts))
-    assignments = await _placed(spec, probes, report)
+    stored, probes = await _probed(spec, home, report)
+    assignments = await _placed(spec, probes, report, stored)
     by_host = {a.host.label: a for a in assignments}
-    configs = {label: _agent_config(a, spec) for label, a in by_host.items()}  # each host's, built once
+    folders = await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report)
+    configs = {label: _agent_config(a, spec, folders.get(label)) for label, a in by_host.items()}  # built once
     url, changing = await _changing(probes, spec, configs, home, service)
     trust = (_authority(home), home)
     for label in certs.forget_others(home, {a.host.agent_address for a in assignments}):
@@ -163,13 +169,34 @@ async def up(
     return list(outcomes)
 
 
-async def _placed(spec: ClusterSpec, probes: list[preflight.Probe], report: Report) -> list[Assignment]:
+async def _probed(spec: ClusterSpec, home: Path, report: Report) -> tuple[modelcopy.Stored, list[preflight.Probe]]:
+    """The store's entries for the lab's models (pulled first where missing), and every host probed."""
+    stored = await modelcopy.stored(spec, home, report)
+    sources = tuple(dict.fromkeys(m.source for m in spec.models if m.name not in stored.entries))
+    return stored, list(await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts)))
+
+
+async def push_models(spec: ClusterSpec, home: Path, report: Report) -> dict[str, str | ModelError]:
+    """`cluster models push`: each host gets its models' files, as `cluster up` would give them; nothing starts."""
+    stored, probes = await _probed(spec, home, report)
+    try:
+        assignments = await _placed(spec, probes, report, stored)
+        return await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report)
+    finally:
+        for probe in probes:
+            if probe.conn is not None:
+                probe.conn.close()
+
+
+async def _placed(
+    spec: ClusterSpec, probes: list[preflight.Probe], report: Report, stored: modelcopy.Stored
+) -> list[Assignment]:
     """Where each model runs, planned with what the hosts said of themselves, and checked against them."""
     hosts = {p.outcome.label: p.facts for p in probes if p.facts is not None}
     memory = {label: f.memory_bytes / 1e9 for label, f in hosts.items() if f.memory_bytes}
     usable = {label: f.usable_memory_bytes / 1e9 for label, f in hosts.items() if f.usable_memory_bytes}
     reported = [f.models for f in hosts.values()]
-    facts = {m.name: sizing.gathered(m.source, sizing.facts_for(m.source), reported) for m in spec.models}
+    facts = {m.name: sizing.gathered(m.source, sizing.facts_for(stored.facts_source(m)), reported) for m in spec.models}
     try:
         assignments = plan(spec, facts, memory, usable)
         preflight.layers_known(assignments)
@@ -181,7 +208,7 @@ async def _placed(spec: ClusterSpec, probes: list[preflight.Probe], report: Repo
         report(f"warning: {warning}")
     by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
     preflight.check_engines(assignments, by_label, report)
-    await preflight.check_groups(assignments, by_label, report)
+    await preflight.check_groups(assignments, by_label, report, frozenset(stored.entries))
     return assignments
 
 

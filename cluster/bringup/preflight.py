@@ -103,9 +103,12 @@ def check_engines(assignments: list[Assignment], probes: dict[str, Probe], repor
                     probes[label].fail(f"group {a.group.name} cannot start: {a.host.label}: {problem}")
 
 
-async def check_groups(assignments: list[Assignment], probes: dict[str, Probe], report: Report) -> None:
+async def check_groups(
+    assignments: list[Assignment], probes: dict[str, Probe], report: Report, copied: frozenset[str] = frozenset()
+) -> None:
     """Shard groups whose members lack what they need (Ray for vLLM; addresses, ports, versions, the model and
-    the transport for MLX) fail before anything starts, every member saying why."""
+    the transport for MLX) fail before anything starts, every member saying why. A model in `copied` (by name)
+    is not looked for on the members: the store copies it there before the engines start."""
     groups = {a.group.name: (a.group, a.model.source) for a in assignments if a.group is not None}
     hosts = {a.host.label: a.host for a in assignments}
     for group, source in groups.values():
@@ -113,7 +116,7 @@ async def check_groups(assignments: list[Assignment], probes: dict[str, Probe], 
         if len(reachable) < len(group.hosts):
             continue  # an unreachable member already fails the group
         try:
-            found = await _group_problems(group, source, reachable, hosts)
+            found = await _group_problems(group, source, reachable, hosts, group.model in copied)
         except remote.RemoteError as exc:
             failure = str(exc)
         else:
@@ -126,7 +129,7 @@ async def check_groups(assignments: list[Assignment], probes: dict[str, Probe], 
 
 
 async def _group_problems(
-    group: GroupPlan, source: str, reachable: dict[str, Probe], hosts: dict[str, HostSpec]
+    group: GroupPlan, source: str, reachable: dict[str, Probe], hosts: dict[str, HostSpec], copied: bool = False
 ) -> dict[str, list[str]]:
     if group.backend == "vllm":
         replies = await asyncio.gather(*(remote.group_check(p.conn, hosts[label]) for label, p in reachable.items()))
@@ -139,7 +142,9 @@ async def _group_problems(
         *(remote.mlx_check(p.conn, hosts[label], group.transport) for label, p in reachable.items())
     )
     mlx = {
-        label: groupcheck.MlxMember(hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts else None)
+        label: groupcheck.MlxMember(
+            hosts[label], p.platform, reply, p.facts.models.get(source) if p.facts and not copied else None
+        )
         for (label, p), reply in zip(reachable.items(), checks, strict=True)
     }
     return groupcheck.mlx_problems(group, source, mlx)

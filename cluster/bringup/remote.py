@@ -161,16 +161,17 @@ def _engine_python(host: HostSpec) -> list[str]:
     return ["--engine-python", host.engine_python] if host.engine_python else []
 
 
-def agent_config(assignment: Assignment, spec: ClusterSpec) -> AgentConfig:
-    """The agent's configuration on its host. A shard-group rank also gets every rank's group endpoint and
-    agent address, so its agent can write MLX's hostfile and watch the group. Raises LaunchConfigError."""
+def agent_config(assignment: Assignment, spec: ClusterSpec, folder: str | None = None) -> AgentConfig:
+    """The agent's configuration on its host; `folder`: where the store put the model there. A shard-group rank
+    also gets every rank's group endpoint and agent address, so its agent can write MLX's hostfile and watch the
+    group. Raises LaunchConfigError."""
     host, model = assignment.host, assignment.model
     group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
     sim_options = host.sim_options.items()  # the hosts file allows numbers; the command line carries text
     return AgentConfig.checked(
         listen=f"0.0.0.0:{host.agent_port}",
         engine=group.backend if group else host.engine,
-        model=model.source,
+        model=folder or model.source,
         served_name=model.name,
         worker_id=host.label,
         max_model_len=model.max_model_len,

@@ -188,7 +188,7 @@ def _print_try(url: str, model: str) -> None:
     )
 
 
-def _load_spec(path: Path) -> hostsfile.ClusterSpec | None:
+def load_spec(path: Path) -> hostsfile.ClusterSpec | None:
     """The hosts file, with the interpreter `cluster install` recorded for hosts that name none."""
     try:
         return install.with_installed(hostsfile.load(path), local.orchard_home())
@@ -230,7 +230,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _lab_up(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.file)
+    spec = load_spec(args.file)
     if spec is None:
         return 2
     home = local.orchard_home()
@@ -270,7 +270,7 @@ def _lab_up(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.file)
+    spec = load_spec(args.file)
     if spec is None:
         return 2
     facts = {m.name: sizing.facts_for(m.source) for m in spec.models}
@@ -300,7 +300,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _units(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.file)
+    spec = load_spec(args.file)
     if spec is None:
         return 2
     assignment = next((a for a in plan(spec) if args.host in (a.host.label, a.host.address)), None)

@@ -153,6 +153,9 @@ class HostSpec(_Strict):
 class ModelSpec(_Strict):
     name: str = Field(min_length=1)
     source: str = Field(min_length=1)
+    # A hub id's commit, branch or tag: the store pulls that one and every host gets it (default: the store's
+    # newest copy, else the hub's main branch).
+    revision: str | None = Field(default=None, min_length=1, max_length=200)
     engine_args: tuple[str, ...] = Field(default=(), strict=False)
     replicas: int | None = Field(default=None, ge=1, le=1024)
     hosts: tuple[str, ...] | None = Field(default=None, strict=False)

@@ -106,15 +106,16 @@ class _HostCopy:
             self.process.stdin.write(order.model_dump_json() + "\n")
             event = await asyncio.wait_for(self._event(), READY_S)
         except (OSError, TimeoutError) as exc:
-            self.result.reason = f"model copy could not start: {exc or type(exc).__name__}"
-            return
+            event, self.result.reason = None, f"could not start: {exc or type(exc).__name__}"
         if event is None or event.kind != "ready":
-            self.result.reason = event.reason if event else await self._exited()
+            self.result.reason = self.result.reason or (event.reason if event else await self._exited())
+            self.report(f"{self.label}: copying {self.entry.manifest.source} failed: {self.result.reason}")
             return
         self.ready = event
         self.result.folder, self.result.kept, self.result.resumed = event.folder, len(event.have), event.partial_bytes
         if event.need_bytes > event.free_bytes:
             self.result.reason = await self._refusal()
+            self.report(f"{self.label}: copying {self.entry.manifest.source} refused: {self.result.reason}")
 
     def holder(self) -> fanout.Holder:
         ready = self.ready
@@ -148,7 +149,8 @@ class _HostCopy:
             return
         self.result.copied, self.result.recopied = event.done, event.recopied
         if total:
-            self.report(f"{self.label}: {name} copied ({gb(event.done)} in {time.monotonic() - began:.1f} s)")
+            resumed = f", resumed after {gb(self.result.resumed)}" if self.result.resumed else ""
+            self.report(f"{self.label}: {name} copied ({gb(event.done)} in {time.monotonic() - began:.1f} s{resumed})")
 
     async def close(self) -> None:
         """The lab is done: the host stops serving peers and says how much it sent."""

@@ -116,3 +116,21 @@ class HostFactsReply(_Reply):
     orchard_version: str = ""  # "" from a daemon older than these fields
     build: str = ""  # worker.shared.build.digest(): equal on head and host when both run the same code
     models: dict[str, ModelFacts] = {}  # by source, for the sources the head asked about (`--model`)
+
+
+class HeldModel(_Reply):
+    """One model revision in a host's store (`models`): how much of it is there and checked."""
+
+    source: str
+    revision: str
+    files: int  # in the model
+    verified: int  # held here and verified (a pipeline rank holds only its own)
+    size: int  # bytes of the model
+    held: int  # bytes on this host's disk
+    folder: str
+
+
+class ModelsReply(_Reply):
+    """`models`: the model store on this host."""
+
+    models: list[HeldModel] = []
