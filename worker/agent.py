@@ -34,6 +34,7 @@ from worker.shared.download import hub_fetch
 from worker.shared.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
 from worker.shared.models import BUNDLED_NAME, is_bundled, prepare_bundled
 from worker.shared.states import EngineState
+from worker.store.folder import ModelFolder
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 SERVICE_NAME = "orchard.v1.Worker"
@@ -72,8 +73,20 @@ def bundled_defaults(config: AgentConfig, model_path: str) -> EngineConfig:
     return dataclasses.replace(engine, model=model_path, extra_args=extra)
 
 
+def stored_source(model: str) -> str:
+    """The source a model folder came from when the head's store put it here ("" otherwise)."""
+    if is_bundled(model) or not model.startswith(("/", "~")):
+        return ""
+    manifest = ModelFolder(Path(model).expanduser()).manifest()
+    return manifest.source if manifest else ""
+
+
 async def _engine_config(config: AgentConfig) -> EngineConfig:
-    if config.engine == "sim" or not is_bundled(config.model):
+    if config.engine == "sim":
+        return engine_config(config)
+    if await asyncio.to_thread(stored_source, config.model) == BUNDLED_NAME:  # as the head's store copied it
+        return bundled_defaults(config, config.model)
+    if not is_bundled(config.model):
         return engine_config(config)
     log.info("preparing the bundled model %s (once per host)", BUNDLED_NAME)
     folder = await asyncio.to_thread(prepare_bundled)

@@ -7,6 +7,7 @@
     python -m cluster.bench latency [--streams 64 --max-tokens 32 --rounds 3 --sim-option KEY=VALUE]
     python -m cluster.bench chaos [--streams 64 --settle 10 --faults kill-engine,drain --max-tokens 64
                                    --sim-decode-ms 50]   (root: a lab of 3 SSH hosts in network namespaces)
+    python -m cluster.bench fanout [--hosts 3 --rate 200mbit --size-mb 300]   (root: namespace hosts, tc)
 
 Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
 """
@@ -21,7 +22,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cluster.bench import calibrate, chaos, decide, fairness, gateway, latency, metrics_cost, netlab, overhead, routing
+from cluster.bench import (
+    calibrate,
+    chaos,
+    decide,
+    fairness,
+    fanout,
+    gateway,
+    latency,
+    metrics_cost,
+    netlab,
+    overhead,
+    routing,
+)
 from worker.shared.launch import ENGINE_KINDS, POLICIES, key_value
 
 
@@ -77,6 +90,14 @@ def _chaos_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd.add_argument("--recovery-timeout", type=float, default=60.0)
     cmd.add_argument("--vllm", action="store_true", help="h3 runs the real vLLM engine on the bundled model")
     cmd.set_defaults(func=_chaos)
+
+
+def _fanout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("fanout", help="one model onto 1..N shaped namespace hosts: pipeline vs sequential (root)")
+    cmd.add_argument("--hosts", type=int, default=3)
+    cmd.add_argument("--rate", default="200mbit", help="each host's link, in tc's units")
+    cmd.add_argument("--size-mb", type=int, help="random weights of this size (default: the bundled model)")
+    cmd.set_defaults(func=lambda args: fanout.run(args.hosts, args.rate, args.size_mb, Console()))
 
 
 def _chaos(args: argparse.Namespace) -> None:
@@ -301,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     for add in PARSERS:
         add(sub)
     _chaos_parser(sub)
+    _fanout_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "overhead" and args.api == "messages" and args.engine != "vllm":
         parser.error(f"--api messages needs --engine vllm: the {args.engine} engine does not serve /v1/messages")

@@ -87,6 +87,14 @@ class Lab:
     def veth(self, host: LabHost) -> str:
         return veth_name(self.tag, host.index)
 
+    def shape(self, rate: str) -> None:
+        """Each host's cable at `rate` (tc's units: "200mbit") both ways: token-bucket filters on the bridge's end
+        (into the host) and on its own eth0 (out of it). Needs tc (iproute2) and the kernel's sch_tbf."""
+        tbf = ["root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"]
+        for host in self.hosts:
+            _run("tc", "qdisc", "replace", "dev", self.veth(host), *tbf)
+            _run("ip", "netns", "exec", host.namespace, "tc", "qdisc", "replace", "dev", "eth0", *tbf)
+
     def set_link(self, host: LabHost, up: bool) -> None:
         """Plug or unplug the host's cable at the bridge: its processes live on, unreachable."""
         _run("ip", "link", "set", self.veth(host), "up" if up else "down")

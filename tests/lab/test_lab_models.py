@@ -61,16 +61,6 @@ def layered_model(folder: Path) -> None:
         (folder / name).write_bytes(os.urandom(size))
 
 
-def shape(net: netns.Lab) -> None:
-    """Each host's cable: RATE into it (the bridge's side) and out of it (its own eth0)."""
-    for host in net.hosts:
-        tbf = ["root", "tbf", "rate", RATE, "burst", "256kb", "latency", "50ms"]
-        subprocess.run(["tc", "qdisc", "replace", "dev", net.veth(host), *tbf], check=True)
-        subprocess.run(
-            ["ip", "netns", "exec", host.namespace, "tc", "qdisc", "replace", "dev", "eth0", *tbf], check=True
-        )
-
-
 @dataclass
 class Lab:
     net: netns.Lab
@@ -100,7 +90,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         return f"mkdir -p {small} && mount -t tmpfs -o size={SMALL_DISK} tmpfs {small}" if host.index == 4 else ""
 
     with netns.lab(root / "net", 4, prelude=prelude) as net:
-        shape(net)
+        net.shape(RATE)
         layered_model(root / "layered")
         yield Lab(net, root / "home", root / "layered", root)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from worker.agent import bundled_defaults
+from worker.agent import bundled_defaults, stored_source
 from worker.shared.launch import AgentConfig, GroupRole, LaunchConfigError, RouterConfig
+from worker.shared.models import BUNDLED_NAME
+from worker.store.folder import ModelFolder
+from worker.store.manifest import Manifest
 
 
 def config(**extra: object) -> AgentConfig:
@@ -174,3 +179,10 @@ def test_every_flag_is_declared_once_on_its_field_and_only_changed_values_are_wr
     assert "(default: 256)" in _router_parser().format_help()
     with pytest.raises(LaunchConfigError, match=r"--max-queue.*invalid int"):
         RouterConfig.from_argv(["--worker", "a:1", "--max-queue", "many"])
+
+
+def test_the_bundled_model_copied_by_the_store_is_known_by_its_manifest(tmp_path: Path) -> None:
+    folder = ModelFolder(tmp_path / "smollm2-135m-instruct" / "0123")
+    folder.write_manifest(Manifest(source=BUNDLED_NAME, revision="0123", files=()))
+    assert stored_source(str(folder.path)) == BUNDLED_NAME  # so it runs in fp32 on vLLM, as the bundled name does
+    assert stored_source(str(tmp_path)) == "" and stored_source("org/model") == ""

@@ -1,5 +1,5 @@
-"""The model store's pure parts (issue 29, in progress): which files a pipeline rank needs, and a file checked
-against the hash its source publishes."""
+"""The model store's pure parts: which files a pipeline rank needs, who pulls each file from whom, a file checked
+against the hash its source publishes (and remembered), the file server's ranges."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from cluster.store.fanout import Holder, sources, wanted
 from cluster.store.ranks import files_for_layers
-from worker.store.manifest import ModelFile, problem
 from worker.shared.layers import rank_layers
+from worker.store.folder import ModelFolder
+from worker.store.manifest import ModelFile, problem
+from worker.store.serve import range_start
 
 WEIGHT_MAP = {
     "model.embed_tokens.weight": "model-00001-of-00003.safetensors",
@@ -52,3 +57,62 @@ def test_a_file_is_checked_against_its_sha256_or_its_git_blob_sha1(tmp_path: Pat
         == f"config.json: {config.stat().st_size} bytes, expected 3"
     )
     assert problem(tmp_path, ModelFile(path="missing.bin", size=1)) == "missing.bin: missing"
+
+
+def test_the_plan_chains_each_file_through_the_hosts_that_need_it() -> None:
+    hosts = [
+        Holder("h1", "http://h1", frozenset({"a"}), ("b",)),
+        Holder("h2", "http://h2", frozenset(), ("a", "b")),
+        Holder("h3", "http://h3", frozenset(), ("a", "b")),
+        Holder("h4", "", frozenset(), ("b",)),  # serves nobody (it failed to start its server)
+    ]
+    plan = sources("HEAD", hosts, ["a", "b"])
+    assert plan == {
+        "h1": {"b": ("HEAD",)},
+        "h2": {"a": ("http://h1", "HEAD"), "b": ("http://h1", "HEAD")},  # a from its holder, b down the chain
+        "h3": {"a": ("http://h2", "HEAD"), "b": ("http://h2", "HEAD")},
+        "h4": {"b": ("http://h3", "HEAD")},
+    }
+    baseline = sources("HEAD", hosts, ["a", "b"], chain=False)
+    assert {urls for files in baseline.values() for urls in files.values()} == {("HEAD",)}
+
+
+def test_a_rank_wants_its_weight_files_and_every_small_file() -> None:
+    files = ["config.json", "model-1.safetensors", "model-2.safetensors", "tokenizer.json"]
+    assert wanted(files, None, "h1") == tuple(files)
+    only = {"h1": frozenset({"model-2.safetensors"})}
+    assert wanted(files, only, "h1") == ("config.json", "model-2.safetensors", "tokenizer.json")
+    assert wanted(files, only, "h2") == tuple(files)
+
+
+def test_a_folder_remembers_its_checks_and_checks_again_after_a_write(tmp_path: Path) -> None:
+    folder = ModelFolder(tmp_path / "m")
+    folder.path.mkdir()
+    data = b"weights" * 1000
+    (folder.path / "w.safetensors").write_bytes(data)
+    file = ModelFile(path="w.safetensors", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert not folder.verified(file, rehash=False)  # never checked
+    assert folder.verified(file) and folder.verified(file, rehash=False)  # checked once, remembered
+    with (folder.path / "w.safetensors").open("r+b") as out:  # same size, a byte changed
+        out.write(b"X")
+    assert not folder.verified(file, rehash=False) and not folder.verified(file)
+
+
+def test_a_git_blob_sha1_is_fed_in_pieces(tmp_path: Path) -> None:
+    text = b'{"model_type": "llama"}\n' * 100
+    (tmp_path / "config.json").write_bytes(text)
+    git = subprocess.run(
+        ["git", "hash-object", str(tmp_path / "config.json")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    digest = ModelFile(path="config.json", size=len(text), git_sha1=git).digest()
+    for start in range(0, len(text), 7):
+        digest.update(text[start : start + 7])
+    assert digest.matches()
+
+
+@pytest.mark.parametrize(
+    ("header", "start"),
+    [("", 0), ("bytes=0-", 0), ("bytes=1024-", 1024), ("bytes=0-99", None), ("items=5-", None), ("bytes=-5", None)],
+)
+def test_the_file_server_reads_only_open_ended_byte_ranges(header: str, start: int | None) -> None:
+    assert range_start(header) == start

@@ -64,7 +64,7 @@ class FileServer:
         file = self.manifest.file(request.path_params["path"])
         if file is None:
             return PlainTextResponse("no such file in this model\n", status_code=404)
-        start = _range_start(request.headers.get("range", ""))
+        start = range_start(request.headers.get("range", ""))
         if start is None or start > file.size:
             return PlainTextResponse("bad range\n", status_code=416)
         headers = {"Content-Length": str(file.size - start), "Accept-Ranges": "bytes"}
@@ -101,7 +101,7 @@ def _open(final: Path, partial: Path) -> BinaryIO | None:
     return None
 
 
-def _range_start(header: str) -> int | None:
+def range_start(header: str) -> int | None:
     """The first byte of `Range: bytes=N-` (0 without a range); None for any other range."""
     if not header:
         return 0
