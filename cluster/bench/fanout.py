@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,27 @@ async def _push(spec: hostsfile.ClusterSpec, labels: list[str], entry: catalog.E
     return Run(len(hosts), done.seconds, done.head_sent)
 
 
+async def _sftp(spec: hostsfile.ClusterSpec, label: str, entry: catalog.Entry) -> float:
+    """The baseline transport: the same files to one host with asyncssh's SFTP client, one after another."""
+    host = next(h for h in spec.hosts if h.label == label)
+    target = f"{host.orchard_dir}/sftp-copy"
+    conn = await remote.connect(host)
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.makedirs(target, exist_ok=True)
+            began = time.monotonic()
+            for file in entry.manifest.files:
+                await sftp.put(str(entry.folder.path / file.path), f"{target}/{file.path}")
+            seconds = time.monotonic() - began
+    finally:
+        conn.close()
+    return seconds
+
+
 def _fresh(net: netlab.Lab) -> None:
     for host in net.hosts:
         shutil.rmtree(host.orchard_dir / "models", ignore_errors=True)
+        shutil.rmtree(host.orchard_dir / "sftp-copy", ignore_errors=True)
 
 
 async def measure(net: netlab.Lab, spec: hostsfile.ClusterSpec, entry: catalog.Entry) -> tuple[list[Run], list[Run]]:
@@ -80,6 +99,13 @@ async def measure(net: netlab.Lab, spec: hostsfile.ClusterSpec, entry: catalog.E
     return piped, sequential
 
 
+async def transports(spec: hostsfile.ClusterSpec, entry: catalog.Entry) -> tuple[float, float]:
+    """One copy to one host: the store's HTTP pull against SFTP over the same link."""
+    label = spec.hosts[0].label
+    http = (await _push(spec, [label], entry, chain=True)).seconds
+    return http, await _sftp(spec, label, entry)
+
+
 def run(hosts: int, rate: str, size_mb: int | None, console: Console) -> None:
     if why := netlab.available():
         raise SystemExit(f"the fanout benchmark {why}")
@@ -94,6 +120,11 @@ def run(hosts: int, rate: str, size_mb: int | None, console: Console) -> None:
             text = net.hosts_toml(sys.executable, ["mlx"] * hosts, '[[models]]\nname = "m"\nsource = "m"\n', 8000)
             spec = hostsfile.parse(text, root / "bench.toml")
             piped, sequential = asyncio.run(measure(net, spec, entry))
+            _fresh(net)
+            shaped = asyncio.run(transports(spec, entry))
+            net.shape(None)
+            _fresh(net)
+            unshaped = asyncio.run(transports(spec, entry))
     size = entry.manifest.size
     table = Table(title=f"one model ({gb(size)}, {len(entry.manifest.files)} files) onto N hosts, links {rate}")
     for column in ("N", "pipeline s", "head sent", "sequential s", "head sent", "time ratio", "vs one copy"):
@@ -109,3 +140,9 @@ def run(hosts: int, rate: str, size_mb: int | None, console: Console) -> None:
             f"{p.seconds / piped[0].seconds:.2f}x",
         )
     console.print(table)
+    both = Table(title="one copy to one host: transport")
+    for column in ("link", "HTTP pull s", "SFTP s", "SFTP / HTTP"):
+        both.add_column(column, justify="right")
+    for link, (http, sftp) in ((rate, shaped), ("unshaped (veth)", unshaped)):
+        both.add_row(link, f"{http:.1f}", f"{sftp:.1f}", f"{sftp / http:.2f}x")
+    console.print(both)

@@ -87,13 +87,14 @@ class Lab:
     def veth(self, host: LabHost) -> str:
         return veth_name(self.tag, host.index)
 
-    def shape(self, rate: str) -> None:
+    def shape(self, rate: str | None) -> None:
         """Each host's cable at `rate` (tc's units: "200mbit") both ways: token-bucket filters on the bridge's end
-        (into the host) and on its own eth0 (out of it). Needs tc (iproute2) and the kernel's sch_tbf."""
-        tbf = ["root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"]
+        (into the host) and on its own eth0 (out of it); None takes them off. Needs tc (iproute2), sch_tbf."""
+        tbf = ["root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"] if rate else ["root"]
         for host in self.hosts:
-            _run("tc", "qdisc", "replace", "dev", self.veth(host), *tbf)
-            _run("ip", "netns", "exec", host.namespace, "tc", "qdisc", "replace", "dev", "eth0", *tbf)
+            verb = "replace" if rate else "del"
+            _run("tc", "qdisc", verb, "dev", self.veth(host), *tbf)
+            _run("ip", "netns", "exec", host.namespace, "tc", "qdisc", verb, "dev", "eth0", *tbf)
 
     def set_link(self, host: LabHost, up: bool) -> None:
         """Plug or unplug the host's cable at the bridge: its processes live on, unreachable."""

@@ -167,7 +167,7 @@ def with_installed(spec: ClusterSpec, home: Path) -> ClusterSpec:
         else host
         for host in spec.hosts
     ]
-    return spec.model_copy(update={"hosts": hosts})
+    return spec.model_copy(update={"hosts": tuple(hosts)})  # the field's own type: a list warns when saved
 
 
 # -- effects --------------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ class _HostCopy:
             self.report(f"{self.label}: {name} already here ({len(self.ready.have)} files verified)")
         while (event := await self._event()) is not None and event.kind == "progress":
             self.result.copied = event.done
-            if time.monotonic() - last >= REPORT_S:
+            if total and time.monotonic() - last >= REPORT_S:
                 last = time.monotonic()
                 rate = event.done / max(last - began, 1e-3) / 1e6
                 self.report(
