@@ -120,17 +120,28 @@ def _weight_map(index: Path) -> dict[str, str]:
 
 def _same_path_for_vllm_groups(mine: list[Assignment], placed: dict[str, str | ModelError], report: Report) -> None:
     """vLLM's pipeline workers over Ray open the path rank 0 was given: a group whose members keep the model at
-    different paths (different `orchard_dir`s) is given the source as before."""
+    different paths (their `orchard_dir`s, or homes, differ) is given the source as before where each member can
+    find it on its own (the bundled model, a hub id), and fails where it cannot (a name only the store knows)."""
     groups: dict[str, list[Assignment]] = {}
     for a in mine:
         if a.group is not None and a.group.backend == "vllm":
             groups.setdefault(a.group.name, []).append(a)
     for name, members in groups.items():
         paths = {placed.get(a.host.label) for a in members}
-        if len(paths) > 1 and not any(isinstance(p, ModelError) for p in paths):
-            report(f"warning: {name}: its members keep the model at different paths; vLLM gets the source instead")
+        if len(paths) == 1 or any(isinstance(p, ModelError) for p in paths):
+            continue
+        source = members[0].model.source
+        if is_bundled(source) or modelfiles.is_hub_id(source):
+            report(f"warning: {name}: its members keep the model at different paths; vLLM gets {source} instead")
             for a in members:
                 placed.pop(a.host.label, None)
+            continue
+        why = (
+            f"{name}: vLLM's workers open rank 0's path, and the members keep {source} at different ones: "
+            "give them the same orchard_dir"
+        )
+        for a in members:
+            placed[a.host.label] = ModelError(why)
 
 
 async def held(spec: ClusterSpec) -> dict[str, ModelsReply | str]:

@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from worker.shared import modelfiles
 from worker.shared.download import WANTED, folder_bytes, progress
 from worker.shared.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled
 from worker.store.folder import META, ModelFolder
-from worker.store.manifest import Manifest, ModelFile, problem
+from worker.store.manifest import Manifest, ModelFile, problem, relative_path
 
 Report = Callable[[str], None]
 HUB_TIMEOUT_S = 30.0
@@ -55,18 +56,24 @@ def entries(home: Path) -> list[Entry]:
     return found
 
 
-def find(home: Path, source: str, revision: str | None = None) -> Entry | None:
-    """The store's copy of `source` at `revision` (a commit's prefix will do); without one, the newest pulled."""
+def _named(home: Path, source: str, revision: str | None) -> list[Entry]:
+    """The store's copies of `source` at `revision` (a commit's prefix, or a branch or tag it was pulled as),
+    oldest first."""
     source = BUNDLED_NAME if is_bundled(source) else source
     mine = [e for e in entries(home) if e.manifest.source == source]
     if revision is not None:
-        mine = [e for e in mine if e.manifest.revision.startswith(revision)]
-    mine.sort(key=lambda e: (e.folder.meta / "manifest.json").stat().st_mtime)
+        mine = [e for e in mine if e.manifest.revision.startswith(revision) or revision in e.manifest.refs]
+    return sorted(mine, key=lambda e: e.manifest.pulled_at)
+
+
+def find(home: Path, source: str, revision: str | None = None) -> Entry | None:
+    """The store's copy of `source` at `revision`; without one, the newest pulled."""
+    mine = _named(home, source, revision)
     return mine[-1] if mine else None
 
 
 def remove(home: Path, source: str, revision: str | None = None) -> list[Entry]:
-    gone = [e for e in entries(home) if e.manifest.source == source and e.manifest.revision.startswith(revision or "")]
+    gone = _named(home, source, revision)
     for entry in gone:
         shutil.rmtree(entry.folder.path)
         with_others = entry.folder.path.parent
@@ -89,12 +96,16 @@ def import_folder(home: Path, folder: Path, source: str, origin: str = "") -> En
     if not files:
         raise ModelError(f"{folder} holds no model files")
     listing = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in files).encode()
-    manifest = Manifest(
-        source=source,
-        revision=hashlib.sha256(listing).hexdigest()[:16],
-        files=tuple(files),
-        origin=origin or str(folder),
-    )
+    try:
+        manifest = Manifest(
+            source=source,
+            revision=hashlib.sha256(listing).hexdigest()[:16],
+            files=tuple(files),
+            origin=origin or str(folder),
+            pulled_at=time.time(),
+        )
+    except ValueError as exc:
+        raise ModelError(f"cannot store {folder} as {source!r}: {exc}") from exc
     target = ModelFolder.of(root(home), source, manifest.revision)
     for file in files:
         into = target.path / file.path
@@ -108,6 +119,15 @@ def import_folder(home: Path, folder: Path, source: str, origin: str = "") -> En
     for file in files:
         target.record(file)
     return Entry(manifest, target)
+
+
+def _inside(path: str) -> bool:
+    """A hub file the store can hold: inside the model's folder, not in its bookkeeping."""
+    try:
+        relative_path(path)
+    except ValueError:
+        return False
+    return True
 
 
 def _hidden(relative: Path) -> bool:
@@ -129,6 +149,11 @@ async def pull_hub(home: Path, repo: str, revision: str | None, report: Report) 
     )
     if not info.sha:
         raise ModelError(f"the hub gave no commit for {repo} at {revision or 'main'}")
+    refs = (revision,) if revision and not info.sha.startswith(revision) else ()
+    if (held := find(home, repo, info.sha)) is not None:  # that commit is here already, maybe under another name
+        manifest = held.manifest.model_copy(update={"refs": tuple(dict.fromkeys((*held.manifest.refs, *refs)))})
+        held.folder.write_manifest(manifest)
+        return Entry(manifest, held.folder)
     files = tuple(
         ModelFile(
             path=s.rfilename,
@@ -137,15 +162,22 @@ async def pull_hub(home: Path, repo: str, revision: str | None, report: Report) 
             git_sha1=None if s.lfs else s.blob_id,
         )
         for s in info.siblings or []
-        if any(fnmatch.fnmatch(s.rfilename, p) for p in WANTED)
+        if any(fnmatch.fnmatch(s.rfilename, p) for p in WANTED) and _inside(s.rfilename)
     )
-    manifest = Manifest(source=repo, revision=info.sha, files=files, origin="huggingface.co")
+    manifest = Manifest(
+        source=repo, revision=info.sha, files=files, origin="huggingface.co", refs=refs, pulled_at=time.time()
+    )
     target = ModelFolder.of(root(home), repo, info.sha)
     target.path.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
         task = asyncio.ensure_future(
             asyncio.to_thread(
-                snapshot_download, repo, revision=info.sha, local_dir=str(target.path), allow_patterns=WANTED
+                snapshot_download,
+                repo,
+                revision=info.sha,
+                local_dir=str(target.path),
+                allow_patterns=WANTED,
+                ignore_patterns=[f"{META}/*"],
             )
         )
         while not task.done():

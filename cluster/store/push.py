@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
 import time
 from collections.abc import Callable
@@ -61,9 +62,12 @@ class Pushed:
 
 async def push(entry: Entry, targets: list[Target], report: Report, chain: bool = True) -> Pushed:
     started = time.monotonic()
+    if changed := await asyncio.to_thread(_changed, entry):  # never send what would fail every host's check
+        why = f"the store's copy of {changed} changed since it was checked: pull or import the model again"
+        return Pushed({t.host.label: Copied(t.host.label, reason=why) for t in targets})
     token = secrets.token_urlsafe(24)
     routes = {t.host.label: t.conn.get_extra_info("sockname")[0] for t in targets}
-    bind = next(iter(set(routes.values()))) if len(set(routes.values())) == 1 else "0.0.0.0"
+    bind = next(iter(set(routes.values()))) if len(set(routes.values())) == 1 else "::"
     server = FileServer(entry.folder, entry.manifest, token)
     port = server.start(bind)
     heads = {label: _url(address, port) for label, address in routes.items()}
@@ -78,6 +82,11 @@ async def push(entry: Entry, targets: list[Target], report: Report, chain: bool 
             h.abandon()
         server.stop()
     return Pushed({h.label: h.result for h in hosts}, server.served, time.monotonic() - started)
+
+
+def _changed(entry: Entry) -> str | None:
+    """The first file of the head's copy that is no longer the one checked in (hashed only if it was written)."""
+    return next((f.path for f in entry.manifest.files if not entry.folder.verified(f)), None)
 
 
 def _url(address: str, port: int) -> str:
@@ -105,7 +114,7 @@ class _HostCopy:
             )
             self.process.stdin.write(order.model_dump_json() + "\n")
             event = await asyncio.wait_for(self._event(), READY_S)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # SSH refused a session, the host went away, …: this host fails, the others go on
             event, self.result.reason = None, f"could not start: {exc or type(exc).__name__}"
         if event is None or event.kind != "ready":
             self.result.reason = self.result.reason or (event.reason if event else await self._exited())
@@ -121,13 +130,23 @@ class _HostCopy:
         ready = self.ready
         if ready is None:
             return fanout.Holder(self.label, "", frozenset(), ())
-        url = _url(self.target.conn.get_extra_info("peername")[0], ready.port) if ready.port else ""
+        address = self.target.conn.get_extra_info("peername")[0]
+        reachable = ready.port and not ipaddress.ip_address(address.split("%")[0]).is_loopback  # not by peers
+        url = _url(address, ready.port) if reachable else ""
         needs = () if self.result.reason else tuple(p for p in self.target.wanted if p not in ready.have)
         return fanout.Holder(self.label, url, frozenset(ready.have), needs)
 
     async def copy(self, plan: dict[str, tuple[str, ...]], head_url: str) -> None:
         if self.ready is None or self.result.reason:
             return
+        try:
+            await self._copy(plan, head_url)
+        except Exception as exc:  # the host went away mid-copy: its row says so, the others go on
+            self.result.reason = f"the copy ended: {exc or type(exc).__name__}"
+            self.report(f"{self.label}: copying {self.entry.manifest.source} failed: {self.result.reason}")
+
+    async def _copy(self, plan: dict[str, tuple[str, ...]], head_url: str) -> None:
+        assert self.ready is not None
         sources = {path: tuple(head_url if url == HEAD else url for url in urls) for path, urls in plan.items()}
         self.process.stdin.write(SyncSources(sources=sources).model_dump_json() + "\n")
         name, total, last = self.entry.manifest.source, self.ready.need_bytes, 0.0
@@ -158,7 +177,7 @@ class _HostCopy:
             return
         with contextlib.suppress(OSError):
             self.process.stdin.write_eof()
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):  # a host gone by now has nothing more to say
             while (event := await asyncio.wait_for(self._event(), CLOSE_S)) is not None:
                 if event.kind == "closed":
                     self.result.served = event.served
@@ -168,8 +187,12 @@ class _HostCopy:
             self.process.close()
 
     async def _event(self) -> SyncEvent | None:
-        line = await self.process.stdout.readline()
-        return SyncEvent.model_validate_json(line) if line else None
+        """The host's next event; None when its output ended. A line that is none (a login script's greeting) is
+        passed over."""
+        while line := await self.process.stdout.readline():
+            with contextlib.suppress(ValueError):
+                return SyncEvent.model_validate_json(line)
+        return None
 
     async def _refusal(self) -> str:
         event = await self._event()

@@ -34,6 +34,7 @@ class Hub:
     lfs: set[str]
     corrupt: set[str] = field(default_factory=set)  # served with other bytes than the hashes say
     url: str = ""
+    downloads: int = 0
 
     def blob_id(self, path: str) -> str:
         data = self.files[path]
@@ -77,6 +78,7 @@ class Hub:
         data = self.files[path]
         etag = hashlib.sha256(data).hexdigest() if path in self.lfs else self.blob_id(path)
         body = (b"\x00" + data[1:]) if path in self.corrupt else data
+        self.downloads += request.method == "GET"
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Length": str(len(body))}
         return Response(b"" if request.method == "HEAD" else body, headers=headers)
 
@@ -141,6 +143,9 @@ def test_a_hub_model_is_pulled_at_one_commit_and_checked_by_the_hubs_hashes(hub:
     assert by_path["config.json"]["git_sha1"] == hub.blob_id("config.json")
     listed = json.loads(run_cli(["models", "list", "--json"], tmp_path / "home").stdout)["models"]
     assert [(m["source"], m["revision"], m["verified"]) for m in listed] == [(REPO, COMMIT, True)]
+    downloads = hub.downloads
+    code, said = pull(hub, tmp_path / "home", tmp_path)  # "main" again: the store knows that commit by that name
+    assert code == 0 and f"{REPO} @ {COMMIT}" in said and hub.downloads == downloads
 
 
 def test_a_hub_file_that_does_not_match_its_published_hash_is_refused(hub: Hub, tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_a_file_still_arriving_is_passed_down_the_chain(tmp_path: Path, syncs: l
     partial = head.partial(file)
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"")
-    server = FileServer(head, manifest, TOKEN)
+    server = FileServer(head, manifest, TOKEN, expecting=lambda _path: not (head.path / file.path).exists())
     head_url = f"http://127.0.0.1:{server.start('127.0.0.1')}"
 
     def arrive() -> None:  # the head's own copy grows by 1 MB every 20 ms, then is renamed into place
@@ -158,5 +158,31 @@ def test_a_source_that_keeps_sending_wrong_bytes_is_refused_naming_the_file(tmp_
         assert failed.kind == "failed"
         assert failed.reason == "model.safetensors: content differs from the published hash (copied twice)"
         assert not (tmp_path / "h" / "test--model" / "r1" / "model.safetensors").exists()
+    finally:
+        server.stop()
+
+
+def test_a_host_that_gave_up_sends_its_peers_to_the_head_at_once(tmp_path: Path, syncs: list[Sync]) -> None:
+    data = {"a.safetensors": os.urandom(500_000), "b.safetensors": os.urandom(500_000)}
+    files = tuple(
+        ModelFile(path=path, size=len(body), sha256=hashlib.sha256(body).hexdigest()) for path, body in data.items()
+    )
+    manifest = Manifest(source="test/model", revision="r1", files=files)
+    head = ModelFolder(tmp_path / "head")
+    head.path.mkdir(parents=True)
+    for path, body in data.items():
+        (head.path / path).write_bytes(body)
+    server = FileServer(head, manifest, TOKEN)
+    head_url = f"http://127.0.0.1:{server.start('127.0.0.1')}"
+    try:
+        failing, next_one = Sync(tmp_path / "failing", manifest), Sync(tmp_path / "next", manifest)
+        syncs += [failing, next_one]
+        failing.pull({"b.safetensors": (head_url,)})  # no source for a: it gives up on its first file
+        assert failing.outcome().reason == "a.safetensors: no source to copy it from"
+        began = time.monotonic()
+        next_one.pull({path: (failing.url, head_url) for path in data})
+        assert next_one.outcome().kind == "done"
+        assert time.monotonic() - began < 5  # not the 20 s a peer waits for a copy still coming
+        assert failing.close().served == 0 and server.served == sum(len(b) for b in data.values())
     finally:
         server.stop()

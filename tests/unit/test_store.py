@@ -13,7 +13,7 @@ from cluster.store.fanout import Holder, sources, wanted
 from cluster.store.ranks import files_for_layers
 from worker.shared.layers import rank_layers
 from worker.store.folder import ModelFolder
-from worker.store.manifest import ModelFile, problem
+from worker.store.manifest import Manifest, ModelFile, problem
 from worker.store.serve import range_start
 
 WEIGHT_MAP = {
@@ -116,3 +116,18 @@ def test_a_git_blob_sha1_is_fed_in_pieces(tmp_path: Path) -> None:
 )
 def test_the_file_server_reads_only_open_ended_byte_ranges(header: str, start: int | None) -> None:
     assert range_start(header) == start
+
+
+@pytest.mark.parametrize(
+    "path", ["../x", "/etc/passwd", "a//b", "./a", "a/../../b", ".orchard/manifest.json", "a\\b", ""]
+)
+def test_a_manifest_names_only_files_inside_the_model_folder(path: str) -> None:
+    with pytest.raises(ValueError, match="not a file inside a model folder"):
+        ModelFile(path=path, size=1)
+
+
+def test_a_manifest_takes_nested_files_and_refuses_a_source_or_revision_that_is_no_folder_name() -> None:
+    assert ModelFile(path="tokenizer/vocab.json", size=1).path == "tokenizer/vocab.json"
+    for source, revision in ((".", "r1"), ("..", "r1"), ("org/m", "../r1"), ("org/m", ".hidden")):
+        with pytest.raises(ValueError, match="not usable as a folder name"):
+            Manifest(source=source, revision=revision, files=())

@@ -14,14 +14,12 @@ import os
 import shutil
 from pathlib import Path
 
-from worker.store.manifest import Manifest, ModelFile
-
-META = ".orchard"
+from worker.store.manifest import META, Manifest, ModelFile, folder_name
 
 
 def slug(source: str) -> str:
-    """A source as one folder name: `org/name` → `org--name`."""
-    return source.strip("/").replace("/", "--")
+    """A source as one folder name: `org/name` → `org--name` (ValueError for one that is no name)."""
+    return folder_name(source.strip("/").replace("/", "--"))
 
 
 class ModelFolder:

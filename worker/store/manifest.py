@@ -7,9 +7,27 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 CHUNK = 4 * 1024 * 1024
+META = ".orchard"  # a model folder's own bookkeeping (folder.py), never one of its files
+HEX = frozenset("0123456789abcdef")
+
+
+def relative_path(path: str) -> str:
+    """`path` if it stays inside a model folder: relative, '/'-separated, no '..' or empty part, not in the
+    folder's own bookkeeping; else ValueError. A manifest names the files a host writes and serves."""
+    parts = path.split("/")
+    if not path or "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in parts) or parts[0] == META:
+        raise ValueError(f"not a file inside a model folder: {path!r}")
+    return path
+
+
+def folder_name(name: str) -> str:
+    """A source's slug or a revision as one folder name (no separator, not '.' or '..')."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ValueError(f"not usable as a folder name: {name!r}")
+    return name
 
 
 class ModelFile(BaseModel):
@@ -21,6 +39,11 @@ class ModelFile(BaseModel):
     size: int
     sha256: str | None = None
     git_sha1: str | None = None  # when no sha256 is published
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return relative_path(value)
 
     def digest(self) -> Digest:
         return Digest(self)
@@ -36,6 +59,19 @@ class Manifest(BaseModel):
     revision: str
     files: tuple[ModelFile, ...]
     origin: str = ""  # where the store got it: the hub, a folder's path, "bundled"
+    refs: tuple[str, ...] = ()  # the branch or tag names it was pulled as (a hub model)
+    pulled_at: float = 0.0  # when the store got it (unix time): the newest copy is the default
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        return folder_name(value)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        folder_name(value.strip("/").replace("/", "--"))
+        return value
 
     @property
     def size(self) -> int:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -45,12 +46,12 @@ async def pull(
     for attempt in range(ATTEMPTS):
         source = sources[min(attempt, len(sources) - 1)]
         try:
-            digest = await _fetch(client, partial, file, f"{source}/m/{file.path}", token, grew)
-        except (httpx.HTTPError, OSError) as exc:
-            last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            digest = await _fetch(client, partial, file, f"{source}/m/{quote(file.path)}", token, grew)
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            last_error = f"from {source}: {type(exc).__name__}: {exc}".rstrip(": ")
             continue
         if partial.stat().st_size < file.size:
-            last_error = "the source ended the copy early"
+            last_error = f"{source} ended the copy early"
             continue
         if digest.matches():
             target = folder.path / file.path

@@ -14,7 +14,7 @@ import contextlib
 import hmac
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,17 +32,28 @@ STALL_S = 20.0  # a partial copy that has not grown for this long is served no f
 
 
 class FileServer:
-    def __init__(self, folder: ModelFolder, manifest: Manifest, token: str, stall_s: float = STALL_S) -> None:
+    def __init__(
+        self,
+        folder: ModelFolder,
+        manifest: Manifest,
+        token: str,
+        stall_s: float = STALL_S,
+        expecting: Callable[[str], bool] = lambda _path: False,
+    ) -> None:
+        """`expecting(path)`: this host is still to copy that file (a peer asking for it waits for it to grow)."""
         self.folder, self.manifest, self.token, self.stall_s = folder, manifest, token, stall_s
+        self.expecting = expecting
         self.served = 0  # bytes sent, for the head's count of what left each machine
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self, address: str) -> int:
-        """Listen on `address` (a free port) and serve in a thread; the port."""
+        """Listen on `address` (a free port; "::" for all of this machine's) and serve in a thread; the port."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address == "::":  # every address, IPv4 ones too
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((address, 0))
         app = Starlette(routes=[Route("/m/{path:path}", self._get, methods=["GET"])])
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
@@ -64,6 +75,8 @@ class FileServer:
         file = self.manifest.file(request.path_params["path"])
         if file is None:
             return PlainTextResponse("no such file in this model\n", status_code=404)
+        if not self._here(file) and not self.expecting(file.path):  # never coming: the peer goes elsewhere now
+            return PlainTextResponse("this host does not have that file\n", status_code=503)
         start = range_start(request.headers.get("range", ""))
         if start is None or start > file.size:
             return PlainTextResponse("bad range\n", status_code=416)
@@ -81,7 +94,9 @@ class FileServer:
                     if handle is not None:
                         handle.seek(pos)
                 chunk = await asyncio.to_thread(handle.read, min(READ, file.size - pos)) if handle else b""
-                if not chunk:  # not copied this far yet: wait for the copy to grow
+                if not chunk:  # not copied this far yet: wait for the copy to grow, while it still may
+                    if not self.expecting(file.path):  # finished (then no byte is missing) or given up
+                        return
                     await asyncio.sleep(0.02)
                     idle += 0.02
                     continue
@@ -91,6 +106,9 @@ class FileServer:
         finally:
             if handle is not None:
                 handle.close()
+
+    def _here(self, file: ModelFile) -> bool:
+        return (self.folder.path / file.path).exists() or self.folder.partial(file).exists()
 
 
 def _open(final: Path, partial: Path) -> BinaryIO | None:

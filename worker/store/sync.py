@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import sys
 import threading
@@ -27,6 +28,7 @@ from worker.store.messages import SyncEvent, SyncOrder, SyncSources
 from worker.store.serve import FileServer
 
 PROGRESS_S = 0.5
+SERVE_IDLE_S = 1800.0
 Say = Callable[[SyncEvent], None]
 
 
@@ -40,6 +42,10 @@ class Host:
         self.folder = ModelFolder.of(Path(order.root).expanduser(), order.manifest.source, order.manifest.revision)
         self.wanted = [f for f in order.manifest.files if f.path in set(order.wanted)]
         self.done = 0
+        self.pending: set[str] = set()  # files this host is still to copy (peers asking for them wait)
+
+    def expecting(self, path: str) -> bool:
+        return path in self.pending
 
     def check(self) -> SyncEvent:
         """What is here already: verified files kept, wrong ones removed, interrupted copies measured."""
@@ -68,16 +74,20 @@ class Host:
 
     async def copy(self, files: list[ModelFile], sources: SyncSources) -> SyncEvent:
         recopied = []
-        async with httpx.AsyncClient(timeout=httpx.Timeout(pull.READ_S, connect=pull.CONNECT_S)) as client:
-            for file in files:
-                try:
-                    got = await pull.pull(
-                        client, self.folder, file, sources.sources.get(file.path, ()), self.order.token, self._grew
-                    )
-                except pull.CopyFailed as exc:
-                    return SyncEvent(kind="failed", done=self.done, reason=str(exc))
-                if got.recopied:
-                    recopied.append(file.path)
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(pull.READ_S, connect=pull.CONNECT_S)) as client:
+                for file in files:
+                    try:
+                        got = await pull.pull(
+                            client, self.folder, file, sources.sources.get(file.path, ()), self.order.token, self._grew
+                        )
+                    except pull.CopyFailed as exc:
+                        return SyncEvent(kind="failed", done=self.done, reason=str(exc))
+                    self.pending.discard(file.path)
+                    if got.recopied:
+                        recopied.append(file.path)
+        finally:
+            self.pending = set()  # nothing more is coming: peers stop waiting for this host
         return SyncEvent(kind="done", done=self.done, recopied=tuple(recopied))
 
     def _grew(self, n: int) -> None:
@@ -90,40 +100,67 @@ async def run(lines: asyncio.Queue[str | None], say: Say) -> None:
         return
     host = Host(SyncOrder.model_validate_json(first))
     host.folder.meta.mkdir(parents=True, exist_ok=True)
+    holder = host.folder.meta / "lock.pid"
     try:
-        lock = FileLock(str(host.folder.meta / "lock"), timeout=0)
-        lock.acquire()
+        with FileLock(str(host.folder.meta / "lock"), timeout=0):
+            holder.write_text(f"{os.getpid()}\n")
+            await _locked(host, lines, say)
     except Timeout:
-        say(SyncEvent(kind="failed", reason=f"another copy of this model is under way into {host.folder.path}"))
-        return
-    with lock:
-        host.folder.write_manifest(host.order.manifest)
-        ready = host.check()
-        server = FileServer(host.folder, host.order.manifest, host.order.token or secrets.token_urlsafe(16))
-        port = server.start(host.order.bind) if host.order.bind else 0
+        other = holder.read_text().strip() if holder.exists() else "?"
+        say(
+            SyncEvent(
+                kind="failed",
+                reason=(
+                    f"another copy into {host.folder.path} is under way (pid {other} on this host): "
+                    "let it end, or stop it"
+                ),
+            )
+        )
+
+
+async def _locked(host: Host, lines: asyncio.Queue[str | None], say: Say) -> None:
+    host.folder.write_manifest(host.order.manifest)
+    ready = host.check()
+    if ready.need_bytes <= ready.free_bytes:  # peers may ask for these before the head's sources arrive
+        host.pending = {f.path for f in host.missing(ready)}
+    token = host.order.token or secrets.token_urlsafe(16)
+    server = FileServer(host.folder, host.order.manifest, token, expecting=host.expecting)
+    port = server.start(host.order.bind) if host.order.bind else 0
+    try:
+        say(ready.model_copy(update={"port": port}))
+        if await _serve_copy(host, ready, lines, say):
+            await _serve_until_done(server, lines)
+    finally:
+        server.stop()
+    say(SyncEvent(kind="closed", served=server.served))
+
+
+async def _serve_until_done(server: FileServer, lines: asyncio.Queue[str | None]) -> None:
+    """Serve peers until the head ends the input, or nobody has asked for a byte in SERVE_IDLE_S (a head that
+    vanished without the input ending: a partitioned network keeps an SSH session open for hours)."""
+    served, quiet = server.served, 0.0
+    while quiet < SERVE_IDLE_S:
         try:
-            say(ready.model_copy(update={"port": port}))
-            if await _serve_copy(host, ready, lines, say):
-                while await lines.get() is not None:  # serve peers until the head ends the input
-                    pass
-        finally:
-            server.stop()
-        say(SyncEvent(kind="closed", served=server.served))
+            if await asyncio.wait_for(lines.get(), PROGRESS_S) is None:
+                return
+        except TimeoutError:
+            quiet = 0.0 if server.served != served else quiet + PROGRESS_S
+            served = server.served
+
+
+def _short_of_disk(host: Host, ready: SyncEvent) -> str:
+    short = ready.need_bytes - ready.free_bytes
+    purgeable = " (macOS counts no purgeable space as free)" if sys.platform == "darwin" else ""
+    return (
+        f"needs {gb(ready.need_bytes)} more free disk at {host.folder.path.parent.parent}: "
+        f"{gb(ready.free_bytes)} free{purgeable}, {gb(short)} short"
+    )
 
 
 async def _serve_copy(host: Host, ready: SyncEvent, lines: asyncio.Queue[str | None], say: Say) -> bool:
     """Copy what the head's sources say; False when the head went away meanwhile."""
     if ready.need_bytes > ready.free_bytes:
-        short = ready.need_bytes - ready.free_bytes
-        say(
-            SyncEvent(
-                kind="failed",
-                reason=(
-                    f"needs {gb(ready.need_bytes)} more free disk at {host.folder.path.parent.parent}: "
-                    f"{gb(ready.free_bytes)} free, {gb(short)} short"
-                ),
-            )
-        )
+        say(SyncEvent(kind="failed", reason=_short_of_disk(host, ready)))
         return True
     line = await lines.get()
     if line is None:
@@ -133,12 +170,14 @@ async def _serve_copy(host: Host, ready: SyncEvent, lines: asyncio.Queue[str | N
     total, told = ready.need_bytes, -1
     while not copy.done():
         await asyncio.wait({copy, ended}, timeout=PROGRESS_S, return_when=asyncio.FIRST_COMPLETED)
-        if ended.done() and ended.result() is None:
-            copy.cancel()
-            return False
+        if ended.done():
+            if ended.result() is None:
+                copy.cancel()
+                return False
+            ended = asyncio.ensure_future(lines.get())  # a stray line: keep listening for the end
         if host.done != told:
             told = host.done
-            say(SyncEvent(kind="progress", done=host.done, total=total))
+            say(SyncEvent(kind="progress", done=min(host.done, total), total=total))
     ended.cancel()
     say(copy.result())
     return True
