@@ -1,0 +1,218 @@
+"""Models that follow demand (issue 30): which on-demand model to load where, which to unload, and when a model
+gains or loses a replica — pure functions over a snapshot of the lab. The router's demand loop takes a snapshot,
+applies what these decide (agents load and unload engines) and takes the next one.
+
+Memory is plan.py's: a host offers its usable memory; an engine holds its model's need (weights + KV reserve)
+from the moment its load is decided until its unload ends. A cold model goes to the allowed host with the least
+room that holds it (big rooms stay for big models, as plan.py places replicas). With no room anywhere, engines are
+evicted on one host: the least recently used unpinned ones with nothing in flight and nothing waiting, as few as
+will make room. A model bigger than every allowed host, or that no eviction makes room for, is refused, naming the
+memory it needs. Scaling follows a sustained queue up and a sustained quiet down, never both within a window
+(hysteresis), between the model's minimum and maximum replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+EngineState = Literal["loading", "ready", "unloading"]
+UP_QUEUE = 4  # requests waiting per replica that count as a long queue
+UP_AFTER_S = 10.0  # a queue that stays long this long gains a replica
+DOWN_AFTER_S = 120.0  # a replica idle this long (and the model's queue empty) is let go, down to the minimum
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A model's engine on a host."""
+
+    model: str
+    need_gb: float
+    pinned: bool = False
+    state: EngineState = "ready"
+    inflight: int = 0
+    last_used: float = 0.0  # when it last finished or started a request (the snapshot's clock)
+
+
+@dataclass(frozen=True)
+class Host:
+    label: str
+    usable_gb: float
+    engines: tuple[Engine, ...] = ()
+    reachable: bool = True
+
+    @property
+    def room_gb(self) -> float:
+        return self.usable_gb - sum(e.need_gb for e in self.engines)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An on-demand model as the hosts file offers it."""
+
+    name: str
+    need_gb: float
+    keep_alive_s: float = 300.0
+    min_replicas: int = 0
+    max_replicas: int = 1
+    hosts: tuple[str, ...] | None = None  # the hosts it may load on (None: any)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """How long a model's queue has stayed long, or its replicas quiet (observe() keeps it)."""
+
+    busy_since: float | None = None
+    quiet_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Lab:
+    now: float
+    hosts: tuple[Host, ...]
+    offers: Mapping[str, Offer]
+    waiting: Mapping[str, int] = field(default_factory=dict)  # requests queued per model, in the router
+
+    def engines_of(self, model: str) -> list[tuple[Host, Engine]]:
+        return [(h, e) for h in self.hosts for e in h.engines if e.model == model]
+
+
+@dataclass(frozen=True)
+class Load:
+    model: str
+    host: str
+    evict: tuple[str, ...] = ()  # models on that host to drain and unload first
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Unload:
+    model: str
+    host: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    model: str
+    why: str
+
+
+def _gb(value: float) -> str:
+    return f"{value:,.0f} GB" if value >= 10 else f"{value:,.2f} GB"
+
+
+def _evictable(lab: Lab, engine: Engine) -> bool:
+    return not engine.pinned and engine.state == "ready" and not engine.inflight and not lab.waiting.get(engine.model)
+
+
+def _allowed(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> list[Host]:
+    return [
+        h
+        for h in lab.hosts
+        if h.reachable and h.label not in exclude and (offer.hosts is None or h.label in offer.hosts)
+    ]
+
+
+def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load | Refuse:
+    """Where a new engine of `offer` goes: the tightest host with room, else the host that makes room by
+    evicting the fewest (then least recently used) engines; or why it cannot go anywhere."""
+    hosts = _allowed(lab, offer, exclude)
+    if not hosts:
+        return Refuse(offer.name, f"model '{offer.name}' has no reachable host it may load on")
+    biggest = max(h.usable_gb for h in hosts)
+    if offer.need_gb > biggest:
+        return Refuse(
+            offer.name,
+            f"model '{offer.name}' needs {_gb(offer.need_gb)}; the largest host it may load on holds {_gb(biggest)}",
+        )
+    fitting = [h for h in hosts if h.room_gb >= offer.need_gb]
+    if fitting:
+        host = min(fitting, key=lambda h: h.room_gb)
+        return Load(offer.name, host.label, why=f"{_gb(host.room_gb)} free on {host.label}")
+    options = []
+    for host in hosts:
+        victims, room = [], host.room_gb
+        for engine in sorted((e for e in host.engines if _evictable(lab, e)), key=lambda e: e.last_used):
+            if room >= offer.need_gb:
+                break
+            victims.append(engine)
+            room += engine.need_gb
+        if room >= offer.need_gb:
+            options.append((len(victims), max(e.last_used for e in victims), host.label, victims))
+    if not options:
+        return Refuse(
+            offer.name,
+            f"model '{offer.name}' needs {_gb(offer.need_gb)} and no host can make room: "
+            "the loaded models are pinned, in use or have requests waiting",
+        )
+    _, _, label, victims = min(options, key=lambda o: (o[0], o[1]))
+    names = tuple(e.model for e in victims)
+    return Load(offer.name, label, names, why=f"evicting {', '.join(names)} (least recently used) on {label}")
+
+
+def cold_start(lab: Lab, model: str) -> Load | Refuse | None:
+    """A request for `model`, which no engine serves: the load to start; None when one is already loading (the
+    request waits for it: many requests, one load)."""
+    if any(e.state in ("loading", "ready") for _, e in lab.engines_of(model)):
+        return None
+    return place(lab, lab.offers[model])
+
+
+def expired(lab: Lab) -> list[Unload]:
+    """On-demand engines idle past their model's keep_alive, above its minimum: oldest use first."""
+    out = []
+    for name, offer in lab.offers.items():
+        ready = [(h, e) for h, e in lab.engines_of(name) if e.state == "ready"]
+        spare = len(ready) - offer.min_replicas
+        idle = sorted(
+            ((h, e) for h, e in ready if _evictable(lab, e) and lab.now - e.last_used >= offer.keep_alive_s),
+            key=lambda he: he[1].last_used,
+        )
+        out += [
+            Unload(name, h.label, f"idle {lab.now - e.last_used:.0f} s (keep_alive {offer.keep_alive_s:.0f} s)")
+            for h, e in idle[: max(spare, 0)]
+        ]
+    return out
+
+
+def observe(trends: Mapping[str, Trend], lab: Lab) -> dict[str, Trend]:
+    """Each offered model's trend after this snapshot: since when its queue has been long, or it quiet."""
+    out = {}
+    for name in lab.offers:
+        ready = [e for _, e in lab.engines_of(name) if e.state == "ready"]
+        waiting = lab.waiting.get(name, 0)
+        old = trends.get(name, Trend())
+        busy = bool(ready) and waiting >= UP_QUEUE * len(ready)
+        quiet = bool(ready) and not waiting and any(not e.inflight for e in ready)
+        out[name] = Trend(
+            busy_since=(old.busy_since if old.busy_since is not None else lab.now) if busy else None,
+            quiet_since=(old.quiet_since if old.quiet_since is not None else lab.now) if quiet else None,
+        )
+    return out
+
+
+def scale(lab: Lab, trends: Mapping[str, Trend]) -> list[Load | Unload]:
+    """A replica more for a model whose queue stayed long for UP_AFTER_S (on a host not serving it yet), one
+    less for one quiet for DOWN_AFTER_S; one step per model per snapshot, none while one of its loads runs."""
+    out: list[Load | Unload] = []
+    for name, offer in lab.offers.items():
+        engines = lab.engines_of(name)
+        if any(e.state != "ready" for _, e in engines):
+            continue
+        trend = trends.get(name, Trend())
+        if (
+            trend.busy_since is not None
+            and lab.now - trend.busy_since >= UP_AFTER_S
+            and len(engines) < offer.max_replicas
+        ):
+            placed = place(lab, offer, exclude=frozenset(h.label for h, _ in engines))
+            if isinstance(placed, Load):
+                out.append(replace(placed, why=f"queue long for {lab.now - trend.busy_since:.0f} s; {placed.why}"))
+        elif trend.quiet_since is not None and lab.now - trend.quiet_since >= DOWN_AFTER_S:
+            idle = sorted((he for he in engines if not he[1].inflight), key=lambda he: he[1].last_used)
+            if idle and len(engines) > max(offer.min_replicas, 1):
+                host, _ = idle[0]
+                out.append(Unload(name, host.label, f"quiet for {lab.now - trend.quiet_since:.0f} s"))
+    return out
