@@ -177,11 +177,33 @@ class ModelSpec(_Strict):
     # How long an engine may take from start to its first real token (weights read into memory, compiled);
     # a 70B model from a slow disk needs more than the default.
     ready_timeout_s: float = Field(default=600.0, gt=0, le=86_400, strict=False)
+    # "pinned": loaded at `cluster up`, never unloaded. "on-demand": loaded on its first request (on a host with
+    # room; `hosts` then lists where it may go), unloaded after `keep_alive` idle or to make room, kept between
+    # `min_replicas` and `max_replicas` by its queue.
+    load: Literal["pinned", "on-demand"] = "pinned"
+    keep_alive: float = Field(default=300.0, gt=0, le=7 * 86_400, strict=False)  # seconds, or "5m", "1h"
+    min_replicas: int = Field(default=0, ge=0, le=1024)
+    max_replicas: int = Field(default=1, ge=1, le=1024)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """Ollama's way too: a number of seconds, or a number with s, m or h."""
+        if isinstance(value, str) and (found := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", value)):
+            return float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[found.group(2)]
+        return value
 
     @model_validator(mode="after")
     def _placement(self) -> ModelSpec:
         if self.replicas is not None and self.hosts is not None:
             raise ValueError("give either 'replicas' or 'hosts', not both")
+        if self.load == "on-demand" and (self.mode is not None or self.replicas is not None):
+            raise ValueError(
+                "an on-demand model runs on one host per replica: give min_replicas and max_replicas, not "
+                "'replicas' or 'mode'"
+            )
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
         if self.mode is not None and self.hosts is not None and len(self.hosts) < 2:
             raise ValueError(f"a {self.mode} group needs at least 2 hosts")
         if self.mode == "tensor" and self.backend == "vllm":

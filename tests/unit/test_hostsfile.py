@@ -115,6 +115,16 @@ MISTAKES = [
         "lab.toml:17: 'models.0.policy': Input should be 'prefix', 'least_loaded' or 'round_robin'",
     ),
     (
+        "on-demand group",
+        GOOD.replace("replicas = 2", 'load = "on-demand"\nmode = "pipeline"'),
+        "lab.toml:13: 'models.0': Value error, an on-demand model runs on one host per replica",
+    ),
+    (
+        "keep_alive not a duration",
+        GOOD.replace("replicas = 2", 'load = "on-demand"\nkeep_alive = "5 days"'),
+        "lab.toml:17: 'models.0.keep_alive': Input should be a valid number",
+    ),
+    (
         "negative port",
         GOOD.replace("port = 8000", "port = -1"),
         "lab.toml:2: 'router.port': Input should be greater than or equal to 1",
@@ -159,3 +169,10 @@ def test_a_models_parsers_are_names_or_off_and_reach_its_agent() -> None:
     assert (config.tool_parser, config.reasoning_parser) == ("off", "qwen3")
     with pytest.raises(HostsFileError, match=r"lab.toml:7: 'models.0.tool_parser'"):
         parse(text.replace('"off"', '"x; rm -rf /"'), Path("lab.toml"))
+
+
+def test_an_on_demand_models_keep_alive_reads_like_ollamas() -> None:
+    for given, seconds in (("90", 90.0), ('"90s"', 90.0), ('"5m"', 300.0), ('"1.5h"', 5400.0)):
+        spec = parse(GOOD.replace("replicas = 2", f'load = "on-demand"\nkeep_alive = {given}'), Path("lab.toml"))
+        model = spec.models[0]
+        assert (model.load, model.keep_alive, model.min_replicas, model.max_replicas) == ("on-demand", seconds, 0, 1)
