@@ -129,6 +129,34 @@ class RenewReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LoadRequest(_message.Message):
+    __slots__ = ("model", "argv", "need_bytes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    NEED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    need_bytes: int
+    def __init__(self, model: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., need_bytes: _Optional[int] = ...) -> None: ...
+
+class LoadReply(_message.Message):
+    __slots__ = ("port",)
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    def __init__(self, port: _Optional[int] = ...) -> None: ...
+
+class UnloadRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class UnloadReply(_message.Message):
+    __slots__ = ("was_loaded",)
+    WAS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    was_loaded: bool
+    def __init__(self, was_loaded: _Optional[bool] = ...) -> None: ...
+
 class DrainReply(_message.Message):
     __slots__ = ("draining", "inflight")
     DRAINING_FIELD_NUMBER: _ClassVar[int]
@@ -158,7 +186,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., max_model_len: _Optional[int] = ..., unsupported: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., capabilities_known: _Optional[bool] = ...) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group", "settles_stream_options")
+    __slots__ = ("worker_id", "hostname", "os", "chip", "memory_bytes", "engine", "engine_version", "models", "max_concurrency", "engine_url", "agent_version", "group", "settles_stream_options", "usable_memory_bytes", "children")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +200,8 @@ class InfoReply(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SETTLES_STREAM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    USABLE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     os: str
@@ -185,7 +215,9 @@ class InfoReply(_message.Message):
     agent_version: str
     group: GroupInfo
     settles_stream_options: bool
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ..., settles_stream_options: _Optional[bool] = ...) -> None: ...
+    usable_memory_bytes: int
+    children: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ..., settles_stream_options: _Optional[bool] = ..., usable_memory_bytes: _Optional[int] = ..., children: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupInfo(_message.Message):
     __slots__ = ("name", "rank", "size", "mode", "backend", "peers")

@@ -60,6 +60,16 @@ class WorkerStub:
                 request_serializer=proto_dot_orchard__pb2.RenewRequest.SerializeToString,
                 response_deserializer=proto_dot_orchard__pb2.RenewReply.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/orchard.v1.Worker/Load',
+                request_serializer=proto_dot_orchard__pb2.LoadRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.LoadReply.FromString,
+                _registered_method=True)
+        self.Unload = channel.unary_unary(
+                '/orchard.v1.Worker/Unload',
+                request_serializer=proto_dot_orchard__pb2.UnloadRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.UnloadReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -104,6 +114,22 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """The router's only: one more engine on this host, for an on-demand model: an agent of its own, a child of
+        this one (it dies with it), on a free port. Answers once the child listens; its engine is starting then.
+        Refused when this host's engines would need more memory than its working set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unload(self, request, context):
+        """The router's only: stop that child agent and its engine (the router drains it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +157,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Renew,
                     request_deserializer=proto_dot_orchard__pb2.RenewRequest.FromString,
                     response_serializer=proto_dot_orchard__pb2.RenewReply.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=proto_dot_orchard__pb2.LoadRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.LoadReply.SerializeToString,
+            ),
+            'Unload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unload,
+                    request_deserializer=proto_dot_orchard__pb2.UnloadRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.UnloadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +305,60 @@ class Worker:
             '/orchard.v1.Worker/Renew',
             proto_dot_orchard__pb2.RenewRequest.SerializeToString,
             proto_dot_orchard__pb2.RenewReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.Worker/Load',
+            proto_dot_orchard__pb2.LoadRequest.SerializeToString,
+            proto_dot_orchard__pb2.LoadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.Worker/Unload',
+            proto_dot_orchard__pb2.UnloadRequest.SerializeToString,
+            proto_dot_orchard__pb2.UnloadReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from worker.children import Children
 from worker.context import PromptGuard, context_of
 from worker.engines import adapter_for
 from worker.engines.base import EngineConfig
@@ -38,6 +39,7 @@ from worker.store.folder import ModelFolder
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 SERVICE_NAME = "orchard.v1.Worker"
+DEFAULT_USABLE = 0.75  # of a host's memory its engines may hold where it reports no working set (placement's too)
 log = logging.getLogger("orchard.worker")
 
 
@@ -134,7 +136,17 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=engine_connections(slots)),
     )
-    service = WorkerService(supervisor, identity, host, http, group, guard, config.max_body_bytes, config.tls_path)
+    usable = host.usable_memory_bytes or int(host.memory_bytes * DEFAULT_USABLE)
+    children = (
+        None
+        if group
+        else Children(
+            config.listen.rpartition(":")[0], config.log_path / "on-demand", usable, int(config.need_gb * 1e9)
+        )
+    )
+    service = WorkerService(
+        supervisor, identity, host, http, group, guard, config.max_body_bytes, config.tls_path, children
+    )
     if guard is not None:  # the tokenizer loads in seconds: not on the first request's time
         asyncio.get_running_loop().run_in_executor(None, guard.load)
     health_servicer = health.aio.HealthServicer()
@@ -169,6 +181,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         if group is not None:
             await group.stop()
         await server.stop(grace=5.0)
+        if children is not None:
+            await children.stop()
         await supervisor.stop()
         await http.aclose()
         log.info("agent stopped")

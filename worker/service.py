@@ -19,6 +19,7 @@ import psutil
 
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
+from worker.children import Children, LoadRefused
 from worker.context import PromptGuard
 from worker.group import GroupController
 from worker.heartbeat import once, with_heartbeats
@@ -90,8 +91,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         guard: PromptGuard | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         tls_dir: Path | None = None,
+        children: Children | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.children = children  # on-demand engines as child agents (Load, Unload); None: none here
         self.tls_dir = tls_dir  # our identity's folder: the router renews it (Renew); None: plaintext, loopback
         self.max_body_bytes = max_body_bytes  # the router's limit: a body past it did not come through a router
         self.guard = guard  # for engines that let an over-long prompt through (mlx-lm)
@@ -255,6 +258,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             agent_version=self.identity.agent_version,
             group=self._group_info(),
             settles_stream_options=True,
+            usable_memory_bytes=self.children.usable_bytes if self.children else self.host.usable_memory_bytes,
+            children=sorted(self.children.running) if self.children else [],
         )
 
     def _group_info(self) -> pb.GroupInfo | None:
@@ -325,6 +330,29 @@ class WorkerService(pb_grpc.WorkerServicer):
             "TLS identity renewed by the router: valid until %s", f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
         )
         return pb.RenewReply()
+
+    async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.LoadReply:
+        if not await _router_only(context):
+            return pb.LoadReply()
+        if self.children is None:
+            await _abort(context, 400, "this agent runs no on-demand engines", "invalid_request_error")
+            return pb.LoadReply()
+        try:
+            port = await self.children.load(request.model, list(request.argv), request.need_bytes)
+        except LoadRefused as exc:
+            log.warning("load of %s refused: %s", request.model, exc)
+            await _abort(context, 503, str(exc), "insufficient_memory")
+            return pb.LoadReply()
+        log.info("on-demand engine for %s: agent on port %d", request.model, port)
+        return pb.LoadReply(port=port)
+
+    async def Unload(self, request: pb.UnloadRequest, context: grpc.aio.ServicerContext) -> pb.UnloadReply:
+        if not await _router_only(context):
+            return pb.UnloadReply()
+        was = await self.children.unload(request.model) if self.children else False
+        if was:
+            log.info("on-demand engine for %s unloaded", request.model)
+        return pb.UnloadReply(was_loaded=was)
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadSample]:
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0

@@ -157,6 +157,9 @@ class AgentConfig(_Frozen):
         tuple[tuple[str, str], ...], Flag("--sim-option", metavar="KEY=VALUE", parse=key_value, show="=".join)
     ] = ()
     max_concurrency: Annotated[int, Flag("--max-concurrency")] = Field(default=64, ge=1, le=4096)
+    need_gb: Annotated[
+        float, Flag("--need-gb", "memory its engine holds (weights and KV reserve), counted with on-demand engines")
+    ] = Field(default=0.0, ge=0)
     ready_timeout_s: Annotated[float, Flag("--ready-timeout")] = Field(default=600.0, gt=0)
     stall_timeout_s: Annotated[
         float,

@@ -1,0 +1,118 @@
+"""An agent's on-demand engines (issue 30): each is an agent of its own — a child of this one, started by the
+router's Load and stopped by its Unload — so it has its own port, samples, breaker and drain, and one engine's
+crash takes no other down. Children run through worker.tether: they die with this agent, on macOS too.
+
+Memory: this agent holds its own engine's need (`--need-gb`) and each child's (the router's LoadRequest); a Load
+whose sum would pass the host's usable memory (Metal's working set on a Mac) is refused. The router plans by the
+same figures (cluster/placement/demand.py); this is the host's own check, the last word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker import tether
+from worker.shared import procs
+
+MAX_CHILDREN = 16
+LISTEN_S = 60.0  # a child agent listens within this (it imports, then binds; its engine starts after)
+
+
+class LoadRefused(Exception):
+    """The host cannot take the engine; the message says why."""
+
+
+@dataclass
+class Child:
+    model: str
+    need_bytes: int
+    process: asyncio.subprocess.Process
+    port: int
+
+
+class Children:
+    def __init__(self, host: str, folder: Path, usable_bytes: int, own_need_bytes: int) -> None:
+        """`host`: the address part this agent listens on (children listen there too); `folder`: their logs and
+        port files."""
+        self.host, self.folder = host, folder
+        self.usable_bytes, self.own_need_bytes = usable_bytes, own_need_bytes
+        self.running: dict[str, Child] = {}
+        self._lock = asyncio.Lock()
+
+    def held_bytes(self) -> int:
+        return self.own_need_bytes + sum(c.need_bytes for c in self.running.values())
+
+    async def load(self, model: str, argv: list[str], need_bytes: int) -> int:
+        """The child's port, started now or already running."""
+        async with self._lock:
+            child = self.running.get(model)
+            if child is not None and child.process.returncode is None:
+                return child.port
+            self.running.pop(model, None)
+            self._check(model, need_bytes)
+            child = await self._start(model, argv, need_bytes)
+            self.running[model] = child
+            return child.port
+
+    def _check(self, model: str, need_bytes: int) -> None:
+        if len(self.running) >= MAX_CHILDREN:
+            raise LoadRefused(f"this agent runs {MAX_CHILDREN} on-demand engines already")
+        if self.usable_bytes and self.held_bytes() + need_bytes > self.usable_bytes:
+            held, usable = self.held_bytes() / 1e9, self.usable_bytes / 1e9
+            raise LoadRefused(
+                f"{model} needs {need_bytes / 1e9:.1f} GB; this host's engines hold {held:.1f} of {usable:.1f} GB"
+            )
+
+    async def _start(self, model: str, argv: list[str], need_bytes: int) -> Child:
+        name = "".join(c if c.isalnum() or c in "-._" else "_" for c in model)
+        port_file = self.folder / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "worker.agent",
+            *argv,
+            "--listen",
+            f"{self.host}:0",
+            "--port-file",
+            str(port_file),
+        ]
+        with procs.open_log(self.folder / f"{name}.log") as log:
+            process = await asyncio.create_subprocess_exec(
+                *tether.wrap(command), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = asyncio.get_running_loop().time() + LISTEN_S
+        while asyncio.get_running_loop().time() < deadline and process.returncode is None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return Child(model, need_bytes, process, int(port_file.read_text()))
+            await asyncio.sleep(0.05)
+        await _end(process)
+        tail = (self.folder / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise LoadRefused(f"the agent for {model} did not listen: {' / '.join(tail) or 'no output'}")
+
+    async def unload(self, model: str) -> bool:
+        async with self._lock:
+            child = self.running.pop(model, None)
+        if child is None:
+            return False
+        await _end(child.process)
+        return True
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self.unload(model) for model in list(self.running)))
+
+
+async def _end(process: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
+    """SIGTERM the child's group (the tether passes it on: the agent drains and stops its engine), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), wait)
+            return
