@@ -216,8 +216,16 @@ class InfoReply(_message.Message):
     group: GroupInfo
     settles_stream_options: bool
     usable_memory_bytes: int
-    children: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ..., settles_stream_options: _Optional[bool] = ..., usable_memory_bytes: _Optional[int] = ..., children: _Optional[_Iterable[str]] = ...) -> None: ...
+    children: _containers.RepeatedCompositeFieldContainer[Child]
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., chip: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., engine: _Optional[str] = ..., engine_version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., engine_url: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[_Union[GroupInfo, _Mapping]] = ..., settles_stream_options: _Optional[bool] = ..., usable_memory_bytes: _Optional[int] = ..., children: _Optional[_Iterable[_Union[Child, _Mapping]]] = ...) -> None: ...
+
+class Child(_message.Message):
+    __slots__ = ("model", "port")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    port: int
+    def __init__(self, model: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class GroupInfo(_message.Message):
     __slots__ = ("name", "rank", "size", "mode", "backend", "peers")

@@ -259,7 +259,9 @@ class WorkerService(pb_grpc.WorkerServicer):
             group=self._group_info(),
             settles_stream_options=True,
             usable_memory_bytes=self.children.usable_bytes if self.children else self.host.usable_memory_bytes,
-            children=sorted(self.children.running) if self.children else [],
+            children=[pb.Child(model=c.model, port=c.port) for c in self.children.running.values()]
+            if self.children
+            else [],
         )
 
     def _group_info(self) -> pb.GroupInfo | None:

@@ -38,6 +38,9 @@ NO_KEY = (
 )
 
 
+Warm = Callable[[str, float], Awaitable[None]]
+
+
 class Refusal(Exception):
     """The gateway says no: an OpenAI-shaped error with its status, code and headers (Retry-After, limits)."""
 
@@ -89,8 +92,12 @@ class Gateway:
         max_queue: int = 256,
         open_ok: bool = False,
         clock: Callable[[], float] = time.time,
+        warm: Warm | None = None,
     ) -> None:
+        """`warm(model, timeout_s)`: wait until a model no worker serves has one (an on-demand model's cold start);
+        Refusal when it cannot, TimeoutError past the time."""
         self.db = db
+        self.warm = warm
         self.require_auth = require_auth  # listening beyond loopback: auth even before the first key exists
         self.open_ok = open_ok  # --no-auth: never ask for a key
         self.clock = clock
@@ -205,7 +212,11 @@ class Gateway:
             )
         granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers(), now)
         try:
-            await self.admission.acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
+            await self._acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
+        except Refusal as exc:  # the cold start's own refusal: the model cannot be loaded
+            self._settle(granted, 0)
+            exc.headers = {**exc.headers, **verdict.headers()}
+            raise
         except NoCapacity:
             self._settle(granted, 0)
             raise Refusal(
@@ -226,6 +237,18 @@ class Gateway:
             self._settle(granted, 0)
             raise
         return granted
+
+    async def _acquire(self, model: str, team: str, weight: float, cost: float, timeout_s: float) -> None:
+        """A slot for the request; a model with no worker yet is warmed first (on-demand), within the same time."""
+        started = time.monotonic()
+        try:
+            await self.admission.acquire(model, team, weight, cost, timeout_s)
+            return
+        except NoCapacity:
+            if self.warm is None:
+                raise
+        await self.warm(model, max(timeout_s - (time.monotonic() - started), 0.001))
+        await self.admission.acquire(model, team, weight, cost, max(timeout_s - (time.monotonic() - started), 0.001))
 
     def finish(self, granted: Pass, outcome: Outcome) -> usage.UsageRow:
         """The request ended (however): free its slot, reconcile its tokens, store its usage row (returned)."""

@@ -150,6 +150,7 @@ class Admission:
         self.queues: dict[str, FairQueue[_Waiter]] = {}
 
     def waiting(self, model: str) -> int:
+        """Requests queued for the model now (what scaling reads)."""
         queue = self.queues.get(model)
         return len(queue) if queue else 0
 

@@ -68,11 +68,19 @@ class Trend:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    up_queue: int = UP_QUEUE
+    up_after_s: float = UP_AFTER_S
+    down_after_s: float = DOWN_AFTER_S
+
+
+@dataclass(frozen=True)
 class Lab:
     now: float
     hosts: tuple[Host, ...]
     offers: Mapping[str, Offer]
     waiting: Mapping[str, int] = field(default_factory=dict)  # requests queued per model, in the router
+    scaling: Scaling = Scaling()
 
     def engines_of(self, model: str) -> list[tuple[Host, Engine]]:
         return [(h, e) for h in self.hosts for e in h.engines if e.model == model]
@@ -184,7 +192,7 @@ def observe(trends: Mapping[str, Trend], lab: Lab) -> dict[str, Trend]:
         ready = [e for _, e in lab.engines_of(name) if e.state == "ready"]
         waiting = lab.waiting.get(name, 0)
         old = trends.get(name, Trend())
-        busy = bool(ready) and waiting >= UP_QUEUE * len(ready)
+        busy = bool(ready) and waiting >= lab.scaling.up_queue * len(ready)
         quiet = bool(ready) and not waiting and any(not e.inflight for e in ready)
         out[name] = Trend(
             busy_since=(old.busy_since if old.busy_since is not None else lab.now) if busy else None,
@@ -194,8 +202,8 @@ def observe(trends: Mapping[str, Trend], lab: Lab) -> dict[str, Trend]:
 
 
 def scale(lab: Lab, trends: Mapping[str, Trend]) -> list[Load | Unload]:
-    """A replica more for a model whose queue stayed long for UP_AFTER_S (on a host not serving it yet), one
-    less for one quiet for DOWN_AFTER_S; one step per model per snapshot, none while one of its loads runs."""
+    """A replica more for a model whose queue stayed long for `up_after_s` (on a host not serving it yet), one
+    less for one quiet for `down_after_s`; one step per model per snapshot, none while one of its loads runs."""
     out: list[Load | Unload] = []
     for name, offer in lab.offers.items():
         engines = lab.engines_of(name)
@@ -210,9 +218,23 @@ def scale(lab: Lab, trends: Mapping[str, Trend]) -> list[Load | Unload]:
             placed = place(lab, offer, exclude=frozenset(h.label for h, _ in engines))
             if isinstance(placed, Load):
                 out.append(replace(placed, why=f"queue long for {lab.now - trend.busy_since:.0f} s; {placed.why}"))
-        elif trend.quiet_since is not None and lab.now - trend.quiet_since >= DOWN_AFTER_S:
+        elif trend.quiet_since is not None and lab.now - trend.quiet_since >= lab.scaling.down_after_s:
             idle = sorted((he for he in engines if not he[1].inflight), key=lambda he: he[1].last_used)
             if idle and len(engines) > max(offer.min_replicas, 1):
                 host, _ = idle[0]
                 out.append(Unload(name, host.label, f"quiet for {lab.now - trend.quiet_since:.0f} s"))
+    return out
+
+
+def below_minimum(lab: Lab) -> list[Load]:
+    """A load for each model with fewer engines (loading ones count) than its min_replicas, on a host not
+    serving it yet; one per model per snapshot."""
+    out = []
+    for name, offer in lab.offers.items():
+        engines = [(h, e) for h, e in lab.engines_of(name) if e.state != "unloading"]
+        if len(engines) >= offer.min_replicas:
+            continue
+        placed = place(lab, offer, exclude=frozenset(h.label for h, _ in engines))
+        if isinstance(placed, Load):
+            out.append(replace(placed, why=f"min_replicas {offer.min_replicas}; {placed.why}"))
     return out

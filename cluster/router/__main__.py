@@ -20,18 +20,22 @@ from uvicorn.config import create_ssl_context
 
 from cluster.gateway.gateway import Gateway, refuse_open
 from cluster.pki import pins
+from cluster.placement import offers
+from cluster.placement.offers import DemandCatalog
 from cluster.router import handover
 from cluster.router.app import create_app
 from cluster.router.connections import guarded_protocol, tls_terminated
+from cluster.router.demand import DemandManager
 from cluster.router.logformat import JsonLines
 from cluster.router.registry import Registry
+from proto import orchard_pb2 as pb
 from worker.shared import openfiles, tls
 from worker.shared.launch import LaunchConfigError, RouterConfig, usage
 
 log = logging.getLogger("orchard.router")
 
 
-def gateway_for(config: RouterConfig, registry: Registry) -> Gateway:
+def gateway_for(config: RouterConfig, registry: Registry, demand: DemandManager | None = None) -> Gateway:
     """The gateway this router runs with; refuses (exit 2) to serve beyond loopback without keys."""
     db = Path(config.gateway_db).expanduser() if config.gateway_db else None
     if config.no_auth:
@@ -40,7 +44,10 @@ def gateway_for(config: RouterConfig, registry: Registry) -> Gateway:
         sys.stderr.write(f"python -m cluster.router: {why}\n")
         raise SystemExit(2)
     require = not config.loopback and not config.no_auth
-    return Gateway(db, registry.capacity, require_auth=require, max_queue=config.max_queue, open_ok=config.no_auth)
+    warm = demand.warm if demand else None
+    return Gateway(
+        db, registry.capacity, require_auth=require, max_queue=config.max_queue, open_ok=config.no_auth, warm=warm
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,11 +68,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"python -m cluster.router: {why}\n")
         raise SystemExit(2)
     try:
+        catalog = offers.read(Path(config.demand).expanduser()) if config.demand else DemandCatalog()
+    except ValueError as exc:
+        sys.stderr.write(f"python -m cluster.router: {exc}\n")
+        raise SystemExit(2) from None
+    try:
         registry = Registry(
             list(config.workers),
             tls_dir=config.tls_path,
             close_grace_s=config.request_timeout_s,
             expected=config.models,
+            offered=tuple(pb.ModelInfo(name=m.name, source=m.source, engine=m.engine) for m in catalog.models),
         )
         if config.tls_path is not None:
             tls.read_identity(config.tls_path)  # a missing or broken folder: say so now, not per worker
@@ -78,7 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         sys.stderr.write(f"python -m cluster.router: cannot listen on {config.listen}: {exc.strerror}\n")
         raise SystemExit(1) from None
-    app = create_app(registry, config, gateway_for(config, registry), settle_s=SETTLE_S if taken else 0.0)
+    demand = DemandManager(catalog, registry) if catalog.models else None
+    gateway = gateway_for(config, registry, demand)
+    if demand is not None:
+        demand.waiting = gateway.admission.waiting
+    app = create_app(registry, config, gateway, settle_s=SETTLE_S if taken else 0.0, demand=demand)
     connections = connection_cap(config)
     http: Any = guarded_protocol(connections)
     endpoint = endpoint_tls(config)

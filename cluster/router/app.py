@@ -28,6 +28,7 @@ from cluster.gateway.keys import Key
 from cluster.gateway.usage import UsageRow, refused_row
 from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
+from cluster.router.demand import DemandManager
 from cluster.router.errors import ApiError, ClientLeft, Unexpected, api_error
 from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
@@ -46,7 +47,11 @@ WORKER_HEADER = "x-orchard-worker"
 
 
 def create_app(
-    registry: Registry, config: RouterConfig, gateway: Gateway | None = None, settle_s: float = 0.0
+    registry: Registry,
+    config: RouterConfig,
+    gateway: Gateway | None = None,
+    settle_s: float = 0.0,
+    demand: DemandManager | None = None,
 ) -> FastAPI:
     """The router app over a registry and a gateway (both started and stopped with the app). `settle_s`: wait
     (at most that long) until every agent has told its state before serving — a router taking over from a
@@ -55,6 +60,8 @@ def create_app(
     forwarder = Forwarder(registry, config, metrics)
     gateway = gateway or Gateway(None, registry.capacity, require_auth=False, max_queue=config.max_queue)
     activity = Activity()
+    if demand is not None:
+        demand.cold_starts, demand.cold_waiting = metrics.observe_cold_start, metrics.cold_waiting_by
 
     def ended(row: UsageRow) -> None:
         """Every request's one end record, read by every consumer: metrics, the dashboard, the request log."""
@@ -67,6 +74,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         await gateway.start()
+        if demand is not None:
+            await demand.start()
         renewing = _renewing(config)
         if settle_s:
             await registry.settled(settle_s)
@@ -77,6 +86,8 @@ def create_app(
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
+            if demand is not None:  # its engines keep serving: the next router adopts them
+                await demand.stop()
             await gateway.stop()
             await registry.stop()
 

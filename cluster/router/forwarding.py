@@ -170,6 +170,7 @@ class Forwarder:
         """One worker's first reply. Raises _NextWorker when another worker may do, ApiError when not."""
         assert handle.stub is not None  # the caller skips workers not connected yet
         handle.inflight += 1
+        handle.last_used = time.monotonic()
         probe = self.registry.attempt(handle)
         call = handle.stub.Generate(generate, timeout=max(deadline - time.monotonic(), 0.001))
         call.add_done_callback(lambda _call, h=handle: _release(h))  # however the RPC ends
@@ -363,6 +364,7 @@ def response_id(first: pb.GenerateReply) -> str | None:
 
 def _release(handle: WorkerHandle) -> None:
     handle.inflight -= 1
+    handle.last_used = time.monotonic()  # what keep_alive and eviction count from
 
 
 def is_usage_only(chunk: bytes) -> bool:

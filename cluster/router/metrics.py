@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,6 +67,19 @@ class RouterMetrics:
         self.queue_wait = Histogram(
             "orchard_queue_wait_seconds", "time in the admission queue", ["model"], registry=r, buckets=_LATENCY
         )
+        self.cold_wait = Histogram(
+            "orchard_cold_start_wait_seconds",
+            "on-demand models: how long a request waited for its model's engine to load (cold starts only)",
+            ["model"],
+            registry=r,
+            buckets=_LATENCY,
+        )
+        self.cold_waiting = Gauge(
+            "orchard_cold_start_waiting",
+            "requests waiting now for their on-demand model to load",
+            ["model"],
+            registry=r,
+        )
         self.decisions = Counter("orchard_routing_decisions", "scheduler decisions by reason", ["reason"], registry=r)
         self.retries = Counter(
             "orchard_retries",
@@ -83,6 +96,12 @@ class RouterMetrics:
         """Rare events read 0 for every model served, not nothing (a rate over nothing is no line at all)."""
         for model in models:
             self.retries.labels(model)
+
+    def observe_cold_start(self, model: str, waited_s: float) -> None:
+        self.cold_wait.labels(model).observe(waited_s)
+
+    def cold_waiting_by(self, model: str, delta: int) -> None:
+        self.cold_waiting.labels(model).inc(delta)
 
     def observe_end(self, row: UsageRow) -> None:
         """Every counter and histogram of a request's end, from its one record: the only place they change

@@ -71,6 +71,8 @@ class WorkerHandle:
     last_error: str = ""  # why the last attempt to reach it failed (e.g. the TLS handshake's); "" once connected
     load: Load = field(default_factory=Load)  # its engine's figures, from its last sample
     pin: str = ""  # the name its certificate must carry (cluster/pki/pins.py); "": its address, as dialled
+    pin_address: str = ""  # an on-demand child agent's: its host agent's address, whose pin (and identity) it has
+    last_used: float = 0.0  # monotonic: when a request last started or ended here
 
     @property
     def worker_id(self) -> str:
@@ -143,13 +145,16 @@ class Registry:
         tls_dir: Path | None = None,
         close_grace_s: float = 900.0,
         expected: tuple[str, ...] = (),
+        offered: tuple[pb.ModelInfo, ...] = (),
     ) -> None:
+        """`offered`: on-demand models, listed (and routed to a cold start) while no worker serves them."""
         self.watch_interval_s = watch_interval_s
         self.expected = frozenset(expected)  # the models the lab serves by its hosts file
         self.started_at = time.monotonic()
         self.tls_dir = tls_dir  # our identity towards the agents (mutual TLS); None: plaintext, loopback only
         self.close_grace_s = close_grace_s  # a replaced channel's calls get this long to finish
         self.workers = {address: WorkerHandle(address) for address in addresses}
+        self.offered = {m.name: m for m in offered}
         self._merged: tuple[tuple[pb.InfoReply | None, ...], dict[str, pb.ModelInfo]] = ((), {})
         self._watcher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -191,9 +196,10 @@ class Registry:
                 continue
             try:
                 dialled = self._pinned()
-                for handle in self.workers.values():
-                    if stamps[0] != seen[0] or dialled.get(handle.address, "") != handle.pin:
-                        self._reopen(handle, dialled.get(handle.address, ""))
+                for handle in list(self.workers.values()):
+                    pin = dialled.get(handle.pin_address or handle.address, "")
+                    if stamps[0] != seen[0] or pin != handle.pin:
+                        self._reopen(handle, pin)
             except (tls.TlsError, pins.PinsError) as exc:
                 log.warning("TLS identity or pins changed but cannot be read (%s); keeping the current ones", exc)
                 continue
@@ -219,6 +225,28 @@ class Registry:
             closing = asyncio.create_task(old_channel.close(grace=grace))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
+
+    def add(self, address: str, pin_address: str = "") -> WorkerHandle:
+        """A worker that joins now (an on-demand child agent): followed like the others from this moment."""
+        if (known := self.workers.get(address)) is not None:
+            return known
+        handle = WorkerHandle(address, pin_address=pin_address, last_used=time.monotonic())
+        handle.pin = self._pinned().get(pin_address or address, "") if self.tls_dir else ""
+        self.workers[address] = handle
+        self._open(handle)
+        return handle
+
+    async def remove(self, address: str) -> None:
+        """A worker that left (an unloaded child agent): no longer followed, listed or chosen."""
+        handle = self.workers.pop(address, None)
+        if handle is None:
+            return
+        if handle.task is not None:
+            handle.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handle.task
+        if handle.channel is not None:
+            await handle.channel.close(grace=1.0)
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait until every agent has sent its Info and a state sample (or `timeout_s` passed); whether all did."""
@@ -277,6 +305,11 @@ class Registry:
 
     def _merge(self) -> dict[str, pb.ModelInfo]:
         found: dict[str, pb.ModelInfo] = {}
+        for name, offered in self.offered.items():  # an on-demand model no worker serves: as the catalog says
+            if not any(
+                handle.info and any(m.name == name for m in handle.info.models) for handle in self.workers.values()
+            ):
+                found[name] = offered
         for handle in self.workers.values():
             for model in handle.info.models if handle.info else ():
                 seen = found.get(model.name)

@@ -58,7 +58,9 @@ def test_load_starts_a_child_agent_that_answers_and_unload_stops_it(tmp_path: Pa
         port = agent.Load(
             pb.LoadRequest(model="coder", argv=child_argv(tmp_path, "coder"), need_bytes=10**8), timeout=90
         ).port
-        assert port and agent.Info(pb.InfoRequest(), timeout=2).children == ["coder"]
+        assert port and [(c.model, c.port) for c in agent.Info(pb.InfoRequest(), timeout=2).children] == [
+            ("coder", port)
+        ]
         child = stub(f"127.0.0.1:{port}")
         answer = wait_until(lambda: info(child), 30, "the child answers")
         assert [m.name for m in answer.models] == ["coder"]
@@ -76,7 +78,7 @@ def test_load_starts_a_child_agent_that_answers_and_unload_stops_it(tmp_path: Pa
         )
         pids = procs.descendants(fleet.children[0].pid)
         assert agent.Unload(pb.UnloadRequest(model="coder"), timeout=60).was_loaded
-        assert agent.Info(pb.InfoRequest(), timeout=2).children == []
+        assert not agent.Info(pb.InfoRequest(), timeout=2).children
         wait_until(
             lambda: not any(procs.alive(p) for p in pids if p not in procs.descendants(fleet.children[0].pid)),
             30,

@@ -16,6 +16,7 @@ from cluster.placement.demand import (
     Refuse,
     Trend,
     Unload,
+    below_minimum,
     cold_start,
     expired,
     observe,
@@ -146,3 +147,11 @@ def test_a_queue_that_comes_and_goes_scales_nothing() -> None:
         snapshot = lab(*one, waiting={"chat": UP_QUEUE if second % 5 else 0}, now=second)
         trends = observe(trends, snapshot)
         assert scale(snapshot, trends) == []  # never long for UP_AFTER_S in a row; never quiet (all in flight)
+
+
+def test_a_model_below_its_minimum_gains_an_engine_on_a_host_without_one() -> None:
+    hosts = (Host("s1", 100, (Engine("chat", 20),)), Host("s2", 30), Host("s3", 60))
+    wanted = Lab(0, hosts, {"chat": Offer("chat", 20, min_replicas=2, max_replicas=3)})
+    assert below_minimum(wanted) == [Load("chat", "s2", why="min_replicas 2; 30 GB free on s2")]
+    loading = Lab(0, (*hosts[:1], Host("s2", 30, (Engine("chat", 20, state="loading"),))), wanted.offers)
+    assert below_minimum(loading) == []

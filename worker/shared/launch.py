@@ -268,6 +268,9 @@ class RouterConfig(_Frozen):
     handover: Annotated[
         str, Flag("--handover", "unix socket where a restarted router takes this one's listening socket")
     ] = ""
+    demand: Annotated[
+        str | None, Flag("--demand", "the on-demand models' catalog (`cluster up` writes it): load them on request")
+    ] = None
     gateway_db: Annotated[str | None, Flag("--gateway-db", "the gateway's SQLite database (keys, limits, usage)")] = (
         None
     )
