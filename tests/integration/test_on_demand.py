@@ -65,19 +65,25 @@ def child(logs: Path, model: str, host: str, decode_ms: int = 1, slots: int = 64
     return Placeable(host=host, argv=argv)
 
 
-def offered(logs: Path, name: str, need_gb: float, **fields: object) -> Offered:
-    decode = int(fields.pop("decode_ms", 1))  # type: ignore[call-overload]
-    slots = int(fields.pop("slots", 64))  # type: ignore[call-overload]
-    hosts = fields.pop("hosts", ("h1", "h2"))
-    places = tuple(child(logs, name, h, decode, slots) for h in hosts)  # type: ignore[attr-defined]
+def offered(
+    logs: Path,
+    name: str,
+    need_gb: float,
+    keep_alive_s: float = 300.0,
+    max_replicas: int = 1,
+    decode_ms: int = 1,
+    slots: int = 64,
+) -> Offered:
+    places = tuple(child(logs, name, host, decode_ms, slots) for host in ("h1", "h2"))
     return Offered(
         name=name,
         engine="sim",
         source=name,
         need_bytes=int(need_gb * GB),
+        keep_alive_s=keep_alive_s,
+        max_replicas=max_replicas,
         places=places,
-        **{"keep_alive_s": 300.0, **fields},
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
