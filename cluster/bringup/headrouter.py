@@ -23,7 +23,8 @@ from worker.shared import build, procs
 from worker.shared.launch import RouterConfig
 
 
-def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterConfig:
+def router_config(spec: ClusterSpec, workers: list[str], home: Path, demand: Path | None = None) -> RouterConfig:
+    """`demand`: the on-demand catalog `cluster up` wrote (ondemand.py), if the lab offers any."""
     policies = tuple((m.name, m.policy) for m in spec.models if m.policy)
     router = spec.router
     cert, key = _endpoint_files(spec, home)
@@ -41,6 +42,7 @@ def router_config(spec: ClusterSpec, workers: list[str], home: Path) -> RouterCo
         ca_dir=str(authority.ca_folder(home)),
         tls_cert=cert,
         tls_key=key,
+        demand=str(demand) if demand else None,
     )
 
 
@@ -61,8 +63,9 @@ def ensure_router(
     report: Report,
     service: units.RouterService,
     install_service: bool = False,
+    demand: Path | None = None,
 ) -> str:
-    config = router_config(spec, workers, home)
+    config = router_config(spec, workers, home, demand)
     previous = read_state(home)
     pid = previous.router_now(service) if previous else None
     as_service = install_service or bool(previous and previous.router_slot)  # a service router stays one

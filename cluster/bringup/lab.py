@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from cluster.bringup import certs, headrouter, modelcopy, preflight, remote, rolling, units
+from cluster.bringup import certs, headrouter, modelcopy, ondemand, preflight, remote, rolling, units
 from cluster.bringup.fleet import Report, fetch_workers
 from cluster.bringup.labstate import LabError, read_state, state_path
 from cluster.bringup.preflight import HostOutcome
@@ -25,7 +25,7 @@ from cluster.gateway.store import db_path
 from cluster.pki import authority, pins
 from cluster.placement import sizing
 from cluster.placement.hostsfile import ClusterSpec, HostSpec
-from cluster.placement.plan import Assignment, PlacementError, plan, shared_network_warnings
+from cluster.placement.plan import Assignment, PlacementError, Room, plan, room, shared_network_warnings
 from cluster.state import records
 from worker.shared import procs
 from worker.shared.download import fetching
@@ -126,10 +126,12 @@ async def up(
         raise LabError(why)
     _endpoint_ready(spec, home)
     stored, probes = await _probed(spec, home, report)
-    assignments = await _placed(spec, probes, report, stored)
+    assignments, free = await _placed(spec, probes, report, stored)
     by_host = {a.host.label: a for a in assignments}
-    folders = await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report)
-    configs = {label: _agent_config(a, spec, folders.get(label)) for label, a in by_host.items()}  # built once
+    offered_at = ondemand.hosts_for(spec, assignments, report)
+    folders = await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report, offered_at)
+    demand = ondemand.write(home, ondemand.catalog(spec, assignments, free, offered_at, folders.on_demand, report))
+    configs = {label: _agent_config(a, spec, folders.pinned.get(label)) for label, a in by_host.items()}  # once
     url, changing = await _changing(probes, spec, configs, home, service)
     trust = (_authority(home), home)
     for label in certs.forget_others(home, {a.host.agent_address for a in assignments}):
@@ -155,7 +157,9 @@ async def up(
         await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if a.routed]
-    url = await asyncio.to_thread(headrouter.ensure_router, spec, home, workers, report, service, install_service)
+    url = await asyncio.to_thread(
+        headrouter.ensure_router, spec, home, workers, report, service, install_service, demand
+    )
     routed = {a.host.label for a in assignments if a.routed}
     serving = [o for o in outcomes if o.state in ("started", "running")]
     waiting = [o for o in serving if o.label in routed]
@@ -176,12 +180,13 @@ async def _probed(spec: ClusterSpec, home: Path, report: Report) -> tuple[modelc
     return stored, list(await asyncio.gather(*(preflight.probe(h, sources, report) for h in spec.hosts)))
 
 
-async def push_models(spec: ClusterSpec, home: Path, report: Report) -> dict[str, str | ModelError]:
+async def push_models(spec: ClusterSpec, home: Path, report: Report) -> modelcopy.Folders:
     """`cluster models push`: each host gets its models' files, as `cluster up` would give them; nothing starts."""
     stored, probes = await _probed(spec, home, report)
     try:
-        assignments = await _placed(spec, probes, report, stored)
-        return await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report)
+        assignments, _ = await _placed(spec, probes, report, stored)
+        offered_at = ondemand.hosts_for(spec, assignments, report)
+        return await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report, offered_at)
     finally:
         for probe in probes:
             if probe.conn is not None:
@@ -190,8 +195,9 @@ async def push_models(spec: ClusterSpec, home: Path, report: Report) -> dict[str
 
 async def _placed(
     spec: ClusterSpec, probes: list[preflight.Probe], report: Report, stored: modelcopy.Stored
-) -> list[Assignment]:
-    """Where each model runs, planned with what the hosts said of themselves, and checked against them."""
+) -> tuple[list[Assignment], Room]:
+    """Where each pinned model runs, planned with what the hosts said of themselves, and checked against them;
+    the room on-demand models start from, by the same rules."""
     hosts = {p.outcome.label: p.facts for p in probes if p.facts is not None}
     memory = {label: f.memory_bytes / 1e9 for label, f in hosts.items() if f.memory_bytes}
     usable = {label: f.usable_memory_bytes / 1e9 for label, f in hosts.items() if f.usable_memory_bytes}
@@ -209,7 +215,7 @@ async def _placed(
     by_label = {h.label: p for h, p in zip(spec.hosts, probes, strict=True)}
     preflight.check_engines(assignments, by_label, report)
     await preflight.check_groups(assignments, by_label, report, frozenset(stored.entries))
-    return assignments
+    return assignments, room(spec, facts, memory, usable)
 
 
 async def _changing(

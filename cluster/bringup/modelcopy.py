@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.bringup import preflight, remote
@@ -61,30 +62,51 @@ async def stored(spec: ClusterSpec, home: Path, report: Report) -> Stored:
     return Stored(entries, problems)
 
 
+@dataclass
+class Folders:
+    """Where the store put each model: a pinned model's folder by host, an on-demand model's by (model, host);
+    or why its copy failed."""
+
+    pinned: dict[str, str | ModelError] = field(default_factory=dict)
+    on_demand: dict[tuple[str, str], str | ModelError] = field(default_factory=dict)
+
+
 async def put(
-    stored: Stored, assignments: list[Assignment], probes: dict[str, preflight.Probe], report: Report
-) -> dict[str, str | ModelError]:
-    """Each host's model folder (for its engine), or why its copy failed."""
-    placed: dict[str, str | ModelError] = {}
+    stored: Stored,
+    assignments: list[Assignment],
+    probes: dict[str, preflight.Probe],
+    report: Report,
+    on_demand: Mapping[str, Sequence[HostSpec]] | None = None,
+) -> Folders:
+    """Each host's model folders (for its engines): the pinned model placed there, and the on-demand models it
+    may load (`on_demand`: by model, the hosts)."""
+    on_demand = on_demand or {}
+    folders = Folders()
     for name, problem in stored.problems.items():
-        placed.update({a.host.label: ModelError(problem) for a in assignments if a.model.name == name})
+        folders.pinned.update({a.host.label: ModelError(problem) for a in assignments if a.model.name == name})
+        folders.on_demand.update({(name, h.label): ModelError(problem) for h in on_demand.get(name, ())})
     for name, entry in stored.entries.items():
         mine = [a for a in assignments if a.model.name == name and (a.group is not None or a.host.engine != "sim")]
         mine = [a for a in mine if probes[a.host.label].conn is not None]
-        if not mine:
+        extra = [h for h in on_demand.get(name, ()) if h.engine != "sim" and probes[h.label].conn is not None]
+        if not mine and not extra:
             continue
         only = _rank_files(entry, mine)
         files = [f.path for f in entry.manifest.files]
         targets = [
             push.Target(a.host, probes[a.host.label].conn, fanout.wanted(files, only, a.host.label)) for a in mine
-        ]
+        ] + [push.Target(h, probes[h.label].conn, tuple(files)) for h in extra]
         done = await push.push(entry, targets, report)
         report(summary(name, done, entry.manifest.size))
-        for a in mine:
-            copied = done.hosts[a.host.label]
-            placed[a.host.label] = copied.folder if not copied.reason else ModelError(f"model copy: {copied.reason}")
-        _same_path_for_vllm_groups(mine, placed, report)
-    return placed
+        for target in targets:
+            copied = done.hosts[target.host.label]
+            folder = copied.folder if not copied.reason else ModelError(f"model copy: {copied.reason}")
+            if any(h.label == target.host.label for h in extra):
+                folders.on_demand[(name, target.host.label)] = folder
+            else:
+                folders.pinned[target.host.label] = folder
+        _same_path_for_vllm_groups(mine, folders.pinned, report)
+    return folders
 
 
 def summary(name: str, done: push.Pushed, size: int) -> str:

@@ -17,7 +17,7 @@ import asyncssh
 from pydantic import BaseModel, ValidationError
 
 from cluster.bringup import units
-from cluster.placement.hostsfile import ClusterSpec, HostSpec
+from cluster.placement.hostsfile import ClusterSpec, HostSpec, ModelSpec
 from cluster.placement.plan import Assignment, GroupPlan
 from worker.shared import build
 from worker.shared.daemon import (
@@ -31,6 +31,7 @@ from worker.shared.daemon import (
 )
 from worker.shared.launch import AgentConfig, GroupRole
 from worker.shared.tls import CA_FILE, IDENTITY_FILE
+from worker.store.folder import slug
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
@@ -167,25 +168,44 @@ def agent_config(assignment: Assignment, spec: ClusterSpec, folder: str | None =
     group. Raises LaunchConfigError."""
     host, model = assignment.host, assignment.model
     group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
-    sim_options = host.sim_options.items()  # the hosts file allows numbers; the command line carries text
     return AgentConfig.checked(
+        **_model_fields(host, model, folder),
         listen=f"0.0.0.0:{host.agent_port}",
         engine=group.backend if group else host.engine,
-        model=folder or model.source,
-        served_name=model.name,
         worker_id=host.label,
-        max_model_len=model.max_model_len,
-        engine_args=tuple(model.engine_args),
-        sim_options=tuple(sorted((k, str(v)) for k, v in sim_options)),
-        engine_python=host.engine_python,
-        ready_timeout_s=model.ready_timeout_s,
-        tool_parser=model.tool_parser,
-        reasoning_parser=model.reasoning_parser,
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs",
         group=group,
-        tls_dir=tls_dir(host),
-        task=model.task,
+        need_gb=assignment.need_gb or 0.0,
     )
+
+
+def on_demand_config(host: HostSpec, model: ModelSpec, folder: str | None, need_gb: float) -> AgentConfig:
+    """An on-demand model's child agent on a host (its host agent gives it a port when it starts it)."""
+    return AgentConfig.checked(
+        **_model_fields(host, model, folder),
+        listen=f"0.0.0.0:{host.agent_port}",  # the host agent's --listen, given after, decides
+        engine=host.engine,
+        worker_id=f"{host.label}:{model.name}",
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs/{slug(model.name)}",
+        need_gb=need_gb,
+    )
+
+
+def _model_fields(host: HostSpec, model: ModelSpec, folder: str | None) -> dict[str, Any]:
+    sim_options = host.sim_options.items()  # the hosts file allows numbers; the command line carries text
+    return {
+        "model": folder or model.source,
+        "served_name": model.name,
+        "max_model_len": model.max_model_len,
+        "engine_args": tuple(model.engine_args),
+        "sim_options": tuple(sorted((k, str(v)) for k, v in sim_options)),
+        "engine_python": host.engine_python,
+        "ready_timeout_s": model.ready_timeout_s,
+        "tool_parser": model.tool_parser,
+        "reasoning_parser": model.reasoning_parser,
+        "tls_dir": tls_dir(host),
+        "task": model.task,
+    }
 
 
 def tls_dir(host: HostSpec) -> str:

@@ -179,12 +179,15 @@ def _push(args: argparse.Namespace) -> int:
         err_console.print(f"[red]cluster models push failed:[/] {escape(str(exc))}")
         return 1
     table = Table(title=f"models on the hosts of {args.file}")
-    table.add_column("host")
-    table.add_column("model folder")
-    for label, folder in placed.items():
-        table.add_row(label, f"[red]{escape(str(folder))}[/]" if isinstance(folder, ModelError) else escape(folder))
+    for column in ("host", "model", "folder"):
+        table.add_column(column)
+    rows = [(label, "(pinned)", folder) for label, folder in placed.pinned.items()]
+    rows += [(label, f"{model} (on demand)", folder) for (model, label), folder in placed.on_demand.items()]
+    for label, model, folder in rows:
+        shown = f"[red]{escape(str(folder))}[/]" if isinstance(folder, ModelError) else escape(folder)
+        table.add_row(label, model, shown)
     console.print(table)
-    return 1 if any(isinstance(f, ModelError) for f in placed.values()) else 0
+    return 1 if any(isinstance(row[2], ModelError) for row in rows) else 0
 
 
 def _rm(args: argparse.Namespace) -> int:

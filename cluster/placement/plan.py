@@ -318,13 +318,14 @@ def plan(
     `usable_gb` (by host label) from the hosts' own reports (usable: Metal's recommended working set); the
     hosts file's `size_gb`, `memory_gb` and `memory_fraction` take precedence."""
     planner = _Planner(spec, facts or {}, memory_gb or {}, usable_gb or {})
-    for model in spec.models:
+    pinned = [m for m in spec.models if m.load == "pinned"]  # on-demand ones: the router places them (demand.py)
+    for model in pinned:
         if model.hosts is not None:
             if model.mode is not None:
                 planner.pinned_group(model)
             else:
                 planner.place_pinned_replicas(model)
-    unpinned = [m for m in spec.models if m.hosts is None]
+    unpinned = [m for m in pinned if m.hosts is None]
     unpinned.sort(key=lambda m: -(planner.need(m).total or -1.0))  # largest first; unknown sizes last
     for model in unpinned:
         for replica in range(model.replicas or 1):
@@ -334,6 +335,28 @@ def plan(
                 planner.place_replica(model, replica)
     order = {m.name: i for i, m in enumerate(spec.models)}
     return sorted(planner.out, key=lambda a: order[a.model.name])  # stable: placement order within a model
+
+
+@dataclass(frozen=True)
+class Room:
+    """What on-demand placement starts from: each host's usable memory and each on-demand model's need, by the
+    same rules as plan() (None: not known)."""
+
+    usable_gb: dict[str, float | None]
+    need_gb: dict[str, float | None]
+
+
+def room(
+    spec: ClusterSpec,
+    facts: Mapping[str, ModelFacts] | None = None,
+    memory_gb: Mapping[str, float] | None = None,
+    usable_gb: Mapping[str, float] | None = None,
+) -> Room:
+    planner = _Planner(spec, facts or {}, memory_gb or {}, usable_gb or {})
+    return Room(
+        {h.label: planner.usable(h) for h in spec.hosts},
+        {m.name: planner.need(m).total for m in spec.models if m.load == "on-demand"},
+    )
 
 
 def shared_network_warnings(assignments: list[Assignment]) -> list[str]:
