@@ -112,8 +112,9 @@ def keep_awake(platform: str, agent_pid: int) -> list[str] | None:
 
 
 async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
-    """Run until `stop` is set; then drain gRPC and stop the engine (terminate, then kill)."""
-    adapter = adapter_for(config.engine)
+    """Run until `stop` is set; then drain gRPC and stop the engine (terminate, then kill). A vacant agent
+    (`--engine none`) starts no engine of its own: its supervisor stays stopped, saying why."""
+    adapter = adapter_for("sim" if config.vacant else config.engine)  # a vacant agent's is never launched
     engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s, stall_timeout_s=config.stall_timeout_s)
     fetch = hub_fetch(config.model) if config.engine != "sim" else None
@@ -121,12 +122,12 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     group = GroupController(config.group, supervisor, config.tls_path) if config.group else None
     host = await asyncio.to_thread(read_host_facts)
     slots = adapter.capacity(engine_config)
-    guard = prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
+    guard = None if config.vacant else prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
     context = guard.context if guard else config.max_model_len or 0
     model = pb.ModelInfo(name=config.served_name, source=config.model, max_model_len=context)
     identity = ServiceIdentity(
         worker_id=config.worker_id,
-        models=(model,),
+        models=() if config.vacant else (model,),
         max_concurrency=slots,  # what the router lets through to this worker
         engine_version=adapter.version(engine_config),
         agent_version=build.describe(),
@@ -172,7 +173,10 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     log.info("agent %s listening on port %d, engine %s", config.worker_id, port, config.engine)
     if group is not None:
         await group.start()
-    await supervisor.start()
+    if config.vacant:
+        supervisor.detail = "no engine of its own: it runs the on-demand engines the router asks for"
+    else:
+        await supervisor.start()
     health_task = asyncio.create_task(_publish_health(supervisor, health_servicer))
     try:
         await stop.wait()

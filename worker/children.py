@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ class LoadRefused(Exception):
 class Child:
     model: str
     need_bytes: int
-    process: asyncio.subprocess.Process
+    process: subprocess.Popen[bytes]
     port: int
 
 
@@ -52,7 +53,7 @@ class Children:
         """The child's port, started now or already running."""
         async with self._lock:
             child = self.running.get(model)
-            if child is not None and child.process.returncode is None:
+            if child is not None and child.process.poll() is None:
                 return child.port
             self.running.pop(model, None)
             self._check(model, need_bytes)
@@ -83,18 +84,18 @@ class Children:
             "--port-file",
             str(port_file),
         ]
-        with procs.open_log(self.folder / f"{name}.log") as log:
-            process = await asyncio.create_subprocess_exec(
-                *tether.wrap(command), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+        process = _spawn(tether.wrap(command), self.folder / f"{name}.log")
         deadline = asyncio.get_running_loop().time() + LISTEN_S
-        while asyncio.get_running_loop().time() < deadline and process.returncode is None:
+        while asyncio.get_running_loop().time() < deadline and process.poll() is None:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 return Child(model, need_bytes, process, int(port_file.read_text()))
             await asyncio.sleep(0.05)
         await _end(process)
         tail = (self.folder / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise LoadRefused(f"the agent for {model} did not listen: {' / '.join(tail) or 'no output'}")
+        status = (
+            f"exit status {process.returncode}" if process.returncode is not None else f"not within {LISTEN_S:.0f} s"
+        )
+        raise LoadRefused(f"the agent for {model} did not listen ({status}): {' / '.join(tail) or 'no output'}")
 
     async def unload(self, model: str) -> bool:
         async with self._lock:
@@ -108,11 +109,20 @@ class Children:
         await asyncio.gather(*(self.unload(model) for model in list(self.running)))
 
 
-async def _end(process: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """subprocess's spawn, not asyncio's: uvloop forks through libuv, and gRPC's fork handlers then crash the
+    child (SIGSEGV before exec); CPython's vfork runs none."""
+    with procs.open_log(log_path) as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+async def _end(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
     """SIGTERM the child's group (the tether passes it on: the agent drains and stops its engine), then SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), wait)
+        deadline = asyncio.get_running_loop().time() + wait
+        while process.poll() is None and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - a child
+            await asyncio.sleep(0.05)
+        if process.poll() is not None:
             return

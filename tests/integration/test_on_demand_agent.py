@@ -16,6 +16,8 @@ from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from tests.conftest import SIM_MODEL, agent_config, wait_until
 from worker.shared import procs
+from worker.shared.launch import AgentConfig
+from worker.shared.procs import free_port
 
 
 def stub(address: str) -> pb_grpc.WorkerStub:
@@ -103,5 +105,24 @@ def test_a_child_dies_with_its_agent(tmp_path: Path) -> None:
         family = procs.descendants(fleet.children[0].pid)
         os.kill(fleet.children[0].pid, signal.SIGKILL)  # no goodbye: the tether must end the child
         wait_until(lambda: not any(procs.alive(p) for p in family), 30, "every process of the agent gone")
+    finally:
+        fleet.stop()
+
+
+def test_a_vacant_agent_runs_no_engine_of_its_own_only_children(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "logs")
+    main = AgentConfig(listen=f"127.0.0.1:{free_port()}", engine="none", log_dir=str(tmp_path / "logs"))
+    try:
+        fleet.start_agent(main, name="agent")
+        agent = stub(main.listen)
+        found = wait_until(lambda: info(agent), 30, "the agent answers")
+        assert (found.engine, list(found.models)) == ("none", [])
+        sample = next(iter(agent.Watch(pb.WatchRequest(interval_seconds=0.1), timeout=5)))
+        assert sample.state == pb.ENGINE_STATE_STOPPED and "no engine of its own" in sample.state_detail
+        port = agent.Load(
+            pb.LoadRequest(model="coder", argv=child_argv(tmp_path, "coder"), need_bytes=1), timeout=90
+        ).port
+        child = wait_until(lambda: info(stub(f"127.0.0.1:{port}")), 30, "the child answers")
+        assert [m.name for m in child.models] == ["coder"]
     finally:
         fleet.stop()

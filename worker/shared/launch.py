@@ -24,6 +24,7 @@ EngineKind = Literal["vllm", "mlx", "sim"]
 Task = Literal["generate", "embed"]
 Policy = Literal["prefix", "least_loaded", "round_robin"]
 ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+AgentEngine = Literal["vllm", "mlx", "sim", "none"]
 POLICIES: tuple[str, ...] = get_args(Policy)
 
 AGENT_MODULE = "worker.agent"
@@ -141,8 +142,11 @@ class AgentConfig(_Frozen):
     listen: Annotated[str, Flag("--listen", "gRPC address (port 0: any free port; see --port-file)")] = (
         "127.0.0.1:50051"
     )
-    engine: Annotated[EngineKind, Flag("--engine")] = "vllm"
-    model: Annotated[str, Flag("--model", "local path, hub id or the bundled name, passed to the engine unchanged")]
+    # "none": no engine of its own; the agent runs on-demand engines as children (Load) and nothing else
+    engine: Annotated[AgentEngine, Flag("--engine")] = "vllm"
+    model: Annotated[str, Flag("--model", "local path, hub id or the bundled name, passed to the engine unchanged")] = (
+        ""
+    )
     served_name: Annotated[str, Flag("--served-name", "the model id clients use (default: --model)")] = ""
     worker_id: Annotated[str, Flag("--worker-id")] = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     engine_args: Annotated[tuple[str, ...], Flag("--engine-arg", "extra engine argument (repeat)")] = ()
@@ -185,6 +189,17 @@ class AgentConfig(_Frozen):
     reasoning_parser: Annotated[
         str | None, Flag("--reasoning-parser", "vLLM's reasoning parser (default: chosen from its files; off: none)")
     ] = Field(default=None, pattern=PARSER_NAME)
+
+    @model_validator(mode="after")
+    def _a_model_for_its_engine(self) -> AgentConfig:
+        if not self.model and self.engine != "none":
+            raise ValueError("--model is required (only --engine none runs without one)")
+        return self
+
+    @property
+    def vacant(self) -> bool:
+        """No engine of its own: it only runs on-demand engines as children."""
+        return self.engine == "none"
 
     @model_validator(mode="after")
     def _embed_on_vllm(self) -> AgentConfig:
