@@ -113,11 +113,15 @@ class Fleet:
         return f"\nlast lines of {logs[-1]}:\n{procs.tail(logs[-1])}" if logs else ""
 
 
-def read_workers(client: httpx.Client, url: str) -> list[WorkerRow]:
-    """The router's /orchard/workers rows. Raises httpx.HTTPError or pydantic's ValidationError."""
+def read_reply(client: httpx.Client, url: str) -> WorkersReply:
+    """The router's /orchard/workers: its workers and on-demand models. Raises httpx.HTTPError or ValidationError."""
     response = client.get(url + "/orchard/workers")
     response.raise_for_status()
-    return WorkersReply.model_validate_json(response.content).workers
+    return WorkersReply.model_validate_json(response.content)
+
+
+def read_workers(client: httpx.Client, url: str) -> list[WorkerRow]:
+    return read_reply(client, url).workers
 
 
 def fetch_workers(client: httpx.Client, url: str) -> list[WorkerRow]:

@@ -48,10 +48,10 @@ async def _bring_host(
         return outcome
     if assignment is not None and assignment.group is not None:
         outcome.engine = f"{assignment.group.backend} ({assignment.group.name} rank {assignment.rank})"
-    model_name = assignment.model.name if assignment else ""
+    model_name = assignment.model.name if assignment else "on-demand engines"
     async with conn:
         try:
-            if assignment is None:
+            if assignment is None and config is None:
                 stopped = await remote.stop_agent(conn, host)
                 outcome.state = "idle"
                 if stopped.was_running:
@@ -128,13 +128,17 @@ async def up(
     stored, probes = await _probed(spec, home, report)
     assignments, free = await _placed(spec, probes, report, stored)
     by_host = {a.host.label: a for a in assignments}
-    offered_at = ondemand.hosts_for(spec, assignments, report)
+    offered_at = ondemand.hosts_for(spec, assignments)
     folders = await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report, offered_at)
     demand = ondemand.write(home, ondemand.catalog(spec, assignments, free, offered_at, folders.on_demand, report))
-    configs = {label: _agent_config(a, spec, folders.pinned.get(label)) for label, a in by_host.items()}  # once
+    configs: dict[str, AgentConfig | LaunchConfigError] = {
+        label: _agent_config(a, spec, folders.pinned.get(label)) for label, a in by_host.items()
+    }  # each host's, built once; a host that only offers on-demand models runs a vacant agent
+    configs |= {h.label: remote.vacant_config(h) for h in ondemand.vacant(spec, assignments, offered_at)}
     url, changing = await _changing(probes, spec, configs, home, service)
     trust = (_authority(home), home)
-    for label in certs.forget_others(home, {a.host.agent_address for a in assignments}):
+    agents = {a.host.agent_address for a in assignments} | {spec.host(label).agent_address for label in configs}
+    for label in certs.forget_others(home, agents):
         report(f"{label}: no agent there any more; the router no longer renews its certificate")
 
     async def bring(probe: preflight.Probe, host: HostSpec) -> HostOutcome:
@@ -157,6 +161,7 @@ async def up(
         await asyncio.gather(*(_stop_host(h, report, root) for h in spec.hosts if h.label in started_now))
         raise LabError("--require-all: " + "; ".join(f"{o.label}: {o.reason}" for o in failed))
     workers = [a.agent_address for a in assignments if a.routed]
+    workers += [spec.host(label).agent_address for label in configs if label not in by_host]  # vacant agents
     url = await asyncio.to_thread(
         headrouter.ensure_router, spec, home, workers, report, service, install_service, demand
     )
@@ -185,7 +190,7 @@ async def push_models(spec: ClusterSpec, home: Path, report: Report) -> modelcop
     stored, probes = await _probed(spec, home, report)
     try:
         assignments, _ = await _placed(spec, probes, report, stored)
-        offered_at = ondemand.hosts_for(spec, assignments, report)
+        offered_at = ondemand.hosts_for(spec, assignments)
         return await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report, offered_at)
     finally:
         for probe in probes:

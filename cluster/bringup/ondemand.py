@@ -2,8 +2,9 @@
 pinned model's, and the catalog the router loads and unloads by (cluster/placement/offers.py), written to
 `~/.orchard/demand-<digest>.json` so that a changed catalog is a changed router command line (a hand-over).
 
-A host loads on-demand models through its agent, which today is the agent of its pinned model: a host with no
-pinned model of its own offers none (said at `cluster up`).
+A host loads on-demand models through its agent: its pinned model's, or, on a host with no pinned model, a
+vacant agent (`--engine none`) that runs only on-demand engines. A shard group's members offer none (their
+memory is the group's).
 """
 
 from __future__ import annotations
@@ -24,26 +25,23 @@ from worker.shared.models import ModelError
 GB = 1e9
 
 
-def _agents(assignments: list[Assignment]) -> dict[str, Assignment]:
-    """Hosts whose agent can start children: one pinned single-host model each (a group rank's cannot)."""
-    return {a.host.label: a for a in assignments if a.group is None}
+def hosts_for(spec: ClusterSpec, assignments: list[Assignment]) -> dict[str, list[HostSpec]]:
+    """By on-demand model, the hosts it may load on: its `hosts` (or every host), a shard group's members aside."""
+    grouped = {a.host.label for a in assignments if a.group is not None}
+    return {
+        model.name: [
+            h for h in spec.hosts if (model.hosts is None or h.label in model.hosts) and h.label not in grouped
+        ]
+        for model in spec.models
+        if model.load == "on-demand"
+    }
 
 
-def hosts_for(spec: ClusterSpec, assignments: list[Assignment], report: Report) -> dict[str, list[HostSpec]]:
-    """By on-demand model, the hosts it may load on: its `hosts` (or every host) that run an agent."""
-    agents = _agents(assignments)
-    found = {}
-    for model in spec.models:
-        if model.load != "on-demand":
-            continue
-        allowed = [h for h in spec.hosts if (model.hosts is None or h.label in model.hosts) and h.label in agents]
-        if not allowed:
-            report(
-                f"warning: on-demand model {model.name}: none of its hosts runs an agent (a host offers "
-                "on-demand models beside a pinned model of its own)"
-            )
-        found[model.name] = allowed
-    return found
+def vacant(spec: ClusterSpec, assignments: list[Assignment], hosts: Mapping[str, Sequence[HostSpec]]) -> list[HostSpec]:
+    """Hosts with no pinned model that offer on-demand ones: they run a vacant agent."""
+    placed = {a.host.label for a in assignments}
+    offering = {h.label for found in hosts.values() for h in found}
+    return [h for h in spec.hosts if h.label in offering and h.label not in placed]
 
 
 def catalog(
@@ -54,16 +52,17 @@ def catalog(
     folders: Mapping[tuple[str, str], str | ModelError],
     report: Report,
 ) -> DemandCatalog:
-    agents = _agents(assignments)
+    pinned = {a.host.label: a for a in assignments if a.group is None}
     rooms = tuple(
         HostRoom(
-            label=label,
-            agent=a.host.agent_address,
-            usable_bytes=int((room.usable_gb.get(label) or 0.0) * GB),
-            pinned_bytes=int((a.need_gb or 0.0) * GB),
-            pinned_model=a.model.name,
+            label=h.label,
+            agent=h.agent_address,
+            usable_bytes=int((room.usable_gb.get(h.label) or 0.0) * GB),
+            pinned_bytes=int((pinned[h.label].need_gb or 0.0) * GB) if h.label in pinned else 0,
+            pinned_model=pinned[h.label].model.name if h.label in pinned else "",
         )
-        for label, a in agents.items()
+        for h in spec.hosts
+        if any(h in found for found in hosts.values())
     )
     models = []
     for model in spec.models:

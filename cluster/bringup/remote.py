@@ -179,6 +179,18 @@ def agent_config(assignment: Assignment, spec: ClusterSpec, folder: str | None =
     )
 
 
+def vacant_config(host: HostSpec) -> AgentConfig:
+    """A host with no pinned model that offers on-demand ones: its agent runs no engine of its own."""
+    return AgentConfig.checked(
+        listen=f"0.0.0.0:{host.agent_port}",
+        engine="none",
+        worker_id=host.label,
+        log_dir=f"{host.orchard_dir.rstrip('/')}/logs",
+        tls_dir=tls_dir(host),
+        engine_python=host.engine_python,
+    )
+
+
 def on_demand_config(host: HostSpec, model: ModelSpec, folder: str | None, need_gb: float) -> AgentConfig:
     """An on-demand model's child agent on a host (its host agent gives it a port when it starts it)."""
     return AgentConfig.checked(

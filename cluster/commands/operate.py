@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from cluster.bringup import drain, lab, labstate, local, remote
-from cluster.bringup.fleet import fetch_workers, read_workers
+from cluster.bringup.fleet import fetch_workers, read_reply
 from cluster.bringup.sudo import Sudo
 from cluster.commands import certs, up
 from cluster.commands.output import console, err_console
@@ -80,11 +80,11 @@ def _status(args: argparse.Namespace) -> int:
     with httpx.Client(timeout=5, headers=operator_headers(home), verify=authority.trust(home)) as client:
         if args.watch:
             try:  # Ctrl-C ends it (cluster/commands/signals.py, even with SIGINT ignored at start)
-                status.watch(console, lambda: read_workers(client, state.url), state.url)
+                status.watch(console, lambda: read_reply(client, state.url), state.url)
             except KeyboardInterrupt:
                 return 0
         try:
-            rows = read_workers(client, state.url)
+            reply = read_reply(client, state.url)
         except (httpx.HTTPError, ValidationError) as exc:
             reason = escape(str(exc).splitlines()[0])
             err_console.print(
@@ -92,9 +92,9 @@ def _status(args: argparse.Namespace) -> int:
             )
             return 1
     if args.json:
-        print(status.as_json(rows))
+        print(status.as_json(reply))
         return 0
-    console.print(status.table(rows, state.url))
+    console.print(status.view(reply, state.url))
     certs.print_expiry(home)
     return 0
 

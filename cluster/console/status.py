@@ -7,12 +7,12 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.router.rows import WorkerRow, WorkersReply
+from cluster.router.rows import OnDemandRow, WorkerRow, WorkersReply
 
 COLUMNS = (
     "worker",
@@ -66,11 +66,31 @@ def _models(row: WorkerRow) -> str:
     return ", ".join(f"{name} ({facts[name]})" if facts.get(name) else name for name in row.models)
 
 
-def as_json(rows: list[WorkerRow]) -> str:
-    return WorkersReply(workers=rows).model_dump_json(indent=2)
+def on_demand_table(rows: list[OnDemandRow]) -> Table:
+    """The on-demand models: loaded (where), loading, or unloaded, with their last use."""
+    out = Table(title="on-demand models")
+    for column in ("model", "host", "state", "in flight", "waiting", "idle", "memory"):
+        out.add_column(column, justify="right" if column in ("in flight", "waiting", "idle", "memory") else "left")
+    for row in rows:
+        idle = "never used" if row.idle_s is None else f"{row.idle_s:.0f} s"
+        out.add_row(
+            row.model, row.host or "-", row.state, str(row.inflight), str(row.waiting), idle, f"{row.need_gb:.1f} GB"
+        )
+    return out
 
 
-def watch(console: Console, read: Callable[[], list[WorkerRow]], url: str, every_s: float = 1.0) -> None:
+def view(reply: WorkersReply, url: str, at: float | None = None) -> RenderableType:
+    """The workers' table, and the on-demand models' when the lab offers any."""
+    workers = table(reply.workers, url, at)
+    return Group(workers, on_demand_table(reply.on_demand)) if reply.on_demand else workers
+
+
+def as_json(reply: WorkersReply | list[WorkerRow]) -> str:
+    reply = reply if isinstance(reply, WorkersReply) else WorkersReply(workers=reply)
+    return reply.model_dump_json(indent=2)
+
+
+def watch(console: Console, read: Callable[[], WorkersReply], url: str, every_s: float = 1.0) -> None:
     """Redraw the table every `every_s` until interrupted (into a pipe or a log: print it anew each time); a
     failed read is said in its place, and it tries again (the router may be restarting)."""
     with Live(console=console, auto_refresh=False) if console.is_terminal else contextlib.nullcontext() as live:
@@ -84,8 +104,8 @@ def watch(console: Console, read: Callable[[], list[WorkerRow]], url: str, every
             time.sleep(every_s)
 
 
-def _read(read: Callable[[], list[WorkerRow]], url: str) -> RenderableType:
+def _read(read: Callable[[], WorkersReply], url: str) -> RenderableType:
     try:
-        return table(read(), url, time.time())
+        return view(read(), url, time.time())
     except Exception as exc:  # any failure to read is shown, and the next second tries again
         return f"[red]the router at {url} did not answer:[/] {escape(str(exc).splitlines()[0])}"

@@ -93,7 +93,7 @@ def create_app(
 
     app = FastAPI(title="Orchard", lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    operator.install(app, registry, metrics, gateway, activity)
+    operator.install(app, registry, metrics, gateway, activity, demand.rows if demand else list)
 
     pipeline = _Pipeline(registry, config, metrics, forwarder, gateway, ended)
     schema.install(app, {"/orchard/drain": ("post", operator.DrainAsk)} | ollama.BODIES)

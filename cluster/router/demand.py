@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -24,6 +24,7 @@ from cluster.gateway.gateway import Refusal
 from cluster.placement import demand
 from cluster.placement.offers import DemandCatalog, Offered
 from cluster.router.registry import Registry, WorkerHandle
+from cluster.router.rows import OnDemandRow
 from proto import orchard_pb2 as pb
 from worker.shared.states import EngineState
 
@@ -59,6 +60,7 @@ class DemandManager:
     cold_starts: Callable[[str, float], None] = lambda model, waited_s: None  # metrics: a cold request got its engine
     cold_waiting: Callable[[str, int], None] = lambda model, delta: None  # metrics: requests waiting for a load
     adopted: set[str] = field(default_factory=set)  # host agents whose children were looked at (once each)
+    used_at: dict[str, float] = field(default_factory=dict)  # an unloaded model's last use (monotonic)
     _loop: asyncio.Task[None] | None = None
 
     def offered(self) -> tuple[pb.ModelInfo, ...]:
@@ -150,6 +152,41 @@ class DemandManager:
             last_used=handle.last_used if handle else self.clock(),
         )
 
+    def rows(self) -> list[OnDemandRow]:
+        """Every on-demand model on every host holding it, or once as unloaded: for status and the dashboard."""
+        now, out = self.clock(), []
+        for offered in self.catalog.models:
+            mine = [e for e in self.engines.values() if e.model == offered.name]
+            waiting = self.cold.get(offered.name, 0)
+            for engine in mine:
+                view = self._engine_view(engine)
+                state: Literal["loaded", "loading", "unloading"] = "loaded" if view.state == "ready" else view.state
+                handle = self.registry.workers.get(engine.address)
+                idle = now - view.last_used if handle is not None else None
+                out.append(
+                    OnDemandRow(
+                        model=offered.name,
+                        host=engine.host,
+                        state=state,
+                        inflight=view.inflight,
+                        idle_s=idle,
+                        need_gb=view.need_gb,
+                        waiting=waiting,
+                    )
+                )
+            if not mine:
+                used = self.used_at.get(offered.name)
+                out.append(
+                    OnDemandRow(
+                        model=offered.name,
+                        state="unloaded",
+                        idle_s=None if used is None else now - used,
+                        need_gb=offered.need_bytes / GB,
+                        waiting=waiting,
+                    )
+                )
+        return out
+
     # --- effects -------------------------------------------------------------------------------------------
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -203,6 +240,8 @@ class DemandManager:
             if agent is not None and agent.stub is not None:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await agent.stub.Unload(pb.UnloadRequest(model=model), timeout=DRAIN_S)
+            if handle is not None:
+                self.used_at[model] = max(self.used_at.get(model, 0.0), handle.last_used)
             await self.registry.remove(engine.address)
         finally:
             self.engines.pop((model, label), None)

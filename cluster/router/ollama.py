@@ -153,8 +153,9 @@ def _add_listings(app: FastAPI, registry: Registry, gateway: Gateway, limit: int
 
     @app.get("/api/ps")
     async def running(request: Request) -> Response:
-        async def answer() -> dict[str, Any]:  # every model is loaded on its workers while the cluster is up
-            return {"models": [{**card, "expires_at": None, "size_vram": 0} for card in cards()]}
+        async def answer() -> dict[str, Any]:  # the models loaded now (an on-demand one only while it is)
+            loaded = [card for card in cards() if registry.state_of(card["name"]) == "loaded"]
+            return {"models": [{**card, "expires_at": None, "size_vram": 0} for card in loaded]}
 
         return await guarded(request, answer)
 

@@ -26,6 +26,7 @@ from cluster.router.rows import (
     DashboardReply,
     GroupRow,
     ModelFacts,
+    OnDemandRow,
     Reachability,
     WorkerRow,
     WorkersReply,
@@ -45,7 +46,14 @@ class DrainAsk(BaseModel):
 DRAIN_BODY_BYTES = 4096  # {"worker": ..., "draining": ...}: read as any body is (JSON, bounded, a deadline)
 
 
-def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: Gateway, activity: Activity) -> None:
+def install(
+    app: FastAPI,
+    registry: Registry,
+    metrics: RouterMetrics,
+    gateway: Gateway,
+    activity: Activity,
+    on_demand: Callable[[], list[OnDemandRow]] = list,
+) -> None:
     def lab() -> list[WorkerRow]:
         now = time.monotonic()
         return [worker_row(handle, now) for handle in registry.workers.values()]
@@ -62,7 +70,7 @@ def install(app: FastAPI, registry: Registry, metrics: RouterMetrics, gateway: G
 
     metrics.watch(lab, queued)
     _public(app, registry, gateway)
-    _lab_views(app, registry, metrics, activity, _Views(lab, queued, refused, gateway))
+    _lab_views(app, registry, metrics, activity, _Views(lab, queued, refused, gateway, on_demand))
     _drain(app, registry, refused)
 
 
@@ -72,6 +80,7 @@ class _Views:
     queued: Callable[[], dict[str, int]]
     refused: Callable[[Request], Response | None]  # the refusal of a caller without an admin key, or None
     gateway: Gateway
+    on_demand: Callable[[], list[OnDemandRow]]
 
 
 def _public(app: FastAPI, registry: Registry, gateway: Gateway) -> None:
@@ -96,6 +105,7 @@ def _public(app: FastAPI, registry: Registry, gateway: Gateway) -> None:
                 "max_model_len": m.max_model_len,
                 "routes": list(m.routes),
                 "capabilities": list(m.capabilities) if m.capabilities_known else None,
+                "state": registry.state_of(name),  # loaded | loading | unloaded (on-demand, loads on request)
             }
             for name, m in sorted(registry.models().items())
         ]
@@ -114,7 +124,7 @@ def _lab_views(app: FastAPI, registry: Registry, metrics: RouterMetrics, activit
     async def workers(request: Request) -> Response:
         if no := views.refused(request):
             return no
-        reply = WorkersReply(workers=views.lab(), router_pid=os.getpid())
+        reply = WorkersReply(workers=views.lab(), router_pid=os.getpid(), on_demand=views.on_demand())
         return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.get("/orchard/dashboard.json")
@@ -129,6 +139,7 @@ def _lab_views(app: FastAPI, registry: Registry, metrics: RouterMetrics, activit
             errors=list(activity.errors),
             teams=teams,
             queued=views.queued(),
+            on_demand=views.on_demand(),
         )
         return Response(reply.model_dump_json(), media_type="application/json", headers={"cache-control": "no-store"})
 

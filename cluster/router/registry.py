@@ -336,6 +336,13 @@ class Registry:
                 seen.engine = ", ".join(engines)
         return found
 
+    def state_of(self, model: str) -> str:
+        """loaded (a worker is ready), unloaded (an on-demand model no worker serves), else loading."""
+        if self.capacity(model).slots:
+            return "loaded"
+        serving = any(h.info and any(m.name == model for m in h.info.models) for h in self.workers.values())
+        return "unloaded" if model in self.offered and not serving else "loading"
+
     def awaited(self, model: str) -> bool:
         """A model no agent reports, which one may yet: the hosts file names it, or an agent has not told its models
         since this router started (for at most LEARN_S). Asked for, it is unavailable (503), not unknown (404)."""

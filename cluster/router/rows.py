@@ -5,6 +5,7 @@ from it, or why the router cannot say (`Reachability`)."""
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -95,9 +96,24 @@ class WorkerRow(BaseModel):
         return text + ", draining" if self.draining else text
 
 
+class OnDemandRow(BaseModel):
+    """An on-demand model on a host (or nowhere: "unloaded"), as the router's demand manager sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    host: str = ""  # "" when unloaded
+    state: Literal["loaded", "loading", "unloading", "unloaded"]
+    inflight: int = 0
+    idle_s: float | None = None  # since its last request started or ended (None: never used)
+    need_gb: float = 0.0
+    waiting: int = 0  # requests waiting for it to load (cold starts)
+
+
 class WorkersReply(BaseModel):
     workers: list[WorkerRow]
     router_pid: int = 0  # which router answered: during a hand-over two share the port
+    on_demand: list[OnDemandRow] = []
 
 
 class ModelRow(BaseModel):
@@ -142,6 +158,7 @@ class DashboardReply(BaseModel):
     errors: list[ErrorRow]
     teams: list[TeamRow]
     queued: dict[str, int]
+    on_demand: list[OnDemandRow] = []
 
 
 def model_rows(workers: list[WorkerRow]) -> list[ModelRow]:

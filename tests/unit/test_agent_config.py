@@ -49,6 +49,7 @@ def every_agent_field() -> AgentConfig:
         group=group,
         tls_dir="~/lab/tls",
         max_body_bytes=1 << 20,
+        need_gb=4.5,
     )
 
 

@@ -108,6 +108,11 @@ function draw(data) {
   document.getElementById("now-ttft").textContent = ttft == null ? "no stream in the last minute" : `now ${ttft} ms`;
   rows(document.getElementById("models"), data.models, (m) =>
     [m.name, `${m.ready} of ${m.workers.length}`, m.workers.join(", "), m.groups.join(", ") || "–", data.queued[m.name] || 0]);
+  const onDemand = data.on_demand || [];
+  document.getElementById("on-demand-section").hidden = onDemand.length === 0;
+  rows(document.getElementById("on-demand"), onDemand, (d) =>
+    [d.model, d.host || "–", d.state, d.inflight, d.waiting, d.idle_s == null ? "never used" : `${Math.round(d.idle_s)} s`,
+     `${d.need_gb.toFixed(1)} GB`]);
   rows(document.getElementById("teams"), data.teams, (t) =>
     [t.team, t.requests, t.errors, t.prompt_tokens, t.completion_tokens]);
   rows(document.getElementById("errors"), data.errors, (e) =>
