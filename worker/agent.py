@@ -35,7 +35,7 @@ from worker.shared.download import hub_fetch
 from worker.shared.launch import ENVELOPE_BYTES, AgentConfig, LaunchConfigError, usage
 from worker.shared.models import BUNDLED_NAME, is_bundled, prepare_bundled
 from worker.shared.states import EngineState
-from worker.store.folder import ModelFolder
+from worker.shared.store.folder import ModelFolder
 from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 SERVICE_NAME = "orchard.v1.Worker"

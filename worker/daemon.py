@@ -48,7 +48,7 @@ from worker.shared.daemon import (
     StopReply,
 )
 from worker.shared.launch import AGENT_MODULE, AgentConfig, LaunchConfigError
-from worker.store.folder import META, ModelFolder
+from worker.shared.store.folder import META, ModelFolder
 
 
 def _pid(folder: Path) -> int | None:

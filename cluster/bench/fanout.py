@@ -23,7 +23,7 @@ from cluster.bench import netlab
 from cluster.bringup import remote
 from cluster.placement import hostsfile
 from cluster.store import catalog, push
-from worker.store.sync import gb
+from worker.shared.store.messages import gb
 
 
 @dataclass

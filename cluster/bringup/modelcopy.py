@@ -22,7 +22,7 @@ from worker.shared import modelfiles
 from worker.shared.daemon import ModelsReply
 from worker.shared.layers import rank_layers
 from worker.shared.models import ModelError, is_bundled
-from worker.store.sync import gb
+from worker.shared.store.messages import gb
 
 
 @dataclass(frozen=True)

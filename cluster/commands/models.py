@@ -28,7 +28,7 @@ from cluster.store import catalog
 from worker.shared import modelfiles
 from worker.shared.daemon import ModelsReply
 from worker.shared.models import BUNDLED_NAME, ModelError, bundled_dir, is_bundled, prepare_bundled
-from worker.store.sync import gb
+from worker.shared.store.messages import gb
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

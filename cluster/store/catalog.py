@@ -1,4 +1,4 @@
-"""The head's model store, `~/.orchard/models/<slug>/<revision>/` (worker/store/folder.py's layout): every entry
+"""The head's model store, `~/.orchard/models/<slug>/<revision>/` (worker/shared/store/folder.py's layout): every entry
 is one model at one revision with a manifest of its files and their published hashes, checked as it came in.
 
 A hub id is pulled with huggingface_hub at one commit (a branch or tag resolves once: every host then gets that
@@ -21,8 +21,8 @@ from pathlib import Path
 from worker.shared import modelfiles
 from worker.shared.download import WANTED, folder_bytes, progress
 from worker.shared.models import BUNDLED_NAME, ModelError, is_bundled, prepare_bundled
-from worker.store.folder import META, ModelFolder
-from worker.store.manifest import Manifest, ModelFile, problem, relative_path
+from worker.shared.store.folder import META, ModelFolder
+from worker.shared.store.manifest import Manifest, ModelFile, problem, relative_path
 
 Report = Callable[[str], None]
 HUB_TIMEOUT_S = 30.0

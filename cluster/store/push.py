@@ -21,9 +21,8 @@ from cluster.bringup.remote import python_of, shell_path
 from cluster.placement.hostsfile import HostSpec
 from cluster.store import fanout
 from cluster.store.catalog import Entry
-from worker.store.messages import SyncEvent, SyncOrder, SyncSources
-from worker.store.serve import FileServer
-from worker.store.sync import gb
+from worker.shared.store.messages import SyncEvent, SyncOrder, SyncSources, gb
+from worker.shared.store.serve import FileServer
 
 Report = Callable[[str], None]
 HEAD = "head"  # the plan's name for the head's URL, which each host knows by its own route

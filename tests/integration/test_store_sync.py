@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.store.folder import ModelFolder
-from worker.store.manifest import Manifest, ModelFile
-from worker.store.messages import SyncEvent, SyncOrder, SyncSources
-from worker.store.serve import FileServer
+from worker.shared.store.folder import ModelFolder
+from worker.shared.store.manifest import Manifest, ModelFile
+from worker.shared.store.messages import SyncEvent, SyncOrder, SyncSources
+from worker.shared.store.serve import FileServer
 
 TOKEN = "push-token"
 

@@ -9,8 +9,8 @@ import pytest
 from worker.agent import bundled_defaults, stored_source
 from worker.shared.launch import AgentConfig, GroupRole, LaunchConfigError, RouterConfig
 from worker.shared.models import BUNDLED_NAME
-from worker.store.folder import ModelFolder
-from worker.store.manifest import Manifest
+from worker.shared.store.folder import ModelFolder
+from worker.shared.store.manifest import Manifest
 
 
 def config(**extra: object) -> AgentConfig:

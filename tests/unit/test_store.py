@@ -12,9 +12,9 @@ import pytest
 from cluster.store.fanout import Holder, sources, wanted
 from cluster.store.ranks import files_for_layers
 from worker.shared.layers import rank_layers
-from worker.store.folder import ModelFolder
-from worker.store.manifest import Manifest, ModelFile, problem
-from worker.store.serve import range_start
+from worker.shared.store.folder import ModelFolder
+from worker.shared.store.manifest import Manifest, ModelFile, problem
+from worker.shared.store.serve import range_start
 
 WEIGHT_MAP = {
     "model.embed_tokens.weight": "model-00001-of-00003.safetensors",

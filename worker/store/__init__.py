@@ -1,3 +1,3 @@
-"""A model's files on one host of the lab: the store folder's layout, its verified copies, a server peers pull
-from, and the process the head runs over SSH to bring a host's copy to one revision (`python -m worker.store.sync`).
-The head's own store uses the same folder layout (cluster/store/)."""
+"""A host's side of the model store: the process the head runs over SSH to bring this host's copy of one model
+revision to what it asks (`python -m worker.store.sync`), and the verified, resumable pull of one file. The
+layout and messages it shares with the head are in worker/shared/store/."""

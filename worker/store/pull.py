@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import httpx
 
-from worker.store.folder import ModelFolder
-from worker.store.manifest import Digest, ModelFile
+from worker.shared.store.folder import ModelFolder
+from worker.shared.store.manifest import Digest, ModelFile
 
 ATTEMPTS = 4  # per file, over its sources (the last is tried again)
 CONNECT_S, READ_S = 10.0, 60.0  # a peer waits up to serve.STALL_S for its own copy to grow

@@ -21,19 +21,15 @@ from pathlib import Path
 import httpx
 from filelock import FileLock, Timeout
 
+from worker.shared.store.folder import ModelFolder, free_bytes
+from worker.shared.store.manifest import ModelFile
+from worker.shared.store.messages import SyncEvent, SyncOrder, SyncSources, gb
+from worker.shared.store.serve import FileServer
 from worker.store import pull
-from worker.store.folder import ModelFolder, free_bytes
-from worker.store.manifest import ModelFile
-from worker.store.messages import SyncEvent, SyncOrder, SyncSources
-from worker.store.serve import FileServer
 
 PROGRESS_S = 0.5
 SERVE_IDLE_S = 1800.0
 Say = Callable[[SyncEvent], None]
-
-
-def gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 class Host:

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from worker.store.folder import ModelFolder
-from worker.store.manifest import Manifest, ModelFile
+from worker.shared.store.folder import ModelFolder
+from worker.shared.store.manifest import Manifest, ModelFile
 
 READ = 1024 * 1024
 STALL_S = 20.0  # a partial copy that has not grown for this long is served no further

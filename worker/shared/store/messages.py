@@ -12,7 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.store.manifest import Manifest
+from worker.shared.store.manifest import Manifest
+
+
+def gb(n: int) -> str:
+    """Bytes as a copy's messages show them: MB below a GB."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 class _Message(BaseModel):

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from worker.store.manifest import META, Manifest, ModelFile, folder_name
+from worker.shared.store.manifest import META, Manifest, ModelFile, folder_name
 
 
 def slug(source: str) -> str:
