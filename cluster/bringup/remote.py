@@ -30,8 +30,8 @@ from worker.shared.daemon import (
     StopReply,
 )
 from worker.shared.launch import AgentConfig, GroupRole
+from worker.shared.store.folder import slug
 from worker.shared.tls import CA_FILE, IDENTITY_FILE
-from worker.store.folder import slug
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0

@@ -88,6 +88,7 @@ def test_router_config_round_trips_through_its_command_line() -> None:
         handover="/root/.orchard/router.sock",
         tls_dir="/root/.orchard/tls/router",
         ca_dir="/root/.orchard/ca",
+        demand="/root/.orchard/demand-0123456789ab.json",
         tls_cert="/etc/orchard/endpoint.pem",
         tls_key="/etc/orchard/endpoint.key",
         max_connections=99,
