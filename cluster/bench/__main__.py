@@ -8,6 +8,7 @@
     python -m cluster.bench chaos [--streams 64 --settle 10 --faults kill-engine,drain --max-tokens 64
                                    --sim-decode-ms 50]   (root: a lab of 3 SSH hosts in network namespaces)
     python -m cluster.bench fanout [--hosts 3 --rate 200mbit --size-mb 300]   (root: namespace hosts, tc)
+    python -m cluster.bench demand [--hosts 4 --models 12 --usable-gb 20 --model-gb 6 --requests 400 --zipf 1.1]
 
 Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from cluster.bench import (
     calibrate,
     chaos,
     decide,
+    demand,
     fairness,
     fanout,
     gateway,
@@ -98,6 +101,19 @@ def _fanout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     cmd.add_argument("--rate", default="200mbit", help="each host's link, in tc's units")
     cmd.add_argument("--size-mb", type=int, help="random weights of this size (default: the bundled model)")
     cmd.set_defaults(func=lambda args: fanout.run(args.hosts, args.rate, args.size_mb, Console()))
+
+
+def _demand_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("demand", help="more models than memory, Zipf requests: on demand vs the hottest pinned")
+    defaults = demand.Mix()
+    for field in dataclasses.fields(demand.Mix):
+        flag = "--" + field.name.replace("_", "-")
+        cmd.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    cmd.set_defaults(
+        func=lambda args: demand.run(
+            demand.Mix(**{f.name: getattr(args, f.name) for f in dataclasses.fields(demand.Mix)}), Console()
+        )
+    )
 
 
 def _chaos(args: argparse.Namespace) -> None:
@@ -323,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         add(sub)
     _chaos_parser(sub)
     _fanout_parser(sub)
+    _demand_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "overhead" and args.api == "messages" and args.engine != "vllm":
         parser.error(f"--api messages needs --engine vllm: the {args.engine} engine does not serve /v1/messages")
