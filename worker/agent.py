@@ -40,6 +40,7 @@ from worker.supervisor import EngineSupervisor, SupervisorPolicy
 
 SERVICE_NAME = "orchard.v1.Worker"
 DEFAULT_USABLE = 0.75  # of a host's memory its engines may hold where it reports no working set (placement's too)
+MAX_SHARE = 0.92  # vllm-metal's own "auto": no engine claims more of the working set
 log = logging.getLogger("orchard.worker")
 
 
@@ -118,9 +119,12 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     engine_config = await _engine_config(config)
     policy = SupervisorPolicy(ready_timeout_s=config.ready_timeout_s, stall_timeout_s=config.stall_timeout_s)
     fetch = hub_fetch(config.model) if config.engine != "sim" else None
+    host = await asyncio.to_thread(read_host_facts)
+    usable = host.usable_memory_bytes or int(host.memory_bytes * DEFAULT_USABLE)
+    if config.need_gb and usable:  # it shares the Mac with on-demand engines: its own share only
+        engine_config = dataclasses.replace(engine_config, memory_share=min(MAX_SHARE, config.need_gb * 1e9 / usable))
     supervisor = EngineSupervisor(adapter, engine_config, config.log_path, policy, fetch=fetch)
     group = GroupController(config.group, supervisor, config.tls_path) if config.group else None
-    host = await asyncio.to_thread(read_host_facts)
     slots = adapter.capacity(engine_config)
     guard = None if config.vacant else prompt_guard(adapter.checks_context, engine_config.model, config.max_model_len)
     context = guard.context if guard else config.max_model_len or 0
@@ -137,7 +141,6 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         timeout=httpx.Timeout(None, connect=5.0),
         limits=httpx.Limits(max_connections=engine_connections(slots)),
     )
-    usable = host.usable_memory_bytes or int(host.memory_bytes * DEFAULT_USABLE)
     children = (
         None
         if group

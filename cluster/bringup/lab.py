@@ -87,13 +87,13 @@ async def _bring_host(
 
 
 def _agent_config(
-    assignment: Assignment, spec: ClusterSpec, folder: str | ModelError | None
+    assignment: Assignment, spec: ClusterSpec, folder: str | ModelError | None, shared: bool
 ) -> AgentConfig | LaunchConfigError:
     """The host's agent configuration; its engine gets the model's folder there when the store copied it."""
     if isinstance(folder, ModelError):
         return LaunchConfigError(str(folder))
     try:
-        return remote.agent_config(assignment, spec, folder)
+        return remote.agent_config(assignment, spec, folder, shared)
     except LaunchConfigError as exc:
         return exc
 
@@ -131,8 +131,9 @@ async def up(
     offered_at = ondemand.hosts_for(spec, assignments)
     folders = await modelcopy.put(stored, assignments, {p.outcome.label: p for p in probes}, report, offered_at)
     demand = ondemand.write(home, ondemand.catalog(spec, assignments, free, offered_at, folders.on_demand, report))
+    offering = {h.label for hosts in offered_at.values() for h in hosts}
     configs: dict[str, AgentConfig | LaunchConfigError] = {
-        label: _agent_config(a, spec, folders.pinned.get(label)) for label, a in by_host.items()
+        label: _agent_config(a, spec, folders.pinned.get(label), label in offering) for label, a in by_host.items()
     }  # each host's, built once; a host that only offers on-demand models runs a vacant agent
     configs |= {h.label: remote.vacant_config(h) for h in ondemand.vacant(spec, assignments, offered_at)}
     url, changing = await _changing(probes, spec, configs, home, service)

@@ -162,10 +162,13 @@ def _engine_python(host: HostSpec) -> list[str]:
     return ["--engine-python", host.engine_python] if host.engine_python else []
 
 
-def agent_config(assignment: Assignment, spec: ClusterSpec, folder: str | None = None) -> AgentConfig:
-    """The agent's configuration on its host; `folder`: where the store put the model there. A shard-group rank
-    also gets every rank's group endpoint and agent address, so its agent can write MLX's hostfile and watch the
-    group. Raises LaunchConfigError."""
+def agent_config(
+    assignment: Assignment, spec: ClusterSpec, folder: str | None = None, shared: bool = False
+) -> AgentConfig:
+    """The agent's configuration on its host; `folder`: where the store put the model there; `shared`: the host
+    offers on-demand models too, so its engine takes its own memory share only. A shard-group rank also gets every
+    rank's group endpoint and agent address, so its agent can write MLX's hostfile and watch the group. Raises
+    LaunchConfigError."""
     host, model = assignment.host, assignment.model
     group = _group_role(assignment.group, assignment.rank, spec) if assignment.group else None
     return AgentConfig.checked(
@@ -175,7 +178,7 @@ def agent_config(assignment: Assignment, spec: ClusterSpec, folder: str | None =
         worker_id=host.label,
         log_dir=f"{host.orchard_dir.rstrip('/')}/logs",
         group=group,
-        need_gb=assignment.need_gb or 0.0,
+        need_gb=(assignment.need_gb or 0.0) if shared else 0.0,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ def test_vllm_on_macos_runs_vllm_metal_from_its_own_venv(monkeypatch: pytest.Mon
     assert plan.env["VLLM_METAL_MEMORY_FRACTION"] == "auto"
     assert plan.env["VLLM_HOST_IP"] == "127.0.0.1"  # a VPN address chosen for gloo hung start-up
     assert "VLLM_CPU_KVCACHE_SPACE" not in plan.env
+    shared = VllmEngine(platform="darwin").plan(replace(config(), memory_share=0.25), port=9002)
+    assert shared.env["VLLM_METAL_MEMORY_FRACTION"] == "0.250"  # beside on-demand engines: its share, not "auto"
 
 
 def test_hub_models_are_not_forced_offline(tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ class EngineConfig:
     task: str = "generate"  # "generate" | "embed" (vLLM's pooling runner)
     tool_parser: str | None = None  # vLLM's tool-call parser: None chooses from the model's files, "off" none
     reasoning_parser: str | None = None  # the same for its reasoning parser
+    # The share of the host's working set this engine may hold (weights and KV cache), where it shares the Mac
+    # with other engines (on-demand models); None: the engine's own default (vllm-metal: "auto", 0.92)
+    memory_share: float | None = None
 
 
 @dataclass(frozen=True)

