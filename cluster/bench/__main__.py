@@ -8,7 +8,7 @@
     python -m cluster.bench chaos [--streams 64 --settle 10 --faults kill-engine,drain --max-tokens 64
                                    --sim-decode-ms 50]   (root: a lab of 3 SSH hosts in network namespaces)
     python -m cluster.bench fanout [--hosts 3 --rate 200mbit --size-mb 300]   (root: namespace hosts, tc)
-    python -m cluster.bench demand [--hosts 4 --models 12 --usable-gb 20 --model-gb 6 --requests 400 --zipf 1.1]
+    python -m cluster.bench demand [--hosts 4 --models 20 --usable-gb 20 --model-gb 6 --requests 400 --zipf 1.1]
 
 Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
 """

@@ -33,7 +33,7 @@ GB = 10**9
 @dataclass(frozen=True)
 class Mix:
     hosts: int = 4
-    models: int = 12
+    models: int = 20  # 6 GB each: 120 GB offered, 80 GB of memory (12 loaded at most)
     usable_gb: float = 20.0
     model_gb: float = 6.0
     requests: int = 400
