@@ -5,9 +5,10 @@ applies what these decide (agents load and unload engines) and takes the next on
 Memory is plan.py's: a host offers its usable memory; an engine holds its model's need (weights + KV reserve)
 from the moment its load is decided until its unload ends. A cold model goes to the allowed host with the least
 room that holds it (big rooms stay for big models, as plan.py places replicas). With no room anywhere, engines are
-evicted on one host: the least recently used unpinned ones with nothing in flight and nothing waiting, as few as
-will make room. A model bigger than every allowed host, or that no eviction makes room for, is refused, naming the
-memory it needs. Scaling follows a sustained queue up and a sustained quiet down, never both within a window
+evicted on one host — unpinned ones with nothing in flight and nothing waiting, least recently used first, until
+the model fits — choosing the host that needs the fewest. While room could come only from engines in use, the
+request waits. A model that would not fit an allowed host even with every on-demand engine gone is refused,
+naming the memory it needs. Scaling follows a sustained queue up and a sustained quiet down, never both within a window
 (hysteresis), between the model's minimum and maximum replicas.
 """
 
@@ -123,9 +124,10 @@ def _allowed(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> l
     ]
 
 
-def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load | Refuse:
+def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load | Refuse | None:
     """Where a new engine of `offer` goes: the tightest host with room, else the host that makes room by
-    evicting the fewest (then least recently used) engines; or why it cannot go anywhere."""
+    evicting the fewest (then least recently used) idle engines; None when room can be made only once engines in
+    use now go idle (wait); or why it can never go anywhere."""
     hosts = _allowed(lab, offer, exclude)
     if not hosts:
         return Refuse(offer.name, f"model '{offer.name}' has no reachable host it may load on")
@@ -150,10 +152,13 @@ def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load
         if room >= offer.need_gb:
             options.append((len(victims), max(e.last_used for e in victims), host.label, victims))
     if not options:
+        pinned = [h.usable_gb - sum(e.need_gb for e in h.engines if e.pinned) for h in hosts]
+        if max(pinned) >= offer.need_gb:
+            return None  # room comes when an engine in use goes idle
         return Refuse(
             offer.name,
-            f"model '{offer.name}' needs {_gb(offer.need_gb)} and no host can make room: "
-            "the loaded models are pinned, in use or have requests waiting",
+            f"model '{offer.name}' needs {_gb(offer.need_gb)}; beside their pinned models the hosts it may load on "
+            f"hold {_gb(max(pinned))} at most",
         )
     _, _, label, victims = min(options, key=lambda o: (o[0], o[1]))
     names = tuple(e.model for e in victims)
@@ -162,7 +167,7 @@ def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load
 
 def cold_start(lab: Lab, model: str) -> Load | Refuse | None:
     """A request for `model`, which no engine serves: the load to start; None when one is already loading (the
-    request waits for it: many requests, one load)."""
+    request waits for it: many requests, one load) or when room comes only once an engine in use goes idle."""
     if any(e.state in ("loading", "ready") for _, e in lab.engines_of(model)):
         return None
     return place(lab, lab.offers[model])

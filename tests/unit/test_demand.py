@@ -68,14 +68,15 @@ def lab(*hosts: Host, waiting: dict[str, int] | None = None, now: float = 1000.0
             "coder",
             Load("coder", "s2", ("c",), why="evicting c (least recently used) on s2"),
         ),
-        # pinned, in flight, or with requests waiting: never evicted
+        # in flight: not evicted now; the request waits for it to go idle
+        ((Host("s1", 70, (Engine("p", 30, pinned=True), Engine("busy", 25, inflight=1))),), "coder", None),
+        # pinned: never evicted, so never room
         (
-            (Host("s1", 60, (Engine("p", 30, pinned=True), Engine("busy", 25, inflight=1))),),
+            (Host("s1", 60, (Engine("p", 30, pinned=True), Engine("idle", 25))),),
             "coder",
             Refuse(
                 "coder",
-                "model 'coder' needs 40 GB and no host can make room: the loaded models are pinned, "
-                "in use or have requests waiting",
+                "model 'coder' needs 40 GB; beside their pinned models the hosts it may load on hold 30 GB at most",
             ),
         ),
         (
@@ -98,10 +99,9 @@ def test_an_engine_with_requests_waiting_for_it_is_not_evicted() -> None:
     full = Host(
         "s1", 50, (Engine("chat", 20, last_used=1), Engine("embed", 2, last_used=2), Engine("x", 28, last_used=3))
     )
-    assert cold_start(lab(full, waiting={"chat": 3}), "coder") == Refuse(
-        "coder",
-        "model 'coder' needs 40 GB and no host can make room: the loaded models are pinned, in use or "
-        "have requests waiting",
+    assert cold_start(lab(full, waiting={"chat": 3}), "coder") is None  # it waits until chat's queue is served
+    assert cold_start(lab(full), "coder") == Load(
+        "coder", "s1", ("chat", "embed", "x"), why="evicting chat, embed, x (least recently used) on s1"
     )
 
 
