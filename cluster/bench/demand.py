@@ -84,6 +84,7 @@ def _metric(text: str, name: str) -> float:
 async def _drive(url: str, mix: Mix) -> tuple[int, int, float]:
     queue = list(mix.draw())
     answered = tokens = 0
+    failures: dict[str, int] = {}
     began = time.monotonic()
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -91,13 +92,22 @@ async def _drive(url: str, mix: Mix) -> tuple[int, int, float]:
         while queue:
             model = queue.pop()
             body = {"model": model, "prompt": "hello", "max_tokens": mix.tokens}
-            reply = await http.post(url + "/v1/completions", json=body)
+            try:
+                reply = await http.post(url + "/v1/completions", json=body)
+            except httpx.HTTPError as exc:
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                continue
+            if reply.status_code != 200:
+                code = f"{reply.status_code} {reply.json().get('error', {}).get('code', '')}"
+                failures[code] = failures.get(code, 0) + 1
             if reply.status_code == 200:
                 answered += 1
                 tokens += reply.json()["usage"]["completion_tokens"]
 
     async with httpx.AsyncClient(timeout=300) as http:
         await asyncio.gather(*(client(http) for _ in range(mix.clients)))
+    if failures:
+        print("failures:", failures)
     return answered, tokens, time.monotonic() - began
 
 
