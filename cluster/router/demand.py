@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 LOAD_RPC_S = 90.0  # the child agent listens within this (its engine starts after)
 DRAIN_S = 120.0  # an engine being unloaded gets this long to finish what it is doing
+GONE_S = 30.0  # an on-demand engine's agent silent this long is forgotten (its memory free again)
 GB = 1e9
 
 
@@ -44,6 +45,7 @@ class _Engine:
     host: str
     address: str = ""  # "" while its load runs
     unloading: bool = False
+    joined: float = 0.0  # monotonic: when its agent joined the registry
 
 
 @dataclass
@@ -209,7 +211,7 @@ class DemandManager:
         except BaseException:
             self.engines.pop(key, None)
             raise
-        self.engines[key].address = address
+        self.engines[key].address, self.engines[key].joined = address, self.clock()
         self.registry.add(address, pin_address=self.catalog.host(decided.host).agent)
 
     async def _start_child(self, model: str, label: str) -> str:
@@ -261,6 +263,9 @@ class DemandManager:
                 self.loads.pop(model)
                 if not task.cancelled() and task.exception() is not None:
                     log.warning("load of %s failed: %s", model, task.exception())
+        for engine in list(self.engines.values()):  # an engine that died or never came up holds no memory
+            if (why := self._gone(engine)) is not None:
+                self._spawn(self._unload(engine.model, engine.host, why))
         lab = self.snapshot()
         self.trends = demand.observe(self.trends, lab)
         decisions: list[demand.Load | demand.Unload] = [*demand.expired(lab), *demand.scale(lab, self.trends)]
@@ -270,6 +275,17 @@ class DemandManager:
                 self._spawn(self._unload(decided.model, decided.host, decided.why))
             elif decided.model not in self.loads:
                 self._load(decided)
+
+    def _gone(self, engine: _Engine) -> str | None:
+        """Why an engine is to be forgotten: its agent unreachable for GONE_S, or its engine failed."""
+        handle = self.registry.workers.get(engine.address) if engine.address and not engine.unloading else None
+        if handle is None:
+            return None
+        if handle.sample is not None and handle.sample.state == EngineState.FAILED.to_wire():
+            return f"its engine failed: {handle.sample.state_detail}"
+        if not handle.connected and self.clock() - max(engine.joined, handle.last_used) > GONE_S:
+            return f"its agent has not answered for {GONE_S:.0f} s"
+        return None
 
     def _adopt(self) -> None:
         """Children an agent ran before this router started (a restart, a hand-over): followed again. Each agent
