@@ -91,14 +91,14 @@ class DemandManager:
         self.cold_waiting(model, 1)
         try:
             while not self._ready(model):
-                if model not in self.loads:
+                if (why := self._failed(model)) is not None:
+                    raise Refusal(503, f"The model `{model}` could not be loaded: {why}", "model_load_failed")
+                if model not in self.loads:  # none running (a finished one's engine may be gone again: decide anew)
                     decided = demand.cold_start(self.snapshot(), model)
                     if isinstance(decided, demand.Refuse):
                         raise Refusal(503, decided.why, "model_does_not_fit", {"retry-after": "30"})
                     if decided is not None:
                         self._load(decided)
-                if (why := self._failed(model)) is not None:
-                    raise Refusal(503, f"The model `{model}` could not be loaded: {why}", "model_load_failed")
                 if self.clock() >= deadline:
                     raise TimeoutError
                 await asyncio.sleep(0.05)
@@ -111,11 +111,13 @@ class DemandManager:
         return self.registry.capacity(model).slots > 0
 
     def _failed(self, model: str) -> str | None:
-        """Why the model's only load failed: its task's error, or its engine's failed state."""
+        """Why the model's load failed: its task's error, or its engine's failed state. A load that ended is let
+        go here (not only by the next round): a request arriving as its engine is unloaded again must start one."""
         task = self.loads.get(model)
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+        if task is not None and task.done():
             self.loads.pop(model, None)
-            return str(task.exception())
+            if not task.cancelled() and task.exception() is not None:
+                return str(task.exception())
         for engine in self.engines.values():
             handle = self.registry.workers.get(engine.address) if engine.model == model else None
             if handle is not None and handle.sample is not None and handle.sample.state == EngineState.FAILED.to_wire():
