@@ -26,6 +26,7 @@ from cluster.placement.offers import DemandCatalog, Offered
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.rows import OnDemandRow
 from proto import orchard_pb2 as pb
+from worker.shared import errors
 from worker.shared.states import EngineState
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ GONE_S = 30.0  # an on-demand engine's agent silent this long is forgotten (its 
 GB = 1e9
 
 
+class NoRoomYet(Exception):
+    """The host's agent counted less room than the router did (an unload still ending): the load is decided again."""
+
+
 @dataclass
 class _Engine:
     """An on-demand engine this router started or adopted."""
@@ -45,6 +50,7 @@ class _Engine:
     host: str
     address: str = ""  # "" while its load runs
     unloading: bool = False
+    leaving: bool = False  # chosen to make room: unloading as far as any decision is concerned
     joined: float = 0.0  # monotonic: when its agent joined the registry
 
 
@@ -116,8 +122,9 @@ class DemandManager:
         task = self.loads.get(model)
         if task is not None and task.done():
             self.loads.pop(model, None)
-            if not task.cancelled() and task.exception() is not None:
-                return str(task.exception())
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None and not isinstance(failure, NoRoomYet):
+                return str(failure)
         for engine in self.engines.values():
             handle = self.registry.workers.get(engine.address) if engine.model == model else None
             if handle is not None and handle.sample is not None and handle.sample.state == EngineState.FAILED.to_wire():
@@ -147,7 +154,8 @@ class DemandManager:
         need = self.catalog.model(engine.model)
         handle = self.registry.workers.get(engine.address) if engine.address else None
         ready = handle is not None and handle.ready(self.clock())
-        state: demand.EngineState = "unloading" if engine.unloading else "ready" if ready else "loading"
+        leaving = engine.unloading or engine.leaving
+        state: demand.EngineState = "unloading" if leaving else "ready" if ready else "loading"
         return demand.Engine(
             engine.model,
             (need.need_bytes if need else 0) / GB,
@@ -199,6 +207,9 @@ class DemandManager:
         task.add_done_callback(self.tasks.discard)
 
     def _load(self, decided: demand.Load) -> None:
+        for victim in decided.evict:  # marked now: the next decision must not count on the same room
+            if (engine := self.engines.get((victim, decided.host))) is not None:
+                engine.leaving = True
         self.engines[(decided.model, decided.host)] = _Engine(decided.model, decided.host)
         self.loads[decided.model] = asyncio.create_task(self._loaded(decided), name=f"load {decided.model}")
 
@@ -227,6 +238,8 @@ class DemandManager:
         try:
             reply = await agent.stub.Load(request, timeout=LOAD_RPC_S)
         except grpc.aio.AioRpcError as exc:
+            if b'"insufficient_memory"' in errors.error_body(exc.trailing_metadata()):
+                raise NoRoomYet(exc.details()) from None  # the host's own count: decide again, later
             raise RuntimeError(f"{label}: {exc.details() or exc.code().name}") from None
         return f"{room.agent.rpartition(':')[0]}:{reply.port}"
 
