@@ -59,22 +59,18 @@ class Result:
     seconds: float
 
 
-def _child(logs: Path, model: str, host: str, mix: Mix) -> Placeable:
-    argv = (
-        "--engine",
-        "sim",
-        "--model",
-        model,
-        "--served-name",
-        model,
-        "--worker-id",
-        f"{host}:{model}",
-        "--log-dir",
-        str(logs / host / model),
-        "--sim-option",
-        f"decode-ms-per-token={mix.decode_ms}",
+def sim_child(logs: Path, model: str, host: str, decode_ms: float = 1.0, slots: int = 64) -> Placeable:
+    """A sim on-demand model's child agent on a host, its command line built as `cluster up` builds one."""
+    config = AgentConfig(
+        engine="sim",
+        model=model,
+        served_name=model,
+        worker_id=f"{host}:{model}",
+        log_dir=str(logs / host / model),
+        max_concurrency=slots,
+        sim_options=(("decode-ms-per-token", str(decode_ms)),),
     )
-    return Placeable(host=host, argv=argv)
+    return Placeable(host=host, argv=tuple(config.to_argv()))
 
 
 def _metric(text: str, name: str) -> float:
@@ -143,7 +139,7 @@ def _catalog(root: Path, mix: Mix, agents: dict[str, AgentConfig]) -> DemandCata
             source="sim",
             need_bytes=int(mix.model_gb * GB),
             keep_alive_s=3600,
-            places=tuple(_child(root / "logs", f"m{rank:02d}", label, mix) for label in agents),
+            places=tuple(sim_child(root / "logs", f"m{rank:02d}", label, mix.decode_ms) for label in agents),
         )
         for rank in range(mix.models)
     )

@@ -4,7 +4,8 @@
     [placement]         usable share of each host's memory, KV-cache reserve per model
     [[hosts]]           one per Mac: address, ssh user/port/identity, name, python, engine, memory, labels
     [[models]]          name clients use, source, engine args, `replicas = N` or `hosts = [...]`, and for
-                        models bigger than one Mac a shard group: `mode`, `backend`, `transport`
+                        models bigger than one Mac a shard group: `mode`, `backend`, `transport`; a model loaded
+                        on request instead: `load = "on-demand"`, `keep_alive`, `min_replicas`, `max_replicas`
 
 See deploy/hosts.example.toml for every key with a comment.
 """

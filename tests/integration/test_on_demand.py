@@ -15,9 +15,10 @@ import grpc
 import httpx
 import pytest
 
+from cluster.bench.demand import sim_child
 from cluster.bringup.fleet import Fleet
 from cluster.placement import offers
-from cluster.placement.offers import DemandCatalog, HostRoom, Offered, Placeable, Scaling
+from cluster.placement.offers import DemandCatalog, HostRoom, Offered, Scaling
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
 from tests.conftest import agent_config, wait_until
@@ -45,26 +46,6 @@ class Lab:
         return httpx.post(self.url + "/v1/completions", json=body, timeout=timeout)
 
 
-def child(logs: Path, model: str, host: str, decode_ms: int = 1, slots: int = 64) -> Placeable:
-    argv = (
-        "--engine",
-        "sim",
-        "--model",
-        model,
-        "--served-name",
-        model,
-        "--worker-id",
-        f"{host}-{model}",
-        "--log-dir",
-        str(logs / host / model),
-        "--max-concurrency",
-        str(slots),
-        "--sim-option",
-        f"decode-ms-per-token={decode_ms}",
-    )
-    return Placeable(host=host, argv=argv)
-
-
 def offered(
     logs: Path,
     name: str,
@@ -74,7 +55,7 @@ def offered(
     decode_ms: int = 1,
     slots: int = 64,
 ) -> Offered:
-    places = tuple(child(logs, name, host, decode_ms, slots) for host in ("h1", "h2"))
+    places = tuple(sim_child(logs, name, host, decode_ms, slots) for host in ("h1", "h2"))
     return Offered(
         name=name,
         engine="sim",

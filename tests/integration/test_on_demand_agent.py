@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster.bench.demand import sim_child
 from cluster.bringup.fleet import Fleet
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
@@ -32,20 +33,7 @@ def info(agent: pb_grpc.WorkerStub) -> pb.InfoReply | None:
 
 
 def child_argv(logs: Path, model: str) -> list[str]:
-    return [
-        "--engine",
-        "sim",
-        "--model",
-        model,
-        "--served-name",
-        model,
-        "--log-dir",
-        str(logs / model),
-        "--sim-option",
-        "decode-ms-per-token=1",
-        "--need-gb",
-        "0",
-    ]
+    return list(sim_child(logs, model, "h1").argv)
 
 
 def test_load_starts_a_child_agent_that_answers_and_unload_stops_it(tmp_path: Path) -> None:
