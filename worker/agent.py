@@ -145,7 +145,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         None
         if group
         else Children(
-            config.listen.rpartition(":")[0], config.log_path / "on-demand", usable, int(config.need_gb * 1e9)
+            config.listen.rpartition(":")[0], config.log_path / "on-demand", usable, int(config.need_gb * 1e9), config
         )
     )
     service = WorkerService(

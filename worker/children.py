@@ -20,6 +20,7 @@ from pathlib import Path
 
 from worker import tether
 from worker.shared import procs
+from worker.shared.launch import AgentConfig, LaunchConfigError
 
 MAX_CHILDREN = 16
 LISTEN_S = 60.0  # a child agent listens within this (it imports, then binds; its engine starts after)
@@ -38,10 +39,13 @@ class Child:
 
 
 class Children:
-    def __init__(self, host: str, folder: Path, usable_bytes: int, own_need_bytes: int) -> None:
+    def __init__(
+        self, host: str, folder: Path, usable_bytes: int, own_need_bytes: int, parent: AgentConfig | None = None
+    ) -> None:
         """`host`: the address part this agent listens on (children listen there too); `folder`: their logs and
-        port files."""
-        self.host, self.folder = host, folder
+        port files; `parent`: this agent's configuration, whose interpreter, TLS folder and log folder a child's
+        must keep (a Load names a model, never another program)."""
+        self.host, self.folder, self.parent = host, folder, parent
         self.usable_bytes, self.own_need_bytes = usable_bytes, own_need_bytes
         self.running: dict[str, Child] = {}
         self._lock = asyncio.Lock()
@@ -57,6 +61,7 @@ class Children:
                 return child.port
             self.running.pop(model, None)
             self._check(model, need_bytes)
+            self._allowed(argv)
             child = await self._start(model, argv, need_bytes)
             self.running[model] = child
             return child.port
@@ -69,6 +74,21 @@ class Children:
             raise LoadRefused(
                 f"{model} needs {need_bytes / 1e9:.1f} GB; this host's engines hold {held:.1f} of {usable:.1f} GB"
             )
+
+    def _allowed(self, argv: list[str]) -> None:
+        """A child's arguments are an agent's, and run what this agent would: its engine interpreter, its TLS
+        identity, logs under its own."""
+        try:
+            child = AgentConfig.from_argv(argv)
+        except LaunchConfigError as exc:
+            raise LoadRefused(f"not an agent's arguments: {exc}") from None
+        if self.parent is None:
+            return
+        logs = Path(child.log_dir).expanduser().resolve()
+        if child.engine_python != self.parent.engine_python or child.tls_dir != self.parent.tls_dir:
+            raise LoadRefused("a child agent runs with this agent's engine interpreter and TLS identity")
+        if not logs.is_relative_to(self.parent.log_path.resolve()):
+            raise LoadRefused("a child agent logs under this agent's log folder")
 
     async def _start(self, model: str, argv: list[str], need_bytes: int) -> Child:
         name = "".join(c if c.isalnum() or c in "-._" else "_" for c in model)
@@ -86,10 +106,14 @@ class Children:
         ]
         process = _spawn(tether.wrap(command), self.folder / f"{name}.log")
         deadline = asyncio.get_running_loop().time() + LISTEN_S
-        while asyncio.get_running_loop().time() < deadline and process.poll() is None:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return Child(model, need_bytes, process, int(port_file.read_text()))
-            await asyncio.sleep(0.05)
+        try:
+            while asyncio.get_running_loop().time() < deadline and process.poll() is None:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    return Child(model, need_bytes, process, int(port_file.read_text()))
+                await asyncio.sleep(0.05)
+        except BaseException:  # the Load was cancelled (its deadline, the router gone): no child is left behind
+            await asyncio.shield(_end(process, grace_s=5.0))
+            raise
         await _end(process)
         tail = (self.folder / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
         status = (
@@ -98,11 +122,13 @@ class Children:
         raise LoadRefused(f"the agent for {model} did not listen ({status}): {' / '.join(tail) or 'no output'}")
 
     async def unload(self, model: str) -> bool:
-        async with self._lock:
-            child = self.running.pop(model, None)
+        """Stop the model's child; its memory counts as held until it has exited."""
+        child = self.running.get(model)
         if child is None:
             return False
         await _end(child.process)
+        if self.running.get(model) is child:
+            del self.running[model]
         return True
 
     async def stop(self) -> None:

@@ -168,9 +168,10 @@ def place(lab: Lab, offer: Offer, exclude: frozenset[str] = frozenset()) -> Load
 def cold_start(lab: Lab, model: str) -> Load | Refuse | None:
     """A request for `model`, which no engine serves: the load to start; None when one is already loading (the
     request waits for it: many requests, one load) or when room comes only once an engine in use goes idle."""
-    if any(e.state in ("loading", "ready") for _, e in lab.engines_of(model)):
+    engines = lab.engines_of(model)
+    if any(e.state in ("loading", "ready") for _, e in engines):
         return None
-    return place(lab, lab.offers[model])
+    return place(lab, lab.offers[model], exclude=frozenset(h.label for h, _ in engines))  # not where it is leaving
 
 
 def expired(lab: Lab) -> list[Unload]:
@@ -217,7 +218,7 @@ def scale(lab: Lab, trends: Mapping[str, Trend]) -> list[Load | Unload]:
         trend = trends.get(name, Trend())
         if (
             trend.busy_since is not None
-            and lab.now - trend.busy_since >= UP_AFTER_S
+            and lab.now - trend.busy_since >= lab.scaling.up_after_s
             and len(engines) < offer.max_replicas
         ):
             placed = place(lab, offer, exclude=frozenset(h.label for h, _ in engines))
@@ -236,10 +237,11 @@ def below_minimum(lab: Lab) -> list[Load]:
     serving it yet; one per model per snapshot."""
     out = []
     for name, offer in lab.offers.items():
-        engines = [(h, e) for h, e in lab.engines_of(name) if e.state != "unloading"]
+        every = lab.engines_of(name)
+        engines = [(h, e) for h, e in every if e.state != "unloading"]
         if len(engines) >= offer.min_replicas:
             continue
-        placed = place(lab, offer, exclude=frozenset(h.label for h, _ in engines))
+        placed = place(lab, offer, exclude=frozenset(h.label for h, _ in every))
         if isinstance(placed, Load):
             out.append(replace(placed, why=f"min_replicas {offer.min_replicas}; {placed.why}"))
     return out

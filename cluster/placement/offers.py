@@ -1,5 +1,5 @@
 """The lab's on-demand models as the router knows them (issue 30): `cluster up` writes this record from the hosts
-file and placement (`~/.orchard/demand.json`, `--demand` on the router's command line); the router's demand
+file and placement (`~/.orchard/demand-<digest>.json`, `--demand` on the router's command line); the router's demand
 manager loads and unloads by it. Typed on both sides: a renamed field cannot read as missing."""
 
 from __future__ import annotations

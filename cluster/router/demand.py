@@ -5,7 +5,8 @@ load starts for every request that waits for it: the host's agent starts a child
 registry like any worker. Every TICK_S a snapshot of the lab — the catalog's hosts and needs, the engines loaded
 and loading, the queues — gives what to unload (keep_alive, scaling down) and what to load (scaling up, minimum
 replicas). An unload drains the engine, waits for what is in flight, then asks the host's agent (Unload). After
-a router restart the agents' Info lists their children, which are adopted, not started again.
+a router restart the agents' Info lists their children (on each agent's first Info): they are adopted, and
+taken off drain, not started again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 LOAD_RPC_S = 90.0  # the child agent listens within this (its engine starts after)
 DRAIN_S = 120.0  # an engine being unloaded gets this long to finish what it is doing
+RETRY_S = 1.0  # after a host's "no room yet"
 GONE_S = 30.0  # an on-demand engine's agent silent this long is forgotten (its memory free again)
 GB = 1e9
 
@@ -69,6 +71,7 @@ class DemandManager:
     cold_waiting: Callable[[str, int], None] = lambda model, delta: None  # metrics: requests waiting for a load
     adopted: set[str] = field(default_factory=set)  # host agents whose children were looked at (once each)
     used_at: dict[str, float] = field(default_factory=dict)  # an unloaded model's last use (monotonic)
+    retry_at: dict[str, float] = field(default_factory=dict)  # a model's next load, after its host said "no room yet"
     _loop: asyncio.Task[None] | None = None
 
     def offered(self) -> tuple[pb.ModelInfo, ...]:
@@ -99,7 +102,8 @@ class DemandManager:
             while not self._ready(model):
                 if (why := self._failed(model)) is not None:
                     raise Refusal(503, f"The model `{model}` could not be loaded: {why}", "model_load_failed")
-                if model not in self.loads:  # none running (a finished one's engine may be gone again: decide anew)
+                retry = self.retry_at.get(model, 0.0) <= self.clock()
+                if model not in self.loads and retry:  # none running (a finished one's may be gone again: anew)
                     decided = demand.cold_start(self.snapshot(), model)
                     if isinstance(decided, demand.Refuse):
                         raise Refusal(503, decided.why, "model_does_not_fit", {"retry-after": "30"})
@@ -123,7 +127,9 @@ class DemandManager:
         if task is not None and task.done():
             self.loads.pop(model, None)
             failure = None if task.cancelled() else task.exception()
-            if failure is not None and not isinstance(failure, NoRoomYet):
+            if isinstance(failure, NoRoomYet):
+                self.retry_at[model] = self.clock() + RETRY_S  # the host's memory frees as an unload ends
+            elif failure is not None:
                 return str(failure)
         for engine in self.engines.values():
             handle = self.registry.workers.get(engine.address) if engine.model == model else None
@@ -138,7 +144,10 @@ class DemandManager:
         hosts = []
         for room in self.catalog.hosts:
             agent = self.registry.workers.get(room.agent)
-            usable = room.usable_bytes or (agent.info.usable_memory_bytes if agent and agent.info else 0)
+            reported = agent.info.usable_memory_bytes if agent and agent.info else 0
+            usable = (
+                min(room.usable_bytes, reported) if room.usable_bytes and reported else room.usable_bytes or reported
+            )
             engines = (
                 [demand.Engine(room.pinned_model, room.pinned_bytes / GB, pinned=True)] if room.pinned_bytes else []
             )
@@ -261,7 +270,8 @@ class DemandManager:
                 self.used_at[model] = max(self.used_at.get(model, 0.0), handle.last_used)
             await self.registry.remove(engine.address)
         finally:
-            self.engines.pop((model, label), None)
+            if self.engines.get((model, label)) is engine:  # a new load there may have taken the key since
+                self.engines.pop((model, label))
 
     async def _run(self) -> None:
         while True:
@@ -314,9 +324,18 @@ class DemandManager:
                 key = (child.model, room.label)
                 if key not in self.engines and self.catalog.model(child.model) is not None:
                     address = f"{room.agent.rpartition(':')[0]}:{child.port}"
-                    self.engines[key] = _Engine(child.model, room.label, address)
-                    self.registry.add(address, pin_address=room.agent)
+                    self.engines[key] = _Engine(child.model, room.label, address, joined=self.clock())
+                    self._spawn(_undrained(self.registry, self.registry.add(address, pin_address=room.agent)))
                     log.info("adopted the running engine of %s on %s", child.model, room.label)
+
+
+async def _undrained(registry: Registry, handle: WorkerHandle) -> None:
+    """An adopted engine takes requests: a router stopped while it drained it for an unload left it draining."""
+    for _ in range(20):  # its channel may not be up yet
+        with contextlib.suppress(grpc.aio.AioRpcError, AssertionError):
+            await registry.drain(handle, False)
+            return
+        await asyncio.sleep(0.5)
 
 
 async def _drained(registry: Registry, handle: WorkerHandle) -> None:

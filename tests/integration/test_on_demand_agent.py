@@ -32,8 +32,8 @@ def info(agent: pb_grpc.WorkerStub) -> pb.InfoReply | None:
         return None  # not listening yet
 
 
-def child_argv(logs: Path, model: str) -> list[str]:
-    return list(sim_child(logs, model, "h1").argv)
+def child_argv(tmp: Path, model: str) -> list[str]:
+    return list(sim_child(tmp / "logs", model, "h1").argv)  # its logs under its parent's
 
 
 def test_load_starts_a_child_agent_that_answers_and_unload_stops_it(tmp_path: Path) -> None:
@@ -66,6 +66,12 @@ def test_load_starts_a_child_agent_that_answers_and_unload_stops_it(tmp_path: Pa
         assert "huge needs" in (refused.value.details() or "") and "this host's engines hold 1.1 of" in (
             refused.value.details() or ""
         )
+        for foreign in (["--engine-python", "/bin/sh"], ["--log-dir", str(tmp_path / "elsewhere")]):
+            with pytest.raises(grpc.RpcError) as other:  # a Load names a model, never another program or place
+                agent.Load(
+                    pb.LoadRequest(model="x", argv=child_argv(tmp_path, "x") + foreign, need_bytes=1), timeout=30
+                )
+            assert "a child agent" in (other.value.details() or "")
         pids = procs.descendants(fleet.children[0].pid)
         assert agent.Unload(pb.UnloadRequest(model="coder"), timeout=60).was_loaded
         assert not agent.Info(pb.InfoRequest(), timeout=2).children

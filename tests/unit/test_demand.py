@@ -155,3 +155,8 @@ def test_a_model_below_its_minimum_gains_an_engine_on_a_host_without_one() -> No
     assert below_minimum(wanted) == [Load("chat", "s2", why="min_replicas 2; 30 GB free on s2")]
     loading = Lab(0, (*hosts[:1], Host("s2", 30, (Engine("chat", 20, state="loading"),))), wanted.offers)
     assert below_minimum(loading) == []
+
+
+def test_a_model_still_leaving_a_host_loads_elsewhere() -> None:
+    leaving = Host("s2", 200, (Engine("coder", 40, state="unloading"),))
+    assert cold_start(lab(Host("s1", 50), leaving), "coder") == Load("coder", "s1", why="50 GB free on s1")
