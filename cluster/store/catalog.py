@@ -86,13 +86,10 @@ def import_folder(home: Path, folder: Path, source: str, origin: str = "") -> En
     """`folder`'s model files into the store under `source` (linked where the file system allows, else copied)."""
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder))):
-        digest = hashlib.sha256()
-        with path.open("rb") as data:
-            while chunk := data.read(4 << 20):
-                digest.update(chunk)
-        files.append(
-            ModelFile(path=path.relative_to(folder).as_posix(), size=path.stat().st_size, sha256=digest.hexdigest())
-        )
+        unchecked = ModelFile(path=path.relative_to(folder).as_posix(), size=path.stat().st_size)
+        digest = unchecked.digest()  # nothing published to check against: its sha256, as the manifest's
+        digest.feed(path)
+        files.append(unchecked.model_copy(update={"sha256": digest.hexdigest()}))
     if not files:
         raise ModelError(f"{folder} holds no model files")
     listing = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in files).encode()
