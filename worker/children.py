@@ -1,6 +1,6 @@
 """An agent's on-demand engines (issue 30): each is an agent of its own — a child of this one, started by the
 router's Load and stopped by its Unload — so it has its own port, samples, breaker and drain, and one engine's
-crash takes no other down. Children run through worker.tether: they die with this agent, on macOS too.
+crash takes no other down. Children run through the tether: they die with this agent, on macOS too.
 
 Memory: this agent holds its own engine's need (`--need-gb`) and each child's (the router's LoadRequest); a Load
 whose sum would pass the host's usable memory (Metal's working set on a Mac) is refused. The router plans by the
@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker import tether
 from worker.shared import procs
 from worker.shared.launch import AgentConfig, LaunchConfigError
 
@@ -104,7 +103,8 @@ class Children:
             "--port-file",
             str(port_file),
         ]
-        process = _spawn(tether.wrap(command), self.folder / f"{name}.log")
+        with procs.open_log(self.folder / f"{name}.log") as log:
+            process = procs.start(command, log)
         deadline = asyncio.get_running_loop().time() + LISTEN_S
         try:
             while asyncio.get_running_loop().time() < deadline and process.poll() is None:
@@ -135,20 +135,11 @@ class Children:
         await asyncio.gather(*(self.unload(model) for model in list(self.running)))
 
 
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """subprocess's spawn, not asyncio's: uvloop forks through libuv, and gRPC's fork handlers then crash the
-    child (SIGSEGV before exec); CPython's vfork runs none."""
-    with procs.open_log(log_path) as log:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-
-
 async def _end(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
-    """SIGTERM the child's group (the tether passes it on: the agent drains and stops its engine), then SIGKILL."""
+    """SIGTERM the child's group (the agent drains and stops its engine), then SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
-        deadline = asyncio.get_running_loop().time() + wait
-        while process.poll() is None and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - a child
-            await asyncio.sleep(0.05)
-        if process.poll() is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(procs.exited(process, poll_s=0.05), wait)
             return

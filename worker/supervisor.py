@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,12 +31,11 @@ from typing import IO
 
 import httpx
 
-from worker import tether
 from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
 from worker.shared import procs
 from worker.shared.download import FETCHING_DETAIL, Fetch
 from worker.shared.enginemetrics import EngineLoad, parse_engine_metrics
-from worker.shared.procs import die_with_parent, free_port
+from worker.shared.procs import free_port
 from worker.shared.states import EngineState
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ class EngineSupervisor:
         fetch: Fetch | None = None,
     ) -> None:
         self.adapter = adapter
-        # Linux ends the engine with the agent (PR_SET_PDEATHSIG); elsewhere the tether does.
-        self.tethered = not platform.startswith("linux")
+        # The tether ends the engine with the agent: by the kernel on Linux, by a watching process elsewhere.
+        self.watched = not platform.startswith("linux")
         self.pid_record = log_dir / "engine.pid"
         self.config = config
         self.policy = policy or SupervisorPolicy()
@@ -94,7 +94,7 @@ class EngineSupervisor:
         self._counted: int | None = None  # the engine's prompt + generated token counter at the last tick
         self.health_failures = 0  # in a row, of the engine running now (told to the router: a stopped engine)
         self.pid: int | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
@@ -247,7 +247,7 @@ class EngineSupervisor:
             if self._restart_reason is not None:
                 self.detail = self._restart_reason
                 return False
-            if self._proc is None or self._proc.returncode is not None:
+            if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
                 self.detail = f"engine exited with code {code} while starting (see {self.log_path})"
                 return False
@@ -282,7 +282,7 @@ class EngineSupervisor:
         restart = asyncio.ensure_future(self._restart_event.wait())
         try:
             while True:
-                exited = asyncio.ensure_future(self._proc.wait())
+                exited = asyncio.ensure_future(procs.exited(self._proc))
                 done, _ = await asyncio.wait(
                     {exited, restart}, timeout=self.policy.health_interval_s, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -323,16 +323,7 @@ class EngineSupervisor:
             self._log_file = await asyncio.to_thread(procs.open_log, self.log_path)  # kept across restarts
         self._log_file.write(f"\n=== {time.ctime()} starting: {' '.join(procs.redacted(plan.argv))}\n".encode())
         self._log_file.flush()
-        argv = tether.wrap(plan.argv) if self.tethered else list(plan.argv)
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env={**os.environ, **plan.env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() reaches the engine's children too
-            preexec_fn=die_with_parent,
-        )
+        self._proc = procs.start(plan.argv, self._log_file, watch=self.watched, env=plan.env)
         self.pid = self._proc.pid
         await asyncio.to_thread(procs.record, self.pid_record, self.pid)
 
@@ -341,17 +332,16 @@ class EngineSupervisor:
         if proc is None:
             return
         grace = self.policy.stop_grace_s if grace_s is None else grace_s
-        if proc.returncode is None:
+        if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)  # a stopped (hung) engine takes its SIGTERM only when continued
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                await asyncio.wait_for(procs.exited(proc), grace)
             except TimeoutError:
                 log.warning("engine pid %s ignored SIGTERM for %.0fs; killing", proc.pid, grace)
         # Whatever is left in the group (the engine's own workers) goes too.
         _signal_group(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
+        await procs.exited(proc)
         self.pid = None
         with contextlib.suppress(OSError):
             self.pid_record.unlink()

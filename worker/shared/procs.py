@@ -3,6 +3,7 @@ logs to a file, tie to the parent's life, check alive, terminate-then-kill a tre
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,23 +14,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import psutil
+
+from worker.shared import tether
 
 
 def kept(name: str, argv: list[str], python: str = sys.executable) -> list[str]:
     """The command line that keeps argv running: `python -m worker.keeper` starts it again when it dies."""
     return [python, "-m", "worker.keeper", "--name", name, "--", *argv]
-
-
-def die_with_parent() -> None:
-    """Run in a child between fork and exec: on Linux the child gets SIGTERM when its parent dies
-    (PR_SET_PDEATHSIG), so a killed parent never leaves an engine or agent behind. No-op elsewhere."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def allowed_cpus() -> list[int]:
@@ -51,20 +45,43 @@ def spawn(
 ) -> int:
     """Start argv in a new session with stdout+stderr appended to log_path; returns its pid.
 
-    tied_to_parent: the child gets SIGTERM if this process dies (Linux), so nothing is left behind.
+    tied_to_parent: the child ends when this process dies (the tether), so nothing is left behind.
     """
     with open_log(log_path) as log_file:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-            preexec_fn=die_with_parent if tied_to_parent else None,
-            cwd=cwd,
-        )
-    return proc.pid
+        return start(argv, log_file, tied_to_parent=tied_to_parent, env=env, cwd=cwd).pid
+
+
+def start(
+    argv: Sequence[str],
+    log: IO[bytes],
+    *,
+    tied_to_parent: bool = True,
+    watch: bool | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv in its own session (a stop reaches its whole group) with stdout+stderr to log.
+
+    CPython's spawn (vfork/posix_spawn) and never a preexec_fn nor asyncio's spawn: in a process with gRPC's
+    threads, Python code between fork and exec can hang, and the caller's event loop with it (see tether). The
+    tether ties the child to this process's life instead (watch: see tether.wrap). Await its end with `exited`.
+    """
+    return subprocess.Popen(
+        tether.wrap(argv, watch=watch) if tied_to_parent else list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+async def exited(process: subprocess.Popen[bytes], poll_s: float = 0.1) -> int:
+    """A started process's exit status, awaited without blocking the event loop (by polling: exits are rare)."""
+    while (code := process.poll()) is None:  # noqa: ASYNC110 - a process outside asyncio: no event to await
+        await asyncio.sleep(poll_s)
+    return code
 
 
 def open_log(path: Path) -> BinaryIO:
