@@ -8,6 +8,7 @@
     python -m cluster.bench chaos [--streams 64 --settle 10 --faults kill-engine,drain --max-tokens 64
                                    --sim-decode-ms 50]   (root: a lab of 3 SSH hosts in network namespaces)
     python -m cluster.bench fanout [--hosts 3 --rate 200mbit --size-mb 300]   (root: namespace hosts, tc)
+    python -m cluster.bench capacity [--workers 4,16,64 --streams 256 --max-tokens 256 --baseline-src DIR]
     python -m cluster.bench demand [--hosts 4 --models 20 --usable-gb 20 --model-gb 6 --requests 400 --zipf 1.1]
 
 Each benchmark is its own module here; `client.py` holds what they share (timed SSE reading, percentiles).
@@ -26,6 +27,7 @@ from rich.console import Console
 
 from cluster.bench import (
     calibrate,
+    capacity,
     chaos,
     decide,
     demand,
@@ -320,7 +322,34 @@ def _gateway_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
+def _capacity_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("capacity", help="router CPU per streamed token and rate reached, N sim workers")
+    cmd.add_argument("--workers", type=_counts, default=[4, 16, 64], help="comma-separated: 4,16,64")
+    cmd.add_argument("--streams", type=int, default=256)
+    cmd.add_argument("--max-tokens", type=int, default=256)
+    cmd.add_argument("--decode-ms-per-token", type=float, default=25.0, help="each stream's pace (25: 40 tokens/s)")
+    cmd.add_argument("--baseline-src", type=Path, help="another checkout: its routers run beside this one's")
+    cmd.set_defaults(
+        func=lambda args: print(
+            capacity.report(
+                capacity.run(args.workers, args.streams, args.max_tokens, args.decode_ms_per_token, args.baseline_src)
+            )
+        )
+    )
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 4,16,64, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be 1 or more, got {text!r}")
+    return counts
+
+
 PARSERS = (
+    _capacity_parser,
     _overhead_parser,
     _metrics_parser,
     _decide_parser,

@@ -48,15 +48,16 @@ class Fleet:
     children: list[Child] = field(default_factory=list)
 
     def start_agent(self, config: AgentConfig, name: str = "agent") -> Child:
-        return self._spawn(name, config.command())
+        return self.spawn(name, config.command())
 
     def start_router(self, config: RouterConfig, name: str = "router") -> Child:
-        return self._spawn(name, config.command())
+        return self.spawn(name, config.command())
 
-    def _spawn(self, name: str, argv: list[str]) -> Child:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        """Any command line as one of the fleet's children (`env` on top of the fleet's)."""
         log = self.logs / f"{name}.log"
         argv = procs.kept(name, argv) if self.keep else argv
-        pid = procs.spawn(argv, log, tied_to_parent=self.tied_to_parent, env=self.env)
+        pid = procs.spawn(argv, log, tied_to_parent=self.tied_to_parent, env={**self.env, **(env or {})})
         child = Child(name, pid, log)
         self.children.append(child)
         return child

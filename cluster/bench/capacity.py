@@ -1,0 +1,261 @@
+"""Router capacity: the head's CPU per streamed token, the rate one router reaches, and the latency it adds.
+
+    python -m cluster.bench capacity [--workers 4,16,64] [--streams 256] [--max-tokens 256]
+                                     [--decode-ms-per-token 25] [--baseline-src DIR]
+
+N sim agents (each a real agent and a sim engine that stamps every chunk with its send time), then routers over
+them in turn: one with the gateway (keys, limits, usage rows; metrics and the request log are always on) and one
+without. With --baseline-src (another checkout, e.g. `git worktree add /tmp/base HEAD~3`), the same two routers
+run that checkout's code too, over the same agents, in the same run: before and after, side by side.
+
+Per router and N, one round of S concurrent chat streams of T tokens (round robin, as a fair spread):
+- router µs/token: the router process's own CPU time (user + system) over the round / tokens the client got;
+- tokens/s reached, and the router's CPU in cores (under 1.0: one process was enough at that rate);
+- added latency, first token and later tokens, p50/p99: client receive time - the engine's send stamp (what the
+  agent and router add together; the clocks are this machine's one clock).
+Agents, engines and this client share the machine with the router: on 2 cores their CPU, not the router's, caps
+the rate; the router's µs/token is the figure that carries to a head whose agents run on Macs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from cluster.bench.client import pct
+from cluster.bringup.fleet import Fleet
+from cluster.gateway import keys, store
+from worker.shared.launch import AgentConfig, RouterConfig
+from worker.shared.procs import free_port
+
+MODEL = "sim-model"
+STAMP = re.compile(rb'"orchard_sent_ns":\s*(\d+)')
+TEXT = re.compile(rb'"content":\s*"[^"]')  # a chunk that carries generated text (not the role or the finish)
+
+
+@dataclass
+class Seen:
+    """What the client saw of one round."""
+
+    tokens: int = 0
+    first_ms: list[float] = field(default_factory=list)  # per stream: the first token's added latency
+    later_ms: list[float] = field(default_factory=list)  # every later token's
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Row:
+    router: str
+    workers: int
+    streams: int
+    tokens: int
+    wall_s: float
+    router_cpu_s: float
+    rest_cpu_s: float  # agents, engines and this client
+    first_ms: tuple[float, ...]
+    later_ms: tuple[float, ...]
+    errors: int
+
+    @property
+    def us_per_token(self) -> float:
+        return self.router_cpu_s / self.tokens * 1e6 if self.tokens else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+
+async def _stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, seen: Seen) -> None:
+    """One stream, read lean (regular expressions on the bytes, no JSON): the client must not be the bottleneck."""
+    pending, first = b"", True
+    async with client.stream("POST", url + "/v1/chat/completions", content=body, headers=headers) as response:
+        if response.status_code != 200:
+            seen.errors += 1
+            await response.aread()
+            return
+        async for raw in response.aiter_raw():
+            now = time.time_ns()
+            *events, pending = (pending + raw).split(b"\n\n")
+            for event in events:
+                stamp = STAMP.search(event)
+                if stamp is None or TEXT.search(event) is None:
+                    continue
+                seen.tokens += 1
+                added = (now - int(stamp.group(1))) / 1e6
+                (seen.first_ms if first else seen.later_ms).append(added)
+                first = False
+
+
+async def _round(url: str, headers: dict[str, str], streams: int, max_tokens: int, seed: int) -> tuple[Seen, float]:
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+    seen = Seen()
+    bodies = [
+        (
+            b'{"model":"%s","stream":true,"max_tokens":%d,"temperature":0,'
+            b'"messages":[{"role":"user","content":"round %d stream %d"}]}' % (MODEL.encode(), max_tokens, seed, i)
+        )
+        for i in range(streams)
+    ]
+    headers = {"content-type": "application/json", **headers}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=limits) as client:
+        started = time.perf_counter()
+        done = await asyncio.gather(*(_stream(client, url, headers, b, seen) for b in bodies), return_exceptions=True)
+        wall = time.perf_counter() - started
+    seen.errors += sum(1 for d in done if isinstance(d, BaseException))
+    return seen, wall
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            family = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for member in family:
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+@dataclass(frozen=True)
+class Router:
+    name: str
+    url: str
+    pid: int
+    headers: dict[str, str]
+
+
+def measure(router: Router, agents: list[int], workers: int, streams: int, max_tokens: int, seed: int) -> Row:
+    """One round through one router; CPU read around it (the client's own included in `rest`)."""
+    me = psutil.Process()
+    before = (_cpu_s([router.pid]), _cpu_s(agents) + sum(me.cpu_times()[:2]))
+    seen, wall = asyncio.run(_round(router.url, router.headers, streams, max_tokens, seed))
+    after = (_cpu_s([router.pid]), _cpu_s(agents) + sum(me.cpu_times()[:2]))
+    return Row(
+        router.name,
+        workers,
+        streams,
+        seen.tokens,
+        wall,
+        after[0] - before[0],
+        after[1] - before[1],
+        tuple(seen.first_ms),
+        tuple(seen.later_ms),
+        seen.errors,
+    )
+
+
+def _agents(fleet: Fleet, home: Path, workers: int, streams: int, options: tuple[tuple[str, str], ...]) -> list[str]:
+    per_agent = max(1, -(-streams // workers))
+    addresses = []
+    for i in range(workers):
+        agent = AgentConfig(
+            listen=f"127.0.0.1:{free_port()}",
+            engine="sim",
+            model=MODEL,
+            max_concurrency=per_agent * 2,
+            log_dir=str(home / "logs" / f"w{i}"),
+            sim_options=(("max-concurrency", str(per_agent * 2)), ("stamp-chunks", "1"), *options),
+        )
+        fleet.start_agent(agent, name=f"agent-w{i}")
+        addresses.append(agent.listen)
+    return addresses
+
+
+def _routers(fleet: Fleet, home: Path, addresses: list[str], baseline: Path | None) -> list[Router]:
+    """Gated and open routers over the same agents, from this checkout and, with `baseline`, from that one."""
+    db = store.db_path(home)
+    with store.opened(db) as conn:
+        limits = keys.Limits(rpm=10**9, tpm=10**12, monthly_tokens=10**15)  # checked on every request, never bind
+        keys.set_team(conn, "bench", {"rpm": 10**9, "tpm": 10**12})
+        _, secret = keys.create_key(conn, "bench", limits, admin=False, expires=None)
+    builds: list[tuple[str, Path | None]] = [("now", None)] + ([("before", baseline)] if baseline else [])
+    routers = []
+    for build, source in builds:
+        for gated in (True, False):
+            config = RouterConfig(
+                listen=f"127.0.0.1:{free_port()}",
+                workers=tuple(addresses),
+                policy="round_robin",
+                max_queue=4096,
+                max_connections=4096,
+                gateway_db=str(db) if gated else None,
+            )
+            name = f"{build}, {'gateway' if gated else 'open'}"
+            argv, env = config.command(), None
+            if source is not None:  # that checkout's router: -P keeps this folder off sys.path, PYTHONPATH names it
+                argv, env = [argv[0], "-P", *argv[1:]], {"PYTHONPATH": str(source)}
+            child = fleet.spawn(f"router-{build}-{'gated' if gated else 'open'}", argv, env)
+            headers = {"authorization": f"Bearer {secret}"} if gated else {}
+            routers.append(Router(name, config.local_url, child.pid, headers))
+    for router in routers:
+        auth = keys.operator_headers(home) if router.headers else None
+        fleet.wait_ready(router.url, len(addresses), 600, headers=auth)
+    return routers
+
+
+def run(
+    workers: list[int],
+    streams: int,
+    max_tokens: int,
+    decode_ms: float,
+    baseline: Path | None,
+) -> list[Row]:
+    rows: list[Row] = []
+    options = (("decode-ms-per-token", str(decode_ms)), ("overhead-ms", "1"), ("prefill-ms-per-token", "0.01"))
+    for count in workers:
+        home = Path(tempfile.mkdtemp(prefix="orchard-bench-capacity-"))
+        fleet = Fleet(home / "logs")
+        try:
+            print(f"{count} sim agents, {streams} streams x {max_tokens} tokens; logs in {home / 'logs'}", flush=True)
+            addresses = _agents(fleet, home, count, streams, options)
+            routers = _routers(fleet, home, addresses, baseline)
+            agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
+            for router in routers:  # warm: connections, the engines' first requests
+                measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
+            for seed, router in enumerate(routers):
+                row = measure(router, agents, count, streams, max_tokens, seed)
+                print("  " + line(row), flush=True)
+                rows.append(row)
+        finally:
+            fleet.stop()
+    return rows
+
+
+HEADER = (
+    f"{'router':<18}{'N':>4}{'streams':>8}{'tokens':>8}{'tok/s':>8}{'router µs/tok':>15}{'router cores':>14}"
+    f"{'rest cores':>12}{'+first p50/p99 ms':>19}{'+later p50/p99 ms':>19}{'errors':>8}"
+)
+
+
+def line(row: Row) -> str:
+    return (
+        f"{row.router:<18}{row.workers:>4}{row.streams:>8}{row.tokens:>8}{row.tokens_per_s:>8.0f}"
+        f"{row.us_per_token:>15.1f}{row.router_cpu_s / row.wall_s:>14.2f}{row.rest_cpu_s / row.wall_s:>12.2f}"
+        f"{pct(row.first_ms, 0.5):>10.1f}/{pct(row.first_ms, 0.99):<8.1f}"
+        f"{pct(row.later_ms, 0.5):>10.2f}/{pct(row.later_ms, 0.99):<8.2f}{row.errors:>8}"
+    )
+
+
+def report(rows: list[Row]) -> str:
+    lines = [HEADER, *(line(r) for r in rows)]
+    by = {(r.router, r.workers): r for r in rows}
+    for (name, count), row in by.items():
+        if name.startswith("now") and (old := by.get((name.replace("now", "before"), count))):
+            lines.append(
+                f"N={count} {name.split(', ')[1]}: router µs/token {old.us_per_token:.1f} -> {row.us_per_token:.1f} "
+                f"({old.us_per_token / row.us_per_token:.2f}x less)"
+            )
+    return "\n".join(lines)
