@@ -10,6 +10,7 @@ run that checkout's code too, over the same agents, in the same run: before and 
 
 Per router and N, one round of S concurrent chat streams of T tokens (round robin, as a fair spread):
 - router µs/token: the router process's own CPU time (user + system) over the round / tokens the client got;
+  (loop): the part spent by its event loop's thread (the Python code); the rest is gRPC's own I/O threads;
 - tokens/s reached, and the router's CPU in cores (under 1.0: one process was enough at that rate);
 - added latency, first token and later tokens, p50/p99: client receive time - the engine's send stamp (what the
   agent and router add together; the clocks are this machine's one clock).
@@ -58,6 +59,7 @@ class Row:
     tokens: int
     wall_s: float
     router_cpu_s: float
+    router_loop_s: float  # of which its event loop's thread (Python); the rest is gRPC's own threads
     rest_cpu_s: float  # agents, engines and this client
     first_ms: tuple[float, ...]
     later_ms: tuple[float, ...]
@@ -66,6 +68,10 @@ class Row:
     @property
     def us_per_token(self) -> float:
         return self.router_cpu_s / self.tokens * 1e6 if self.tokens else float("nan")
+
+    @property
+    def loop_us_per_token(self) -> float:
+        return self.router_loop_s / self.tokens * 1e6 if self.tokens else float("nan")
 
     @property
     def tokens_per_s(self) -> float:
@@ -112,6 +118,16 @@ async def _round(url: str, headers: dict[str, str], streams: int, max_tokens: in
     return seen, wall
 
 
+def _loop_s(pid: int) -> float:
+    """CPU of the process's main thread (its event loop): on Linux the thread whose id is the pid."""
+    try:
+        threads = psutil.Process(pid).threads()
+    except psutil.NoSuchProcess:
+        return 0.0
+    main = next((t for t in threads if t.id == pid), None)
+    return main.user_time + main.system_time if main else float("nan")
+
+
 def _cpu_s(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -140,9 +156,9 @@ class Router:
 def measure(router: Router, agents: list[int], workers: int, streams: int, max_tokens: int, seed: int) -> Row:
     """One round through one router; CPU read around it (the client's own included in `rest`)."""
     me = psutil.Process()
-    before = (_cpu_s([router.pid]), _cpu_s(agents) + sum(me.cpu_times()[:2]))
+    before = (_cpu_s([router.pid]), _loop_s(router.pid), _cpu_s(agents) + sum(me.cpu_times()[:2]))
     seen, wall = asyncio.run(_round(router.url, router.headers, streams, max_tokens, seed))
-    after = (_cpu_s([router.pid]), _cpu_s(agents) + sum(me.cpu_times()[:2]))
+    after = (_cpu_s([router.pid]), _loop_s(router.pid), _cpu_s(agents) + sum(me.cpu_times()[:2]))
     return Row(
         router.name,
         workers,
@@ -151,6 +167,7 @@ def measure(router: Router, agents: list[int], workers: int, streams: int, max_t
         wall,
         after[0] - before[0],
         after[1] - before[1],
+        after[2] - before[2],
         tuple(seen.first_ms),
         tuple(seen.later_ms),
         seen.errors,
@@ -225,7 +242,8 @@ def run(
             agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
             for router in routers:  # warm: connections, the engines' first requests
                 measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
-            for seed, router in enumerate(routers):
+            by_kind = sorted(routers, key=lambda r: r.name.split(", ")[1])  # builds side by side, kind by kind
+            for seed, router in enumerate(by_kind):
                 row = measure(router, agents, count, streams, max_tokens, seed)
                 print("  " + line(row), flush=True)
                 rows.append(row)
@@ -235,7 +253,8 @@ def run(
 
 
 HEADER = (
-    f"{'router':<18}{'N':>4}{'streams':>8}{'tokens':>8}{'tok/s':>8}{'router µs/tok':>15}{'router cores':>14}"
+    f"{'router':<18}{'N':>4}{'streams':>8}{'tokens':>8}{'tok/s':>8}{'router µs/tok':>15}{'(loop)':>8}"
+    f"{'router cores':>14}"
     f"{'rest cores':>12}{'+first p50/p99 ms':>19}{'+later p50/p99 ms':>19}{'errors':>8}"
 )
 
@@ -243,7 +262,8 @@ HEADER = (
 def line(row: Row) -> str:
     return (
         f"{row.router:<18}{row.workers:>4}{row.streams:>8}{row.tokens:>8}{row.tokens_per_s:>8.0f}"
-        f"{row.us_per_token:>15.1f}{row.router_cpu_s / row.wall_s:>14.2f}{row.rest_cpu_s / row.wall_s:>12.2f}"
+        f"{row.us_per_token:>15.1f}{row.loop_us_per_token:>8.1f}{row.router_cpu_s / row.wall_s:>14.2f}"
+        f"{row.rest_cpu_s / row.wall_s:>12.2f}"
         f"{pct(row.first_ms, 0.5):>10.1f}/{pct(row.first_ms, 0.99):<8.1f}"
         f"{pct(row.later_ms, 0.5):>10.2f}/{pct(row.later_ms, 0.99):<8.2f}{row.errors:>8}"
     )

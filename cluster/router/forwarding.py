@@ -35,6 +35,7 @@ class Started:
 
     handle: WorkerHandle
     call: Any  # grpc.aio.UnaryStreamCall
+    reads: Reads  # its messages, under the gap deadline
     first: pb.GenerateReply
     at: float = field(default_factory=time.monotonic)  # when the first reply came
     drops_usage: bool = False  # an older agent's stream: the router drops the usage chunk nobody asked for
@@ -93,6 +94,51 @@ class _NextWorker(Exception):
     def __init__(self, error: ApiError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class Reads:
+    """One call's messages under the gap deadline: a read that waits `gap_s` for anything at all (agents
+    heartbeat four times per gap) ends the call as hung, _Silent: its host hangs or is cut off, however long the
+    engine itself may take. One timer per gap, not one per message (a timeout around each read was ~8% of the
+    router's CPU per streamed token): a read notes when it began waiting, and the timer, when due, looks."""
+
+    def __init__(self, call: Any, worker: str, gap_s: float) -> None:
+        self.call, self.worker, self.gap_s = call, worker, gap_s
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None
+        self.expired = False
+        self.timer = self.loop.call_later(gap_s, self._look)
+
+    def _look(self) -> None:
+        now, since = self.loop.time(), self.waiting_since
+        if since is not None and now - since >= self.gap_s:
+            self.expired = True
+            self.call.cancel()  # the waiting read raises CancelledError, told apart by `expired`
+            return
+        self.timer = self.loop.call_at((now if since is None else since) + self.gap_s, self._look)
+
+    async def read(self) -> Any:
+        """The call's next message (a heartbeat too) or EOF."""
+        self.waiting_since = self.loop.time()
+        try:
+            return await self.call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.expired and not (task and task.cancelling()):  # our cancel, not the request's
+                raise _Silent(f"Worker {self.worker} stopped answering (nothing for {self.gap_s:g} s).") from None
+            raise
+        finally:
+            self.waiting_since = None
+
+    async def reply(self) -> Any:
+        """The call's next reply other than a heartbeat (or EOF)."""
+        while True:
+            reply = await self.read()
+            if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
+                return reply
+
+    def close(self) -> None:
+        self.timer.cancel()
 
 
 class Forwarder:
@@ -173,14 +219,15 @@ class Forwarder:
         handle.last_used = time.monotonic()
         probe = self.registry.attempt(handle)
         call = handle.stub.Generate(generate, timeout=max(deadline - time.monotonic(), 0.001))
-        call.add_done_callback(lambda _call, h=handle: _release(h))  # however the RPC ends
         worker = handle.worker_id
+        reads = Reads(call, worker, self.config.gap_timeout_s)
+        call.add_done_callback(lambda _call, h=handle: _ended(h, reads))  # however the RPC ends
         try:
             await self._accepted(call, worker)
-            first = await self._read(call, worker)  # any message, a heartbeat too
+            first = await reads.read()  # any message, a heartbeat too
             self.registry.succeeded(handle)  # it accepted and spoke: alive, however long the prompt takes
             if first is not grpc.aio.EOF and first.HasField("heartbeat"):
-                first = await self.next_reply(call, worker)
+                first = await reads.reply()
         except _Silent as exc:
             call.cancel()
             self.registry.failed(handle)
@@ -202,7 +249,7 @@ class Forwarder:
             raise
         if first is grpc.aio.EOF:
             raise ApiError(502, "the worker ended the response without any data")
-        return Started(handle, call, first)
+        return Started(handle, call, reads, first)
 
     async def _accepted(self, call: Any, worker: str) -> None:
         try:
@@ -212,27 +259,11 @@ class Forwarder:
                 f"Worker {worker} did not accept the request within {self.config.accept_timeout_s:g} s."
             ) from None
 
-    async def _read(self, call: Any, worker: str) -> Any:
-        """The call's next message (a heartbeat too); _Silent when nothing comes for the gap deadline."""
-        try:
-            async with asyncio.timeout(self.config.gap_timeout_s):  # no task per read, unlike wait_for
-                return await call.read()
-        except TimeoutError:
-            raise _Silent(f"Worker {worker} stopped answering (nothing for {self.config.gap_timeout_s:g} s).") from None
-
-    async def next_reply(self, call: Any, worker: str) -> Any:
-        """The call's next reply other than a heartbeat (or EOF). Raises _Silent when the agent sends nothing at
-        all for the gap deadline: its host hangs or is cut off, however long the engine itself may take."""
-        while True:
-            reply = await self._read(call, worker)
-            if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
-                return reply
-
     async def whole(self, started: Started, incoming: Incoming, headers: dict[str, str], on_end: OnEnd) -> Response:
         """A non-streaming reply: the engine's body, with usage filled in if the engine left it out."""
         worker = started.handle.worker_id
         try:
-            final = await self.next_reply(started.call, worker)
+            final = await started.reads.reply()
         except _Silent:  # the answer is here; only its token count is missing
             started.call.cancel()
             self.registry.failed(started.handle)
@@ -258,17 +289,19 @@ class Forwarder:
         openai = incoming.endpoint in endpoints.OPENAI_STREAMS  # data-only frames, [DONE], a usage chunk
         try:
             reply = started.first
+            usage_chunk = openai and incoming.wants_usage
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
-                    if reply.chunks.HasField("usage"):  # the engine's running count: what a cut stream costs
-                        usage, counted = reply.chunks.usage, True
-                    written, tokens = frames(reply.chunks, openai and incoming.wants_usage, started.drops_usage)
+                    batch = reply.chunks
+                    if batch.HasField("usage"):  # the engine's running count: what a cut stream costs
+                        usage, counted = batch.usage, True
+                    written, tokens = frames(batch, usage_chunk, started.drops_usage)
                     chunks += tokens
                     if written:  # one write for everything that arrived together
                         yield written
                 elif reply.HasField("final"):
                     usage, counted = reply.final.usage, True
-                reply = await self.next_reply(call, started.handle.worker_id)
+                reply = await started.reads.reply()
             ended = True
             if openai:
                 yield DONE
@@ -302,6 +335,8 @@ def frames(chunks: pb.Chunks, usage_chunk: bool, drop_usage: bool = False) -> tu
         deltas = sum(1 for name in chunks.events if name.endswith("_delta") or name.endswith(".delta"))
         return b"".join(_named(name, item) for name, item in named), deltas
     items = chunks.items
+    if len(items) == 1 and not (usage_chunk or drop_usage):  # the most common batch: one chunk
+        return b"data: " + items[0] + b"\n\n", 1
     if usage_chunk or drop_usage:
         text = [c for c in items if not is_usage_only(c)]
         return b"".join(b"data: " + c + b"\n\n" for c in (text if drop_usage else items)), len(text)
@@ -362,7 +397,8 @@ def response_id(first: pb.GenerateReply) -> str | None:
     return body["id"] if isinstance(body.get("id"), str) else None
 
 
-def _release(handle: WorkerHandle) -> None:
+def _ended(handle: WorkerHandle, reads: Reads) -> None:
+    reads.close()
     handle.inflight -= 1
     handle.last_used = time.monotonic()  # what keep_alive and eviction count from
 

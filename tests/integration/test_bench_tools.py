@@ -4,10 +4,11 @@ checked for shape and sign only — they are measurements, not results to assert
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from cluster.bench import fairness, gateway, latency, metrics_cost
+from cluster.bench import capacity, fairness, gateway, latency, metrics_cost
 from cluster.bench.calibrate import calibrate, report
 from cluster.router import requestlog
 from tests.conftest import Cluster, free_port
@@ -60,3 +61,15 @@ def test_metrics_bench_times_the_bookkeeping_side_by_side() -> None:
     text = metrics_cost.report(cost)
     assert "per request, bookkeeping before" in text and "a lab of 8 workers" in text
     assert requestlog.log.propagate and not requestlog.log.handlers  # the bench put the router's log back
+
+
+def test_capacity_bench_counts_the_routers_cpu_per_token_beside_a_baseline_checkout() -> None:
+    """This checkout stands in for the baseline: the other build's routers start from its folder."""
+    rows = capacity.run([2], streams=4, max_tokens=32, decode_ms=5.0, baseline=Path(__file__).parents[2])
+    assert sorted(r.router for r in rows) == ["before, gateway", "before, open", "now, gateway", "now, open"]
+    for row in rows:
+        assert row.errors == 0 and row.tokens == 4 * 32  # every token of every stream, counted by the client
+        assert len(row.first_ms) == 4 and len(row.later_ms) == 4 * 31 and min(row.later_ms) > 0
+        assert row.router_loop_s <= row.router_cpu_s + 0.01  # the loop's thread is part of the process (10 ms ticks)
+    assert sum(r.router_cpu_s for r in rows) > 0  # CPU is counted in clock ticks: a short round may read 0
+    assert "N=2 gateway: router µs/token" in capacity.report(rows)
