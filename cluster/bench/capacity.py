@@ -174,12 +174,23 @@ def measure(router: Router, agents: list[int], workers: int, streams: int, max_t
     )
 
 
-def _agents(fleet: Fleet, home: Path, workers: int, streams: int, options: tuple[tuple[str, str], ...]) -> list[str]:
+def _address(taken: set[str]) -> str:
+    """A loopback address with a free port not handed out before in this run (free until bound, so 60-odd picks
+    in a row can repeat one)."""
+    while (address := f"127.0.0.1:{free_port()}") in taken:
+        pass
+    taken.add(address)
+    return address
+
+
+def _agents(
+    fleet: Fleet, home: Path, workers: int, streams: int, options: tuple[tuple[str, str], ...], taken: set[str]
+) -> list[str]:
     per_agent = max(1, -(-streams // workers))
-    addresses = []
+    addresses: list[str] = []
     for i in range(workers):
         agent = AgentConfig(
-            listen=f"127.0.0.1:{free_port()}",
+            listen=_address(taken),
             engine="sim",
             model=MODEL,
             max_concurrency=per_agent * 2,
@@ -191,7 +202,7 @@ def _agents(fleet: Fleet, home: Path, workers: int, streams: int, options: tuple
     return addresses
 
 
-def _routers(fleet: Fleet, home: Path, addresses: list[str], baseline: Path | None) -> list[Router]:
+def _routers(fleet: Fleet, home: Path, addresses: list[str], baseline: Path | None, taken: set[str]) -> list[Router]:
     """Gated and open routers over the same agents, from this checkout and, with `baseline`, from that one."""
     db = store.db_path(home)
     with store.opened(db) as conn:
@@ -203,7 +214,7 @@ def _routers(fleet: Fleet, home: Path, addresses: list[str], baseline: Path | No
     for build, source in builds:
         for gated in (True, False):
             config = RouterConfig(
-                listen=f"127.0.0.1:{free_port()}",
+                listen=_address(taken),
                 workers=tuple(addresses),
                 policy="round_robin",
                 max_queue=4096,
@@ -237,8 +248,9 @@ def run(
         fleet = Fleet(home / "logs")
         try:
             print(f"{count} sim agents, {streams} streams x {max_tokens} tokens; logs in {home / 'logs'}", flush=True)
-            addresses = _agents(fleet, home, count, streams, options)
-            routers = _routers(fleet, home, addresses, baseline)
+            taken: set[str] = set()
+            addresses = _agents(fleet, home, count, streams, options, taken)
+            routers = _routers(fleet, home, addresses, baseline, taken)
             agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
             for router in routers:  # warm: connections, the engines' first requests
                 measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
