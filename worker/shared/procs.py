@@ -62,9 +62,9 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """Start argv in its own session (a stop reaches its whole group) with stdout+stderr to log.
 
-    CPython's spawn (vfork/posix_spawn) and never a preexec_fn nor asyncio's spawn: in a process with gRPC's
-    threads, Python code between fork and exec can hang, and the caller's event loop with it (see tether). The
-    tether ties the child to this process's life instead (watch: see tether.wrap). Await its end with `exited`.
+    CPython's spawn (no Python between fork and exec), never a preexec_fn nor asyncio's spawn: in a process with
+    gRPC's threads, Python code between fork and exec can hang, and the caller's event loop with it (see tether).
+    The tether ties the child to this process's life instead (watch: see tether.wrap). Await its end with `exited`.
     """
     return subprocess.Popen(
         tether.wrap(argv, watch=watch) if tied_to_parent else list(argv),

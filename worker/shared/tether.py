@@ -1,7 +1,7 @@
 """`python -m worker.shared.tether --parent PID -- ARGV…`: run ARGV so that it dies with the process that started it.
 
 Every engine, child agent and locally started agent or router is started through it, with CPython's own spawn
-(vfork or posix_spawn: no Python runs between fork and exec). A `preexec_fn`, or asyncio's spawn under uvloop
+(no Python runs between fork and exec; vfork on Linux, fork on macOS). A `preexec_fn`, or asyncio's spawn under uvloop
 (libuv's fork), runs code in the child of a process that has gRPC's threads, which can hang before exec, and the
 parent's event loop waits for that exec: an agent that stops answering.
 
