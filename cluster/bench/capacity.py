@@ -13,7 +13,10 @@ Per router and N, one round of S concurrent chat streams of T tokens (round robi
   (loop): the part spent by its event loop's thread (the Python code); the rest is gRPC's own I/O threads;
 - tokens/s reached, and the router's CPU in cores (under 1.0: one process was enough at that rate);
 - added latency, first token and later tokens, p50/p99: client receive time - the engine's send stamp (what the
-  agent and router add together; the clocks are this machine's one clock).
+  agent and router add together; the clocks are this machine's one clock);
+- where the CPU goes: the router's idle cores (watching N agents while nothing streams, measured before the rounds),
+  its cost per request (a round of S one-token streams, idle taken off) and per token net of both, and the tokens
+  per client socket read (above 1: the relay coalesced chunks).
 Agents, engines and this client share the machine with the router: on 2 cores their CPU, not the router's, caps
 the rate; the router's µs/token is the figure that carries to a head whose agents run on Macs.
 """
@@ -24,7 +27,7 @@ import asyncio
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -39,6 +42,7 @@ from worker.shared.procs import free_port
 MODEL = "sim-model"
 STAMP = re.compile(rb'"orchard_sent_ns":\s*(\d+)')
 TEXT = re.compile(rb'"content":\s*"[^"]')  # a chunk that carries generated text (not the role or the finish)
+IDLE_S = 5.0  # how long each router's idle CPU is read (clock ticks are 10 ms: 5 s reads to 0.002 cores)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Seen:
     tokens: int = 0
     first_ms: list[float] = field(default_factory=list)  # per stream: the first token's added latency
     later_ms: list[float] = field(default_factory=list)  # every later token's
+    reads: int = 0  # socket reads that brought text: tokens / reads > 1 when the relay coalesced
     errors: int = 0
 
 
@@ -64,6 +69,15 @@ class Row:
     first_ms: tuple[float, ...]
     later_ms: tuple[float, ...]
     errors: int
+    reads: int = 0
+    idle_cores: float = 0.0  # the router's CPU while nothing streams (watching its agents)
+    request_us: float = float("nan")  # its CPU per request (setup and end, idle taken off), from one-token streams
+
+    @property
+    def net_us_per_token(self) -> float:
+        """Per token, with the idle cost and each stream's request cost taken off."""
+        spent = self.router_cpu_s - self.idle_cores * self.wall_s - self.streams * self.request_us / 1e6
+        return spent / self.tokens * 1e6 if self.tokens else float("nan")
 
     @property
     def us_per_token(self) -> float:
@@ -89,14 +103,16 @@ async def _stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], 
         async for raw in response.aiter_raw():
             now = time.time_ns()
             *events, pending = (pending + raw).split(b"\n\n")
+            texts = 0
             for event in events:
                 stamp = STAMP.search(event)
                 if stamp is None or TEXT.search(event) is None:
                     continue
-                seen.tokens += 1
+                seen.tokens, texts = seen.tokens + 1, texts + 1
                 added = (now - int(stamp.group(1))) / 1e6
                 (seen.first_ms if first else seen.later_ms).append(added)
                 first = False
+            seen.reads += texts > 0
 
 
 async def _round(url: str, headers: dict[str, str], streams: int, max_tokens: int, seed: int) -> tuple[Seen, float]:
@@ -171,7 +187,21 @@ def measure(router: Router, agents: list[int], workers: int, streams: int, max_t
         tuple(seen.first_ms),
         tuple(seen.later_ms),
         seen.errors,
+        seen.reads,
     )
+
+
+def idle_cores(routers: list[Router], seconds: float) -> dict[str, float]:
+    """Each router's CPU in cores while nothing streams: what watching its agents costs, per second."""
+    before = {r.name: _cpu_s([r.pid]) for r in routers}
+    time.sleep(seconds)
+    return {r.name: (_cpu_s([r.pid]) - before[r.name]) / seconds for r in routers}
+
+
+def request_us(router: Router, agents: list[int], workers: int, streams: int, idle: float) -> float:
+    """The router's CPU per request, from a round of one-token streams (its idle cost over the round taken off)."""
+    row = measure(router, agents, workers, streams, 1, seed=-2)
+    return (row.router_cpu_s - idle * row.wall_s) / streams * 1e6
 
 
 def _address(taken: set[str]) -> str:
@@ -258,8 +288,11 @@ def run(
             agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
             for router in routers:  # warm: connections, the engines' first requests
                 measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
+            idle = idle_cores(routers, IDLE_S)
+            per_request = {r.name: request_us(r, agents, count, streams, idle[r.name]) for r in routers}
             for seed, router in enumerate(_abba(routers)):
                 row = measure(router, agents, count, streams, max_tokens, seed)
+                row = replace(row, idle_cores=idle[router.name], request_us=per_request[router.name])
                 print("  " + line(row), flush=True)
                 rows.append(row)
         finally:
@@ -282,6 +315,7 @@ HEADER = (
     f"{'router':<18}{'N':>4}{'streams':>8}{'tokens':>8}{'tok/s':>8}{'router µs/tok':>15}{'(loop)':>8}"
     f"{'router cores':>14}"
     f"{'rest cores':>12}{'+first p50/p99 ms':>19}{'+later p50/p99 ms':>19}{'errors':>8}"
+    f"{'idle cores':>12}{'µs/request':>12}{'net µs/tok':>12}{'tok/read':>10}"
 )
 
 
@@ -292,6 +326,8 @@ def line(row: Row) -> str:
         f"{row.rest_cpu_s / row.wall_s:>12.2f}"
         f"{pct(row.first_ms, 0.5):>10.1f}/{pct(row.first_ms, 0.99):<8.1f}"
         f"{pct(row.later_ms, 0.5):>10.2f}/{pct(row.later_ms, 0.99):<8.2f}{row.errors:>8}"
+        f"{row.idle_cores:>12.3f}{row.request_us:>12.0f}{row.net_us_per_token:>12.1f}"
+        f"{row.tokens / row.reads if row.reads else float('nan'):>10.2f}"
     )
 
 
