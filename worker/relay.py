@@ -11,8 +11,10 @@ for itself is taken out of the payloads again; the counts still reach the router
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,22 +69,76 @@ async def stream_batches(
     client: httpx.AsyncClient, url: str, body: bytes, tally: Tally
 ) -> AsyncGenerator[list[Frame], None]:
     """Yield the engine's SSE events (name and `data:` payload, unchanged) until `[DONE]` or the end of the
-    body: one list per network read.
+    body: one list of everything that arrived while the last one was being forwarded.
 
-    Whatever the engine wrote while we were busy forwarding arrives in one read and leaves as one gRPC
-    message, so no reader task or queue sits between the engine and the router (each costs latency)."""
+    So a busy agent or router sends several tokens as one gRPC message and one socket write (a lone token still
+    leaves at once). It takes a reader ahead: the HTTP client hands over one chunk of the engine's chunked body
+    at a time even when many came in one network read."""
     headers = {"content-type": "application/json", "accept": "text/event-stream"}
     async with client.stream("POST", url, content=body, headers=headers) as response:
         if response.status_code != 200:
             raise EngineError(response.status_code, await response.aread())
         events = SseSplitter()
-        async for raw in response.aiter_raw():
-            batch, done = events.feed(raw)
-            batch = [(name, kept) for name, payload in batch if (kept := _observe(payload, tally)) is not None]
-            if batch:
-                yield batch
-            if done:
-                return
+        async with ReadAhead(response.aiter_raw()) as ahead:
+            while (raw := await ahead.take()) is not None:
+                batch, done = events.feed(raw)
+                batch = [(name, kept) for name, payload in batch if (kept := _observe(payload, tally)) is not None]
+                if batch:
+                    yield batch
+                if done:
+                    return
+
+
+class ReadAhead:
+    """Reads a byte stream ahead of its consumer, up to `max_bytes`: `take()` returns everything read since the
+    last take (None at the end; the reader's error is raised there). Past `max_bytes` the reader waits, and the
+    engine meets TCP's back-pressure as it did without it."""
+
+    def __init__(self, source: AsyncIterator[bytes], max_bytes: int = 1024 * 1024) -> None:
+        self.source, self.max_bytes = source, max_bytes
+        self.pieces: list[bytes] = []
+        self.size, self.ended = 0, False
+        self.error: Exception | None = None
+        self.arrived, self.room = asyncio.Event(), asyncio.Event()
+        self.room.set()
+
+    async def __aenter__(self) -> ReadAhead:
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reader.cancel()  # the consumer left (cancelled, or done): the read in flight ends here
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.source:
+                self.pieces.append(raw)
+                self.size += len(raw)
+                self.arrived.set()
+                if self.size >= self.max_bytes:
+                    self.room.clear()
+                    await self.room.wait()
+        except Exception as exc:  # the consumer's to handle, at its next take
+            self.error = exc
+        finally:
+            self.ended = True
+            self.arrived.set()
+
+    async def take(self) -> bytes | None:
+        await self.arrived.wait()
+        if self.pieces:
+            raw = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+            self.pieces.clear()
+            self.size = 0
+            self.room.set()
+            if not self.ended:
+                self.arrived.clear()
+            return raw
+        if self.error is not None:
+            raise self.error
+        return None
 
 
 Frame = tuple[str, bytes]  # (the event's name, "" when unnamed; its data payload)

@@ -5,8 +5,8 @@
 
 N sim agents (each a real agent and a sim engine that stamps every chunk with its send time), then routers over
 them in turn: one with the gateway (keys, limits, usage rows; metrics and the request log are always on) and one
-without. With --baseline-src (another checkout, e.g. `git worktree add /tmp/base HEAD~3`), the same two routers
-run that checkout's code too, over the same agents, in the same run: before and after, side by side.
+without. With --baseline-src (another checkout, e.g. `git worktree add /tmp/base HEAD~3`), that checkout's agents
+and routers run the same rounds in the same run, one build after the other: before and after, side by side.
 
 Per router and N, one round of S concurrent chat streams of T tokens (round robin, as a fair spread):
 - router µs/token: the router process's own CPU time (user + system) over the round / tokens the client got;
@@ -16,7 +16,8 @@ Per router and N, one round of S concurrent chat streams of T tokens (round robi
   agent and router add together; the clocks are this machine's one clock);
 - where the CPU goes: the router's idle cores (watching N agents while nothing streams, measured before the rounds),
   its cost per request (a round of S one-token streams, idle taken off) and per token net of both, and the tokens
-  per client socket read (above 1: the relay coalesced chunks).
+  per router write (the client's HTTP client hands over one chunk of the chunked body, one write, at a time; above
+  1: the agent and router coalesced tokens that were ready together).
 Agents, engines and this client share the machine with the router: on 2 cores their CPU, not the router's, caps
 the rate; the router's µs/token is the figure that carries to a head whose agents run on Macs.
 """
@@ -52,7 +53,7 @@ class Seen:
     tokens: int = 0
     first_ms: list[float] = field(default_factory=list)  # per stream: the first token's added latency
     later_ms: list[float] = field(default_factory=list)  # every later token's
-    reads: int = 0  # socket reads that brought text: tokens / reads > 1 when the relay coalesced
+    writes: int = 0  # the router's writes that brought text (one HTTP chunk each): tokens / writes > 1 coalesced
     errors: int = 0
 
 
@@ -69,7 +70,7 @@ class Row:
     first_ms: tuple[float, ...]
     later_ms: tuple[float, ...]
     errors: int
-    reads: int = 0
+    writes: int = 0
     idle_cores: float = 0.0  # the router's CPU while nothing streams (watching its agents)
     request_us: float = float("nan")  # its CPU per request (setup and end, idle taken off), from one-token streams
 
@@ -112,7 +113,7 @@ async def _stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], 
                 added = (now - int(stamp.group(1))) / 1e6
                 (seen.first_ms if first else seen.later_ms).append(added)
                 first = False
-            seen.reads += texts > 0
+            seen.writes += texts > 0
 
 
 async def _round(url: str, headers: dict[str, str], streams: int, max_tokens: int, seed: int) -> tuple[Seen, float]:
@@ -187,7 +188,7 @@ def measure(router: Router, agents: list[int], workers: int, streams: int, max_t
         tuple(seen.first_ms),
         tuple(seen.later_ms),
         seen.errors,
-        seen.reads,
+        seen.writes,
     )
 
 
@@ -213,11 +214,29 @@ def _address(taken: set[str]) -> str:
     return address
 
 
+@dataclass(frozen=True)
+class Build:
+    """Whose code runs: this checkout's (`source` None) or another's. That checkout's agents and routers start with
+    -P (this folder off sys.path) and PYTHONPATH naming it; their engines and tethers start from this folder, the
+    same sim for both."""
+
+    name: str
+    source: Path | None = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return argv if self.source is None else [argv[0], "-P", *argv[1:]]
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        return None if self.source is None else {"PYTHONPATH": str(self.source)}
+
+
 def _agents(
-    fleet: Fleet, home: Path, workers: int, streams: int, options: tuple[tuple[str, str], ...], taken: set[str]
+    fleet: Fleet, home: Path, workers: int, streams: int, options: tuple[tuple[str, str], ...], build: Build
 ) -> list[str]:
     per_agent = max(1, -(-streams // workers))
     addresses: list[str] = []
+    taken: set[str] = set()
     for i in range(workers):
         agent = AgentConfig(
             listen=_address(taken),
@@ -227,41 +246,36 @@ def _agents(
             log_dir=str(home / "logs" / f"w{i}"),
             sim_options=(("max-concurrency", str(per_agent * 2)), ("stamp-chunks", "1"), *options),
         )
-        fleet.start_agent(agent, name=f"agent-w{i}")
+        fleet.spawn(f"agent-w{i}", build.argv(agent.command()), build.env)
         addresses.append(agent.listen)
     return addresses
 
 
-def _routers(fleet: Fleet, home: Path, addresses: list[str], baseline: Path | None, taken: set[str]) -> list[Router]:
-    """Gated and open routers over the same agents, from this checkout and, with `baseline`, from that one."""
+def _routers(fleet: Fleet, home: Path, addresses: list[str], build: Build) -> list[Router]:
+    """A gated and an open router of `build` over the same agents."""
     db = store.db_path(home)
     with store.opened(db) as conn:
         limits = keys.Limits(rpm=10**9, tpm=10**12, monthly_tokens=10**15)  # checked on every request, never bind
         keys.set_team(conn, "bench", {"rpm": 10**9, "tpm": 10**12})
         _, secret = keys.create_key(conn, "bench", limits, admin=False, expires=None)
-    builds: list[tuple[str, Path | None]] = [("now", None)] + ([("before", baseline)] if baseline else [])
-    routers = []
-    for build, source in builds:
-        for gated in (True, False):
-            config = RouterConfig(
-                listen=_address(taken),
-                workers=tuple(addresses),
-                policy="round_robin",
-                # 64 agents on a 2-core machine answer slowly (their own health checks and samples take it):
-                # the bench measures the router's cost, not how fast a starved agent accepts a call.
-                accept_timeout_s=120.0,
-                gap_timeout_s=120.0,
-                max_queue=4096,
-                max_connections=4096,
-                gateway_db=str(db) if gated else None,
-            )
-            name = f"{build}, {'gateway' if gated else 'open'}"
-            argv, env = config.command(), None
-            if source is not None:  # that checkout's router: -P keeps this folder off sys.path, PYTHONPATH names it
-                argv, env = [argv[0], "-P", *argv[1:]], {"PYTHONPATH": str(source)}
-            child = fleet.spawn(f"router-{build}-{'gated' if gated else 'open'}", argv, env)
-            headers = {"authorization": f"Bearer {secret}"} if gated else {}
-            routers.append(Router(name, config.local_url, child.pid, headers))
+    routers, taken = [], set(addresses)
+    for gated in (True, False):
+        config = RouterConfig(
+            listen=_address(taken),
+            workers=tuple(addresses),
+            policy="round_robin",
+            # 64 agents on a 2-core machine answer slowly (their own health checks and samples take it):
+            # the bench measures the router's cost, not how fast a starved agent accepts a call.
+            accept_timeout_s=120.0,
+            gap_timeout_s=120.0,
+            max_queue=4096,
+            max_connections=4096,
+            gateway_db=str(db) if gated else None,
+        )
+        kind = "gateway" if gated else "open"
+        child = fleet.spawn(f"router-{kind}", build.argv(config.command()), build.env)
+        headers = {"authorization": f"Bearer {secret}"} if gated else {}
+        routers.append(Router(f"{build.name}, {kind}", config.local_url, child.pid, headers))
     for router in routers:
         auth = keys.operator_headers(home) if router.headers else None
         fleet.wait_ready(router.url, len(addresses), 600, headers=auth)
@@ -275,47 +289,46 @@ def run(
     decode_ms: float,
     baseline: Path | None,
 ) -> list[Row]:
+    """Per N, each build in turn on its own agents and routers (the first build alternating from one N to the
+    next, so a place in the run favours neither)."""
     rows: list[Row] = []
     options = (("decode-ms-per-token", str(decode_ms)), ("overhead-ms", "1"), ("prefill-ms-per-token", "0.01"))
-    for count in workers:
-        home = Path(tempfile.mkdtemp(prefix="orchard-bench-capacity-"))
-        fleet = Fleet(home / "logs")
-        try:
-            print(f"{count} sim agents, {streams} streams x {max_tokens} tokens; logs in {home / 'logs'}", flush=True)
-            taken: set[str] = set()
-            addresses = _agents(fleet, home, count, streams, options, taken)
-            routers = _routers(fleet, home, addresses, baseline, taken)
-            agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
-            for router in routers:  # warm: connections, the engines' first requests
-                measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
-            idle = idle_cores(routers, IDLE_S)
-            per_request = {r.name: request_us(r, agents, count, streams, idle[r.name]) for r in routers}
-            for seed, router in enumerate(_abba(routers)):
-                row = measure(router, agents, count, streams, max_tokens, seed)
-                row = replace(row, idle_cores=idle[router.name], request_us=per_request[router.name])
-                print("  " + line(row), flush=True)
-                rows.append(row)
-        finally:
-            fleet.stop()
+    builds = [Build("now")] + ([Build("before", baseline)] if baseline else [])
+    for i, count in enumerate(workers):
+        for build in builds[::-1] if i % 2 else builds:
+            rows += _build_rounds(build, count, streams, max_tokens, options)
     return rows
 
 
-def _abba(routers: list[Router]) -> list[Router]:
-    """Builds side by side, kind by kind, which goes first alternating (A B, then B A): a round's place in the run
-    (the machine's state, the engines' warmth) does not favour one build."""
-    kinds = sorted({r.name.split(", ")[1] for r in routers})
-    order: list[Router] = []
-    for i, kind in enumerate(kinds):
-        pair = [r for r in routers if r.name.endswith(kind)]
-        order += pair[::-1] if i % 2 else pair
-    return order
+def _build_rounds(
+    build: Build, count: int, streams: int, max_tokens: int, options: tuple[tuple[str, str], ...]
+) -> list[Row]:
+    home = Path(tempfile.mkdtemp(prefix="orchard-bench-capacity-"))
+    fleet = Fleet(home / "logs")
+    rows = []
+    try:
+        print(f"{build.name}: {count} sim agents, {streams} streams x {max_tokens} tokens; logs in {home}", flush=True)
+        addresses = _agents(fleet, home, count, streams, options, build)
+        routers = _routers(fleet, home, addresses, build)
+        agents = [c.pid for c in fleet.children if c.name.startswith("agent")]
+        for router in routers:  # warm: connections, the engines' first requests
+            measure(router, agents, count, min(streams, 4 * count), 4, seed=-1)
+        idle = idle_cores(routers, IDLE_S)
+        per_request = {r.name: request_us(r, agents, count, streams, idle[r.name]) for r in routers}
+        for seed, router in enumerate(routers):
+            row = measure(router, agents, count, streams, max_tokens, seed)
+            rows.append(replace(row, idle_cores=idle[router.name], request_us=per_request[router.name]))
+            print("  " + line(rows[-1]), flush=True)
+    finally:
+        fleet.stop()
+    return rows
 
 
 HEADER = (
     f"{'router':<18}{'N':>4}{'streams':>8}{'tokens':>8}{'tok/s':>8}{'router µs/tok':>15}{'(loop)':>8}"
     f"{'router cores':>14}"
     f"{'rest cores':>12}{'+first p50/p99 ms':>19}{'+later p50/p99 ms':>19}{'errors':>8}"
-    f"{'idle cores':>12}{'µs/request':>12}{'net µs/tok':>12}{'tok/read':>10}"
+    f"{'idle cores':>12}{'µs/request':>12}{'net µs/tok':>12}{'tok/write':>10}"
 )
 
 
@@ -327,7 +340,7 @@ def line(row: Row) -> str:
         f"{pct(row.first_ms, 0.5):>10.1f}/{pct(row.first_ms, 0.99):<8.1f}"
         f"{pct(row.later_ms, 0.5):>10.2f}/{pct(row.later_ms, 0.99):<8.2f}{row.errors:>8}"
         f"{row.idle_cores:>12.3f}{row.request_us:>12.0f}{row.net_us_per_token:>12.1f}"
-        f"{row.tokens / row.reads if row.reads else float('nan'):>10.2f}"
+        f"{row.tokens / row.writes if row.writes else float('nan'):>10.2f}"
     )
 
 

@@ -72,8 +72,8 @@ def test_capacity_bench_counts_the_routers_cpu_per_token_beside_a_baseline_check
         assert row.errors == 0 and row.tokens == 4 * 32  # every token of every stream, counted by the client
         assert len(row.first_ms) == 4 and len(row.later_ms) == 4 * 31 and min(row.later_ms) > 0
         assert row.router_loop_s <= row.router_cpu_s + 0.01  # the loop's thread is part of the process (10 ms ticks)
-        assert 1 <= row.reads <= row.tokens and row.idle_cores >= 0  # every token came in some read
+        assert 1 <= row.writes <= row.tokens and row.idle_cores >= 0  # every token came in some read
         assert math.isfinite(row.request_us) and math.isfinite(row.net_us_per_token)
     assert sum(r.router_cpu_s for r in rows) > 0  # CPU is counted in clock ticks: a short round may read 0
-    assert "idle cores" in capacity.report(rows) and "net µs/tok" in capacity.report(rows)
+    assert "idle cores" in capacity.report(rows) and "tok/write" in capacity.report(rows)
     assert "N=2 gateway: router µs/token" in capacity.report(rows)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from worker.relay import EngineError, SseSplitter, Tally, _worth_parsing, settle_stream_options, stream_batches
+from worker.relay import (
+    EngineError,
+    ReadAhead,
+    SseSplitter,
+    Tally,
+    _worth_parsing,
+    settle_stream_options,
+    stream_batches,
+)
 
 
 def test_plain_delta_chunks_skip_parsing_but_usage_and_finish_do_not() -> None:
@@ -53,7 +62,7 @@ def test_sse_splitter_refuses_an_endless_event() -> None:
         splitter.feed(b"data: " + b"x" * 2048)
 
 
-async def test_stream_batches_sends_one_batch_per_read_and_learns_the_usage() -> None:
+async def test_stream_batches_sends_every_event_in_order_and_learns_the_usage() -> None:
     reads = [
         b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {"choices": [{"delta": {"content": "b"}}]}\n\n',
         b'data: {"choices": [], "usage": {"total_tokens": 5}}\n\ndata: [DONE]\n\n',
@@ -67,8 +76,8 @@ async def test_stream_batches_sends_one_batch_per_read_and_learns_the_usage() ->
     tally = Tally()
     async with httpx.AsyncClient(transport=transport) as client:
         batches = [b async for b in stream_batches(client, "http://engine/v1/completions", b"{}", tally)]
-    assert [len(batch) for batch in batches] == [2, 1]
-    assert json.loads(batches[0][1][1]) == {"choices": [{"delta": {"content": "b"}}]}
+    events = [payload for batch in batches for _, payload in batch]  # grouped as they were read ahead
+    assert len(events) == 3 and json.loads(events[1]) == {"choices": [{"delta": {"content": "b"}}]}
     assert tally.tokens_seen and tally.usage == {"total_tokens": 5}
 
 
@@ -87,9 +96,12 @@ async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_di
         b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\ndata: [DONE]\n\n',
     ]
 
+    taken = asyncio.Event()
+
     async def body() -> AsyncIterator[bytes]:
-        for read in reads:
-            yield read
+        yield reads[0]
+        await taken.wait()  # the second read comes after the first was forwarded: two batches
+        yield reads[1]
 
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
     tally = Tally(strip_running=True)
@@ -97,6 +109,7 @@ async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_di
     async with httpx.AsyncClient(transport=transport) as client:
         async for batch in stream_batches(client, "http://engine/v1/chat/completions", b"{}", tally):
             seen.append((batch, dict(tally.usage)))
+            taken.set()
     (first, running), (last, final) = seen
     assert first == [("", '{"choices":[{"delta":{"content":"é"}}]}'.encode())]  # count gone, text intact
     assert running == {"prompt_tokens": 7, "completion_tokens": 1}  # but read on the way
@@ -132,3 +145,68 @@ async def test_the_usage_chunk_the_client_did_not_ask_for_is_read_then_dropped()
             async for batch in stream_batches(client, "http://engine/v1/completions", b"{}", tally):
                 items += batch
         assert len(items) == expected and tally.usage == {"completion_tokens": 1}
+
+
+async def _settle() -> None:
+    for _ in range(5):  # let the reader task run its ready steps
+        await asyncio.sleep(0)
+
+
+async def test_read_ahead_gives_a_lone_piece_at_once_and_what_arrived_meanwhile_as_one() -> None:
+    gate, closed = asyncio.Event(), []
+
+    async def source() -> AsyncIterator[bytes]:
+        try:
+            yield b"a"
+            await gate.wait()
+            yield b"b"
+            yield b"c"
+        finally:
+            closed.append(True)
+
+    async with ReadAhead(source()) as ahead:
+        assert await ahead.take() == b"a"  # nothing else came: it leaves alone, without waiting for more
+        gate.set()
+        await _settle()  # the consumer was busy meanwhile
+        assert await ahead.take() == b"bc"
+        assert await ahead.take() is None
+    assert closed == [True]
+
+
+async def test_read_ahead_stops_reading_past_its_bound_until_taken() -> None:
+    async def source() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 400_000
+
+    async with ReadAhead(source(), max_bytes=1_000_000) as ahead:
+        await _settle()
+        assert ahead.size == 1_200_000  # three pieces: the third crossed the bound, the reader waits
+        assert len(await ahead.take()) == 1_200_000
+        await _settle()
+        assert ahead.size == 1_200_000
+
+
+async def test_read_ahead_hands_over_what_came_then_the_error_and_cancels_its_read_on_exit() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"a"
+        raise httpx.ReadError("engine gone")
+
+    async with ReadAhead(failing()) as ahead:
+        await _settle()
+        assert await ahead.take() == b"a"
+        with pytest.raises(httpx.ReadError, match="engine gone"):
+            await ahead.take()
+
+    closed = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                await asyncio.sleep(3600)
+                yield b""
+        finally:
+            closed.append(True)
+
+    async with ReadAhead(endless()) as ahead:
+        await _settle()
+    assert closed == [True] and ahead.reader.cancelled()
