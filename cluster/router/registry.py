@@ -73,6 +73,7 @@ class WorkerHandle:
     pin: str = ""  # the name its certificate must carry (cluster/pki/pins.py); "": its address, as dialled
     pin_address: str = ""  # an on-demand child agent's: its host agent's address, whose pin (and identity) it has
     last_used: float = 0.0  # monotonic: when a request last started or ended here
+    _models: tuple[tuple[str, ...], pb.InfoReply | None] = field(default=((), None), repr=False, compare=False)
 
     @property
     def worker_id(self) -> str:
@@ -84,7 +85,12 @@ class WorkerHandle:
 
     @property
     def models(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.info.models) if self.info else ()
+        """Read for every worker on every request: kept until `info` is replaced."""
+        names, of = self._models
+        if of is not self.info:
+            names = tuple(m.name for m in self.info.models) if self.info else ()
+            self._models = names, self.info
+        return names
 
     def ready(self, now: float) -> bool:
         return (

@@ -25,9 +25,9 @@ class EngineState(enum.Enum):
 
     @classmethod
     def from_wire(cls, value: pb.EngineState) -> EngineState | None:
-        """None for ENGINE_STATE_UNSPECIFIED (an agent that has not said) or a state newer than this code."""
-        try:
-            name = pb.EngineState.Name(value).removeprefix("ENGINE_STATE_")
-        except ValueError:
-            return None
-        return cls.__members__.get(name)
+        """None for ENGINE_STATE_UNSPECIFIED (an agent that has not said) or a state newer than this code. A table
+        lookup: the router asks for every worker on every request."""
+        return _BY_WIRE.get(value)
+
+
+_BY_WIRE = {state.to_wire(): state for state in EngineState}
