@@ -12,7 +12,6 @@ for itself is taken out of the payloads again; the counts still reach the router
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -108,8 +107,7 @@ class ReadAhead:
 
     async def __aexit__(self, *exc: object) -> None:
         self.reader.cancel()  # the consumer left (cancelled, or done): the read in flight ends here
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
+        await asyncio.wait({self.reader})  # not `await self.reader`: its CancelledError is not ours to swallow
 
     async def _read(self) -> None:
         try:

@@ -210,3 +210,25 @@ async def test_read_ahead_hands_over_what_came_then_the_error_and_cancels_its_re
     async with ReadAhead(endless()) as ahead:
         await _settle()
     assert closed == [True] and ahead.reader.cancelled()
+
+
+async def test_a_consumer_cancelled_while_waiting_ends_cancelled_and_its_read_with_it() -> None:
+    closed = []
+
+    async def silent() -> AsyncIterator[bytes]:
+        try:
+            await asyncio.sleep(3600)
+            yield b""
+        finally:
+            closed.append(True)
+
+    async def consume() -> None:
+        async with ReadAhead(silent()) as ahead:
+            await ahead.take()
+
+    task = asyncio.create_task(consume())
+    await _settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [True]
