@@ -70,9 +70,10 @@ async def stream_batches(
     """Yield the engine's SSE events (name and `data:` payload, unchanged) until `[DONE]` or the end of the
     body: one list of everything that arrived while the last one was being forwarded.
 
-    So a busy agent or router sends several tokens as one gRPC message and one socket write (a lone token still
-    leaves at once). It takes a reader ahead: the HTTP client hands over one chunk of the engine's chunked body
-    at a time even when many came in one network read."""
+    So an agent behind its engine (its host busy, or the router's flow control holding its sends back) sends
+    several tokens as one gRPC message, which the router writes to its client at once; a lone token leaves without
+    waiting (one more step of the event loop: the reader's). It takes a reader ahead because the HTTP client hands
+    over one chunk of the engine's chunked body at a time, even when many came in one network read."""
     headers = {"content-type": "application/json", "accept": "text/event-stream"}
     async with client.stream("POST", url, content=body, headers=headers) as response:
         if response.status_code != 200:
@@ -93,7 +94,7 @@ class ReadAhead:
     last take (None at the end; the reader's error is raised there). Past `max_bytes` the reader waits, and the
     engine meets TCP's back-pressure as it did without it."""
 
-    def __init__(self, source: AsyncIterator[bytes], max_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, source: AsyncIterator[bytes], max_bytes: int = 256 * 1024) -> None:
         self.source, self.max_bytes = source, max_bytes
         self.pieces: list[bytes] = []
         self.size, self.ended = 0, False
@@ -120,6 +121,9 @@ class ReadAhead:
                     await self.room.wait()
         except Exception as exc:  # the consumer's to handle, at its next take
             self.error = exc
+        except BaseException:  # cancelled, but not by the consumer's exit: a cut stream, never a normal end
+            self.error = httpx.ReadError("reading the engine's stream was stopped")
+            raise
         finally:
             self.ended = True
             self.arrived.set()

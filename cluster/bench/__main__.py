@@ -327,8 +327,13 @@ def _capacity_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     cmd.add_argument("--workers", type=_counts, default=[4, 16, 64], help="comma-separated: 4,16,64")
     cmd.add_argument("--streams", type=int, default=256)
     cmd.add_argument("--max-tokens", type=int, default=256)
-    cmd.add_argument("--decode-ms-per-token", type=float, default=25.0, help="each stream's pace (25: 40 tokens/s)")
-    cmd.add_argument("--baseline-src", type=Path, help="another checkout: its routers run beside this one's")
+    cmd.add_argument(
+        "--decode-ms-per-token",
+        type=float,
+        default=25.0,
+        help="each stream's pace (25: 40 tokens/s; 0: the engines at full speed)",
+    )
+    cmd.add_argument("--baseline-src", type=Path, help="another checkout: its agents and routers run the same rounds")
     cmd.set_defaults(
         func=lambda args: print(
             capacity.report(

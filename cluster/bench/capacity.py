@@ -217,8 +217,8 @@ def _address(taken: set[str]) -> str:
 @dataclass(frozen=True)
 class Build:
     """Whose code runs: this checkout's (`source` None) or another's. That checkout's agents and routers start with
-    -P (this folder off sys.path) and PYTHONPATH naming it; their engines and tethers start from this folder, the
-    same sim for both."""
+    -P (this folder off sys.path) and PYTHONPATH naming it; their engines and tethers start from the working
+    directory (run the bench from this checkout's root: the same sim for both builds)."""
 
     name: str
     source: Path | None = None

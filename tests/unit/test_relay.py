@@ -232,3 +232,15 @@ async def test_a_consumer_cancelled_while_waiting_ends_cancelled_and_its_read_wi
     with pytest.raises(asyncio.CancelledError):
         await task
     assert closed == [True]
+
+
+async def test_a_read_stopped_from_outside_is_a_cut_stream_not_its_end() -> None:
+    async def silent() -> AsyncIterator[bytes]:
+        await asyncio.sleep(3600)
+        yield b""
+
+    async with ReadAhead(silent()) as ahead:
+        await _settle()
+        ahead.reader.cancel()
+        with pytest.raises(httpx.ReadError, match="stopped"):
+            await ahead.take()
