@@ -244,3 +244,32 @@ async def test_a_read_stopped_from_outside_is_a_cut_stream_not_its_end() -> None
         ahead.reader.cancel()
         with pytest.raises(httpx.ReadError, match="stopped"):
             await ahead.take()
+
+
+async def test_chunks_that_came_in_one_network_read_leave_as_one_batch() -> None:
+    """A real chunked HTTP body over TCP: httpx hands over one HTTP chunk at a time, the relay must not."""
+    more = asyncio.Event()
+
+    def chunk(event: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(event), event)
+
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)  # the body: b"{}"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(chunk(b'data: {"n": 1}\n\n'))
+        await writer.drain()
+        await more.wait()  # the relay is busy forwarding the first: the next three come in one write
+        writer.write(b"".join(chunk(b'data: {"n": %d}\n\n' % n) for n in (2, 3, 4)) + chunk(b"data: [DONE]\n\n"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(engine, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    batches = []
+    async with server, httpx.AsyncClient() as client:
+        async for batch in stream_batches(client, f"http://127.0.0.1:{port}/v1/completions", b"{}", Tally()):
+            batches.append([payload for _, payload in batch])
+            more.set()
+    assert batches == [[b'{"n": 1}'], [b'{"n": 2}', b'{"n": 3}', b'{"n": 4}']]
