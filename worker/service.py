@@ -29,6 +29,8 @@ from worker.relay import EngineError, Tally, settle_stream_options, stream_batch
 from worker.shared import endpoints, errors, tls
 from worker.shared.enginemetrics import LastLoad, RateMeter, TrafficMeter, figures
 from worker.shared.launch import MAX_BODY_BYTES
+from worker.shared.load import Load as Figures  # (`Load` here is the RPC)
+from worker.singleflight import SingleFlight
 from worker.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
         self.last_load = LastLoad()
+        self.figures = SingleFlight(self._figures)  # one engine scrape per interval, whoever watches
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
     async def Generate(
@@ -360,10 +363,11 @@ class WorkerService(pb_grpc.WorkerServicer):
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0
         interval = min(max(interval, 0.05), 60.0)
         while True:
-            yield await self.sample()
+            yield await self.sample(max_age_s=interval / 2)  # another watcher's scrape, if that recent
             await asyncio.sleep(interval)
 
-    async def sample(self) -> pb.LoadSample:
+    async def sample(self, max_age_s: float = 0.0) -> pb.LoadSample:
+        """The agent's state now, and the engine's load figures measured at most `max_age_s` ago."""
         sup = self.supervisor
         sample = pb.LoadSample(
             timestamp=time.time(),
@@ -378,14 +382,18 @@ class WorkerService(pb_grpc.WorkerServicer):
             memory_available_bytes=psutil.virtual_memory().available,  # macOS and Linux alike; a syscall
             health_failures=sup.health_failures if sup.ready else 0,
         )
+        (await self.figures.get(max_age_s)).into(sample)
+        return sample
+
+    async def _figures(self) -> Figures:
+        sup = self.supervisor
         if sup.adapter.metrics_path is None:
             load = self.traffic.load(running=self.inflight) if sup.ready else None  # what the agent saw pass
         else:
             load = self.last_load.through(await sup.stats(), sup.restarts) if sup.ready else None
         if load is not None:
             self.rates.update(load, epoch=sup.restarts)
-        figures(load, self.rates).into(sample)
-        return sample
+        return figures(load, self.rates)
 
 
 async def _router_only(context: grpc.aio.ServicerContext) -> bool:
