@@ -363,11 +363,13 @@ class WorkerService(pb_grpc.WorkerServicer):
         interval = request.interval_seconds if request.HasField("interval_seconds") else 1.0
         interval = min(max(interval, 0.05), 60.0)
         while True:
-            yield await self.sample(max_age_s=interval / 2)  # another watcher's scrape, if that recent
+            # Another watcher's scrape if that recent; a slow one (a busy engine) delays the sample only so long.
+            yield await self.sample(max_age_s=interval / 2, wait_s=interval / 2)
             await asyncio.sleep(interval)
 
-    async def sample(self, max_age_s: float = 0.0) -> pb.LoadSample:
-        """The agent's state now, and the engine's load figures measured at most `max_age_s` ago."""
+    async def sample(self, max_age_s: float = 0.0, wait_s: float | None = None) -> pb.LoadSample:
+        """The agent's state now, and the engine's load figures measured at most `max_age_s` ago (or the last
+        ones, when measuring takes longer than `wait_s`)."""
         sup = self.supervisor
         sample = pb.LoadSample(
             timestamp=time.time(),
@@ -382,7 +384,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             memory_available_bytes=psutil.virtual_memory().available,  # macOS and Linux alike; a syscall
             health_failures=sup.health_failures if sup.ready else 0,
         )
-        (await self.figures.get(max_age_s)).into(sample)
+        (await self.figures.get(max_age_s, wait_s)).into(sample)
         return sample
 
     async def _figures(self) -> Figures:

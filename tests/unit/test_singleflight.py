@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -105,6 +106,30 @@ def test_a_waiter_cancelled_leaves_the_run_to_the_others() -> None:
     assert asyncio.run(main()) == "figures"
 
 
+def test_a_slow_run_holds_a_caller_only_as_long_as_it_allows_then_the_last_result_stands_in() -> None:
+    clock, release, runs = Clock(), asyncio.Event(), 0
+
+    async def produce() -> int:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            await release.wait()  # the engine answers /metrics late
+        return runs
+
+    async def main() -> list[int]:
+        shared = SingleFlight(produce, clock)
+        seen = [await shared.get(0.5, wait_s=0.05)]  # the first result is always waited for
+        clock.now += 1.0
+        seen.append(await shared.get(0.5, wait_s=0.05))  # slow: the last result, the run goes on
+        seen.append(await shared.get(0.5, wait_s=0.05))  # the same run, not a second one
+        release.set()
+        await asyncio.sleep(0.01)
+        seen.append(await shared.get(0.5, wait_s=0.05))  # it ended: its result, no new run
+        return seen
+
+    assert asyncio.run(main()) == [1, 1, 1, 2] and runs == 2
+
+
 class Supervisor(SimpleNamespace):
     """The parts of EngineSupervisor a load sample reads; counts its /metrics scrapes."""
 
@@ -138,3 +163,28 @@ def test_two_routers_watching_an_agent_cost_its_engine_one_scrape_per_interval()
     assert supervisor.scrapes == 6  # not 12
     assert [s.load.generation_tokens for s in a] == [s.load.generation_tokens for s in b]
     assert all(s.load.running == 2 and s.state == pb.ENGINE_STATE_READY for s in a + b)
+
+
+def test_an_engine_slow_to_answer_metrics_does_not_make_the_agents_samples_late() -> None:
+    supervisor = Supervisor()
+    identity = ServiceIdentity("w1", (pb.ModelInfo(name="m"),), 4, "sim", "test")
+    host = HostFacts("h", "Linux", "x86", 1 << 30)
+    fast_stats = supervisor.stats
+
+    async def slow_stats() -> EngineLoad:
+        await asyncio.sleep(5.0)  # a busy engine, up to the scrape's own timeout
+        return await fast_stats()
+
+    async def main() -> tuple[float, list[pb.LoadSample]]:
+        async with httpx.AsyncClient() as http:
+            service = WorkerService(cast(Any, supervisor), identity, host, http)
+            stream = cast(Any, service.Watch(pb.WatchRequest(interval_seconds=0.2), cast(Any, None)))
+            first = await anext(stream)  # measured
+            supervisor.stats = slow_stats
+            started = time.monotonic()
+            later = [await anext(stream) for _ in range(4)]
+            return time.monotonic() - started, [first, *later]
+
+    took, samples = asyncio.run(main())
+    assert took < 2.0  # four samples at 0.2 s, each held at most 0.1 s by the scrape: not 5 s each
+    assert {s.load.generation_tokens for s in samples} == {100}  # the last figures stand in
