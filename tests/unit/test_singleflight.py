@@ -137,9 +137,11 @@ class Supervisor(SimpleNamespace):
         super().__init__(
             state=EngineState.READY, ready=True, restarts=0, crashes=0, detail="", health_failures=0, scrapes=0
         )
+        self.answer_after_s = 0.0
         self.adapter = SimpleNamespace(metrics_path="/metrics")
 
     async def stats(self) -> EngineLoad:
+        await asyncio.sleep(self.answer_after_s)
         self.scrapes += 1
         return EngineLoad(running=2, generation_tokens=100 * self.scrapes)
 
@@ -169,18 +171,13 @@ def test_an_engine_slow_to_answer_metrics_does_not_make_the_agents_samples_late(
     supervisor = Supervisor()
     identity = ServiceIdentity("w1", (pb.ModelInfo(name="m"),), 4, "sim", "test")
     host = HostFacts("h", "Linux", "x86", 1 << 30)
-    fast_stats = supervisor.stats
-
-    async def slow_stats() -> EngineLoad:
-        await asyncio.sleep(5.0)  # a busy engine, up to the scrape's own timeout
-        return await fast_stats()
 
     async def main() -> tuple[float, list[pb.LoadSample]]:
         async with httpx.AsyncClient() as http:
             service = WorkerService(cast(Any, supervisor), identity, host, http)
             stream = cast(Any, service.Watch(pb.WatchRequest(interval_seconds=0.2), cast(Any, None)))
             first = await anext(stream)  # measured
-            supervisor.stats = slow_stats
+            supervisor.answer_after_s = 5.0  # a busy engine, up to the scrape's own timeout
             started = time.monotonic()
             later = [await anext(stream) for _ in range(4)]
             return time.monotonic() - started, [first, *later]
