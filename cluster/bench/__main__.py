@@ -333,11 +333,24 @@ def _capacity_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=25.0,
         help="each stream's pace (25: 40 tokens/s; 0: the engines at full speed)",
     )
+    cmd.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="each engine decodes all its running streams in one step, as continuous batching does (their tokens "
+        "come together); without it each stream keeps its own pace",
+    )
     cmd.add_argument("--baseline-src", type=Path, help="another checkout: its agents and routers run the same rounds")
     cmd.set_defaults(
         func=lambda args: print(
             capacity.report(
-                capacity.run(args.workers, args.streams, args.max_tokens, args.decode_ms_per_token, args.baseline_src)
+                capacity.run(
+                    args.workers,
+                    args.streams,
+                    args.max_tokens,
+                    args.decode_ms_per_token,
+                    args.baseline_src,
+                    lockstep=args.lockstep,
+                )
             )
         )
     )

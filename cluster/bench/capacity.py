@@ -1,12 +1,14 @@
 """Router capacity: the head's CPU per streamed token, the rate one router reaches, and the latency it adds.
 
     python -m cluster.bench capacity [--workers 4,16,64] [--streams 256] [--max-tokens 256]
-                                     [--decode-ms-per-token 25] [--baseline-src DIR]
+                                     [--decode-ms-per-token 25] [--lockstep] [--baseline-src DIR]
 
 N sim agents (each a real agent and a sim engine that stamps every chunk with its send time), then routers over
 them in turn: one with the gateway (keys, limits, usage rows; metrics and the request log are always on) and one
 without. With --baseline-src (another checkout, e.g. `git worktree add /tmp/base HEAD~3`), that checkout's agents
 and routers run the same rounds in the same run, one build after the other: before and after, side by side.
+With --lockstep each sim decodes all its running streams in one step, as a continuous-batching engine does (a
+real engine's tokens for its streams come together; without it every stream keeps its own timer).
 
 Per router and N, one round of S concurrent chat streams of T tokens (round robin, as a fair spread):
 - router µs/token: the router process's own CPU time (user + system) over the round / tokens the client got;
@@ -288,11 +290,17 @@ def run(
     max_tokens: int,
     decode_ms: float,
     baseline: Path | None,
+    lockstep: bool = False,
 ) -> list[Row]:
     """Per N, each build in turn on its own agents and routers (the first build alternating from one N to the
     next, so a place in the run favours neither)."""
     rows: list[Row] = []
-    options = (("decode-ms-per-token", str(decode_ms)), ("overhead-ms", "1"), ("prefill-ms-per-token", "0.01"))
+    options: tuple[tuple[str, str], ...] = (
+        ("decode-ms-per-token", str(decode_ms)),
+        ("overhead-ms", "1"),
+        ("prefill-ms-per-token", "0.01"),
+    )
+    options += (("lockstep", "1"),) if lockstep else ()  # (a baseline's agents from before it would refuse it)
     builds = [Build("now")] + ([Build("before", baseline)] if baseline else [])
     for i, count in enumerate(workers):
         for build in builds[::-1] if i % 2 else builds:

@@ -66,7 +66,7 @@ def test_metrics_bench_times_the_bookkeeping_side_by_side() -> None:
 
 def test_capacity_bench_counts_the_routers_cpu_per_token_beside_a_baseline_checkout() -> None:
     """This checkout stands in for the baseline: the other build's routers start from its folder."""
-    rows = capacity.run([2], streams=4, max_tokens=32, decode_ms=5.0, baseline=Path(__file__).parents[2])
+    rows = capacity.run([2], streams=4, max_tokens=32, decode_ms=5.0, baseline=Path(__file__).parents[2], lockstep=True)
     assert sorted(r.router for r in rows) == ["before, gateway", "before, open", "now, gateway", "now, open"]
     for row in rows:
         assert row.errors == 0 and row.tokens == 4 * 32  # every token of every stream, counted by the client

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from worker.engines.programs.sim import server
 from worker.engines.programs.sim.timing import generate_words, render_chat, tokenize
 from worker.shared.simtiming import SimTiming
 
@@ -40,3 +44,27 @@ def test_prefix_cache_counts_cached_prefix_tokens_and_is_bounded() -> None:
     cache.lookup_and_insert(["p", "q", "r", "s", "t", "u"])  # 3 more blocks: oldest evicted
     assert len(cache) == 4
     assert cache.lookup_and_insert(["a", "b"]) == 0
+
+
+def _token_times(lockstep: bool) -> tuple[list[float], list[float]]:
+    """Two sequences of 6 tokens on one sim, the second starting 7 ms after the first: when each token came."""
+    timing = SimTiming(overhead_ms=0, prefill_ms_per_token=0, decode_ms_per_token=20)
+    state = server.SimState(model="m", timing=timing, seed=0, lockstep=lockstep)
+
+    async def sequence(delay_s: float, prompt: str) -> list[float]:
+        await asyncio.sleep(delay_s)
+        job = server._Job("r", "chat", prompt, 6, 0.0, True, False, False)
+        return [time.monotonic() async for _ in server._run(state, job)]
+
+    async def main() -> tuple[list[float], list[float]]:
+        first, second = await asyncio.gather(sequence(0.0, "a b c"), sequence(0.007, "d e f"))
+        return first, second
+
+    return asyncio.run(main())
+
+
+def test_lockstep_decodes_every_running_sequence_in_the_same_step() -> None:
+    first, second = _token_times(lockstep=True)
+    assert max(abs(a - b) for a, b in zip(first[1:], second[1:], strict=True)) < 0.003  # one step, both tokens
+    alone_first, alone_second = _token_times(lockstep=False)
+    assert min(b - a for a, b in zip(alone_first[1:], alone_second[1:], strict=True)) > 0.004  # each its own pace

@@ -15,6 +15,7 @@ SIM_OPTIONS = (
     "max-concurrency",
     "kv-blocks",
     "stamp-chunks",
+    "lockstep",
     "hang-after-tokens",
 )
 

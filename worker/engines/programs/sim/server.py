@@ -38,6 +38,7 @@ class SimState:
     seed: int
     stamp_chunks: bool = False  # add "orchard_sent_ns" (wall clock) to every streamed chunk, for latency studies
     hang_after_tokens: int = 0  # fault injection: every request stops advancing after this many (0: never)
+    lockstep: bool = False  # one decode step for every running sequence at once, as continuous batching takes them
     running: int = 0
     waiting: int = 0
     slots: asyncio.Semaphore = field(init=False)
@@ -47,6 +48,7 @@ class SimState:
         self.slots = asyncio.Semaphore(self.timing.max_concurrency)
         self.cache = PrefixCache(self.timing.kv_blocks)
         self.prefill_unit = asyncio.Lock()  # one compute unit: prefills queue behind each other
+        self.step: asyncio.Future[None] | None = None  # lockstep: the decode step under way
         labels = ["model_name"]
         self.g_running = Gauge("vllm:num_requests_running", "running", labels, registry=self.registry)
         self.g_waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry)
@@ -173,6 +175,26 @@ def create_app(state: SimState) -> FastAPI:
     return app
 
 
+async def _decode_step(state: SimState) -> None:
+    """One decode step: the sequence's own, or (lockstep) the engine's next one, which every running sequence
+    shares: a real engine emits their tokens together, and what relays them sees them come together."""
+    seconds = state.timing.decode_seconds(state.running)
+    if not state.lockstep:
+        await asyncio.sleep(seconds)
+        return
+    step = state.step
+    if step is None or step.done():
+        loop = asyncio.get_running_loop()
+        step = state.step = loop.create_future()
+        loop.call_later(seconds, _end_step, step)
+    await asyncio.shield(step)  # a cancelled sequence leaves the step to the others
+
+
+def _end_step(step: asyncio.Future[None]) -> None:
+    if not step.done():
+        step.set_result(None)
+
+
 async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
     """Wait for a slot, pay the prefill, then yield one word per decode step. Cancellation-safe."""
     prompt_tokens = tokenize(job.prompt)
@@ -196,7 +218,7 @@ async def _run(state: SimState, job: _Job) -> AsyncIterator[str]:
         try:
             for index, word in enumerate(words):
                 if index:
-                    await asyncio.sleep(state.timing.decode_seconds(state.running))
+                    await _decode_step(state)
                 if state.hang_after_tokens and index >= state.hang_after_tokens:
                     await asyncio.Event().wait()  # hung as a lost collective peer leaves it; /health still answers
                 state.c_gen.labels(state.model).inc()
@@ -284,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="prefix-cache blocks (16 tokens)")
     parser.add_argument("--stamp-chunks", type=int, choices=(0, 1), default=0, help="1: send time in every chunk")
     parser.add_argument("--hang-after-tokens", type=int, default=0, help="fault injection: hang every request there")
+    parser.add_argument("--lockstep", type=int, choices=(0, 1), default=0, help="1: one decode step for all running")
     args = parser.parse_args(argv)
     timing = SimTiming(
         overhead_ms=args.overhead_ms,
@@ -300,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             stamp_chunks=bool(args.stamp_chunks),
             hang_after_tokens=args.hang_after_tokens,
+            lockstep=bool(args.lockstep),
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
