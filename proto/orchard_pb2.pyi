@@ -48,18 +48,20 @@ ENGINE_STATE_FAILED: EngineState
 ENGINE_STATE_STOPPED: EngineState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds", "stream")
+    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds", "stream", "tap_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    TAP_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: Endpoint
     body: bytes
     heartbeat_seconds: float
     stream: bool
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ..., stream: _Optional[bool] = ...) -> None: ...
+    tap_id: str
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ..., stream: _Optional[bool] = ..., tap_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")
@@ -94,18 +96,58 @@ class Chunks(_message.Message):
     def __init__(self, items: _Optional[_Iterable[bytes]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
-    __slots__ = ("chunks", "response", "final", "heartbeat")
+    __slots__ = ("chunks", "response", "final", "heartbeat", "rest_on_tap")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REST_ON_TAP_FIELD_NUMBER: _ClassVar[int]
     chunks: Chunks
     response: bytes
     final: Final
     heartbeat: Heartbeat
-    def __init__(self, chunks: _Optional[_Union[Chunks, _Mapping]] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    rest_on_tap: bool
+    def __init__(self, chunks: _Optional[_Union[Chunks, _Mapping]] = ..., response: _Optional[bytes] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rest_on_tap: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TapRequest(_message.Message):
+    __slots__ = ("tap_id", "window_bytes")
+    TAP_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tap_id: str
+    window_bytes: int
+    def __init__(self, tap_id: _Optional[str] = ..., window_bytes: _Optional[int] = ...) -> None: ...
+
+class TapPart(_message.Message):
+    __slots__ = ("request_id", "reply", "end")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reply: GenerateReply
+    end: bool
+    def __init__(self, request_id: _Optional[str] = ..., reply: _Optional[_Union[GenerateReply, _Mapping]] = ..., end: _Optional[bool] = ...) -> None: ...
+
+class TapBatch(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[TapPart]
+    def __init__(self, parts: _Optional[_Iterable[_Union[TapPart, _Mapping]]] = ...) -> None: ...
+
+class CreditRequest(_message.Message):
+    __slots__ = ("tap_id", "request_id", "bytes")
+    TAP_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    tap_id: str
+    request_id: str
+    bytes: int
+    def __init__(self, tap_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class CreditReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

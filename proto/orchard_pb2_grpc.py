@@ -70,6 +70,16 @@ class WorkerStub:
                 request_serializer=proto_dot_orchard__pb2.UnloadRequest.SerializeToString,
                 response_deserializer=proto_dot_orchard__pb2.UnloadReply.FromString,
                 _registered_method=True)
+        self.Tap = channel.unary_stream(
+                '/orchard.v1.Worker/Tap',
+                request_serializer=proto_dot_orchard__pb2.TapRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.TapBatch.FromString,
+                _registered_method=True)
+        self.Credit = channel.unary_unary(
+                '/orchard.v1.Worker/Credit',
+                request_serializer=proto_dot_orchard__pb2.CreditRequest.SerializeToString,
+                response_deserializer=proto_dot_orchard__pb2.CreditReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -130,6 +140,24 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tap(self, request, context):
+        """The router's only: one stream per router connection that carries the replies after the first of every
+        streamed Generate naming it (GenerateRequest.tap_id), so tokens that the engine made together (one decode
+        step for all its sequences) travel as one message whatever request they belong to. A Generate whose tap
+        is not open here replies on its own call, as before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Credit(self, request, context):
+        """The router's only: it wrote this many more bytes of a tapped request to its client; the agent keeps at
+        most a window of unacknowledged bytes per request in flight (a slow client holds back its own request only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +195,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Unload,
                     request_deserializer=proto_dot_orchard__pb2.UnloadRequest.FromString,
                     response_serializer=proto_dot_orchard__pb2.UnloadReply.SerializeToString,
+            ),
+            'Tap': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tap,
+                    request_deserializer=proto_dot_orchard__pb2.TapRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.TapBatch.SerializeToString,
+            ),
+            'Credit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Credit,
+                    request_deserializer=proto_dot_orchard__pb2.CreditRequest.FromString,
+                    response_serializer=proto_dot_orchard__pb2.CreditReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +397,60 @@ class Worker:
             '/orchard.v1.Worker/Unload',
             proto_dot_orchard__pb2.UnloadRequest.SerializeToString,
             proto_dot_orchard__pb2.UnloadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orchard.v1.Worker/Tap',
+            proto_dot_orchard__pb2.TapRequest.SerializeToString,
+            proto_dot_orchard__pb2.TapBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Credit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.Worker/Credit',
+            proto_dot_orchard__pb2.CreditRequest.SerializeToString,
+            proto_dot_orchard__pb2.CreditReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,7 @@ from worker.shared.launch import MAX_BODY_BYTES
 from worker.shared.load import Load as Figures  # (`Load` here is the RPC)
 from worker.singleflight import SingleFlight
 from worker.supervisor import EngineSupervisor
+from worker.tap import Outlet, TapClosed, Taps
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.rates = RateMeter()
         self.traffic = TrafficMeter()  # load figures for engines without /metrics
         self.last_load = LastLoad()
+        self.taps = Taps()  # the routers' shared reply streams
         self.figures = SingleFlight(self._figures)  # one engine scrape per interval, whoever watches
         self._context_lengths: dict[str, int] = {}  # learned from the engine's /v1/models once ready
 
@@ -129,12 +131,19 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self._watched() == 0:
             self.supervisor.note_token()  # busy from now: an idle engine is not stalled
         self.inflight += 1  # no await since _admit's draining check: a drain that read inflight 0 saw every request
+        outlet = Outlet(self.taps.get(request.tap_id) if streaming else None, request.request_id)
         try:
             replies = self._stream(url, body, tally, beat) if streaming else self._whole(method, url, body, tally, beat)
             async with contextlib.aclosing(replies):
                 async for reply in replies:
-                    yield reply
+                    if (here := await outlet.send(reply)) is not None:
+                        yield here
+            final = pb.GenerateReply(final=self._final(tally, started, streaming))
+            if (here := await outlet.send(final)) is not None:
+                yield here
+            await outlet.end()
         except EngineError as exc:
+            await _end_quietly(outlet)
             config, route = self.supervisor.config, endpoints.PATHS[request.endpoint]
             if exc.status in (404, 405) and route not in endpoints.served(config.kind, config.task):  # no such route
                 model = self.identity.models[0].name
@@ -143,8 +152,8 @@ class WorkerService(pb_grpc.WorkerServicer):
                 return
             kind = "invalid_request_error" if exc.status < 500 else "engine_error"
             await _abort(context, exc.status, exc.body, kind)
-            return
         except httpx.HTTPError as exc:
+            await _end_quietly(outlet)
             log.warning("request %s: engine connection failed: %r", request.request_id, exc)
             # The exception's text is the operator's (logged above); the client gets a stable code and message.
             message = "The engine stopped answering before the reply was complete; try again."
@@ -154,10 +163,26 @@ class WorkerService(pb_grpc.WorkerServicer):
                 errors.openai_error(message, "service_unavailable", 503, "engine_unavailable"),
                 "service_unavailable",
             )
-            return
+        except TapClosed:  # the router's connection went: nobody reads this request any more
+            await _abort(context, 503, "the router's tap closed", "service_unavailable")
         finally:
+            outlet.close()
             self.inflight -= 1
-        yield pb.GenerateReply(final=self._final(tally, started, streaming))
+
+    async def Tap(self, request: pb.TapRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TapBatch]:
+        if not await _router_only(context) or not request.tap_id:
+            return
+        tap = self.taps.open(request.tap_id, request.window_bytes)
+        try:
+            async for batch in tap.batches():
+                yield batch
+        finally:
+            self.taps.close(tap)
+
+    async def Credit(self, request: pb.CreditRequest, context: grpc.aio.ServicerContext) -> pb.CreditReply:
+        if await _router_only(context) and (tap := self.taps.get(request.tap_id)) is not None:
+            tap.credit(request.request_id, request.bytes)
+        return pb.CreditReply()
 
     async def _admit(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -396,6 +421,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         if load is not None:
             self.rates.update(load, epoch=sup.restarts)
         return figures(load, self.rates)
+
+
+async def _end_quietly(outlet: Outlet) -> None:
+    """The end part before an error status: a tap already closed has nobody to tell."""
+    with contextlib.suppress(TapClosed):
+        await outlet.end()
 
 
 async def _router_only(context: grpc.aio.ServicerContext) -> bool:

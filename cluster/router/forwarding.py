@@ -22,6 +22,7 @@ from cluster.router.errors import ApiError, Dialect, from_grpc
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry, WorkerHandle
+from cluster.router.tap import CREDIT_EVERY, Inbox, TapBroken
 from cluster.routing.choose import Decision, RequestView, RoutingState, choose
 from cluster.routing.sessions import SessionPins
 from proto import orchard_pb2 as pb
@@ -100,20 +101,31 @@ class Reads:
     """One call's messages under the gap deadline: a read that waits `gap_s` for anything at all (agents
     heartbeat four times per gap) ends the call as hung, _Silent: its host hangs or is cut off, however long the
     engine itself may take. One timer per gap, not one per message (a timeout around each read was ~8% of the
-    router's CPU per streamed token): a read notes when it began waiting, and the timer, when due, looks."""
+    router's CPU per streamed token): a read notes when it began waiting, and the timer, when due, looks.
 
-    def __init__(self, call: Any, worker: str, gap_s: float) -> None:
-        self.call, self.worker, self.gap_s = call, worker, gap_s
+    With the agent's tap (`tap`), the messages after the one marked `rest_on_tap` come from the request's inbox
+    there, up to its end part; then the call's own status says how it ended."""
+
+    def __init__(self, call: Any, worker: str, gap_s: float, inbox: Inbox | None = None) -> None:
+        self.call, self.worker, self.gap_s, self.inbox = call, worker, gap_s, inbox
         self.loop = asyncio.get_running_loop()
         self.waiting_since: float | None = None
         self.expired = False
+        self.tapped = False  # the agent said the rest comes on the tap
+        self.taken = 0  # bytes of replies taken from the tap (the relay wrote them before it read again)
+        self.closed = False
         self.timer = self.loop.call_later(gap_s, self._look)
+
+    def _silent(self) -> _Silent:
+        return _Silent(f"Worker {self.worker} stopped answering (nothing for {self.gap_s:g} s).")
 
     def _look(self) -> None:
         now, since = self.loop.time(), self.waiting_since
         if since is not None and now - since >= self.gap_s:
             self.expired = True
             self.call.cancel()  # the waiting read raises CancelledError, told apart by `expired`
+            if self.inbox is not None:
+                self.inbox.fail(self._silent())
             return
         self.timer = self.loop.call_at((now if since is None else since) + self.gap_s, self._look)
 
@@ -121,14 +133,36 @@ class Reads:
         """The call's next message (a heartbeat too) or EOF."""
         self.waiting_since = self.loop.time()
         try:
-            return await self.call.read()
+            if self.tapped:
+                return await self._from_tap()
+            reply = await self.call.read()
+            if reply is not grpc.aio.EOF and reply.rest_on_tap and self.inbox is not None:
+                self.tapped = True
+            return reply
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self.expired and not (task and task.cancelling()):  # our cancel, not the request's
-                raise _Silent(f"Worker {self.worker} stopped answering (nothing for {self.gap_s:g} s).") from None
+                raise self._silent() from None
             raise
         finally:
             self.waiting_since = None
+
+    async def _from_tap(self) -> Any:
+        assert self.inbox is not None  # tapped only with an inbox
+        if self.taken >= CREDIT_EVERY:
+            self.inbox.credit(self.taken)
+            self.taken = 0
+        try:
+            part = await self.inbox.get()
+        except TapBroken:
+            part = pb.TapPart(end=True)  # the call's status says why (an agent whose tap closed aborts it)
+        if not part.end:
+            self.taken += part.reply.ByteSize()
+            return part.reply
+        end = await self.call.read()  # EOF when it succeeded; raises the agent's error status
+        if end is not grpc.aio.EOF:
+            raise ApiError(502, f"Worker {self.worker} replied on its call after its tap's end.")
+        return end
 
     async def reply(self) -> Any:
         """The call's next reply other than a heartbeat (or EOF)."""
@@ -137,8 +171,17 @@ class Reads:
             if reply is grpc.aio.EOF or not reply.HasField("heartbeat"):
                 return reply
 
+    def call_done(self) -> None:
+        """The call ended; a tapped request's last parts may still be on their way (another stream)."""
+        if not self.tapped:
+            self.close()
+
     def close(self) -> None:
-        self.timer.cancel()
+        if not self.closed:
+            self.closed = True
+            self.timer.cancel()
+            if self.inbox is not None:
+                self.inbox.close()
 
 
 class Forwarder:
@@ -218,9 +261,11 @@ class Forwarder:
         handle.inflight += 1
         handle.last_used = time.monotonic()
         probe = self.registry.attempt(handle)
+        inbox = handle.tap.join(generate.request_id) if handle.tap is not None and generate.stream else None
+        generate.tap_id = inbox.tap_id if inbox is not None else ""  # (set anew for every attempt)
         call = handle.stub.Generate(generate, timeout=max(deadline - time.monotonic(), 0.001))
         worker = handle.worker_id
-        reads = Reads(call, worker, self.config.gap_timeout_s)
+        reads = Reads(call, worker, self.config.gap_timeout_s, inbox)
         call.add_done_callback(lambda _call, h=handle: _ended(h, reads))  # however the RPC ends
         try:
             await self._accepted(call, worker)
@@ -230,9 +275,11 @@ class Forwarder:
                 first = await reads.reply()
         except _Silent as exc:
             call.cancel()
+            reads.close()
             self.registry.failed(handle)
             raise _NextWorker(exc.error()) from None
         except grpc.aio.AioRpcError as exc:
+            reads.close()
             if _transport_failure(exc):
                 self.registry.failed(handle)
             elif errors.http_status(exc.trailing_metadata()) is not None:
@@ -244,10 +291,12 @@ class Forwarder:
             raise from_grpc(exc) from exc
         except BaseException:  # cancelled (the client left): no verdict on the worker; end the call now
             call.cancel()
+            reads.close()
             if probe:
                 handle.breaker.on_abandoned()
             raise
         if first is grpc.aio.EOF:
+            reads.close()
             raise ApiError(502, "the worker ended the response without any data")
         return Started(handle, call, reads, first)
 
@@ -273,6 +322,7 @@ class Forwarder:
             on_end(Ended(err.status, worker, pb.Usage(), counted=True))
             return err.response(headers, incoming.dialect)
         finally:
+            started.reads.close()
             started.handle.served += 1
         body, usage = started.first.response, pb.Usage()
         if final is not grpc.aio.EOF and final.HasField("final"):
@@ -305,15 +355,24 @@ class Forwarder:
             ended = True
             if openai:
                 yield DONE
-        except (grpc.aio.AioRpcError, _Silent) as exc:
+        except (grpc.aio.AioRpcError, _Silent, ApiError) as exc:
             if isinstance(exc, _Silent):
                 self.registry.failed(started.handle)
-            err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc.error()
+            err = (
+                from_grpc(exc)
+                if isinstance(exc, grpc.aio.AioRpcError)
+                else exc.error()
+                if isinstance(exc, _Silent)
+                else exc
+            )
             status, ended = err.status, True
             yield error_event(err, incoming)
         finally:
             call.cancel()  # no-op when finished; aborts the engine request when the client left
+            started.reads.close()
             started.handle.served += 1
+            if started.reads.tapped:
+                self.metrics.tapped.inc()
             status = status if ended else CLIENT_CLOSED
             if not counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
                 usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
@@ -397,8 +456,14 @@ def response_id(first: pb.GenerateReply) -> str | None:
     return body["id"] if isinstance(body.get("id"), str) else None
 
 
+def _as_api_error(exc: grpc.aio.AioRpcError | _Silent | ApiError) -> ApiError:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return from_grpc(exc)
+    return exc.error() if isinstance(exc, _Silent) else exc
+
+
 def _ended(handle: WorkerHandle, reads: Reads) -> None:
-    reads.close()
+    reads.call_done()
     handle.inflight -= 1
     handle.last_used = time.monotonic()  # what keep_alive and eviction count from
 

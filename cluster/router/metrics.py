@@ -87,6 +87,11 @@ class RouterMetrics:
             ["model"],
             registry=r,
         )
+        self.tapped = Counter(
+            "orchard_tapped_streams",
+            "streams whose replies after the first came on their agent's tap (shared with other requests)",
+            registry=r,
+        )
 
     def watch(self, rows: Callable[[], list[WorkerRow]], queued: Callable[[], dict[str, int]]) -> None:
         """Report the lab at each scrape: `rows` (each worker as operators see it), `queued` (per model)."""

@@ -22,6 +22,7 @@ from cluster.pki import pins
 from cluster.router.breaker import Breaker, BreakerState
 from cluster.router.recent import Window, token_rate
 from cluster.router.rows import Reachability
+from cluster.router.tap import TapClient
 from cluster.routing.choose import WorkerView
 from proto import orchard_pb2 as pb
 from proto import orchard_pb2_grpc as pb_grpc
@@ -36,6 +37,7 @@ SAMPLE_STALE_S = 5.0
 HUNG_HEALTH_FAILURES = 2  # a ready engine that failed this many health checks in a row is hung: shown so, not chosen
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 1.0
+TAP_ASK_AGAIN_S = 60.0  # an agent without taps may have been upgraded since
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 5_000),  # a ping every 5 s; no answer within 3 s: the connection is dead
@@ -73,6 +75,7 @@ class WorkerHandle:
     pin: str = ""  # the name its certificate must carry (cluster/pki/pins.py); "": its address, as dialled
     pin_address: str = ""  # an on-demand child agent's: its host agent's address, whose pin (and identity) it has
     last_used: float = 0.0  # monotonic: when a request last started or ended here
+    tap: TapClient | None = field(default=None, repr=False)  # its shared reply stream while connected
     _models: tuple[tuple[str, ...], pb.InfoReply | None] = field(default=((), None), repr=False, compare=False)
 
     @property
@@ -392,6 +395,14 @@ class Registry:
         handle.breaker.on_success()
 
     async def _follow(self, handle: WorkerHandle) -> None:
+        tapping = asyncio.create_task(_keep_tap(handle), name=f"tap {handle.address}")
+        try:
+            await self._watch(handle)
+        finally:
+            tapping.cancel()  # its readers learn it broke; their calls say how they ended
+            handle.tap = None
+
+    async def _watch(self, handle: WorkerHandle) -> None:
         assert handle.stub is not None  # set by start()
         delay = RECONNECT_MIN_S
         while True:
@@ -420,6 +431,28 @@ class Registry:
             handle.connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+async def _keep_tap(handle: WorkerHandle) -> None:
+    """The agent's tap, open for as long as the router follows the agent: opened again when it ends (a new
+    connection, an agent restarted), its own lifetime (a Watch that fails does not end the streams on it). An
+    agent without taps is asked again now and then (it may be upgraded meanwhile)."""
+    assert handle.stub is not None  # set by start()
+    delay, said = RECONNECT_MIN_S, False
+    while True:
+        tap = handle.tap = TapClient(handle.stub, handle.address)
+        began = time.monotonic()
+        await tap.run()
+        handle.tap = None
+        if tap.unsupported:
+            if not said:
+                log.info("worker %s has no taps (an agent from before them): replies come on each call", handle.address)
+            said, delay = True, TAP_ASK_AGAIN_S
+        elif time.monotonic() - began > RECONNECT_MAX_S:
+            delay = RECONNECT_MIN_S  # it served a while: a new connection, not a refusal
+        else:
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        await asyncio.sleep(delay)
 
 
 def _note_failure(handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> None:

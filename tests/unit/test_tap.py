@@ -1,0 +1,177 @@
+"""Taps, each end on its own: the agent's windows and batches (worker/tap.py), the router's inboxes and its
+reads from them under the gap deadline (cluster/router/tap.py, forwarding.Reads)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from cluster.router.forwarding import Reads, _Silent
+from cluster.router.tap import Inbox, TapBroken, TapClient
+from proto import orchard_pb2 as pb
+from worker.tap import WINDOW_BYTES, Outlet, Tap, TapClosed, Taps
+
+
+def chunk(text: bytes) -> pb.GenerateReply:
+    return pb.GenerateReply(chunks=pb.Chunks(items=[text]))
+
+
+def test_what_requests_queued_meanwhile_leaves_as_one_batch() -> None:
+    async def main() -> list[list[tuple[str, bool]]]:
+        tap = Tap("t", 64 * 1024)
+        for rid in ("a", "b"):
+            tap.join(rid)
+        batches = tap.batches()
+        await tap.put("a", chunk(b"1"))
+        await tap.put("b", chunk(b"2"))
+        await tap.put("a", None)
+        first = await anext(batches)
+        await tap.put("b", chunk(b"3"))
+        second = await anext(batches)
+        return [[(p.request_id, p.end) for p in b.parts] for b in (first, second)]
+
+    assert asyncio.run(main()) == [[("a", False), ("b", False), ("a", True)], [("b", False)]]
+
+
+def test_a_request_waits_at_its_window_until_credited_and_a_closed_tap_ends_it() -> None:
+    async def main() -> tuple[bool, bool, object]:
+        tap = Tap("t", 0)  # the smallest window
+        tap.join("a")
+        await tap.put("a", chunk(b"x" * WINDOW_BYTES[0]))
+        blocked = asyncio.ensure_future(tap.put("a", chunk(b"y")))
+        await asyncio.sleep(0.01)
+        held = not blocked.done()
+        tap.credit("a", WINDOW_BYTES[0])
+        await asyncio.wait_for(blocked, 1)
+        tap.credit("a", 10**9)
+        await tap.put("a", chunk(b"z" * WINDOW_BYTES[0]))
+        waiting = asyncio.ensure_future(tap.put("a", chunk(b"w")))
+        await asyncio.sleep(0.01)
+        tap.close()  # the router's connection went
+        failed = await asyncio.gather(waiting, return_exceptions=True)
+        return held, blocked.done(), type(failed[0])
+
+    assert asyncio.run(main()) == (True, True, TapClosed)
+
+
+def test_an_outlet_sends_the_first_reply_on_the_call_marked_and_leaves_shared_heartbeats_alone() -> None:
+    alive = pb.GenerateReply(heartbeat=pb.Heartbeat())
+
+    async def main() -> tuple[pb.GenerateReply | None, pb.GenerateReply | None, list[pb.TapPart]]:
+        tap = Tap("t", 64 * 1024)
+        outlet = Outlet(tap, "a")
+        first = await outlet.send(alive)
+        second = await outlet.send(chunk(b"1"))
+        await outlet.end()
+        outlet.close()
+        return first, second, list((await anext(tap.batches())).parts)
+
+    first, second, parts = asyncio.run(main())
+    assert first is not None and first.rest_on_tap and first.HasField("heartbeat") and not alive.rest_on_tap
+    assert second is None and [p.end for p in parts] == [False, True]
+
+
+def test_an_agent_keeps_a_bounded_number_of_taps() -> None:
+    async def main() -> tuple[bool, bool]:
+        taps = Taps()
+        first = taps.open("t0", 0)
+        for i in range(1, 9):
+            taps.open(f"t{i}", 0)
+        return first.closed, taps.get("t0") is None
+
+    assert asyncio.run(main()) == (True, True)
+
+
+class _Stub:
+    """A Tap that fails as an agent from before taps does; Credit calls noted."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code, self.credits = code, list[int]()
+
+    def Tap(self, request: pb.TapRequest) -> Any:
+        code = self.code
+
+        class Call:
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> pb.TapBatch:
+                raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "no")
+
+            def cancel(self) -> None:
+                pass
+
+        return Call()
+
+    async def Credit(self, request: pb.CreditRequest) -> pb.CreditReply:
+        self.credits.append(request.bytes)
+        return pb.CreditReply()
+
+
+def test_an_agent_without_taps_leaves_requests_on_their_calls_and_readers_of_a_broken_tap_learn_it() -> None:
+    async def main() -> tuple[Inbox | None, Inbox | None, object]:
+        tap = TapClient(_Stub(grpc.StatusCode.UNIMPLEMENTED), "w")
+        before = tap.join("a")
+        assert before is not None
+        await tap.run()
+        failed = await asyncio.gather(before.get(), return_exceptions=True)
+        return before, tap.join("b"), failed[0]
+
+    before, after, failed = asyncio.run(main())
+    assert before is not None and after is None and isinstance(failed, TapBroken)
+
+
+def test_an_inbox_gives_what_came_before_a_failure_and_sends_credits_as_they_gather() -> None:
+    async def main() -> tuple[list[bytes], object, list[int]]:
+        stub = _Stub(grpc.StatusCode.OK)
+        inbox = TapClient(stub, "w").join("a")
+        assert inbox is not None
+        inbox.put(pb.TapPart(request_id="a", reply=chunk(b"1")))
+        inbox.fail(TapBroken("gone"))
+        got = [(await inbox.get()).reply.chunks.items[0]]
+        failed = (await asyncio.gather(inbox.get(), return_exceptions=True))[0]
+        inbox.credit(100)
+        inbox.credit(50)  # before the first Credit went: the two go as one
+        await asyncio.sleep(0.01)
+        inbox.credit(30)
+        await asyncio.sleep(0.01)
+        return got, failed, stub.credits
+
+    got, failed, credits = asyncio.run(main())
+    assert got == [b"1"] and isinstance(failed, TapBroken) and credits == [150, 30]
+
+
+class _Call:
+    """A Generate call whose first reply says the rest comes on the tap, then nothing (a hung agent)."""
+
+    def __init__(self) -> None:
+        self.replies = [pb.GenerateReply(chunks=pb.Chunks(items=[b"first"]), rest_on_tap=True)]
+        self.cancelled = False
+
+    async def read(self) -> Any:
+        if self.replies:
+            return self.replies.pop(0)
+        await asyncio.Event().wait()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_tapped_request_that_hears_nothing_for_the_gap_is_silent() -> None:
+    async def main() -> tuple[bytes, bytes, bool]:
+        inbox = TapClient(_Stub(grpc.StatusCode.OK), "w").join("a")
+        assert inbox is not None
+        call = _Call()
+        reads = Reads(call, "w", 0.2, inbox)
+        first = await reads.read()
+        inbox.put(pb.TapPart(request_id="a", reply=chunk(b"second")))
+        second = await reads.read()
+        with pytest.raises(_Silent):
+            await reads.read()
+        reads.close()
+        return first.chunks.items[0], second.chunks.items[0], call.cancelled
+
+    assert asyncio.run(main()) == (b"first", b"second", True)
