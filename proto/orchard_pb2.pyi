@@ -48,20 +48,22 @@ ENGINE_STATE_FAILED: EngineState
 ENGINE_STATE_STOPPED: EngineState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds", "stream", "tap_id")
+    __slots__ = ("request_id", "endpoint", "body", "heartbeat_seconds", "stream", "tap_id", "tap_key")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TAP_ID_FIELD_NUMBER: _ClassVar[int]
+    TAP_KEY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: Endpoint
     body: bytes
     heartbeat_seconds: float
     stream: bool
     tap_id: str
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ..., stream: _Optional[bool] = ..., tap_id: _Optional[str] = ...) -> None: ...
+    tap_key: str
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., heartbeat_seconds: _Optional[float] = ..., stream: _Optional[bool] = ..., tap_id: _Optional[str] = ..., tap_key: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")
@@ -122,14 +124,14 @@ class TapRequest(_message.Message):
     def __init__(self, tap_id: _Optional[str] = ..., window_bytes: _Optional[int] = ...) -> None: ...
 
 class TapPart(_message.Message):
-    __slots__ = ("request_id", "reply", "end")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("key", "reply", "end")
+    KEY_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
+    key: str
     reply: GenerateReply
     end: bool
-    def __init__(self, request_id: _Optional[str] = ..., reply: _Optional[_Union[GenerateReply, _Mapping]] = ..., end: _Optional[bool] = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., reply: _Optional[_Union[GenerateReply, _Mapping]] = ..., end: _Optional[bool] = ...) -> None: ...
 
 class TapBatch(_message.Message):
     __slots__ = ("parts",)
@@ -138,14 +140,14 @@ class TapBatch(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[TapPart, _Mapping]]] = ...) -> None: ...
 
 class CreditRequest(_message.Message):
-    __slots__ = ("tap_id", "request_id", "bytes")
+    __slots__ = ("tap_id", "key", "bytes")
     TAP_ID_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     tap_id: str
-    request_id: str
+    key: str
     bytes: int
-    def __init__(self, tap_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, tap_id: _Optional[str] = ..., key: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class CreditReply(_message.Message):
     __slots__ = ()

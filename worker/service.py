@@ -131,7 +131,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self._watched() == 0:
             self.supervisor.note_token()  # busy from now: an idle engine is not stalled
         self.inflight += 1  # no await since _admit's draining check: a drain that read inflight 0 saw every request
-        outlet = Outlet(self.taps.get(request.tap_id) if streaming else None, request.request_id)
+        outlet = Outlet(self.taps.get(request.tap_id) if streaming else None, request.tap_key)
         try:
             replies = self._stream(url, body, tally, beat) if streaming else self._whole(method, url, body, tally, beat)
             async with contextlib.aclosing(replies):
@@ -181,7 +181,7 @@ class WorkerService(pb_grpc.WorkerServicer):
 
     async def Credit(self, request: pb.CreditRequest, context: grpc.aio.ServicerContext) -> pb.CreditReply:
         if await _router_only(context) and (tap := self.taps.get(request.tap_id)) is not None:
-            tap.credit(request.request_id, request.bytes)
+            tap.credit(request.key, request.bytes)
         return pb.CreditReply()
 
     async def _admit(

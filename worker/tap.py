@@ -17,6 +17,7 @@ from proto import orchard_pb2 as pb
 
 WINDOW_BYTES = (16 * 1024, 4 * 1024 * 1024)  # the windows a router may ask for, per request
 MAX_TAPS = 8  # per agent: a router, one taking over from it, and what reconnects leave until they end
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # one message, well inside gRPC's receive limit
 
 
 class TapClosed(Exception):
@@ -39,41 +40,51 @@ class Tap:
         self._ready = asyncio.Event()
         self._windows: dict[str, _Window] = {}
 
-    def join(self, request_id: str) -> None:
-        self._windows[request_id] = _Window()
+    def join(self, key: str) -> bool:
+        """A request to send on this tap under `key` (False: closed, or the key is taken)."""
+        if self.closed or not key or key in self._windows:
+            return False
+        self._windows[key] = _Window()
+        return True
 
-    def leave(self, request_id: str) -> None:
-        self._windows.pop(request_id, None)
+    def leave(self, key: str) -> None:
+        self._windows.pop(key, None)
 
-    async def put(self, request_id: str, reply: pb.GenerateReply | None) -> None:
+    async def put(self, key: str, reply: pb.GenerateReply | None) -> None:
         """Queue a request's reply (None: its end); waits while its window is full. TapClosed once closed."""
-        window = self._windows[request_id]
+        window = self._windows[key]
         while window.unacked >= self.window and not self.closed:
             window.open.clear()
             await window.open.wait()
         if self.closed:
             raise TapClosed(self.tap_id)
         if reply is None:
-            self._parts.append(pb.TapPart(request_id=request_id, end=True))
+            self._parts.append(pb.TapPart(key=key, end=True))
         else:
             window.unacked += reply.ByteSize()
-            self._parts.append(pb.TapPart(request_id=request_id, reply=reply))
+            self._parts.append(pb.TapPart(key=key, reply=reply))
         self._ready.set()
 
-    def credit(self, request_id: str, size: int) -> None:
+    def credit(self, key: str, size: int) -> None:
         """The router wrote `size` more bytes of the request's replies to its client."""
-        window = self._windows.get(request_id)
+        window = self._windows.get(key)
         if window is not None:
             window.unacked = max(window.unacked - size, 0)
             if window.unacked < self.window:
                 window.open.set()
 
     async def batches(self) -> AsyncIterator[pb.TapBatch]:
-        """Everything queued since the last batch, as one message, until closed."""
-        while not self.closed:
+        """Everything queued since the last batch (up to MAX_BATCH_BYTES), as one message; once closed, what
+        was queued before, then the end."""
+        while self._parts or not self.closed:
             await self._ready.wait()
-            self._ready.clear()
-            parts, self._parts = self._parts, []
+            taken = size = 0
+            while taken < len(self._parts) and size < MAX_BATCH_BYTES:
+                size += self._parts[taken].ByteSize()
+                taken += 1
+            parts, self._parts = self._parts[:taken], self._parts[taken:]
+            if not self._parts:
+                self._ready.clear()
             if parts:
                 yield pb.TapBatch(parts=parts)
 
@@ -111,10 +122,9 @@ class Outlet:
     """Where one Generate call's replies go: all on the call, or the first on it (marked) and the rest on the
     tap, then the end part there (after which the call's status says how the request ended)."""
 
-    def __init__(self, tap: Tap | None, request_id: str) -> None:
-        self.tap, self.request_id, self.sent_first = tap, request_id, False
-        if tap is not None:
-            tap.join(request_id)
+    def __init__(self, tap: Tap | None, key: str) -> None:
+        self.tap = tap if tap is not None and tap.join(key) else None
+        self.key, self.sent_first = key, False
 
     async def send(self, reply: pb.GenerateReply) -> pb.GenerateReply | None:
         """The reply to yield on the call, or None: it went on the tap."""
@@ -126,13 +136,13 @@ class Outlet:
             marked.CopyFrom(reply)  # (a heartbeat is one shared message)
             marked.rest_on_tap = True
             return marked
-        await self.tap.put(self.request_id, reply)
+        await self.tap.put(self.key, reply)
         return None
 
     async def end(self) -> None:
         if self.tap is not None and self.sent_first:
-            await self.tap.put(self.request_id, None)
+            await self.tap.put(self.key, None)
 
     def close(self) -> None:
         if self.tap is not None:
-            self.tap.leave(self.request_id)
+            self.tap.leave(self.key)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -30,7 +29,7 @@ from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
 from cluster.router.demand import DemandManager
 from cluster.router.errors import ApiError, ClientLeft, Unexpected, api_error
-from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder
+from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Started
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics, model_label
 from cluster.router.registry import Registry
@@ -224,7 +223,7 @@ class _Pipeline:
         relay = self.forwarder.relay(started, incoming, end)
         # The background task runs even when the client left before the body started streaming.
         return StreamingResponse(
-            relay, media_type="text/event-stream", headers=headers, background=BackgroundTask(end.close, started.call)
+            relay, media_type="text/event-stream", headers=headers, background=BackgroundTask(end.close, started)
         )
 
 
@@ -312,8 +311,8 @@ class _End:
         row = self.gateway.finish(self.granted, outcome)
         self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))
 
-    def close(self, call: Any) -> None:
-        call.cancel()  # no-op when finished; aborts the engine request when the client left
+    def close(self, started: Started) -> None:
+        started.stop()  # no-op when finished; aborts the engine request when the client left
         self(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
 
     def _first(self) -> bool:

@@ -41,6 +41,11 @@ class Started:
     at: float = field(default_factory=time.monotonic)  # when the first reply came
     drops_usage: bool = False  # an older agent's stream: the router drops the usage chunk nobody asked for
 
+    def stop(self) -> None:
+        """End the call (a no-op when it ended) and what reads it."""
+        self.call.cancel()
+        self.reads.close()
+
 
 @dataclass(frozen=True)
 class Home:
@@ -87,6 +92,16 @@ class _Silent(Exception):
 
     def error(self) -> ApiError:
         return ApiError(504, str(self), code="timeout")
+
+
+class _TapCut(_Silent):
+    """A request's tap broke before its end part came: the rest of its reply is lost (its agent or the
+    connection went)."""
+
+    def error(self) -> ApiError:
+        return ApiError(
+            503, "The worker serving this request became unavailable; try again.", code="worker_unavailable"
+        )
 
 
 class _NextWorker(Exception):
@@ -155,13 +170,14 @@ class Reads:
         try:
             part = await self.inbox.get()
         except TapBroken:
-            part = pb.TapPart(end=True)  # the call's status says why (an agent whose tap closed aborts it)
+            await self.call.read()  # the agent's error status, if it sent one (one whose tap closed aborts)
+            raise _TapCut(f"Worker {self.worker}'s tap broke before the reply's end.") from None
         if not part.end:
             self.taken += part.reply.ByteSize()
             return part.reply
         end = await self.call.read()  # EOF when it succeeded; raises the agent's error status
         if end is not grpc.aio.EOF:
-            raise ApiError(502, f"Worker {self.worker} replied on its call after its tap's end.")
+            raise _TapCut(f"Worker {self.worker} replied on its call after its tap's end.")
         return end
 
     async def reply(self) -> Any:
@@ -172,8 +188,9 @@ class Reads:
                 return reply
 
     def call_done(self) -> None:
-        """The call ended; a tapped request's last parts may still be on their way (another stream)."""
-        if not self.tapped:
+        """The call ended; a tapped request's last parts may still be on their way (another stream), unless
+        the router itself cancelled it (nobody reads on)."""
+        if not self.tapped or self.call.cancelled():
             self.close()
 
     def close(self) -> None:
@@ -261,8 +278,9 @@ class Forwarder:
         handle.inflight += 1
         handle.last_used = time.monotonic()
         probe = self.registry.attempt(handle)
-        inbox = handle.tap.join(generate.request_id) if handle.tap is not None and generate.stream else None
-        generate.tap_id = inbox.tap_id if inbox is not None else ""  # (set anew for every attempt)
+        inbox = handle.tap.join() if handle.tap is not None and generate.stream else None
+        # Set anew for every attempt (the message is sent, serialized, before the next one changes it).
+        generate.tap_id, generate.tap_key = (inbox.tap_id, inbox.key) if inbox is not None else ("", "")
         call = handle.stub.Generate(generate, timeout=max(deadline - time.monotonic(), 0.001))
         worker = handle.worker_id
         reads = Reads(call, worker, self.config.gap_timeout_s, inbox)
@@ -355,16 +373,10 @@ class Forwarder:
             ended = True
             if openai:
                 yield DONE
-        except (grpc.aio.AioRpcError, _Silent, ApiError) as exc:
+        except (grpc.aio.AioRpcError, _Silent) as exc:
             if isinstance(exc, _Silent):
                 self.registry.failed(started.handle)
-            err = (
-                from_grpc(exc)
-                if isinstance(exc, grpc.aio.AioRpcError)
-                else exc.error()
-                if isinstance(exc, _Silent)
-                else exc
-            )
+            err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc.error()
             status, ended = err.status, True
             yield error_event(err, incoming)
         finally:
@@ -454,12 +466,6 @@ def response_id(first: pb.GenerateReply) -> str | None:
     if not isinstance(body, dict) or body.get("store", True) is False:
         return None
     return body["id"] if isinstance(body.get("id"), str) else None
-
-
-def _as_api_error(exc: grpc.aio.AioRpcError | _Silent | ApiError) -> ApiError:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return from_grpc(exc)
-    return exc.error() if isinstance(exc, _Silent) else exc
 
 
 def _ended(handle: WorkerHandle, reads: Reads) -> None:

@@ -395,12 +395,14 @@ class Registry:
         handle.breaker.on_success()
 
     async def _follow(self, handle: WorkerHandle) -> None:
-        tapping = asyncio.create_task(_keep_tap(handle), name=f"tap {handle.address}")
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(_keep_tap(handle, stop), name=f"tap {handle.address}")
+        self._closing.add(keeper)  # (held until it ends: the registry's stop waits for it)
+        keeper.add_done_callback(self._closing.discard)
         try:
             await self._watch(handle)
         finally:
-            tapping.cancel()  # its readers learn it broke; their calls say how they ended
-            handle.tap = None
+            stop.set()  # its tap takes no new requests and ends once those on it end (on the old channel)
 
     async def _watch(self, handle: WorkerHandle) -> None:
         assert handle.stub is not None  # set by start()
@@ -433,17 +435,31 @@ class Registry:
             delay = min(delay * 2, RECONNECT_MAX_S)
 
 
-async def _keep_tap(handle: WorkerHandle) -> None:
-    """The agent's tap, open for as long as the router follows the agent: opened again when it ends (a new
-    connection, an agent restarted), its own lifetime (a Watch that fails does not end the streams on it). An
+async def _keep_tap(handle: WorkerHandle, stop: asyncio.Event) -> None:
+    """The agent's tap for as long as the router follows the agent on this channel: opened again when it ends
+    (a new connection, an agent restarted), on a lifetime of its own (a Watch that fails does not end the
+    streams on it). Once `stop` is set it is retired: no new requests, and it ends when those on it end. An
     agent without taps is asked again now and then (it may be upgraded meanwhile)."""
-    assert handle.stub is not None  # set by start()
+    stub = handle.stub
+    assert stub is not None  # set by start()
     delay, said = RECONNECT_MIN_S, False
-    while True:
-        tap = handle.tap = TapClient(handle.stub, handle.address)
+    while not stop.is_set():
+        tap = handle.tap = TapClient(stub, handle.address)
         began = time.monotonic()
-        await tap.run()
-        handle.tap = None
+        running, stopping = asyncio.ensure_future(tap.run()), asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                tap.retire()
+                await running
+                return
+        finally:
+            stopping.cancel()
+            running.cancel()  # (a no-op once it ended)
+            if handle.tap is tap:
+                handle.tap = None  # (a channel that replaced this one has a tap of its own)
+        if (exc := running.exception()) is not None:
+            log.warning("worker %s: its tap failed: %r", handle.address, exc)
         if tap.unsupported:
             if not said:
                 log.info("worker %s has no taps (an agent from before them): replies come on each call", handle.address)
@@ -452,7 +468,8 @@ async def _keep_tap(handle: WorkerHandle) -> None:
             delay = RECONNECT_MIN_S  # it served a while: a new connection, not a refusal
         else:
             delay = min(delay * 2, RECONNECT_MAX_S)
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
 
 
 def _note_failure(handle: WorkerHandle, exc: grpc.aio.AioRpcError) -> None:

@@ -15,8 +15,11 @@ import grpc
 
 from proto import orchard_pb2 as pb
 
-WINDOW_BYTES = 256 * 1024  # per request: what this router may hold for a client that reads slowly
-CREDIT_EVERY = WINDOW_BYTES // 2  # acknowledge in halves of the window: the agent never waits on a reader that keeps up
+# Per request: what this router may hold for a client that reads slowly. Within the bounds agents take
+# (worker/tap.py: 16 KiB to 4 MiB), so an agent's window is this one and crediting by halves never stalls it.
+WINDOW_BYTES = 256 * 1024
+CREDIT_EVERY = WINDOW_BYTES // 2
+CREDIT_DEADLINE_S = 10.0  # acknowledge in halves of the window: the agent never waits on a reader that keeps up
 # A window, and the batch that crossed it (an agent reads its engine ahead by up to 256 KiB): beyond that the agent
 # ignores its windows, and that request fails, not the router.
 MAX_INBOX_BYTES = 4 * WINDOW_BYTES
@@ -29,8 +32,8 @@ class TapBroken(Exception):
 class Inbox:
     """One request's parts, in order; the reader waits on one future at a time (no task per read)."""
 
-    def __init__(self, tap: TapClient, request_id: str) -> None:
-        self.tap, self.request_id = tap, request_id
+    def __init__(self, tap: TapClient, key: str) -> None:
+        self.tap, self.key = tap, key
         self.tap_id = tap.tap_id
         self.crediting: asyncio.Task[None] | None = None
         self.owed = 0  # bytes written and not yet acknowledged to the agent
@@ -75,51 +78,67 @@ class Inbox:
     async def _send_credits(self) -> None:
         while self.owed:
             owed, self.owed = self.owed, 0
-            await self.tap.credit(self.request_id, owed)
+            await self.tap.credit(self.key, owed)
 
     def close(self) -> None:
-        self.tap.leave(self.request_id)
+        """Its request ended: no more parts, no more credits."""
+        if self.crediting is not None:
+            self.crediting.cancel()
+        self.tap.leave(self.key)
 
 
 class TapClient:
-    """One agent connection's tap: opened by the registry when the agent connects, read until it ends."""
+    """One agent's tap, opened by the registry and read until it ends. Retired (its connection replaced: a
+    certificate rotation, the worker removed), it takes no new requests and ends once those on it ended."""
 
     def __init__(self, stub: Any, worker: str) -> None:
         self.stub, self.worker = stub, worker
         self.tap_id = uuid.uuid4().hex
         self.inboxes: dict[str, Inbox] = {}
-        self.open = True  # until its stream ends (or the agent has no taps)
+        self.open = True  # takes new requests: until its stream ends or it retires
         self.unsupported = False  # an agent from before taps
+        self._call: Any = None
 
     async def run(self) -> None:
         """Read the tap, sorting parts into inboxes, until it ends; then every reader learns it broke."""
-        call = self.stub.Tap(pb.TapRequest(tap_id=self.tap_id, window_bytes=WINDOW_BYTES))
+        self._call = call = self.stub.Tap(pb.TapRequest(tap_id=self.tap_id, window_bytes=WINDOW_BYTES))
         why = "the agent's tap ended"
         try:
             async for batch in call:
                 for part in batch.parts:
-                    inbox = self.inboxes.get(part.request_id)
+                    inbox = self.inboxes.get(part.key)
                     if inbox is not None:  # a request that ended meanwhile: its late parts go nowhere
                         inbox.put(part)
         except grpc.aio.AioRpcError as exc:
             why = f"the agent's tap failed: {exc.code().name}"
             self.unsupported = exc.code() is grpc.StatusCode.UNIMPLEMENTED
+        except asyncio.CancelledError:
+            if self.open or self.inboxes:  # not our own end of a retired tap
+                raise
         finally:
             call.cancel()
             self.open = False
             for inbox in self.inboxes.values():
                 inbox.fail(TapBroken(why))
 
-    def join(self, request_id: str) -> Inbox | None:
-        """An inbox for a request about to start (None: the tap is not open)."""
+    def join(self) -> Inbox | None:
+        """An inbox, under a key of its own, for a request about to start (None: the tap takes none now)."""
         if not self.open:
             return None
-        inbox = self.inboxes[request_id] = Inbox(self, request_id)
+        key = uuid.uuid4().hex
+        inbox = self.inboxes[key] = Inbox(self, key)
         return inbox
 
-    def leave(self, request_id: str) -> None:
-        self.inboxes.pop(request_id, None)
+    def leave(self, key: str) -> None:
+        self.inboxes.pop(key, None)
+        if not self.open and not self.inboxes and self._call is not None:
+            self._call.cancel()  # retired and drained
 
-    async def credit(self, request_id: str, size: int) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):  # the agent went: its requests end anyway
-            await self.stub.Credit(pb.CreditRequest(tap_id=self.tap_id, request_id=request_id, bytes=size))
+    def retire(self) -> None:
+        self.open = False
+        self.leave("")
+
+    async def credit(self, key: str, size: int) -> None:
+        # The agent went or hangs: its requests end anyway (their calls, or the gap deadline, say how).
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            await self.stub.Credit(pb.CreditRequest(tap_id=self.tap_id, key=key, bytes=size), timeout=CREDIT_DEADLINE_S)

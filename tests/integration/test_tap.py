@@ -60,6 +60,7 @@ def _generate(request_id: str, tokens: int, tap_id: str = "") -> pb.GenerateRequ
         body=json.dumps(body).encode(),
         stream=True,
         tap_id=tap_id,
+        tap_key=request_id,
     )
 
 
@@ -87,7 +88,7 @@ class TapReader:
             for batch in self.call:
                 self.batches.append(batch)
                 for part in batch.parts:
-                    self.parts.setdefault(part.request_id, []).append(part)
+                    self.parts.setdefault(part.key, []).append(part)
         except grpc.RpcError:
             pass
 
@@ -118,7 +119,7 @@ def test_requests_continue_on_the_tap_together_and_say_the_same_as_on_their_own_
         rest = [p.reply for p in parts[:-1]]
         assert rest[-1].HasField("final") and rest[-1].final.usage.completion_tokens == 24
         assert _text(replies + rest) == _text(alone[f"alone-{i}"])  # the same words, in order
-    mixed = [b for b in tap.batches if len({p.request_id for p in b.parts}) > 1]
+    mixed = [b for b in tap.batches if len({p.key for p in b.parts}) > 1]
     assert mixed, "tokens of different requests made in one step travel in one message"
 
 
@@ -138,7 +139,7 @@ def test_a_request_whose_reader_stops_is_held_at_its_window_and_the_others_go_on
     credited = 0
     while not tap.ended("slow-1"):  # the router's writes: credit what arrived
         now = sum(p.reply.ByteSize() for p in tap.parts["slow-1"])
-        stub.Credit(pb.CreditRequest(tap_id="tap-2", request_id="slow-1", bytes=now - credited), timeout=5)
+        stub.Credit(pb.CreditRequest(tap_id="tap-2", key="slow-1", bytes=now - credited), timeout=5)
         credited = now
         time.sleep(0.05)
     assert next(iter(slow)).rest_on_tap
@@ -155,56 +156,54 @@ def test_a_generate_naming_a_tap_that_is_not_open_replies_on_its_call(
 
 
 def test_streams_through_a_router_come_whole_over_taps(tmp_path: Path) -> None:
-    """The router opens each agent's tap and reads requests' replies there; a client that leaves ends its
-    request at the agent (it reads on, nothing is held)."""
-    agents = [agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=OPTIONS) for _ in range(2)]
+    """The router reads requests' replies on each agent's tap: concurrent streams come whole, two with the same
+    client request id each get their own, one longer than its window flows on as the router acknowledges what it
+    wrote, and a client that leaves ends its request at the agent."""
+    fast = (("decode-ms-per-token", "2"), ("lockstep", "1"), ("overhead-ms", "1"), ("seed", "3"))
+    agents = [agent_config("sim", SIM_MODEL, tmp_path / "logs", sim_options=fast) for _ in range(2)]
     cluster = start_cluster(tmp_path, agents, policy="round_robin")
     try:
         url = cluster.router.local_url + "/v1/chat/completions"
 
-        def stream(i: int, tokens: int) -> list[dict[str, object]]:
-            body = {
-                "model": SIM_MODEL,
-                "stream": True,
-                "max_tokens": tokens,
-                "messages": [{"role": "user", "content": f"q{i}"}],
-            }
-            with httpx.stream("POST", url, json=body, timeout=60) as response:
+        def stream(prompt: str, tokens: int, request_id: str = "") -> list[str]:
+            body = {"model": SIM_MODEL, "stream": True, "max_tokens": tokens, "temperature": 0}
+            body["messages"] = [{"role": "user", "content": prompt}]
+            headers = {"x-request-id": request_id} if request_id else {}
+            with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
                 assert response.status_code == 200
                 lines = [line for line in response.iter_lines() if line.startswith("data: ")]
             assert lines[-1] == "data: [DONE]"
-            return [json.loads(line[6:]) for line in lines[:-1]]
+            chunks = [json.loads(line[6:]) for line in lines[:-1]]
+            assert all(c.get("usage") is None for c in chunks)  # nobody asked for it
+            return [c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")]
 
-        results: dict[int, list[dict[str, object]]] = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, stream(i, 48))) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert sorted(results) == list(range(8))
-        for chunks in results.values():
-            texts = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
-            assert sum(1 for t in texts if t) == 48 and all("usage" not in c or c["usage"] is None for c in chunks)
+        def together(asks: list[tuple[str, int, str]]) -> list[list[str]]:
+            results: dict[int, list[str]] = {}
+            threads = [
+                threading.Thread(target=lambda i=i, a=a: results.__setitem__(i, stream(*a))) for i, a in enumerate(asks)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            return [results[i] for i in range(len(asks))]
+
+        for words in together([(f"q{i}", 48, "") for i in range(8)]):
+            assert sum(1 for w in words if w) == 48
+        twins = together([("the first", 64, "same-id"), ("the second", 64, "same-id")])  # one client id, twice
+        assert twins[0] == stream("the first", 64) and twins[1] == stream("the second", 64) and twins[0] != twins[1]
+        long = stream("a long one", 3000)  # ~600 KB of chunks: more than two windows of 256 KiB
+        assert sum(1 for w in long if w) == 3000
         metrics = httpx.get(cluster.router.local_url + "/metrics", timeout=10).text
-        assert "orchard_tapped_streams_total 8.0" in metrics  # every one came over a tap
-        with httpx.stream(
-            "POST",
-            url,
-            json={
-                "model": SIM_MODEL,
-                "stream": True,
-                "max_tokens": 2000,
-                "messages": [{"role": "user", "content": "long"}],
-            },
-            timeout=60,
-        ) as response:
+        assert "orchard_tapped_streams_total 13.0" in metrics  # every one came over a tap
+        body = {"model": SIM_MODEL, "stream": True, "max_tokens": 20000, "messages": [{"role": "user", "content": "x"}]}
+        with httpx.stream("POST", url, json=body, timeout=60) as response:
             next(response.iter_lines())  # the first chunk came; then the client leaves
-        address = agents[0].listen
         stubs = [pb_grpc.WorkerStub(grpc.insecure_channel(a.listen)) for a in agents]
         wait_until(
             lambda: all(next(iter(s.Watch(pb.WatchRequest(), timeout=5))).agent_inflight == 0 for s in stubs),
             10,
-            f"no request left in flight at the agents ({address} and the other)",
+            "no request left in flight at the agents",
         )
     finally:
         stop_cluster(cluster)

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.router.forwarding import Reads, _Silent
+from cluster.router.forwarding import Reads, _Silent, _TapCut
 from cluster.router.tap import Inbox, TapBroken, TapClient
 from proto import orchard_pb2 as pb
 from worker.tap import WINDOW_BYTES, Outlet, Tap, TapClosed, Taps
@@ -31,7 +31,7 @@ def test_what_requests_queued_meanwhile_leaves_as_one_batch() -> None:
         first = await anext(batches)
         await tap.put("b", chunk(b"3"))
         second = await anext(batches)
-        return [[(p.request_id, p.end) for p in b.parts] for b in (first, second)]
+        return [[(p.key, p.end) for p in b.parts] for b in (first, second)]
 
     assert asyncio.run(main()) == [[("a", False), ("b", False), ("a", True)], [("b", False)]]
 
@@ -106,7 +106,7 @@ class _Stub:
 
         return Call()
 
-    async def Credit(self, request: pb.CreditRequest) -> pb.CreditReply:
+    async def Credit(self, request: pb.CreditRequest, **options: float) -> pb.CreditReply:
         self.credits.append(request.bytes)
         return pb.CreditReply()
 
@@ -114,11 +114,11 @@ class _Stub:
 def test_an_agent_without_taps_leaves_requests_on_their_calls_and_readers_of_a_broken_tap_learn_it() -> None:
     async def main() -> tuple[Inbox | None, Inbox | None, object]:
         tap = TapClient(_Stub(grpc.StatusCode.UNIMPLEMENTED), "w")
-        before = tap.join("a")
+        before = tap.join()
         assert before is not None
         await tap.run()
         failed = await asyncio.gather(before.get(), return_exceptions=True)
-        return before, tap.join("b"), failed[0]
+        return before, tap.join(), failed[0]
 
     before, after, failed = asyncio.run(main())
     assert before is not None and after is None and isinstance(failed, TapBroken)
@@ -127,9 +127,9 @@ def test_an_agent_without_taps_leaves_requests_on_their_calls_and_readers_of_a_b
 def test_an_inbox_gives_what_came_before_a_failure_and_sends_credits_as_they_gather() -> None:
     async def main() -> tuple[list[bytes], object, list[int]]:
         stub = _Stub(grpc.StatusCode.OK)
-        inbox = TapClient(stub, "w").join("a")
+        inbox = TapClient(stub, "w").join()
         assert inbox is not None
-        inbox.put(pb.TapPart(request_id="a", reply=chunk(b"1")))
+        inbox.put(pb.TapPart(key="a", reply=chunk(b"1")))
         inbox.fail(TapBroken("gone"))
         got = [(await inbox.get()).reply.chunks.items[0]]
         failed = (await asyncio.gather(inbox.get(), return_exceptions=True))[0]
@@ -162,12 +162,12 @@ class _Call:
 
 def test_a_tapped_request_that_hears_nothing_for_the_gap_is_silent() -> None:
     async def main() -> tuple[bytes, bytes, bool]:
-        inbox = TapClient(_Stub(grpc.StatusCode.OK), "w").join("a")
+        inbox = TapClient(_Stub(grpc.StatusCode.OK), "w").join()
         assert inbox is not None
         call = _Call()
         reads = Reads(call, "w", 0.2, inbox)
         first = await reads.read()
-        inbox.put(pb.TapPart(request_id="a", reply=chunk(b"second")))
+        inbox.put(pb.TapPart(key="a", reply=chunk(b"second")))
         second = await reads.read()
         with pytest.raises(_Silent):
             await reads.read()
@@ -175,3 +175,75 @@ def test_a_tapped_request_that_hears_nothing_for_the_gap_is_silent() -> None:
         return first.chunks.items[0], second.chunks.items[0], call.cancelled
 
     assert asyncio.run(main()) == (b"first", b"second", True)
+
+
+class _EndedCall(_Call):
+    """A tapped call that ended OK (its agent queued the rest on a tap that then broke)."""
+
+    async def read(self) -> Any:
+        if self.replies:
+            return self.replies.pop(0)
+        return grpc.aio.EOF
+
+
+def test_a_tap_that_breaks_before_the_end_part_fails_the_stream_even_when_its_call_ended_well() -> None:
+    async def main() -> type[BaseException] | None:
+        inbox = TapClient(_Stub(grpc.StatusCode.OK), "w").join()
+        assert inbox is not None
+        reads = Reads(_EndedCall(), "w", 5.0, inbox)
+        await reads.read()  # the first reply: the rest on the tap
+        inbox.put(pb.TapPart(key=inbox.key, reply=chunk(b"second")))
+        inbox.fail(TapBroken("the agent's tap ended"))  # the final and the end part never came
+        await reads.read()
+        try:
+            await reads.read()
+        except Exception as exc:
+            return type(exc)
+        finally:
+            reads.close()
+        return None
+
+    assert asyncio.run(main()) is _TapCut
+
+
+class _TapCall:
+    """A Tap call the test feeds; cancelling it ends the iteration as gRPC's does."""
+
+    def __init__(self) -> None:
+        self.batches: asyncio.Queue[pb.TapBatch | None] = asyncio.Queue()
+        self.cancelled = False
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> pb.TapBatch:
+        batch = await self.batches.get()
+        if batch is None:
+            raise asyncio.CancelledError
+        return batch
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.batches.put_nowait(None)
+
+
+def test_a_retired_tap_takes_no_new_request_and_ends_once_those_on_it_ended() -> None:
+    async def main() -> tuple[bool, bytes, bool, bool]:
+        call = _TapCall()
+        stub = _Stub(grpc.StatusCode.OK)
+        stub.Tap = lambda request: call  # type: ignore[method-assign]
+        tap = TapClient(stub, "w")
+        running = asyncio.ensure_future(tap.run())
+        inbox = tap.join()
+        assert inbox is not None
+        tap.retire()  # its channel was replaced (a certificate rotation)
+        refused = tap.join() is None
+        call.batches.put_nowait(pb.TapBatch(parts=[pb.TapPart(key=inbox.key, reply=chunk(b"still read"))]))
+        got = (await inbox.get()).reply.chunks.items[0]
+        await asyncio.sleep(0.01)
+        alive = not running.done()
+        inbox.close()  # the last request on it ended
+        await asyncio.wait_for(running, 1)
+        return refused, got, alive, call.cancelled
+
+    assert asyncio.run(main()) == (True, b"still read", True, True)
