@@ -58,6 +58,7 @@ class LocalClusterConfig:
     max_model_len: int = 4096
     kv_cache_gib: float = 1.0
     ready_timeout_s: float = 900.0
+    stall_timeout_s: float = 120.0  # no token this long with requests in flight: restarted as hung
     sim_options: tuple[tuple[str, str], ...] = ()
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")
@@ -190,6 +191,7 @@ def launch_configs(config: LocalClusterConfig) -> tuple[AgentConfig, RouterConfi
         max_model_len=config.max_model_len,
         kv_cache_gib=config.kv_cache_gib,
         ready_timeout_s=config.ready_timeout_s,
+        stall_timeout_s=config.stall_timeout_s,
         sim_options=config.sim_options,
         engine_args=config.engine_args,
         tls_dir=None if config.plaintext_agents else str(authority.tls_folder(config.home, certs.LOCAL_AGENT)),

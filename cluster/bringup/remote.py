@@ -216,6 +216,7 @@ def _model_fields(host: HostSpec, model: ModelSpec, folder: str | None) -> dict[
         "sim_options": tuple(sorted((k, str(v)) for k, v in sim_options)),
         "engine_python": host.engine_python,
         "ready_timeout_s": model.ready_timeout_s,
+        "stall_timeout_s": model.stall_timeout_s,
         "tool_parser": model.tool_parser,
         "reasoning_parser": model.reasoning_parser,
         "tls_dir": tls_dir(host),

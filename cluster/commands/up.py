@@ -49,6 +49,14 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="how long cluster up waits for the engines to serve (default: 900 s, or the hosts "
         "file's longest ready_timeout_s; an engine fetching its model's files is waited for)",
     )
+    up.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long the engine may produce no token, with requests in flight, before it is restarted as hung "
+        "(a long prompt's prefill counts: raise it for long prompts on a slow engine; hosts file: stall_timeout_s)",
+    )
     up.add_argument("--sim-option", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     up.add_argument(
         "--engine-arg",
@@ -112,6 +120,7 @@ def _up(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         kv_cache_gib=args.kv_cache_gib,
         ready_timeout_s=args.ready_timeout or 900.0,
+        stall_timeout_s=args.stall_timeout,
         sim_options=tuple(args.sim_option),
         engine_args=tuple(args.engine_arg),
         home=home,

@@ -178,6 +178,10 @@ class ModelSpec(_Strict):
     # How long an engine may take from start to its first real token (weights read into memory, compiled);
     # a 70B model from a slow disk needs more than the default.
     ready_timeout_s: float = Field(default=600.0, gt=0, le=86_400, strict=False)
+    # How long its engine may produce no token, with requests in flight, before the agent restarts it as hung.
+    # A prompt's prefill counts: vLLM on a CPU (and engines without chunked prefill) takes a whole prompt in one
+    # step, so a long prompt on a slow engine needs more than the default.
+    stall_timeout_s: float = Field(default=120.0, gt=0, le=86_400, strict=False)
     # "pinned": loaded at `cluster up`, never unloaded. "on-demand": loaded on its first request (on a host with
     # room; `hosts` then lists where it may go), unloaded after `keep_alive` idle or to make room, kept between
     # `min_replicas` and `max_replicas` by its queue.

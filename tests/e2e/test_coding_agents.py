@@ -100,6 +100,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 "32768",
                 "--kv-cache-gib",
                 "2",
+                # The agents' prompts are 4-5k tokens, prefilled in one step: minutes on a CPU without AVX-512.
+                "--stall-timeout",
+                "900",
             ],
             home,
         )

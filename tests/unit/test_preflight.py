@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.bringup import preflight, remote
+from cluster.bringup import local, preflight, remote
 from cluster.placement import sizing
 from cluster.placement.hostsfile import parse
 from cluster.placement.plan import PlacementError, plan
@@ -98,3 +98,18 @@ def test_the_hosts_file_sets_how_long_an_engine_may_take_to_be_ready() -> None:
     spec = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80\nready_timeout_s = 3600'), Path("x"))
     [rank0, _] = plan(spec, {})
     assert remote.agent_config(rank0, spec).ready_timeout_s == 3600
+
+
+def test_the_hosts_file_sets_how_long_an_engine_may_be_silent_before_it_is_restarted_as_hung() -> None:
+    spec = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80\nstall_timeout_s = 900'), Path("x"))
+    [rank0, _] = plan(spec, {})
+    agent = remote.agent_config(rank0, spec)
+    assert agent.stall_timeout_s == 900 and "--stall-timeout=900.0" in agent.to_argv()
+    default = parse(LAB.replace('backend = "mlx"', 'backend = "mlx"\nlayers = 80'), Path("x"))
+    assert remote.agent_config(plan(default, {})[0], default).stall_timeout_s == 120
+
+
+def test_a_local_cluster_passes_its_stall_timeout_to_the_agent(tmp_path: Path) -> None:
+    config = local.LocalClusterConfig(engine="sim", model="m", home=tmp_path, stall_timeout_s=900.0)
+    agent, _ = local.launch_configs(config)
+    assert agent.stall_timeout_s == 900.0
