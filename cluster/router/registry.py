@@ -442,7 +442,7 @@ async def _keep_tap(handle: WorkerHandle, stop: asyncio.Event) -> None:
     agent without taps is asked again now and then (it may be upgraded meanwhile)."""
     stub = handle.stub
     assert stub is not None  # set by start()
-    delay, said = RECONNECT_MIN_S, False
+    delay, said, said_failed = RECONNECT_MIN_S, False, ""
     while not stop.is_set():
         tap = handle.tap = TapClient(stub, handle.address)
         began = time.monotonic()
@@ -458,8 +458,9 @@ async def _keep_tap(handle: WorkerHandle, stop: asyncio.Event) -> None:
             running.cancel()  # (a no-op once it ended)
             if handle.tap is tap:
                 handle.tap = None  # (a channel that replaced this one has a tap of its own)
-        if (exc := running.exception()) is not None:
-            log.warning("worker %s: its tap failed: %r", handle.address, exc)
+        if (exc := running.exception()) is not None and repr(exc) != said_failed:
+            said_failed = repr(exc)  # once per reason, not at every retry
+            log.warning("worker %s: its tap failed: %s", handle.address, said_failed)
         if tap.unsupported:
             if not said:
                 log.info("worker %s has no taps (an agent from before them): replies come on each call", handle.address)

@@ -44,11 +44,30 @@ class _Failing:
             self.done.set()
         raise self.errors[min(self.made, len(self.errors)) - 1]
 
+    def Tap(self, request: pb.TapRequest) -> _FailingCall:
+        return _FailingCall(self.errors[min(self.made, len(self.errors)) - 1])
+
+
+class _FailingCall:
+    """The tap's stream on a worker that cannot be reached: it fails as the worker's other calls do."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self.error = error
+
+    def __aiter__(self) -> _FailingCall:
+        return self
+
+    async def __anext__(self) -> pb.TapBatch:
+        raise self.error
+
+    def cancel(self) -> None:
+        pass
+
 
 async def _follow_until_done(handle: WorkerHandle, stub: _Failing, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_module, "RECONNECT_MIN_S", 0.001)
     monkeypatch.setattr(registry_module, "RECONNECT_MAX_S", 0.001)
-    handle.stub = cast(pb_grpc.WorkerStub, stub)  # only Info is called before a connection
+    handle.stub = cast(pb_grpc.WorkerStub, stub)  # only Info (and the tap, failing alike) before a connection
     task = asyncio.create_task(Registry([])._follow(handle))
     await asyncio.wait_for(stub.done.wait(), 10)
     task.cancel()
