@@ -124,14 +124,16 @@ class TapRequest(_message.Message):
     def __init__(self, tap_id: _Optional[str] = ..., window_bytes: _Optional[int] = ...) -> None: ...
 
 class TapPart(_message.Message):
-    __slots__ = ("key", "reply", "end")
+    __slots__ = ("key", "reply", "end", "size")
     KEY_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     key: str
     reply: GenerateReply
     end: bool
-    def __init__(self, key: _Optional[str] = ..., reply: _Optional[_Union[GenerateReply, _Mapping]] = ..., end: _Optional[bool] = ...) -> None: ...
+    size: int
+    def __init__(self, key: _Optional[str] = ..., reply: _Optional[_Union[GenerateReply, _Mapping]] = ..., end: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TapBatch(_message.Message):
     __slots__ = ("parts",)

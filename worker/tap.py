@@ -18,6 +18,7 @@ from proto import orchard_pb2 as pb
 WINDOW_BYTES = (16 * 1024, 4 * 1024 * 1024)  # the windows a router may ask for, per request
 MAX_TAPS = 8  # per agent: a router, one taking over from it, and what reconnects leave until they end
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # one message, well inside gRPC's receive limit
+PART_OVERHEAD = 64  # a part's key, flags and framing beside its reply: what a batch counts without measuring it
 
 
 class TapClosed(Exception):
@@ -61,8 +62,9 @@ class Tap:
         if reply is None:
             self._parts.append(pb.TapPart(key=key, end=True))
         else:
-            window.unacked += reply.ByteSize()
-            self._parts.append(pb.TapPart(key=key, reply=reply))
+            size = reply.ByteSize()
+            window.unacked += size
+            self._parts.append(pb.TapPart(key=key, reply=reply, size=size))
         self._ready.set()
 
     def credit(self, key: str, size: int) -> None:
@@ -80,7 +82,7 @@ class Tap:
             await self._ready.wait()
             taken = size = 0
             while taken < len(self._parts) and size < MAX_BATCH_BYTES:
-                size += self._parts[taken].ByteSize()
+                size += self._parts[taken].size + PART_OVERHEAD
                 taken += 1
             parts, self._parts = self._parts[:taken], self._parts[taken:]
             if not self._parts:
@@ -106,6 +108,8 @@ class Taps:
         return self._open.get(tap_id) if tap_id else None
 
     def open(self, tap_id: str, window_bytes: int) -> Tap:
+        if (same := self._open.pop(tap_id, None)) is not None:  # the router reopened it: the old stream is done
+            same.close()
         if len(self._open) >= MAX_TAPS:
             oldest = next(iter(self._open))
             self._open.pop(oldest).close()

@@ -168,12 +168,12 @@ class Reads:
             self.inbox.credit(self.taken)
             self.taken = 0
         try:
-            part = await self.inbox.get()
+            part, size = await self.inbox.get()
         except TapBroken:
             await self.call.read()  # the agent's error status, if it sent one (one whose tap closed aborts)
             raise _TapCut(f"Worker {self.worker}'s tap broke before the reply's end.") from None
         if not part.end:
-            self.taken += part.reply.ByteSize()
+            self.taken += size
             return part.reply
         end = await self.call.read()  # EOF when it succeeded; raises the agent's error status
         if end is not grpc.aio.EOF:

@@ -37,14 +37,15 @@ class Inbox:
         self.tap_id = tap.tap_id
         self.crediting: asyncio.Task[None] | None = None
         self.owed = 0  # bytes written and not yet acknowledged to the agent
-        self.parts: collections.deque[pb.TapPart] = collections.deque()
+        self.parts: collections.deque[tuple[pb.TapPart, int]] = collections.deque()  # with its reply's size
         self.held = 0  # bytes queued and not yet taken
         self.waiter: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
 
     def put(self, part: pb.TapPart) -> None:
-        self.parts.append(part)
-        self.held += part.reply.ByteSize()
+        size = part.size or (part.reply.ByteSize() if not part.end else 0)  # measured by the agent, unless older
+        self.parts.append((part, size))
+        self.held += size
         if self.held > MAX_INBOX_BYTES:
             self.fail(TapBroken(f"the agent sent more than {MAX_INBOX_BYTES} bytes past its window"))
         self._wake()
@@ -58,15 +59,16 @@ class Inbox:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def get(self) -> pb.TapPart:
+    async def get(self) -> tuple[pb.TapPart, int]:
+        """The next part and its reply's size."""
         while not self.parts:
             if self.failure is not None:
                 raise self.failure
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
-        part = self.parts.popleft()
-        self.held -= part.reply.ByteSize()
-        return part
+        part, size = self.parts.popleft()
+        self.held -= size
+        return part, size
 
     def credit(self, size: int) -> None:
         """Tell the agent `size` more bytes reached the client (one Credit call at a time; what comes meanwhile

@@ -85,6 +85,35 @@ def test_an_agent_keeps_a_bounded_number_of_taps() -> None:
     assert asyncio.run(main()) == (True, True)
 
 
+def test_a_tap_reopened_under_its_id_replaces_the_old_one() -> None:
+    async def main() -> tuple[bool, bool]:
+        taps = Taps()
+        old = taps.open("t", 0)
+        new = taps.open("t", 0)  # the router's stream broke and it opened the tap again
+        return old.closed, taps.get("t") is new and not new.closed
+
+    assert asyncio.run(main()) == (True, True)
+
+
+def test_windows_and_credits_count_the_size_the_agent_measured_once_or_the_routers_for_an_older_agent() -> None:
+    async def main() -> tuple[int, int, list[int]]:
+        tap = Tap("t", 64 * 1024)
+        tap.join("a")
+        reply = chunk(b"x" * 1000)
+        await tap.put("a", reply)
+        (part,) = (await anext(tap.batches())).parts
+        inbox = TapClient(_Stub(grpc.StatusCode.OK), "w").join()
+        assert inbox is not None
+        inbox.put(part)
+        older = pb.TapPart(key=part.key, reply=part.reply)  # an agent from before `size`
+        inbox.put(older)
+        sizes = [(await inbox.get())[1], (await inbox.get())[1]]
+        return part.size, reply.ByteSize(), sizes
+
+    size, measured, sizes = asyncio.run(main())
+    assert size == measured and sizes == [measured, measured]
+
+
 class _Stub:
     """A Tap that fails as an agent from before taps does; Credit calls noted."""
 
@@ -131,7 +160,7 @@ def test_an_inbox_gives_what_came_before_a_failure_and_sends_credits_as_they_gat
         assert inbox is not None
         inbox.put(pb.TapPart(key="a", reply=chunk(b"1")))
         inbox.fail(TapBroken("gone"))
-        got = [(await inbox.get()).reply.chunks.items[0]]
+        got = [(await inbox.get())[0].reply.chunks.items[0]]
         failed = (await asyncio.gather(inbox.get(), return_exceptions=True))[0]
         inbox.credit(100)
         inbox.credit(50)  # before the first Credit went: the two go as one
@@ -239,7 +268,7 @@ def test_a_retired_tap_takes_no_new_request_and_ends_once_those_on_it_ended() ->
         tap.retire()  # its channel was replaced (a certificate rotation)
         refused = tap.join() is None
         call.batches.put_nowait(pb.TapBatch(parts=[pb.TapPart(key=inbox.key, reply=chunk(b"still read"))]))
-        got = (await inbox.get()).reply.chunks.items[0]
+        got = (await inbox.get())[0].reply.chunks.items[0]
         await asyncio.sleep(0.01)
         alive = not running.done()
         inbox.close()  # the last request on it ended
