@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,8 @@ def _observe(payload: bytes, tally: Tally) -> bytes | None:
     if not _worth_parsing(payload):
         tally.tokens_seen = True  # a plain delta chunk: text arrived
         return payload
+    if tally.running and (kept := _running_count(payload, tally)) is not None:
+        return kept
     try:
         chunk = json.loads(payload)
         tally.observe(chunk)
@@ -201,6 +204,31 @@ def settle_stream_options(body: dict[str, Any], running: bool) -> tuple[bool, bo
     asked_running = final and bool(options.get("continuous_usage_stats"))
     body["stream_options"] = {**options, "include_usage": True, **({"continuous_usage_stats": True} if running else {})}
     return running and not asked_running, not final
+
+
+# A running count as vLLM and the sim write it: a flat member after the chunk's id. Quotes inside JSON strings are
+# escaped, so generated text cannot look like it.
+_RUNNING_USAGE = re.compile(rb',\s*"usage":\s*(\{[^{}]*\})')
+_NO_CHOICES = re.compile(rb'"choices":\s*\[\s*\]')
+
+
+def _running_count(payload: bytes, tally: Tally) -> bytes | None:
+    """The common chunk of a stream with running counts, a delta whose count is its only reason to be parsed,
+    without parsing it: the count noted, the payload to send on (the engine's bytes, without the count when the
+    client did not ask for it). None for any other chunk (the usage-only one, a finish reason): parse it whole."""
+    found = _RUNNING_USAGE.search(payload)
+    if found is None:
+        return None
+    rest = payload[: found.start()] + payload[found.end() :]
+    if b'"choices":' not in rest or _NO_CHOICES.search(rest) or _worth_parsing(rest):
+        return None
+    try:
+        usage = json.loads(found.group(1))
+    except ValueError:
+        return None
+    tally.usage = {**tally.usage, **usage}
+    tally.tokens_seen = True
+    return rest if tally.strip_running else payload
 
 
 def _worth_parsing(payload: bytes) -> bool:

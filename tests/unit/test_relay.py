@@ -14,6 +14,8 @@ from worker.relay import (
     ReadAhead,
     SseSplitter,
     Tally,
+    _observe,
+    _running_count,
     _worth_parsing,
     settle_stream_options,
     stream_batches,
@@ -114,6 +116,33 @@ async def test_running_counts_are_read_and_taken_out_of_the_chunks_the_client_di
     assert first == [("", '{"choices":[{"delta":{"content":"é"}}]}'.encode())]  # count gone, text intact
     assert running == {"prompt_tokens": 7, "completion_tokens": 1}  # but read on the way
     assert json.loads(last[0][1])["usage"] == final == {"prompt_tokens": 7, "completion_tokens": 2}  # final stays
+
+
+RUNNING_CHUNKS = [  # as vLLM writes them (compact), as the sim does (spaced, its send stamp after the count)
+    b'{"id":"c","choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}],'
+    b'"usage":{"prompt_tokens":9,"total_tokens":11,"completion_tokens":2}}',
+    b'{"id": "c", "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}], '
+    b'"usage": {"prompt_tokens": 9, "completion_tokens": 3}, "orchard_sent_ns": 17}',
+    b'{"id":"c","choices":[{"index":0,"delta":{"content":",\\"usage\\":{}"},"finish_reason":null}],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":4}}',  # text that reads like a count, escaped as text is
+    b'{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,'
+    b'"completion_tokens":5}}',
+    b'{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}',
+]
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_running_counts_read_without_parsing_the_chunk_give_what_parsing_gives(strip: bool) -> None:
+    fast, slow = Tally(running=True, strip_running=strip), Tally(strip_running=strip)  # slow: parsed whole
+    for chunk in RUNNING_CHUNKS:
+        kept, parsed = _observe(chunk, fast), _observe(chunk, slow)
+        assert kept is not None and parsed is not None and json.loads(kept) == json.loads(parsed)
+        assert fast.usage == slow.usage and fast.finish_reason == slow.finish_reason
+        assert (b'"usage"' in kept) == (not strip or not json.loads(chunk)["choices"])
+    assert fast.usage["completion_tokens"] == 5 and fast.finish_reason == "stop"
+    assert _observe(RUNNING_CHUNKS[0], Tally(running=True)) == RUNNING_CHUNKS[0]  # asked for: the engine's bytes
+    unparsed = [_running_count(chunk, Tally(running=True)) is not None for chunk in RUNNING_CHUNKS]
+    assert unparsed == [True, True, True, False, False]  # the deltas; a finish reason and the final are parsed
 
 
 def test_stream_options_are_settled_once_and_kept_where_the_client_asked_too() -> None:
