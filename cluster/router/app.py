@@ -311,7 +311,9 @@ class _End:
         row = self.gateway.finish(self.granted, outcome)
         self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))
 
-    def close(self, started: Started) -> None:
+    async def close(self, started: Started) -> None:
+        """A stream's response background. A coroutine, so Starlette runs it on the event loop: a plain function
+        it would run in a worker thread, beside the loop that owns the call, the timers and the admission queue."""
         started.stop()  # no-op when finished; aborts the engine request when the client left
         self(Ended(CLIENT_CLOSED, "", pb.Usage(), counted=False))  # only if the relay never ran (client left first)
 
