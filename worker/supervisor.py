@@ -35,6 +35,7 @@ from worker.engines.base import EngineAdapter, EngineConfig, LaunchPlan
 from worker.shared import procs
 from worker.shared.download import FETCHING_DETAIL, Fetch
 from worker.shared.enginemetrics import EngineLoad, parse_engine_metrics
+from worker.shared.launch import STALL_TIMEOUT_S
 from worker.shared.procs import free_port
 from worker.shared.states import EngineState
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SupervisorPolicy:
     ready_timeout_s: float = 600.0  # vLLM on 2 CPU cores needs a minute or two
-    stall_timeout_s: float = 120.0  # health answers but nothing advances (a collective waiting on a lost peer)
+    stall_timeout_s: float = STALL_TIMEOUT_S  # health answers, nothing advances (a collective waiting on a lost peer)
     health_interval_s: float = 2.0
     health_failures_to_restart: int = 3
     backoff_initial_s: float = 1.0

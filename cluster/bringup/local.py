@@ -28,6 +28,7 @@ from worker.shared import procs
 from worker.shared.launch import (
     AGENT_MODULE,
     ROUTER_MODULE,
+    STALL_TIMEOUT_S,
     AgentConfig,
     EngineKind,
     LaunchConfigError,
@@ -58,7 +59,7 @@ class LocalClusterConfig:
     max_model_len: int = 4096
     kv_cache_gib: float = 1.0
     ready_timeout_s: float = 900.0
-    stall_timeout_s: float = 120.0  # no token this long with requests in flight: restarted as hung
+    stall_timeout_s: float = STALL_TIMEOUT_S
     sim_options: tuple[tuple[str, str], ...] = ()
     engine_args: tuple[str, ...] = ()
     home: Path = Path("~/.orchard")

@@ -22,7 +22,7 @@ from cluster.gateway import keys, store
 from cluster.pki import authority
 from cluster.placement import hostsfile, sizing
 from cluster.placement.plan import PlacementError, plan, shared_network_warnings
-from worker.shared.launch import ENGINE_KINDS, LaunchConfigError, key_value
+from worker.shared.launch import ENGINE_KINDS, STALL_TIMEOUT_S, LaunchConfigError, key_value
 from worker.shared.models import BUNDLED_NAME, ModelError
 
 
@@ -52,7 +52,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--stall-timeout",
         type=float,
-        default=120.0,
+        default=STALL_TIMEOUT_S,
         metavar="SECONDS",
         help="how long the engine may produce no token, with requests in flight, before it is restarted as hung "
         "(a long prompt's prefill counts: raise it for long prompts on a slow engine; hosts file: stall_timeout_s)",

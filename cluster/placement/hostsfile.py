@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.shared.launch import PARSER_NAME, EngineKind, Policy
+from worker.shared.launch import PARSER_NAME, STALL_TIMEOUT_S, EngineKind, Policy
 from worker.shared.rayports import RAY_PORT_SPAN
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -181,7 +181,7 @@ class ModelSpec(_Strict):
     # How long its engine may produce no token, with requests in flight, before the agent restarts it as hung.
     # A prompt's prefill counts: vLLM on a CPU (and engines without chunked prefill) takes a whole prompt in one
     # step, so a long prompt on a slow engine needs more than the default.
-    stall_timeout_s: float = Field(default=120.0, gt=0, le=86_400, strict=False)
+    stall_timeout_s: float = Field(default=STALL_TIMEOUT_S, gt=0, le=86_400, strict=False)
     # "pinned": loaded at `cluster up`, never unloaded. "on-demand": loaded on its first request (on a host with
     # room; `hosts` then lists where it may go), unloaded after `keep_alive` idle or to make room, kept between
     # `min_replicas` and `max_replicas` by its queue.

@@ -32,6 +32,7 @@ ROUTER_MODULE = "cluster.router"
 
 
 PARSER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a vLLM parser's registered name, or "off"
+STALL_TIMEOUT_S = 120.0  # an engine with requests in flight and no token this long is restarted as hung
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body, the same at the router (HTTP) and the agent (gRPC)
 ENVELOPE_BYTES = 64 * 1024  # what a GenerateRequest adds around the body (ids, a re-serialized stream_options)
 
@@ -171,7 +172,7 @@ class AgentConfig(_Frozen):
             "--stall-timeout",
             "seconds an engine with requests in flight may produce no token before it is restarted as hung",
         ),
-    ] = Field(default=120.0, gt=0)
+    ] = Field(default=STALL_TIMEOUT_S, gt=0)
     log_dir: Annotated[str, Flag("--log-dir", "on the agent's host; `~` expands there")] = "~/.orchard/logs"
     port_file: Annotated[str | None, Flag("--port-file", "write the bound gRPC port here once listening")] = None
     group: GroupRole | None = None  # its flags: _group_argv, _group_from
