@@ -69,7 +69,6 @@ class Pass:
     subjects: tuple[Subject, ...]
     reserved: int
     headers: dict[str, str]
-    admitted_at: float
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,7 @@ class Outcome:
     completion_tokens: int
     cached_tokens: int
     ttft_s: float | None
+    duration_s: float  # from the same start as `ttft_s` (the request read), on the same clock
 
 
 class Gateway:
@@ -210,7 +210,7 @@ class Gateway:
                 verdict.code,
                 {"retry-after": str(max(1, math.ceil(wait)))},
             )
-        granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers(), now)
+        granted = Pass(ask, key, key.team if key else None, subjects, cost, verdict.headers())
         try:
             await self._acquire(ask.model, granted.team or "", team.weight if team else 1.0, cost, timeout_s)
         except Refusal as exc:  # the cold start's own refusal: the model cannot be loaded
@@ -270,7 +270,7 @@ class Gateway:
             outcome.cached_tokens,
             outcome.status,
             outcome.ttft_s,
-            now - granted.admitted_at,
+            outcome.duration_s,
         )
         self.record(row)
         return row

@@ -307,6 +307,7 @@ class _End:
             usage.completion_tokens,
             usage.cached_prompt_tokens,
             ttft,
+            self.waited(),  # TTFT's start and clock: a row's duration is never shorter than its TTFT
         )
         row = self.gateway.finish(self.granted, outcome)
         self.ended(replace(row, stream=self.stream, itl_s=ended.itl_s))

@@ -1,10 +1,12 @@
-"""A streamed answer's end when the client leaves before its body starts: the response's background stops the
-Generate call and records the request's end, on the event loop that owns them (not in a worker thread)."""
+"""A request's end record (app._End): a streamed answer whose client left before its body started has its
+Generate call stopped and its end recorded on the event loop that owns them (not in a worker thread); a row's
+duration counts from where its TTFT does."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -12,7 +14,7 @@ from cluster.gateway.gateway import Ask, Gateway
 from cluster.gateway.queue import Capacity
 from cluster.gateway.usage import UsageRow
 from cluster.router.app import _End, _Pipeline
-from cluster.router.forwarding import CLIENT_CLOSED, Forwarder, Started
+from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Started
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
 from cluster.router.registry import Registry
@@ -72,3 +74,18 @@ def test_a_client_gone_before_its_stream_began_has_its_call_stopped_and_its_end_
 
     threads, statuses, admitted = asyncio.run(main())
     assert threads == [threading.main_thread().name] and statuses == [CLIENT_CLOSED] and admitted
+
+
+def test_a_rows_duration_counts_from_where_its_ttft_does_whatever_the_gateways_clock() -> None:
+    async def main() -> UsageRow:
+        gateway = Gateway(None, lambda model: Capacity(slots=1), require_auth=False, clock=lambda: 1000.0)
+        rows: list[UsageRow] = []
+        end = _End(gateway, rows.append, "r1")
+        end.granted = await gateway.admit(Ask("r1", "m", 10, 5), None, 1.0)
+        await asyncio.sleep(0.01)
+        end.first_byte = time.monotonic()  # a whole answer: its first byte is its end
+        end(Ended(200, "w", pb.Usage(prompt_tokens=3, completion_tokens=1), counted=True))
+        return rows[0]
+
+    row = asyncio.run(main())
+    assert row.ttft_s is not None and row.ttft_s >= 0.01 and row.duration_s >= row.ttft_s
