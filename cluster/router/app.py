@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +29,7 @@ from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
 from cluster.router.demand import DemandManager
 from cluster.router.errors import ApiError, ClientLeft, Unexpected, api_error
-from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Started
+from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Outlet, RelayResponse, Started
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics, model_label
 from cluster.router.registry import Registry
@@ -220,11 +220,10 @@ class _Pipeline:
         if not incoming.stream:
             return await self.forwarder.whole(started, incoming, headers, end)
         started.handle.ttft.add(started.at, started.at - end.started_at)
-        relay = self.forwarder.relay(started, incoming, end)
+        outlet = Outlet()
+        relay = self.forwarder.relay(started, incoming, end, outlet)
         # The background task runs even when the client left before the body started streaming.
-        return StreamingResponse(
-            relay, media_type="text/event-stream", headers=headers, background=BackgroundTask(end.close, started)
-        )
+        return RelayResponse(relay, outlet, headers=headers, background=BackgroundTask(end.close, started))
 
 
 def _refusal(exc: ApiError | Refusal, route: Route) -> Response:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from cluster.router.connections import BodyWriter, body_writer
 from cluster.router.errors import ApiError, Dialect, from_grpc
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
@@ -164,21 +166,54 @@ class Reads:
 
     async def _from_tap(self) -> Any:
         assert self.inbox is not None  # tapped only with an inbox
-        if self.taken >= CREDIT_EVERY:
-            self.inbox.credit(self.taken)
-            self.taken = 0
         try:
             part, size = await self.inbox.get()
         except TapBroken:
             await self.call.read()  # the agent's error status, if it sent one (one whose tap closed aborts)
             raise _TapCut(f"Worker {self.worker}'s tap broke before the reply's end.") from None
         if not part.end:
-            self.taken += size
+            self._took(size)
             return part.reply
         end = await self.call.read()  # EOF when it succeeded; raises the agent's error status
         if end is not grpc.aio.EOF:
             raise _TapCut(f"Worker {self.worker} replied on its call after its tap's end.")
         return end
+
+    def _took(self, size: int) -> None:
+        """A reply of `size` bytes taken from the tap: credited to the agent once written (by halves of the window;
+        the relay writes what it took before it reads again)."""
+        assert self.inbox is not None  # tapped only with an inbox
+        if self.taken >= CREDIT_EVERY:
+            self.inbox.credit(self.taken)
+            self.taken = 0
+        self.taken += size
+
+    def pass_through(self, frames: Callable[[pb.Chunks], bytes], writer: BodyWriter) -> None:
+        """From now on, while the relay waits for the next reply with nothing queued, a chunk reply the tap brings is
+        written straight to the client (its `frames`; all of the request's in one batch in one write) without
+        waking the relay: for one token that wake-up and the ASGI path cost more than the write. Anything else
+        (the end, a slow client's connection) goes to the relay as before, so order holds: the relay waits only
+        after writing all it took, and resumes only after the batch's writes."""
+        inbox = self.inbox
+        if inbox is None:
+            return
+        out: list[bytes] = []  # taken from the batch being sorted: one write once it is (no write happens meanwhile)
+
+        def flush() -> None:
+            writer.write(b"".join(out))
+            out.clear()
+
+        def sink(part: pb.TapPart, size: int) -> bool:
+            if part.end or not part.reply.HasField("chunks") or not writer.ready():
+                return False
+            if not out:
+                inbox.tap.flushes.append(flush)
+            out.append(frames(part.reply.chunks))
+            self.waiting_since = self.loop.time()  # the worker spoke: the gap starts anew
+            self._took(size)
+            return True
+
+        inbox.sink = sink
 
     async def reply(self) -> Any:
         """The call's next reply other than a heartbeat (or EOF)."""
@@ -350,25 +385,26 @@ class Forwarder:
         on_end(Ended(200, worker, usage, counted=True))
         return Response(body, media_type="application/json", headers=headers)
 
-    async def relay(self, started: Started, incoming: Incoming, on_end: OnEnd) -> AsyncIterator[bytes]:
-        """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut."""
-        status, call = 200, started.call
-        usage, counted, chunks, ended = pb.Usage(), False, 0, False
+    async def relay(
+        self, started: Started, incoming: Incoming, on_end: OnEnd, outlet: Outlet | None = None
+    ) -> AsyncIterator[bytes]:
+        """SSE frames for every chunk; a failure after the first byte ends with an error event, never a cut. With an
+        `outlet` that has a writer, chunks the tap brings while it waits go straight to the client."""
+        status, call, ended = 200, started.call, False
         openai = incoming.endpoint in endpoints.OPENAI_STREAMS  # data-only frames, [DONE], a usage chunk
+        tally = _Tally(openai and incoming.wants_usage, started.drops_usage)
         try:
             reply = started.first
-            usage_chunk = openai and incoming.wants_usage
             while reply is not grpc.aio.EOF:
                 if reply.HasField("chunks"):
-                    batch = reply.chunks
-                    if batch.HasField("usage"):  # the engine's running count: what a cut stream costs
-                        usage, counted = batch.usage, True
-                    written, tokens = frames(batch, usage_chunk, started.drops_usage)
-                    chunks += tokens
+                    written = tally.frames(reply.chunks)
                     if written:  # one write for everything that arrived together
                         yield written
                 elif reply.HasField("final"):
-                    usage, counted = reply.final.usage, True
+                    tally.usage, tally.counted = reply.final.usage, True
+                if outlet is not None and outlet.writer is not None and started.reads.tapped:
+                    started.reads.pass_through(tally.frames, outlet.writer)
+                    outlet = None  # once
                 reply = await started.reads.reply()
             ended = True
             if openai:
@@ -386,11 +422,50 @@ class Forwarder:
             if started.reads.tapped:
                 self.metrics.tapped.inc()
             status = status if ended else CLIENT_CLOSED
-            if not counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
-                usage = pb.Usage(completion_tokens=chunks, total_tokens=chunks)
+            usage = tally.usage
+            if not tally.counted:  # cut short, no running count (mlx-lm): one token per streamed chunk
+                usage = pb.Usage(completion_tokens=tally.chunks, total_tokens=tally.chunks)
             tokens = usage.completion_tokens // incoming.choices
             itl = (time.monotonic() - started.at) / (tokens - 1) if status == 200 and tokens > 1 else None
-            on_end(Ended(status, started.handle.worker_id, usage, counted, itl))
+            on_end(Ended(status, started.handle.worker_id, usage, tally.counted, itl))
+
+
+class _Tally:
+    """What a stream relayed so far: the engine's running count, and the items of text (what a cut stream
+    without one is billed)."""
+
+    def __init__(self, usage_chunk: bool, drops_usage: bool) -> None:
+        self.usage_chunk, self.drops_usage = usage_chunk, drops_usage
+        self.usage, self.counted, self.chunks = pb.Usage(), False, 0
+
+    def frames(self, batch: pb.Chunks) -> bytes:
+        """The batch's SSE bytes, counted."""
+        if batch.HasField("usage"):  # the engine's running count: what a cut stream costs
+            self.usage, self.counted = batch.usage, True
+        written, tokens = frames(batch, self.usage_chunk, self.drops_usage)
+        self.chunks += tokens
+        return written
+
+
+@dataclass
+class Outlet:
+    """Where a relay may write straight to its client: set when the response goes out as the relay made it."""
+
+    writer: BodyWriter | None = None
+
+
+class RelayResponse(StreamingResponse):
+    """A relayed stream's response: when its body is still the relay's own frames (Ollama's route rewrites them),
+    it gives the relay the connection's BodyWriter."""
+
+    def __init__(self, relay: AsyncIterator[bytes], outlet: Outlet, **kwargs: Any) -> None:
+        super().__init__(relay, media_type="text/event-stream", **kwargs)
+        self.relay, self.outlet = relay, outlet
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.body_iterator is self.relay:
+            self.outlet.writer = body_writer(scope)
+        await super().__call__(scope, receive, send)
 
 
 DONE = b"data: [DONE]\n\n"

@@ -9,6 +9,7 @@ import asyncio
 import collections
 import contextlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -41,9 +42,14 @@ class Inbox:
         self.held = 0  # bytes queued and not yet taken
         self.waiter: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
+        # Takes a part at once, while the reader waits with nothing queued (it wrote all it took), to be written at
+        # the end of its batch (TapClient.flushes); False: it did not, and the part is queued for the reader.
+        self.sink: Callable[[pb.TapPart, int], bool] | None = None
 
     def put(self, part: pb.TapPart) -> None:
         size = part.size or (part.reply.ByteSize() if not part.end else 0)  # measured by the agent, unless older
+        if self.sink is not None and not self.parts and self._waiting() and self.sink(part, size):
+            return
         self.parts.append((part, size))
         self.held += size
         if self.held > MAX_INBOX_BYTES:
@@ -54,6 +60,9 @@ class Inbox:
         """The next read raises `exc` (after what already came, unless it is a deadline)."""
         self.failure = self.failure or exc
         self._wake()
+
+    def _waiting(self) -> bool:
+        return self.waiter is not None and not self.waiter.done()
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -84,6 +93,7 @@ class Inbox:
 
     def close(self) -> None:
         """Its request ended: no more parts, no more credits."""
+        self.sink = None
         if self.crediting is not None:
             self.crediting.cancel()
         self.tap.leave(self.key)
@@ -99,6 +109,7 @@ class TapClient:
         self.inboxes: dict[str, Inbox] = {}
         self.open = True  # takes new requests: until its stream ends or it retires
         self.unsupported = False  # an agent from before taps
+        self.flushes: list[Callable[[], None]] = []  # what sinks took in the batch being sorted: written after it
         self._call: Any = None
 
     async def run(self) -> None:
@@ -107,10 +118,7 @@ class TapClient:
         why = "the agent's tap ended"
         try:
             async for batch in call:
-                for part in batch.parts:
-                    inbox = self.inboxes.get(part.key)
-                    if inbox is not None:  # a request that ended meanwhile: its late parts go nowhere
-                        inbox.put(part)
+                self.dispatch(batch)
         except grpc.aio.AioRpcError as exc:
             why = f"the agent's tap failed: {exc.code().name}"
             self.unsupported = exc.code() is grpc.StatusCode.UNIMPLEMENTED
@@ -122,6 +130,17 @@ class TapClient:
             self.open = False
             for inbox in self.inboxes.values():
                 inbox.fail(TapBroken(why))
+
+    def dispatch(self, batch: pb.TapBatch) -> None:
+        """Sort a batch's parts into inboxes; then what sinks took goes out, one write per request (tokens of one
+        request that came in one batch travel together)."""
+        for part in batch.parts:
+            inbox = self.inboxes.get(part.key)
+            if inbox is not None:  # a request that ended meanwhile: its late parts go nowhere
+                inbox.put(part)
+        flushes, self.flushes = self.flushes, []
+        for flush in flushes:
+            flush()
 
     def join(self) -> Inbox | None:
         """An inbox, under a key of its own, for a request about to start (None: the tap takes none now)."""

@@ -1,6 +1,7 @@
 """The router's HTTP server under slow and greedy clients (a real uvicorn server with the router's protocol class,
 real sockets): headers that never finish are cut off with a 408, connections past the cap get a 503 and close,
-and an unexpected error becomes one log line and a generic 500."""
+an unexpected error becomes one log line and a generic 500, and a body written straight to the connection yields
+to `send` while the client lags."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from starlette.types import Receive, Scope, Send
 
-from cluster.router.connections import UNUSED_GRACE_S, guarded_protocol
+from cluster.router.connections import UNUSED_GRACE_S, body_writer, guarded_protocol
 from cluster.router.errors import Unexpected
 from cluster.router.routes import dialect_of
 from worker.shared.procs import free_port
@@ -34,7 +36,34 @@ def _app() -> FastAPI:
     async def boom() -> dict[str, str]:
         raise ValueError("secret detail: sk-do-not-show")
 
+    @app.get("/pieces")
+    async def pieces() -> Response:
+        return _Pieces()
+
     return app
+
+
+PIECE, PIECES = 64 * 1024, 160  # 10 MiB: more than loopback's socket buffers hold for a client that waits
+WAYS = {"direct": 0, "send": 0}
+
+
+class _Pieces(Response):
+    """A body of numbered pieces, each written straight to the connection when its BodyWriter is ready, else
+    through `send` (which waits for the client), as the relay does."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        writer = body_writer(scope)
+        assert writer is not None  # the router's protocol gives every request one
+        for i in range(PIECES):
+            piece = b"%08d" % i + b"x" * (PIECE - 8)
+            way = "direct" if writer.ready() else "send"
+            WAYS[way] += 1
+            if way == "direct":
+                writer.write(piece)
+            else:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @contextlib.contextmanager
@@ -80,6 +109,35 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(4096):
         data += chunk
     return data
+
+
+def _unchunked(data: bytes) -> bytes:
+    body, at = bytearray(), 0
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end], 16)
+        if size == 0:
+            return bytes(body)
+        body += data[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2
+
+
+def test_a_body_written_straight_out_waits_for_a_lagging_client_through_send_and_comes_whole(server: str) -> None:
+    port = int(server.rpartition(":")[2])
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /pieces HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # the client lags: the kernel's buffers fill, then uvicorn's, and the connection pauses
+        sock.settimeout(10)
+        data = bytearray()
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            data += sock.recv(1 << 20)
+    head, _, chunked = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+    body = _unchunked(chunked)
+    assert [body[i : i + 8] for i in range(0, len(body), PIECE)] == [b"%08d" % i for i in range(PIECES)]
+    assert WAYS["direct"] > 0 and WAYS["send"] > 0  # both ways were taken, and the body is whole and in order
 
 
 def test_headers_that_never_finish_get_a_408_and_the_connection_closes(server: str) -> None:

@@ -44,7 +44,7 @@ class _Forwarder:
     async def start(self, incoming: Incoming, timeout_s: float) -> Started:
         return self.started
 
-    async def relay(self, started: Started, incoming: Incoming, on_end: Any) -> Any:
+    async def relay(self, started: Started, incoming: Incoming, on_end: Any, outlet: Any = None) -> Any:
         yield b"data: {}\n\n"
 
 
