@@ -29,9 +29,10 @@ from cluster.router import ollama, operator, requestlog, schema
 from cluster.router.activity import Activity
 from cluster.router.demand import DemandManager
 from cluster.router.errors import ApiError, ClientLeft, Unexpected, api_error
-from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Outlet, RelayResponse, Started
+from cluster.router.forwarding import CLIENT_CLOSED, Ended, Forwarder, Started
 from cluster.router.intake import Incoming, Parsed, Pick, Read, credentials, for_model, read_request
 from cluster.router.metrics import RouterMetrics, model_label
+from cluster.router.passthrough import Outlet, RelayResponse
 from cluster.router.registry import Registry
 from cluster.router.renewal import Renewer
 from cluster.router.requestlog import RequestIds, request_id

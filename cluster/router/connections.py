@@ -151,7 +151,8 @@ class BodyWriter:
     own `send` frames them (a chunk of the chunked encoding) — without the middleware and the ASGI plumbing a
     message takes, which cost more than the write itself for one token. Only when the write would go out at once:
     the response began and is not finished, and the connection takes data now (otherwise `ready` is False, and the
-    bytes go through `send`, which waits for the client)."""
+    bytes go through `send`, which waits for the client). Past the middleware: only for a body none of them
+    rewrites (cluster/router/passthrough.py)."""
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
         self.cycle = cycle

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
 
-from cluster.router.connections import BodyWriter, body_writer
+from cluster.router.connections import BodyWriter
 from cluster.router.errors import ApiError, Dialect, from_grpc
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
+from cluster.router.passthrough import Outlet, PassThrough
 from cluster.router.registry import Registry, WorkerHandle
 from cluster.router.tap import CREDIT_EVERY, Inbox, TapBroken
 from cluster.routing.choose import Decision, RequestView, RoutingState, choose
@@ -166,54 +166,40 @@ class Reads:
 
     async def _from_tap(self) -> Any:
         assert self.inbox is not None  # tapped only with an inbox
+        self._settle()  # what it took is written
         try:
             part, size = await self.inbox.get()
         except TapBroken:
             await self.call.read()  # the agent's error status, if it sent one (one whose tap closed aborts)
             raise _TapCut(f"Worker {self.worker}'s tap broke before the reply's end.") from None
         if not part.end:
-            self._took(size)
+            self.taken += size
             return part.reply
         end = await self.call.read()  # EOF when it succeeded; raises the agent's error status
         if end is not grpc.aio.EOF:
             raise _TapCut(f"Worker {self.worker} replied on its call after its tap's end.")
         return end
 
-    def _took(self, size: int) -> None:
-        """A reply of `size` bytes taken from the tap: credited to the agent once written (by halves of the window;
-        the relay writes what it took before it reads again)."""
-        assert self.inbox is not None  # tapped only with an inbox
+    def _settle(self) -> None:
+        """Credit the agent what reached the client, by halves of the window: whenever the relay waits, less than
+        half is owed, so the agent always has room for the reply it waits for."""
         if self.taken >= CREDIT_EVERY:
+            assert self.inbox is not None  # tapped only with an inbox
             self.inbox.credit(self.taken)
             self.taken = 0
-        self.taken += size
 
     def pass_through(self, frames: Callable[[pb.Chunks], bytes], writer: BodyWriter) -> None:
-        """From now on, while the relay waits for the next reply with nothing queued, a chunk reply the tap brings is
-        written straight to the client (its `frames`; all of the request's in one batch in one write) without
-        waking the relay: for one token that wake-up and the ASGI path cost more than the write. Anything else
-        (the end, a slow client's connection) goes to the relay as before, so order holds: the relay waits only
-        after writing all it took, and resumes only after the batch's writes."""
-        inbox = self.inbox
-        if inbox is None:
-            return
-        out: list[bytes] = []  # taken from the batch being sorted: one write once it is (no write happens meanwhile)
+        """From now on, while the relay waits for the next reply with nothing queued, chunk replies the tap brings
+        go straight to the client (passthrough.py) without waking the relay."""
+        if self.inbox is not None:
+            self.inbox.sink = PassThrough(frames, writer, self._heard)
 
-        def flush() -> None:
-            writer.write(b"".join(out))
-            out.clear()
-
-        def sink(part: pb.TapPart, size: int) -> bool:
-            if part.end or not part.reply.HasField("chunks") or not writer.ready():
-                return False
-            if not out:
-                inbox.tap.flushes.append(flush)
-            out.append(frames(part.reply.chunks))
-            self.waiting_since = self.loop.time()  # the worker spoke: the gap starts anew
-            self._took(size)
-            return True
-
-        inbox.sink = sink
+    def _heard(self, size: int) -> None:
+        """A reply of `size` bytes went straight to the client: the worker spoke, and the bytes are the agent's
+        again."""
+        self.waiting_since = self.loop.time()  # the gap starts anew
+        self.taken += size
+        self._settle()
 
     async def reply(self) -> Any:
         """The call's next reply other than a heartbeat (or EOF)."""
@@ -445,27 +431,6 @@ class _Tally:
         written, tokens = frames(batch, self.usage_chunk, self.drops_usage)
         self.chunks += tokens
         return written
-
-
-@dataclass
-class Outlet:
-    """Where a relay may write straight to its client: set when the response goes out as the relay made it."""
-
-    writer: BodyWriter | None = None
-
-
-class RelayResponse(StreamingResponse):
-    """A relayed stream's response: when its body is still the relay's own frames (Ollama's route rewrites them),
-    it gives the relay the connection's BodyWriter."""
-
-    def __init__(self, relay: AsyncIterator[bytes], outlet: Outlet, **kwargs: Any) -> None:
-        super().__init__(relay, media_type="text/event-stream", **kwargs)
-        self.relay, self.outlet = relay, outlet
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.body_iterator is self.relay:
-            self.outlet.writer = body_writer(scope)
-        await super().__call__(scope, receive, send)
 
 
 DONE = b"data: [DONE]\n\n"

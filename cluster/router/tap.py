@@ -9,8 +9,7 @@ import asyncio
 import collections
 import contextlib
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +23,15 @@ CREDIT_DEADLINE_S = 10.0  # acknowledge in halves of the window: the agent never
 # A window, and the batch that crossed it (an agent reads its engine ahead by up to 256 KiB): beyond that the agent
 # ignores its windows, and that request fails, not the router.
 MAX_INBOX_BYTES = 4 * WINDOW_BYTES
+
+
+class Sink(Protocol):
+    """Takes a request's parts straight from the tap (cluster/router/passthrough.py)."""
+
+    def take(self, part: pb.TapPart, size: int) -> bytes | None:
+        """The part's bytes, written after the batch is sorted; None: the reader takes the part."""
+
+    def write(self, data: bytes) -> None: ...
 
 
 class TapBroken(Exception):
@@ -42,19 +50,30 @@ class Inbox:
         self.held = 0  # bytes queued and not yet taken
         self.waiter: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
-        # Takes a part at once, while the reader waits with nothing queued (it wrote all it took), to be written at
-        # the end of its batch (TapClient.flushes); False: it did not, and the part is queued for the reader.
-        self.sink: Callable[[pb.TapPart, int], bool] | None = None
+        self.sink: Sink | None = None  # takes parts while the reader waits with nothing queued (it wrote all it took)
+        self.passed: list[bytes] = []  # what the sink took from the batch being sorted: written once it is
 
-    def put(self, part: pb.TapPart) -> None:
+    def put(self, part: pb.TapPart) -> bool:
+        """The part for the reader, or taken by the sink; True: the first the sink took from this batch."""
         size = part.size or (part.reply.ByteSize() if not part.end else 0)  # measured by the agent, unless older
-        if self.sink is not None and not self.parts and self._waiting() and self.sink(part, size):
-            return
+        if self.sink is not None and not self.parts and self._waiting():
+            framed = self.sink.take(part, size)
+            if framed is not None:
+                self.passed.append(framed)
+                return len(self.passed) == 1
         self.parts.append((part, size))
         self.held += size
         if self.held > MAX_INBOX_BYTES:
             self.fail(TapBroken(f"the agent sent more than {MAX_INBOX_BYTES} bytes past its window"))
         self._wake()
+        return False
+
+    def flush(self) -> None:
+        """What the sink took from the batch just sorted, in one write."""
+        data = b"".join(self.passed)
+        self.passed.clear()
+        if data and self.sink is not None:
+            self.sink.write(data)
 
     def fail(self, exc: BaseException) -> None:
         """The next read raises `exc` (after what already came, unless it is a deadline)."""
@@ -94,6 +113,7 @@ class Inbox:
     def close(self) -> None:
         """Its request ended: no more parts, no more credits."""
         self.sink = None
+        self.passed.clear()
         if self.crediting is not None:
             self.crediting.cancel()
         self.tap.leave(self.key)
@@ -109,7 +129,6 @@ class TapClient:
         self.inboxes: dict[str, Inbox] = {}
         self.open = True  # takes new requests: until its stream ends or it retires
         self.unsupported = False  # an agent from before taps
-        self.flushes: list[Callable[[], None]] = []  # what sinks took in the batch being sorted: written after it
         self._call: Any = None
 
     async def run(self) -> None:
@@ -133,14 +152,23 @@ class TapClient:
 
     def dispatch(self, batch: pb.TapBatch) -> None:
         """Sort a batch's parts into inboxes; then what sinks took goes out, one write per request (tokens of one
-        request that came in one batch travel together)."""
+        request that came in one batch travel together). A reply that cannot be relayed fails its own request,
+        not the others on the tap."""
+        passed: list[Inbox] = []
         for part in batch.parts:
             inbox = self.inboxes.get(part.key)
-            if inbox is not None:  # a request that ended meanwhile: its late parts go nowhere
-                inbox.put(part)
-        flushes, self.flushes = self.flushes, []
-        for flush in flushes:
-            flush()
+            if inbox is None:  # a request that ended meanwhile: its late parts go nowhere
+                continue
+            try:
+                if inbox.put(part):
+                    passed.append(inbox)
+            except Exception as exc:
+                inbox.fail(exc)
+        for inbox in passed:
+            try:
+                inbox.flush()
+            except Exception as exc:
+                inbox.fail(exc)
 
     def join(self) -> Inbox | None:
         """An inbox, under a key of its own, for a request about to start (None: the tap takes none now)."""

@@ -124,6 +124,7 @@ def _unchunked(data: bytes) -> bytes:
 
 def test_a_body_written_straight_out_waits_for_a_lagging_client_through_send_and_comes_whole(server: str) -> None:
     port = int(server.rpartition(":")[2])
+    WAYS.update(direct=0, send=0)
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))

@@ -15,11 +15,12 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cluster.router.connections import BodyWriter
 from cluster.router.errors import Dialect
-from cluster.router.forwarding import Ended, Forwarder, Outlet, Reads, Started
+from cluster.router.forwarding import Ended, Forwarder, Reads, Started
 from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
+from cluster.router.passthrough import Outlet
 from cluster.router.registry import Registry
-from cluster.router.tap import Inbox, TapClient
+from cluster.router.tap import CREDIT_EVERY, Inbox, TapClient
 from cluster.routing.choose import RequestView
 from proto import orchard_pb2 as pb
 from worker.shared.launch import RouterConfig
@@ -145,10 +146,16 @@ async def _relay(gap_s: float) -> tuple[Inbox, list[tuple[str, bytes]], _Writer,
             log.append(("relay", frame))
 
     task = asyncio.create_task(client())
-    for _ in range(10):  # the first frame written, the relay waits on the tap
-        await asyncio.sleep(0)
-    assert inbox.waiter is not None
+    await _parked(inbox)  # the first frame written, the relay waits on the tap
     return inbox, log, writer, ends, task
+
+
+async def _parked(inbox: Inbox) -> None:
+    for _ in range(1000):
+        if inbox.waiter is not None and not inbox.waiter.done():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the relay does not wait on the tap")
 
 
 def _batch(inbox: Inbox, *texts: bytes | None) -> None:
@@ -164,7 +171,7 @@ def test_chunks_go_straight_out_while_the_relay_waits_and_through_it_in_order_wh
         _batch(inbox, b"4")
         writer.open = True  # it reads again, but 4 is queued: 5 must not jump ahead of it
         _batch(inbox, b"5")
-        await asyncio.sleep(0.01)
+        await _parked(inbox)
         _batch(inbox, b"6", b"7", None)  # the relay caught up and waits again; the end goes through it
         await asyncio.wait_for(task, 5)
         await asyncio.sleep(0.01)  # the credits' call
@@ -186,12 +193,62 @@ def test_chunks_go_straight_out_while_the_relay_waits_and_through_it_in_order_wh
 
 def test_chunks_written_straight_out_count_as_the_worker_speaking_for_the_gap_deadline() -> None:
     async def main() -> list[Ended]:
-        inbox, _, _, ends, task = await _relay(gap_s=0.2)
-        for i in range(6):  # 0.6 s of tokens, each well within the gap, none waking the relay
+        inbox, _, _, ends, task = await _relay(gap_s=0.5)
+        for i in range(8):  # 1.2 s of tokens, each well within the gap, none waking the relay
             _batch(inbox, b"%d" % i)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.15)
         _batch(inbox, None)
         await asyncio.wait_for(task, 5)
         return ends
 
     assert [e.status for e in asyncio.run(main())] == [200]
+
+
+def test_whenever_the_relay_waits_less_than_half_a_window_is_owed_to_the_agent_either_way() -> None:
+    """The agent sends nothing more for a request once a window is owed: the relay must not wait owing that."""
+
+    async def main() -> list[int]:
+        inbox, _, writer, _, task = await _relay(gap_s=5.0)
+        owed = []
+        for i in range(6):
+            writer.open = i % 3 != 2  # mostly straight out, now and then through the relay
+            _batch(inbox, b"%d" % i)
+            await _parked(inbox)
+            await asyncio.sleep(0.01)  # the credits' call
+            taken = (i + 1) * 100_000
+            owed.append(taken - sum(cast(Any, inbox.tap.stub).credits))
+        _batch(inbox, None)
+        await asyncio.wait_for(task, 5)
+        return owed
+
+    assert all(0 <= owed < CREDIT_EVERY for owed in asyncio.run(main()))
+
+
+class _Sink:
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.written = fails, list[bytes]()
+
+    def take(self, part: pb.TapPart, size: int) -> bytes | None:
+        if self.fails:
+            raise ValueError("events and items differ")
+        return part.reply.chunks.items[0]
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_a_reply_that_cannot_be_written_fails_its_own_request_and_not_the_others_on_the_tap() -> None:
+    async def main() -> tuple[list[bytes], object, bool]:
+        tap = TapClient(_Stub(), "w")
+        good, bad = tap.join(), tap.join()
+        assert good is not None and bad is not None
+        waits = [asyncio.ensure_future(inbox.get()) for inbox in (good, bad)]
+        await asyncio.sleep(0)  # both wait, nothing queued
+        good.sink, bad.sink = _Sink(fails=False), _Sink(fails=True)
+        tap.dispatch(pb.TapBatch(parts=[_part(bad.key, b"x"), _part(good.key, b"a"), _part(good.key, b"b")]))
+        failed = (await asyncio.gather(waits[1], return_exceptions=True))[0]
+        waits[0].cancel()
+        return cast(_Sink, good.sink).written, failed, tap.open
+
+    written, failed, still_open = asyncio.run(main())
+    assert written == [b"ab"] and isinstance(failed, ValueError) and still_open
