@@ -24,7 +24,7 @@ from cluster.router.intake import Incoming
 from cluster.router.metrics import RouterMetrics
 from cluster.router.passthrough import Outlet, PassThrough
 from cluster.router.registry import Registry, WorkerHandle
-from cluster.router.tap import CREDIT_EVERY, Inbox, TapBroken
+from cluster.router.tap import CREDIT_EVERY, Inbox, TapBroken, Unrelayable
 from cluster.routing.choose import Decision, RequestView, RoutingState, choose
 from cluster.routing.sessions import SessionPins
 from proto import orchard_pb2 as pb
@@ -106,6 +106,13 @@ class _TapCut(_Silent):
         )
 
 
+class _Unrelayed(_Silent):
+    """A part of the reply could not be relayed (the router's log says why): the stream ends with an error."""
+
+    def error(self) -> ApiError:
+        return ApiError(502, "The worker's reply could not be relayed; try again.", code="bad_reply")
+
+
 class _NextWorker(Exception):
     """This worker failed before the first byte in a way another may not (down, hung, shutting down)."""
 
@@ -172,6 +179,8 @@ class Reads:
         except TapBroken:
             await self.call.read()  # the agent's error status, if it sent one (one whose tap closed aborts)
             raise _TapCut(f"Worker {self.worker}'s tap broke before the reply's end.") from None
+        except Unrelayable:
+            raise _Unrelayed(f"Worker {self.worker}'s reply could not be relayed.") from None
         if not part.end:
             self.taken += size
             return part.reply
@@ -396,7 +405,7 @@ class Forwarder:
             if openai:
                 yield DONE
         except (grpc.aio.AioRpcError, _Silent) as exc:
-            if isinstance(exc, _Silent):
+            if isinstance(exc, _Silent) and not isinstance(exc, _Unrelayed):  # the worker went quiet
                 self.registry.failed(started.handle)
             err = from_grpc(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc.error()
             status, ended = err.status, True

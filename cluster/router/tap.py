@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import uuid
 from typing import Any, Protocol
 
 import grpc
 
 from proto import orchard_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 # Per request: what this router may hold for a client that reads slowly. Within the bounds agents take
 # (worker/tap.py: 16 KiB to 4 MiB), so an agent's window is this one and crediting by halves never stalls it.
@@ -38,6 +41,10 @@ class TapBroken(Exception):
     """The tap's stream ended with requests still reading from it."""
 
 
+class Unrelayable(Exception):
+    """A part of the request's reply could not be relayed (framed or written): the request ends now."""
+
+
 class Inbox:
     """One request's parts, in order; the reader waits on one future at a time (no task per read)."""
 
@@ -55,6 +62,8 @@ class Inbox:
 
     def put(self, part: pb.TapPart) -> bool:
         """The part for the reader, or taken by the sink; True: the first the sink took from this batch."""
+        if isinstance(self.failure, Unrelayable):
+            return False  # it ends without the rest
         size = part.size or (part.reply.ByteSize() if not part.end else 0)  # measured by the agent, unless older
         if self.sink is not None and not self.parts and self._waiting():
             framed = self.sink.take(part, size)
@@ -78,6 +87,15 @@ class Inbox:
     def fail(self, exc: BaseException) -> None:
         """The next read raises `exc` (after what already came, unless it is a deadline)."""
         self.failure = self.failure or exc
+        self._wake()
+
+    def abort(self, exc: Exception) -> None:
+        """A part could not be relayed: the next read fails, and nothing after that part goes out (a reply with a
+        hole in it must not pass for a whole one)."""
+        self.parts.clear()
+        self.passed.clear()
+        self.held, self.sink = 0, None
+        self.failure = Unrelayable(repr(exc))
         self._wake()
 
     def _waiting(self) -> bool:
@@ -163,12 +181,16 @@ class TapClient:
                 if inbox.put(part):
                     passed.append(inbox)
             except Exception as exc:
-                inbox.fail(exc)
+                self._unrelayable(inbox, exc)
         for inbox in passed:
             try:
                 inbox.flush()
             except Exception as exc:
-                inbox.fail(exc)
+                self._unrelayable(inbox, exc)
+
+    def _unrelayable(self, inbox: Inbox, exc: Exception) -> None:
+        log.error("a reply from worker %s could not be relayed; its request ends: %r", self.worker, exc)
+        inbox.abort(exc)
 
     def join(self) -> Inbox | None:
         """An inbox, under a key of its own, for a request about to start (None: the tap takes none now)."""
